@@ -1,0 +1,1 @@
+"""molmoact2_policy."""

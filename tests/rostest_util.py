@@ -1,0 +1,55 @@
+"""Helpers for tests that run real ROS 2 nodes: spin until a condition, run helper processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def spin_until(node, condition: Callable[[], bool], timeout: float, executor=None) -> bool:
+    """Spin ``node`` (or ``executor``) until ``condition()`` holds or ``timeout`` seconds pass."""
+    import rclpy
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if executor is not None:
+            executor.spin_once(timeout_sec=0.02)
+        else:
+            rclpy.spin_once(node, timeout_sec=0.02)
+        if condition():
+            return True
+    return condition()
+
+
+def start_python(code_or_args: list[str], **kwargs) -> subprocess.Popen:
+    """Start ``python <args>`` with this interpreter and the test session's ROS environment."""
+    env = dict(os.environ)
+    env.update(kwargs.pop("env", {}))
+    return subprocess.Popen(
+        [sys.executable, *code_or_args],
+        env=env,
+        cwd=kwargs.pop("cwd", REPO_ROOT),
+        stdout=kwargs.pop("stdout", subprocess.PIPE),
+        stderr=kwargs.pop("stderr", subprocess.STDOUT),
+        text=True,
+        **kwargs,
+    )
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> str:
+    """SIGTERM, then SIGKILL after ``timeout``; returns what the process printed."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    out = proc.stdout.read() if proc.stdout else ""
+    return out or ""
