@@ -22,6 +22,7 @@ setup(
     entry_points={
         "console_scripts": [
             "driver_node = hw_drivers.driver_node:main",
+            "trajectory_bridge_node = hw_drivers.trajectory_bridge_node:main",
         ],
     },
 )

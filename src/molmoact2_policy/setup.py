@@ -22,8 +22,7 @@ setup(
     entry_points={
         "console_scripts": [
             "molmoact2_policy_node = molmoact2_policy.policy_node:main",
-            "depth_cache_node = molmoact2_policy.depth_cache_node:main",
-            "molmoact2-checkpoint = molmoact2_policy.checkpoint:main",
+            "molmoact2-checkpoint = molmoact2_policy.model.checkpoint:main",
         ],
     },
 )

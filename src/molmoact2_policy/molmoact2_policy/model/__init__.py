@@ -1,0 +1,1 @@
+"""MolmoAct2 model core: torch modules, checkpoints and the local Policy (no ROS)."""
