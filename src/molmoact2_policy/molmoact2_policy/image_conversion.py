@@ -1,0 +1,216 @@
+"""sensor_msgs Image / CompressedImage <-> HxWx3 uint8 RGB numpy arrays (no cv_bridge, no ROS).
+
+The functions take the message *fields* (or any object carrying them), so they are testable and
+usable without rclpy. Raw images are wrapped with ``np.frombuffer`` and a strided view that
+skips row padding, so rgb8 and rgba8 cost no copy at all; encodings that need a different
+channel order (bgr8, bgra8) or channel count (mono8) cost exactly one copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+# encoding -> (channels, order of R, G, B in the source channels)
+_COLOUR_ENCODINGS: dict[str, tuple[int, tuple[int, int, int]]] = {
+    "rgb8": (3, (0, 1, 2)),
+    "bgr8": (3, (2, 1, 0)),
+    "rgba8": (4, (0, 1, 2)),
+    "bgra8": (4, (2, 1, 0)),
+    "mono8": (1, (0, 0, 0)),
+}
+SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_COLOUR_ENCODINGS)
+SUPPORTED_COMPRESSED_FORMATS: tuple[str, ...] = ("jpeg", "png")
+
+
+class ImageConversionError(ValueError):
+    """An image message that cannot be turned into an RGB array (the message says why)."""
+
+
+def image_to_rgb(
+    encoding: str,
+    height: int,
+    width: int,
+    step: int,
+    data: Any,
+    is_bigendian: int | bool = False,
+) -> np.ndarray:
+    """Return an HxWx3 uint8 RGB array for raw image fields; a read-only view where possible.
+
+    ``data`` is anything exposing the buffer protocol (bytes, array.array, numpy). Row padding
+    (``step`` > width * channels) is honoured. ``is_bigendian`` is irrelevant for 8-bit
+    encodings and accepted for completeness.
+    """
+    del is_bigendian  # every supported encoding has 1-byte channels
+    layout = _COLOUR_ENCODINGS.get(encoding)
+    if layout is None:
+        raise ImageConversionError(
+            f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}"
+        )
+    channels, rgb_order = layout
+    height, width, step = int(height), int(width), int(step)
+    if height <= 0 or width <= 0:
+        raise ImageConversionError(f"image has no pixels: {width}x{height}")
+    row_bytes = width * channels
+    if step < row_bytes:
+        raise ImageConversionError(
+            f"step {step} is smaller than width {width} x {channels} channel(s) = {row_bytes} "
+            f"bytes for {encoding}"
+        )
+    try:
+        flat = np.frombuffer(data, dtype=np.uint8)
+    except (TypeError, ValueError) as exc:
+        raise ImageConversionError(f"image data is not a byte buffer: {exc}") from None
+    expected = step * height
+    if flat.size < expected:
+        raise ImageConversionError(
+            f"image data truncated: {flat.size} bytes, expected step {step} x height {height} "
+            f"= {expected} for {width}x{height} {encoding}"
+        )
+    if flat.size > expected:
+        raise ImageConversionError(
+            f"image data size mismatch: {flat.size} bytes, expected step {step} x height "
+            f"{height} = {expected} for {width}x{height} {encoding}"
+        )
+    # Strided view over the payload: rows `step` bytes apart, padding never read.
+    pixels = np.lib.stride_tricks.as_strided(
+        flat, shape=(height, width, channels), strides=(step, channels, 1), writeable=False
+    )
+    if channels == 1:
+        return cv2.cvtColor(np.ascontiguousarray(pixels[:, :, 0]), cv2.COLOR_GRAY2RGB)
+    if rgb_order == (0, 1, 2):
+        return pixels[:, :, :3]
+    return np.ascontiguousarray(pixels[:, :, 2::-1])
+
+
+def image_msg_to_rgb(msg: Any) -> np.ndarray:
+    """``image_to_rgb`` for a sensor_msgs/Image (or any object with its fields)."""
+    return image_to_rgb(
+        msg.encoding, msg.height, msg.width, msg.step, msg.data, getattr(msg, "is_bigendian", 0)
+    )
+
+
+def _compressed_kind(fmt: str) -> str | None:
+    # ROS image_transport writes e.g. "rgb8; jpeg compressed bgr8"; bare "jpeg"/"png" also occur.
+    lowered = fmt.lower()
+    if "jpeg" in lowered or "jpg" in lowered:
+        return "jpeg"
+    if "png" in lowered:
+        return "png"
+    return None
+
+
+def compressed_to_rgb(fmt: str, data: Any) -> np.ndarray:
+    """Decode CompressedImage fields (``format`` jpeg or png) into an HxWx3 uint8 RGB array."""
+    if _compressed_kind(fmt) is None:
+        raise ImageConversionError(
+            f"unsupported compressed image format {fmt!r}; supported: "
+            f"{', '.join(SUPPORTED_COMPRESSED_FORMATS)}"
+        )
+    try:
+        buffer = np.frombuffer(data, dtype=np.uint8)
+    except (TypeError, ValueError) as exc:
+        raise ImageConversionError(f"compressed image data is not a byte buffer: {exc}") from None
+    if buffer.size == 0:
+        raise ImageConversionError(f"compressed image ({fmt}) has no data")
+    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageConversionError(
+            f"compressed image ({fmt}, {buffer.size} bytes) could not be decoded"
+        )
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
+    """``compressed_to_rgb`` for a sensor_msgs/CompressedImage (or any object with its fields)."""
+    return compressed_to_rgb(msg.format, msg.data)
+
+
+def rgb_to_image_fields(
+    rgb: np.ndarray, encoding: str = "rgb8", row_padding: int = 0
+) -> dict[str, Any]:
+    """Raw Image fields for an HxWx3 uint8 RGB array in ``encoding``, rows padded by N bytes."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ImageConversionError(f"expected an HxWx3 uint8 RGB array, got {rgb.dtype} {rgb.shape}")
+    if encoding == "rgb8":
+        pixels = rgb
+    elif encoding == "bgr8":
+        pixels = rgb[:, :, ::-1]
+    elif encoding == "rgba8":
+        pixels = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    elif encoding == "bgra8":
+        pixels = np.concatenate(
+            [rgb[:, :, ::-1], np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2
+        )
+    elif encoding == "mono8":
+        pixels = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)[:, :, None]
+    else:
+        raise ImageConversionError(
+            f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}"
+        )
+    height, width, channels = pixels.shape
+    if row_padding:
+        pixels = np.concatenate(
+            [pixels.reshape(height, width * channels), np.zeros((height, row_padding), np.uint8)],
+            axis=1,
+        )
+    data = np.ascontiguousarray(pixels).tobytes()
+    return {
+        "encoding": encoding,
+        "height": height,
+        "width": width,
+        "step": width * channels + row_padding,
+        "data": data,
+        "is_bigendian": 0,
+    }
+
+
+def encode_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:
+    """Encode an HxWx3 uint8 RGB array as jpeg or png bytes (for tests, sim and remote)."""
+    kind = _compressed_kind(fmt)
+    if kind is None:
+        raise ImageConversionError(f"unsupported compressed image format {fmt!r}")
+    bgr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if kind == "jpeg" else []
+    ok, encoded = cv2.imencode(".jpg" if kind == "jpeg" else ".png", bgr, params)
+    if not ok:
+        raise ImageConversionError(f"could not encode image as {kind}")
+    return encoded.tobytes()
+
+
+def make_image_msg(
+    rgb: np.ndarray,
+    *,
+    stamp: Any = None,
+    frame_id: str = "",
+    encoding: str = "rgb8",
+    row_padding: int = 0,
+) -> Any:
+    """A sensor_msgs/Image holding ``rgb`` (imports the message type only when called)."""
+    from sensor_msgs.msg import Image
+
+    msg = Image()
+    for key, value in rgb_to_image_fields(rgb, encoding, row_padding).items():
+        setattr(msg, key, value)
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def make_compressed_msg(
+    rgb: np.ndarray, *, stamp: Any = None, frame_id: str = "", fmt: str = "jpeg", quality: int = 90
+) -> Any:
+    """A sensor_msgs/CompressedImage holding ``rgb`` encoded as ``fmt``."""
+    from sensor_msgs.msg import CompressedImage
+
+    msg = CompressedImage()
+    msg.format = fmt
+    msg.data = encode_compressed(rgb, fmt, quality)
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    return msg

@@ -1,0 +1,190 @@
+"""Parameters of the ``molmoact2_policy`` node: declared once here, read by the node and bringup.
+
+No ROS imports: ``hw_drivers.ros_params.declare_dataclass_params`` turns this dataclass into ROS
+parameters, and the bringup validates ``config/<robot>.yaml`` against it without a node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from molmoact2_policy.embodiments import EMBODIMENTS
+
+CAMERA_TRANSPORTS = ("raw", "compressed")
+INFERENCE_BACKENDS = ("local", "remote")
+MODES = ("flow", "fast", "think")
+IMAGE_ENCODINGS = ("jpeg", "raw")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"description": text}
+
+
+@dataclass(frozen=True)
+class PolicyNodeParams:
+    """Everything the policy node reads from its ROS parameters."""
+
+    # Keys shared by every node of the graph (under `/**` in the robot config).
+    robot: str = field(default="", metadata=_doc("Robot name (yam, so101, droid)."))
+    embodiment: str = field(
+        default="yam_bimanual",
+        metadata=_doc("Model embodiment (a key of molmoact2_policy.embodiments.EMBODIMENTS)."),
+    )
+    joint_names: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc("Joint names in model state/action order; one per action dimension."),
+    )
+    camera_names: tuple[str, ...] = field(
+        default=(), metadata=_doc("Camera names in the order the model sees them.")
+    )
+    camera_topics: tuple[str, ...] = field(
+        default=(), metadata=_doc("Image topic per camera (relative names resolve in the namespace).")
+    )
+    camera_transports: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc("Per camera: 'raw' (sensor_msgs/Image) or 'compressed' (CompressedImage)."),
+    )
+    camera_frames: tuple[str, ...] = field(
+        default=(), metadata=_doc("Optical frame id per camera (used for depth outputs).")
+    )
+
+    # Policy backend.
+    checkpoint: str = field(
+        default="tiny",
+        metadata=_doc("Local checkpoint directory, or 'tiny' for a tiny random test model."),
+    )
+    inference: str = field(
+        default="local", metadata=_doc("'local' (model in this process) or 'remote' (server).")
+    )
+    server_url: str = field(
+        default="http://127.0.0.1:8202", metadata=_doc("Policy server URL when inference=remote.")
+    )
+    server_token: str = field(
+        default="", metadata=_doc("Bearer token for the policy server (empty: none).")
+    )
+    request_timeout: float = field(
+        default=5.0, metadata=_doc("Seconds before a remote request counts as failed.")
+    )
+    image_encoding: str = field(
+        default="jpeg", metadata=_doc("How images travel to a remote server: 'jpeg' or 'raw'.")
+    )
+    jpeg_quality: int = field(
+        default=90, metadata=_doc("JPEG quality 1..100 when image_encoding=jpeg.")
+    )
+    device: str = field(default="cpu", metadata=_doc("Torch device for local inference."))
+    dtype: str = field(default="float32", metadata=_doc("float32, float16 or bfloat16."))
+    cuda_graph: bool = field(
+        default=False, metadata=_doc("Capture the flow loop as a CUDA graph (CUDA only).")
+    )
+    mode: str = field(
+        default="flow", metadata=_doc("'flow' (flow expert), 'fast' (tokens) or 'think' (depth).")
+    )
+    seed: int = field(
+        default=-1,
+        metadata=_doc("Noise seed for every inference (>= 0: reproducible chunks; -1: random)."),
+    )
+
+    # Task.
+    instruction: str = field(
+        default="", metadata=_doc("Initial language instruction; empty pauses inference.")
+    )
+
+    # Inputs and synchronisation.
+    joint_state_topics: tuple[str, ...] = field(
+        default=("joint_states",),
+        metadata=_doc("JointState topics, merged by joint name (one per arm is fine)."),
+    )
+    max_observation_age: float = field(
+        default=0.5,
+        metadata=_doc("Seconds: an input whose header stamp is older than this is stale."),
+    )
+    max_camera_skew: float = field(
+        default=0.05, metadata=_doc("Seconds: largest allowed spread between camera stamps.")
+    )
+    max_inference_rate: float = field(
+        default=10.0, metadata=_doc("Upper bound on inferences per second (<= 0: unbounded).")
+    )
+
+    # Outputs.
+    action_start_offset: float = field(
+        default=0.0,
+        metadata=_doc("Seconds from the observation stamp to chunk row 0 (0: row 0 applies then)."),
+    )
+    marker_frame: str = field(
+        default="base_link", metadata=_doc("Frame of the predicted-trajectory markers.")
+    )
+    status_rate: float = field(
+        default=1.0, metadata=_doc("Hz of ~/status and /diagnostics.")
+    )
+    autostart: bool = field(
+        default=True, metadata=_doc("main(): configure and activate at start (no lifecycle manager).")
+    )
+
+    def validate(self) -> list[str]:
+        """Every problem with these values, as sentences (empty list: valid)."""
+        problems: list[str] = []
+        spec = EMBODIMENTS.get(self.embodiment)
+        if spec is None:
+            problems.append(
+                f"unknown embodiment {self.embodiment!r}; known: {', '.join(sorted(EMBODIMENTS))}"
+            )
+        if not self.joint_names:
+            problems.append("joint_names is empty")
+        elif len(set(self.joint_names)) != len(self.joint_names):
+            problems.append("joint_names has duplicates")
+        if spec is not None and self.joint_names and len(self.joint_names) != spec.action_dim:
+            problems.append(
+                f"{len(self.joint_names)} joint_names but embodiment {spec.name} has "
+                f"action_dim {spec.action_dim}"
+            )
+        if spec is not None and self.joint_names and len(self.joint_names) != spec.state_dim:
+            problems.append(
+                f"{len(self.joint_names)} joint_names but embodiment {spec.name} has "
+                f"state_dim {spec.state_dim}"
+            )
+        if not self.camera_names:
+            problems.append("camera_names is empty")
+        elif len(set(self.camera_names)) != len(self.camera_names):
+            problems.append("camera_names has duplicates")
+        for key in ("camera_topics", "camera_transports", "camera_frames"):
+            values = getattr(self, key)
+            if len(values) != len(self.camera_names):
+                problems.append(
+                    f"{key} has {len(values)} entries but camera_names has "
+                    f"{len(self.camera_names)}"
+                )
+        for transport in self.camera_transports:
+            if transport not in CAMERA_TRANSPORTS:
+                problems.append(
+                    f"camera transport {transport!r} is not one of {', '.join(CAMERA_TRANSPORTS)}"
+                )
+        if spec is not None and self.camera_names:
+            missing = [c for c in spec.camera_names if c not in self.camera_names]
+            if missing:
+                problems.append(
+                    f"embodiment {spec.name} needs camera(s) {', '.join(missing)} "
+                    f"not in camera_names"
+                )
+        if self.inference not in INFERENCE_BACKENDS:
+            problems.append(f"inference {self.inference!r} is not 'local' or 'remote'")
+        if self.inference == "remote" and not self.server_url:
+            problems.append("inference=remote needs server_url")
+        if self.mode not in MODES:
+            problems.append(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.image_encoding not in IMAGE_ENCODINGS:
+            problems.append(f"image_encoding {self.image_encoding!r} is not 'jpeg' or 'raw'")
+        if not 1 <= self.jpeg_quality <= 100:
+            problems.append(f"jpeg_quality {self.jpeg_quality} is not in 1..100")
+        if self.inference == "local" and not self.checkpoint:
+            problems.append("checkpoint is empty")
+        if not self.joint_state_topics:
+            problems.append("joint_state_topics is empty")
+        for key in ("max_observation_age", "max_camera_skew", "request_timeout", "status_rate"):
+            if not getattr(self, key) > 0.0:
+                problems.append(f"{key} must be > 0, got {getattr(self, key)}")
+        if self.action_start_offset < 0.0:
+            problems.append(f"action_start_offset must be >= 0, got {self.action_start_offset}")
+        return problems
