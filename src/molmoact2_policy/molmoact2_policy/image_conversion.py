@@ -134,16 +134,18 @@ def rgb_to_image_fields(
     """Raw Image fields for an HxWx3 uint8 RGB array in ``encoding``, rows padded by N bytes."""
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ImageConversionError(f"expected an HxWx3 uint8 RGB array, got {rgb.dtype} {rgb.shape}")
+        raise ImageConversionError(
+            f"expected an HxWx3 uint8 RGB array, got {rgb.dtype} {rgb.shape}"
+        )
     if encoding == "rgb8":
         pixels = rgb
     elif encoding == "bgr8":
         pixels = rgb[:, :, ::-1]
     elif encoding == "rgba8":
-        pixels = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+        pixels = np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=2)
     elif encoding == "bgra8":
         pixels = np.concatenate(
-            [rgb[:, :, ::-1], np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2
+            [rgb[:, :, ::-1], np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=2
         )
     elif encoding == "mono8":
         pixels = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)[:, :, None]

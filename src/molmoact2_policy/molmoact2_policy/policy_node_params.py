@@ -39,7 +39,8 @@ class PolicyNodeParams:
         default=(), metadata=_doc("Camera names in the order the model sees them.")
     )
     camera_topics: tuple[str, ...] = field(
-        default=(), metadata=_doc("Image topic per camera (relative names resolve in the namespace).")
+        default=(),
+        metadata=_doc("Image topic per camera (relative names resolve in the namespace)."),
     )
     camera_transports: tuple[str, ...] = field(
         default=(),
@@ -114,11 +115,10 @@ class PolicyNodeParams:
     marker_frame: str = field(
         default="base_link", metadata=_doc("Frame of the predicted-trajectory markers.")
     )
-    status_rate: float = field(
-        default=1.0, metadata=_doc("Hz of ~/status and /diagnostics.")
-    )
+    status_rate: float = field(default=1.0, metadata=_doc("Hz of ~/status and /diagnostics."))
     autostart: bool = field(
-        default=True, metadata=_doc("main(): configure and activate at start (no lifecycle manager).")
+        default=True,
+        metadata=_doc("main(): configure and activate at start (no lifecycle manager)."),
     )
 
     def validate(self) -> list[str]:
@@ -151,8 +151,7 @@ class PolicyNodeParams:
             values = getattr(self, key)
             if len(values) != len(self.camera_names):
                 problems.append(
-                    f"{key} has {len(values)} entries but camera_names has "
-                    f"{len(self.camera_names)}"
+                    f"{key} has {len(values)} entries but camera_names has {len(self.camera_names)}"
                 )
         for transport in self.camera_transports:
             if transport not in CAMERA_TRANSPORTS:
