@@ -1,0 +1,14 @@
+"""SO-100/101 with MolmoAct2: `ros2 launch molmoact2 so101.launch.py [name:=value ...]`.
+
+The nodes and their parameters come from config/so101.yaml through molmoact2.graph, the same
+layer `molmoact2 launch so101` uses. Arguments: sim, checkpoint, think, rviz, record, namespace,
+use_sim_time (see molmoact2.launch_support.LAUNCH_ARGUMENTS).
+"""
+
+from molmoact2.launch_support import generate_robot_launch_description
+
+ROBOT = "so101"
+
+
+def generate_launch_description():
+    return generate_robot_launch_description(ROBOT)

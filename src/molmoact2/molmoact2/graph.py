@@ -1,0 +1,340 @@
+"""The node graph of a robot, computed from its one config file (no ROS, no launch imports).
+
+Both launch paths are thin mappings over ``build_graph``: the ROS 2 launch files in
+``launch/`` turn each ``NodeSpec`` into a ``launch_ros`` node, and ``molmoact2 launch`` turns it
+into a supervised process. They pass the same parameter files and overrides, so the two can
+never drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ALL_NODES = "/**"
+ANY_NAMESPACE = "/**/"
+BRINGUP_SECTION = "molmoact2_bringup"
+POLICY_NODE = "molmoact2_policy"
+DEPTH_CACHE_NODE = "molmoact2_depth_cache"
+SIM_CAMERAS_NODE = "sim_cameras"
+RECORDER_NODE = "recorder"
+SHARED_KEYS = (
+    "robot",
+    "embodiment",
+    "joint_names",
+    "camera_names",
+    "camera_topics",
+    "camera_transports",
+    "camera_frames",
+)
+
+
+class ConfigError(ValueError):
+    """A robot config that cannot describe a graph; the message names the file and problem."""
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """The launch arguments both launch paths accept."""
+
+    sim: bool = True
+    checkpoint: str = ""  # empty: the config's checkpoint
+    think: bool = False
+    rviz: bool = False
+    record: bool = False
+    namespace: str = ""
+    use_sim_time: bool = False
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the graph, as either launch path needs it."""
+
+    name: str  # ROS node name; also the node's section in the config file
+    package: str
+    executable: str  # console script (ros2 run / ros2 launch)
+    module: str  # ``python -m`` module (molmoact2 launch)
+    param_files: tuple[str, ...]
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    remappings: tuple[tuple[str, str], ...] = ()
+    lifecycle: bool = False
+    params_class: str = ""  # "module:Class" of the node's parameter dataclass
+
+
+@dataclass(frozen=True)
+class RobotConfig:
+    """A parsed ``config/<robot>.yaml``."""
+
+    robot: str
+    path: Path
+    sections: Mapping[str, Mapping[str, Any]]  # node name -> ros__parameters
+
+    @property
+    def shared(self) -> Mapping[str, Any]:
+        return self.sections.get(ALL_NODES, {})
+
+    @property
+    def bringup(self) -> Mapping[str, Any]:
+        return self.sections.get(BRINGUP_SECTION, {})
+
+    @property
+    def driver_name(self) -> str:
+        return str(self.bringup["driver_node"])
+
+    def params_for(self, node: str) -> dict[str, Any]:
+        """The parameters a node gets from the file: ``/**`` first, then its own section."""
+        merged = dict(self.shared)
+        merged.update(self.sections.get(node, {}))
+        return merged
+
+
+def package_root() -> Path:
+    """The repository (source checkout) or installed share directory holding config/."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "config").is_dir() and (parent / "launch").is_dir():
+            return parent
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("molmoact2"))
+    except Exception as exc:  # any lookup failure means the same here
+        raise ConfigError("cannot find the molmoact2 config directory") from exc
+
+
+def config_dir() -> Path:
+    return package_root() / "config"
+
+
+def known_robots() -> list[str]:
+    return sorted(
+        p.stem for p in config_dir().glob("*.yaml") if BRINGUP_SECTION in p.read_text()
+    )
+
+
+def config_path(robot: str) -> Path:
+    path = config_dir() / f"{robot}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown robot {robot!r}; known: {', '.join(known_robots())}")
+    return path
+
+
+def load_robot_config(robot_or_path: str | Path) -> RobotConfig:
+    """Parse and check a robot config; every problem is a ConfigError naming the file."""
+    path = Path(robot_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = config_path(str(robot_or_path))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of node names to ros__parameters")
+    sections: dict[str, dict[str, Any]] = {}
+    for key, body in raw.items():
+        if not isinstance(body, dict) or not isinstance(body.get("ros__parameters"), dict):
+            raise ConfigError(f"{path}: section {key!r} has no 'ros__parameters' mapping")
+        # `/**/node` matches the node in any namespace; plain `node` only at the root.
+        node = str(key).removeprefix(ANY_NAMESPACE)
+        sections[node] = dict(body["ros__parameters"])
+    config = RobotConfig(robot=path.stem, path=path, sections=sections)
+    _check_structure(config)
+    return config
+
+
+def _check_structure(config: RobotConfig) -> None:
+    where = str(config.path)
+    shared = config.shared
+    missing = [key for key in SHARED_KEYS if key not in shared]
+    if missing:
+        raise ConfigError(f"{where}: '/**' is missing {', '.join(missing)}")
+    joints = shared["joint_names"]
+    if not isinstance(joints, list) or not joints or not all(isinstance(j, str) for j in joints):
+        raise ConfigError(f"{where}: joint_names must be a non-empty list of names")
+    if len(set(joints)) != len(joints):
+        raise ConfigError(f"{where}: joint_names has duplicates")
+    cameras = shared["camera_names"]
+    for key in ("camera_topics", "camera_transports", "camera_frames"):
+        if len(shared[key]) != len(cameras):
+            raise ConfigError(
+                f"{where}: {key} has {len(shared[key])} entries for {len(cameras)} cameras"
+            )
+    bad = [t for t in shared["camera_transports"] if t not in ("raw", "compressed")]
+    if bad:
+        raise ConfigError(f"{where}: camera_transports must be raw or compressed, got {bad}")
+    if "driver_node" not in config.bringup or "hardware_backend" not in config.bringup:
+        raise ConfigError(
+            f"{where}: section {BRINGUP_SECTION!r} needs driver_node and hardware_backend"
+        )
+    for node in (POLICY_NODE, config.driver_name):
+        if node not in config.sections:
+            raise ConfigError(f"{where}: no section for node {node!r}")
+    driver = config.params_for(config.driver_name)
+    for key in ("position_lower", "position_upper", "max_velocity", "initial_positions"):
+        if key in driver and len(driver[key]) != len(joints):
+            raise ConfigError(
+                f"{where}: {config.driver_name}.{key} has {len(driver[key])} entries "
+                f"for {len(joints)} joints"
+            )
+    try:
+        from molmoact2_policy.embodiments import get_embodiment
+
+        spec = get_embodiment(str(shared["embodiment"]))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    if spec.action_dim != len(joints):
+        raise ConfigError(
+            f"{where}: embodiment {spec.name} has {spec.action_dim} action dims but "
+            f"joint_names lists {len(joints)} joints"
+        )
+
+
+# Which package/module runs each kind of node, and where its parameter dataclass lives.
+_NODE_KINDS: dict[str, tuple[str, str, str, bool, str]] = {
+    POLICY_NODE: (
+        "molmoact2_policy",
+        "molmoact2_policy_node",
+        "molmoact2_policy.policy_node",
+        True,
+        "molmoact2_policy.policy_node_params:PolicyNodeParams",
+    ),
+    "driver": (
+        "hw_drivers",
+        "driver_node",
+        "hw_drivers.driver_node",
+        True,
+        "hw_drivers.driver_params:DriverParams",
+    ),
+    "trajectory_bridge": (
+        "hw_drivers",
+        "trajectory_bridge_node",
+        "hw_drivers.trajectory_bridge_node",
+        True,
+        "hw_drivers.driver_params:DriverParams",
+    ),
+    SIM_CAMERAS_NODE: (
+        "molmoact2",
+        "sim_camera_node",
+        "molmoact2.sim_camera_node",
+        False,
+        "molmoact2.sim_camera_node:SimCameraParams",
+    ),
+    RECORDER_NODE: (
+        "molmoact2",
+        "recorder_node",
+        "molmoact2.recorder_node",
+        False,
+        "molmoact2.recorder_node:RecorderParams",
+    ),
+}
+
+
+def _spec(kind: str, name: str, files: tuple[str, ...], overrides: dict[str, Any]) -> NodeSpec:
+    package, executable, module, lifecycle, params_class = _NODE_KINDS[kind]
+    return NodeSpec(
+        name=name,
+        package=package,
+        executable=executable,
+        module=module,
+        param_files=files,
+        overrides=overrides,
+        lifecycle=lifecycle,
+        params_class=params_class,
+    )
+
+
+def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) -> list[NodeSpec]:
+    """The nodes to start for ``robot`` with the given launch arguments."""
+    config = robot if isinstance(robot, RobotConfig) else load_robot_config(robot)
+    options = options or LaunchOptions()
+    files = (str(config.path),)
+    common: dict[str, Any] = {"use_sim_time": options.use_sim_time}
+
+    policy_overrides = dict(common)
+    if options.checkpoint:
+        policy_overrides["checkpoint"] = options.checkpoint
+    if options.think:
+        policy_overrides["mode"] = "think"
+    nodes = [_spec(POLICY_NODE, POLICY_NODE, files, policy_overrides)]
+
+    driver_overrides = dict(common)
+    backend = "sim" if options.sim else str(config.bringup["hardware_backend"])
+    driver_overrides["backend"] = backend
+    if backend == "ros2_control":
+        # ros2_control arms are driven by their own controller: forward chunks as trajectories.
+        nodes.append(_spec("trajectory_bridge", config.driver_name, files, driver_overrides))
+    else:
+        nodes.append(_spec("driver", config.driver_name, files, driver_overrides))
+
+    if options.sim:
+        nodes.append(_spec(SIM_CAMERAS_NODE, SIM_CAMERAS_NODE, files, dict(common)))
+    if options.record:
+        recorder_overrides = dict(common)
+        recorder_overrides["topics"] = recorded_topics(config, options)
+        nodes.append(_spec(RECORDER_NODE, RECORDER_NODE, files, recorder_overrides))
+    return nodes
+
+
+def recorded_topics(config: RobotConfig, options: LaunchOptions) -> list[str]:
+    """Topics (relative to the namespace) that ``record:=true`` writes to the MCAP file."""
+    topics = list(config.shared["camera_topics"])
+    topics += [
+        "joint_states",
+        f"{config.driver_name}/commanded_joint_states",
+        f"{POLICY_NODE}/action_chunk",
+        f"{POLICY_NODE}/status",
+    ]
+    if options.think:
+        topics.append(f"{DEPTH_CACHE_NODE}/depth_tokens")
+    return topics
+
+
+def resolve_topic(namespace: str, topic: str) -> str:
+    """ROS name resolution of a relative topic in a namespace (no ``~``)."""
+    if topic.startswith("/"):
+        return topic
+    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    return f"{ns}/{topic}"
+
+
+def load_params_class(spec: NodeSpec) -> type:
+    module_name, _, class_name = spec.params_class.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def validate_graph_params(config: RobotConfig, nodes: list[NodeSpec]) -> list[str]:
+    """Problems with the parameters each node would get (unknown keys, bad values)."""
+    problems: list[str] = []
+    for spec in nodes:
+        try:
+            params_cls = load_params_class(spec)
+        except (ImportError, AttributeError) as exc:
+            problems.append(f"{spec.name}: parameter class {spec.params_class} missing: {exc}")
+            continue
+        known = {f.name for f in dataclasses.fields(params_cls)} | {"use_sim_time"}
+        own = dict(config.sections.get(spec.name, {}))
+        own.update({k: v for k, v in spec.overrides.items() if k != "use_sim_time"})
+        for key in sorted(set(own) - known):
+            problems.append(f"{config.path}: {spec.name}: unknown parameter {key!r}")
+        values = {k: v for k, v in config.params_for(spec.name).items() if k in known}
+        values.update({k: v for k, v in spec.overrides.items() if k in known})
+        values.pop("use_sim_time", None)
+        try:
+            instance = params_cls(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+            )
+        except TypeError as exc:
+            problems.append(f"{config.path}: {spec.name}: {exc}")
+            continue
+        validate = getattr(instance, "validate", None)
+        if callable(validate):
+            problems += [f"{config.path}: {spec.name}: {p}" for p in validate()]
+    return problems

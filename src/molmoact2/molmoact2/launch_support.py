@@ -1,0 +1,91 @@
+"""ROS 2 launch glue: maps ``graph.build_graph`` onto launch / launch_ros actions.
+
+Imported only by the files in ``launch/`` on machines with a ROS 2 install; everything it
+decides comes from the pure graph layer, which the tests exercise without ``launch``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from molmoact2 import graph
+
+LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
+    "sim": ("true", "true: simulated arm and cameras; false: the config's hardware backend"),
+    "checkpoint": ("", "checkpoint directory (HF layout) or 'tiny'; empty: the config's"),
+    "think": ("false", "MolmoAct2-Think: adaptive depth tokens and the depth-cache node"),
+    "rviz": ("false", "start RViz2 with config/molmoact2.rviz"),
+    "record": ("false", "record cameras, joints, chunks, depth tokens and status to MCAP"),
+    "namespace": ("", "namespace of this robot instance"),
+    "use_sim_time": ("false", "use /clock instead of the wall clock"),
+}
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def options_from_context(context) -> graph.LaunchOptions:
+    from launch.substitutions import LaunchConfiguration
+
+    def value(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    return graph.LaunchOptions(
+        sim=_truthy(value("sim")),
+        checkpoint=value("checkpoint"),
+        think=_truthy(value("think")),
+        rviz=_truthy(value("rviz")),
+        record=_truthy(value("record")),
+        namespace=value("namespace"),
+        use_sim_time=_truthy(value("use_sim_time")),
+    )
+
+
+def generate_robot_launch_description(robot: str):
+    """The whole LaunchDescription of one robot: arguments plus the config's nodes."""
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+
+    arguments = [
+        DeclareLaunchArgument(name, default_value=default, description=text)
+        for name, (default, text) in LAUNCH_ARGUMENTS.items()
+    ]
+
+    def setup(context, *args, **kwargs):
+        return launch_actions(robot, options_from_context(context))
+
+    return LaunchDescription([*arguments, OpaqueFunction(function=setup)])
+
+
+def launch_actions(robot: str, options: graph.LaunchOptions) -> list:
+    from launch_ros.actions import Node
+
+    actions = []
+    for spec in graph.build_graph(robot, options):
+        actions.append(
+            Node(
+                package=spec.package,
+                executable=spec.executable,
+                name=spec.name,
+                namespace=options.namespace,
+                parameters=[*spec.param_files, dict(spec.overrides)],
+                remappings=list(spec.remappings),
+                output="screen",
+                emulate_tty=True,
+            )
+        )
+    if options.rviz:
+        rviz_config = Path(graph.config_dir()) / "molmoact2.rviz"
+        actions.append(
+            Node(
+                package="rviz2",
+                executable="rviz2",
+                name="rviz2",
+                namespace=options.namespace,
+                arguments=["-d", str(rviz_config)],
+                parameters=[{"use_sim_time": options.use_sim_time}],
+                output="screen",
+            )
+        )
+    return actions
