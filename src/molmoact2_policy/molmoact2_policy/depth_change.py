@@ -1,0 +1,138 @@
+"""Which depth-grid cells of a camera frame changed since the previous one (pure numpy, no ROS).
+
+MolmoAct2-Think re-predicts a depth code only for image cells that changed. The frame is
+resized to ``size`` x ``size`` (320 for the released model), split into ``grid`` x ``grid``
+patches (10 x 10 patches of 32 x 32 x 3), and each patch is compared with the same patch of the
+previous frame by cosine similarity of the raw pixel values. A cell is changed when its
+similarity is below ``threshold`` (0.996).
+
+Cell ``i = r * grid + c`` covers rows ``[r * H / grid, (r + 1) * H / grid)`` and columns
+``[c * W / grid, (c + 1) * W / grid)`` of the original frame (the DepthTokens convention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+DEFAULT_GRID = 10
+DEFAULT_SIZE = 320
+DEFAULT_THRESHOLD = 0.996
+
+
+@dataclass(frozen=True)
+class CellChanges:
+    """The outcome of comparing two frames."""
+
+    changed: np.ndarray  # (grid * grid,) bool, row-major
+    similarity: np.ndarray  # (grid * grid,) float64 cosine similarity in [-1, 1]
+
+    @property
+    def changed_fraction(self) -> float:
+        return float(self.changed.mean()) if self.changed.size else 0.0
+
+
+def check_rgb_frame(rgb: object, what: str = "frame") -> np.ndarray:
+    """Return ``rgb`` as an HxWx3 uint8 array or raise ``ValueError`` naming the problem."""
+    if not isinstance(rgb, np.ndarray):
+        raise ValueError(f"{what}: expected a numpy array, got {type(rgb).__name__}")
+    if rgb.dtype != np.uint8:
+        raise ValueError(
+            f"{what}: expected uint8 RGB pixels, got dtype {rgb.dtype} "
+            "(convert 16-bit or float images to 8-bit RGB first)"
+        )
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(
+            f"{what}: expected an HxWx3 RGB image, got shape {rgb.shape} "
+            "(mono, Bayer and RGBA frames must be converted to RGB first)"
+        )
+    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise ValueError(f"{what}: empty image of shape {rgb.shape}")
+    return rgb
+
+
+def _check_geometry(grid: int, size: int) -> None:
+    if grid < 1:
+        raise ValueError(f"grid must be >= 1, got {grid}")
+    if size < grid or size % grid:
+        raise ValueError(f"size {size} must be a positive multiple of grid {grid}")
+
+
+def prepare_frame(
+    rgb: np.ndarray, size: int = DEFAULT_SIZE, grid: int = DEFAULT_GRID
+) -> np.ndarray:
+    """Resize a frame for comparison and cut it into patches: (grid*grid, patch_values) float32.
+
+    Keeping this form (not the raw frame) in the cache means each new frame is resized once.
+    """
+    _check_geometry(grid, size)
+    rgb = check_rgb_frame(rgb)
+    if rgb.shape[0] != size or rgb.shape[1] != size:
+        # INTER_AREA averages when shrinking, so sensor noise does not flip cells to "changed".
+        shrinking = rgb.shape[0] >= size and rgb.shape[1] >= size
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (size, size), interpolation=interpolation)
+    patch = size // grid
+    patches = rgb.reshape(grid, patch, grid, patch, 3).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(patches.reshape(grid * grid, patch * patch * 3), dtype=np.float32)
+
+
+def patch_similarity(prev_patches: np.ndarray, patches: np.ndarray) -> np.ndarray:
+    """Cosine similarity per patch of two ``prepare_frame`` outputs: (cells,) float64.
+
+    A black patch has no direction: two black patches count as identical (1.0), a black patch
+    against a non-black one as different (0.0).
+    """
+    if prev_patches.shape != patches.shape:
+        raise ValueError(
+            f"patch arrays differ in shape: {prev_patches.shape} vs {patches.shape} "
+            "(were they prepared with the same grid and size?)"
+        )
+    a = prev_patches.astype(np.float64)
+    b = patches.astype(np.float64)
+    dot = np.einsum("ij,ij->i", a, b)
+    norm_a = np.sqrt(np.einsum("ij,ij->i", a, a))
+    norm_b = np.sqrt(np.einsum("ij,ij->i", b, b))
+    denom = norm_a * norm_b
+    sim = np.divide(dot, denom, out=np.zeros_like(dot), where=denom > 0)
+    sim[(norm_a == 0) & (norm_b == 0)] = 1.0
+    return np.clip(sim, -1.0, 1.0)
+
+
+def compare_frames(
+    prev_rgb: np.ndarray | None,
+    rgb: np.ndarray,
+    grid: int = DEFAULT_GRID,
+    size: int = DEFAULT_SIZE,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> CellChanges:
+    """Changed mask and similarities; with no previous frame every cell is changed."""
+    patches = prepare_frame(rgb, size, grid)
+    if prev_rgb is None:
+        n = grid * grid
+        return CellChanges(changed=np.ones(n, dtype=bool), similarity=np.zeros(n))
+    prev = prepare_frame(check_rgb_frame(prev_rgb, "previous frame"), size, grid)
+    return changes_from_patches(prev, patches, threshold)
+
+
+def changes_from_patches(
+    prev_patches: np.ndarray, patches: np.ndarray, threshold: float = DEFAULT_THRESHOLD
+) -> CellChanges:
+    """Like ``compare_frames`` for frames already passed through ``prepare_frame``."""
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
+    similarity = patch_similarity(prev_patches, patches)
+    return CellChanges(changed=similarity < threshold, similarity=similarity)
+
+
+def detect_changed_cells(
+    prev_rgb: np.ndarray | None,
+    rgb: np.ndarray,
+    grid: int = DEFAULT_GRID,
+    size: int = DEFAULT_SIZE,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> np.ndarray:
+    """(grid*grid,) bool, row-major: True where the cell must be re-predicted."""
+    return compare_frames(prev_rgb, rgb, grid, size, threshold).changed
