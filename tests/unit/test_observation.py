@@ -1,0 +1,180 @@
+"""Observation synchronisation by capture stamps (issue 6), without ROS."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from molmoact2_policy.observation import (
+    ERROR,
+    STALE,
+    WAITING,
+    Observation,
+    ObservationAssembler,
+    Rejection,
+    ns_to_stamp,
+    stamp_to_ns,
+)
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S + 123_456_789  # a realistic epoch stamp, ns precision matters
+CAMERAS = ("top", "left_wrist", "right_wrist")
+LEFT = ("left_joint1", "left_gripper")
+RIGHT = ("right_joint1", "right_gripper")
+
+
+def _assembler(**kwargs) -> ObservationAssembler:
+    defaults = dict(
+        camera_names=CAMERAS,
+        joint_names=LEFT + RIGHT,
+        joint_topics=("left/joint_states", "right/joint_states"),
+        max_age=0.5,
+        max_skew=0.05,
+    )
+    defaults.update(kwargs)
+    return ObservationAssembler(**defaults)
+
+
+def _image(value: int) -> np.ndarray:
+    return np.full((8, 8, 3), value, np.uint8)
+
+
+def _fill(assembler: ObservationAssembler, stamp_ns: int = T0) -> None:
+    for index, camera in enumerate(CAMERAS):
+        assembler.add_image(camera, stamp_ns + index * 1_000_000, _image(index))
+    # Arms publish in their own order and with extra joints the model does not use.
+    assembler.add_joint_state(
+        "right/joint_states",
+        stamp_ns,
+        ["right_gripper", "right_extra", "right_joint1"],
+        [0.9, 5.0, 0.3],
+    )
+    assembler.add_joint_state(
+        "left/joint_states", stamp_ns, ["left_gripper", "left_joint1"], [0.7, 0.1]
+    )
+
+
+def test_builds_when_all_inputs_are_fresh_and_merges_arms_by_name():
+    assembler = _assembler()
+    _fill(assembler)
+    obs = assembler.build(T0 + S // 10)
+    assert isinstance(obs, Observation)
+    np.testing.assert_array_equal(obs.state, [0.1, 0.7, 0.3, 0.9])
+    assert list(obs.images) == list(CAMERAS)
+    assert obs.images["left_wrist"][0, 0, 0] == 1
+
+
+def test_observation_stamp_is_the_oldest_camera_stamp_exactly():
+    assembler = _assembler()
+    _fill(assembler)
+    assembler.add_image("top", T0 + 7_000_000, _image(9))  # top is now the newest
+    obs = assembler.build(T0 + S // 10)
+    assert isinstance(obs, Observation)
+    # left_wrist (T0 + 1 ms) is now the oldest camera; right_wrist is T0 + 2 ms.
+    assert obs.stamp_ns == T0 + 1_000_000
+    assert ns_to_stamp(obs.stamp_ns) == (1_700_000_000, 124_456_789)
+    assert stamp_to_ns(*ns_to_stamp(obs.stamp_ns)) == obs.stamp_ns
+
+
+def test_missing_camera_and_missing_joint_wait_with_names():
+    assembler = _assembler()
+    result = assembler.build(T0)
+    assert result == Rejection(WAITING, "camera 'top': no image received yet")
+    for camera in CAMERAS:
+        assembler.add_image(camera, T0, _image(0))
+    assembler.add_joint_state("left/joint_states", T0, list(LEFT), [0.0, 0.0])
+    assembler.add_joint_state("right/joint_states", T0, ["right_joint1"], [0.0])
+    result = assembler.build(T0)
+    assert isinstance(result, Rejection) and result.kind == WAITING
+    assert "joint 'right_gripper' missing" in result.reason
+
+
+def test_stale_camera_is_rejected_with_its_age():
+    assembler = _assembler()
+    _fill(assembler)
+    result = assembler.build(T0 + 810_000_000)
+    assert result == Rejection(STALE, "camera 'top' is stale: 0.81 s > 0.5 s")
+
+
+def test_stale_joint_is_rejected_even_when_cameras_are_fresh():
+    assembler = _assembler()
+    _fill(assembler)
+    later = T0 + 2 * S
+    for camera in CAMERAS:
+        assembler.add_image(camera, later, _image(0))
+    assembler.add_joint_state("right/joint_states", later, list(RIGHT), [0.0, 0.0])
+    result = assembler.build(later + S // 10)
+    assert isinstance(result, Rejection) and result.kind == STALE
+    assert result.reason.startswith("joint 'left_joint1' is stale: 2.10 s")
+
+
+def test_future_stamps_are_rejected():
+    assembler = _assembler()
+    _fill(assembler, T0 + 2 * S)
+    result = assembler.build(T0)
+    assert isinstance(result, Rejection) and result.kind == STALE
+    assert "in the future" in result.reason
+
+
+def test_camera_skew_names_the_two_cameras():
+    assembler = _assembler()
+    _fill(assembler)
+    assembler.add_image("left_wrist", T0 + 120_000_000, _image(0))
+    result = assembler.build(T0 + 200_000_000)
+    assert result == Rejection(STALE, "camera skew 0.120 s > 0.05 s between 'top' and 'left_wrist'")
+
+
+def test_nan_joint_blocks_until_a_finite_value_arrives():
+    assembler = _assembler()
+    _fill(assembler)
+    assembler.add_joint_state("left/joint_states", T0, ["left_joint1"], [math.nan])
+    result = assembler.build(T0)
+    assert result == Rejection(ERROR, "NaN in joint 'left_joint1' (from 'left/joint_states')")
+    assembler.add_joint_state("left/joint_states", T0, ["left_joint1"], [0.2])
+    obs = assembler.build(T0)
+    assert isinstance(obs, Observation) and obs.state[0] == 0.2
+
+
+def test_malformed_joint_state_is_reported_and_blocks():
+    assembler = _assembler()
+    _fill(assembler)
+    error = assembler.add_joint_state("left/joint_states", T0, ["a", "b"], [1.0])
+    assert error == "joint states on 'left/joint_states': 2 names but 1 positions"
+    assert assembler.build(T0) == Rejection(ERROR, error)
+    statuses = {s.name: s for s in assembler.input_status(T0)}
+    assert not statuses["left/joint_states"].ok and statuses["right/joint_states"].ok
+
+
+def test_bad_image_blocks_until_a_good_frame_arrives():
+    assembler = _assembler()
+    _fill(assembler)
+    assembler.add_image_error("right_wrist", T0, "unsupported image encoding '16UC1'")
+    assert assembler.build(T0) == Rejection(
+        ERROR, "camera 'right_wrist': unsupported image encoding '16UC1'"
+    )
+    assembler.add_image("right_wrist", T0, _image(3))
+    assert isinstance(assembler.build(T0), Observation)
+
+
+def test_input_status_reports_ages_and_nan_before_first_message():
+    assembler = _assembler()
+    assembler.add_image("top", T0, _image(0))
+    statuses = {s.name: s for s in assembler.input_status(T0 + S // 4)}
+    assert statuses["top"].age == pytest.approx(0.25) and statuses["top"].ok
+    assert math.isnan(statuses["left_wrist"].age) and not statuses["left_wrist"].ok
+
+
+def test_input_key_changes_only_with_new_messages_and_clear_forgets():
+    assembler = _assembler()
+    _fill(assembler)
+    first = assembler.build(T0)
+    again = assembler.build(T0 + 1)
+    assert isinstance(first, Observation) and isinstance(again, Observation)
+    assert first.input_key == again.input_key
+    assembler.add_image("top", T0 + 5, _image(0))
+    newer = assembler.build(T0 + 10)
+    assert isinstance(newer, Observation) and newer.input_key != first.input_key
+    assembler.clear()
+    assert isinstance(assembler.build(T0), Rejection)
