@@ -1,0 +1,91 @@
+"""The depth picture shows each cell's code colour, outlines changed cells, blends on request."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from molmoact2_policy.depth_viz import (
+    OUTLINE_RGB,
+    depth_cell_boxes,
+    depth_colormap,
+    render_depth_image,
+)
+
+
+def test_colormap_is_distinct_per_code_and_never_the_outline_colour():
+    colours = depth_colormap(128)
+    assert colours.shape == (128, 3) and colours.dtype == np.uint8
+    assert len({tuple(c) for c in colours}) == 128
+    assert not np.all(colours == OUTLINE_RGB, axis=1).any()
+    # Near is warm, far is cool.
+    assert colours[0, 0] > colours[0, 2] and colours[-1, 2] > colours[-1, 0]
+
+
+def test_cells_take_their_code_colour_and_changed_cells_are_outlined():
+    codes = np.arange(100, dtype=np.int64)
+    changed = np.zeros(100, dtype=bool)
+    changed[[5, 42]] = True
+    image = render_depth_image(codes, changed, cell_size=16, outline_px=2)
+    assert image.shape == (160, 160, 3) and image.dtype == np.uint8
+    colours = depth_colormap(128)
+    for index in range(100):
+        r, c = divmod(index, 10)
+        cell = image[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16]
+        np.testing.assert_array_equal(cell[8, 8], colours[index])
+        border = np.concatenate([cell[0], cell[-1], cell[:, 0], cell[:, -1]])
+        if changed[index]:
+            assert np.all(border == OUTLINE_RGB)
+            np.testing.assert_array_equal(cell[2:-2, 2:-2].reshape(-1, 3).max(0), colours[index])
+        else:
+            assert np.all(border == colours[index])
+
+
+def test_blend_over_camera_frame():
+    codes = np.full(100, 127)
+    frame = np.zeros((48, 64, 3), dtype=np.uint8)  # another size: resized to the output
+    image = render_depth_image(codes, None, cell_size=4, background=frame, blend_alpha=0.25)
+    expected = np.round(depth_colormap(128)[127] * 0.25)
+    assert image.shape == (40, 40, 3)
+    np.testing.assert_allclose(image[20, 20], expected, atol=1)
+    opaque = render_depth_image(codes, None, cell_size=4, background=frame, blend_alpha=1.0)
+    np.testing.assert_array_equal(opaque[20, 20], depth_colormap(128)[127])
+
+
+@pytest.mark.parametrize(
+    ("codes", "message"),
+    [
+        (np.zeros(99, dtype=np.int64), "100 depth codes"),
+        (np.full(100, 128), r"\[0, 128\)"),
+        (np.full(100, -1), r"\[0, 128\)"),
+        (np.zeros(100, dtype=np.float32), "integers"),
+    ],
+)
+def test_bad_codes_are_rejected(codes, message):
+    with pytest.raises(ValueError, match=message):
+        render_depth_image(codes)
+
+
+def test_bad_background_and_alpha_are_rejected():
+    codes = np.zeros(100, dtype=np.int64)
+    with pytest.raises(ValueError, match="background frame"):
+        render_depth_image(codes, background=np.zeros((8, 8), np.uint8), blend_alpha=0.5)
+    with pytest.raises(ValueError, match="blend_alpha"):
+        render_depth_image(codes, blend_alpha=1.5)
+
+
+def test_cell_boxes_follow_the_grid_and_grow_with_the_code():
+    codes = np.zeros(100, dtype=np.int64)
+    codes[0] = 127
+    changed = np.zeros(100, dtype=bool)
+    changed[0] = True
+    boxes = depth_cell_boxes(codes, changed, cell_size_m=0.1, max_depth_m=1.0)
+    assert len(boxes) == 100
+    first, second, last = boxes[0], boxes[1], boxes[99]
+    assert first.size[2] == pytest.approx(1.0) and second.size[2] < 0.05
+    assert first.center[2] == pytest.approx(first.size[2] / 2)
+    # Optical frame: column -> +x, row -> +y, grid centred on the axis.
+    assert first.center[0] == pytest.approx(-0.45) and first.center[1] == pytest.approx(-0.45)
+    assert second.center[0] == pytest.approx(-0.35)
+    assert last.center[:2] == pytest.approx((0.45, 0.45))
+    assert first.rgba[3] == 1.0 and second.rgba[3] < 1.0
