@@ -7,7 +7,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(PY) -m molmoact2.demo
+	$(PY) -m molmoact2.cli demo
 
 test: setup
 	bash scripts/run_tests.sh

@@ -1,0 +1,140 @@
+"""Synthetic cameras for the sim graph: images of ``SimWorld`` at the measured joint state.
+
+Subscribes ``joint_states`` (the sim driver's measurement) and publishes one
+``sensor_msgs/Image`` (rgb8) or ``CompressedImage`` (jpeg) per configured camera at ``rate``,
+with sensor-data QoS and the capture time as stamp, like a real camera driver would.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from molmoact2.sim_world import SimWorld
+
+
+@dataclass(frozen=True)
+class SimCameraParams:
+    """Parameters of the sim camera node (config: `/**` keys and the `sim_cameras` section)."""
+
+    joint_names: tuple[str, ...] = field(
+        default=(), metadata={"description": "joints in the order of the rendered state"}
+    )
+    camera_names: tuple[str, ...] = field(default=(), metadata={"description": "cameras"})
+    camera_topics: tuple[str, ...] = field(
+        default=(), metadata={"description": "image topic per camera"}
+    )
+    camera_transports: tuple[str, ...] = field(
+        default=(), metadata={"description": "raw (Image) or compressed (CompressedImage, jpeg)"}
+    )
+    camera_frames: tuple[str, ...] = field(
+        default=(), metadata={"description": "optical frame id per camera"}
+    )
+    width: int = field(default=640, metadata={"description": "image width [px]"})
+    height: int = field(default=480, metadata={"description": "image height [px]"})
+    rate: float = field(default=30.0, metadata={"description": "frames per second per camera"})
+    joint_states_topic: str = field(
+        default="joint_states", metadata={"description": "measured joint states to render"}
+    )
+    robot: str = field(default="", metadata={"description": "robot name (informational)"})
+    embodiment: str = field(default="", metadata={"description": "unused here"})
+
+    def validate(self) -> list[str]:
+        problems = []
+        n = len(self.camera_names)
+        for key in ("camera_topics", "camera_frames"):
+            if len(getattr(self, key)) != n:
+                problems.append(f"{key} needs one entry per camera ({n})")
+        if self.camera_transports and len(self.camera_transports) != n:
+            problems.append(f"camera_transports needs one entry per camera ({n})")
+        if self.rate <= 0:
+            problems.append("rate must be positive")
+        if not self.joint_names:
+            problems.append("joint_names is empty")
+        return problems
+
+
+def main(args: list[str] | None = None) -> int:
+    import cv2
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.node import Node
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CompressedImage, Image, JointState
+
+    from hw_drivers.ros_params import declare_dataclass_params
+
+    class SimCameraNode(Node):
+        def __init__(self) -> None:
+            super().__init__("sim_cameras")
+            self.params = declare_dataclass_params(self, SimCameraParams)
+            problems = self.params.validate()
+            if problems:
+                raise ValueError("; ".join(problems))
+            p = self.params
+            self.world = SimWorld(p.joint_names, p.camera_names, p.width, p.height)
+            self.positions = np.zeros(len(p.joint_names))
+            self.have_state = False
+            transports = p.camera_transports or ("raw",) * len(p.camera_names)
+            self.outputs = []
+            for name, topic, frame, transport in zip(
+                p.camera_names, p.camera_topics, p.camera_frames, transports, strict=True
+            ):
+                msg_type = CompressedImage if transport == "compressed" else Image
+                pub = self.create_publisher(msg_type, topic, qos_profile_sensor_data)
+                self.outputs.append((name, frame, transport, pub))
+            self._index = {name: i for i, name in enumerate(p.joint_names)}
+            self.create_subscription(
+                JointState, p.joint_states_topic, self._on_joints, qos_profile_sensor_data
+            )
+            self.create_timer(1.0 / p.rate, self._publish)
+            self.get_logger().info(
+                f"publishing {len(self.outputs)} cameras at {p.rate:g} Hz, {p.width}x{p.height}"
+            )
+
+        def _on_joints(self, msg: JointState) -> None:
+            for name, position in zip(msg.name, msg.position, strict=False):
+                index = self._index.get(name)
+                if index is not None and np.isfinite(position):
+                    self.positions[index] = position
+            self.have_state = True
+
+        def _publish(self) -> None:
+            stamp = self.get_clock().now().to_msg()
+            for name, frame, transport, pub in self.outputs:
+                rgb = self.world.render(name, self.positions)
+                if transport == "compressed":
+                    ok, data = cv2.imencode(".jpg", rgb[:, :, ::-1])
+                    if not ok:
+                        continue
+                    msg = CompressedImage(format="jpeg", data=data.tobytes())
+                else:
+                    msg = Image(
+                        height=rgb.shape[0],
+                        width=rgb.shape[1],
+                        encoding="rgb8",
+                        step=rgb.shape[1] * 3,
+                        data=rgb.tobytes(),
+                    )
+                msg.header.stamp = stamp
+                msg.header.frame_id = frame
+                pub.publish(msg)
+
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        node = SimCameraNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

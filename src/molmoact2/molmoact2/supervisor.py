@@ -1,0 +1,186 @@
+"""Runs a node graph as supervised processes: what ``molmoact2 launch`` does without ros2 launch.
+
+One process per ``NodeSpec``, started with the same parameter files and overrides the ROS 2
+launch files pass; every output line is prefixed with the node name. Stopping (Ctrl-C,
+SIGTERM, or the end of ``--duration``) sends SIGINT to every node, which rclpy turns into a
+clean shutdown (recordings are finished and flushed), then escalates to SIGTERM and SIGKILL for
+a node that does not exit. A node that dies on its own stops the graph with a non-zero status.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+
+from molmoact2.graph import ANY_NAMESPACE, NodeSpec
+
+log = logging.getLogger("molmoact2.launch")
+
+
+def node_command(spec: NodeSpec, namespace: str, overrides_file: Path) -> list[str]:
+    """The command line that runs ``spec`` as a process, as ros2 launch would start it."""
+    cmd = [sys.executable, "-u", "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}"]
+    if namespace.strip("/"):
+        cmd += ["-r", f"__ns:=/{namespace.strip('/')}"]
+    for path in spec.param_files:
+        cmd += ["--params-file", str(path)]
+    cmd += ["--params-file", str(overrides_file)]
+    return cmd
+
+
+def write_overrides(spec: NodeSpec, directory: Path) -> Path:
+    path = directory / f"{spec.name}.overrides.yaml"
+    body = {f"{ANY_NAMESPACE}{spec.name}": {"ros__parameters": dict(spec.overrides)}}
+    path.write_text(yaml.safe_dump(body, sort_keys=True))
+    return path
+
+
+@dataclass
+class _Child:
+    spec: NodeSpec
+    process: subprocess.Popen
+    reader: threading.Thread
+    exit_code: int | None = None
+
+
+@dataclass
+class GraphRun:
+    """The outcome of a supervised run."""
+
+    exit_code: int
+    node_exit_codes: dict[str, int] = field(default_factory=dict)
+    failed_node: str | None = None
+    duration: float = 0.0
+
+
+class Supervisor:
+    """Starts, watches and stops the processes of one graph."""
+
+    def __init__(
+        self,
+        nodes: list[NodeSpec],
+        namespace: str = "",
+        output: TextIO | None = None,
+        env: dict[str, str] | None = None,
+        stop_timeout: float = 15.0,
+    ) -> None:
+        self.nodes = nodes
+        self.namespace = namespace
+        self.output = output or sys.stdout
+        self.env = dict(os.environ if env is None else env)
+        self.stop_timeout = stop_timeout
+        self._children: list[_Child] = []
+        self._stop = threading.Event()
+        self._print_lock = threading.Lock()
+        self._run_dir = Path(tempfile.mkdtemp(prefix="molmoact2-launch-"))
+
+    def request_stop(self, *_args) -> None:
+        self._stop.set()
+
+    def _pump(self, name: str, stream: TextIO) -> None:
+        width = max(len(n.name) for n in self.nodes)
+        for line in iter(stream.readline, ""):
+            with self._print_lock:
+                self.output.write(f"[{name:<{width}}] {line}")
+                self.output.flush()
+        stream.close()
+
+    def start(self) -> None:
+        for spec in self.nodes:
+            cmd = node_command(spec, self.namespace, write_overrides(spec, self._run_dir))
+            process = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=self.env,
+                # Own session: a terminal's Ctrl-C reaches only the supervisor, which then
+                # stops the nodes in order instead of all of them racing each other.
+                start_new_session=True,
+            )
+            reader = threading.Thread(
+                target=self._pump, args=(spec.name, process.stdout), daemon=True
+            )
+            reader.start()
+            self._children.append(_Child(spec, process, reader))
+            log.info("started %s (pid %d)", spec.name, process.pid)
+
+    def run(
+        self,
+        duration: float | None = None,
+        on_tick: Callable[[], None] | None = None,
+        install_signal_handlers: bool = True,
+    ) -> GraphRun:
+        """Start the graph and supervise it until stopped, a node dies, or ``duration`` ends."""
+        if install_signal_handlers:
+            signal.signal(signal.SIGINT, self.request_stop)
+            signal.signal(signal.SIGTERM, self.request_stop)
+        started = time.monotonic()
+        self.start()
+        failed: str | None = None
+        while not self._stop.is_set():
+            if duration is not None and time.monotonic() - started >= duration:
+                break
+            for child in self._children:
+                code = child.process.poll()
+                if code is not None:
+                    failed = child.spec.name
+                    self._say(f"node {failed} exited unexpectedly with status {code}")
+                    break
+            if failed:
+                break
+            if on_tick is not None:
+                on_tick()
+            self._stop.wait(0.1)
+        codes = self.stop()
+        exit_code = 1 if failed else 0
+        if not failed:
+            # A clean stop is SIGINT -> status 0 (or the conventional -2/130 when rclpy
+            # re-raises); anything else means a node failed while shutting down.
+            bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGINT, 130)}
+            if bad:
+                self._say(f"nodes did not stop cleanly: {bad}")
+                exit_code = 1
+        return GraphRun(exit_code, codes, failed, time.monotonic() - started)
+
+    def stop(self) -> dict[str, int]:
+        """SIGINT every node, then SIGTERM, then SIGKILL; returns each node's exit status."""
+        for sig, wait in ((signal.SIGINT, self.stop_timeout), (signal.SIGTERM, 5.0),
+                          (signal.SIGKILL, 5.0)):
+            alive = [c for c in self._children if c.process.poll() is None]
+            if not alive:
+                break
+            if sig != signal.SIGINT:
+                self._say(f"sending {sig.name} to {', '.join(c.spec.name for c in alive)}")
+            for child in alive:
+                try:
+                    child.process.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            for child in alive:
+                try:
+                    child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        for child in self._children:
+            child.reader.join(timeout=2.0)
+            child.exit_code = child.process.poll()
+        return {c.spec.name: c.exit_code for c in self._children if c.exit_code is not None}
+
+    def _say(self, text: str) -> None:
+        with self._print_lock:
+            self.output.write(f"[molmoact2] {text}\n")
+            self.output.flush()
