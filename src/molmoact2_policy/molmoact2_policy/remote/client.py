@@ -1,0 +1,323 @@
+"""``RemotePolicy``: the ``Policy`` contract over the network, for robot computers without a GPU.
+
+The policy node uses it exactly like the local model. ``act()`` returns the server's chunk with
+the robot's own joint names, and timings that split the latency into client encoding, network
+(round trip minus server time) and the server's stages, so the node's chunk latency includes
+the network. Any failure to get a chunk (timeout, connection refused, server busy or broken,
+wrong token) raises ``PolicyUnavailableError`` with the reason; the next call reconnects.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import numpy as np
+
+from molmoact2_policy.embodiments import EmbodimentSpec
+from molmoact2_policy.policy_api import (
+    ActionChunkResult,
+    PolicyInputError,
+    PolicyUnavailableError,
+    validate_observation,
+)
+from molmoact2_policy.remote.protocol import (
+    IMAGE_ENCODINGS,
+    ProtocolError,
+    build_act_request,
+    decode_json,
+    decode_msgpack,
+    encode_json,
+    encode_msgpack,
+    parse_act_response,
+)
+
+TRANSPORTS = ("http", "ws")
+# Responses are small (a chunk and timings); a large one means something other than our server.
+_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+
+class RemotePolicy:
+    """Implements ``Policy`` by calling a ``molmoact2 serve`` server."""
+
+    def __init__(
+        self,
+        server_url: str,
+        embodiment: EmbodimentSpec,
+        joint_names: Sequence[str],
+        *,
+        timeout: float = 1.0,
+        token: str = "",
+        image_encoding: str = "jpeg",
+        jpeg_quality: int = 90,
+        transport: str = "http",
+    ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        if image_encoding not in IMAGE_ENCODINGS:
+            raise ValueError(
+                f"image_encoding must be one of {IMAGE_ENCODINGS}, got {image_encoding!r}"
+            )
+        if not 1 <= jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        if len(joint_names) != embodiment.action_dim:
+            raise ValueError(
+                f"{len(joint_names)} joint names for {embodiment.name}, which has "
+                f"{embodiment.action_dim} action dims"
+            )
+        parts = urlsplit(server_url.rstrip("/"))
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"server_url must be http(s)://host:port, got {server_url!r}")
+        self.embodiment = embodiment
+        self.joint_names = tuple(joint_names)
+        self.server_url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        self.ws_url = urlunsplit(
+            ("wss" if parts.scheme == "https" else "ws", parts.netloc, parts.path + "/ws", "", "")
+        )
+        self.timeout = timeout
+        self.image_encoding = image_encoding
+        self.jpeg_quality = jpeg_quality
+        self.transport = transport
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http: httpx.Client | None = None
+        self._ws: Any = None
+        self._server_info: dict[str, Any] | None = None
+        self._reset_pending = False
+        # The node may call act() from a worker thread and metadata() from a timer.
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ Policy contract
+
+    def act(
+        self,
+        images: Mapping[str, np.ndarray],
+        state: np.ndarray,
+        instruction: str,
+        *,
+        seed: int | None = None,
+    ) -> ActionChunkResult:
+        # Bad input never goes over the wire: same checks, same errors as the local model.
+        validate_observation(self.embodiment, images, state, instruction)
+        start = time.perf_counter()
+        with self._lock:
+            request = build_act_request(
+                self.embodiment,
+                images,
+                state,
+                instruction,
+                seed=seed,
+                image_encoding=self.image_encoding,
+                jpeg_quality=self.jpeg_quality,
+                reset=self._reset_pending,
+            )
+            if self.transport == "http":
+                body = encode_json(request)
+                encoded = time.perf_counter()
+                raw = self._post_http(body)
+                received = time.perf_counter()
+                payload = self._decode(decode_json, raw)
+            else:
+                body = encode_msgpack(request)
+                encoded = time.perf_counter()
+                raw = self._exchange_ws(body)
+                received = time.perf_counter()
+                payload = self._decode(decode_msgpack, raw)
+                self._raise_for_ws_error(payload)
+            try:
+                response = parse_act_response(payload, self.embodiment, len(self.joint_names))
+            except ProtocolError as exc:
+                raise PolicyUnavailableError(f"{self._where()}: {exc}") from exc
+            self._reset_pending = False
+        done = time.perf_counter()
+        server_total = response.server_timing.get("total", 0.0)
+        timings: dict[str, float] = {f"model_{k}": v for k, v in response.model_timings.items()}
+        timings.update({f"server_{k}": v for k, v in response.server_timing.items()})
+        timings["client_encode"] = encoded - start
+        timings["network"] = max(0.0, (received - encoded) - server_total)
+        timings["client_decode"] = done - received
+        timings["total"] = done - start
+        if abs(response.step_dt - self.embodiment.step_dt) > 1e-9:
+            raise PolicyUnavailableError(
+                f"{self._where()}: server step_dt {response.step_dt} differs from "
+                f"{self.embodiment.name}'s {self.embodiment.step_dt}"
+            )
+        return ActionChunkResult(
+            positions=response.positions,
+            step_dt=response.step_dt,
+            joint_names=self.joint_names,
+            mode=response.mode,
+            timings=timings,
+            depth_codes=response.depth_codes,
+            depth_changed=response.depth_changed,
+        )
+
+    def reset(self) -> None:
+        """Forget per-episode state: the server resets before serving the next request.
+
+        Deferred rather than sent now, so a reset never fails while the server is unreachable.
+        """
+        self._reset_pending = True
+
+    def metadata(self) -> dict[str, Any]:
+        """Backend facts plus the server's ``/healthz`` (or why it could not be read)."""
+        info: dict[str, Any] = {
+            "backend": "remote",
+            "server_url": self.server_url,
+            "transport": self.transport,
+            "image_encoding": self.image_encoding,
+            "embodiment": self.embodiment.name,
+        }
+        try:
+            info["server"] = self.health()
+        except PolicyUnavailableError as exc:
+            info["server_error"] = str(exc)
+        return info
+
+    # ------------------------------------------------------------------ extras
+
+    def health(self) -> dict[str, Any]:
+        """The server's ``GET /healthz``; ``PolicyUnavailableError`` if it cannot be read."""
+        try:
+            response = httpx.get(
+                f"{self.server_url}/healthz", headers=self._headers, timeout=self.timeout
+            )
+        except httpx.HTTPError as exc:
+            raise PolicyUnavailableError(f"{self._where()}: health check failed: {exc!r}") from exc
+        payload = self._decode(decode_json, response.content)
+        if response.status_code != 200:
+            raise PolicyUnavailableError(
+                f"{self._where()}: health check HTTP {response.status_code}: "
+                f"{_error_message(payload)}"
+            )
+        self._server_info = payload
+        return payload
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_connections()
+
+    def __enter__(self) -> RemotePolicy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transports
+
+    def _where(self) -> str:
+        url = self.server_url if self.transport == "http" else self.ws_url
+        return f"policy server {url}"
+
+    def _drop_connections(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        if self._ws is not None:
+            try:
+                self._ws.close()
+            except Exception:  # already broken; we only want it gone
+                pass
+            self._ws = None
+
+    def _post_http(self, body: bytes) -> bytes:
+        if self._http is None:
+            # One persistent client: keep-alive saves a TCP handshake per chunk; httpx opens a
+            # fresh connection by itself when the server restarted.
+            self._http = httpx.Client(timeout=self.timeout, headers=self._headers)
+        try:
+            response = self._http.post(
+                f"{self.server_url}/act",
+                content=body,
+                headers={"Content-Type": "application/json"},
+            )
+        except httpx.TimeoutException as exc:
+            self._drop_connections()
+            raise PolicyUnavailableError(
+                f"{self._where()}: no answer within {self.timeout:.3f} s ({type(exc).__name__})"
+            ) from exc
+        except httpx.HTTPError as exc:
+            self._drop_connections()
+            raise PolicyUnavailableError(f"{self._where()}: {exc!r}") from exc
+        if response.status_code == 200:
+            return response.content
+        self._raise_for_status(response.status_code, response.content)
+        raise AssertionError("unreachable")
+
+    def _exchange_ws(self, body: bytes) -> bytes:
+        from websockets.exceptions import WebSocketException
+        from websockets.sync.client import connect
+
+        try:
+            if self._ws is None:
+                self._ws = connect(
+                    self.ws_url,
+                    additional_headers=self._headers,
+                    open_timeout=self.timeout,
+                    max_size=_MAX_RESPONSE_BYTES,
+                    # Images are JPEG or raw sensor pixels: deflate would cost CPU, save little.
+                    compression=None,
+                )
+                hello = self._decode(decode_msgpack, self._ws.recv(timeout=self.timeout))
+                self._raise_for_ws_error(hello)
+                self._server_info = hello.get("metadata") if isinstance(hello, dict) else None
+            self._ws.send(body)
+            return self._ws.recv(timeout=self.timeout)
+        except TimeoutError as exc:
+            # A late answer would arrive as the reply to the next request: start over.
+            self._drop_connections()
+            raise PolicyUnavailableError(
+                f"{self._where()}: no answer within {self.timeout:.3f} s"
+            ) from exc
+        except (OSError, WebSocketException) as exc:
+            self._drop_connections()
+            raise PolicyUnavailableError(f"{self._where()}: {exc!r}") from exc
+
+    def _decode(self, decoder: Any, raw: bytes | str) -> Any:
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        try:
+            return decoder(raw, max_bytes=_MAX_RESPONSE_BYTES)
+        except ProtocolError as exc:
+            raise PolicyUnavailableError(f"{self._where()}: unreadable response: {exc}") from exc
+
+    def _raise_for_ws_error(self, payload: Any) -> None:
+        if isinstance(payload, dict) and "error" in payload:
+            status = int(payload.get("status", 500))
+            if status == 401:
+                self._drop_connections()
+            self._raise_for_status(status, payload)
+
+    def _raise_for_status(self, status: int, content: bytes | dict[str, Any]) -> None:
+        if isinstance(content, dict):
+            message = _error_message(content)
+        else:
+            try:
+                message = _error_message(decode_json(content, max_bytes=_MAX_RESPONSE_BYTES))
+            except ProtocolError:
+                message = content[:200].decode("utf-8", "replace")
+        if status == 400:
+            # The server refused this observation (our own checks passed): same class of error
+            # the local model raises for a bad observation.
+            raise PolicyInputError(f"{self._where()} rejected the observation: {message}")
+        hint = {
+            401: " (check the token)",
+            413: " (use image_encoding='jpeg' or raise the server's --max-body-mb)",
+            503: " (server busy or model unavailable)",
+        }.get(status, "")
+        raise PolicyUnavailableError(f"{self._where()}: HTTP {status}: {message}{hint}")
+
+
+def _error_message(payload: Any) -> str:
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict) and "message" in error:
+            return str(error["message"])
+        if "detail" in payload:
+            return str(payload["detail"])
+    return str(payload)[:200]

@@ -1,0 +1,538 @@
+"""Wire format of the MolmoAct2 policy server (pure: numpy + cv2 + msgpack, no web framework).
+
+Two encodings carry the same request/response dictionaries (schema in docs/remote_inference.md):
+
+* JSON (``POST /act``): numpy arrays in json_numpy's layout
+  ``{"__numpy__": base64, "dtype": descr, "shape": [...]}``, so the released-style clients
+  (``requests.post(url, data=json_numpy.dumps(payload))``) work unchanged.
+* msgpack (``/ws`` websocket): arrays in msgpack-numpy's layout (``{b"nd": True, b"type", b"shape",
+  b"data"}``); openpi's ``__ndarray__`` layout is accepted too.
+
+Both decoders are our own: they accept only plain numeric dtypes (msgpack-numpy's own decoder
+unpickles object arrays, which would let any client run code on the GPU host) and check that
+each array's byte count matches its shape before numpy sees it.
+
+Images travel raw (HxWx3 uint8 RGB) or compressed (JPEG/PNG bytes: a 1-D uint8 array in JSON,
+a binary string in msgpack). Compressed images are standard RGB JPEG/PNG files; their size is
+read from the file header and checked before anything is decoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import msgpack
+import numpy as np
+
+from molmoact2_policy.embodiments import EmbodimentSpec
+from molmoact2_policy.policy_api import ActionChunkResult, PolicyInputError, validate_observation
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # 3 raw 1080p cameras as base64 JSON fit in ~25 MiB
+IMAGE_ENCODINGS = ("raw", "jpeg", "png")
+RESPONSE_FORMATS = ("full", "action")
+
+# Array kinds a client may send: bool, signed/unsigned int, float. Never object/void/str.
+_ALLOWED_DTYPE_KINDS = frozenset("biuf")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers carry the image size; C4 (DHT), C8 (JPG), CC (DAC) are not frames.
+_JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+class ProtocolError(ValueError):
+    """A request or response that breaks the wire format; ``status`` is the HTTP code to send."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+
+class RequestTooLargeError(ProtocolError):
+    """A body, array or image beyond the configured limits."""
+
+    status = 413
+    code = "too_large"
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What a server accepts before any byte reaches the model."""
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_image_side: int = 4096  # pixels, height and width, raw or compressed
+    max_instruction_chars: int = 2000
+
+
+@dataclass(frozen=True)
+class ActRequest:
+    """A decoded, validated ``/act`` request: exactly what ``Policy.act`` takes, plus options."""
+
+    images: dict[str, np.ndarray]  # camera -> HxWx3 uint8 RGB, in the embodiment's camera order
+    state: np.ndarray  # (state_dim,) float64
+    instruction: str
+    seed: int | None = None
+    reset: bool = False  # forget per-episode state (Think depth cache) before this inference
+    response_format: str = "full"  # "full": schema object; "action": the bare action array
+
+
+@dataclass(frozen=True)
+class ActResponse:
+    """A decoded ``/act`` response, as the client sees it."""
+
+    positions: np.ndarray
+    step_dt: float
+    joint_names: tuple[str, ...]
+    mode: str
+    model_timings: dict[str, float]
+    server_timing: dict[str, float]
+    depth_codes: np.ndarray | None
+    depth_changed: np.ndarray | None
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+
+
+def encode_image(image: np.ndarray, encoding: str, *, jpeg_quality: int = 90) -> np.ndarray | bytes:
+    """Prepare one HxWx3 uint8 RGB image for the wire: the array itself, or JPEG/PNG bytes."""
+    if encoding == "raw":
+        return np.ascontiguousarray(image)
+    if encoding not in IMAGE_ENCODINGS:
+        raise ValueError(f"unknown image encoding {encoding!r}; expected one of {IMAGE_ENCODINGS}")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+    # cv2 writes BGR input into a standard (RGB) file, so any decoder reads back RGB.
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    if encoding == "jpeg":
+        ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+    else:
+        # Level 1: PNG here is for bandwidth-limited lossless links, speed matters more than size.
+        ok, buffer = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError(f"cv2 could not encode a {image.shape} image as {encoding}")
+    return buffer.tobytes()
+
+
+def compressed_image_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG or PNG header, or None when the bytes are neither."""
+    if data[:8] == _PNG_SIGNATURE and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return int(height), int(width)
+    if data[:2] != b"\xff\xd8":
+        return None
+    index = 2
+    while index + 4 <= len(data):
+        if data[index] != 0xFF:
+            return None
+        marker = data[index + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            index += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length field
+            index += 2
+            continue
+        (segment_length,) = struct.unpack(">H", data[index + 2 : index + 4])
+        if marker in _JPEG_SOF_MARKERS:
+            if index + 9 > len(data):
+                return None
+            height, width = struct.unpack(">HH", data[index + 5 : index + 9])
+            return int(height), int(width)
+        index += 2 + segment_length
+    return None
+
+
+def decode_image(value: Any, camera: str, limits: RequestLimits) -> np.ndarray:
+    """One camera's wire value -> HxWx3 uint8 RGB, or ``ProtocolError`` naming the problem."""
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype == np.uint8:
+        value = value.tobytes()  # JSON carries compressed images as 1-D uint8 arrays
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        size = compressed_image_size(data)
+        if size is None:
+            raise ProtocolError(
+                f"camera {camera!r}: compressed image is neither JPEG nor PNG "
+                f"({len(data)} bytes starting {data[:4].hex()})"
+            )
+        _check_image_side(camera, size, limits)
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if decoded is None:
+            raise ProtocolError(f"camera {camera!r}: corrupt compressed image ({len(data)} bytes)")
+        return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    if not isinstance(value, np.ndarray):
+        raise ProtocolError(
+            f"camera {camera!r}: expected an HxWx3 uint8 array or JPEG/PNG bytes, "
+            f"got {type(value).__name__}"
+        )
+    if value.dtype != np.uint8:
+        raise ProtocolError(f"camera {camera!r}: expected dtype uint8, got {value.dtype}")
+    if value.ndim != 3 or value.shape[2] != 3:
+        raise ProtocolError(f"camera {camera!r}: expected shape HxWx3 (RGB), got {value.shape}")
+    _check_image_side(camera, value.shape[:2], limits)
+    return value
+
+
+def _check_image_side(camera: str, size: Sequence[int], limits: RequestLimits) -> None:
+    if max(size) > limits.max_image_side:
+        raise RequestTooLargeError(
+            f"camera {camera!r}: image {size[0]}x{size[1]} exceeds the server's limit of "
+            f"{limits.max_image_side} pixels per side"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Array codecs
+
+
+def _check_array_header(dtype: np.dtype, shape: Sequence[int], nbytes: int) -> None:
+    if dtype.kind not in _ALLOWED_DTYPE_KINDS:
+        raise ProtocolError(f"array dtype {dtype.str!r} not allowed (bool, int, uint, float only)")
+    if not all(isinstance(dim, int) and dim >= 0 for dim in shape):
+        raise ProtocolError(f"array shape {list(shape)!r} is not a list of non-negative ints")
+    expected = math.prod(shape) * dtype.itemsize
+    if expected != nbytes:
+        raise ProtocolError(
+            f"array of shape {list(shape)} and dtype {dtype.str} needs {expected} bytes, "
+            f"got {nbytes}"
+        )
+
+
+def _parse_dtype(descr: Any) -> np.dtype:
+    if isinstance(descr, bytes):
+        descr = descr.decode("ascii", "replace")
+    if not isinstance(descr, str):
+        raise ProtocolError(f"array dtype must be a string, got {type(descr).__name__}")
+    try:
+        return np.dtype(descr)
+    except TypeError as exc:
+        raise ProtocolError(f"unknown array dtype {descr!r}") from exc
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        obj = np.frombuffer(bytes(obj), np.uint8)
+    if isinstance(obj, (np.ndarray, np.generic)):
+        array = np.ascontiguousarray(obj)
+        return {
+            "__numpy__": base64.b64encode(array.data).decode("ascii"),
+            "dtype": np.lib.format.dtype_to_descr(array.dtype),
+            "shape": list(array.shape),
+        }
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _json_object_hook(obj: dict[str, Any]) -> Any:
+    if "__numpy__" not in obj:
+        return obj
+    dtype = _parse_dtype(obj.get("dtype"))
+    shape = obj.get("shape")
+    if not isinstance(shape, list):
+        raise ProtocolError("json_numpy array without a 'shape' list")
+    try:
+        data = base64.b64decode(obj["__numpy__"], validate=True)
+    except (binascii.Error, TypeError, ValueError) as exc:
+        raise ProtocolError(f"json_numpy array with invalid base64 data: {exc}") from exc
+    _check_array_header(dtype, shape, len(data))
+    array = np.frombuffer(data, dtype)
+    # json_numpy sends numpy scalars with shape [] and reads them back as numpy scalars.
+    return array.reshape(shape) if shape else array[0]
+
+
+def encode_json(payload: Any) -> bytes:
+    """JSON bytes with numpy arrays (and bytes, as uint8 arrays) in json_numpy's layout."""
+    return json.dumps(payload, default=_json_default, separators=(",", ":")).encode("utf-8")
+
+
+def decode_json(body: bytes, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Any:
+    """Parse JSON bytes with json_numpy arrays; ``ProtocolError`` on anything malformed."""
+    if len(body) > max_bytes:
+        raise RequestTooLargeError(f"body of {len(body)} bytes exceeds the limit of {max_bytes}")
+    try:
+        return json.loads(body, object_hook=_json_object_hook)
+    except ProtocolError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from exc
+
+
+def _msgpack_default(obj: Any) -> Any:
+    if isinstance(obj, (np.ndarray, np.generic)):
+        array = np.ascontiguousarray(obj)
+        return {
+            b"nd": True,
+            b"type": array.dtype.str,
+            b"kind": b"",
+            b"shape": list(array.shape),
+            b"data": array.tobytes(),
+        }
+    raise TypeError(f"{type(obj).__name__} is not msgpack serialisable")
+
+
+def _msgpack_object_hook(obj: dict[Any, Any]) -> Any:
+    if obj.get(b"nd") is True:  # msgpack-numpy layout
+        dtype, shape, data = _parse_dtype(obj.get(b"type")), obj.get(b"shape"), obj.get(b"data")
+        if obj.get(b"kind", b"") not in (b"", ""):
+            raise ProtocolError("msgpack array of kind 'O'/'V' not allowed")
+    elif obj.get(b"__ndarray__") is True or obj.get("__ndarray__") is True:  # openpi layout
+        get = obj.get
+        dtype = _parse_dtype(get(b"dtype", get("dtype")))
+        shape, data = get(b"shape", get("shape")), get(b"data", get("data"))
+    else:
+        return obj
+    if not isinstance(data, bytes) or not isinstance(shape, (list, tuple)):
+        raise ProtocolError("msgpack array without bytes 'data' and a 'shape' list")
+    _check_array_header(dtype, list(shape), len(data))
+    array = np.frombuffer(data, dtype)
+    return array.reshape(shape) if len(shape) else array[0]
+
+
+def encode_msgpack(payload: Any) -> bytes:
+    """msgpack bytes with numpy arrays in msgpack-numpy's layout and bytes as binary strings."""
+    return msgpack.packb(payload, default=_msgpack_default, use_bin_type=True)
+
+
+def decode_msgpack(body: bytes, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Any:
+    """Parse msgpack bytes with numeric arrays only; ``ProtocolError`` on anything malformed."""
+    if len(body) > max_bytes:
+        raise RequestTooLargeError(f"message of {len(body)} bytes exceeds the limit of {max_bytes}")
+    try:
+        return msgpack.unpackb(
+            body, object_hook=_msgpack_object_hook, raw=False, strict_map_key=False
+        )
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+        raise ProtocolError(f"malformed msgpack: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Requests
+
+
+def build_act_request(
+    spec: EmbodimentSpec,
+    images: Mapping[str, np.ndarray],
+    state: np.ndarray,
+    instruction: str,
+    *,
+    seed: int | None = None,
+    image_encoding: str = "jpeg",
+    jpeg_quality: int = 90,
+    reset: bool = False,
+) -> dict[str, Any]:
+    """The request dictionary (before JSON/msgpack encoding) for one observation."""
+    return {
+        "instruction": instruction,
+        "images": {
+            name: encode_image(images[name], image_encoding, jpeg_quality=jpeg_quality)
+            for name in spec.camera_names
+        },
+        "state": np.asarray(state, dtype=np.float64),
+        "embodiment": spec.name,
+        "seed": seed,
+        "reset": reset,
+    }
+
+
+def parse_act_request(
+    payload: Any, spec: EmbodimentSpec, limits: RequestLimits | None = None
+) -> ActRequest:
+    """Validate a decoded request against the served embodiment; ``ProtocolError`` if bad.
+
+    Accepts the released-style keys: ``images`` (camera -> image mapping, a list in camera
+    order, or an (N, H, W, 3) stack), ``image`` (single-camera embodiments), ``state`` or
+    ``proprio``, ``instruction``, ``unnorm_key`` (must name the served norm tag), and a
+    double-encoded ``{"encoded": "<json>"}`` body.
+    """
+    limits = limits or RequestLimits()
+    if isinstance(payload, dict) and set(payload) == {"encoded"}:
+        if not isinstance(payload["encoded"], str):
+            raise ProtocolError("'encoded' must be a JSON string")
+        payload = decode_json(payload["encoded"].encode("utf-8"), max_bytes=limits.max_body_bytes)
+    if not isinstance(payload, dict):
+        raise ProtocolError(f"request must be a JSON/msgpack object, got {type(payload).__name__}")
+
+    embodiment = payload.get("embodiment")
+    if embodiment is not None and embodiment != spec.name:
+        raise ProtocolError(
+            f"this server serves embodiment {spec.name!r}, request asks for {embodiment!r}"
+        )
+    unnorm_key = payload.get("unnorm_key")
+    if unnorm_key is not None and unnorm_key != spec.norm_tag:
+        raise ProtocolError(
+            f"this server serves norm tag {spec.norm_tag!r}, "
+            f"request asks for unnorm_key {unnorm_key!r}"
+        )
+
+    instruction = payload.get("instruction")
+    if not isinstance(instruction, str):
+        raise ProtocolError("'instruction' must be a string")
+    if len(instruction) > limits.max_instruction_chars:
+        raise RequestTooLargeError(
+            f"instruction of {len(instruction)} characters exceeds {limits.max_instruction_chars}"
+        )
+
+    images = _parse_images(payload, spec, limits)
+    state = _parse_state(payload, spec)
+
+    seed = payload.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise ProtocolError(f"'seed' must be an integer or null, got {seed!r}")
+    if seed is not None and not 0 <= int(seed) < 2**63:
+        raise ProtocolError(f"'seed' must be in [0, 2**63), got {seed}")
+    reset = payload.get("reset", False)
+    if not isinstance(reset, bool):
+        raise ProtocolError(f"'reset' must be true or false, got {reset!r}")
+    response_format = payload.get("response_format", "full")
+    if response_format not in RESPONSE_FORMATS:
+        raise ProtocolError(
+            f"'response_format' must be one of {RESPONSE_FORMATS}, got {response_format!r}"
+        )
+
+    try:
+        validate_observation(spec, images, state, instruction)
+    except PolicyInputError as exc:
+        raise ProtocolError(str(exc)) from exc
+    return ActRequest(
+        images=images,
+        state=state,
+        instruction=instruction,
+        seed=None if seed is None else int(seed),
+        reset=reset,
+        response_format=response_format,
+    )
+
+
+def _parse_images(
+    payload: Mapping[str, Any], spec: EmbodimentSpec, limits: RequestLimits
+) -> dict[str, np.ndarray]:
+    cameras = spec.camera_names
+    raw = payload.get("images")
+    if raw is None and "image" in payload:
+        if len(cameras) != 1:
+            raise ProtocolError(
+                f"'image' carries one camera but {spec.name} needs {len(cameras)} "
+                f"({', '.join(cameras)}): send 'images' as a mapping or a list in that order"
+            )
+        raw = [payload["image"]]
+    if raw is None:
+        raise ProtocolError(f"missing 'images' (cameras {', '.join(cameras)})")
+    if isinstance(raw, dict):
+        missing = [name for name in cameras if name not in raw]
+        unknown = sorted(str(name) for name in raw if name not in cameras)
+        if missing or unknown:
+            raise ProtocolError(
+                f"'images' cameras do not match {spec.name}: missing {missing}, unknown {unknown}; "
+                f"expected {list(cameras)}"
+            )
+        values = [raw[name] for name in cameras]
+    elif isinstance(raw, np.ndarray) and raw.ndim == 4:
+        values = list(raw)
+    elif isinstance(raw, (list, tuple)):
+        values = list(raw)
+    else:
+        raise ProtocolError(
+            "'images' must be a camera->image mapping, a list in camera order or an "
+            f"(N, H, W, 3) uint8 array, got {type(raw).__name__}"
+        )
+    if len(values) != len(cameras):
+        raise ProtocolError(
+            f"'images' has {len(values)} image(s), {spec.name} needs {len(cameras)} "
+            f"({', '.join(cameras)})"
+        )
+    pairs = zip(cameras, values, strict=True)
+    return {name: decode_image(value, name, limits) for name, value in pairs}
+
+
+def _parse_state(payload: Mapping[str, Any], spec: EmbodimentSpec) -> np.ndarray:
+    key = "state" if "state" in payload else "proprio"
+    raw = payload.get(key)
+    if raw is None:
+        raise ProtocolError(f"missing 'state' ({spec.state_dim} values for {spec.name})")
+    if isinstance(raw, list) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw
+    ):
+        raw = np.asarray(raw, dtype=np.float64)
+    if not isinstance(raw, np.ndarray) or raw.dtype.kind not in "iuf":
+        raise ProtocolError(f"'{key}' must be a numeric array, got {type(raw).__name__}")
+    if raw.shape != (spec.state_dim,):
+        raise ProtocolError(
+            f"'{key}': expected shape ({spec.state_dim},) for {spec.name}, got {raw.shape}"
+        )
+    return raw.astype(np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# Responses
+
+
+def build_act_response(
+    result: ActionChunkResult, embodiment: str, server_timing: Mapping[str, float]
+) -> dict[str, Any]:
+    """The full response object for one chunk."""
+    return {
+        "action": np.asarray(result.positions, dtype=np.float64),
+        "step_dt": float(result.step_dt),
+        "joint_names": list(result.joint_names),
+        "mode": result.mode,
+        "embodiment": embodiment,
+        "timings": {str(k): float(v) for k, v in result.timings.items()},
+        "server_timing": {str(k): float(v) for k, v in server_timing.items()},
+        "depth_codes": None if result.depth_codes is None else np.asarray(result.depth_codes),
+        "depth_changed": None if result.depth_changed is None else np.asarray(result.depth_changed),
+        "protocol_version": PROTOCOL_VERSION,
+    }
+
+
+def error_payload(code: str, message: str) -> dict[str, Any]:
+    """Error body; ``detail`` repeats the message for FastAPI-style clients."""
+    return {"error": {"code": code, "message": message}, "detail": message}
+
+
+def parse_act_response(payload: Any, spec: EmbodimentSpec, joint_count: int) -> ActResponse:
+    """Check a full response against what the robot expects; ``ProtocolError`` if it differs."""
+    if not isinstance(payload, dict):
+        raise ProtocolError(f"response must be an object, got {type(payload).__name__}")
+    if "error" in payload:
+        error = payload["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise ProtocolError(f"server error: {message}")
+    positions = payload.get("action")
+    if not isinstance(positions, np.ndarray) or positions.dtype.kind != "f":
+        raise ProtocolError("response 'action' is not a float array")
+    if positions.shape != (spec.horizon, joint_count):
+        raise ProtocolError(
+            f"response 'action' has shape {positions.shape}, expected ({spec.horizon}, "
+            f"{joint_count}) for {spec.name}"
+        )
+    if not np.all(np.isfinite(positions)):
+        raise ProtocolError("response 'action' contains NaN or inf")
+    step_dt = payload.get("step_dt")
+    if not isinstance(step_dt, (int, float)) or not step_dt > 0:
+        raise ProtocolError(f"response 'step_dt' must be a positive number, got {step_dt!r}")
+    timings = payload.get("timings") or {}
+    server_timing = payload.get("server_timing") or {}
+    if not isinstance(timings, dict) or not isinstance(server_timing, dict):
+        raise ProtocolError("response 'timings'/'server_timing' must be objects")
+    return ActResponse(
+        positions=positions.astype(np.float64),
+        step_dt=float(step_dt),
+        joint_names=tuple(str(name) for name in payload.get("joint_names") or ()),
+        mode=str(payload.get("mode", "")),
+        model_timings={str(k): float(v) for k, v in timings.items()},
+        server_timing={str(k): float(v) for k, v in server_timing.items()},
+        depth_codes=_optional_array(payload.get("depth_codes"), np.int64),
+        depth_changed=_optional_array(payload.get("depth_changed"), np.bool_),
+    )
+
+
+def _optional_array(value: Any, dtype: type) -> np.ndarray | None:
+    if value is None:
+        return None
+    return np.asarray(value).astype(dtype)
