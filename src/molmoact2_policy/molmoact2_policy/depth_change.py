@@ -136,3 +136,19 @@ def detect_changed_cells(
 ) -> np.ndarray:
     """(grid*grid,) bool, row-major: True where the cell must be re-predicted."""
     return compare_frames(prev_rgb, rgb, grid, size, threshold).changed
+
+
+def stamp_jump_reason(previous_s: float | None, stamp_s: float, max_gap_s: float) -> str | None:
+    """Why the depth cache must be dropped before a frame stamped ``stamp_s`` (None: keep it).
+
+    Cached codes describe the scene at ``previous_s``; a stamp going backwards (bag replay,
+    clock reset) or a gap longer than ``max_gap_s`` (camera paused, new episode) means the
+    cached frame may no longer be the scene the robot sees.
+    """
+    if previous_s is None:
+        return None
+    if stamp_s < previous_s:
+        return f"camera stamp went backwards by {previous_s - stamp_s:.3f} s"
+    if stamp_s - previous_s > max_gap_s:
+        return f"camera stamp gap {stamp_s - previous_s:.3f} s exceeds {max_gap_s:.3f} s"
+    return None
