@@ -1,0 +1,173 @@
+"""Parameters of the driver node (one declaration; no ROS imports).
+
+Robot keys come from ``config/<robot>.yaml`` (the driver section and ``/**``); executor and
+safety keys have defaults that suit every robot. ``validate()`` lists what is wrong, so the
+node can fail its configure transition with one clear message and the bringup can check a
+config file without starting ROS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+BACKENDS = ("sim", "damiao", "feetech", "franky", "ros2_control")
+ON_FAULT = ("hold", "disable")
+
+
+def _f(default, description: str, **extra):
+    if isinstance(default, list | tuple):
+        value = tuple(default)
+        return field(default_factory=lambda: value, metadata={"description": description, **extra})
+    return field(default=default, metadata={"description": description, **extra})
+
+
+@dataclass(frozen=True)
+class DriverParams:
+    # -- robot (config/<robot>.yaml) --
+    robot: str = _f("", "robot name (config file stem), e.g. yam")
+    embodiment: str = _f("", "model embodiment tag (molmoact2_policy.embodiments)")
+    joint_names: tuple[str, ...] = _f((), "joints in command order (model order)")
+    backend: str = _f("sim", f"hardware backend: one of {BACKENDS}")
+    control_rate: float = _f(250.0, "control loop rate [Hz]")
+    chunk_topic: str = _f(
+        "molmoact2_policy/action_chunk", "ActionChunk topic to follow (relative to namespace)"
+    )
+    position_lower: tuple[float, ...] = _f((), "lower position limit per joint [rad or m]")
+    position_upper: tuple[float, ...] = _f((), "upper position limit per joint [rad or m]")
+    max_velocity: tuple[float, ...] = _f((), "velocity limit per joint [rad/s or m/s]")
+    max_acceleration: tuple[float, ...] = _f((), "acceleration limit per joint [rad/s^2]")
+    max_step_per_tick: float = _f(0.03, "largest change of any joint command per tick [rad]")
+    initial_positions: tuple[float, ...] = _f(
+        (), "sim start pose per joint (empty: midpoint of the limits)"
+    )
+    can_channels: tuple[str, ...] = _f((), "damiao: one CAN channel per arm (e.g. can0, can1)")
+    frame_prefixes: tuple[str, ...] = _f((), "joint-name prefix per arm, same order as channels")
+    serial_port: str = _f("", "feetech: serial port of the servo bus, e.g. /dev/ttyACM0")
+    calibration_file: str = _f("", "feetech: LeRobot-style calibration JSON")
+    trajectory_topic: str = _f("", "ros2_control: JointTrajectory controller topic")
+    robot_ip: str = _f("", "franky: robot IP address")
+    # -- executor --
+    interpolation: str = _f("cubic", "interpolation between chunk actions: linear | cubic")
+    splice_policy: str = _f("blend", "new chunk takeover: blend | replace | average")
+    blend_window: float = _f(0.1, "position+velocity blend when splicing a new chunk [s]")
+    average_weight_new: float = _f(0.7, "average policy: weight of the new chunk")
+    dry_run: bool = _f(False, "compute and publish commands but never send them to the robot")
+    # -- safety --
+    max_start_deviation: float = _f(
+        0.5, "reject a chunk whose first executed action is this far from measured [rad]"
+    )
+    ramp_in_time: float = _f(1.0, "ramp from the measured pose after start/reset [s]")
+    watchdog_timeout: float = _f(0.5, "no accepted chunk for this long -> hold [s]")
+    on_fault: str = _f("hold", "on a backend fault: hold (keep torque) | disable (torque off)")
+    reconnect_period: float = _f(1.0, "seconds between reconnect attempts after a fault")
+    # -- sim backend --
+    sim_time_constant: float = _f(0.05, "sim: first-order joint time constant [s]")
+    sim_noise_std: float = _f(0.0, "sim: std of Gaussian measurement noise [rad]")
+    seed: int = _f(0, "sim: random seed (noise)")
+    # -- node --
+    state_publish_rate: float = _f(
+        0.0, "joint_states publish rate [Hz] (0: every control tick)"
+    )
+    autostart: bool = _f(True, "configure and activate at start (no lifecycle manager)")
+
+    def validate(self) -> list[str]:
+        """Every problem with these values (empty when they are usable)."""
+        problems: list[str] = []
+        n = len(self.joint_names)
+        if n == 0:
+            problems.append("joint_names is empty")
+        if len(set(self.joint_names)) != n:
+            problems.append("joint_names has duplicates")
+        for name in ("position_lower", "position_upper", "max_velocity", "max_acceleration"):
+            values = getattr(self, name)
+            if len(values) != n:
+                problems.append(f"{name} has {len(values)} values for {n} joints")
+            elif not np.all(np.isfinite(values)):
+                problems.append(f"{name} has non-finite values")
+        if self.initial_positions and len(self.initial_positions) != n:
+            problems.append(
+                f"initial_positions has {len(self.initial_positions)} values for {n} joints"
+            )
+        if len(self.position_lower) == n == len(self.position_upper):
+            lower, upper = np.array(self.position_lower), np.array(self.position_upper)
+            bad = [self.joint_names[j] for j in np.flatnonzero(lower > upper)]
+            if bad:
+                problems.append(f"position_lower > position_upper for {bad}")
+            if self.initial_positions and len(self.initial_positions) == n:
+                init = np.array(self.initial_positions)
+                out = [self.joint_names[j] for j in np.flatnonzero((init < lower) | (init > upper))]
+                if out:
+                    problems.append(f"initial_positions outside the limits for {out}")
+        for name in ("max_velocity", "max_acceleration"):
+            if any(v <= 0 for v in getattr(self, name)):
+                problems.append(f"{name} must be > 0 for every joint")
+        if self.backend not in BACKENDS:
+            problems.append(f"backend {self.backend!r} is not one of {BACKENDS}")
+        if self.control_rate <= 0:
+            problems.append("control_rate must be > 0")
+        if self.max_step_per_tick <= 0:
+            problems.append("max_step_per_tick must be > 0")
+        if self.interpolation not in ("linear", "cubic"):
+            problems.append(f"interpolation {self.interpolation!r} is not linear|cubic")
+        if self.splice_policy not in ("blend", "replace", "average"):
+            problems.append(f"splice_policy {self.splice_policy!r} is not blend|replace|average")
+        if self.blend_window < 0 or self.ramp_in_time < 0:
+            problems.append("blend_window and ramp_in_time must be >= 0")
+        if not 0.0 <= self.average_weight_new <= 1.0:
+            problems.append("average_weight_new must be in [0, 1]")
+        if self.watchdog_timeout <= 0 or self.max_start_deviation <= 0:
+            problems.append("watchdog_timeout and max_start_deviation must be > 0")
+        if self.on_fault not in ON_FAULT:
+            problems.append(f"on_fault {self.on_fault!r} is not one of {ON_FAULT}")
+        if self.sim_time_constant <= 0 or self.sim_noise_std < 0:
+            problems.append("sim_time_constant must be > 0 and sim_noise_std >= 0")
+        if self.can_channels and len(self.frame_prefixes) not in (0, len(self.can_channels)):
+            problems.append(
+                f"{len(self.frame_prefixes)} frame_prefixes for {len(self.can_channels)} "
+                "can_channels"
+            )
+        return problems
+
+    def initial_pose(self) -> np.ndarray:
+        """Sim start pose: ``initial_positions`` or the middle of the limits."""
+        if self.initial_positions:
+            return np.array(self.initial_positions, dtype=float)
+        return (np.array(self.position_lower) + np.array(self.position_upper)) / 2.0
+
+    def limits(self):
+        """The ``JointLimits`` these parameters describe."""
+        from hw_drivers.safety import JointLimits
+
+        return JointLimits(
+            lower=np.array(self.position_lower),
+            upper=np.array(self.position_upper),
+            max_velocity=np.array(self.max_velocity),
+            max_acceleration=np.array(self.max_acceleration),
+        )
+
+    def safety_config(self):
+        from hw_drivers.safety import SafetyConfig
+
+        return SafetyConfig(
+            max_step_per_tick=self.max_step_per_tick,
+            max_start_deviation=self.max_start_deviation,
+            ramp_in_time=self.ramp_in_time,
+            watchdog_timeout=self.watchdog_timeout,
+        )
+
+    def executor_config(self):
+        from hw_drivers.executor import ExecutorConfig
+
+        return ExecutorConfig(
+            interpolation=self.interpolation,
+            splice_policy=self.splice_policy,
+            blend_window=self.blend_window,
+            average_weight_new=self.average_weight_new,
+            dry_run=self.dry_run,
+        )
+
+
+def driver_param_names() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(DriverParams))
