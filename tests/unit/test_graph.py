@@ -1,0 +1,171 @@
+"""The config layer both launch paths read: graphs, consistency, and config errors."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from molmoact2 import graph
+from molmoact2.launch_support import LAUNCH_ARGUMENTS
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
+
+
+def launch_file_robot(path: Path) -> str:
+    """The ROBOT constant a launch file passes to the graph layer (read without importing)."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and node.targets[0].id == "ROBOT":
+            return node.value.value
+    raise AssertionError(f"{path} defines no ROBOT")
+
+
+def console_scripts() -> dict[str, str]:
+    return {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
+
+
+def test_every_robot_has_a_launch_file_and_config():
+    robots = {launch_file_robot(p) for p in LAUNCH_FILES}
+    assert robots == {"yam", "droid", "so101"}
+    assert set(graph.known_robots()) == robots
+    for path in LAUNCH_FILES:
+        text = path.read_text()
+        assert "generate_launch_description" in text
+        assert "generate_robot_launch_description(ROBOT)" in text
+
+
+def test_launch_arguments_are_the_documented_ones():
+    assert set(LAUNCH_ARGUMENTS) == {
+        "sim", "checkpoint", "think", "rviz", "record", "namespace", "use_sim_time"
+    }
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("think", [False, True])
+@pytest.mark.parametrize("sim", [True, False])
+def test_launch_graph_references_real_executables_files_and_topics(path, think, sim):
+    robot = launch_file_robot(path)
+    options = graph.LaunchOptions(sim=sim, think=think, record=True, namespace="robot1")
+    nodes = graph.build_graph(robot, options)
+    scripts = console_scripts()
+    names = [n.name for n in nodes]
+    assert graph.POLICY_NODE in names
+    assert len(names) == len(set(names))
+    for spec in nodes:
+        # ros2 launch runs the console script; molmoact2 launch runs the module.
+        assert spec.executable in scripts, f"{spec.executable} is not a console script"
+        assert scripts[spec.executable].split(":")[0] == spec.module
+        assert importlib.util.find_spec(spec.module) is not None, spec.module
+        for file in spec.param_files:
+            assert Path(file).is_file()
+            assert yaml.safe_load(Path(file).read_text())
+    config = graph.load_robot_config(robot)
+    driver = next(n for n in nodes if n.name == config.driver_name)
+    assert driver.overrides["backend"] == ("sim" if sim else config.bringup["hardware_backend"])
+    # The driver listens where the policy publishes (~/action_chunk) in the same namespace.
+    chunk_topic = config.params_for(config.driver_name)["chunk_topic"]
+    assert graph.resolve_topic("robot1", chunk_topic) == "/robot1/molmoact2_policy/action_chunk"
+    # Sim cameras publish exactly the topics the policy subscribes (one shared key).
+    assert "camera_topics" in config.shared
+    assert ("sim_cameras" in names) == sim
+    policy = next(n for n in nodes if n.name == graph.POLICY_NODE)
+    assert (policy.overrides.get("mode") == "think") == think
+    recorder = next(n for n in nodes if n.name == graph.RECORDER_NODE)
+    topics = recorder.overrides["topics"]
+    assert set(config.shared["camera_topics"]) <= set(topics)
+    assert "molmoact2_policy/action_chunk" in topics
+    assert ("molmoact2_depth_cache/depth_tokens" in topics) == think
+
+
+def test_checkpoint_argument_overrides_the_config():
+    nodes = graph.build_graph("yam", graph.LaunchOptions(checkpoint="/models/molmoact2-yam"))
+    policy = next(n for n in nodes if n.name == graph.POLICY_NODE)
+    assert policy.overrides["checkpoint"] == "/models/molmoact2-yam"
+
+
+def test_configs_use_namespace_wildcards_and_shared_keys():
+    for robot in graph.known_robots():
+        raw = yaml.safe_load(graph.config_path(robot).read_text())
+        for key in raw:
+            assert key == "/**" or key.startswith("/**/"), (robot, key)
+        config = graph.load_robot_config(robot)
+        assert len(config.shared["joint_names"]) == len(
+            config.params_for(config.driver_name)["position_lower"]
+        )
+
+
+def write_config(tmp_path: Path, mutate) -> Path:
+    raw = yaml.safe_load(graph.config_path("so101").read_text())
+    mutate(raw)
+    path = tmp_path / "robot.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_unknown_robot_is_named():
+    with pytest.raises(graph.ConfigError, match=r"unknown robot .r2d2.*known: droid, so101, yam"):
+        graph.load_robot_config("r2d2")
+
+
+def test_malformed_yaml_is_refused_with_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("/**:\n  ros__parameters: [unclosed\n")
+    with pytest.raises(graph.ConfigError, match=r"bad\.yaml: malformed YAML"):
+        graph.load_robot_config(path)
+
+
+def test_section_without_ros_parameters_is_refused(tmp_path):
+    path = write_config(tmp_path, lambda raw: raw.update({"/**/extra": {"x": 1}}))
+    with pytest.raises(graph.ConfigError, match="'/\\*\\*/extra' has no 'ros__parameters'"):
+        graph.load_robot_config(path)
+
+
+def test_missing_joint_is_refused(tmp_path):
+    path = write_config(
+        tmp_path, lambda raw: raw["/**"]["ros__parameters"]["joint_names"].pop()
+    )
+    with pytest.raises(graph.ConfigError, match="position_lower has 6 entries for 5 joints"):
+        graph.load_robot_config(path)
+
+
+def test_joint_count_must_match_the_embodiment(tmp_path):
+    def mutate(raw):
+        raw["/**"]["ros__parameters"]["embodiment"] = "droid"
+
+    with pytest.raises(graph.ConfigError, match="droid has 8 action dims but joint_names lists 6"):
+        graph.load_robot_config(write_config(tmp_path, mutate))
+
+
+def test_unknown_embodiment_is_named(tmp_path):
+    def mutate(raw):
+        raw["/**"]["ros__parameters"]["embodiment"] = "marsrover"
+
+    with pytest.raises(graph.ConfigError, match="unknown embodiment 'marsrover'"):
+        graph.load_robot_config(write_config(tmp_path, mutate))
+
+
+def test_camera_arrays_must_line_up(tmp_path):
+    def mutate(raw):
+        raw["/**"]["ros__parameters"]["camera_frames"] = ["front_optical_frame"]
+
+    with pytest.raises(graph.ConfigError, match="camera_frames has 1 entries for 2 cameras"):
+        graph.load_robot_config(write_config(tmp_path, mutate))
+
+
+def test_duplicate_joint_names_are_refused(tmp_path):
+    def mutate(raw):
+        raw["/**"]["ros__parameters"]["joint_names"][1] = "shoulder_pan"
+
+    with pytest.raises(graph.ConfigError, match="duplicates"):
+        graph.load_robot_config(write_config(tmp_path, mutate))
+
+
+def test_resolve_topic():
+    assert graph.resolve_topic("", "joint_states") == "/joint_states"
+    assert graph.resolve_topic("/arm2/", "joint_states") == "/arm2/joint_states"
+    assert graph.resolve_topic("arm2", "/clock") == "/clock"
