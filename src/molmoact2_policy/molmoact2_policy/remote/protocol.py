@@ -276,9 +276,10 @@ def _msgpack_default(obj: Any) -> Any:
 
 def _msgpack_object_hook(obj: dict[Any, Any]) -> Any:
     if obj.get(b"nd") is True:  # msgpack-numpy layout
-        dtype, shape, data = _parse_dtype(obj.get(b"type")), obj.get(b"shape"), obj.get(b"data")
         if obj.get(b"kind", b"") not in (b"", ""):
-            raise ProtocolError("msgpack array of kind 'O'/'V' not allowed")
+            # Object/void arrays: msgpack-numpy would unpickle them.
+            raise ProtocolError("msgpack array of kind 'O'/'V' not allowed (numeric dtypes only)")
+        dtype, shape, data = _parse_dtype(obj.get(b"type")), obj.get(b"shape"), obj.get(b"data")
     elif obj.get(b"__ndarray__") is True or obj.get("__ndarray__") is True:  # openpi layout
         get = obj.get
         dtype = _parse_dtype(get(b"dtype", get("dtype")))

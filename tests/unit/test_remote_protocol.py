@@ -1,0 +1,281 @@
+"""Wire format of the policy server: array codecs, image codecs, request/response validation."""
+
+from __future__ import annotations
+
+import json
+
+import json_numpy
+import msgpack
+import msgpack_numpy
+import numpy as np
+import pytest
+
+from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_policy.policy_api import ActionChunkResult
+from molmoact2_policy.remote import protocol as p
+
+SPEC = get_embodiment("yam_bimanual")
+
+
+def _smooth_image(seed: int, shape: tuple[int, int] = (96, 128)) -> np.ndarray:
+    """Camera-like content (gradients + mild noise): JPEG of pure noise says little."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (h + w)], axis=-1)
+    return np.clip(base + rng.normal(0, 4, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _observation(seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    images = {name: _smooth_image(seed + i) for i, name in enumerate(SPEC.camera_names)}
+    return images, np.linspace(-1, 1, SPEC.state_dim)
+
+
+# ---------------------------------------------------------------- array codecs
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.float32, np.float64, np.bool_])
+def test_json_arrays_interoperate_with_json_numpy_both_ways(dtype):
+    array = np.arange(24).reshape(2, 3, 4).astype(dtype)
+    ours = p.decode_json(json_numpy.dumps({"a": array}).encode())["a"]
+    theirs = json_numpy.loads(p.encode_json({"a": array}).decode())["a"]
+    for decoded in (ours, theirs):
+        assert decoded.dtype == array.dtype and np.array_equal(decoded, array)
+
+
+def test_json_bytes_travel_as_uint8_arrays():
+    decoded = p.decode_json(p.encode_json({"jpeg": b"\xff\xd8abc"}))["jpeg"]
+    assert decoded.dtype == np.uint8 and decoded.tobytes() == b"\xff\xd8abc"
+
+
+def test_msgpack_arrays_interoperate_with_msgpack_numpy():
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    ours = p.decode_msgpack(msgpack_numpy.packb({"a": array}))["a"]
+    theirs = msgpack_numpy.unpackb(p.encode_msgpack({"a": array}))["a"]
+    assert np.array_equal(ours, array) and np.array_equal(theirs, array)
+    assert p.decode_msgpack(p.encode_msgpack({"b": b"\x00\x01"}))["b"] == b"\x00\x01"
+
+
+def test_msgpack_object_arrays_are_refused_not_unpickled():
+    # msgpack-numpy packs object arrays with pickle; decoding them would run client code.
+    packed = msgpack_numpy.packb({"a": np.array([{"x": 1}], dtype=object)})
+    with pytest.raises(p.ProtocolError, match="not allowed"):
+        p.decode_msgpack(packed)
+
+
+def test_openpi_ndarray_layout_is_accepted():
+    array = np.arange(6, dtype=np.int32).reshape(2, 3)
+    message = {
+        b"__ndarray__": True,
+        b"data": array.tobytes(),
+        b"dtype": array.dtype.str,
+        b"shape": [2, 3],
+    }
+    decoded = p.decode_msgpack(msgpack.packb({"a": message}, use_bin_type=True))["a"]
+    assert np.array_equal(decoded, array)
+
+
+@pytest.mark.parametrize(
+    ("array_json", "message"),
+    [
+        ({"__numpy__": "AAAA", "dtype": "|O", "shape": [1]}, "not allowed"),
+        ({"__numpy__": "AAAA", "dtype": "<f8", "shape": [2]}, "needs 16 bytes, got 3"),
+        ({"__numpy__": "!!!", "dtype": "<f8", "shape": [1]}, "invalid base64"),
+        ({"__numpy__": "AAAA", "dtype": "nonsense", "shape": [1]}, "unknown array dtype"),
+        ({"__numpy__": "AAAA", "dtype": "|u1", "shape": 3}, "shape"),
+    ],
+)
+def test_bad_json_arrays_get_clear_errors(array_json, message):
+    with pytest.raises(p.ProtocolError, match=message):
+        p.decode_json(json.dumps({"a": array_json}).encode())
+
+
+def test_malformed_bodies_and_size_limit():
+    with pytest.raises(p.ProtocolError, match="malformed JSON"):
+        p.decode_json(b'{"instruction": ')
+    with pytest.raises(p.ProtocolError, match="malformed msgpack"):
+        p.decode_msgpack(b"\xc1")
+    with pytest.raises(p.RequestTooLargeError, match="exceeds the limit of 10"):
+        p.decode_json(b"[" + b"1," * 10 + b"1]", max_bytes=10)
+    assert p.RequestTooLargeError.status == 413
+
+
+# ---------------------------------------------------------------- images
+
+
+def test_jpeg_round_trip_keeps_size_and_colour_order():
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[..., 0] = 200  # pure red in RGB
+    data = p.encode_image(image, "jpeg", jpeg_quality=95)
+    assert isinstance(data, bytes) and data[:2] == b"\xff\xd8"
+    assert p.compressed_image_size(data) == (48, 64)
+    decoded = p.decode_image(data, "top", p.RequestLimits())
+    assert decoded.shape == image.shape and decoded.dtype == np.uint8
+    assert np.abs(decoded.astype(int) - image).max() <= 3
+    assert decoded[..., 0].mean() > 190 and decoded[..., 2].mean() < 10
+
+
+def test_png_is_lossless_and_raw_is_passthrough():
+    image = _smooth_image(3)
+    png = p.encode_image(image, "png")
+    assert p.compressed_image_size(png) == image.shape[:2]
+    assert np.array_equal(p.decode_image(png, "top", p.RequestLimits()), image)
+    assert np.array_equal(
+        p.decode_image(np.frombuffer(png, np.uint8), "top", p.RequestLimits()), image
+    )
+    assert p.encode_image(image, "raw") is image or np.array_equal(
+        p.encode_image(image, "raw"), image
+    )
+
+
+def test_image_limits_are_checked_from_the_header_before_decoding():
+    limits = p.RequestLimits(max_image_side=100)
+    wide = p.encode_image(np.zeros((20, 150, 3), np.uint8), "jpeg")
+    with pytest.raises(p.RequestTooLargeError, match=r"20x150 exceeds .* 100 pixels"):
+        p.decode_image(wide, "top", limits)
+    with pytest.raises(p.RequestTooLargeError):
+        p.decode_image(np.zeros((101, 10, 3), np.uint8), "top", limits)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (b"GIF89a....", "neither JPEG nor PNG"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 20, "corrupt|neither"),
+        (np.zeros((8, 8, 3), np.float32), "dtype uint8"),
+        (np.zeros((8, 8), np.uint8).reshape(8, 8, 1), "HxWx3"),
+        ("not an image", "got str"),
+    ],
+)
+def test_bad_images_get_clear_errors(value, message):
+    with pytest.raises(p.ProtocolError, match=message):
+        p.decode_image(value, "left_wrist", p.RequestLimits())
+
+
+def test_unknown_encoding_and_quality_are_refused():
+    with pytest.raises(ValueError, match="unknown image encoding"):
+        p.encode_image(_smooth_image(0), "webp")
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        p.encode_image(_smooth_image(0), "jpeg", jpeg_quality=0)
+
+
+# ---------------------------------------------------------------- requests
+
+
+def _wire(payload):
+    return p.decode_json(p.encode_json(payload))
+
+
+def test_built_request_parses_back_to_the_same_observation():
+    images, state = _observation()
+    request = p.build_act_request(
+        SPEC, images, state, "fold the towel", seed=7, image_encoding="raw"
+    )
+    parsed = p.parse_act_request(_wire(request), SPEC)
+    assert parsed.instruction == "fold the towel" and parsed.seed == 7 and not parsed.reset
+    assert list(parsed.images) == list(SPEC.camera_names)
+    for name in SPEC.camera_names:
+        assert np.array_equal(parsed.images[name], images[name])
+    assert parsed.state.dtype == np.float64 and np.array_equal(parsed.state, state)
+    via_msgpack = p.parse_act_request(p.decode_msgpack(p.encode_msgpack(request)), SPEC)
+    assert np.array_equal(via_msgpack.images["top"], images["top"])
+
+
+def test_released_style_image_layouts_are_equivalent():
+    images, state = _observation()
+    ordered = [images[name] for name in SPEC.camera_names]
+    forms = [
+        {"images": ordered, "proprio": state},
+        {"images": np.stack(ordered), "state": state},
+    ]
+    payloads = [{"instruction": "go", "unnorm_key": SPEC.norm_tag, **form} for form in forms]
+    # Double-encoded, as released clients without json_numpy on the wire send it.
+    payloads.append({"encoded": json_numpy.dumps(payloads[0])})
+    for payload in payloads:
+        parsed = p.parse_act_request(_wire(payload), SPEC)
+        assert all(np.array_equal(parsed.images[n], images[n]) for n in SPEC.camera_names)
+        assert np.array_equal(parsed.state, state)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r["images"].pop("top"), r"missing \['top'\]"),
+        (lambda r: r["images"].update(extra=r["images"]["top"]), r"unknown \['extra'\]"),
+        (lambda r: r.update(images=list(r["images"].values())[:2]), "has 2 image"),
+        (lambda r: r.pop("images"), "missing 'images'"),
+        (lambda r: r.update(image=r.pop("images")["top"]), "'image' carries one camera"),
+        (lambda r: r.update(state=np.zeros(13)), r"expected shape \(14,\)"),
+        (lambda r: r.update(state=np.full(14, np.nan)), "non-finite"),
+        (lambda r: r.pop("state"), "missing 'state'"),
+        (lambda r: r.update(state="0,0"), "numeric array"),
+        (lambda r: r.update(instruction=5), "'instruction' must be a string"),
+        (lambda r: r.update(instruction="  "), "empty instruction"),
+        (lambda r: r.update(unnorm_key="bridge_orig"), "unnorm_key 'bridge_orig'"),
+        (lambda r: r.update(embodiment="droid"), "serves embodiment 'yam_bimanual'"),
+        (lambda r: r.update(seed="1"), "'seed' must be an integer"),
+        (lambda r: r.update(seed=-1), r"'seed' must be in \[0"),
+        (lambda r: r.update(reset="yes"), "'reset' must be true or false"),
+        (lambda r: r.update(response_format="csv"), "'response_format'"),
+    ],
+)
+def test_bad_requests_name_the_problem(change, message):
+    images, state = _observation()
+    request = p.build_act_request(SPEC, images, state, "go", image_encoding="raw")
+    request = _wire(request)
+    change(request)
+    with pytest.raises(p.ProtocolError, match=message):
+        p.parse_act_request(request, SPEC)
+
+
+def test_long_instruction_is_too_large():
+    images, state = _observation()
+    request = _wire(p.build_act_request(SPEC, images, state, "x" * 50, image_encoding="raw"))
+    with pytest.raises(p.RequestTooLargeError, match="50 characters exceeds 10"):
+        p.parse_act_request(request, SPEC, p.RequestLimits(max_instruction_chars=10))
+
+
+def test_state_as_plain_list_is_accepted():
+    images, state = _observation()
+    request = _wire(p.build_act_request(SPEC, images, state, "go", image_encoding="jpeg"))
+    request["state"] = state.tolist()
+    assert np.array_equal(p.parse_act_request(request, SPEC).state, state)
+
+
+# ---------------------------------------------------------------- responses
+
+
+def _result(rows: int = SPEC.horizon, cols: int = SPEC.action_dim) -> ActionChunkResult:
+    return ActionChunkResult(
+        positions=np.arange(rows * cols, dtype=np.float64).reshape(rows, cols) / 100,
+        step_dt=SPEC.step_dt,
+        joint_names=tuple(f"j{i}" for i in range(cols)),
+        mode="think",
+        timings={"vlm": 0.01, "total": 0.02},
+        depth_codes=np.arange(100),
+        depth_changed=np.arange(100) % 2 == 0,
+    )
+
+
+def test_response_round_trips_through_both_encodings():
+    response = p.build_act_response(_result(), SPEC.name, {"infer": 0.02, "total": 0.03})
+    for wire in (_wire(response), p.decode_msgpack(p.encode_msgpack(response))):
+        parsed = p.parse_act_response(wire, SPEC, SPEC.action_dim)
+        assert np.array_equal(parsed.positions, _result().positions)
+        assert parsed.step_dt == SPEC.step_dt and parsed.mode == "think"
+        assert parsed.server_timing == {"infer": 0.02, "total": 0.03}
+        assert parsed.model_timings["vlm"] == 0.01
+        assert parsed.depth_codes.dtype == np.int64 and parsed.depth_codes[99] == 99
+        assert parsed.depth_changed.dtype == np.bool_ and parsed.depth_changed[0]
+
+
+def test_bad_responses_are_refused():
+    wrong_shape = _wire(p.build_act_response(_result(cols=7), SPEC.name, {}))
+    with pytest.raises(p.ProtocolError, match=r"shape \(30, 7\), expected \(30, 14\)"):
+        p.parse_act_response(wrong_shape, SPEC, SPEC.action_dim)
+    nan = p.build_act_response(_result(), SPEC.name, {})
+    nan["action"][3, 2] = np.nan
+    with pytest.raises(p.ProtocolError, match="NaN"):
+        p.parse_act_response(_wire(nan), SPEC, SPEC.action_dim)
+    with pytest.raises(p.ProtocolError, match="server error: busy now"):
+        p.parse_act_response(p.error_payload("busy", "busy now"), SPEC, SPEC.action_dim)
