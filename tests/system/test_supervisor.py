@@ -1,0 +1,55 @@
+"""``molmoact2 launch``'s process supervision: clean stops flush recordings, deaths are errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import pytest
+
+from molmoact2 import graph
+from molmoact2.mcap_io import read_messages
+from molmoact2.supervisor import Supervisor
+
+pytestmark = pytest.mark.ros
+
+
+def camera_and_recorder(tmp_path, **camera_overrides):
+    config = graph.load_robot_config("so101")
+    nodes = graph.build_graph(config, graph.LaunchOptions(record=True))
+    keep = []
+    for node in nodes:
+        if node.name == graph.RECORDER_NODE:
+            keep.append(dataclasses.replace(node, overrides={
+                **node.overrides, "output_dir": str(tmp_path), "file_name": "rec.mcap"}))
+        elif node.name == graph.SIM_CAMERAS_NODE:
+            keep.append(dataclasses.replace(node, overrides={
+                **node.overrides, "width": 160, "height": 120, **camera_overrides}))
+    return keep
+
+
+def test_clean_stop_flushes_the_recording(tmp_path):
+    output = io.StringIO()
+    run = Supervisor(camera_and_recorder(tmp_path), output=output).run(
+        duration=6.0, install_signal_handlers=False
+    )
+    log = output.getvalue()
+    assert run.exit_code == 0, log
+    assert run.failed_node is None
+    assert "[recorder   ]" in log and "[sim_cameras]" in log  # prefixed, aligned logs
+    topics = [topic for topic, _, _ in read_messages(tmp_path / "rec.mcap")]
+    assert topics.count("/cameras/front/image_raw") > 0, log
+    assert topics.count("/cameras/wrist/image_raw") > 0, log
+
+
+def test_a_node_that_dies_stops_the_graph_with_an_error(tmp_path):
+    output = io.StringIO()
+    nodes = camera_and_recorder(tmp_path, rate=-1.0)  # the camera node refuses this and exits
+    run = Supervisor(nodes, output=output).run(duration=30.0, install_signal_handlers=False)
+    assert run.exit_code == 1
+    assert run.failed_node == "sim_cameras"
+    assert "node sim_cameras exited unexpectedly" in output.getvalue()
+    assert "rate must be positive" in output.getvalue()
+    # The other nodes were stopped, and the recorder still closed its file properly.
+    assert run.node_exit_codes["recorder"] in (0, -2, 130)
+    list(read_messages(tmp_path / "rec.mcap"))
