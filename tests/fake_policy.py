@@ -97,3 +97,8 @@ def expected_positions(
     offset = (len(instruction) + (seed or 0)) * 1e-3
     steps = np.arange(spec.horizon, dtype=np.float64)[:, None]
     return np.asarray(state, np.float64)[None, :] + (steps + 1) * 0.01 * brightness + offset
+
+
+def make_fake_policy(params: Any) -> FakePolicy:
+    """Factory for ``MOLMOACT2_TEST_POLICY_FACTORY=tests.fake_policy:make_fake_policy``."""
+    return FakePolicy(params.embodiment, tuple(params.joint_names), mode=params.mode)

@@ -34,6 +34,7 @@ class InferenceRequest:
     observation: Observation
     instruction: str
     seed: int | None = None
+    epoch: int = 0  # caller's generation counter: lets it drop outcomes of superseded requests
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,601 @@
+"""The ``molmoact2_policy`` lifecycle node: cameras and joint states in, action chunks out.
+
+A thin ROS shell over pure parts: ``image_conversion`` (messages -> RGB), ``observation``
+(sync by capture stamps), ``inference_worker`` (one thread, newest observation only) and
+``chunk_msgs`` (result -> messages). Subscription callbacks only convert and store; inference
+runs on the worker thread, so sensors are never blocked by the model.
+
+Lifecycle: configure builds the policy (a load failure leaves the node unconfigured and alive,
+with the reason on ``~/status``); activate subscribes and starts the worker; deactivate stops
+both. ``main()`` configures and activates at start when ``autostart`` is true.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+
+from hw_drivers.ros_params import declare_dataclass_params
+from molmoact2_policy import chunk_msgs
+from molmoact2_policy.image_conversion import (
+    ImageConversionError,
+    compressed_msg_to_rgb,
+    image_msg_to_rgb,
+)
+from molmoact2_policy.inference_worker import InferenceOutcome, InferenceRequest, InferenceWorker
+from molmoact2_policy.observation import (
+    ERROR,
+    NS_PER_S,
+    STALE,
+    Observation,
+    ObservationAssembler,
+    Rejection,
+    ns_to_stamp,
+    stamp_to_ns,
+)
+from molmoact2_policy.policy_api import Policy
+from molmoact2_policy.policy_factory import TEST_POLICY_ENV, PolicyLoadError, make_policy
+from molmoact2_policy.policy_node_params import PolicyNodeParams
+
+NODE_NAME = "molmoact2_policy"
+MAX_INSTRUCTION_CHARS = 2000
+# Seconds between repeats of the same log message (bad input arrives at camera rate).
+LOG_REPEAT_PERIOD_S = 5.0
+NO_INSTRUCTION = "no instruction: publish one on ~/instruction or call ~/set_instruction"
+
+
+class LogThrottle:
+    """Lets a message through when it is new or ``period`` seconds passed since it last was."""
+
+    def __init__(self, period: float = LOG_REPEAT_PERIOD_S) -> None:
+        self._period = period
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, message: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            last = self._last.get(message)
+            if last is not None and now - last < self._period:
+                return False
+            if len(self._last) > 256:  # messages embed ages; keep the table small
+                self._last.clear()
+            self._last[message] = now
+            return True
+
+
+def _stamp_ns(header: Any) -> int:
+    return stamp_to_ns(header.stamp.sec, header.stamp.nanosec)
+
+
+class PolicyNode(LifecycleNode):
+    """See the module docstring; topics and parameters are listed in docs/architecture.md."""
+
+    def __init__(self, *, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self.params: PolicyNodeParams = declare_dataclass_params(self, PolicyNodeParams)
+        self._log_throttle = LogThrottle()
+        self._lock = threading.RLock()
+        self._lifecycle_state = "unconfigured"
+        self._policy: Policy | None = None
+        self._worker: InferenceWorker | None = None
+        self._assembler: ObservationAssembler | None = None
+        self._depth_node: Any = None
+        self._subscriptions: list[Any] = []
+        self._instruction = self.params.instruction.strip()
+        self._epoch = 0  # bumped on reset/instruction change: older outcomes are dropped
+        self._last_key: tuple[int, ...] | None = None
+        self._rejection: Rejection | None = None
+        self._last_error = ""
+        self._inference_error = False
+        self._sequence = 0
+        self._chunk_count = 0
+        self._rejected_count = 0
+        self._chunk_times: deque[float] = deque(maxlen=1000)
+        self._last_latency = float("nan")
+        self._last_model_time = float("nan")
+        self._last_preprocess_time = float("nan")
+        self._convert_time: dict[str, float] = {}
+
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import String
+        from std_srvs.srv import Trigger
+        from visualization_msgs.msg import MarkerArray
+
+        from molmoact2_msgs.msg import ActionChunk, PolicyStatus
+        from molmoact2_msgs.srv import SetInstruction
+
+        # Inputs in one group (callbacks only store), control in another: neither waits for
+        # the model, which runs on the worker thread.
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._control_group = MutuallyExclusiveCallbackGroup()
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self._chunk_pub = self.create_publisher(ActionChunk, "~/action_chunk", reliable)
+        self._predicted_pub = self.create_publisher(JointState, "~/predicted_joint_states", 10)
+        self._markers_pub = self.create_publisher(MarkerArray, "~/predicted_chunk_markers", 1)
+        # Status and diagnostics exist from construction so a failed configure is visible.
+        self._status_pub = self.create_publisher(PolicyStatus, "~/status", reliable)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(
+            String,
+            "~/instruction",
+            self._on_instruction_msg,
+            reliable,
+            callback_group=self._control_group,
+        )
+        self.create_service(
+            SetInstruction,
+            "~/set_instruction",
+            self._on_set_instruction,
+            callback_group=self._control_group,
+        )
+        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._control_group)
+        period = 1.0 / self.params.status_rate if self.params.status_rate > 0 else 1.0
+        self._status_period = period
+        self.create_timer(period, self._publish_status, callback_group=self._control_group)
+        if os.environ.get(TEST_POLICY_ENV):
+            self.get_logger().warning(
+                f"{TEST_POLICY_ENV} is set: using a test policy, not the configured model"
+            )
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        problems = self.params.validate()
+        if problems:
+            return self._configure_failed("invalid parameters: " + "; ".join(problems))
+        try:
+            policy = make_policy(self.params)
+        except PolicyLoadError as exc:
+            return self._configure_failed(str(exc))
+        with self._lock:
+            self._policy = policy
+            self._assembler = ObservationAssembler(
+                camera_names=self.params.camera_names,
+                joint_names=self.params.joint_names,
+                joint_topics=self.params.joint_state_topics,
+                max_age=self.params.max_observation_age,
+                max_skew=self.params.max_camera_skew,
+            )
+            self._last_error = ""
+            self._lifecycle_state = "inactive"
+        if self.params.mode == "think":
+            self._create_depth_node(policy)
+        self.get_logger().info(
+            f"configured: {self.params.inference} policy, checkpoint {self.params.checkpoint!r}, "
+            f"embodiment {self.params.embodiment}, mode {self.params.mode}"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure_failed(self, message: str) -> TransitionCallbackReturn:
+        self.get_logger().error(f"configure failed: {message}")
+        with self._lock:
+            self._last_error = message
+            self._inference_error = True
+        self._publish_status()
+        return TransitionCallbackReturn.FAILURE
+
+    def _create_depth_node(self, policy: Policy) -> None:
+        try:
+            from molmoact2_policy.depth_cache_node import DepthCacheNode
+
+            self._depth_node = DepthCacheNode(
+                policy_reset=policy.reset, namespace=self.get_namespace(), context=self.context
+            )
+        except Exception as exc:  # Think still drives the robot without its depth topics
+            self.get_logger().error(f"think mode: depth cache node unavailable ({exc})")
+            self._depth_node = None
+            return
+        if self.executor is not None:
+            self.executor.add_node(self._depth_node)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from sensor_msgs.msg import CompressedImage, Image, JointState
+
+        with self._lock:
+            self._assembler.clear()
+            self._last_key = None
+            self._chunk_times.clear()
+            self._chunk_count = self._rejected_count = 0
+            self._worker = InferenceWorker(
+                self._policy,
+                self._on_outcome,
+                max_rate=self.params.max_inference_rate,
+                on_callback_error=lambda exc: self._log_error(f"publishing a chunk failed: {exc}"),
+            )
+            self._worker.start()
+        for name, topic, transport in zip(
+            self.params.camera_names,
+            self.params.camera_topics,
+            self.params.camera_transports,
+            strict=True,
+        ):
+            msg_type = CompressedImage if transport == "compressed" else Image
+            self._subscriptions.append(
+                self.create_subscription(
+                    msg_type,
+                    topic,
+                    lambda msg, camera=name: self._on_image(camera, msg),
+                    qos_profile_sensor_data,
+                    callback_group=self._input_group,
+                )
+            )
+        for topic in self.params.joint_state_topics:
+            self._subscriptions.append(
+                self.create_subscription(
+                    JointState,
+                    topic,
+                    lambda msg, source=topic: self._on_joint_state(source, msg),
+                    qos_profile_sensor_data,
+                    callback_group=self._input_group,
+                )
+            )
+        with self._lock:
+            self._lifecycle_state = "active"
+        self.get_logger().info("active: waiting for cameras and joint states")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stop_inputs()
+        with self._lock:
+            self._lifecycle_state = "inactive"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stop_inputs()
+        self._drop_policy()
+        with self._lock:
+            self._lifecycle_state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stop_inputs()
+        self._drop_policy()
+        with self._lock:
+            self._lifecycle_state = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    @property
+    def lifecycle_state(self) -> str:
+        """ "unconfigured", "inactive", "active" or "finalized"."""
+        with self._lock:
+            return self._lifecycle_state
+
+    def stop_inputs(self) -> None:
+        """Unsubscribe and stop the inference thread (deactivate, cleanup, process exit)."""
+        for subscription in self._subscriptions:
+            self.destroy_subscription(subscription)
+        self._subscriptions.clear()
+        with self._lock:
+            worker, self._worker = self._worker, None
+            self._epoch += 1
+        if worker is not None and not worker.stop(timeout=5.0):
+            self.get_logger().warning("inference still running after 5 s; leaving it to finish")
+
+    def _drop_policy(self) -> None:
+        with self._lock:
+            self._policy = None
+            depth, self._depth_node = self._depth_node, None
+        if depth is not None:
+            if self.executor is not None:
+                self.executor.remove_node(depth)
+            depth.destroy_node()
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def _on_image(self, camera: str, msg: Any) -> None:
+        stamp_ns = _stamp_ns(msg.header)
+        started = time.perf_counter()
+        try:
+            if hasattr(msg, "encoding"):
+                image = image_msg_to_rgb(msg)
+            else:
+                image = compressed_msg_to_rgb(msg)
+        except ImageConversionError as exc:
+            with self._lock:
+                if self._assembler is not None:
+                    self._assembler.add_image_error(camera, stamp_ns, str(exc))
+            self._log_error(f"camera {camera!r}: {exc}")
+            self._try_infer()
+            return
+        with self._lock:
+            self._convert_time[camera] = time.perf_counter() - started
+            if self._assembler is not None:
+                self._assembler.add_image(camera, stamp_ns, image)
+        self._try_infer()
+
+    def _on_joint_state(self, topic: str, msg: Any) -> None:
+        with self._lock:
+            if self._assembler is None:
+                return
+            error = self._assembler.add_joint_state(
+                topic, _stamp_ns(msg.header), msg.name, msg.position
+            )
+        if error:
+            self._log_error(error)
+        self._try_infer()
+
+    def _try_infer(self) -> None:
+        """Build the observation for now; hand it to the worker if it is new and complete."""
+        started = time.perf_counter()
+        now_ns = self.get_clock().now().nanoseconds
+        with self._lock:
+            if self._assembler is None or self._worker is None:
+                return
+            if not self._instruction:
+                self._rejection = Rejection("no_instruction", NO_INSTRUCTION)
+                return
+            built = self._assembler.build(now_ns)
+            if isinstance(built, Rejection):
+                if built != self._rejection and built.kind in (STALE, ERROR):
+                    self._rejected_count += 1
+                self._rejection = built
+                self._last_key = None
+                return
+            self._rejection = None
+            if built.input_key == self._last_key:
+                return
+            self._last_key = built.input_key
+            self._last_preprocess_time = (time.perf_counter() - started) + sum(
+                self._convert_time.get(c, 0.0) for c in self.params.camera_names
+            )
+            seed = self.params.seed if self.params.seed >= 0 else None
+            self._worker.submit(InferenceRequest(built, self._instruction, seed, self._epoch))
+
+    # ---- outputs ------------------------------------------------------------------------
+
+    def _on_outcome(self, outcome: InferenceOutcome) -> None:
+        """Worker thread: publish a successful chunk; record and log a failure."""
+        with self._lock:
+            if outcome.request.epoch != self._epoch:
+                return  # computed for an instruction or episode that no longer applies
+        if not outcome.ok:
+            self._set_inference_error(outcome.error)
+            return
+        result = outcome.result
+        joint_names = self.params.joint_names
+        problem = chunk_msgs.check_result(result, joint_names)
+        if problem:
+            self._set_inference_error(problem)
+            return
+        observation: Observation = outcome.request.observation
+        stamp_ns = observation.stamp_ns
+        offset = self.params.action_start_offset
+        now_ns = self.get_clock().now().nanoseconds
+        latency = (now_ns - stamp_ns) / NS_PER_S
+        with self._lock:
+            sequence = self._sequence
+            self._sequence += 1
+        self._chunk_pub.publish(
+            chunk_msgs.action_chunk_msg(
+                result,
+                stamp_ns=stamp_ns,
+                start_offset=offset,
+                joint_names=joint_names,
+                sequence=sequence,
+                inference_latency=latency,
+                instruction=outcome.request.instruction,
+            )
+        )
+        with self._lock:
+            self._chunk_count += 1
+            self._chunk_times.append(time.monotonic())
+            self._last_latency = latency
+            self._last_model_time = outcome.model_time
+            self._last_error = ""
+            self._inference_error = False
+        self._predicted_pub.publish(
+            chunk_msgs.predicted_joint_state_msg(
+                result,
+                stamp_ns=stamp_ns,
+                start_offset=offset,
+                joint_names=joint_names,
+                now_ns=now_ns,
+            )
+        )
+        self._markers_pub.publish(
+            chunk_msgs.chunk_markers_msg(
+                result,
+                stamp_ns=stamp_ns,
+                start_offset=offset,
+                joint_names=joint_names,
+                frame_id=self.params.marker_frame,
+            )
+        )
+        depth = self._depth_node
+        if depth is not None and result.depth_codes is not None:
+            from builtin_interfaces.msg import Time
+
+            camera = depth.params.camera_name
+            sec, nanosec = ns_to_stamp(observation.camera_stamps_ns.get(camera, stamp_ns))
+            image = observation.images.get(camera)
+            if image is not None:
+                depth.on_think_result(Time(sec=sec, nanosec=nanosec), image, result)
+
+    def _set_inference_error(self, message: str) -> None:
+        with self._lock:
+            self._last_error = message
+            self._inference_error = True
+        self._log_error(message)
+
+    def _log_error(self, message: str) -> None:
+        if self._log_throttle.allow(message):
+            self.get_logger().error(message)
+
+    # ---- control ------------------------------------------------------------------------
+
+    def set_instruction(self, instruction: str) -> tuple[bool, str]:
+        """Replace the instruction (empty pauses inference); (accepted, message)."""
+        instruction = instruction.strip()
+        if len(instruction) > MAX_INSTRUCTION_CHARS:
+            return False, (
+                f"instruction has {len(instruction)} characters; at most {MAX_INSTRUCTION_CHARS}"
+            )
+        with self._lock:
+            changed = instruction != self._instruction
+            self._instruction = instruction
+            if changed:
+                self._epoch += 1
+                self._last_key = None
+                if self._worker is not None:
+                    self._worker.clear_pending()
+        if changed:
+            self.get_logger().info(
+                f"instruction: {instruction!r}"
+                if instruction
+                else "instruction cleared: inference paused"
+            )
+        self._try_infer()
+        return True, ("instruction set" if instruction else "instruction cleared")
+
+    def _on_instruction_msg(self, msg: Any) -> None:
+        accepted, message = self.set_instruction(msg.data)
+        if not accepted:
+            self._log_error(f"~/instruction refused: {message}")
+
+    def _on_set_instruction(self, request: Any, response: Any) -> Any:
+        response.accepted, response.message = self.set_instruction(request.instruction)
+        return response
+
+    def _on_reset(self, request: Any, response: Any) -> Any:
+        with self._lock:
+            self._epoch += 1
+            self._last_key = None
+            if self._assembler is not None:
+                self._assembler.clear()
+            if self._worker is not None:
+                self._worker.clear_pending()
+            policy = self._policy
+        try:
+            if policy is not None:
+                policy.reset()
+        except Exception as exc:
+            response.success, response.message = False, f"policy reset failed: {exc}"
+            self._log_error(response.message)
+            return response
+        response.success = True
+        response.message = "reset: inputs cleared, policy state forgotten"
+        self.get_logger().info(response.message)
+        return response
+
+    # ---- status -------------------------------------------------------------------------
+
+    def status_state(self) -> str:
+        """PolicyStatus.state for the current situation."""
+        with self._lock:
+            if self._lifecycle_state != "active":
+                return "error" if self._inference_error else "idle"
+            if not self._instruction:
+                return "no_instruction"
+            if self._rejection is not None:
+                return self._rejection.kind
+            if self._inference_error:
+                return "error"
+            if self._chunk_count == 0:
+                return "waiting_for_inputs"
+            return "running"
+
+    def _publish_status(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+        from molmoact2_msgs.msg import InputAge, PolicyStatus
+
+        now = self.get_clock().now()
+        now_ns = now.nanoseconds
+        state = self.status_state()
+        with self._lock:
+            msg = PolicyStatus()
+            msg.header.stamp = now.to_msg()
+            msg.lifecycle_state = self._lifecycle_state
+            msg.state = state
+            rejection = self._rejection
+            if self._lifecycle_state == "active" and not self._instruction:
+                msg.last_error = NO_INSTRUCTION
+            elif self._lifecycle_state == "active" and rejection is not None:
+                msg.last_error = rejection.reason
+            else:
+                msg.last_error = self._last_error
+            msg.instruction = self._instruction
+            msg.backend = self.params.inference
+            msg.checkpoint = self.params.checkpoint
+            msg.device = self.params.device
+            msg.last_latency = self._last_latency
+            msg.preprocess_time = self._last_preprocess_time
+            msg.model_time = self._last_model_time
+            horizon = time.monotonic() - self._status_period
+            recent = sum(1 for t in self._chunk_times if t >= horizon)
+            msg.chunk_rate = recent / self._status_period
+            msg.chunk_count = self._chunk_count
+            msg.rejected_count = self._rejected_count
+            if self._assembler is not None:
+                msg.inputs = [
+                    InputAge(name=s.name, age=s.age, ok=s.ok)
+                    for s in self._assembler.input_status(now_ns)
+                ]
+        self._status_pub.publish(msg)
+
+        level = {
+            "running": DiagnosticStatus.OK,
+            "error": DiagnosticStatus.ERROR,
+        }.get(state, DiagnosticStatus.WARN)
+        diag = DiagnosticStatus(
+            level=level,
+            name=f"{self.get_fully_qualified_name()}: policy",
+            message=msg.last_error or state,
+            hardware_id=self.params.robot,
+        )
+        values = {
+            "lifecycle_state": msg.lifecycle_state,
+            "state": state,
+            "instruction": msg.instruction,
+            "backend": msg.backend,
+            "checkpoint": msg.checkpoint,
+            "last_latency_s": f"{msg.last_latency:.4f}",
+            "preprocess_time_s": f"{msg.preprocess_time:.4f}",
+            "model_time_s": f"{msg.model_time:.4f}",
+            "chunk_rate_hz": f"{msg.chunk_rate:.2f}",
+            "chunk_count": str(msg.chunk_count),
+            "rejected_count": str(msg.rejected_count),
+        }
+        values.update({f"age/{i.name}": f"{i.age:.3f}" for i in msg.inputs})
+        diag.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray()
+        array.header.stamp = msg.header.stamp
+        array.status = [diag]
+        self._diag_pub.publish(array)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console script ``molmoact2_policy_node``."""
+    rclpy.init(args=args)
+    node = PolicyNode()
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        if node.params.autostart:
+            node.trigger_configure()
+            if node.lifecycle_state == "inactive":
+                node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.stop_inputs()
+        executor.shutdown()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()
