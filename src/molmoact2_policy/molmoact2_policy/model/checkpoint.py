@@ -1,0 +1,464 @@
+"""Checkpoints in the released HF layout: config.json, model.safetensors (or shards plus
+model.safetensors.index.json), norm_stats.json and tokenizer files. safetensors only, no pickle.
+
+The key map (the one place that knows both naming schemes)
+----------------------------------------------------------
+Our module keeps transformers' Molmo2 names under ``vlm.`` and the expert's released names
+under ``action_expert.`` / ``action_expert_depth_gate.``. The released export uses the original
+Molmo2 names; the renaming below is the one transformers applies when it loads a released
+Molmo2 (``conversion_mapping.py`` entries "molmo2" and "Molmo2TextModel"), run in both
+directions:
+
+====================================================  ==============================================
+released (file)                                        ours (module)
+====================================================  ==============================================
+lm_head.weight                                         vlm.lm_head.weight
+model.transformer.wte.embedding  (+) .new_embedding    vlm.model.language_model.embed_tokens.weight
+                                                       (rows [0, vocab) then the additional rows)
+model.transformer.blocks.N.attn_norm / ff_norm         ...language_model.layers.N.input_layernorm /
+                                                       post_attention_layernorm
+model.transformer.blocks.N.self_attn.att_proj          ...self_attn.q_proj | k_proj | v_proj (fused
+                                                       on dim 0 in that order)
+model.transformer.blocks.N.self_attn.attn_out          ...self_attn.o_proj
+model.transformer.blocks.N.self_attn.q_norm / k_norm   ...self_attn.q_norm / k_norm
+model.transformer.blocks.N.mlp.ff_proj                 ...mlp.up_proj | gate_proj (halves on dim 0)
+model.transformer.blocks.N.mlp.ff_out                  ...mlp.down_proj
+model.transformer.ln_f                                 vlm.model.language_model.norm
+model.vision_backbone.image_vit.<x>                    vlm.model.vision_tower.<x>
+  .transformer.resblocks.N.attention.wq|wk|wv|wo       .layers.N.self_attn.{q,k,v,o}_proj
+  .transformer.resblocks.N.feed_forward.w1|w2          .layers.N.mlp.fc1|fc2
+  .transformer.resblocks.N.attention_norm|ffn_norm     .layers.N.layer_norm1|layer_norm2
+model.vision_backbone.image_pooling_2d.wq|wk|wv|wo     ...multi_modal_projector.image_pooling_2d.
+                                                       {q,k,v,o}_proj
+model.vision_backbone.image_projector.w1|w2|w3         ...multi_modal_projector.image_projector.
+                                                       gate_proj|down_proj|up_proj
+model.action_expert.<x>                                action_expert.<x>
+model.action_expert_depth_gate.<x>                     action_expert_depth_gate.<x>
+====================================================  ==============================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from molmoact2_policy.embodiments import EMBODIMENTS, get_embodiment
+from molmoact2_policy.model.config import ConfigError, MolmoAct2Config
+from molmoact2_policy.model.normalize import NormStats, NormStatsError, synthetic_group_stats
+from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer, TokenizerError
+
+if TYPE_CHECKING:
+    from molmoact2_policy.model.model import MolmoAct2Model
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory cannot be loaded; the message names the file or key at fault."""
+
+
+# ---------------------------------------------------------------------------- key map
+_TEXT = "vlm.model.language_model."
+_VIT = "vlm.model.vision_tower."
+_ADAPTER = "vlm.model.multi_modal_projector."
+
+# (our regex, released template) for one-to-one renames, in the table's order.
+_RENAMES: list[tuple[str, str]] = [
+    (r"^vlm\.lm_head\.(.+)$", r"lm_head.\1"),
+    (_TEXT.replace(".", r"\.") + r"layers\.(\d+)\.input_layernorm\.(.+)$",
+     r"model.transformer.blocks.\1.attn_norm.\2"),
+    (_TEXT.replace(".", r"\.") + r"layers\.(\d+)\.post_attention_layernorm\.(.+)$",
+     r"model.transformer.blocks.\1.ff_norm.\2"),
+    (_TEXT.replace(".", r"\.") + r"layers\.(\d+)\.self_attn\.o_proj\.(.+)$",
+     r"model.transformer.blocks.\1.self_attn.attn_out.\2"),
+    (_TEXT.replace(".", r"\.") + r"layers\.(\d+)\.self_attn\.(q_norm|k_norm)\.(.+)$",
+     r"model.transformer.blocks.\1.self_attn.\2.\3"),
+    (_TEXT.replace(".", r"\.") + r"layers\.(\d+)\.mlp\.down_proj\.(.+)$",
+     r"model.transformer.blocks.\1.mlp.ff_out.\2"),
+    (_TEXT.replace(".", r"\.") + r"norm\.(.+)$", r"model.transformer.ln_f.\1"),
+    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.self_attn\.q_proj\.(.+)$",
+     r"model.vision_backbone.image_vit.transformer.resblocks.\1.attention.wq.\2"),
+    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.self_attn\.k_proj\.(.+)$",
+     r"model.vision_backbone.image_vit.transformer.resblocks.\1.attention.wk.\2"),
+    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.self_attn\.v_proj\.(.+)$",
+     r"model.vision_backbone.image_vit.transformer.resblocks.\1.attention.wv.\2"),
+    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.self_attn\.o_proj\.(.+)$",
+     r"model.vision_backbone.image_vit.transformer.resblocks.\1.attention.wo.\2"),
+    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.mlp\.fc1\.(.+)$",
+     r"model.vision_backbone.image_vit.transformer.resblocks.\1.feed_forward.w1.\2"),
+    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.mlp\.fc2\.(.+)$",
+     r"model.vision_backbone.image_vit.transformer.resblocks.\1.feed_forward.w2.\2"),
+    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.layer_norm1\.(.+)$",
+     r"model.vision_backbone.image_vit.transformer.resblocks.\1.attention_norm.\2"),
+    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.layer_norm2\.(.+)$",
+     r"model.vision_backbone.image_vit.transformer.resblocks.\1.ffn_norm.\2"),
+    (_VIT.replace(".", r"\.") + r"(positional_embedding|patch_embedding\..+)$",
+     r"model.vision_backbone.image_vit.\1"),
+    (_ADAPTER.replace(".", r"\.") + r"image_pooling_2d\.q_proj\.(.+)$",
+     r"model.vision_backbone.image_pooling_2d.wq.\1"),
+    (_ADAPTER.replace(".", r"\.") + r"image_pooling_2d\.k_proj\.(.+)$",
+     r"model.vision_backbone.image_pooling_2d.wk.\1"),
+    (_ADAPTER.replace(".", r"\.") + r"image_pooling_2d\.v_proj\.(.+)$",
+     r"model.vision_backbone.image_pooling_2d.wv.\1"),
+    (_ADAPTER.replace(".", r"\.") + r"image_pooling_2d\.o_proj\.(.+)$",
+     r"model.vision_backbone.image_pooling_2d.wo.\1"),
+    (_ADAPTER.replace(".", r"\.") + r"image_projector\.gate_proj\.(.+)$",
+     r"model.vision_backbone.image_projector.w1.\1"),
+    (_ADAPTER.replace(".", r"\.") + r"image_projector\.down_proj\.(.+)$",
+     r"model.vision_backbone.image_projector.w2.\1"),
+    (_ADAPTER.replace(".", r"\.") + r"image_projector\.up_proj\.(.+)$",
+     r"model.vision_backbone.image_projector.w3.\1"),
+    (r"^action_expert\.(.+)$", r"model.action_expert.\1"),
+    (r"^action_expert_depth_gate\.(.+)$", r"model.action_expert_depth_gate.\1"),
+]
+_COMPILED = [(re.compile(pattern), template) for pattern, template in _RENAMES]
+_TEXT_RE = _TEXT.replace(".", r"\.")
+_FUSED_QKV = re.compile(_TEXT_RE + r"layers\.(\d+)\.self_attn\.([qkv])_proj\.(.+)$")
+_FUSED_MLP = re.compile(_TEXT.replace(".", r"\.") + r"layers\.(\d+)\.mlp\.(up|gate)_proj\.(.+)$")
+_EMBED = _TEXT + "embed_tokens.weight"
+_RELEASED_QKV = re.compile(r"^model\.transformer\.blocks\.(\d+)\.self_attn\.att_proj\.(.+)$")
+_RELEASED_MLP = re.compile(r"^model\.transformer\.blocks\.(\d+)\.mlp\.ff_proj\.(.+)$")
+_RELEASED_WTE = ("model.transformer.wte.embedding", "model.transformer.wte.new_embedding")
+
+
+def _rename_to_released(key: str) -> str | None:
+    for pattern, template in _COMPILED:
+        if pattern.match(key):
+            return pattern.sub(template, key)
+    return None
+
+
+def to_released_state_dict(
+    state: Mapping[str, Tensor], config: MolmoAct2Config
+) -> dict[str, Tensor]:
+    """Our module's state dict -> released key names (fused q/k/v, up/gate, split embedding)."""
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
+    mlp: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, tensor in state.items():
+        if key == _EMBED:
+            vocab = config.text_config.vocab_size
+            out[_RELEASED_WTE[0]] = tensor[:vocab]
+            out[_RELEASED_WTE[1]] = tensor[vocab:]
+        elif match := _FUSED_QKV.match(key):
+            qkv.setdefault((match[1], match[3]), {})[match[2]] = tensor
+        elif match := _FUSED_MLP.match(key):
+            mlp.setdefault((match[1], match[3]), {})[match[2]] = tensor
+        elif (released := _rename_to_released(key)) is not None:
+            out[released] = tensor
+        else:
+            raise CheckpointError(f"no released name for module key {key!r}")
+    for (layer, suffix), parts in qkv.items():
+        fused = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+        out[f"model.transformer.blocks.{layer}.self_attn.att_proj.{suffix}"] = fused
+    for (layer, suffix), parts in mlp.items():
+        fused = torch.cat([parts["up"], parts["gate"]], dim=0)
+        out[f"model.transformer.blocks.{layer}.mlp.ff_proj.{suffix}"] = fused
+    return out
+
+
+def from_released_state_dict(
+    released: Mapping[str, Tensor], config: MolmoAct2Config
+) -> dict[str, Tensor]:
+    """Released key names -> our module's keys; call only after ``check_released_keys``."""
+    reverse = _reverse_rename_table(config)
+    text = config.text_config
+    q_dim = text.num_attention_heads * text.head_dim
+    kv_dim = text.num_key_value_heads * text.head_dim
+    out: dict[str, Tensor] = {}
+    for key, tensor in released.items():
+        if match := _RELEASED_QKV.match(key):
+            q, k, v = torch.split(tensor, [q_dim, kv_dim, kv_dim], dim=0)
+            prefix = f"{_TEXT}layers.{match[1]}.self_attn."
+            out[f"{prefix}q_proj.{match[2]}"] = q
+            out[f"{prefix}k_proj.{match[2]}"] = k
+            out[f"{prefix}v_proj.{match[2]}"] = v
+        elif match := _RELEASED_MLP.match(key):
+            up, gate = torch.chunk(tensor, 2, dim=0)
+            prefix = f"{_TEXT}layers.{match[1]}.mlp."
+            out[f"{prefix}up_proj.{match[2]}"] = up
+            out[f"{prefix}gate_proj.{match[2]}"] = gate
+        elif key in _RELEASED_WTE:
+            continue
+        else:
+            out[reverse[key]] = tensor
+    out[_EMBED] = torch.cat([released[_RELEASED_WTE[0]], released[_RELEASED_WTE[1]]], dim=0)
+    return out
+
+
+def _reverse_rename_table(config: MolmoAct2Config) -> dict[str, str]:
+    """released key -> our key, for the one-to-one renames of a model built from ``config``."""
+    from molmoact2_policy.model.model import MolmoAct2Model
+
+    with torch.device("meta"):
+        skeleton = MolmoAct2Model(config)
+    table = {}
+    for key in skeleton.state_dict():
+        released = _rename_to_released(key)
+        if released is not None and not (_FUSED_QKV.match(key) or _FUSED_MLP.match(key)):
+            table[released] = key
+    return table
+
+
+def expected_released_shapes(model: MolmoAct2Model) -> dict[str, tuple[int, ...]]:
+    """Released key -> shape for every tensor ``model`` needs."""
+    meta = {
+        key: torch.empty(value.shape, device="meta") for key, value in model.state_dict().items()
+    }
+    return {key: tuple(t.shape) for key, t in to_released_state_dict(meta, model.config).items()}
+
+
+def check_released_keys(
+    released: Mapping[str, Tensor], model: MolmoAct2Model, source: str = "checkpoint"
+) -> None:
+    """Raise CheckpointError naming missing / unexpected keys and shape mismatches."""
+    expected = expected_released_shapes(model)
+    missing = sorted(set(expected) - set(released))
+    unexpected = sorted(set(released) - set(expected))
+    wrong = [
+        f"{key}: file {tuple(released[key].shape)} vs model {expected[key]}"
+        for key in sorted(set(expected) & set(released))
+        if tuple(released[key].shape) != expected[key]
+    ]
+    problems = []
+    if missing:
+        problems.append("missing keys: " + ", ".join(_clip(missing)))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(_clip(unexpected)))
+    if wrong:
+        problems.append("shape mismatches: " + "; ".join(_clip(wrong)))
+    if problems:
+        raise CheckpointError(f"{source}: " + " | ".join(problems))
+
+
+def _clip(items: Sequence[str], limit: int = 12) -> list[str]:
+    return list(items[:limit]) + ([f"... {len(items) - limit} more"] if len(items) > limit else [])
+
+
+def load_released_into(
+    model: MolmoAct2Model, released: Mapping[str, Tensor], source: str = "checkpoint"
+) -> None:
+    check_released_keys(released, model, source)
+    internal = from_released_state_dict(released, model.config)
+    model.load_state_dict(internal, strict=True)
+
+
+# ---------------------------------------------------------------------------- files
+def save_checkpoint(
+    path: str | Path,
+    model: MolmoAct2Model,
+    norm_stats: NormStats,
+    tokenizer: MolmoAct2Tokenizer,
+    *,
+    max_shard_bytes: int | None = None,
+) -> Path:
+    """Write an HF-layout directory; shard the weights when they exceed ``max_shard_bytes``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    (path / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    tensors = {
+        key: value.detach().to("cpu").contiguous().clone()
+        for key, value in sorted(model.released_state_dict().items())
+    }
+    _write_weights(path, tensors, max_shard_bytes)
+    norm_stats.save(path / config.norm_stats_filename)
+    tokenizer.save(path)
+    return path
+
+
+def _write_weights(path: Path, tensors: dict[str, Tensor], max_shard_bytes: int | None) -> None:
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    metadata = {"format": "pt"}
+    if max_shard_bytes is None or total <= max_shard_bytes:
+        save_file(tensors, str(path / WEIGHTS_FILE), metadata=metadata)
+        return
+    shards: list[dict[str, Tensor]] = [{}]
+    size = 0
+    for key, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    weight_map = {}
+    for index, shard in enumerate(shards):
+        name = f"model-{index + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path / name), metadata=metadata)
+        weight_map.update(dict.fromkeys(shard, name))
+    index_data = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / WEIGHTS_INDEX_FILE).write_text(json.dumps(index_data, indent=2) + "\n")
+
+
+def read_config(path: str | Path) -> MolmoAct2Config:
+    config_path = Path(path) / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path}: file not found")
+    try:
+        data = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{config_path}: not valid JSON ({error})") from None
+    try:
+        return MolmoAct2Config.from_dict(data)
+    except ConfigError as error:
+        raise CheckpointError(f"{config_path}: {error}") from None
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """All tensors of a checkpoint (single file or index + shards), on CPU."""
+    path = Path(path)
+    index_path = path / WEIGHTS_INDEX_FILE
+    if index_path.is_file():
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{index_path}: malformed index ({error})") from None
+        tensors: dict[str, Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            shard_tensors = _load_safetensors(path / shard)
+            tensors.update(shard_tensors)
+        missing = sorted(set(weight_map) - set(tensors))
+        if missing:
+            raise CheckpointError(
+                f"{index_path}: keys listed but absent from shards: {missing[:5]}"
+            )
+        return tensors
+    single = path / WEIGHTS_FILE
+    if not single.is_file():
+        raise CheckpointError(f"{path}: neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX_FILE} found")
+    return _load_safetensors(single)
+
+
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: unreadable safetensors ({error})") from None
+
+
+def load_checkpoint(
+    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[MolmoAct2Model, MolmoAct2Config, NormStats, MolmoAct2Tokenizer]:
+    """Load a checkpoint directory; every failure is a CheckpointError naming its cause."""
+    from molmoact2_policy.model.model import MolmoAct2Model
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory")
+    config = read_config(path)
+    try:
+        norm_stats = NormStats.from_file(path / config.norm_stats_filename)
+    except NormStatsError as error:
+        raise CheckpointError(str(error)) from None
+    try:
+        tokenizer = MolmoAct2Tokenizer.from_directory(path)
+        config.check_tokenizer(tokenizer)
+    except (TokenizerError, ConfigError) as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    released = read_weights(path)
+    model = MolmoAct2Model(config)
+    load_released_into(model, released, source=str(path))
+    model = model.to(device=device, dtype=dtype).eval()
+    return model, config, norm_stats, tokenizer
+
+
+# ---------------------------------------------------------------------------- tiny preset
+def tiny_norm_stats(seed: int, embodiments: Sequence[str]) -> NormStats:
+    """Per-embodiment synthetic stats; a tag's numbers do not depend on which others are listed."""
+    order = list(EMBODIMENTS)
+    tags = {}
+    for name in embodiments:
+        spec = get_embodiment(name)
+        base = seed * 1000 + order.index(name) * 10
+        tags[spec.norm_tag] = {
+            "state": synthetic_group_stats(spec.state_dim, base + 1),
+            "action": synthetic_group_stats(spec.action_dim, base + 2),
+        }
+    return NormStats(norm_mode="q01_q99", tags=tags)
+
+
+def build_tiny(
+    seed: int = 0, embodiments: Sequence[str] | None = None
+) -> tuple[MolmoAct2Model, MolmoAct2Config, NormStats, MolmoAct2Tokenizer]:
+    """The tiny preset in memory, deterministic from ``seed``."""
+    from molmoact2_policy.model.model import MolmoAct2Model
+
+    names = list(EMBODIMENTS) if embodiments is None else list(embodiments)
+    config = MolmoAct2Config.tiny()
+    model = MolmoAct2Model.random(config, seed)
+    tokenizer = MolmoAct2Tokenizer.tiny(config.token_layout())
+    return model, config, tiny_norm_stats(seed, names), tokenizer
+
+
+def write_tiny_checkpoint(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    embodiments: Sequence[str] | None = None,
+    max_shard_bytes: int | None = None,
+) -> Path:
+    """Write the tiny preset (a few MB) as an HF-layout directory; deterministic from ``seed``."""
+    model, _, norm_stats, tokenizer = build_tiny(seed, embodiments)
+    return save_checkpoint(path, model, norm_stats, tokenizer, max_shard_bytes=max_shard_bytes)
+
+
+# ---------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    """``molmoact2-checkpoint tiny --out DIR`` / ``molmoact2-checkpoint inspect DIR``."""
+    parser = argparse.ArgumentParser(
+        prog="molmoact2-checkpoint", description="Write or inspect MolmoAct2 checkpoints."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    tiny = sub.add_parser("tiny", help="write a tiny random checkpoint (tests, demos)")
+    tiny.add_argument("--out", required=True, help="output directory")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--embodiment", action="append", choices=sorted(EMBODIMENTS),
+        help="norm-stats tag to include (repeatable; default: all)",
+    )
+    tiny.add_argument("--max-shard-mb", type=float, default=None, help="shard above this size")
+    inspect = sub.add_parser("inspect", help="load a checkpoint and print a summary")
+    inspect.add_argument("path")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "tiny":
+            shard = None if args.max_shard_mb is None else int(args.max_shard_mb * 1e6)
+            out = write_tiny_checkpoint(
+                args.out, seed=args.seed, embodiments=args.embodiment, max_shard_bytes=shard
+            )
+            size = sum(f.stat().st_size for f in out.iterdir())
+            sys.stdout.write(f"wrote {out} ({size / 1e6:.1f} MB)\n")
+        else:
+            model, config, stats, tokenizer = load_checkpoint(args.path)
+            summary: dict[str, Any] = {
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "vlm_layers": config.num_vlm_layers,
+                "expert_width": config.action_expert.hidden_size,
+                "norm_mode": stats.norm_mode,
+                "norm_tags": sorted(stats.tags),
+                "vocab": tokenizer.vocab_size,
+            }
+            sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    except CheckpointError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,396 @@
+"""MolmoAct2Config: the VLM (transformers' Molmo2Config), the action expert, and the top-level
+fields of the released ``config.json`` (model_type ``molmoact2``).
+
+``config.json`` layout: sub-configs ``vit_config``, ``adapter_config``, ``text_config`` (the
+released Molmo2 keys, which transformers' ``Molmo2*Config`` accept) and ``action_expert_config``;
+everything else is top level. Unknown top-level keys are kept in ``extra`` and written back.
+
+Presets: ``released()`` (released sizes), ``tiny()`` (tests and demo; a CPU ``act`` in about
+0.1 s), ``mid_cpu()`` (benchmarks). Token ids of the presets follow the tiny tokenizer's layout
+(``tokenizer.build_tiny_tokenizer``); a real checkpoint's config.json carries its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import Molmo2Config
+from transformers.models.molmo2.configuration_molmo2 import (
+    Molmo2AdapterConfig,
+    Molmo2TextConfig,
+    Molmo2VisionConfig,
+)
+
+from molmoact2_policy.model.action_expert import ActionExpertConfig
+from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer, TokenLayout
+
+MODEL_TYPE = "molmoact2"
+
+# Which VLM key tensor the expert's per-layer context is built from.
+#   "cache":    exactly what the VLM's KV cache holds (after k-norm and RoPE).
+#   "pre_rope": after k-norm, before RoPE.
+#   "raw":      the k_proj output (before k-norm and RoPE).
+# Default "cache": the released model conditions the expert on "the VLM's per-layer KV cache",
+# and the cache is what one prefill produces (and what the Think path's static cache holds), so
+# using it costs nothing extra. Values are the same in all three (V has no norm or RoPE).
+EXPERT_KV_SOURCES = ("cache", "pre_rope", "raw")
+
+# Released Molmo2 names <-> transformers names inside the vision and adapter sub-configs.
+_VIT_RENAMES = {
+    "image_size": "image_default_input_size",
+    "patch_size": "image_patch_size",
+    "num_position_embeddings": "image_num_pos",
+}
+_ADAPTER_RENAMES = {"vision_feature_layer": "vit_layers"}
+_VLM_TOP_LEVEL = (
+    "image_start_token_id",
+    "low_res_image_start_token_id",
+    "image_end_token_id",
+    "image_patch_id",
+    "frame_start_token_id",
+    "frame_end_token_id",
+)
+
+
+class ConfigError(ValueError):
+    """config.json is malformed or inconsistent."""
+
+
+def _meta(description: str) -> dict[str, str]:
+    return {"description": description}
+
+
+@dataclass
+class MolmoAct2Config:
+    """Everything needed to build MolmoAct2Model; field names are the released config.json keys."""
+
+    vlm: Molmo2Config
+    action_expert: ActionExpertConfig
+    add_action_expert: bool = field(default=True, metadata=_meta("build the flow expert"))
+    max_action_dim: int = field(default=32, metadata=_meta("actions are padded to this"))
+    max_action_horizon: int = field(default=30, metadata=_meta("longest chunk the expert takes"))
+    n_obs_steps: int = field(default=1, metadata=_meta("observation frames per prompt"))
+    action_mode: str = field(default="both", metadata=_meta("discrete, continuous or both"))
+    state_format: str = field(default="discrete", metadata=_meta("state as <state_k> tokens"))
+    flow_matching_num_steps: int = field(default=10, metadata=_meta("Euler steps"))
+    flow_matching_cutoff: float = field(default=1.0, metadata=_meta("last integration time"))
+    flow_matching_time_offset: float = field(default=0.001, metadata=_meta("t = off + scale*b"))
+    flow_matching_time_scale: float = field(default=0.999, metadata=_meta("t = off + scale*b"))
+    flow_matching_beta_alpha: float = field(default=1.0, metadata=_meta("training t ~ Beta"))
+    flow_matching_beta_beta: float = field(default=1.5, metadata=_meta("training t ~ Beta"))
+    mask_action_dim_padding: bool = field(default=True, metadata=_meta("zero padded dims"))
+    enable_depth_reasoning: bool = field(default=False, metadata=_meta("Think checkpoints"))
+    num_depth_codes: int = field(default=100, metadata=_meta("depth tokens per image (10x10)"))
+    action_expert_depth_gate: bool = field(default=False, metadata=_meta("learned depth gate"))
+    action_expert_depth_gate_per_layer: bool = field(default=True, metadata=_meta("gate/layer"))
+    action_expert_depth_gate_init_bias: float = field(default=-4.0, metadata=_meta("gate bias"))
+    action_output_token_id: int | None = field(default=None, metadata=_meta("<action_output>"))
+    action_start_token_id: int | None = field(default=None, metadata=_meta("<action_start>"))
+    action_end_token_id: int | None = field(default=None, metadata=_meta("<action_end>"))
+    action_token_start_id: int | None = field(default=None, metadata=_meta("<action_0>"))
+    num_action_tokens: int = field(default=2048, metadata=_meta("FAST vocabulary size"))
+    depth_output_token_id: int | None = field(default=None, metadata=_meta("<depth_output>"))
+    depth_start_token_id: int | None = field(default=None, metadata=_meta("<depth_start>"))
+    depth_end_token_id: int | None = field(default=None, metadata=_meta("<depth_end>"))
+    depth_token_start_id: int | None = field(default=None, metadata=_meta("<depth_0>"))
+    num_depth_tokens: int = field(default=128, metadata=_meta("VQ-VAE codebook size"))
+    state_start_token_id: int | None = field(default=None, metadata=_meta("<state_start>"))
+    state_end_token_id: int | None = field(default=None, metadata=_meta("<state_end>"))
+    state_token_start_id: int | None = field(default=None, metadata=_meta("<state_0>"))
+    num_state_tokens: int = field(default=256, metadata=_meta("state bins"))
+    add_setup_tokens: bool = field(default=True, metadata=_meta("<setup_start>...<setup_end>"))
+    add_control_tokens: bool = field(default=True, metadata=_meta("<control_start>..."))
+    norm_stats_filename: str = field(default="norm_stats.json", metadata=_meta("stats file"))
+    expert_kv_source: str = field(default="cache", metadata=_meta("see EXPERT_KV_SOURCES"))
+    image_use_col_tokens: bool = field(default=True, metadata=_meta("<im_col> after each row"))
+    use_single_crop_start_token: bool = field(
+        default=True, metadata=_meta("start a single crop with <low_res_im_start>")
+    )
+    extra: dict[str, Any] = field(default_factory=dict, metadata=_meta("unknown keys, kept"))
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def text_config(self) -> Molmo2TextConfig:
+        return self.vlm.text_config
+
+    @property
+    def llm_kv_dim(self) -> int:
+        text = self.vlm.text_config
+        return text.num_key_value_heads * text.head_dim
+
+    @property
+    def num_vlm_layers(self) -> int:
+        return self.vlm.text_config.num_hidden_layers
+
+    def validate(self) -> None:
+        problems = []
+        if self.expert_kv_source not in EXPERT_KV_SOURCES:
+            problems.append(
+                f"expert_kv_source {self.expert_kv_source!r} not in {EXPERT_KV_SOURCES}"
+            )
+        if self.add_action_expert:
+            expert = self.action_expert
+            if expert.num_layers != self.num_vlm_layers:
+                problems.append(
+                    f"action_expert_config.num_layers {expert.num_layers} != VLM layers "
+                    f"{self.num_vlm_layers} (one expert block per VLM layer)"
+                )
+            if expert.llm_kv_dim != self.llm_kv_dim:
+                problems.append(
+                    f"action_expert_config.llm_kv_dim {expert.llm_kv_dim} != VLM kv_heads x "
+                    f"head_dim {self.llm_kv_dim}"
+                )
+            if expert.max_action_dim != self.max_action_dim:
+                problems.append(
+                    f"action_expert_config.max_action_dim {expert.max_action_dim} != "
+                    f"max_action_dim {self.max_action_dim}"
+                )
+            if expert.max_action_horizon < self.max_action_horizon:
+                problems.append(
+                    f"action_expert_config.max_action_horizon {expert.max_action_horizon} < "
+                    f"max_action_horizon {self.max_action_horizon}"
+                )
+        if self.flow_matching_num_steps <= 0:
+            problems.append("flow_matching_num_steps must be > 0")
+        if problems:
+            raise ConfigError("invalid MolmoAct2 config: " + "; ".join(problems))
+
+    def token_layout(self) -> TokenLayout:
+        return TokenLayout(self.num_state_tokens, self.num_action_tokens, self.num_depth_tokens)
+
+    def check_tokenizer(self, tokenizer: MolmoAct2Tokenizer) -> None:
+        """Raise ConfigError when a configured token id disagrees with the tokenizer."""
+        expected = _token_ids_from_tokenizer(tokenizer, self.token_layout())
+        problems = [
+            f"{name}={getattr(self, name)} but the tokenizer has {value}"
+            for name, value in expected.items()
+            if getattr(self, name) is not None and getattr(self, name) != value
+        ]
+        for name in _VLM_TOP_LEVEL:
+            token = _VLM_TOKEN_NAMES[name]
+            index = tokenizer.tokenizer.token_to_id(token)
+            if index is not None and getattr(self.vlm, name) != index:
+                problems.append(f"{name}={getattr(self.vlm, name)} but {token} has id {index}")
+        if problems:
+            raise ConfigError("config.json and tokenizer disagree: " + "; ".join(problems))
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model_type": MODEL_TYPE, "architectures": ["MolmoAct2"]}
+        out["vit_config"] = _sub_config_dict(
+            self.vlm.vision_config, Molmo2VisionConfig, _VIT_RENAMES
+        )
+        out["adapter_config"] = _sub_config_dict(
+            self.vlm.adapter_config, Molmo2AdapterConfig, _ADAPTER_RENAMES
+        )
+        out["text_config"] = _sub_config_dict(self.vlm.text_config, Molmo2TextConfig, {})
+        out["action_expert_config"] = self.action_expert.to_dict()
+        for name in _VLM_TOP_LEVEL:
+            out[name] = getattr(self.vlm, name)
+        for item in dataclasses.fields(self):
+            if item.name not in ("vlm", "action_expert", "extra"):
+                out[item.name] = getattr(self, item.name)
+        for key, value in self.extra.items():
+            out.setdefault(key, value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> MolmoAct2Config:
+        if not isinstance(data, dict):
+            raise ConfigError("config.json: top level must be a JSON object")
+        if data.get("model_type") != MODEL_TYPE:
+            raise ConfigError(
+                f"config.json: model_type is {data.get('model_type')!r}, expected {MODEL_TYPE!r}"
+            )
+        subs = {}
+        for key in ("vit_config", "adapter_config", "text_config", "action_expert_config"):
+            if not isinstance(data.get(key), dict):
+                raise ConfigError(f"config.json: {key!r} is missing or not an object")
+            subs[key] = dict(data[key])
+        try:
+            vlm = Molmo2Config(
+                vit_config=subs["vit_config"],
+                adapter_config=subs["adapter_config"],
+                text_config=subs["text_config"],
+                **{name: data[name] for name in _VLM_TOP_LEVEL if name in data},
+            )
+        except Exception as error:  # transformers raises TypeError/ValueError/StrictDataclass*
+            raise ConfigError(f"config.json: invalid VLM sub-config ({error})") from None
+        try:
+            expert = ActionExpertConfig.from_dict(subs["action_expert_config"])
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"config.json: action_expert_config: {error}") from None
+        own = {item.name: item for item in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        skip = {"model_type", "architectures", *subs, *_VLM_TOP_LEVEL}
+        for key, value in data.items():
+            if key in skip:
+                continue
+            if key in own and key not in ("vlm", "action_expert", "extra"):
+                kwargs[key] = _checked_value(key, value, own[key].default)
+            else:
+                extra[key] = value
+        return cls(vlm=vlm, action_expert=expert, extra=extra, **kwargs)
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def tiny(cls, **overrides: Any) -> MolmoAct2Config:
+        """3 text layers at width 128, a 2-layer width-32 ViT, expert width 64."""
+        return _preset(
+            vit=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=2, num_key_value_heads=2, head_dim=16),
+            vit_layers=[-1, -2],
+            adapter=dict(hidden_size=32, num_attention_heads=2, num_key_value_heads=2,
+                         head_dim=16, intermediate_size=64),
+            text=dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
+                      head_dim=32, num_hidden_layers=3, intermediate_size=256),
+            expert=dict(hidden_size=64, num_heads=4, mlp_ratio=2.0, ffn_multiple_of=32,
+                        timestep_embed_dim=32),
+            overrides=overrides,
+        )
+
+    @classmethod
+    def mid_cpu(cls, **overrides: Any) -> MolmoAct2Config:
+        """4 text layers at width 512, a 4-layer width-256 ViT, expert width 256."""
+        return _preset(
+            vit=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                     num_attention_heads=4, num_key_value_heads=4, head_dim=64),
+            vit_layers=[-1, -3],
+            adapter=dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=4,
+                         head_dim=64, intermediate_size=1024),
+            text=dict(hidden_size=512, num_attention_heads=8, num_key_value_heads=4,
+                      head_dim=64, num_hidden_layers=4, intermediate_size=1536),
+            expert=dict(hidden_size=256, num_heads=4, mlp_ratio=2.75, ffn_multiple_of=64,
+                        timestep_embed_dim=128),
+            overrides=overrides,
+        )
+
+    @classmethod
+    def released(cls, **overrides: Any) -> MolmoAct2Config:
+        """Released sizes: Qwen3-4B-style LLM, SigLIP2 so400m ViT, 1024-wide expert.
+
+        The vocabulary here is the tiny tokenizer's; a real checkpoint brings its own
+        config.json (vocab size, token ids) and is loaded with ``load_checkpoint``.
+        """
+        return _preset(
+            vit=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                     num_attention_heads=16, num_key_value_heads=16, head_dim=72),
+            vit_layers=[-3, -9],
+            adapter=dict(hidden_size=1152, num_attention_heads=16, num_key_value_heads=16,
+                         head_dim=72, intermediate_size=9728),
+            text=dict(hidden_size=2560, num_attention_heads=32, num_key_value_heads=8,
+                      head_dim=128, num_hidden_layers=36, intermediate_size=9728),
+            expert=dict(hidden_size=1024, num_heads=16, mlp_ratio=2.75, ffn_multiple_of=256,
+                        timestep_embed_dim=256),
+            overrides=overrides,
+        )
+
+
+_VLM_TOKEN_NAMES = {
+    "image_start_token_id": "<im_start>",
+    "low_res_image_start_token_id": "<low_res_im_start>",
+    "image_end_token_id": "<im_end>",
+    "image_patch_id": "<im_patch>",
+    "frame_start_token_id": "<frame_start>",
+    "frame_end_token_id": "<frame_end>",
+}
+
+
+def _token_ids_from_tokenizer(tokenizer: MolmoAct2Tokenizer, layout: TokenLayout) -> dict[str, int]:
+    return {
+        "action_output_token_id": tokenizer.token_id("<action_output>"),
+        "action_start_token_id": tokenizer.token_id("<action_start>"),
+        "action_end_token_id": tokenizer.token_id("<action_end>"),
+        "action_token_start_id": tokenizer.family_start("action", layout.num_action_tokens),
+        "depth_output_token_id": tokenizer.token_id("<depth_output>"),
+        "depth_start_token_id": tokenizer.token_id("<depth_start>"),
+        "depth_end_token_id": tokenizer.token_id("<depth_end>"),
+        "depth_token_start_id": tokenizer.family_start("depth", layout.num_depth_tokens),
+        "state_start_token_id": tokenizer.token_id("<state_start>"),
+        "state_end_token_id": tokenizer.token_id("<state_end>"),
+        "state_token_start_id": tokenizer.family_start("state", layout.num_state_tokens),
+    }
+
+
+def _preset(
+    *,
+    vit: dict[str, Any],
+    vit_layers: list[int],
+    adapter: dict[str, Any],
+    text: dict[str, Any],
+    expert: dict[str, Any],
+    overrides: dict[str, Any],
+) -> MolmoAct2Config:
+    layout = TokenLayout()
+    tokenizer = MolmoAct2Tokenizer.tiny(layout)
+    num_image_tokens = len(_VLM_TOKEN_NAMES) + 2  # + <im_col>, <im_low>
+    total = tokenizer.vocab_size
+    text_config = dict(
+        text,
+        vocab_size=total - num_image_tokens,
+        additional_vocab_size=num_image_tokens,
+        max_position_embeddings=4096,
+        rope_theta=1_000_000.0,
+        qk_norm_type="qwen3",
+    )
+    vit_config = dict(vit, image_default_input_size=[378, 378], image_patch_size=14)
+    adapter_config = dict(adapter, vit_layers=vit_layers, text_hidden_size=text["hidden_size"])
+    # Built through the released keys (vit_config) so the ViT is trimmed to the deepest layer the
+    # adapter reads, exactly as when the same config is loaded back from config.json.
+    vlm = Molmo2Config(
+        vit_config=vit_config,
+        adapter_config=adapter_config,
+        text_config=text_config,
+        **{name: tokenizer.token_id(token) for name, token in _VLM_TOKEN_NAMES.items()},
+    )
+    max_action_dim = overrides.get("max_action_dim", 32)
+    max_action_horizon = overrides.get("max_action_horizon", 30)
+    expert_config = ActionExpertConfig(
+        **expert,
+        num_layers=text["num_hidden_layers"],
+        llm_kv_dim=text["num_key_value_heads"] * text["head_dim"],
+        max_action_dim=max_action_dim,
+        max_action_horizon=max_action_horizon,
+    )
+    kwargs: dict[str, Any] = dict(_token_ids_from_tokenizer(tokenizer, layout))
+    kwargs.update(overrides)
+    return MolmoAct2Config(vlm=vlm, action_expert=expert_config, **kwargs)
+
+
+def _sub_config_dict(config: Any, cls: type, renames: dict[str, str]) -> dict[str, Any]:
+    known = set(getattr(cls, "__annotations__", {}))
+    data = {key: value for key, value in config.to_dict().items() if key in known}
+    if "rope_parameters" in data and isinstance(data["rope_parameters"], dict):
+        data["rope_parameters"] = dict(data["rope_parameters"])
+    return {renames.get(key, key): value for key, value in data.items()}
+
+
+def _checked_value(key: str, value: Any, default: Any) -> Any:
+    """Reject values whose JSON type cannot be what the field means (a string step count...)."""
+    if default is dataclasses.MISSING or default is None:
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise ConfigError(f"config.json: {key!r} must be an integer or null, got {value!r}")
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config.json: {key!r} must be true or false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config.json: {key!r} must be an integer, got {value!r}")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config.json: {key!r} must be a number, got {value!r}")
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config.json: {key!r} must be a string, got {value!r}")
+    return value

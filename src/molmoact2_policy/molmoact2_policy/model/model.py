@@ -1,0 +1,91 @@
+"""MolmoAct2Model: the Molmo2 VLM, the flow-matching action expert and the optional depth gate.
+
+Module attributes: ``vlm`` (transformers' Molmo2ForConditionalGeneration), ``action_expert`` and
+``action_expert_depth_gate``. ``released_state_dict()`` / ``load_released_state_dict()`` convert
+to and from the released checkpoint key names through the one key map in ``checkpoint.py``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from molmoact2_policy.model.action_expert import (
+    ActionExpert,
+    DepthGate,
+    ExpertContext,
+    init_weights_randomly_for_tests,
+)
+from molmoact2_policy.model.config import MolmoAct2Config
+from molmoact2_policy.model.vlm import PrefixInputs, PrefixOutput, build_vlm, prefix_forward
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+
+class MolmoAct2Model(nn.Module):
+    def __init__(self, config: MolmoAct2Config, attn_implementation: str = "sdpa") -> None:
+        super().__init__()
+        self.config = config
+        self.vlm = build_vlm(config.vlm, attn_implementation)
+        self.action_expert = (
+            ActionExpert(config.action_expert) if config.add_action_expert else None
+        )
+        self.action_expert_depth_gate = (
+            DepthGate(
+                config.num_vlm_layers,
+                per_layer=config.action_expert_depth_gate_per_layer,
+                init_bias=config.action_expert_depth_gate_init_bias,
+            )
+            if config.action_expert_depth_gate
+            else None
+        )
+        self.eval()
+
+    @classmethod
+    def random(cls, config: MolmoAct2Config, seed: int = 0) -> MolmoAct2Model:
+        """Deterministic random weights from ``seed`` (tiny checkpoints, tests, benchmarks).
+
+        The expert gets small random values everywhere (its released init zeroes the output
+        layers, which would make every chunk exactly the noise-free mean).
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = cls(config)
+        if model.action_expert is not None:
+            generator = torch.Generator().manual_seed(seed + 1)
+            init_weights_randomly_for_tests(model.action_expert, generator)
+        return model
+
+    # ------------------------------------------------------------------ forward pieces
+    def prefix(self, inputs: PrefixInputs) -> PrefixOutput:
+        """VLM prefix forward; K/V per layer as chosen by ``config.expert_kv_source``."""
+        return prefix_forward(self.vlm, inputs, self.config.expert_kv_source)
+
+    def expert_context(
+        self, prefix: PrefixOutput, depth_token_mask: Tensor | None = None
+    ) -> ExpertContext:
+        """Project the (detached) prefix K/V once per observation for the flow loop.
+
+        ``depth_token_mask`` (B, S) bool marks depth tokens for the optional depth gate.
+        """
+        if self.action_expert is None:
+            raise RuntimeError("this checkpoint has no action expert (add_action_expert=false)")
+        keys = [k.detach() for k in prefix.keys]
+        values = [v.detach() for v in prefix.values]
+        if self.action_expert_depth_gate is not None and depth_token_mask is not None:
+            keys, values = self.action_expert_depth_gate(keys, values, depth_token_mask)
+        return self.action_expert.prepare_context(keys, values, prefix.mask)
+
+    # ------------------------------------------------------------------ released layout
+    def released_state_dict(self) -> dict[str, Tensor]:
+        from molmoact2_policy.model.checkpoint import to_released_state_dict
+
+        return to_released_state_dict(self.state_dict(), self.config)
+
+    def load_released_state_dict(self, released: Mapping[str, Tensor]) -> None:
+        from molmoact2_policy.model.checkpoint import load_released_into
+
+        load_released_into(self, released)

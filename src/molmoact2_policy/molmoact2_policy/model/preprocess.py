@@ -1,0 +1,210 @@
+"""Observation -> model inputs: image patches, pooling indices, state bins and the prompt text.
+
+Pure numpy/OpenCV (no torch, no ROS) so the server, the node and the tests share it.
+
+Images follow the robot path of the released export ("resize" crop mode): one global crop per
+camera, bilinear resize to 378x378, mean = std = 0.5, 14x14 patches in (row, col, channel)
+order, and 2x2 pooling windows padded with -1 at the bottom/right edge. This mirrors the
+single-crop part of transformers' ``Molmo2ImageProcessor`` (which itself needs torchvision, not
+usable here) and its ``Molmo2Processor.replace_image_token`` layout of the image tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+IMAGE_SIZE = 378
+PATCH_SIZE = 14
+POOL_SIZE = (2, 2)
+IMAGE_MEAN = 0.5
+IMAGE_STD = 0.5
+
+IMAGE_PLACEHOLDER = "<|image|>"
+NUM_STATE_BINS = 256
+
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Sizes of the single-crop path; the released model uses the defaults."""
+
+    image_size: int = IMAGE_SIZE
+    patch_size: int = PATCH_SIZE
+    pool_h: int = POOL_SIZE[0]
+    pool_w: int = POOL_SIZE[1]
+
+    @property
+    def patches_per_side(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.patches_per_side**2
+
+    @property
+    def pixels_per_patch(self) -> int:
+        return self.patch_size * self.patch_size * 3
+
+    @property
+    def pooled_rows(self) -> int:
+        return -(-self.patches_per_side // self.pool_h)
+
+    @property
+    def pooled_cols(self) -> int:
+        return -(-self.patches_per_side // self.pool_w)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return self.pooled_rows * self.pooled_cols
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    """Model inputs for N images (all cameras of one observation, or of a batch, in order)."""
+
+    pixel_values: np.ndarray  # (N, num_patches, pixels_per_patch) float32 in [-1, 1]
+    pooling_indices: np.ndarray  # (N * tokens_per_image, pool_h * pool_w) int64, -1 = padding
+    grids: np.ndarray  # (N, 4) int64: pooled rows, pooled cols, 0, 0 (no high-res crops)
+
+
+def resize_image(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Bilinear resize (half-pixel centres, no antialias) of HxWx3 uint8 to size x size uint8.
+
+    Resizing in float then rounding matches torchvision's float path that the transformers
+    processor uses; OpenCV's uint8 fixed-point path would differ by one grey level in places.
+    """
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    resized = cv2.resize(image.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+
+
+def normalize_pixels(image: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 with mean/std 0.5 after scaling to [0, 1]: 0 -> -1, 255 -> 1."""
+    return (image.astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
+
+
+def image_to_patches(image: np.ndarray, patch_size: int = PATCH_SIZE) -> np.ndarray:
+    """(H, W, C) -> (H/p * W/p, p*p*C): patches in row-major order, pixels (y, x, c) inside."""
+    height, width, channels = image.shape
+    rows, cols = height // patch_size, width // patch_size
+    patches = image.reshape(rows, patch_size, cols, patch_size, channels).transpose(0, 2, 1, 3, 4)
+    return patches.reshape(rows * cols, patch_size * patch_size * channels)
+
+
+def pooling_indices(patches_per_side: int, pool_h: int = 2, pool_w: int = 2) -> np.ndarray:
+    """Indices of the patches each pooled token attends to, (rows*cols, pool_h*pool_w).
+
+    The patch grid is padded with -1 to a multiple of the window, the extra row/column split as
+    floor on the top/left and ceil on the bottom/right (27 -> 28: one column at the right).
+    """
+    grid = np.arange(patches_per_side * patches_per_side, dtype=np.int64).reshape(
+        patches_per_side, patches_per_side
+    )
+    pad_h = pool_h * -(-patches_per_side // pool_h) - patches_per_side
+    pad_w = pool_w * -(-patches_per_side // pool_w) - patches_per_side
+    grid = np.pad(
+        grid,
+        ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2)),
+        constant_values=-1,
+    )
+    rows, cols = grid.shape[0] // pool_h, grid.shape[1] // pool_w
+    return (
+        grid.reshape(rows, pool_h, cols, pool_w).transpose(0, 2, 1, 3).reshape(rows * cols, -1)
+    )
+
+
+def preprocess_images(
+    images: Sequence[np.ndarray], geometry: ImageGeometry | None = None
+) -> ImageInputs:
+    """Resize, normalise and patchify each image; pooling indices index the flat patch list."""
+    geometry = geometry or ImageGeometry()
+    if not images:
+        raise ValueError("at least one image is required")
+    pixel_values = np.empty(
+        (len(images), geometry.num_patches, geometry.pixels_per_patch), dtype=np.float32
+    )
+    for index, image in enumerate(images):
+        resized = resize_image(image, geometry.image_size)
+        pixel_values[index] = image_to_patches(normalize_pixels(resized), geometry.patch_size)
+    base = pooling_indices(geometry.patches_per_side, geometry.pool_h, geometry.pool_w)
+    offsets = [index * geometry.num_patches for index in range(len(images))]
+    pooled = np.concatenate([np.where(base >= 0, base + offset, -1) for offset in offsets])
+    grids = np.tile(
+        np.array([[geometry.pooled_rows, geometry.pooled_cols, 0, 0]], dtype=np.int64),
+        (len(images), 1),
+    )
+    return ImageInputs(pixel_values=pixel_values, pooling_indices=pooled, grids=grids)
+
+
+@dataclass(frozen=True)
+class ImageTokenLayout:
+    """How one image's placeholder expands into tokens (transformers' Molmo2Processor defaults)."""
+
+    use_col_tokens: bool = True
+    use_low_res_start_token: bool = True
+
+    def tokens(self, rows: int, cols: int) -> list[str]:
+        row = ["<im_patch>"] * cols + (["<im_col>"] if self.use_col_tokens else [])
+        start = "<low_res_im_start>" if self.use_low_res_start_token else "<im_start>"
+        return [start, *(row * rows), "<im_end>"]
+
+
+def discretize_state(normalized_state: np.ndarray, num_bins: int = NUM_STATE_BINS) -> np.ndarray:
+    """Normalised state -> bin index per dimension: clip to [-1, 1], round((x + 1) / 2 * 255).
+
+    Rounding is numpy's (half to even), as torch.round and Python's round also do.
+    """
+    state = np.asarray(normalized_state, dtype=np.float64)
+    if not np.all(np.isfinite(state)):
+        raise ValueError("state contains non-finite values")
+    clipped = np.clip(state, -1.0, 1.0)
+    return np.rint((clipped + 1.0) / 2.0 * (num_bins - 1)).astype(np.int64)
+
+
+def state_token_text(bins: Sequence[int]) -> str:
+    return "".join(f"<state_{int(k)}>" for k in bins)
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """Prompt switches from the checkpoint config."""
+
+    add_setup_tokens: bool = True
+    add_control_tokens: bool = True
+
+
+def clean_instruction(instruction: str) -> str:
+    """Strip surrounding whitespace and one trailing period (the template adds its own)."""
+    text = " ".join(instruction.split())
+    return text[:-1] if text.endswith(".") else text
+
+
+def build_prompt(
+    *,
+    num_images: int,
+    instruction: str,
+    setup: str,
+    control_mode: str,
+    state_bins: Sequence[int],
+    options: PromptOptions | None = None,
+) -> str:
+    """The robot-policy prompt of the released model, with ``<|image|>`` placeholders."""
+    options = options or PromptOptions()
+    images = "".join(f"Image {index + 1}{IMAGE_PLACEHOLDER}" for index in range(num_images))
+    setup_text = f"<setup_start>{setup}<setup_end>" if options.add_setup_tokens else setup
+    control_text = control_mode
+    if options.add_control_tokens:
+        control_text = f"<control_start>{control_mode}<control_end>"
+    return (
+        f"{images}<|im_start|>user\nThe task is to {clean_instruction(instruction)}. "
+        f"The setup is {setup_text}. "
+        "The current state of the robot is "
+        f"<state_start>{state_token_text(state_bins)}<state_end>. "
+        f"The expected control mode is {control_text}. "
+        "Given these, what action should the robot take to complete the task?"
+        "<|im_end|>\n<|im_start|>assistant\n<action_output>"
+    )

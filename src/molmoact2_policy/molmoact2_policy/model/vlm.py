@@ -1,0 +1,181 @@
+"""The VLM prefix: transformers' native Molmo2 run once over the prompt, returning each layer's
+K and V (the action expert's context) and the prompt mask.
+
+transformers' own ``DynamicCache`` is the reference for K/V: with ``expert_kv_source="cache"``
+the tensors handed to the expert are exactly ``cache.layers[i].keys/.values``, flattened from
+(batch, kv_heads, seq, head_dim) to (batch, seq, kv_heads * head_dim). The other two sources
+read the same attention's K before RoPE through forward hooks (see config.EXPERT_KV_SOURCES).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformers import Molmo2Config, Molmo2ForConditionalGeneration
+from transformers.cache_utils import DynamicCache
+
+from molmoact2_policy.model.preprocess import ImageInputs
+from molmoact2_policy.model.tokenizer import IMAGE_TOKENS, MolmoAct2Tokenizer
+
+
+def build_vlm(
+    config: Molmo2Config, attn_implementation: str = "sdpa"
+) -> Molmo2ForConditionalGeneration:
+    """A randomly initialised Molmo2 (global torch RNG) in eval mode."""
+    config._attn_implementation = attn_implementation
+    vlm = Molmo2ForConditionalGeneration(config)
+    return vlm.eval()
+
+
+@dataclass
+class PrefixInputs:
+    """Tensors for one prefix forward (batch B, sequence S, N images in total)."""
+
+    input_ids: Tensor  # (B, S) int64
+    attention_mask: Tensor  # (B, S) bool, False on right padding
+    mm_token_type_ids: Tensor  # (B, S) int64, 1 on image tokens (bidirectional block)
+    pixel_values: Tensor  # (N, num_patches, pixels_per_patch)
+    image_token_pooling: Tensor  # (N * tokens_per_image, pool_h * pool_w) int64
+    image_grids: Tensor  # (N, 4) int64
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> PrefixInputs:
+        return PrefixInputs(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            mm_token_type_ids=self.mm_token_type_ids.to(device),
+            pixel_values=self.pixel_values.to(device=device, dtype=dtype),
+            image_token_pooling=self.image_token_pooling.to(device),
+            image_grids=self.image_grids.to(device),
+        )
+
+
+@dataclass
+class PrefixOutput:
+    """Per-layer context for the action expert plus what Think decoding continues from."""
+
+    keys: list[Tensor]  # per layer (B, S, kv_heads * head_dim)
+    values: list[Tensor]  # per layer (B, S, kv_heads * head_dim)
+    mask: Tensor  # (B, S) bool: prompt tokens the expert may attend to
+    cache: DynamicCache  # the VLM's own cache (post-RoPE K), for continued decoding
+    last_hidden_state: Tensor  # (B, S, hidden), after the final norm
+
+
+def image_token_ids(tokenizer: MolmoAct2Tokenizer) -> list[int]:
+    return [
+        index for index in (tokenizer.tokenizer.token_to_id(t) for t in IMAGE_TOKENS)
+        if index is not None
+    ]
+
+
+def tokenize_prompt(
+    tokenizer: MolmoAct2Tokenizer,
+    prompt: str,
+    image_tokens: Sequence[int],
+    placeholder: str = "<|image|>",
+) -> list[int]:
+    """Token ids of a prompt whose placeholders expand to ``image_tokens``.
+
+    Splitting on the placeholder and encoding the pieces separately gives the same ids as
+    encoding the expanded text (special tokens are split out before BPE) without tokenising
+    hundreds of literal image tokens per call.
+    """
+    pieces = prompt.split(placeholder)
+    ids: list[int] = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    for index, piece in enumerate(pieces):
+        if piece:
+            ids.extend(tokenizer.encode(piece))
+        if index < len(pieces) - 1:
+            ids.extend(image_tokens)
+    return ids
+
+
+def collate_prefix_inputs(
+    token_ids: Sequence[Sequence[int]],
+    images: ImageInputs,
+    image_ids: Sequence[int],
+    pad_id: int,
+) -> PrefixInputs:
+    """Right-pad B prompts into one batch; ``images`` holds every prompt's images in order."""
+    length = max(len(ids) for ids in token_ids)
+    batch = len(token_ids)
+    input_ids = np.full((batch, length), pad_id, dtype=np.int64)
+    mask = np.zeros((batch, length), dtype=bool)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : len(ids)] = ids
+        mask[row, : len(ids)] = True
+    mm_types = np.isin(input_ids, np.asarray(image_ids, dtype=np.int64)) & mask
+    return PrefixInputs(
+        input_ids=torch.from_numpy(input_ids),
+        attention_mask=torch.from_numpy(mask),
+        mm_token_type_ids=torch.from_numpy(mm_types.astype(np.int64)),
+        pixel_values=torch.from_numpy(images.pixel_values),
+        image_token_pooling=torch.from_numpy(images.pooling_indices),
+        image_grids=torch.from_numpy(images.grids),
+    )
+
+
+def flatten_heads(tensor: Tensor) -> Tensor:
+    """(B, kv_heads, S, head_dim) -> (B, S, kv_heads * head_dim)."""
+    batch, heads, length, head_dim = tensor.shape
+    return tensor.transpose(1, 2).reshape(batch, length, heads * head_dim)
+
+
+def cache_key_values(cache: DynamicCache) -> tuple[list[Tensor], list[Tensor]]:
+    """Every layer's cached K and V, flattened to (B, S, kv_heads * head_dim)."""
+    keys = [flatten_heads(layer.keys) for layer in cache.layers]
+    values = [flatten_heads(layer.values) for layer in cache.layers]
+    return keys, values
+
+
+def _pre_rope_key_hooks(
+    vlm: Molmo2ForConditionalGeneration, source: str, store: list[Tensor | None]
+) -> list[torch.utils.hooks.RemovableHandle]:
+    handles = []
+    for index, layer in enumerate(vlm.model.language_model.layers):
+        module = layer.self_attn.k_norm if source == "pre_rope" else layer.self_attn.k_proj
+
+        def hook(_module: torch.nn.Module, _inputs: object, output: Tensor, index: int = index):
+            store[index] = output
+
+        handles.append(module.register_forward_hook(hook))
+    return handles
+
+
+def prefix_forward(
+    vlm: Molmo2ForConditionalGeneration, inputs: PrefixInputs, kv_source: str = "cache"
+) -> PrefixOutput:
+    """Run the VLM over the prompt (no LM head) and collect the expert's per-layer K/V."""
+    num_layers = len(vlm.model.language_model.layers)
+    hooked: list[Tensor | None] = [None] * num_layers
+    handles = _pre_rope_key_hooks(vlm, kv_source, hooked) if kv_source != "cache" else []
+    try:
+        output = vlm.model(
+            input_ids=inputs.input_ids,
+            pixel_values=inputs.pixel_values,
+            image_token_pooling=inputs.image_token_pooling,
+            image_grids=inputs.image_grids,
+            attention_mask=inputs.attention_mask.long(),
+            mm_token_type_ids=inputs.mm_token_type_ids,
+            use_cache=True,
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    cache = output.past_key_values
+    keys, values = cache_key_values(cache)
+    if kv_source != "cache":
+        batch, length = inputs.input_ids.shape
+        keys = [tensor.reshape(batch, length, -1) for tensor in hooked if tensor is not None]
+        if len(keys) != num_layers:
+            raise RuntimeError(f"captured K of {len(keys)} of {num_layers} VLM layers")
+    return PrefixOutput(
+        keys=keys,
+        values=values,
+        mask=inputs.attention_mask.clone(),
+        cache=cache,
+        last_hidden_state=output.last_hidden_state,
+    )
