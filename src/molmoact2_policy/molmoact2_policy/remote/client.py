@@ -262,6 +262,7 @@ class RemotePolicy:
                     max_size=_MAX_RESPONSE_BYTES,
                     # Images are JPEG or raw sensor pixels: deflate would cost CPU, save little.
                     compression=None,
+                    legacy=True,  # we hold the connection across calls, not in a with-block
                 )
                 hello = self._decode(decode_msgpack, self._ws.recv(timeout=self.timeout))
                 self._raise_for_ws_error(hello)
