@@ -1,0 +1,200 @@
+"""The policy node in its own process, driven by a synthetic YAM robot (issue 6).
+
+One node process serves the whole module. Chunks must equal what ``Policy.act`` returns in this
+process for the same observation and seed: the tiny MolmoAct2 model when the model package
+provides it, else the deterministic fake policy (then injected into the node).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from tests.ros.policy_node_harness import (
+    EXTRA_JOINT,
+    SyntheticRobot,
+    chunk_stamp_ns,
+    start_node,
+    stop_node,
+    write_params,
+    yam_params,
+)
+
+pytestmark = pytest.mark.ros
+
+REAL_MODEL = importlib.util.find_spec("molmoact2_policy.model.policy") is not None
+FAKE_ENV = {"MOLMOACT2_TEST_POLICY_FACTORY": "tests.fake_policy:make_fake_policy"}
+
+
+def reference_policy(params: dict):
+    """The same policy the node runs, built in the test process."""
+    from molmoact2_policy.embodiments import get_embodiment
+
+    spec = get_embodiment(params["embodiment"])
+    if REAL_MODEL:
+        import torch
+
+        from molmoact2_policy.model.policy import MolmoAct2Policy
+
+        torch.set_num_threads(1)
+        return MolmoAct2Policy.from_checkpoint(
+            "tiny",
+            spec,
+            device="cpu",
+            dtype="float32",
+            cuda_graph=False,
+            mode=params["mode"],
+            seed=params["seed"],
+            joint_names=tuple(params["joint_names"]),
+        )
+    from tests.fake_policy import FakePolicy
+
+    return FakePolicy(spec, tuple(params["joint_names"]))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return yam_params()
+
+
+@pytest.fixture(scope="module")
+def robot(params, tmp_path_factory):
+    import rclpy
+
+    path = write_params(tmp_path_factory.mktemp("policy_node") / "params.yaml", params)
+    proc = start_node(path, env={} if REAL_MODEL else FAKE_ENV)
+    rclpy.init()
+    robot = SyntheticRobot(params)
+    try:
+        # Cold start: process start, model build, discovery.
+        assert robot.run(60.0, until=lambda: len(robot.chunks) >= 1), stop_node(proc)
+        yield robot
+    finally:
+        robot.node.destroy_node()
+        rclpy.shutdown()
+        output = stop_node(proc)
+        assert "Traceback" not in output, output
+
+
+def _wait_chunks(robot: SyntheticRobot, count: int, after_ns: int, seconds: float = 20.0) -> list:
+    def fresh():
+        return [c for c in robot.chunks if chunk_stamp_ns(c) >= after_ns]
+
+    assert robot.run(seconds, until=lambda: len(fresh()) >= count), "no fresh chunks"
+    return fresh()
+
+
+def test_chunks_match_policy_act_for_the_published_observation(robot, params):
+    start = robot.now_ns()
+    chunks = _wait_chunks(robot, 3, start)
+    reference = reference_policy(params)
+    spec_horizon = reference.embodiment.horizon
+    joints = list(params["joint_names"])
+    for chunk in chunks[:2]:
+        stamp = chunk_stamp_ns(chunk)
+        assert stamp in robot.frames, "chunk stamp is not the stamp of a published frame"
+        frame = robot.frames[stamp]
+        assert list(chunk.joint_names) == joints
+        assert chunk.horizon == spec_horizon
+        assert len(chunk.positions) == spec_horizon * len(joints)
+        assert chunk.step_dt == pytest.approx(1.0 / 30.0)
+        assert chunk.start_offset.sec == 0 and chunk.start_offset.nanosec == 0
+        assert chunk.mode == "flow" and chunk.instruction == params["instruction"]
+        assert 0.0 < chunk.inference_latency < 30.0
+        positions = np.asarray(chunk.positions).reshape(spec_horizon, len(joints))
+        # The joint state the node paired with these images was published at most a few
+        # frames away: one of them must reproduce the chunk exactly.
+        candidates = [i for i in range(frame.index - 3, frame.index + 4) if i in robot.states]
+        errors = []
+        for index in candidates:
+            expected = reference.act(
+                frame.images, robot.states[index], params["instruction"], seed=params["seed"]
+            )
+            errors.append(float(np.abs(expected.positions - positions).max()))
+        assert min(errors) <= 1e-9, f"no candidate state reproduces the chunk: {errors}"
+    sequences = [c.sequence for c in chunks]
+    assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+
+
+def test_predicted_joint_states_and_markers_follow_the_chunk(robot, params):
+    start = robot.now_ns()
+    _wait_chunks(robot, 1, start)
+    assert robot.run(5.0, until=lambda: robot.predicted and robot.markers)
+    chunk = robot.chunks[-1]
+    joints = list(params["joint_names"])
+    markers = robot.markers[-1].markers
+    assert [m.ns for m in markers] == joints
+    marker = markers[0]
+    assert marker.header.frame_id == params["marker_frame"]
+    assert marker.type == marker.LINE_STRIP and len(marker.points) == chunk.horizon
+    assert marker.points[1].x == pytest.approx(chunk.step_dt)
+    predicted = robot.predicted[-1]
+    assert list(predicted.name) == joints and EXTRA_JOINT not in predicted.name
+    assert len(predicted.position) == len(joints)
+
+
+def test_status_reports_running_with_input_ages(robot, params):
+    start = robot.now_ns()
+    assert robot.run(10.0, until=robot.status_where(lambda s: s.state == "running", start))
+    status = robot.latest_status(start)
+    assert status.lifecycle_state == "active" and status.last_error == ""
+    assert status.instruction == params["instruction"] and status.checkpoint == "tiny"
+    assert status.chunk_count >= 1 and status.model_time > 0.0
+    ages = {i.name: i for i in status.inputs}
+    assert set(ages) == {*params["camera_names"], "joint_states"}
+    assert all(i.ok and 0.0 <= i.age < 0.5 for i in ages.values())
+
+
+def _assert_blocked_then_resumed(robot, expected_text: str, state: str) -> None:
+    phase_start = robot.now_ns()
+    bad_stamps_from = robot.index
+    assert robot.run(
+        10.0,
+        until=robot.status_where(
+            lambda s: s.state == state and expected_text in s.last_error, phase_start
+        ),
+    ), f"status never said {expected_text!r}: {robot.latest_status()}"
+    robot.run(1.0)
+    bad = {s for s, f in robot.frames.items() if f.index >= bad_stamps_from}
+    assert not [c for c in robot.chunks if chunk_stamp_ns(c) in bad]
+
+
+def test_stale_cameras_stop_inference_and_fresh_ones_resume_it(robot):
+    robot.camera_delay = {c: 0.8 for c in robot.cameras}
+    try:
+        _assert_blocked_then_resumed(robot, "is stale: 0.8", "stale_input")
+    finally:
+        robot.camera_delay = {}
+    _wait_chunks(robot, 1, robot.now_ns())
+
+
+def test_skewed_cameras_stop_inference_and_aligned_ones_resume_it(robot):
+    robot.camera_delay = {robot.cameras[0]: 0.12}
+    try:
+        _assert_blocked_then_resumed(robot, "camera skew 0.12", "stale_input")
+    finally:
+        robot.camera_delay = {}
+    _wait_chunks(robot, 1, robot.now_ns())
+
+
+def test_no_instruction_pauses_inference(robot, params):
+    robot.set_instruction("")
+    try:
+        _assert_blocked_then_resumed(robot, "no instruction", "no_instruction")
+    finally:
+        robot.set_instruction(params["instruction"])
+    chunks = _wait_chunks(robot, 1, robot.now_ns())
+    assert chunks[-1].instruction == params["instruction"]
+
+
+def test_reset_service_clears_and_inference_continues(robot):
+    from std_srvs.srv import Trigger
+
+    client = robot.node.create_client(Trigger, "molmoact2_policy/reset")
+    assert client.wait_for_service(timeout_sec=10.0)
+    future = client.call_async(Trigger.Request())
+    assert robot.run(10.0, until=future.done)
+    assert future.result().success
+    _wait_chunks(robot, 1, robot.now_ns())
