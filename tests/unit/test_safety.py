@@ -119,8 +119,12 @@ def test_clamp_acceleration_limits_speed_growth_but_not_stopping():
 def test_clamp_leaves_a_safe_target_alone():
     target = np.array([0.001, 0.0, 0.5])
     command, clamped = clamp_command(
-        target, np.array([0.0, 0.0, 0.5]), LIMITS, CONFIG, 0.004, previous_velocity=np.zeros(3) + [
-            0.25, 0, 0]
+        target,
+        np.array([0.0, 0.0, 0.5]),
+        LIMITS,
+        CONFIG,
+        0.004,
+        previous_velocity=np.array([0.25, 0.0, 0.0]),
     )
     assert not clamped
     np.testing.assert_array_equal(command, target)

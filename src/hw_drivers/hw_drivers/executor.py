@@ -316,7 +316,9 @@ class ChunkExecutor:
             )
         if now > plan.end():
             self._plan = None
-            return self._hold_here("holding", "chunk ended; holding its last point")
+            self._hold_here("holding", "chunk ended; holding its last point")
+            last_point, _ = plan.sample(plan.end())
+            return last_point, np.zeros(len(self.joint_names))
         in_ramp = plan.ramp_in and plan.correction is not None and plan.correction.active(now)
         self._state, self._reason = ("ramp_in" if in_ramp else "tracking"), ""
         return plan.sample(now)
@@ -330,6 +332,9 @@ class ChunkExecutor:
             start_vel = np.zeros_like(start_pos)
             window = max(self.safety.ramp_in_time, 0.0)
             self._needs_ramp_in = False
+            # The ramp starts where the arm is, not where an older hold command was.
+            self._last_command = start_pos.copy()
+            self._last_velocity = start_vel.copy()
         else:
             # Where the previous command would be now, moving as it was.
             dt = 0.0 if self._last_tick is None else max(now - self._last_tick, 0.0)
