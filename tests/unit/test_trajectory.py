@@ -1,0 +1,92 @@
+"""Chunk -> JointTrajectory timing (latency skip, zero-stamp semantics) and gripper split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hw_drivers.chunk import Chunk
+from hw_drivers.trajectory import (
+    chunk_to_trajectory,
+    default_gripper_joints,
+    finite_difference_velocities,
+    seconds_to_duration,
+)
+
+NAMES = ("j1", "j2", "gripper")
+
+
+def chunk(stamp=100.0, start_offset=0.1, step_dt=0.1, horizon=5) -> Chunk:
+    k = np.arange(horizon, dtype=float)[:, None]
+    positions = np.hstack([0.1 * k, -0.2 * k, np.full((horizon, 1), 0.5) + 0.1 * k])
+    return Chunk(stamp, start_offset, step_dt, NAMES, positions)
+
+
+def test_fresh_chunk_keeps_every_point_at_its_phase():
+    # Received 0.05 s after capture: action k applies at 100.1 + 0.1 k, i.e. 0.05 + 0.1 k from now.
+    out = chunk_to_trajectory(chunk(), now=100.05, gripper_joints=("gripper",))
+    assert out.skipped == 0
+    traj = out.trajectory
+    assert traj.stamp == 0.0  # start on receipt
+    assert traj.joint_names == ("j1", "j2")
+    np.testing.assert_allclose(
+        [p.time_from_start for p in traj.points], [0.05, 0.15, 0.25, 0.35, 0.45], atol=1e-12
+    )
+    np.testing.assert_allclose(traj.points[2].positions, [0.2, -0.4])
+
+
+def test_latency_skip_drops_points_already_due():
+    # 0.33 s late: actions at 100.1, 100.2, 100.3 are past; 100.4 and 100.5 remain.
+    out = chunk_to_trajectory(chunk(), now=100.33, gripper_joints=("gripper",))
+    assert out.skipped == 3
+    np.testing.assert_allclose([p.time_from_start for p in out.trajectory.points], [0.07, 0.17])
+    np.testing.assert_allclose(out.trajectory.points[0].positions, [0.3, -0.6])
+    # The gripper gets the target of the first kept point, at the same time.
+    np.testing.assert_allclose(out.gripper.positions, [0.8])
+    assert out.gripper.time_from_start == pytest.approx(0.07)
+    assert out.gripper.joint_names == ("gripper",)
+
+
+def test_point_due_exactly_now_and_lead_time():
+    assert chunk_to_trajectory(chunk(), now=100.1).skipped == 1
+    out = chunk_to_trajectory(chunk(), now=100.05, min_lead_time=0.1)
+    assert out.skipped == 1 and out.trajectory.points[0].time_from_start == pytest.approx(0.15)
+
+
+def test_fully_stale_chunk_gives_nothing():
+    out = chunk_to_trajectory(chunk(), now=101.0, gripper_joints=("gripper",))
+    assert out.trajectory is None and out.gripper is None and out.skipped == 5
+
+
+def test_velocities_and_controller_names():
+    out = chunk_to_trajectory(
+        chunk(), now=100.0, gripper_joints=("gripper",), controller_joint_names=("fr3_j1", "fr3_j2")
+    )
+    assert out.trajectory.joint_names == ("fr3_j1", "fr3_j2")
+    np.testing.assert_allclose(out.trajectory.points[1].velocities, [1.0, -2.0])
+    np.testing.assert_allclose(out.trajectory.points[-1].velocities, [0.0, 0.0])  # rest at end
+    without = chunk_to_trajectory(chunk(), now=100.0, compute_velocities=False)
+    assert without.trajectory.points[0].velocities is None
+    assert without.trajectory.joint_names == NAMES  # no gripper split asked for
+    with pytest.raises(ValueError, match="controller joint names"):
+        chunk_to_trajectory(chunk(), now=100.0, controller_joint_names=("a",))
+
+
+def test_reorders_to_the_configured_joint_order():
+    out = chunk_to_trajectory(
+        chunk(), now=100.0, joint_names=("j2", "gripper", "j1"), gripper_joints=("gripper",)
+    )
+    assert out.trajectory.joint_names == ("j2", "j1")
+    np.testing.assert_allclose(out.trajectory.points[1].positions, [-0.2, 0.1])
+    with pytest.raises(ValueError, match="missing"):
+        chunk_to_trajectory(chunk(), now=100.0, joint_names=("j1", "j9", "gripper"))
+
+
+def test_helpers():
+    v = finite_difference_velocities(np.array([[0.0], [1.0], [4.0]]), 0.5)
+    np.testing.assert_allclose(v[:, 0], [2.0, 4.0, 0.0])
+    assert seconds_to_duration(1.25) == (1, 250_000_000)
+    assert seconds_to_duration(0.0) == (0, 0)
+    assert default_gripper_joints(["panda_joint1", "panda_gripper"]) == ("panda_gripper",)
+    with pytest.raises(ValueError):
+        seconds_to_duration(-0.1)
