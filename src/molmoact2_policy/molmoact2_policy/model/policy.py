@@ -1,0 +1,333 @@
+"""MolmoAct2Policy: the local model behind ``molmoact2_policy.policy_api.Policy``.
+
+One ``act`` = validate -> preprocess (images, state bins, prompt, token ids) -> VLM prefix
+(once per observation; the expert's projected context is prepared here too) -> cached Euler
+flow loop (a CUDA graph with ``cuda_graph=True`` on a GPU) -> un-normalise. Each step is a
+method so the Think policy (``model/think.py``) can subclass and replace single steps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from molmoact2_policy.embodiments import EmbodimentSpec, get_embodiment
+from molmoact2_policy.model.action_expert import ExpertContext
+from molmoact2_policy.model.checkpoint import build_tiny, load_checkpoint
+from molmoact2_policy.model.config import MolmoAct2Config
+from molmoact2_policy.model.flow import GraphFlowRunner, make_noise
+from molmoact2_policy.model.model import MolmoAct2Model
+from molmoact2_policy.model.normalize import NormStats, NormStatsError
+from molmoact2_policy.model.preprocess import (
+    ImageGeometry,
+    ImageTokenLayout,
+    PromptOptions,
+    build_prompt,
+    discretize_state,
+    preprocess_images,
+)
+from molmoact2_policy.model.tokenizer import EOS_TOKEN, MolmoAct2Tokenizer
+from molmoact2_policy.model.vlm import (
+    PrefixInputs,
+    PrefixOutput,
+    collate_prefix_inputs,
+    image_token_ids,
+    tokenize_prompt,
+)
+from molmoact2_policy.policy_api import (
+    ActionChunkResult,
+    PolicyUnavailableError,
+    validate_observation,
+)
+
+MODES = ("flow", "fast", "think")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TINY = "tiny"
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; known: {', '.join(DTYPES)}") from None
+
+
+class MolmoAct2Policy:
+    """Flow-matching MolmoAct2 for one embodiment (implements ``policy_api.Policy``)."""
+
+    mode_name = "flow"
+
+    def __init__(
+        self,
+        model: MolmoAct2Model,
+        config: MolmoAct2Config,
+        norm_stats: NormStats,
+        tokenizer: MolmoAct2Tokenizer,
+        embodiment: EmbodimentSpec,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        cuda_graph: bool = False,
+        seed: int = 0,
+        joint_names: Sequence[str] | None = None,
+        checkpoint: str = TINY,
+    ) -> None:
+        self.config = config
+        self.norm_stats = norm_stats
+        self.tokenizer = tokenizer
+        self.embodiment = embodiment
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.cuda_graph = cuda_graph
+        self.seed = seed
+        self.checkpoint = checkpoint
+        self.joint_names = self._check_joint_names(joint_names)
+        self._check_compatible()
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.geometry = ImageGeometry(
+            image_size=config.vlm.vision_config.image_size[0],
+            patch_size=config.vlm.vision_config.patch_size,
+        )
+        layout = ImageTokenLayout(
+            use_col_tokens=config.image_use_col_tokens,
+            use_low_res_start_token=config.use_single_crop_start_token,
+        )
+        self._image_tokens = tokenizer.token_ids(
+            layout.tokens(self.geometry.pooled_rows, self.geometry.pooled_cols)
+        )
+        self._image_type_ids = image_token_ids(tokenizer)
+        self._pad_id = tokenizer.token_id(EOS_TOKEN)
+        self._prompt_options = PromptOptions(config.add_setup_tokens, config.add_control_tokens)
+        mask = torch.zeros(config.max_action_dim, dtype=torch.bool)
+        mask[: embodiment.action_dim] = True
+        self.action_dim_mask = mask.to(self.device)
+        self.flow_runner = (
+            GraphFlowRunner(
+                self.model.action_expert,
+                num_steps=config.flow_matching_num_steps,
+                use_cuda_graph=cuda_graph,
+            )
+            if self.model.action_expert is not None
+            else None
+        )
+        self._generator = torch.Generator().manual_seed(seed)
+        # The node may call act from a worker thread while a service calls reset.
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str,
+        embodiment: str,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        cuda_graph: bool = False,
+        mode: str = "flow",
+        seed: int = 0,
+        joint_names: Sequence[str] | None = None,
+    ) -> MolmoAct2Policy:
+        """Load a checkpoint directory, or build the tiny preset in memory for ``"tiny"``.
+
+        ``mode="think"`` returns ``molmoact2_policy.model.think.ThinkPolicy``.
+        """
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+        spec = get_embodiment(embodiment)
+        resolve_dtype(dtype)
+        if checkpoint == TINY:
+            model, config, stats, tokenizer = build_tiny(seed)
+        else:
+            model, config, stats, tokenizer = load_checkpoint(Path(checkpoint).expanduser())
+        policy_cls: type[MolmoAct2Policy] = cls
+        if mode == "think":
+            from molmoact2_policy.model.think import ThinkPolicy
+
+            policy_cls = ThinkPolicy
+        elif mode == "fast":
+            raise NotImplementedError(
+                "mode 'fast' (FAST action tokens) is not available in this build; use 'flow'"
+            )
+        return policy_cls(
+            model,
+            config,
+            stats,
+            tokenizer,
+            spec,
+            device=device,
+            dtype=dtype,
+            cuda_graph=cuda_graph,
+            seed=seed,
+            joint_names=joint_names,
+            checkpoint=checkpoint,
+        )
+
+    def _check_joint_names(self, joint_names: Sequence[str] | None) -> tuple[str, ...]:
+        spec = self.embodiment
+        if joint_names is None:
+            return tuple(f"joint_{index}" for index in range(spec.action_dim))
+        names = tuple(joint_names)
+        if len(names) != spec.action_dim:
+            raise ValueError(
+                f"{spec.name} predicts {spec.action_dim} action dims, "
+                f"got {len(names)} joint names"
+            )
+        return names
+
+    def _check_compatible(self) -> None:
+        spec, config = self.embodiment, self.config
+        if spec.action_dim > config.max_action_dim:
+            raise ValueError(
+                f"{spec.name}: action_dim {spec.action_dim} > max_action_dim "
+                f"{config.max_action_dim}"
+            )
+        if spec.horizon > config.action_expert.max_action_horizon:
+            raise ValueError(
+                f"{spec.name}: horizon {spec.horizon} > expert max_action_horizon "
+                f"{config.action_expert.max_action_horizon}"
+            )
+        try:
+            state = self.norm_stats.group(spec.norm_tag, "state")
+            action = self.norm_stats.group(spec.norm_tag, "action")
+        except NormStatsError as error:
+            raise ValueError(f"{spec.name}: {error}") from None
+        if state.dim != spec.state_dim or action.dim != spec.action_dim:
+            raise ValueError(
+                f"{spec.name}: norm stats tag {spec.norm_tag!r} has state/action dims "
+                f"{state.dim}/{action.dim}, the embodiment needs "
+                f"{spec.state_dim}/{spec.action_dim}"
+            )
+
+    # ------------------------------------------------------------------ steps (overridable)
+    def normalized_state_bins(self, state: np.ndarray) -> np.ndarray:
+        spec = self.embodiment
+        normalized = self.norm_stats.normalize_state(
+            spec.norm_tag, np.asarray(state, dtype=np.float64), spec.gripper_dims
+        )
+        return discretize_state(normalized, self.config.num_state_tokens)
+
+    def build_prompt(self, state: np.ndarray, instruction: str) -> str:
+        spec = self.embodiment
+        return build_prompt(
+            num_images=len(spec.camera_names),
+            instruction=instruction,
+            setup=spec.setup,
+            control_mode=spec.control_mode,
+            state_bins=self.normalized_state_bins(state).tolist(),
+            options=self._prompt_options,
+        )
+
+    def prepare_inputs(
+        self, images: Mapping[str, np.ndarray], state: np.ndarray, instruction: str
+    ) -> PrefixInputs:
+        """Images in the embodiment's camera order, prompt ids, on the policy's device."""
+        ordered = [images[name] for name in self.embodiment.camera_names]
+        image_inputs = preprocess_images(ordered, self.geometry)
+        prompt = self.build_prompt(state, instruction)
+        ids = tokenize_prompt(self.tokenizer, prompt, self._image_tokens)
+        batch = collate_prefix_inputs([ids], image_inputs, self._image_type_ids, self._pad_id)
+        return batch.to(self.device, self.dtype)
+
+    def run_prefix(self, inputs: PrefixInputs) -> PrefixOutput:
+        return self.model.prefix(inputs)
+
+    def expert_context(self, prefix: PrefixOutput) -> ExpertContext:
+        return self.model.expert_context(prefix)
+
+    def make_noise(self, seed: int | None) -> Tensor:
+        generator = self._generator if seed is None else torch.Generator().manual_seed(seed)
+        shape = (1, self.embodiment.horizon, self.config.max_action_dim)
+        return make_noise(shape, generator, self.device, self.dtype, self.action_dim_mask)
+
+    def sample_chunk(self, ctx: ExpertContext, noise: Tensor) -> Tensor:
+        """Normalised actions (1, horizon, max_action_dim) from the flow loop."""
+        if self.flow_runner is None:
+            raise RuntimeError("this checkpoint has no action expert; use mode 'fast'")
+        return self.flow_runner.sample(ctx, noise, self.action_dim_mask)
+
+    def postprocess(self, normalized: Tensor) -> np.ndarray:
+        """(1, horizon, max_action_dim) normalised -> (horizon, action_dim) float64 robot units."""
+        spec = self.embodiment
+        chunk = normalized[0, :, : spec.action_dim].float().cpu().numpy().astype(np.float64)
+        return self.norm_stats.unnormalize_action(spec.norm_tag, chunk, spec.gripper_dims)
+
+    # ------------------------------------------------------------------ Policy API
+    def act(
+        self,
+        images: Mapping[str, np.ndarray],
+        state: np.ndarray,
+        instruction: str,
+        *,
+        seed: int | None = None,
+    ) -> ActionChunkResult:
+        validate_observation(self.embodiment, images, state, instruction)
+        with self._lock, torch.inference_mode():
+            start = time.perf_counter()
+            inputs = self.prepare_inputs(images, np.asarray(state), instruction)
+            noise = self.make_noise(seed)
+            after_preprocess = self._clock()
+            ctx = self.expert_context(self.run_prefix(inputs))
+            after_prefix = self._clock()
+            normalized = self.sample_chunk(ctx, noise)
+            after_flow = self._clock()
+            positions = self.postprocess(normalized)
+            end = time.perf_counter()
+        if not np.all(np.isfinite(positions)):
+            raise PolicyUnavailableError("the model produced non-finite actions; check the weights")
+        timings = {
+            "preprocess": after_preprocess - start,
+            "prefix": after_prefix - after_preprocess,
+            "flow": after_flow - after_prefix,
+            "total": end - start,
+        }
+        return ActionChunkResult(
+            positions=positions,
+            step_dt=self.embodiment.step_dt,
+            joint_names=self.joint_names,
+            mode=self.mode_name,
+            timings=timings,
+        )
+
+    def _clock(self) -> float:
+        # Stage times are only meaningful once queued GPU work has finished.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def weights_changed(self) -> None:
+        """Call after editing the expert's weights: the flow loop caches per-weight tensors."""
+        if self.flow_runner is not None:
+            self.flow_runner.refresh()
+
+    def reset(self) -> None:
+        """Restart the noise sequence, so an episode replays identically from its start."""
+        with self._lock:
+            self._generator.manual_seed(self.seed)
+
+    def metadata(self) -> dict[str, Any]:
+        spec = self.embodiment
+        return {
+            "checkpoint": self.checkpoint,
+            "embodiment": spec.name,
+            "mode": self.mode_name,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "cuda_graph": self.cuda_graph,
+            "horizon": spec.horizon,
+            "action_dim": spec.action_dim,
+            "step_dt": spec.step_dt,
+            "camera_names": list(spec.camera_names),
+            "joint_names": list(self.joint_names),
+            "flow_steps": self.config.flow_matching_num_steps,
+            "norm_mode": self.norm_stats.norm_mode,
+            "expert_kv_source": self.config.expert_kv_source,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
