@@ -169,3 +169,22 @@ def test_resolve_topic():
     assert graph.resolve_topic("", "joint_states") == "/joint_states"
     assert graph.resolve_topic("/arm2/", "joint_states") == "/arm2/joint_states"
     assert graph.resolve_topic("arm2", "/clock") == "/clock"
+
+
+@pytest.mark.parametrize("robot", ["yam", "droid", "so101"])
+@pytest.mark.parametrize("sim", [True, False])
+def test_shipped_configs_match_every_nodes_parameter_declaration(robot, sim):
+    config = graph.load_robot_config(robot)
+    nodes = graph.build_graph(config, graph.LaunchOptions(sim=sim, think=True, record=True))
+    assert graph.validate_graph_params(config, nodes) == []
+
+
+def test_unknown_parameter_and_bad_values_are_named(tmp_path):
+    def mutate(raw):
+        raw["/**/so101_driver"]["ros__parameters"]["control_rat"] = 100.0
+        raw["/**/molmoact2_policy"]["ros__parameters"]["camera_skew"] = 0.1
+
+    config = graph.load_robot_config(write_config(tmp_path, mutate))
+    problems = graph.validate_graph_params(config, graph.build_graph(config))
+    assert any("so101_driver: unknown parameter 'control_rat'" in p for p in problems)
+    assert any("molmoact2_policy: unknown parameter 'camera_skew'" in p for p in problems)

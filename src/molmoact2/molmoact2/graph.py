@@ -65,6 +65,9 @@ class NodeSpec:
     remappings: tuple[tuple[str, str], ...] = ()
     lifecycle: bool = False
     params_class: str = ""  # "module:Class" of the node's parameter dataclass
+    # Another node kind's parameter class whose keys may share this node's config section
+    # (the trajectory bridge runs under the driver's name and section).
+    shares_section_with: str = ""
 
 
 @dataclass(frozen=True)
@@ -218,7 +221,7 @@ _NODE_KINDS: dict[str, tuple[str, str, str, bool, str]] = {
         "trajectory_bridge_node",
         "hw_drivers.trajectory_bridge_node",
         True,
-        "hw_drivers.driver_params:DriverParams",
+        "hw_drivers.trajectory_bridge_params:TrajectoryBridgeParams",
     ),
     SIM_CAMERAS_NODE: (
         "molmoact2",
@@ -248,6 +251,7 @@ def _spec(kind: str, name: str, files: tuple[str, ...], overrides: dict[str, Any
         overrides=overrides,
         lifecycle=lifecycle,
         params_class=params_class,
+        shares_section_with=_NODE_KINDS["driver"][4] if kind == "trajectory_bridge" else "",
     )
 
 
@@ -305,8 +309,9 @@ def resolve_topic(namespace: str, topic: str) -> str:
     return f"{ns}/{topic}"
 
 
-def load_params_class(spec: NodeSpec) -> type:
-    module_name, _, class_name = spec.params_class.partition(":")
+def load_params_class(target: str) -> type:
+    """Import ``module:Class``."""
+    module_name, _, class_name = target.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
@@ -315,14 +320,18 @@ def validate_graph_params(config: RobotConfig, nodes: list[NodeSpec]) -> list[st
     problems: list[str] = []
     for spec in nodes:
         try:
-            params_cls = load_params_class(spec)
+            params_cls = load_params_class(spec.params_class)
+            sharing = (
+                load_params_class(spec.shares_section_with) if spec.shares_section_with else None
+            )
         except (ImportError, AttributeError) as exc:
             problems.append(f"{spec.name}: parameter class {spec.params_class} missing: {exc}")
             continue
         known = {f.name for f in dataclasses.fields(params_cls)} | {"use_sim_time"}
+        accepted = known | ({f.name for f in dataclasses.fields(sharing)} if sharing else set())
         own = dict(config.sections.get(spec.name, {}))
         own.update({k: v for k, v in spec.overrides.items() if k != "use_sim_time"})
-        for key in sorted(set(own) - known):
+        for key in sorted(set(own) - accepted):
             problems.append(f"{config.path}: {spec.name}: unknown parameter {key!r}")
         values = {k: v for k, v in config.params_for(spec.name).items() if k in known}
         values.update({k: v for k, v in spec.overrides.items() if k in known})
