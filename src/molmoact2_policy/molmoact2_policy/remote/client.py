@@ -9,9 +9,11 @@ wrong token) raises ``PolicyUnavailableError`` with the reason; the next call re
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -85,6 +87,9 @@ class RemotePolicy:
         self.jpeg_quality = jpeg_quality
         self.transport = transport
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # Cameras are JPEG-encoded in parallel: cv2 releases the GIL, and encoding is most of
+        # the client's share of the round trip.
+        self._codec_pool: ThreadPoolExecutor | None = None
         self._http: httpx.Client | None = None
         self._ws: Any = None
         self._server_info: dict[str, Any] | None = None
@@ -115,6 +120,7 @@ class RemotePolicy:
                 image_encoding=self.image_encoding,
                 jpeg_quality=self.jpeg_quality,
                 reset=self._reset_pending,
+                executor=self._encoder_pool(),
             )
             if self.transport == "http":
                 body = encode_json(request)
@@ -201,6 +207,9 @@ class RemotePolicy:
     def close(self) -> None:
         with self._lock:
             self._drop_connections()
+            if self._codec_pool is not None:
+                self._codec_pool.shutdown(wait=False)
+                self._codec_pool = None
 
     def __enter__(self) -> RemotePolicy:
         return self
@@ -209,6 +218,14 @@ class RemotePolicy:
         self.close()
 
     # ------------------------------------------------------------------ transports
+
+    def _encoder_pool(self) -> ThreadPoolExecutor:
+        if self._codec_pool is None:
+            self._codec_pool = ThreadPoolExecutor(
+                max_workers=min(len(self.embodiment.camera_names), os.cpu_count() or 1),
+                thread_name_prefix="molmoact2-encode",
+            )
+        return self._codec_pool
 
     def _where(self) -> str:
         url = self.server_url if self.transport == "http" else self.ws_url

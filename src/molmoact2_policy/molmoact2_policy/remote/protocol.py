@@ -25,6 +25,7 @@ import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -326,14 +327,22 @@ def build_act_request(
     image_encoding: str = "jpeg",
     jpeg_quality: int = 90,
     reset: bool = False,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
-    """The request dictionary (before JSON/msgpack encoding) for one observation."""
+    """The request dictionary (before JSON/msgpack encoding) for one observation.
+
+    With an ``executor``, cameras are compressed in parallel (cv2 releases the GIL).
+    """
+
+    def encode(name: str) -> np.ndarray | bytes:
+        return encode_image(images[name], image_encoding, jpeg_quality=jpeg_quality)
+
+    names = spec.camera_names
+    parallel = executor is not None and image_encoding != "raw" and len(names) > 1
+    encoded = list(executor.map(encode, names)) if parallel else [encode(n) for n in names]
     return {
         "instruction": instruction,
-        "images": {
-            name: encode_image(images[name], image_encoding, jpeg_quality=jpeg_quality)
-            for name in spec.camera_names
-        },
+        "images": dict(zip(names, encoded, strict=True)),
         "state": np.asarray(state, dtype=np.float64),
         "embodiment": spec.name,
         "seed": seed,
@@ -342,14 +351,19 @@ def build_act_request(
 
 
 def parse_act_request(
-    payload: Any, spec: EmbodimentSpec, limits: RequestLimits | None = None
+    payload: Any,
+    spec: EmbodimentSpec,
+    limits: RequestLimits | None = None,
+    *,
+    executor: Executor | None = None,
 ) -> ActRequest:
     """Validate a decoded request against the served embodiment; ``ProtocolError`` if bad.
 
     Accepts the released-style keys: ``images`` (camera -> image mapping, a list in camera
     order, or an (N, H, W, 3) stack), ``image`` (single-camera embodiments), ``state`` or
     ``proprio``, ``instruction``, ``unnorm_key`` (must name the served norm tag), and a
-    double-encoded ``{"encoded": "<json>"}`` body.
+    double-encoded ``{"encoded": "<json>"}`` body. With an ``executor``, compressed cameras
+    are decoded in parallel.
     """
     limits = limits or RequestLimits()
     if isinstance(payload, dict) and set(payload) == {"encoded"}:
@@ -379,7 +393,7 @@ def parse_act_request(
             f"instruction of {len(instruction)} characters exceeds {limits.max_instruction_chars}"
         )
 
-    images = _parse_images(payload, spec, limits)
+    images = _parse_images(payload, spec, limits, executor)
     state = _parse_state(payload, spec)
 
     seed = payload.get("seed")
@@ -411,7 +425,10 @@ def parse_act_request(
 
 
 def _parse_images(
-    payload: Mapping[str, Any], spec: EmbodimentSpec, limits: RequestLimits
+    payload: Mapping[str, Any],
+    spec: EmbodimentSpec,
+    limits: RequestLimits,
+    executor: Executor | None,
 ) -> dict[str, np.ndarray]:
     cameras = spec.camera_names
     raw = payload.get("images")
@@ -447,8 +464,17 @@ def _parse_images(
             f"'images' has {len(values)} image(s), {spec.name} needs {len(cameras)} "
             f"({', '.join(cameras)})"
         )
-    pairs = zip(cameras, values, strict=True)
-    return {name: decode_image(value, name, limits) for name, value in pairs}
+
+    def decode(pair: tuple[str, Any]) -> np.ndarray:
+        return decode_image(pair[1], pair[0], limits)
+
+    pairs = list(zip(cameras, values, strict=True))
+    compressed = sum(not isinstance(value, np.ndarray) or value.ndim == 1 for value in values)
+    if executor is not None and compressed > 1:
+        decoded = list(executor.map(decode, pairs))  # first camera's error is raised first
+    else:
+        decoded = [decode(pair) for pair in pairs]
+    return dict(zip(cameras, decoded, strict=True))
 
 
 def _parse_state(payload: Mapping[str, Any], spec: EmbodimentSpec) -> np.ndarray:

@@ -152,6 +152,10 @@ class PolicyService:
         self.spec = policy.embodiment
         self.limits = limits or RequestLimits()
         self.queue = InferenceQueue(max_queue)
+        # JPEG decoding of several cameras in parallel; bounded so a burst cannot take all cores.
+        self._codec_pool = ThreadPoolExecutor(
+            max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="molmoact2-decode"
+        )
         self.warmup: dict[str, Any] = {"state": "pending"}
         self.served = 0
         self.failed = 0
@@ -176,6 +180,10 @@ class PolicyService:
             return
         self.warmup = {"state": "ready", "seconds": time.perf_counter() - start}
         logger.info("warm-up inference took %.3f s", self.warmup["seconds"])
+
+    def shutdown(self) -> None:
+        self.queue.shutdown()
+        self._codec_pool.shutdown(wait=False, cancel_futures=True)
 
     def health(self) -> dict[str, Any]:
         try:
@@ -237,7 +245,7 @@ class PolicyService:
 
     def _decode(self, body: bytes, decode: Callable[..., Any]) -> ActRequest:
         payload = decode(body, max_bytes=self.limits.max_body_bytes)
-        return parse_act_request(payload, self.spec, self.limits)
+        return parse_act_request(payload, self.spec, self.limits, executor=self._codec_pool)
 
     def _infer(
         self, request: ActRequest, submitted: float
@@ -304,7 +312,7 @@ def create_app(
         else:
             service.warmup = {"state": "skipped"}
         yield
-        service.queue.shutdown()
+        service.shutdown()
 
     app = FastAPI(title="MolmoAct2 policy server", lifespan=lifespan)
     app.state.service = service
