@@ -166,3 +166,20 @@ def test_cuda_graph_matches_eager_and_recaptures_on_new_shape() -> None:
     case(1, 6, 17)
     assert runner.captured_shapes == [(2, 8, 32, 11), (1, 6, 32, 17)]
     case(2, 8, 11)
+
+
+def test_bf16_expert_with_fp32_integration() -> None:
+    expert = tiny_expert().to(torch.bfloat16)
+    keys, values, mask = random_context()
+    noise = seeded_noise(3)
+    ctx = expert.prepare_context(keys, values, mask)
+    assert ctx.keys[0].dtype == torch.bfloat16
+    cached = CachedFlowSampler(expert, 5).sample(ctx, noise, dim_mask())
+    reference = euler_sample_reference(expert, keys, values, mask, noise, 5, dim_mask())
+    assert cached.dtype == torch.float32
+    assert torch.equal(cached[..., VALID_DIMS:], torch.zeros(2, 8, 32 - VALID_DIMS))
+    assert (cached - reference).abs().max() < 5e-2
+    fp32 = CachedFlowSampler(tiny_expert(), 5).sample(
+        tiny_expert().prepare_context(keys, values, mask), noise, dim_mask()
+    )
+    assert (cached - fp32).abs().max() < 0.2

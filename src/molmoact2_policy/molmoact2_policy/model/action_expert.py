@@ -473,7 +473,10 @@ class ActionExpert(nn.Module):
         return ExpertContext(keys, values, additive, cos, sin)
 
     def _conditioning(self, timesteps: Tensor) -> Tensor:
-        return self.time_embed(timesteps).to(self.action_embed.weight.dtype)
+        # The sinusoid is built in fp32 (t near 1 needs the precision); the MLP runs in the
+        # expert's dtype.
+        sinusoid = self.time_embed[0](timesteps).to(self.action_embed.weight.dtype)
+        return self.time_embed[1:](sinusoid)
 
     @torch.no_grad()
     def time_modulation(self, timesteps: Tensor) -> TimeModulation:
@@ -502,7 +505,8 @@ class ActionExpert(nn.Module):
         horizon = noisy_actions.shape[1]
         cos = ctx.rope_cos[:horizon] if ctx.rope_cos is not None else None
         sin = ctx.rope_sin[:horizon] if ctx.rope_sin is not None else None
-        x = self.action_embed(noisy_actions)
+        # The sampler may integrate in fp32 around a bf16/fp16 expert: run in the expert's dtype.
+        x = self.action_embed(noisy_actions.to(self.action_embed.weight.dtype))
         for block, mods, keys, values in zip(
             self.blocks, block_mods, ctx.keys, ctx.values, strict=True
         ):
