@@ -162,6 +162,13 @@ class ChunkExecutor:
     def last_command(self) -> np.ndarray | None:
         return None if self._last_command is None else self._last_command.copy()
 
+    def reject(self, reason: str) -> SubmitResult:
+        """Count a chunk rejected before it could be submitted (e.g. a malformed message).
+
+        ``reason`` starts with a short code and a colon, like the executor's own reasons.
+        """
+        return self._reject(reason)
+
     def _reject(self, reason: str) -> SubmitResult:
         self.stats.rejected[reason.split(":", 1)[0]] += 1
         self.stats.last_reject_reason = reason

@@ -1,0 +1,361 @@
+"""Robot driver node: follows ActionChunks with the chunk executor on one backend.
+
+A thin lifecycle shell over ``ControlLoop`` (backend + ``ChunkExecutor``): configure builds
+them from ``DriverParams``, activate connects and starts the control timer, deactivate holds
+and stops it, cleanup disconnects. All timing uses the node clock, so ``use_sim_time`` works:
+chunk stamps, ticks and published stamps share one time base.
+
+Run as a plain process (no lifecycle manager) it configures and activates itself
+(``autostart``)::
+
+    driver_node --ros-args --params-file config/yam.yaml -r __node:=yam_driver
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import JointState
+from std_srvs.srv import SetBool, Trigger
+
+from hw_drivers.backends.base import BackendError
+from hw_drivers.backends.registry import BackendUnavailableError, make_backend
+from hw_drivers.control_loop import ControlLoop
+from hw_drivers.conversions import chunk_from_msg, joint_state_msg
+from hw_drivers.driver_params import DriverParams
+from hw_drivers.executor import ChunkExecutor
+from hw_drivers.ros_params import declare_dataclass_params
+from molmoact2_msgs.msg import ActionChunk
+
+_LOG_EVERY = 2.0  # [s] throttle for repeated warnings (never log every tick)
+
+
+class _UnsetArraysAsEmpty:
+    """Node view for ``declare_dataclass_params``: an array parameter that the params file does
+    not set (e.g. ``can_channels`` for a sim arm) reads as empty instead of raising
+    ``ParameterUninitializedException``."""
+
+    def __init__(self, node: LifecycleNode) -> None:
+        self._node = node
+
+    def declare_parameter(self, *args, **kwargs):
+        return self._node.declare_parameter(*args, **kwargs)
+
+    def get_parameter(self, name: str):
+        try:
+            return self._node.get_parameter(name)
+        except ParameterUninitializedException:
+            return _Unset()
+
+
+class _Unset:
+    value = None
+
+
+class DriverNode(LifecycleNode):
+    def __init__(self, node_name: str = "driver", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self.params: DriverParams = declare_dataclass_params(
+            _UnsetArraysAsEmpty(self), DriverParams
+        )
+        self._lock = threading.Lock()
+        self._loop: ControlLoop | None = None
+        self._control_group = MutuallyExclusiveCallbackGroup()
+        self._io_group = MutuallyExclusiveCallbackGroup()
+        self._control_timer = None
+        self._diag_timer = None
+        self._entities: list = []
+        self._state_period = 0.0
+        self._last_state_publish = float("-inf")
+        self._tick_count = 0
+        self._tick_window_start = time.monotonic()
+        self._tick_rate = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        params = self.params
+        problems = params.validate()
+        if problems:
+            self.get_logger().error("invalid driver parameters: " + "; ".join(problems))
+            return TransitionCallbackReturn.FAILURE
+        try:
+            backend = make_backend(params)
+            executor = ChunkExecutor(
+                params.joint_names,
+                params.limits(),
+                params.safety_config(),
+                params.executor_config(),
+            )
+        except (BackendUnavailableError, BackendError, ValueError) as err:
+            self.get_logger().error(f"cannot build the {params.backend!r} backend: {err}")
+            return TransitionCallbackReturn.FAILURE
+        self._loop = ControlLoop(
+            backend,
+            executor,
+            on_fault=params.on_fault,
+            reconnect_period=params.reconnect_period,
+        )
+        self._state_period = 1.0 / params.state_publish_rate if params.state_publish_rate else 0
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self._joint_pub = self.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
+        self._command_pub = self.create_publisher(
+            JointState, "~/commanded_joint_states", qos_profile_sensor_data
+        )
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
+        self._chunk_sub = self.create_subscription(
+            ActionChunk,
+            params.chunk_topic,
+            self._on_chunk,
+            reliable,
+            callback_group=self._io_group,
+        )
+        self._services = [
+            self.create_service(Trigger, "~/estop", self._on_estop, callback_group=self._io_group),
+            self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._io_group),
+            self.create_service(SetBool, "~/hold", self._on_hold, callback_group=self._io_group),
+        ]
+        self.get_logger().info(
+            f"configured: backend {params.backend}, {len(params.joint_names)} joints, "
+            f"{params.control_rate:g} Hz, chunks from {self._chunk_sub.topic_name}"
+            + (" (dry run)" if params.dry_run else "")
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        assert self._loop is not None
+        with self._lock:
+            try:
+                self._loop.start()
+            except BackendError as err:
+                # Keep the node up and retry: plugging the robot in should not need a restart.
+                self._loop.faulted = True
+                self._loop.stats.last_error = f"connect failed: {err}"
+                self.get_logger().error(
+                    f"backend {self.params.backend} did not connect ({err}); retrying every "
+                    f"{self.params.reconnect_period:g} s"
+                )
+        self._control_timer = self.create_timer(
+            1.0 / self.params.control_rate, self._on_tick, callback_group=self._control_group
+        )
+        self._diag_timer = self.create_timer(
+            1.0, self._publish_diagnostics, callback_group=self._io_group
+        )
+        self.get_logger().info("active")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_timers()
+        if self._loop is not None:
+            with self._lock:
+                self._loop.stop()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_timers(self) -> None:
+        for timer in (self._control_timer, self._diag_timer):
+            if timer is not None:
+                self.destroy_timer(timer)
+        self._control_timer = self._diag_timer = None
+
+    def _teardown(self) -> None:
+        self._stop_timers()
+        if self._loop is not None:
+            with self._lock:
+                self._loop.shutdown()
+            self._loop = None
+        for service in getattr(self, "_services", []):
+            self.destroy_service(service)
+        self._services = []
+        if getattr(self, "_chunk_sub", None) is not None:
+            self.destroy_subscription(self._chunk_sub)
+            self._chunk_sub = None
+        for name in ("_joint_pub", "_command_pub", "_diag_pub"):
+            pub = getattr(self, name, None)
+            if pub is not None:
+                self.destroy_publisher(pub)
+                setattr(self, name, None)
+
+    # -- callbacks ----------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_tick(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        now = self._now()
+        with self._lock:
+            result = loop.step(now)
+        self._count_tick()
+        if result.error:
+            self.get_logger().error(
+                f"backend fault: {result.error} (on_fault={self.params.on_fault})",
+                throttle_duration_sec=_LOG_EVERY,
+            )
+        names = self.params.joint_names
+        if result.reading is not None and now - self._last_state_publish >= self._state_period:
+            self._last_state_publish = now
+            reading = result.reading
+            self._joint_pub.publish(
+                joint_state_msg(names, reading.positions, now, reading.velocities, reading.efforts)
+            )
+        if result.command is not None:
+            command = result.command
+            self._command_pub.publish(
+                joint_state_msg(names, command.positions, now, command.velocities)
+            )
+
+    def _count_tick(self) -> None:
+        self._tick_count += 1
+        elapsed = time.monotonic() - self._tick_window_start
+        if elapsed >= 1.0:
+            self._tick_rate = self._tick_count / elapsed
+            self._tick_count = 0
+            self._tick_window_start = time.monotonic()
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        now = self._now()
+        with self._lock:
+            try:
+                chunk = chunk_from_msg(msg)
+            except ValueError as err:
+                result = loop.executor.reject(f"shape: {err}")
+            else:
+                measured = loop.last_reading.positions if loop.last_reading is not None else None
+                if measured is None or loop.faulted:
+                    result = loop.executor.reject("backend: no measurement (backend faulted)")
+                else:
+                    result = loop.executor.submit(chunk, now, measured)
+        if not result.accepted:
+            self.get_logger().warning(
+                f"chunk {msg.sequence} rejected: {result.reason}", throttle_duration_sec=_LOG_EVERY
+            )
+
+    def _on_estop(self, request: Trigger.Request, response: Trigger.Response):
+        if self._loop is None:
+            response.success, response.message = False, "driver is not configured"
+            return response
+        with self._lock:
+            self._loop.executor.estop()
+        self.get_logger().warning("E-STOP latched: holding until ~/reset")
+        response.success, response.message = True, "e-stop latched; call ~/reset to resume"
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
+        loop = self._loop
+        if loop is None:
+            response.success, response.message = False, "driver is not configured"
+            return response
+        with self._lock:
+            if loop.faulted:
+                response.success = False
+                response.message = f"backend faulted: {loop.stats.last_error}"
+                return response
+            try:
+                reading = loop.backend.read_state()
+            except BackendError as err:
+                response.success, response.message = False, f"cannot read the robot: {err}"
+                return response
+            loop.executor.reset(reading.positions)
+        self.get_logger().info("reset: holding at the measured pose; next chunk ramps in")
+        response.success, response.message = True, "reset; next chunk ramps in from measured"
+        return response
+
+    def _on_hold(self, request: SetBool.Request, response: SetBool.Response):
+        if self._loop is None:
+            response.success, response.message = False, "driver is not configured"
+            return response
+        with self._lock:
+            self._loop.executor.hold(bool(request.data))
+        response.success = True
+        response.message = "holding" if request.data else "following chunks"
+        return response
+
+    def _publish_diagnostics(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        with self._lock:
+            stats = loop.executor.stats
+            state = loop.executor.state
+            values = {
+                "state": "fault" if loop.faulted else state,
+                "backend": self.params.backend,
+                "tick_rate": f"{self._tick_rate:.1f}",
+                "target_rate": f"{self.params.control_rate:g}",
+                "accepted_chunks": str(stats.accepted),
+                "rejected_chunks": str(stats.rejected_total),
+                "rejected_by_reason": ", ".join(f"{k}={v}" for k, v in stats.rejected.items()),
+                "last_reject_reason": stats.last_reject_reason,
+                "clamped_ticks": str(stats.clamped_ticks),
+                "splices": str(stats.splices),
+                "watchdog_holds": str(stats.watchdog_holds),
+                "backend_errors": str(loop.stats.backend_errors),
+                "last_backend_error": loop.stats.last_error,
+                "dry_run": str(self.params.dry_run).lower(),
+            }
+            faulted = loop.faulted
+        status = DiagnosticStatus()
+        status.name = f"{self.get_fully_qualified_name()}: driver"
+        status.hardware_id = f"{self.params.robot or 'robot'}:{self.params.backend}"
+        if faulted or state == "estop":
+            status.level = DiagnosticStatus.ERROR
+            status.message = "backend fault" if faulted else "e-stop latched"
+        elif self._tick_rate < 0.9 * self.params.control_rate or stats.rejected_total:
+            status.level = DiagnosticStatus.WARN
+            status.message = (
+                f"{state}; tick rate {self._tick_rate:.0f}/{self.params.control_rate:g} Hz; "
+                f"{stats.rejected_total} chunks rejected"
+            )
+        else:
+            status.level = DiagnosticStatus.OK
+            status.message = state
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [status]
+        self._diag_pub.publish(array)
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = DriverNode()
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        if node.params.autostart:
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+            else:
+                node.get_logger().error("configure failed; waiting for a lifecycle manager")
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._teardown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
