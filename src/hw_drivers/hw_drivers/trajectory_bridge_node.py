@@ -1,0 +1,230 @@
+"""Lifecycle node: ActionChunk -> trajectory_msgs/JointTrajectory for a ros2_control arm.
+
+For arms already driven by ros2_control (franka_ros2's joint_trajectory_controller, or any
+other JTC): each validated chunk becomes one JointTrajectory whose points keep the chunk's
+schedule (see ``hw_drivers.trajectory`` for the timing rules), and grippers go out separately
+as a ``sensor_msgs/JointState`` with the target of each gripper joint. A chunk that fails
+``hw_drivers.safety.validate_chunk`` is dropped whole, with the reason logged; nothing is sent,
+so the controller keeps holding its last goal.
+
+Usage: ``docs/ros2_control_bridge.md``.
+"""
+
+from __future__ import annotations
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from hw_drivers.chunk import Chunk
+from hw_drivers.ros_params import declare_dataclass_params
+from hw_drivers.safety import JointLimits, SafetyConfig, validate_chunk
+from hw_drivers.trajectory import BridgeOutput, chunk_to_trajectory, seconds_to_duration
+from hw_drivers.trajectory_bridge_params import TrajectoryBridgeParams
+from molmoact2_msgs.msg import ActionChunk
+
+NODE_NAME = "trajectory_bridge"
+LOG_THROTTLE_S = 2.0
+
+
+def chunk_from_msg(msg: ActionChunk) -> Chunk:
+    """The message as a ``Chunk`` (not validated)."""
+    return Chunk(
+        stamp=msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9,
+        start_offset=msg.start_offset.sec + msg.start_offset.nanosec * 1e-9,
+        step_dt=float(msg.step_dt),
+        joint_names=tuple(msg.joint_names),
+        positions=list(msg.positions),
+        sequence=int(msg.sequence),
+        latency=float(msg.inference_latency),
+    )
+
+
+class TrajectoryBridgeNode(LifecycleNode):
+    def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self.params = declare_dataclass_params(self, TrajectoryBridgeParams)
+        self._active = False
+        self._chunk_sub = None
+        self._trajectory_pub = None
+        self._gripper_pub = None
+        self._diag_pub = None
+        self._diag_timer = None
+        self.accepted = 0
+        self.rejected = 0
+        self.stale = 0
+        self.last_rejection = ""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        problems = self.params.validate()
+        if problems:
+            self.get_logger().error("invalid parameters: " + "; ".join(problems))
+            return TransitionCallbackReturn.FAILURE
+        p = self.params
+        self._limits = JointLimits(
+            lower=p.position_lower,
+            upper=p.position_upper,
+            max_velocity=p.max_velocity,
+            max_acceleration=p.max_acceleration,
+        )
+        self._safety = SafetyConfig()
+        self._gripper_joints = p.resolved_gripper_joints()
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self._trajectory_pub = self.create_publisher(JointTrajectory, p.trajectory_topic, reliable)
+        self._gripper_pub = self.create_publisher(JointState, p.gripper_topic, reliable)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._chunk_sub = self.create_subscription(
+            ActionChunk, p.chunk_topic, self._on_chunk, reliable
+        )
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
+        self.get_logger().info(
+            f"bridging {p.chunk_topic} -> {p.trajectory_topic} (arm), {p.gripper_topic} "
+            f"(grippers {list(self._gripper_joints)})"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = True
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self) -> None:
+        for sub in (self._chunk_sub,):
+            if sub is not None:
+                self.destroy_subscription(sub)
+        for pub in (self._trajectory_pub, self._gripper_pub, self._diag_pub):
+            if pub is not None:
+                self.destroy_publisher(pub)
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+        self._chunk_sub = self._trajectory_pub = self._gripper_pub = None
+        self._diag_pub = self._diag_timer = None
+
+    # -- chunks ----------------------------------------------------------------------------
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        if not self._active:
+            return
+        now = self.get_clock().now().nanoseconds * 1e-9
+        try:
+            chunk = chunk_from_msg(msg)
+        except (ValueError, TypeError) as exc:
+            self._reject(f"malformed: {exc}", msg.sequence)
+            return
+        reason = validate_chunk(chunk, self.params.joint_names, self._limits, None, self._safety)
+        if reason is not None:
+            self._reject(reason, msg.sequence)
+            return
+        out = chunk_to_trajectory(
+            chunk,
+            now,
+            joint_names=self.params.joint_names,
+            gripper_joints=self._gripper_joints,
+            controller_joint_names=self.params.resolved_controller_joint_names(),
+            min_lead_time=self.params.min_lead_time,
+            compute_velocities=self.params.compute_velocities,
+        )
+        if out.trajectory is None and out.gripper is None:
+            self.stale += 1
+            self.get_logger().warning(
+                f"chunk {msg.sequence} is entirely in the past ({out.skipped} actions, "
+                f"{now - chunk.end_time:.3f} s after its last one): nothing sent",
+                throttle_duration_sec=LOG_THROTTLE_S,
+            )
+            return
+        self.accepted += 1
+        self._publish(out)
+
+    def _reject(self, reason: str, sequence: int) -> None:
+        self.rejected += 1
+        self.last_rejection = reason
+        self.get_logger().warning(
+            f"chunk {sequence} rejected, nothing sent: {reason}",
+            throttle_duration_sec=LOG_THROTTLE_S,
+        )
+
+    def _publish(self, out: BridgeOutput) -> None:
+        if out.trajectory is not None:
+            msg = JointTrajectory()
+            # Zero stamp: the controller starts the trajectory on receipt; times are from now.
+            msg.joint_names = list(out.trajectory.joint_names)
+            for point in out.trajectory.points:
+                p = JointTrajectoryPoint()
+                p.positions = [float(v) for v in point.positions]
+                if point.velocities is not None:
+                    p.velocities = [float(v) for v in point.velocities]
+                sec, nanosec = seconds_to_duration(point.time_from_start)
+                p.time_from_start.sec, p.time_from_start.nanosec = sec, nanosec
+                msg.points.append(p)
+            self._trajectory_pub.publish(msg)
+        if out.gripper is not None:
+            grip = JointState()
+            grip.header.stamp = (
+                self.get_clock().now() + Duration(seconds=out.gripper.time_from_start)
+            ).to_msg()  # when the gripper should be there
+            grip.name = list(out.gripper.joint_names)
+            grip.position = [float(v) for v in out.gripper.positions]
+            self._gripper_pub.publish(grip)
+
+    def _publish_diagnostics(self) -> None:
+        status = DiagnosticStatus()
+        status.name = f"{self.get_name()}: trajectory bridge"
+        status.hardware_id = self.params.robot
+        if self.rejected and self.last_rejection:
+            status.level = DiagnosticStatus.WARN
+            status.message = f"last rejected chunk: {self.last_rejection}"
+        else:
+            status.level = DiagnosticStatus.OK
+            status.message = "active" if self._active else "inactive"
+        values = {
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "stale": self.stale,
+            "trajectory_topic": self.params.trajectory_topic,
+        }
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [status]
+        self._diag_pub.publish(array)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console script ``trajectory_bridge_node``."""
+    rclpy.init(args=args)
+    node = TrajectoryBridgeNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if node.params.autostart:
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()

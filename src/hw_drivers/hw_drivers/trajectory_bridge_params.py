@@ -1,0 +1,98 @@
+"""Parameters of the trajectory bridge node: declared once here (no ROS imports).
+
+The limit keys have the driver's names, so the bridge can run under the driver's node name
+(``-r __node:=franka_driver``) and read that section of ``config/<robot>.yaml`` unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def _f(default, description: str):
+    if isinstance(default, list | tuple):
+        value = tuple(default)
+        return field(default_factory=lambda: value, metadata={"description": description})
+    return field(default=default, metadata={"description": description})
+
+
+AUTO = "auto"
+NONE = "none"
+SAME = "same"
+
+
+@dataclass(frozen=True)
+class TrajectoryBridgeParams:
+    robot: str = _f("", "robot name (config file stem), e.g. droid")
+    joint_names: tuple[str, ...] = _f((), "joints in chunk column order (model order)")
+    chunk_topic: str = _f(
+        "molmoact2_policy/action_chunk", "ActionChunk topic to follow (relative to namespace)"
+    )
+    trajectory_topic: str = _f(
+        "/fr3_arm_controller/joint_trajectory",
+        "JointTrajectory topic of the arm's joint_trajectory_controller",
+    )
+    gripper_topic: str = _f(
+        "~/gripper_command", "gripper targets (sensor_msgs/JointState: name + position)"
+    )
+    # Keyword defaults instead of empty lists: ROS cannot read back an empty array parameter
+    # that no config sets.
+    gripper_joints: tuple[str, ...] = _f(
+        (AUTO,),
+        "joints sent on gripper_topic instead of the trajectory; [auto]: names ending "
+        "in 'gripper'; [none]: no gripper",
+    )
+    controller_joint_names: tuple[str, ...] = _f(
+        (SAME,), "controller's names for the arm joints, in order; [same]: as in joint_names"
+    )
+    position_lower: tuple[float, ...] = _f((), "lower position limit per joint [rad or m]")
+    position_upper: tuple[float, ...] = _f((), "upper position limit per joint [rad or m]")
+    max_velocity: tuple[float, ...] = _f((), "velocity limit per joint [rad/s or m/s]")
+    max_acceleration: tuple[float, ...] = _f((), "acceleration limit per joint [rad/s^2]")
+    min_lead_time: float = _f(
+        0.0, "drop chunk points due sooner than this from now [s] (latency skip)"
+    )
+    compute_velocities: bool = _f(
+        True, "send finite-difference velocities (controller uses cubic splines)"
+    )
+    autostart: bool = _f(True, "configure and activate at start (no lifecycle manager)")
+
+    def validate(self) -> list[str]:
+        """Every problem with these values (empty when they are usable)."""
+        problems: list[str] = []
+        n = len(self.joint_names)
+        if n == 0:
+            problems.append("joint_names is empty")
+        for name in ("position_lower", "position_upper", "max_velocity", "max_acceleration"):
+            values = getattr(self, name)
+            if len(values) != n:
+                problems.append(f"{name} has {len(values)} values for {n} joints")
+            elif not np.all(np.isfinite(values)):
+                problems.append(f"{name} has non-finite values")
+        grippers = self.resolved_gripper_joints()
+        unknown = [g for g in grippers if g not in self.joint_names]
+        if unknown:
+            problems.append(f"gripper_joints {unknown} are not in joint_names")
+        arm = len([n for n in self.joint_names if n not in grippers])
+        renamed = self.resolved_controller_joint_names()
+        if renamed and len(renamed) != arm:
+            problems.append(f"controller_joint_names has {len(renamed)} names for {arm} arm joints")
+        if not self.trajectory_topic:
+            problems.append("trajectory_topic is empty")
+        if self.min_lead_time < 0:
+            problems.append("min_lead_time must be >= 0")
+        return problems
+
+    def resolved_gripper_joints(self) -> tuple[str, ...]:
+        """The gripper joint names after the auto/none keywords."""
+        if self.gripper_joints in ((), (NONE,)):
+            return ()
+        if self.gripper_joints == (AUTO,):
+            return tuple(n for n in self.joint_names if n.endswith("gripper"))
+        return self.gripper_joints
+
+    def resolved_controller_joint_names(self) -> tuple[str, ...]:
+        """Controller names for the arm joints; empty means keep ours."""
+        return () if self.controller_joint_names in ((), (SAME,)) else self.controller_joint_names

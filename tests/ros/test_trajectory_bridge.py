@@ -1,0 +1,174 @@
+"""The trajectory bridge node: ActionChunk in, JointTrajectory + gripper command out."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from tests.rostest_util import spin_until, start_python, stop_process
+
+pytestmark = pytest.mark.ros
+
+ARM = [f"panda_joint{i}" for i in range(1, 8)]
+NAMES = [*ARM, "panda_gripper"]
+LOWER = [-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973, 0.0]
+UPPER = [2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973, 1.0]
+HOME = [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785, 0.2]
+
+
+def make_chunk(stamp_ns: int, horizon: int = 8, step_dt: float = 1 / 15, nan: bool = False):
+    from molmoact2_msgs.msg import ActionChunk
+
+    msg = ActionChunk()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.start_offset.nanosec = round(step_dt * 1e9)
+    msg.step_dt = step_dt
+    msg.joint_names = NAMES
+    msg.horizon = horizon
+    rows = []
+    for k in range(horizon):
+        rows.extend(h + 0.01 * k for h in HOME)
+    if nan:
+        rows[3 * len(NAMES) + 2] = math.nan
+    msg.positions = rows
+    msg.sequence = 7
+    return msg
+
+
+@pytest.fixture
+def graph():
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import JointState
+    from trajectory_msgs.msg import JointTrajectory
+
+    from hw_drivers.trajectory_bridge_node import TrajectoryBridgeNode
+    from molmoact2_msgs.msg import ActionChunk
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    overrides = [
+        Parameter("joint_names", Parameter.Type.STRING_ARRAY, NAMES),
+        Parameter("position_lower", Parameter.Type.DOUBLE_ARRAY, LOWER),
+        Parameter("position_upper", Parameter.Type.DOUBLE_ARRAY, UPPER),
+        Parameter("max_velocity", Parameter.Type.DOUBLE_ARRAY, [2.0] * 8),
+        Parameter("max_acceleration", Parameter.Type.DOUBLE_ARRAY, [10.0] * 8),
+        Parameter("chunk_topic", Parameter.Type.STRING, "bridge_test/action_chunk"),
+        Parameter("trajectory_topic", Parameter.Type.STRING, "bridge_test/joint_trajectory"),
+        Parameter(
+            "controller_joint_names",
+            Parameter.Type.STRING_ARRAY,
+            [f"fr3_joint{i}" for i in range(1, 8)],
+        ),
+    ]
+    bridge = TrajectoryBridgeNode(context=context, parameter_overrides=overrides)
+    probe = rclpy.create_node("bridge_probe", context=context)
+    received: dict[str, list] = {"trajectory": [], "gripper": []}
+    probe.create_subscription(
+        JointTrajectory, "bridge_test/joint_trajectory", received["trajectory"].append, 10
+    )
+    probe.create_subscription(
+        JointState, "trajectory_bridge/gripper_command", received["gripper"].append, 10
+    )
+    publisher = probe.create_publisher(ActionChunk, "bridge_test/action_chunk", 10)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(bridge)
+    executor.add_node(probe)
+    assert bridge.trigger_configure().name == "SUCCESS"
+    bridge.trigger_activate()
+    spin_until(probe, lambda: publisher.get_subscription_count() > 0, 5.0, executor)
+    yield bridge, probe, publisher, received, executor
+    executor.shutdown()
+    bridge.destroy_node()
+    probe.destroy_node()
+    rclpy.shutdown(context=context)
+
+
+def test_chunk_becomes_a_timed_trajectory_and_gripper_command(graph):
+    bridge, probe, publisher, received, executor = graph
+    step = 1 / 15
+    # Captured 0.1 s ago, action k at capture + (k + 1)/15: action 0 is 0.033 s overdue.
+    stamp_ns = bridge.get_clock().now().nanoseconds - 100_000_000
+    publisher.publish(make_chunk(stamp_ns))
+    assert spin_until(probe, lambda: received["trajectory"] and received["gripper"], 5.0, executor)
+    traj = received["trajectory"][0]
+    assert list(traj.joint_names) == [f"fr3_joint{i}" for i in range(1, 8)]
+    assert traj.header.stamp.sec == 0 and traj.header.stamp.nanosec == 0
+    times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in traj.points]
+    # Action 0 was skipped; action 1 is due about 0.033 s from when the bridge got the chunk.
+    assert len(times) == 7
+    assert 0.0 < times[0] <= 2 * step - 0.1 + 1e-6
+    for a, b in itertools.pairwise(times):
+        assert b - a == pytest.approx(step, abs=1e-6)
+    assert list(traj.points[0].positions) == pytest.approx([h + 0.01 for h in HOME[:7]])
+    assert len(traj.points[0].velocities) == 7
+    grip = received["gripper"][0]
+    assert list(grip.name) == ["panda_gripper"]
+    assert list(grip.position) == pytest.approx([HOME[7] + 0.01])
+    assert bridge.accepted == 1
+
+
+def test_nan_chunk_produces_no_trajectory(graph):
+    bridge, probe, publisher, received, executor = graph
+    publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds, nan=True))
+    assert spin_until(probe, lambda: bridge.rejected == 1, 5.0, executor)
+    spin_until(probe, lambda: bool(received["trajectory"]), 0.5, executor)
+    assert received["trajectory"] == [] and received["gripper"] == []
+    assert bridge.last_rejection.startswith("non_finite:")
+    # A good chunk afterwards goes through: one bad chunk does not stop the bridge.
+    publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds))
+    assert spin_until(probe, lambda: bool(received["trajectory"]), 5.0, executor)
+
+
+def test_console_script_autostarts_with_the_robot_config(tmp_path):
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from trajectory_msgs.msg import JointTrajectory
+
+    from molmoact2_msgs.msg import ActionChunk
+
+    # Node-specific keys of a later params file beat droid.yaml's (a plain -p would not).
+    topics = tmp_path / "topics.yaml"
+    topics.write_text(
+        "franka_driver:\n  ros__parameters:\n"
+        "    trajectory_topic: bridge_cli/joint_trajectory\n"
+        "    chunk_topic: bridge_cli/action_chunk\n"
+    )
+    proc = start_python(
+        [
+            "-m",
+            "hw_drivers.trajectory_bridge_node",
+            "--ros-args",
+            "--params-file",
+            "config/droid.yaml",
+            "--params-file",
+            str(topics),
+            "-r",
+            "__node:=franka_driver",
+        ]
+    )
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node("bridge_cli_probe", context=context)
+        got: list = []
+        node.create_subscription(JointTrajectory, "bridge_cli/joint_trajectory", got.append, 10)
+        pub = node.create_publisher(ActionChunk, "bridge_cli/action_chunk", 10)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        ready = spin_until(node, lambda: pub.get_subscription_count() > 0, 20.0, executor)
+        assert ready, stop_process(proc)
+        for _ in range(20):
+            pub.publish(make_chunk(node.get_clock().now().nanoseconds))
+            if spin_until(node, lambda: bool(got), 0.5, executor):
+                break
+        assert got, stop_process(proc)
+        assert list(got[0].joint_names) == ARM  # droid.yaml joint names, gripper split off
+        executor.shutdown()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+        stop_process(proc)
