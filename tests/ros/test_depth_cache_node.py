@@ -23,6 +23,10 @@ class ChangeOnlyThink:
         self.previous: np.ndarray | None = None
         self.codes = np.zeros(100, dtype=np.int64)
         self.resets = 0
+        self.configured: tuple[str, float] | None = None
+
+    def configure_change_detection(self, camera_name: str, threshold: float) -> None:
+        self.configured = (camera_name, threshold)
 
     def act(self, frame: np.ndarray) -> ActionChunkResult:
         changes: CellChanges = compare_frames(self.previous, frame)
@@ -45,6 +49,37 @@ class ChangeOnlyThink:
         self.resets += 1
 
 
+class TinyThink:
+    """The real ThinkPolicy (tiny random model) behind the same two calls."""
+
+    def __init__(self) -> None:
+        import torch
+
+        from molmoact2_policy.model.policy import MolmoAct2Policy
+
+        torch.set_num_threads(1)
+        self.policy = MolmoAct2Policy.from_checkpoint("tiny", "yam_bimanual", mode="think")
+        rng = np.random.default_rng(1)
+        self.wrists = {
+            name: rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+            for name in ("left_wrist", "right_wrist")
+        }
+        self.resets = 0
+        self.configured = None
+
+    def act(self, frame: np.ndarray) -> ActionChunkResult:
+        images = {"top": frame, **self.wrists}
+        return self.policy.act(images, np.zeros(14), "stack the blocks", seed=0)
+
+    def reset(self) -> None:
+        self.policy.reset()
+        self.resets += 1
+
+    def configure_change_detection(self, camera_name: str, threshold: float) -> None:
+        self.policy.configure_change_detection(camera_name, threshold)
+        self.configured = (camera_name, threshold)
+
+
 def scene(block_col: int) -> np.ndarray:
     """A 480x640 textured table with a bright block 2x2 cells wide at row 4, column block_col."""
     rng = np.random.default_rng(0)
@@ -59,8 +94,8 @@ def stamp(seconds: float):
     return Time(sec=int(seconds), nanosec=round((seconds % 1) * 1e9))
 
 
-@pytest.fixture
-def ros_nodes():
+@pytest.fixture(params=["change_only"])
+def ros_nodes(request):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -68,7 +103,7 @@ def ros_nodes():
     from molmoact2_policy.depth_cache_node import DepthCacheNode
 
     rclpy.init()
-    policy = ChangeOnlyThink()
+    policy = ChangeOnlyThink() if request.param == "change_only" else TinyThink()
     node = DepthCacheNode(
         policy_reset=policy.reset,
         parameter_overrides=[
@@ -109,8 +144,10 @@ def subscribe(probe, executor):
     return got
 
 
+@pytest.mark.parametrize("ros_nodes", ["change_only", "tiny_model"], indirect=True)
 def test_changed_mask_matches_the_moved_block_and_image_shows_codes(ros_nodes):
     policy, node, probe, executor = ros_nodes
+    assert policy.configured == ("top", 0.996)  # the node's parameters reached the policy
     got = subscribe(probe, executor)
 
     first, second = scene(block_col=2), scene(block_col=3)

@@ -88,10 +88,27 @@ class DepthCacheNode(Node):
             MarkerArray, "~/depth_markers", QoSProfile(depth=1, reliability=reliable)
         )
         self._reset_srv = self.create_service(Trigger, "~/reset", self._on_reset)
+        self._configure_policy(policy_reset)
         self.get_logger().info(
             f"depth cache for camera {self.params.camera_name!r} ({self.frame_id}), "
             f"threshold {self.params.change_threshold}, max stamp gap {self.params.max_stamp_gap} s"
         )
+
+    def _configure_policy(self, policy_reset: Callable[[], None] | None) -> None:
+        """Hand camera_name and change_threshold to the policy that owns the cache.
+
+        The policy node passes only ``policy.reset``; when that is a bound method of a policy
+        with ``configure_change_detection`` (ThinkPolicy), this node's parameters reach it here,
+        so they are set in one place (this node's section of the robot config).
+        """
+        owner = getattr(policy_reset, "__self__", None)
+        configure = getattr(owner, "configure_change_detection", None)
+        if not callable(configure):
+            return
+        try:
+            configure(self.params.camera_name, self.params.change_threshold)
+        except ValueError as exc:
+            self.get_logger().error(f"policy refused the depth-cache parameters: {exc}")
 
     # -- cache resets -------------------------------------------------------------------------
 
