@@ -73,7 +73,7 @@ def make_policy(kind: str) -> Any:
 
     return MolmoAct2Policy.from_checkpoint(
         "tiny",
-        spec,
+        spec.name,
         device="cpu",
         dtype="float32",
         cuda_graph=False,

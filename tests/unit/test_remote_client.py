@@ -200,3 +200,83 @@ def test_constructor_checks_its_arguments():
         RemotePolicy("127.0.0.1:8202", SPEC, JOINTS)
     remote = RemotePolicy("https://gpu.lab:8202/", SPEC, JOINTS)
     assert remote.ws_url == "wss://gpu.lab:8202/ws" and remote.server_url == "https://gpu.lab:8202"
+
+
+# ---------------------------------------------------------------- the tiny MolmoAct2 model
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    """Two independently built tiny models: one behind the server, one called locally."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from molmoact2_policy.model.policy import MolmoAct2Policy
+
+    def build():
+        return MolmoAct2Policy.from_checkpoint("tiny", SPEC.name, joint_names=JOINTS, seed=0)
+
+    return build(), build()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_tiny_model_remote_equals_local(tiny_pair, transport):
+    served_model, local_model = tiny_pair
+    images, state = _observation(4)
+    state = state * 0.1
+    with ServerThread(create_app(served_model)) as server:
+        raw = _client(server.url, transport=transport, image_encoding="raw", timeout=60.0)
+        remote = raw.act(images, state, "open the drawer", seed=9)
+        local = local_model.act(images, state, "open the drawer", seed=9)
+        assert np.array_equal(remote.positions, local.positions)
+        assert remote.mode == local.mode and remote.joint_names == JOINTS
+        assert {"model_prefix", "model_flow", "server_infer", "network"} <= set(remote.timings)
+        assert raw.metadata()["server"]["warmup"]["state"] == "ready"
+        raw.close()
+
+        jpeg = _client(server.url, transport=transport, jpeg_quality=75, timeout=60.0)
+        remote_jpeg = jpeg.act(images, state, "open the drawer", seed=9)
+        jpeg.close()
+    decoded = {
+        name: decode_image(encode_image(image, "jpeg", jpeg_quality=75), name, RequestLimits())
+        for name, image in images.items()
+    }
+    local_jpeg = local_model.act(decoded, state, "open the drawer", seed=9)
+    assert np.array_equal(remote_jpeg.positions, local_jpeg.positions)
+
+
+def test_serve_cli_in_a_subprocess(tiny_pair):
+    import subprocess
+    import sys
+
+    import httpx
+
+    _, local_model = tiny_pair
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "molmoact2_policy.remote.server", "--checkpoint", "tiny",
+         "--embodiment", SPEC.name, "--port", str(port), "--device", "cpu", "--token", "t0k",
+         "--joint-names", ",".join(JOINTS), "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            assert time.monotonic() < deadline, "server did not become ready"
+            try:
+                info = httpx.get(f"{url}/healthz", headers={"X-Molmoact2-Token": "t0k"}).json()
+                if info["warmup"]["state"] == "ready":
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert info["model"]["checkpoint"] == "tiny" and info["device"] == "cpu"
+        images, state = _observation(5)
+        with _client(url, token="t0k", image_encoding="png", timeout=60.0) as remote:
+            result = remote.act(images, state * 0.1, "close the lid", seed=2)
+        expected = local_model.act(images, state * 0.1, "close the lid", seed=2)
+        assert np.array_equal(result.positions, expected.positions)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)

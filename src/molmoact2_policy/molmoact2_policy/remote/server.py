@@ -393,25 +393,31 @@ def _is_loopback(host: str) -> bool:
 
 def _load_policy(args: argparse.Namespace) -> Policy:
     try:
+        import torch
+
         from molmoact2_policy.model.policy import MolmoAct2Policy
     except ImportError as exc:
         raise SystemExit(f"molmoact2 serve: the local model cannot be imported: {exc}") from exc
     device = args.device
     if device == "auto":
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
     joint_names = [name for name in args.joint_names.split(",") if name] or None
-    return MolmoAct2Policy.from_checkpoint(
-        args.checkpoint,
-        get_embodiment(args.embodiment),
-        device=device,
-        dtype=args.dtype,
-        cuda_graph=args.cuda_graph,
-        mode=args.mode,
-        seed=args.seed,
-        joint_names=joint_names,
-    )
+    try:
+        return MolmoAct2Policy.from_checkpoint(
+            args.checkpoint,
+            args.embodiment,
+            device=device,
+            dtype=dtype,
+            cuda_graph=args.cuda_graph,
+            mode=args.mode,
+            seed=args.seed,
+            joint_names=joint_names,
+        )
+    except (OSError, ValueError, NotImplementedError) as exc:
+        raise SystemExit(f"molmoact2 serve: cannot load {args.checkpoint!r}: {exc}") from exc
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -427,7 +433,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", help="bfloat16, float16, float32 or auto")
     parser.add_argument("--cuda-graph", action="store_true", help="replay the flow loop as a graph")
     parser.add_argument("--mode", default="flow", choices=("flow", "fast", "think"))
-    parser.add_argument("--seed", type=int, default=None, help="model seed (default: random)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="noise seed when a request carries none"
+    )
     parser.add_argument("--joint-names", default="", help="comma-separated, for chunk metadata")
     parser.add_argument(
         "--token",
