@@ -90,3 +90,29 @@ def test_helpers():
     assert default_gripper_joints(["panda_joint1", "panda_gripper"]) == ("panda_gripper",)
     with pytest.raises(ValueError):
         seconds_to_duration(-0.1)
+
+
+# -- Franka through franky (the other Franka path; franky itself cannot run here) ------------
+def test_franky_backend_without_franky_says_how_to_install(monkeypatch):
+    import sys
+    import types
+
+    from hw_drivers.backends.base import BackendError
+    from hw_drivers.backends.franky_backend import FrankyBackend
+
+    monkeypatch.setitem(sys.modules, "franky", None)  # import franky -> ImportError
+    params = types.SimpleNamespace(
+        joint_names=(*(f"panda_joint{i}" for i in range(1, 8)), "panda_gripper"),
+        robot_ip="172.16.0.2",
+    )
+    backend = FrankyBackend.from_params(params)
+    assert backend.gripper_index == 7 and backend.arm_index == list(range(7))
+    with pytest.raises(
+        BackendError,
+        match=r"franky-control is not installed: pip install "
+        r"franky-control",
+    ):
+        backend.connect()
+    assert not backend.is_connected
+    with pytest.raises(BackendError, match="robot_ip"):
+        FrankyBackend(params.joint_names, "")
