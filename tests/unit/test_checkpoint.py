@@ -1,0 +1,181 @@
+"""Tiny checkpoints: write/load round trip in the released layout and errors that name the fault."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from molmoact2_policy.model.checkpoint import (
+    CheckpointError,
+    build_tiny,
+    from_released_state_dict,
+    load_checkpoint,
+    main,
+    to_released_state_dict,
+    write_tiny_checkpoint,
+)
+from molmoact2_policy.model.policy import MolmoAct2Policy
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=0)
+
+
+def _observation(spec, seed=0):
+    rng = np.random.default_rng(seed)
+    images = {name: rng.integers(0, 256, (64, 80, 3), dtype=np.uint8) for name in spec.camera_names}
+    return images, rng.uniform(-0.5, 0.5, spec.state_dim)
+
+
+def test_layout_and_released_key_names(tiny_dir):
+    names = {path.name for path in tiny_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "norm_stats.json", "tokenizer.json"} <= names
+    assert sum(path.stat().st_size for path in tiny_dir.iterdir()) < 10e6
+    keys = set(load_file(str(tiny_dir / "model.safetensors")))
+    for key in (
+        "lm_head.weight",
+        "model.transformer.wte.embedding",
+        "model.transformer.wte.new_embedding",
+        "model.transformer.blocks.0.self_attn.att_proj.weight",
+        "model.transformer.blocks.2.mlp.ff_proj.weight",
+        "model.transformer.blocks.1.attn_norm.weight",
+        "model.transformer.ln_f.weight",
+        "model.vision_backbone.image_vit.transformer.resblocks.0.attention.wq.weight",
+        "model.vision_backbone.image_pooling_2d.wq.weight",
+        "model.vision_backbone.image_projector.w3.weight",
+        "model.action_expert.time_embed.1.weight",
+        "model.action_expert.blocks.0.self_attn.qkv.weight",
+        "model.action_expert.final_layer.linear.weight",
+    ):
+        assert key in keys, key
+    stats = json.loads((tiny_dir / "norm_stats.json").read_text())
+    assert {"yam_bimanual", "droid", "so100_101", "libero"} <= set(stats["metadata_by_tag"])
+
+
+def test_fused_weights_split_the_documented_way():
+    model, config, _, _ = build_tiny(seed=0)
+    released = model.released_state_dict()
+    attention = model.vlm.model.language_model.layers[1].self_attn
+    fused = released["model.transformer.blocks.1.self_attn.att_proj.weight"]
+    torch.testing.assert_close(fused[:128], attention.q_proj.weight)
+    torch.testing.assert_close(fused[128:192], attention.k_proj.weight)
+    torch.testing.assert_close(fused[192:], attention.v_proj.weight)
+    mlp = model.vlm.model.language_model.layers[1].mlp
+    ff_proj = released["model.transformer.blocks.1.mlp.ff_proj.weight"]
+    torch.testing.assert_close(ff_proj[:256], mlp.up_proj.weight)
+    torch.testing.assert_close(ff_proj[256:], mlp.gate_proj.weight)
+    assert released["model.transformer.wte.new_embedding"].shape[0] == 8
+    back = from_released_state_dict(released, config)
+    state = model.state_dict()
+    assert set(back) == set(state)
+    assert all(torch.equal(back[key], state[key]) for key in state)
+    assert to_released_state_dict(back, config).keys() == released.keys()
+
+
+def test_write_load_round_trip_gives_identical_actions(tiny_dir):
+    loaded = MolmoAct2Policy.from_checkpoint(str(tiny_dir), "droid", seed=0)
+    in_memory = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=0)
+    images, state = _observation(loaded.embodiment)
+    first = loaded.act(images, state, "wipe the table", seed=7)
+    second = in_memory.act(images, state, "wipe the table", seed=7)
+    assert first.positions.shape == (15, 8)
+    np.testing.assert_array_equal(first.positions, second.positions)
+    other_seed = in_memory.act(images, state, "wipe the table", seed=8)
+    assert not np.allclose(other_seed.positions, first.positions)
+
+
+def test_sharded_checkpoint_loads_the_same_weights(tmp_path):
+    path = write_tiny_checkpoint(tmp_path / "sharded", seed=0, max_shard_bytes=2_000_000)
+    assert (path / "model.safetensors.index.json").is_file()
+    assert len(list(path.glob("model-*-of-*.safetensors"))) >= 3
+    model, *_ = load_checkpoint(path)
+    reference, *_ = build_tiny(seed=0)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in reference.state_dict().items())
+
+
+def _copy(tiny_dir, tmp_path):
+    target = tmp_path / "copy"
+    target.mkdir()
+    for path in tiny_dir.iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+def _edit_weights(path, edit):
+    tensors = load_file(str(path / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(path / "model.safetensors"))
+
+
+def test_renamed_key_is_named_as_missing_and_unexpected(tiny_dir, tmp_path):
+    path = _copy(tiny_dir, tmp_path)
+    key = "model.action_expert.context_k_proj.weight"
+    _edit_weights(path, lambda t: t.__setitem__("model.action_expert.ctx_k.weight", t.pop(key)))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert f"missing keys: {key}" in message
+    assert "unexpected keys: model.action_expert.ctx_k.weight" in message
+
+
+def test_wrong_shape_is_named(tiny_dir, tmp_path):
+    path = _copy(tiny_dir, tmp_path)
+    key = "model.transformer.blocks.0.self_attn.att_proj.weight"
+    _edit_weights(path, lambda t: t.__setitem__(key, torch.zeros(10, 128)))
+    with pytest.raises(CheckpointError, match=rf"shape mismatches: {key}: file \(10, 128\)"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "message"),
+    [
+        ("config.json", "{broken", r"config\.json: not valid JSON"),
+        ("config.json", '{"model_type": "llama"}', r"config\.json: model_type is 'llama'"),
+        ("norm_stats.json", "[1, 2]", r"norm_stats\.json: norm stats: top level"),
+        ("norm_stats.json", "{oops", r"norm_stats\.json: not valid JSON"),
+        ("model.safetensors", "not a safetensors file", r"model\.safetensors: unreadable"),
+    ],
+)
+def test_malformed_files_are_named(tiny_dir, tmp_path, filename, content, message):
+    path = _copy(tiny_dir, tmp_path)
+    (path / filename).write_text(content)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("filename", ["config.json", "norm_stats.json", "tokenizer.json"])
+def test_missing_files_are_named(tiny_dir, tmp_path, filename):
+    path = _copy(tiny_dir, tmp_path)
+    (path / filename).unlink()
+    with pytest.raises(CheckpointError, match=rf"{filename}: file not found"):
+        load_checkpoint(path)
+
+
+def test_missing_weights_and_directory_are_named(tiny_dir, tmp_path):
+    path = _copy(tiny_dir, tmp_path)
+    (path / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"neither model\.safetensors nor"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not a checkpoint directory"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def test_cli_writes_and_inspects(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["tiny", "--out", str(out), "--seed", "1", "--embodiment", "yam_bimanual"]) == 0
+    stats = json.loads((out / "norm_stats.json").read_text())
+    assert list(stats["metadata_by_tag"]) == ["yam_bimanual"]
+    assert main(["inspect", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert summary["vlm_layers"] == 3 and summary["norm_tags"] == ["yam_bimanual"]
+    (out / "config.json").write_text("{")
+    assert main(["inspect", str(out)]) == 1
+    assert "config.json: not valid JSON" in capsys.readouterr().err
