@@ -334,3 +334,33 @@ def test_dry_run_never_calls_write_command(dry_run):
         np.testing.assert_array_equal(backend.read_state().positions, 0.0)  # never moved
     else:
         assert len(calls) == 100 and len(backend.command_log) == 100
+
+
+# -- message conversion (duck-typed messages, no ROS needed) ----------------------------------
+
+
+def _chunk_msg(positions, horizon, names=("a", "b")):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        header=SimpleNamespace(stamp=SimpleNamespace(sec=12, nanosec=500_000_000)),
+        start_offset=SimpleNamespace(sec=0, nanosec=33_333_333),
+        step_dt=STEP,
+        joint_names=list(names),
+        horizon=horizon,
+        positions=list(positions),
+        sequence=7,
+        inference_latency=0.08,
+    )
+
+
+def test_chunk_from_msg_reads_time_base_and_row_major_layout():
+    from hw_drivers.conversions import chunk_from_msg
+
+    chunk = chunk_from_msg(_chunk_msg([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3))
+    assert chunk.stamp == pytest.approx(12.5)
+    assert chunk.time_of(1) == pytest.approx(12.5 + 0.033333333 + STEP)
+    np.testing.assert_array_equal(chunk.positions, [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    assert chunk.sequence == 7 and chunk.latency == pytest.approx(0.08)
+    with pytest.raises(ValueError, match="5 positions for horizon 3 x 2 joints"):
+        chunk_from_msg(_chunk_msg([1.0] * 5, 3))
