@@ -89,3 +89,31 @@ def test_cell_boxes_follow_the_grid_and_grow_with_the_code():
     assert second.center[0] == pytest.approx(-0.35)
     assert last.center[:2] == pytest.approx((0.45, 0.45))
     assert first.rgba[3] == 1.0 and second.rgba[3] < 1.0
+
+
+def test_rviz_config_shows_the_cameras_the_depth_topics_and_the_chunk():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    rviz = yaml.safe_load((root / "config" / "molmoact2.rviz").read_text())
+    manager = rviz["Visualization Manager"]
+    assert manager["Global Options"]["Fixed Frame"] == "left_base_link"
+
+    def flatten(displays):
+        for display in displays:
+            yield display
+            yield from flatten(display.get("Displays", []))
+
+    topics = {
+        d["Topic"]["Value"]: d["Class"] for d in flatten(manager["Displays"]) if "Topic" in d
+    }
+    robot = yaml.safe_load((root / "config" / "yam.yaml").read_text())
+    for topic in robot["/**"]["ros__parameters"]["camera_topics"]:
+        assert topics["/" + topic] == "rviz_default_plugins/Image"
+    assert topics["/molmoact2_depth_cache/depth_image"] == "rviz_default_plugins/Image"
+    assert topics["/molmoact2_depth_cache/depth_markers"] == "rviz_default_plugins/MarkerArray"
+    assert topics["/molmoact2_policy/predicted_chunk_markers"] == (
+        "rviz_default_plugins/MarkerArray"
+    )
