@@ -76,3 +76,21 @@ def test_integer_yaml_values_for_float_arrays_are_coerced():
         node.destroy_node()
     finally:
         rclpy.shutdown()
+
+
+def test_empty_list_default_without_override_stays_empty():
+    import rclpy
+
+    @dataclass(frozen=True)
+    class EmptyParams:
+        channels: tuple[str, ...] = ()
+        gains: tuple[float, ...] = ()
+
+    rclpy.init()
+    try:
+        node = rclpy.create_node("params_test_empty")
+        params = declare_dataclass_params(node, EmptyParams)
+        assert params.channels == () and params.gains == ()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown()

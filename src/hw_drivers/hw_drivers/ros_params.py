@@ -24,6 +24,7 @@ def _descriptor(description: str, read_only: bool, dynamic: bool = False):
 
 def declare_dataclass_params(node: Any, cls: type[T]) -> T:
     """Declare every field of ``cls`` on ``node`` and return an instance with the values."""
+    from rclpy.exceptions import ParameterUninitializedException
     from rclpy.parameter import Parameter
 
     hints = typing.get_type_hints(cls)
@@ -47,7 +48,10 @@ def declare_dataclass_params(node: Any, cls: type[T]) -> T:
             node.declare_parameter(
                 f.name, array_type, _descriptor(description, f.metadata.get("read_only", False))
             )
-            value = node.get_parameter(f.name).value
+            try:
+                value = node.get_parameter(f.name).value
+            except ParameterUninitializedException:
+                value = None  # declared by type only and not set anywhere: the empty default
             values[f.name] = list(value) if value is not None else []
         else:
             # YAML writes 250 for 250.0: let float parameters accept integers (and integer
