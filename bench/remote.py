@@ -133,17 +133,6 @@ def wait_for(url: str, timeout: float = 120.0) -> None:
     raise RuntimeError(f"server at {url} did not become ready")
 
 
-def measure(call: Any, iterations: int) -> tuple[np.ndarray, list[Any]]:
-    for _ in range(3):
-        call()
-    seconds, results = [], []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        results.append(call())
-        seconds.append(time.perf_counter() - start)
-    return np.asarray(seconds), results
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", choices=("null", "tiny"), default="null")
@@ -162,7 +151,7 @@ def main() -> None:
     spec = get_embodiment(EMBODIMENT)
     images, state = camera_images(spec), np.zeros(spec.state_dim)
     policy = make_policy(args.policy)
-    local, _ = measure(lambda: policy.act(images, state, "fold the towel", seed=0), args.iterations)
+    instruction = "fold the towel"
 
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -172,7 +161,10 @@ def main() -> None:
         env=env,
     )
     url = f"http://127.0.0.1:{port}"
-    rows = []
+    names = ["local"]
+    calls = [lambda: policy.act(images, state, instruction, seed=0)]
+    sizes = {}
+    clients = []
     try:
         wait_for(url)
         for transport in ("http", "ws"):
@@ -181,68 +173,83 @@ def main() -> None:
                     url,
                     spec,
                     [f"j{i}" for i in range(spec.action_dim)],
-                    timeout=10.0,
+                    timeout=30.0,
                     image_encoding=encoding,
                     jpeg_quality=args.jpeg_quality,
                     transport=transport,
                 )
-                seconds, results = measure(
-                    lambda remote=remote: remote.act(images, state, "fold the towel", seed=0),
-                    args.iterations,
-                )
-                remote.close()
+                clients.append(remote)
+                names.append(f"{transport:4} {encoding}")
+                calls.append(lambda remote=remote: remote.act(images, state, instruction, seed=0))
                 request = build_act_request(
                     spec,
                     images,
                     state,
-                    "fold the towel",
+                    instruction,
                     image_encoding=encoding,
                     jpeg_quality=args.jpeg_quality,
                 )
-                size = len(encode_json(request) if transport == "http" else encode_msgpack(request))
-                stages = {
-                    key: float(np.median([r.timings.get(key, 0.0) for r in results]))
-                    for key in ("client_encode", "server_decode", "network", "server_infer")
-                }
-                rows.append((transport, encoding, seconds, size, stages))
+                encode = encode_json if transport == "http" else encode_msgpack
+                sizes[names[-1]] = len(encode(request))
+        # Interleaved rounds: load from other processes drifts over a run, and must hit local
+        # and remote alike for the ratios to mean anything.
+        for call in calls:
+            for _ in range(3):
+                call()
+        seconds: dict[str, list[float]] = {name: [] for name in names}
+        results: dict[str, list[Any]] = {name: [] for name in names}
+        for _ in range(args.iterations):
+            for name, call in zip(names, calls, strict=True):
+                start = time.perf_counter()
+                results[name].append(call())
+                seconds[name].append(time.perf_counter() - start)
     finally:
+        for remote in clients:
+            remote.close()
         server.terminate()
         server.wait(timeout=10)
 
-    local_ms = float(np.median(local)) * 1e3
+    def median_ms(values: list[float]) -> float:
+        return float(np.median(values)) * 1e3
 
-    def ratio(median_ms: float) -> str:
-        # Against the null policy's ~0 ms a ratio is meaningless; the overhead column says it.
-        return f"{median_ms / local_ms:.2f}" if local_ms > 0.05 else "n/a"
-
+    local_ms = median_ms(seconds["local"])
     print(
         f"policy={args.policy}  embodiment={EMBODIMENT}  cameras={len(spec.camera_names)}x"
         f"{IMAGE_SHAPE[1]}x{IMAGE_SHAPE[0]}  jpeg_quality={args.jpeg_quality}  "
-        f"iterations={args.iterations}"
+        f"iterations={args.iterations} (interleaved)  cpus={os.cpu_count()}"
     )
     print(
-        f"local act():      median {local_ms:8.2f} ms  p90 {np.percentile(local, 90) * 1e3:8.2f}"
-        f" ms  {1 / local.mean():8.1f} Hz"
+        f"{'backend':10} {'median ms':>9} {'p90 ms':>8} {'Hz':>7} {'ratio':>6} "
+        f"{'overhead ms':>11} {'request KB':>10} {'enc ms':>7} {'dec ms':>7} {'net ms':>7}"
     )
-    header = (
-        f"{'transport':9} {'images':6} {'median ms':>9} {'p90 ms':>8} {'Hz':>7} "
-        f"{'overhead ms':>11} {'ratio':>7} {'request KB':>10} {'enc ms':>7} "
-        f"{'dec ms':>7} {'net ms':>7}"
-    )
-    print(header)
-    for transport, encoding, seconds, size, stages in rows:
-        median_ms = float(np.median(seconds)) * 1e3
+    for name in names:
+        values = np.asarray(seconds[name])
+        med = median_ms(seconds[name])
+        ratio = f"{med / local_ms:.2f}" if local_ms > 0.05 else "n/a"
+        if name == "local":
+            print(
+                f"{name:10} {med:9.2f} {np.percentile(values, 90) * 1e3:8.2f} "
+                f"{1 / values.mean():7.1f} {'1.00':>6}"
+            )
+            continue
+        # Overhead per request: everything in the round trip except the server's inference.
+        overhead = median_ms(
+            [r.timings["total"] - r.timings["server_infer"] for r in results[name]]
+        )
+
+        def stage(key: str, name: str = name) -> float:
+            return median_ms([r.timings.get(key, 0.0) for r in results[name]])
+
         print(
-            f"{transport:9} {encoding:6} {median_ms:9.2f} {np.percentile(seconds, 90) * 1e3:8.2f} "
-            f"{1 / seconds.mean():7.1f} {median_ms - local_ms:11.2f} "
-            f"{ratio(median_ms):>7} {size / 1024:10.0f} "
-            f"{stages['client_encode'] * 1e3:7.2f} {stages['server_decode'] * 1e3:7.2f} "
-            f"{stages['network'] * 1e3:7.2f}"
+            f"{name:10} {med:9.2f} {np.percentile(values, 90) * 1e3:8.2f} "
+            f"{1 / values.mean():7.1f} {ratio:>6} {overhead:11.2f} {sizes[name] / 1024:10.0f} "
+            f"{stage('client_encode'):7.2f} {stage('server_decode'):7.2f} {stage('network'):7.2f}"
         )
     per_camera = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * 3
     print(
         f"raw bandwidth per camera at 30 Hz: {per_camera * 30 * 8 / 1e6:.0f} Mbit/s "
-        f"(+33% as base64 JSON)"
+        f"(+33% as base64 JSON); JPEG q{args.jpeg_quality} here: "
+        f"{sizes['ws   jpeg'] / len(spec.camera_names) * 30 * 8 / 1e6:.1f} Mbit/s per camera"
     )
 
 
