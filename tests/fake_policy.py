@@ -102,3 +102,33 @@ def expected_positions(
 def make_fake_policy(params: Any) -> FakePolicy:
     """Factory for ``MOLMOACT2_TEST_POLICY_FACTORY=tests.fake_policy:make_fake_policy``."""
     return FakePolicy(params.embodiment, tuple(params.joint_names), mode=params.mode)
+
+
+class FaultInjectingPolicy:
+    """Wraps a policy and raises the FAIL_* errors for those instructions (ROS fault tests)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.embodiment = inner.embodiment
+
+    def act(self, images, state, instruction, *, seed=None) -> ActionChunkResult:
+        if instruction == FAIL_INPUT:
+            raise PolicyInputError("fake refuses this observation")
+        if instruction == FAIL_UNAVAILABLE:
+            raise PolicyUnavailableError("fake server is down")
+        if instruction == FAIL_CRASH:
+            raise ZeroDivisionError("fake model crashed")
+        return self.inner.act(images, state, instruction, seed=seed)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def metadata(self) -> dict[str, Any]:
+        return self.inner.metadata()
+
+
+def make_faulty_policy(params: Any) -> FaultInjectingPolicy:
+    """The configured policy (the real model), wrapped to inject failures."""
+    from molmoact2_policy.policy_factory import make_policy
+
+    return FaultInjectingPolicy(make_policy(params, allow_test_override=False))

@@ -201,6 +201,35 @@ class SyntheticRobot:
         self.instruction_pub.publish(String(data=text))
 
 
+def assert_blocked(robot: SyntheticRobot, expected_text: str, state: str) -> None:
+    """Status reaches ``state`` with ``expected_text``; no chunk comes from this phase's frames."""
+    phase_start = robot.now_ns()
+    first_bad_index = robot.index
+    reached = robot.run(
+        10.0,
+        until=robot.status_where(
+            lambda s: s.state == state and expected_text in s.last_error, phase_start
+        ),
+    )
+    assert reached, f"status never said {state}/{expected_text!r}: {robot.latest_status()}"
+    robot.run(1.0)  # keep the bad input coming: still nothing may be published
+    # Topics race: the first bad frame's images may still meet the previous good joint state
+    # (a valid observation), so judge from the frame after next.
+    bad = {stamp for stamp, frame in robot.frames.items() if frame.index >= first_bad_index + 2}
+    leaked = [c.sequence for c in robot.chunks if chunk_stamp_ns(c) in bad]
+    assert not leaked, f"chunks {leaked} were computed from bad-phase frames"
+
+
+def wait_chunks(robot: SyntheticRobot, count: int, after_ns: int, seconds: float = 20.0) -> list:
+    """At least ``count`` chunks stamped at or after ``after_ns`` (publishing meanwhile)."""
+
+    def fresh() -> list:
+        return [c for c in robot.chunks if chunk_stamp_ns(c) >= after_ns]
+
+    assert robot.run(seconds, until=lambda: len(fresh()) >= count), "no fresh chunks"
+    return fresh()
+
+
 def chunk_stamp_ns(chunk: Any) -> int:
     return chunk.header.stamp.sec * 10**9 + chunk.header.stamp.nanosec
 

@@ -1,13 +1,11 @@
 """The policy node in its own process, driven by a synthetic YAM robot (issue 6).
 
-One node process serves the whole module. Chunks must equal what ``Policy.act`` returns in this
-process for the same observation and seed: the tiny MolmoAct2 model when the model package
-provides it, else the deterministic fake policy (then injected into the node).
+One node process (the console entry point, tiny MolmoAct2 checkpoint, config/yam.yaml values)
+serves the whole module. Chunks must equal what ``MolmoAct2Policy.act`` returns in this process
+for the same observation and seed.
 """
 
 from __future__ import annotations
-
-import importlib.util
 
 import numpy as np
 import pytest
@@ -15,43 +13,35 @@ import pytest
 from tests.ros.policy_node_harness import (
     EXTRA_JOINT,
     SyntheticRobot,
+    assert_blocked,
     chunk_stamp_ns,
     start_node,
     stop_node,
+    wait_chunks,
     write_params,
     yam_params,
 )
 
 pytestmark = pytest.mark.ros
 
-REAL_MODEL = importlib.util.find_spec("molmoact2_policy.model.policy") is not None
-FAKE_ENV = {"MOLMOACT2_TEST_POLICY_FACTORY": "tests.fake_policy:make_fake_policy"}
-
 
 def reference_policy(params: dict):
     """The same policy the node runs, built in the test process."""
-    from molmoact2_policy.embodiments import get_embodiment
+    import torch
 
-    spec = get_embodiment(params["embodiment"])
-    if REAL_MODEL:
-        import torch
+    from molmoact2_policy.model.policy import MolmoAct2Policy
 
-        from molmoact2_policy.model.policy import MolmoAct2Policy
-
-        torch.set_num_threads(1)
-        return MolmoAct2Policy.from_checkpoint(
-            "tiny",
-            spec,
-            device="cpu",
-            dtype="float32",
-            cuda_graph=False,
-            mode=params["mode"],
-            seed=params["seed"],
-            joint_names=tuple(params["joint_names"]),
-        )
-    from tests.fake_policy import FakePolicy
-
-    return FakePolicy(spec, tuple(params["joint_names"]))
+    torch.set_num_threads(1)
+    return MolmoAct2Policy.from_checkpoint(
+        "tiny",
+        params["embodiment"],
+        device="cpu",
+        dtype="float32",
+        cuda_graph=False,
+        mode=params["mode"],
+        seed=params["seed"],
+        joint_names=tuple(params["joint_names"]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +54,7 @@ def robot(params, tmp_path_factory):
     import rclpy
 
     path = write_params(tmp_path_factory.mktemp("policy_node") / "params.yaml", params)
-    proc = start_node(path, env={} if REAL_MODEL else FAKE_ENV)
+    proc = start_node(path)
     rclpy.init()
     robot = SyntheticRobot(params)
     try:
@@ -78,17 +68,9 @@ def robot(params, tmp_path_factory):
         assert "Traceback" not in output, output
 
 
-def _wait_chunks(robot: SyntheticRobot, count: int, after_ns: int, seconds: float = 20.0) -> list:
-    def fresh():
-        return [c for c in robot.chunks if chunk_stamp_ns(c) >= after_ns]
-
-    assert robot.run(seconds, until=lambda: len(fresh()) >= count), "no fresh chunks"
-    return fresh()
-
-
 def test_chunks_match_policy_act_for_the_published_observation(robot, params):
     start = robot.now_ns()
-    chunks = _wait_chunks(robot, 3, start)
+    chunks = wait_chunks(robot, 3, start)
     reference = reference_policy(params)
     spec_horizon = reference.embodiment.horizon
     joints = list(params["joint_names"])
@@ -120,7 +102,7 @@ def test_chunks_match_policy_act_for_the_published_observation(robot, params):
 
 def test_predicted_joint_states_and_markers_follow_the_chunk(robot, params):
     start = robot.now_ns()
-    _wait_chunks(robot, 1, start)
+    wait_chunks(robot, 1, start)
     assert robot.run(5.0, until=lambda: robot.predicted and robot.markers)
     chunk = robot.chunks[-1]
     joints = list(params["joint_names"])
@@ -147,45 +129,31 @@ def test_status_reports_running_with_input_ages(robot, params):
     assert all(i.ok and 0.0 <= i.age < 0.5 for i in ages.values())
 
 
-def _assert_blocked_then_resumed(robot, expected_text: str, state: str) -> None:
-    phase_start = robot.now_ns()
-    bad_stamps_from = robot.index
-    assert robot.run(
-        10.0,
-        until=robot.status_where(
-            lambda s: s.state == state and expected_text in s.last_error, phase_start
-        ),
-    ), f"status never said {expected_text!r}: {robot.latest_status()}"
-    robot.run(1.0)
-    bad = {s for s, f in robot.frames.items() if f.index >= bad_stamps_from}
-    assert not [c for c in robot.chunks if chunk_stamp_ns(c) in bad]
-
-
 def test_stale_cameras_stop_inference_and_fresh_ones_resume_it(robot):
     robot.camera_delay = {c: 0.8 for c in robot.cameras}
     try:
-        _assert_blocked_then_resumed(robot, "is stale: 0.8", "stale_input")
+        assert_blocked(robot, "is stale: 0.8", "stale_input")
     finally:
         robot.camera_delay = {}
-    _wait_chunks(robot, 1, robot.now_ns())
+    wait_chunks(robot, 1, robot.now_ns())
 
 
 def test_skewed_cameras_stop_inference_and_aligned_ones_resume_it(robot):
     robot.camera_delay = {robot.cameras[0]: 0.12}
     try:
-        _assert_blocked_then_resumed(robot, "camera skew 0.12", "stale_input")
+        assert_blocked(robot, "camera skew 0.12", "stale_input")
     finally:
         robot.camera_delay = {}
-    _wait_chunks(robot, 1, robot.now_ns())
+    wait_chunks(robot, 1, robot.now_ns())
 
 
 def test_no_instruction_pauses_inference(robot, params):
     robot.set_instruction("")
     try:
-        _assert_blocked_then_resumed(robot, "no instruction", "no_instruction")
+        assert_blocked(robot, "no instruction", "no_instruction")
     finally:
         robot.set_instruction(params["instruction"])
-    chunks = _wait_chunks(robot, 1, robot.now_ns())
+    chunks = wait_chunks(robot, 1, robot.now_ns())
     assert chunks[-1].instruction == params["instruction"]
 
 
@@ -197,4 +165,4 @@ def test_reset_service_clears_and_inference_continues(robot):
     future = client.call_async(Trigger.Request())
     assert robot.run(10.0, until=future.done)
     assert future.result().success
-    _wait_chunks(robot, 1, robot.now_ns())
+    wait_chunks(robot, 1, robot.now_ns())

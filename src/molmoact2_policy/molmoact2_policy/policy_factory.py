@@ -23,9 +23,9 @@ class PolicyLoadError(RuntimeError):
     """The configured policy could not be built; the message says why and what to check."""
 
 
-def make_policy(params: PolicyNodeParams) -> Policy:
+def make_policy(params: PolicyNodeParams, *, allow_test_override: bool = True) -> Policy:
     """The policy described by ``params`` (``inference`` local or remote)."""
-    override = os.environ.get(TEST_POLICY_ENV, "")
+    override = os.environ.get(TEST_POLICY_ENV, "") if allow_test_override else ""
     if override:
         return _from_override(override, params)
     try:
@@ -49,12 +49,13 @@ def _local(params: PolicyNodeParams, spec) -> Policy:
     try:
         return module.MolmoAct2Policy.from_checkpoint(
             params.checkpoint,
-            spec,
+            spec.name,
             device=params.device,
             dtype=params.dtype,
             cuda_graph=params.cuda_graph,
             mode=params.mode,
-            seed=params.seed if params.seed >= 0 else None,
+            # The tiny preset's weights come from this seed too: keep it fixed when unseeded.
+            seed=max(params.seed, 0),
             joint_names=tuple(params.joint_names),
         )
     except Exception as exc:  # any loader failure must become one clear message
