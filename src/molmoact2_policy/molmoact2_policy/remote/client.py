@@ -53,7 +53,7 @@ class RemotePolicy:
         joint_names: Sequence[str],
         *,
         timeout: float = 1.0,
-        token: str = "",
+        token: str | None = "",
         image_encoding: str = "jpeg",
         jpeg_quality: int = 90,
         transport: str = "http",
