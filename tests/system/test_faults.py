@@ -1,0 +1,269 @@
+"""Fault injection on the running graph: a killed policy, bad cameras, link faults, e-stop.
+
+The policy node runs as its own process (smooth test policy); the driver runs in the test
+process so every command its backend was sent is checked; cameras are published by the test.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from tests.system.reliability_util import (
+    RosHarness,
+    command_violations,
+    max_step,
+    smooth_policy_process,
+    unique_namespace,
+    wait_until,
+)
+
+pytestmark = pytest.mark.ros
+
+WATCHDOG = 0.5
+# Slack on top of the watchdog for one control tick, thread scheduling and DDS delivery on a
+# loaded 2-core machine; generous on purpose, the assertion is "it holds", not "how fast".
+HOLD_SLACK = 0.3
+
+
+def driver_limits(robot: str) -> tuple[list[float], list[float], float, float]:
+    from molmoact2 import graph
+
+    config = graph.load_robot_config(robot)
+    section = config.params_for(config.driver_name)
+    return (
+        section["position_lower"],
+        section["position_upper"],
+        float(section["max_step_per_tick"]),
+        float(section["control_rate"]),
+    )
+
+
+@pytest.fixture
+def graph_parts():
+    """Start/stop bookkeeping so every process and context is cleaned up."""
+    started: list = []
+    yield started
+    for part in reversed(started):
+        try:
+            part.stop() if hasattr(part, "stop") else part.close()
+        except Exception:  # cleanup must reach every part
+            pass
+
+
+def accepted(h: RosHarness) -> int:
+    return h.executor_stats().accepted
+
+
+def commands_since(h: RosHarness, t: float) -> list[np.ndarray]:
+    return [c for stamp, c in h.command_log() if stamp >= t]
+
+
+@pytest.mark.parametrize("robot", ["so101", "yam"])
+def test_policy_killed_mid_chunk_driver_holds_then_restart_ramps_in(
+    robot, graph_parts, reliability
+):
+    lower, upper, step_limit, rate = driver_limits(robot)
+    namespace = unique_namespace()
+    h = RosHarness(robot, namespace)
+    graph_parts.append(h)
+    h.add_driver({"watchdog_timeout": WATCHDOG, "ramp_in_time": 0.5})
+    h.add_camera_feed()
+    h.start()
+    policy = smooth_policy_process(robot, namespace).start()
+    graph_parts.append(policy)
+
+    assert wait_until(lambda: accepted(h) >= 5, 60.0), (
+        f"driver accepted no chunks: {h.executor_stats()}\n{policy.text()}"
+    )
+    # Moving: the commands of the last half second span a visible range.
+    assert wait_until(lambda: h.driver_state() == "tracking", 10.0), h.driver_state()
+    recent = commands_since(h, time.monotonic() - 0.5)
+    assert np.ptp(np.array(recent), axis=0).max() > 1e-3, "arm is not moving before the kill"
+
+    fault = reliability.fault("policy SIGKILL")
+    chunks_before = len(h.received.chunks)
+    policy.kill9()
+    killed_at = time.monotonic()  # sim backend stamps commands with time.monotonic()
+    last_accept_count = accepted(h)
+    assert wait_until(lambda: h.driver_state() == "holding", WATCHDOG + 2.0), h.driver_state()
+    hold_from = killed_at + WATCHDOG + HOLD_SLACK
+    wait_until(lambda: time.monotonic() > hold_from + 0.5, 5.0)  # collect held commands
+    held = commands_since(h, hold_from)
+    assert len(held) >= 10, f"too few commands while holding: {len(held)}"
+    held_array = np.array(held)
+    assert np.ptp(held_array, axis=0).max() < 1e-9, "commands kept changing after the watchdog"
+    # Never extrapolated: the held pose lies on the last chunk the driver followed, no further.
+    last_chunk = h.received.chunks[max(chunks_before, 1) - 1]
+    chunk = np.array(last_chunk.positions).reshape(last_chunk.horizon, -1)
+    slack = 0.02  # blend correction of the splice into this chunk
+    assert np.all(held_array[-1] >= chunk.min(axis=0) - slack), (held_array[-1], chunk.min(0))
+    assert np.all(held_array[-1] <= chunk.max(axis=0) + slack), (held_array[-1], chunk.max(0))
+    assert accepted(h) == last_accept_count
+
+    restart_at = time.monotonic()
+    policy = smooth_policy_process(robot, namespace).start()
+    graph_parts.append(policy)
+    assert wait_until(lambda: accepted(h) >= last_accept_count + 5, 60.0), policy.text()
+    assert wait_until(lambda: h.driver_state() == "tracking", 10.0)
+    time.sleep(1.0)
+    resumed = commands_since(h, restart_at)
+    moving = np.ptp(np.array(resumed[-int(rate * 0.5):]), axis=0).max()
+    assert moving > 1e-3, "motion did not resume after the policy restart"
+    # No jump: every tick from the hold into the new chunks moved less than the clamp.
+    biggest = max_step(resumed)
+    assert biggest <= step_limit + 1e-9, f"step {biggest} > max_step_per_tick {step_limit}"
+    problems = command_violations([c for _, c in h.command_log()], lower, upper, step_limit)
+    assert not problems, problems[:5]
+    reliability.figures[f"{robot}: max step on resume"] = f"{biggest:.4f} / {step_limit} rad"
+    fault.survived()
+
+
+def status_says(h: RosHarness, state: str, text: str, since: float) -> bool:
+    for status in reversed(h.received.statuses):
+        stamp = status.header.stamp.sec + status.header.stamp.nanosec * 1e-9
+        if stamp < since:
+            return False
+        if status.state == state and text in status.last_error:
+            return True
+    return False
+
+
+def assert_blocked_and_holding(h: RosHarness, state: str, text: str, since: float) -> None:
+    """Status names the input, inference stops, the driver holds still."""
+    assert wait_until(lambda: status_says(h, state, text, since), 10.0), (
+        f"status never said {state}/{text!r}: {h.received.latest_status()}"
+    )
+    chunks = len(h.received.chunks)
+    assert wait_until(lambda: h.driver_state() == "holding", WATCHDOG + 3.0), h.driver_state()
+    frozen_from = time.monotonic() + HOLD_SLACK
+    wait_until(lambda: time.monotonic() > frozen_from + 0.7, 5.0)
+    held = commands_since(h, frozen_from)
+    assert len(held) >= 10 and np.ptp(np.array(held), axis=0).max() < 1e-9, "still moving"
+    assert len(h.received.chunks) - chunks <= 1, "inference continued on a bad input"
+
+
+def assert_recovers(h: RosHarness, step_limit: float) -> None:
+    before = accepted(h)
+    since = time.monotonic()
+    assert wait_until(lambda: accepted(h) >= before + 3, 20.0), "chunks did not resume"
+    assert wait_until(lambda: h.driver_state() in ("tracking", "ramp_in"), 10.0)
+    assert max_step(commands_since(h, since)) <= step_limit + 1e-9
+
+
+def test_camera_stops_goes_stale_or_jumps_back_then_recovers(graph_parts, reliability):
+    robot = "so101"
+    lower, upper, step_limit, _ = driver_limits(robot)
+    namespace = unique_namespace()
+    h = RosHarness(robot, namespace)
+    graph_parts.append(h)
+    h.add_driver({"watchdog_timeout": WATCHDOG, "ramp_in_time": 0.5})
+    cameras = h.add_camera_feed()
+    h.start()
+    policy = smooth_policy_process(robot, namespace).start()
+    graph_parts.append(policy)
+    assert wait_until(lambda: accepted(h) >= 5, 60.0), policy.text()
+
+    # 1. The wrist camera stops publishing.
+    fault = reliability.fault("camera stops")
+    cameras.paused.add("wrist")
+    assert_blocked_and_holding(h, "stale_input", "camera 'wrist' is stale", h.now())
+    ages = {i.name: i.age for i in h.received.latest_status().inputs}
+    assert ages["wrist"] > 0.5 and ages["front"] < 0.5, ages
+    cameras.paused.clear()
+    assert_recovers(h, step_limit)
+    fault.survived()
+
+    # 2. The front camera's frames arrive with old stamps (a stuck capture pipeline).
+    fault = reliability.fault("stale camera stamps")
+    cameras.stamp_offset["front"] = -2.0
+    assert_blocked_and_holding(h, "stale_input", "camera 'front' is stale", h.now())
+    cameras.stamp_offset.clear()
+    assert_recovers(h, step_limit)
+    fault.survived()
+
+    # 3. The camera clock jumps 30 s backwards (NTP step, camera reboot).
+    fault = reliability.fault("camera clock jumps back")
+    cameras.stamp_offset.update({name: -30.0 for name in cameras.names})
+    assert_blocked_and_holding(h, "stale_input", "is stale: 3", h.now())
+    cameras.stamp_offset.clear()
+    assert_recovers(h, step_limit)
+    fault.survived()
+
+    problems = command_violations([c for _, c in h.command_log()], lower, upper, step_limit)
+    assert not problems, problems[:5]
+    assert policy.alive(), policy.text()
+
+
+def test_estop_zeroes_velocity_within_one_period_and_latches_until_reset(
+    graph_parts, reliability
+):
+    robot = "so101"
+    lower, upper, step_limit, rate = driver_limits(robot)
+    h = RosHarness(robot, unique_namespace())
+    graph_parts.append(h)
+    h.add_driver({"watchdog_timeout": WATCHDOG, "ramp_in_time": 0.5})
+    h.add_chunk_feed(amplitude=0.1)
+    h.start()
+    assert wait_until(lambda: h.driver_state() == "tracking", 20.0), h.driver_state()
+    assert wait_until(lambda: len(h.received.commanded) > 50, 10.0)
+    moving = [v for _, _, v in h.received.commanded[-20:]]
+    assert np.abs(np.array(moving)).max() > 1e-3, "no commanded velocity before the e-stop"
+
+    from std_srvs.srv import Trigger
+
+    fault = reliability.fault("e-stop")
+    driver = h.driver_node_name
+    response = h.call(Trigger, f"{driver}/estop", Trigger.Request())
+    latched_at = h.now()  # ROS time: the commanded messages carry it as their stamp
+    assert response.success, response.message
+    wait_until(lambda: h.now() > latched_at + 1.0, 5.0)  # chunks keep arriving meanwhile
+    after = [(t, p, v) for t, p, v in h.received.commanded if t >= latched_at + 1.0 / rate]
+    assert len(after) >= 10, len(after)
+    velocities = np.array([v for _, _, v in after])
+    assert np.abs(velocities).max() == 0.0, "commanded velocity not zero after the e-stop"
+    positions = np.array([p for _, p, _ in after])
+    assert np.ptp(positions, axis=0).max() < 1e-9, "commands moved while e-stopped"
+    assert h.driver_state() == "estop"
+    assert h.executor_stats().rejected.get("estop", 0) > 0, "chunks were not refused"
+    assert wait_until(
+        lambda: (h.received.driver_diag(driver) or {}).get("state") == "estop", 3.0
+    ), h.received.driver_diag(driver)
+
+    response = h.call(Trigger, f"{driver}/reset", Trigger.Request())
+    assert response.success, response.message
+    reset_at = time.monotonic()
+    assert wait_until(lambda: h.driver_state() in ("ramp_in", "tracking"), 10.0)
+    wait_until(lambda: time.monotonic() > reset_at + 1.0, 5.0)
+    resumed = commands_since(h, reset_at)
+    assert np.ptp(np.array(resumed), axis=0).max() > 1e-3, "no motion after reset"
+    assert max_step(resumed) <= step_limit + 1e-9
+    problems = command_violations([c for _, c in h.command_log()], lower, upper, step_limit)
+    assert not problems, problems[:5]
+    fault.survived()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="executor.py: after a watchdog hold the next chunk is spliced over blend_window "
+    "(clamp-limited jump) instead of ramping in from the measured pose over ramp_in_time",
+)
+def test_resume_after_watchdog_hold_ramps_in_without_clamping(graph_parts):
+    robot = "so101"
+    h = RosHarness(robot, unique_namespace())
+    graph_parts.append(h)
+    h.add_driver({"watchdog_timeout": WATCHDOG, "ramp_in_time": 0.5})
+    feed = h.add_chunk_feed(amplitude=0.2)
+    h.start()
+    assert wait_until(lambda: h.driver_state() == "tracking", 20.0)
+    feed.paused = True  # the policy goes silent...
+    assert wait_until(lambda: h.driver_state() == "holding", 5.0)
+    wait_until(lambda: False, 1.0)  # ...long enough for the trajectory to move on
+    clamped = h.executor_stats().clamped_ticks
+    states: set[str] = set()
+    feed.paused = False
+    wait_until(lambda: states.add(h.driver_state()) or False, 1.5, period=0.005)
+    assert "ramp_in" in states, states
+    assert h.executor_stats().clamped_ticks == clamped, "resume relied on the step clamp"
