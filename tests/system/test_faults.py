@@ -6,6 +6,7 @@ process so every command its backend was sent is checked; cameras are published 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ from tests.system.reliability_util import (
     RosHarness,
     command_violations,
     max_step,
+    robot_section,
     smooth_policy_process,
     unique_namespace,
     wait_until,
@@ -267,3 +269,166 @@ def test_resume_after_watchdog_hold_ramps_in_without_clamping(graph_parts):
     wait_until(lambda: states.add(h.driver_state()) or False, 1.5, period=0.005)
     assert "ramp_in" in states, states
     assert h.executor_stats().clamped_ticks == clamped, "resume relied on the step clamp"
+
+
+def loop_stats(h: RosHarness):
+    with h.driver._lock:
+        stats = h.driver._loop.stats
+        return dataclasses.replace(stats)
+
+
+def assert_faulted_and_quiet(h: RosHarness, error_text: str) -> None:
+    """The driver reports the fault and sends the robot nothing while it lasts."""
+    assert wait_until(lambda: h.driver_state() == "fault", 5.0), h.driver_state()
+    diag = None
+
+    def diag_says_fault() -> bool:
+        nonlocal diag
+        diag = h.received.driver_diag(h.driver_node_name)
+        return diag is not None and diag["state"] == "fault"
+
+    assert wait_until(diag_says_fault, 5.0), diag
+    assert error_text in diag["last_backend_error"], diag
+    assert diag["_message"] == "backend fault"
+    sent = len(h.command_log())
+    wait_until(lambda: False, 0.5)
+    assert len(h.command_log()) == sent, "commands were sent to a faulted backend"
+
+
+def assert_reconnected_and_moving(h: RosHarness, step_limit: float) -> None:
+    assert wait_until(lambda: h.driver_state() != "fault", 10.0), loop_stats(h)
+    assert loop_stats(h).reconnects >= 1
+    since = time.monotonic()
+    assert wait_until(lambda: h.driver_state() == "tracking", 15.0), h.driver_state()
+    wait_until(lambda: False, 0.5)
+    resumed = commands_since(h, since)
+    assert np.ptp(np.array(resumed), axis=0).max() > 1e-4, "no motion after reconnect"
+    assert max_step(resumed) <= step_limit + 1e-9
+
+
+def test_damiao_can_link_drops_frames_goes_silent_disables_and_reconnects(
+    graph_parts, reliability
+):
+    """YAM on two emulated CAN buses; ``on_fault: disable`` takes the torque off."""
+    from types import SimpleNamespace
+
+    from hw_drivers.backends.damiao import DamiaoBackend
+    from hw_drivers.emulators.damiao_emulator import DamiaoEmulator
+
+    robot = "yam"
+    lower, upper, step_limit, _ = driver_limits(robot)
+    joints = robot_section(robot, "yam_driver")["joint_names"]
+    channels = [f"rel_{unique_namespace()[5:]}_{i}" for i in range(2)]
+    arm_start = [0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.35]  # motor radians; gripper half open
+    emulators = [DamiaoEmulator(c, initial_positions=arm_start).start() for c in channels]
+    graph_parts.extend(emulators)
+    # The driver's params have no CAN interface setting: build the backend for the virtual bus.
+    backend = DamiaoBackend.from_params(
+        SimpleNamespace(can_channels=tuple(channels), joint_names=joints, can_interface="virtual")
+    )
+    h = RosHarness(robot, unique_namespace())
+    graph_parts.append(h)
+    h.add_driver(
+        {"control_rate": 100.0, "on_fault": "disable", "reconnect_period": 0.3,
+         "ramp_in_time": 0.3},
+        backend=backend,
+    )
+    h.add_chunk_feed(amplitude=0.05)
+    h.start()
+    assert wait_until(lambda: h.driver_state() == "tracking", 20.0), (
+        h.driver_state(), loop_stats(h))
+
+    # A couple of lost replies are absorbed by the backend's retries: no fault.
+    fault = reliability.fault("CAN frames dropped")
+    errors = loop_stats(h).backend_errors
+    emulators[0].drop_replies(2)
+    wait_until(lambda: False, 0.5)
+    assert loop_stats(h).backend_errors == errors and h.driver_state() == "tracking"
+    fault.survived()
+
+    # The left arm's bus goes silent (cable pulled): fault, torque off, reconnect when back.
+    fault = reliability.fault("CAN bus silent")
+    emulators[0].silent = True
+    assert_faulted_and_quiet(h, "")
+    assert not any(emulators[1].snapshot(m).enabled for m in emulators[1].motors), (
+        "on_fault=disable left the motors energised"
+    )
+    emulators[0].silent = False
+    assert_reconnected_and_moving(h, step_limit)
+    assert all(emulators[0].snapshot(m).enabled for m in emulators[0].motors)
+    problems = command_violations([c for _, c in h.command_log()], lower, upper, step_limit)
+    assert not problems, problems[:5]
+    fault.survived()
+
+
+SO101_CALIBRATION = {
+    name: {"id": i + 1, "drive_mode": 0, "homing_offset": 40 * i - 100,
+           "range_min": 700 + 20 * i, "range_max": 3300 - 20 * i}
+    for i, name in enumerate(
+        ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll"]
+    )
+} | {"gripper": {"id": 6, "drive_mode": 0, "homing_offset": 30,
+                 "range_min": 2000, "range_max": 3000}}
+SO101_START_TICKS = [2000, 2000, 2000, 2000, 2000, 2500]
+
+
+def test_feetech_serial_link_unplugged_holds_and_reconnects_on_replug(
+    tmp_path, graph_parts, reliability
+):
+    """SO-101 on an emulated servo bus behind a stable port name; ``on_fault: hold``."""
+    import json
+
+    from hw_drivers.emulators.feetech_emulator import FeetechEmulator
+
+    robot = "so101"
+    lower, upper, step_limit, _ = driver_limits(robot)
+    (tmp_path / "calibration.json").write_text(json.dumps(SO101_CALIBRATION))
+    port = tmp_path / "ttyEMU0"  # like a udev symlink: survives the adapter re-enumerating
+    emulator = FeetechEmulator(initial_ticks=SO101_START_TICKS).start()
+    graph_parts.append(emulator)
+    port.symlink_to(emulator.port)
+    h = RosHarness(robot, unique_namespace())
+    graph_parts.append(h)
+    h.add_driver({
+        "backend": "feetech", "serial_port": str(port),
+        "calibration_file": str(tmp_path / "calibration.json"), "control_rate": 50.0,
+        "on_fault": "hold", "reconnect_period": 0.3, "ramp_in_time": 0.3,
+    })
+    h.add_chunk_feed(amplitude=0.05)
+    h.start()
+    assert wait_until(lambda: h.driver_state() == "tracking", 20.0), (
+        h.driver_state(), loop_stats(h))
+
+    fault = reliability.fault("serial replies corrupted")
+    emulator.corrupt_replies(1)  # one bad checksum: retried, no fault
+    wait_until(lambda: False, 0.5)
+    assert h.driver_state() == "tracking", loop_stats(h)
+    fault.survived()
+
+    # A burst of lost replies exhausts the retries: fault; on_fault=hold keeps the torque on.
+    fault = reliability.fault("serial replies lost (burst)")
+    emulator.drop_replies(40)
+    assert_faulted_and_quiet(h, "")
+    assert [emulator.get(i, "Torque_Enable") for i in emulator.servo_ids] == [1] * 6, (
+        "on_fault=hold switched the torque off"
+    )
+    assert_reconnected_and_moving(h, step_limit)
+    fault.survived()
+
+    fault = reliability.fault("serial adapter unplugged")
+    emulator.disconnect()
+    assert_faulted_and_quiet(h, "")
+    wait_until(lambda: False, 0.7)
+    assert "reconnect failed" in loop_stats(h).last_error, loop_stats(h)
+    # Re-plug: a new adapter behind the same port name, servos where the arm was left.
+    replugged = FeetechEmulator(
+        initial_ticks=[emulator.encoder[i] for i in emulator.servo_ids]
+    ).start()
+    graph_parts.append(replugged)
+    port.unlink()
+    port.symlink_to(replugged.port)
+    assert_reconnected_and_moving(h, step_limit)
+    assert [replugged.get(i, "Torque_Enable") for i in replugged.servo_ids] == [1] * 6
+    problems = command_violations([c for _, c in h.command_log()], lower, upper, step_limit)
+    assert not problems, problems[:5]
+    fault.survived()
