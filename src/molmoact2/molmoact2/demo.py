@@ -31,12 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint
     if not checkpoint:
-        from molmoact2_policy.model.checkpoint import write_tiny_checkpoint
+        from molmoact2.demo_checkpoint import write_demo_checkpoint
 
-        checkpoint_dir = out / "tiny_checkpoint"
-        if not (checkpoint_dir / "config.json").is_file():
-            print(f"[demo] writing the tiny random checkpoint to {checkpoint_dir}")
-            write_tiny_checkpoint(checkpoint_dir, seed=0)
+        checkpoint_dir = out / f"tiny_checkpoint_{args.robot}"
+        if not (checkpoint_dir / "DEMO_CHECKPOINT.txt").is_file():
+            print(f"[demo] writing the tiny demo checkpoint to {checkpoint_dir}")
+            write_demo_checkpoint(checkpoint_dir, args.robot, log=lambda t: print(f"[demo] {t}"))
         checkpoint = str(checkpoint_dir)
 
     config = graph.load_robot_config(args.robot)
@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"[demo] running {args.robot} in sim for {args.duration:g} s: "
           + ", ".join(n.name for n in nodes))
-    run = Supervisor(nodes).run(duration=args.duration)
+    # The clock starts when the policy is active (model loaded), so the demo shows
+    # ``duration`` seconds of motion however long torch takes to import.
+    supervisor = Supervisor(nodes, ready=(graph.POLICY_NODE, "active"))
+    run = supervisor.run(duration=args.duration)
     if not recording.is_file():
         print("[demo] no recording was written", file=sys.stderr)
         return 1

@@ -75,6 +75,8 @@ class Supervisor:
         output: TextIO | None = None,
         env: dict[str, str] | None = None,
         stop_timeout: float = 15.0,
+        ready: tuple[str, str] | None = None,
+        ready_timeout: float = 180.0,
     ) -> None:
         self.nodes = nodes
         self.namespace = namespace
@@ -85,6 +87,11 @@ class Supervisor:
         self._stop = threading.Event()
         self._print_lock = threading.Lock()
         self._run_dir = Path(tempfile.mkdtemp(prefix="molmoact2-launch-"))
+        # (node, text): ``run(duration)`` counts from the first line of that node containing
+        # the text (e.g. the policy saying it is active), at most ``ready_timeout`` after start.
+        self.ready = ready
+        self.ready_timeout = ready_timeout
+        self._ready_at: float | None = None
 
     def request_stop(self, *_args) -> None:
         self._stop.set()
@@ -92,6 +99,13 @@ class Supervisor:
     def _pump(self, name: str, stream: TextIO) -> None:
         width = max(len(n.name) for n in self.nodes)
         for line in iter(stream.readline, ""):
+            if (
+                self._ready_at is None
+                and self.ready is not None
+                and name == self.ready[0]
+                and self.ready[1] in line
+            ):
+                self._ready_at = time.monotonic()
             with self._print_lock:
                 self.output.write(f"[{name:<{width}}] {line}")
                 self.output.flush()
@@ -131,8 +145,14 @@ class Supervisor:
         self.start()
         failed: str | None = None
         while not self._stop.is_set():
-            if duration is not None and time.monotonic() - started >= duration:
-                break
+            if duration is not None:
+                origin = started if self.ready is None else self._ready_at
+                if origin is None and time.monotonic() - started > self.ready_timeout:
+                    self._say(f"{self.ready[0]} did not become ready in {self.ready_timeout:g} s")
+                    failed = self.ready[0]
+                    break
+                if origin is not None and time.monotonic() - origin >= duration:
+                    break
             for child in self._children:
                 code = child.process.poll()
                 if code is not None:

@@ -1,0 +1,133 @@
+"""A tiny demo checkpoint that moves the simulated robot smoothly (no real weights here).
+
+A freshly initialised tiny model outputs near-white noise, which the driver's safety layer
+rightly rejects, so the demo would show a robot standing still. This writes the tiny
+checkpoint in the released layout, gives it norm stats centred on the robot's start pose (from
+the robot config), and fine-tunes only its action expert with the flow-matching loss so that,
+for observations of the sim scene around that pose, it predicts a smooth one-second loop of
+every joint. The result is an ordinary checkpoint directory: the policy node loads it like any
+other, through the same key map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from molmoact2 import graph
+
+
+def _pose_stats(centre: np.ndarray, spread: float):
+    from molmoact2_policy.model.normalize import GroupStats
+
+    spread_v = np.full_like(centre, spread)
+    stats = {
+        "mean": centre,
+        "std": spread_v / 2,
+        "min": centre - 1.2 * spread_v,
+        "max": centre + 1.2 * spread_v,
+        "q01": centre - spread_v,
+        "q99": centre + spread_v,
+        "q10": centre - 0.6 * spread_v,
+        "q90": centre + 0.6 * spread_v,
+    }
+    return GroupStats({k: np.round(v.astype(float), 6) for k, v in stats.items()})
+
+
+def demo_target(horizon: int, action_dim: int, gripper_dims: tuple[int, ...]) -> np.ndarray:
+    """The chunk the demo model learns, in the model's normalised action space.
+
+    Each joint traces a sine over the one-second chunk with its own phase; grippers (not
+    normalised) open and close between 0.2 and 0.8.
+    """
+    k = np.arange(horizon)[:, None] / horizon
+    phase = np.arange(action_dim)[None, :] * (2 * np.pi / 7)
+    target = 0.6 * np.sin(2 * np.pi * k + phase)
+    for dim in gripper_dims:
+        target[:, dim] = 0.5 + 0.3 * np.sin(2 * np.pi * k[:, 0] + phase[0, dim])
+    return target
+
+
+def write_demo_checkpoint(
+    path: str | Path,
+    robot: str = "yam",
+    *,
+    seed: int = 0,
+    steps: int = 150,
+    spread: float = 0.25,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Write and fine-tune the demo checkpoint for ``robot``; returns its directory."""
+    import torch
+
+    from molmoact2.sim_world import SimWorld
+    from molmoact2_policy.model.checkpoint import save_checkpoint, write_tiny_checkpoint
+    from molmoact2_policy.model.normalize import NormStats
+    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.training import flow_matching_loss
+
+    config = graph.load_robot_config(robot)
+    shared = config.shared
+    spec_name = str(shared["embodiment"])
+    joint_names = list(shared["joint_names"])
+    start = np.asarray(config.params_for(config.driver_name)["initial_positions"], dtype=float)
+    path = Path(path)
+    write_tiny_checkpoint(path, seed=seed, embodiments=[spec_name])
+
+    policy = MolmoAct2Policy.from_checkpoint(str(path), spec_name, seed=seed,
+                                             joint_names=joint_names)
+    spec = policy.embodiment
+    norm_path = path / policy.config.norm_stats_filename
+    norm = NormStats.from_file(norm_path)
+    norm.tags[spec.norm_tag] = {
+        "state": _pose_stats(start, spread),
+        "action": _pose_stats(start, spread),
+    }
+    norm.save(norm_path)
+    policy.norm_stats = norm
+
+    # A few observations around the start pose, so the learned chunk does not hinge on one
+    # exact image: the sim scene changes as the arm moves through the loop.
+    world = SimWorld(joint_names, spec.camera_names, width=320, height=240)
+    target = demo_target(spec.horizon, spec.action_dim, spec.gripper_dims)
+    instruction = str(config.params_for(graph.POLICY_NODE).get("instruction", "move"))
+    keys, values, masks = [], [], []
+    with torch.no_grad():
+        for index in (0, 8, 16, 24):
+            pose = norm.unnormalize_action(spec.norm_tag, target[index], spec.gripper_dims)
+            images = {name: world.render(name, pose) for name in spec.camera_names}
+            prefix = policy.run_prefix(policy.prepare_inputs(images, pose, instruction))
+            keys.append(prefix.keys)
+            values.append(prefix.values)
+            masks.append(prefix.mask)
+    context_k = [torch.cat([k[layer] for k in keys]) for layer in range(len(keys[0]))]
+    context_v = [torch.cat([v[layer] for v in values]) for layer in range(len(values[0]))]
+    context_mask = torch.cat(masks)
+    actions = torch.zeros(len(masks), spec.horizon, policy.config.max_action_dim)
+    actions[:, :, : spec.action_dim] = torch.from_numpy(target).float()
+
+    expert = policy.model.action_expert
+    expert.train()
+    optimizer = torch.optim.AdamW(expert.parameters(), lr=5e-3, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    log(f"fine-tuning the tiny expert on a smooth {spec.horizon}-step loop ({steps} steps)")
+    for step in range(steps):
+        loss = flow_matching_loss(
+            expert, context_k, context_v, context_mask, actions, policy.action_dim_mask,
+            num_noise_samples=8, generator=generator,
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        for group in optimizer.param_groups:  # cosine decay settles the single-target loss
+            group["lr"] = 5e-3 * 0.5 * (1 + np.cos(np.pi * (step + 1) / steps))
+    expert.eval()
+    log(f"final flow-matching loss {loss.item():.4f}")
+    save_checkpoint(path, policy.model, norm, policy.tokenizer)
+    (path / "DEMO_CHECKPOINT.txt").write_text(
+        f"Tiny random MolmoAct2 fine-tuned to a demo motion for the {robot} sim "
+        f"(molmoact2.demo_checkpoint, seed {seed}). Not a trained policy.\n"
+    )
+    return path
