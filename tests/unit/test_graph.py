@@ -183,8 +183,10 @@ def test_unknown_parameter_and_bad_values_are_named(tmp_path):
     def mutate(raw):
         raw["/**/so101_driver"]["ros__parameters"]["control_rat"] = 100.0
         raw["/**/molmoact2_policy"]["ros__parameters"]["camera_skew"] = 0.1
+        raw["/**/molmoact2_depth_cache"]["ros__parameters"]["threshold"] = 0.99
 
     config = graph.load_robot_config(write_config(tmp_path, mutate))
     problems = graph.validate_graph_params(config, graph.build_graph(config))
     assert any("so101_driver: unknown parameter 'control_rat'" in p for p in problems)
     assert any("molmoact2_policy: unknown parameter 'camera_skew'" in p for p in problems)
+    assert any("molmoact2_depth_cache: unknown parameter 'threshold'" in p for p in problems)

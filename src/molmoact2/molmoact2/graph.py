@@ -318,7 +318,21 @@ def load_params_class(target: str) -> type:
 def validate_graph_params(config: RobotConfig, nodes: list[NodeSpec]) -> list[str]:
     """Problems with the parameters each node would get (unknown keys, bad values)."""
     problems: list[str] = []
-    for spec in nodes:
+    checked = list(nodes)
+    if DEPTH_CACHE_NODE in config.sections:
+        # Runs inside the policy node's process in Think mode: no process of its own, but
+        # its config section must still match its parameter declaration.
+        checked.append(
+            NodeSpec(
+                name=DEPTH_CACHE_NODE,
+                package="molmoact2_policy",
+                executable="molmoact2_policy_node",
+                module="molmoact2_policy.policy_node",
+                param_files=(str(config.path),),
+                params_class="molmoact2_policy.depth_cache_params:DepthCacheParams",
+            )
+        )
+    for spec in checked:
         try:
             params_cls = load_params_class(spec.params_class)
             sharing = (
