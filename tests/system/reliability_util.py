@@ -453,8 +453,13 @@ class RosHarness:
         return self.probe.get_clock().now().nanoseconds * 1e-9
 
     # -- feeds --
-    def add_camera_feed(self, rate: float = 30.0, shape: tuple[int, int, int] = TEST_IMAGE_SHAPE):
-        feed = CameraFeed(self, rate, shape)
+    def add_camera_feed(
+        self,
+        rate: float = 30.0,
+        shape: tuple[int, int, int] = TEST_IMAGE_SHAPE,
+        transports: Sequence[str] | None = None,
+    ) -> CameraFeed:
+        feed = CameraFeed(self, rate, shape, transports)
         self._timers.append(feed)
         return feed
 
@@ -525,7 +530,13 @@ class CameraFeed:
     stamps (negative: old frames, or a clock that jumped backwards).
     """
 
-    def __init__(self, harness: RosHarness, rate: float, shape: tuple[int, int, int]) -> None:
+    def __init__(
+        self,
+        harness: RosHarness,
+        rate: float,
+        shape: tuple[int, int, int],
+        transports: Sequence[str] | None = None,
+    ) -> None:
         from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image
@@ -538,8 +549,16 @@ class CameraFeed:
         self._rng = np.random.default_rng(0)
         self._images = {n: self._rng.integers(0, 255, shape, dtype=np.uint8) for n in self.names}
         node = harness.probe
+        from sensor_msgs.msg import CompressedImage
+
+        self.transports = dict(zip(self.names, transports or ("raw",) * len(self.names),
+                                   strict=True))
         self._pubs = {
-            name: node.create_publisher(Image, topic, qos_profile_sensor_data)
+            name: node.create_publisher(
+                CompressedImage if self.transports[name] == "compressed" else Image,
+                topic,
+                qos_profile_sensor_data,
+            )
             for name, topic in zip(self.names, harness.shared["camera_topics"], strict=True)
         }
         self._timer = node.create_timer(
@@ -555,9 +574,28 @@ class CameraFeed:
             if name in self.paused:
                 continue
             stamp = seconds_to_time_msg(now + self.stamp_offset.get(name, 0.0))
-            msg = make_image_msg(self._images[name], stamp=stamp, frame_id=f"{name}_optical_frame")
+            frame = f"{name}_optical_frame"
+            if self.transports[name] == "compressed":
+                msg = jpeg_msg(self._images[name], stamp, frame)
+            else:
+                msg = make_image_msg(self._images[name], stamp=stamp, frame_id=frame)
             self._pubs[name].publish(msg)
             self.published += 1
+
+
+def jpeg_msg(rgb: np.ndarray, stamp: Any, frame_id: str) -> Any:
+    """sensor_msgs/CompressedImage (jpeg) of an RGB image."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    msg = CompressedImage()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.format = "jpeg"
+    msg.data = data.tobytes()
+    return msg
 
 
 # -- process memory -----------------------------------------------------------------------------
