@@ -48,6 +48,18 @@ class DriverParams:
     calibration_file: str = _f("", "feetech: LeRobot-style calibration JSON")
     trajectory_topic: str = _f("", "ros2_control: JointTrajectory controller topic")
     robot_ip: str = _f("", "franky: robot IP address")
+    # -- hardware details (empty / zero: the backend's defaults for the robot) --
+    can_interface: str = _f("socketcan", "damiao: python-can interface (socketcan, virtual)")
+    damiao_motor_ids: tuple[int, ...] = _f((), "damiao: CAN id per motor of one arm")
+    damiao_motor_types: tuple[str, ...] = _f(
+        (), "damiao: motor type per motor of one arm (DM4340, DM4310, DM3507)"
+    )
+    damiao_kp: tuple[float, ...] = _f((), "damiao: MIT-mode position gain per motor")
+    damiao_kd: tuple[float, ...] = _f((), "damiao: MIT-mode damping gain per motor")
+    gripper_closed_rad: float = _f(0.0, "damiao: gripper motor angle when closed [rad]")
+    gripper_open_rad: float = _f(-2.7, "damiao: gripper motor angle when fully open [rad]")
+    read_timeout: float = _f(0.0, "damiao/feetech: reply timeout per read [s] (0: default)")
+    read_retries: int = _f(0, "damiao/feetech: retries of a failed read (0: default)")
     # -- executor --
     interpolation: str = _f("cubic", "interpolation between chunk actions: linear | cubic")
     splice_policy: str = _f("blend", "new chunk takeover: blend | replace | average")

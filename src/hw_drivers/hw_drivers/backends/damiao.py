@@ -169,8 +169,8 @@ class DamiaoBackend(Backend):
         return cls(
             arms,
             interface=str(opt("can_interface", "socketcan")),
-            reply_timeout=float(opt("read_timeout", 0.01)),
-            retries=int(opt("read_retries", 3)),
+            reply_timeout=float(opt("read_timeout", 0.0) or 0.01),
+            retries=int(opt("read_retries", 0) or 3),
         )
 
     # -- Backend ---------------------------------------------------------------------------
