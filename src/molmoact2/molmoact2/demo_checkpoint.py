@@ -40,13 +40,13 @@ def demo_target(horizon: int, action_dim: int, gripper_dims: tuple[int, ...]) ->
     """The chunk the demo model learns, in the model's normalised action space.
 
     Each joint traces a sine over the one-second chunk with its own phase; grippers (not
-    normalised) open and close between 0.2 and 0.8.
+    normalised) open and close between 0.3 and 0.7.
     """
     k = np.arange(horizon)[:, None] / horizon
     phase = np.arange(action_dim)[None, :] * (2 * np.pi / 7)
     target = 0.6 * np.sin(2 * np.pi * k + phase)
     for dim in gripper_dims:
-        target[:, dim] = 0.5 + 0.3 * np.sin(2 * np.pi * k[:, 0] + phase[0, dim])
+        target[:, dim] = 0.5 + 0.2 * np.sin(2 * np.pi * k[:, 0] + phase[0, dim])
     return target
 
 
@@ -55,7 +55,7 @@ def write_demo_checkpoint(
     robot: str = "yam",
     *,
     seed: int = 0,
-    steps: int = 150,
+    steps: int = 250,
     spread: float = 0.25,
     log: Callable[[str], None] = print,
 ) -> Path:
@@ -95,8 +95,11 @@ def write_demo_checkpoint(
     instruction = str(config.params_for(graph.POLICY_NODE).get("instruction", "move"))
     keys, values, masks = [], [], []
     with torch.no_grad():
-        for index in (0, 8, 16, 24):
+        rng = np.random.default_rng(seed)
+        for index in range(0, spec.horizon, 3):
             pose = norm.unnormalize_action(spec.norm_tag, target[index], spec.gripper_dims)
+            # Jitter: executed motion never matches the loop exactly.
+            pose = pose + rng.normal(0.0, 0.02, pose.shape)
             images = {name: world.render(name, pose) for name in spec.camera_names}
             prefix = policy.run_prefix(policy.prepare_inputs(images, pose, instruction))
             keys.append(prefix.keys)
@@ -116,7 +119,7 @@ def write_demo_checkpoint(
     for step in range(steps):
         loss = flow_matching_loss(
             expert, context_k, context_v, context_mask, actions, policy.action_dim_mask,
-            num_noise_samples=8, generator=generator,
+            num_noise_samples=4, generator=generator,
         )
         optimizer.zero_grad()
         loss.backward()
