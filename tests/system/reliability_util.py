@@ -611,3 +611,40 @@ def alive_pids(pids: Iterable[int]) -> list[int]:
     import psutil
 
     return [pid for pid in pids if psutil.pid_exists(pid)]
+
+
+# -- a probe process (for tests that cannot host the probe in the test process) ------------------
+
+
+def probe_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tests.system.reliability_util ROBOT NAMESPACE SECONDS``: print one JSON line
+    with the chunks seen and the driver's latest diagnostics after SECONDS (or at the first
+    accepted chunk + 3 s)."""
+    import json
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    robot, namespace, seconds = args[0], args[1], float(args[2])
+    h = RosHarness(robot, namespace).start()
+    try:
+        def accepted() -> int:
+            diag = h.received.driver_diag(h.driver_node_name) or {}
+            return int(diag.get("accepted_chunks", "0"))
+
+        wait_until(lambda: accepted() >= 5, seconds)
+        diag = h.received.driver_diag(h.driver_node_name) or {}
+        status = h.received.latest_status()
+        print(json.dumps({
+            "chunks_seen": len(h.received.chunks),
+            "driver": diag,
+            "policy_state": status.state if status is not None else "",
+            "policy_error": status.last_error if status is not None else "",
+            "commanded": len(h.received.commanded),
+        }), flush=True)
+    finally:
+        h.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(probe_main())
