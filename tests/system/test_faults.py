@@ -16,7 +16,6 @@ from tests.system.reliability_util import (
     RosHarness,
     command_violations,
     max_step,
-    robot_section,
     smooth_policy_process,
     unique_namespace,
     wait_until,
@@ -310,29 +309,21 @@ def test_damiao_can_link_drops_frames_goes_silent_disables_and_reconnects(
     graph_parts, reliability
 ):
     """YAM on two emulated CAN buses; ``on_fault: disable`` takes the torque off."""
-    from types import SimpleNamespace
-
-    from hw_drivers.backends.damiao import DamiaoBackend
     from hw_drivers.emulators.damiao_emulator import DamiaoEmulator
 
     robot = "yam"
     lower, upper, step_limit, _ = driver_limits(robot)
-    joints = robot_section(robot, "yam_driver")["joint_names"]
     channels = [f"rel_{unique_namespace()[5:]}_{i}" for i in range(2)]
     arm_start = [0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.35]  # motor radians; gripper half open
     emulators = [DamiaoEmulator(c, initial_positions=arm_start).start() for c in channels]
     graph_parts.extend(emulators)
-    # The driver's params have no CAN interface setting: build the backend for the virtual bus.
-    backend = DamiaoBackend.from_params(
-        SimpleNamespace(can_channels=tuple(channels), joint_names=joints, can_interface="virtual")
-    )
     h = RosHarness(robot, unique_namespace())
     graph_parts.append(h)
-    h.add_driver(
-        {"control_rate": 100.0, "on_fault": "disable", "reconnect_period": 0.3,
-         "ramp_in_time": 0.3},
-        backend=backend,
-    )
+    h.add_driver({
+        "backend": "damiao", "can_interface": "virtual", "can_channels": channels,
+        "control_rate": 100.0, "on_fault": "disable", "reconnect_period": 0.3,
+        "ramp_in_time": 0.3,
+    })
     h.add_chunk_feed(amplitude=0.05)
     h.start()
     assert wait_until(lambda: h.driver_state() == "tracking", 20.0), (
