@@ -44,6 +44,7 @@ from molmoact2_policy.depth_change import (
     prepare_frame,
 )
 from molmoact2_policy.model.config import MolmoAct2Config
+from molmoact2_policy.model.decoding import DecodeStats, StaticCacheDecoder, check_single_unpadded
 from molmoact2_policy.model.policy import MolmoAct2Policy
 from molmoact2_policy.model.vlm import PrefixOutput, flatten_heads
 from molmoact2_policy.policy_api import (
@@ -66,17 +67,8 @@ def think_prompt(prompt: str) -> str:
     return prompt[: -len(PROMPT_END)] + THINK_PROMPT_END
 
 
-@dataclass
-class DepthDecodeStats:
-    """Cumulative counters of the depth decoder (tests assert on them; benchmarks print them)."""
-
-    calls: int = 0
-    forwards: int = 0  # VLM decoder forwards over the depth span (the prompt prefill not counted)
-    tokens_fed: int = 0  # tokens those forwards processed
-    predicted: int = 0  # cells decoded by argmax (the rest replayed from the cache)
-
-    def reset(self) -> None:
-        self.calls = self.forwards = self.tokens_fed = self.predicted = 0
+# The depth decoder counts with the shared decoder counters (``predicted``: cells by argmax).
+DepthDecodeStats = DecodeStats
 
 
 @dataclass
@@ -93,7 +85,7 @@ class DepthDecodeOutput:
     cache: StaticCache = field(repr=False)
 
 
-class DepthDecoder:
+class DepthDecoder(StaticCacheDecoder):
     """Greedy depth-span decoding over a Molmo2 VLM, adaptive or token by token."""
 
     def __init__(
@@ -102,83 +94,20 @@ class DepthDecoder:
         missing = [name for name in ("depth_token_start_id",) if getattr(config, name) is None]
         if missing:
             raise ValueError(f"config lacks {', '.join(missing)}: not a Think checkpoint")
-        self.vlm = vlm
+        super().__init__(vlm, config.expert_kv_source)
         self.config = config
         self.num_cells = int(config.num_depth_codes)
         self.num_codes = int(config.num_depth_tokens)
         self.code_start = int(config.depth_token_start_id)
-        head_rows = vlm.lm_head.weight.shape[0]
-        if self.code_start + self.num_codes > head_rows:
-            raise ValueError(
-                f"depth tokens {self.code_start}..{self.code_start + self.num_codes - 1} lie "
-                f"outside the LM head ({head_rows} rows)"
-            )
+        try:
+            self.check_head_rows(self.code_start, self.num_codes)
+        except ValueError as error:
+            raise ValueError(f"depth {error}") from None
         self.tail_token_ids = [int(t) for t in tail_token_ids]
-        self.kv_source = config.expert_kv_source
-        self.stats = DepthDecodeStats()
-        self._static: StaticCache | None = None
-        self._static_len = 0
-        self._static_key: tuple | None = None
-
-    # ------------------------------------------------------------------ pieces
-    def _language_model(self) -> torch.nn.Module:
-        return self.vlm.model.language_model
-
-    def _static_cache(self, prefix: PrefixOutput, total: int) -> StaticCache:
-        """The preallocated cache, refilled with the prompt's K/V."""
-        first = prefix.cache.layers[0].keys
-        cache = self._static
-        if (
-            cache is None
-            or self._static_len < total
-            or self._static_key != (first.dtype, first.device, first.shape[0])
-        ):
-            # Room for a somewhat longer prompt next time (instruction text varies).
-            self._static_len = total + 64
-            self._static_key = (first.dtype, first.device, first.shape[0])
-            cache = StaticCache(config=self.vlm.config.text_config, max_cache_len=self._static_len)
-            self._static = cache
-        else:
-            cache.reset()
-        for index, layer in enumerate(prefix.cache.layers):
-            cache.update(layer.keys, layer.values, index)
-        return cache
 
     def _depth_logits(self, hidden: Tensor) -> Tensor:
         rows = self.vlm.lm_head.weight[self.code_start : self.code_start + self.num_codes]
         return hidden.to(rows.dtype) @ rows.T
-
-    def _forward(
-        self, cache: StaticCache, tokens: list[int], position: int, hooked: list[list[Tensor]]
-    ) -> Tensor:
-        """Feed ``tokens`` at ``position``; the last position's final hidden state (1, hidden)."""
-        device = cache.layers[0].keys.device
-        ids = torch.tensor([tokens], dtype=torch.long, device=device)
-        positions = torch.arange(position, position + len(tokens), device=device)[None]
-        handles = self._key_hooks(hooked) if self.kv_source != "cache" else []
-        try:
-            out = self._language_model()(
-                input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True
-            )
-        finally:
-            for handle in handles:
-                handle.remove()
-        self.stats.forwards += 1
-        self.stats.tokens_fed += len(tokens)
-        return out.last_hidden_state[:, -1]
-
-    def _key_hooks(self, hooked: list[list[Tensor]]) -> list[Any]:
-        """Capture each layer's pre-RoPE K (the expert's source other than the cache)."""
-        handles = []
-        for index, layer in enumerate(self._language_model().layers):
-            attn = layer.self_attn
-            module = attn.k_norm if self.kv_source == "pre_rope" else attn.k_proj
-
-            def hook(_m: Any, _i: Any, output: Tensor, index: int = index) -> None:
-                hooked[index].append(output.reshape(output.shape[0], output.shape[1], -1))
-
-            handles.append(module.register_forward_hook(hook))
-        return handles
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
@@ -197,8 +126,7 @@ class DepthDecoder:
         forward per cell (cached codes still forced where ``changed`` is False).
         """
         n = self.num_cells
-        if prefix.mask.shape[0] != 1 or not bool(prefix.mask.all()):
-            raise ValueError("Think decoding takes one unpadded prompt (batch 1)")
+        check_single_unpadded(prefix, "Think decoding")
         if cached_codes is None or changed is None:
             cached = np.zeros(n, dtype=np.int64)
             predict = np.ones(n, dtype=bool)
