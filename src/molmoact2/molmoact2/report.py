@@ -185,7 +185,7 @@ def plot_report(rec: Recording, out_dir: str | Path) -> list[Path]:
         axes[0][0].legend(fontsize=7, loc="upper right")
         for ax in axes[-1]:
             ax.set_xlabel("time [s] (grey: chunk arrivals)")
-        fig.suptitle("Commanded vs measured joint positions [rad]")
+        fig.suptitle("Commanded vs measured joint positions [rad; grippers 0..1]")
         fig.tight_layout()
         written.append(_save(fig, out / "joints.png"))
 
@@ -206,7 +206,7 @@ def plot_report(rec: Recording, out_dir: str | Path) -> list[Path]:
             ax.plot(tm - t0, qm[:, j], color="tab:blue", lw=0.8, label="measured")
         ax.plot([], [], color="tab:orange", label="predicted chunks")
         ax.set_xlabel("time [s]")
-        ax.set_ylabel(f"{name} [rad]")
+        ax.set_ylabel(f"{name} [{_unit(name)}]")
         ax.set_title("Chunk splices: predicted chunks and the executed command")
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -235,6 +235,10 @@ def plot_report(rec: Recording, out_dir: str | Path) -> list[Path]:
         fig.tight_layout()
         written.append(_save(fig, out / "depth_tokens.png"))
     return written
+
+
+def _unit(joint: str) -> str:
+    return "opening 0..1" if "gripper" in joint else "rad"
 
 
 def _save(fig, path: Path) -> Path:
