@@ -55,8 +55,12 @@ def robot(params, tmp_path_factory):
 
     path = write_params(tmp_path_factory.mktemp("policy_node") / "params.yaml", params)
     proc = start_node(path)
-    rclpy.init()
-    robot = SyntheticRobot(params)
+    try:
+        rclpy.init()
+        robot = SyntheticRobot(params)
+    except BaseException:
+        stop_node(proc)
+        raise
     try:
         # Cold start: process start, model build, discovery.
         assert robot.run(60.0, until=lambda: len(robot.chunks) >= 1), stop_node(proc)
@@ -66,6 +70,7 @@ def robot(params, tmp_path_factory):
         rclpy.shutdown()
         output = stop_node(proc)
         assert "Traceback" not in output, output
+        assert proc.returncode == 0, f"node did not exit cleanly on SIGTERM ({proc.returncode})"
 
 
 def test_chunks_match_policy_act_for_the_published_observation(robot, params):

@@ -25,8 +25,12 @@ def test_broken_checkpoint_fails_configure_and_the_node_stays_alive(tmp_path):
 
     broken = dict(params, checkpoint=str(tmp_path / "no-such-checkpoint"))
     proc = start_node(write_params(tmp_path / "params.yaml", broken))
-    rclpy.init()
-    robot = SyntheticRobot(broken)
+    try:
+        rclpy.init()
+        robot = SyntheticRobot(broken)
+    except BaseException:
+        stop_node(proc)
+        raise
     try:
         assert robot.run(60.0, until=lambda: len(robot.statuses) >= 3), stop_node(proc)
         status = robot.statuses[-1]
@@ -40,3 +44,4 @@ def test_broken_checkpoint_fails_configure_and_the_node_stays_alive(tmp_path):
         rclpy.shutdown()
         output = stop_node(proc)
     assert "configure failed" in output
+    assert proc.returncode == 0, f"node did not exit cleanly on SIGTERM ({proc.returncode})"

@@ -36,8 +36,12 @@ def robot(params, tmp_path_factory):
 
     path = write_params(tmp_path_factory.mktemp("policy_faults") / "params.yaml", params)
     proc = start_node(path, env=FAULTY_ENV)
-    rclpy.init()
-    robot = SyntheticRobot(params)
+    try:
+        rclpy.init()
+        robot = SyntheticRobot(params)
+    except BaseException:
+        stop_node(proc)
+        raise
     try:
         assert robot.run(60.0, until=lambda: len(robot.chunks) >= 1), stop_node(proc)
         yield robot
@@ -46,6 +50,7 @@ def robot(params, tmp_path_factory):
         rclpy.shutdown()
         output = stop_node(proc)
         assert "Traceback" not in output, output
+        assert proc.returncode == 0, f"node did not exit cleanly on SIGTERM ({proc.returncode})"
 
 
 def _recovers(robot: SyntheticRobot) -> None:

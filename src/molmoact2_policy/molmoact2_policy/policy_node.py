@@ -182,7 +182,8 @@ class PolicyNode(LifecycleNode):
         with self._lock:
             self._last_error = message
             self._inference_error = True
-        self._publish_status()
+        if self.context.ok():  # a SIGTERM during a long model load has shut the context down
+            self._publish_status()
         return TransitionCallbackReturn.FAILURE
 
     def _create_depth_node(self, policy: Policy) -> None:
@@ -584,9 +585,11 @@ def main(args: list[str] | None = None) -> None:
     try:
         if node.params.autostart:
             node.trigger_configure()
-            if node.lifecycle_state == "inactive":
+            if node.lifecycle_state == "inactive" and rclpy.ok():
                 node.trigger_activate()
-        executor.spin()
+        # A SIGTERM during configure (model loading takes seconds) has already shut down.
+        if rclpy.ok():
+            executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
