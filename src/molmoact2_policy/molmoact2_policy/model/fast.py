@@ -174,6 +174,17 @@ class FastActionTokenizer:
         """Smallest and largest quantised coefficient the tokenizer can represent."""
         return self.min_token, self.max_token
 
+    def coefficient_counts(self) -> np.ndarray:
+        """How many DCT coefficients each id 0..vocab_size-1 decodes to, (vocab_size,) int64.
+
+        A valid run's counts sum to horizon x action_dim; constrained decoding uses this to
+        never pick a token that would overshoot.
+        """
+        return np.array(
+            [len(self._bpe.id_to_token(index)) for index in range(self.vocab_size)],
+            dtype=np.int64,
+        )
+
     def quantise(self, chunk: np.ndarray) -> np.ndarray:
         """Padded, scaled and rounded DCT coefficients (T, action_dim) of a chunk, unclipped."""
         return _quantise(_pad(chunk, self.action_dim), self.scale)
