@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -103,9 +104,8 @@ def test_sharded_checkpoint_loads_the_same_weights(tmp_path):
 
 def _copy(tiny_dir, tmp_path):
     target = tmp_path / "copy"
-    target.mkdir()
-    for path in tiny_dir.iterdir():
-        (target / path.name).write_bytes(path.read_bytes())
+    # copytree: the checkpoint has a subdirectory (the FAST tokenizer).
+    shutil.copytree(tiny_dir, target)
     return target
 
 

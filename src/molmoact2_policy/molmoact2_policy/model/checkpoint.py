@@ -1,6 +1,14 @@
 """Checkpoints in the released HF layout: config.json, model.safetensors (or shards plus
 model.safetensors.index.json), norm_stats.json and tokenizer files. safetensors only, no pickle.
 
+The discrete ("fast") mode also needs the OpenFAST action tokenizer: it lives in the
+subdirectory ``fast_tokenizer/`` (``FAST_TOKENIZER_DIR``: ``tokenizer.json`` with the BPE model
+and ``fast_settings.json`` with scale, padded width and coefficient range, see ``fast.py``). Its
+ids 0..V-1 are the VLM's ``<action_0>..<action_{V-1}>``, so V must not exceed the config's
+``num_action_tokens``. It is optional: ``load_fast_tokenizer`` reads it when fast mode asks for
+it, and a checkpoint without it still serves the flow and Think modes. The tiny preset carries
+one (``tiny_fast_tokenizer``) trained on smooth synthetic normalised chunks.
+
 The key map (the one place that knows both naming schemes)
 ----------------------------------------------------------
 Our module keeps transformers' Molmo2 names under ``vlm.`` and the expert's released names
@@ -44,9 +52,11 @@ import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -54,6 +64,7 @@ from torch import Tensor
 
 from molmoact2_policy.embodiments import EMBODIMENTS, get_embodiment
 from molmoact2_policy.model.config import ConfigError, MolmoAct2Config
+from molmoact2_policy.model.fast import FastActionTokenizer
 from molmoact2_policy.model.normalize import NormStats, NormStatsError, synthetic_group_stats
 from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer, TokenizerError
 
@@ -63,6 +74,7 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+FAST_TOKENIZER_DIR = "fast_tokenizer"
 
 
 class CheckpointError(ValueError):
@@ -263,8 +275,12 @@ def save_checkpoint(
     tokenizer: MolmoAct2Tokenizer,
     *,
     max_shard_bytes: int | None = None,
+    fast_tokenizer: FastActionTokenizer | None = None,
 ) -> Path:
-    """Write an HF-layout directory; shard the weights when they exceed ``max_shard_bytes``."""
+    """Write an HF-layout directory; shard the weights when they exceed ``max_shard_bytes``.
+
+    ``fast_tokenizer`` (optional) goes to ``FAST_TOKENIZER_DIR`` for the discrete mode.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = model.config
@@ -276,6 +292,9 @@ def save_checkpoint(
     _write_weights(path, tensors, max_shard_bytes)
     norm_stats.save(path / config.norm_stats_filename)
     tokenizer.save(path)
+    if fast_tokenizer is not None:
+        check_fast_tokenizer(fast_tokenizer, config, source="fast_tokenizer")
+        fast_tokenizer.save(path / FAST_TOKENIZER_DIR)
     return path
 
 
@@ -377,6 +396,43 @@ def load_checkpoint(
     return model, config, norm_stats, tokenizer
 
 
+def check_fast_tokenizer(
+    fast_tokenizer: FastActionTokenizer, config: MolmoAct2Config, source: str
+) -> None:
+    """Its vocabulary must fit the ``<action_k>`` family and its width ``max_action_dim``."""
+    if fast_tokenizer.vocab_size > config.num_action_tokens:
+        raise CheckpointError(
+            f"{source}: FAST vocabulary of {fast_tokenizer.vocab_size} ids does not fit the "
+            f"config's num_action_tokens {config.num_action_tokens}"
+        )
+    if fast_tokenizer.action_dim > config.max_action_dim:
+        raise CheckpointError(
+            f"{source}: FAST width {fast_tokenizer.action_dim} > max_action_dim "
+            f"{config.max_action_dim}"
+        )
+
+
+def load_fast_tokenizer(path: str | Path, config: MolmoAct2Config) -> FastActionTokenizer:
+    """The checkpoint's FAST action tokenizer (``FAST_TOKENIZER_DIR``), checked against ``config``.
+
+    A checkpoint without one cannot run the discrete mode; the error names the directory.
+    """
+    directory = Path(path) / FAST_TOKENIZER_DIR
+    if not directory.is_dir():
+        raise CheckpointError(
+            f"{directory}: not found; mode 'fast' needs the OpenFAST action tokenizer in the "
+            f"checkpoint's {FAST_TOKENIZER_DIR}/ subdirectory (use mode 'flow' without it)"
+        )
+    try:
+        fast_tokenizer = FastActionTokenizer.from_directory(directory)
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{directory}: {error}") from None
+    except Exception as error:  # the Rust tokenizer raises plain Exception subclasses
+        raise CheckpointError(f"{directory}: unreadable FAST tokenizer ({error})") from None
+    check_fast_tokenizer(fast_tokenizer, config, source=str(directory))
+    return fast_tokenizer
+
+
 # ---------------------------------------------------------------------------- tiny preset
 def tiny_norm_stats(seed: int, embodiments: Sequence[str]) -> NormStats:
     """Per-embodiment synthetic stats; a tag's numbers do not depend on which others are listed."""
@@ -405,6 +461,53 @@ def build_tiny(
     return model, config, tiny_norm_stats(seed, names), tokenizer
 
 
+TINY_FAST_VOCAB = 256
+TINY_FAST_HORIZONS = (10, 15, 30)  # every embodiment's chunk length
+
+
+def tiny_fast_width() -> int:
+    """The tiny FAST tokenizer pads to the widest embodiment (14), not to max_action_dim 32.
+
+    Fewer padded coefficients per chunk keep an untrained tiny model's token runs (which may
+    use one-coefficient tokens throughout) short enough for tests on a CPU.
+    """
+    return max(spec.action_dim for spec in EMBODIMENTS.values())
+
+
+def tiny_fast_chunks(count_per_horizon: int = 60, seed: int = 0) -> list[np.ndarray]:
+    """Smooth synthetic normalised chunks (offset + two low sines per dim, |x| < 1)."""
+    rng = np.random.default_rng(seed)
+    dims = tiny_fast_width()
+    chunks = []
+    for horizon in TINY_FAST_HORIZONS:
+        t = np.linspace(0.0, 1.0, horizon)[:, None]
+        for _ in range(count_per_horizon):
+            chunk = rng.uniform(-0.3, 0.3, (1, dims)) + np.zeros((horizon, dims))
+            for harmonic in (1, 2):
+                amplitude = rng.uniform(-0.3, 0.3, (1, dims))
+                frequency = harmonic * rng.uniform(0.2, 0.8, (1, dims))
+                phase = rng.uniform(0.0, 2 * np.pi, (1, dims))
+                chunk += amplitude * np.sin(2 * np.pi * frequency * t + phase)
+            chunks.append(chunk)
+    return chunks
+
+
+@lru_cache(maxsize=1)
+def _tiny_fast_tokenizer_cached() -> FastActionTokenizer:
+    return FastActionTokenizer.train(
+        tiny_fast_chunks(), vocab_size=TINY_FAST_VOCAB, scale=10.0, action_dim=tiny_fast_width()
+    )
+
+
+def tiny_fast_tokenizer() -> FastActionTokenizer:
+    """The tiny preset's FAST tokenizer: 256 ids, scale 10, width 14; the same in every process.
+
+    It is data, not weights, so it does not depend on the weight seed. Trained once per process
+    (a fraction of a second) and shared: the tokenizer is not modified after training.
+    """
+    return _tiny_fast_tokenizer_cached()
+
+
 def write_tiny_checkpoint(
     path: str | Path,
     *,
@@ -412,9 +515,19 @@ def write_tiny_checkpoint(
     embodiments: Sequence[str] | None = None,
     max_shard_bytes: int | None = None,
 ) -> Path:
-    """Write the tiny preset (a few MB) as an HF-layout directory; deterministic from ``seed``."""
+    """Write the tiny preset (a few MB) as an HF-layout directory; deterministic from ``seed``.
+
+    Includes the tiny FAST tokenizer (``FAST_TOKENIZER_DIR``), so every mode can load it.
+    """
     model, _, norm_stats, tokenizer = build_tiny(seed, embodiments)
-    return save_checkpoint(path, model, norm_stats, tokenizer, max_shard_bytes=max_shard_bytes)
+    return save_checkpoint(
+        path,
+        model,
+        norm_stats,
+        tokenizer,
+        max_shard_bytes=max_shard_bytes,
+        fast_tokenizer=tiny_fast_tokenizer(),
+    )
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -441,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = write_tiny_checkpoint(
                 args.out, seed=args.seed, embodiments=args.embodiment, max_shard_bytes=shard
             )
-            size = sum(f.stat().st_size for f in out.iterdir())
+            size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
             sys.stdout.write(f"wrote {out} ({size / 1e6:.1f} MB)\n")
         else:
             model, config, stats, tokenizer = load_checkpoint(args.path)
@@ -452,7 +565,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "norm_mode": stats.norm_mode,
                 "norm_tags": sorted(stats.tags),
                 "vocab": tokenizer.vocab_size,
+                "fast_tokenizer": None,
             }
+            if (Path(args.path) / FAST_TOKENIZER_DIR).is_dir():
+                fast = load_fast_tokenizer(args.path, config)
+                summary["fast_tokenizer"] = {"vocab": fast.vocab_size, "scale": fast.scale}
             sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     except CheckpointError as error:
         sys.stderr.write(f"error: {error}\n")
