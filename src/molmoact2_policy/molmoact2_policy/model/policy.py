@@ -20,7 +20,12 @@ from torch import Tensor
 
 from molmoact2_policy.embodiments import EmbodimentSpec, get_embodiment
 from molmoact2_policy.model.action_expert import ExpertContext
-from molmoact2_policy.model.checkpoint import build_tiny, load_checkpoint
+from molmoact2_policy.model.checkpoint import (
+    build_tiny,
+    load_checkpoint,
+    load_fast_tokenizer,
+    tiny_fast_tokenizer,
+)
 from molmoact2_policy.model.config import MolmoAct2Config
 from molmoact2_policy.model.flow import GraphFlowRunner, make_noise
 from molmoact2_policy.model.model import MolmoAct2Model
@@ -137,7 +142,9 @@ class MolmoAct2Policy:
     ) -> MolmoAct2Policy:
         """Load a checkpoint directory, or build the tiny preset in memory for ``"tiny"``.
 
-        ``mode="think"`` returns ``molmoact2_policy.model.think.ThinkPolicy``.
+        ``mode="think"`` returns ``molmoact2_policy.model.think.ThinkPolicy``; ``mode="fast"``
+        returns ``molmoact2_policy.model.fast_policy.FastPolicy`` with the checkpoint's FAST
+        tokenizer (``checkpoint.FAST_TOKENIZER_DIR``; CheckpointError naming it when absent).
         """
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
@@ -148,13 +155,19 @@ class MolmoAct2Policy:
         else:
             model, config, stats, tokenizer = load_checkpoint(Path(checkpoint).expanduser())
         policy_cls: type[MolmoAct2Policy] = cls
+        extra: dict[str, Any] = {}
         if mode == "think":
             from molmoact2_policy.model.think import ThinkPolicy
 
             policy_cls = ThinkPolicy
         elif mode == "fast":
-            raise NotImplementedError(
-                "mode 'fast' (FAST action tokens) is not available in this build; use 'flow'"
+            from molmoact2_policy.model.fast_policy import FastPolicy
+
+            policy_cls = FastPolicy
+            extra["fast_tokenizer"] = (
+                tiny_fast_tokenizer()
+                if checkpoint == TINY
+                else load_fast_tokenizer(Path(checkpoint).expanduser(), config)
             )
         return policy_cls(
             model,
@@ -168,6 +181,7 @@ class MolmoAct2Policy:
             seed=seed,
             joint_names=joint_names,
             checkpoint=checkpoint,
+            **extra,
         )
 
     def _check_joint_names(self, joint_names: Sequence[str] | None) -> tuple[str, ...]:
