@@ -53,3 +53,19 @@ def test_a_node_that_dies_stops_the_graph_with_an_error(tmp_path):
     # The other nodes were stopped, and the recorder still closed its file properly.
     assert run.node_exit_codes["recorder"] in (0, -2, 130)
     list(read_messages(tmp_path / "rec.mcap"))
+
+
+def test_graph_processes_get_the_large_shared_memory_profile(monkeypatch):
+    import xml.etree.ElementTree as ET
+
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
+    supervisor = Supervisor([], output=io.StringIO())
+    profile = supervisor.env["FASTDDS_DEFAULT_PROFILES_FILE"]
+    assert profile == str(graph.fastdds_profile())
+    sizes = [e.text for e in ET.parse(profile).getroot().iter() if e.tag.endswith("segment_size")]
+    assert sizes and int(sizes[0]) >= 4 * 640 * 480 * 3  # several raw frames fit
+    # A user's own profile wins.
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "/etc/my_profile.xml")
+    assert Supervisor([], output=io.StringIO()).env["FASTDDS_DEFAULT_PROFILES_FILE"] == (
+        "/etc/my_profile.xml"
+    )

@@ -115,6 +115,11 @@ def config_dir() -> Path:
     return package_root() / "config"
 
 
+def fastdds_profile() -> Path:
+    """The Fast DDS transport profile both launch paths give the graph's processes."""
+    return config_dir() / "fastdds.xml"
+
+
 def known_robots() -> list[str]:
     return sorted(
         p.stem for p in config_dir().glob("*.yaml") if BRINGUP_SECTION in p.read_text()

@@ -44,8 +44,10 @@ def options_from_context(context) -> graph.LaunchOptions:
 
 def generate_robot_launch_description(robot: str):
     """The whole LaunchDescription of one robot: arguments plus the config's nodes."""
+    import os
+
     from launch import LaunchDescription
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 
     arguments = [
         DeclareLaunchArgument(name, default_value=default, description=text)
@@ -55,7 +57,13 @@ def generate_robot_launch_description(robot: str):
     def setup(context, *args, **kwargs):
         return launch_actions(robot, options_from_context(context))
 
-    return LaunchDescription([*arguments, OpaqueFunction(function=setup)])
+    actions = [*arguments]
+    if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
+        # Large shared-memory segment for raw camera frames (see config/fastdds.xml).
+        actions.append(
+            SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", str(graph.fastdds_profile()))
+        )
+    return LaunchDescription([*actions, OpaqueFunction(function=setup)])
 
 
 def launch_actions(robot: str, options: graph.LaunchOptions) -> list:

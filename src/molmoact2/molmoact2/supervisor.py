@@ -24,7 +24,7 @@ from typing import TextIO
 
 import yaml
 
-from molmoact2.graph import ANY_NAMESPACE, NodeSpec
+from molmoact2.graph import ANY_NAMESPACE, NodeSpec, fastdds_profile
 
 log = logging.getLogger("molmoact2.launch")
 
@@ -82,6 +82,8 @@ class Supervisor:
         self.namespace = namespace
         self.output = output or sys.stdout
         self.env = dict(os.environ if env is None else env)
+        # Large shared-memory segment for raw camera frames (see config/fastdds.xml).
+        self.env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(fastdds_profile()))
         self.stop_timeout = stop_timeout
         self._children: list[_Child] = []
         self._stop = threading.Event()
