@@ -18,7 +18,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,14 @@ def wait_until(condition: Callable[[], bool], timeout: float, period: float = 0.
             return True
         time.sleep(period)
     return condition()
+
+
+def observe(seconds: float) -> None:
+    """An observation window: let the nodes run (and the probe record) for ``seconds``.
+
+    For waiting on something, use ``wait_until``; this is for "nothing may change meanwhile".
+    """
+    time.sleep(seconds)
 
 
 # -- robot facts from the shipped configs ------------------------------------------------------
@@ -357,12 +365,8 @@ class RosHarness:
         self.probe = node
         self.executor.add_node(node)
 
-    def add_driver(self, overrides: dict[str, Any] | None = None, backend: Any = None) -> Any:
-        """The robot's driver node, configured from its config plus ``overrides``.
-
-        ``backend``: a ready ``Backend`` that replaces the one the params name (for emulated
-        hardware whose link settings are not driver parameters). Returns the node.
-        """
+    def add_driver(self, overrides: dict[str, Any] | None = None) -> Any:
+        """The robot's driver node, configured from its config plus ``overrides``, active."""
         import tempfile
 
         from hw_drivers.driver_node import DriverNode
@@ -385,8 +389,6 @@ class RosHarness:
         result = node.trigger_configure()
         if result != TransitionCallbackReturn.SUCCESS:
             raise RuntimeError(f"driver configure failed: {result}")
-        if backend is not None:
-            node._loop.backend = backend
         node.trigger_activate()
         self.driver = node
         return node
@@ -605,12 +607,6 @@ def rss_bytes(pid: int) -> int:
     import psutil
 
     return int(psutil.Process(pid).memory_info().rss)
-
-
-def alive_pids(pids: Iterable[int]) -> list[int]:
-    import psutil
-
-    return [pid for pid in pids if psutil.pid_exists(pid)]
 
 
 # -- a probe process (for tests that cannot host the probe in the test process) ------------------

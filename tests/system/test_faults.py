@@ -16,6 +16,7 @@ from tests.system.reliability_util import (
     RosHarness,
     command_violations,
     max_step,
+    observe,
     smooth_policy_process,
     unique_namespace,
     wait_until,
@@ -109,7 +110,7 @@ def test_policy_killed_mid_chunk_driver_holds_then_restart_ramps_in(
     graph_parts.append(policy)
     assert wait_until(lambda: accepted(h) >= last_accept_count + 5, 60.0), policy.text()
     assert wait_until(lambda: h.driver_state() == "tracking", 10.0)
-    time.sleep(1.0)
+    observe(1.0)
     resumed = commands_since(h, restart_at)
     moving = np.ptp(np.array(resumed[-int(rate * 0.5):]), axis=0).max()
     assert moving > 1e-3, "motion did not resume after the policy restart"
@@ -261,7 +262,7 @@ def test_resume_after_watchdog_hold_ramps_in_without_clamping(graph_parts):
     assert wait_until(lambda: h.driver_state() == "tracking", 20.0)
     feed.paused = True  # the policy goes silent...
     assert wait_until(lambda: h.driver_state() == "holding", 5.0)
-    wait_until(lambda: False, 1.0)  # ...long enough for the trajectory to move on
+    observe(1.0)  # ...long enough for the trajectory to move on
     clamped = h.executor_stats().clamped_ticks
     states: set[str] = set()
     feed.paused = False
@@ -290,7 +291,7 @@ def assert_faulted_and_quiet(h: RosHarness, error_text: str) -> None:
     assert error_text in diag["last_backend_error"], diag
     assert diag["_message"] == "backend fault"
     sent = len(h.command_log())
-    wait_until(lambda: False, 0.5)
+    observe(0.5)
     assert len(h.command_log()) == sent, "commands were sent to a faulted backend"
 
 
@@ -299,7 +300,7 @@ def assert_reconnected_and_moving(h: RosHarness, step_limit: float) -> None:
     assert loop_stats(h).reconnects >= 1
     since = time.monotonic()
     assert wait_until(lambda: h.driver_state() == "tracking", 15.0), h.driver_state()
-    wait_until(lambda: False, 0.5)
+    observe(0.5)
     resumed = commands_since(h, since)
     assert np.ptp(np.array(resumed), axis=0).max() > 1e-4, "no motion after reconnect"
     assert max_step(resumed) <= step_limit + 1e-9
@@ -333,7 +334,7 @@ def test_damiao_can_link_drops_frames_goes_silent_disables_and_reconnects(
     fault = reliability.fault("CAN frames dropped")
     errors = loop_stats(h).backend_errors
     emulators[0].drop_replies(2)
-    wait_until(lambda: False, 0.5)
+    observe(0.5)
     assert loop_stats(h).backend_errors == errors and h.driver_state() == "tracking"
     fault.survived()
 
@@ -392,7 +393,7 @@ def test_feetech_serial_link_unplugged_holds_and_reconnects_on_replug(
 
     fault = reliability.fault("serial replies corrupted")
     emulator.corrupt_replies(1)  # one bad checksum: retried, no fault
-    wait_until(lambda: False, 0.5)
+    observe(0.5)
     assert h.driver_state() == "tracking", loop_stats(h)
     fault.survived()
 
@@ -409,7 +410,7 @@ def test_feetech_serial_link_unplugged_holds_and_reconnects_on_replug(
     fault = reliability.fault("serial adapter unplugged")
     emulator.disconnect()
     assert_faulted_and_quiet(h, "")
-    wait_until(lambda: False, 0.7)
+    observe(0.7)
     assert "reconnect failed" in loop_stats(h).last_error, loop_stats(h)
     # Re-plug: a new adapter behind the same port name, servos where the arm was left.
     replugged = FeetechEmulator(

@@ -259,6 +259,9 @@ def test_fuzzed_inputs_never_crash_and_never_reach_the_backend_unsafely(reliabil
         stats = h.executor_stats()
         for code in ("shape", "non_finite", "position_limit", "joint_set"):
             assert stats.rejected.get(code, 0) > 0, (code, dict(stats.rejected))
+        diag = h.received.driver_diag(h.driver_node_name)
+        assert diag is not None and int(diag["rejected_chunks"]) > 0, diag
+        assert diag["last_reject_reason"], diag
         assert any("camera" in e or "joint" in e for e in errors_seen), errors_seen
         reliability.figures["fuzz: chunks rejected by reason"] = ", ".join(
             f"{k}={v}" for k, v in sorted(stats.rejected.items()))

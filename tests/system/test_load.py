@@ -24,6 +24,7 @@ from tests.system.reliability_util import (
     NodeProcess,
     RosHarness,
     growth,
+    observe,
     rss_bytes,
     smooth_policy_process,
     unique_namespace,
@@ -44,7 +45,7 @@ class LoadFigures:
     tick_ratios: list[float] = field(default_factory=list)
     chunk_counts: list[int] = field(default_factory=list)  # cumulative, one per window
     latencies: list[float] = field(default_factory=list)  # median per window [s]
-    camera_frames: int = 0
+    rss_series: dict[str, list[int]] = field(default_factory=dict)  # one sample per window
 
     def memory_growth(self) -> dict[str, float]:
         return {name: growth(self.rss_start[name], self.rss_end[name]) for name in self.rss_end}
@@ -74,20 +75,22 @@ def run_load(duration: float, warmup: float) -> LoadFigures:
 
         assert wait_until(lambda: chunks() >= 5, 90.0), {
             n: p.text()[-2000:] for n, p in processes.items()}
-        wait_until(lambda: False, warmup)
+        observe(warmup)
         watched = ("policy", "driver")
         rss_start = {n: rss_bytes(processes[n].pid) for n in watched}
         figures = LoadFigures(duration, rss_start, {})
         started = time.monotonic()
         while time.monotonic() - started < duration:
             window_start = len(h.received.statuses)
-            wait_until(lambda: False, WINDOW)
+            observe(WINDOW)
             for name, process in processes.items():
                 assert process.alive(), f"{name} died:\n{process.text()[-3000:]}"
             diag = h.received.driver_diag("yam_driver")
             if diag is not None:
                 figures.tick_ratios.append(float(diag["tick_rate"]) / float(diag["target_rate"]))
             figures.chunk_counts.append(chunks())
+            for name in watched:
+                figures.rss_series.setdefault(name, []).append(rss_bytes(processes[name].pid))
             window = [s.last_latency for s in h.received.statuses[window_start:]]
             if window:
                 figures.latencies.append(statistics.median(window))
@@ -108,6 +111,9 @@ def report(figures: LoadFigures, reliability, label: str) -> None:
     reliability.figures[f"{label}: driver tick ratio min/median"] = (
         f"{min(ratios):.3f} / {statistics.median(ratios):.3f} (250 Hz target)")
     reliability.figures[f"{label}: chunk rate min/max"] = f"{min(rates):.2f} / {max(rates):.2f} Hz"
+    for name, series in figures.rss_series.items():
+        reliability.figures[f"{label}: {name} RSS per window"] = " ".join(
+            f"{value / 2**20:.0f}" for value in series[:: max(1, len(series) // 12)]) + " MiB"
     if figures.latencies:
         reliability.figures[f"{label}: latency first/last window"] = (
             f"{figures.latencies[0] * 1e3:.0f} / {figures.latencies[-1] * 1e3:.0f} ms")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -18,6 +17,7 @@ from tests.rostest_util import REPO_ROOT
 from tests.system.reliability_util import (
     NodeProcess,
     RosHarness,
+    observe,
     unique_namespace,
     wait_until,
 )
@@ -88,7 +88,7 @@ def test_driver_node_refuses_inconsistent_limits_and_stays_up(tmp_path):
         said = "position_lower has 5 values for 6 joints"
         assert wait_until(lambda: said in node.text(), 30.0), node.text()
         assert "invalid driver parameters" in node.text()
-        time.sleep(1.0)
+        observe(1.0)
         assert node.alive(), node.text()
         assert not h.received.commanded, "an unconfigured driver published commands"
     finally:
