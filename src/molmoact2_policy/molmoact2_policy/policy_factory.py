@@ -81,6 +81,7 @@ def _remote(params: PolicyNodeParams, spec) -> Policy:
             token=params.server_token or None,
             image_encoding=params.image_encoding,
             jpeg_quality=params.jpeg_quality,
+            transport=params.server_transport,
         )
     except Exception as exc:
         raise PolicyLoadError(

@@ -14,6 +14,7 @@ CAMERA_TRANSPORTS = ("raw", "compressed")
 INFERENCE_BACKENDS = ("local", "remote")
 MODES = ("flow", "fast", "think")
 IMAGE_ENCODINGS = ("jpeg", "raw")
+SERVER_TRANSPORTS = ("http", "ws")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -72,6 +73,10 @@ class PolicyNodeParams:
     )
     jpeg_quality: int = field(
         default=90, metadata=_doc("JPEG quality 1..100 when image_encoding=jpeg.")
+    )
+    server_transport: str = field(
+        default="http",
+        metadata=_doc("Remote transport: 'http' (POST /act, JSON) or 'ws' (websocket, msgpack)."),
     )
     device: str = field(default="cpu", metadata=_doc("Torch device for local inference."))
     dtype: str = field(default="float32", metadata=_doc("float32, float16 or bfloat16."))
@@ -175,6 +180,8 @@ class PolicyNodeParams:
             problems.append(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.image_encoding not in IMAGE_ENCODINGS:
             problems.append(f"image_encoding {self.image_encoding!r} is not 'jpeg' or 'raw'")
+        if self.server_transport not in SERVER_TRANSPORTS:
+            problems.append(f"server_transport {self.server_transport!r} is not 'http' or 'ws'")
         if not 1 <= self.jpeg_quality <= 100:
             problems.append(f"jpeg_quality {self.jpeg_quality} is not in 1..100")
         if self.inference == "local" and not self.checkpoint:
