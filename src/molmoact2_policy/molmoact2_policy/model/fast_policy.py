@@ -113,6 +113,7 @@ class ActionTokenDecoder(StaticCacheDecoder):
         action_rows = torch.arange(self.action_start, self.action_start + self.vocab)
         self.candidates = torch.cat([action_rows, torch.tensor([self.end_id])]).to(device)
         self.counts = torch.from_numpy(np.append(counts, 0)).to(device)
+        self._host_counts = np.append(counts, 0)  # the running total without a device sync
 
     def candidate_logits(self, hidden: Tensor) -> Tensor:
         """(V + 1,) logits: the ``<action_k>`` rows of the LM head, then ``<action_end>``."""
@@ -153,7 +154,7 @@ class ActionTokenDecoder(StaticCacheDecoder):
                 break
             fast_ids.append(choice)
             token_ids.append(self.action_start + choice)
-            total += int(self.counts[choice])
+            total += int(self._host_counts[choice])
             if coefficients is not None and total == coefficients:
                 break  # only <action_end> is admissible now: implied, no forward needed
             if step < max_tokens - 1:
