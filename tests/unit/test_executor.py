@@ -364,3 +364,32 @@ def test_chunk_from_msg_reads_time_base_and_row_major_layout():
     assert chunk.sequence == 7 and chunk.latency == pytest.approx(0.08)
     with pytest.raises(ValueError, match="5 positions for horizon 3 x 2 joints"):
         chunk_from_msg(_chunk_msg([1.0] * 5, 3))
+
+
+def test_chunk_after_a_watchdog_hold_ramps_in_from_the_measured_pose():
+    """A restarted policy's first chunk ramps in (like after reset), it is not spliced."""
+    names = ("a", "b")
+    limits = JointLimits(
+        lower=np.array([-3.0, -3.0]), upper=np.array([3.0, 3.0]),
+        max_velocity=np.array([5.0, 5.0]), max_acceleration=np.array([50.0, 50.0]),
+    )
+    safety = SafetyConfig(max_step_per_tick=0.5, watchdog_timeout=0.2, ramp_in_time=0.3)
+    ex = ChunkExecutor(names, limits, safety, ExecutorConfig())
+    measured = np.zeros(2)
+    ex.reset(measured)
+
+    def chunk(stamp: float, value: float) -> Chunk:
+        return Chunk(stamp, 0.0, 0.1, names, np.full((10, 2), value))
+
+    assert ex.submit(chunk(0.0, 0.1), 0.0, measured).accepted
+    now = 0.0
+    while now < 0.5:  # runs into the watchdog
+        command = ex.tick(now, measured)
+        measured = command.positions
+        now += 0.004
+    assert command.state == "holding" and "watchdog" in command.reason
+    held = command.positions.copy()
+    assert ex.submit(chunk(now, 0.2), now, held).accepted
+    first = ex.tick(now, held)
+    assert first.state == "ramp_in"
+    np.testing.assert_allclose(first.positions, held, atol=1e-9)

@@ -145,6 +145,7 @@ class ChunkExecutor:
         self._estopped = False
         self._hold_requested = False
         self._needs_ramp_in = True
+        self._ramp_after_hold = False
         self._state = "idle"
         self._reason = "no chunk yet"
 
@@ -217,7 +218,10 @@ class ChunkExecutor:
             knots = self._average_with(self._plan, times, knots)
         trajectory = KnotTrajectory(times, knots, self.config.interpolation)
         self._pending = _Plan(
-            chunk=chunk, trajectory=trajectory, accepted_at=now, ramp_in=self._needs_ramp_in
+            chunk=chunk,
+            trajectory=trajectory,
+            accepted_at=now,
+            ramp_in=self._needs_ramp_in or self._ramp_after_hold,
         )
         self._last_accept = now
         self.stats.accepted += 1
@@ -248,6 +252,7 @@ class ChunkExecutor:
         self._last_command = np.array(measured, dtype=float, copy=True)
         self._last_velocity = np.zeros(len(self.joint_names))
         self._needs_ramp_in = True
+        self._ramp_after_hold = False
         self._state = "idle"
         self._reason = "reset; waiting for a chunk"
 
@@ -318,6 +323,9 @@ class ChunkExecutor:
         if since_accept > self.safety.watchdog_timeout:
             self._plan = None
             self.stats.watchdog_holds += 1
+            # The policy went away (crash, restart, network): whatever comes next starts
+            # from where the arm is, like after a reset, not spliced over blend_window.
+            self._ramp_after_hold = True
             return self._hold_here(
                 "holding", f"watchdog: no chunk for {since_accept:.3f} s"
             )
@@ -339,6 +347,7 @@ class ChunkExecutor:
             start_vel = np.zeros_like(start_pos)
             window = max(self.safety.ramp_in_time, 0.0)
             self._needs_ramp_in = False
+            self._ramp_after_hold = False
             # The ramp starts where the arm is, not where an older hold command was.
             self._last_command = start_pos.copy()
             self._last_velocity = start_vel.copy()
