@@ -301,14 +301,14 @@ class Received:
 class RosHarness:
     """One rclpy context in the test process: optional driver node, probe node, feeds.
 
-    A ``MultiThreadedExecutor`` spins everything in a background thread; the test thread
+    A ``SingleThreadedExecutor`` spins everything in a background thread; the test thread
     waits on conditions with ``wait_until``.
     """
 
     def __init__(self, robot: str, namespace: str) -> None:
         import rclpy
         from rclpy.context import Context
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
 
         self.robot = robot
         self.namespace = namespace
@@ -316,7 +316,9 @@ class RosHarness:
         self.shared = robot_section(robot, "molmoact2_policy")
         self.context = Context()
         rclpy.init(context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        # One thread: rclpy's MultiThreadedExecutor let the 250 Hz commanded-state
+        # subscription starve the in-process driver's control timer (250 Hz -> ~5 Hz).
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.received = Received()
         self.driver: Any = None
         self.probe: Any = None

@@ -263,10 +263,9 @@ def test_resume_after_watchdog_hold_ramps_in_without_clamping(graph_parts):
     feed.paused = False
     wait_until(lambda: states.add(h.driver_state()) or False, 1.5, period=0.005)
     assert "ramp_in" in states, states
-    # Tick-timing jitter of an in-process driver on a loaded machine can still meet the
-    # per-tick clamp; the exact ramp start is checked in tests/unit/test_executor.py.
+    # The ramp, not the per-tick clamp (0.05 rad for so101), bounds the resume.
     resumed = [c for _, c in h.command_log()[before - 1 :]]
-    assert max_step(resumed) <= 0.05 + 1e-9, max_step(resumed)
+    assert max_step(resumed) < 0.8 * 0.05, max_step(resumed)
 
 
 def loop_stats(h: RosHarness):

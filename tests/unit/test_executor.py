@@ -393,3 +393,33 @@ def test_chunk_after_a_watchdog_hold_ramps_in_from_the_measured_pose():
     first = ex.tick(now, held)
     assert first.state == "ramp_in"
     np.testing.assert_allclose(first.positions, held, atol=1e-9)
+
+
+def test_chunk_arriving_mid_ramp_in_keeps_the_ramp_pace():
+    names = ("a", "b")
+    limits = JointLimits(
+        lower=np.array([-3.0, -3.0]), upper=np.array([3.0, 3.0]),
+        max_velocity=np.array([50.0, 50.0]), max_acceleration=np.array([1e4, 1e4]),
+    )
+    safety = SafetyConfig(max_step_per_tick=1.0, watchdog_timeout=1.0, ramp_in_time=0.5,
+                          max_start_deviation=1.0)
+
+    def run(second_chunk: bool) -> float:
+        ex = ChunkExecutor(names, limits, safety, ExecutorConfig(blend_window=0.05))
+        measured = np.zeros(2)
+        ex.reset(measured)
+        ex.submit(Chunk(0.0, 0.0, 0.1, names, np.full((20, 2), 0.4)), 0.0, measured)
+        steps, now, previous = [], 0.0, measured
+        while now < 0.6:
+            if second_chunk and abs(now - 0.1) < 1e-9:
+                assert ex.submit(Chunk(now, 0.0, 0.1, names, np.full((20, 2), 0.4)), now,
+                                 previous).accepted
+            command = ex.tick(now, previous)
+            steps.append(np.abs(command.positions - previous).max())
+            previous = command.positions
+            now = round(now + 0.004, 6)
+        return max(steps)
+
+    alone, spliced = run(False), run(True)
+    # Without the fix the second chunk is spliced over 0.05 s: a step several times larger.
+    assert spliced <= 1.2 * alone, (alone, spliced)

@@ -359,6 +359,18 @@ class ChunkExecutor:
             window = self.config.blend_window
             if self.config.splice_policy == "replace":
                 window = 0.0
+            current = self._plan
+            if (
+                current is not None
+                and current.ramp_in
+                and current.correction is not None
+                and current.correction.active(now)
+            ):
+                # A chunk that arrives mid ramp-in keeps the ramp's pace: spliced over the
+                # ramp's remaining time, not the (short) blend window, so it cannot jump.
+                remaining = current.correction.t0 + current.correction.window - now
+                window = max(window, remaining)
+                plan.ramp_in = True
             if self._plan is not None:
                 self.stats.splices += 1
         plan.correction = (
