@@ -145,6 +145,7 @@ def main() -> None:
         return
 
     from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_policy.model.preprocess import IMAGE_SIZE, resize_image
     from molmoact2_policy.remote.client import RemotePolicy
     from molmoact2_policy.remote.protocol import build_act_request, encode_json, encode_msgpack
 
@@ -167,30 +168,38 @@ def main() -> None:
     clients = []
     try:
         wait_for(url)
-        for transport in ("http", "ws"):
-            for encoding in ("raw", "jpeg"):
-                remote = RemotePolicy(
-                    url,
-                    spec,
-                    [f"j{i}" for i in range(spec.action_dim)],
-                    timeout=30.0,
-                    image_encoding=encoding,
-                    jpeg_quality=args.jpeg_quality,
-                    transport=transport,
-                )
-                clients.append(remote)
-                names.append(f"{transport:4} {encoding}")
-                calls.append(lambda remote=remote: remote.act(images, state, instruction, seed=0))
-                request = build_act_request(
-                    spec,
-                    images,
-                    state,
-                    instruction,
-                    image_encoding=encoding,
-                    jpeg_quality=args.jpeg_quality,
-                )
-                encode = encode_json if transport == "http" else encode_msgpack
-                sizes[names[-1]] = len(encode(request))
+        variants = [(t, e, 0) for t in ("http", "ws") for e in ("raw", "jpeg")]
+        # Cameras resized to the model's 378x378 input on the robot side (the node default).
+        variants += [("http", "jpeg", IMAGE_SIZE), ("ws", "jpeg", IMAGE_SIZE)]
+        for transport, encoding, image_size in variants:
+            remote = RemotePolicy(
+                url,
+                spec,
+                [f"j{i}" for i in range(spec.action_dim)],
+                timeout=30.0,
+                image_encoding=encoding,
+                jpeg_quality=args.jpeg_quality,
+                transport=transport,
+                image_size=image_size,
+            )
+            clients.append(remote)
+            names.append(f"{transport:4} {encoding}" + (f"@{image_size}" if image_size else ""))
+            calls.append(lambda remote=remote: remote.act(images, state, instruction, seed=0))
+            sent = (
+                {n: resize_image(im, image_size) for n, im in images.items()}
+                if image_size
+                else images
+            )
+            request = build_act_request(
+                spec,
+                sent,
+                state,
+                instruction,
+                image_encoding=encoding,
+                jpeg_quality=args.jpeg_quality,
+            )
+            encode = encode_json if transport == "http" else encode_msgpack
+            sizes[names[-1]] = len(encode(request))
         # Interleaved rounds: load from other processes drifts over a run, and must hit local
         # and remote alike for the ratios to mean anything.
         for call in calls:

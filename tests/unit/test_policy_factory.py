@@ -15,11 +15,11 @@ def test_remote_params_reach_the_client(transport):
     params = PolicyNodeParams(
         embodiment="so100_101", joint_names=SO101, inference="remote",
         server_url="http://127.0.0.1:9", server_token="secret", request_timeout=0.3,
-        image_encoding="raw", server_transport=transport,
+        image_encoding="raw", server_transport=transport, remote_image_size=224,
     )
     policy = make_policy(params, allow_test_override=False)
     try:
-        assert policy.transport == transport
+        assert policy.transport == transport and policy.image_size == 224
         assert policy.metadata()["transport"] == transport
         assert policy.joint_names == SO101
     finally:

@@ -244,6 +244,40 @@ def test_tiny_model_remote_equals_local(tiny_pair, transport):
     assert np.array_equal(remote_jpeg.positions, local_jpeg.positions)
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_images_resized_to_the_model_size_before_sending_give_the_same_chunk(
+    tiny_pair, transport
+):
+    """The model resizes to 378x378 anyway: doing it on the robot side changes nothing."""
+    from molmoact2_policy.model.preprocess import IMAGE_SIZE, resize_image
+
+    served_model, local_model = tiny_pair
+    images, state = _observation(5)
+    state = state * 0.1
+    with ServerThread(create_app(served_model)) as server:
+        raw = _client(server.url, transport=transport, image_encoding="raw", timeout=60.0,
+                      image_size=IMAGE_SIZE)
+        remote = raw.act(images, state, "open the drawer", seed=3)
+        raw.close()
+        jpeg = _client(server.url, transport=transport, jpeg_quality=80, timeout=60.0,
+                       image_size=IMAGE_SIZE)
+        remote_jpeg = jpeg.act(images, state, "open the drawer", seed=3)
+        assert jpeg.metadata()["image_size"] == IMAGE_SIZE
+        jpeg.close()
+    local = local_model.act(images, state, "open the drawer", seed=3)
+    assert np.array_equal(remote.positions, local.positions)
+    decoded = {
+        name: decode_image(
+            encode_image(resize_image(image, IMAGE_SIZE), "jpeg", jpeg_quality=80), name,
+            RequestLimits(),
+        )
+        for name, image in images.items()
+    }
+    assert np.array_equal(
+        remote_jpeg.positions, local_model.act(decoded, state, "open the drawer", seed=3).positions
+    )
+
+
 def test_serve_cli_in_a_subprocess(tiny_pair):
     import subprocess
     import sys

@@ -82,6 +82,7 @@ def _remote(params: PolicyNodeParams, spec) -> Policy:
             image_encoding=params.image_encoding,
             jpeg_quality=params.jpeg_quality,
             transport=params.server_transport,
+            image_size=params.remote_image_size,
         )
     except Exception as exc:
         raise PolicyLoadError(

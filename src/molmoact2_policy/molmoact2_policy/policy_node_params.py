@@ -74,6 +74,13 @@ class PolicyNodeParams:
     jpeg_quality: int = field(
         default=90, metadata=_doc("JPEG quality 1..100 when image_encoding=jpeg.")
     )
+    remote_image_size: int = field(
+        default=378,
+        metadata=_doc(
+            "Resize camera images to this square size (the model's input) before sending to a "
+            "remote server; 0 sends them at camera resolution."
+        ),
+    )
     server_transport: str = field(
         default="http",
         metadata=_doc("Remote transport: 'http' (POST /act, JSON) or 'ws' (websocket, msgpack)."),
@@ -180,6 +187,8 @@ class PolicyNodeParams:
             problems.append(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.image_encoding not in IMAGE_ENCODINGS:
             problems.append(f"image_encoding {self.image_encoding!r} is not 'jpeg' or 'raw'")
+        if self.remote_image_size < 0:
+            problems.append(f"remote_image_size {self.remote_image_size} is negative")
         if self.server_transport not in SERVER_TRANSPORTS:
             problems.append(f"server_transport {self.server_transport!r} is not 'http' or 'ws'")
         if not 1 <= self.jpeg_quality <= 100:
