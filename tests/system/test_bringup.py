@@ -36,13 +36,17 @@ def demo_checkpoints(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("robot", ["yam", "so101", "droid"])
-def test_launch_in_sim_moves_the_robot_and_stops_cleanly(robot, demo_checkpoints, tmp_path):
+@pytest.mark.parametrize(
+    ("robot", "think"), [("yam", False), ("so101", False), ("droid", False), ("yam", True)]
+)
+def test_launch_in_sim_moves_the_robot_and_stops_cleanly(
+    robot, think, demo_checkpoints, tmp_path
+):
     checkpoint = demo_checkpoints(robot)
     record_dir = tmp_path / "rec"
     proc = subprocess.Popen(
         [sys.executable, "-m", "molmoact2.cli", "launch", robot, "--checkpoint", str(checkpoint),
-         "--record", "--record-dir", str(record_dir)],
+         "--record", "--record-dir", str(record_dir), *(["--think"] if think else [])],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     lines: list[str] = []
@@ -82,3 +86,9 @@ def test_launch_in_sim_moves_the_robot_and_stops_cleanly(robot, demo_checkpoints
     _, measured = rec.measured.arrays()
     assert float(np.max(measured.max(axis=0) - measured.min(axis=0))) > 0.02, log[-3000:]
     assert "wrote" in log and "recorder" in log  # the recorder reported its flushed file
+    # Think: the depth-cache node (in the policy's process, under its own name) published.
+    depth_topic = "/molmoact2_depth_cache/depth_tokens"
+    assert (rec.counts.get(depth_topic, 0) > 0) == think, rec.counts
+    if think:
+        assert all(d["codes"].shape == (10, 10) for d in rec.depth)
+        assert {c["mode"] for c in rec.chunks} == {"think"}

@@ -108,3 +108,19 @@ def test_bad_geometry_and_threshold_are_rejected():
         detect_changed_cells(frame, frame, grid=10, size=325)
     with pytest.raises(ValueError, match="threshold"):
         detect_changed_cells(frame, frame, threshold=1.5)
+
+
+def test_second_node_in_the_policy_process_keeps_params_but_not_the_name_remap():
+    from molmoact2_policy.depth_cache_node import second_node_ros_args
+
+    argv = [
+        "policy_node", "--ros-args", "-r", "__node:=molmoact2_policy", "-r", "__ns:=/robot1",
+        "--params-file", "config/yam.yaml", "-p", "use_sim_time:=true",
+        "-r", "cameras/top:=/real/top", "-r", "molmoact2_policy:__node:=other",
+        "--params-file", "/tmp/over.yaml", "--", "trailing",
+    ]
+    assert second_node_ros_args(argv) == [
+        "--ros-args", "--params-file", "config/yam.yaml", "-p", "use_sim_time:=true",
+        "-r", "cameras/top:=/real/top", "--params-file", "/tmp/over.yaml",
+    ]
+    assert second_node_ros_args(["node"]) == []

@@ -15,7 +15,7 @@ camera's stamps jump. All picture and geometry logic is in ``depth_viz`` / ``dep
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,12 +50,16 @@ class DepthCacheNode(Node):
         namespace: str | None = None,
         context: Any = None,
         parameter_overrides: list | None = None,
+        cli_args: list[str] | None = None,
+        use_global_arguments: bool = True,
     ) -> None:
         super().__init__(
             node_name,
             namespace=namespace,
             context=context,
             parameter_overrides=parameter_overrides,
+            cli_args=cli_args,
+            use_global_arguments=use_global_arguments,
         )
         self.params: DepthCacheParams = declare_dataclass_params(self, DepthCacheParams)
         problems = self.params.validate()
@@ -259,3 +263,37 @@ class DepthCacheNode(Node):
             marker.color.r, marker.color.g, marker.color.b, marker.color.a = box.rgba
             array.markers.append(marker)
         return array
+
+
+NODE_NAME_REMAPS = ("__node:=", "__name:=", "__ns:=")
+
+
+def second_node_ros_args(argv: Sequence[str]) -> list[str]:
+    """The process's ``--ros-args`` for another node living in the same process.
+
+    A process-wide ``-r __node:=molmoact2_policy`` (how launch names the policy node) would
+    rename this node too, so its topics would land under the policy's name; parameter files,
+    ``-p`` overrides and topic remaps still apply to both.
+    """
+    kept: list[str] = []
+    inside = False
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--ros-args":
+            inside = True
+        elif arg == "--":
+            inside = False
+        elif inside and arg in ("--params-file", "-p", "--param") and index + 1 < len(argv):
+            kept += [arg, argv[index + 1]]
+            index += 1
+        elif inside and arg in ("-r", "--remap") and index + 1 < len(argv):
+            rule = argv[index + 1]
+            # "node:__node:=x" targets one node; strip that prefix before looking at the rule.
+            lhs = rule.split(":=", 1)[0]
+            target = rule.split(":", 1)[1] if ":" in lhs else rule
+            if not target.startswith(NODE_NAME_REMAPS):
+                kept += [arg, rule]
+            index += 1
+        index += 1
+    return ["--ros-args", *kept] if kept else []

@@ -13,6 +13,7 @@ both. ``main()`` configures and activates at start when ``autostart`` is true.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -188,10 +189,14 @@ class PolicyNode(LifecycleNode):
 
     def _create_depth_node(self, policy: Policy) -> None:
         try:
-            from molmoact2_policy.depth_cache_node import DepthCacheNode
+            from molmoact2_policy.depth_cache_node import DepthCacheNode, second_node_ros_args
 
             self._depth_node = DepthCacheNode(
-                policy_reset=policy.reset, namespace=self.get_namespace(), context=self.context
+                policy_reset=policy.reset,
+                namespace=self.get_namespace(),
+                context=self.context,
+                cli_args=second_node_ros_args(sys.argv),
+                use_global_arguments=False,
             )
         except Exception as exc:  # Think still drives the robot without its depth topics
             self.get_logger().error(f"think mode: depth cache node unavailable ({exc})")
