@@ -41,7 +41,6 @@ from molmoact2_policy.model.policy import MolmoAct2Policy
 from molmoact2_policy.model.vlm import PrefixOutput
 from molmoact2_policy.policy_api import (
     ActionChunkResult,
-    PolicyUnavailableError,
     validate_observation,
 )
 
@@ -261,21 +260,13 @@ class FastPolicy(MolmoAct2Policy):
             after_decode = time.perf_counter()
             positions = self.unnormalize(normalized)
             end = time.perf_counter()
-        if not np.all(np.isfinite(positions)):
-            raise PolicyUnavailableError("the model produced non-finite actions; check the weights")
         timings = {
             "preprocess": after_preprocess - start,
             "prefix": after_prefix - after_preprocess,
             "decode": after_decode - after_prefix,
             "total": end - start,
         }
-        return ActionChunkResult(
-            positions=positions,
-            step_dt=self.embodiment.step_dt,
-            joint_names=self.joint_names,
-            mode=self.mode_name,
-            timings=timings,
-        )
+        return self.chunk_result(positions, timings)
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()

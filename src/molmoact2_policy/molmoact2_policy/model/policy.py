@@ -294,20 +294,27 @@ class MolmoAct2Policy:
             after_flow = self._clock()
             positions = self.postprocess(normalized)
             end = time.perf_counter()
-        if not np.all(np.isfinite(positions)):
-            raise PolicyUnavailableError("the model produced non-finite actions; check the weights")
         timings = {
             "preprocess": after_preprocess - start,
             "prefix": after_prefix - after_preprocess,
             "flow": after_flow - after_prefix,
             "total": end - start,
         }
+        return self.chunk_result(positions, timings)
+
+    def chunk_result(
+        self, positions: np.ndarray, timings: dict[str, float], **depth: np.ndarray
+    ) -> ActionChunkResult:
+        """The finished chunk of any mode; non-finite actions are an inference failure."""
+        if not np.all(np.isfinite(positions)):
+            raise PolicyUnavailableError("the model produced non-finite actions; check the weights")
         return ActionChunkResult(
             positions=positions,
             step_dt=self.embodiment.step_dt,
             joint_names=self.joint_names,
             mode=self.mode_name,
             timings=timings,
+            **depth,
         )
 
     def _clock(self) -> float:

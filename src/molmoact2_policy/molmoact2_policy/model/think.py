@@ -50,7 +50,6 @@ from molmoact2_policy.model.vlm import PrefixOutput, flatten_heads
 from molmoact2_policy.policy_api import (
     ActionChunkResult,
     PolicyInputError,
-    PolicyUnavailableError,
     validate_observation,
 )
 
@@ -323,8 +322,6 @@ class ThinkPolicy(MolmoAct2Policy):
             positions = self.postprocess(normalized)
             update_cache(self.depth_cache, patches, depth.codes, depth.changed)
             end = time.perf_counter()
-        if not np.all(np.isfinite(positions)):
-            raise PolicyUnavailableError("the model produced non-finite actions; check the weights")
         timings = {
             "preprocess": after_preprocess - start,
             "prefix": after_prefix - after_preprocess,
@@ -332,12 +329,9 @@ class ThinkPolicy(MolmoAct2Policy):
             "flow": after_flow - after_depth,
             "total": end - start,
         }
-        return ActionChunkResult(
-            positions=positions,
-            step_dt=self.embodiment.step_dt,
-            joint_names=self.joint_names,
-            mode=self.mode_name,
-            timings=timings,
+        return self.chunk_result(
+            positions,
+            timings,
             depth_codes=depth.codes.copy(),
             depth_changed=depth.changed.copy(),
         )
