@@ -33,6 +33,7 @@ from hw_drivers.conversions import chunk_from_msg, joint_state_msg
 from hw_drivers.driver_params import DriverParams
 from hw_drivers.executor import ChunkExecutor
 from hw_drivers.ros_params import declare_dataclass_params
+from hw_drivers.ros_runtime import spin_until_shutdown
 from molmoact2_msgs.msg import ActionChunk
 
 _LOG_EVERY = 2.0  # [s] throttle for repeated warnings (never log every tick)
@@ -350,7 +351,7 @@ def main(args: list[str] | None = None) -> None:
                 node.trigger_activate()
             else:
                 node.get_logger().error("configure failed; waiting for a lifecycle manager")
-        executor.spin()
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

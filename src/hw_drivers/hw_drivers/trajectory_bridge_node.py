@@ -23,6 +23,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from hw_drivers.chunk import Chunk
 from hw_drivers.ros_params import declare_dataclass_params
+from hw_drivers.ros_runtime import spin_until_shutdown
 from hw_drivers.safety import JointLimits, SafetyConfig, validate_chunk
 from hw_drivers.trajectory import BridgeOutput, chunk_to_trajectory, seconds_to_duration
 from hw_drivers.trajectory_bridge_params import TrajectoryBridgeParams
@@ -216,7 +217,7 @@ def main(args: list[str] | None = None) -> None:
         if node.params.autostart:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 node.trigger_activate()
-        executor.spin()
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

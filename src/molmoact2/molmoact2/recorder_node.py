@@ -48,11 +48,12 @@ class RecorderParams:
 
 def main(args: list[str] | None = None) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
     from hw_drivers.ros_params import declare_dataclass_params
+    from hw_drivers.ros_runtime import spin_until_shutdown
 
     class RecorderNode(Node):
         def __init__(self) -> None:
@@ -98,7 +99,9 @@ def main(args: list[str] | None = None) -> int:
     node = None
     try:
         node = RecorderNode()
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -59,12 +59,13 @@ class SimCameraParams:
 def main(args: list[str] | None = None) -> int:
     import cv2
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image, JointState
 
     from hw_drivers.ros_params import declare_dataclass_params
+    from hw_drivers.ros_runtime import spin_until_shutdown
 
     class SimCameraNode(Node):
         def __init__(self) -> None:
@@ -126,7 +127,9 @@ def main(args: list[str] | None = None) -> int:
     node = None
     try:
         node = SimCameraNode()
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -26,6 +26,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 from hw_drivers.ros_params import declare_dataclass_params
+from hw_drivers.ros_runtime import spin_until_shutdown
 from molmoact2_policy import chunk_msgs
 from molmoact2_policy.image_conversion import (
     ImageConversionError,
@@ -597,7 +598,7 @@ def main(args: list[str] | None = None) -> None:
                 node.trigger_activate()
         # A SIGTERM during configure (model loading takes seconds) has already shut down.
         if rclpy.ok():
-            executor.spin()
+            spin_until_shutdown(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
