@@ -31,10 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint
     if not checkpoint:
-        from molmoact2.demo_checkpoint import write_demo_checkpoint
+        from molmoact2.demo_checkpoint import is_current_demo_checkpoint, write_demo_checkpoint
 
         checkpoint_dir = out / f"tiny_checkpoint_{args.robot}"
-        if not (checkpoint_dir / "DEMO_CHECKPOINT.txt").is_file():
+        if not is_current_demo_checkpoint(checkpoint_dir):
             print(f"[demo] writing the tiny demo checkpoint to {checkpoint_dir}")
             write_demo_checkpoint(checkpoint_dir, args.robot, log=lambda t: print(f"[demo] {t}"))
         checkpoint = str(checkpoint_dir)

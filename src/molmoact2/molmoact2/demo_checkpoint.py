@@ -18,6 +18,10 @@ import numpy as np
 
 from molmoact2 import graph
 
+# Bumped whenever what the demo model learns changes, so cached demo checkpoints are rebuilt.
+DEMO_RECIPE = 2
+MARKER_FILE = "DEMO_CHECKPOINT.txt"
+
 
 def _pose_stats(centre: np.ndarray, spread: float):
     from molmoact2_policy.model.normalize import GroupStats
@@ -36,17 +40,25 @@ def _pose_stats(centre: np.ndarray, spread: float):
     return GroupStats({k: np.round(v.astype(float), 6) for k, v in stats.items()})
 
 
-def demo_target(horizon: int, action_dim: int, gripper_dims: tuple[int, ...]) -> np.ndarray:
+def demo_target(
+    horizon: int,
+    action_dim: int,
+    gripper_dims: tuple[int, ...],
+    gripper_centres: np.ndarray | None = None,
+) -> np.ndarray:
     """The chunk the demo model learns, in the model's normalised action space.
 
-    Each joint traces a sine over the one-second chunk with its own phase; grippers (not
-    normalised) open and close between 0.3 and 0.7.
+    Each joint traces a sine over the one-second chunk with its own phase. Grippers are not
+    normalised, so they open and close by 0.2 around their start opening (kept inside 0..1),
+    which keeps every chunk's first point near where the gripper is.
     """
     k = np.arange(horizon)[:, None] / horizon
     phase = np.arange(action_dim)[None, :] * (2 * np.pi / 7)
     target = 0.6 * np.sin(2 * np.pi * k + phase)
-    for dim in gripper_dims:
-        target[:, dim] = 0.5 + 0.2 * np.sin(2 * np.pi * k[:, 0] + phase[0, dim])
+    for index, dim in enumerate(gripper_dims):
+        centre = 0.5 if gripper_centres is None else float(gripper_centres[index])
+        centre = min(max(centre, 0.2), 0.8)
+        target[:, dim] = centre + 0.2 * np.sin(2 * np.pi * k[:, 0] + phase[0, dim])
     return target
 
 
@@ -91,7 +103,9 @@ def write_demo_checkpoint(
     # A few observations around the start pose, so the learned chunk does not hinge on one
     # exact image: the sim scene changes as the arm moves through the loop.
     world = SimWorld(joint_names, spec.camera_names, width=320, height=240)
-    target = demo_target(spec.horizon, spec.action_dim, spec.gripper_dims)
+    target = demo_target(
+        spec.horizon, spec.action_dim, spec.gripper_dims, start[list(spec.gripper_dims)]
+    )
     instruction = str(config.params_for(graph.POLICY_NODE).get("instruction", "move"))
     keys, values, masks = [], [], []
     with torch.no_grad():
@@ -129,8 +143,14 @@ def write_demo_checkpoint(
     expert.eval()
     log(f"final flow-matching loss {loss.item():.4f}")
     save_checkpoint(path, policy.model, norm, policy.tokenizer)
-    (path / "DEMO_CHECKPOINT.txt").write_text(
+    (path / MARKER_FILE).write_text(
         f"Tiny random MolmoAct2 fine-tuned to a demo motion for the {robot} sim "
-        f"(molmoact2.demo_checkpoint, seed {seed}). Not a trained policy.\n"
+        f"(molmoact2.demo_checkpoint recipe {DEMO_RECIPE}, seed {seed}). Not a trained policy.\n"
     )
     return path
+
+
+def is_current_demo_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` holds a demo checkpoint written by this recipe."""
+    marker = Path(path) / MARKER_FILE
+    return marker.is_file() and f"recipe {DEMO_RECIPE}," in marker.read_text()
