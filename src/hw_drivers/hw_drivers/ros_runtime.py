@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -24,3 +25,36 @@ def spin_until_shutdown(executor: Any) -> None:
     except RuntimeError:
         if rclpy.ok(context=executor.context):
             raise
+
+
+def run_node(
+    make_node: Callable[[], Any],
+    args: list[str] | None = None,
+    on_exit: Callable[[Any], None] | None = None,
+) -> int:
+    """``main()`` of a plain (non-lifecycle) node process: init, build, spin, clean up.
+
+    ``on_exit(node)`` runs before the node is destroyed, also after Ctrl-C/SIGTERM: the place
+    to flush what must not be lost (recordings).
+    """
+    import sys
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        node = make_node()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spin_until_shutdown(executor)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            if on_exit is not None:
+                on_exit(node)
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -47,13 +47,11 @@ class RecorderParams:
 
 
 def main(args: list[str] | None = None) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
     from hw_drivers.ros_params import declare_dataclass_params
-    from hw_drivers.ros_runtime import spin_until_shutdown
+    from hw_drivers.ros_runtime import run_node
 
     class RecorderNode(Node):
         def __init__(self) -> None:
@@ -95,24 +93,13 @@ def main(args: list[str] | None = None) -> int:
 
             return write
 
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    try:
-        node = RecorderNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        spin_until_shutdown(executor)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.recorder.close()
-            counts = ", ".join(f"{t}: {n}" for t, n in sorted(node.recorder.counts.items()))
-            # rclpy's logger may already be shut down here; this is the last word of the node.
-            sys.stderr.write(f"[recorder] wrote {node.recorder.path} ({counts})\n")
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    def flush(node: RecorderNode) -> None:
+        node.recorder.close()
+        counts = ", ".join(f"{t}: {n}" for t, n in sorted(node.recorder.counts.items()))
+        # rclpy's logger may already be shut down here; this is the last word of the node.
+        sys.stderr.write(f"[recorder] wrote {node.recorder.path} ({counts})\n")
+
+    return run_node(RecorderNode, args, on_exit=flush)
 
 
 def _import_type(type_name: str):

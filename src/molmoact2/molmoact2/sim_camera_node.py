@@ -58,14 +58,12 @@ class SimCameraParams:
 
 def main(args: list[str] | None = None) -> int:
     import cv2
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image, JointState
 
     from hw_drivers.ros_params import declare_dataclass_params
-    from hw_drivers.ros_runtime import spin_until_shutdown
+    from hw_drivers.ros_runtime import run_node
 
     class SimCameraNode(Node):
         def __init__(self) -> None:
@@ -123,20 +121,7 @@ def main(args: list[str] | None = None) -> int:
                 msg.header.frame_id = frame
                 pub.publish(msg)
 
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    try:
-        node = SimCameraNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        spin_until_shutdown(executor)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(SimCameraNode, args)
 
 
 if __name__ == "__main__":
