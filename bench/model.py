@@ -32,6 +32,10 @@ from molmoact2_policy.model.policy import MolmoAct2Policy
 from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer
 
 PRESETS = {"tiny": MolmoAct2Config.tiny, "mid_cpu": MolmoAct2Config.mid_cpu}
+# The released sizes (random weights): for a GPU, e.g.
+#   bench/model.py --preset released --embodiment libero --device cuda --dtype bfloat16
+# (the paper's best: 55.79 Hz on one H100 at LIBERO shape). Not part of "all": ~4B parameters.
+LARGE_PRESETS = {"released": MolmoAct2Config.released}
 INSTRUCTION = "fold the towel"
 
 
@@ -59,8 +63,10 @@ def best_seconds(
     return best
 
 
-def bench_preset(name: str, embodiment: str, device: str, repeats: int) -> None:
-    config = PRESETS[name]()
+def bench_preset(
+    name: str, embodiment: str, device: str, repeats: int, dtype: str = "float32"
+) -> None:
+    config = {**PRESETS, **LARGE_PRESETS}[name]()
     spec = get_embodiment(embodiment)
     model = MolmoAct2Model.random(config, seed=0)
     policy = MolmoAct2Policy(
@@ -70,6 +76,8 @@ def bench_preset(name: str, embodiment: str, device: str, repeats: int) -> None:
         MolmoAct2Tokenizer.tiny(config.token_layout()),
         spec,
         device=device,
+        dtype=dtype,
+        cuda_graph=device.startswith("cuda"),
         checkpoint=f"random {name}",
     )
     rng = np.random.default_rng(0)
@@ -129,17 +137,18 @@ def bench_preset(name: str, embodiment: str, device: str, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=(*PRESETS, "all"), default="all")
+    parser.add_argument("--preset", choices=(*PRESETS, *LARGE_PRESETS, "all"), default="all")
     parser.add_argument("--embodiment", default="yam_bimanual")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     for name in PRESETS if args.preset == "all" else (args.preset,):
-        bench_preset(name, args.embodiment, args.device, args.repeats)
+        bench_preset(name, args.embodiment, args.device, args.repeats, args.dtype)
 
 
 if __name__ == "__main__":
