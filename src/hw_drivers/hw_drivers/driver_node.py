@@ -16,11 +16,9 @@ from __future__ import annotations
 import threading
 import time
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
@@ -33,7 +31,7 @@ from hw_drivers.conversions import chunk_from_msg, joint_state_msg
 from hw_drivers.driver_params import DriverParams
 from hw_drivers.executor import ChunkExecutor
 from hw_drivers.ros_params import declare_dataclass_params
-from hw_drivers.ros_runtime import spin_until_shutdown
+from hw_drivers.ros_runtime import run_lifecycle_node
 from molmoact2_msgs.msg import ActionChunk
 
 _LOG_EVERY = 2.0  # [s] throttle for repeated warnings (never log every tick)
@@ -339,25 +337,8 @@ class DriverNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = DriverNode()
-    # rclpy's MultiThreadedExecutor (Kilted) lets a busy subscription starve timers (a 250 Hz
-    # timer fell to ~5 Hz beside a 250 Hz subscription); every callback here is short.
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        if node.params.autostart:
-            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-                node.trigger_activate()
-            else:
-                node.get_logger().error("configure failed; waiting for a lifecycle manager")
-        spin_until_shutdown(executor)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node._teardown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    """Console script ``driver_node``."""
+    run_lifecycle_node(DriverNode, args, on_exit=lambda node: node._teardown())
 
 
 if __name__ == "__main__":

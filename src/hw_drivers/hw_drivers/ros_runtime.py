@@ -58,3 +58,43 @@ def run_node(
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def run_lifecycle_node(
+    make_node: Callable[[], Any],
+    args: list[str] | None = None,
+    on_exit: Callable[[Any], None] | None = None,
+) -> None:
+    """``main()`` of a lifecycle node process (driver, trajectory bridge, policy node).
+
+    With ``params.autostart`` the node configures and activates itself: our bringup has no
+    lifecycle manager. One executor thread: rclpy's MultiThreadedExecutor (Kilted) let a busy
+    subscription starve timers (a 250 Hz control timer fell to ~5 Hz beside a 250 Hz
+    subscription), and every callback of these nodes is short (inference has its own thread).
+    ``on_exit(node)`` runs before the node is destroyed, also after Ctrl-C/SIGTERM.
+    """
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    rclpy.init(args=args)
+    node = make_node()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if node.params.autostart:
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS and rclpy.ok():
+                node.trigger_activate()
+            elif rclpy.ok():
+                node.get_logger().error("configure failed; waiting for a lifecycle manager")
+        # A SIGTERM during configure (loading a model takes seconds) has already shut down.
+        if rclpy.ok():
+            spin_until_shutdown(executor)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if on_exit is not None:
+            on_exit(node)
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()

@@ -12,10 +12,8 @@ Usage: ``docs/ros2_control_bridge.md``.
 
 from __future__ import annotations
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
@@ -23,7 +21,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from hw_drivers.chunk import Chunk
 from hw_drivers.ros_params import declare_dataclass_params
-from hw_drivers.ros_runtime import spin_until_shutdown
+from hw_drivers.ros_runtime import run_lifecycle_node
 from hw_drivers.safety import JointLimits, SafetyConfig, validate_chunk
 from hw_drivers.trajectory import BridgeOutput, chunk_to_trajectory, seconds_to_duration
 from hw_drivers.trajectory_bridge_params import TrajectoryBridgeParams
@@ -209,22 +207,7 @@ class TrajectoryBridgeNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> None:
     """Console script ``trajectory_bridge_node``."""
-    rclpy.init(args=args)
-    node = TrajectoryBridgeNode()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        if node.params.autostart:
-            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-                node.trigger_activate()
-        spin_until_shutdown(executor)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run_lifecycle_node(TrajectoryBridgeNode, args)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,12 @@ import time
 from collections import deque
 from typing import Any
 
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 from hw_drivers.ros_params import declare_dataclass_params
-from hw_drivers.ros_runtime import spin_until_shutdown
+from hw_drivers.ros_runtime import run_lifecycle_node
 from molmoact2_policy import chunk_msgs
 from molmoact2_policy.image_conversion import (
     ImageConversionError,
@@ -584,29 +582,7 @@ class PolicyNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> None:
     """Console script ``molmoact2_policy_node``."""
-    rclpy.init(args=args)
-    node = PolicyNode()
-    # Inference runs on the worker thread, so every executor callback is short. rclpy's
-    # MultiThreadedExecutor (Kilted) starved this node (0.3 chunks/s, 3.4 s latency with
-    # 250 Hz joint states and three cameras); one thread gives 6 chunks/s, 0.18 s.
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        if node.params.autostart:
-            node.trigger_configure()
-            if node.lifecycle_state == "inactive" and rclpy.ok():
-                node.trigger_activate()
-        # A SIGTERM during configure (model loading takes seconds) has already shut down.
-        if rclpy.ok():
-            spin_until_shutdown(executor)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.stop_inputs()
-        executor.shutdown()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run_lifecycle_node(PolicyNode, args, on_exit=lambda node: node.stop_inputs())
 
 
 if __name__ == "__main__":
