@@ -16,6 +16,7 @@ from molmoact2_policy.model.checkpoint import (
     from_released_state_dict,
     load_checkpoint,
     main,
+    model_from_released,
     to_released_state_dict,
     write_tiny_checkpoint,
 )
@@ -100,6 +101,55 @@ def test_sharded_checkpoint_loads_the_same_weights(tmp_path):
     reference, *_ = build_tiny(seed=0)
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in reference.state_dict().items())
+
+
+def _rope_tables(model):
+    return {
+        name: buffer
+        for name, buffer in model.named_buffers()
+        if name.endswith("inv_freq")  # the only tensors a checkpoint does not carry
+    }
+
+
+def test_loading_assigns_the_files_tensors_without_a_random_model(tiny_dir):
+    from molmoact2_policy.model.checkpoint import read_config, read_weights
+
+    released = read_weights(tiny_dir)
+    model = model_from_released(read_config(tiny_dir), released)
+    # The parameter *is* the file's tensor (no second copy, no random init to overwrite).
+    key = "model.action_expert.context_k_proj.weight"
+    assert model.action_expert.context_k_proj.weight.data_ptr() == released[key].data_ptr()
+    assert not [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    reference, *_ = build_tiny(seed=0)
+    expected = _rope_tables(reference)
+    assert len(expected) == 4
+    for name, table in _rope_tables(model).items():
+        torch.testing.assert_close(table, expected[name], rtol=0, atol=0)
+
+
+def test_bfloat16_keeps_rope_tables_in_float32(tiny_dir):
+    model32, *_ = load_checkpoint(tiny_dir)
+    model16, *_ = load_checkpoint(tiny_dir, dtype=torch.bfloat16)
+    assert model16.action_expert.context_k_proj.weight.dtype == torch.bfloat16
+    for name, table in _rope_tables(model16).items():
+        assert table.dtype == torch.float32, name
+        torch.testing.assert_close(table, _rope_tables(model32)[name], rtol=0, atol=0)
+    # What rounding the tables would break: rotation angles at a prompt position near 1000.
+    rotary = model16.vlm.model.language_model.rotary_emb
+    x = torch.zeros(1, 1, 8, dtype=torch.bfloat16)
+    position = torch.tensor([[950]])
+    cos16, _ = rotary(x, position_ids=position)
+    cos32, _ = model32.vlm.model.language_model.rotary_emb(x.float(), position_ids=position)
+    assert (cos16.float() - cos32).abs().max() < 1e-2  # bf16 rounding of cos only
+
+
+def test_policy_in_bfloat16_keeps_rope_tables_in_float32():
+    policy = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=0, dtype="bfloat16")
+    tables = _rope_tables(policy.model)
+    assert tables and all(t.dtype == torch.float32 for t in tables.values())
+    images, state = _observation(policy.embodiment)
+    result = policy.act(images, state, "wipe the table", seed=7)
+    assert np.isfinite(result.positions).all()
 
 
 def _copy(tiny_dir, tmp_path):

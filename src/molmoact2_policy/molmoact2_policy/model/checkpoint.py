@@ -267,6 +267,50 @@ def load_released_into(
     model.load_state_dict(internal, strict=True)
 
 
+def model_from_released(
+    config: MolmoAct2Config, released: Mapping[str, Tensor], source: str = "checkpoint"
+) -> MolmoAct2Model:
+    """A model whose parameters are the checkpoint's tensors, with no random init first.
+
+    The module tree is built on the meta device (shapes only) and the loaded tensors are
+    assigned in place of its parameters, so the 4B model is never allocated twice nor filled
+    with random numbers that are thrown away. Parameters keep the file's dtype until the caller
+    converts them.
+    """
+    from molmoact2_policy.model.model import MolmoAct2Model
+
+    with torch.device("meta"):
+        model = MolmoAct2Model(config)
+    check_released_keys(released, model, source)
+    internal = from_released_state_dict(released, config)
+    model.load_state_dict(internal, strict=True, assign=True)
+    _materialize_computed_buffers(model)
+    return model
+
+
+def _materialize_computed_buffers(model: MolmoAct2Model) -> None:
+    """Recompute the buffers no checkpoint stores (RoPE frequency tables) after a meta build.
+
+    They are derived from the config, so transformers' own weight init for the module that owns
+    them recomputes them; a meta tensor left anywhere would fail much later, mid-forward.
+    """
+    for module in model.vlm.modules():
+        meta = [name for name, buffer in module.named_buffers(recurse=False) if buffer.is_meta]
+        for name in meta:
+            buffer = getattr(module, name)
+            persistent = name not in module._non_persistent_buffers_set
+            module.register_buffer(name, torch.empty_like(buffer, device="cpu"), persistent)
+        if meta:
+            model.vlm._init_weights(module)
+    left = [
+        name
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+        if tensor.is_meta
+    ]
+    if left:
+        raise CheckpointError(f"tensors not restored after loading: {', '.join(_clip(left))}")
+
+
 # ---------------------------------------------------------------------------- files
 def save_checkpoint(
     path: str | Path,
@@ -374,8 +418,6 @@ def load_checkpoint(
     path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[MolmoAct2Model, MolmoAct2Config, NormStats, MolmoAct2Tokenizer]:
     """Load a checkpoint directory; every failure is a CheckpointError naming its cause."""
-    from molmoact2_policy.model.model import MolmoAct2Model
-
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory")
@@ -390,9 +432,9 @@ def load_checkpoint(
     except (TokenizerError, ConfigError) as error:
         raise CheckpointError(f"{path}: {error}") from None
     released = read_weights(path)
-    model = MolmoAct2Model(config)
-    load_released_into(model, released, source=str(path))
-    model = model.to(device=device, dtype=dtype).eval()
+    model = model_from_released(config, released, source=str(path))
+    del released  # the model holds the tensors now; the dtype/device move may free the originals
+    model = model.to_inference(device, dtype)
     return model, config, norm_stats, tokenizer
 
 

@@ -59,6 +59,25 @@ class MolmoAct2Model(nn.Module):
             init_weights_randomly_for_tests(model.action_expert, generator)
         return model
 
+    def to_inference(self, device: str | torch.device, dtype: torch.dtype) -> MolmoAct2Model:
+        """Move to ``device`` with weights in ``dtype``; tables computed from the config stay fp32.
+
+        ``nn.Module.to(dtype)`` would also round the non-persistent buffers (the VLM's RoPE
+        inverse frequencies) to bf16: at prompt positions near 1000 that moves the fastest
+        rotation angles by radians, so every bf16 run on a GPU would attend with wrong
+        positions. The buffers are kept at their own (fp32) precision instead.
+        """
+        computed = {
+            (module, name): buffer
+            for module in self.modules()
+            for name, buffer in module.named_buffers(recurse=False)
+            if name in module._non_persistent_buffers_set
+        }
+        self.to(device=device, dtype=dtype)
+        for (module, name), buffer in computed.items():
+            module.register_buffer(name, buffer.to(device=device), persistent=False)
+        return self.eval()
+
     # ------------------------------------------------------------------ forward pieces
     def prefix(self, inputs: PrefixInputs) -> PrefixOutput:
         """VLM prefix forward; K/V per layer as chosen by ``config.expert_kv_source``."""

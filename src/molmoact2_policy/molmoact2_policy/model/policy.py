@@ -95,7 +95,7 @@ class MolmoAct2Policy:
         self.checkpoint = checkpoint
         self.joint_names = self._check_joint_names(joint_names)
         self._check_compatible()
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.model = model.to_inference(self.device, self.dtype)
         self.geometry = ImageGeometry(
             image_size=config.vlm.vision_config.image_size[0],
             patch_size=config.vlm.vision_config.patch_size,
