@@ -15,7 +15,6 @@ and the decoding cost per token.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -29,20 +28,9 @@ from molmoact2_policy.model.model import MolmoAct2Model
 from molmoact2_policy.model.policy import MolmoAct2Policy
 from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer
 
+from timing import best_seconds
+
 INSTRUCTION = "fold the towel"
-
-
-def best_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Fastest of ``repeats`` round-robin runs of each function (the machine may be shared)."""
-    for fn in fns.values():
-        fn()  # warm-up: allocations, the static cache, lazy inits
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def forced_run(

@@ -13,7 +13,6 @@ Per preset (tiny, mid_cpu), in one run on one machine (compare ratios within a r
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -31,36 +30,14 @@ from molmoact2_policy.model.model import MolmoAct2Model
 from molmoact2_policy.model.policy import MolmoAct2Policy
 from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer
 
+from timing import best_seconds
+
 PRESETS = {"tiny": MolmoAct2Config.tiny, "mid_cpu": MolmoAct2Config.mid_cpu}
 # The released sizes (random weights): for a GPU, e.g.
 #   bench/model.py --preset released --embodiment libero --device cuda --dtype bfloat16
 # (the paper's best: 55.79 Hz on one H100 at LIBERO shape). Not part of "all": ~4B parameters.
 LARGE_PRESETS = {"released": MolmoAct2Config.released}
 INSTRUCTION = "fold the towel"
-
-
-def best_seconds(
-    fns: dict[str, Callable[[], object]], repeats: int, sync: bool
-) -> dict[str, float]:
-    """Fastest of ``repeats`` round-robin runs of each function (after one warm-up each).
-
-    Round-robin and best-of-N because the machine may be shared: a burst of load then slows
-    every candidate alike, and the minimum is the undisturbed cost.
-    """
-    def timed(fn: Callable[[], object]) -> float:
-        start = time.perf_counter()
-        fn()
-        if sync:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    for fn in fns.values():
-        timed(fn)
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            best[name] = min(best[name], timed(fn))
-    return best
 
 
 def bench_preset(
@@ -105,7 +82,7 @@ def bench_preset(
         }
         if sync:
             candidates["flow_graph"] = lambda: graph.sample(ctx, noise, mask)
-        best = best_seconds(candidates, repeats, sync)
+        best = best_seconds(candidates, repeats, sync=sync)
         reference = euler_sample_reference(
             expert, prefix.keys, prefix.values, prefix.mask, noise, steps, mask
         )

@@ -19,7 +19,6 @@ with both cores.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -33,25 +32,10 @@ from molmoact2_policy.model.policy import MolmoAct2Policy
 from molmoact2_policy.model.think import ThinkPolicy
 from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer
 
+from timing import best_seconds
+
 FRACTIONS = (0.0, 0.1, 0.5, 1.0)
 INSTRUCTION = "fold the towel"
-
-
-def best_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Fastest of ``repeats`` runs of each function, run round-robin.
-
-    Round-robin and best-of-N because the machine may be shared: a burst of other load then
-    slows every candidate alike instead of one of them, and the minimum is the undisturbed cost.
-    """
-    for fn in fns.values():
-        fn()  # warm-up: allocations, the static cache, lazy inits
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def changed_mask(fraction: float, rng: np.random.Generator, cells: int = 100) -> np.ndarray:
