@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,3 +237,36 @@ def chunk_stamp_ns(chunk: Any) -> int:
 
 def stop_node(proc: subprocess.Popen) -> str:
     return stop_process(proc, timeout=10.0)
+
+
+@contextmanager
+def running_robot(
+    params: dict[str, Any],
+    workdir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    first_chunk_s: float = 60.0,
+) -> Iterator[SyntheticRobot]:
+    """A policy node process on ``params`` and a synthetic robot that has seen its first chunk.
+
+    On exit the node gets SIGTERM and must stop cleanly: exit 0 and no traceback in its output.
+    ``first_chunk_s`` covers the cold start (process, model build, discovery, first inference).
+    """
+    import rclpy
+
+    proc = start_node(write_params(workdir / "params.yaml", params), env=env)
+    try:
+        rclpy.init()
+        robot = SyntheticRobot(params)
+    except BaseException:
+        stop_node(proc)
+        raise
+    try:
+        assert robot.run(first_chunk_s, until=lambda: len(robot.chunks) >= 1), stop_node(proc)
+        yield robot
+    finally:
+        robot.node.destroy_node()
+        rclpy.shutdown()
+        output = stop_node(proc)
+        assert "Traceback" not in output, output
+        assert proc.returncode == 0, f"node did not exit cleanly on SIGTERM ({proc.returncode})"

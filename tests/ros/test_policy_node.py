@@ -12,13 +12,10 @@ import pytest
 
 from tests.ros.policy_node_harness import (
     EXTRA_JOINT,
-    SyntheticRobot,
     assert_blocked,
     chunk_stamp_ns,
-    start_node,
-    stop_node,
+    running_robot,
     wait_chunks,
-    write_params,
     yam_params,
 )
 
@@ -51,26 +48,8 @@ def params():
 
 @pytest.fixture(scope="module")
 def robot(params, tmp_path_factory):
-    import rclpy
-
-    path = write_params(tmp_path_factory.mktemp("policy_node") / "params.yaml", params)
-    proc = start_node(path)
-    try:
-        rclpy.init()
-        robot = SyntheticRobot(params)
-    except BaseException:
-        stop_node(proc)
-        raise
-    try:
-        # Cold start: process start, model build, discovery.
-        assert robot.run(60.0, until=lambda: len(robot.chunks) >= 1), stop_node(proc)
+    with running_robot(params, tmp_path_factory.mktemp("policy_node")) as robot:
         yield robot
-    finally:
-        robot.node.destroy_node()
-        rclpy.shutdown()
-        output = stop_node(proc)
-        assert "Traceback" not in output, output
-        assert proc.returncode == 0, f"node did not exit cleanly on SIGTERM ({proc.returncode})"
 
 
 def test_chunks_match_policy_act_for_the_published_observation(robot, params):

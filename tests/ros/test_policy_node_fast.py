@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 
 from tests.ros.policy_node_harness import (
-    SyntheticRobot,
     chunk_stamp_ns,
-    start_node,
-    stop_node,
-    write_params,
+    running_robot,
     yam_params,
 )
 
@@ -18,26 +15,15 @@ pytestmark = pytest.mark.ros
 
 
 def test_fast_mode_node_publishes_the_fast_policys_chunks(tmp_path):
-    import rclpy
     import torch
 
     from molmoact2_policy.model.fast_policy import FastPolicy
     from molmoact2_policy.model.policy import MolmoAct2Policy
 
     params = yam_params(mode="fast")
-    proc = start_node(write_params(tmp_path / "params.yaml", params))
-    rclpy.init()
-    try:
-        robot = SyntheticRobot(params)
-        try:
-            # Cold start (process, model, discovery) plus one token run of the tiny model.
-            assert robot.run(90.0, until=lambda: len(robot.chunks) >= 1), "no chunk"
-        finally:
-            robot.node.destroy_node()
-    finally:
-        rclpy.shutdown()
-        output = stop_node(proc)
-    assert "Traceback" not in output, output
+    # Cold start (process, model, discovery) plus one token run of the tiny model.
+    with running_robot(params, tmp_path, first_chunk_s=90.0) as robot:
+        pass
 
     chunk = robot.chunks[0]
     joints = list(params["joint_names"])

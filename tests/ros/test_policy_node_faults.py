@@ -13,10 +13,8 @@ from tests.fake_policy import FAIL_CRASH, FAIL_UNAVAILABLE
 from tests.ros.policy_node_harness import (
     SyntheticRobot,
     assert_blocked,
-    start_node,
-    stop_node,
+    running_robot,
     wait_chunks,
-    write_params,
     yam_params,
 )
 
@@ -32,25 +30,9 @@ def params():
 
 @pytest.fixture(scope="module")
 def robot(params, tmp_path_factory):
-    import rclpy
-
-    path = write_params(tmp_path_factory.mktemp("policy_faults") / "params.yaml", params)
-    proc = start_node(path, env=FAULTY_ENV)
-    try:
-        rclpy.init()
-        robot = SyntheticRobot(params)
-    except BaseException:
-        stop_node(proc)
-        raise
-    try:
-        assert robot.run(60.0, until=lambda: len(robot.chunks) >= 1), stop_node(proc)
+    workdir = tmp_path_factory.mktemp("policy_faults")
+    with running_robot(params, workdir, env=FAULTY_ENV) as robot:
         yield robot
-    finally:
-        robot.node.destroy_node()
-        rclpy.shutdown()
-        output = stop_node(proc)
-        assert "Traceback" not in output, output
-        assert proc.returncode == 0, f"node did not exit cleanly on SIGTERM ({proc.returncode})"
 
 
 def _recovers(robot: SyntheticRobot) -> None:
