@@ -63,8 +63,8 @@ class MolmoAct2Model(nn.Module):
         """Move to ``device`` with weights in ``dtype``; tables computed from the config stay fp32.
 
         ``nn.Module.to(dtype)`` would also round the non-persistent buffers (the VLM's RoPE
-        inverse frequencies) to bf16: at prompt positions near 1000 that moves the fastest
-        rotation angles by radians, so every bf16 run on a GPU would attend with wrong
+        inverse frequencies) to bf16: at prompt position 950 that shifts rotation angles by up
+        to 1.1 rad (head dim 128), so every bf16 run on a GPU would attend with wrong
         positions. The buffers are kept at their own (fp32) precision instead.
         """
         computed = {
