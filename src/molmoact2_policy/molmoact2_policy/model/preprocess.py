@@ -11,6 +11,7 @@ usable here) and its ``Molmo2Processor.replace_image_token`` layout of the image
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -154,15 +155,19 @@ class ImageTokenLayout:
 
 
 def discretize_state(normalized_state: np.ndarray, num_bins: int = NUM_STATE_BINS) -> np.ndarray:
-    """Normalised state -> bin index per dimension: clip to [-1, 1], round((x + 1) / 2 * 255).
+    """Normalised state -> bin index per dimension: clip to [-1, 1], rint((x + 1) / 2 * (N - 1)).
 
-    Rounding is numpy's (half to even), as torch.round and Python's round also do.
+    The arithmetic is float32 because the released model bins in float32, and near a bin
+    boundary the two precisions disagree: -1 + 1/255 + 1e-9 scales to 0.49999997 (bin 0) in
+    float32 but 0.5000001 (bin 1) in float64. Non-finite values raise instead of being
+    mapped (NaN -> 0, +-inf -> +-1) as the release does: a broken state must not drive the robot.
     """
-    state = np.asarray(normalized_state, dtype=np.float64)
+    state = np.asarray(normalized_state, dtype=np.float32)
     if not np.all(np.isfinite(state)):
         raise ValueError("state contains non-finite values")
-    clipped = np.clip(state, -1.0, 1.0)
-    return np.rint((clipped + 1.0) / 2.0 * (num_bins - 1)).astype(np.int64)
+    clipped = np.clip(state, np.float32(-1.0), np.float32(1.0))
+    scaled = (clipped + np.float32(1.0)) / np.float32(2.0) * np.float32(num_bins - 1)
+    return np.rint(scaled).astype(np.int64)
 
 
 def state_token_text(bins: Sequence[int]) -> str:
@@ -177,10 +182,70 @@ class PromptOptions:
     add_control_tokens: bool = True
 
 
+# The released inference normalises every instruction this way before prompting, so the model
+# has only ever been run on instructions in this form.
+_TRAILING_PUNCTUATION = ".,!?;:\u2026"
+_TRAILING_CLOSERS = "\"'\u201d\u2019)]}"
+_SURROUNDING_DELIMITERS = "\"'`\u201c\u201d\u2018\u2019[](){}"
+_INSTRUCTION_PREFIXES = (
+    re.compile(r"^(?:task|instruction|language[_ ]instruction|goal)\s*[:\-]\s*", re.IGNORECASE),
+    re.compile(r"^(?:the\s+task\s+is\s+to|your\s+task\s+is\s+to)\s+", re.IGNORECASE),
+)
+_SENTENCE_END = re.compile(r"[.!?]+")
+
+
+def _strip_instruction_once(text: str) -> str:
+    text = text.strip().strip(_SURROUNDING_DELIMITERS).strip()
+    for prefix in _INSTRUCTION_PREFIXES:
+        text = prefix.sub("", text, count=1).strip()
+    text = text.rstrip(_TRAILING_PUNCTUATION).rstrip()
+    text = text.rstrip(_TRAILING_CLOSERS).rstrip()
+    return text.rstrip(_TRAILING_PUNCTUATION).rstrip()
+
+
 def clean_instruction(instruction: str) -> str:
-    """Strip surrounding whitespace and one trailing period (the template adds its own)."""
-    text = " ".join(instruction.split())
-    return text[:-1] if text.endswith(".") else text
+    """The instruction as the released inference puts it into the prompt.
+
+    Whitespace runs become one space; surrounding quotes/brackets, a leading "task:"-style label
+    or "the task is to", and trailing punctuation and closing quotes/brackets are stripped until
+    nothing changes (so they nest); several sentences are joined with "; "; all is lowercased.
+    """
+    text = re.sub(r"\s+", " ", instruction).strip()
+    previous = None
+    while text and text != previous:
+        previous = text
+        text = _strip_instruction_once(text)
+    sentences = [chunk.strip() for chunk in _SENTENCE_END.split(text) if chunk.strip()]
+    if len(sentences) > 1:
+        text = "; ".join(sentences)
+    return text.lower()
+
+
+def _wrap(text: str, start: str, end: str, enabled: bool) -> str:
+    # Already-wrapped text passes through, and an empty field is never wrapped: both as released.
+    if (text.startswith(start) and text.endswith(end)) or not text or not enabled:
+        return text
+    return f"{start}{text}{end}"
+
+
+def image_prefix(num_images: int) -> str:
+    """The chat template numbers images only when there are several."""
+    if num_images <= 0:
+        return ""
+    if num_images == 1:
+        return IMAGE_PLACEHOLDER
+    return "".join(f"Image {index + 1}{IMAGE_PLACEHOLDER}" for index in range(num_images))
+
+
+ACTION_QUESTION = "Given these, what action should the robot take to complete the task?"
+DEPTH_ACTION_QUESTION = (
+    "Given these, first predict the depth map of the main image "
+    "and then predict the action the robot should take to complete the task?"
+)
+ACTION_PROMPT_END = "<action_output>"
+# The Think prompt asks for both outputs up front; the depth span (<depth_start> ...) is
+# generated after it.
+DEPTH_ACTION_PROMPT_END = "<depth_output><action_output>"
 
 
 def build_prompt(
@@ -189,22 +254,32 @@ def build_prompt(
     instruction: str,
     setup: str,
     control_mode: str,
-    state_bins: Sequence[int],
+    state_bins: Sequence[int] | None,
     options: PromptOptions | None = None,
+    depth_reasoning: bool = False,
 ) -> str:
-    """The robot-policy prompt of the released model, with ``<|image|>`` placeholders."""
+    """The robot-policy prompt of the released model, with ``<|image|>`` placeholders.
+
+    ``state_bins=None`` drops the state sentence (an empty sequence keeps it, with no state
+    tokens). ``depth_reasoning`` gives the MolmoAct2-Think prompt.
+    """
     options = options or PromptOptions()
-    images = "".join(f"Image {index + 1}{IMAGE_PLACEHOLDER}" for index in range(num_images))
-    setup_text = f"<setup_start>{setup}<setup_end>" if options.add_setup_tokens else setup
-    control_text = control_mode
-    if options.add_control_tokens:
-        control_text = f"<control_start>{control_mode}<control_end>"
+    setup_text = _wrap(setup, "<setup_start>", "<setup_end>", options.add_setup_tokens)
+    control_text = _wrap(
+        control_mode, "<control_start>", "<control_end>", options.add_control_tokens
+    )
+    state_clause = ""
+    if state_bins is not None:
+        state_clause = (
+            " The current state of the robot is "
+            f"<state_start>{state_token_text(state_bins)}<state_end>."
+        )
+    question = DEPTH_ACTION_QUESTION if depth_reasoning else ACTION_QUESTION
+    prompt_end = DEPTH_ACTION_PROMPT_END if depth_reasoning else ACTION_PROMPT_END
     return (
-        f"{images}<|im_start|>user\nThe task is to {clean_instruction(instruction)}. "
-        f"The setup is {setup_text}. "
-        "The current state of the robot is "
-        f"<state_start>{state_token_text(state_bins)}<state_end>. "
-        f"The expected control mode is {control_text}. "
-        "Given these, what action should the robot take to complete the task?"
-        "<|im_end|>\n<|im_start|>assistant\n<action_output>"
+        f"{image_prefix(num_images)}<|im_start|>user\n"
+        f"The task is to {clean_instruction(instruction)}. "
+        f"The setup is {setup_text}.{state_clause} "
+        f"The expected control mode is {control_text}. {question}"
+        f"<|im_end|>\n<|im_start|>assistant\n{prompt_end}"
     )
