@@ -1,14 +1,41 @@
-"""norm_stats.json: per-tag state/action statistics and the four normalisation modes.
+"""norm_stats.json: per-tag state/action statistics and the normalisation modes.
 
-File layout (released export): ``{"format": "molmoact2_norm_stats.v1", "norm_mode": <mode>,
-"metadata_by_tag": {<tag>: {"state": {<stat>: [...]}, "action": {<stat>: [...]}}}}`` with stats
-``min``/``max``, ``q01``/``q99``, ``q10``/``q90``, ``mean``/``std``. The bounded modes map
-[lo, hi] to [-1, 1]; ``mean_std`` standardises. Gripper dims are passed through unchanged.
+File layout: ``{"format": "molmoact2_norm_stats.v1", "norm_mode": <mode>, "metadata_by_tag":
+{<tag>: {...}}}``. Two spellings of a tag's groups are read:
+
+* released checkpoints: ``"state_stats"`` / ``"action_stats"``, each ``{<stat>: [...],
+  "mask": [...], "names": [...]}``, next to tag metadata (``setup_type``, ``control_mode``,
+  ``action_horizon``, ``n_action_steps``, ...) that is kept and exposed, never rejected;
+* ours (and older dataset dumps): ``"state"`` / ``"action"`` (plus a few aliases).
+
+A loaded file is saved back under the keys it was read with; stats built in code are written
+with ``"state"`` / ``"action"``. Statistics: ``min``/``max``, ``q01``/``q99``, ``q10``/``q90``,
+``mean``/``std``. One ``norm_mode`` covers every tag and both groups; when the file has none
+it is ``min_max``, the released loader's and exporter's default.
+
+Semantics (those of the released MolmoAct2 HF code, so a released checkpoint sees the numbers
+it was trained on):
+
+* ``min_max`` / ``q01_q99`` / ``q10_q90`` map [lo, hi] to [-1, 1] with the span floored at
+  1e-6 and clip the result to [-1, 1]; un-normalising clips its input to [-1, 1] first.
+* ``mean_std`` divides by ``max(std, 1e-6)``; un-normalising multiplies by the raw ``std``.
+  Neither direction clips.
+* ``none`` leaves values alone.
+* In the bounded modes a dimension whose ``min == max`` normalises to exactly 0, whatever the
+  mask says (it carries no information). ``q01 == q99`` alone gets no such rule.
+* A group's ``mask`` marks the dimensions that ARE normalised; ``False`` dims pass through
+  (on un-normalising they pass the clipped value through, as the released code does). Without
+  a mask in the file the caller's ``passthrough_dims`` (the embodiment's gripper dims) play the
+  same role. When the file has a mask it wins and ``passthrough_dims`` is ignored: the mask is
+  what the checkpoint was trained with, the embodiment's list is only our guess.
+
+We compute in float64 (the released code uses float32), so results agree to float32 rounding.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,19 +44,23 @@ from typing import Any
 import numpy as np
 
 NORM_STATS_FORMAT = "molmoact2_norm_stats.v1"
-NORM_MODES: dict[str, tuple[str, str]] = {
+NORM_MODES: dict[str, tuple[str, ...]] = {
     "min_max": ("min", "max"),
     "q01_q99": ("q01", "q99"),
     "q10_q90": ("q10", "q90"),
     "mean_std": ("mean", "std"),
+    "none": (),
 }
-DEFAULT_NORM_MODE = "q01_q99"
-# Keeps a constant dimension (hi == lo, std == 0) finite and exactly invertible.
-_EPS = 1e-8
-# Alternative spellings seen in robot datasets for the two groups.
+BOUNDED_MODES = frozenset({"min_max", "q01_q99", "q10_q90"})
+DEFAULT_NORM_MODE = "min_max"
+STAT_KEYS = frozenset(key for pair in NORM_MODES.values() for key in pair)
+# Floors a span or std so a constant dimension stays finite; the released value, so a
+# near-constant dimension scales exactly as it did in training.
+_EPS = 1e-6
+# Released files use the *_stats keys; the rest are spellings our own and dataset dumps used.
 _GROUP_ALIASES = {
-    "state": ("state", "observation.state", "proprio", "states"),
-    "action": ("action", "actions"),
+    "state": ("state_stats", "state", "observation.state", "proprio", "states"),
+    "action": ("action_stats", "action", "actions"),
 }
 
 
@@ -39,20 +70,55 @@ class NormStatsError(ValueError):
 
 @dataclass(frozen=True)
 class GroupStats:
-    """Statistics of one group (state or action) of one tag, each a float64 vector."""
+    """Statistics of one group (state or action) of one tag, each a float64 vector.
+
+    ``mask`` (bool per dim, True = normalised) is the file's; ``extras`` holds the group's
+    other keys (``names``, counts, ...) so a load/save round trip is lossless.
+    """
 
     stats: Mapping[str, np.ndarray]
+    mask: np.ndarray | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
-        return int(next(iter(self.stats.values())).shape[0])
+        for value in self.stats.values():
+            return int(value.shape[0])
+        if self.mask is not None:
+            return int(self.mask.shape[0])
+        raise NormStatsError("norm stats group has neither statistics nor a mask")
 
-    def require(self, mode: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-        first, second = NORM_MODES[mode]
-        missing = [key for key in (first, second) if key not in self.stats]
+    def require(self, mode: str, where: str) -> tuple[np.ndarray, ...]:
+        """The statistics ``mode`` uses, checked present and finite."""
+        if mode not in NORM_MODES:
+            raise NormStatsError(f"unknown norm mode {mode!r}; known: {', '.join(NORM_MODES)}")
+        keys = NORM_MODES[mode]
+        missing = [key for key in keys if key not in self.stats]
         if missing:
             raise NormStatsError(f"{where}: mode {mode!r} needs {', '.join(missing)}")
-        return self.stats[first], self.stats[second]
+        for key in keys:
+            if not np.all(np.isfinite(self.stats[key])):
+                raise NormStatsError(f"{where}.{key}: mode {mode!r} needs finite values")
+        return tuple(self.stats[key] for key in keys)
+
+    def normalized_dims(self, passthrough_dims: Iterable[int], where: str) -> np.ndarray:
+        """True where a dim is normalised: the file's mask, else all but ``passthrough_dims``."""
+        if self.mask is not None:
+            return self.mask
+        keep = np.ones(self.dim, dtype=bool)
+        for index in passthrough_dims:
+            if not -self.dim <= index < self.dim:
+                raise NormStatsError(
+                    f"{where}: passthrough dim {index} is outside the {self.dim} dims"
+                )
+            keep[index] = False
+        return keep
+
+    def constant_dims(self) -> np.ndarray | None:
+        """Dims with ``min == max``; compared in float32 because the released code does."""
+        if "min" not in self.stats or "max" not in self.stats:
+            return None
+        return self.stats["min"].astype(np.float32) == self.stats["max"].astype(np.float32)
 
 
 def normalize(
@@ -62,14 +128,21 @@ def normalize(
     passthrough_dims: Iterable[int] = (),
     where: str = "norm stats",
 ) -> np.ndarray:
-    """Robot units -> normalised units along the last axis; passthrough dims are copied."""
+    """Robot units -> normalised units along the last axis (semantics: module docstring)."""
     values = np.asarray(values, dtype=np.float64)
-    first, second = _stats_for(values, group, mode, where)
+    stats = _stats_for(values, group, mode, where)
+    if mode == "none":
+        return values.copy()
+    first, second = stats
     if mode == "mean_std":
-        out = (values - first) / (second + _EPS)
+        out = (values - first) / np.maximum(second, _EPS)
     else:
-        out = 2.0 * (values - first) / np.maximum(second - first, _EPS) - 1.0
-    return _restore(out, values, passthrough_dims)
+        out = np.clip(2.0 * (values - first) / np.maximum(second - first, _EPS) - 1.0, -1.0, 1.0)
+    out = np.where(group.normalized_dims(passthrough_dims, where), out, values)
+    constant = group.constant_dims() if mode in BOUNDED_MODES else None
+    if constant is not None:
+        out = np.where(constant, 0.0, out)
+    return out
 
 
 def unnormalize(
@@ -79,34 +152,31 @@ def unnormalize(
     passthrough_dims: Iterable[int] = (),
     where: str = "norm stats",
 ) -> np.ndarray:
-    """Normalised units -> robot units along the last axis (inverse of ``normalize``)."""
+    """Normalised units -> robot units along the last axis (inverse of ``normalize`` inside
+    the clipped range)."""
     values = np.asarray(values, dtype=np.float64)
-    first, second = _stats_for(values, group, mode, where)
+    stats = _stats_for(values, group, mode, where)
+    if mode == "none":
+        return values.copy()
+    first, second = stats
     if mode == "mean_std":
-        out = values * (second + _EPS) + first
+        out = values * second + first
+        kept = values
     else:
-        out = (values + 1.0) / 2.0 * np.maximum(second - first, _EPS) + first
-    return _restore(out, values, passthrough_dims)
+        # The model never saw targets outside [-1, 1]; anything beyond is extrapolation.
+        kept = np.clip(values, -1.0, 1.0)
+        out = (kept + 1.0) * (second - first) / 2.0 + first
+    return np.where(group.normalized_dims(passthrough_dims, where), out, kept)
 
 
 def _stats_for(
     values: np.ndarray, group: GroupStats, mode: str, where: str
-) -> tuple[np.ndarray, np.ndarray]:
-    if mode not in NORM_MODES:
-        raise NormStatsError(f"unknown norm mode {mode!r}; known: {', '.join(NORM_MODES)}")
-    first, second = group.require(mode, where)
-    if values.shape[-1] != first.shape[0]:
-        raise NormStatsError(
-            f"{where}: values have {values.shape[-1]} dims, stats have {first.shape[0]}"
-        )
-    return first, second
-
-
-def _restore(out: np.ndarray, original: np.ndarray, passthrough_dims: Iterable[int]) -> np.ndarray:
-    dims = list(passthrough_dims)
-    if dims:
-        out[..., dims] = original[..., dims]
-    return out
+) -> tuple[np.ndarray, ...]:
+    stats = group.require(mode, where)
+    if values.ndim == 0 or values.shape[-1] != group.dim:
+        got = values.shape[-1] if values.ndim else 0
+        raise NormStatsError(f"{where}: values have {got} dims, stats have {group.dim}")
+    return stats
 
 
 @dataclass
@@ -115,52 +185,105 @@ class NormStats:
 
     norm_mode: str = DEFAULT_NORM_MODE
     tags: dict[str, dict[str, GroupStats]] = field(default_factory=dict)
-    # Per-tag extras (counts, names, ...) kept so a load/save round trip is lossless.
+    # Per-tag metadata (setup_type, action_horizon, counts, ...), kept so a load/save round
+    # trip is lossless and exposed through ``metadata``.
     extras: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The JSON key each group was read from, so a released file is saved back in its layout.
+    group_keys: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def group(self, tag: str, name: str) -> GroupStats:
         if tag not in self.tags:
             known = ", ".join(sorted(self.tags)) or "none"
             raise NormStatsError(f"norm stats have no tag {tag!r}; known: {known}")
         if name not in self.tags[tag]:
+            # A release may ship metadata-only tags; its loader then skips normalisation, but
+            # silently feeding raw units to the model is worse than refusing.
             raise NormStatsError(f"norm stats tag {tag!r} has no {name!r} statistics")
         return self.tags[tag][name]
+
+    def metadata(self, tag: str) -> dict[str, Any]:
+        """The tag's non-statistics keys (setup_type, control_mode, action_horizon, ...)."""
+        if tag not in self.tags:
+            known = ", ".join(sorted(self.tags)) or "none"
+            raise NormStatsError(f"norm stats have no tag {tag!r}; known: {known}")
+        return dict(self.extras.get(tag, {}))
+
+    def action_horizon(self, tag: str) -> int | None:
+        return self._positive_int(tag, "action_horizon")
+
+    def n_action_steps(self, tag: str) -> int | None:
+        return self._positive_int(tag, "n_action_steps")
+
+    def _positive_int(self, tag: str, key: str) -> int | None:
+        # Checked on use, not on load: a bad value must not make the other tags unusable.
+        value = self.metadata(tag).get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise NormStatsError(f"norm stats: {tag}.{key} must be an integer, got {value!r}")
+        if not math.isfinite(value) or value != int(value) or value < 1:
+            raise NormStatsError(f"norm stats: {tag}.{key} must be an integer >= 1, got {value}")
+        return int(value)
 
     def normalize_state(
         self, tag: str, state: np.ndarray, passthrough_dims: Sequence[int] = ()
     ) -> np.ndarray:
         return normalize(
-            state, self.group(tag, "state"), self.norm_mode, passthrough_dims, f"{tag}.state"
+            state,
+            self.group(tag, "state"),
+            self.norm_mode,
+            passthrough_dims,
+            self._where(tag, "state"),
         )
 
     def unnormalize_state(
         self, tag: str, state: np.ndarray, passthrough_dims: Sequence[int] = ()
     ) -> np.ndarray:
         return unnormalize(
-            state, self.group(tag, "state"), self.norm_mode, passthrough_dims, f"{tag}.state"
+            state,
+            self.group(tag, "state"),
+            self.norm_mode,
+            passthrough_dims,
+            self._where(tag, "state"),
         )
 
     def normalize_action(
         self, tag: str, action: np.ndarray, passthrough_dims: Sequence[int] = ()
     ) -> np.ndarray:
         return normalize(
-            action, self.group(tag, "action"), self.norm_mode, passthrough_dims, f"{tag}.action"
+            action,
+            self.group(tag, "action"),
+            self.norm_mode,
+            passthrough_dims,
+            self._where(tag, "action"),
         )
 
     def unnormalize_action(
         self, tag: str, action: np.ndarray, passthrough_dims: Sequence[int] = ()
     ) -> np.ndarray:
         return unnormalize(
-            action, self.group(tag, "action"), self.norm_mode, passthrough_dims, f"{tag}.action"
+            action,
+            self.group(tag, "action"),
+            self.norm_mode,
+            passthrough_dims,
+            self._where(tag, "action"),
         )
+
+    def _where(self, tag: str, name: str) -> str:
+        return f"{tag}.{self.group_keys.get(tag, {}).get(name, name)}"
 
     # ----------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
         metadata: dict[str, Any] = {}
         for tag, groups in self.tags.items():
             entry = dict(self.extras.get(tag, {}))
+            keys = self.group_keys.get(tag, {})
             for name, group in groups.items():
-                entry[name] = {key: value.tolist() for key, value in group.stats.items()}
+                raw: dict[str, Any] = dict(group.extras)
+                raw.update({key: value.tolist() for key, value in group.stats.items()})
+                if group.mask is not None:
+                    raw["mask"] = group.mask.tolist()
+                entry[keys.get(name, name)] = raw
             metadata[tag] = entry
         return {
             "format": NORM_STATS_FORMAT,
@@ -177,28 +300,41 @@ class NormStats:
             raise NormStatsError(f"norm stats: unsupported format {fmt!r}")
         mode = data.get("norm_mode", DEFAULT_NORM_MODE)
         if mode not in NORM_MODES:
-            raise NormStatsError(f"norm stats: unknown norm_mode {mode!r}")
+            raise NormStatsError(
+                f"norm stats: unknown norm_mode {mode!r}; known: {', '.join(NORM_MODES)}"
+            )
         metadata = data.get("metadata_by_tag")
         if not isinstance(metadata, dict):
             raise NormStatsError("norm stats: 'metadata_by_tag' must be an object of tags")
-        tags: dict[str, dict[str, GroupStats]] = {}
-        extras: dict[str, dict[str, Any]] = {}
+        stats = cls(norm_mode=mode)
         for tag, entry in metadata.items():
-            if not isinstance(entry, dict):
-                raise NormStatsError(f"norm stats: tag {tag!r} must be an object")
-            groups: dict[str, GroupStats] = {}
-            used: set[str] = set()
-            for name, aliases in _GROUP_ALIASES.items():
-                for alias in aliases:
-                    if alias in entry:
-                        groups[name] = _parse_group(entry[alias], f"{tag}.{alias}")
-                        used.add(alias)
-                        break
-            if not groups:
-                raise NormStatsError(f"norm stats: tag {tag!r} has neither state nor action stats")
-            tags[tag] = groups
-            extras[tag] = {key: value for key, value in entry.items() if key not in used}
-        return cls(norm_mode=mode, tags=tags, extras=extras)
+            stats._add_tag(tag, {} if entry is None else entry)
+        return stats
+
+    def _add_tag(self, tag: str, entry: Any) -> None:
+        if not isinstance(entry, dict):
+            raise NormStatsError(f"norm stats: tag {tag!r} must be an object")
+        groups: dict[str, GroupStats] = {}
+        keys: dict[str, str] = {}
+        for name, aliases in _GROUP_ALIASES.items():
+            # A null group is "no statistics" to the released loader, not an error.
+            found = [alias for alias in aliases if entry.get(alias) is not None]
+            if len(found) > 1:
+                raise NormStatsError(
+                    f"norm stats: tag {tag!r} has {name} statistics under both "
+                    f"{found[0]!r} and {found[1]!r}"
+                )
+            if found:
+                where = f"{tag}.{found[0]}"
+                group = _parse_group(entry[found[0]], where)
+                # Checked now so a file that cannot serve its own mode fails at load time.
+                group.require(self.norm_mode, where)
+                groups[name] = group
+                keys[name] = found[0]
+        self.tags[tag] = groups
+        self.group_keys[tag] = keys
+        used = set(keys.values())
+        self.extras[tag] = {key: value for key, value in entry.items() if key not in used}
 
     @classmethod
     def from_file(cls, path: str | Path) -> NormStats:
@@ -218,29 +354,55 @@ class NormStats:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _parse_group(raw: Any, where: str) -> GroupStats:
     if not isinstance(raw, dict):
         raise NormStatsError(f"norm stats: {where} must be an object of statistics")
     stats: dict[str, np.ndarray] = {}
+    extras: dict[str, Any] = {}
     dim: int | None = None
     for key, value in raw.items():
-        if key not in {name for pair in NORM_MODES.values() for name in pair}:
-            continue  # counts, names and other annotations are not statistics
-        try:
-            vector = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise NormStatsError(f"norm stats: {where}.{key} is not a list of numbers") from None
-        if vector.ndim != 1 or not np.all(np.isfinite(vector)):
-            raise NormStatsError(f"norm stats: {where}.{key} must be a finite 1-D list")
-        if dim is not None and vector.shape[0] != dim:
+        if key == "mask":
+            continue
+        if key not in STAT_KEYS:
+            extras[key] = value  # names, counts and other annotations are not statistics
+            continue
+        if not isinstance(value, list) or not all(_is_number(item) for item in value):
+            raise NormStatsError(f"norm stats: {where}.{key} is not a list of numbers")
+        if dim is not None and len(value) != dim:
             raise NormStatsError(
-                f"norm stats: {where}.{key} has {vector.shape[0]} values, expected {dim}"
+                f"norm stats: {where}.{key} has {len(value)} values, expected {dim}"
             )
-        dim = vector.shape[0]
-        stats[key] = vector
-    if not stats:
+        dim = len(value)
+        stats[key] = np.asarray(value, dtype=np.float64)
+    mask = _parse_mask(raw.get("mask"), dim, where)
+    if not stats and mask is None:
         raise NormStatsError(f"norm stats: {where} has no statistics")
-    return GroupStats(stats)
+    return GroupStats(stats, mask, extras)
+
+
+def _parse_mask(raw: Any, dim: int | None, where: str) -> np.ndarray | None:
+    if raw is None:
+        return None
+
+    def flag(item: Any) -> bool:
+        if isinstance(item, bool) or (_is_number(item) and item in (0, 1)):
+            return bool(item)
+        raise NormStatsError(f"norm stats: {where}.mask must hold booleans, got {item!r}")
+
+    if not isinstance(raw, list):
+        # A single flag covers every dim, as numpy broadcasting does in the released loader.
+        if dim is None:
+            raise NormStatsError(
+                f"norm stats: {where}.mask is a single flag but no statistic gives the dim"
+            )
+        return np.full(dim, flag(raw))
+    if dim is not None and len(raw) != dim:
+        raise NormStatsError(f"norm stats: {where}.mask has {len(raw)} values, expected {dim}")
+    return np.array([flag(item) for item in raw], dtype=bool)
 
 
 def synthetic_group_stats(dim: int, seed: int, scale: float = 1.0) -> GroupStats:
