@@ -188,34 +188,145 @@ def test_sinusoidal_time_embedding_frequencies() -> None:
     assert torch.equal(emb[0], torch.tensor([0.0] * 4 + [1.0] * 4))
 
 
-def test_depth_gate_at_init_scales_only_depth_positions_by_sigmoid_bias() -> None:
-    gate = DepthGate(num_layers=2, per_layer=True, init_bias=-4.0)
-    keys, values, _ = random_context(length=10)
-    depth = torch.zeros(2, 10, dtype=torch.bool)
-    depth[:, 3:7] = True
-    new_k, new_v = gate(keys, values, depth)
-    g = torch.sigmoid(torch.tensor(-4.0))
-    for old, new in zip(keys + values, new_k + new_v, strict=True):
-        assert torch.allclose(new[:, 3:7], old[:, 3:7] * g, atol=1e-7)
-        assert torch.equal(new[:, :3], old[:, :3])
-        assert torch.equal(new[:, 7:], old[:, 7:])
+def gate_case(
+    length: int = 12, seed: int = 4
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Two-layer K/V with gated positions 3..6 in both rows and row 1 padded after position 9.
+
+    Gated and padded positions hold values far from the rest, so a gate that pooled over them
+    would come out clearly different.
+    """
+    keys, values, _ = random_context(length=length, seed=seed)
+    gated = torch.zeros(2, length, dtype=torch.bool)
+    gated[:, 3:7] = True
+    valid = torch.ones(2, length, dtype=torch.bool)
+    valid[1, 10:] = False
+    gated[1, 11] = True  # marked, but padding: neither gated nor pooled
+    for v in values:
+        v[gated] += 30.0
+        v[~valid] -= 50.0
+    return keys, values, gated, valid
 
 
-def test_depth_gate_uses_mean_of_depth_values_per_layer() -> None:
-    gate = DepthGate(num_layers=2, per_layer=True, init_bias=-4.0)
+def random_gate(per_layer: bool, seed: int = 7) -> DepthGate:
+    gate = DepthGate(num_layers=2, kv_dim=KV_DIM, per_layer=per_layer, init_bias=-4.0)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        gate.weight.copy_(torch.tensor([2.0, -1.0]))
-    keys, values, _ = random_context(length=10)
-    depth = torch.zeros(2, 10, dtype=torch.bool)
-    depth[0, 2:5] = True
-    depth[1, 6:9] = True
-    _, new_v = gate(keys, values, depth)
-    for layer, w in enumerate((2.0, -1.0)):
-        for row, span in enumerate((slice(2, 5), slice(6, 9))):
-            pooled = values[layer][row, span].mean()
-            expected = torch.sigmoid(w * pooled - 4.0)
-            assert torch.allclose(new_v[layer][row, span], values[layer][row, span] * expected)
-    shared = DepthGate(num_layers=2, per_layer=False)
-    assert shared.weight.shape == (1,)
+        gate.weight.copy_(torch.randn(gate.weight.shape, generator=gen) * 0.3)
+        gate.bias.copy_(torch.randn(gate.bias.shape, generator=gen))
+    return gate
+
+
+def expected_gate(gate: DepthGate, index: int, v: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """sigmoid(w . mean(V over `pool`) + b) per row, written out row by row."""
+    return torch.stack([
+        torch.sigmoid(gate.weight[index] @ v[row][pool[row]].mean(dim=0) + gate.bias[index])
+        for row in range(v.shape[0])
+    ])
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_depth_gate_parameters_match_the_released_linear_heads(per_layer: bool) -> None:
+    gate = DepthGate(num_layers=2, kv_dim=KV_DIM, per_layer=per_layer, init_bias=-3.0)
+    count = 2 if per_layer else 1
+    state = gate.state_dict()
+    assert set(state) == {"weight", "bias"}
+    assert state["weight"].shape == (count, KV_DIM)  # rows of nn.Linear(kv_dim, 1) weights
+    assert state["bias"].shape == (count,)
+    assert torch.equal(state["weight"], torch.zeros(count, KV_DIM))
+    assert torch.equal(state["bias"], torch.full((count,), -3.0))
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_untrained_depth_gate_is_exactly_sigmoid_of_init_bias(per_layer: bool) -> None:
+    gate = DepthGate(num_layers=2, kv_dim=KV_DIM, per_layer=per_layer, init_bias=-4.0)
+    keys, values, gated, valid = gate_case()
+    g = torch.sigmoid(torch.tensor(-4.0))
+    for layer_gate in gate.gates(values, gated, valid):
+        assert torch.equal(layer_gate, g.expand(2))
+    new_k, new_v = gate(keys, values, gated, valid)
+    for old, new in zip(keys + values, new_k + new_v, strict=True):
+        assert torch.equal(new[:, 3:7], old[:, 3:7] * g)
+
+
+def test_depth_gate_pools_over_valid_non_gated_positions_only() -> None:
+    gate = random_gate(per_layer=True)
+    _, values, gated, valid = gate_case()
+    pool = valid & ~gated
+    gates = gate.gates(values, gated, valid)
+    for layer, v in enumerate(values):
+        expected = expected_gate(gate, layer, v, pool)
+        torch.testing.assert_close(gates[layer], expected)
+        # The case is built so that pooling over gated or padded positions would show.
+        assert (expected_gate(gate, layer, v, valid) - expected).abs().min() > 1e-3
+        assert (expected_gate(gate, layer, v, pool | ~valid) - expected).abs()[1] > 1e-3
+    # Changing V only where it is gated or padded leaves every gate as it was.
+    moved = [v + 7.0 * (gated | ~valid)[:, :, None] for v in values]
+    for before, after in zip(gates, gate.gates(moved, gated, valid), strict=True):
+        assert torch.equal(before, after)
+
+
+def test_depth_gate_pools_over_all_valid_positions_when_all_are_gated() -> None:
+    gate = random_gate(per_layer=True)
+    _, values, _, valid = gate_case()
+    everything = valid.clone()
+    gates = gate.gates(values, everything, valid)
+    for layer, v in enumerate(values):
+        torch.testing.assert_close(gates[layer], expected_gate(gate, layer, v, valid))
+
+
+def test_shared_depth_gate_uses_the_last_layers_values_for_every_layer() -> None:
+    gate = random_gate(per_layer=False)
+    keys, values, gated, valid = gate_case()
+    gates = gate.gates(values, gated, valid)
+    expected = expected_gate(gate, 0, values[-1], valid & ~gated)
+    assert len(gates) == 2
+    for layer_gate in gates:
+        torch.testing.assert_close(layer_gate, expected)
+    changed_first = [values[0] + 3.0, values[1]]
+    assert torch.equal(gate.gates(changed_first, gated, valid)[0], gates[0])
+    changed_last = [values[0], values[1] + 3.0]
+    assert not torch.equal(gate.gates(changed_last, gated, valid)[0], gates[0])
+    new_k, new_v = gate(keys, values, gated, valid)
+    for old, new in zip(keys + values, new_k + new_v, strict=True):
+        torch.testing.assert_close(new[:, 3:7], old[:, 3:7] * expected[:, None, None])
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_depth_gate_scales_only_the_gated_positions(per_layer: bool) -> None:
+    gate = random_gate(per_layer=per_layer)
+    keys, values, gated, valid = gate_case()
+    gates = gate.gates(values, gated, valid)
+    new_k, new_v = gate(keys, values, gated, valid)
+    scaled = gated & valid
+    for layer in range(2):
+        g = gates[layer]
+        assert ((g > 0) & (g < 1)).all() and not torch.allclose(g, g.new_ones(2))
+        for old, new in ((keys[layer], new_k[layer]), (values[layer], new_v[layer])):
+            assert torch.equal(new[~scaled], old[~scaled])  # padding marked as gated included
+            for row in range(2):
+                assert torch.equal(new[row][scaled[row]], old[row][scaled[row]] * g[row])
+
+
+def test_depth_gate_keeps_the_context_dtype() -> None:
+    gate = random_gate(per_layer=False)
+    keys, values, gated, valid = gate_case()
+    new_k, new_v = gate(
+        [k.bfloat16() for k in keys], [v.bfloat16() for v in values], gated, valid
+    )
+    assert all(t.dtype == torch.bfloat16 for t in new_k + new_v)
+    reference, _ = gate(keys, values, gated, valid)
+    torch.testing.assert_close(new_k[0].float(), reference[0], rtol=2e-2, atol=2e-2)
+
+
+def test_depth_gate_rejects_mismatched_inputs() -> None:
+    gate = DepthGate(num_layers=2, kv_dim=KV_DIM)
+    keys, values, gated, valid = gate_case()
     with pytest.raises(ValueError, match="depth_token_mask"):
-        gate(keys, values, depth[:, :5])
+        gate(keys, values, gated[:, :5], valid)
+    with pytest.raises(ValueError, match="context_mask"):
+        gate(keys, values, gated, valid.float())
+    with pytest.raises(ValueError, match="2 layers"):
+        gate(keys[:1], values[:1], gated, valid)
+    with pytest.raises(ValueError, match="kv_dim"):
+        gate([k[..., :8] for k in keys], [v[..., :8] for v in values], gated, valid)

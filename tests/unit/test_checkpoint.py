@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -17,10 +18,15 @@ from molmoact2_policy.model.checkpoint import (
     load_checkpoint,
     main,
     model_from_released,
+    save_checkpoint,
+    tiny_norm_stats,
     to_released_state_dict,
     write_tiny_checkpoint,
 )
+from molmoact2_policy.model.config import MolmoAct2Config
+from molmoact2_policy.model.model import MolmoAct2Model
 from molmoact2_policy.model.policy import MolmoAct2Policy
+from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer
 
 torch.set_num_threads(1)
 
@@ -216,6 +222,132 @@ def test_missing_weights_and_directory_are_named(tiny_dir, tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="not a checkpoint directory"):
         load_checkpoint(tmp_path / "nowhere")
+
+
+# What the released export adds: the VLM's RoPE inverse frequencies as persistent buffers, one
+# table without rope_scaling_layers, the default and the scaled one with them.
+SINGLE_ROPE = {"model.transformer.rotary_emb.inv_freq": "rotary_emb"}
+SPLIT_ROPE = {
+    "model.transformer.rotary_embs.default.inv_freq": "rotary_emb_unscaled",
+    "model.transformer.rotary_embs.scaling.inv_freq": "rotary_emb",
+}
+
+
+def _with_rope_tables(tiny_dir, tmp_path, layout, transform=lambda t: t, only=None):
+    """A copy of the tiny checkpoint plus the computed tables under ``layout``'s released keys,
+    passed through ``transform`` (all of them, or just the key ``only``)."""
+    reference, *_ = build_tiny(seed=0)
+    text = reference.vlm.model.language_model
+    tables = {key: getattr(text, name).inv_freq.clone() for key, name in layout.items()}
+    tables = {k: transform(v) if only in (None, k) else v for k, v in tables.items()}
+    path = _copy(tiny_dir, tmp_path)
+    _edit_weights(path, lambda t: t.update(tables))
+    return path
+
+
+@pytest.mark.parametrize("layout", [SINGLE_ROPE, SPLIT_ROPE], ids=["single", "split"])
+def test_released_rope_tables_are_accepted_and_not_loaded(tiny_dir, tmp_path, layout):
+    path = _with_rope_tables(tiny_dir, tmp_path, layout)
+    assert set(layout) <= set(load_file(str(path / "model.safetensors")))
+    loaded = MolmoAct2Policy.from_checkpoint(str(path), "droid", seed=0)
+    in_memory = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=0)
+    assert not any(key.endswith("inv_freq") for key in loaded.model.state_dict())
+    images, state = _observation(loaded.embodiment)
+    first = loaded.act(images, state, "wipe the table", seed=7)
+    second = in_memory.act(images, state, "wipe the table", seed=7)
+    np.testing.assert_array_equal(first.positions, second.positions)
+
+
+def test_rope_table_stored_in_bfloat16_is_accepted(tiny_dir, tmp_path):
+    path = _with_rope_tables(tiny_dir, tmp_path, SINGLE_ROPE, lambda t: t.bfloat16())
+    model, *_ = load_checkpoint(path)
+    reference, *_ = build_tiny(seed=0)
+    torch.testing.assert_close(
+        model.vlm.model.language_model.rotary_emb.inv_freq,
+        reference.vlm.model.language_model.rotary_emb.inv_freq,
+        rtol=0,
+        atol=0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("layout", "key"),
+    [(SINGLE_ROPE, key) for key in SINGLE_ROPE] + [(SPLIT_ROPE, key) for key in SPLIT_ROPE],
+)
+def test_rope_table_from_another_theta_is_named(tiny_dir, tmp_path, layout, key):
+    head_dim = MolmoAct2Config.tiny().text_config.head_dim
+
+    def other_theta(table):
+        # rope_theta 10000 instead of the config's 1e6
+        return 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+    path = _with_rope_tables(tiny_dir, tmp_path, layout, other_theta, only=key)
+    with pytest.raises(CheckpointError, match=rf"{re.escape(key)} does not match the RoPE table"):
+        load_checkpoint(path)
+
+
+def test_rope_table_of_the_wrong_size_is_named(tiny_dir, tmp_path):
+    path = _with_rope_tables(tiny_dir, tmp_path, SINGLE_ROPE, lambda t: torch.cat([t, t]))
+    key = "model.transformer.rotary_emb.inv_freq"
+    with pytest.raises(CheckpointError, match=rf"shape mismatches: {re.escape(key)}: file \(32,\)"):
+        load_checkpoint(path)
+
+
+def _gated_tiny(per_layer: bool) -> MolmoAct2Model:
+    config = MolmoAct2Config.tiny(
+        action_expert_depth_gate=True, action_expert_depth_gate_per_layer=per_layer
+    )
+    model = MolmoAct2Model.random(config, seed=0)
+    gate = model.action_expert_depth_gate
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        gate.weight.copy_(torch.randn(gate.weight.shape, generator=generator))
+        gate.bias.copy_(torch.randn(gate.bias.shape, generator=generator))
+    return model
+
+
+@pytest.mark.parametrize("per_layer", [False, True], ids=["shared", "per_layer"])
+def test_depth_gate_round_trips_in_the_released_layout(tmp_path, per_layer):
+    model = _gated_tiny(per_layer)
+    config = model.config
+    kv_dim, layers = config.llm_kv_dim, config.num_vlm_layers
+    gate = model.action_expert_depth_gate
+    released = model.released_state_dict()
+    gate_keys = {k: tuple(v.shape) for k, v in released.items() if "depth_gate" in k}
+    prefix = "model.action_expert_depth_gate."
+    if per_layer:
+        # nn.ModuleList of nn.Linear(kv_dim, 1), one per layer
+        assert gate_keys == {
+            f"{prefix}{i}.{name}": shape
+            for i in range(layers)
+            for name, shape in (("weight", (1, kv_dim)), ("bias", (1,)))
+        }
+        for i in range(layers):
+            assert torch.equal(released[f"{prefix}{i}.weight"], gate.weight[i : i + 1])
+            assert torch.equal(released[f"{prefix}{i}.bias"], gate.bias[i : i + 1])
+    else:
+        # one nn.Linear(kv_dim, 1)
+        assert gate_keys == {f"{prefix}weight": (1, kv_dim), f"{prefix}bias": (1,)}
+    tokenizer = MolmoAct2Tokenizer.tiny(config.token_layout())
+    path = save_checkpoint(tmp_path / "gated", model, tiny_norm_stats(0, ["droid"]), tokenizer)
+    assert {k for k in load_file(str(path / "model.safetensors")) if "depth_gate" in k} == set(
+        gate_keys
+    )
+    loaded, loaded_config, *_ = load_checkpoint(path)
+    assert loaded_config.action_expert_depth_gate_per_layer is per_layer
+    loaded_gate = loaded.action_expert_depth_gate
+    assert loaded_gate.per_layer is per_layer
+    assert torch.equal(loaded_gate.weight, gate.weight)
+    assert torch.equal(loaded_gate.bias, gate.bias)
+    back = from_released_state_dict(released, config)
+    assert to_released_state_dict(back, config).keys() == released.keys()
+
+
+def test_gate_layout_that_disagrees_with_the_config_is_named():
+    shared = _gated_tiny(per_layer=False)
+    per_layer_config = _gated_tiny(per_layer=True).config
+    with pytest.raises(CheckpointError, match=r"missing keys: .*action_expert_depth_gate\.0\."):
+        model_from_released(per_layer_config, shared.released_state_dict())
 
 
 def test_cli_writes_and_inspects(tmp_path, capsys):

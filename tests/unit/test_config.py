@@ -88,3 +88,16 @@ def test_malformed_config_is_named(change, message):
             data[key] = value
     with pytest.raises(ConfigError, match=message):
         MolmoAct2Config.from_dict(data)
+
+
+def test_depth_gate_defaults_are_the_released_ones():
+    # The released converter and config default to one shared gate with logit -4; a config.json
+    # that leaves the fields out must build that gate, not one per layer.
+    data = MolmoAct2Config.tiny(action_expert_depth_gate=True).to_dict()
+    for key in ("action_expert_depth_gate_per_layer", "action_expert_depth_gate_init_bias"):
+        data.pop(key)
+    config = MolmoAct2Config.from_dict(data)
+    assert config.action_expert_depth_gate
+    assert config.action_expert_depth_gate_per_layer is False
+    assert config.action_expert_depth_gate_init_bias == -4.0
+    assert MolmoAct2Config.tiny().action_expert_depth_gate is False

@@ -555,51 +555,114 @@ class ActionExpert(nn.Module):
 
 
 class DepthGate(nn.Module):
-    """Learned gate on the depth-token part of the context (MolmoAct2-Think checkpoints).
+    """Learned gate on the depth part of the expert's context (MolmoAct2-Think checkpoints).
 
-    Layer l: g = sigmoid(w_l * mean(V_l over depth positions and channels) + b_l), one scalar per
-    batch row; the depth positions of K_l and V_l are multiplied by g, other positions untouched.
+    Per batch row, g = sigmoid(w . mean(V over the valid non-gated positions) + b), with w a
+    vector over kv_dim; K and V of the gated positions (the depth span: every depth code and the
+    <depth_output>/<depth_start>/<depth_end> tokens) are multiplied by g before the expert projects
+    them, the other positions are left as they are. The pooled input leaves the gated positions
+    (and padding) out, so the gate reads the rest of the prompt (images, instruction, state) and
+    not the depth codes it scales.
+
+    ``per_layer=False`` (the released default): one gate fed with the last VLM layer's V, applied
+    to every layer. ``per_layer=True``: one gate per layer, each fed with its own layer's V.
+
+    The released model holds each gate as an ``nn.Linear(kv_dim, 1)``; here they are stacked into
+    ``weight`` (count, kv_dim) and ``bias`` (count,), which the checkpoint key map splits back.
     w starts at 0, so an untrained gate is exactly sigmoid(init_bias).
     """
 
-    def __init__(self, num_layers: int, per_layer: bool = True, init_bias: float = -4.0) -> None:
+    def __init__(
+        self, num_layers: int, kv_dim: int, per_layer: bool = False, init_bias: float = -4.0
+    ) -> None:
         super().__init__()
         self.num_layers = num_layers
+        self.kv_dim = kv_dim
         self.per_layer = per_layer
+        self.init_bias = float(init_bias)
         count = num_layers if per_layer else 1
-        self.weight = nn.Parameter(torch.zeros(count))
-        self.bias = nn.Parameter(torch.full((count,), float(init_bias)))
+        self.weight = nn.Parameter(torch.empty(count, kv_dim))
+        self.bias = nn.Parameter(torch.empty(count))
+        self.reset_parameters()
 
-    def gates(self, context_v: Sequence[Tensor], depth_token_mask: Tensor) -> list[Tensor]:
-        """Per layer, the gate value (B,)."""
-        weights = depth_token_mask.to(context_v[0].dtype)[:, :, None]  # (B, S, 1)
-        count = (weights.sum(dim=(1, 2)) * context_v[0].shape[-1]).clamp(min=1.0)
-        out = []
-        for layer, v in enumerate(context_v):
-            index = layer if self.per_layer else 0
-            pooled = (v * weights).sum(dim=(1, 2)) / count
-            out.append(torch.sigmoid(self.weight[index] * pooled + self.bias[index]))
-        return out
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        nn.init.constant_(self.bias, self.init_bias)
+
+    def _check(
+        self,
+        context_v: Sequence[Tensor],
+        depth_token_mask: Tensor,
+        context_mask: Tensor,
+        context_k: Sequence[Tensor] = (),
+    ) -> None:
+        layers = [len(context_v)] + ([len(context_k)] if context_k else [])
+        if any(count != self.num_layers for count in layers):
+            raise ValueError(
+                f"DepthGate has {self.num_layers} layers, got K/V for {layers} layers"
+            )
+        if context_mask.dtype != torch.bool or context_mask.dim() != 2:
+            raise ValueError(
+                "context_mask must be a (B, S) bool tensor, got "
+                f"{tuple(context_mask.shape)} {context_mask.dtype}"
+            )
+        if depth_token_mask.dtype != torch.bool or depth_token_mask.shape != context_mask.shape:
+            raise ValueError(
+                f"depth_token_mask must be a (B, S) = {tuple(context_mask.shape)} bool tensor "
+                f"matching context_mask, got {tuple(depth_token_mask.shape)} "
+                f"{depth_token_mask.dtype}"
+            )
+        expected = (*context_mask.shape, self.kv_dim)
+        for t in (*context_k, *context_v):
+            if tuple(t.shape) != expected:
+                raise ValueError(
+                    f"DepthGate expects K/V of shape (B, S, kv_dim) = {expected}, "
+                    f"got {tuple(t.shape)}"
+                )
+
+    def gates(
+        self, context_v: Sequence[Tensor], depth_token_mask: Tensor, context_mask: Tensor
+    ) -> list[Tensor]:
+        """Per layer, the gate value (B,) in V's dtype (the shared gate repeated per layer)."""
+        self._check(context_v, depth_token_mask, context_mask)
+        gated = depth_token_mask & context_mask
+        pool = context_mask & ~gated
+        # A row whose valid positions are all gated pools over all of them rather than nothing.
+        pool = torch.where(pool.any(dim=1, keepdim=True), pool, context_mask)
+        if self.per_layer:
+            return [self._gate(v, pool, index) for index, v in enumerate(context_v)]
+        shared = self._gate(context_v[-1], pool, 0)
+        return [shared] * self.num_layers
+
+    def _gate(self, v: Tensor, pool: Tensor, index: int) -> Tensor:
+        # Same dtype steps as the released gate: pool in V's dtype (torch sums half types with
+        # fp32 accumulation), the linear in the gate's dtype, the result back in V's dtype.
+        weights = pool.to(v.dtype)[:, :, None]
+        pooled = (v * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        weight, bias = self.weight[index : index + 1], self.bias[index : index + 1]
+        logits = F.linear(pooled.to(weight.dtype), weight, bias)
+        return torch.sigmoid(logits).to(v.dtype)[:, 0]
 
     def forward(
-        self, context_k: Sequence[Tensor], context_v: Sequence[Tensor], depth_token_mask: Tensor
+        self,
+        context_k: Sequence[Tensor],
+        context_v: Sequence[Tensor],
+        depth_token_mask: Tensor,
+        context_mask: Tensor,
     ) -> tuple[list[Tensor], list[Tensor]]:
-        if len(context_k) != self.num_layers or len(context_v) != self.num_layers:
-            raise ValueError(
-                f"DepthGate has {self.num_layers} layers, got {len(context_k)} K and "
-                f"{len(context_v)} V tensors"
-            )
-        if depth_token_mask.dtype != torch.bool or depth_token_mask.shape != context_v[0].shape[:2]:
-            raise ValueError(
-                "depth_token_mask must be a (B, S) bool tensor matching the context, got "
-                f"{tuple(depth_token_mask.shape)} {depth_token_mask.dtype}"
-            )
-        depth = depth_token_mask[:, :, None]
+        """(K, V) per layer with the gated positions scaled by that layer's gate.
+
+        ``depth_token_mask`` (B, S) bool marks the gated positions, ``context_mask`` (B, S) bool
+        the valid ones (padding False); a gated position outside ``context_mask`` is not gated.
+        """
+        self._check(context_v, depth_token_mask, context_mask, context_k)
+        gated = (depth_token_mask & context_mask)[:, :, None]
         new_k, new_v = [], []
         for k, v, gate in zip(
-            context_k, context_v, self.gates(context_v, depth_token_mask), strict=True
+            context_k, context_v, self.gates(context_v, depth_token_mask, context_mask), strict=True
         ):
-            scale = torch.where(depth, gate[:, None, None], 1.0).to(v.dtype)
+            # One scale for K and V, in K's dtype, as the released model builds it.
+            scale = torch.where(gated, gate.to(k.dtype)[:, None, None], 1.0).to(k.dtype)
             new_k.append(k * scale)
             new_v.append(v * scale)
         return new_k, new_v

@@ -41,8 +41,22 @@ model.vision_backbone.image_pooling_2d.wq|wk|wv|wo     ...multi_modal_projector.
 model.vision_backbone.image_projector.w1|w2|w3         ...multi_modal_projector.image_projector.
                                                        gate_proj|down_proj|up_proj
 model.action_expert.<x>                                action_expert.<x>
-model.action_expert_depth_gate.<x>                     action_expert_depth_gate.<x>
+model.action_expert_depth_gate.weight / .bias          action_expert_depth_gate.weight / .bias
+  (shared gate, one nn.Linear(kv_dim, 1))              (1, kv_dim) / (1,)
+model.action_expert_depth_gate.N.weight / .bias        row N of action_expert_depth_gate.weight /
+  (action_expert_depth_gate_per_layer: one per layer)  .bias (the per-layer gates stacked on dim 0)
 ====================================================  ==============================================
+
+RoPE tables in the file
+-----------------------
+The released export registers the VLM's RoPE inverse frequencies as persistent buffers, so its
+safetensors carry ``model.transformer.rotary_emb.inv_freq`` (or, when the text config sets
+``rope_scaling_layers``, ``model.transformer.rotary_embs.default.inv_freq`` and
+``...rotary_embs.scaling.inv_freq``). Ours are non-persistent, computed from config.json as in
+transformers' Molmo2 (``rotary_emb`` is the table of the scaled layers, ``rotary_emb_unscaled``
+the plain one). These keys are accepted but not loaded: after the model is built their values
+are compared with the computed tables, so a config.json whose rope_theta or RoPE scaling differs
+from the one the weights were exported with fails to load instead of running with wrong positions.
 """
 
 from __future__ import annotations
@@ -133,6 +147,7 @@ _RENAMES: list[tuple[str, str]] = [
     (_ADAPTER.replace(".", r"\.") + r"image_projector\.up_proj\.(.+)$",
      r"model.vision_backbone.image_projector.w3.\1"),
     (r"^action_expert\.(.+)$", r"model.action_expert.\1"),
+    # The shared gate only; the per-layer rows are split/stacked by the functions below.
     (r"^action_expert_depth_gate\.(.+)$", r"model.action_expert_depth_gate.\1"),
 ]
 _COMPILED = [(re.compile(pattern), template) for pattern, template in _RENAMES]
@@ -143,6 +158,20 @@ _EMBED = _TEXT + "embed_tokens.weight"
 _RELEASED_QKV = re.compile(r"^model\.transformer\.blocks\.(\d+)\.self_attn\.att_proj\.(.+)$")
 _RELEASED_MLP = re.compile(r"^model\.transformer\.blocks\.(\d+)\.mlp\.ff_proj\.(.+)$")
 _RELEASED_WTE = ("model.transformer.wte.embedding", "model.transformer.wte.new_embedding")
+_GATE = "action_expert_depth_gate."
+_RELEASED_GATE_ROW = re.compile(r"^model\.action_expert_depth_gate\.(\d+)\.(weight|bias)$")
+_ROPE = _TEXT + "rotary_emb.inv_freq"
+_ROPE_UNSCALED = _TEXT + "rotary_emb_unscaled.inv_freq"
+# released key -> our buffer holding the same table (see "RoPE tables in the file")
+_RELEASED_ROPE = {
+    "model.transformer.rotary_emb.inv_freq": _ROPE,
+    "model.transformer.rotary_embs.scaling.inv_freq": _ROPE,
+    "model.transformer.rotary_embs.default.inv_freq": _ROPE_UNSCALED,
+}
+
+
+def _is_per_layer_gate(key: str, config: MolmoAct2Config) -> bool:
+    return key.startswith(_GATE) and config.action_expert_depth_gate_per_layer
 
 
 def _rename_to_released(key: str) -> str | None:
@@ -168,6 +197,10 @@ def to_released_state_dict(
             qkv.setdefault((match[1], match[3]), {})[match[2]] = tensor
         elif match := _FUSED_MLP.match(key):
             mlp.setdefault((match[1], match[3]), {})[match[2]] = tensor
+        elif _is_per_layer_gate(key, config):
+            name = key[len(_GATE) :]
+            for row in range(tensor.shape[0]):
+                out[f"model.{_GATE}{row}.{name}"] = tensor[row : row + 1]
         elif (released := _rename_to_released(key)) is not None:
             out[released] = tensor
         else:
@@ -190,6 +223,7 @@ def from_released_state_dict(
     q_dim = text.num_attention_heads * text.head_dim
     kv_dim = text.num_key_value_heads * text.head_dim
     out: dict[str, Tensor] = {}
+    gate_rows: dict[str, dict[int, Tensor]] = {}
     for key, tensor in released.items():
         if match := _RELEASED_QKV.match(key):
             q, k, v = torch.split(tensor, [q_dim, kv_dim, kv_dim], dim=0)
@@ -202,11 +236,15 @@ def from_released_state_dict(
             prefix = f"{_TEXT}layers.{match[1]}.mlp."
             out[f"{prefix}up_proj.{match[2]}"] = up
             out[f"{prefix}gate_proj.{match[2]}"] = gate
-        elif key in _RELEASED_WTE:
+        elif match := _RELEASED_GATE_ROW.match(key):
+            gate_rows.setdefault(match[2], {})[int(match[1])] = tensor
+        elif key in _RELEASED_WTE or key in _RELEASED_ROPE:
             continue
         else:
             out[reverse[key]] = tensor
     out[_EMBED] = torch.cat([released[_RELEASED_WTE[0]], released[_RELEASED_WTE[1]]], dim=0)
+    for name, rows in gate_rows.items():
+        out[_GATE + name] = torch.cat([rows[row] for row in sorted(rows)], dim=0)
     return out
 
 
@@ -218,8 +256,10 @@ def _reverse_rename_table(config: MolmoAct2Config) -> dict[str, str]:
         skeleton = MolmoAct2Model(config)
     table = {}
     for key in skeleton.state_dict():
+        if _FUSED_QKV.match(key) or _FUSED_MLP.match(key) or _is_per_layer_gate(key, config):
+            continue
         released = _rename_to_released(key)
-        if released is not None and not (_FUSED_QKV.match(key) or _FUSED_MLP.match(key)):
+        if released is not None:
             table[released] = key
     return table
 
@@ -232,17 +272,31 @@ def expected_released_shapes(model: MolmoAct2Model) -> dict[str, tuple[int, ...]
     return {key: tuple(t.shape) for key, t in to_released_state_dict(meta, model.config).items()}
 
 
+def _computed_table_shapes(model: MolmoAct2Model) -> dict[str, tuple[int, ...]]:
+    """Released RoPE key -> shape of the table ``model`` computes for it."""
+    buffers = dict(model.named_buffers())
+    return {
+        key: tuple(buffers[ours].shape) for key, ours in _RELEASED_ROPE.items() if ours in buffers
+    }
+
+
 def check_released_keys(
     released: Mapping[str, Tensor], model: MolmoAct2Model, source: str = "checkpoint"
 ) -> None:
-    """Raise CheckpointError naming missing / unexpected keys and shape mismatches."""
+    """Raise CheckpointError naming missing / unexpected keys and shape mismatches.
+
+    The released RoPE tables may be present (not required); their values are checked by
+    ``check_rope_tables`` once the model's own tables exist.
+    """
     expected = expected_released_shapes(model)
+    optional = _computed_table_shapes(model)
+    shapes = {**optional, **expected}
     missing = sorted(set(expected) - set(released))
-    unexpected = sorted(set(released) - set(expected))
+    unexpected = sorted(set(released) - set(shapes))
     wrong = [
-        f"{key}: file {tuple(released[key].shape)} vs model {expected[key]}"
-        for key in sorted(set(expected) & set(released))
-        if tuple(released[key].shape) != expected[key]
+        f"{key}: file {tuple(released[key].shape)} vs model {shapes[key]}"
+        for key in sorted(set(shapes) & set(released))
+        if tuple(released[key].shape) != shapes[key]
     ]
     problems = []
     if missing:
@@ -255,6 +309,40 @@ def check_released_keys(
         raise CheckpointError(f"{source}: " + " | ".join(problems))
 
 
+def check_rope_tables(
+    model: MolmoAct2Model, released: Mapping[str, Tensor], source: str = "checkpoint"
+) -> None:
+    """Raise CheckpointError naming a released RoPE table that differs from the computed one.
+
+    Compared in fp32. A table the file stores in half precision is the computed one rounded
+    once, so the tolerance is that dtype's epsilon; a different rope_theta or scaling moves the
+    frequencies by far more.
+    """
+    buffers = dict(model.named_buffers())
+    for key, ours in _RELEASED_ROPE.items():
+        if key not in released or ours not in buffers:
+            continue
+        stored = released[key]
+        computed = buffers[ours].detach().to(device="cpu", dtype=torch.float32)
+        if not stored.is_floating_point():
+            raise CheckpointError(f"{source}: {key} has dtype {stored.dtype}, not a float table")
+        rtol = max(1e-5, torch.finfo(stored.dtype).eps)
+        values = stored.detach().to(device="cpu", dtype=torch.float32)
+        if values.shape != computed.shape or not torch.allclose(
+            values, computed, rtol=rtol, atol=0.0
+        ):
+            if values.shape == computed.shape:
+                worst = ((values - computed).abs() / computed.abs()).max().item()
+                detail = f"largest relative difference {worst:.3g}"
+            else:
+                detail = f"shape {tuple(values.shape)} vs {tuple(computed.shape)}"
+            raise CheckpointError(
+                f"{source}: {key} does not match the RoPE table computed from config.json "
+                f"({detail}); the checkpoint was exported with a different rope_theta or RoPE "
+                "scaling than its config.json describes"
+            )
+
+
 def _clip(items: Sequence[str], limit: int = 12) -> list[str]:
     return list(items[:limit]) + ([f"... {len(items) - limit} more"] if len(items) > limit else [])
 
@@ -265,6 +353,7 @@ def load_released_into(
     check_released_keys(released, model, source)
     internal = from_released_state_dict(released, model.config)
     model.load_state_dict(internal, strict=True)
+    check_rope_tables(model, released, source)
 
 
 def model_from_released(
@@ -285,14 +374,16 @@ def model_from_released(
     internal = from_released_state_dict(released, config)
     model.load_state_dict(internal, strict=True, assign=True)
     _materialize_computed_buffers(model)
+    check_rope_tables(model, released, source)
     return model
 
 
 def _materialize_computed_buffers(model: MolmoAct2Model) -> None:
-    """Recompute the buffers no checkpoint stores (RoPE frequency tables) after a meta build.
+    """Recompute the buffers derived from the config (RoPE frequency tables) after a meta build.
 
-    They are derived from the config, so transformers' own weight init for the module that owns
-    them recomputes them; a meta tensor left anywhere would fail much later, mid-forward.
+    They are never loaded from the file (see "RoPE tables in the file"), so transformers' own
+    weight init for the module that owns them recomputes them; a meta tensor left anywhere would
+    fail much later, mid-forward.
     """
     for module in model.vlm.modules():
         meta = [name for name, buffer in module.named_buffers(recurse=False) if buffer.is_meta]

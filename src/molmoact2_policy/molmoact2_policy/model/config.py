@@ -84,7 +84,9 @@ class MolmoAct2Config:
     enable_depth_reasoning: bool = field(default=False, metadata=_meta("Think checkpoints"))
     num_depth_codes: int = field(default=100, metadata=_meta("depth tokens per image (10x10)"))
     action_expert_depth_gate: bool = field(default=False, metadata=_meta("learned depth gate"))
-    action_expert_depth_gate_per_layer: bool = field(default=True, metadata=_meta("gate/layer"))
+    action_expert_depth_gate_per_layer: bool = field(
+        default=False, metadata=_meta("one gate per layer (else one, fed the last layer's V)")
+    )
     action_expert_depth_gate_init_bias: float = field(default=-4.0, metadata=_meta("gate bias"))
     action_output_token_id: int | None = field(default=None, metadata=_meta("<action_output>"))
     action_start_token_id: int | None = field(default=None, metadata=_meta("<action_start>"))

@@ -33,13 +33,15 @@ class MolmoAct2Model(nn.Module):
         self.action_expert = (
             ActionExpert(config.action_expert) if config.add_action_expert else None
         )
+        # Like the released model: no expert, no gate (its config flag is then ignored).
         self.action_expert_depth_gate = (
             DepthGate(
                 config.num_vlm_layers,
+                config.llm_kv_dim,
                 per_layer=config.action_expert_depth_gate_per_layer,
                 init_bias=config.action_expert_depth_gate_init_bias,
             )
-            if config.action_expert_depth_gate
+            if config.add_action_expert and config.action_expert_depth_gate
             else None
         )
         self.eval()
@@ -88,14 +90,18 @@ class MolmoAct2Model(nn.Module):
     ) -> ExpertContext:
         """Project the (detached) prefix K/V once per observation for the flow loop.
 
-        ``depth_token_mask`` (B, S) bool marks depth tokens for the optional depth gate.
+        ``depth_token_mask`` (B, S) bool marks the positions the optional depth gate scales (the
+        depth codes and the <depth_output>/<depth_start>/<depth_end> tokens); the gate pools V
+        over the other valid positions of ``prefix.mask``. Without a mask the gate is skipped.
         """
         if self.action_expert is None:
             raise RuntimeError("this checkpoint has no action expert (add_action_expert=false)")
         keys = [k.detach() for k in prefix.keys]
         values = [v.detach() for v in prefix.values]
         if self.action_expert_depth_gate is not None and depth_token_mask is not None:
-            keys, values = self.action_expert_depth_gate(keys, values, depth_token_mask)
+            keys, values = self.action_expert_depth_gate(
+                keys, values, depth_token_mask, prefix.mask
+            )
         return self.action_expert.prepare_context(keys, values, prefix.mask)
 
     # ------------------------------------------------------------------ released layout
