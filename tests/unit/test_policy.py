@@ -139,3 +139,40 @@ def test_overfit_one_chunk_through_the_full_policy():
         result = policy.act(images, state, instruction, seed=seed)
         assert normalized_mse(result.positions) < 1e-2
     np.testing.assert_allclose(result.positions, target, atol=0.5)
+
+
+def test_expert_context_mask_follows_the_released_rule_for_both_action_heads():
+    from molmoact2_policy.model.vlm import expert_context_mask
+
+    eos, start, end = 1, 7, 8
+    ids = torch.tensor([[eos, 3, 4, start, 5, end, 6, start, 9]])
+    valid = torch.tensor([[True] * 8 + [False]])  # right padding
+    both = expert_context_mask(
+        ids, valid, action_mode="both", eos_token_id=eos,
+        action_start_token_id=start, action_end_token_id=end,
+    )
+    # EOS dropped, the closed span dropped inclusively, the unclosed span to the end, padding.
+    assert both.tolist() == [[False, True, True, False, False, False, True, False, False]]
+    continuous = expert_context_mask(
+        ids, valid, action_mode="continuous", eos_token_id=eos,
+        action_start_token_id=start, action_end_token_id=end,
+    )
+    assert continuous.tolist() == valid.tolist()
+
+
+def test_policy_hides_the_eos_token_from_the_expert_when_the_config_names_it():
+    from molmoact2_policy.model.tokenizer import EOS_TOKEN
+
+    policy = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=0)
+    images, state = _observation(policy.embodiment)
+    with torch.inference_mode():
+        prefix = policy.run_prefix(policy.prepare_inputs(images, state, "wipe the table"))
+        assert policy.expert_context(prefix).additive_mask[0, 0, 0, 0] == 0  # no eos id known
+        eos = policy.tokenizer.token_id(EOS_TOKEN)
+        assert int(prefix.input_ids[0, 0]) == eos  # the prompt starts with it as BOS
+        policy.config.extra["eos_token_id"] = eos
+        try:
+            masked = policy.expert_context(prefix).additive_mask[0, 0, 0]
+        finally:
+            del policy.config.extra["eos_token_id"]
+    assert masked[0] < -1e30 and (masked[1:] == 0).all()

@@ -8,6 +8,7 @@ method so the Think policy (``model/think.py``) can subclass and replace single 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,7 @@ from molmoact2_policy.model.vlm import (
     PrefixInputs,
     PrefixOutput,
     collate_prefix_inputs,
+    expert_context_mask,
     image_token_ids,
     tokenize_prompt,
 )
@@ -253,8 +255,25 @@ class MolmoAct2Policy:
     def run_prefix(self, inputs: PrefixInputs) -> PrefixOutput:
         return self.model.prefix(inputs)
 
-    def expert_context(self, prefix: PrefixOutput) -> ExpertContext:
-        return self.model.expert_context(prefix)
+    def expert_context(
+        self, prefix: PrefixOutput, gated: Tensor | None = None
+    ) -> ExpertContext:
+        """The flow expert's context; ``gated`` (B, S) marks what the depth gate scales."""
+        if prefix.input_ids is not None:
+            config = self.config
+            mask = expert_context_mask(
+                prefix.input_ids,
+                prefix.mask,
+                action_mode=config.action_mode,
+                # Released configs carry it at the top level (kept in ``extra`` here).
+                eos_token_id=config.extra.get("eos_token_id"),
+                action_start_token_id=config.action_start_token_id,
+                action_end_token_id=config.action_end_token_id,
+            )
+            prefix = dataclasses.replace(prefix, mask=mask)
+            if gated is not None:
+                gated = gated & mask
+        return self.model.expert_context(prefix, gated)
 
     def make_noise(self, seed: int | None) -> Tensor:
         generator = self._generator if seed is None else torch.Generator().manual_seed(seed)

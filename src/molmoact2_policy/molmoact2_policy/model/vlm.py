@@ -62,6 +62,7 @@ class PrefixOutput:
     mask: Tensor  # (B, S) bool: prompt tokens the expert may attend to
     cache: DynamicCache  # the VLM's own cache (post-RoPE K), for continued decoding
     last_hidden_state: Tensor  # (B, S, hidden), after the final norm
+    input_ids: Tensor | None = None  # (B, S) the sequence, for the expert's context mask
 
 
 def image_token_ids(tokenizer: MolmoAct2Tokenizer) -> list[int]:
@@ -145,6 +146,42 @@ def _pre_rope_key_hooks(
     return handles
 
 
+def expert_context_mask(
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    *,
+    action_mode: str,
+    eos_token_id: int | None,
+    action_start_token_id: int | None,
+    action_end_token_id: int | None,
+) -> Tensor:
+    """(B, S) bool: the sequence positions the action expert attends to, as released.
+
+    A checkpoint trained with both action heads (``action_mode`` "both") saw sequences that also
+    carried a discrete answer; its expert never attends to EOS tokens nor to an
+    ``<action_start>`` ... ``<action_end>`` span (an unclosed span runs to the end), so neither
+    may it here. Other modes attend to every non-padding token.
+    """
+    mask = attention_mask.to(torch.bool).clone()
+    if action_mode != "both":
+        return mask
+    if eos_token_id is not None:
+        mask &= input_ids != int(eos_token_id)
+    if action_start_token_id is None or action_end_token_id is None:
+        return mask
+    for row in range(input_ids.shape[0]):
+        ids = input_ids[row].tolist()
+        inside = False
+        for column, token in enumerate(ids):
+            if token == action_start_token_id:
+                inside = True
+            if inside:
+                mask[row, column] = False
+            if inside and token == action_end_token_id:
+                inside = False
+    return mask
+
+
 def prefix_forward(
     vlm: Molmo2ForConditionalGeneration, inputs: PrefixInputs, kv_source: str = "cache"
 ) -> PrefixOutput:
@@ -178,4 +215,5 @@ def prefix_forward(
         mask=inputs.attention_mask.clone(),
         cache=cache,
         last_hidden_state=output.last_hidden_state,
+        input_ids=inputs.input_ids,
     )
