@@ -21,7 +21,7 @@ SCRIPTS = {
     ),
     "think": (
         ["--preset", "tiny", "--repeats", "1"],
-        ["full re-prediction (100 forwards)", "step rate: flow", "adaptive step speedup"],
+        ["forwards, token by token)", "step rate: flow", "adaptive step speedup"],
     ),
     "fast": (["--preset", "tiny", "--repeats", "1"], ["decoding cost:", "ratios:"]),
     "executor": (

@@ -10,11 +10,11 @@ from molmoact2_policy.depth_change import detect_changed_cells
 from molmoact2_policy.model.config import MolmoAct2Config
 from molmoact2_policy.model.model import MolmoAct2Model
 from molmoact2_policy.model.think import (
-    THINK_TAIL_TOKENS,
     DepthCache,
+    DepthDecodeError,
     DepthDecoder,
+    depth_gate_positions,
     plan_frame,
-    think_prompt,
     update_cache,
 )
 from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer
@@ -22,12 +22,13 @@ from molmoact2_policy.model.vlm import PrefixOutput, cache_key_values
 
 torch.set_num_threads(1)
 
-PROMPT = "The task is to fold the towel.<|im_start|>assistant\n<action_output>"
+PROMPT = "The task is to fold the towel.<|im_start|>assistant\n<depth_output><action_output>"
+SPAN_EXTRA = 2  # <depth_start> before the codes, <depth_end> after them
 
 
 def text_prefix(model: MolmoAct2Model, tokenizer: MolmoAct2Tokenizer, text: str) -> PrefixOutput:
     """A prompt prefill without images (the decoder only continues from the prefix cache)."""
-    ids = torch.tensor([tokenizer.encode(think_prompt(text))])
+    ids = torch.tensor([tokenizer.encode(text)])
     with torch.no_grad():
         out = model.vlm.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
     keys, values = cache_key_values(out.past_key_values)
@@ -45,7 +46,7 @@ def tiny():
     config = MolmoAct2Config.tiny(enable_depth_reasoning=True)
     model = MolmoAct2Model.random(config, seed=3)
     tokenizer = MolmoAct2Tokenizer.tiny()
-    decoder = DepthDecoder(model.vlm, config, tokenizer.token_ids(THINK_TAIL_TOKENS))
+    decoder = DepthDecoder(model.vlm, config)
     return config, model, tokenizer, decoder, text_prefix(model, tokenizer, PROMPT)
 
 
@@ -56,7 +57,8 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 def test_full_decoding_is_plain_greedy_over_the_depth_logits(tiny):
     config, model, _, decoder, prefix = tiny
     out = decoder.decode(prefix, adaptive=False)
-    assert out.codes.shape == (100,) and out.changed.all() and out.forwards == 100
+    # <depth_start>, then one forward per code; the last code goes in with <depth_end>.
+    assert out.codes.shape == (100,) and out.changed.all() and out.forwards == 101
     # Reference: transformers' own DynamicCache, one token at a time, argmax over depth rows.
     start = config.depth_token_start_id
     rows = model.vlm.lm_head.weight[start : start + config.num_depth_tokens]
@@ -64,22 +66,31 @@ def test_full_decoding_is_plain_greedy_over_the_depth_logits(tiny):
     with torch.no_grad():
         step = model.vlm.model(input_ids=ids, use_cache=True)
         cache, codes = step.past_key_values, []
+        step = model.vlm.model.language_model(
+            input_ids=torch.tensor([[config.depth_start_token_id]]),
+            past_key_values=cache,
+            use_cache=True,
+        )
         for _ in range(100):
             codes.append(int((step.last_hidden_state[:, -1] @ rows.T).argmax()))
             step = model.vlm.model.language_model(
                 input_ids=torch.tensor([[start + codes[-1]]]), past_key_values=cache, use_cache=True
             )
     np.testing.assert_array_equal(out.codes, codes)
-    # Context: prompt + 100 depth tokens + tail, depth positions marked for the gate.
-    total = prefix.mask.shape[1] + 100 + len(THINK_TAIL_TOKENS)
+    assert out.span_ids == [
+        config.depth_start_token_id, *(start + c for c in codes), config.depth_end_token_id
+    ]
+    # Context: prompt + span, the code positions marked.
+    prompt_len = prefix.mask.shape[1]
+    total = prompt_len + 100 + SPAN_EXTRA
     assert out.keys[0].shape == (1, total, config.llm_kv_dim) and out.mask.all()
     assert int(out.depth_token_mask.sum()) == 100
-    assert out.depth_token_mask[0, prefix.mask.shape[1]]
+    assert out.depth_token_mask[0, prompt_len + 1] and not out.depth_token_mask[0, prompt_len]
 
 
 def prefix_ids(tiny) -> list[int]:
     _, _, tokenizer, _, _ = tiny
-    return tokenizer.encode(think_prompt(PROMPT))
+    return tokenizer.encode(PROMPT)
 
 
 def test_nothing_changed_is_one_forward_returning_the_cached_codes(tiny):
@@ -100,7 +111,7 @@ def test_every_cell_forced_to_repredict_equals_full_decoding(tiny):
     stale = (full.codes + 7) % 128  # cached codes that must all be overwritten
     adaptive = decoder.decode(prefix, stale, np.ones(100, dtype=bool))
     np.testing.assert_array_equal(adaptive.codes, full.codes)
-    assert adaptive.forwards == 100
+    assert adaptive.forwards == 101
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -124,10 +135,10 @@ def test_pre_rope_key_source_sees_the_depth_span(tiny):
     pre_config = MolmoAct2Config.tiny(enable_depth_reasoning=True, expert_kv_source="pre_rope")
     pre_model = MolmoAct2Model(pre_config)
     pre_model.load_state_dict(model.state_dict())
-    decoder = DepthDecoder(pre_model.vlm, pre_config, tokenizer.token_ids(THINK_TAIL_TOKENS))
+    decoder = DepthDecoder(pre_model.vlm, pre_config)
     prefix = text_prefix(pre_model, tokenizer, PROMPT)
     out = decoder.decode(prefix)
-    total = prefix.mask.shape[1] + 100 + len(THINK_TAIL_TOKENS)
+    total = prefix.mask.shape[1] + 100 + SPAN_EXTRA
     assert out.keys[0].shape == (1, total, config.llm_kv_dim)
     # Pre-RoPE keys of the same token differ from the cached (rotated) ones except at position 0.
     cached_keys = out.cache.layers[0].keys[:, :, :total].transpose(1, 2).reshape(1, total, -1)
@@ -140,8 +151,72 @@ def test_bad_cache_inputs_are_rejected(tiny):
         decoder.decode(prefix, np.zeros(99, dtype=np.int64), np.ones(99, dtype=bool))
     with pytest.raises(ValueError, match=r"\[0, 128\)"):
         decoder.decode(prefix, np.full(100, 200), np.ones(100, dtype=bool))
-    with pytest.raises(ValueError, match="<action_output>"):
-        think_prompt("no answer marker")
+
+
+class ScriptedEnd(DepthDecoder):
+    """A decoder whose full-vocabulary choices after the codes are scripted.
+
+    Random weights never write <depth_end>; the script stands in for what a trained model
+    writes, while every forward, cache write and rollback is the real code under test.
+    """
+
+    def __init__(self, *args, script, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.script = list(script)
+
+    def _next_token(self, hidden):
+        return self.script.pop(0)
+
+
+def greedy_end_decoder(tiny, script, end_budget=8):
+    config, model, *_ = tiny
+    greedy = MolmoAct2Config.tiny(enable_depth_reasoning=True, think_force_depth_end=False)
+    assert greedy.depth_end_token_id == config.depth_end_token_id
+    return ScriptedEnd(model.vlm, greedy, end_budget=end_budget, script=script)
+
+
+def test_depth_end_written_right_after_the_codes_costs_no_extra_forward(tiny):
+    config, _, _, decoder, prefix = tiny
+    forced = decoder.decode(prefix, adaptive=False)
+    greedy = greedy_end_decoder(tiny, [config.depth_end_token_id])
+    out = greedy.decode(prefix, forced.codes, np.zeros(100, dtype=bool))
+    assert out.forwards == 1 and not greedy.script  # the model was asked once
+    assert out.span_ids == forced.span_ids
+    assert max_diff(out.keys, forced.keys) < 1e-4
+
+
+def test_tokens_before_depth_end_are_decoded_and_kept_in_the_context(tiny):
+    config, model, _, decoder, prefix = tiny
+    codes = decoder.decode(prefix, adaptive=False).codes
+    extra = [11, 12]  # ordinary text tokens the model chose to write before <depth_end>
+    greedy = greedy_end_decoder(tiny, [*extra, config.depth_end_token_id])
+    out = greedy.decode(prefix, codes, np.zeros(100, dtype=bool))
+    start = config.depth_token_start_id
+    expected = [config.depth_start_token_id, *(start + c for c in codes), *extra]
+    assert out.span_ids == [*expected, config.depth_end_token_id]
+    # The rejected <depth_end> guess was overwritten: the cache equals one plain forward of the
+    # whole sequence through transformers' DynamicCache.
+    ids = torch.tensor([[*prefix_ids(tiny), *out.span_ids]])
+    with torch.no_grad():
+        reference = model.vlm.model(input_ids=ids, use_cache=True).past_key_values
+    keys, values = cache_key_values(reference)
+    assert max_diff(out.keys, keys) < 1e-4 and max_diff(out.values, values) < 1e-4
+    assert out.forwards == 1 + len(extra) + 1
+
+
+def test_a_span_the_model_never_closes_is_an_error(tiny):
+    greedy = greedy_end_decoder(tiny, [11] * 20, end_budget=5)
+    with pytest.raises(DepthDecodeError, match="<depth_end> within 5 tokens"):
+        greedy.decode(tiny[4])
+
+
+def test_the_gate_covers_codes_and_span_markers_wherever_they_stand(tiny):
+    config = tiny[0]
+    code = config.depth_token_start_id
+    ids = torch.tensor([[5, config.depth_output_token_id, 7, config.depth_start_token_id,
+                         code, code + 127, code + 128, config.depth_end_token_id, 9]])
+    gated = depth_gate_positions(ids, config)
+    assert gated.tolist() == [[False, True, False, True, True, True, False, True, False]]
 
 
 def test_depth_cache_keeps_the_reference_patch_of_unchanged_cells():
@@ -265,3 +340,23 @@ def test_depth_gate_scales_the_depth_context():
     open_gate = act(gated, 40.0)  # sigmoid(40) == 1: depth context passes unscaled
     np.testing.assert_allclose(open_gate, act(plain, 0.0), atol=1e-5)
     assert np.abs(act(gated, -4.0) - open_gate).max() > 1e-6
+
+
+def test_an_unclosed_depth_span_fails_the_step_and_keeps_the_cache(think_policy):
+    from molmoact2_policy.policy_api import PolicyUnavailableError
+
+    policy = think_policy
+    policy.reset()
+    images, state = observation(), np.zeros(14)
+    policy.act(images, state, "fold the towel", seed=1)
+    codes_before = policy.depth_cache.codes.copy()
+    original = policy.decoder
+    greedy = MolmoAct2Config.tiny(enable_depth_reasoning=True, think_force_depth_end=False)
+    policy.decoder = ScriptedEnd(policy.model.vlm, greedy, end_budget=3, script=[11] * 10)
+    try:
+        with pytest.raises(PolicyUnavailableError, match="<depth_end>"):
+            policy.act(observation(seed=5), state, "fold the towel", seed=1)
+    finally:
+        policy.decoder = original
+    # No chunk, and the cache still describes the last frame that produced one.
+    np.testing.assert_array_equal(policy.depth_cache.codes, codes_before)

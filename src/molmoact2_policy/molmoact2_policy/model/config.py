@@ -83,6 +83,10 @@ class MolmoAct2Config:
     mask_action_dim_padding: bool = field(default=True, metadata=_meta("zero padded dims"))
     enable_depth_reasoning: bool = field(default=False, metadata=_meta("Think checkpoints"))
     num_depth_codes: int = field(default=100, metadata=_meta("depth tokens per image (10x10)"))
+    # Not a released key: random-weight presets never write <depth_end>, so Think appends it.
+    think_force_depth_end: bool = field(
+        default=False, metadata=_meta("append <depth_end> after the codes instead of decoding it")
+    )
     action_expert_depth_gate: bool = field(default=False, metadata=_meta("learned depth gate"))
     action_expert_depth_gate_per_layer: bool = field(
         default=False, metadata=_meta("one gate per layer (else one, fed the last layer's V)")
@@ -361,6 +365,7 @@ def _preset(
         max_action_horizon=max_action_horizon,
     )
     kwargs: dict[str, Any] = dict(_token_ids_from_tokenizer(tokenizer, layout))
+    kwargs["think_force_depth_end"] = True  # random weights: see the field
     kwargs.update(overrides)
     return MolmoAct2Config(vlm=vlm, action_expert=expert_config, **kwargs)
 

@@ -90,6 +90,32 @@ class StaticCacheDecoder:
         hooked: list[list[Tensor]] | None = None,
     ) -> Tensor:
         """Feed ``tokens`` at ``position``; the last position's final hidden state (1, hidden)."""
+        return self._forward_all(cache, tokens, position, hooked)[:, -1]
+
+    @staticmethod
+    def _truncate(cache: StaticCache, length: int, hooked: list[list[Tensor]], drop: int) -> None:
+        """Forget the last ``drop`` fed tokens: the cache continues at ``length`` again.
+
+        Entries past ``length`` stay in the static buffers but the next forward overwrites them
+        and the causal mask hides them until then; captured keys lose their last ``drop`` rows.
+        """
+        for layer in cache.layers:
+            if isinstance(layer.cumulative_length, Tensor):
+                layer.cumulative_length.fill_(length)
+            else:
+                layer.cumulative_length = length
+        for captured in hooked:
+            if captured:
+                captured[-1] = captured[-1][:, :-drop]
+
+    def _forward_all(
+        self,
+        cache: StaticCache,
+        tokens: list[int],
+        position: int,
+        hooked: list[list[Tensor]] | None = None,
+    ) -> Tensor:
+        """Feed ``tokens`` at ``position``; the final hidden state of each, (1, len, hidden)."""
         device = cache.layers[0].keys.device
         ids = torch.tensor([tokens], dtype=torch.long, device=device)
         positions = torch.arange(position, position + len(tokens), device=device)[None]
@@ -104,7 +130,7 @@ class StaticCacheDecoder:
                 handle.remove()
         self.stats.forwards += 1
         self.stats.tokens_fed += len(tokens)
-        return out.last_hidden_state[:, -1]
+        return out.last_hidden_state
 
     def _key_hooks(self, hooked: list[list[Tensor]]) -> list[Any]:
         """Capture each layer's pre-RoPE K (the expert's source other than the cache)."""

@@ -70,6 +70,7 @@ class MolmoAct2Policy:
     """Flow-matching MolmoAct2 for one embodiment (implements ``policy_api.Policy``)."""
 
     mode_name = "flow"
+    depth_reasoning = False  # Think asks for the depth map before the action
 
     def __init__(
         self,
@@ -239,6 +240,7 @@ class MolmoAct2Policy:
             control_mode=spec.control_mode,
             state_bins=self.normalized_state_bins(state).tolist(),
             options=self._prompt_options,
+            depth_reasoning=self.depth_reasoning,
         )
 
     def prepare_inputs(

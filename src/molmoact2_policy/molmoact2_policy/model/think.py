@@ -6,16 +6,23 @@ prompt *and* the depth tokens. Decoding is greedy over the ``num_depth_tokens`` 
 only (the LM head is applied to those rows alone).
 
 Adaptive decoding (``DepthDecoder.decode``): given the codes cached for the previous frame and
-which cells changed (``depth_change``), unchanged cells are not predicted. Known tokens (cached
-codes, and the code just predicted) are collected into a run and fed in one multi-token forward
-right before the next changed cell needs its logits; the final run also carries the tail
-tokens. So nothing changed -> exactly one forward for all 100 cells; every cell changed -> 100
-forwards, the same as the reference path (``adaptive=False``: one forward per cell, the
-behaviour of plain greedy decoding and the reference the adaptive path is tested against).
+which cells changed (``depth_change``), unchanged cells are not predicted. Known tokens
+(``<depth_start>``, cached codes, the code just predicted) are collected into a run and fed in
+one multi-token forward right before the next changed cell needs its logits; the final run also
+carries ``<depth_end>``. So nothing changed -> exactly one forward for the whole span; every
+cell changed -> 101 forwards, the same as the reference path (``adaptive=False``: one forward
+per token, the behaviour of plain greedy decoding and the reference the adaptive path is tested
+against). The released decoder replays each unchanged run in its own forward; merging the code
+just predicted into the next run gives the same tokens with fewer forwards.
 
-Sequence layout (uncertain, kept in the constants below): the robot prompt's trailing
-``<action_output>`` is replaced by ``<depth_output><depth_start>``; after the codes come
-``<depth_end><action_output>``. The expert's context is the whole sequence.
+Sequence layout (as the released model decodes it): the Think prompt asks for the depth map
+first and ends ``<depth_output><action_output>``; decoding feeds ``<depth_start>``, the codes,
+then continues greedily over the whole vocabulary until the model writes ``<depth_end>`` (in
+practice the very next token). ``<depth_end>`` is fed along with the last known codes and
+accepted when the logits after the codes pick it, so the usual case costs no extra forward; any
+other choice rolls that token back and decodes token by token (at most ``end_budget`` tokens).
+The expert's context is the whole sequence. Checkpoints that never learned to write
+``<depth_end>`` (our random presets: ``think_force_depth_end``) get it appended.
 
 KV cache: the depth span is decoded into a transformers ``StaticCache`` preallocated for
 prompt + depth span and reused across calls (reallocated only when a longer prompt arrives):
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,20 +57,13 @@ from molmoact2_policy.model.vlm import PrefixOutput, flatten_heads
 from molmoact2_policy.policy_api import (
     ActionChunkResult,
     PolicyInputError,
+    PolicyUnavailableError,
     validate_observation,
 )
 
-# The Think continuation of the robot prompt (see the module docstring).
-PROMPT_END = "<action_output>"
-THINK_PROMPT_END = "<depth_output><depth_start>"
-THINK_TAIL_TOKENS = ("<depth_end>", "<action_output>")
 
-
-def think_prompt(prompt: str) -> str:
-    """The robot prompt with its answer start replaced by the start of the depth span."""
-    if not prompt.endswith(PROMPT_END):
-        raise ValueError(f"robot prompt must end with {PROMPT_END!r} to become a Think prompt")
-    return prompt[: -len(PROMPT_END)] + THINK_PROMPT_END
+class DepthDecodeError(RuntimeError):
+    """The model did not close the depth span: no chunk may come from this step."""
 
 
 # The depth decoder counts with the shared decoder counters (``predicted``: cells by argmax).
@@ -76,21 +76,24 @@ class DepthDecodeOutput:
 
     codes: np.ndarray  # (cells,) int64 in [0, num_depth_tokens)
     changed: np.ndarray  # (cells,) bool: predicted (True) or replayed from the cache
-    keys: list[Tensor]  # per layer (1, S_total, kv_dim): prompt + depth span + tail
+    span_ids: list[int]  # what followed the prompt: <depth_start>, codes, ..., <depth_end>
+    keys: list[Tensor]  # per layer (1, S_total, kv_dim): prompt + span
     values: list[Tensor]
     mask: Tensor  # (1, S_total) bool, all True (batch 1, no padding)
-    depth_token_mask: Tensor  # (1, S_total) bool, True on the <depth_k> positions
+    depth_token_mask: Tensor  # (1, S_total) bool, True on the span's <depth_k> codes
     forwards: int  # forwards this call took
     cache: StaticCache = field(repr=False)
 
 
 class DepthDecoder(StaticCacheDecoder):
-    """Greedy depth-span decoding over a Molmo2 VLM, adaptive or token by token."""
+    """Greedy depth-span decoding over a Molmo2 VLM, adaptive or token by token.
 
-    def __init__(
-        self, vlm: torch.nn.Module, config: MolmoAct2Config, tail_token_ids: Sequence[int]
-    ) -> None:
-        missing = [name for name in ("depth_token_start_id",) if getattr(config, name) is None]
+    ``end_budget``: tokens the model may write after the codes before ``<depth_end>``.
+    """
+
+    def __init__(self, vlm: torch.nn.Module, config: MolmoAct2Config, end_budget: int = 8) -> None:
+        required = ("depth_token_start_id", "depth_start_token_id", "depth_end_token_id")
+        missing = [name for name in required if getattr(config, name) is None]
         if missing:
             raise ValueError(f"config lacks {', '.join(missing)}: not a Think checkpoint")
         super().__init__(vlm, config.expert_kv_source)
@@ -98,15 +101,26 @@ class DepthDecoder(StaticCacheDecoder):
         self.num_cells = int(config.num_depth_codes)
         self.num_codes = int(config.num_depth_tokens)
         self.code_start = int(config.depth_token_start_id)
+        self.start_id = int(config.depth_start_token_id)
+        self.end_id = int(config.depth_end_token_id)
+        self.force_end = bool(config.think_force_depth_end)
+        if end_budget < 1:
+            raise ValueError(f"end_budget must be >= 1, got {end_budget}")
+        self.end_budget = int(end_budget)
         try:
             self.check_head_rows(self.code_start, self.num_codes)
+            self.check_head_rows(self.end_id, 1)
         except ValueError as error:
             raise ValueError(f"depth {error}") from None
-        self.tail_token_ids = [int(t) for t in tail_token_ids]
 
     def _depth_logits(self, hidden: Tensor) -> Tensor:
         rows = self.vlm.lm_head.weight[self.code_start : self.code_start + self.num_codes]
         return hidden.to(rows.dtype) @ rows.T
+
+    def _next_token(self, hidden: Tensor) -> int:
+        """Greedy choice over the whole vocabulary (what follows the codes)."""
+        weight = self.vlm.lm_head.weight
+        return int((hidden.to(weight.dtype) @ weight.T).argmax(dim=-1).item())
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
@@ -123,6 +137,7 @@ class DepthDecoder(StaticCacheDecoder):
         ``cached_codes``/``changed``: the previous frame's codes and which cells to re-predict;
         without them every cell is predicted. ``adaptive=False`` is the reference path: one
         forward per cell (cached codes still forced where ``changed`` is False).
+        Raises DepthDecodeError when the model does not write ``<depth_end>`` in time.
         """
         n = self.num_cells
         check_single_unpadded(prefix, "Think decoding")
@@ -140,45 +155,48 @@ class DepthDecoder(StaticCacheDecoder):
                 raise ValueError(f"cached depth codes must lie in [0, {self.num_codes})")
 
         prompt_len = prefix.mask.shape[1]
-        total = prompt_len + n + len(self.tail_token_ids)
-        cache = self._static_cache(prefix, total)
-        hooked: list[list[Tensor]] = [[] for _ in self._language_model().layers]
+        writer = _SpanWriter(
+            self,
+            self._static_cache(prefix, prompt_len + 1 + n + self.end_budget),
+            [[] for _ in self._language_model().layers],
+            prompt_len,
+        )
         forwards_before = self.stats.forwards
         codes = cached.copy()
-        next_hidden = prefix.last_hidden_state[:, -1]  # predicts cell 0
-        pending: list[int] = []  # known tokens not yet fed
-        position = prompt_len
+        pending: list[int] = [self.start_id]  # known tokens not yet fed
+        next_hidden = prefix.last_hidden_state[:, -1]  # replaced before first use
         for cell in range(n):
             if predict[cell]:
                 if pending:
-                    next_hidden = self._forward(cache, pending, position, hooked)
-                    position += len(pending)
+                    next_hidden = writer.feed(pending)[:, -1]
                     pending = []
                 codes[cell] = int(self._depth_logits(next_hidden).argmax(dim=-1).item())
                 self.stats.predicted += 1
             pending.append(self.code_start + int(codes[cell]))
             if not adaptive and cell < n - 1:
-                next_hidden = self._forward(cache, pending, position, hooked)
-                position += len(pending)
+                next_hidden = writer.feed(pending)[:, -1]
                 pending = []
-        self._forward(cache, pending + self.tail_token_ids, position, hooked)
+        self._close_span(writer, pending)
         self.stats.calls += 1
 
+        cache = writer.cache
+        total = writer.position
         values = [flatten_heads(layer.values[:, :, :total]) for layer in cache.layers]
         if self.kv_source == "cache":
             keys = [flatten_heads(layer.keys[:, :, :total]) for layer in cache.layers]
         else:
             keys = [
                 torch.cat([prompt_keys, *captured], dim=1)
-                for prompt_keys, captured in zip(prefix.keys, hooked, strict=True)
+                for prompt_keys, captured in zip(prefix.keys, writer.hooked, strict=True)
             ]
         device = prefix.mask.device
         mask = torch.ones(1, total, dtype=torch.bool, device=device)
         depth_mask = torch.zeros(1, total, dtype=torch.bool, device=device)
-        depth_mask[:, prompt_len : prompt_len + n] = True
+        depth_mask[:, prompt_len + 1 : prompt_len + 1 + n] = True
         return DepthDecodeOutput(
             codes=codes,
             changed=predict.copy(),
+            span_ids=list(writer.span),
             keys=keys,
             values=values,
             mask=mask,
@@ -186,6 +204,56 @@ class DepthDecoder(StaticCacheDecoder):
             forwards=self.stats.forwards - forwards_before,
             cache=cache,
         )
+
+    def _close_span(self, writer: _SpanWriter, pending: list[int]) -> None:
+        """Feed the last known codes and whatever the model writes up to ``<depth_end>``."""
+        hidden = writer.feed([*pending, self.end_id])
+        if self.force_end:
+            return
+        chosen = self._next_token(hidden[:, -2])  # the model's pick right after the codes
+        if chosen == self.end_id:
+            return
+        # The model writes something else first: take <depth_end> back and follow the model.
+        writer.take_back(1)
+        for _ in range(self.end_budget):
+            hidden = writer.feed([chosen])
+            if chosen == self.end_id:
+                return
+            chosen = self._next_token(hidden[:, -1])
+        raise DepthDecodeError(
+            f"the model did not write <depth_end> within {self.end_budget} tokens after the "
+            "depth codes"
+        )
+
+
+class _SpanWriter:
+    """Feeds tokens after the prompt into the static cache and remembers what it fed."""
+
+    def __init__(
+        self,
+        decoder: StaticCacheDecoder,
+        cache: StaticCache,
+        hooked: list[list[Tensor]],
+        position: int,
+    ) -> None:
+        self.decoder = decoder
+        self.cache = cache
+        self.hooked = hooked
+        self.position = position
+        self.span: list[int] = []
+
+    def feed(self, tokens: list[int]) -> Tensor:
+        """Final hidden states of ``tokens`` (1, len, hidden)."""
+        hidden = self.decoder._forward_all(self.cache, tokens, self.position, self.hooked)
+        self.position += len(tokens)
+        self.span.extend(tokens)
+        return hidden
+
+    def take_back(self, count: int) -> None:
+        """Forget the last ``count`` fed tokens (all from the latest ``feed``)."""
+        self.position -= count
+        del self.span[-count:]
+        self.decoder._truncate(self.cache, self.position, self.hooked, drop=count)
 
 
 @dataclass
@@ -235,6 +303,21 @@ def update_cache(
     cache.codes = np.asarray(codes, dtype=np.int64).copy()
 
 
+def depth_gate_positions(input_ids: Tensor, config: MolmoAct2Config) -> Tensor:
+    """(B, S) bool: the tokens the depth gate scales: every ``<depth_k>`` and the span markers.
+
+    As released, the gate covers ``<depth_output>``, ``<depth_start>``, ``<depth_end>`` and the
+    codes wherever they stand, so it is computed from the ids rather than from positions.
+    """
+    start = int(config.depth_token_start_id)
+    codes = (input_ids >= start) & (input_ids < start + int(config.num_depth_tokens))
+    markers = [config.depth_output_token_id, config.depth_start_token_id, config.depth_end_token_id]
+    for marker in markers:
+        if marker is not None:
+            codes |= input_ids == int(marker)
+    return codes
+
+
 class ThinkPolicy(MolmoAct2Policy):
     """MolmoAct2-Think: depth tokens of the main camera, then the flow expert over both.
 
@@ -243,11 +326,13 @@ class ThinkPolicy(MolmoAct2Policy):
     """
 
     mode_name = "think"
+    depth_reasoning = True  # the prompt asks for the depth map first
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # The released decoder lets the model write up to max(8, horizon) tokens after the codes.
         self.decoder = DepthDecoder(
-            self.model.vlm, self.config, self.tokenizer.token_ids(THINK_TAIL_TOKENS)
+            self.model.vlm, self.config, end_budget=max(8, self.embodiment.horizon)
         )
         self.depth_cache = DepthCache()
         self.main_camera = self.embodiment.camera_names[0]
@@ -271,9 +356,6 @@ class ThinkPolicy(MolmoAct2Policy):
             self.main_camera = camera_name
             self.change_threshold = float(threshold)
             self.depth_cache.clear()
-
-    def build_prompt(self, state: np.ndarray, instruction: str) -> str:
-        return think_prompt(super().build_prompt(state, instruction))
 
     def act(
         self,
@@ -303,19 +385,26 @@ class ThinkPolicy(MolmoAct2Policy):
             after_preprocess = self._clock()
             prefix = self.run_prefix(inputs)
             after_prefix = self._clock()
-            depth = self.decoder.decode(
-                prefix, self.depth_cache.codes, changed, adaptive=self.adaptive
-            )
+            try:
+                depth = self.decoder.decode(
+                    prefix, self.depth_cache.codes, changed, adaptive=self.adaptive
+                )
+            except DepthDecodeError as error:
+                raise PolicyUnavailableError(str(error)) from None
             after_depth = self._clock()
-            ctx = self.model.expert_context(
+            sequence = torch.cat(
+                [inputs.input_ids, inputs.input_ids.new_tensor([depth.span_ids])], dim=1
+            )
+            ctx = self.expert_context(
                 PrefixOutput(
                     keys=depth.keys,
                     values=depth.values,
                     mask=depth.mask,
                     cache=depth.cache,
                     last_hidden_state=prefix.last_hidden_state,
+                    input_ids=sequence,
                 ),
-                depth.depth_token_mask,
+                depth_gate_positions(sequence, self.config),
             )
             normalized = self.sample_chunk(ctx, noise)
             after_flow = self._clock()
@@ -356,14 +445,13 @@ class ThinkPolicy(MolmoAct2Policy):
 
 
 __all__ = [
-    "THINK_PROMPT_END",
-    "THINK_TAIL_TOKENS",
     "DepthCache",
+    "DepthDecodeError",
     "DepthDecodeOutput",
     "DepthDecodeStats",
     "DepthDecoder",
     "ThinkPolicy",
+    "depth_gate_positions",
     "plan_frame",
-    "think_prompt",
     "update_cache",
 ]
