@@ -176,3 +176,50 @@ def test_policy_hides_the_eos_token_from_the_expert_when_the_config_names_it():
         finally:
             del policy.config.extra["eos_token_id"]
     assert masked[0] < -1e30 and (masked[1:] == 0).all()
+
+
+def _policy_with_tag_metadata(**metadata):
+    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_policy.model.checkpoint import build_tiny
+    from molmoact2_policy.model.normalize import NormStats
+
+    model, config, stats, tokenizer = build_tiny(seed=0)
+    spec = get_embodiment("droid")
+    data = stats.to_dict()
+    data["metadata_by_tag"][spec.norm_tag].update(metadata)
+    return MolmoAct2Policy(model, config, NormStats.from_dict(data), tokenizer, spec)
+
+
+def test_the_checkpoints_setup_and_control_text_go_into_the_prompt():
+    policy = _policy_with_tag_metadata(
+        setup_type="a franka arm on a cart", control_mode="absolute joint positions"
+    )
+    prompt = policy.build_prompt(np.zeros(policy.embodiment.state_dim), "wipe the table")
+    assert "The setup is <setup_start>a franka arm on a cart<setup_end>." in prompt
+    assert "<control_start>absolute joint positions<control_end>" in prompt
+    spec = policy.embodiment
+    plain = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=0)
+    fallback = plain.build_prompt(np.zeros(spec.state_dim), "wipe the table")
+    assert f"<setup_start>{spec.setup}<setup_end>" in fallback
+
+
+def test_tag_action_steps_shorten_the_chunk_and_a_wrong_horizon_is_refused():
+    policy = _policy_with_tag_metadata(action_horizon=15, n_action_steps=8)
+    images, state = _observation(policy.embodiment)
+    result = policy.act(images, state, "wipe the table", seed=0)
+    assert result.positions.shape == (8, 8)
+    with pytest.raises(ValueError, match="action_horizon 30, the embodiment's chunk is 15"):
+        _policy_with_tag_metadata(action_horizon=30)
+    with pytest.raises(ValueError, match="n_action_steps 16 > horizon 15"):
+        _policy_with_tag_metadata(n_action_steps=16)
+
+
+def test_a_checkpoint_that_wants_several_observations_is_refused():
+    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_policy.model.checkpoint import build_tiny
+    from molmoact2_policy.model.config import MolmoAct2Config
+
+    model, _, stats, tokenizer = build_tiny(seed=0)
+    config = MolmoAct2Config.tiny(n_obs_steps=2)
+    with pytest.raises(ValueError, match="n_obs_steps 2"):
+        MolmoAct2Policy(model, config, stats, tokenizer, get_embodiment("droid"))

@@ -222,6 +222,28 @@ class MolmoAct2Policy:
                 f"{state.dim}/{action.dim}, the embodiment needs "
                 f"{spec.state_dim}/{spec.action_dim}"
             )
+        if config.n_obs_steps != 1:
+            raise ValueError(
+                f"checkpoint n_obs_steps {config.n_obs_steps}: the prompt carries one observation"
+            )
+        # Released tags may say how long a chunk the model was trained on and how much of it
+        # to return; a horizon other than the embodiment's would mistime every action.
+        try:
+            trained_horizon = self.norm_stats.action_horizon(spec.norm_tag)
+            steps = self.norm_stats.n_action_steps(spec.norm_tag)
+        except NormStatsError as error:
+            raise ValueError(f"{spec.name}: {error}") from None
+        if trained_horizon is not None and trained_horizon != spec.horizon:
+            raise ValueError(
+                f"{spec.name}: norm stats tag {spec.norm_tag!r} has action_horizon "
+                f"{trained_horizon}, the embodiment's chunk is {spec.horizon} steps"
+            )
+        if steps is not None and steps > spec.horizon:
+            raise ValueError(
+                f"{spec.name}: norm stats tag {spec.norm_tag!r} has n_action_steps {steps} "
+                f"> horizon {spec.horizon}"
+            )
+        self.returned_steps = steps or spec.horizon
 
     # ------------------------------------------------------------------ steps (overridable)
     def normalized_state_bins(self, state: np.ndarray) -> np.ndarray:
@@ -233,11 +255,16 @@ class MolmoAct2Policy:
 
     def build_prompt(self, state: np.ndarray, instruction: str) -> str:
         spec = self.embodiment
+        # The checkpoint's own wording, when its stats carry it, is what the model was trained
+        # on; the embodiment table's text is the fallback for checkpoints without it.
+        tag = self.norm_stats.metadata(spec.norm_tag)
         return build_prompt(
             num_images=len(spec.camera_names),
             instruction=instruction,
-            setup=spec.setup,
-            control_mode=spec.control_mode,
+            setup=str(tag["setup_type"] or "") if "setup_type" in tag else spec.setup,
+            control_mode=(
+                str(tag["control_mode"] or "") if "control_mode" in tag else spec.control_mode
+            ),
             state_bins=self.normalized_state_bins(state).tolist(),
             options=self._prompt_options,
             depth_reasoning=self.depth_reasoning,
@@ -330,7 +357,8 @@ class MolmoAct2Policy:
         if not np.all(np.isfinite(positions)):
             raise PolicyUnavailableError("the model produced non-finite actions; check the weights")
         return ActionChunkResult(
-            positions=positions,
+            # The tag's n_action_steps, as the released inference returns (all when unset).
+            positions=positions[: self.returned_steps],
             step_dt=self.embodiment.step_dt,
             joint_names=self.joint_names,
             mode=self.mode_name,
