@@ -361,3 +361,34 @@ def test_cli_writes_and_inspects(tmp_path, capsys):
     (out / "config.json").write_text("{")
     assert main(["inspect", str(out)]) == 1
     assert "config.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_processor_files_are_written_and_their_token_options_taken(tiny_dir, tmp_path):
+    assert json.loads((tiny_dir / "preprocessor_config.json").read_text())["crop_mode"] == "resize"
+    path = _copy(tiny_dir, tmp_path)
+    # Unset, the released processor puts <im_col> after single-crop rows when the multi-crop
+    # option is on.
+    (path / "processor_config.json").write_text(
+        json.dumps({"image_use_col_tokens": True, "use_single_crop_col_tokens": None})
+    )
+    policy = MolmoAct2Policy.from_checkpoint(str(path), "droid", seed=0)
+    default = MolmoAct2Policy.from_checkpoint(str(tiny_dir), "droid", seed=0)
+    col = default.tokenizer.token_id("<im_col>")
+    assert col not in default._image_tokens and len(default._image_tokens) == 198
+    assert policy._image_tokens.count(col) == 14 and len(policy._image_tokens) == 212
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"crop_mode": "overlap-and-resize-c2"}, "crop_mode 'overlap-and-resize-c2'"),
+        ({}, "crop_mode 'overlap-and-resize-c2'"),  # the released processor's default
+        ({"crop_mode": "resize", "size": {"height": 336, "width": 336}}, "size"),
+        ({"crop_mode": "resize", "image_mean": [0.48, 0.46, 0.41]}, "image_mean"),
+    ],
+)
+def test_an_image_processor_we_do_not_implement_is_named(tiny_dir, tmp_path, content, message):
+    path = _copy(tiny_dir, tmp_path)
+    (path / "preprocessor_config.json").write_text(json.dumps(content))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)

@@ -207,7 +207,7 @@ def test_tokenized_prompt_expands_images_and_keeps_state_tokens():
     ids = tokenize_prompt(tokenizer, prompt, image_tokens)
     assert ids[0] == tokenizer.token_id("<|endoftext|>")  # BOS, as Molmo2's processor adds
     assert ids.count(tokenizer.token_id("<im_patch>")) == 3 * 196
-    assert ids.count(tokenizer.token_id("<low_res_im_start>")) == 3
+    assert ids.count(tokenizer.token_id("<im_start>")) == 3  # single crops: never low-res start
     state_start = tokenizer.family_start("state", 256)
     assert [i - state_start for i in ids if state_start <= i < state_start + 256] == [5, 250]
     assert ids[-1] == tokenizer.token_id("<action_output>")
@@ -230,4 +230,4 @@ def test_tokenized_think_prompt_ends_with_depth_then_action_output():
     )
     ids = tokenize_prompt(tokenizer, prompt, image_tokens)
     assert ids[-2:] == tokenizer.token_ids(["<depth_output>", "<action_output>"])
-    assert ids.count(tokenizer.token_id("<low_res_im_start>")) == 1
+    assert ids.count(tokenizer.token_id("<im_start>")) == 1

@@ -32,6 +32,7 @@ def setup():
 
 def _inputs(tokenizer, images, instructions):
     image_tokens = tokenizer.token_ids(ImageTokenLayout().tokens(14, 14))
+    assert len(image_tokens) == 198  # <im_start>, 14 x 14 <im_patch>, <im_end>
     ids = [
         tokenize_prompt(
             tokenizer,
@@ -117,7 +118,7 @@ def test_image_tokens_form_one_bidirectional_block(setup):
     changed_images = [images[0], 255 - images[1]]  # only the second camera changes
     changed = prefix_forward(vlm, _inputs(tokenizer, changed_images, ["stack the cups"]))
     ids = _inputs(tokenizer, images, ["stack the cups"]).input_ids[0]
-    first_image_token = int((ids == tokenizer.token_id("<low_res_im_start>")).nonzero()[0])
+    first_image_token = int((ids == tokenizer.token_id("<im_start>")).nonzero()[0])
     # Layer 1's K at the first image's tokens depends on the second image (bidirectional block)
     # but text before the images never sees them (causal).
     assert not torch.allclose(
@@ -125,6 +126,23 @@ def test_image_tokens_form_one_bidirectional_block(setup):
     )
     before = slice(0, first_image_token)
     torch.testing.assert_close(base.keys[2][0, before], changed.keys[2][0, before])
+
+
+def test_each_image_is_one_run_of_198_bidirectional_tokens(setup):
+    _, tokenizer = setup
+    inputs = _inputs(tokenizer, _images(5, count=3), ["wipe the table"])
+    ids, types = inputs.input_ids[0].tolist(), inputs.mm_token_type_ids[0].tolist()
+    start, end, patch = (tokenizer.token_id(t) for t in ("<im_start>", "<im_end>", "<im_patch>"))
+    starts = [i for i, token in enumerate(ids) if token == start]
+    assert len(starts) == 3
+    for first in starts:
+        run = ids[first : first + 198]
+        assert run == [start] + [patch] * 196 + [end]
+        assert types[first : first + 198] == [1] * 198
+        assert types[first - 1] == 0 and types[first + 198] == 0  # "Image k" text around it
+    assert sum(types) == 3 * 198
+    assert inputs.image_grids.tolist() == [[14, 14, 0, 0]] * 3
+    assert inputs.image_token_pooling.shape == (3 * 196, 4)
 
 
 @torch.no_grad()

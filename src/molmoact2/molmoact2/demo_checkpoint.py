@@ -19,7 +19,7 @@ import numpy as np
 from molmoact2 import graph
 
 # Bumped whenever what the demo model learns changes, so cached demo checkpoints are rebuilt.
-DEMO_RECIPE = 3  # 3: released prompt text, stats semantics and Think span
+DEMO_RECIPE = 4  # 3: released prompt, stats and Think span; 4: released image tokens
 MARKER_FILE = "DEMO_CHECKPOINT.txt"
 
 

@@ -89,6 +89,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 FAST_TOKENIZER_DIR = "fast_tokenizer"
+PREPROCESSOR_FILE = "preprocessor_config.json"  # the image processor's options
+PROCESSOR_FILE = "processor_config.json"  # the processor's image-token options
 
 
 class CheckpointError(ValueError):
@@ -427,6 +429,7 @@ def save_checkpoint(
     _write_weights(path, tensors, max_shard_bytes)
     norm_stats.save(path / config.norm_stats_filename)
     tokenizer.save(path)
+    _write_processor_files(path, config)
     if fast_tokenizer is not None:
         check_fast_tokenizer(fast_tokenizer, config, source="fast_tokenizer")
         fast_tokenizer.save(path / FAST_TOKENIZER_DIR)
@@ -455,6 +458,96 @@ def _write_weights(path: Path, tensors: dict[str, Tensor], max_shard_bytes: int 
         weight_map.update(dict.fromkeys(shard, name))
     index_data = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (path / WEIGHTS_INDEX_FILE).write_text(json.dumps(index_data, indent=2) + "\n")
+
+
+def _write_processor_files(path: Path, config: MolmoAct2Config) -> None:
+    """The released export's processor files, describing the one image path we implement."""
+    vision = config.vlm.vision_config
+    size = int(vision.image_size[0])
+    preprocessor = {
+        "crop_mode": "resize",
+        "size": {"height": size, "width": size},
+        "patch_size": int(vision.patch_size),
+        "pooling_size": [2, 2],
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    processor = {
+        "image_use_col_tokens": config.image_use_col_tokens,
+        "use_single_crop_col_tokens": config.use_single_crop_col_tokens,
+        "use_single_crop_start_token": config.use_single_crop_start_token,
+    }
+    (path / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor, indent=2) + "\n")
+    (path / PROCESSOR_FILE).write_text(json.dumps(processor, indent=2) + "\n")
+
+
+def _read_json_object(file: Path) -> dict[str, Any] | None:
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{file}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: expected a JSON object")
+    return data
+
+
+def apply_processor_files(path: str | Path, config: MolmoAct2Config) -> None:
+    """Check the checkpoint's image processor against ours and take its image-token options.
+
+    Only crop mode "resize" (one 378x378 crop per camera, what the released robot checkpoints
+    use) is implemented; the processor's own default is multi-crop, so a file that names no
+    crop mode is refused too. Absent files leave the config as it is.
+    """
+    path = Path(path)
+    vision = config.vlm.vision_config
+    size = int(vision.image_size[0])
+    preprocessor = _read_json_object(path / PREPROCESSOR_FILE)
+    if preprocessor is not None:
+        where = path / PREPROCESSOR_FILE
+        expected = {
+            "crop_mode": "resize",
+            "size": {"height": size, "width": size},
+            "patch_size": int(vision.patch_size),
+            "pooling_size": [2, 2],
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_std": [0.5, 0.5, 0.5],
+        }
+        defaults = {"crop_mode": "overlap-and-resize-c2"}  # the released processor's
+        for key, want in expected.items():
+            have = preprocessor.get(key, defaults.get(key, want))
+            if key in ("image_mean", "image_std") and isinstance(have, (int, float)):
+                have = [have] * 3
+            same = have == want
+            if isinstance(want, list) and isinstance(have, list) and len(have) == len(want):
+                same = all(
+                    isinstance(a, (int, float)) and abs(a - b) < 1e-6
+                    for a, b in zip(have, want, strict=True)
+                )
+            if not same:
+                raise CheckpointError(
+                    f"{where}: {key} {have!r} is not supported (this policy implements {want!r})"
+                )
+    processor = _read_json_object(path / PROCESSOR_FILE)
+    if processor is not None:
+        flags = {}
+        for key, default in (
+            ("image_use_col_tokens", True),
+            ("use_single_crop_start_token", True),
+            ("use_single_crop_col_tokens", None),
+        ):
+            value = processor.get(key, default)
+            if value is not None and not isinstance(value, bool):
+                raise CheckpointError(f"{path / PROCESSOR_FILE}: {key} must be true or false")
+            flags[key] = value
+        config.image_use_col_tokens = flags["image_use_col_tokens"]
+        config.use_single_crop_start_token = flags["use_single_crop_start_token"]
+        # Unset, the released processor falls back to the multi-crop column option.
+        single = flags["use_single_crop_col_tokens"]
+        config.use_single_crop_col_tokens = (
+            flags["image_use_col_tokens"] if single is None else single
+        )
 
 
 def read_config(path: str | Path) -> MolmoAct2Config:
@@ -522,6 +615,7 @@ def load_checkpoint(
         config.check_tokenizer(tokenizer)
     except (TokenizerError, ConfigError) as error:
         raise CheckpointError(f"{path}: {error}") from None
+    apply_processor_files(path, config)
     released = read_weights(path)
     model = model_from_released(config, released, source=str(path))
     del released  # the model holds the tensors now; the dtype/device move may free the originals

@@ -110,9 +110,15 @@ class MolmoAct2Config:
     add_control_tokens: bool = field(default=True, metadata=_meta("<control_start>..."))
     norm_stats_filename: str = field(default="norm_stats.json", metadata=_meta("stats file"))
     expert_kv_source: str = field(default="cache", metadata=_meta("see EXPERT_KV_SOURCES"))
-    image_use_col_tokens: bool = field(default=True, metadata=_meta("<im_col> after each row"))
+    # Released processor options (processor_config.json); see preprocess.ImageTokenLayout.
+    image_use_col_tokens: bool = field(
+        default=True, metadata=_meta("<im_col> after each high-res row of a multi-crop image")
+    )
     use_single_crop_start_token: bool = field(
-        default=True, metadata=_meta("start a single crop with <low_res_im_start>")
+        default=True, metadata=_meta("multi-crop global view starts with <low_res_im_start>")
+    )
+    use_single_crop_col_tokens: bool = field(
+        default=False, metadata=_meta("<im_col> after each row of a single crop")
     )
     extra: dict[str, Any] = field(default_factory=dict, metadata=_meta("unknown keys, kept"))
 

@@ -106,6 +106,7 @@ class MolmoAct2Policy:
         layout = ImageTokenLayout(
             use_col_tokens=config.image_use_col_tokens,
             use_low_res_start_token=config.use_single_crop_start_token,
+            use_single_crop_col_tokens=config.use_single_crop_col_tokens,
         )
         self._image_tokens = tokenizer.token_ids(
             layout.tokens(self.geometry.pooled_rows, self.geometry.pooled_cols)

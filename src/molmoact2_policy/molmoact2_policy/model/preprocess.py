@@ -1,12 +1,29 @@
 """Observation -> model inputs: image patches, pooling indices, state bins and the prompt text.
 
-Pure numpy/OpenCV (no torch, no ROS) so the server, the node and the tests share it.
+Numpy and OpenCV, torch only when installed (no ROS), so the server, the node, the robot side
+of remote inference and the tests share it.
 
-Images follow the robot path of the released export ("resize" crop mode): one global crop per
-camera, bilinear resize to 378x378, mean = std = 0.5, 14x14 patches in (row, col, channel)
-order, and 2x2 pooling windows padded with -1 at the bottom/right edge. This mirrors the
-single-crop part of transformers' ``Molmo2ImageProcessor`` (which itself needs torchvision, not
-usable here) and its ``Molmo2Processor.replace_image_token`` layout of the image tokens.
+Images follow the released robot checkpoints, whose processor runs crop mode "resize" (the
+``--crop_mode`` default of the released LeRobot training script, written into each exported
+``preprocessor_config.json``): one global crop per camera, whatever its aspect ratio, stretched
+to 378x378 (no padding), every camera alike. The steps are those of the released
+``MolmoAct2ImageProcessor`` and the vision backbone that consumes its output:
+
+* resize: torchvision's tensor ``Resize(..., BILINEAR, antialias=False)`` of the uint8 image,
+  i.e. torch's ``upsample_bilinear2d`` (half-pixel centres) in float32, rounded half to even
+  back to uint8 (see ``resize_image``);
+* normalise: ``x / 255 * 2 - 1`` in float32 (mean = std = 0.5; the backbone re-derives exactly
+  this from the uint8 grid, so it is what the ViT sees);
+* 14x14 patches in row-major order, pixels (y, x, channel) inside a patch;
+* 2x2 pooling windows over the 27x27 patch grid, padded with -1 to 28x28 (floor of the padding
+  at the top/left, ceil at the bottom/right), window entries (dy, dx) row-major; grid row
+  (14, 14, 0, 0);
+* tokens: ``<im_start>`` + 14 rows of 14 ``<im_patch>`` + ``<im_end>`` (198), see
+  ``ImageTokenLayout``.
+
+Per-image pooling indices are offset by the image's position in the flat crop list (the released
+processor leaves them per image and its model adds the same offsets; transformers' Molmo2 takes
+them flat).
 """
 
 from __future__ import annotations
@@ -71,21 +88,50 @@ class ImageInputs:
     grids: np.ndarray  # (N, 4) int64: pooled rows, pooled cols, 0, 0 (no high-res crops)
 
 
-def resize_image(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Bilinear resize (half-pixel centres, no antialias) of HxWx3 uint8 to size x size uint8.
+def _check_image(image: np.ndarray) -> None:
+    # The released processor sees uint8 RGB (PIL or the servers' uint8 coercion); anything else
+    # would be resized on a different scale, so it is refused rather than guessed at.
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        kind = getattr(image, "dtype", type(image).__name__)
+        raise ValueError(f"images must be uint8 numpy arrays, got {kind}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"images must be HxWx3 RGB, got shape {image.shape}")
 
-    Resizing in float then rounding matches torchvision's float path that the transformers
-    processor uses; OpenCV's uint8 fixed-point path would differ by one grey level in places.
+
+def resize_image(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """HxWx3 uint8 -> size x size uint8, stretched (aspect ratio not kept, no padding).
+
+    The released processor runs torchvision's ``Resize([size, size], BILINEAR,
+    antialias=False)`` on the uint8 tensor: torch's ``upsample_bilinear2d`` (half-pixel
+    centres) in float32, rounded half to even. Where torch is installed (the policy's process)
+    that very kernel runs here; the robot side of remote inference may lack torch and uses
+    OpenCV's float bilinear resize instead, within one grey level of it on about 0.2 % of values.
+    No antialiasing: shrinking a large frame aliases exactly as the release does.
     """
-    if image.shape[0] == size and image.shape[1] == size:
+    _check_image(image)
+    height, width = image.shape[:2]
+    if height == size and width == size:
         return image
-    resized = cv2.resize(image.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
-    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    try:
+        import torch
+    except ImportError:
+        resized = cv2.resize(image.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+        return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    chw = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]  # a writable copy
+    resized = torch.nn.functional.interpolate(
+        chw, size=[size, size], mode="bilinear", align_corners=False, antialias=False
+    )
+    out = torch.round(resized).clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0)
+    return np.ascontiguousarray(out.numpy())
 
 
 def normalize_pixels(image: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 with mean/std 0.5 after scaling to [0, 1]: 0 -> -1, 255 -> 1."""
-    return (image.astype(np.float32) / 255.0 - IMAGE_MEAN) / IMAGE_STD
+    """uint8 -> float32 ``x / 255 * 2 - 1`` (mean = std = 0.5): 0 -> -1, 255 -> 1.
+
+    The released processor divides by 255 and applies ``x * 2 - 1`` in float32, and its vision
+    backbone snaps float inputs back to the uint8 grid and recomputes the same expression.
+    """
+    return image.astype(np.float32) / np.float32(255.0) * np.float32(2.0) - np.float32(1.0)
 
 
 def image_to_patches(image: np.ndarray, patch_size: int = PATCH_SIZE) -> np.ndarray:
@@ -143,15 +189,47 @@ def preprocess_images(
 
 @dataclass(frozen=True)
 class ImageTokenLayout:
-    """How one image's placeholder expands into tokens (transformers' Molmo2Processor defaults)."""
+    """The tokens one image placeholder expands to, as the released processor builds them.
+
+    The fields are the released processor options (``processor_config.json``):
+
+    * ``use_col_tokens`` (``image_use_col_tokens``): ``<im_col>`` after each row of the
+      high-res grid of a multi-crop image;
+    * ``use_low_res_start_token`` (``use_single_crop_start_token``): the global (low-res) view
+      of a multi-crop image starts with ``<low_res_im_start>`` instead of ``<im_start>``;
+    * ``use_single_crop_col_tokens``: ``<im_col>`` after each row of the single/global crop;
+      ``None`` falls back to ``use_col_tokens``.
+
+    The defaults are the released values (True, True, False). An image with no high-res grid
+    (crop mode "resize", grid row (rows, cols, 0, 0)) is ``<im_start>``, its rows and
+    ``<im_end>``: the start-token option applies only to multi-crop images. No text precedes
+    the tokens: the "Image k" labels of several cameras are part of the prompt.
+    """
 
     use_col_tokens: bool = True
     use_low_res_start_token: bool = True
+    use_single_crop_col_tokens: bool | None = False
 
-    def tokens(self, rows: int, cols: int) -> list[str]:
-        row = ["<im_patch>"] * cols + (["<im_col>"] if self.use_col_tokens else [])
+    def tokens(self, rows: int, cols: int, high_rows: int = 0, high_cols: int = 0) -> list[str]:
+        """Tokens for an image grid row (rows, cols, high_rows, high_cols)."""
+        single_crop_cols = (
+            self.use_col_tokens
+            if self.use_single_crop_col_tokens is None
+            else self.use_single_crop_col_tokens
+        )
+        row = ["<im_patch>"] * cols + (["<im_col>"] if single_crop_cols else [])
+        if high_rows == 0 or high_cols == 0:
+            return ["<im_start>", *(row * rows), "<im_end>"]
         start = "<low_res_im_start>" if self.use_low_res_start_token else "<im_start>"
-        return [start, *(row * rows), "<im_end>"]
+        high_row = ["<im_patch>"] * high_cols + (["<im_col>"] if self.use_col_tokens else [])
+        return [
+            start,
+            *(row * rows),
+            "<im_end>",
+            "<im_start>",
+            *(high_row * high_rows),
+            "<im_end>",
+        ]
 
 
 def discretize_state(normalized_state: np.ndarray, num_bins: int = NUM_STATE_BINS) -> np.ndarray:
