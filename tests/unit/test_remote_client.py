@@ -268,7 +268,8 @@ def test_images_resized_to_the_model_size_before_sending_give_the_same_chunk(
     assert np.array_equal(remote.positions, local.positions)
     decoded = {
         name: decode_image(
-            encode_image(resize_image(image, IMAGE_SIZE), "jpeg", jpeg_quality=80), name,
+            encode_image(resize_image(image, IMAGE_SIZE, exact=False), "jpeg", jpeg_quality=80),
+            name,
             RequestLimits(),
         )
         for name, image in images.items()

@@ -98,23 +98,30 @@ def _check_image(image: np.ndarray) -> None:
         raise ValueError(f"images must be HxWx3 RGB, got shape {image.shape}")
 
 
-def resize_image(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+def resize_image(
+    image: np.ndarray, size: int = IMAGE_SIZE, *, exact: bool = True
+) -> np.ndarray:
     """HxWx3 uint8 -> size x size uint8, stretched (aspect ratio not kept, no padding).
 
     The released processor runs torchvision's ``Resize([size, size], BILINEAR,
     antialias=False)`` on the uint8 tensor: torch's ``upsample_bilinear2d`` (half-pixel
-    centres) in float32, rounded half to even. Where torch is installed (the policy's process)
-    that very kernel runs here; the robot side of remote inference may lack torch and uses
-    OpenCV's float bilinear resize instead, within one grey level of it on about 0.2 % of values.
+    centres) in float32, rounded half to even. With ``exact`` and torch installed (the policy's
+    process) that very kernel runs here. Otherwise OpenCV's float bilinear resize, within one
+    grey level of it on about 0.2 % of values, stands in: the robot side of remote inference,
+    which may lack torch and JPEG-compresses the result anyway, uses ``exact=False`` for speed.
     No antialiasing: shrinking a large frame aliases exactly as the release does.
     """
     _check_image(image)
     height, width = image.shape[:2]
     if height == size and width == size:
         return image
-    try:
-        import torch
-    except ImportError:
+    torch = None
+    if exact:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+    if torch is None:
         resized = cv2.resize(image.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
         return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
     chw = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]  # a writable copy

@@ -111,8 +111,11 @@ class RemotePolicy:
         from molmoact2_policy.model.preprocess import resize_image
 
         names = list(self.embodiment.camera_names)
+        # Raw frames arrive as sent, so they get the model's own resize; JPEG changes the
+        # pixels anyway, and the faster OpenCV resize keeps the robot-side cost down.
+        exact = self.image_encoding == "raw"
         resized = self._encoder_pool().map(
-            lambda name: resize_image(images[name], self.image_size), names
+            lambda name: resize_image(images[name], self.image_size, exact=exact), names
         )
         return dict(zip(names, resized, strict=True))
 
