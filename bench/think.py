@@ -12,7 +12,7 @@ Measures, in one run on one machine (ratios only mean something within a run):
 Threads default to torch's own choice (every core), which is how the policy node runs. The
 ratio depends on it: a one-token forward is bound by reading the weights from memory and gains
 little from a second core, while the multi-token replay forwards are compute-bound and do. On
-the 2-core development machine the 10 % row reads about 5x with ``--threads 1`` and about 6x
+the 2-core development machine the 10 % row reads about 4.8x with ``--threads 1`` and 5.0-6.1x
 with both cores.
 """
 
