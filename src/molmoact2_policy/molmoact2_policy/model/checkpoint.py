@@ -460,11 +460,11 @@ def _write_weights(path: Path, tensors: dict[str, Tensor], max_shard_bytes: int 
     (path / WEIGHTS_INDEX_FILE).write_text(json.dumps(index_data, indent=2) + "\n")
 
 
-def _write_processor_files(path: Path, config: MolmoAct2Config) -> None:
-    """The released export's processor files, describing the one image path we implement."""
+def _implemented_preprocessor(config: MolmoAct2Config) -> dict[str, Any]:
+    """The released image-processor options of the one image path ``preprocess`` implements."""
     vision = config.vlm.vision_config
     size = int(vision.image_size[0])
-    preprocessor = {
+    return {
         "crop_mode": "resize",
         "size": {"height": size, "width": size},
         "patch_size": int(vision.patch_size),
@@ -472,6 +472,11 @@ def _write_processor_files(path: Path, config: MolmoAct2Config) -> None:
         "image_mean": [0.5, 0.5, 0.5],
         "image_std": [0.5, 0.5, 0.5],
     }
+
+
+def _write_processor_files(path: Path, config: MolmoAct2Config) -> None:
+    """The released export's processor files, describing the one image path we implement."""
+    preprocessor = _implemented_preprocessor(config)
     processor = {
         "image_use_col_tokens": config.image_use_col_tokens,
         "use_single_crop_col_tokens": config.use_single_crop_col_tokens,
@@ -501,19 +506,10 @@ def apply_processor_files(path: str | Path, config: MolmoAct2Config) -> None:
     crop mode is refused too. Absent files leave the config as it is.
     """
     path = Path(path)
-    vision = config.vlm.vision_config
-    size = int(vision.image_size[0])
     preprocessor = _read_json_object(path / PREPROCESSOR_FILE)
     if preprocessor is not None:
         where = path / PREPROCESSOR_FILE
-        expected = {
-            "crop_mode": "resize",
-            "size": {"height": size, "width": size},
-            "patch_size": int(vision.patch_size),
-            "pooling_size": [2, 2],
-            "image_mean": [0.5, 0.5, 0.5],
-            "image_std": [0.5, 0.5, 0.5],
-        }
+        expected = _implemented_preprocessor(config)
         defaults = {"crop_mode": "overlap-and-resize-c2"}  # the released processor's
         for key, want in expected.items():
             have = preprocessor.get(key, defaults.get(key, want))
