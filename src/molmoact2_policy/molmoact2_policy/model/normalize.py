@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,46 +228,33 @@ class NormStats:
     def normalize_state(
         self, tag: str, state: np.ndarray, passthrough_dims: Sequence[int] = ()
     ) -> np.ndarray:
-        return normalize(
-            state,
-            self.group(tag, "state"),
-            self.norm_mode,
-            passthrough_dims,
-            self._where(tag, "state"),
-        )
+        return self._apply(normalize, tag, "state", state, passthrough_dims)
 
     def unnormalize_state(
         self, tag: str, state: np.ndarray, passthrough_dims: Sequence[int] = ()
     ) -> np.ndarray:
-        return unnormalize(
-            state,
-            self.group(tag, "state"),
-            self.norm_mode,
-            passthrough_dims,
-            self._where(tag, "state"),
-        )
+        return self._apply(unnormalize, tag, "state", state, passthrough_dims)
 
     def normalize_action(
         self, tag: str, action: np.ndarray, passthrough_dims: Sequence[int] = ()
     ) -> np.ndarray:
-        return normalize(
-            action,
-            self.group(tag, "action"),
-            self.norm_mode,
-            passthrough_dims,
-            self._where(tag, "action"),
-        )
+        return self._apply(normalize, tag, "action", action, passthrough_dims)
 
     def unnormalize_action(
         self, tag: str, action: np.ndarray, passthrough_dims: Sequence[int] = ()
     ) -> np.ndarray:
-        return unnormalize(
-            action,
-            self.group(tag, "action"),
-            self.norm_mode,
-            passthrough_dims,
-            self._where(tag, "action"),
-        )
+        return self._apply(unnormalize, tag, "action", action, passthrough_dims)
+
+    def _apply(
+        self,
+        transform: Callable[..., np.ndarray],
+        tag: str,
+        name: str,
+        values: np.ndarray,
+        passthrough_dims: Sequence[int],
+    ) -> np.ndarray:
+        group = self.group(tag, name)
+        return transform(values, group, self.norm_mode, passthrough_dims, self._where(tag, name))
 
     def _where(self, tag: str, name: str) -> str:
         return f"{tag}.{self.group_keys.get(tag, {}).get(name, name)}"
