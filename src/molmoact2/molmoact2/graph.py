@@ -268,6 +268,7 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
     common: dict[str, Any] = {"use_sim_time": options.use_sim_time}
 
     policy_overrides = dict(common)
+    policy_overrides["driver_node"] = config.driver_name  # held by ~/run_task at its end
     if options.checkpoint:
         policy_overrides["checkpoint"] = options.checkpoint
     if options.think:
