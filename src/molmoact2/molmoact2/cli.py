@@ -25,6 +25,8 @@ def _add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--think", action="store_true", help="MolmoAct2-Think mode")
     parser.add_argument("--record", action="store_true", help="record to MCAP")
     parser.add_argument("--record-dir", default="", help="directory for the recording")
+    parser.add_argument("--foxglove", action="store_true",
+                        help="serve the live view over Foxglove WebSocket (no RViz needed)")
     parser.add_argument("--rviz", action="store_true",
                         help="start rviz2 too (needs a system ROS 2 install)")
     parser.add_argument("--namespace", default="", help="namespace of this robot instance")
@@ -40,6 +42,7 @@ def options_from_args(args: argparse.Namespace) -> graph.LaunchOptions:
         think=args.think,
         rviz=args.rviz,
         record=args.record,
+        foxglove=args.foxglove,
         namespace=args.namespace,
         use_sim_time=args.use_sim_time,
     )
