@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         from molmoact2_policy.model.checkpoint import main as checkpoint_main
 
         return checkpoint_main(argv[1:])
+    if argv[:2] == ["export", "lerobot"]:
+        from molmoact2.lerobot_export import main as export_main
+
+        return export_main(argv[2:])
     if argv and argv[0] == "report":
         from molmoact2.report import main as report_main
 
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="policy server for remote inference (see --help)")
     sub.add_parser("checkpoint", help="write a tiny random checkpoint (see --help)")
     sub.add_parser("report", help="plots and a summary of an MCAP recording")
+    sub.add_parser("export", help="'export lerobot REC.mcap ... --out DIR': a LeRobot dataset")
     sub.add_parser("demo", help="the README demo: YAM sim, 20 s, recording, report")
     args = parser.parse_args(argv)
     try:
