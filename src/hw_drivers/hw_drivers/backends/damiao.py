@@ -129,6 +129,11 @@ def yam_arm(
     return DamiaoArm(channel, motors, gripper_closed_rad, gripper_open_rad)
 
 
+#: Wait for replies beyond the bus time of the frames [s]. DaMiao motors answer within a few
+#: hundred microseconds; with the 1.9 ms of bus time of a YAM arm, a first try plus one resend
+#: to a motor whose reply was lost still fits the 4 ms period at 250 Hz. A reply that comes
+#: later than this is discarded as stale when it arrives, and the resend's reply is used.
+REPLY_TIMEOUT = 0.001
 #: Default temperature [degC] (MOS or rotor) from which a motor is reported as running hot. The
 #: motor's own over-temperature trip (its OT register) latches fault 0xB/0xC on top of this.
 TEMPERATURE_WARN_C = 70.0
@@ -249,7 +254,7 @@ class DamiaoBackend(Backend):
         self,
         arms: Sequence[DamiaoArm],
         interface: str = "socketcan",
-        reply_timeout: float = 0.001,
+        reply_timeout: float = REPLY_TIMEOUT,
         retries: int = 1,
         bitrate: int = 1_000_000,
         *,
@@ -332,7 +337,7 @@ class DamiaoBackend(Backend):
         return cls(
             arms,
             interface=str(opt("can_interface", "socketcan")),
-            reply_timeout=float(opt("read_timeout", 0.0) or 0.001),
+            reply_timeout=float(opt("read_timeout", 0.0) or REPLY_TIMEOUT),
             retries=int(opt("read_retries", 0) or 1),
             bitrate=int(opt("can_bitrate", 1_000_000)),
             control_rate=float(opt("control_rate", 0.0)) or None,
