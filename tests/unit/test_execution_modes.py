@@ -33,7 +33,7 @@ PERIOD = 1.0 / RATE
 # Start pose: joints in motor radians, grippers half open (motor -1.35 rad of -2.7).
 ARM_START = [0.1, 1.0, 1.2, -0.2, 0.3, -0.4, 0.5]
 START = np.array(ARM_START * 2)
-MOTOR_START = ARM_START[:6] + [-1.35]
+MOTOR_START = [*ARM_START[:6], -1.35]
 
 
 def params(**overrides) -> DriverParams:
@@ -59,7 +59,7 @@ def params(**overrides) -> DriverParams:
 class Robot:
     """A control loop on one backend kind, stepped on a virtual clock."""
 
-    def __init__(self, kind: str, p: DriverParams, *, motor_start=MOTOR_START, preflight=None):
+    def __init__(self, kind: str, p: DriverParams, *, preflight=None):
         self.kind, self.p, self.now = kind, p, 0.0
         self.buses: dict[str, TimedDamiaoBus] = {}
         if kind == "sim":
@@ -75,7 +75,7 @@ class Robot:
             )
         else:
             self.buses = {
-                ch: TimedDamiaoBus(ch, initial_positions=list(motor_start), seed=k)
+                ch: TimedDamiaoBus(ch, initial_positions=list(MOTOR_START), seed=k)
                 for k, ch in enumerate(p.can_channels)
             }
             self.backend = DamiaoBackend(
@@ -213,11 +213,7 @@ def preflight_robot(kind, cameras, **overrides):
         **overrides,
     )
     logs = []
-    robot = Robot(
-        kind,
-        p,
-        **({"motor_start": overrides.pop("motor_start")} if "motor_start" in overrides else {}),
-    )
+    robot = Robot(kind, p)
     robot.loop.preflight = make_preflight(
         p, robot.backend, cameras, lambda text, ok: logs.append((text, ok))
     )
@@ -265,14 +261,14 @@ def test_preflight_refuses_a_joint_outside_its_limits(kind):
     p = params()
     lower = list(p.position_lower)
     lower[1] = 1.05  # left_joint2 rests at 1.0
-    robot, logs = preflight_robot(kind, Cameras({"top": 30.0}), position_lower=tuple(lower))
+    robot, _logs = preflight_robot(kind, Cameras({"top": 30.0}), position_lower=tuple(lower))
     with pytest.raises(BackendError, match=r"left_joint2 1.000 not in \[1.050"):
         robot.loop.start()
     assert not energised(robot)
 
 
 def test_preflight_refuses_a_motor_fault_and_names_it():
-    robot, logs = preflight_robot("damiao", Cameras({"top": 30.0}))
+    robot, _logs = preflight_robot("damiao", Cameras({"top": 30.0}))
     robot.buses["can1"].set_fault(4, 0xB)
     with pytest.raises(BackendError, match=r"right_joint4 \(id 0x04, can1\): fault: MOS over-temp"):
         robot.loop.start()
