@@ -50,6 +50,9 @@ class DriverParams:
     calibration_file: str = _f("", "feetech: LeRobot-style calibration JSON")
     trajectory_topic: str = _f("", "ros2_control: JointTrajectory controller topic")
     robot_ip: str = _f("", "franky: robot IP address")
+    franky_motion_rate: float = _f(
+        50.0, "franky: re-targets of the arm's waypoint motion per second [Hz] (<= control_rate)"
+    )
     # -- hardware details (empty / zero: the backend's defaults for the robot) --
     can_interface: str = _f("socketcan", "damiao: python-can interface (socketcan, virtual)")
     damiao_motor_ids: tuple[int, ...] = _f((), "damiao: CAN id per motor of one arm")
