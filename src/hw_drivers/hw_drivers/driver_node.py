@@ -334,7 +334,11 @@ class DriverNode(LifecycleNode):
         if text == self._last_preflight_text:
             return
         self._last_preflight_text = text
-        (self.get_logger().info if ok else self.get_logger().error)(text)
+        # rclpy ties a severity to each call site: one call per severity.
+        if ok:
+            self.get_logger().info(text)
+        else:
+            self.get_logger().error(text)
 
     def _on_clear_faults(self, request: Trigger.Request, response: Trigger.Response):
         loop = self._loop

@@ -208,7 +208,9 @@ class DamiaoEmulator(MotorBank):
         self.channel = channel
         self._bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name=f"damiao-emu-{channel}")
+        self._thread = threading.Thread(
+            target=self._serve, name=f"damiao-emu-{channel}", daemon=True
+        )
 
     def start(self) -> DamiaoEmulator:
         self._thread.start()
