@@ -146,3 +146,19 @@ def test_shadow_by_default_motor_health_and_an_over_temperature_named_and_cleare
     )
     assert wait_for(lambda: not node._loop.faulted, 10.0), node._loop.stats.last_error
     assert wait_for(lambda: emulators[0].snapshot(2).enabled, 5.0)
+
+
+def test_execution_and_active_arms_change_at_runtime(rig):
+    from rclpy.parameter import Parameter
+
+    node, _, emulators, _, _ = rig
+    assert wait_for(lambda: all(emulators[0].snapshot(m).enabled for m in range(1, 8)), 10.0)
+    assert wait_for(lambda: node._loop.last_reading is not None and not node._loop.faulted, 10.0)
+    [result] = node.set_parameters([Parameter("active_arms", value="middle")])
+    assert not result.successful and "'middle'" in result.reason
+    results = node.set_parameters(
+        [Parameter("execution", value="live"), Parameter("active_arms", value="right")]
+    )
+    assert all(r.successful for r in results)
+    assert not node._loop.shadow
+    assert list(node._loop.held) == [True] * 7 + [False] * 7

@@ -13,6 +13,7 @@ Run as a plain process (no lifecycle manager) it configures and activates itself
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -79,6 +80,7 @@ class DriverNode(LifecycleNode):
         self._tick_count = 0
         self._tick_window_start = time.monotonic()
         self._tick_rate = 0.0
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -323,6 +325,26 @@ class DriverNode(LifecycleNode):
         response.success = True
         response.message = "holding" if request.data else "following chunks"
         return response
+
+    def _on_set_parameters(self, parameters):
+        """``execution`` and ``active_arms`` may change while running (``ros2 param set``);
+        every other parameter takes effect at the next configure."""
+        from rcl_interfaces.msg import SetParametersResult
+
+        live = {p.name: p.value for p in parameters if p.name in ("execution", "active_arms")}
+        if not live:
+            return SetParametersResult(successful=True)
+        params = dataclasses.replace(self.params, **live)
+        problems = [p for p in params.validate() if p.startswith(("execution", "active_arms"))]
+        if problems:
+            return SetParametersResult(successful=False, reason="; ".join(problems))
+        self.params = params
+        loop = self._loop
+        if loop is not None:
+            with self._lock:
+                loop.set_activation(params.is_shadow(), params.hold_mask())
+            self.get_logger().warning(execution_summary(params, loop.backend))
+        return SetParametersResult(successful=True)
 
     def _camera_rates(self) -> dict[str, float]:
         now = self._now()
