@@ -170,8 +170,10 @@ class ControlLoop:
         if self.on_fault == "disable":
             try:
                 self.backend.disable()
-            except BackendError:
-                pass
+            except BackendError as err:
+                # Reported, not swallowed: the operator must know the torque may still be on.
+                error = f"{error}; disable failed too: {err}"
+                self.stats.last_error = error
         return StepResult(reading, None, False, error)
 
     def _recover(self, now: float) -> StepResult:

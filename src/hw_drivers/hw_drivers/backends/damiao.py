@@ -523,7 +523,7 @@ class DamiaoBackend(Backend):
         if positions is None:
             if self._feedback is None:
                 return torques
-            positions = self._reading(self._feedback, check=False).positions
+            positions = self._reading(self._feedback).positions
         joint = 0
         for arm in self.arms:
             count = len(arm.motors)
@@ -779,7 +779,7 @@ class DamiaoBackend(Backend):
             health[i].problem = f"{why} ({age})"
         return ExchangeResult(replies, missing, elapsed, link.now(), "", resent)
 
-    def _reading(self, feedback: list[dict[int, dm.Feedback]], check: bool = True) -> JointReading:
+    def _reading(self, feedback: list[dict[int, dm.Feedback]]) -> JointReading:
         positions, velocities, efforts = [], [], []
         for arm, replies in zip(self.arms, feedback, strict=True):
             for i, motor in enumerate(arm.motors):
