@@ -313,3 +313,22 @@ def test_without_a_model_feed_forward_is_zero_and_the_sag_is_stated():
 def test_a_urdf_without_the_arm_joints_is_refused():
     with pytest.raises(BackendError, match="no movable joint"):
         with_dynamics(yam_arm("can0", LEFT), str(ARM_URDF), prefix="left_")
+
+
+def test_config_validation_refuses_a_rate_the_bus_cannot_carry():
+    from hw_drivers.driver_params import DriverParams
+
+    base = dict(
+        joint_names=tuple(LEFT + RIGHT),
+        backend="damiao",
+        can_channels=("can0", "can1"),
+        position_lower=(-3.0,) * 14,
+        position_upper=(3.0,) * 14,
+        max_velocity=(3.0,) * 14,
+        max_acceleration=(20.0,) * 14,
+    )
+    assert not DriverParams(control_rate=shipped_rate(), **base).validate()
+    [problem] = DriverParams(control_rate=500.0, **base).validate()
+    assert problem.startswith("control_rate 500 Hz does not fit the CAN bus")
+    # The same rate on the sim backend has no bus to fit.
+    assert not DriverParams(control_rate=500.0, **{**base, "backend": "sim"}).validate()
