@@ -332,3 +332,26 @@ def test_config_validation_refuses_a_rate_the_bus_cannot_carry():
     assert problem.startswith("control_rate 500 Hz does not fit the CAN bus")
     # The same rate on the sim backend has no bus to fit.
     assert not DriverParams(control_rate=500.0, **{**base, "backend": "sim"}).validate()
+
+
+def test_from_params_builds_the_arm_models_with_the_urdfs_joint_names():
+    params = types.SimpleNamespace(
+        can_channels=("can0", "can1"),
+        joint_names=("left_a", "left_b", "left_gripper", "right_a", "right_b", "right_gripper"),
+        frame_prefixes=("left_", "right_"),
+        damiao_motor_ids=(1, 2, 3),
+        damiao_motor_types=("DM4340", "DM4340", "DM4310"),
+        damiao_kp=(80.0, 80.0, 20.0),
+        damiao_kd=(5.0, 5.0, 0.5),
+        dynamics_urdf=str(ARM_URDF),
+        dynamics_joint_names=("shoulder", "elbow"),
+        control_rate=250.0,
+    )
+    backend = DamiaoBackend.from_params(params)
+    torques = backend.gravity_torques(np.array([0.4, -0.3, 0.5, 0.1, 0.2, 0.5]))
+    np.testing.assert_allclose(torques[:2], analytic_gravity(0.4, -0.3), atol=1e-9)
+    np.testing.assert_allclose(torques[3:5], analytic_gravity(0.1, 0.2), atol=1e-9)
+    assert torques[2] == torques[5] == 0.0
+    params.dynamics_joint_names = ("shoulder",)
+    with pytest.raises(BackendError, match="1 dynamics_joint_names for the 2 non-gripper"):
+        DamiaoBackend.from_params(params)

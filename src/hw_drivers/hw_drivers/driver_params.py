@@ -74,6 +74,11 @@ class DriverParams:
         "damiao: URDF of one arm (joint names without frame_prefixes) for gravity feed-forward;"
         " empty: no feed-forward (the arm sags by gravity torque / kp)",
     )
+    dynamics_joint_names: tuple[str, ...] = _f(
+        (),
+        "damiao: the URDF's names of one arm's non-gripper joints, in order (empty: ours "
+        "without frame_prefixes); e.g. i2rt's yam.urdf: dof_joint1..dof_joint6",
+    )
     gravity_scale: float = _f(1.0, "damiao: factor on the model's gravity torques")
     motor_temperature_warn: float = _f(
         70.0, "damiao: MOS/rotor temperature reported as a warning [degC]"

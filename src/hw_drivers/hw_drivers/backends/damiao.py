@@ -318,6 +318,7 @@ class DamiaoBackend(Backend):
 
         prefixes = list(opt("frame_prefixes", [""] * len(channels)))
         urdf = str(opt("dynamics_urdf", ""))
+        urdf_names = list(opt("dynamics_joint_names", []))
         arms = []
         for index, channel in enumerate(channels):
             arm_names = names[index * per_arm : (index + 1) * per_arm]
@@ -332,7 +333,8 @@ class DamiaoBackend(Backend):
                 gripper_open_rad=float(opt("gripper_open_rad", YAM_GRIPPER_OPEN_RAD)),
             )
             if urdf:
-                arm = with_dynamics(arm, urdf, prefixes[index] if index < len(prefixes) else "")
+                prefix = prefixes[index] if index < len(prefixes) else ""
+                arm = with_dynamics(arm, urdf, prefix, urdf_names or None)
             arms.append(arm)
         return cls(
             arms,
@@ -804,9 +806,13 @@ class DamiaoBackend(Backend):
         )
 
 
-def with_dynamics(arm: DamiaoArm, urdf: str, prefix: str = "") -> DamiaoArm:
-    """``arm`` with a rigid-body model from ``urdf`` over its non-gripper joints; the URDF's
-    joint names are ours without ``prefix`` (one URDF serves both arms of a bimanual robot)."""
+def with_dynamics(
+    arm: DamiaoArm, urdf: str, prefix: str = "", joint_names: Sequence[str] | None = None
+) -> DamiaoArm:
+    """``arm`` with a rigid-body model from ``urdf`` over its non-gripper joints. The URDF's
+    joint names are ``joint_names`` (in the arm's order) or, by default, ours without
+    ``prefix``, so one URDF serves both arms of a bimanual robot. The URDF's root frame must
+    have +z up as the arm is mounted (pinocchio's gravity is -z)."""
     from dataclasses import replace
 
     from hw_drivers.rigid_body import RigidBodyError, RigidBodyModel
@@ -816,6 +822,13 @@ def with_dynamics(arm: DamiaoArm, urdf: str, prefix: str = "") -> DamiaoArm:
         for m in arm.motors
         if not m.is_gripper
     ]
+    if joint_names:
+        if len(joint_names) != len(names):
+            raise BackendError(
+                f"arm on {arm.channel}: {len(joint_names)} dynamics_joint_names for the "
+                f"{len(names)} non-gripper joints {names}"
+            )
+        names = list(joint_names)
     try:
         model = RigidBodyModel.from_urdf(urdf, names)
     except RigidBodyError as exc:
