@@ -355,3 +355,17 @@ def test_from_params_builds_the_arm_models_with_the_urdfs_joint_names():
     params.dynamics_joint_names = ("shoulder",)
     with pytest.raises(BackendError, match="1 dynamics_joint_names for the 2 non-gripper"):
         DamiaoBackend.from_params(params)
+
+
+def test_replies_older_than_the_feedback_age_are_not_reused_as_the_measurement():
+    with Rig(shipped_rate()) as rig:
+        rig.tick(1, pose(0.0))
+        frames = rig.buses["can0"].frames_on_wire
+        rig.wait_for_tick(2)
+        rig.backend.read_state()  # one period later: last tick's replies, no bus traffic
+        assert rig.buses["can0"].frames_on_wire == frames
+        rig.backend.write_command(pose(0.0))
+        frames = rig.buses["can0"].frames_on_wire
+        rig.wait_for_tick(10)  # the caller stalled for 8 periods
+        rig.backend.read_state()
+        assert rig.buses["can0"].frames_on_wire == frames + 14  # a refresh round

@@ -290,6 +290,9 @@ class DamiaoBackend(Backend):
         self._feedback: list[dict[int, dm.Feedback]] | None = None
         self._feedback_stamp = 0.0
         self._fresh = False  # feedback from this tick's MIT exchange not yet read
+        # Replies of the last command exchange stand for the next read only while they are
+        # younger than this; a stalled caller gets a fresh refresh round instead.
+        self.max_feedback_age = 2.5 / control_rate if control_rate else 0.02
         self._last_command = np.full(self.num_joints, np.nan)
         self.motor_health = [[MotorHealth() for _ in arm.motors] for arm in self.arms]
         self.bus_health = [BusHealth() for _ in self.arms]
@@ -474,6 +477,8 @@ class DamiaoBackend(Backend):
 
     def read_state(self) -> JointReading:
         self._require_connected()
+        if self._fresh and self._feedback_age() > self.max_feedback_age:
+            self._fresh = False
         if not self._fresh:
             self._refresh(raise_on_fault=self._enabled)
         self._fresh = False
@@ -516,6 +521,10 @@ class DamiaoBackend(Backend):
         self._fresh = True
         self._last_command = positions.copy()
         self._log_command(time.monotonic(), positions)
+
+    def _feedback_age(self) -> float:
+        """Seconds since the last accepted exchange, on the buses' own clock."""
+        return max(io.link.now() for io in self._io) - self._feedback_stamp
 
     # -- gravity ---------------------------------------------------------------------------
     def gravity_torques(self, positions: np.ndarray | None = None) -> np.ndarray:
