@@ -234,7 +234,7 @@ class FastPolicy(MolmoAct2Policy):
         """Normalised (horizon, action_dim) -> robot units (gripper dims pass through)."""
         spec = self.embodiment
         return self.norm_stats.unnormalize_action(
-            spec.norm_tag, np.asarray(normalized, dtype=np.float64), spec.gripper_dims
+            spec.norm_tag, np.asarray(normalized, dtype=np.float64)
         )
 
     # ------------------------------------------------------------------ Policy API

@@ -157,7 +157,10 @@ class MolmoAct2Policy:
         if checkpoint == TINY:
             model, config, stats, tokenizer = build_tiny(seed)
         else:
-            model, config, stats, tokenizer = load_checkpoint(Path(checkpoint).expanduser())
+            # Straight to the target device and dtype: no full fp32 host copy of the weights.
+            model, config, stats, tokenizer = load_checkpoint(
+                Path(checkpoint).expanduser(), device=device, dtype=resolve_dtype(dtype)
+            )
         policy_cls: type[MolmoAct2Policy] = cls
         extra: dict[str, Any] = {}
         if mode == "think":
@@ -250,7 +253,7 @@ class MolmoAct2Policy:
     def normalized_state_bins(self, state: np.ndarray) -> np.ndarray:
         spec = self.embodiment
         normalized = self.norm_stats.normalize_state(
-            spec.norm_tag, np.asarray(state, dtype=np.float64), spec.gripper_dims
+            spec.norm_tag, np.asarray(state, dtype=np.float64)
         )
         return discretize_state(normalized, self.config.num_state_tokens)
 
@@ -320,7 +323,7 @@ class MolmoAct2Policy:
         """(1, horizon, max_action_dim) normalised -> (horizon, action_dim) float64 robot units."""
         spec = self.embodiment
         chunk = normalized[0, :, : spec.action_dim].float().cpu().numpy().astype(np.float64)
-        return self.norm_stats.unnormalize_action(spec.norm_tag, chunk, spec.gripper_dims)
+        return self.norm_stats.unnormalize_action(spec.norm_tag, chunk)
 
     # ------------------------------------------------------------------ Policy API
     def act(

@@ -11,23 +11,54 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from transformers import Molmo2Config, Molmo2ForConditionalGeneration
 from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.molmo2.modeling_molmo2 import Molmo2Adapter
 
 from molmoact2_policy.model.preprocess import ImageInputs
 from molmoact2_policy.model.tokenizer import IMAGE_TOKENS, MolmoAct2Tokenizer
 
 
+class UnmaskedPoolingAdapter(Molmo2Adapter):
+    """The adapter with the released ``pooling_attention_mask: false`` rule.
+
+    Each pooled token gathers its 2x2 patches; a slot past the edge of an odd patch grid is
+    index -1 and its features are zeroed. transformers' Molmo2 (and the released class with the
+    option on) takes the query as the mean of the valid patches and lets it attend only to them.
+    With the option off, the released class takes the plain mean over all four slots (zeros
+    included) and attends to every slot. Same parameters, so only the class changes.
+    """
+
+    def forward(self, image_features: Tensor, pooled_patches_idx: Tensor, **kwargs) -> Any:
+        flat = image_features.reshape(-1, image_features.shape[-1])
+        valid = pooled_patches_idx >= 0
+        valid_token = torch.any(valid, -1)
+        to_pool = flat[torch.clip(pooled_patches_idx, 0)] * valid.to(flat.dtype)[..., None]
+        query = to_pool.mean(-2, keepdim=True)
+        pooled, _ = self.image_pooling_2d(query, to_pool, attention_mask=None)
+        pooled = self.image_projector(pooled.squeeze(1))
+        return BaseModelOutput(last_hidden_state=pooled[valid_token])
+
+
 def build_vlm(
-    config: Molmo2Config, attn_implementation: str = "sdpa"
+    config: Molmo2Config,
+    attn_implementation: str = "sdpa",
+    pooling_attention_mask: bool = True,
 ) -> Molmo2ForConditionalGeneration:
-    """A randomly initialised Molmo2 (global torch RNG) in eval mode."""
+    """A randomly initialised Molmo2 (global torch RNG) in eval mode.
+
+    ``pooling_attention_mask`` is the released adapter option (see ``UnmaskedPoolingAdapter``).
+    """
     config._attn_implementation = attn_implementation
     vlm = Molmo2ForConditionalGeneration(config)
+    if not pooling_attention_mask:
+        vlm.model.multi_modal_projector.__class__ = UnmaskedPoolingAdapter
     return vlm.eval()
 
 
