@@ -208,7 +208,7 @@ class WeightSource(Mapping[str, Tensor]):
             return
         handle = self._handles.get(entry.file)
         if handle is None:
-            handle = self._handles[entry.file] = open(entry.file, "rb", buffering=0)  # noqa: SIM115
+            handle = self._handles[entry.file] = open(entry.file, "rb", buffering=0)
         view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
         handle.seek(entry.offset)
         done = 0
