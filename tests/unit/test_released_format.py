@@ -486,8 +486,9 @@ def test_written_config_has_every_released_key_with_the_released_types(written):
     assert data["adapter_config"]["pooling_attention_mask"] is True
     assert data["image_high_res_id"] == data["image_patch_id"]
     # vit_layers resolve against the written ViT depth to the layers our model reads.
-    layers = [x % data["vit_config"]["num_hidden_layers"] for x in data["adapter_config"]["vit_layers"]]
-    assert max(layers) + 1 == data["vit_config"]["num_hidden_layers"]
+    depth = data["vit_config"]["num_hidden_layers"]
+    layers = [x % depth for x in data["adapter_config"]["vit_layers"]]
+    assert max(layers) + 1 == depth
 
 
 def test_written_tensors_are_exactly_the_released_state_dict(written):
