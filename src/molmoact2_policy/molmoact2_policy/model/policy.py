@@ -311,7 +311,9 @@ class MolmoAct2Policy:
     def make_noise(self, seed: int | None) -> Tensor:
         generator = self._generator if seed is None else torch.Generator().manual_seed(seed)
         shape = (1, self.embodiment.horizon, self.config.max_action_dim)
-        return make_noise(shape, generator, self.device, self.dtype, self.action_dim_mask)
+        # float32 whatever the weights: the Euler loop integrates in the noise's dtype, and
+        # ten bf16 accumulations of the velocity lose about 3 bits of the chunk.
+        return make_noise(shape, generator, self.device, torch.float32, self.action_dim_mask)
 
     def sample_chunk(self, ctx: ExpertContext, noise: Tensor) -> Tensor:
         """Normalised actions (1, horizon, max_action_dim) from the flow loop."""
@@ -375,6 +377,21 @@ class MolmoAct2Policy:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
+
+    def warm_up(self, instruction: str) -> dict[str, float]:
+        """One inference on a blank observation whose prompt has ``instruction``'s shape.
+
+        The prompt length (instruction tokens; images and state tokens are fixed per
+        embodiment) picks the flow loop's CUDA-graph bucket, so warming up with the instruction
+        the robot will be given records the graph the first real request replays, instead of
+        recording it inside that request. Ends with ``reset()``: the noise sequence restarts
+        and no depth cache is left behind. Returns the warm-up's stage timings.
+        """
+        spec = self.embodiment
+        images = {name: np.zeros((360, 640, 3), dtype=np.uint8) for name in spec.camera_names}
+        result = self.act(images, np.zeros(spec.state_dim), instruction, seed=0)
+        self.reset()
+        return dict(result.timings)
 
     def weights_changed(self) -> None:
         """Call after editing the expert's weights: the flow loop caches per-weight tensors."""
