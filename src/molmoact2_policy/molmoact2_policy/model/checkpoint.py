@@ -2,8 +2,9 @@
 model.safetensors.index.json), norm_stats.json and tokenizer files. safetensors only, no pickle.
 
 The discrete ("fast") mode also needs the OpenFAST action tokenizer: it lives in the
-subdirectory ``fast_tokenizer/`` (``FAST_TOKENIZER_DIR``: ``tokenizer.json`` with the BPE model
-and ``fast_settings.json`` with scale, padded width and coefficient range, see ``fast.py``). Its
+subdirectory ``fast_tokenizer/`` (``FAST_TOKENIZER_DIR``), in the released tokenizer's layout
+(``tokenizer.json`` with the byte-level BPE, ``processor_config.json`` with scale and
+``min_token``; see ``fast.py``). Its
 ids 0..V-1 are the VLM's ``<action_0>..<action_{V-1}>``, so V must not exceed the config's
 ``num_action_tokens``. It is optional: ``load_fast_tokenizer`` reads it when fast mode asks for
 it, and a checkpoint without it still serves the flow and Think modes. The tiny preset carries
@@ -298,16 +299,11 @@ def load_checkpoint(
 def check_fast_tokenizer(
     fast_tokenizer: FastActionTokenizer, config: MolmoAct2Config, source: str
 ) -> None:
-    """Its vocabulary must fit the ``<action_k>`` family and its width ``max_action_dim``."""
+    """Its vocabulary must fit the ``<action_k>`` family."""
     if fast_tokenizer.vocab_size > config.num_action_tokens:
         raise CheckpointError(
             f"{source}: FAST vocabulary of {fast_tokenizer.vocab_size} ids does not fit the "
             f"config's num_action_tokens {config.num_action_tokens}"
-        )
-    if fast_tokenizer.action_dim > config.max_action_dim:
-        raise CheckpointError(
-            f"{source}: FAST width {fast_tokenizer.action_dim} > max_action_dim "
-            f"{config.max_action_dim}"
         )
 
 
@@ -359,26 +355,20 @@ def build_tiny(
 
 
 TINY_FAST_VOCAB = 256
-TINY_FAST_HORIZONS = (10, 15, 30)  # every embodiment's chunk length
 
 
-def tiny_fast_width() -> int:
-    """The tiny FAST tokenizer pads to the widest embodiment (14), not to max_action_dim 32.
+def tiny_fast_chunks(count_per_embodiment: int = 60, seed: int = 0) -> list[np.ndarray]:
+    """Smooth synthetic normalised chunks at every embodiment's own horizon and width.
 
-    Fewer padded coefficients per chunk keep an untrained tiny model's token runs (which may
-    use one-coefficient tokens throughout) short enough for tests on a CPU.
+    Offset + two low sines per dim, |x| < 1. Like the released tokenizer, one BPE serves every
+    embodiment, each chunk at its real action width (no padding).
     """
-    return max(spec.action_dim for spec in EMBODIMENTS.values())
-
-
-def tiny_fast_chunks(count_per_horizon: int = 60, seed: int = 0) -> list[np.ndarray]:
-    """Smooth synthetic normalised chunks (offset + two low sines per dim, |x| < 1)."""
     rng = np.random.default_rng(seed)
-    dims = tiny_fast_width()
     chunks = []
-    for horizon in TINY_FAST_HORIZONS:
+    for spec in EMBODIMENTS.values():
+        horizon, dims = spec.horizon, spec.action_dim
         t = np.linspace(0.0, 1.0, horizon)[:, None]
-        for _ in range(count_per_horizon):
+        for _ in range(count_per_embodiment):
             chunk = rng.uniform(-0.3, 0.3, (1, dims)) + np.zeros((horizon, dims))
             for harmonic in (1, 2):
                 amplitude = rng.uniform(-0.3, 0.3, (1, dims))
@@ -391,13 +381,11 @@ def tiny_fast_chunks(count_per_horizon: int = 60, seed: int = 0) -> list[np.ndar
 
 @lru_cache(maxsize=1)
 def _tiny_fast_tokenizer_cached() -> FastActionTokenizer:
-    return FastActionTokenizer.train(
-        tiny_fast_chunks(), vocab_size=TINY_FAST_VOCAB, scale=10.0, action_dim=tiny_fast_width()
-    )
+    return FastActionTokenizer.train(tiny_fast_chunks(), vocab_size=TINY_FAST_VOCAB, scale=10.0)
 
 
 def tiny_fast_tokenizer() -> FastActionTokenizer:
-    """The tiny preset's FAST tokenizer: 256 ids, scale 10, width 14; the same in every process.
+    """The tiny preset's FAST tokenizer: 256 ids, scale 10; the same in every process.
 
     It is data, not weights, so it does not depend on the weight seed. Trained once per process
     (a fraction of a second) and shared: the tokenizer is not modified after training.
