@@ -104,3 +104,24 @@ def test_bf16_policy_integrates_in_float32():
     noise = policy.make_noise(seed=1)
     assert noise.dtype == torch.float32
     assert policy.model.action_expert.action_embed.weight.dtype == torch.bfloat16
+
+
+def test_warm_up_runs_the_instruction_and_leaves_the_noise_sequence_at_its_start():
+    import numpy as np
+
+    from molmoact2_policy.model.policy import MolmoAct2Policy
+
+    warmed = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=3)
+    fresh = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=3)
+    timings = warmed.warm_up("wipe the table")
+    assert timings["total"] > 0
+    rng = np.random.default_rng(0)
+    images = {
+        name: rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        for name in warmed.embodiment.camera_names
+    }
+    state = rng.uniform(-0.5, 0.5, warmed.embodiment.state_dim)
+    np.testing.assert_array_equal(
+        warmed.act(images, state, "wipe the table").positions,
+        fresh.act(images, state, "wipe the table").positions,
+    )
