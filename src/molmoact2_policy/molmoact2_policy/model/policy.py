@@ -226,10 +226,8 @@ class MolmoAct2Policy:
                 f"{state.dim}/{action.dim}, the embodiment needs "
                 f"{spec.state_dim}/{spec.action_dim}"
             )
-        if config.n_obs_steps != 1:
-            raise ValueError(
-                f"checkpoint n_obs_steps {config.n_obs_steps}: the prompt carries one observation"
-            )
+        if config.n_obs_steps < 1:
+            raise ValueError(f"checkpoint n_obs_steps {config.n_obs_steps} must be >= 1")
         # Released tags may say how long a chunk the model was trained on and how much of it
         # to return; a horizon other than the embodiment's would mistime every action.
         try:
@@ -247,7 +245,16 @@ class MolmoAct2Policy:
                 f"{spec.name}: norm stats tag {spec.norm_tag!r} has n_action_steps {steps} "
                 f"> horizon {spec.horizon}"
             )
+        # As released: the returned steps start at n_obs_steps - 1 (the chunk is predicted from
+        # the oldest of the observations the model was trained to see).
+        self.first_step = config.n_obs_steps - 1
         self.returned_steps = steps or spec.horizon
+        if self.first_step + self.returned_steps > spec.horizon:
+            raise ValueError(
+                f"{spec.name}: checkpoint n_obs_steps {config.n_obs_steps} with "
+                f"{self.returned_steps} returned steps needs steps up to "
+                f"{self.first_step + self.returned_steps} of a {spec.horizon}-step chunk"
+            )
 
     # ------------------------------------------------------------------ steps (overridable)
     def normalized_state_bins(self, state: np.ndarray) -> np.ndarray:
@@ -364,7 +371,7 @@ class MolmoAct2Policy:
             raise PolicyUnavailableError("the model produced non-finite actions; check the weights")
         return ActionChunkResult(
             # The tag's n_action_steps, as the released inference returns (all when unset).
-            positions=positions[: self.returned_steps],
+            positions=positions[self.first_step : self.first_step + self.returned_steps],
             step_dt=self.embodiment.step_dt,
             joint_names=self.joint_names,
             mode=self.mode_name,
