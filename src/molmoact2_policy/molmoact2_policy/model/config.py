@@ -2,8 +2,10 @@
 fields of the released ``config.json`` (model_type ``molmoact2``).
 
 ``config.json`` layout: sub-configs ``vit_config``, ``adapter_config``, ``text_config`` (the
-released Molmo2 keys, which transformers' ``Molmo2*Config`` accept) and ``action_expert_config``;
-everything else is top level. Unknown top-level keys are kept in ``extra`` and written back.
+released MolmoAct2 keys, translated to transformers' ``Molmo2*Config``) and
+``action_expert_config``; everything else is top level. What each released key means here
+(built from, ignored, or refused by value) is ``released_config.py``. Top-level keys we do not
+use are kept in ``extra`` and written back.
 
 Presets: ``released()`` (released sizes), ``tiny()`` (tests and demo; a CPU ``act`` in about
 0.1 s), ``mid_cpu()`` (benchmarks). Token ids of the presets follow the tiny tokenizer's layout
