@@ -244,3 +244,15 @@ def test_fast_prompt_appends_the_action_start_marker():
     assert fast_prompt("...assistant\n<action_output>").endswith("<action_output><action_start>")
     with pytest.raises(ValueError, match="must end with"):
         fast_prompt("no answer marker")
+
+
+def test_owed_continuation_bytes_follow_utf8():
+    from molmoact2_policy.model.fast_policy import _owed_after
+
+    two = chr(0x3A9).encode()  # 2 bytes
+    three = chr(0x4E00).encode()  # 3 bytes
+    assert _owed_after(0, b"a") == 0
+    assert _owed_after(0, two[:1]) == 1 and _owed_after(1, two[1:]) == 0
+    assert _owed_after(0, three[:1]) == 2 and _owed_after(2, three[1:2]) == 1
+    assert _owed_after(0, b"a" + two[:1]) == 1  # the last character decides
+    assert _owed_after(0, two + three) == 0

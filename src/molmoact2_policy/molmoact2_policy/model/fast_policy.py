@@ -82,7 +82,11 @@ class ActionTokenDecoder(StaticCacheDecoder):
     """
 
     def __init__(
-        self, vlm: torch.nn.Module, config: MolmoAct2Config, coefficient_counts: np.ndarray
+        self,
+        vlm: torch.nn.Module,
+        config: MolmoAct2Config,
+        coefficient_counts: np.ndarray,
+        token_bytes: list[bytes | None] | None = None,
     ) -> None:
         missing = [
             name
@@ -115,6 +119,10 @@ class ActionTokenDecoder(StaticCacheDecoder):
         self.counts = torch.from_numpy(np.append(counts, 0)).to(device)
         self.never = torch.from_numpy(np.append(counts < 0, False)).to(device)
         self._host_counts = np.append(counts, 0)  # the running total without a device sync
+        # With the ids' bytes, a run that reaches its count on a character's lead byte goes on
+        # with continuation-only ids (count 0) until that character is whole.
+        self._token_bytes = token_bytes
+        self.continuation_only = torch.from_numpy(np.append(counts == 0, False)).to(device)
 
     def candidate_logits(self, hidden: Tensor) -> Tensor:
         """(V + 1,) logits: the ``<action_k>`` rows of the LM head, then ``<action_end>``."""
@@ -142,11 +150,14 @@ class ActionTokenDecoder(StaticCacheDecoder):
         fast_ids: list[int] = []
         token_ids: list[int] = []
         total = 0
+        owed = 0  # continuation bytes the last character still needs
         ended = False
         for step in range(max_tokens):
             logits = self.candidate_logits(hidden).masked_fill(self.never, float("-inf"))
             if coefficients is not None:
                 logits = logits.masked_fill(self.counts > coefficients - total, float("-inf"))
+                if total == coefficients and owed:
+                    logits = logits.masked_fill(~self.continuation_only, float("-inf"))
             choice = int(logits.argmax().item())
             self.stats.predicted += 1
             if choice == self.vocab:
@@ -156,7 +167,9 @@ class ActionTokenDecoder(StaticCacheDecoder):
             fast_ids.append(choice)
             token_ids.append(self.action_start + choice)
             total += int(self._host_counts[choice])
-            if coefficients is not None and total == coefficients:
+            if self._token_bytes is not None:
+                owed = _owed_after(owed, self._token_bytes[choice] or b"")
+            if coefficients is not None and total == coefficients and not owed:
                 break  # only <action_end> is admissible now: implied, no forward needed
             if step < max_tokens - 1:
                 hidden = self._forward(cache, [token_ids[-1]], prompt_len + step)
@@ -165,11 +178,21 @@ class ActionTokenDecoder(StaticCacheDecoder):
             fast_ids=np.asarray(fast_ids, dtype=np.int64),
             token_ids=token_ids,
             ended=ended,
-            complete=coefficients is not None and total == coefficients,
+            complete=coefficients is not None and total == coefficients and not owed,
             coefficients=total,
             forwards=self.stats.forwards - forwards_before,
             budget=max_tokens,
         )
+
+
+def _owed_after(owed: int, piece: bytes) -> int:
+    """Continuation bytes still owed by the last UTF-8 character after appending ``piece``."""
+    for byte in piece:
+        if byte & 0xC0 == 0x80:
+            owed = max(owed - 1, 0)
+        else:  # a lead byte: 0xxxxxxx, 110xxxxx, 1110xxxx or 11110xxx
+            owed = 0 if byte < 0x80 else 1 if byte < 0xE0 else 2 if byte < 0xF0 else 3
+    return owed
 
 
 class FastPolicy(MolmoAct2Policy):
@@ -194,7 +217,8 @@ class FastPolicy(MolmoAct2Policy):
         super().__init__(*args, **kwargs)
         self.fast_tokenizer = fast_tokenizer
         counts = fast_tokenizer.coefficient_counts()
-        self.decoder = ActionTokenDecoder(self.model.vlm, self.config, counts)
+        token_bytes = [fast_tokenizer.token_bytes(index) for index in range(len(counts))]
+        self.decoder = ActionTokenDecoder(self.model.vlm, self.config, counts, token_bytes)
         # Ids of continuation bytes only add no coefficient: a run may need more ids than
         # coefficients (up to one per byte).
         self._bytes_per_coefficient = 1 if counts[counts >= 0].min() >= 1 else 3
