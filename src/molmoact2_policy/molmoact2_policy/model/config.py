@@ -515,8 +515,9 @@ _RELEASED_TOP_DEFAULTS: dict[str, Any] = {
 }
 # Written by ``to_dict`` itself; a loaded file's values are not carried over.
 _WRITER_KEYS = ("model_type", "architectures", "auto_map", "transformers_version")
-# Base keys with a meaning here (the released expert context mask reads eos_token_id).
-_KEPT_BASE_KEYS = ("eos_token_id", "bos_token_id", "pad_token_id", "dtype", "torch_dtype")
+# Base keys with a meaning here (the released expert context mask reads eos_token_id). The
+# file's dtype is not kept: what we write back may be in another precision.
+_KEPT_BASE_KEYS = ("eos_token_id", "bos_token_id", "pad_token_id")
 
 
 def _check_positions(vision: dict[str, Any]) -> list[str]:
@@ -553,7 +554,8 @@ def _expert_config(
             f"action_expert_config.llm_kv_dim={raw['llm_kv_dim']!r} but the VLM's K/V width "
             f"(num_key_value_heads x head_dim) is {derived}"
         )
-    if float(raw.get("rope_theta", 10000.0)) != 10000.0:
+    theta = raw.get("rope_theta", 10000.0)
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta != 10000.0:
         problems.append(
             f"action_expert_config.rope_theta={raw['rope_theta']!r} is not implemented (the "
             "released expert's RoPE base is 10000)"
@@ -562,11 +564,10 @@ def _expert_config(
         raise ConfigError("config.json: " + "; ".join(problems))
     kwargs = dict(values)
     kwargs.setdefault("num_layers", text.num_hidden_layers)
+    defaults = {item.name: item.default for item in dataclasses.fields(MolmoAct2Config)}
     for key in ("max_action_dim", "max_action_horizon"):
-        default = dataclasses.fields(MolmoAct2Config)
-        fallback = next(item.default for item in default if item.name == key)
-        value = data.get(key, raw.get(key, fallback))
-        kwargs[key] = value
+        # The released class overwrites the nested values with the top-level ones.
+        kwargs[key] = data.get(key, raw.get(key, defaults[key]))
     try:
         return ActionExpertConfig(llm_kv_dim=derived, **kwargs)
     except (TypeError, ValueError) as error:
