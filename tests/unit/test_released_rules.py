@@ -154,3 +154,53 @@ def test_pooling_attention_mask_both_ways(masked):
     # The first cell is complete, so both rules agree there; the edge cells differ.
     torch.testing.assert_close(ours[0], other[0], rtol=0, atol=1e-5 * scale)
     assert (ours[1:] - other[1:]).abs().max() > 1e-2 * scale
+
+
+# ----------------------------------------------------------------------------- float32 attention
+def _released_fp32_attention(attention, x):
+    """ViTMultiHeadDotProductAttention with float32_attention, SDPA path: q, k, v in float32."""
+    heads = attention.config.num_attention_heads
+    kv_heads = attention.config.num_key_value_heads
+    head_dim = attention.head_dim
+    q = attention.q_proj(x).view(*x.shape[:-1], heads, head_dim).float()
+    k = attention.k_proj(x).view(*x.shape[:-1], kv_heads, head_dim).float()
+    v = attention.v_proj(x).view(*x.shape[:-1], kv_heads, head_dim).float()
+    k = k.repeat_interleave(heads // kv_heads, dim=2)
+    v = v.repeat_interleave(heads // kv_heads, dim=2)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    out = out.transpose(1, 2).reshape(*x.shape[:-1], heads * head_dim).to(x.dtype)
+    return attention.o_proj(out)
+
+
+def test_float32_attention_runs_the_vit_attention_in_float32_around_bf16_weights():
+    torch.manual_seed(0)
+    model = MolmoAct2Model(MolmoAct2Config.tiny()).to(torch.bfloat16)
+    attention = model.vlm.model.vision_tower.layers[0].self_attn
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in attention.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=gen) * 0.5)
+        x = torch.randn(2, 9, attention.q_proj.in_features, generator=gen).to(torch.bfloat16)
+        ours, _ = attention(x)
+        want = _released_fp32_attention(attention, x)
+    torch.testing.assert_close(ours, want, rtol=0, atol=0)
+
+
+def test_float32_attention_flags_round_trip_and_change_nothing_in_float32():
+    data = MolmoAct2Config.tiny().to_dict()
+    assert data["vit_config"]["float32_attention"] is True
+    data["adapter_config"]["float32_attention"] = False
+    config = MolmoAct2Config.from_dict(data)
+    assert config.vit_float32_attention and not config.adapter_float32_attention
+    assert config.to_dict()["adapter_config"]["float32_attention"] is False
+    torch.manual_seed(0)
+    on = MolmoAct2Model(MolmoAct2Config.tiny())
+    torch.manual_seed(0)
+    off = MolmoAct2Model(MolmoAct2Config.tiny(vit_float32_attention=False))
+    x = torch.randn(1, 9, on.config.vlm.vision_config.hidden_size)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            on.vlm.model.vision_tower.layers[0].self_attn(x)[0],
+            off.vlm.model.vision_tower.layers[0].self_attn(x)[0],
+            rtol=1e-6, atol=1e-6,
+        )

@@ -110,6 +110,15 @@ class MolmoAct2Config:
     pooling_attention_mask: bool = field(
         default=True, metadata=_meta("mask padded patches in the 2x2 image pooling")
     )
+    # vit_config / adapter_config.float32_attention in config.json (the released default true):
+    # the ViT's and the pooling's attention run in float32 around bf16 weights.
+    vit_float32_attention: bool = field(
+        default=True, metadata=_meta("ViT attention in float32 (vit_config.float32_attention)")
+    )
+    adapter_float32_attention: bool = field(
+        default=True,
+        metadata=_meta("image pooling attention in float32 (adapter_config.float32_attention)"),
+    )
     # Released processor options (processor_config.json); see preprocess.ImageTokenLayout.
     image_use_col_tokens: bool = field(
         default=True, metadata=_meta("<im_col> after each high-res row of a multi-crop image")
@@ -224,7 +233,7 @@ class MolmoAct2Config:
             "attention_dropout": 0.0,
             "residual_dropout": 0.0,
             "initializer_range": vision.initializer_range,
-            "float32_attention": True,
+            "float32_attention": self.vit_float32_attention,
             "attn_implementation": "eager",
         }
         out["adapter_config"] = {
@@ -237,7 +246,7 @@ class MolmoAct2Config:
             "num_attention_heads": adapter.num_attention_heads,
             "num_key_value_heads": adapter.num_key_value_heads,
             "head_dim": adapter.head_dim,
-            "float32_attention": True,
+            "float32_attention": self.adapter_float32_attention,
             "attention_dropout": 0.0,
             "residual_dropout": 0.0,
             "hidden_act": adapter.hidden_act,
@@ -294,7 +303,7 @@ class MolmoAct2Config:
         # Derived in the released class from image_patch_id; written as it writes it.
         out["image_high_res_id"] = self.vlm.image_patch_id
         for item in dataclasses.fields(self):
-            if item.name not in ("vlm", "action_expert", "extra", "pooling_attention_mask"):
+            if item.name not in ("vlm", "action_expert", "extra", *_SUB_CONFIG_FIELDS):
                 out[item.name] = getattr(self, item.name)
         for key, value in _RELEASED_TOP_DEFAULTS.items():
             out[key] = self.extra.get(key, value)
@@ -342,11 +351,18 @@ class MolmoAct2Config:
             )
         vision = dict(read["vit_config"].values)
         adapter = dict(read["adapter_config"].values)
-        pooling_mask = adapter.pop("pooling_attention_mask", False)  # the released default
-        if not isinstance(pooling_mask, bool):
-            problems.append(
-                f"adapter_config.pooling_attention_mask={pooling_mask!r} must be true or false"
-            )
+        flags = {
+            # ours: (section, released key, the released class's default)
+            "pooling_attention_mask": (adapter, "adapter_config.pooling_attention_mask", False),
+            "vit_float32_attention": (vision, "vit_config.float32_attention", True),
+            "adapter_float32_attention": (adapter, "adapter_config.float32_attention", True),
+        }
+        options: dict[str, bool] = {}
+        for name, (section, where, default) in flags.items():
+            value = section.pop(where.split(".")[1], default)
+            if not isinstance(value, bool):
+                problems.append(f"{where}={value!r} must be true or false")
+            options[name] = value
         problems += _check_positions(vision)
         if problems:
             raise ConfigError("config.json: " + "; ".join(problems))
@@ -362,7 +378,7 @@ class MolmoAct2Config:
             raise ConfigError(f"config.json: invalid VLM sub-config ({error})") from None
         expert = _expert_config(read["action_expert_config"].values, subs, data, vlm)
         own = {item.name: item for item in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {"pooling_attention_mask": pooling_mask}
+        kwargs: dict[str, Any] = dict(options)
         extra: dict[str, Any] = {}
         skip = {*subs, *_VLM_TOP_LEVEL, "image_high_res_id", *_WRITER_KEYS}
         for key, value in data.items():
@@ -505,6 +521,12 @@ def _preset(
     return MolmoAct2Config(vlm=vlm, action_expert=expert_config, **kwargs)
 
 
+# Our fields that are written inside a sub-config (see to_dict), not at the top level.
+_SUB_CONFIG_FIELDS = (
+    "pooling_attention_mask",
+    "vit_float32_attention",
+    "adapter_float32_attention",
+)
 # Top-level keys of the released class that change nothing we compute; written with these
 # defaults unless the loaded file had its own values (kept in ``extra``).
 _RELEASED_TOP_DEFAULTS: dict[str, Any] = {

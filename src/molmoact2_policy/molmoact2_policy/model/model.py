@@ -24,7 +24,13 @@ class MolmoAct2Model(nn.Module):
     def __init__(self, config: MolmoAct2Config, attn_implementation: str = "sdpa") -> None:
         super().__init__()
         self.config = config
-        self.vlm = build_vlm(config.vlm, attn_implementation, config.pooling_attention_mask)
+        self.vlm = build_vlm(
+            config.vlm,
+            attn_implementation,
+            pooling_attention_mask=config.pooling_attention_mask,
+            vit_float32_attention=config.vit_float32_attention,
+            adapter_float32_attention=config.adapter_float32_attention,
+        )
         self.action_expert = (
             ActionExpert(config.action_expert) if config.add_action_expert else None
         )

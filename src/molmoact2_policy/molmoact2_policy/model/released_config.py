@@ -170,10 +170,9 @@ Rule = Map | Ignore | Require
 _DROPOUT = Ignore("dropout is inactive at inference")
 _INIT = Ignore("weight initialisation only")
 _KERNEL = Ignore("attention kernel choice; same math")
-# The released ViT/pooling attention computes q.k in float32 when set (its default). In float32
-# inference that is what we compute; under bf16 transformers' attention keeps bf16 logits (see
-# docs/released_compat.md).
-_FP32_ATTENTION = Ignore("float32 attention logits; identical in float32 inference")
+# The released ViT/pooling attention runs in float32 when set (its default): ours too
+# (MolmoAct2Config.vit_float32_attention / adapter_float32_attention, vlm.Float32Attention).
+_FP32_ATTENTION = Map()
 
 VIT_RULES: dict[str, Rule] = {
     "hidden_size": Map(),

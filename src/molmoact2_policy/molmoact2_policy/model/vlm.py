@@ -19,7 +19,12 @@ from torch import Tensor
 from transformers import Molmo2Config, Molmo2ForConditionalGeneration
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.models.molmo2.modeling_molmo2 import Molmo2Adapter
+from transformers.models.molmo2.modeling_molmo2 import (
+    ALL_ATTENTION_FUNCTIONS,
+    Molmo2Adapter,
+    Molmo2VisionAttention,
+    eager_attention_forward,
+)
 
 from molmoact2_policy.model.preprocess import ImageInputs
 from molmoact2_policy.model.tokenizer import IMAGE_TOKENS, MolmoAct2Tokenizer
@@ -46,19 +51,68 @@ class UnmaskedPoolingAdapter(Molmo2Adapter):
         return BaseModelOutput(last_hidden_state=pooled[valid_token])
 
 
+class Float32Attention(Molmo2VisionAttention):
+    """The released ``float32_attention`` (its default, for the ViT and the image pooling).
+
+    Projections run in the weights' dtype; the attention itself (q.k, softmax, weights x v)
+    runs on float32 copies of q, k and v, and its output is cast back before ``o_proj``: the
+    released attention's SDPA path. In float32 inference this is the parent's computation.
+    """
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        **kwargs: Any,
+    ) -> tuple[Tensor, Tensor | None]:
+        source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        shape = hidden_states.shape[:-1]
+        query = self.q_proj(hidden_states).view(*shape, -1, self.head_dim).transpose(1, 2)
+        key = self.k_proj(source).view(*source.shape[:-1], -1, self.head_dim).transpose(1, 2)
+        value = self.v_proj(source).view(*source.shape[:-1], -1, self.head_dim).transpose(1, 2)
+        if attention_mask is not None and attention_mask.is_floating_point():
+            attention_mask = attention_mask.float()
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention(
+            self,
+            query.float(),
+            key.float(),
+            value.float(),
+            attention_mask,
+            is_causal=self.is_causal,
+            scaling=self.scaling,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            **kwargs,
+        )
+        output = output.to(query.dtype).reshape(*shape, -1).contiguous()
+        return self.o_proj(output), weights
+
+
 def build_vlm(
     config: Molmo2Config,
     attn_implementation: str = "sdpa",
     pooling_attention_mask: bool = True,
+    vit_float32_attention: bool = True,
+    adapter_float32_attention: bool = True,
 ) -> Molmo2ForConditionalGeneration:
     """A randomly initialised Molmo2 (global torch RNG) in eval mode.
 
-    ``pooling_attention_mask`` is the released adapter option (see ``UnmaskedPoolingAdapter``).
+    ``pooling_attention_mask`` and the two ``float32_attention`` flags are the released
+    adapter/ViT options (see ``UnmaskedPoolingAdapter`` and ``Float32Attention``); only the
+    module classes change, never the parameters.
     """
     config._attn_implementation = attn_implementation
     vlm = Molmo2ForConditionalGeneration(config)
     if not pooling_attention_mask:
         vlm.model.multi_modal_projector.__class__ = UnmaskedPoolingAdapter
+    if vit_float32_attention:
+        for layer in vlm.model.vision_tower.layers:
+            layer.self_attn.__class__ = Float32Attention
+    if adapter_float32_attention:
+        vlm.model.multi_modal_projector.image_pooling_2d.__class__ = Float32Attention
     return vlm.eval()
 
 
