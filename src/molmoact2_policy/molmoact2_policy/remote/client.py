@@ -246,6 +246,12 @@ class RemotePolicy:
                 f"{self._where()}: health check HTTP {response.status_code}: "
                 f"{_error_message(payload)}"
             )
+        if isinstance(payload, dict) and "model" not in payload:
+            # /healthz answers liveness to anyone and details only to the token's holder.
+            raise PolicyUnavailableError(
+                f"{self._where()}: server is up ({payload.get('status')}) but refused this "
+                "client's token for details (HTTP 401 on /act) (check the token)"
+            )
         self._server_info = payload
         return payload
 
