@@ -223,3 +223,64 @@ def test_released_droid_request():
     local = fake.act(images, state.astype(np.float64), "wipe the table", seed=2)
     assert np.array_equal(data["actions"], local.positions.astype(np.float32))
     assert info["norm_tag"] == "franka_droid" and info["num_cameras"] == 2
+
+
+def _released_style_server(seen: list) -> object:
+    """A stand-in for the released host_server_yam.py, written from its build_app: reads the
+    released keys only (raw ``*_cam`` arrays or base64 ``images_jpeg``), ignores anything else,
+    answers ``{"actions": float32, "dt_ms": float}`` and ``{"error": str}``."""
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def act(request):
+        payload = json_numpy.loads((await request.body()).decode("utf-8"))
+        try:
+            if "images_jpeg" in payload:
+                frames = [
+                    base64.b64decode(payload["images_jpeg"][k]) for k in ("top", "left", "right")
+                ]
+            else:
+                frames = [payload[k] for k in ("top_cam", "left_cam", "right_cam")]
+            state = np.asarray(payload["state"], dtype=np.float32).reshape(-1)
+            instruction = str(payload["instruction"])
+        except KeyError as exc:
+            return Response(json_numpy.dumps({"error": f"missing required field: {exc}"}), 400)
+        seen.append((frames, state, instruction, int(payload.get("num_steps", 10))))
+        actions = np.full((SPEC.horizon, SPEC.action_dim), state[0], np.float32)
+        body = json_numpy.dumps({"actions": actions, "dt_ms": 12.5})
+        return Response(body, media_type="application/json")
+
+    async def info(request):
+        return Response(json_numpy.dumps({"status": "ok", "norm_tag": "yam_dual_molmoact2"}))
+
+    return Starlette(
+        routes=[Route("/act", act, methods=["POST"]), Route("/act", info, methods=["GET"])]
+    )
+
+
+@pytest.mark.parametrize("encoding", ["raw", "jpeg"])
+def test_our_remote_backend_talks_to_a_released_style_server(encoding):
+    from molmoact2_policy.remote.client import RemotePolicy
+
+    seen: list = []
+    joints = tuple(f"j{i}" for i in range(SPEC.action_dim))
+    frames = _our_images(_camera_frames(6))
+    state = np.full(SPEC.state_dim, 0.25)
+    with ServerThread(_released_style_server(seen)) as server:
+        with RemotePolicy(
+            server.url, SPEC, joints, timeout=10.0, image_encoding=encoding, num_steps=7
+        ) as remote:
+            result = remote.act(frames, state, INSTRUCTION)
+            assert remote.metadata()["server"]["norm_tag"] == "yam_dual_molmoact2"
+    (sent, sent_state, instruction, num_steps) = seen[0]
+    if encoding == "raw":  # native resolution, camera order [top, left, right], bit for bit
+        assert all(
+            np.array_equal(a, frames[n]) for a, n in zip(sent, SPEC.camera_names, strict=True)
+        )
+    else:
+        assert all(data[:2] == b"\xff\xd8" for data in sent)  # JPEG files
+    assert instruction == INSTRUCTION and num_steps == 7 and sent_state[0] == np.float32(0.25)
+    assert result.positions.shape == (SPEC.horizon, SPEC.action_dim)
+    assert np.all(result.positions == 0.25) and result.step_dt == SPEC.step_dt
+    assert result.timings["server_infer"] == pytest.approx(0.0125)

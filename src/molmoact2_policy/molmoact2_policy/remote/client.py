@@ -233,25 +233,36 @@ class RemotePolicy:
     # ------------------------------------------------------------------ extras
 
     def health(self) -> dict[str, Any]:
-        """The server's ``GET /healthz``; ``PolicyUnavailableError`` if it cannot be read."""
+        """The server's ``/healthz`` details, else the released ``GET /act`` health/info.
+
+        ``PolicyUnavailableError`` if neither can be read (a refused token says so).
+        """
         try:
             response = httpx.get(
                 f"{self.server_url}/healthz", headers=self._headers, timeout=self.timeout
             )
+            if response.status_code == 200:
+                payload = self._decode(decode_json, response.content)
+                if isinstance(payload, dict) and "model" in payload:
+                    self._server_info = payload
+                    return payload
+            # Our server without the right token (liveness only), or a released server (no or
+            # a bare /healthz): the released health call answers, or says 401.
+            response = httpx.get(
+                f"{self.server_url}/act", headers=self._headers, timeout=self.timeout
+            )
         except httpx.HTTPError as exc:
             raise PolicyUnavailableError(f"{self._where()}: health check failed: {exc!r}") from exc
-        payload = self._decode(decode_json, response.content)
         if response.status_code != 200:
+            try:
+                message = _error_message(decode_json(response.content))
+            except ProtocolError:
+                message = response.content[:200].decode("utf-8", "replace")
+            hint = " (check the token)" if response.status_code == 401 else ""
             raise PolicyUnavailableError(
-                f"{self._where()}: health check HTTP {response.status_code}: "
-                f"{_error_message(payload)}"
+                f"{self._where()}: health check HTTP {response.status_code}: {message}{hint}"
             )
-        if isinstance(payload, dict) and "model" not in payload:
-            # /healthz answers liveness to anyone and details only to the token's holder.
-            raise PolicyUnavailableError(
-                f"{self._where()}: server is up ({payload.get('status')}) but refused this "
-                "client's token for details (HTTP 401 on /act) (check the token)"
-            )
+        payload = self._decode(decode_json, response.content)
         self._server_info = payload
         return payload
 
