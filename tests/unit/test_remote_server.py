@@ -276,3 +276,21 @@ def test_warm_up_runs_the_configured_instructions_before_serving():
     assert fake.resets == 1
     with pytest.raises(ValueError, match="instruction"):
         create_app(fake, warmup_instructions=("  ",))
+
+
+def test_warm_up_prefers_the_policys_own_warm_up():
+    class SelfWarming(FakePolicy):
+        def __init__(self, spec):
+            super().__init__(spec)
+            self.warmed: list[str] = []
+
+        def warm_up(self, instruction: str) -> dict[str, float]:
+            self.warmed.append(instruction)
+            return {}
+
+    fake = SelfWarming(SPEC)
+    with ServerThread(create_app(fake, warmup_instructions=("wipe the table",))) as server:
+        _wait_until(
+            lambda: httpx.get(f"{server.url}/healthz").json()["warmup"]["state"] == "ready"
+        )
+    assert fake.warmed == ["wipe the table"] and fake.calls == 0

@@ -187,9 +187,15 @@ class PolicyService:
         images = {
             name: np.full(WARMUP_IMAGE_SHAPE, 128, np.uint8) for name in self.spec.camera_names
         }
+        # A policy that knows how to warm itself up (the local model's ``warm_up``) does;
+        # any other Policy gets one act() on the dummy observation.
+        policy_warm_up = getattr(self.policy, "warm_up", None)
         try:
             for instruction in self.warmup_instructions:
-                self.policy.act(images, np.zeros(self.spec.state_dim), instruction, seed=0)
+                if callable(policy_warm_up):
+                    policy_warm_up(instruction)
+                else:
+                    self.policy.act(images, np.zeros(self.spec.state_dim), instruction, seed=0)
             self.policy.reset()  # warm-up must not leave a depth cache behind
         except Exception as exc:
             logger.exception("warm-up inference failed")
