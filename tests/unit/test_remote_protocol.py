@@ -350,3 +350,50 @@ def test_released_server_response_is_read():
     assert parsed.positions.shape == (25, 14) and parsed.positions.dtype == np.float64
     assert parsed.step_dt == SPEC.step_dt and parsed.mode == "flow"
     assert parsed.dt_ms == 41.5 and parsed.server_timing["total"] == pytest.approx(0.0415)
+
+
+def test_images_jpeg_tolerates_data_uris_and_line_breaks():
+    images, state = _observation()
+    request = p.build_act_request(SPEC, images, state, "go", image_encoding="png")
+    jpeg = request["images_jpeg"]
+    jpeg["top"] = "data:image/png;base64," + jpeg["top"]
+    jpeg["left"] = "\n".join(jpeg["left"][i : i + 76] for i in range(0, len(jpeg["left"]), 76))
+    parsed = p.parse_act_request(_wire(request), SPEC)
+    assert all(np.array_equal(parsed.images[n], images[n]) for n in SPEC.camera_names)
+
+
+def test_any_malformed_request_is_a_protocol_error():
+    """Random mixes of the released and our keys with wrong-typed values: the parser answers
+    ProtocolError (a 4xx) or a valid request, never another exception (a 500 or a crash)."""
+    images, state = _observation()
+    good = _wire(p.build_act_request(SPEC, images, state, "go", image_encoding="raw"))
+    jpeg = _wire(p.build_act_request(SPEC, images, state, "go", image_encoding="jpeg"))
+    values = [
+        None, True, 0, -1, 2**70, 1.5, float("nan"), "", "x", "@@@", [], [1, "a"], {}, {"top": 1},
+        np.zeros(3), np.zeros((2, 2, 3), np.uint8), np.zeros((9, 9, 3), np.float32),
+        np.zeros(14, np.int8), np.zeros(5, np.uint8), b"\xff\xd8\xff", jpeg["images_jpeg"],
+        {"top": "", "left": "", "right": ""}, [good["top_cam"]] * 3, good["top_cam"],
+    ]  # fmt: skip
+    keys = [
+        "top_cam", "left_cam", "right_cam", "images_jpeg", "images", "image", "state",
+        "proprio", "instruction", "num_steps", "seed", "reset", "normalization_tag",
+        "unnorm_key", "embodiment", "response_format", "encoded", "timestamp",
+    ]  # fmt: skip
+    rng = np.random.default_rng(1234)
+    accepted = 0
+    for _ in range(400):
+        request = dict(good) if rng.random() < 0.7 else {}
+        for _ in range(rng.integers(1, 4)):
+            key = keys[rng.integers(len(keys))]
+            if rng.random() < 0.2:
+                request.pop(key, None)
+            else:
+                request[key] = values[rng.integers(len(values))]
+        try:
+            parsed = p.parse_act_request(request, SPEC)
+        except p.ProtocolError:
+            continue
+        accepted += 1
+        assert set(parsed.images) == set(SPEC.camera_names)
+        assert parsed.state.shape == (SPEC.state_dim,) and np.all(np.isfinite(parsed.state))
+    assert accepted > 0  # the mix also produced valid requests

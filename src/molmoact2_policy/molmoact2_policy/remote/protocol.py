@@ -443,7 +443,7 @@ def parse_act_request(
         raise ProtocolError(f"request must be a JSON/msgpack object, got {type(payload).__name__}")
 
     embodiment = payload.get("embodiment")
-    if embodiment is not None and embodiment != spec.name:
+    if embodiment is not None and (not isinstance(embodiment, str) or embodiment != spec.name):
         raise ProtocolError(
             f"this server serves embodiment {spec.name!r}, request asks for {embodiment!r}"
         )
@@ -474,7 +474,7 @@ def parse_act_request(
     if not isinstance(reset, bool):
         raise ProtocolError(f"'reset' must be true or false, got {reset!r}")
     response_format = payload.get("response_format", "full")
-    if response_format not in RESPONSE_FORMATS:
+    if not isinstance(response_format, str) or response_format not in RESPONSE_FORMATS:
         raise ProtocolError(
             f"'response_format' must be one of {RESPONSE_FORMATS}, got {response_format!r}"
         )
@@ -502,7 +502,7 @@ def _check_norm_tag(payload: Mapping[str, Any], spec: EmbodimentSpec) -> None:
     accepted = accepted_norm_tags(spec)
     for key in _NORM_TAG_KEYS:
         tag = payload.get(key)
-        if tag is not None and tag not in accepted:
+        if tag is not None and (not isinstance(tag, str) or tag not in accepted):
             raise ProtocolError(
                 f"this server serves norm tag {' / '.join(map(repr, accepted))}, "
                 f"request asks for {key} {tag!r}"
@@ -602,8 +602,11 @@ def _from_base64(value: Any, camera: str) -> Any:
     """``images_jpeg`` values: base64 text as the released client sends, or bytes (msgpack)."""
     if not isinstance(value, str):
         return value
+    # Tolerate what other encoders add: a data-URI prefix, MIME line breaks.
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
     try:
-        return base64.b64decode(value, validate=True)
+        return base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ProtocolError(f"camera {camera!r}: invalid base64 image: {exc}") from exc
 
