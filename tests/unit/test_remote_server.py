@@ -290,7 +290,5 @@ def test_warm_up_prefers_the_policys_own_warm_up():
 
     fake = SelfWarming(SPEC)
     with ServerThread(create_app(fake, warmup_instructions=("wipe the table",))) as server:
-        _wait_until(
-            lambda: httpx.get(f"{server.url}/healthz").json()["warmup"]["state"] == "ready"
-        )
+        _wait_until(lambda: httpx.get(f"{server.url}/healthz").json()["warmup"]["state"] == "ready")
     assert fake.warmed == ["wipe the table"] and fake.calls == 0

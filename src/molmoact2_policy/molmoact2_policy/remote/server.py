@@ -172,7 +172,7 @@ class PolicyService:
         self._log = ThrottledLog()
 
     def start_warmup(self) -> Future[None]:
-        """Queue one inference on synthetic input so the first real request is not the slow one."""
+        """Queue the warm-up (see ``_warm_up``) so the first real request is not the slow one."""
         return self.queue.submit(self._warm_up)
 
     def _warm_up(self) -> None:
