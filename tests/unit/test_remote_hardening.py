@@ -1,7 +1,7 @@
 """Hostile connections against the policy server on 127.0.0.1: slowloris head and body, idle
 connections, a connection flood, token coverage, clients hanging up mid-body.
 
-Short server limits keep each test to a second or two; every wait is a loop on an observable
+Short server limits keep each test to a few seconds; every wait is a loop on an observable
 condition with a generous deadline, never a sleep standing in for synchronisation.
 """
 
@@ -78,7 +78,9 @@ def _read_until_closed(sock: socket.socket, trickle: bytes = b"") -> bytes:
 
 @pytest.fixture
 def guarded():
-    limits = ConnectionLimits(header_timeout=0.5, body_timeout=0.5, idle_timeout=0.5)
+    # Short enough for quick tests, long enough that a legitimate request on a loaded 2-core
+    # machine (client thread descheduled between connect and send) is never cut.
+    limits = ConnectionLimits(header_timeout=2.0, body_timeout=2.0, idle_timeout=2.0)
     fake = FakePolicy(SPEC)
     with ServerThread(create_app(fake, warmup=False), connection_limits=limits) as server:
         yield fake, server
@@ -123,7 +125,8 @@ def test_idle_connections_are_closed(guarded):
 
 def test_connection_flood_is_capped_and_the_server_recovers():
     cap, flood = 8, 60
-    limits = ConnectionLimits(header_timeout=1.0, max_connections=cap)
+    # The whole flood is accepted long before the first admitted connection's deadline.
+    limits = ConnectionLimits(header_timeout=3.0, max_connections=cap)
     with ServerThread(
         create_app(FakePolicy(SPEC), warmup=False), connection_limits=limits
     ) as server:
