@@ -185,6 +185,26 @@ def test_num_steps_a_backend_cannot_run_is_refused_by_name():
     assert "num_steps 4" in message and "runs 10 flow steps" in message
 
 
+class _NoFlowLoopPolicy(_FixedStepsPolicy):
+    """Like the FAST policy: no flow loop, so no flow_steps in its metadata."""
+
+    def metadata(self):
+        meta = super().metadata()
+        meta.pop("flow_steps")
+        return meta
+
+
+def test_backend_without_flow_loop_accepts_only_the_released_default():
+    frames, state = _camera_frames(4), _released_state(4)
+    payload = {**frames, "instruction": INSTRUCTION, "state": state}
+    with ServerThread(create_app(_NoFlowLoopPolicy(SPEC), warmup=False)) as server:
+        assert _post_like_the_release(f"{server.url}/act", {**payload, "num_steps": 10})
+        refused = httpx.post(
+            f"{server.url}/act", content=json_numpy.dumps({**payload, "num_steps": 3})
+        )
+    assert refused.status_code == 400 and "num_steps 3" in refused.text
+
+
 def test_get_act_is_the_released_health_call(served):
     _, server = served
     response = httpx.get(f"{server.url}/act")  # curl http://<lan-ip>:8202/act

@@ -55,6 +55,7 @@ from molmoact2_policy.remote.guard import (
 from molmoact2_policy.remote.protocol import (
     DEFAULT_MAX_BODY_BYTES,
     PROTOCOL_VERSION,
+    RELEASED_DEFAULT_NUM_STEPS,
     ActRequest,
     ProtocolError,
     RequestLimits,
@@ -159,9 +160,12 @@ class PolicyService:
             raise ValueError("warm-up needs at least one non-empty instruction")
         self.warmup_instructions = tuple(warmup_instructions)
         # num_steps reaches a backend whose act() takes it; any other backend runs a fixed
-        # number of steps, and a request for another number is refused rather than ignored.
+        # number of flow steps (its metadata's), and a request for another number is refused
+        # rather than ignored. A backend without a flow loop (FAST) accepts only the released
+        # default, which released clients send meaning "the server's own".
         self._takes_num_steps = _accepts_keyword(policy.act, "num_steps")
-        self._fixed_steps = None if self._takes_num_steps else self._metadata().get("flow_steps")
+        fixed = None if self._takes_num_steps else self._metadata().get("flow_steps")
+        self._fixed_steps = fixed if isinstance(fixed, int) else RELEASED_DEFAULT_NUM_STEPS
         # JPEG decoding of several cameras in parallel; bounded so a burst cannot take all cores.
         self._codec_pool = ThreadPoolExecutor(
             max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="molmoact2-decode"
@@ -309,14 +313,9 @@ class PolicyService:
         request = parse_act_request(payload, self.spec, self.limits, executor=self._codec_pool)
         steps = request.num_steps
         if steps is not None and not self._takes_num_steps and steps != self._fixed_steps:
-            runs = (
-                f"runs {self._fixed_steps} flow steps"
-                if self._fixed_steps is not None
-                else "runs a fixed number of steps"
-            )
             raise ProtocolError(
-                f"num_steps {steps} cannot be honoured: this server's policy {runs} and "
-                "cannot change them per request"
+                f"num_steps {steps} cannot be honoured: this server's policy runs "
+                f"{self._fixed_steps} flow steps and cannot change them per request"
             )
         return request
 
