@@ -6,11 +6,11 @@ The policy node uses it exactly like the local model. Requests are the released 
 also talks to a released ``host_server_*.py``. Frames travel at camera resolution unless
 ``image_size`` asks for the released processor's own resize on the robot (see ``__init__``).
 
-``act()`` returns the server's chunk with
-the robot's own joint names, and timings that split the latency into client encoding, network
-(round trip minus server time) and the server's stages, so the node's chunk latency includes
-the network. Any failure to get a chunk (timeout, connection refused, server busy or broken,
-wrong token) raises ``PolicyUnavailableError`` with the reason; the next call reconnects.
+``act()`` returns the server's chunk with the robot's own joint names, and timings that split
+the latency into client encoding, network (round trip minus server time) and the server's
+stages, so the node's chunk latency includes the network. Any failure to get a chunk (timeout,
+connection refused, server busy or broken, wrong token) raises ``PolicyUnavailableError`` with
+the reason; the next call reconnects.
 """
 
 from __future__ import annotations
