@@ -125,3 +125,36 @@ def test_warm_up_runs_the_instruction_and_leaves_the_noise_sequence_at_its_start
         warmed.act(images, state, "wipe the table").positions,
         fresh.act(images, state, "wipe the table").positions,
     )
+
+
+def test_num_steps_per_call_runs_that_many_euler_steps():
+    import numpy as np
+
+    from molmoact2_policy.model.flow import CachedFlowSampler
+    from molmoact2_policy.model.policy import MolmoAct2Policy
+
+    policy = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=0)
+    rng = np.random.default_rng(0)
+    images = {
+        name: rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        for name in policy.embodiment.camera_names
+    }
+    state = rng.uniform(-0.5, 0.5, policy.embodiment.state_dim)
+    default = policy.act(images, state, "wipe the table", seed=1).positions
+    five = policy.act(images, state, "wipe the table", seed=1, num_steps=5).positions
+    assert not np.allclose(default, five)
+    # the same as the five-step sampler on the same context and noise
+    with torch.inference_mode():
+        ctx = policy.expert_context(
+            policy.run_prefix(policy.prepare_inputs(images, state, "wipe the table"))
+        )
+        chunk = CachedFlowSampler(policy.model.action_expert, 5).sample(
+            ctx, policy.make_noise(1), policy.action_dim_mask
+        )
+    np.testing.assert_allclose(five, policy.postprocess(chunk), rtol=0, atol=1e-9)
+    assert np.array_equal(
+        policy.act(images, state, "wipe the table", seed=1, num_steps=10).positions, default
+    )
+    for bad in (0, 101, 2.5):
+        with pytest.raises(ValueError, match="num_steps"):
+            policy.act(images, state, "wipe the table", num_steps=bad)

@@ -57,6 +57,8 @@ from molmoact2_policy.policy_api import (
 MODES = ("flow", "fast", "think")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TINY = "tiny"
+# Most Euler steps one request may ask for: each step is a full expert forward.
+MAX_FLOW_STEPS = 100
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -126,6 +128,7 @@ class MolmoAct2Policy:
             if self.model.action_expert is not None
             else None
         )
+        self._extra_runners: dict[int, GraphFlowRunner] = {}  # other step counts (flow_runner_for)
         self._generator = torch.Generator().manual_seed(seed)
         # The node may call act from a worker thread while a service calls reset.
         self._lock = threading.Lock()
@@ -322,11 +325,33 @@ class MolmoAct2Policy:
         # ten bf16 accumulations of the velocity lose about 3 bits of the chunk.
         return make_noise(shape, generator, self.device, torch.float32, self.action_dim_mask)
 
-    def sample_chunk(self, ctx: ExpertContext, noise: Tensor) -> Tensor:
-        """Normalised actions (1, horizon, max_action_dim) from the flow loop."""
+    def flow_runner_for(self, num_steps: int | None) -> GraphFlowRunner:
+        """The flow loop with ``num_steps`` Euler steps (None: the checkpoint's own count).
+
+        A request may ask for another step count, as the released inference allows; each count
+        has its own runner (its time tables and graphs), made on first use.
+        """
         if self.flow_runner is None:
             raise RuntimeError("this checkpoint has no action expert; use mode 'fast'")
-        return self.flow_runner.sample(ctx, noise, self.action_dim_mask)
+        if num_steps is None or num_steps == self.flow_runner.sampler.num_steps:
+            return self.flow_runner
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int):
+            raise ValueError(f"num_steps must be an integer, got {num_steps!r}")
+        if not 1 <= num_steps <= MAX_FLOW_STEPS:
+            raise ValueError(f"num_steps must be in 1..{MAX_FLOW_STEPS}, got {num_steps}")
+        runner = self._extra_runners.get(num_steps)
+        if runner is None:
+            runner = GraphFlowRunner(
+                self.model.action_expert, num_steps=num_steps, use_cuda_graph=self.cuda_graph
+            )
+            self._extra_runners[num_steps] = runner
+        return runner
+
+    def sample_chunk(
+        self, ctx: ExpertContext, noise: Tensor, num_steps: int | None = None
+    ) -> Tensor:
+        """Normalised actions (1, horizon, max_action_dim) from the flow loop."""
+        return self.flow_runner_for(num_steps).sample(ctx, noise, self.action_dim_mask)
 
     def postprocess(self, normalized: Tensor) -> np.ndarray:
         """(1, horizon, max_action_dim) normalised -> (horizon, action_dim) float64 robot units."""
@@ -342,8 +367,11 @@ class MolmoAct2Policy:
         instruction: str,
         *,
         seed: int | None = None,
+        num_steps: int | None = None,
     ) -> ActionChunkResult:
+        """One chunk; ``num_steps`` overrides the checkpoint's Euler step count for this call."""
         validate_observation(self.embodiment, images, state, instruction)
+        runner = self.flow_runner_for(num_steps)  # a bad count fails before any work
         with self._lock, torch.inference_mode():
             start = time.perf_counter()
             inputs = self.prepare_inputs(images, np.asarray(state), instruction)
@@ -351,7 +379,7 @@ class MolmoAct2Policy:
             after_preprocess = self._clock()
             ctx = self.expert_context(self.run_prefix(inputs))
             after_prefix = self._clock()
-            normalized = self.sample_chunk(ctx, noise)
+            normalized = runner.sample(ctx, noise, self.action_dim_mask)
             after_flow = self._clock()
             positions = self.postprocess(normalized)
             end = time.perf_counter()
@@ -404,6 +432,7 @@ class MolmoAct2Policy:
         """Call after editing the expert's weights: the flow loop caches per-weight tensors."""
         if self.flow_runner is not None:
             self.flow_runner.refresh()
+        self._extra_runners.clear()
 
     def reset(self) -> None:
         """Restart the noise sequence, so an episode replays identically from its start."""
