@@ -527,3 +527,14 @@ def test_a_stale_rope_table_name_is_refused(written, tmp_path):
     save_file(tensors, str(copy / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"unexpected keys: .*rotary_embs\.default"):
         load_checkpoint(copy)
+
+
+def test_a_config_without_action_expert_has_a_null_expert_config():
+    # The released class sets action_expert_config to None when add_action_expert is false.
+    data = released_config_json()
+    data["add_action_expert"] = False
+    data["action_expert_config"] = None
+    config = MolmoAct2Config.from_dict(data)
+    assert config.add_action_expert is False
+    assert config.to_dict()["action_expert_config"] is None
+    assert MolmoAct2Config.from_dict(config.to_dict()).add_action_expert is False
