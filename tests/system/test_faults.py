@@ -326,7 +326,7 @@ def test_damiao_can_link_drops_frames_goes_silent_disables_and_reconnects(
         "execution": "live", "preflight_camera_rate": 0.0,
         # The virtual-bus emulator is a Python thread on a loaded machine, not a bus: give it
         # time to answer (bus timing is tested on TimedDamiaoBus, tests/unit/test_damiao_bus.py).
-        "read_timeout": 0.02, "read_retries": 2,
+        "read_timeout": 0.05, "read_retries": 2,
     })
     h.add_chunk_feed(amplitude=0.05)
     h.start()
