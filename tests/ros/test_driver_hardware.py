@@ -47,7 +47,7 @@ def rig(tmp_path):
                         "backend": "damiao",
                         "can_interface": "virtual",
                         "can_channels": channels,
-                        "read_timeout": 0.02,
+                        "read_timeout": 0.05,
                         "read_retries": 2,
                         "reconnect_period": 0.3,
                         "preflight_camera_rate": 0.0,
