@@ -12,6 +12,7 @@ both. ``main()`` configures and activates at start when ``autostart`` is true.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -39,12 +40,14 @@ from molmoact2_policy.observation import (
     Observation,
     ObservationAssembler,
     Rejection,
+    is_new_camera_set,
     ns_to_stamp,
     stamp_to_ns,
 )
 from molmoact2_policy.policy_api import Policy
 from molmoact2_policy.policy_factory import TEST_POLICY_ENV, PolicyLoadError, make_policy
 from molmoact2_policy.policy_node_params import PolicyNodeParams
+from molmoact2_policy.stage_times import StageTimes
 
 NODE_NAME = "molmoact2_policy"
 MAX_INSTRUCTION_CHARS = 2000
@@ -102,8 +105,7 @@ class PolicyNode(LifecycleNode):
         self._rejected_count = 0
         self._chunk_times: deque[float] = deque(maxlen=1000)
         self._last_latency = float("nan")
-        self._last_model_time = float("nan")
-        self._last_preprocess_time = float("nan")
+        self._stages = StageTimes()  # of the last published chunk
         self._convert_time: dict[str, float] = {}
 
         from diagnostic_msgs.msg import DiagnosticArray
@@ -348,14 +350,18 @@ class PolicyNode(LifecycleNode):
                 self._last_key = None
                 return
             self._rejection = None
-            if built.input_key == self._last_key:
+            # _last_key: the camera stamps of the last observation handed to the worker.
+            if not is_new_camera_set(built.camera_key, self._last_key):
                 return
-            self._last_key = built.input_key
-            self._last_preprocess_time = (time.perf_counter() - started) + sum(
-                self._convert_time.get(c, 0.0) for c in self.params.camera_names
+            self._last_key = built.camera_key
+            stages = StageTimes(
+                convert=sum(self._convert_time.get(c, 0.0) for c in self.params.camera_names),
+                assemble=time.perf_counter() - started,
             )
             seed = self.params.seed if self.params.seed >= 0 else None
-            self._worker.submit(InferenceRequest(built, self._instruction, seed, self._epoch))
+            self._worker.submit(
+                InferenceRequest(built, self._instruction, seed, self._epoch, stages)
+            )
 
     # ---- outputs ------------------------------------------------------------------------
 
@@ -376,6 +382,7 @@ class PolicyNode(LifecycleNode):
         observation: Observation = outcome.request.observation
         stamp_ns = observation.stamp_ns
         offset = self.params.action_start_offset
+        publish_started = time.perf_counter()
         now_ns = self.get_clock().now().nanoseconds
         latency = (now_ns - stamp_ns) / NS_PER_S
         with self._lock:
@@ -396,27 +403,37 @@ class PolicyNode(LifecycleNode):
             self._chunk_count += 1
             self._chunk_times.append(time.monotonic())
             self._last_latency = latency
-            self._last_model_time = outcome.model_time
             self._last_error = ""
             self._inference_error = False
-        self._predicted_pub.publish(
-            chunk_msgs.predicted_joint_state_msg(
-                result,
-                stamp_ns=stamp_ns,
-                start_offset=offset,
-                joint_names=joint_names,
-                now_ns=now_ns,
+        # Visualisation only: not built (a cost in the inference thread) when nobody listens.
+        if self._predicted_pub.get_subscription_count() > 0:
+            self._predicted_pub.publish(
+                chunk_msgs.predicted_joint_state_msg(
+                    result,
+                    stamp_ns=stamp_ns,
+                    start_offset=offset,
+                    joint_names=joint_names,
+                    now_ns=now_ns,
+                )
             )
-        )
-        self._markers_pub.publish(
-            chunk_msgs.chunk_markers_msg(
-                result,
-                stamp_ns=stamp_ns,
-                start_offset=offset,
-                joint_names=joint_names,
-                frame_id=self.params.marker_frame,
+        if self._markers_pub.get_subscription_count() > 0:
+            self._markers_pub.publish(
+                chunk_msgs.chunk_markers_msg(
+                    result,
+                    stamp_ns=stamp_ns,
+                    start_offset=offset,
+                    joint_names=joint_names,
+                    frame_id=self.params.marker_frame,
+                )
             )
+        stages = dataclasses.replace(
+            outcome.request.stages,
+            queue_wait=outcome.queue_wait,
+            model=outcome.model_time,
+            publish=time.perf_counter() - publish_started,
         )
+        with self._lock:
+            self._stages = stages
         depth = self._depth_node
         if depth is not None and result.depth_codes is not None:
             from builtin_interfaces.msg import Time
@@ -535,8 +552,7 @@ class PolicyNode(LifecycleNode):
             msg.checkpoint = self.params.checkpoint
             msg.device = self.params.device
             msg.last_latency = self._last_latency
-            msg.preprocess_time = self._last_preprocess_time
-            msg.model_time = self._last_model_time
+            self._stages.fill_status(msg)
             horizon = time.monotonic() - self._status_period
             recent = sum(1 for t in self._chunk_times if t >= horizon)
             msg.chunk_rate = recent / self._status_period
@@ -567,7 +583,7 @@ class PolicyNode(LifecycleNode):
             "checkpoint": msg.checkpoint,
             "last_latency_s": f"{msg.last_latency:.4f}",
             "preprocess_time_s": f"{msg.preprocess_time:.4f}",
-            "model_time_s": f"{msg.model_time:.4f}",
+            **self._stages.diagnostic_values(),
             "chunk_rate_hz": f"{msg.chunk_rate:.2f}",
             "chunk_count": str(msg.chunk_count),
             "rejected_count": str(msg.rejected_count),
