@@ -27,6 +27,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from hw_drivers.ros_params import declare_dataclass_params
 from hw_drivers.ros_runtime import run_lifecycle_node
 from molmoact2_policy import chunk_msgs
+from molmoact2_policy.decode_pool import DecodePool
 from molmoact2_policy.image_conversion import (
     ImageConversionError,
     compressed_msg_to_rgb,
@@ -91,6 +92,7 @@ class PolicyNode(LifecycleNode):
         self._lifecycle_state = "unconfigured"
         self._policy: Policy | None = None
         self._worker: InferenceWorker | None = None
+        self._decoder: DecodePool | None = None  # compressed cameras, while active
         self._assembler: ObservationAssembler | None = None
         self._depth_node: Any = None
         self._subscriptions: list[Any] = []
@@ -221,6 +223,13 @@ class PolicyNode(LifecycleNode):
                 on_callback_error=lambda exc: self._log_error(f"publishing a chunk failed: {exc}"),
             )
             self._worker.start()
+        compressed = sum(t == "compressed" for t in self.params.camera_transports)
+        if compressed:
+            self._decoder = DecodePool(
+                min(compressed, os.cpu_count() or 1),
+                self._store_image,
+                lambda exc: self._log_error(f"storing a decoded frame failed: {exc}"),
+            )
         for name, topic, transport in zip(
             self.params.camera_names,
             self.params.camera_topics,
@@ -285,7 +294,10 @@ class PolicyNode(LifecycleNode):
         self._subscriptions.clear()
         with self._lock:
             worker, self._worker = self._worker, None
+            decoder, self._decoder = self._decoder, None
             self._epoch += 1
+        if decoder is not None:
+            decoder.close()
         if worker is not None and not worker.stop(timeout=5.0):
             self.get_logger().warning("inference still running after 5 s; leaving it to finish")
 
@@ -302,21 +314,34 @@ class PolicyNode(LifecycleNode):
 
     def _on_image(self, camera: str, msg: Any) -> None:
         stamp_ns = _stamp_ns(msg.header)
+        decoder = self._decoder
+        if decoder is not None and not hasattr(msg, "encoding"):
+            decoder.submit(camera, stamp_ns, msg.format, msg.data)  # -> _store_image
+            return
         started = time.perf_counter()
+        image, error = None, ""
         try:
             if hasattr(msg, "encoding"):
                 image = image_msg_to_rgb(msg)
             else:
                 image = compressed_msg_to_rgb(msg)
         except ImageConversionError as exc:
+            error = str(exc)
+        self._store_image(camera, stamp_ns, image, error, time.perf_counter() - started)
+
+    def _store_image(
+        self, camera: str, stamp_ns: int, image: Any, error: str, convert_time: float
+    ) -> None:
+        """A converted frame (or why it could not be converted); executor or decode thread."""
+        if error:
             with self._lock:
                 if self._assembler is not None:
-                    self._assembler.add_image_error(camera, stamp_ns, str(exc))
-            self._log_error(f"camera {camera!r}: {exc}")
+                    self._assembler.add_image_error(camera, stamp_ns, error)
+            self._log_error(f"camera {camera!r}: {error}")
             self._try_infer()
             return
         with self._lock:
-            self._convert_time[camera] = time.perf_counter() - started
+            self._convert_time[camera] = convert_time
             if self._assembler is not None:
                 self._assembler.add_image(camera, stamp_ns, image)
         self._try_infer()
