@@ -58,6 +58,8 @@ class DecodePool:
             image = compressed_to_rgb(fmt, data)
         except ImageConversionError as exc:
             error = str(exc)
+        except Exception as exc:  # a hostile payload must become an error, not a lost frame
+            error = f"compressed image could not be decoded ({type(exc).__name__}: {exc})"
         seconds = time.perf_counter() - started
         # Delivered under the lock: two frames of one camera decoded at once must reach the
         # caller in arrival order (deliveries are short: store the frame, maybe submit).
