@@ -47,29 +47,33 @@ def test_frames_of_every_camera_arrive_decoded_and_bad_ones_as_errors():
     assert not sink.errors
 
 
-def test_a_slow_older_frame_never_replaces_a_newer_one(monkeypatch):
-    release_first = threading.Event()
+def test_a_starved_camera_decodes_only_its_newest_frame_in_arrival_order(monkeypatch):
+    decoding = threading.Event()
+    release = threading.Event()
     real = decode_pool.compressed_to_rgb
 
     def decode(fmt, data):
-        if data == b"old":
-            release_first.wait(10.0)  # frame 1 is still decoding when frame 2 is done
+        if data == b"first":
+            decoding.set()
+            release.wait(10.0)  # frame 1 is still decoding while frames 2 and 3 arrive
             return np.full((8, 8, 3), 1, np.uint8)
         return real(fmt, data)
 
     monkeypatch.setattr(decode_pool, "compressed_to_rgb", decode)
-    sink = _Sink(expected=1)
+    sink = _Sink(expected=2)
     pool = DecodePool(2, sink.deliver, sink.errors.append)
     try:
-        pool.submit("top", 100, "png", b"old")
+        pool.submit("top", 100, "png", b"first")
+        assert decoding.wait(10.0)
         pool.submit("top", 200, "png", _png(2))
+        pool.submit("top", 300, "png", _png(3))  # replaces 200, which is never decoded
+        release.set()
         assert sink.done.wait(10.0)
-        release_first.set()
-        pool._pool.shutdown(wait=True)  # the old frame's decode has finished (and was judged)
     finally:
-        release_first.set()
+        release.set()
         pool.close()
-    assert sink.items == [("top", 200, 2, "")]
+    assert [(stamp, value) for _, stamp, value, _ in sink.items] == [(100, 1), (300, 3)]
+    assert pool.replaced == 1 and not sink.errors
 
 
 def test_deliver_failures_are_reported_and_closing_stops_delivery():

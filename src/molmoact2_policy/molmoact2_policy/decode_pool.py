@@ -3,8 +3,10 @@
 The cameras of one observation arrive within a fraction of a millisecond of each other, and a
 640x480 JPEG takes about a millisecond to decode. Decoded one after another on the executor
 thread, three cameras put three decode times on every chunk's latency; OpenCV's decoder
-releases the GIL, so on a pool they overlap. Per camera, a frame is delivered only if it arrived
-after the last delivered one: a slow decode never overwrites a newer frame.
+releases the GIL, so on a pool they overlap. Per camera at most one frame is being decoded and
+one waits (the newest: a frame that arrives while another waits replaces it), so a starved CPU
+drops old frames, as the subscription queue would, instead of building a backlog; frames of
+one camera are delivered in arrival order.
 """
 
 from __future__ import annotations
@@ -38,42 +40,54 @@ class DecodePool:
         self._on_error = on_error
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="molmoact2-decode")
         self._lock = threading.Lock()
-        self._submitted: dict[str, int] = {}
-        self._delivered: dict[str, int] = {}
+        self._waiting: dict[str, tuple[int, str, Any]] = {}  # camera -> newest undecoded frame
+        self._draining: set[str] = set()  # cameras with a decode task on the pool
         self._closed = False
+        self.replaced = 0  # frames dropped undecoded because a newer one of the camera came
 
     def submit(self, camera: str, stamp_ns: int, fmt: str, data: Any) -> None:
         """Queue one frame of ``camera`` (the message's ``format`` and ``data``)."""
         with self._lock:
             if self._closed:
                 return
-            sequence = self._submitted.get(camera, 0) + 1
-            self._submitted[camera] = sequence
-            self._pool.submit(self._decode, camera, sequence, stamp_ns, fmt, data)
+            if camera in self._waiting:
+                self.replaced += 1
+            self._waiting[camera] = (stamp_ns, fmt, data)
+            if camera in self._draining:
+                return  # the camera's running task takes it next
+            self._draining.add(camera)
+            self._pool.submit(self._drain, camera)
 
-    def _decode(self, camera: str, sequence: int, stamp_ns: int, fmt: str, data: Any) -> None:
-        started = time.perf_counter()
-        image, error = None, ""
-        try:
-            image = compressed_to_rgb(fmt, data)
-        except ImageConversionError as exc:
-            error = str(exc)
-        except Exception as exc:  # a hostile payload must become an error, not a lost frame
-            error = f"compressed image could not be decoded ({type(exc).__name__}: {exc})"
-        seconds = time.perf_counter() - started
-        # Delivered under the lock: two frames of one camera decoded at once must reach the
-        # caller in arrival order (deliveries are short: store the frame, maybe submit).
-        with self._lock:
-            if self._closed or sequence <= self._delivered.get(camera, 0):
-                return  # a newer frame of this camera was delivered already
-            self._delivered[camera] = sequence
+    def _drain(self, camera: str) -> None:
+        """Decode and deliver the camera's newest waiting frame until none is left."""
+        while True:
+            with self._lock:
+                frame = self._waiting.pop(camera, None)
+                if frame is None or self._closed:
+                    self._draining.discard(camera)
+                    return
+            stamp_ns, fmt, data = frame
+            started = time.perf_counter()
+            image, error = None, ""
+            try:
+                image = compressed_to_rgb(fmt, data)
+            except ImageConversionError as exc:
+                error = str(exc)
+            except Exception as exc:  # a hostile payload must become an error, not a lost frame
+                error = f"compressed image could not be decoded ({type(exc).__name__}: {exc})"
+            seconds = time.perf_counter() - started
+            with self._lock:
+                if self._closed:
+                    self._draining.discard(camera)
+                    return
             try:
                 self._deliver(camera, stamp_ns, image, error, seconds)
             except Exception as exc:  # the pool must keep decoding
                 self._on_error(exc)
 
     def close(self) -> None:
-        """Stop delivering; frames still queued are dropped (deactivation)."""
+        """Stop delivering; frames still waiting are dropped (deactivation)."""
         with self._lock:
             self._closed = True
+            self._waiting.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)

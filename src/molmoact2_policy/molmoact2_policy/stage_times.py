@@ -23,7 +23,7 @@ class StageTimes:
     assemble: float = NAN  # building and checking the observation from the latest inputs
     queue_wait: float = NAN  # handed to the inference thread -> Policy.act called
     model: float = NAN  # Policy.act
-    publish: float = NAN  # chunk, predicted joint states and markers built and published
+    publish: float = NAN  # the ActionChunk built and published (visualisation comes after)
 
     @property
     def preprocess(self) -> float:
