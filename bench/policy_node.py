@@ -148,7 +148,7 @@ class NodeSession:
         from sensor_msgs.msg import CompressedImage, Image, JointState
 
         from molmoact2_msgs.msg import ActionChunk, PolicyStatus
-        from tests.ros.policy_node_harness import start_node, write_params
+        from tests.ros.policy_node_harness import start_node, stop_node, write_params
 
         self.params = dict(params)
         self.transport = transport
@@ -158,8 +158,12 @@ class NodeSession:
         self._tmp = tempfile.TemporaryDirectory()
         params_file = write_params(Path(self._tmp.name) / "params.yaml", self.params)
         self.proc = start_node(params_file, env=env)
-        rclpy.init()
-        self.node = rclpy.create_node("policy_node_bench")
+        try:
+            rclpy.init()
+            self.node = rclpy.create_node("policy_node_bench")
+        except BaseException:
+            stop_node(self.proc)
+            raise
         msg_type = CompressedImage if transport == "jpeg" else Image
         self.cams = {
             name: self.node.create_publisher(msg_type, topic, qos_profile_sensor_data)
@@ -326,7 +330,9 @@ def stage_medians(statuses: list) -> dict[str, float]:
 
 def run_zero_cost(args, params: dict, env: dict) -> None:
     """Zero-cost policy: the node's own latency, raw and JPEG, single and streamed."""
-    env = {**env, "MOLMOACT2_TEST_POLICY_FACTORY": "bench.zero_cost_policy:make_zero_cost_policy"}
+    from molmoact2_policy.policy_factory import TEST_POLICY_ENV
+
+    env = {**env, TEST_POLICY_ENV: "bench.zero_cost_policy:make_zero_cost_policy"}
     cameras, joint_names = tuple(params["camera_names"]), params["joint_names"]
     print(
         f"zero-cost policy (a fixed chunk returned at once), 3 cameras {WIDTH}x{HEIGHT}, "
@@ -365,7 +371,7 @@ def run_zero_cost(args, params: dict, env: dict) -> None:
         ok = p50 <= 5.0 and p95 <= 10.0
         extra = f" (re-sent {lost})" if lost else ""
         print(
-            f"{transport:6s}{mode:16s}{p50:8.2f}{p95:8.2f}{max(samples) * 1e3:8.2f}"
+            f"{transport:6s}{mode:16s}{p50:8.2f}{p95:8.2f}{percentile(samples, 100) * 1e3:8.2f}"
             f"{answered:>6d}/{sent:<5d}  {'met' if ok else 'MISSED'}{extra}"
         )
 

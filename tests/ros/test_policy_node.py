@@ -7,6 +7,8 @@ for the same observation and seed.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -79,7 +81,19 @@ def test_chunks_match_policy_act_for_the_published_observation(robot, params):
                 frame.images, robot.states[index], params["instruction"], seed=params["seed"]
             )
             errors.append(float(np.abs(expected.positions - positions).max()))
-        assert min(errors) <= 1e-9, f"no candidate state reproduces the chunk: {errors}"
+        if min(errors) > 1e-9:
+            # A camera message lost under load: the set became whole when the other cameras
+            # had already sent the next frame (within max_camera_skew). The chunk's stamp is
+            # its oldest frame; every other camera may show that frame or the next one.
+            state = robot.states[candidates[int(np.argmin(errors))]]
+            following = [f for f in robot.frames.values() if f.index == frame.index + 1]
+            for choice in itertools.product((frame, *following[:1]), repeat=len(robot.cameras)):
+                if not any(f is frame for f in choice):
+                    continue  # then the oldest frame, the stamp, would be the next one
+                images = {c: f.images[c] for c, f in zip(robot.cameras, choice, strict=True)}
+                expected = reference.act(images, state, params["instruction"], seed=params["seed"])
+                errors.append(float(np.abs(expected.positions - positions).max()))
+        assert min(errors) <= 1e-9, f"no published observation reproduces the chunk: {errors}"
     sequences = [c.sequence for c in chunks]
     assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
 
