@@ -41,8 +41,28 @@ def test_every_robot_has_a_launch_file_and_config():
 
 def test_launch_arguments_are_the_documented_ones():
     assert set(LAUNCH_ARGUMENTS) == {
-        "sim", "checkpoint", "think", "rviz", "record", "namespace", "use_sim_time"
+        "sim", "checkpoint", "think", "rviz", "record", "namespace", "use_sim_time", "publish_tf"
     }
+
+
+@pytest.mark.parametrize("robot", ["yam", "droid", "so101"])
+def test_tf_node_runs_in_sim_and_on_hardware_only_when_asked(robot, tmp_path):
+    def names(**kwargs):
+        return [n.name for n in graph.build_graph(robot, graph.LaunchOptions(**kwargs))]
+
+    assert graph.TF_NODE in names(sim=True)
+    assert graph.TF_NODE not in names(sim=True, publish_tf=False)
+    # Hardware: the configs ship publish_tf: false (the user's stack usually owns TF).
+    assert graph.TF_NODE not in names(sim=False)
+    assert graph.TF_NODE in names(sim=False, publish_tf=True)
+    text = graph.config_path(robot).read_text()
+    assert "    publish_tf: false" in text
+    mine = tmp_path / f"{robot}.yaml"
+    mine.write_text(text.replace("    publish_tf: false", "    publish_tf: true", 1))
+    config = graph.load_robot_config(mine)
+    hardware = graph.build_graph(config, graph.LaunchOptions(sim=False))
+    assert graph.TF_NODE in [n.name for n in hardware]
+    assert not graph.validate_graph_params(config, hardware)
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
