@@ -325,6 +325,9 @@ def recorded_topics(config: RobotConfig, options: LaunchOptions) -> list[str]:
     ]
     if options.think:
         topics.append(f"{DEPTH_CACHE_NODE}/depth_tokens")
+        topics.append(f"{DEPTH_CACHE_NODE}/depth_markers")
+    if publishes_tf(config, options):
+        topics += ["/tf_static", "/tf"]  # absolute, as tf2 names them
     return topics
 
 
