@@ -210,3 +210,19 @@ def test_unknown_parameter_and_bad_values_are_named(tmp_path):
     assert any("so101_driver: unknown parameter 'control_rat'" in p for p in problems)
     assert any("molmoact2_policy: unknown parameter 'camera_skew'" in p for p in problems)
     assert any("molmoact2_depth_cache: unknown parameter 'threshold'" in p for p in problems)
+
+
+def test_a_config_urdf_reaches_the_tf_node_and_policy_as_an_absolute_path(tmp_path):
+    fixture = REPO / "tests" / "fixtures" / "pan_slide_tilt.urdf"
+    (tmp_path / "robots").mkdir()
+    (tmp_path / "robots" / "arm.urdf").write_text(fixture.read_text())
+    text = graph.config_path("so101").read_text().replace('urdf: ""', "urdf: robots/arm.urdf", 1)
+    mine = tmp_path / "so101.yaml"
+    mine.write_text(text)
+    nodes = {n.name: n for n in graph.build_graph(graph.load_robot_config(mine))}
+    expected = str((tmp_path / "robots" / "arm.urdf").resolve())
+    assert nodes[graph.TF_NODE].overrides["urdf"] == expected
+    assert nodes[graph.POLICY_NODE].overrides["urdf"] == expected
+    mine.write_text(text.replace("robots/arm.urdf", "robots/missing.urdf"))
+    with pytest.raises(graph.ConfigError, match=r"missing\.urdf"):
+        graph.build_graph(graph.load_robot_config(mine))

@@ -106,3 +106,25 @@ def test_unsupported_or_broken_urdfs_are_refused(tmp_path):
     broken.write_text("<robot")
     with pytest.raises(ValueError, match="cannot read URDF"):
         parse_urdf_joints(broken)
+
+
+def test_chunk_end_effector_path_is_the_fk_of_every_row():
+    """With a URDF the chunk markers trace the end effector: one point per row, by FK."""
+    from hw_drivers.rigid_body import RigidBodyModel
+    from molmoact2_policy.chunk_msgs import end_effector_markers_msg, end_effector_paths
+
+    # Chunk columns in the policy's order, including one the URDF does not have.
+    names = ("slide", "gripper", "pan", "tilt")
+    model = RigidBodyModel.from_urdf(str(URDF), names, allow_missing=True)
+    rows = np.array([[0.1 * k, 0.5, 0.2 * k - 0.5, 0.3 * k] for k in range(6)])
+    paths = end_effector_paths(model, rows, ["tool", "slide_link"])
+    assert paths.shape == (6, 2, 3)
+    for k, (d, _, theta, phi) in enumerate(rows):
+        np.testing.assert_allclose(paths[k, 0], tool_position(theta, d, phi), atol=1e-9)
+    msg = end_effector_markers_msg(paths, stamp_ns=10**9, links=["tool", "slide_link"],
+                                   frame_id=model.root_frame)
+    strip, end = msg.markers[0], msg.markers[1]
+    assert strip.header.frame_id == "base_link" and strip.ns == "tool_path"
+    assert [(p.x, p.y, p.z) for p in strip.points] == [tuple(p) for p in paths[:, 0]]
+    assert end.type == end.SPHERE and end.pose.position.x == paths[-1, 0, 0]
+    assert len(msg.markers) == 4

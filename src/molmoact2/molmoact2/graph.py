@@ -278,7 +278,10 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
     files = (str(config.path),)
     common: dict[str, Any] = {"use_sim_time": options.use_sim_time}
 
+    urdf = urdf_path(config)
     policy_overrides = dict(common)
+    if urdf is not None:
+        policy_overrides["urdf"] = str(urdf)
     if options.checkpoint:
         policy_overrides["checkpoint"] = options.checkpoint
     if options.think:
@@ -297,12 +300,27 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
     if options.sim:
         nodes.append(_spec(SIM_CAMERAS_NODE, SIM_CAMERAS_NODE, files, dict(common)))
     if publishes_tf(config, options):
-        nodes.append(_spec(TF_NODE, TF_NODE, files, dict(common)))
+        tf_overrides = dict(common)
+        if urdf is not None:
+            tf_overrides["urdf"] = str(urdf)
+        nodes.append(_spec(TF_NODE, TF_NODE, files, tf_overrides))
     if options.record:
         recorder_overrides = dict(common)
         recorder_overrides["topics"] = recorded_topics(config, options)
         nodes.append(_spec(RECORDER_NODE, RECORDER_NODE, files, recorder_overrides))
     return nodes
+
+
+def urdf_path(config: RobotConfig) -> Path | None:
+    """The robot's URDF (shared key ``urdf``), absolute; None when the config names none."""
+    value = str(config.shared.get("urdf", "") or "")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else config.path.parent / path
+    if not path.is_file():
+        raise ConfigError(f"{config.path}: urdf {value!r} is not a file ({path})")
+    return path.resolve()
 
 
 def publishes_tf(config: RobotConfig, options: LaunchOptions) -> bool:

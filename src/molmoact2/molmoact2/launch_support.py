@@ -115,11 +115,7 @@ def _robot_state_publisher(robot: str, spec: graph.NodeSpec, options: graph.Laun
 
     from launch_ros.actions import Node
 
-    from molmoact2.tf_node import TfParams
-
-    config = graph.load_robot_config(robot)
-    params = config.params_for(graph.TF_NODE)
-    urdf = TfParams(urdf=str(params.get("urdf", ""))).urdf_path(graph.config_dir())
+    urdf = graph.urdf_path(graph.load_robot_config(robot))
     if urdf is None:
         return spec, []
     try:

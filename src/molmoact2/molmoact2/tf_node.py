@@ -71,7 +71,7 @@ class TfParams:
     urdf: str = field(
         default="",
         metadata=_doc(
-            "URDF of the robot (absolute, or relative to the config directory); empty: no "
+            "Robot URDF (the shared `/**` key; the launch layer makes it absolute); empty: no "
             "link frames. Its root link must be one of the static frames or world_frame."
         ),
     )
