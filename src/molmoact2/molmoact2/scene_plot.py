@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
