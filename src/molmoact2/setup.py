@@ -21,7 +21,8 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (
             f"share/{PACKAGE}/config",
-            glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml"),
+            glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml")
+            + glob("config/*.urdf"),
         ),
     ],
     zip_safe=True,

@@ -82,8 +82,24 @@ def test_config_frames_reach_a_late_listener_and_connect_to_the_fixed_frame(ros,
     buffer = TfBuffer()
     buffer.subscribe(probe)
     tf = config["/**/molmoact2_tf"]["ros__parameters"]
+    if config["/**"]["ros__parameters"].get("urdf"):
+        # Link frames need measured joints: the driver's initial pose, as the sim publishes it.
+        from sensor_msgs.msg import JointState
+
+        driver = next(v["ros__parameters"] for k, v in config.items() if k.endswith("_driver"))
+        joints = probe.create_publisher(JointState, "joint_states", 10)
+        state = JointState(
+            name=config["/**"]["ros__parameters"]["joint_names"],
+            position=[float(v) for v in driver["initial_positions"]],
+        )
+        probe.create_timer(0.05, lambda: joints.publish(state))
     assert spin_until(
-        probe, lambda: set(tf["frame_ids"]) <= buffer.frames, 10.0, executor=executor
+        probe,
+        lambda: set(tf["frame_ids"]) <= buffer.frames and all(
+            buffer.lookup(tf["world_frame"], f) is not None for f in stamped_frames(config)
+        ),
+        15.0,
+        executor=executor,
     ), buffer.frames
     rviz = yaml.safe_load((REPO_ROOT / "config" / "molmoact2.rviz").read_text())
     fixed = rviz["Visualization Manager"]["Global Options"]["Fixed Frame"]
@@ -95,6 +111,8 @@ def test_config_frames_reach_a_late_listener_and_connect_to_the_fixed_frame(ros,
         np.testing.assert_allclose(link_to_optical[:3, 2], [1, 0, 0], atol=1e-12)
         np.testing.assert_allclose(link_to_optical[:3, 0], [0, -1, 0], atol=1e-12)
     assert buffer.messages["/tf_static"] == 1 and node.fk_errors == 0
+    if node.urdf is not None:  # the wrist camera rides on the arm: it moved with FK
+        assert buffer.messages["/tf"] > 0
 
 
 def tool_position(theta: float, d: float, phi: float) -> np.ndarray:

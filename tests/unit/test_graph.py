@@ -59,6 +59,8 @@ def test_tf_node_runs_in_sim_and_on_hardware_only_when_asked(robot, tmp_path):
     assert "    publish_tf: false" in text
     mine = tmp_path / f"{robot}.yaml"
     mine.write_text(text.replace("    publish_tf: false", "    publish_tf: true", 1))
+    for urdf in graph.config_dir().glob("*.urdf"):  # the config names its URDF relatively
+        (tmp_path / urdf.name).write_text(urdf.read_text())
     config = graph.load_robot_config(mine)
     hardware = graph.build_graph(config, graph.LaunchOptions(sim=False))
     assert graph.TF_NODE in [n.name for n in hardware]

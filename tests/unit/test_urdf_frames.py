@@ -128,3 +128,20 @@ def test_chunk_end_effector_path_is_the_fk_of_every_row():
     assert [(p.x, p.y, p.z) for p in strip.points] == [tuple(p) for p in paths[:, 0]]
     assert end.type == end.SPHERE and end.pose.position.x == paths[-1, 0, 0]
     assert len(msg.markers) == 4
+
+
+def test_the_droid_panda_urdf_puts_the_hand_where_franka_says_at_the_ready_pose():
+    """config/droid_panda.urdf (from Franka's DH table) at the ready pose
+    q = (0, -pi/4, 0, -3pi/4, 0, pi/2, pi/4): Franka's documented end-effector pose there is
+    0.307 m ahead, 0.487 m up (flange 0.590 m), pointing straight down."""
+    from molmoact2 import graph
+
+    frames = UrdfFrames(graph.config_dir() / "droid_panda.urdf")
+    assert frames.movable == [f"panda_joint{i}" for i in range(1, 8)]
+    q = np.array([0, -math.pi / 4, 0, -3 * math.pi / 4, 0, math.pi / 2, math.pi / 4])
+    tcp, flange = frames.link_positions(q, ["panda_hand_tcp", "panda_link8"])
+    np.testing.assert_allclose(tcp, [0.307, 0.0, 0.487], atol=1.5e-3)
+    np.testing.assert_allclose(flange, [0.307, 0.0, 0.590], atol=1.5e-3)
+    edges = frames.moving_transforms(q) + frames.fixed_transforms()
+    hand = compose(edges, "panda_link0", "panda_hand_tcp")
+    np.testing.assert_allclose(hand[:3, 2], [0, 0, -1], atol=1e-9)  # approach axis down

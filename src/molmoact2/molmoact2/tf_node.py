@@ -104,6 +104,18 @@ class TfParams:
         except ValueError as exc:
             return [str(exc)]
         tree = FrameTree.from_frames(frames)
+        if self.urdf:
+            # Static frames may hang off URDF links (a wrist camera on the hand): count the
+            # URDF's joints as edges for connectivity (their poses come later, from FK).
+            from molmoact2.graph import config_dir
+            from molmoact2.urdf_frames import parse_urdf_joints
+
+            try:
+                for joint in parse_urdf_joints(self.urdf_path(config_dir())):
+                    if joint.child not in tree.frames or tree.root_of(joint.child) == joint.child:
+                        tree.set(joint.parent, joint.child, np.eye(4))
+            except ValueError as exc:
+                return [str(exc)]
         loose = sorted(f for f in tree.frames if tree.lookup(self.world_frame, f) is None)
         if loose:
             problems.append(
