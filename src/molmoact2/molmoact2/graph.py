@@ -340,6 +340,7 @@ def recorded_topics(config: RobotConfig, options: LaunchOptions) -> list[str]:
         f"{config.driver_name}/commanded_joint_states",
         f"{POLICY_NODE}/action_chunk",
         f"{POLICY_NODE}/status",
+        f"{POLICY_NODE}/predicted_chunk_markers",
     ]
     if options.think:
         topics.append(f"{DEPTH_CACHE_NODE}/depth_tokens")

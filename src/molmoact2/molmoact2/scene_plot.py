@@ -25,7 +25,10 @@ from molmoact2.frames import FrameTree
 
 LOG = logging.getLogger("molmoact2.scene_plot")
 DEPTH_MARKERS_SUFFIX = "/depth_markers"
-MARKER_CUBE = 1  # visualization_msgs/Marker.CUBE (decoded recordings carry no constants)
+CHUNK_MARKERS_SUFFIX = "/predicted_chunk_markers"
+# visualization_msgs/Marker types (decoded recordings carry no constants).
+MARKER_CUBE = 1
+MARKER_LINE_STRIP = 4
 AXIS_RGB = ((0.85, 0.1, 0.1), (0.1, 0.7, 0.1), (0.1, 0.25, 0.9))  # x, y, z as RViz draws them
 
 
@@ -39,11 +42,13 @@ def _pose(position: Any, orientation: Any) -> np.ndarray:
 
 
 def scene_from_recording(path: str | Path) -> tuple[FrameTree, list[Any]]:
-    """(frame tree with the latest transform per frame, last depth-marker array's markers)."""
+    """(frame tree with the latest transform per frame, the last depth-marker and chunk-marker
+    arrays' markers)."""
     from molmoact2.mcap_io import read_messages
 
     tree = FrameTree()
     markers: list[Any] = []
+    chunk: list[Any] = []
     for topic, _log_ns, msg in read_messages(path):
         if topic in ("/tf", "/tf_static"):
             for t in msg.transforms:
@@ -54,7 +59,9 @@ def scene_from_recording(path: str | Path) -> tuple[FrameTree, list[Any]]:
                 )
         elif topic.endswith(DEPTH_MARKERS_SUFFIX) and msg.markers:
             markers = list(msg.markers)
-    return tree, markers
+        elif topic.endswith(CHUNK_MARKERS_SUFFIX) and msg.markers:
+            chunk = list(msg.markers)
+    return tree, markers + chunk
 
 
 def cube_corners(marker: Any) -> np.ndarray:
@@ -99,10 +106,21 @@ def render(
             ax.plot(*zip(origin, tip, strict=True), color=AXIS_RGB[axis], linewidth=1.6)
         if not frame.endswith("_optical_frame"):  # label links only: optical frames coincide
             ax.text(*origin, f" {frame}", fontsize=7, color="0.25")
-    faces, colours = [], []
-    for marker in markers:
+    drawn["paths"] = 0
+    for marker in markers:  # predicted end-effector paths (the joint-space plot has no place)
         pose = tree.lookup(fixed_frame, marker.header.frame_id)
-        if pose is None or marker.type != MARKER_CUBE:
+        if pose is None or marker.type != MARKER_LINE_STRIP or not marker.ns.endswith("_path"):
+            continue
+        points = np.array([[p.x, p.y, p.z, 1.0] for p in marker.points])
+        world = (pose @ points.T).T[:, :3]
+        ax.plot(*world.T, color=(marker.color.r, marker.color.g, marker.color.b), linewidth=2.2)
+        ax.scatter(*world[-1], color=(marker.color.r, marker.color.g, marker.color.b), s=18)
+        drawn["paths"] += 1
+    faces, colours = [], []
+    cubes = [m for m in markers if m.type == MARKER_CUBE]
+    for marker in cubes:
+        pose = tree.lookup(fixed_frame, marker.header.frame_id)
+        if pose is None:
             continue
         corners = (pose @ np.c_[cube_corners(marker), np.ones(8)].T).T[:, :3]
         faces += [corners[list(face)] for face in CUBE_FACES]
@@ -112,8 +130,8 @@ def render(
         ax.add_collection3d(Poly3DCollection(faces, facecolors=colours, edgecolors=(0, 0, 0, 0.15),
                                              linewidths=0.2))
         # Rays from the camera through the outer corner cells: the cubes lie along them.
-        camera = tree.lookup(fixed_frame, markers[0].header.frame_id)
-        cells = [m for m in markers if m.type == MARKER_CUBE]
+        camera = tree.lookup(fixed_frame, cubes[0].header.frame_id)
+        cells = cubes
         for marker in (cells[0], cells[-1], *(cells[i] for i in _corner_indices(len(cells)))):
             centre = (camera @ np.r_[_pose(marker.pose.position, marker.pose.orientation)[:3, 3],
                                      1.0])[:3]
@@ -158,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     drawn = render(tree, markers, args.output, fixed_frame=args.fixed_frame, title=args.title)
     LOG.info(
-        "wrote %s: %d frames, %d cubes; not connected to %s: %s",
-        args.output, len(drawn["frames"]), drawn["cubes"], args.fixed_frame,
+        "wrote %s: %d frames, %d cubes, %d paths; not connected to %s: %s",
+        args.output, len(drawn["frames"]), drawn["cubes"], drawn["paths"], args.fixed_frame,
         ", ".join(drawn["unreachable"]) or "none",
     )
     return 0 if not drawn["unreachable"] else 1
