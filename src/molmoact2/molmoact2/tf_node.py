@@ -51,18 +51,18 @@ class TfParams:
         metadata=_doc("Root frame every other frame hangs off; RViz's fixed frame."),
     )
     frame_ids: tuple[str, ...] = field(
-        default=("world_anchor",),
+        default=(),
         metadata=_doc("Static frames to publish, one transform each (child frame ids)."),
     )
     frame_parents: tuple[str, ...] = field(
-        default=("world",), metadata=_doc("Parent frame of each entry of frame_ids.")
+        default=(), metadata=_doc("Parent frame of each entry of frame_ids.")
     )
     frame_xyz: tuple[float, ...] = field(
-        default=(0.0, 0.0, 0.0),
+        default=(),
         metadata=_doc("Translation x, y, z [m] of each frame in its parent (3 per frame)."),
     )
     frame_rpy: tuple[float, ...] = field(
-        default=(0.0, 0.0, 0.0),
+        default=(),
         metadata=_doc(
             "Rotation of each frame in its parent: roll, pitch, yaw [rad] about the parent's "
             "fixed x, y, z axes, as URDF rpy (3 per frame)."
