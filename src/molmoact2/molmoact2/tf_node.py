@@ -157,7 +157,14 @@ def make_node(context: Any = None, cli_args: list[str] | None = None, **kwargs: 
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import JointState
-    from tf2_msgs.msg import TFMessage
+
+    try:
+        from tf2_msgs.msg import TFMessage
+    except ImportError as exc:
+        raise RuntimeError(
+            "tf2_msgs is not importable: with a ROS install, install tf2_msgs "
+            "(ros-<distro>-tf2-msgs); on the pip path, `make setup` builds a stand-in"
+        ) from exc
 
     from hw_drivers.ros_params import declare_dataclass_params
     from molmoact2.graph import config_dir
