@@ -55,7 +55,8 @@ fi
 # Interface packages with no wheel (tf2_msgs): build our stand-in only when no real one is
 # importable (a sourced system ROS wins); drop a stale stand-in when a real one appeared.
 mapfile -t STAND_INS < <("$VENV/bin/python" "$ROOT/scripts/pip_interfaces.py" "$ROOT/ros2_ws/install")
-for pkg in tf2_msgs; do
+for dir in "$ROOT"/ros2_ws/pip_interfaces/*/; do
+  pkg=$(basename "$dir")
   if [[ " ${STAND_INS[*]} " != *" $pkg "* ]]; then
     rm -rf "$ROOT/ros2_ws/install/$pkg" "$ROOT/ros2_ws/build/$pkg" "$STAMPS/standin-$pkg"
   fi
