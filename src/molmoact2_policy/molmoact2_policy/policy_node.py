@@ -181,6 +181,54 @@ class PolicyNode(LifecycleNode):
         )
         return TransitionCallbackReturn.SUCCESS
 
+    def _chunk_markers(
+        self, result: Any, stamp_ns: int, offset: float, joint_names: Any
+    ) -> Any:
+        """End-effector paths with a URDF, else the joint-space plot."""
+        fk = self._end_effector_model(tuple(joint_names))
+        if fk is not None:
+            try:
+                paths = chunk_msgs.end_effector_paths(
+                    fk, result.positions, self.params.end_effector_links
+                )
+                return chunk_msgs.end_effector_markers_msg(
+                    paths,
+                    stamp_ns=stamp_ns,
+                    links=self.params.end_effector_links,
+                    frame_id=fk.root_frame,
+                )
+            except (KeyError, ValueError, RuntimeError) as exc:
+                self._log_error(f"end-effector path unavailable, plotting joints: {exc}")
+        return chunk_msgs.chunk_markers_msg(
+            result,
+            stamp_ns=stamp_ns,
+            start_offset=offset,
+            joint_names=joint_names,
+            frame_id=self.params.marker_frame,
+        )
+
+    def _end_effector_model(self, joint_names: tuple[str, ...]) -> Any:
+        """The URDF model for end-effector paths (built once), or None without one."""
+        if not (self.params.urdf and self.params.end_effector_links):
+            return None
+        cached = getattr(self, "_fk_model", None)
+        if cached is not None and cached[0] == joint_names:
+            return cached[1]
+        model = None
+        try:
+            from hw_drivers.rigid_body import RigidBodyModel
+
+            # Chunk joints the URDF lacks (a normalised gripper) do not move any link.
+            model = RigidBodyModel.from_urdf(self.params.urdf, joint_names, allow_missing=True)
+            missing = [k for k in self.params.end_effector_links if k not in model.link_names]
+            if missing:
+                raise ValueError(f"URDF {self.params.urdf} has no link(s) {missing}")
+        except (RuntimeError, ValueError) as exc:
+            self._log_error(f"end-effector paths off: {exc}")
+            model = None
+        self._fk_model = (joint_names, model)
+        return model
+
     def _configure_failed(self, message: str) -> TransitionCallbackReturn:
         self.get_logger().error(f"configure failed: {message}")
         with self._lock:
@@ -443,15 +491,7 @@ class PolicyNode(LifecycleNode):
                 )
             )
         if self._markers_pub.get_subscription_count() > 0:
-            self._markers_pub.publish(
-                chunk_msgs.chunk_markers_msg(
-                    result,
-                    stamp_ns=stamp_ns,
-                    start_offset=offset,
-                    joint_names=joint_names,
-                    frame_id=self.params.marker_frame,
-                )
-            )
+            self._markers_pub.publish(self._chunk_markers(result, stamp_ns, offset, joint_names))
         stages = dataclasses.replace(
             outcome.request.stages,
             queue_wait=outcome.queue_wait,
