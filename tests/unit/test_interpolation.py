@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hw_drivers.chunk import Chunk
-from hw_drivers.interpolation import HermiteCorrection, KnotTrajectory
+from hw_drivers.interpolation import HermiteCorrection, HermiteSegment, KnotTrajectory
 
 
 def _quadratic(t):
@@ -49,7 +49,7 @@ def test_cubic_velocity_is_continuous_across_knots():
         np.testing.assert_allclose(before, after, rtol=1e-5, atol=1e-5)
 
 
-def test_never_extrapolates_past_the_last_knot():
+def test_never_extrapolates_outside_the_knots():
     times = np.array([1.0, 1.1, 1.2])
     positions = np.array([[0.0], [0.1], [0.2]])
     for method in ("linear", "cubic"):
@@ -58,9 +58,24 @@ def test_never_extrapolates_past_the_last_knot():
         assert pos[0] == pytest.approx(0.2) and vel[0] == 0.0
         pos, vel = traj.sample(1.2 + 1e-9)
         assert pos[0] == pytest.approx(0.2) and vel[0] == 0.0
-        # Before the first action: the lead-in line into it, with the first knot's velocity.
-        pos, vel = traj.sample(0.95)
-        assert pos[0] == pytest.approx(-0.05) and vel[0] == pytest.approx(1.0)
+        # Before the first action: the first knot, standing still (a line drawn back from it
+        # would run 10 rad off for a chunk stamped 10 s ahead).
+        for t in (0.95, 1.0 - 1e-9, -10.0):
+            pos, vel = traj.sample(t)
+            assert pos[0] == 0.0 and vel[0] == 0.0
+
+
+def test_hermite_segment_joins_two_states():
+    p0, v0, p1, v1 = np.array([0.0]), np.array([1.0]), np.array([0.5]), np.array([-2.0])
+    segment = HermiteSegment(1.0, 1.5, p0, v0, p1, v1)
+    for t, (p, v) in ((1.0, (p0, v0)), (1.5, (p1, v1)), (0.0, (p0, v0)), (9.0, (p1, v1))):
+        pos, vel = segment.sample(t)
+        np.testing.assert_allclose(pos, p, atol=1e-12)
+        np.testing.assert_allclose(vel, v, atol=1e-12)
+    # Velocity is the derivative of position inside.
+    t, h = 1.2, 1e-6
+    numeric = (segment.sample(t + h)[0] - segment.sample(t - h)[0]) / (2 * h)
+    np.testing.assert_allclose(segment.sample(t)[1], numeric, rtol=1e-6)
 
 
 def test_bad_knots_raise():

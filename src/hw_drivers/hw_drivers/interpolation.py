@@ -1,10 +1,11 @@
 """Time interpolation of chunk knots and the C1 splice correction (pure numpy).
 
-``KnotTrajectory`` samples position and velocity between knots. It never extrapolates past the
-last knot (it holds it with zero velocity); before the first knot it follows the first
-segment's line, the lead-in to an action that is still in the future. ``HermiteCorrection``
-is the offset that carries position *and* velocity of the previous command into a new
-trajectory and fades to zero over a window, so a splice has no jump in either.
+``KnotTrajectory`` samples position and velocity between knots. It never extrapolates: outside
+its knots it holds the nearest end knot with zero velocity (a chunk whose first action is still
+in the future is joined by a ``HermiteSegment`` from the current command instead, see the
+executor). ``HermiteCorrection`` is the offset that carries position *and* velocity of the
+previous command into a new trajectory and fades to zero over a window, so a splice has no jump
+in either.
 """
 
 from __future__ import annotations
@@ -67,27 +68,17 @@ class KnotTrajectory:
     def end(self) -> float:
         return float(self.times[-1])
 
-    def start_slope(self) -> np.ndarray:
-        """Velocity at the first knot."""
-        if self._slopes is not None:
-            return self._slopes[0].copy()
-        if self.times.shape[0] < 2:
-            return np.zeros(self.positions.shape[1])
-        return (self.positions[1] - self.positions[0]) / (self.times[1] - self.times[0])
-
     def covers(self, t: float) -> bool:
         return self.start <= t <= self.end
 
     def sample(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """(position, velocity) at time ``t``; held at the end knots outside the range."""
-        if self.times.shape[0] == 1:
+        """(position, velocity) at time ``t``; held at the end knots outside the range.
+
+        No extrapolation either way: before the first knot a line through the first segment
+        can run anywhere (a chunk stamped 10 s ahead would be sampled 10 s down that line).
+        """
+        if self.times.shape[0] == 1 or t < self.times[0]:
             return self.positions[0].copy(), np.zeros(self.positions.shape[1])
-        if t < self.times[0]:
-            # Lead-in before the first action (a chunk whose first action is still in the
-            # future): continue the first segment's line backwards, so the trajectory is
-            # already moving into action 0 instead of standing still and kinking there.
-            slope = self.start_slope()
-            return self.positions[0] + slope * (t - self.times[0]), slope
         if t > self.times[-1]:
             return self.positions[-1].copy(), np.zeros(self.positions.shape[1])
         i = min(int(np.searchsorted(self.times, t, side="right")) - 1, self.times.shape[0] - 2)
@@ -142,3 +133,42 @@ class HermiteCorrection:
 
     def active(self, t: float) -> bool:
         return self.window > 0 and t < self.t0 + self.window
+
+
+@dataclass(frozen=True)
+class HermiteSegment:
+    """Cubic from (``p0``, ``v0``) at ``t0`` to (``p1``, ``v1``) at ``t1``; held outside.
+
+    Joins the current command to a point of a new trajectory by interpolation between the two
+    states, never by extending either beyond where it is defined.
+    """
+
+    t0: float
+    t1: float
+    p0: np.ndarray
+    v0: np.ndarray
+    p1: np.ndarray
+    v1: np.ndarray
+
+    def sample(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        h = self.t1 - self.t0
+        if h <= 0 or t >= self.t1:
+            return self.p1.copy(), self.v1.copy()
+        if t <= self.t0:
+            return self.p0.copy(), self.v0.copy()
+        s = (t - self.t0) / h
+        s2, s3 = s * s, s * s * s
+        m0, m1 = self.v0 * h, self.v1 * h
+        pos = (
+            (2 * s3 - 3 * s2 + 1) * self.p0
+            + (s3 - 2 * s2 + s) * m0
+            + (-2 * s3 + 3 * s2) * self.p1
+            + (s3 - s2) * m1
+        )
+        vel = (
+            (6 * s2 - 6 * s) * self.p0
+            + (3 * s2 - 4 * s + 1) * m0
+            + (-6 * s2 + 6 * s) * self.p1
+            + (3 * s2 - 2 * s) * m1
+        ) / h
+        return pos, vel
