@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hw_drivers.chunk import Chunk
-from hw_drivers.interpolation import HermiteCorrection, HermiteSegment, KnotTrajectory
+from hw_drivers.interpolation import HermiteCorrection, KnotTrajectory
 
 
 def _quadratic(t):
@@ -63,19 +63,6 @@ def test_never_extrapolates_outside_the_knots():
         for t in (0.95, 1.0 - 1e-9, -10.0):
             pos, vel = traj.sample(t)
             assert pos[0] == 0.0 and vel[0] == 0.0
-
-
-def test_hermite_segment_joins_two_states():
-    p0, v0, p1, v1 = np.array([0.0]), np.array([1.0]), np.array([0.5]), np.array([-2.0])
-    segment = HermiteSegment(1.0, 1.5, p0, v0, p1, v1)
-    for t, (p, v) in ((1.0, (p0, v0)), (1.5, (p1, v1)), (0.0, (p0, v0)), (9.0, (p1, v1))):
-        pos, vel = segment.sample(t)
-        np.testing.assert_allclose(pos, p, atol=1e-12)
-        np.testing.assert_allclose(vel, v, atol=1e-12)
-    # Velocity is the derivative of position inside.
-    t, h = 1.2, 1e-6
-    numeric = (segment.sample(t + h)[0] - segment.sample(t - h)[0]) / (2 * h)
-    np.testing.assert_allclose(segment.sample(t)[1], numeric, rtol=1e-6)
 
 
 def test_bad_knots_raise():

@@ -19,8 +19,9 @@ new trajectory with a cubic correction that fades out over ``blend_window``
 carried state is the previous *plan's* (not the last command pushed forward at its velocity), a
 stream of chunks faster than the control rate converges on their content: the latest chunk
 wins and the command follows the trajectory they describe. A chunk whose first action is still
-ahead is joined by a ``HermiteSegment`` from the current state to a point of its knots; nothing
-is ever extrapolated outside a chunk's knots.
+ahead waits in a short queue and takes over at that action (the current plan, or the hold, runs
+until then), so nothing is ever extrapolated outside a chunk's knots; a flood of such chunks
+cannot starve the queue because the ones already waiting keep their turn.
 """
 
 from __future__ import annotations
@@ -33,12 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw_drivers.chunk import Chunk
-from hw_drivers.interpolation import (
-    INTERPOLATIONS,
-    HermiteCorrection,
-    HermiteSegment,
-    KnotTrajectory,
-)
+from hw_drivers.interpolation import INTERPOLATIONS, HermiteCorrection, KnotTrajectory
 from hw_drivers.safety import (
     CommandGuard,
     JointLimits,
@@ -52,6 +48,9 @@ STATES = ("idle", "ramp_in", "tracking", "holding", "estop", "fault")
 
 # Slack for "already in the past" so a chunk whose action lands exactly on `now` keeps it.
 _TIME_EPS = 1e-9
+#: Chunks whose first action is still ahead, waiting their turn; a newer one beyond this many
+#: replaces the newest waiting one (latest wins) instead of pushing the oldest out.
+MAX_WAITING = 16
 #: Diagnostics count rejections over this many seconds, so they describe the present.
 REJECTION_WINDOW = 10.0
 
@@ -153,9 +152,7 @@ class _Plan:
     trajectory: KnotTrajectory
     accepted_at: float
     correction: HermiteCorrection | None = None
-    lead_in: HermiteSegment | None = None  # join from the current state to a future first knot
     ramp_in: bool = False
-    anchored: bool = False  # correction computed at the first tick after acceptance
 
     @property
     def order_stamp(self) -> float:
@@ -164,8 +161,6 @@ class _Plan:
         return min(self.chunk.stamp, self.accepted_at)
 
     def sample(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        if self.lead_in is not None and t < self.lead_in.t1:
-            return self.lead_in.sample(t)
         pos, vel = self.trajectory.sample(t)
         if self.correction is not None:
             dpos, dvel = self.correction.sample(t)
@@ -179,8 +174,6 @@ class _Plan:
         end = -math.inf
         if self.correction is not None and self.correction.window > 0:
             end = self.correction.t0 + self.correction.window
-        if self.lead_in is not None:
-            end = max(end, self.lead_in.t1)
         return end
 
     def end(self) -> float:
@@ -211,7 +204,7 @@ class ChunkExecutor:
         self.stats = ExecutorStats()
         self.guard = CommandGuard(limits, safety)
         self._plan: _Plan | None = None
-        self._pending: _Plan | None = None
+        self._waiting: list[_Plan] = []  # accepted, in arrival order, not yet taken over
         self._hold_target: np.ndarray | None = None  # where holds aim; None: stay put
         self._last_accept: float | None = None
         self._estopped = False
@@ -298,7 +291,7 @@ class ChunkExecutor:
         )
         if reason is not None:
             return self._reject(reason, now)
-        active = self._pending or self._plan
+        active = self._waiting[-1] if self._waiting else self._plan
         if active is not None and chunk.stamp < active.order_stamp:
             return self._reject(
                 f"out_of_order: chunk stamp {chunk.stamp:.3f} is older than the active chunk's "
@@ -318,12 +311,11 @@ class ChunkExecutor:
             trajectory = KnotTrajectory(times, knots, self.config.interpolation)
         except ValueError as err:  # e.g. knot times that float resolution cannot separate
             return self._reject(f"timing: {err}", now)
-        self._pending = _Plan(
-            chunk=chunk,
-            trajectory=trajectory,
-            accepted_at=now,
-            ramp_in=self._needs_ramp_in or self._ramp_after_hold,
-        )
+        plan = _Plan(chunk=chunk, trajectory=trajectory, accepted_at=now)
+        if len(self._waiting) >= MAX_WAITING:
+            self._waiting[-1] = plan
+        else:
+            self._waiting.append(plan)
         self._last_accept = now
         self.stats.accepted += 1
         self.stats.skipped_steps += skipped
@@ -340,7 +332,7 @@ class ChunkExecutor:
 
     def _drop_plans(self) -> None:
         self._plan = None
-        self._pending = None
+        self._waiting = []
 
     def start(self, measured: np.ndarray, now: float | None = None) -> None:
         """The link to the robot came (back) up holding at ``measured``: a new command stream
@@ -465,9 +457,13 @@ class ChunkExecutor:
             )
         if self._hold_requested:
             return self._hold_here("holding", "hold requested")
-        if self._pending is not None:
-            self._activate(self._pending, now)
-            self._pending = None
+        due = [i for i, p in enumerate(self._waiting) if p.trajectory.start <= now + _TIME_EPS]
+        if due:
+            # The latest arrival whose first action has come takes over; those before it are
+            # superseded, those after it keep waiting for their first action.
+            plan = self._waiting[due[-1]]
+            self._waiting = self._waiting[due[-1] + 1 :]
+            self._activate(plan, now)
         plan = self._plan
         if plan is None:
             state = "idle" if self._needs_ramp_in else "holding"
@@ -492,8 +488,10 @@ class ChunkExecutor:
         return plan.sample(now)
 
     def _activate(self, plan: _Plan, now: float) -> None:
-        """Anchor the pending plan at this tick so the command continues without a jump."""
+        """Anchor ``plan`` (its first action has come) at this tick: the command continues
+        without a jump in position or velocity."""
         current = self._plan
+        plan.ramp_in = self._needs_ramp_in or self._ramp_after_hold
         if plan.ramp_in:
             # Ramp in from the command itself (after start, reset, hold or watchdog there is
             # no plan to continue), never from a jump to somewhere else.
@@ -502,7 +500,7 @@ class ChunkExecutor:
             self._needs_ramp_in = False
             self._ramp_after_hold = False
         else:
-            if current is not None and current.anchored:
+            if current is not None:
                 # Where the previous plan is now: a splice continues the plan, not the last
                 # command pushed on at its velocity (that coasts when chunks come every tick).
                 start_pos, start_vel = current.sample(now)
@@ -519,20 +517,10 @@ class ChunkExecutor:
             if current is not None:
                 self.stats.splices += 1
         self._hold_target = None
-        trajectory = plan.trajectory
-        if now < trajectory.start:
-            # The first action is still ahead: join the trajectory at (or after) it along a
-            # cubic from the current state; no line is drawn back from the first knot.
-            join = min(max(trajectory.start, now + window), trajectory.end)
-            p1, v1 = trajectory.sample(join)
-            plan.lead_in = HermiteSegment(now, join, start_pos, start_vel, p1, v1)
-            plan.correction = None
-        else:
-            new_pos, new_vel = trajectory.sample(now)
-            plan.correction = (
-                HermiteCorrection(now, window, start_pos - new_pos, start_vel - new_vel)
-                if window > 0
-                else None
-            )
-        plan.anchored = True
+        new_pos, new_vel = plan.trajectory.sample(now)  # now >= its first action: inside
+        plan.correction = (
+            HermiteCorrection(now, window, start_pos - new_pos, start_vel - new_vel)
+            if window > 0
+            else None
+        )
         self._plan = plan

@@ -1,11 +1,10 @@
 """Time interpolation of chunk knots and the C1 splice correction (pure numpy).
 
 ``KnotTrajectory`` samples position and velocity between knots. It never extrapolates: outside
-its knots it holds the nearest end knot with zero velocity (a chunk whose first action is still
-in the future is joined by a ``HermiteSegment`` from the current command instead, see the
-executor). ``HermiteCorrection`` is the offset that carries position *and* velocity of the
-previous command into a new trajectory and fades to zero over a window, so a splice has no jump
-in either.
+its knots it holds the nearest end knot with zero velocity (the executor lets a chunk take over
+only once its first action has come). ``HermiteCorrection`` is the offset that carries
+position *and* velocity of the previous command into a new trajectory and fades to zero over a
+window, so a splice has no jump in either.
 """
 
 from __future__ import annotations
@@ -133,42 +132,3 @@ class HermiteCorrection:
 
     def active(self, t: float) -> bool:
         return self.window > 0 and t < self.t0 + self.window
-
-
-@dataclass(frozen=True)
-class HermiteSegment:
-    """Cubic from (``p0``, ``v0``) at ``t0`` to (``p1``, ``v1``) at ``t1``; held outside.
-
-    Joins the current command to a point of a new trajectory by interpolation between the two
-    states, never by extending either beyond where it is defined.
-    """
-
-    t0: float
-    t1: float
-    p0: np.ndarray
-    v0: np.ndarray
-    p1: np.ndarray
-    v1: np.ndarray
-
-    def sample(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        h = self.t1 - self.t0
-        if h <= 0 or t >= self.t1:
-            return self.p1.copy(), self.v1.copy()
-        if t <= self.t0:
-            return self.p0.copy(), self.v0.copy()
-        s = (t - self.t0) / h
-        s2, s3 = s * s, s * s * s
-        m0, m1 = self.v0 * h, self.v1 * h
-        pos = (
-            (2 * s3 - 3 * s2 + 1) * self.p0
-            + (s3 - 2 * s2 + s) * m0
-            + (-2 * s3 + 3 * s2) * self.p1
-            + (s3 - s2) * m1
-        )
-        vel = (
-            (6 * s2 - 6 * s) * self.p0
-            + (3 * s2 - 4 * s + 1) * m0
-            + (-6 * s2 + 6 * s) * self.p1
-            + (3 * s2 - 2 * s) * m1
-        ) / h
-        return pos, vel
