@@ -29,7 +29,7 @@ from hw_drivers.backends.registry import BackendUnavailableError, make_backend
 from hw_drivers.control_loop import ControlLoop
 from hw_drivers.conversions import joint_state_msg
 from hw_drivers.driver_params import DriverParams
-from hw_drivers.executor import REJECTION_WINDOW, ChunkExecutor
+from hw_drivers.executor import ChunkExecutor
 from hw_drivers.ros_params import declare_dataclass_params
 from hw_drivers.ros_runtime import run_lifecycle_node
 from molmoact2_msgs.msg import ActionChunk
@@ -286,7 +286,7 @@ class DriverNode(LifecycleNode):
                 "accepted_chunks": str(stats.accepted),
                 "rejected_chunks": str(stats.rejected_total),
                 "rejected_recently": str(recent),
-                "rejection_window_s": f"{REJECTION_WINDOW:g}",
+                "rejection_window_s": f"{self.params.rejection_window:g}",
                 "rejected_by_reason": ", ".join(f"{k}={v}" for k, v in stats.rejected.items()),
                 "last_reject_reason": stats.last_reject_reason,
                 "command_fault": fault,
@@ -312,7 +312,8 @@ class DriverNode(LifecycleNode):
             status.level = DiagnosticStatus.WARN
             status.message = (
                 f"{state}; tick rate {self._tick_rate:.0f}/{self.params.control_rate:g} Hz; "
-                f"{recent} chunks rejected in the last {REJECTION_WINDOW:g} s"
+                f"{recent} chunks rejected in the last {self.params.rejection_window:g} s; "
+                f"last: {stats.last_reject_reason}"
             )
         else:
             status.level = DiagnosticStatus.OK

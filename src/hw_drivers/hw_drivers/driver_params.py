@@ -82,6 +82,9 @@ class DriverParams:
         0.25, "reject chunks stamped, or starting, further ahead of the driver's clock [s]"
     )
     max_chunk_age: float = _f(2.0, "reject chunks whose stamp is older than this [s]")
+    rejection_window: float = _f(
+        10.0, "diagnostics: WARN while chunks were rejected within this many seconds"
+    )
     on_fault: str = _f("hold", "on a backend fault: hold (keep torque) | disable (torque off)")
     reconnect_period: float = _f(1.0, "seconds between reconnect attempts after a fault")
     # -- sim backend --
@@ -145,6 +148,8 @@ class DriverParams:
             problems.append("chunk_rate must be >= 0")
         if min(self.max_chunk_duration, self.max_chunk_lead, self.max_chunk_age) <= 0:
             problems.append("max_chunk_duration, max_chunk_lead and max_chunk_age must be > 0")
+        if self.rejection_window <= 0:
+            problems.append("rejection_window must be > 0")
         if self.on_fault not in ON_FAULT:
             problems.append(f"on_fault {self.on_fault!r} is not one of {ON_FAULT}")
         if self.sim_time_constant <= 0 or self.sim_noise_std < 0:
@@ -211,6 +216,7 @@ class DriverParams:
             blend_window=self.blend_window,
             average_weight_new=self.average_weight_new,
             dry_run=self.dry_run,
+            rejection_window=self.rejection_window,
         )
 
 

@@ -65,6 +65,7 @@ class ExecutorConfig:
     blend_window: float = 0.1  # [s]
     average_weight_new: float = 0.7
     dry_run: bool = False  # compute and publish commands but never send them to the hardware
+    rejection_window: float = REJECTION_WINDOW  # [s] recent rejections counted over this span
 
     def validate(self) -> list[str]:
         problems = []
@@ -76,6 +77,8 @@ class ExecutorConfig:
             problems.append("blend_window must be >= 0")
         if not 0.0 <= self.average_weight_new <= 1.0:
             problems.append("average_weight_new must be in [0, 1]")
+        if not self.rejection_window > 0:
+            problems.append("rejection_window must be > 0")
         return problems
 
 
@@ -142,7 +145,7 @@ class ExecutorStats:
         return sum(self.rejected.values())
 
     def rejected_recently(self, now: float) -> int:
-        """Chunks rejected in the last ``REJECTION_WINDOW`` seconds before ``now``."""
+        """Chunks rejected in the last ``recent_rejections.window`` seconds before ``now``."""
         return self.recent_rejections.count(now)
 
 
@@ -201,7 +204,7 @@ class ChunkExecutor:
         self.limits = limits
         self.safety = safety
         self.config = config
-        self.stats = ExecutorStats()
+        self.stats = ExecutorStats(recent_rejections=EventWindow(config.rejection_window))
         self.guard = CommandGuard(limits, safety)
         self._plan: _Plan | None = None
         self._waiting: list[_Plan] = []  # accepted, in arrival order, not yet taken over
