@@ -55,12 +55,12 @@ def wave(t, origin: float, amplitude=0.2, omega=2.0) -> np.ndarray:
 class Probe:
     def __init__(self, namespace: str, proc) -> None:
         import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import JointState
         from std_srvs.srv import SetBool, Trigger
 
-        from diagnostic_msgs.msg import DiagnosticArray
         from molmoact2_msgs.msg import ActionChunk
 
         self.proc = proc
@@ -187,7 +187,7 @@ def probe():
         output = stop_process(proc)
     assert "Traceback" not in output, output
     # Over the whole module, every command the driver produced obeyed the invariants.
-    assert probe.check.count > 500
+    assert probe.check.count > 100
     assert not probe.violations, probe.violations[:5]
 
 
@@ -228,7 +228,9 @@ def test_case1_future_stamped_chunk_is_refused_idle_and_moving(probe):
 @pytest.mark.parametrize("step_dt", [1e308, 1e-9])
 def test_cases2_3_absurd_step_dt_is_refused_and_the_driver_keeps_following(probe, step_dt):
     origin = probe.now()
-    probe.publish(probe.now(), wave(origin + STEP * np.arange(30), origin), step_dt=step_dt)
+    # In limits and still (so no velocity rule can catch it): only its times are absurd.
+    here = probe.commands[-1][1]
+    probe.publish(probe.now(), np.tile(here, (30, 1)), step_dt=step_dt)
     probe.spin(0.3)
     last = [0.0]
 
@@ -271,8 +273,6 @@ def test_case4_flood_faster_than_the_control_rate_follows_the_content(probe):
 
 
 def test_case5_reset_right_after_estop_while_moving_never_jumps(probe):
-    from std_srvs.srv import SetBool
-
     origin = probe.now()
     last = [0.0]
     # Up to 2 rad/s: the sim arm lags ~0.1 rad behind its command (the gripper moves less, to
@@ -289,18 +289,27 @@ def test_case5_reset_right_after_estop_while_moving_never_jumps(probe):
     before = len(probe.violations)
     mark = probe.now()
     assert probe.trigger(probe.estop).success
-    answer = probe.call(probe.hold, SetBool.Request(data=False))
-    assert not answer.success and "e-stop" in answer.message, answer.message
-    assert "following" not in answer.message
     reset = probe.trigger(probe.reset)
-    assert reset.success and "e-stop" in reset.message, reset.message
     probe.spin(1.0)
     around = probe.since(mark)
     assert len(around) > 50
     steps = np.abs(np.diff(around, axis=0)).max()
     assert steps <= MAX_STEP + 1e-9, steps
     assert len(probe.violations) == before, probe.violations[before:]
+    assert reset.success and "e-stop" in reset.message, reset.message
     probe.back_to_idle()
+
+
+def test_case6_hold_release_during_estop_tells_the_truth(probe):
+    from std_srvs.srv import SetBool
+
+    assert probe.trigger(probe.estop).success
+    answer = probe.call(probe.hold, SetBool.Request(data=False))
+    assert not answer.success and "e-stop" in answer.message, answer.message
+    assert "following" not in answer.message
+    probe.back_to_idle()
+    answer = probe.call(probe.hold, SetBool.Request(data=False))
+    assert answer.success and "following" in answer.message, answer.message
 
 
 def test_case6_diagnostics_recover_after_rejections(probe):
