@@ -194,3 +194,18 @@ def test_case6_reports_describe_the_present():
     run.executor.reset(START)
     ok, message = run.executor.hold(False)
     assert ok and "following" in message
+
+
+def test_clock_stepping_back_holds_and_the_new_timeline_is_followed():
+    """A sim-time reset: chunks stamped on the old timeline must not lock out the new one."""
+    run = Run(_executor(), START)
+    assert run.executor.submit(_chunk_of(T0, START), T0, START).accepted
+    run.ticks(0.3)
+    held = run.commands[-1][1]
+    run.now = T0 - 100.0  # the clock jumps back 100 s
+    run.ticks(0.1)
+    np.testing.assert_array_equal(run.commands[-1][1], held)
+    result = run.executor.submit(_chunk_of(run.now, held), run.now, held)
+    assert result.accepted, result.reason
+    run.ticks(0.4)
+    assert run.executor.state in ("ramp_in", "tracking")

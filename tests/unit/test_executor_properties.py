@@ -45,7 +45,6 @@ _COMMON = {
     "deadline": None,
     "database": None,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
-    "stateful_step_count": 100,
 }
 CI = settings(max_examples=CI_EXAMPLES, derandomize=True, **_COMMON)
 SOAK = settings(max_examples=SOAK_EXAMPLES, derandomize=False, **_COMMON)

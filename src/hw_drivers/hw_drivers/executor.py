@@ -210,6 +210,7 @@ class ChunkExecutor:
         self._waiting: list[_Plan] = []  # accepted, in arrival order, not yet taken over
         self._hold_target: np.ndarray | None = None  # where holds aim; None: stay put
         self._last_accept: float | None = None
+        self._last_now: float | None = None  # time of the last tick
         self._estopped = False
         self._hold_requested = False
         self._fault = ""
@@ -422,6 +423,15 @@ class ChunkExecutor:
         self.stats.ticks += 1
         if not self.guard.started:
             self.guard.start(measured)  # the first command is where the robot is
+        if self._last_now is not None and now < self._last_now:
+            # The clock stepped back (sim time reset): plans, stamps and the watchdog all refer
+            # to the old timeline. Hold; whatever comes next ramps in on the new one.
+            self._drop_plans()
+            self._hold_target = None
+            self._last_accept = None
+            self._ramp_after_hold = True
+        if math.isfinite(now):
+            self._last_now = now
         target, velocity = self._plan_target(now)
         if self._estopped or self._fault:
             out = self.guard.hold(now)
