@@ -50,7 +50,7 @@ def _wave(t: np.ndarray, start: np.ndarray) -> np.ndarray:
 
 
 def _chunk_of(stamp: float, start: np.ndarray, step_dt=STEP, offset=STEP, horizon=30) -> Chunk:
-    times = stamp + offset + step_dt * np.arange(horizon)
+    times = stamp + offset + STEP * np.arange(horizon)  # the values stay sane whatever step_dt
     return Chunk(stamp, offset, step_dt, NAMES, _wave(times, start))
 
 
