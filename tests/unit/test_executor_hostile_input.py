@@ -209,3 +209,30 @@ def test_clock_stepping_back_holds_and_the_new_timeline_is_followed():
     assert result.accepted, result.reason
     run.ticks(0.4)
     assert run.executor.state in ("ramp_in", "tracking")
+
+
+def test_estop_stays_latched_across_a_backend_reconnect():
+    from hw_drivers.backends.sim import SimBackend
+    from hw_drivers.control_loop import ControlLoop
+
+    clock = [T0]
+    sim = SimBackend(NAMES, START, LOWER, UPPER, clock=lambda: clock[0])
+    loop = ControlLoop(sim, _executor(), reconnect_period=0.05)
+    loop.start()
+    loop.estop()
+    sim.inject_faults(1)
+    states = []
+    for _ in range(50):
+        clock[0] += TICK
+        result = loop.step(clock[0])
+        if result.command is not None:
+            states.append(result.command.state)
+    assert loop.stats.reconnects == 1 and not loop.faulted
+    assert states and all(state == "estop" for state in states), states
+    assert not loop.submit_msg(_msg_of(_chunk_of(clock[0], START)), clock[0]).accepted
+
+
+def _msg_of(chunk: Chunk):
+    from hw_drivers.conversions import chunk_to_msg
+
+    return chunk_to_msg(chunk)
