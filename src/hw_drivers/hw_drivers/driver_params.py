@@ -70,7 +70,9 @@ class DriverParams:
     max_start_deviation: float = _f(
         0.5, "reject a chunk whose first executed action is this far from measured [rad]"
     )
-    ramp_in_time: float = _f(1.0, "ramp from the measured pose after start/reset [s]")
+    ramp_in_time: float = _f(
+        1.0, "blend from the held command into the first chunk after start/reset/hold [s]"
+    )
     watchdog_timeout: float = _f(0.5, "no accepted chunk for this long -> hold [s]")
     chunk_rate: float = _f(
         0.0,
