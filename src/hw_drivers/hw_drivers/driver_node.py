@@ -14,7 +14,6 @@ Run as a plain process (no lifecycle manager) it configures and activates itself
 from __future__ import annotations
 
 import threading
-import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -32,6 +31,7 @@ from hw_drivers.driver_params import DriverParams
 from hw_drivers.executor import ChunkExecutor
 from hw_drivers.ros_params import declare_dataclass_params
 from hw_drivers.ros_runtime import run_lifecycle_node
+from hw_drivers.tick_timing import TickTiming, timer_callback_with_info
 from molmoact2_msgs.msg import ActionChunk
 
 _LOG_EVERY = 2.0  # [s] throttle for repeated warnings (never log every tick)
@@ -74,9 +74,7 @@ class DriverNode(LifecycleNode):
         self._entities: list = []
         self._state_period = 0.0
         self._last_state_publish = float("-inf")
-        self._tick_count = 0
-        self._tick_window_start = time.monotonic()
-        self._tick_rate = 0.0
+        self._tick_timing: TickTiming | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -142,8 +140,13 @@ class DriverNode(LifecycleNode):
                     f"backend {self.params.backend} did not connect ({err}); retrying every "
                     f"{self.params.reconnect_period:g} s"
                 )
+        period = 1.0 / self.params.control_rate
+        # Lateness over the last 10 s of ticks, against the timer's own schedule.
+        self._tick_timing = TickTiming(period, window=max(2, round(10.0 / period)))
         self._control_timer = self.create_timer(
-            1.0 / self.params.control_rate, self._on_tick, callback_group=self._control_group
+            period,
+            timer_callback_with_info(self._on_timer),
+            callback_group=self._control_group,
         )
         self._diag_timer = self.create_timer(
             1.0, self._publish_diagnostics, callback_group=self._io_group
@@ -195,6 +198,12 @@ class DriverNode(LifecycleNode):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
+    def _on_timer(self, expected_ns: int, actual_ns: int) -> None:
+        timing = self._tick_timing
+        if timing is not None:
+            timing.record(expected_ns * 1e-9, self.get_clock().now().nanoseconds * 1e-9)
+        self._on_tick()
+
     def _on_tick(self) -> None:
         loop = self._loop
         if loop is None:
@@ -202,7 +211,6 @@ class DriverNode(LifecycleNode):
         now = self._now()
         with self._lock:
             result = loop.step(now)
-        self._count_tick()
         if result.error:
             self.get_logger().error(
                 f"backend fault: {result.error} (on_fault={self.params.on_fault})",
@@ -220,14 +228,6 @@ class DriverNode(LifecycleNode):
             self._command_pub.publish(
                 joint_state_msg(names, command.positions, now, command.velocities)
             )
-
-    def _count_tick(self) -> None:
-        self._tick_count += 1
-        elapsed = time.monotonic() - self._tick_window_start
-        if elapsed >= 1.0:
-            self._tick_rate = self._tick_count / elapsed
-            self._tick_count = 0
-            self._tick_window_start = time.monotonic()
 
     def _on_chunk(self, msg: ActionChunk) -> None:
         loop = self._loop
@@ -270,8 +270,10 @@ class DriverNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         loop = self._loop
-        if loop is None:
+        timing = self._tick_timing
+        if loop is None or timing is None:
             return
+        ticks = timing.summary()
         with self._lock:
             stats = loop.executor.stats
             state = loop.executor.state
@@ -281,7 +283,7 @@ class DriverNode(LifecycleNode):
             values = {
                 "state": "fault" if loop.faulted else state,
                 "backend": self.params.backend,
-                "tick_rate": f"{self._tick_rate:.1f}",
+                **ticks.diagnostic_values(),
                 "target_rate": f"{self.params.control_rate:g}",
                 "accepted_chunks": str(stats.accepted),
                 "rejected_chunks": str(stats.rejected_total),
@@ -308,10 +310,10 @@ class DriverNode(LifecycleNode):
                 else "e-stop latched" if state == "estop"
                 else f"command fault: {fault}"
             )
-        elif self._tick_rate < 0.9 * self.params.control_rate or recent:
+        elif not ticks.rate >= 0.9 * self.params.control_rate or recent:
             status.level = DiagnosticStatus.WARN
             status.message = (
-                f"{state}; tick rate {self._tick_rate:.0f}/{self.params.control_rate:g} Hz; "
+                f"{state}; tick rate {ticks.rate:.0f}/{self.params.control_rate:g} Hz; "
                 f"{recent} chunks rejected in the last {self.params.rejection_window:g} s; "
                 f"last: {stats.last_reject_reason}"
             )
