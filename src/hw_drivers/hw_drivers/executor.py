@@ -137,7 +137,6 @@ class ExecutorStats:
     skipped_steps: int = 0
     faults: int = 0
     last_reject_reason: str = ""
-    last_reject_time: float = float("nan")
     recent_rejections: EventWindow = field(default_factory=EventWindow)
 
     @property
@@ -248,7 +247,6 @@ class ChunkExecutor:
     def _reject(self, reason: str, now: float) -> SubmitResult:
         self.stats.rejected[reason.split(":", 1)[0]] += 1
         self.stats.last_reject_reason = reason
-        self.stats.last_reject_time = now
         self.stats.recent_rejections.add(now)
         return SubmitResult(False, reason, 0)
 
