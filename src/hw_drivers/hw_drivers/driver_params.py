@@ -14,6 +14,8 @@ import numpy as np
 
 BACKENDS = ("sim", "damiao", "feetech", "franky", "ros2_control")
 ON_FAULT = ("hold", "disable")
+EXECUTION = ("auto", "shadow", "live")
+PREFLIGHT = ("auto", "on", "off")
 
 
 def _f(default, description: str, **extra):
@@ -48,6 +50,9 @@ class DriverParams:
     calibration_file: str = _f("", "feetech: LeRobot-style calibration JSON")
     trajectory_topic: str = _f("", "ros2_control: JointTrajectory controller topic")
     robot_ip: str = _f("", "franky: robot IP address")
+    franky_motion_rate: float = _f(
+        50.0, "franky: re-targets of the arm's waypoint motion per second [Hz] (<= control_rate)"
+    )
     # -- hardware details (empty / zero: the backend's defaults for the robot) --
     can_interface: str = _f("socketcan", "damiao: python-can interface (socketcan, virtual)")
     damiao_motor_ids: tuple[int, ...] = _f((), "damiao: CAN id per motor of one arm")
@@ -60,6 +65,46 @@ class DriverParams:
     gripper_open_rad: float = _f(-2.7, "damiao: gripper motor angle when fully open [rad]")
     read_timeout: float = _f(0.0, "damiao/feetech: reply timeout per read [s] (0: default)")
     read_retries: int = _f(0, "damiao/feetech: retries of a failed read (0: default)")
+    can_bitrate: int = _f(1_000_000, "damiao: CAN bitrate [bit/s] (the bus budget uses it)")
+    max_bus_load: float = _f(
+        0.7, "damiao: largest fraction of the control period one tick's CAN exchange may use"
+    )
+    dynamics_urdf: str = _f(
+        "",
+        "damiao: URDF of one arm (joint names without frame_prefixes) for gravity feed-forward;"
+        " empty: no feed-forward (the arm sags by gravity torque / kp)",
+    )
+    dynamics_joint_names: tuple[str, ...] = _f(
+        (),
+        "damiao: the URDF's names of one arm's non-gripper joints, in order (empty: ours "
+        "without frame_prefixes); e.g. i2rt's yam.urdf: dof_joint1..dof_joint6",
+    )
+    gravity_scale: float = _f(1.0, "damiao: factor on the model's gravity torques")
+    motor_temperature_warn: float = _f(
+        70.0, "damiao: MOS/rotor temperature reported as a warning [degC]"
+    )
+    # -- what runs on the robot (released YAM deployment options) --
+    execution: str = _f(
+        "auto",
+        "auto | shadow | live; shadow: the policy runs and commands are published but the arm "
+        "holds at its measured pose; auto: shadow on hardware backends, live on sim",
+    )
+    active_arms: str = _f(
+        "both",
+        "bimanual: both, or one arm by its frame prefix without '_' (e.g. left); the inactive "
+        "arm holds at its measured pose",
+    )
+    preflight: str = _f(
+        "auto",
+        "auto | on | off: before torque enable check joint limits, motor faults and camera "
+        "rates; auto: on for hardware backends",
+    )
+    preflight_camera_rate: float = _f(
+        5.0, "preflight: every camera must stream at least this rate [Hz] (0: not checked)"
+    )
+    camera_names: tuple[str, ...] = _f((), "cameras the preflight checks (from the /** section)")
+    camera_topics: tuple[str, ...] = _f((), "their image topics, same order as camera_names")
+    camera_transports: tuple[str, ...] = _f((), "raw | compressed per camera (empty: raw)")
     # -- executor --
     interpolation: str = _f("cubic", "interpolation between chunk actions: linear | cubic")
     splice_policy: str = _f("blend", "new chunk takeover: blend | replace | average")
@@ -70,8 +115,23 @@ class DriverParams:
     max_start_deviation: float = _f(
         0.5, "reject a chunk whose first executed action is this far from measured [rad]"
     )
-    ramp_in_time: float = _f(1.0, "ramp from the measured pose after start/reset [s]")
+    ramp_in_time: float = _f(
+        1.0, "blend from the held command into the first chunk after start/reset/hold [s]"
+    )
     watchdog_timeout: float = _f(0.5, "no accepted chunk for this long -> hold [s]")
+    chunk_rate: float = _f(
+        0.0,
+        "expected action rate of the chunks [Hz] (0: the embodiment's); step_dt must be within "
+        "4x of 1/chunk_rate and no shorter than one control tick",
+    )
+    max_chunk_duration: float = _f(10.0, "reject chunks whose horizon * step_dt is longer [s]")
+    max_chunk_lead: float = _f(
+        0.25, "reject chunks stamped, or starting, further ahead of the driver's clock [s]"
+    )
+    max_chunk_age: float = _f(2.0, "reject chunks whose stamp is older than this [s]")
+    rejection_window: float = _f(
+        10.0, "diagnostics: WARN while chunks were rejected within this many seconds"
+    )
     on_fault: str = _f("hold", "on a backend fault: hold (keep torque) | disable (torque off)")
     reconnect_period: float = _f(1.0, "seconds between reconnect attempts after a fault")
     # -- sim backend --
@@ -131,16 +191,61 @@ class DriverParams:
             problems.append("average_weight_new must be in [0, 1]")
         if self.watchdog_timeout <= 0 or self.max_start_deviation <= 0:
             problems.append("watchdog_timeout and max_start_deviation must be > 0")
+        if self.chunk_rate < 0:
+            problems.append("chunk_rate must be >= 0")
+        if min(self.max_chunk_duration, self.max_chunk_lead, self.max_chunk_age) <= 0:
+            problems.append("max_chunk_duration, max_chunk_lead and max_chunk_age must be > 0")
+        if self.rejection_window <= 0:
+            problems.append("rejection_window must be > 0")
         if self.on_fault not in ON_FAULT:
             problems.append(f"on_fault {self.on_fault!r} is not one of {ON_FAULT}")
         if self.sim_time_constant <= 0 or self.sim_noise_std < 0:
             problems.append("sim_time_constant must be > 0 and sim_noise_std >= 0")
+        if self.execution not in EXECUTION:
+            problems.append(f"execution {self.execution!r} is not one of {EXECUTION}")
+        if self.preflight not in PREFLIGHT:
+            problems.append(f"preflight {self.preflight!r} is not one of {PREFLIGHT}")
+        try:
+            self.hold_mask()
+        except ValueError as err:
+            problems.append(str(err))
+        if len(self.camera_topics) != len(self.camera_names):
+            problems.append(
+                f"{len(self.camera_topics)} camera_topics for {len(self.camera_names)} camera_names"
+            )
+        budget = self.bus_budget()
+        if budget is not None and self.control_rate > 0:
+            problem = budget.check(self.control_rate)
+            if problem:
+                problems.append(problem)
         if self.can_channels and len(self.frame_prefixes) not in (0, len(self.can_channels)):
             problems.append(
                 f"{len(self.frame_prefixes)} frame_prefixes for {len(self.can_channels)} "
                 "can_channels"
             )
         return problems
+
+    def is_shadow(self) -> bool:
+        """Shadow execution: explicit, or by default on every hardware backend."""
+        return self.execution == "shadow" or (self.execution == "auto" and self.backend != "sim")
+
+    def runs_preflight(self) -> bool:
+        return self.preflight == "on" or (self.preflight == "auto" and self.backend != "sim")
+
+    def hold_mask(self) -> np.ndarray:
+        """Joints the ``active_arms`` selection holds (``ValueError`` for an unknown arm)."""
+        from hw_drivers.preflight import arm_hold_mask
+
+        return arm_hold_mask(self.joint_names, self.frame_prefixes, self.active_arms)
+
+    def bus_budget(self):
+        """The CAN bus budget of a DaMiao robot (None for other backends)."""
+        if self.backend != "damiao" or not self.can_channels or self.can_bitrate <= 0:
+            return None
+        from hw_drivers.can_budget import BusBudget
+
+        per_bus = -(-len(self.joint_names) // len(self.can_channels))
+        return BusBudget(self.can_bitrate, per_bus, max_bus_load=self.max_bus_load)
 
     def initial_pose(self) -> np.ndarray:
         """Sim start pose: ``initial_positions`` or the middle of the limits."""
@@ -159,14 +264,33 @@ class DriverParams:
             max_acceleration=np.array(self.max_acceleration),
         )
 
-    def safety_config(self):
-        from hw_drivers.safety import SafetyConfig
+    def expected_chunk_rate(self) -> float:
+        """``chunk_rate``, or the embodiment's trained action rate, or 0 when neither is known."""
+        if self.chunk_rate > 0:
+            return self.chunk_rate
+        if not self.embodiment:
+            return 0.0
+        try:  # the model's table is the one source of this fact; the driver runs without it
+            from molmoact2_policy.embodiments import EMBODIMENTS
+        except ImportError:
+            return 0.0
+        spec = EMBODIMENTS.get(self.embodiment)
+        return spec.rate_hz if spec is not None else 0.0
 
+    def safety_config(self):
+        from hw_drivers.safety import SafetyConfig, step_dt_bounds
+
+        min_step_dt, max_step_dt = step_dt_bounds(self.control_rate, self.expected_chunk_rate())
         return SafetyConfig(
             max_step_per_tick=self.max_step_per_tick,
             max_start_deviation=self.max_start_deviation,
             ramp_in_time=self.ramp_in_time,
             watchdog_timeout=self.watchdog_timeout,
+            min_step_dt=min_step_dt,
+            max_step_dt=max_step_dt,
+            max_chunk_duration=self.max_chunk_duration,
+            max_chunk_lead=self.max_chunk_lead,
+            max_chunk_age=self.max_chunk_age,
         )
 
     def executor_config(self):
@@ -178,6 +302,7 @@ class DriverParams:
             blend_window=self.blend_window,
             average_weight_new=self.average_weight_new,
             dry_run=self.dry_run,
+            rejection_window=self.rejection_window,
         )
 
 
