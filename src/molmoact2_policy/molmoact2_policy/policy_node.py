@@ -99,7 +99,8 @@ class PolicyNode(LifecycleNode):
         self._decoder: DecodePool | None = None  # compressed cameras, while active
         self._assembler: ObservationAssembler | None = None
         self._depth_node: Any = None
-        self._subscriptions: list[Any] = []
+        # Not `_subscriptions`: that is rclpy.Node's own list of every subscription.
+        self._input_subscriptions: list[Any] = []
         self._instruction = self.params.instruction.strip()
         self._epoch = 0  # bumped on reset/instruction change: older outcomes are dropped
         self._last_key: tuple[int, ...] | None = None
@@ -294,7 +295,7 @@ class PolicyNode(LifecycleNode):
             strict=True,
         ):
             msg_type = CompressedImage if transport == "compressed" else Image
-            self._subscriptions.append(
+            self._input_subscriptions.append(
                 self.create_subscription(
                     msg_type,
                     topic,
@@ -304,7 +305,7 @@ class PolicyNode(LifecycleNode):
                 )
             )
         for topic in self.params.joint_state_topics:
-            self._subscriptions.append(
+            self._input_subscriptions.append(
                 self.create_subscription(
                     JointState,
                     topic,
@@ -346,9 +347,9 @@ class PolicyNode(LifecycleNode):
 
     def stop_inputs(self) -> None:
         """Unsubscribe and stop the inference thread (deactivate, cleanup, process exit)."""
-        for subscription in self._subscriptions:
+        for subscription in self._input_subscriptions:
             self.destroy_subscription(subscription)
-        self._subscriptions.clear()
+        self._input_subscriptions.clear()
         with self._lock:
             worker, self._worker = self._worker, None
             decoder, self._decoder = self._decoder, None
