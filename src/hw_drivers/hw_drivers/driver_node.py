@@ -28,7 +28,7 @@ from hw_drivers.backends.base import BackendError
 from hw_drivers.backends.registry import BackendUnavailableError, make_backend
 from hw_drivers.control_loop import ControlLoop
 from hw_drivers.conversions import joint_state_msg
-from hw_drivers.driver_params import DriverParams
+from hw_drivers.driver_params import LIVE_LIMITS, DriverParams, live_limit_problems
 from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import execution_summary, health_statuses, make_preflight
 from hw_drivers.preflight import RateMeter
@@ -68,6 +68,8 @@ class DriverNode(LifecycleNode):
         self.params: DriverParams = declare_dataclass_params(
             _UnsetArraysAsEmpty(self), DriverParams
         )
+        # The limits in the config are hard: live changes may only tighten them.
+        self._hard_limits = self.params
         self._lock = threading.Lock()
         self._loop: ControlLoop | None = None
         self._control_group = MutuallyExclusiveCallbackGroup()
@@ -126,7 +128,8 @@ class DriverNode(LifecycleNode):
             reliable,
             callback_group=self._io_group,
         )
-        self._services = [
+        # Not `_services`: that is rclpy.Node's own list (its parameter services live there).
+        self._driver_services = [
             self.create_service(Trigger, "~/estop", self._on_estop, callback_group=self._io_group),
             self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._io_group),
             self.create_service(SetBool, "~/hold", self._on_hold, callback_group=self._io_group),
@@ -214,9 +217,9 @@ class DriverNode(LifecycleNode):
             with self._lock:
                 self._loop.shutdown()
             self._loop = None
-        for service in getattr(self, "_services", []):
+        for service in getattr(self, "_driver_services", []):
             self.destroy_service(service)
-        self._services = []
+        self._driver_services = []
         for sub in getattr(self, "_camera_subs", []):
             self.destroy_subscription(sub)
         self._camera_subs = []
@@ -305,10 +308,14 @@ class DriverNode(LifecycleNode):
         return response
 
     def _on_set_parameters(self, parameters):
-        """``execution`` and ``active_arms`` may change while running (``ros2 param set``);
-        every other parameter takes effect at the next configure."""
+        """``execution``, ``active_arms`` and the safety limits (``LIVE_LIMITS``, only inside
+        the configured ones) may change while running (``ros2 param set``); every other
+        parameter takes effect at the next configure."""
         from rcl_interfaces.msg import SetParametersResult
 
+        limits = {p.name: p.value for p in parameters if p.name in LIVE_LIMITS}
+        if limits:
+            return self._set_live_limits(limits)
         live = {p.name: p.value for p in parameters if p.name in ("execution", "active_arms")}
         if not live:
             return SetParametersResult(successful=True)
@@ -322,6 +329,27 @@ class DriverNode(LifecycleNode):
             with self._lock:
                 loop.set_activation(params.is_shadow(), params.hold_mask())
             self.get_logger().warning(execution_summary(params, loop.backend))
+        return SetParametersResult(successful=True)
+
+    def _set_live_limits(self, values: dict) -> object:
+        from rcl_interfaces.msg import SetParametersResult
+
+        converted = {
+            name: float(v) if name == "max_step_per_tick" else tuple(float(x) for x in v)
+            for name, v in values.items()
+        }
+        params = dataclasses.replace(self.params, **converted)
+        problems = live_limit_problems(self._hard_limits, params)
+        if problems:
+            return SetParametersResult(successful=False, reason="; ".join(problems))
+        loop = self._loop
+        if loop is not None:
+            with self._lock:
+                loop.executor.set_limits(params.limits(), params.max_step_per_tick)
+        self.params = params
+        self.get_logger().warning(
+            "safety limits changed: " + ", ".join(f"{k}={v}" for k, v in converted.items())
+        )
         return SetParametersResult(successful=True)
 
     def _camera_rates(self) -> dict[str, float]:

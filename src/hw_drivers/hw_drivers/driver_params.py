@@ -308,3 +308,63 @@ class DriverParams:
 
 def driver_param_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(DriverParams))
+
+
+# Safety limits ``ros2 param set`` may change while the driver runs, only inside the limits the
+# driver started with (its config: the hard limits). Tightening takes effect on the next tick.
+LIVE_LIMITS = (
+    "position_lower",
+    "position_upper",
+    "max_velocity",
+    "max_acceleration",
+    "max_step_per_tick",
+)
+
+
+def live_limit_problems(hard: DriverParams, changed: DriverParams) -> list[str]:
+    """Why ``changed`` may not replace the running limits of a driver started with ``hard``.
+
+    Empty when every live limit has one finite value per joint inside the hard limits: a
+    position range inside the configured one (lower < upper), speeds, accelerations and the
+    per-tick step positive and at most the configured ones.
+    """
+    n = len(hard.joint_names)
+    problems = []
+    arrays = {}
+    for name in ("position_lower", "position_upper", "max_velocity", "max_acceleration"):
+        value = np.asarray(getattr(changed, name), dtype=float)
+        if value.shape != (n,):
+            problems.append(f"{name} needs {n} values (one per joint), got {value.size}")
+        elif not np.all(np.isfinite(value)):
+            problems.append(f"{name} has non-finite values")
+        else:
+            arrays[name] = value
+    if problems:
+        return problems
+
+    def joints(mask: np.ndarray) -> str:
+        return ", ".join(hard.joint_names[j] for j in np.flatnonzero(mask))
+
+    lower, upper = arrays["position_lower"], arrays["position_upper"]
+    hard_lower, hard_upper = np.asarray(hard.position_lower), np.asarray(hard.position_upper)
+    if np.any(lower < hard_lower):
+        below = joints(lower < hard_lower)
+        problems.append(f"position_lower below the configured hard limit for {below}")
+    if np.any(upper > hard_upper):
+        above = joints(upper > hard_upper)
+        problems.append(f"position_upper above the configured hard limit for {above}")
+    if np.any(lower >= upper):
+        problems.append(f"position_lower >= position_upper for {joints(lower >= upper)}")
+    for name in ("max_velocity", "max_acceleration"):
+        value, cap = arrays[name], np.asarray(getattr(hard, name))
+        if np.any(value <= 0):
+            problems.append(f"{name} must be > 0 for {joints(value <= 0)}")
+        if np.any(value > cap):
+            problems.append(f"{name} above the configured hard limit for {joints(value > cap)}")
+    step = changed.max_step_per_tick
+    if not (np.isfinite(step) and 0 < step <= hard.max_step_per_tick):
+        problems.append(
+            f"max_step_per_tick must be in (0, {hard.max_step_per_tick:g}] (the configured "
+            f"hard limit), got {step}"
+        )
+    return problems

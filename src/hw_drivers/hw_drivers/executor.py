@@ -26,6 +26,7 @@ cannot starve the queue because the ones already waiting keep their turn.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -223,6 +224,19 @@ class ChunkExecutor:
     @property
     def state(self) -> str:
         return self._state
+
+    def set_limits(self, limits: JointLimits, max_step_per_tick: float) -> None:
+        """New limits (live parameters) for the next tick and the next chunk's checks.
+
+        A command now outside tighter position limits is not jumped inside: the guard moves it
+        towards them at the (new) step, speed and acceleration limits.
+        """
+        if limits.num_joints != len(self.joint_names):
+            raise ValueError(f"{limits.num_joints} joint limits for {len(self.joint_names)} joints")
+        self.limits = limits
+        self.safety = dataclasses.replace(self.safety, max_step_per_tick=max_step_per_tick)
+        self.guard.limits = limits
+        self.guard.config = self.safety
 
     @property
     def hold_requested(self) -> bool:
