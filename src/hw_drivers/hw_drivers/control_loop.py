@@ -124,7 +124,10 @@ class ControlLoop:
             return False, f"backend fault while stopping ({result.error}): left as it is"
         if behavior == "hold" or self.rest_pose is None:
             return False, "holding the arm where it is (torque on)"
-        start = np.asarray(result.reading.positions, dtype=float)
+        # From where the motors are being told to be (the measurement lags the command):
+        # starting from the measurement would first pull the arm back by that lag.
+        last = self.executor.last_command
+        start = np.asarray(result.reading.positions if last is None else last, dtype=float)
         distance = float(np.max(np.abs(self.rest_pose - start))) if start.size else 0.0
         duration = max(distance / max(speed, 1e-6), period)
         steps = max(2, int(np.ceil(duration / period)) + 1)
@@ -137,7 +140,7 @@ class ControlLoop:
             positions=knots,
         )
         self.executor.hold(False)
-        submitted = self.executor.submit(chunk, now, start)
+        submitted = self.executor.submit(chunk, now, np.asarray(result.reading.positions))
         if not submitted.accepted:
             self.executor.hold(True)
             self.step(clock())
