@@ -159,11 +159,11 @@ class DriverNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
+        self.finish_on_exit()  # the link closes: the arm is left as exit_behavior says
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
+        self.finish_on_exit()
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_timers(self) -> None:
@@ -173,8 +173,8 @@ class DriverNode(LifecycleNode):
         self._control_timer = self._diag_timer = None
 
     def finish_on_exit(self) -> None:
-        """Process exit (any signal, or the launcher gone): hold, optionally return to rest and
-        release, as ``exit_behavior`` says; never torque off mid-motion."""
+        """Process exit (any signal, the launcher gone) or cleanup/shutdown: hold, optionally
+        return to rest and release, as ``exit_behavior`` says; never torque off mid-motion."""
         self._stop_timers()
         release = False
         if self._loop is not None:
