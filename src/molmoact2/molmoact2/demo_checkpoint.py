@@ -201,8 +201,10 @@ def ensure_demo_checkpoint(robot: str, log: Callable[[str], None] = print) -> Pa
             f"making the demo checkpoint for {robot} on first use (about a minute; cached in "
             f"{path}). Pass checkpoint:=<dir> for a real one."
         )
+        # Under the lock no one else is writing: partial directories are from killed runs.
+        for stale in path.parent.glob(f".{path.name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         staging = path.parent / f".{path.name}.partial-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
         try:
             write_demo_checkpoint(staging, robot, log=log)
             shutil.rmtree(path, ignore_errors=True)  # an older recipe's
