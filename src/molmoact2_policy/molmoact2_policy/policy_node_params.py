@@ -75,10 +75,11 @@ class PolicyNodeParams:
         default=90, metadata=_doc("JPEG quality 1..100 when image_encoding=jpeg.")
     )
     remote_image_size: int = field(
-        default=378,
+        default=0,
         metadata=_doc(
-            "Resize camera images to this square size (the model's input) before sending to a "
-            "remote server; 0 sends them at camera resolution."
+            "0 (default, as released): send camera images at their own resolution to a remote "
+            "server. N > 0: resize them to NxN on the robot with the model processor's kernel "
+            "(needs torch) to save bandwidth; with JPEG this changes what the model sees."
         ),
     )
     server_transport: str = field(
