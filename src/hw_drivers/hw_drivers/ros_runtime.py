@@ -75,7 +75,7 @@ class ProcessStop:
 
     ``install()`` (main thread, before ``rclpy.init``) sets the handlers and starts the watcher;
     ``on_stop(callback)`` registers what wakes the main loop (called from the watcher thread);
-    ``requested`` is set at the first stop; ``done(code)`` marks the cleanup finished.
+    ``requested`` is set at the first stop; ``done()`` marks the cleanup finished.
     """
 
     def __init__(
