@@ -11,6 +11,7 @@ complete; after SIGKILL no node keeps commanding the arm.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -155,7 +156,8 @@ class Graph:
     def kill_all(self) -> None:
         for pid in [self.proc.pid, *self.node_pids().values()]:
             if not _gone(pid):
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         self.proc.wait()
         self.reader.join(timeout=5)
 
@@ -208,7 +210,9 @@ def _stop_and_check(graph: Graph, signals: list[tuple[str, int]], think: bool, t
             os.killpg(graph.proc.pid, sig)
         else:
             for pid in pids.values():
-                os.kill(pid, sig)
+                # A node may already have stopped and been reaped (a loaded box can pause us).
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
     code = graph.proc.wait(timeout=STOP_TIMEOUT)
     graph.reader.join(timeout=10)
     log = graph.log
@@ -274,7 +278,8 @@ def test_nodes_stop_commanding_when_the_launcher_is_killed(demo_checkpoint, tmp_
     finally:
         for pid in pids.values():
             if not _gone(pid):
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         observer.close()
     # The recorder noticed too and closed its file.
     _check_recording(tmp_path / "rec", True, graph.log)
