@@ -224,9 +224,16 @@ def ensure_demo_checkpoint(robot: str, log: Callable[[str], None] = print) -> Pa
 
 
 def resolve_checkpoint(
-    robot: str, nodes: list[graph.NodeSpec], log: Callable[[str], None] = print
+    robot: str,
+    nodes: list[graph.NodeSpec],
+    log: Callable[[str], None] = print,
+    make: Callable[[str, Callable[[str], None]], Path] | None = None,
 ) -> list[graph.NodeSpec]:
-    """``nodes`` with the policy's ``checkpoint: demo`` replaced by the cached directory."""
+    """``nodes`` with the policy's ``checkpoint: demo`` replaced by the cached directory.
+
+    ``make(robot, log)`` finds or makes it (default ``ensure_demo_checkpoint``).
+    """
+    make = make or ensure_demo_checkpoint
     config = graph.load_robot_config(robot)
     resolved = []
     for node in nodes:
@@ -235,12 +242,35 @@ def resolve_checkpoint(
                 "checkpoint", config.params_for(graph.POLICY_NODE).get("checkpoint", "")
             )
             if value == DEMO_CHECKPOINT:
-                path = ensure_demo_checkpoint(robot, log)
+                path = make(robot, log)
                 node = dataclasses.replace(
                     node, overrides={**node.overrides, "checkpoint": str(path)}
                 )
         resolved.append(node)
     return resolved
+
+
+def ensure_in_child_process(robot: str, log: Callable[[str], None] = print) -> Path:
+    """``ensure_demo_checkpoint`` for ``ros2 launch``: the minute of training runs in a child.
+
+    Launch acts on Ctrl-C only between its actions; the child is in the terminal's process
+    group, so Ctrl-C stops the training at once and launch right after.
+    """
+    import subprocess
+
+    path = demo_checkpoint_dir(robot)
+    if is_current_demo_checkpoint(path):
+        log(f"demo checkpoint for {robot}: {path} (cached)")
+        return path
+    result = subprocess.run(
+        [sys.executable, "-m", "molmoact2.demo_checkpoint", robot],
+        stdout=subprocess.PIPE, text=True, check=False,
+    )  # its progress lines go to stderr, i.e. the user's terminal
+    if result.returncode != 0 or not is_current_demo_checkpoint(path):
+        raise RuntimeError(
+            f"the demo checkpoint for {robot} was not made (exit status {result.returncode})"
+        )
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,11 +74,14 @@ def launch_actions(robot: str, options: graph.LaunchOptions) -> list:
     import launch.logging
     from launch_ros.actions import Node
 
-    from molmoact2.demo_checkpoint import resolve_checkpoint
+    from molmoact2.demo_checkpoint import ensure_in_child_process, resolve_checkpoint
 
     log = launch.logging.get_logger("molmoact2")
+    nodes = resolve_checkpoint(
+        robot, graph.build_graph(robot, options), log=log.info, make=ensure_in_child_process
+    )
     actions = []
-    for spec in resolve_checkpoint(robot, graph.build_graph(robot, options), log=log.info):
+    for spec in nodes:
         actions.append(
             Node(
                 package=spec.package,
