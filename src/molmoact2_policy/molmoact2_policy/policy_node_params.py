@@ -126,7 +126,20 @@ class PolicyNodeParams:
         metadata=_doc("Seconds from the observation stamp to chunk row 0 (0: row 0 applies then)."),
     )
     marker_frame: str = field(
-        default="base_link", metadata=_doc("Frame of the predicted-trajectory markers.")
+        default="base_link",
+        metadata=_doc("Frame of the joint-space plot of each chunk (used without a URDF)."),
+    )
+    urdf: str = field(
+        default="",
+        metadata=_doc(
+            "Robot URDF (the shared `/**` key; the launch layer makes it absolute). With "
+            "end_effector_links, ~/predicted_chunk_markers shows each chunk's end-effector "
+            "path (FK of every row) in the URDF's root frame instead of the joint-space plot."
+        ),
+    )
+    end_effector_links: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc("URDF links whose predicted paths to draw (one per arm)."),
     )
     status_rate: float = field(default=1.0, metadata=_doc("Hz of ~/status and /diagnostics."))
     autostart: bool = field(
