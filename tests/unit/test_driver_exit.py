@@ -92,7 +92,10 @@ def test_rest_returns_slowly_to_the_start_pose(behavior):
     assert backend.disable_calls == (1 if release else 0)
     np.testing.assert_allclose(commands[-1], START, atol=0.05)
     steps = np.abs(np.diff(np.array(commands), axis=0)).max(axis=1)
-    assert steps.max() <= 0.5 * TICK * 1.5 + 1e-9  # at the exit speed, never a jump
+    # At the exit speed (0.5 rad/s); the executor's blend out of the hold may briefly go a
+    # little faster, never anywhere near a jump.
+    assert np.median(steps[steps > 0]) == pytest.approx(0.5 * TICK, rel=0.05)
+    assert steps.max() <= 2 * 0.5 * TICK + 1e-9
     assert clock.now - began <= 3.0 + 1e-6
 
 

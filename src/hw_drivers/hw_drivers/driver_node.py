@@ -27,7 +27,7 @@ from std_srvs.srv import SetBool, Trigger
 from hw_drivers.backends.base import BackendError
 from hw_drivers.backends.registry import BackendUnavailableError, make_backend
 from hw_drivers.control_loop import ControlLoop
-from hw_drivers.conversions import chunk_from_msg, joint_state_msg
+from hw_drivers.conversions import joint_state_msg
 from hw_drivers.driver_params import DriverParams
 from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import execution_summary, health_statuses, make_preflight
@@ -288,16 +288,7 @@ class DriverNode(LifecycleNode):
             return
         now = self._now()
         with self._lock:
-            try:
-                chunk = chunk_from_msg(msg)
-            except ValueError as err:
-                result = loop.executor.reject(f"shape: {err}")
-            else:
-                measured = loop.last_reading.positions if loop.last_reading is not None else None
-                if measured is None or loop.faulted:
-                    result = loop.executor.reject("backend: no measurement (backend faulted)")
-                else:
-                    result = loop.executor.submit(chunk, now, measured)
+            result = loop.submit_msg(msg, now)
         if not result.accepted:
             self.get_logger().warning(
                 f"chunk {msg.sequence} rejected: {result.reason}", throttle_duration_sec=_LOG_EVERY
@@ -308,29 +299,18 @@ class DriverNode(LifecycleNode):
             response.success, response.message = False, "driver is not configured"
             return response
         with self._lock:
-            self._loop.executor.estop()
+            message = self._loop.estop()
         self.get_logger().warning("E-STOP latched: holding until ~/reset")
-        response.success, response.message = True, "e-stop latched; call ~/reset to resume"
+        response.success, response.message = True, message
         return response
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
-        loop = self._loop
-        if loop is None:
+        if self._loop is None:
             response.success, response.message = False, "driver is not configured"
             return response
         with self._lock:
-            if loop.faulted:
-                response.success = False
-                response.message = f"backend faulted: {loop.stats.last_error}"
-                return response
-            try:
-                reading = loop.backend.read_state()
-            except BackendError as err:
-                response.success, response.message = False, f"cannot read the robot: {err}"
-                return response
-            loop.executor.reset(reading.positions)
-        self.get_logger().info("reset: holding at the measured pose; next chunk ramps in")
-        response.success, response.message = True, "reset; next chunk ramps in from measured"
+            response.success, response.message = self._loop.reset()
+        self.get_logger().info(response.message)
         return response
 
     def _on_hold(self, request: SetBool.Request, response: SetBool.Response):
@@ -338,9 +318,7 @@ class DriverNode(LifecycleNode):
             response.success, response.message = False, "driver is not configured"
             return response
         with self._lock:
-            self._loop.executor.hold(bool(request.data))
-        response.success = True
-        response.message = "holding" if request.data else "following chunks"
+            response.success, response.message = self._loop.hold(bool(request.data))
         return response
 
     def _on_set_parameters(self, parameters):
@@ -405,6 +383,9 @@ class DriverNode(LifecycleNode):
             hardware = health_statuses(loop, self.params)
             stats = loop.executor.stats
             state = loop.executor.state
+            fault = loop.executor.fault
+            now = self._now()
+            recent = stats.rejected_recently(now)
             values = {
                 "state": "fault" if loop.faulted else state,
                 "backend": self.params.backend,
@@ -412,8 +393,11 @@ class DriverNode(LifecycleNode):
                 "target_rate": f"{self.params.control_rate:g}",
                 "accepted_chunks": str(stats.accepted),
                 "rejected_chunks": str(stats.rejected_total),
+                "rejected_recently": str(recent),
+                "rejection_window_s": f"{self.params.rejection_window:g}",
                 "rejected_by_reason": ", ".join(f"{k}={v}" for k, v in stats.rejected.items()),
                 "last_reject_reason": stats.last_reject_reason,
+                "command_fault": fault,
                 "clamped_ticks": str(stats.clamped_ticks),
                 "splices": str(stats.splices),
                 "watchdog_holds": str(stats.watchdog_holds),
@@ -429,16 +413,19 @@ class DriverNode(LifecycleNode):
         status = DiagnosticStatus()
         status.name = f"{self.get_fully_qualified_name()}: driver"
         status.hardware_id = f"{self.params.robot or 'robot'}:{self.params.backend}"
-        if faulted or state == "estop":
+        if faulted or state in ("estop", "fault"):
             status.level = DiagnosticStatus.ERROR
             status.message = (
-                f"backend fault: {loop.stats.last_error}" if faulted else "e-stop latched"
+                f"backend fault: {loop.stats.last_error}" if faulted
+                else "e-stop latched" if state == "estop"
+                else f"command fault: {fault}"
             )
-        elif not ticks.rate >= 0.9 * self.params.control_rate or stats.rejected_total:
+        elif not ticks.rate >= 0.9 * self.params.control_rate or recent:
             status.level = DiagnosticStatus.WARN
             status.message = (
                 f"{state}; tick rate {ticks.rate:.0f}/{self.params.control_rate:g} Hz; "
-                f"{stats.rejected_total} chunks rejected"
+                f"{recent} chunks rejected in the last {self.params.rejection_window:g} s; "
+                f"last: {stats.last_reject_reason}"
             )
         else:
             status.level = DiagnosticStatus.OK

@@ -116,8 +116,23 @@ class DriverParams:
     max_start_deviation: float = _f(
         0.5, "reject a chunk whose first executed action is this far from measured [rad]"
     )
-    ramp_in_time: float = _f(1.0, "ramp from the measured pose after start/reset [s]")
+    ramp_in_time: float = _f(
+        1.0, "blend from the held command into the first chunk after start/reset/hold [s]"
+    )
     watchdog_timeout: float = _f(0.5, "no accepted chunk for this long -> hold [s]")
+    chunk_rate: float = _f(
+        0.0,
+        "expected action rate of the chunks [Hz] (0: the embodiment's); step_dt must be within "
+        "4x of 1/chunk_rate and no shorter than one control tick",
+    )
+    max_chunk_duration: float = _f(10.0, "reject chunks whose horizon * step_dt is longer [s]")
+    max_chunk_lead: float = _f(
+        0.25, "reject chunks stamped, or starting, further ahead of the driver's clock [s]"
+    )
+    max_chunk_age: float = _f(2.0, "reject chunks whose stamp is older than this [s]")
+    rejection_window: float = _f(
+        10.0, "diagnostics: WARN while chunks were rejected within this many seconds"
+    )
     on_fault: str = _f("hold", "on a backend fault: hold (keep torque) | disable (torque off)")
     reconnect_period: float = _f(1.0, "seconds between reconnect attempts after a fault")
     exit_behavior: str = _f(
@@ -191,6 +206,12 @@ class DriverParams:
         if not (self.exit_speed > 0 and 0 <= self.exit_timeout <= 3.5):
             # The process must be gone within launch's 5 s SIGINT -> SIGTERM window.
             problems.append("exit_speed must be > 0 and exit_timeout within 0..3.5 s")
+        if self.chunk_rate < 0:
+            problems.append("chunk_rate must be >= 0")
+        if min(self.max_chunk_duration, self.max_chunk_lead, self.max_chunk_age) <= 0:
+            problems.append("max_chunk_duration, max_chunk_lead and max_chunk_age must be > 0")
+        if self.rejection_window <= 0:
+            problems.append("rejection_window must be > 0")
         if self.on_fault not in ON_FAULT:
             problems.append(f"on_fault {self.on_fault!r} is not one of {ON_FAULT}")
         if self.sim_time_constant <= 0 or self.sim_noise_std < 0:
@@ -258,14 +279,33 @@ class DriverParams:
             max_acceleration=np.array(self.max_acceleration),
         )
 
-    def safety_config(self):
-        from hw_drivers.safety import SafetyConfig
+    def expected_chunk_rate(self) -> float:
+        """``chunk_rate``, or the embodiment's trained action rate, or 0 when neither is known."""
+        if self.chunk_rate > 0:
+            return self.chunk_rate
+        if not self.embodiment:
+            return 0.0
+        try:  # the model's table is the one source of this fact; the driver runs without it
+            from molmoact2_policy.embodiments import EMBODIMENTS
+        except ImportError:
+            return 0.0
+        spec = EMBODIMENTS.get(self.embodiment)
+        return spec.rate_hz if spec is not None else 0.0
 
+    def safety_config(self):
+        from hw_drivers.safety import SafetyConfig, step_dt_bounds
+
+        min_step_dt, max_step_dt = step_dt_bounds(self.control_rate, self.expected_chunk_rate())
         return SafetyConfig(
             max_step_per_tick=self.max_step_per_tick,
             max_start_deviation=self.max_start_deviation,
             ramp_in_time=self.ramp_in_time,
             watchdog_timeout=self.watchdog_timeout,
+            min_step_dt=min_step_dt,
+            max_step_dt=max_step_dt,
+            max_chunk_duration=self.max_chunk_duration,
+            max_chunk_lead=self.max_chunk_lead,
+            max_chunk_age=self.max_chunk_age,
         )
 
     def executor_config(self):
@@ -277,6 +317,7 @@ class DriverParams:
             blend_window=self.blend_window,
             average_weight_new=self.average_weight_new,
             dry_run=self.dry_run,
+            rejection_window=self.rejection_window,
         )
 
 

@@ -598,6 +598,18 @@ class PolicyNode(LifecycleNode):
                 return "waiting_for_inputs"
             return "running"
 
+    def _judge_inputs_now(self, now_ns: int) -> None:
+        """Re-judge the inputs at status time: when every input stops no callback runs to notice,
+        and the status must not go on saying ``running``."""
+        with self._lock:
+            if self._assembler is None or self._lifecycle_state != "active":
+                return
+            if not self._instruction:
+                return
+            built = self._assembler.build(now_ns)
+            if isinstance(built, Rejection):
+                self._rejection = built
+
     def _publish_status(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
@@ -605,6 +617,7 @@ class PolicyNode(LifecycleNode):
 
         now = self.get_clock().now()
         now_ns = now.nanoseconds
+        self._judge_inputs_now(now_ns)
         state = self.status_state()
         with self._lock:
             msg = PolicyStatus()
