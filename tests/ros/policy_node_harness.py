@@ -34,7 +34,7 @@ def yam_params(**overrides: Any) -> dict[str, Any]:
     section = config.get(f"/**/{NODE}") or config[NODE]
     params.update(section["ros__parameters"])
     # Tests: a fixed seed so chunks are reproducible, fast status, no rate cap surprises.
-    params.update({"seed": 0, "status_rate": 5.0})
+    params.update({"seed": 0, "status_rate": 5.0, "checkpoint": "tiny"})
     params.update(overrides)
     return params
 

@@ -1,7 +1,20 @@
-"""A take() that races rclpy's shutdown ends a node cleanly; the same error while running
-does not go unnoticed."""
+"""Node processes stop cleanly however they are stopped (``hw_drivers.ros_runtime``).
+
+A probe node (tests/ros/stop_probe_node.py) runs through the same runtime helper as every node
+of the suite. Signals are sent as a terminal and launch send them: SIGINT to the process group
+and at once SIGINT again to the node; SIGTERM; SIGHUP; and the launcher killed with SIGKILL.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -9,13 +22,181 @@ from hw_drivers.ros_runtime import spin_until_shutdown
 
 pytestmark = pytest.mark.ros
 
+REPO = Path(__file__).resolve().parents[2]
+PROBE = str(REPO / "tests" / "ros" / "stop_probe_node.py")
+STOP_BOUND = 15.0  # generous for a loaded 2-core box; the node's own deadline is 3 s
+
+
+class Output:
+    """Collects a process's output lines; ``wait_for`` blocks until a line contains a text."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream) -> None:
+        for line in stream:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("")  # EOF marker
+            self._cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.lines and self.lines[-1] == ""):
+                    raise AssertionError(f"no {text!r} in output:\n{self.text}")
+                self._cond.wait(left)
+
+    def close(self) -> str:
+        self._thread.join(timeout=10)
+        return self.text
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def start_probe(mode: str, **popen) -> tuple[subprocess.Popen, Output]:
+    proc = subprocess.Popen(
+        [sys.executable, "-u", PROBE, mode],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal gives a launch
+        **popen,
+    )
+    output = Output(proc.stdout)
+    output.wait_for("ready pid=")
+    return proc, output
+
+
+def stop_and_wait(proc: subprocess.Popen, signals: list[int], group_first: bool) -> int:
+    try:
+        for index, sig in enumerate(signals):
+            if index == 0 and group_first:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+        return proc.wait(timeout=STOP_BOUND)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("signals", "group_first"),
+    [
+        ([signal.SIGINT, signal.SIGINT], True),  # terminal Ctrl-C, then launch's SIGINT
+        ([signal.SIGTERM], False),
+        ([signal.SIGHUP], True),  # terminal closed
+        ([signal.SIGINT, signal.SIGTERM, signal.SIGINT], True),  # an impatient user
+    ],
+    ids=["sigint-twice", "sigterm", "sighup", "int-term-int"],
+)
+def test_every_stop_signal_ends_the_node_cleanly_once(signals, group_first):
+    proc, output = start_probe("quick")
+    code = stop_and_wait(proc, signals, group_first)
+    log = output.close()
+    assert code == 0, log
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log
+    assert log.count("on_exit ran") == 1, log
+    # Signals sent back to back may be taken in either order; the first one starts the stop.
+    assert log.count("stopping: ") == 1, log
+    assert any(f"stopping: {signal.Signals(s).name}" in log for s in signals), log
+
+
+def test_a_call_in_flight_does_not_hold_up_the_stop():
+    # A worker thread stuck in a long call (an inference): the node waits for it briefly,
+    # then exits 0 without the interpreter waiting on that thread.
+    proc, output = start_probe("busy")
+    code = stop_and_wait(proc, [signal.SIGINT, signal.SIGINT], group_first=True)
+    log = output.close()
+    assert code == 0, log
+    assert "Traceback" not in log and "terminate called" not in log, log
+
+
+def test_a_cleanup_that_hangs_is_ended_by_the_deadline_with_an_error():
+    proc, output = start_probe("hang")
+    code = stop_and_wait(proc, [signal.SIGTERM], group_first=False)
+    log = output.close()
+    assert code == 1, log
+    # The phase it names is where the main thread was (cleanup here, unless a loaded machine
+    # kept it from even leaving its spin loop in 3 s); either way the exit is an error.
+    assert "did not stop within 3 s of SIGTERM (stuck in: " in log, log
+
+
+def _gone(pid: int) -> bool:
+    """The process exited (reaped, or a zombie nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_nodes_stop_when_their_launcher_is_killed():
+    # The launcher starts the probe and waits; the probe shares our pipe, so its output is
+    # still readable after the launcher is gone.
+    launcher = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys; subprocess.Popen([sys.executable, '-u', sys.argv[1], "
+         "'quick']).wait()", PROBE],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    output = Output(launcher.stdout)
+    try:
+        pid = int(output.wait_for("ready pid=").rsplit("pid=", 1)[1])
+        launcher.kill()
+        launcher.wait()
+        output.wait_for("on_exit ran", timeout=STOP_BOUND)
+        deadline = time.monotonic() + STOP_BOUND
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(pid), output.text
+    finally:
+        with_pid = [line for line in output.lines if "ready pid=" in line]
+        if with_pid:
+            stray = int(with_pid[0].rsplit("pid=", 1)[1])
+            if not _gone(stray):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stray, signal.SIGKILL)
+    log = output.close()
+    assert "stopping: parent process exited" in log, log
+    assert "Traceback" not in log, log
+
+
+def test_under_nohup_sighup_does_not_stop_the_node():
+    proc, output = start_probe(
+        "quick", preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    )
+    os.killpg(proc.pid, signal.SIGHUP)
+    # Still publishing after the hangup: wait for it to say so through a second stop signal.
+    code = stop_and_wait(proc, [signal.SIGTERM], group_first=False)
+    log = output.close()
+    assert code == 0, log
+    assert "stopping: SIGTERM" in log and "SIGHUP" not in log, log
+
 
 class RaisingExecutor:
     def __init__(self, context, shutdown_first: bool) -> None:
         self.context = context
         self.shutdown_first = shutdown_first
 
-    def spin(self) -> None:
+    def spin_once(self, timeout_sec=None) -> None:
         import rclpy
 
         if self.shutdown_first:

@@ -30,9 +30,12 @@ def camera_and_recorder(tmp_path, **camera_overrides):
 
 def test_clean_stop_flushes_the_recording(tmp_path):
     output = io.StringIO()
-    run = Supervisor(camera_and_recorder(tmp_path), output=output).run(
-        duration=6.0, install_signal_handlers=False
-    )
+    # Counted from the recorder subscribing, not from the start: process start-up on a loaded
+    # machine can take longer than any fixed duration.
+    run = Supervisor(
+        camera_and_recorder(tmp_path), output=output,
+        ready=("recorder", "recording /cameras/wrist/image_raw"),
+    ).run(duration=3.0, install_signal_handlers=False)
     log = output.getvalue()
     assert run.exit_code == 0, log
     assert run.failed_node is None
@@ -50,8 +53,8 @@ def test_a_node_that_dies_stops_the_graph_with_an_error(tmp_path):
     assert run.failed_node == "sim_cameras"
     assert "node sim_cameras exited unexpectedly" in output.getvalue()
     assert "rate must be positive" in output.getvalue()
-    # The other nodes were stopped, and the recorder still closed its file properly.
-    assert run.node_exit_codes["recorder"] in (0, -2, 130)
+    # The other nodes were stopped cleanly, and the recorder still closed its file properly.
+    assert run.node_exit_codes["recorder"] == 0
     list(read_messages(tmp_path / "rec.mcap"))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from molmoact2.demo_checkpoint import demo_target, is_current_demo_checkpoint
+from molmoact2.demo_checkpoint import DEMO_RECIPE, demo_target, is_current_demo_checkpoint
 
 
 def test_demo_target_is_smooth_and_starts_grippers_where_they_are():
@@ -23,3 +23,59 @@ def test_stale_or_missing_demo_checkpoints_are_rebuilt(tmp_path):
     assert not is_current_demo_checkpoint(tmp_path)
     (tmp_path / "DEMO_CHECKPOINT.txt").write_text("... recipe 1, seed 0 ...")
     assert not is_current_demo_checkpoint(tmp_path)
+
+
+def _fake_writer(calls):
+    """Stands in for the minute of fine-tuning: writes the marker like the real writer."""
+    from molmoact2 import demo_checkpoint
+
+    def write(path, robot, *, log=print, **_kw):
+        calls.append(robot)
+        path.mkdir(parents=True)
+        (path / demo_checkpoint.MARKER_FILE).write_text(
+            f"demo for {robot} (recipe {demo_checkpoint.DEMO_RECIPE}, seed 0)\n"
+        )
+        return path
+
+    return write
+
+
+def test_demo_checkpoint_is_made_on_first_use_then_reused(tmp_path, monkeypatch):
+    from molmoact2 import demo_checkpoint
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls: list[str] = []
+    monkeypatch.setattr(demo_checkpoint, "write_demo_checkpoint", _fake_writer(calls))
+    stale = tmp_path / "molmoact2" / "demo_checkpoints" / f".yam-recipe{DEMO_RECIPE}.partial-1"
+    stale.mkdir(parents=True)  # left by a run that was killed mid-way
+    said: list[str] = []
+    first = demo_checkpoint.ensure_demo_checkpoint("yam", log=said.append)
+    assert first == tmp_path / "molmoact2" / "demo_checkpoints" / f"yam-recipe{DEMO_RECIPE}"
+    assert is_current_demo_checkpoint(first) and not stale.exists()
+    assert any("on first use" in line for line in said)
+    said.clear()
+    assert demo_checkpoint.ensure_demo_checkpoint("yam", log=said.append) == first
+    assert calls == ["yam"] and any("(cached)" in line for line in said)
+
+
+def test_launch_resolves_only_the_demo_checkpoint(tmp_path, monkeypatch):
+    from molmoact2 import demo_checkpoint, graph
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls: list[str] = []
+    monkeypatch.setattr(demo_checkpoint, "write_demo_checkpoint", _fake_writer(calls))
+
+    def policy_checkpoint(options):
+        nodes = demo_checkpoint.resolve_checkpoint(
+            "so101", graph.build_graph("so101", options), log=lambda _t: None
+        )
+        policy = next(n for n in nodes if n.name == graph.POLICY_NODE)
+        return policy.overrides.get("checkpoint")
+
+    # The config's default is the demo checkpoint: resolved to the cached directory.
+    assert policy_checkpoint(graph.LaunchOptions()) == str(
+        demo_checkpoint.demo_checkpoint_dir("so101")
+    )
+    assert policy_checkpoint(graph.LaunchOptions(checkpoint="tiny")) == "tiny"
+    assert policy_checkpoint(graph.LaunchOptions(checkpoint="/models/x")) == "/models/x"
+    assert calls == ["so101"]

@@ -20,6 +20,7 @@ connect.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +28,18 @@ from typing import Any
 import numpy as np
 
 from hw_drivers.backends.base import Backend, BackendError, JointReading
+from hw_drivers.chunk import Chunk
 from hw_drivers.conversions import chunk_from_msg
+from hw_drivers.driver_params import EXIT_BEHAVIORS
 from hw_drivers.executor import ChunkExecutor, Command, SubmitResult
 from hw_drivers.preflight import PreflightReport
+
+# What the arm does when the driver process stops (parameter ``exit_behavior``, EXIT_BEHAVIORS):
+# hold: stop following chunks and keep holding where it is, torque on (the default: safe for
+#   any arm, never drops one);
+# rest: return slowly to the pose measured when the driver started, then hold;
+# rest_then_release: the same, then torque off, only if the rest pose was reached.
+REST_TOLERANCE = 0.05  # [rad] the rest pose counts as reached within this of every joint
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class ControlLoop:
         self.faulted = False
         self._last_attempt = float("-inf")
         self.last_reading: JointReading | None = None
+        self.rest_pose: np.ndarray | None = None  # measured at the first start
         self.preflight = preflight
         self.last_preflight: PreflightReport | None = None
         self.shadow = bool(shadow)
@@ -129,6 +140,8 @@ class ControlLoop:
         reading = self._read()
         self.executor.start(reading.positions)
         self.last_reading = reading
+        if self.rest_pose is None:
+            self.rest_pose = np.array(reading.positions, dtype=float, copy=True)
         self._hold_pose = reading.positions.copy()
         self.faulted = False
         return reading
@@ -137,13 +150,89 @@ class ControlLoop:
         """Stop following chunks; the motors keep holding their last target."""
         self.executor.hold(True)
 
-    def shutdown(self) -> None:
-        """Torque off and close the link (never raises)."""
-        for action in (self.backend.disable, self.backend.disconnect):
+    def shutdown(self, release: bool = True) -> None:
+        """Close the link, torque off first when ``release`` (never raises)."""
+        actions = (self.backend.disable, self.backend.disconnect) if release else (
+            self.backend.disconnect,
+        )
+        for action in actions:
             try:
                 action()
             except BackendError as err:
                 self.stats.last_error = str(err)
+
+    def finish(
+        self,
+        behavior: str,
+        *,
+        period: float,
+        speed: float,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> tuple[bool, str]:
+        """The arm's last moves before the process ends: (release torque?, what happened).
+
+        Always holds first. ``rest`` moves to ``rest_pose`` at ``speed`` [rad/s] as an ordinary
+        chunk through the executor (same limits and clamps as every other command), ticking
+        every ``period`` for at most ``timeout`` seconds, then holds wherever it got to. Torque
+        is released only for ``rest_then_release`` with the rest pose reached.
+        """
+        if behavior not in EXIT_BEHAVIORS:
+            raise ValueError(f"exit_behavior must be one of {EXIT_BEHAVIORS}, got {behavior!r}")
+        self.executor.hold(True)
+        if self.faulted or self.last_reading is None:
+            return False, "backend not running: left as it is"
+        now = clock()
+        result = self.step(now)
+        if result.reading is None or self.faulted:
+            return False, f"backend fault while stopping ({result.error}): left as it is"
+        if behavior == "hold" or self.rest_pose is None:
+            return False, "holding the arm where it is (torque on)"
+        # From where the motors are being told to be (the measurement lags the command):
+        # starting from the measurement would first pull the arm back by that lag.
+        last = self.executor.last_command
+        start = np.asarray(result.reading.positions if last is None else last, dtype=float)
+        distance = float(np.max(np.abs(self.rest_pose - start))) if start.size else 0.0
+        duration = max(distance / max(speed, 1e-6), period)
+        # Knots at a step the safety layer accepts for this driver (it checks every chunk's
+        # step_dt against the policy's action period); the last knots sit at the rest pose.
+        safety = self.executor.safety
+        step = float(np.sqrt(safety.min_step_dt * safety.max_step_dt))
+        steps = max(2, int(np.ceil(duration / step)) + 1)
+        fraction = np.minimum(1.0, np.arange(steps) * step / duration)
+        knots = start + fraction[:, None] * (self.rest_pose - start)
+        chunk = Chunk(
+            stamp=now,
+            start_offset=0.0,
+            step_dt=step,
+            joint_names=self.executor.joint_names,
+            positions=knots,
+        )
+        self.executor.hold(False)
+        submitted = self.executor.submit(chunk, now, np.asarray(result.reading.positions))
+        if not submitted.accepted:
+            self.executor.hold(True)
+            self.step(clock())
+            return False, f"return to rest refused ({submitted.reason}): holding"
+        deadline = now + min(timeout, duration + 0.5)
+        reading = result.reading
+        while clock() < deadline:
+            sleep(period)
+            result = self.step(clock())
+            if result.reading is None or self.faulted:
+                return False, f"backend fault on the way to rest ({result.error}): stopped"
+            reading = result.reading
+            if np.max(np.abs(reading.positions - self.rest_pose)) <= REST_TOLERANCE:
+                break
+        self.executor.hold(True)
+        self.step(clock())
+        error = float(np.max(np.abs(reading.positions - self.rest_pose)))
+        if error > REST_TOLERANCE:
+            return False, f"rest pose not reached in {timeout:g} s ({error:.3f} rad off): holding"
+        if behavior == "rest_then_release":
+            return True, "at the rest pose: torque off"
+        return False, "at the rest pose: holding (torque on)"
 
     def step(self, now: float) -> StepResult:
         """One control tick at time ``now``."""

@@ -116,10 +116,10 @@ class DriverNode(LifecycleNode):
         self._last_preflight_text = ""
         self._state_period = 1.0 / params.state_publish_rate if params.state_publish_rate else 0
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self._joint_pub = self.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
-        self._command_pub = self.create_publisher(
-            JointState, "~/commanded_joint_states", qos_profile_sensor_data
-        )
+        # State and commands reliable, as ros2_control's joint_state_broadcaster publishes
+        # joint_states: default (reliable) subscribers and best-effort ones both match.
+        self._joint_pub = self.create_publisher(JointState, "joint_states", reliable)
+        self._command_pub = self.create_publisher(JointState, "~/commanded_joint_states", reliable)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
         self._chunk_sub = self.create_subscription(
             ActionChunk,
@@ -198,11 +198,11 @@ class DriverNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
+        self.finish_on_exit()  # the link closes: the arm is left as exit_behavior says
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
+        self.finish_on_exit()
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_timers(self) -> None:
@@ -211,11 +211,28 @@ class DriverNode(LifecycleNode):
                 self.destroy_timer(timer)
         self._control_timer = self._diag_timer = None
 
-    def _teardown(self) -> None:
+    def finish_on_exit(self) -> None:
+        """Process exit (any signal, the launcher gone) or cleanup/shutdown: hold, optionally
+        return to rest and release, as ``exit_behavior`` says; never torque off mid-motion."""
+        self._stop_timers()
+        release = False
+        if self._loop is not None:
+            p = self.params
+            with self._lock:
+                release, what = self._loop.finish(
+                    p.exit_behavior,
+                    period=1.0 / p.control_rate,
+                    speed=p.exit_speed,
+                    timeout=p.exit_timeout,
+                )
+            self.get_logger().info(f"stopped: {what}")
+        self._teardown(release=release)
+
+    def _teardown(self, release: bool = True) -> None:
         self._stop_timers()
         if self._loop is not None:
             with self._lock:
-                self._loop.shutdown()
+                self._loop.shutdown(release=release)
             self._loop = None
         for service in getattr(self, "_driver_services", []):
             self.destroy_service(service)
@@ -458,7 +475,7 @@ class DriverNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> None:
     """Console script ``driver_node``."""
-    run_lifecycle_node(DriverNode, args, on_exit=lambda node: node._teardown())
+    run_lifecycle_node(DriverNode, args, on_exit=lambda node: node.finish_on_exit())
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import numpy as np
 
 BACKENDS = ("sim", "damiao", "feetech", "franky", "ros2_control")
 ON_FAULT = ("hold", "disable")
+EXIT_BEHAVIORS = ("hold", "rest", "rest_then_release")  # see hw_drivers.control_loop
 EXECUTION = ("auto", "shadow", "live")
 PREFLIGHT = ("auto", "on", "off")
 
@@ -134,6 +135,15 @@ class DriverParams:
     )
     on_fault: str = _f("hold", "on a backend fault: hold (keep torque) | disable (torque off)")
     reconnect_period: float = _f(1.0, "seconds between reconnect attempts after a fault")
+    exit_behavior: str = _f(
+        "hold",
+        "when the driver stops: hold (keep holding, torque on) | rest (return slowly to the "
+        "pose measured at start, then hold) | rest_then_release (then torque off)",
+    )
+    exit_speed: float = _f(0.3, "joint speed of the return to the rest pose on exit [rad/s]")
+    exit_timeout: float = _f(
+        3.0, "at most this long for the return to rest [s]; then it holds where it got to"
+    )
     # -- sim backend --
     sim_time_constant: float = _f(0.05, "sim: first-order joint time constant [s]")
     sim_noise_std: float = _f(0.0, "sim: std of Gaussian measurement noise [rad]")
@@ -191,6 +201,11 @@ class DriverParams:
             problems.append("average_weight_new must be in [0, 1]")
         if self.watchdog_timeout <= 0 or self.max_start_deviation <= 0:
             problems.append("watchdog_timeout and max_start_deviation must be > 0")
+        if self.exit_behavior not in EXIT_BEHAVIORS:
+            problems.append(f"exit_behavior {self.exit_behavior!r} is not one of {EXIT_BEHAVIORS}")
+        if not (self.exit_speed > 0 and 0 <= self.exit_timeout <= 3.5):
+            # The process must be gone within launch's 5 s SIGINT -> SIGTERM window.
+            problems.append("exit_speed must be > 0 and exit_timeout within 0..3.5 s")
         if self.chunk_rate < 0:
             problems.append("chunk_rate must be >= 0")
         if min(self.max_chunk_duration, self.max_chunk_lead, self.max_chunk_age) <= 0:

@@ -1,25 +1,271 @@
-"""Spinning a node process until it is told to stop (shared by every node's ``main``)."""
+"""Running a node process from start to a clean stop (every node's ``main``).
+
+How users stop a graph, and what each node process must survive:
+
+- a terminal's Ctrl-C sends SIGINT to every process of the foreground group, and ``ros2 launch``
+  (or ``molmoact2 launch``) then sends SIGINT to each node again, milliseconds later;
+- launch escalates to SIGTERM after 5 s and SIGKILL after 5 more;
+- closing the terminal sends SIGHUP;
+- a launcher killed with SIGKILL leaves its nodes orphaned: nobody will ever signal them.
+
+rclpy's own handlers turn SIGINT into a ``KeyboardInterrupt`` raised at whatever line the main
+thread is executing. A second SIGINT then lands inside the cleanup (a thread join, a
+``destroy_node``), the cleanup is abandoned half-way and the interpreter tears down with an
+inference thread still inside torch ("terminate called without an active exception"); a
+``KeyboardInterrupt`` that lands between a lock's acquire and the ``with`` block that releases it
+leaves the lock held for ever, and a SIGTERM (which rclpy turns into a context shutdown only) can
+no longer move a main thread blocked on it. So rclpy installs no handler here. Stop signals only
+set a flag; a watcher thread (woken through ``signal.set_wakeup_fd``, so it acts even while the
+main thread is busy in C code) wakes the executor; the main thread leaves its spin loop at a
+point of its choosing and runs the node's cleanup once, in order, with every later signal
+ignored. A deadline bounds the whole stop: if cleanup has not finished ``exit_timeout`` seconds
+after the first signal, the process logs where it was stuck and exits non-zero.
+
+The parent launcher's death is noticed through ``PR_SET_PDEATHSIG`` (Linux) and, as a fallback,
+by polling ``getppid()``: the node then stops exactly as on SIGTERM (drivers hold the arm).
+A node started with SIGHUP ignored (``nohup``) keeps running when its terminal or parent goes.
+
+The process ends with ``os._exit`` after its cleanup: the node's own work (holding the arm,
+closing the recording, stopping inference) is done by then, and the interpreter's finalisation
+with a daemon thread still inside a torch call can hang or abort.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
+# Stop at most this long after the first stop signal; launch escalates to SIGTERM after 5 s.
+DEFAULT_EXIT_TIMEOUT = 4.0
+# How often the watcher checks that the parent process still exists (fallback to PDEATHSIG).
+PARENT_POLL_PERIOD = 0.5
+# The signal the kernel sends when the parent dies (PR_SET_PDEATHSIG). A dedicated signal, so a
+# spurious one (the kernel also sends it when the parent *thread* that started us exits) can be
+# told apart from a user's SIGTERM and ignored while the parent process lives.
+PARENT_DEATH_SIGNAL = signal.SIGUSR2
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+ENV_IGNORE_PARENT = "MOLMOACT2_IGNORE_PARENT_EXIT"
+_PR_SET_PDEATHSIG = 1
+EARLY_PHASES = ("starting", "building the node", "configuring")
 
-def spin_until_shutdown(executor: Any) -> None:
-    """Spin ``executor`` until Ctrl-C, SIGTERM or an external shutdown.
 
-    rclpy shuts the context down from its signal handler while the executor may be in the
-    middle of taking a message; the take then fails with a RuntimeError. That is part of
-    stopping, not a fault, so it must not turn a clean stop into a non-zero exit (which the
-    supervisor would report as a node failure). The same error while the context is still
-    running is a real fault and propagates.
+def _set_parent_death_signal(signum: int) -> bool:
+    """Ask the kernel to send ``signum`` when the parent exits (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class ProcessStop:
+    """Turns stop signals and the parent's death into one orderly, bounded stop.
+
+    ``install()`` (main thread, before ``rclpy.init``) sets the handlers and starts the watcher;
+    ``on_stop(callback)`` registers what wakes the main loop (called from the watcher thread);
+    ``requested`` is set at the first stop; ``done()`` marks the cleanup finished.
+    """
+
+    def __init__(
+        self,
+        exit_timeout: float = DEFAULT_EXIT_TIMEOUT,
+        log: Callable[[str], None] | None = None,
+        exit_process: Callable[[int], None] = os._exit,
+        watch_parent: bool | None = None,
+    ) -> None:
+        self.exit_timeout = exit_timeout
+        self.requested = threading.Event()
+        self.reason = ""
+        self.phase = "starting"  # what the main thread is doing; named if the deadline passes
+        self._log = log or _write_stderr
+        self._exit_process = exit_process
+        self._watch_parent = watch_parent
+        self._callbacks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._finished = threading.Event()
+        self._deadline: float | None = None
+        self._parent = os.getppid()
+        self._pipe: tuple[int, int] | None = None
+        self._previous: dict[int, Any] = {}
+        self._previous_wakeup_fd: int | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- setup ------------------------------------------------------------------------------
+
+    def install(self) -> None:
+        hup_ignored = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        watch_parent = self._watch_parent
+        if watch_parent is None:
+            # nohup (SIGHUP ignored) or an explicit opt-out: the user wants the node to outlive
+            # its terminal and parent.
+            watch_parent = not hup_ignored and not os.environ.get(ENV_IGNORE_PARENT)
+        self._watch_parent = watch_parent
+        for signum in STOP_SIGNALS:
+            if signum == signal.SIGHUP and hup_ignored:
+                continue
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+        if watch_parent:
+            self._previous[PARENT_DEATH_SIGNAL] = signal.signal(
+                PARENT_DEATH_SIGNAL, self._on_signal
+            )
+            _set_parent_death_signal(PARENT_DEATH_SIGNAL)
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        os.set_blocking(read_fd, False)
+        self._pipe = (read_fd, write_fd)
+        self._previous_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._watch, name="molmoact2-stop", daemon=True)
+        self._thread.start()
+        if watch_parent and os.getppid() != self._parent:
+            self.request("parent process exited")  # died before PDEATHSIG was set
+
+    def uninstall(self) -> None:
+        """Restore the previous handlers (in-process use, tests)."""
+        self._finished.set()
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+        if self._pipe is not None:
+            signal.set_wakeup_fd(
+                -1 if self._previous_wakeup_fd is None else self._previous_wakeup_fd
+            )
+            if self._thread is not None:
+                self._thread.join(timeout=2.0)
+            for fd in self._pipe:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._pipe = None
+
+    def log_to(self, logger: Any) -> None:
+        """Say what happens through the node's logger (with its name) from now on."""
+        self._log = lambda text: logger.info(text)
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` (from the watcher thread) when the stop is requested."""
+        with self._lock:
+            self._callbacks.append(callback)
+            already = self.requested.is_set()
+        if already:
+            self._run_callback(callback)
+
+    # ---- stopping ---------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """Main-thread part of a signal: nothing. The watcher thread acts on the wakeup byte."""
+
+    def request(self, reason: str) -> bool:
+        """Start the stop (first call only); returns False when already stopping."""
+        with self._lock:
+            if self.requested.is_set():
+                return False
+            self.reason = reason
+            self._deadline = time.monotonic() + self.exit_timeout
+            self.requested.set()
+            callbacks = list(self._callbacks)
+        self._log(f"stopping: {reason}")
+        for callback in callbacks:
+            self._run_callback(callback)
+        return True
+
+    def _run_callback(self, callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception as exc:  # waking a loop must never kill the watcher
+            self._log(f"stop callback failed: {type(exc).__name__}: {exc}")
+
+    def done(self) -> None:
+        """The node's cleanup finished: the deadline no longer applies."""
+        self._finished.set()
+
+    def _on_wakeup_bytes(self, data: bytes) -> None:
+        for signum in data:
+            if signum == PARENT_DEATH_SIGNAL:
+                if os.getppid() != self._parent:
+                    self.request("parent process exited")
+                continue  # our parent's starting thread ended; the parent itself lives
+            try:
+                name = signal.Signals(signum).name
+            except ValueError:
+                name = f"signal {signum}"
+            if not self.request(name) and signum in STOP_SIGNALS:
+                self._log(f"{name} while stopping ({self.reason}): already on the way out")
+
+    def _watch(self) -> None:
+        assert self._pipe is not None
+        read_fd = self._pipe[0]
+        while not self._finished.is_set():
+            timeout = PARENT_POLL_PERIOD
+            if self._deadline is not None:
+                timeout = min(timeout, max(0.0, self._deadline - time.monotonic()))
+            try:
+                readable, _, _ = select.select([read_fd], [], [], timeout)
+            except (OSError, ValueError):
+                return  # pipe closed by uninstall()
+            if readable:
+                try:
+                    data = os.read(read_fd, 64)
+                except BlockingIOError:
+                    data = b""
+                except OSError:
+                    return
+                self._on_wakeup_bytes(data)
+            if self._watch_parent and os.getppid() != self._parent:
+                self.request("parent process exited")
+            if (
+                self._deadline is not None
+                and time.monotonic() >= self._deadline
+                and not self._finished.is_set()
+            ):
+                # Before the node ran there is nothing to clean up: a stop during a long model
+                # load is a clean stop. Stuck anywhere later is a fault and must show.
+                early = self.phase in EARLY_PHASES
+                self._log(
+                    f"did not stop within {self.exit_timeout:g} s of {self.reason} "
+                    f"({'still ' if early else 'stuck in: '}{self.phase}); exiting now"
+                )
+                _flush_std_streams()
+                self._exit_process(0 if early else 1)
+                return
+
+
+def _write_stderr(text: str) -> None:
+    # The launcher that read our output may be gone (SIGKILL): a broken pipe is no fault.
+    with contextlib.suppress(Exception):
+        sys.stderr.write(f"[{_process_name()}] {text}\n")
+        sys.stderr.flush()
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def spin_until_shutdown(executor: Any, stop: ProcessStop | None = None) -> None:
+    """Spin ``executor`` until ``stop`` is requested or the context is shut down.
+
+    A take that races an external context shutdown fails with a RuntimeError; that is part of
+    stopping, not a fault. The same error while the context is still running propagates.
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
     try:
-        executor.spin()
+        while rclpy.ok(context=executor.context) and not (stop and stop.requested.is_set()):
+            # The timeout only bounds how long a missed wake-up could delay the stop.
+            executor.spin_once(timeout_sec=0.5)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except RuntimeError:
@@ -27,74 +273,115 @@ def spin_until_shutdown(executor: Any) -> None:
             raise
 
 
+def _run(
+    make_node: Callable[[], Any],
+    args: list[str] | None,
+    on_exit: Callable[[Any], None] | None,
+    lifecycle: bool,
+    exit_timeout: float,
+    exit_process: bool,
+) -> int:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    stop = ProcessStop(exit_timeout)
+    stop.install()
+    code = 0
+    node = None
+    executor = None
+    rclpy.init(
+        args=args if args is not None else sys.argv,
+        signal_handler_options=SignalHandlerOptions.NO,
+    )
+    try:
+        stop.phase = "building the node"
+        node = make_node()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        stop.log_to(node.get_logger())
+        stop.on_stop(executor.wake)
+        if lifecycle and node.params.autostart and not stop.requested.is_set():
+            from rclpy.lifecycle import TransitionCallbackReturn
+
+            stop.phase = "configuring"
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                if not stop.requested.is_set():
+                    stop.phase = "activating"
+                    node.trigger_activate()
+            else:
+                node.get_logger().error("configure failed; waiting for a lifecycle manager")
+        stop.phase = "running"
+        spin_until_shutdown(executor, stop)
+    except Exception as exc:
+        if isinstance(exc, ValueError) and stop.phase == "building the node":
+            # Parameters the node refuses: one clear line, no traceback.
+            sys.stderr.write(f"[{_process_name()}] invalid parameters: {exc}\n")
+        else:
+            traceback.print_exc()  # a real fault: the traceback is what its reader needs
+        code = 1
+    finally:
+        if node is not None and on_exit is not None:
+            stop.phase = "cleanup (on_exit)"
+            try:
+                on_exit(node)
+            except Exception:
+                traceback.print_exc()  # a bug in the node's cleanup: show where
+                code = 1
+        stop.phase = "destroying the node"
+        with contextlib.suppress(Exception):
+            if executor is not None:
+                executor.shutdown(timeout_sec=0.0)
+            if node is not None:
+                node.destroy_node()
+        stop.phase = "shutting down rclpy"
+        with contextlib.suppress(Exception):
+            rclpy.try_shutdown()
+        stop.done()
+        _flush_std_streams()
+    if exit_process:
+        os._exit(code)
+    stop.uninstall()
+    return code
+
+
+def _process_name() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "node"
+
+
 def run_node(
     make_node: Callable[[], Any],
     args: list[str] | None = None,
     on_exit: Callable[[Any], None] | None = None,
+    *,
+    exit_timeout: float = DEFAULT_EXIT_TIMEOUT,
+    exit_process: bool = True,
 ) -> int:
-    """``main()`` of a plain (non-lifecycle) node process: init, build, spin, clean up.
+    """``main()`` of a plain (non-lifecycle) node process: init, build, spin, stop cleanly.
 
-    ``on_exit(node)`` runs before the node is destroyed, also after Ctrl-C/SIGTERM: the place
-    to flush what must not be lost (recordings).
+    ``on_exit(node)`` runs once before the node is destroyed, however the process is stopped
+    (SIGINT, a second SIGINT, SIGTERM, SIGHUP, the parent's death): the place to flush what
+    must not be lost (recordings). With ``exit_process`` the process ends here (status 0 after
+    a clean stop, 1 when the node failed); otherwise the status is returned.
     """
-    import sys
-
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    try:
-        node = make_node()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        spin_until_shutdown(executor)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            if on_exit is not None:
-                on_exit(node)
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return _run(make_node, args, on_exit, False, exit_timeout, exit_process)
 
 
 def run_lifecycle_node(
     make_node: Callable[[], Any],
     args: list[str] | None = None,
     on_exit: Callable[[Any], None] | None = None,
-) -> None:
+    *,
+    exit_timeout: float = DEFAULT_EXIT_TIMEOUT,
+    exit_process: bool = True,
+) -> int:
     """``main()`` of a lifecycle node process (driver, trajectory bridge, policy node).
 
     With ``params.autostart`` the node configures and activates itself: our bringup has no
-    lifecycle manager. One executor thread: rclpy's MultiThreadedExecutor (Kilted) let a busy
-    subscription starve timers (a 250 Hz control timer fell to ~5 Hz beside a 250 Hz
-    subscription), and every callback of these nodes is short (inference has its own thread).
-    ``on_exit(node)`` runs before the node is destroyed, also after Ctrl-C/SIGTERM.
+    lifecycle manager. A stop that arrives during configure skips activation. One executor
+    thread: rclpy's MultiThreadedExecutor (Kilted) let a busy subscription starve timers (a
+    250 Hz control timer fell to ~5 Hz beside a 250 Hz subscription), and every callback of
+    these nodes is short (inference has its own thread). ``on_exit`` and the exit status are
+    as in ``run_node``.
     """
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    from rclpy.lifecycle import TransitionCallbackReturn
-
-    rclpy.init(args=args)
-    node = make_node()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        if node.params.autostart:
-            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS and rclpy.ok():
-                node.trigger_activate()
-            elif rclpy.ok():
-                node.get_logger().error("configure failed; waiting for a lifecycle manager")
-        # A SIGTERM during configure (loading a model takes seconds) has already shut down.
-        if rclpy.ok():
-            spin_until_shutdown(executor)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if on_exit is not None:
-            on_exit(node)
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    return _run(make_node, args, on_exit, True, exit_timeout, exit_process)

@@ -21,7 +21,11 @@ def _add_launch_arguments(parser: argparse.ArgumentParser) -> None:
                      help="simulated arm and cameras (default)")
     sim.add_argument("--no-sim", dest="sim", action="store_false",
                      help="real hardware: the config's hardware_backend")
-    parser.add_argument("--checkpoint", default="", help="checkpoint directory or 'tiny'")
+    parser.add_argument(
+        "--checkpoint", default="",
+        help="checkpoint directory, 'demo' (made on first use, cached) or 'tiny' (random, tests);"
+        " default: the config's (demo)",
+    )
     parser.add_argument("--think", action="store_true", help="MolmoAct2-Think mode")
     parser.add_argument("--record", action="store_true", help="record to MCAP")
     parser.add_argument("--record-dir", default="", help="directory for the recording")
@@ -72,9 +76,11 @@ def graph_for(args: argparse.Namespace) -> tuple[graph.RobotConfig, list[graph.N
 def cmd_launch(args: argparse.Namespace) -> int:
     import shutil
 
+    from molmoact2.demo_checkpoint import resolve_checkpoint
     from molmoact2.supervisor import Supervisor
 
     _config, nodes = graph_for(args)
+    nodes = resolve_checkpoint(args.robot, nodes, log=logging.getLogger("molmoact2").info)
     if args.rviz:
         rviz = shutil.which("rviz2")
         if rviz is None:

@@ -1,7 +1,8 @@
 """The README demo: YAM bimanual sim with three cameras, recording on, then the report.
 
-``make demo`` runs this after setup: it writes the tiny random checkpoint (real weights do
-not fit a laptop demo and no hub is reachable), runs the graph of ``molmoact2 launch yam
+``make demo`` runs this after setup: it uses the demo checkpoint (a tiny model fine-tuned to a
+smooth motion, made on first use and cached; real weights do not fit a laptop demo and no hub
+is reachable), runs the graph of ``molmoact2 launch yam
 --record`` for about 20 s, turns the MCAP file into plots and a summary, and prints where
 everything is. It fails when no chunk or no command was recorded.
 """
@@ -24,20 +25,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds to run")
     parser.add_argument("--out", default="out/demo", help="output directory")
     parser.add_argument("--think", action="store_true", help="run MolmoAct2-Think")
-    parser.add_argument("--checkpoint", default="", help="use this checkpoint instead of tiny")
+    parser.add_argument("--checkpoint", default="",
+                        help="use this checkpoint instead of the demo one")
     args = parser.parse_args(argv)
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint
     if not checkpoint:
-        from molmoact2.demo_checkpoint import is_current_demo_checkpoint, write_demo_checkpoint
+        # The same cached checkpoint `ros2 launch` and `molmoact2 launch` use by default.
+        from molmoact2.demo_checkpoint import ensure_demo_checkpoint
 
-        checkpoint_dir = out / f"tiny_checkpoint_{args.robot}"
-        if not is_current_demo_checkpoint(checkpoint_dir):
-            print(f"[demo] writing the tiny demo checkpoint to {checkpoint_dir}")
-            write_demo_checkpoint(checkpoint_dir, args.robot, log=lambda t: print(f"[demo] {t}"))
-        checkpoint = str(checkpoint_dir)
+        checkpoint = str(ensure_demo_checkpoint(args.robot, log=lambda t: print(f"[demo] {t}")))
 
     config = graph.load_robot_config(args.robot)
     options = graph.LaunchOptions(sim=True, checkpoint=checkpoint, record=True, think=args.think)

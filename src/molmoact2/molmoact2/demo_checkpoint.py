@@ -7,10 +7,20 @@ the robot config), and fine-tunes only its action expert with the flow-matching 
 for observations of the sim scene around that pose, it predicts a smooth one-second loop of
 every joint. The result is an ordinary checkpoint directory: the policy node loads it like any
 other, through the same key map.
+
+It is the default of every robot config (``checkpoint: demo``), so the first thing a user runs,
+``ros2 launch molmoact2 yam.launch.py``, moves the simulated arm. Both launch paths resolve
+``demo`` to a per-robot directory in the user cache (``$XDG_CACHE_HOME/molmoact2`` or
+``~/.cache/molmoact2``), made on first use (about a minute on two cores) and reused after.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +32,8 @@ from molmoact2 import graph
 # 3: released prompt, stats and Think span; 4: released image tokens; 5: gripper mask in stats
 DEMO_RECIPE = 5
 MARKER_FILE = "DEMO_CHECKPOINT.txt"
+# The ``checkpoint`` value that asks the launch layer for this robot's demo checkpoint.
+DEMO_CHECKPOINT = "demo"
 
 
 def _pose_stats(centre: np.ndarray, spread: float, passthrough: tuple[int, ...] = ()):
@@ -162,3 +174,120 @@ def is_current_demo_checkpoint(path: str | Path) -> bool:
     """Whether ``path`` holds a demo checkpoint written by this recipe."""
     marker = Path(path) / MARKER_FILE
     return marker.is_file() and f"recipe {DEMO_RECIPE}," in marker.read_text()
+
+
+def cache_root() -> Path:
+    """Where demo checkpoints are kept (XDG cache; CI points it into the clone)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "molmoact2" / "demo_checkpoints"
+
+
+def demo_checkpoint_dir(robot: str) -> Path:
+    """``robot`` is a config name or a config file path (named by its stem)."""
+    return cache_root() / f"{Path(robot).stem}-recipe{DEMO_RECIPE}"
+
+
+def ensure_demo_checkpoint(robot: str, log: Callable[[str], None] = print) -> Path:
+    """The cached demo checkpoint of ``robot``, made first if missing or from an old recipe.
+
+    Safe when several launches race for it: one makes it under a file lock, in a temporary
+    directory renamed into place when complete; the others wait and reuse it.
+    """
+    import fcntl
+
+    path = demo_checkpoint_dir(robot)
+    if is_current_demo_checkpoint(path):
+        log(f"demo checkpoint for {robot}: {path} (cached)")
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_current_demo_checkpoint(path):
+            log(f"demo checkpoint for {robot}: {path} (cached)")
+            return path
+        log(
+            f"making the demo checkpoint for {robot} on first use (about a minute; cached in "
+            f"{path}). Pass checkpoint:=<dir> for a real one."
+        )
+        # Under the lock no one else is writing: partial directories are from killed runs.
+        for stale in path.parent.glob(f".{path.name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = path.parent / f".{path.name}.partial-{os.getpid()}"
+        try:
+            write_demo_checkpoint(staging, robot, log=log)
+            shutil.rmtree(path, ignore_errors=True)  # an older recipe's
+            os.replace(staging, path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    log(f"demo checkpoint for {robot} ready: {path}")
+    return path
+
+
+def resolve_checkpoint(
+    robot: str,
+    nodes: list[graph.NodeSpec],
+    log: Callable[[str], None] = print,
+    make: Callable[[str, Callable[[str], None]], Path] | None = None,
+) -> list[graph.NodeSpec]:
+    """``nodes`` with the policy's ``checkpoint: demo`` replaced by the cached directory.
+
+    ``make(robot, log)`` finds or makes it (default ``ensure_demo_checkpoint``).
+    """
+    make = make or ensure_demo_checkpoint
+    config = graph.load_robot_config(robot)
+    resolved = []
+    for node in nodes:
+        if node.name == graph.POLICY_NODE:
+            value = node.overrides.get(
+                "checkpoint", config.params_for(graph.POLICY_NODE).get("checkpoint", "")
+            )
+            if value == DEMO_CHECKPOINT:
+                path = make(robot, log)
+                node = dataclasses.replace(
+                    node, overrides={**node.overrides, "checkpoint": str(path)}
+                )
+        resolved.append(node)
+    return resolved
+
+
+def ensure_in_child_process(robot: str, log: Callable[[str], None] = print) -> Path:
+    """``ensure_demo_checkpoint`` for ``ros2 launch``: the minute of training runs in a child.
+
+    Launch acts on Ctrl-C only between its actions; the child is in the terminal's process
+    group, so Ctrl-C stops the training at once and launch right after.
+    """
+    import subprocess
+
+    path = demo_checkpoint_dir(robot)
+    if is_current_demo_checkpoint(path):
+        log(f"demo checkpoint for {robot}: {path} (cached)")
+        return path
+    result = subprocess.run(
+        [sys.executable, "-m", "molmoact2.demo_checkpoint", robot],
+        stdout=subprocess.PIPE, text=True, check=False,
+    )  # its progress lines go to stderr, i.e. the user's terminal
+    if result.returncode != 0 or not is_current_demo_checkpoint(path):
+        raise RuntimeError(
+            f"the demo checkpoint for {robot} was not made (exit status {result.returncode})"
+        )
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m molmoact2.demo_checkpoint ROBOT``: make (or find) it and print its path."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m molmoact2.demo_checkpoint")
+    parser.add_argument("robot", help=f"robot config ({', '.join(graph.known_robots())})")
+    args = parser.parse_args(argv)
+    try:
+        path = ensure_demo_checkpoint(args.robot, log=lambda t: print(t, file=sys.stderr))
+    except KeyboardInterrupt:
+        return 130
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

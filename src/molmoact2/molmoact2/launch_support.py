@@ -12,7 +12,11 @@ from molmoact2 import graph
 
 LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "sim": ("true", "true: simulated arm and cameras; false: the config's hardware backend"),
-    "checkpoint": ("", "checkpoint directory (HF layout) or 'tiny'; empty: the config's"),
+    "checkpoint": (
+        "",
+        "checkpoint directory (HF layout), 'demo' (made on first use and cached) or 'tiny' "
+        "(random, for tests); empty: the config's (demo)",
+    ),
     "think": ("false", "MolmoAct2-Think: adaptive depth tokens and the depth-cache node"),
     "rviz": ("false", "start RViz2 with config/molmoact2.rviz"),
     "record": ("false", "record cameras, joints, chunks, depth tokens and status to MCAP"),
@@ -75,10 +79,17 @@ def generate_robot_launch_description(robot: str):
 
 
 def launch_actions(robot: str, options: graph.LaunchOptions) -> list:
+    import launch.logging
     from launch_ros.actions import Node
 
+    from molmoact2.demo_checkpoint import ensure_in_child_process, resolve_checkpoint
+
+    log = launch.logging.get_logger("molmoact2")
+    nodes = resolve_checkpoint(
+        robot, graph.build_graph(robot, options), log=log.info, make=ensure_in_child_process
+    )
     actions = []
-    for spec in graph.build_graph(robot, options):
+    for spec in nodes:
         if spec.name == graph.TF_NODE:
             spec, state_publisher = _robot_state_publisher(robot, spec, options)
             actions += state_publisher

@@ -1,10 +1,15 @@
 """Runs a node graph as supervised processes: what ``molmoact2 launch`` does without ros2 launch.
 
 One process per ``NodeSpec``, started with the same parameter files and overrides the ROS 2
-launch files pass; every output line is prefixed with the node name. Stopping (Ctrl-C,
-SIGTERM, or the end of ``--duration``) sends SIGINT to every node, which rclpy turns into a
-clean shutdown (recordings are finished and flushed), then escalates to SIGTERM and SIGKILL for
-a node that does not exit. A node that dies on its own stops the graph with a non-zero status.
+launch files pass; every output line is prefixed with the node name. The nodes stay in the
+supervisor's process group, as under ``ros2 launch``: a terminal's Ctrl-C or hangup reaches
+every node at once, and the supervisor then sends SIGINT to each node again. Stopping (Ctrl-C,
+SIGTERM, SIGHUP, or the end of ``--duration``) escalates like launch: SIGINT, SIGTERM after
+``sigterm_timeout`` (5 s), SIGKILL after ``sigkill_timeout`` more. Every node stops cleanly
+within that (``hw_drivers.ros_runtime``): status 0, recordings flushed, arms held; anything
+else is reported and makes the run fail. If the supervisor itself is killed, the nodes notice
+their parent is gone and stop on their own. A node that dies on its own stops the graph with a
+non-zero status.
 """
 
 from __future__ import annotations
@@ -74,7 +79,8 @@ class Supervisor:
         namespace: str = "",
         output: TextIO | None = None,
         env: dict[str, str] | None = None,
-        stop_timeout: float = 15.0,
+        sigterm_timeout: float = 5.0,
+        sigkill_timeout: float = 5.0,
         ready: tuple[str, str] | None = None,
         ready_timeout: float = 180.0,
     ) -> None:
@@ -84,7 +90,8 @@ class Supervisor:
         self.env = dict(os.environ if env is None else env)
         # Large shared-memory segment for raw camera frames (see config/fastdds.xml).
         self.env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(fastdds_profile()))
-        self.stop_timeout = stop_timeout
+        self.sigterm_timeout = sigterm_timeout
+        self.sigkill_timeout = sigkill_timeout
         self._children: list[_Child] = []
         self._stop = threading.Event()
         self._print_lock = threading.Lock()
@@ -122,9 +129,8 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 text=True,
                 env=self.env,
-                # Own session: a terminal's Ctrl-C reaches only the supervisor, which then
-                # stops the nodes in order instead of all of them racing each other.
-                start_new_session=True,
+                # Same process group as the supervisor (as ros2 launch does): closing the
+                # terminal or Ctrl-C reaches every node even if the supervisor is gone.
             )
             reader = threading.Thread(
                 target=self._pump, args=(spec.name, process.stdout), daemon=True
@@ -143,6 +149,8 @@ class Supervisor:
         if install_signal_handlers:
             signal.signal(signal.SIGINT, self.request_stop)
             signal.signal(signal.SIGTERM, self.request_stop)
+            if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # not under nohup
+                signal.signal(signal.SIGHUP, self.request_stop)
         started = time.monotonic()
         self.start()
         failed: str | None = None
@@ -169,18 +177,19 @@ class Supervisor:
         codes = self.stop()
         exit_code = 1 if failed else 0
         if not failed:
-            # A clean stop is SIGINT -> status 0 (or the conventional -2/130 when rclpy
-            # re-raises); anything else means a node failed while shutting down.
-            bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGINT, 130)}
+            # A clean stop is status 0 for every node; anything else means a node failed
+            # while shutting down (a signal's status means it had to be killed).
+            bad = {n: c for n, c in codes.items() if c != 0}
             if bad:
                 self._say(f"nodes did not stop cleanly: {bad}")
                 exit_code = 1
+        self._say("stopped; node exit codes: " + ", ".join(f"{n}={c}" for n, c in codes.items()))
         return GraphRun(exit_code, codes, failed, time.monotonic() - started)
 
     def stop(self) -> dict[str, int]:
         """SIGINT every node, then SIGTERM, then SIGKILL; returns each node's exit status."""
-        for sig, wait in ((signal.SIGINT, self.stop_timeout), (signal.SIGTERM, 5.0),
-                          (signal.SIGKILL, 5.0)):
+        for sig, wait in ((signal.SIGINT, self.sigterm_timeout),
+                          (signal.SIGTERM, self.sigkill_timeout), (signal.SIGKILL, 5.0)):
             alive = [c for c in self._children if c.process.poll() is None]
             if not alive:
                 break

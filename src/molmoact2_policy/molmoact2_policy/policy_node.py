@@ -345,8 +345,11 @@ class PolicyNode(LifecycleNode):
         with self._lock:
             return self._lifecycle_state
 
-    def stop_inputs(self) -> None:
-        """Unsubscribe and stop the inference thread (deactivate, cleanup, process exit)."""
+    def stop_inputs(self, timeout: float = 5.0) -> None:
+        """Unsubscribe and stop the inference thread (deactivate, cleanup, process exit).
+
+        Waits at most ``timeout`` for an inference in flight; its outcome is dropped either way.
+        """
         for subscription in self._input_subscriptions:
             self.destroy_subscription(subscription)
         self._input_subscriptions.clear()
@@ -356,8 +359,10 @@ class PolicyNode(LifecycleNode):
             self._epoch += 1
         if decoder is not None:
             decoder.close()
-        if worker is not None and not worker.stop(timeout=5.0):
-            self.get_logger().warning("inference still running after 5 s; leaving it to finish")
+        if worker is not None and not worker.stop(timeout=timeout):
+            self.get_logger().warning(
+                f"inference still running after {timeout:g} s; its result will be dropped"
+            )
 
     def _drop_policy(self) -> None:
         with self._lock:
@@ -729,7 +734,8 @@ class PolicyNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> None:
     """Console script ``molmoact2_policy_node``."""
-    run_lifecycle_node(PolicyNode, args, on_exit=lambda node: node.stop_inputs())
+    # An inference in flight may not hold up the stop past the runtime's exit deadline.
+    run_lifecycle_node(PolicyNode, args, on_exit=lambda node: node.stop_inputs(timeout=2.0))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""A small node run through ``hw_drivers.ros_runtime`` for the stop tests (a script, not a test).
+
+``python tests/ros/stop_probe_node.py MODE``: publishes a counter at 20 Hz; logs ``ready pid=N``
+once spinning. On exit it logs ``on_exit ran`` and, by MODE: ``quick`` returns at once;
+``busy`` first joins a worker thread stuck in a long call for at most 0.5 s (an inference in
+flight); ``hang`` never returns (the runtime's deadline must end the process).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+
+def main() -> int:
+    from rclpy.node import Node
+    from std_msgs.msg import Int32
+
+    from hw_drivers.ros_runtime import run_node
+
+    mode = sys.argv[1]
+    stuck = threading.Thread(target=time.sleep, args=(3600.0,), daemon=True)
+
+    class Probe(Node):
+        def __init__(self) -> None:
+            super().__init__("stop_probe")
+            self.count = 0
+            self.pub = self.create_publisher(Int32, "stop_probe/count", 10)
+            self.create_timer(0.05, self._tick)
+            if mode == "busy":
+                stuck.start()
+
+        def _tick(self) -> None:
+            if self.count == 0:
+                self.get_logger().info(f"ready pid={os.getpid()}")
+            self.count += 1
+            self.pub.publish(Int32(data=self.count))
+
+    def on_exit(node: Probe) -> None:
+        node.get_logger().info("on_exit ran")
+        if mode == "busy":
+            stuck.join(timeout=0.5)
+        elif mode == "hang":
+            threading.Event().wait()
+
+    return run_node(Probe, ["stop_probe"], on_exit=on_exit, exit_timeout=3.0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
