@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from molmoact2_policy.model.action_expert import ActionExpert, ExpertContext, TimeModulation
+from molmoact2_policy.model.rtc import RtcGuide, RtcRunner
 
 
 def euler_timesteps(num_steps: int, device: torch.device | str | None = None) -> Tensor:
@@ -232,6 +233,8 @@ class GraphFlowRunner:
         self.sampler = CachedFlowSampler(expert, num_steps)
         self.use_cuda_graph = use_cuda_graph
         self._graphs: dict[tuple, _CapturedLoop] = {}
+        # Real-time chunking (model/rtc.py): its own graphs, its own eager fallback.
+        self.rtc = RtcRunner(expert, use_cuda_graph)
 
     @property
     def expert(self) -> ActionExpert:
@@ -245,6 +248,7 @@ class GraphFlowRunner:
     def refresh(self) -> None:
         """Recompute the modulation and drop the graphs (they recorded the old tensors)."""
         self._graphs.clear()
+        self.rtc.refresh()
         self.sampler.refresh()
 
     def _shape_key(self, ctx: ExpertContext, noise: Tensor) -> tuple:
@@ -270,7 +274,19 @@ class GraphFlowRunner:
         return _CapturedLoop(graph, static_ctx, static_noise, static_padded, output)
 
     @torch.no_grad()
-    def sample(self, ctx: ExpertContext, noise: Tensor, action_dim_mask: Tensor) -> Tensor:
+    def sample(
+        self,
+        ctx: ExpertContext,
+        noise: Tensor,
+        action_dim_mask: Tensor,
+        guide: RtcGuide | None = None,
+    ) -> Tensor:
+        """The chunk for ``noise``; with ``guide``, RTC-consistent with the previous chunk."""
+        if guide is not None:
+            self.sampler.validate(ctx, noise, action_dim_mask)
+            return self.rtc.sample(
+                ctx, noise, action_dim_mask, self.sampler.time_modulation, guide
+            )
         if not (self.use_cuda_graph and noise.is_cuda):
             return self.sampler.sample(ctx, noise, action_dim_mask)
         self.sampler.validate(ctx, noise, action_dim_mask)

@@ -39,6 +39,7 @@ from molmoact2_policy.model.preprocess import (
     discretize_state,
     preprocess_images,
 )
+from molmoact2_policy.model.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, RtcGuide
 from molmoact2_policy.model.tokenizer import EOS_TOKEN, MolmoAct2Tokenizer
 from molmoact2_policy.model.vlm import (
     PrefixInputs,
@@ -51,7 +52,9 @@ from molmoact2_policy.model.vlm import (
 from molmoact2_policy.policy_api import (
     ActionChunkResult,
     PolicyUnavailableError,
+    RtcRequest,
     validate_observation,
+    validate_rtc,
 )
 
 MODES = ("flow", "fast", "think")
@@ -127,6 +130,8 @@ class MolmoAct2Policy:
             else None
         )
         self._generator = torch.Generator().manual_seed(seed)
+        # Real-time chunking's clip on the guidance weight (the paper's beta).
+        self.rtc_max_guidance_weight = DEFAULT_MAX_GUIDANCE_WEIGHT
         # The node may call act from a worker thread while a service calls reset.
         self._lock = threading.Lock()
 
@@ -310,11 +315,45 @@ class MolmoAct2Policy:
         shape = (1, self.embodiment.horizon, self.config.max_action_dim)
         return make_noise(shape, generator, self.device, self.dtype, self.action_dim_mask)
 
-    def sample_chunk(self, ctx: ExpertContext, noise: Tensor) -> Tensor:
-        """Normalised actions (1, horizon, max_action_dim) from the flow loop."""
+    def sample_chunk(
+        self, ctx: ExpertContext, noise: Tensor, guide: RtcGuide | None = None
+    ) -> Tensor:
+        """Normalised actions (1, horizon, max_action_dim) from the flow loop (RTC-guided)."""
         if self.flow_runner is None:
             raise RuntimeError("this checkpoint has no action expert; use mode 'fast'")
-        return self.flow_runner.sample(ctx, noise, self.action_dim_mask)
+        return self.flow_runner.sample(ctx, noise, self.action_dim_mask, guide)
+
+    def rtc_guide(self, rtc: RtcRequest | None) -> RtcGuide | None:
+        """The previous chunk in model units, padded to the expert's action dims."""
+        if rtc is None:
+            return None
+        spec = self.embodiment
+        validate_rtc(spec, rtc)
+        normalized = self.norm_stats.normalize_action(
+            spec.norm_tag, np.asarray(rtc.previous, dtype=np.float64), spec.gripper_dims
+        )
+        previous = torch.zeros(1, normalized.shape[0], self.config.max_action_dim)
+        previous[0, :, : spec.action_dim] = torch.from_numpy(normalized)
+        return RtcGuide.build(
+            previous.to(self.device, self.dtype),
+            int(rtc.delay_steps),
+            None if rtc.execution_horizon is None else int(rtc.execution_horizon),
+            spec.horizon,
+            max_guidance_weight=self.rtc_max_guidance_weight,
+        )
+
+    @staticmethod
+    def freeze_prefix(positions: np.ndarray, rtc: RtcRequest | None) -> np.ndarray:
+        """The frozen rows, in robot units, exactly as the previous chunk has them.
+
+        The model's copy went through normalise/unnormalise (and maybe bf16); the rows that
+        are already executing must match the robot's plan bit for bit.
+        """
+        if rtc is not None:
+            previous = np.asarray(rtc.previous, dtype=np.float64)
+            delay = min(int(rtc.delay_steps), previous.shape[0], positions.shape[0])
+            positions[:delay] = previous[:delay]
+        return positions
 
     def postprocess(self, normalized: Tensor) -> np.ndarray:
         """(1, horizon, max_action_dim) normalised -> (horizon, action_dim) float64 robot units."""
@@ -330,18 +369,20 @@ class MolmoAct2Policy:
         instruction: str,
         *,
         seed: int | None = None,
+        rtc: RtcRequest | None = None,
     ) -> ActionChunkResult:
         validate_observation(self.embodiment, images, state, instruction)
         with self._lock, torch.inference_mode():
             start = time.perf_counter()
             inputs = self.prepare_inputs(images, np.asarray(state), instruction)
             noise = self.make_noise(seed)
+            guide = self.rtc_guide(rtc)
             after_preprocess = self._clock()
             ctx = self.expert_context(self.run_prefix(inputs))
             after_prefix = self._clock()
-            normalized = self.sample_chunk(ctx, noise)
+            normalized = self.sample_chunk(ctx, noise, guide)
             after_flow = self._clock()
-            positions = self.postprocess(normalized)
+            positions = self.freeze_prefix(self.postprocess(normalized), rtc)
             end = time.perf_counter()
         timings = {
             "preprocess": after_preprocess - start,
@@ -398,6 +439,7 @@ class MolmoAct2Policy:
             "camera_names": list(spec.camera_names),
             "joint_names": list(self.joint_names),
             "flow_steps": self.config.flow_matching_num_steps,
+            "rtc_max_guidance_weight": self.rtc_max_guidance_weight,
             "norm_mode": self.norm_stats.norm_mode,
             "expert_kv_source": self.config.expert_kv_source,
             "parameters": sum(p.numel() for p in self.model.parameters()),

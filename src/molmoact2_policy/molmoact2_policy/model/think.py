@@ -58,6 +58,7 @@ from molmoact2_policy.policy_api import (
     ActionChunkResult,
     PolicyInputError,
     PolicyUnavailableError,
+    RtcRequest,
     validate_observation,
 )
 
@@ -364,6 +365,7 @@ class ThinkPolicy(MolmoAct2Policy):
         instruction: str,
         *,
         seed: int | None = None,
+        rtc: RtcRequest | None = None,
     ) -> ActionChunkResult:
         validate_observation(self.embodiment, images, state, instruction)
         with self._lock, torch.inference_mode():
@@ -382,6 +384,7 @@ class ThinkPolicy(MolmoAct2Policy):
                 changed = np.ones_like(changed)
             inputs = self.prepare_inputs(images, np.asarray(state), instruction)
             noise = self.make_noise(seed)
+            guide = self.rtc_guide(rtc)
             after_preprocess = self._clock()
             prefix = self.run_prefix(inputs)
             after_prefix = self._clock()
@@ -406,9 +409,9 @@ class ThinkPolicy(MolmoAct2Policy):
                 ),
                 depth_gate_positions(sequence, self.config),
             )
-            normalized = self.sample_chunk(ctx, noise)
+            normalized = self.sample_chunk(ctx, noise, guide)
             after_flow = self._clock()
-            positions = self.postprocess(normalized)
+            positions = self.freeze_prefix(self.postprocess(normalized), rtc)
             update_cache(self.depth_cache, patches, depth.codes, depth.changed)
             end = time.perf_counter()
         timings = {

@@ -25,7 +25,9 @@ from molmoact2_policy.policy_api import (
     ActionChunkResult,
     PolicyInputError,
     PolicyUnavailableError,
+    RtcRequest,
     validate_observation,
+    validate_rtc,
 )
 from molmoact2_policy.remote.protocol import (
     IMAGE_ENCODINGS,
@@ -126,9 +128,12 @@ class RemotePolicy:
         instruction: str,
         *,
         seed: int | None = None,
+        rtc: RtcRequest | None = None,
     ) -> ActionChunkResult:
         # Bad input never goes over the wire: same checks, same errors as the local model.
         validate_observation(self.embodiment, images, state, instruction)
+        if rtc is not None:
+            validate_rtc(self.embodiment, rtc)
         start = time.perf_counter()
         with self._lock:
             if self.image_size:
@@ -143,6 +148,7 @@ class RemotePolicy:
                 jpeg_quality=self.jpeg_quality,
                 reset=self._reset_pending,
                 executor=self._encoder_pool(),
+                rtc=rtc,
             )
             if self.transport == "http":
                 body = encode_json(request)

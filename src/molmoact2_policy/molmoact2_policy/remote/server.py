@@ -253,8 +253,9 @@ class PolicyService:
         start = time.perf_counter()
         if request.reset:
             self.policy.reset()
+        extra = {"rtc": request.rtc} if request.rtc is not None else {}
         result = self.policy.act(
-            request.images, request.state, request.instruction, seed=request.seed
+            request.images, request.state, request.instruction, seed=request.seed, **extra
         )
         return result, start - submitted, time.perf_counter() - start
 
