@@ -45,6 +45,7 @@ from molmoact2_policy.observation import (
 from molmoact2_policy.policy_api import Policy
 from molmoact2_policy.policy_factory import TEST_POLICY_ENV, PolicyLoadError, make_policy
 from molmoact2_policy.policy_node_params import PolicyNodeParams
+from molmoact2_policy.rtc_feed import RtcFeed
 
 NODE_NAME = "molmoact2_policy"
 MAX_INSTRUCTION_CHARS = 2000
@@ -105,6 +106,7 @@ class PolicyNode(LifecycleNode):
         self._last_model_time = float("nan")
         self._last_preprocess_time = float("nan")
         self._convert_time: dict[str, float] = {}
+        self._rtc: RtcFeed | None = None  # real-time chunking inputs (``rtc: true``)
 
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import JointState
@@ -169,6 +171,7 @@ class PolicyNode(LifecycleNode):
             )
             self._last_error = ""
             self._lifecycle_state = "inactive"
+            self._rtc = self._make_rtc_feed()
         if self.params.mode == "think":
             self._create_depth_node(policy)
         self.get_logger().info(
@@ -176,6 +179,28 @@ class PolicyNode(LifecycleNode):
             f"embodiment {self.params.embodiment}, mode {self.params.mode}"
         )
         return TransitionCallbackReturn.SUCCESS
+
+    def _make_rtc_feed(self) -> RtcFeed | None:
+        if not self.params.rtc:
+            return None
+        from molmoact2_policy.embodiments import get_embodiment
+
+        spec = get_embodiment(self.params.embodiment)
+        return RtcFeed(
+            self.params.joint_names,
+            spec.step_dt,
+            spec.horizon,
+            max_deviation=self.params.rtc_max_deviation,
+        )
+
+    def _rtc_request(self, request: InferenceRequest) -> Any:
+        feed = self._rtc
+        return None if feed is None else feed.request_for(request.observation.stamp_ns)
+
+    def _on_commanded(self, msg: Any) -> None:
+        feed = self._rtc
+        if feed is not None:
+            feed.record_commanded(_stamp_ns(msg.header), msg.name, msg.position)
 
     def _configure_failed(self, message: str) -> TransitionCallbackReturn:
         self.get_logger().error(f"configure failed: {message}")
@@ -217,6 +242,7 @@ class PolicyNode(LifecycleNode):
                 self._on_outcome,
                 max_rate=self.params.max_inference_rate,
                 on_callback_error=lambda exc: self._log_error(f"publishing a chunk failed: {exc}"),
+                rtc_source=self._rtc_request if self._rtc is not None else None,
             )
             self._worker.start()
         for name, topic, transport in zip(
@@ -241,6 +267,16 @@ class PolicyNode(LifecycleNode):
                     JointState,
                     topic,
                     lambda msg, source=topic: self._on_joint_state(source, msg),
+                    qos_profile_sensor_data,
+                    callback_group=self._input_group,
+                )
+            )
+        if self._rtc is not None and self.params.rtc_commanded_topic:
+            self._subscriptions.append(
+                self.create_subscription(
+                    JointState,
+                    self.params.rtc_commanded_topic,
+                    self._on_commanded,
                     qos_profile_sensor_data,
                     callback_group=self._input_group,
                 )
@@ -392,6 +428,8 @@ class PolicyNode(LifecycleNode):
                 instruction=outcome.request.instruction,
             )
         )
+        if self._rtc is not None:
+            self._rtc.record_chunk(stamp_ns, offset, result.positions, latency)
         with self._lock:
             self._chunk_count += 1
             self._chunk_times.append(time.monotonic())
@@ -452,6 +490,8 @@ class PolicyNode(LifecycleNode):
             if changed:
                 self._epoch += 1
                 self._last_key = None
+                if self._rtc is not None:
+                    self._rtc.clear()
                 if self._worker is not None:
                     self._worker.clear_pending()
         if changed:
@@ -480,6 +520,8 @@ class PolicyNode(LifecycleNode):
                 self._assembler.clear()
             if self._worker is not None:
                 self._worker.clear_pending()
+            if self._rtc is not None:
+                self._rtc.clear()
             policy = self._policy
         try:
             if policy is not None:
@@ -573,6 +615,8 @@ class PolicyNode(LifecycleNode):
             "rejected_count": str(msg.rejected_count),
         }
         values.update({f"age/{i.name}": f"{i.age:.3f}" for i in msg.inputs})
+        if self._rtc is not None:
+            values.update(self._rtc.diagnostics())
         diag.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         array = DiagnosticArray()
         array.header.stamp = msg.header.stamp

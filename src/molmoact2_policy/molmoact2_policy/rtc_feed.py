@@ -114,8 +114,19 @@ class RtcFeed:
             latency = max(self._latencies, default=0.0)
         return max(0, math.ceil((latency - start_offset) / self.step_dt - 1e-9))
 
+    def diagnostics(self) -> dict[str, str]:
+        """Key/values for the node's /diagnostics entry."""
+        with self._lock:
+            values = {
+                "rtc_requests": str(self.requests),
+                "rtc_delay_steps": str(self.last_delay_steps),
+            }
+            values.update({f"rtc_skipped/{k}": str(v) for k, v in sorted(self.skipped.items())})
+        return values
+
     def _skip(self, reason: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        with self._lock:
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
     def request_for(self, obs_stamp_ns: int) -> RtcRequest | None:
         """The RTC request for an observation, or None to sample the chunk free."""
@@ -130,7 +141,8 @@ class RtcFeed:
         dt = self.step_dt
         knots = chunk.times(dt)
         start = obs_stamp_ns / NS_PER_S + chunk.start_offset
-        rows = min(self.horizon, math.floor((knots[-1] - start) / dt + 1e-9) + 1)
+        # Stamps are whole nanoseconds: allow that much rounding when counting rows.
+        rows = min(self.horizon, math.floor((knots[-1] - start) / dt + 1e-6) + 1)
         if rows <= 0:
             self._skip("previous_chunk_over")
             return None
@@ -146,6 +158,7 @@ class RtcFeed:
                     return None
         previous = chunk.at(start + dt * np.arange(rows), dt)
         delay = min(self.delay_steps(chunk.start_offset), rows)
-        self.requests += 1
-        self.last_delay_steps = delay
+        with self._lock:
+            self.requests += 1
+            self.last_delay_steps = delay
         return RtcRequest(previous=previous, delay_steps=delay)
