@@ -122,7 +122,7 @@ def write_checkpoint(path: Path, steps: int, seed: int = 0) -> Path:
             keys.append(prefix.keys)
             values.append(prefix.values)
             masks.append(prefix.mask)
-    repeats = 6  # phases per context per step
+    repeats = 3  # phases per context per step
     context_k = [torch.cat([k[i] for k in keys]).repeat(repeats, 1, 1) for i in range(len(keys[0]))]
     context_v = [torch.cat([v[i] for v in values]).repeat(repeats, 1, 1)
                  for i in range(len(values[0]))]
@@ -254,7 +254,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=8.0, help="sim seconds per run")
     parser.add_argument("--delays", type=float, nargs="+", default=[0.1, 0.2, 0.3])
-    parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--train-steps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
