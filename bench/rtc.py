@@ -235,7 +235,7 @@ def closed_loop(policy, params: DriverParams, delay: float, use_rtc: bool, durat
     accel = np.abs(np.diff(velocity, axis=0)).max(axis=1)  # accel[j]: tick j -> j + 1
     for s in splice_ticks:
         cmd_jumps.append(accel[max(s - 1, 0): s + blend_ticks].max())
-    errors_arr = np.array(errors)
+    errors_arr = np.array(errors) if errors else np.full((1, len(names)), np.nan)
     return {
         "chunks": index,
         "splices": len(chunk_pos),
