@@ -244,6 +244,9 @@ def closed_loop(policy, params: DriverParams, delay: float, use_rtc: bool, durat
         "chunk_pos_jump": max(chunk_pos, default=0.0),
         "chunk_vel_jump": max(chunk_vel, default=0.0),
         "cmd_vel_jump": max(cmd_jumps, default=0.0),
+        "mean_pos_jump": float(np.mean(chunk_pos)) if chunk_pos else 0.0,
+        "mean_vel_jump": float(np.mean(chunk_vel)) if chunk_vel else 0.0,
+        "mean_cmd_jump": float(np.mean(cmd_jumps)) if cmd_jumps else 0.0,
         "track_rms": float(np.sqrt(np.mean(errors_arr**2))),
         "track_max": float(np.abs(errors_arr).max()),
         "feed_skips": dict(feed.skipped),
@@ -286,7 +289,10 @@ def main() -> None:
             log.info(f"{delay * 1e3:>4.0f}ms {method:>6} {out['chunks']:>6} "
                      f"{out['chunk_pos_jump']:>14.4f} {out['chunk_vel_jump']:>14.3f} "
                      f"{out['cmd_vel_jump']:>12.3f} {out['track_rms']:>9.4f} "
-                     f"{out['track_max']:>9.4f}   ({time.perf_counter() - started:.0f} s; "
+                     f"{out['track_max']:>9.4f}   (mean over splices: pos "
+                     f"{out['mean_pos_jump']:.4f} "
+                     f"vel {out['mean_vel_jump']:.3f} cmd {out['mean_cmd_jump']:.3f}; "
+                     f"{time.perf_counter() - started:.0f} s; "
                      f"rejected {out['rejected']}, rtc requests {out['rtc_requests']}, "
                      f"feed skips {out['feed_skips']})")
     log.info("units: rad (gripper: opening), rad/s; jumps are maxima over joints and splices")
@@ -299,7 +305,8 @@ def main() -> None:
         log.info(f"ratios blend/rtc at {delay * 1e3:.0f} ms: chunk pos jump "
                  f"{ratio('chunk_pos_jump'):.1f}x, chunk vel jump {ratio('chunk_vel_jump'):.1f}x, "
                  f"cmd vel jump {ratio('cmd_vel_jump'):.1f}x, track rms "
-                 f"{ratio('track_rms'):.2f}x")
+                 f"{ratio('track_rms'):.2f}x; means: pos {ratio('mean_pos_jump'):.1f}x, "
+                 f"vel {ratio('mean_vel_jump'):.1f}x, cmd {ratio('mean_cmd_jump'):.1f}x")
 
 
 if __name__ == "__main__":

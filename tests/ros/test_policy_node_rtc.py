@@ -7,6 +7,8 @@ chunk n resampled at chunk n+1's capture time, exactly.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -34,7 +36,7 @@ def test_chunks_continue_the_previous_chunk_through_the_inference_delay(tmp_path
     with running_robot(params, tmp_path) as robot:
         chunks = wait_chunks(robot, 4, robot.now_ns(), seconds=60.0)
     checked = 0
-    for previous, chunk in zip(chunks, chunks[1:], strict=False):
+    for previous, chunk in itertools.pairwise(chunks):
         if chunk.sequence != previous.sequence + 1:
             continue
         expected = _aligned(previous, chunk_stamp_ns(chunk))
