@@ -89,7 +89,7 @@ def main() -> None:
     print(
         f"preset {args.preset}: {config.num_vlm_layers} VLM layers x "
         f"{config.text_config.hidden_size}, {spec.name} chunk {spec.horizon} x {spec.action_dim}"
-        f", FAST vocab {fast_tokenizer.vocab_size} width {fast_tokenizer.action_dim}"
+        f", FAST vocab {fast_tokenizer.vocab_size} scale {fast_tokenizer.scale}"
         f", threads {args.threads}"
     )
     print(

@@ -1,14 +1,23 @@
-"""Policy node overhead: camera publish -> chunk received vs a bare ``Policy.act``, one run.
+"""Policy node latency: camera publish -> chunk received, against the model and without one.
 
-    .venv/bin/python bench/policy_node.py [--preset mid|tiny] [--frames 12] [--threads 1]
+    .venv/bin/python bench/policy_node.py --policy zero             # the node's own latency
+    .venv/bin/python bench/policy_node.py --preset tiny --frames 8   # node vs bare Policy.act
 
-Writes a random checkpoint of the chosen preset (``MolmoAct2Config.mid_cpu`` by default) to a
-temporary directory, times ``MolmoAct2Policy.act`` on N synthetic YAM observations (three
-640x480 cameras) in this process, then starts the policy node (console entry point) on the same
-checkpoint in a subprocess and, one observation at a time, publishes the cameras and joint
-states and waits for the chunk stamped with them. Prints medians and the overhead ratio
-(target <= 1.10), plus the image-conversion cost per 640x480 frame. Both sides use the same
-number of torch threads. Timings are machine-dependent; compare ratios, not seconds.
+``--policy model`` (default) writes a random checkpoint of the preset (``mid_cpu`` by default;
+``tiny`` is built in memory), starts the policy node (console entry point) on it in a
+subprocess and, one observation at a time (three 640x480 rgb8 cameras and joint states),
+publishes it and waits for the chunk stamped with it; before each observation the same
+observation runs through a bare ``MolmoAct2Policy.act`` in this process, so load drifts on a
+shared machine hit both alike. Prints medians, the ratio (target <= 1.10), how many chunks the
+node computed per observation, the node's per-stage times from ``~/status``, and then the model
+time inside the node while the cameras stream at 30 Hz (what the executor thread and the
+inference thread cost each other). Both sides use the same number of torch threads.
+
+``--policy zero`` runs the node with a zero-cost policy (``bench/zero_cost_policy.py``: a fixed
+chunk returned at once) and prints p50/p95 of camera publish -> chunk received for raw rgb8 and
+JPEG ``CompressedImage`` cameras, one observation at a time and as a 30 Hz stream (targets: p50
+<= 5 ms, p95 <= 10 ms). Messages are built before the clock starts (the camera driver's cost).
+Timings are machine-dependent; compare ratios, not seconds, and repeat on a shared machine.
 """
 
 from __future__ import annotations
@@ -107,109 +116,370 @@ def conversion_cost(repeats: int = 50) -> dict[str, float]:
     return costs
 
 
-def bare_act(policy, obs, instruction: str, seed: int, warmup: int) -> list[float]:
-    for images, state in obs[:warmup]:
-        policy.act(images, state, instruction, seed=seed)
-    samples = []
-    for images, state in obs:
-        start = time.perf_counter()
-        policy.act(images, state, instruction, seed=seed)
-        samples.append(time.perf_counter() - start)
-    return samples
+def scene_images(count: int, cameras: tuple[str, ...], joint_names, seed: int = 0) -> list:
+    """Camera-like frames for the JPEG runs: the sim scene plus sensor noise.
+
+    Noise-only frames would be an unrealistically hard JPEG (several times a camera frame's
+    size and decode time); flat renders an unrealistically easy one. Sigma 4 grey levels puts
+    a 640x480 frame at a webcam-like size (printed with the results).
+    """
+    from molmoact2.sim_world import SimWorld
+
+    world = SimWorld(joint_names, cameras, WIDTH, HEIGHT)
+    rng = np.random.default_rng(seed)
+    out = []
+    for index in range(count):
+        pose = 0.3 + 0.2 * np.sin(0.3 * index + np.arange(len(joint_names)))
+        frames = {}
+        for camera in cameras:
+            clean = world.render(camera, pose).astype(np.float32)
+            noisy = clean + rng.normal(0.0, 4.0, clean.shape).astype(np.float32)
+            frames[camera] = np.clip(noisy, 0, 255).astype(np.uint8)
+        out.append((frames, pose))
+    return out
 
 
-def node_round_trips(params: dict, obs, warmup: int, env: dict, lost: list[int]) -> list[float]:
-    import rclpy
-    from builtin_interfaces.msg import Time
-    from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import Image, JointState
+class NodeSession:
+    """The policy node in a subprocess and a bench-side ROS node that feeds and times it."""
 
-    from molmoact2_msgs.msg import ActionChunk
-    from molmoact2_policy.image_conversion import make_image_msg
-    from tests.ros.policy_node_harness import start_node, stop_node, write_params
+    def __init__(self, params: dict, env: dict, transport: str) -> None:
+        import rclpy
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import CompressedImage, Image, JointState
 
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = start_node(write_params(Path(tmp) / "params.yaml", params), env=env)
-        rclpy.init()
-        node = rclpy.create_node("policy_node_bench")
-        cams = {
-            name: node.create_publisher(Image, topic, qos_profile_sensor_data)
-            for name, topic in zip(params["camera_names"], params["camera_topics"], strict=True)
+        from molmoact2_msgs.msg import ActionChunk, PolicyStatus
+        from tests.ros.policy_node_harness import start_node, stop_node, write_params
+
+        self.params = dict(params)
+        self.transport = transport
+        if transport == "jpeg":
+            self.params["camera_topics"] = [f"{t}/compressed" for t in params["camera_topics"]]
+            self.params["camera_transports"] = ["compressed"] * len(params["camera_names"])
+        self._tmp = tempfile.TemporaryDirectory()
+        params_file = write_params(Path(self._tmp.name) / "params.yaml", self.params)
+        self.proc = start_node(params_file, env=env)
+        try:
+            rclpy.init()
+            self.node = rclpy.create_node("policy_node_bench")
+        except BaseException:
+            stop_node(self.proc)
+            raise
+        msg_type = CompressedImage if transport == "jpeg" else Image
+        self.cams = {
+            name: self.node.create_publisher(msg_type, topic, qos_profile_sensor_data)
+            for name, topic in zip(
+                self.params["camera_names"], self.params["camera_topics"], strict=True
+            )
         }
-        joints = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
-        chunks: list[tuple[float, ActionChunk]] = []
-        node.create_subscription(
-            ActionChunk,
-            "molmoact2_policy/action_chunk",
-            lambda msg: chunks.append((time.perf_counter(), msg)),
-            10,
+        self.joints = self.node.create_publisher(
+            JointState, "joint_states", qos_profile_sensor_data
+        )
+        # stamp ns -> perf_counter when the chunk for it arrived here.
+        self.received: dict[int, float] = {}
+        self.statuses: list = []
+        self.sent_count = 0
+        self.node.create_subscription(
+            ActionChunk, "molmoact2_policy/action_chunk", self._on_chunk, 10
+        )
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(
+            PolicyStatus, "molmoact2_policy/status", self.statuses.append, reliable
         )
 
-        def send(images, state) -> tuple[int, float]:
-            now = node.get_clock().now().nanoseconds
-            stamp = Time(sec=now // 10**9, nanosec=now % 10**9)
-            msg = JointState(name=list(params["joint_names"]), position=state.tolist())
+    def _on_chunk(self, msg) -> None:
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        self.received.setdefault(stamp, time.perf_counter())
+
+    def messages(self, frames: list) -> list[tuple[dict, object]]:
+        """Camera and joint messages per frame, built before any clock starts (the camera
+        driver pays that, not the policy node)."""
+        from sensor_msgs.msg import JointState
+
+        from molmoact2_policy.image_conversion import make_compressed_msg, make_image_msg
+
+        build = make_compressed_msg if self.transport == "jpeg" else make_image_msg
+        out = []
+        for images, state in frames:
+            joint = JointState(name=list(self.params["joint_names"]), position=state.tolist())
+            out.append(({c: build(images[c]) for c in self.cams}, joint))
+        return out
+
+    def publish(self, message_set) -> tuple[int, float]:
+        """Stamp one frame set with now, publish joints then cameras; (stamp, publish start)."""
+        from builtin_interfaces.msg import Time
+
+        images, joint = message_set
+        now = self.node.get_clock().now().nanoseconds
+        stamp = Time(sec=now // 10**9, nanosec=now % 10**9)
+        joint.header.stamp = stamp
+        for msg in images.values():
             msg.header.stamp = stamp
-            joints.publish(msg)
-            # Messages are built before the clock starts: the robot's camera driver pays that.
-            image_msgs = {c: make_image_msg(images[c], stamp=stamp) for c in cams}
-            start = time.perf_counter()
-            for camera, publisher in cams.items():
-                publisher.publish(image_msgs[camera])
-            return now, start
+        self.joints.publish(joint)
+        self.sent_count += 1
+        start = time.perf_counter()
+        for camera, publisher in self.cams.items():
+            publisher.publish(images[camera])
+        return now, start
 
-        def wait_for(stamp_ns: int, timeout: float) -> float | None:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                rclpy.spin_once(node, timeout_sec=0.001)
-                for received, msg in chunks:
-                    s = msg.header.stamp
-                    if s.sec * 10**9 + s.nanosec == stamp_ns:
-                        return received
-            return None
+    def spin(self, seconds: float) -> None:
+        import rclpy
 
-        samples: list[float] = []
-        try:
-            # Start-up: keep sending the first observation until the node answers.
-            deadline = time.monotonic() + 180.0
-            while time.monotonic() < deadline:
-                stamp, _ = send(*obs[0])
-                if wait_for(stamp, 2.0) is not None:
+        # A long timeout: the wait set wakes on the chunk at once, and a bench that polls
+        # every millisecond would steal CPU from the node it measures.
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            rclpy.spin_once(self.node, timeout_sec=min(left, 0.05))
+
+    def wait_for(self, stamp: int, timeout: float) -> float | None:
+        import rclpy
+
+        deadline = time.monotonic() + timeout
+        while stamp not in self.received and time.monotonic() < deadline:
+            rclpy.spin_once(self.node, timeout_sec=0.05)
+        return self.received.get(stamp)
+
+    def start_up(self, message_set, timeout: float = 180.0) -> None:
+        """Keep sending the first frame set until the node answers (model load, discovery)."""
+        from tests.ros.policy_node_harness import stop_node
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stamp, _ = self.publish(message_set)
+            if self.wait_for(stamp, 2.0) is not None:
+                return
+        raise RuntimeError("policy node never answered:\n" + stop_node(self.proc))
+
+    def one_at_a_time(
+        self, message_sets, warmup: int, lost: list[int], before_each=None
+    ) -> list[float]:
+        """Publish a frame set, wait for its chunk, repeat: the latency of an idle node.
+
+        ``before_each(index)`` runs before each frame set is sent, off the clock (the bare
+        model run of the same observation, interleaved so load drifts hit both alike).
+        """
+        samples = []
+        for index, message_set in enumerate(message_sets[:warmup] + message_sets):
+            if before_each is not None:
+                before_each(index)
+            for _attempt in range(5):
+                self.spin(0.05)  # let the node settle (previous publish, status timer)
+                stamp, start = self.publish(message_set)
+                received = self.wait_for(stamp, 15.0)
+                if received is not None:
                     break
+                # A best-effort camera message was lost (large frames, busy host): the node
+                # rightly skips an incomplete observation; send it again.
+                lost[0] += 1
             else:
-                raise RuntimeError("policy node never answered:\n" + stop_node(proc))
-            for index, (images, state) in enumerate(obs[:warmup] + obs):
-                for _attempt in range(5):
-                    time.sleep(0.05)  # let the node settle (previous publish, status timer)
-                    stamp, start = send(images, state)
-                    received = wait_for(stamp, 15.0)
-                    if received is not None:
-                        break
-                    # A best-effort camera message was lost (large frames, busy host): the
-                    # node rightly skips an incomplete observation; send it again.
-                    lost[0] += 1
-                else:
-                    raise RuntimeError(f"no chunk for observation {index} after 5 tries")
-                if index >= warmup:
-                    samples.append(received - start)
+                raise RuntimeError(f"no chunk for observation {index} after 5 tries")
+            if index >= warmup:
+                samples.append(received - start)
+        return samples
+
+    def stream(self, message_sets, rate: float, seconds: float) -> tuple[list[float], int, int]:
+        """Publish at ``rate`` Hz like a camera driver; (latencies, frames sent, chunks)."""
+        import rclpy
+
+        sent: dict[int, float] = {}
+        period = 1.0 / rate
+        next_time = time.monotonic()
+        end = next_time + seconds
+        index = 0
+        while time.monotonic() < end:
+            now = time.monotonic()
+            if now >= next_time:
+                stamp, start = self.publish(message_sets[index % len(message_sets)])
+                sent[stamp] = start
+                index += 1
+                next_time += period
+                if next_time < now:  # the bench fell behind: no burst of frames
+                    next_time = now + period
+            rclpy.spin_once(
+                self.node, timeout_sec=max(0.0, min(next_time - time.monotonic(), 0.05))
+            )
+        self.spin(0.5)  # the last chunks
+        latencies = [self.received[s] - t for s, t in sent.items() if s in self.received]
+        return latencies, len(sent), sum(1 for s in sent if s in self.received)
+
+    def close(self) -> str:
+        import rclpy
+
+        from tests.ros.policy_node_harness import stop_node
+
+        self.node.destroy_node()
+        rclpy.shutdown()
+        out = stop_node(self.proc)
+        self._tmp.cleanup()
+        return out
+
+
+def percentile(samples: list[float], q: float) -> float:
+    return float(np.percentile(samples, q)) if samples else float("nan")
+
+
+def stage_medians(statuses: list) -> dict[str, float]:
+    """Median over the status messages of the node's per-stage times of its last chunk [s]."""
+    names = ("convert", "assemble", "queue_wait", "model", "publish")
+    out = {}
+    for name in names:
+        values = [getattr(s, f"{name}_time") for s in statuses]
+        values = [v for v in values if np.isfinite(v)]
+        out[name] = statistics.median(values) if values else float("nan")
+    return out
+
+
+def run_zero_cost(args, params: dict, env: dict) -> None:
+    """Zero-cost policy: the node's own latency, raw and JPEG, single and streamed."""
+    from molmoact2_policy.policy_factory import TEST_POLICY_ENV
+
+    env = {**env, TEST_POLICY_ENV: "bench.zero_cost_policy:make_zero_cost_policy"}
+    cameras, joint_names = tuple(params["camera_names"]), params["joint_names"]
+    print(
+        f"zero-cost policy (a fixed chunk returned at once), 3 cameras {WIDTH}x{HEIGHT}, "
+        f"camera publish -> chunk received; targets p50 <= 5 ms, p95 <= 10 ms"
+    )
+    rows = []
+    for transport in args.transports:
+        if transport == "jpeg":
+            frames = scene_images(4, cameras, joint_names)
+        else:
+            frames = observations(4, cameras, len(joint_names))
+        session = NodeSession(params, env, transport)
+        try:
+            message_sets = session.messages(frames)
+            if transport == "jpeg":
+                size = statistics.mean(len(m.data) for m in message_sets[0][0].values())
+                print(f"  jpeg: quality 90, {size / 1024:.0f} KiB per frame")
+            session.start_up(message_sets[0])
+            lost = [0]
+            single = session.one_at_a_time(
+                (message_sets * args.frames)[: args.frames], args.warmup, lost
+            )
+            rows.append((transport, "one at a time", single, len(single), len(single), lost[0]))
+            streamed, sent, answered = session.stream(message_sets, args.rate, args.stream_seconds)
+            rows.append((transport, f"{args.rate:g} Hz stream", streamed, sent, answered, 0))
+            stages = stage_medians(session.statuses)
         finally:
-            node.destroy_node()
-            rclpy.shutdown()
-            stop_node(proc)
-    return samples
+            session.close()
+        print(
+            f"  {transport}: node stages (median of ~/status): "
+            + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in stages.items())
+        )
+    print(f"{'':6s}{'':16s}{'p50 ms':>8s}{'p95 ms':>8s}{'max ms':>8s}{'chunks':>12s}  target")
+    for transport, mode, samples, sent, answered, lost in rows:
+        p50, p95 = percentile(samples, 50) * 1e3, percentile(samples, 95) * 1e3
+        ok = p50 <= 5.0 and p95 <= 10.0
+        extra = f" (re-sent {lost})" if lost else ""
+        print(
+            f"{transport:6s}{mode:16s}{p50:8.2f}{p95:8.2f}{percentile(samples, 100) * 1e3:8.2f}"
+            f"{answered:>6d}/{sent:<5d}  {'met' if ok else 'MISSED'}{extra}"
+        )
+
+
+def run_model(args, params: dict, env: dict, policy_factory) -> None:
+    """The tiny/mid model: node end-to-end vs bare Policy.act, same thread count."""
+    cameras, joint_names = tuple(params["camera_names"]), params["joint_names"]
+    obs = observations(args.frames, cameras, len(joint_names))
+    policy = policy_factory()
+    sequence = obs[: args.warmup] + obs
+    bare: list[float] = []
+
+    def bare_act_of(index: int) -> None:
+        images, state = sequence[index]
+        start = time.perf_counter()
+        policy.act(images, state, params["instruction"], seed=params["seed"])
+        if index >= args.warmup:
+            bare.append(time.perf_counter() - start)
+
+    session = NodeSession(params, env, "raw")
+    lost = [0]
+    try:
+        message_sets = session.messages(obs)
+        session.start_up(message_sets[0])
+        session.spin(0.5)  # a status with the start-up's chunk count
+        counted_from = session.statuses[-1].chunk_count if session.statuses else 0
+        sent_from = session.sent_count
+        e2e = session.one_at_a_time(message_sets, args.warmup, lost, before_each=bare_act_of)
+        session.spin(0.5)  # a status after the last chunk
+        status = session.statuses[-1] if session.statuses else None
+        sent_single = session.sent_count - sent_from
+        stages = stage_medians(session.statuses)
+        streamed = None
+        if args.stream_seconds > 0:
+            # The model while the executor thread keeps taking and converting camera frames:
+            # what the two threads cost each other (the GIL) shows in the model stage.
+            first = len(session.statuses)
+            latencies, sent, answered = session.stream(message_sets, args.rate, args.stream_seconds)
+            streamed = (latencies, sent, answered, stage_medians(session.statuses[first + 1 :]))
+    finally:
+        session.close()
+    bare_median, e2e_median = statistics.median(bare), statistics.median(e2e)
+    print(
+        f"preset {args.preset}, {args.frames} observations, 3 cameras {WIDTH}x{HEIGHT} rgb8, "
+        f"{args.threads} torch thread(s)"
+    )
+    print(
+        f"bare Policy.act           median {bare_median * 1e3:8.1f} ms "
+        "(in this process, interleaved with the node's observations)"
+    )
+    print(f"camera publish -> chunk   median {e2e_median * 1e3:8.1f} ms")
+    print(f"overhead ratio (target <= 1.10): {e2e_median / bare_median:.3f}")
+    print(f"node overhead per observation: {(e2e_median - bare_median) * 1e3:.1f} ms")
+    print(f"observations re-sent after a lost camera message: {lost[0]}")
+    if status is not None:
+        print(
+            f"chunks the node computed: {status.chunk_count - counted_from} for "
+            f"{sent_single} observations sent (one each when nothing is "
+            "inferred twice)"
+        )
+    print(
+        "node stages (median of ~/status): "
+        + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in stages.items())
+    )
+    if streamed is not None:
+        latencies, sent, answered, stream_stages = streamed
+        print(
+            f"cameras streaming at {args.rate:g} Hz for {args.stream_seconds:g} s: model inside "
+            f"the node median {stream_stages['model'] * 1e3:.1f} ms (idle node "
+            f"{stages['model'] * 1e3:.1f} ms, bare {bare_median * 1e3:.1f} ms); "
+            f"{answered} of {sent} frames got a chunk (newest frame only while busy), "
+            f"publish -> chunk p50 {percentile(latencies, 50) * 1e3:.1f} ms"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--policy",
+        choices=("model", "zero"),
+        default="model",
+        help="model: the preset's model vs bare Policy.act; zero: a zero-cost policy (the "
+        "node's own latency, raw and JPEG, one at a time and streamed)",
+    )
     parser.add_argument("--preset", choices=("mid", "tiny"), default="mid")
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--transports",
+        nargs="+",
+        choices=("raw", "jpeg"),
+        default=["raw", "jpeg"],
+        help="zero-cost policy: camera transports to measure",
+    )
+    parser.add_argument("--rate", type=float, default=30.0, help="camera stream rate [Hz]")
+    parser.add_argument(
+        "--stream-seconds",
+        type=float,
+        default=5.0,
+        help="length of the camera stream [s] (model: after the one-at-a-time run; 0: none)",
+    )
+    parser.add_argument(
         "--default-dds",
         action="store_true",
         help="keep Fast DDS's default transports (no large shared-memory segment)",
     )
+    parser.add_argument("--no-conversion-cost", action="store_true", help="skip that table")
     args = parser.parse_args()
     if not args.default_dds:
         profile = Path(tempfile.mkdtemp()) / "fastdds_large_shm.xml"
@@ -219,42 +489,37 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("ROS_DOMAIN_ID", str(70 + os.getpid() % 30))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    import torch
-
-    from molmoact2_policy.model.policy import MolmoAct2Policy
     from tests.ros.policy_node_harness import yam_params
 
-    torch.set_num_threads(args.threads)
     seed = 0
+    env = {"OMP_NUM_THREADS": str(args.threads)}
     with tempfile.TemporaryDirectory() as ckpt_dir:
-        checkpoint = write_checkpoint(args.preset, Path(ckpt_dir), seed)
-        params = yam_params(
-            checkpoint=checkpoint, seed=seed, max_inference_rate=0.0, max_observation_age=5.0
-        )
-        cameras, joint_names = tuple(params["camera_names"]), params["joint_names"]
-        obs = observations(args.frames, cameras, len(joint_names))
-        policy = MolmoAct2Policy.from_checkpoint(
-            checkpoint, params["embodiment"], seed=seed, joint_names=tuple(joint_names)
-        )
-        bare = bare_act(policy, obs, params["instruction"], seed, args.warmup)
-        del policy
-        lost = [0]
-        env = {"OMP_NUM_THREADS": str(args.threads)}
-        e2e = node_round_trips(params, obs, args.warmup, env, lost)
+        if args.policy == "zero":
+            params = yam_params(seed=seed, max_inference_rate=0.0, max_observation_age=5.0)
+            run_zero_cost(args, params, env)
+        else:
+            import torch
 
-    costs = conversion_cost()
-    bare_median, e2e_median = statistics.median(bare), statistics.median(e2e)
-    print(
-        f"preset {args.preset}, {args.frames} observations, 3 cameras {WIDTH}x{HEIGHT}, "
-        f"{args.threads} torch thread(s)"
-    )
-    print(f"bare Policy.act           median {bare_median * 1e3:8.1f} ms")
-    print(f"camera publish -> chunk   median {e2e_median * 1e3:8.1f} ms")
-    print(f"overhead ratio (target <= 1.10): {e2e_median / bare_median:.3f}")
-    print(f"observations re-sent after a lost camera message: {lost[0]}")
-    print(f"node overhead per observation: {(e2e_median - bare_median) * 1e3:.1f} ms")
-    for name, seconds in costs.items():
-        print(f"image conversion {name:14s} {seconds * 1e3:7.3f} ms per {WIDTH}x{HEIGHT} frame")
+            from molmoact2_policy.model.policy import MolmoAct2Policy
+
+            torch.set_num_threads(args.threads)
+            checkpoint = write_checkpoint(args.preset, Path(ckpt_dir), seed)
+            params = yam_params(
+                checkpoint=checkpoint, seed=seed, max_inference_rate=0.0, max_observation_age=5.0
+            )
+
+            def make_policy():
+                return MolmoAct2Policy.from_checkpoint(
+                    checkpoint,
+                    params["embodiment"],
+                    seed=seed,
+                    joint_names=tuple(params["joint_names"]),
+                )
+
+            run_model(args, params, env, make_policy)
+    if not args.no_conversion_cost:
+        for name, seconds in conversion_cost().items():
+            print(f"image conversion {name:14s} {seconds * 1e3:7.3f} ms per {WIDTH}x{HEIGHT} frame")
 
 
 if __name__ == "__main__":

@@ -107,10 +107,14 @@ def camera_images(spec: Any) -> dict[str, np.ndarray]:
 def serve(port: int, kind: str) -> None:
     import uvicorn
 
-    from molmoact2_policy.remote.server import create_app
+    from molmoact2_policy.remote.server import create_app, uvicorn_config
 
     app = create_app(make_policy(kind), max_queue=4)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", ws_max_size=64 << 20)
+    # As `molmoact2 serve` runs it: the guarded h11 protocol, so its cost is in the figures.
+    config = uvicorn_config(
+        app, host="127.0.0.1", port=port, log_level="warning", ws_max_size=64 << 20
+    )
+    uvicorn.Server(config).run()
 
 
 def free_port() -> int:
@@ -169,7 +173,8 @@ def main() -> None:
     try:
         wait_for(url)
         variants = [(t, e, 0) for t in ("http", "ws") for e in ("raw", "jpeg")]
-        # Cameras resized to the model's 378x378 input on the robot side (the node default).
+        # Opt-in: cameras resized to the model's 378x378 input on the robot side with the
+        # processor's kernel (the default, as released, sends camera resolution).
         variants += [("http", "jpeg", IMAGE_SIZE), ("ws", "jpeg", IMAGE_SIZE)]
         for transport, encoding, image_size in variants:
             remote = RemotePolicy(
@@ -186,7 +191,7 @@ def main() -> None:
             names.append(f"{transport:4} {encoding}" + (f"@{image_size}" if image_size else ""))
             calls.append(lambda remote=remote: remote.act(images, state, instruction, seed=0))
             sent = (
-                {n: resize_image(im, image_size) for n, im in images.items()}
+                {n: resize_image(im, image_size, exact=True) for n, im in images.items()}
                 if image_size
                 else images
             )
@@ -197,6 +202,7 @@ def main() -> None:
                 instruction,
                 image_encoding=encoding,
                 jpeg_quality=args.jpeg_quality,
+                binary=transport == "ws",
             )
             encode = encode_json if transport == "http" else encode_msgpack
             sizes[names[-1]] = len(encode(request))

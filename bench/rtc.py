@@ -49,7 +49,8 @@ from molmoact2_policy.rtc_feed import NS_PER_S, RtcFeed
 
 ROOT = Path(__file__).resolve().parents[1]
 ROBOT = "so101"
-RECIPE = 1  # bump when the training below changes: cached checkpoints are rebuilt
+RECIPE = 2  # bump when the training below changes: cached checkpoints are rebuilt
+# 2: gripper dims marked unnormalised by the stats mask (released stats format)
 MARKER = "BENCH_RTC_CHECKPOINT.txt"
 INSTRUCTION = "wipe the table"
 SETTLE = 1.0  # seconds excluded from the metrics (first chunk's ramp-in)
@@ -77,14 +78,16 @@ def loop_chunk(phase: np.ndarray, horizon: int, action_dim: int, gripper_dims) -
     return chunk
 
 
-def _pose_stats(centre: np.ndarray, spread: float):
+def _pose_stats(centre: np.ndarray, spread: float, passthrough: tuple[int, ...]):
     from molmoact2_policy.model.normalize import GroupStats
 
     s = np.full_like(centre, spread)
     stats = {"mean": centre, "std": s / 2, "min": centre - 1.2 * s, "max": centre + 1.2 * s,
              "q01": centre - s, "q99": centre + s, "q10": centre - 0.6 * s,
              "q90": centre + 0.6 * s}
-    return GroupStats({k: np.round(v.astype(float), 6) for k, v in stats.items()})
+    mask = np.ones(centre.shape[0], dtype=bool)
+    mask[list(passthrough)] = False  # grippers stay in robot units
+    return GroupStats({k: np.round(v.astype(float), 6) for k, v in stats.items()}, mask=mask)
 
 
 def write_checkpoint(path: Path, steps: int, seed: int = 0) -> Path:
@@ -104,8 +107,8 @@ def write_checkpoint(path: Path, steps: int, seed: int = 0) -> Path:
     spec = policy.embodiment
     norm_path = path / policy.config.norm_stats_filename
     norm = NormStats.from_file(norm_path)
-    norm.tags[spec.norm_tag] = {"state": _pose_stats(start, 0.25),
-                                "action": _pose_stats(start, 0.25)}
+    norm.tags[spec.norm_tag] = {"state": _pose_stats(start, 0.25, spec.gripper_dims),
+                                "action": _pose_stats(start, 0.25, spec.gripper_dims)}
     norm.save(norm_path)
     policy.norm_stats = norm
 
@@ -115,7 +118,7 @@ def write_checkpoint(path: Path, steps: int, seed: int = 0) -> Path:
     with torch.no_grad():
         for phase in np.linspace(0, 2 * np.pi, 8, endpoint=False):
             chunk = loop_chunk(np.array([phase]), spec.horizon, spec.action_dim, spec.gripper_dims)
-            pose = norm.unnormalize_action(spec.norm_tag, chunk[0, 0], spec.gripper_dims)
+            pose = norm.unnormalize_action(spec.norm_tag, chunk[0, 0])
             pose = pose + rng.normal(0.0, 0.02, pose.shape)
             images = {name: world.render(name, pose) for name in spec.camera_names}
             prefix = policy.run_prefix(policy.prepare_inputs(images, pose, INSTRUCTION))

@@ -18,6 +18,7 @@ NODES = [
     ("<robot>_driver, trajectory bridge", "hw_drivers.driver_params:DriverParams"),
     ("sim_cameras", "molmoact2.sim_camera_node:SimCameraParams"),
     ("recorder", "molmoact2.recorder_node:RecorderParams"),
+    ("molmoact2_tf", "molmoact2.tf_node:TfParams"),
 ]
 OUT = Path(__file__).resolve().parents[1] / "docs" / "parameters.md"
 

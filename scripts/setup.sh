@@ -52,15 +52,46 @@ if ! stage_done colcon "$msgs_stamp" || [[ ! -d "$ROOT/ros2_ws/install/molmoact2
   mark_done colcon "$msgs_stamp"
 fi
 
+# Interface packages with no wheel (tf2_msgs): build our stand-in only when no real one is
+# importable (a sourced system ROS wins); drop a stale stand-in when a real one appeared.
+mapfile -t STAND_INS < <("$VENV/bin/python" "$ROOT/scripts/pip_interfaces.py" "$ROOT/ros2_ws/install")
+for dir in "$ROOT"/ros2_ws/pip_interfaces/*/; do
+  pkg=$(basename "$dir")
+  if [[ " ${STAND_INS[*]} " != *" $pkg "* ]]; then
+    rm -rf "$ROOT/ros2_ws/install/$pkg" "$ROOT/ros2_ws/build/$pkg" "$STAMPS/standin-$pkg"
+  fi
+done
+for pkg in "${STAND_INS[@]}"; do
+  src="$ROOT/ros2_ws/pip_interfaces/$pkg"
+  pkg_stamp_in=$(stamp_of "$src"/package.xml "$src"/CMakeLists.txt "$src"/msg/* "$ROOT/requirements.txt")
+  if ! stage_done "standin-$pkg" "$pkg_stamp_in" || [[ ! -d "$ROOT/ros2_ws/install/$pkg" ]]; then
+    log "colcon build of the $pkg stand-in (no $pkg package is importable)"
+    (
+      cd "$ROOT/ros2_ws"
+      export VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH"
+      export CMAKE_PREFIX_PATH="$VENV" AMENT_PREFIX_PATH="$VENV"
+      # --paths: pip_interfaces/ has a COLCON_IGNORE so that no crawl of ros2_ws finds it.
+      "$VENV/bin/colcon" --log-base log build --paths "pip_interfaces/$pkg" \
+        --cmake-args -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$VENV/bin/python" \
+        --event-handlers console_direct- > "$ROOT/ros2_ws/colcon-build-$pkg.log" 2>&1 \
+        || { tail -n 60 "$ROOT/ros2_ws/colcon-build-$pkg.log"; exit 1; }
+    )
+    mark_done "standin-$pkg" "$pkg_stamp_in"
+  fi
+done
+
 # Make the built messages importable from the venv without sourcing anything. The ROS wheels'
 # bootstrapper (ros_wheels_bootstrapper.pth) re-executes Python once with LD_LIBRARY_PATH set;
 # this .pth sorts before it and adds our install's lib dir, so the re-exec picks it up too.
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 INSTALL="$ROOT/ros2_ws/install"
-cat > "$SITE/molmoact2_ws.pth" <<PTH
-$INSTALL/molmoact2_msgs/lib/python3.11/site-packages
-import os; _l = "$INSTALL/molmoact2_msgs/lib"; _p = os.environ.get("LD_LIBRARY_PATH", ""); os.environ["LD_LIBRARY_PATH"] = _p if _l in _p.split(":") else ":".join(x for x in (_l, _p) if x); _a = os.environ.get("AMENT_PREFIX_PATH", ""); os.environ["AMENT_PREFIX_PATH"] = _a if "$INSTALL/molmoact2_msgs" in _a else ":".join(x for x in ("$INSTALL/molmoact2_msgs", "$VENV", _a) if x)
+: > "$SITE/molmoact2_ws.pth"
+for pkg in molmoact2_msgs "${STAND_INS[@]}"; do
+  cat >> "$SITE/molmoact2_ws.pth" <<PTH
+$INSTALL/$pkg/lib/python3.11/site-packages
+import os; _l = "$INSTALL/$pkg/lib"; _p = os.environ.get("LD_LIBRARY_PATH", ""); os.environ["LD_LIBRARY_PATH"] = _p if _l in _p.split(":") else ":".join(x for x in (_l, _p) if x); _a = os.environ.get("AMENT_PREFIX_PATH", ""); os.environ["AMENT_PREFIX_PATH"] = _a if "$INSTALL/$pkg" in _a.split(":") else ":".join(x for x in ("$INSTALL/$pkg", "$VENV", _a) if x)
 PTH
+done
 # python version in the path above must match the venv's
 sed -i "s#lib/python3.11/#lib/$("$VENV/bin/python" -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")')/#" "$SITE/molmoact2_ws.pth"
 
@@ -74,6 +105,6 @@ if ! stage_done packages "$pkg_stamp"; then
   mark_done packages "$pkg_stamp"
 fi
 
-"$VENV/bin/python" -c "from molmoact2_msgs.msg import ActionChunk, DepthTokens, PolicyStatus; from molmoact2_msgs.srv import SetInstruction" \
+"$VENV/bin/python" -c "from molmoact2_msgs.msg import ActionChunk, DepthTokens, PolicyStatus; from molmoact2_msgs.srv import SetInstruction; from tf2_msgs.msg import TFMessage" \
   || { log "the built messages do not import; see ros2_ws/colcon-build.log"; exit 1; }
 log "ready: source scripts/env.sh (or use .venv/bin/python)"

@@ -1,7 +1,7 @@
 """Test doubles for remote inference: a deterministic fake Policy and a uvicorn server thread.
 
-The fake's chunk is a hash of every input byte (images, state, instruction, seed), so a remote
-round trip equals a local call only if the server saw bit-identical inputs.
+The fake's chunk is a hash of every input byte (images, state, instruction, seed, num_steps), so
+a remote round trip equals a local call only if the server saw bit-identical inputs.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class FakePolicy:
         instruction: str,
         *,
         seed: int | None = None,
+        num_steps: int | None = None,
     ) -> ActionChunkResult:
         validate_observation(self.embodiment, images, state, instruction)
         with self._lock:
@@ -64,6 +65,7 @@ class FakePolicy:
                 digest.update(name.encode() + str(image.shape).encode() + image.tobytes())
             digest.update(np.asarray(state, dtype=np.float64).tobytes())
             digest.update(instruction.encode())
+            digest.update(b"steps %d" % (num_steps or 10))  # None is the default of 10 steps
             entropy = [int.from_bytes(digest.digest(), "little")]
             if seed is not None:
                 entropy.append(seed)
@@ -92,6 +94,7 @@ class FakePolicy:
             "embodiment": self.embodiment.name,
             "device": "cpu",
             "mode": "flow",
+            "flow_steps": 10,
         }
 
 
@@ -102,15 +105,31 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """Serve an ASGI app with uvicorn in a background thread on 127.0.0.1:``port``."""
+    """Serve an ASGI app on 127.0.0.1:``port`` in a background thread, configured as
+    ``molmoact2 serve`` configures uvicorn (guarded protocol, ``connection_limits``)."""
 
-    def __init__(self, app: Any, port: int | None = None, **config: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        port: int | None = None,
+        connection_limits: Any = None,
+        **config: Any,
+    ) -> None:
         import uvicorn
+
+        from molmoact2_policy.remote.server import uvicorn_config
 
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        config.setdefault("log_level", "warning")
         self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", **config)
+            uvicorn_config(
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                connection_limits=connection_limits,
+                **config,
+            )
         )
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 

@@ -21,7 +21,8 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (
             f"share/{PACKAGE}/config",
-            glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml"),
+            glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml")
+            + glob("config/*.urdf"),
         ),
     ],
     zip_safe=True,
@@ -30,6 +31,7 @@ setup(
             "molmoact2 = molmoact2.cli:main",
             "sim_camera_node = molmoact2.sim_camera_node:main",
             "recorder_node = molmoact2.recorder_node:main",
+            "tf_node = molmoact2.tf_node:main",
         ],
     },
 )

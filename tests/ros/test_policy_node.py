@@ -7,6 +7,8 @@ for the same observation and seed.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -79,7 +81,19 @@ def test_chunks_match_policy_act_for_the_published_observation(robot, params):
                 frame.images, robot.states[index], params["instruction"], seed=params["seed"]
             )
             errors.append(float(np.abs(expected.positions - positions).max()))
-        assert min(errors) <= 1e-9, f"no candidate state reproduces the chunk: {errors}"
+        if min(errors) > 1e-9:
+            # A camera message lost under load: the set became whole when the other cameras
+            # had already sent the next frame (within max_camera_skew). The chunk's stamp is
+            # its oldest frame; every other camera may show that frame or the next one.
+            state = robot.states[candidates[int(np.argmin(errors))]]
+            following = [f for f in robot.frames.values() if f.index == frame.index + 1]
+            for choice in itertools.product((frame, *following[:1]), repeat=len(robot.cameras)):
+                if not any(f is frame for f in choice):
+                    continue  # then the oldest frame, the stamp, would be the next one
+                images = {c: f.images[c] for c, f in zip(robot.cameras, choice, strict=True)}
+                expected = reference.act(images, state, params["instruction"], seed=params["seed"])
+                errors.append(float(np.abs(expected.positions - positions).max()))
+        assert min(errors) <= 1e-9, f"no published observation reproduces the chunk: {errors}"
     sequences = [c.sequence for c in chunks]
     assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
 
@@ -108,6 +122,13 @@ def test_status_reports_running_with_input_ages(robot, params):
     assert status.lifecycle_state == "active" and status.last_error == ""
     assert status.instruction == params["instruction"] and status.checkpoint == "tiny"
     assert status.chunk_count >= 1 and status.model_time > 0.0
+    # Per-stage times of the last chunk, so a user sees where the latency goes.
+    stages = [status.convert_time, status.assemble_time, status.queue_wait_time]
+    assert all(np.isfinite(stages)) and min(stages) >= 0.0, stages
+    assert 0.0 < status.publish_time < status.last_latency
+    assert status.preprocess_time == pytest.approx(
+        status.convert_time + status.assemble_time, rel=1e-5
+    )
     ages = {i.name: i for i in status.inputs}
     assert set(ages) == {*params["camera_names"], "joint_states"}
     assert all(i.ok and 0.0 <= i.age < 0.5 for i in ages.values())
@@ -149,4 +170,30 @@ def test_reset_service_clears_and_inference_continues(robot):
     future = client.call_async(Trigger.Request())
     assert robot.run(10.0, until=future.done)
     assert future.result().success
+    wait_chunks(robot, 1, robot.now_ns())
+
+
+def test_joint_states_alone_never_start_an_inference(robot):
+    """Inference starts on a new camera set, not on each joint state (issue 21: a joint state
+    arriving just before the cameras took the inference slot and made every chunk wait)."""
+    import time
+
+    import rclpy
+    from builtin_interfaces.msg import Time
+    from sensor_msgs.msg import JointState
+
+    wait_chunks(robot, 1, robot.now_ns())
+    before = len(robot.chunks)
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:  # joint states at 30 Hz, no camera frames
+        now = robot.now_ns()
+        msg = JointState(name=list(robot.joints), position=[0.1 * (now % 7)] * len(robot.joints))
+        msg.header.stamp = Time(sec=now // 10**9, nanosec=now % 10**9)
+        robot.joint_pub.publish(msg)
+        rclpy.spin_once(robot.node, timeout_sec=1 / 30)
+    during = robot.chunks[before:]
+    # At most the inference already running and the camera set already pending finish.
+    assert len(during) <= 2, [chunk_stamp_ns(c) for c in during]
+    stamps = [chunk_stamp_ns(c) for c in robot.chunks[before - 1 :]]
+    assert len(stamps) == len(set(stamps)), "two chunks were computed from the same frames"
     wait_chunks(robot, 1, robot.now_ns())

@@ -58,6 +58,11 @@ def graph():
         Parameter("max_acceleration", Parameter.Type.DOUBLE_ARRAY, [10.0] * 8),
         Parameter("chunk_topic", Parameter.Type.STRING, "bridge_test/action_chunk"),
         Parameter("trajectory_topic", Parameter.Type.STRING, "bridge_test/joint_trajectory"),
+        Parameter("joint_state_topic", Parameter.Type.STRING, "bridge_test/joint_states"),
+        # Points due within 0.05 s would be skipped by default; keep the timing test's first.
+        Parameter("min_lead_time", Parameter.Type.DOUBLE, 0.0),
+        # Generous for a loaded test machine; the one-off joint states must still count.
+        Parameter("max_state_age", Parameter.Type.DOUBLE, 5.0),
         Parameter(
             "controller_joint_names",
             Parameter.Type.STRING_ARRAY,
@@ -74,13 +79,29 @@ def graph():
         JointState, "trajectory_bridge/gripper_command", received["gripper"].append, 10
     )
     publisher = probe.create_publisher(ActionChunk, "bridge_test/action_chunk", 10)
+    states = probe.create_publisher(JointState, "bridge_test/joint_states", 10)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(bridge)
     executor.add_node(probe)
     assert bridge.trigger_configure().name == "SUCCESS"
     bridge.trigger_activate()
     spin_until(probe, lambda: publisher.get_subscription_count() > 0, 5.0, executor)
-    yield bridge, probe, publisher, received, executor
+    spin_until(probe, lambda: states.get_subscription_count() > 0, 5.0, executor)
+
+    def measured(arm=HOME[:7]):
+        """Publish the arm's joint states (controller names) and wait until the bridge has them."""
+        msg = JointState()
+        msg.name = [f"fr3_joint{i}" for i in range(1, 8)]
+        msg.position = [float(v) for v in arm]
+        bridge._measured = None
+        for _ in range(50):
+            states.publish(msg)
+            if spin_until(probe, lambda: bridge._measured is not None, 0.1, executor):
+                break
+        assert bridge._measured is not None
+
+    measured()
+    yield bridge, probe, publisher, received, executor, measured
     executor.shutdown()
     bridge.destroy_node()
     probe.destroy_node()
@@ -88,7 +109,7 @@ def graph():
 
 
 def test_chunk_becomes_a_timed_trajectory_and_gripper_command(graph):
-    bridge, probe, publisher, received, executor = graph
+    bridge, probe, publisher, received, executor, _ = graph
     step = 1 / 15
     # Captured 0.1 s ago, action k at capture + (k + 1)/15: action 0 is 0.033 s overdue.
     stamp_ns = bridge.get_clock().now().nanoseconds - 100_000_000
@@ -112,20 +133,56 @@ def test_chunk_becomes_a_timed_trajectory_and_gripper_command(graph):
 
 
 def test_nan_chunk_produces_no_trajectory(graph):
-    bridge, probe, publisher, received, executor = graph
+    bridge, probe, publisher, received, executor, measured = graph
     publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds, nan=True))
     assert spin_until(probe, lambda: bridge.rejected == 1, 5.0, executor)
     spin_until(probe, lambda: bool(received["trajectory"]), 0.5, executor)
     assert received["trajectory"] == [] and received["gripper"] == []
     assert bridge.last_rejection.startswith("non_finite:")
     # A good chunk afterwards goes through: one bad chunk does not stop the bridge.
+    measured()  # joint states stream; the test's are one-off, so send a fresh one
     publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds))
     assert spin_until(probe, lambda: bool(received["trajectory"]), 5.0, executor)
+
+
+def test_chunk_far_from_the_measured_pose_is_ramped_in_never_sent_as_is(graph):
+    bridge, probe, publisher, received, executor, measured = graph
+    away = list(HOME[:7])
+    away[1] -= 0.4  # the arm is 0.4 rad from where the chunk starts
+    measured(away)
+    stamp_ns = bridge.get_clock().now().nanoseconds
+    publisher.publish(make_chunk(stamp_ns))
+    assert spin_until(probe, lambda: bool(received["trajectory"]), 5.0, executor)
+    traj = received["trajectory"][0]
+    first = traj.points[0].time_from_start
+    first_s = first.sec + first.nanosec * 1e-9
+    # As sent the first point was due in about 1/15 s: 6 rad/s. Ramped in, the controller has
+    # at least the ramp-in time (1 s) to get there: within 2 rad/s and 10 rad/s^2.
+    assert first_s >= 1.0 - 1e-6
+    assert 1.5 * 0.4 / first_s <= 2.0 and 6 * 0.4 / first_s**2 <= 10.0
+    assert bridge.ramped == 1
+
+
+def test_chunk_too_far_or_without_measurement_is_refused(graph):
+    bridge, probe, publisher, received, executor, measured = graph
+    away = list(HOME[:7])
+    away[0] += 0.6
+    measured(away)
+    publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds))
+    assert spin_until(probe, lambda: bridge.rejected == 1, 5.0, executor)
+    assert bridge.last_rejection.startswith("start_deviation: joint panda_joint1")
+    bridge._measured = None  # the joint states stopped
+    publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds))
+    assert spin_until(probe, lambda: bridge.rejected == 2, 5.0, executor)
+    assert bridge.last_rejection.startswith("start_pose: no recent measured joint state")
+    spin_until(probe, lambda: bool(received["trajectory"]), 0.3, executor)
+    assert received["trajectory"] == []
 
 
 def test_console_script_autostarts_with_the_robot_config(tmp_path):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import JointState
     from trajectory_msgs.msg import JointTrajectory
 
     from molmoact2_msgs.msg import ActionChunk
@@ -136,6 +193,7 @@ def test_console_script_autostarts_with_the_robot_config(tmp_path):
         "franka_driver:\n  ros__parameters:\n"
         "    trajectory_topic: bridge_cli/joint_trajectory\n"
         "    chunk_topic: bridge_cli/action_chunk\n"
+        "    joint_state_topic: bridge_cli/joint_states\n"
     )
     proc = start_python(
         [
@@ -157,11 +215,16 @@ def test_console_script_autostarts_with_the_robot_config(tmp_path):
         got: list = []
         node.create_subscription(JointTrajectory, "bridge_cli/joint_trajectory", got.append, 10)
         pub = node.create_publisher(ActionChunk, "bridge_cli/action_chunk", 10)
+        states = node.create_publisher(JointState, "bridge_cli/joint_states", 10)
+        state = JointState()
+        state.name, state.position = ARM, [float(v) for v in HOME[:7]]
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         ready = spin_until(node, lambda: pub.get_subscription_count() > 0, 20.0, executor)
         assert ready, stop_process(proc)
         for _ in range(20):
+            states.publish(state)  # the start pose is checked against the measured arm
+            spin_until(node, lambda: False, 0.05, executor)
             pub.publish(make_chunk(node.get_clock().now().nanoseconds))
             if spin_until(node, lambda: bool(got), 0.5, executor):
                 break

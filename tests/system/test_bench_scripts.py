@@ -26,16 +26,45 @@ SCRIPTS = {
     "fast": (["--preset", "tiny", "--repeats", "1"], ["decoding cost:", "ratios:"]),
     "executor": (
         ["--duration", "1", "--sim-duration", "2"],
-        ["idle ticks", "ratios sync/ours:", "real-time loop"],
+        ["idle ticks", "ratios sync/ours:", "driver node timer", "tick lateness p50"],
+    ),
+    "remote": (["--policy", "null", "--iterations", "2"], ["ws   jpeg", "raw bandwidth"]),
+    # The policy node in its own process, fed over ROS: the zero-cost policy on one small run
+    # per transport, then the tiny model against bare Policy.act.
+    "policy_node": (
+        [
+            "--policy",
+            "zero",
+            "--frames",
+            "2",
+            "--warmup",
+            "1",
+            "--stream-seconds",
+            "0.5",
+            "--no-conversion-cost",
+        ],
+        ["zero-cost policy", "raw   one at a time", "jpeg  30 Hz stream", "node stages"],
+    ),
+    "policy_node_tiny": (
+        ["--preset", "tiny", "--frames", "2", "--warmup", "1", "--no-conversion-cost"],
+        ["bare Policy.act", "camera publish -> chunk", "overhead ratio", "chunks the node"],
     ),
 }
 
 
-@pytest.mark.parametrize("name", sorted(SCRIPTS))
+# These start ROS nodes (the driver node, the policy node) in subprocesses.
+ROS_SCRIPTS = {"executor", "policy_node", "policy_node_tiny"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.ros) if n in ROS_SCRIPTS else n for n in sorted(SCRIPTS)],
+)
 def test_bench_script_runs_and_reports(name):
     args, expected = SCRIPTS[name]
+    script = name.removesuffix("_tiny")
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / f"{name}.py"), *args],
+        [sys.executable, str(REPO / "bench" / f"{script}.py"), *args],
         capture_output=True,
         text=True,
         timeout=240,

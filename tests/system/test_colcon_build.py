@@ -36,7 +36,7 @@ def test_colcon_builds_the_python_packages_and_installs_launch_and_config(tmp_pa
         "droid.launch.py", "so101.launch.py", "yam.launch.py"
     ]
     configs = {p.name for p in (share / "config").iterdir()}
-    assert {"yam.yaml", "droid.yaml", "so101.yaml"} <= configs
+    assert {"yam.yaml", "droid.yaml", "so101.yaml", "droid_panda.urdf"} <= configs
     # `ros2 run <pkg> <executable>` looks in lib/<pkg>.
     assert (tmp_path / "install" / "hw_drivers" / "lib" / "hw_drivers" / "driver_node").exists()
     policy_lib = tmp_path / "install" / "molmoact2_policy" / "lib" / "molmoact2_policy"

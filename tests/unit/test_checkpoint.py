@@ -18,6 +18,7 @@ from molmoact2_policy.model.checkpoint import (
     load_checkpoint,
     main,
     model_from_released,
+    released_state_dict,
     save_checkpoint,
     tiny_norm_stats,
     to_released_state_dict,
@@ -69,7 +70,7 @@ def test_layout_and_released_key_names(tiny_dir):
 
 def test_fused_weights_split_the_documented_way():
     model, config, _, _ = build_tiny(seed=0)
-    released = model.released_state_dict()
+    released = released_state_dict(model)
     attention = model.vlm.model.language_model.layers[1].self_attn
     fused = released["model.transformer.blocks.1.self_attn.att_proj.weight"]
     torch.testing.assert_close(fused[:128], attention.q_proj.weight)
@@ -84,7 +85,8 @@ def test_fused_weights_split_the_documented_way():
     state = model.state_dict()
     assert set(back) == set(state)
     assert all(torch.equal(back[key], state[key]) for key in state)
-    assert to_released_state_dict(back, config).keys() == released.keys()
+    rope = {"model.transformer.rotary_emb.inv_freq"}  # a computed table, not a module weight
+    assert to_released_state_dict(back, config).keys() == released.keys() - rope
 
 
 def test_write_load_round_trip_gives_identical_actions(tiny_dir):
@@ -241,7 +243,13 @@ def _with_rope_tables(tiny_dir, tmp_path, layout, transform=lambda t: t, only=No
     tables = {key: getattr(text, name).inv_freq.clone() for key, name in layout.items()}
     tables = {k: transform(v) if only in (None, k) else v for k, v in tables.items()}
     path = _copy(tiny_dir, tmp_path)
-    _edit_weights(path, lambda t: t.update(tables))
+    # Our writer stores the single table; a layout's own tables replace it.
+    _edit_weights(path, lambda t: (t.pop(*SINGLE_ROPE, None), t.update(tables)))
+    if layout is SPLIT_ROPE:
+        # The released model has the two tables only when some layers are left unscaled.
+        config = json.loads((path / "config.json").read_text())
+        config["text_config"]["rope_scaling_layers"] = [0, 1]
+        (path / "config.json").write_text(json.dumps(config))
     return path
 
 
@@ -312,7 +320,7 @@ def test_depth_gate_round_trips_in_the_released_layout(tmp_path, per_layer):
     config = model.config
     kv_dim, layers = config.llm_kv_dim, config.num_vlm_layers
     gate = model.action_expert_depth_gate
-    released = model.released_state_dict()
+    released = released_state_dict(model)
     gate_keys = {k: tuple(v.shape) for k, v in released.items() if "depth_gate" in k}
     prefix = "model.action_expert_depth_gate."
     if per_layer:
@@ -340,14 +348,15 @@ def test_depth_gate_round_trips_in_the_released_layout(tmp_path, per_layer):
     assert torch.equal(loaded_gate.weight, gate.weight)
     assert torch.equal(loaded_gate.bias, gate.bias)
     back = from_released_state_dict(released, config)
-    assert to_released_state_dict(back, config).keys() == released.keys()
+    rope = {"model.transformer.rotary_emb.inv_freq"}  # a computed table, not a module weight
+    assert to_released_state_dict(back, config).keys() == released.keys() - rope
 
 
 def test_gate_layout_that_disagrees_with_the_config_is_named():
     shared = _gated_tiny(per_layer=False)
     per_layer_config = _gated_tiny(per_layer=True).config
     with pytest.raises(CheckpointError, match=r"missing keys: .*action_expert_depth_gate\.0\."):
-        model_from_released(per_layer_config, shared.released_state_dict())
+        model_from_released(per_layer_config, released_state_dict(shared))
 
 
 def test_cli_writes_and_inspects(tmp_path, capsys):

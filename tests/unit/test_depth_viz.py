@@ -7,7 +7,7 @@ import pytest
 
 from molmoact2_policy.depth_viz import (
     OUTLINE_RGB,
-    depth_cell_boxes,
+    depth_cell_cubes,
     depth_colormap,
     render_depth_image,
 )
@@ -18,8 +18,10 @@ def test_colormap_is_distinct_per_code_and_never_the_outline_colour():
     assert colours.shape == (128, 3) and colours.dtype == np.uint8
     assert len({tuple(c) for c in colours}) == 128
     assert not np.all(colours == OUTLINE_RGB, axis=1).any()
-    # Near is warm, far is cool.
-    assert colours[0, 0] > colours[0, 2] and colours[-1, 2] > colours[-1, 0]
+    # Categorical, not a ramp: the release gives codes no depth order, so consecutive indices
+    # must not look alike (a ramp would suggest near/far).
+    steps = np.abs(np.diff(colours.astype(int), axis=0)).sum(axis=1)
+    assert steps.min() > 60
 
 
 def test_cells_take_their_code_colour_and_changed_cells_are_outlined():
@@ -74,21 +76,49 @@ def test_bad_background_and_alpha_are_rejected():
         render_depth_image(codes, blend_alpha=1.5)
 
 
-def test_cell_boxes_follow_the_grid_and_grow_with_the_code():
-    codes = np.zeros(100, dtype=np.int64)
-    codes[0] = 127
+def test_cell_cubes_sit_on_their_pixel_rays_at_the_fixed_distance():
+    import math
+
+    codes = np.arange(100, dtype=np.int64)
     changed = np.zeros(100, dtype=bool)
     changed[0] = True
-    boxes = depth_cell_boxes(codes, changed, cell_size_m=0.1, max_depth_m=1.0)
-    assert len(boxes) == 100
-    first, second, last = boxes[0], boxes[1], boxes[99]
-    assert first.size[2] == pytest.approx(1.0) and second.size[2] < 0.05
-    assert first.center[2] == pytest.approx(first.size[2] / 2)
-    # Optical frame: column -> +x, row -> +y, grid centred on the axis.
-    assert first.center[0] == pytest.approx(-0.45) and first.center[1] == pytest.approx(-0.45)
-    assert second.center[0] == pytest.approx(-0.35)
-    assert last.center[:2] == pytest.approx((0.45, 0.45))
-    assert first.rgba[3] == 1.0 and second.rgba[3] < 1.0
+    width, height, hfov, distance = 640, 480, 1.2, 0.8
+    cubes = depth_cell_cubes(
+        codes, changed, image_size=(width, height), hfov=hfov, distance=distance
+    )
+    assert len(cubes) == 100
+    focal = (width / 2) / math.tan(hfov / 2)
+    for cube in cubes:
+        r, c = divmod(cube.index, 10)
+        x, y, z = cube.center
+        assert z == pytest.approx(distance)
+        # Projecting the centre through the pinhole lands on the cell's centre pixel.
+        assert width / 2 + focal * x / z == pytest.approx((c + 0.5) * width / 10)
+        assert height / 2 + focal * y / z == pytest.approx((r + 0.5) * height / 10)
+        np.testing.assert_allclose(cube.rgba[:3], depth_colormap(128)[cube.index] / 255.0)
+    # Neighbouring cubes tile the frustum's cross-section: no gap beyond the 5% margin.
+    pitch_x = cubes[1].center[0] - cubes[0].center[0]
+    pitch_y = cubes[10].center[1] - cubes[0].center[1]
+    assert cubes[0].size[0] == pytest.approx(0.95 * pitch_x)
+    assert cubes[0].size[1] == pytest.approx(0.95 * pitch_y)
+    # The grid spans the horizontal field of view.
+    left_edge = cubes[0].center[0] - pitch_x / 2
+    assert math.atan2(-left_edge, distance) == pytest.approx(hfov / 2)
+    assert cubes[0].rgba[3] == 1.0 and cubes[1].rgba[3] < 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"distance": 0.0}, "distance"),
+        ({"distance": float("nan")}, "distance"),
+        ({"hfov": 3.2}, "hfov"),
+        ({"image_size": (0, 480)}, "image_size"),
+    ],
+)
+def test_cell_cubes_reject_bad_geometry(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        depth_cell_cubes(np.zeros(100, dtype=np.int64), **kwargs)
 
 
 def test_rviz_config_shows_the_cameras_the_depth_topics_and_the_chunk():
@@ -99,7 +129,11 @@ def test_rviz_config_shows_the_cameras_the_depth_topics_and_the_chunk():
     root = Path(__file__).resolve().parents[2]
     rviz = yaml.safe_load((root / "config" / "molmoact2.rviz").read_text())
     manager = rviz["Visualization Manager"]
-    assert manager["Global Options"]["Fixed Frame"] == "left_base_link"
+    # The fixed frame is the root every robot's published frames hang off (issue 20).
+    for name in ("yam", "droid", "so101"):
+        config = yaml.safe_load((root / "config" / f"{name}.yaml").read_text())
+        tf = config["/**/molmoact2_tf"]["ros__parameters"]
+        assert manager["Global Options"]["Fixed Frame"] == tf["world_frame"]
 
     def flatten(displays):
         for display in displays:

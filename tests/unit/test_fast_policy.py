@@ -71,7 +71,8 @@ def test_act_returns_a_deterministic_chunk_in_the_contract_shape(policy, baselin
     np.testing.assert_array_equal(again.positions, result.positions)
     meta = policy.metadata()
     assert meta["mode"] == "fast" and meta["fast_vocab"] == tiny_fast_tokenizer().vocab_size
-    assert meta["max_action_tokens"] == 10 * tiny_fast_tokenizer().action_dim
+    # horizon x the embodiment's own width (the tiny alphabet is one byte per coefficient)
+    assert meta["max_action_tokens"] == 10 * 7
     assert "flow_steps" not in meta
 
 
@@ -155,8 +156,9 @@ def test_early_action_end_is_a_truncated_run_error_and_the_policy_recovers(
 
 def test_tokens_to_chunk_names_out_of_vocabulary_ids(policy):
     vocab = policy.fast_tokenizer.vocab_size
+    valid = int(np.flatnonzero(policy.fast_tokenizer.coefficient_counts() > 0)[0])
     run = ActionTokenRun(
-        fast_ids=np.array([0, vocab + 3]),
+        fast_ids=np.array([valid, vocab + 3]),
         token_ids=[],
         ended=True,
         complete=False,
@@ -216,10 +218,9 @@ def test_model_trained_to_emit_a_token_run_acts_exactly_that_chunk():
     # The chunk is the target up to FAST's quantisation, seen through the norm stats.
     bound = reconstruction_bound(spec.horizon, fast.scale)[:, None]
     assert (np.abs(decoded - target) <= bound + 1e-12).all()
-    for dim in spec.gripper_dims:
-        np.testing.assert_array_equal(result.positions[:, dim], decoded[:, dim])
-    arm = [d for d in range(spec.action_dim) if d not in spec.gripper_dims]
-    assert not np.allclose(result.positions[:, arm], decoded[:, arm])  # arm dims un-normalised
+    # The tiny stats have no mask: every dim is un-normalised, grippers included (as released).
+    for dim in range(spec.action_dim):
+        assert not np.allclose(result.positions[:, dim], decoded[:, dim])
 
 
 def test_written_checkpoint_carries_the_fast_tokenizer_and_its_absence_is_named(
@@ -227,7 +228,7 @@ def test_written_checkpoint_carries_the_fast_tokenizer_and_its_absence_is_named(
 ):
     images, state, result = baseline
     path = write_tiny_checkpoint(tmp_path / "tiny", seed=0, embodiments=[EMBODIMENT])
-    assert (path / FAST_TOKENIZER_DIR / "fast_settings.json").is_file()
+    assert (path / FAST_TOKENIZER_DIR / "processor_config.json").is_file()
     loaded = MolmoAct2Policy.from_checkpoint(str(path), EMBODIMENT, mode="fast", seed=0)
     from_disk = loaded.act(images, state, INSTRUCTION)
     np.testing.assert_array_equal(from_disk.positions, result.positions)
@@ -243,3 +244,15 @@ def test_fast_prompt_appends_the_action_start_marker():
     assert fast_prompt("...assistant\n<action_output>").endswith("<action_output><action_start>")
     with pytest.raises(ValueError, match="must end with"):
         fast_prompt("no answer marker")
+
+
+def test_owed_continuation_bytes_follow_utf8():
+    from molmoact2_policy.model.fast_policy import _owed_after
+
+    two = chr(0x3A9).encode()  # 2 bytes
+    three = chr(0x4E00).encode()  # 3 bytes
+    assert _owed_after(0, b"a") == 0
+    assert _owed_after(0, two[:1]) == 1 and _owed_after(1, two[1:]) == 0
+    assert _owed_after(0, three[:1]) == 2 and _owed_after(2, three[1:2]) == 1
+    assert _owed_after(0, b"a" + two[:1]) == 1  # the last character decides
+    assert _owed_after(0, two + three) == 0

@@ -160,12 +160,38 @@ def test_cuda_graph_matches_eager_and_recaptures_on_new_shape() -> None:
         assert torch.equal(graphed[..., VALID_DIMS:], torch.zeros_like(graphed[..., VALID_DIMS:]))
 
     case(2, 8, 11)
-    assert runner.captured_shapes == [(2, 8, 32, 11)]
-    case(2, 8, 11)  # replay with fresh inputs copied into the same static buffers
+    assert runner.captured_shapes == [(2, 8, 32, 64)]  # context 11 -> bucket 64
+    case(2, 8, 40)  # another prompt length in the same bucket: replayed, not recaptured
     assert len(runner.captured_shapes) == 1
     case(1, 6, 17)
-    assert runner.captured_shapes == [(2, 8, 32, 11), (1, 6, 32, 17)]
+    assert runner.captured_shapes == [(2, 8, 32, 64), (1, 6, 32, 64)]
     case(2, 8, 11)
+    # Every graph holds the time tables it read.
+    tables = runner.sampler.time_modulation
+    assert all(runner._graphs.get(key).tmod is tables for key in runner._graphs.keys())
+
+
+@pytest.mark.gpu
+def test_cuda_graph_lru_bounds_the_graphs_and_shares_one_pool() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA not available")
+    device = torch.device("cuda")
+    expert = tiny_expert().to(device)
+    runner = GraphFlowRunner(expert, num_steps=4, use_cuda_graph=True, granularity=8, max_graphs=2)
+    eager = CachedFlowSampler(expert, 4)
+    mask_dims = dim_mask(device=device)
+    gen = torch.Generator().manual_seed(0)
+    pools = set()
+    for length in (5, 12, 20, 6):  # buckets 8, 16, 24, 8
+        keys, values, mask = random_context(batch=1, length=length, seed=length)
+        ctx = expert.prepare_context([k.to(device) for k in keys], [v.to(device) for v in values],
+                                     mask.to(device))
+        noise = make_noise((1, 8, 32), gen, device, torch.float32, mask_dims)
+        graphed = runner.sample(ctx, noise, mask_dims)
+        assert (graphed - eager.sample(ctx, noise, mask_dims)).abs().max().item() <= 1e-5
+        pools.add(runner._pool)
+    assert [key[3] for key in runner.captured_shapes] == [24, 8]  # 16 evicted, 8 recaptured
+    assert len(pools) == 1
 
 
 def test_bf16_expert_with_fp32_integration() -> None:

@@ -41,8 +41,30 @@ def test_every_robot_has_a_launch_file_and_config():
 
 def test_launch_arguments_are_the_documented_ones():
     assert set(LAUNCH_ARGUMENTS) == {
-        "sim", "checkpoint", "think", "rviz", "record", "namespace", "use_sim_time"
+        "sim", "checkpoint", "think", "rviz", "record", "namespace", "use_sim_time", "publish_tf"
     }
+
+
+@pytest.mark.parametrize("robot", ["yam", "droid", "so101"])
+def test_tf_node_runs_in_sim_and_on_hardware_only_when_asked(robot, tmp_path):
+    def names(**kwargs):
+        return [n.name for n in graph.build_graph(robot, graph.LaunchOptions(**kwargs))]
+
+    assert graph.TF_NODE in names(sim=True)
+    assert graph.TF_NODE not in names(sim=True, publish_tf=False)
+    # Hardware: the configs ship publish_tf: false (the user's stack usually owns TF).
+    assert graph.TF_NODE not in names(sim=False)
+    assert graph.TF_NODE in names(sim=False, publish_tf=True)
+    text = graph.config_path(robot).read_text()
+    assert "    publish_tf: false" in text
+    mine = tmp_path / f"{robot}.yaml"
+    mine.write_text(text.replace("    publish_tf: false", "    publish_tf: true", 1))
+    for urdf in graph.config_dir().glob("*.urdf"):  # the config names its URDF relatively
+        (tmp_path / urdf.name).write_text(urdf.read_text())
+    config = graph.load_robot_config(mine)
+    hardware = graph.build_graph(config, graph.LaunchOptions(sim=False))
+    assert graph.TF_NODE in [n.name for n in hardware]
+    assert not graph.validate_graph_params(config, hardware)
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
@@ -190,3 +212,19 @@ def test_unknown_parameter_and_bad_values_are_named(tmp_path):
     assert any("so101_driver: unknown parameter 'control_rat'" in p for p in problems)
     assert any("molmoact2_policy: unknown parameter 'camera_skew'" in p for p in problems)
     assert any("molmoact2_depth_cache: unknown parameter 'threshold'" in p for p in problems)
+
+
+def test_a_config_urdf_reaches_the_tf_node_and_policy_as_an_absolute_path(tmp_path):
+    fixture = REPO / "tests" / "fixtures" / "pan_slide_tilt.urdf"
+    (tmp_path / "robots").mkdir()
+    (tmp_path / "robots" / "arm.urdf").write_text(fixture.read_text())
+    text = graph.config_path("so101").read_text().replace('urdf: ""', "urdf: robots/arm.urdf", 1)
+    mine = tmp_path / "so101.yaml"
+    mine.write_text(text)
+    nodes = {n.name: n for n in graph.build_graph(graph.load_robot_config(mine))}
+    expected = str((tmp_path / "robots" / "arm.urdf").resolve())
+    assert nodes[graph.TF_NODE].overrides["urdf"] == expected
+    assert nodes[graph.POLICY_NODE].overrides["urdf"] == expected
+    mine.write_text(text.replace("robots/arm.urdf", "robots/missing.urdf"))
+    with pytest.raises(graph.ConfigError, match=r"missing\.urdf"):
+        graph.build_graph(graph.load_robot_config(mine))

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from molmoact2_policy import image_conversion
 from molmoact2_policy.image_conversion import (
     ImageConversionError,
     compressed_msg_to_rgb,
@@ -113,6 +114,17 @@ def test_jpeg_decodes_close_to_the_source_in_rgb_order():
     out = compressed_msg_to_rgb(msg)
     assert out.shape == rgb.shape
     assert np.abs(out.astype(int) - rgb.astype(int)).max() <= 8
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_direct_rgb_decoding_equals_the_bgr_decode_and_swap(fmt, monkeypatch):
+    rgb = _rgb(24, 40, seed=3)
+    data = encode_compressed(rgb, fmt)
+    direct = compressed_to_rgb(fmt, data)
+    monkeypatch.setattr(image_conversion, "_IMREAD_COLOR_RGB", None)  # OpenCV < 4.10 path
+    np.testing.assert_array_equal(compressed_to_rgb(fmt, data), direct)
+    with pytest.raises(ImageConversionError, match="could not be decoded"):
+        compressed_to_rgb(fmt, b"\x89PNG not really")
 
 
 def test_undecodable_compressed_data_is_rejected():

@@ -169,6 +169,28 @@ def test_rate_cap_holds_the_next_request_until_the_interval_passed(policy):
         worker.stop()
 
 
+def test_outcome_carries_queue_wait_and_the_request_stages(policy):
+    from molmoact2_policy.stage_times import StageTimes
+
+    clock = _ManualClock()
+    collect = _Collector()
+    worker = InferenceWorker(policy, collect, max_rate=20.0, clock=clock)  # 50 ms interval
+    worker.start()
+    try:
+        worker.submit(_request(1.0))
+        first = collect.next()
+        assert first.queue_wait == 0.0  # the thread was idle: taken at the submit time
+        stages = StageTimes(convert=0.002, assemble=0.0005)
+        request = _request(2.0)
+        worker.submit(InferenceRequest(request.observation, "pick", 0, 0, stages))
+        clock.now += 0.05  # the rate cap held it exactly this long
+        second = collect.next()
+        assert second.queue_wait == pytest.approx(0.05)
+        assert second.request.stages == stages
+    finally:
+        worker.stop()
+
+
 def test_stop_drops_pending_and_clear_pending_forgets(policy):
     collect = _Collector()
     worker = InferenceWorker(policy, collect)

@@ -115,17 +115,6 @@ def test_released_file_normalises_as_the_released_code(tmp_path, mode):
     np.testing.assert_allclose(stats.unnormalize_action("toy", batch), [want_action] * 3)
 
 
-def test_released_file_mask_wins_over_passthrough_dims(tmp_path):
-    stats = _write(tmp_path, _released_payload("q01_q99"))
-    plain = stats.normalize_state("toy", STATE)
-    # The embodiment's gripper list says dim 0 and not dim 3; the checkpoint's mask decides.
-    np.testing.assert_array_equal(stats.normalize_state("toy", STATE, (0,)), plain)
-    np.testing.assert_array_equal(
-        stats.unnormalize_action("toy", ACTION_NORMALIZED, (0, 1)),
-        stats.unnormalize_action("toy", ACTION_NORMALIZED),
-    )
-
-
 def test_released_file_without_norm_mode_is_min_max(tmp_path):
     stats = _write(tmp_path, _released_payload(None))
     assert stats.norm_mode == "min_max"
@@ -222,16 +211,17 @@ def test_mean_std_does_not_clip():
 @pytest.mark.parametrize("mode", sorted(BOUNDED_MODES))
 def test_min_equal_max_normalises_to_zero_even_when_passed_through(mode):
     low, high = np.array([2.0, 2.0, 0.0]), np.array([2.0, 2.0, 1.0])
-    group = GroupStats(
-        {"min": low, "max": high, "q01": low, "q99": high, "q10": low, "q90": high}
-    )
-    # Dim 1 is a passthrough dim, but min == max zeroes it all the same (as the released code
-    # zeroes a mask-off dim); dim 2 is an ordinary pass-through.
-    out = normalize(np.array([[2.0, 9.0, 0.5], [7.0, -3.0, 0.25]]), group, mode, (1, 2))
+    stats = {"min": low, "max": high, "q01": low, "q99": high, "q10": low, "q90": high}
+    group = GroupStats(stats, mask=np.array([True, False, False]))
+    # Dim 1 is masked off, but min == max zeroes it all the same (as the released code zeroes
+    # a mask-off dim); dim 2 is an ordinary pass-through.
+    out = normalize(np.array([[2.0, 9.0, 0.5], [7.0, -3.0, 0.25]]), group, mode)
     np.testing.assert_array_equal(out, [[0.0, 0.0, 0.5], [0.0, 0.0, 0.25]])
     # Un-normalising a constant dim gives the constant back.
     np.testing.assert_array_equal(
-        unnormalize(np.array([[0.7, 0.0, 0.5]]), group, mode, (2,)), [[2.0, 2.0, 0.5]]
+        unnormalize(np.array([[0.7, 0.0, 0.5]]), GroupStats(stats, mask=np.array([True, True,
+                    False])), mode),
+        [[2.0, 2.0, 0.5]],
     )
 
 
@@ -243,24 +233,23 @@ def test_equal_quantiles_without_min_max_are_not_zeroed():
     np.testing.assert_allclose(unnormalize(out, group, "q01_q99").ravel(), [2.0, 2.0, 2.0])
 
 
-def test_file_mask_and_passthrough_dims_are_the_same_rule():
+def test_without_a_mask_every_dim_is_normalised():
     group = synthetic_group_stats(3, seed=5)
-    masked = GroupStats(group.stats, mask=np.array([True, False, True]))
+    masked = GroupStats(group.stats, mask=np.array([True, True, True]))
     values = np.array([[0.1, 0.9, -0.2]])
     for mode in NORM_MODES:
         np.testing.assert_array_equal(
-            normalize(values, masked, mode), normalize(values, group, mode, (1,))
+            normalize(values, masked, mode), normalize(values, group, mode)
         )
         np.testing.assert_array_equal(
-            unnormalize(values, masked, mode), unnormalize(values, group, mode, (1,))
+            unnormalize(values, masked, mode), unnormalize(values, group, mode)
         )
-    with pytest.raises(NormStatsError, match="passthrough dim 3 is outside the 3 dims"):
-        normalize(values, group, "min_max", (3,))
 
 
 @pytest.mark.parametrize("mode", sorted(NORM_MODES))
-def test_round_trip_all_modes_with_gripper_passthrough(mode):
+def test_round_trip_all_modes_with_a_masked_gripper(mode):
     group = synthetic_group_stats(4, seed=3)
+    group = GroupStats(group.stats, mask=np.array([True, True, True, False]))
     rng = np.random.default_rng(0)
     if mode in BOUNDED_MODES:  # round trips only inside the clip range
         lo, hi = (group.stats[key] for key in NORM_MODES[mode])
@@ -268,11 +257,11 @@ def test_round_trip_all_modes_with_gripper_passthrough(mode):
     else:
         values = rng.normal(size=(30, 4))
     values[:, 3] = rng.uniform(0.0, 1.0, 30)  # a gripper in [0, 1]
-    normalized = normalize(values, group, mode, passthrough_dims=(3,))
+    normalized = normalize(values, group, mode)
     np.testing.assert_array_equal(normalized[:, 3], values[:, 3])  # gripper untouched
     if mode != "none":
         assert not np.allclose(normalized[:, :3], values[:, :3])
-    back = unnormalize(normalized, group, mode, passthrough_dims=(3,))
+    back = unnormalize(normalized, group, mode)
     np.testing.assert_allclose(back, values, atol=1e-12)
 
 
@@ -285,12 +274,12 @@ def test_file_round_trip_and_policy_helpers(tmp_path):
     assert data["norm_mode"] == "q01_q99"
     assert set(data["metadata_by_tag"]["arm"]) == {"state", "action"}
     loaded = NormStats.from_file(tmp_path / "norm_stats.json")
-    action = np.array([[0.1, -0.2, 0.3, 1.0]])
-    normalized = loaded.normalize_action("arm", action, passthrough_dims=(3,))
-    np.testing.assert_allclose(loaded.unnormalize_action("arm", normalized, (3,)), action)
+    group = stats.group("arm", "action")
+    action = (0.3 * group.stats["q01"] + 0.7 * group.stats["q99"])[None]  # inside the clip range
+    normalized = loaded.normalize_action("arm", action)
+    np.testing.assert_allclose(loaded.unnormalize_action("arm", normalized), action)
     np.testing.assert_array_equal(
-        loaded.normalize_state("arm", action[0], (3,)),
-        stats.normalize_state("arm", action[0], (3,)),
+        loaded.normalize_state("arm", action[0]), stats.normalize_state("arm", action[0])
     )
     assert loaded.to_dict() == data
 
@@ -313,10 +302,8 @@ def test_our_hand_written_layout_still_loads(tmp_path):
     )
     assert stats.metadata("arm") == {"count": 12}
     np.testing.assert_allclose(stats.normalize_state("arm", np.array([1.5, 0.5])), [0.5, 0.5])
-    # The gripper dim comes from the caller when the file has no mask.
-    np.testing.assert_allclose(
-        stats.unnormalize_action("arm", np.array([0.5, 0.8]), (1,)), [3.0, 0.8]
-    )
+    # No mask in the file: every dim is un-normalised, the gripper too (as released).
+    np.testing.assert_allclose(stats.unnormalize_action("arm", np.array([0.5, 0.8])), [3.0, 0.9])
     assert set(stats.to_dict()["metadata_by_tag"]["arm"]) == {"count", "state", "actions"}
 
 

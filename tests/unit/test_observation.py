@@ -14,6 +14,7 @@ from molmoact2_policy.observation import (
     Observation,
     ObservationAssembler,
     Rejection,
+    is_new_camera_set,
     ns_to_stamp,
     stamp_to_ns,
 )
@@ -178,3 +179,27 @@ def test_input_key_changes_only_with_new_messages_and_clear_forgets():
     assert isinstance(newer, Observation) and newer.input_key != first.input_key
     assembler.clear()
     assert isinstance(assembler.build(T0), Rejection)
+
+
+def test_a_new_camera_set_needs_a_new_frame_from_every_camera():
+    assembler = _assembler()
+    _fill(assembler, T0)
+    first = assembler.build(T0)
+    assert isinstance(first, Observation)
+    assert first.camera_key == (T0, T0 + 1_000_000, T0 + 2_000_000)
+    assert is_new_camera_set(first.camera_key, None)
+    assert not is_new_camera_set(first.camera_key, first.camera_key)
+    # New joint states alone, or part of the next set: still the same frames in use.
+    assembler.add_joint_state("left/joint_states", T0 + S // 100, LEFT, [0.5, 0.6])
+    later = T0 + S // 30
+    assembler.add_image("top", later, _image(7))
+    partial = assembler.build(later)
+    assert isinstance(partial, Observation) and partial.input_key != first.input_key
+    assert not is_new_camera_set(partial.camera_key, first.camera_key)
+    for camera in CAMERAS[1:]:
+        assembler.add_image(camera, later, _image(8))
+    full = assembler.build(later)
+    assert is_new_camera_set(full.camera_key, first.camera_key)
+    # Stamps that jump back (sim time restarted) are different frames, not old ones.
+    assert is_new_camera_set((T0 - S, T0 - S, T0 - S), full.camera_key)
+    assert is_new_camera_set((T0,), full.camera_key)  # a different camera list altogether

@@ -105,9 +105,7 @@ def test_overfit_one_chunk_through_the_full_policy():
     instruction = "put the bowl on the plate"
     phase = np.linspace(0.0, 1.0, spec.horizon)[:, None] + np.arange(spec.action_dim) / 7
     target_normalized = 0.6 * np.sin(2 * np.pi * phase)
-    target = policy.norm_stats.unnormalize_action(
-        spec.norm_tag, target_normalized, spec.gripper_dims
-    )
+    target = policy.norm_stats.unnormalize_action(spec.norm_tag, target_normalized)
 
     with torch.no_grad():
         prefix = policy.run_prefix(policy.prepare_inputs(images, state, instruction))
@@ -131,7 +129,7 @@ def test_overfit_one_chunk_through_the_full_policy():
     policy.weights_changed()
 
     def normalized_mse(positions: np.ndarray) -> float:
-        predicted = policy.norm_stats.normalize_action(spec.norm_tag, positions, spec.gripper_dims)
+        predicted = policy.norm_stats.normalize_action(spec.norm_tag, positions)
         return float(np.mean((predicted - target_normalized) ** 2))
 
     assert normalized_mse(before) > 0.1
@@ -214,12 +212,27 @@ def test_tag_action_steps_shorten_the_chunk_and_a_wrong_horizon_is_refused():
         _policy_with_tag_metadata(n_action_steps=16)
 
 
-def test_a_checkpoint_that_wants_several_observations_is_refused():
+def test_n_obs_steps_picks_where_the_returned_steps_start_as_released():
+    import dataclasses
+
     from molmoact2_policy.embodiments import get_embodiment
     from molmoact2_policy.model.checkpoint import build_tiny
-    from molmoact2_policy.model.config import MolmoAct2Config
+    from molmoact2_policy.model.normalize import NormStats
 
-    model, _, stats, tokenizer = build_tiny(seed=0)
-    config = MolmoAct2Config.tiny(n_obs_steps=2)
-    with pytest.raises(ValueError, match="n_obs_steps 2"):
-        MolmoAct2Policy(model, config, stats, tokenizer, get_embodiment("droid"))
+    spec = get_embodiment("droid")
+    full_policy = _policy_with_tag_metadata()
+    model, config, stats, tokenizer = build_tiny(seed=0)
+    data = stats.to_dict()
+    data["metadata_by_tag"][spec.norm_tag]["n_action_steps"] = 8
+    later = MolmoAct2Policy(
+        model, dataclasses.replace(config, n_obs_steps=3), NormStats.from_dict(data), tokenizer,
+        spec,
+    )
+    images, state = _observation(spec)
+    full = full_policy.act(images, state, "wipe the table", seed=0).positions
+    # released: actions[:, n_obs_steps - 1 : n_obs_steps - 1 + n_action_steps]
+    np.testing.assert_array_equal(
+        later.act(images, state, "wipe the table", seed=0).positions, full[2:10]
+    )
+    with pytest.raises(ValueError, match="n_obs_steps 2 with 15 returned steps needs steps up to"):
+        MolmoAct2Policy(model, dataclasses.replace(config, n_obs_steps=2), stats, tokenizer, spec)

@@ -31,6 +31,11 @@ def _observation(seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return images, rng.normal(size=SPEC.state_dim)
 
 
+def _sent(positions: np.ndarray) -> np.ndarray:
+    """A chunk as it arrives: the released wire carries float32."""
+    return positions.astype(np.float32).astype(np.float64)
+
+
 def _client(url: str, **kwargs) -> RemotePolicy:
     kwargs.setdefault("timeout", 5.0)
     return RemotePolicy(url, SPEC, JOINTS, **kwargs)
@@ -52,7 +57,7 @@ def test_lossless_remote_chunk_equals_local_chunk(served, transport, encoding):
         assert isinstance(remote, Policy)
         result = remote.act(images, state, "fold the shirt", seed=42)
     local = fake.act(images, state, "fold the shirt", seed=42)
-    assert np.array_equal(result.positions, local.positions)
+    assert np.array_equal(result.positions, _sent(local.positions))
     assert result.joint_names == JOINTS and result.step_dt == pytest.approx(SPEC.step_dt)
     assert result.mode == "flow"
     timings = result.timings
@@ -74,7 +79,44 @@ def test_jpeg_remote_chunk_equals_local_chunk_on_decoded_images(served, transpor
     }
     assert not all(np.array_equal(round_tripped[n], images[n]) for n in images)  # really lossy
     assert np.array_equal(
-        result.positions, fake.act(round_tripped, state, "wipe", seed=3).positions
+        result.positions, _sent(fake.act(round_tripped, state, "wipe", seed=3).positions)
+    )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("encoding", ["raw", "jpeg"])
+def test_frames_travel_at_camera_resolution_by_default(transport, encoding):
+    seen = []
+    fake = FakePolicy(SPEC)
+    original = fake.act
+
+    def recording_act(images, state, instruction, **options):
+        seen.append({name: image.shape for name, image in images.items()})
+        return original(images, state, instruction, **options)
+
+    fake.act = recording_act
+    frames = {name: np.full((360, 640, 3), 90, np.uint8) for name in SPEC.camera_names}
+    with ServerThread(create_app(fake, warmup=False)) as server:
+        with _client(server.url, transport=transport, image_encoding=encoding) as remote:
+            assert remote.image_size == 0
+            remote.act(frames, np.zeros(SPEC.state_dim), "go")
+    assert seen == [{name: (360, 640, 3) for name in SPEC.camera_names}]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_num_steps_travels_to_the_server(served, transport):
+    fake, server = served
+    images, state = _observation(6)
+    with _client(
+        server.url, token="tok", transport=transport, num_steps=4, image_encoding="raw"
+    ) as remote:
+        four = remote.act(images, state, "go", seed=2)
+        six = remote.act(images, state, "go", seed=2, num_steps=6)
+    assert np.array_equal(
+        four.positions, _sent(fake.act(images, state, "go", seed=2, num_steps=4).positions)
+    )
+    assert np.array_equal(
+        six.positions, _sent(fake.act(images, state, "go", seed=2, num_steps=6).positions)
     )
 
 
@@ -108,7 +150,9 @@ def test_timeout_is_unavailable_and_next_call_gets_its_own_answer(transport):
         gate.set()
         # The late answer to "slow" must not be taken as the answer to "fast".
         result = remote.act(images, state, "fast", seed=1)
-        assert np.array_equal(result.positions, fake.act(images, state, "fast", seed=1).positions)
+        assert np.array_equal(
+            result.positions, _sent(fake.act(images, state, "fast", seed=1).positions)
+        )
         remote.close()
 
 
@@ -198,6 +242,8 @@ def test_constructor_checks_its_arguments():
         RemotePolicy("http://127.0.0.1:1", SPEC, JOINTS, image_encoding="bmp")
     with pytest.raises(ValueError, match="server_url"):
         RemotePolicy("127.0.0.1:8202", SPEC, JOINTS)
+    with pytest.raises(ValueError, match="num_steps"):
+        RemotePolicy("http://127.0.0.1:1", SPEC, JOINTS, num_steps=0)
     remote = RemotePolicy("https://gpu.lab:8202/", SPEC, JOINTS)
     assert remote.ws_url == "wss://gpu.lab:8202/ws" and remote.server_url == "https://gpu.lab:8202"
 
@@ -227,7 +273,7 @@ def test_tiny_model_remote_equals_local(tiny_pair, transport):
         raw = _client(server.url, transport=transport, image_encoding="raw", timeout=60.0)
         remote = raw.act(images, state, "open the drawer", seed=9)
         local = local_model.act(images, state, "open the drawer", seed=9)
-        assert np.array_equal(remote.positions, local.positions)
+        assert np.array_equal(remote.positions, _sent(local.positions))
         assert remote.mode == local.mode and remote.joint_names == JOINTS
         assert {"model_prefix", "model_flow", "server_infer", "network"} <= set(remote.timings)
         assert raw.metadata()["server"]["warmup"]["state"] == "ready"
@@ -241,42 +287,44 @@ def test_tiny_model_remote_equals_local(tiny_pair, transport):
         for name, image in images.items()
     }
     local_jpeg = local_model.act(decoded, state, "open the drawer", seed=9)
-    assert np.array_equal(remote_jpeg.positions, local_jpeg.positions)
+    assert np.array_equal(remote_jpeg.positions, _sent(local_jpeg.positions))
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_images_resized_to_the_model_size_before_sending_give_the_same_chunk(
-    tiny_pair, transport
-):
-    """The model resizes to 378x378 anyway: doing it on the robot side changes nothing."""
+def test_opt_in_resize_uses_the_released_processors_kernel(tiny_pair, transport):
+    """image_size > 0 resizes with the processor's own kernel: raw frames give the local chunk."""
     from molmoact2_policy.model.preprocess import IMAGE_SIZE, resize_image
 
     served_model, local_model = tiny_pair
     images, state = _observation(5)
     state = state * 0.1
     with ServerThread(create_app(served_model)) as server:
-        raw = _client(server.url, transport=transport, image_encoding="raw", timeout=60.0,
-                      image_size=IMAGE_SIZE)
+        raw = _client(
+            server.url, transport=transport, image_encoding="raw", timeout=60.0,
+            image_size=IMAGE_SIZE,
+        )  # fmt: skip
         remote = raw.act(images, state, "open the drawer", seed=3)
         raw.close()
-        jpeg = _client(server.url, transport=transport, jpeg_quality=80, timeout=60.0,
-                       image_size=IMAGE_SIZE)
+        jpeg = _client(
+            server.url, transport=transport, jpeg_quality=80, timeout=60.0, image_size=IMAGE_SIZE
+        )
         remote_jpeg = jpeg.act(images, state, "open the drawer", seed=3)
         assert jpeg.metadata()["image_size"] == IMAGE_SIZE
         jpeg.close()
     local = local_model.act(images, state, "open the drawer", seed=3)
-    assert np.array_equal(remote.positions, local.positions)
+    assert np.array_equal(remote.positions, _sent(local.positions))
+    # JPEG of the smaller frame is what the server saw (the release measured that this
+    # shifts behaviour, hence opt-in): the chunk is the model's answer to exactly that.
     decoded = {
         name: decode_image(
-            encode_image(resize_image(image, IMAGE_SIZE, exact=False), "jpeg", jpeg_quality=80),
+            encode_image(resize_image(image, IMAGE_SIZE, exact=True), "jpeg", jpeg_quality=80),
             name,
             RequestLimits(),
         )
         for name, image in images.items()
     }
-    assert np.array_equal(
-        remote_jpeg.positions, local_model.act(decoded, state, "open the drawer", seed=3).positions
-    )
+    expected = local_model.act(decoded, state, "open the drawer", seed=3)
+    assert np.array_equal(remote_jpeg.positions, _sent(expected.positions))
 
 
 def test_serve_cli_in_a_subprocess(tiny_pair):
@@ -311,7 +359,7 @@ def test_serve_cli_in_a_subprocess(tiny_pair):
         with _client(url, token="t0k", image_encoding="png", timeout=60.0) as remote:
             result = remote.act(images, state * 0.1, "close the lid", seed=2)
         expected = local_model.act(images, state * 0.1, "close the lid", seed=2)
-        assert np.array_equal(result.positions, expected.positions)
+        assert np.array_equal(result.positions, _sent(expected.positions))
     finally:
         server.terminate()
         server.wait(timeout=20)

@@ -15,6 +15,7 @@ from molmoact2_policy.policy_api import ActionChunkResult
 from molmoact2_policy.remote import protocol as p
 
 SPEC = get_embodiment("yam_bimanual")
+CAM_KEYS = ("top_cam", "left_cam", "right_cam")
 
 
 def _smooth_image(seed: int, shape: tuple[int, int] = (96, 128)) -> np.ndarray:
@@ -162,6 +163,11 @@ def test_unknown_encoding_and_quality_are_refused():
 # ---------------------------------------------------------------- requests
 
 
+def _cams(request):
+    """Take the released per-camera keys out of a request, in camera order."""
+    return [request.pop(key) for key in CAM_KEYS]
+
+
 def _wire(payload):
     return p.decode_json(p.encode_json(payload))
 
@@ -179,6 +185,27 @@ def test_built_request_parses_back_to_the_same_observation():
     assert parsed.state.dtype == np.float64 and np.array_equal(parsed.state, state)
     via_msgpack = p.parse_act_request(p.decode_msgpack(p.encode_msgpack(request)), SPEC)
     assert np.array_equal(via_msgpack.images["top"], images["top"])
+    # The released layout: one key per camera under the released camera names.
+    assert {"top_cam", "left_cam", "right_cam"} <= set(request)
+    assert request["normalization_tag"] == "yam_dual_molmoact2"
+    assert "num_steps" not in request  # the server's own number unless asked
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_compressed_request_uses_images_jpeg(binary):
+    images, state = _observation()
+    request = p.build_act_request(
+        SPEC, images, state, "go", image_encoding="jpeg", num_steps=4, binary=binary
+    )
+    assert set(request["images_jpeg"]) == {"top", "left", "right"}
+    kind = bytes if binary else str  # base64 text in JSON as released, plain bytes in msgpack
+    assert all(isinstance(v, kind) for v in request["images_jpeg"].values())
+    wire = p.decode_msgpack(p.encode_msgpack(request)) if binary else _wire(request)
+    parsed = p.parse_act_request(wire, SPEC)
+    assert parsed.num_steps == 4
+    for name in SPEC.camera_names:
+        jpeg = p.decode_image(p.encode_image(images[name], "jpeg"), name, p.RequestLimits())
+        assert np.array_equal(parsed.images[name], jpeg)
 
 
 def test_released_style_image_layouts_are_equivalent():
@@ -188,6 +215,8 @@ def test_released_style_image_layouts_are_equivalent():
         {"images": ordered, "proprio": state},
         {"images": np.stack(ordered), "state": state},
     ]
+    released_names = dict(zip(("top", "left", "right"), ordered, strict=True))
+    forms.append({"images": released_names, "state": state})
     payloads = [{"instruction": "go", "unnorm_key": SPEC.norm_tag, **form} for form in forms]
     # Double-encoded, as released clients without json_numpy on the wire send it.
     payloads.append({"encoded": json_numpy.dumps(payloads[0])})
@@ -200,11 +229,26 @@ def test_released_style_image_layouts_are_equivalent():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda r: r["images"].pop("top"), r"missing \['top'\]"),
-        (lambda r: r["images"].update(extra=r["images"]["top"]), r"unknown \['extra'\]"),
-        (lambda r: r.update(images=list(r["images"].values())[:2]), "has 2 image"),
-        (lambda r: r.pop("images"), "missing 'images'"),
-        (lambda r: r.update(image=r.pop("images")["top"]), "'image' carries one camera"),
+        (lambda r: r.pop("left_cam"), r"missing camera key\(s\) \['left_cam'\]"),
+        (lambda r: r.update(images=[r.pop(k) for k in CAM_KEYS]), None),  # our list form: fine
+        (lambda r: r.update(images=[r.pop(k) for k in CAM_KEYS][:2]), "has 2 image"),
+        (lambda r: r.update(images=dict(zip("txy", _cams(r), strict=True))), "unknown"),
+        (lambda r: r.update(images=[r[k] for k in CAM_KEYS]), "more than one form"),
+        (lambda r: [r.pop(k) for k in CAM_KEYS], "missing images: send top_cam"),
+        (lambda r: r.update(image=_cams(r)[0]), "'image' carries one"),
+        (lambda r: r.update(images_jpeg={"top": "not base64!"}), "more than one form"),
+        (
+            lambda r: (
+                [r.pop(k) for k in CAM_KEYS],
+                r.update(images_jpeg={"top": "@@", "left": "", "right": ""}),
+            ),
+            "camera 'top': invalid base64",
+        ),
+        (lambda r: r.update(num_steps=0), r"'num_steps' must be an integer in 1\.\.100"),
+        (lambda r: r.update(num_steps=101), "'num_steps'"),
+        (lambda r: r.update(num_steps=2.5), "'num_steps'"),
+        (lambda r: r.update(num_steps=True), "'num_steps'"),
+        (lambda r: r.update(normalization_tag="franka_droid"), "normalization_tag 'franka_droid'"),
         (lambda r: r.update(state=np.zeros(13)), r"expected shape \(14,\)"),
         (lambda r: r.update(state=np.full(14, np.nan)), "non-finite"),
         (lambda r: r.pop("state"), "missing 'state'"),
@@ -224,8 +268,21 @@ def test_bad_requests_name_the_problem(change, message):
     request = p.build_act_request(SPEC, images, state, "go", image_encoding="raw")
     request = _wire(request)
     change(request)
+    if message is None:
+        p.parse_act_request(request, SPEC)
+        return
     with pytest.raises(p.ProtocolError, match=message):
         p.parse_act_request(request, SPEC)
+
+
+@pytest.mark.parametrize("key", ["normalization_tag", "unnorm_key", "norm_tag"])
+@pytest.mark.parametrize("tag", ["yam_dual_molmoact2", SPEC.norm_tag])
+def test_released_and_our_norm_tag_names_are_accepted(key, tag):
+    images, state = _observation()
+    request = _wire(p.build_act_request(SPEC, images, state, "go", image_encoding="raw"))
+    request.pop("normalization_tag")
+    request[key] = tag
+    assert p.parse_act_request(request, SPEC).instruction == "go"
 
 
 def test_long_instruction_is_too_large():
@@ -259,9 +316,11 @@ def _result(rows: int = SPEC.horizon, cols: int = SPEC.action_dim) -> ActionChun
 
 def test_response_round_trips_through_both_encodings():
     response = p.build_act_response(_result(), SPEC.name, {"infer": 0.02, "total": 0.03})
+    assert response["actions"].dtype == np.float32 and response["dt_ms"] == pytest.approx(20.0)
+    assert "action" not in response
     for wire in (_wire(response), p.decode_msgpack(p.encode_msgpack(response))):
         parsed = p.parse_act_response(wire, SPEC, SPEC.action_dim)
-        assert np.array_equal(parsed.positions, _result().positions)
+        assert np.array_equal(parsed.positions, _result().positions.astype(np.float32))
         assert parsed.step_dt == SPEC.step_dt and parsed.mode == "think"
         assert parsed.server_timing == {"infer": 0.02, "total": 0.03}
         assert parsed.model_timings["vlm"] == 0.01
@@ -271,11 +330,70 @@ def test_response_round_trips_through_both_encodings():
 
 def test_bad_responses_are_refused():
     wrong_shape = _wire(p.build_act_response(_result(cols=7), SPEC.name, {}))
-    with pytest.raises(p.ProtocolError, match=r"shape \(30, 7\), expected \(30, 14\)"):
+    with pytest.raises(p.ProtocolError, match="7 columns, the robot has 14"):
         p.parse_act_response(wrong_shape, SPEC, SPEC.action_dim)
+    too_long = _wire(p.build_act_response(_result(rows=31), SPEC.name, {}))
+    with pytest.raises(p.ProtocolError, match=r"shape \(31, 14\), expected \(1\.\.30, 14\)"):
+        p.parse_act_response(too_long, SPEC, SPEC.action_dim)
     nan = p.build_act_response(_result(), SPEC.name, {})
-    nan["action"][3, 2] = np.nan
+    nan["actions"][3, 2] = np.nan
     with pytest.raises(p.ProtocolError, match="NaN"):
         p.parse_act_response(_wire(nan), SPEC, SPEC.action_dim)
     with pytest.raises(p.ProtocolError, match="server error: busy now"):
         p.parse_act_response(p.error_payload("busy", "busy now"), SPEC, SPEC.action_dim)
+
+
+def test_released_server_response_is_read():
+    """A released host_server_yam.py answers ``actions`` and ``dt_ms`` only."""
+    actions = np.full((25, SPEC.action_dim), 0.5, np.float32)  # n_action_steps < horizon
+    parsed = p.parse_act_response(_wire({"actions": actions, "dt_ms": 41.5}), SPEC, SPEC.action_dim)
+    assert parsed.positions.shape == (25, 14) and parsed.positions.dtype == np.float64
+    assert parsed.step_dt == SPEC.step_dt and parsed.mode == "flow"
+    assert parsed.dt_ms == 41.5 and parsed.server_timing["total"] == pytest.approx(0.0415)
+
+
+def test_images_jpeg_tolerates_data_uris_and_line_breaks():
+    images, state = _observation()
+    request = p.build_act_request(SPEC, images, state, "go", image_encoding="png")
+    jpeg = request["images_jpeg"]
+    jpeg["top"] = "data:image/png;base64," + jpeg["top"]
+    jpeg["left"] = "\n".join(jpeg["left"][i : i + 76] for i in range(0, len(jpeg["left"]), 76))
+    parsed = p.parse_act_request(_wire(request), SPEC)
+    assert all(np.array_equal(parsed.images[n], images[n]) for n in SPEC.camera_names)
+
+
+def test_any_malformed_request_is_a_protocol_error():
+    """Random mixes of the released and our keys with wrong-typed values: the parser answers
+    ProtocolError (a 4xx) or a valid request, never another exception (a 500 or a crash)."""
+    images, state = _observation()
+    good = _wire(p.build_act_request(SPEC, images, state, "go", image_encoding="raw"))
+    jpeg = _wire(p.build_act_request(SPEC, images, state, "go", image_encoding="jpeg"))
+    values = [
+        None, True, 0, -1, 2**70, 1.5, float("nan"), "", "x", "@@@", [], [1, "a"], {}, {"top": 1},
+        np.zeros(3), np.zeros((2, 2, 3), np.uint8), np.zeros((9, 9, 3), np.float32),
+        np.zeros(14, np.int8), np.zeros(5, np.uint8), b"\xff\xd8\xff", jpeg["images_jpeg"],
+        {"top": "", "left": "", "right": ""}, [good["top_cam"]] * 3, good["top_cam"],
+    ]  # fmt: skip
+    keys = [
+        "top_cam", "left_cam", "right_cam", "images_jpeg", "images", "image", "state",
+        "proprio", "instruction", "num_steps", "seed", "reset", "normalization_tag",
+        "unnorm_key", "embodiment", "response_format", "encoded", "timestamp",
+    ]  # fmt: skip
+    rng = np.random.default_rng(1234)
+    accepted = 0
+    for _ in range(400):
+        request = dict(good) if rng.random() < 0.7 else {}
+        for _ in range(rng.integers(1, 4)):
+            key = keys[rng.integers(len(keys))]
+            if rng.random() < 0.2:
+                request.pop(key, None)
+            else:
+                request[key] = values[rng.integers(len(values))]
+        try:
+            parsed = p.parse_act_request(request, SPEC)
+        except p.ProtocolError:
+            continue
+        accepted += 1
+        assert set(parsed.images) == set(SPEC.camera_names)
+        assert parsed.state.shape == (SPEC.state_dim,) and np.all(np.isfinite(parsed.state))
+    assert accepted > 0  # the mix also produced valid requests

@@ -31,7 +31,8 @@ def _observation(seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 
 def _released_body(seed: int = 0, **extra) -> str:
-    """A request written the way released json_numpy clients write it (not via our client)."""
+    """A request in an OpenVLA-style json_numpy client's layout (not via our client); the
+    released MolmoAct2 client's own layout is tested in test_remote_released.py."""
     images, state = _observation(seed)
     payload = {
         "images": [images[name] for name in SPEC.camera_names],
@@ -73,11 +74,13 @@ def test_released_json_schema_by_hand(served):
     )
     assert response.status_code == 200, response.text
     body = json_numpy.loads(response.text)
-    action = np.asarray(body["action"])
-    assert action.shape == (SPEC.horizon, SPEC.action_dim) and action.dtype == np.float64
+    action = body["actions"]
+    assert action.shape == (SPEC.horizon, SPEC.action_dim) and action.dtype == np.float32
     images, state = _observation()
     expected = fake.act(images, state, "put the cup in the sink", seed=11)
-    assert np.array_equal(action, expected.positions)
+    assert np.array_equal(action, expected.positions.astype(np.float32))
+    assert body["dt_ms"] == pytest.approx(1000 * body["server_timing"]["infer"])
+    assert body["protocol_version"] == 2
     assert body["step_dt"] == pytest.approx(1 / 30)
     assert body["embodiment"] == "yam_bimanual" and body["mode"] == "flow"
     assert len(body["joint_names"]) == SPEC.action_dim
@@ -87,7 +90,7 @@ def test_released_json_schema_by_hand(served):
     bare = httpx.post(
         f"{server.url}/act", content=_released_body(response_format="action"), headers=AUTH
     )
-    assert np.array_equal(json_numpy.loads(bare.text), expected.positions)
+    assert np.array_equal(json_numpy.loads(bare.text), expected.positions.astype(np.float32))
 
 
 def test_healthz_reports_model_and_warmup(served):
@@ -122,6 +125,7 @@ def test_healthz_reports_model_and_warmup(served):
             "HxWx3",
         ),
         (_released_body(unnorm_key="droid").encode(), 400, "unnorm_key 'droid'"),
+        (_released_body(num_steps=1000).encode(), 400, "'num_steps' must be an integer"),
         (b"x" * 400_001, 413, "exceeds the limit of 400000"),
     ],
 )
@@ -158,8 +162,9 @@ def test_oversize_chunked_body_without_content_length_is_refused(served):
 )
 def test_wrong_or_missing_token_is_401(served, headers):
     fake, server = served
-    calls = fake.calls
-    for method, path in (("POST", "/act"), ("GET", "/healthz"), ("POST", "/reset")):
+    _wait_until(lambda: httpx.get(f"{server.url}/healthz").json()["warmup"] == "ready")
+    calls = fake.calls  # after the warm-up inference
+    for method, path in (("POST", "/act"), ("GET", "/act"), ("POST", "/reset")):
         response = httpx.request(
             method, f"{server.url}{path}", content=_released_body(), headers=headers
         )
@@ -238,7 +243,7 @@ def test_websocket_binary_transport(served):
         ws.send(p.encode_msgpack(request))
         response = p.decode_msgpack(ws.recv(timeout=5))
         expected = fake.act(images, state, "stack", seed=5)
-        assert np.array_equal(response["action"], expected.positions)
+        assert np.array_equal(response["actions"], expected.positions.astype(np.float32))
         assert response["server_timing"]["infer"] > 0
 
 
@@ -251,3 +256,39 @@ def test_websocket_wrong_token_explains_then_closes(served):
         with pytest.raises(Exception):  # noqa: B017 - any close exception will do
             ws.recv(timeout=5)
         assert ws.close_code == 1008
+
+
+def test_warm_up_runs_the_configured_instructions_before_serving():
+    fake = FakePolicy(SPEC)
+    seen = []
+    original = fake.act
+
+    def recording_act(images, state, instruction, **options):
+        seen.append((instruction, {name: image.shape for name, image in images.items()}))
+        return original(images, state, instruction, **options)
+
+    fake.act = recording_act
+    texts = ("fold the towel", "put the towel in the basket")
+    with ServerThread(create_app(fake, warmup_instructions=texts)) as server:
+        _wait_until(lambda: httpx.get(f"{server.url}/healthz").json()["warmup"]["state"] == "ready")
+    assert [text for text, _ in seen] == list(texts)
+    assert all(shape == (360, 640, 3) for _, shapes in seen for shape in shapes.values())
+    assert fake.resets == 1
+    with pytest.raises(ValueError, match="instruction"):
+        create_app(fake, warmup_instructions=("  ",))
+
+
+def test_warm_up_prefers_the_policys_own_warm_up():
+    class SelfWarming(FakePolicy):
+        def __init__(self, spec):
+            super().__init__(spec)
+            self.warmed: list[str] = []
+
+        def warm_up(self, instruction: str) -> dict[str, float]:
+            self.warmed.append(instruction)
+            return {}
+
+    fake = SelfWarming(SPEC)
+    with ServerThread(create_app(fake, warmup_instructions=("wipe the table",))) as server:
+        _wait_until(lambda: httpx.get(f"{server.url}/healthz").json()["warmup"]["state"] == "ready")
+    assert fake.warmed == ["wipe the table"] and fake.calls == 0

@@ -178,19 +178,19 @@ def _record_expert_inputs(policy, monkeypatch):
     seen: dict = {}
     expert = policy.model.action_expert
     original_prepare = expert.prepare_context
-    original_sample = policy.sample_chunk
+    original_sample = policy.flow_runner.sample
 
     def prepare(context_k, context_v, context_mask):
         seen["context"] = (context_k, context_v, context_mask)
         return original_prepare(context_k, context_v, context_mask)
 
-    def sample(ctx, noise, guide=None):
-        out = original_sample(ctx, noise, guide)
+    def sample(ctx, noise, action_dim_mask, guide=None):
+        out = original_sample(ctx, noise, action_dim_mask, guide)
         seen["sample"] = (noise, guide, out)
         return out
 
     monkeypatch.setattr(expert, "prepare_context", prepare)
-    monkeypatch.setattr(policy, "sample_chunk", sample)
+    monkeypatch.setattr(policy.flow_runner, "sample", sample)
     return seen
 
 

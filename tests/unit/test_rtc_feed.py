@@ -208,5 +208,7 @@ def test_tiny_model_rtc_chunk_over_the_network_equals_local(transport):
         finally:
             client.close()
     expected = local.act(images, state, "go", seed=3, rtc=rtc)
-    np.testing.assert_array_equal(remote.positions, expected.positions)
-    np.testing.assert_array_equal(remote.positions[:3], rtc.previous[:3])
+    np.testing.assert_array_equal(expected.positions[:3], rtc.previous[:3])
+    # The released response carries float32 actions: equal to the local chunk as sent.
+    sent = expected.positions.astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(remote.positions, sent)

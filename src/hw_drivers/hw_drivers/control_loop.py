@@ -5,14 +5,25 @@ Pure (no ROS, no threads, clock injected) so the driver node is a thin timer aro
 faults are caught here: the executor holds, the backend is optionally disabled, and the link is
 reconnected every ``reconnect_period`` seconds; after a reconnect the executor is reset from
 the measured pose, so motion resumes with a ramp-in, never with a jump.
+
+Shadow execution and per-arm activation: the executor runs and its commands are reported, but
+the joints of a held arm (all joints in shadow) are sent the pose measured when they were
+taken out of play, with zero velocity, so the model can be watched without the robot moving.
+A joint that comes back into play makes the executor restart from the measured pose (ramp-in).
+An optional preflight runs on every start before torque is enabled; a failed one keeps the
+torque off and is retried like a failed connect.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from hw_drivers.backends.base import Backend, BackendError, JointReading
 from hw_drivers.executor import ChunkExecutor, Command
+from hw_drivers.preflight import PreflightReport
 
 
 @dataclass(frozen=True)
@@ -21,6 +32,7 @@ class StepResult:
     command: Command | None  # None while the backend is faulted
     wrote: bool  # the command was sent to the backend (False in dry-run and on faults)
     error: str  # "" or the backend fault of this tick
+    sent: np.ndarray | None = None  # positions sent (held joints at their hold pose)
 
 
 @dataclass
@@ -42,6 +54,9 @@ class ControlLoop:
         *,
         on_fault: str = "hold",
         reconnect_period: float = 1.0,
+        shadow: bool = False,
+        hold_mask: np.ndarray | None = None,
+        preflight: Callable[[JointReading], PreflightReport] | None = None,
     ) -> None:
         if on_fault not in ("hold", "disable"):
             raise ValueError(f"on_fault must be hold or disable, got {on_fault!r}")
@@ -53,15 +68,56 @@ class ControlLoop:
         self.faulted = False
         self._last_attempt = float("-inf")
         self.last_reading: JointReading | None = None
+        self.preflight = preflight
+        self.last_preflight: PreflightReport | None = None
+        self.shadow = bool(shadow)
+        n = backend.num_joints
+        self.hold_mask = (
+            np.zeros(n, dtype=bool) if hold_mask is None else np.asarray(hold_mask, dtype=bool)
+        )
+        if self.hold_mask.shape != (n,):
+            raise ValueError(f"hold_mask must have {n} entries, got {self.hold_mask.shape}")
+        self._hold_pose: np.ndarray | None = None
+
+    @property
+    def held(self) -> np.ndarray:
+        """Joints sent their hold pose instead of the executor's command."""
+        return np.ones_like(self.hold_mask) if self.shadow else self.hold_mask.copy()
+
+    def set_activation(self, shadow: bool, hold_mask: np.ndarray | None = None) -> None:
+        """Change shadow / per-arm activation while running. Newly held joints hold where they
+        were last measured; if any joint comes back into play the executor restarts from the
+        measured pose, so it ramps in instead of jumping to where the plan had got to."""
+        before = self.held
+        self.shadow = bool(shadow)
+        if hold_mask is not None:
+            self.hold_mask = np.asarray(hold_mask, dtype=bool)
+        after = self.held
+        if self.last_reading is None:
+            return
+        measured = self.last_reading.positions
+        if self._hold_pose is None:
+            self._hold_pose = measured.copy()
+        newly_held = after & ~before
+        self._hold_pose[newly_held] = measured[newly_held]
+        if np.any(before & ~after):
+            self.executor.reset(measured)
 
     def start(self) -> JointReading:
-        """Connect, energise and hold at the measured pose (raises ``BackendError``)."""
+        """Connect, run the preflight, energise and hold at the measured pose (raises
+        ``BackendError``; a failed preflight leaves the torque off)."""
         if not self.backend.is_connected:
             self.backend.connect()
+        if self.preflight is not None:
+            report = self.preflight(self.backend.read_state())
+            self.last_preflight = report
+            if not report.ok:
+                raise BackendError("preflight failed: " + "; ".join(report.failures()))
         self.backend.enable()
         reading = self.backend.read_state()
         self.executor.reset(reading.positions)
         self.last_reading = reading
+        self._hold_pose = reading.positions.copy()
         self.faulted = False
         return reading
 
@@ -90,12 +146,19 @@ class ControlLoop:
         command = self.executor.tick(now, reading.positions)
         if self.executor.config.dry_run:
             return StepResult(reading, command, False, "")
+        positions, velocities = command.positions, command.velocities
+        held = self.held
+        if held.any():
+            if self._hold_pose is None:
+                self._hold_pose = reading.positions.copy()
+            positions = np.where(held, self._hold_pose, positions)
+            velocities = np.where(held, 0.0, velocities)
         try:
-            self.backend.write_command(command.positions, command.velocities)
+            self.backend.write_command(positions, velocities)
         except BackendError as err:
             return self._fault(now, reading, f"write failed: {err}")
         self.stats.writes += 1
-        return StepResult(reading, command, True, "")
+        return StepResult(reading, command, True, "", positions)
 
     def _fault(self, now: float, reading: JointReading | None, error: str) -> StepResult:
         self.stats.backend_errors += 1
@@ -107,8 +170,10 @@ class ControlLoop:
         if self.on_fault == "disable":
             try:
                 self.backend.disable()
-            except BackendError:
-                pass
+            except BackendError as err:
+                # Reported, not swallowed: the operator must know the torque may still be on.
+                error = f"{error}; disable failed too: {err}"
+                self.stats.last_error = error
         return StepResult(reading, None, False, error)
 
     def _recover(self, now: float) -> StepResult:

@@ -13,15 +13,15 @@ Run as a plain process (no lifecycle manager) it configures and activates itself
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import SetBool, Trigger
 
 from hw_drivers.backends.base import BackendError
@@ -30,8 +30,11 @@ from hw_drivers.control_loop import ControlLoop
 from hw_drivers.conversions import chunk_from_msg, joint_state_msg
 from hw_drivers.driver_params import DriverParams
 from hw_drivers.executor import ChunkExecutor
+from hw_drivers.hardware_status import execution_summary, health_statuses, make_preflight
+from hw_drivers.preflight import RateMeter
 from hw_drivers.ros_params import declare_dataclass_params
 from hw_drivers.ros_runtime import run_lifecycle_node
+from hw_drivers.tick_timing import TickTiming, timer_callback_with_info
 from molmoact2_msgs.msg import ActionChunk
 
 _LOG_EVERY = 2.0  # [s] throttle for repeated warnings (never log every tick)
@@ -74,9 +77,8 @@ class DriverNode(LifecycleNode):
         self._entities: list = []
         self._state_period = 0.0
         self._last_state_publish = float("-inf")
-        self._tick_count = 0
-        self._tick_window_start = time.monotonic()
-        self._tick_rate = 0.0
+        self._tick_timing: TickTiming | None = None
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -97,12 +99,19 @@ class DriverNode(LifecycleNode):
         except (BackendUnavailableError, BackendError, ValueError) as err:
             self.get_logger().error(f"cannot build the {params.backend!r} backend: {err}")
             return TransitionCallbackReturn.FAILURE
+        self._camera_meters = {name: RateMeter() for name in params.camera_names}
         self._loop = ControlLoop(
             backend,
             executor,
             on_fault=params.on_fault,
             reconnect_period=params.reconnect_period,
+            shadow=params.is_shadow(),
+            hold_mask=params.hold_mask(),
+            preflight=make_preflight(params, backend, self._camera_rates, self._log_preflight)
+            if params.runs_preflight()
+            else None,
         )
+        self._last_preflight_text = ""
         self._state_period = 1.0 / params.state_publish_rate if params.state_publish_rate else 0
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self._joint_pub = self.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
@@ -121,7 +130,29 @@ class DriverNode(LifecycleNode):
             self.create_service(Trigger, "~/estop", self._on_estop, callback_group=self._io_group),
             self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._io_group),
             self.create_service(SetBool, "~/hold", self._on_hold, callback_group=self._io_group),
+            self.create_service(
+                Trigger,
+                "~/clear_motor_faults",
+                self._on_clear_faults,
+                callback_group=self._io_group,
+            ),
         ]
+        self._camera_subs = []
+        if params.runs_preflight() and params.preflight_camera_rate > 0:
+            transports = list(params.camera_transports) or ["raw"] * len(params.camera_names)
+            for name, topic, transport in zip(
+                params.camera_names, params.camera_topics, transports, strict=False
+            ):
+                self._camera_subs.append(
+                    self.create_subscription(
+                        CompressedImage if transport == "compressed" else Image,
+                        topic,
+                        lambda msg, camera=name: self._camera_meters[camera].tick(self._now()),
+                        qos_profile_sensor_data,
+                        callback_group=self._io_group,
+                    )
+                )
+        self.get_logger().info(execution_summary(params, backend))
         self.get_logger().info(
             f"configured: backend {params.backend}, {len(params.joint_names)} joints, "
             f"{params.control_rate:g} Hz, chunks from {self._chunk_sub.topic_name}"
@@ -142,8 +173,13 @@ class DriverNode(LifecycleNode):
                     f"backend {self.params.backend} did not connect ({err}); retrying every "
                     f"{self.params.reconnect_period:g} s"
                 )
+        period = 1.0 / self.params.control_rate
+        # Lateness over the last 10 s of ticks, against the timer's own schedule.
+        self._tick_timing = TickTiming(period, window=max(2, round(10.0 / period)))
         self._control_timer = self.create_timer(
-            1.0 / self.params.control_rate, self._on_tick, callback_group=self._control_group
+            period,
+            timer_callback_with_info(self._on_timer),
+            callback_group=self._control_group,
         )
         self._diag_timer = self.create_timer(
             1.0, self._publish_diagnostics, callback_group=self._io_group
@@ -181,6 +217,9 @@ class DriverNode(LifecycleNode):
         for service in getattr(self, "_services", []):
             self.destroy_service(service)
         self._services = []
+        for sub in getattr(self, "_camera_subs", []):
+            self.destroy_subscription(sub)
+        self._camera_subs = []
         if getattr(self, "_chunk_sub", None) is not None:
             self.destroy_subscription(self._chunk_sub)
             self._chunk_sub = None
@@ -195,6 +234,12 @@ class DriverNode(LifecycleNode):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
+    def _on_timer(self, expected_ns: int, actual_ns: int) -> None:
+        timing = self._tick_timing
+        if timing is not None:
+            timing.record(expected_ns * 1e-9, self.get_clock().now().nanoseconds * 1e-9)
+        self._on_tick()
+
     def _on_tick(self) -> None:
         loop = self._loop
         if loop is None:
@@ -202,7 +247,6 @@ class DriverNode(LifecycleNode):
         now = self._now()
         with self._lock:
             result = loop.step(now)
-        self._count_tick()
         if result.error:
             self.get_logger().error(
                 f"backend fault: {result.error} (on_fault={self.params.on_fault})",
@@ -220,14 +264,6 @@ class DriverNode(LifecycleNode):
             self._command_pub.publish(
                 joint_state_msg(names, command.positions, now, command.velocities)
             )
-
-    def _count_tick(self) -> None:
-        self._tick_count += 1
-        elapsed = time.monotonic() - self._tick_window_start
-        if elapsed >= 1.0:
-            self._tick_rate = self._tick_count / elapsed
-            self._tick_count = 0
-            self._tick_window_start = time.monotonic()
 
     def _on_chunk(self, msg: ActionChunk) -> None:
         loop = self._loop
@@ -290,17 +326,72 @@ class DriverNode(LifecycleNode):
         response.message = "holding" if request.data else "following chunks"
         return response
 
-    def _publish_diagnostics(self) -> None:
+    def _on_set_parameters(self, parameters):
+        """``execution`` and ``active_arms`` may change while running (``ros2 param set``);
+        every other parameter takes effect at the next configure."""
+        from rcl_interfaces.msg import SetParametersResult
+
+        live = {p.name: p.value for p in parameters if p.name in ("execution", "active_arms")}
+        if not live:
+            return SetParametersResult(successful=True)
+        params = dataclasses.replace(self.params, **live)
+        problems = [p for p in params.validate() if p.startswith(("execution", "active_arms"))]
+        if problems:
+            return SetParametersResult(successful=False, reason="; ".join(problems))
+        self.params = params
+        loop = self._loop
+        if loop is not None:
+            with self._lock:
+                loop.set_activation(params.is_shadow(), params.hold_mask())
+            self.get_logger().warning(execution_summary(params, loop.backend))
+        return SetParametersResult(successful=True)
+
+    def _camera_rates(self) -> dict[str, float]:
+        now = self._now()
+        return {name: meter.rate(now) for name, meter in self._camera_meters.items()}
+
+    def _log_preflight(self, text: str, ok: bool) -> None:
+        # One block per outcome: a preflight retried every reconnect_period while a camera
+        # comes up must not repeat the same block each time.
+        if text == self._last_preflight_text:
+            return
+        self._last_preflight_text = text
+        # rclpy ties a severity to each call site: one call per severity.
+        if ok:
+            self.get_logger().info(text)
+        else:
+            self.get_logger().error(text)
+
+    def _on_clear_faults(self, request: Trigger.Request, response: Trigger.Response):
         loop = self._loop
         if loop is None:
-            return
+            response.success, response.message = False, "driver is not configured"
+            return response
         with self._lock:
+            try:
+                cleared = loop.backend.clear_faults()
+            except BackendError as err:
+                response.success, response.message = False, f"cannot clear faults: {err}"
+                return response
+        message = "; ".join(cleared) if cleared else "no motor reports a fault"
+        self.get_logger().warning(f"clear_motor_faults: {message}")
+        response.success, response.message = True, message
+        return response
+
+    def _publish_diagnostics(self) -> None:
+        loop = self._loop
+        timing = self._tick_timing
+        if loop is None or timing is None:
+            return
+        ticks = timing.summary()
+        with self._lock:
+            hardware = health_statuses(loop, self.params)
             stats = loop.executor.stats
             state = loop.executor.state
             values = {
                 "state": "fault" if loop.faulted else state,
                 "backend": self.params.backend,
-                "tick_rate": f"{self._tick_rate:.1f}",
+                **ticks.diagnostic_values(),
                 "target_rate": f"{self.params.control_rate:g}",
                 "accepted_chunks": str(stats.accepted),
                 "rejected_chunks": str(stats.rejected_total),
@@ -312,6 +403,10 @@ class DriverNode(LifecycleNode):
                 "backend_errors": str(loop.stats.backend_errors),
                 "last_backend_error": loop.stats.last_error,
                 "dry_run": str(self.params.dry_run).lower(),
+                "execution": "shadow" if loop.shadow else "live",
+                "held_joints": ", ".join(
+                    n for n, h in zip(self.params.joint_names, loop.held, strict=True) if h
+                ),
             }
             faulted = loop.faulted
         status = DiagnosticStatus()
@@ -319,11 +414,13 @@ class DriverNode(LifecycleNode):
         status.hardware_id = f"{self.params.robot or 'robot'}:{self.params.backend}"
         if faulted or state == "estop":
             status.level = DiagnosticStatus.ERROR
-            status.message = "backend fault" if faulted else "e-stop latched"
-        elif self._tick_rate < 0.9 * self.params.control_rate or stats.rejected_total:
+            status.message = (
+                f"backend fault: {loop.stats.last_error}" if faulted else "e-stop latched"
+            )
+        elif not ticks.rate >= 0.9 * self.params.control_rate or stats.rejected_total:
             status.level = DiagnosticStatus.WARN
             status.message = (
-                f"{state}; tick rate {self._tick_rate:.0f}/{self.params.control_rate:g} Hz; "
+                f"{state}; tick rate {ticks.rate:.0f}/{self.params.control_rate:g} Hz; "
                 f"{stats.rejected_total} chunks rejected"
             )
         else:
@@ -333,6 +430,14 @@ class DriverNode(LifecycleNode):
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [status]
+        for entry in hardware:
+            item = DiagnosticStatus()
+            item.name = f"{self.get_fully_qualified_name()}: {entry.name}"
+            item.hardware_id = entry.hardware_id or status.hardware_id
+            item.level = bytes([entry.level])
+            item.message = entry.message
+            item.values = [KeyValue(key=k, value=v) for k, v in entry.values.items()]
+            array.status.append(item)
         self._diag_pub.publish(array)
 
 

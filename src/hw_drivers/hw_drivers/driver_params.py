@@ -14,6 +14,8 @@ import numpy as np
 
 BACKENDS = ("sim", "damiao", "feetech", "franky", "ros2_control")
 ON_FAULT = ("hold", "disable")
+EXECUTION = ("auto", "shadow", "live")
+PREFLIGHT = ("auto", "on", "off")
 
 
 def _f(default, description: str, **extra):
@@ -48,6 +50,9 @@ class DriverParams:
     calibration_file: str = _f("", "feetech: LeRobot-style calibration JSON")
     trajectory_topic: str = _f("", "ros2_control: JointTrajectory controller topic")
     robot_ip: str = _f("", "franky: robot IP address")
+    franky_motion_rate: float = _f(
+        50.0, "franky: re-targets of the arm's waypoint motion per second [Hz] (<= control_rate)"
+    )
     # -- hardware details (empty / zero: the backend's defaults for the robot) --
     can_interface: str = _f("socketcan", "damiao: python-can interface (socketcan, virtual)")
     damiao_motor_ids: tuple[int, ...] = _f((), "damiao: CAN id per motor of one arm")
@@ -60,6 +65,46 @@ class DriverParams:
     gripper_open_rad: float = _f(-2.7, "damiao: gripper motor angle when fully open [rad]")
     read_timeout: float = _f(0.0, "damiao/feetech: reply timeout per read [s] (0: default)")
     read_retries: int = _f(0, "damiao/feetech: retries of a failed read (0: default)")
+    can_bitrate: int = _f(1_000_000, "damiao: CAN bitrate [bit/s] (the bus budget uses it)")
+    max_bus_load: float = _f(
+        0.7, "damiao: largest fraction of the control period one tick's CAN exchange may use"
+    )
+    dynamics_urdf: str = _f(
+        "",
+        "damiao: URDF of one arm (joint names without frame_prefixes) for gravity feed-forward;"
+        " empty: no feed-forward (the arm sags by gravity torque / kp)",
+    )
+    dynamics_joint_names: tuple[str, ...] = _f(
+        (),
+        "damiao: the URDF's names of one arm's non-gripper joints, in order (empty: ours "
+        "without frame_prefixes); e.g. i2rt's yam.urdf: dof_joint1..dof_joint6",
+    )
+    gravity_scale: float = _f(1.0, "damiao: factor on the model's gravity torques")
+    motor_temperature_warn: float = _f(
+        70.0, "damiao: MOS/rotor temperature reported as a warning [degC]"
+    )
+    # -- what runs on the robot (released YAM deployment options) --
+    execution: str = _f(
+        "auto",
+        "auto | shadow | live; shadow: the policy runs and commands are published but the arm "
+        "holds at its measured pose; auto: shadow on hardware backends, live on sim",
+    )
+    active_arms: str = _f(
+        "both",
+        "bimanual: both, or one arm by its frame prefix without '_' (e.g. left); the inactive "
+        "arm holds at its measured pose",
+    )
+    preflight: str = _f(
+        "auto",
+        "auto | on | off: before torque enable check joint limits, motor faults and camera "
+        "rates; auto: on for hardware backends",
+    )
+    preflight_camera_rate: float = _f(
+        5.0, "preflight: every camera must stream at least this rate [Hz] (0: not checked)"
+    )
+    camera_names: tuple[str, ...] = _f((), "cameras the preflight checks (from the /** section)")
+    camera_topics: tuple[str, ...] = _f((), "their image topics, same order as camera_names")
+    camera_transports: tuple[str, ...] = _f((), "raw | compressed per camera (empty: raw)")
     # -- executor --
     interpolation: str = _f("cubic", "interpolation between chunk actions: linear | cubic")
     splice_policy: str = _f("blend", "new chunk takeover: blend | replace | average")
@@ -135,12 +180,51 @@ class DriverParams:
             problems.append(f"on_fault {self.on_fault!r} is not one of {ON_FAULT}")
         if self.sim_time_constant <= 0 or self.sim_noise_std < 0:
             problems.append("sim_time_constant must be > 0 and sim_noise_std >= 0")
+        if self.execution not in EXECUTION:
+            problems.append(f"execution {self.execution!r} is not one of {EXECUTION}")
+        if self.preflight not in PREFLIGHT:
+            problems.append(f"preflight {self.preflight!r} is not one of {PREFLIGHT}")
+        try:
+            self.hold_mask()
+        except ValueError as err:
+            problems.append(str(err))
+        if len(self.camera_topics) != len(self.camera_names):
+            problems.append(
+                f"{len(self.camera_topics)} camera_topics for {len(self.camera_names)} camera_names"
+            )
+        budget = self.bus_budget()
+        if budget is not None and self.control_rate > 0:
+            problem = budget.check(self.control_rate)
+            if problem:
+                problems.append(problem)
         if self.can_channels and len(self.frame_prefixes) not in (0, len(self.can_channels)):
             problems.append(
                 f"{len(self.frame_prefixes)} frame_prefixes for {len(self.can_channels)} "
                 "can_channels"
             )
         return problems
+
+    def is_shadow(self) -> bool:
+        """Shadow execution: explicit, or by default on every hardware backend."""
+        return self.execution == "shadow" or (self.execution == "auto" and self.backend != "sim")
+
+    def runs_preflight(self) -> bool:
+        return self.preflight == "on" or (self.preflight == "auto" and self.backend != "sim")
+
+    def hold_mask(self) -> np.ndarray:
+        """Joints the ``active_arms`` selection holds (``ValueError`` for an unknown arm)."""
+        from hw_drivers.preflight import arm_hold_mask
+
+        return arm_hold_mask(self.joint_names, self.frame_prefixes, self.active_arms)
+
+    def bus_budget(self):
+        """The CAN bus budget of a DaMiao robot (None for other backends)."""
+        if self.backend != "damiao" or not self.can_channels or self.can_bitrate <= 0:
+            return None
+        from hw_drivers.can_budget import BusBudget
+
+        per_bus = -(-len(self.joint_names) // len(self.can_channels))
+        return BusBudget(self.can_bitrate, per_bus, max_bus_load=self.max_bus_load)
 
     def initial_pose(self) -> np.ndarray:
         """Sim start pose: ``initial_positions`` or the middle of the limits."""

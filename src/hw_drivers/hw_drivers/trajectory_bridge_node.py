@@ -5,20 +5,26 @@ other JTC): each validated chunk becomes one JointTrajectory whose points keep t
 schedule (see ``hw_drivers.trajectory`` for the timing rules), and grippers go out separately
 as a ``sensor_msgs/JointState`` with the target of each gripper joint. A chunk that fails
 ``hw_drivers.safety.validate_chunk`` is dropped whole, with the reason logged; nothing is sent,
-so the controller keeps holding its last goal.
+so the controller keeps holding its last goal. Before sending, ``hw_drivers.bridge_guard``
+checks the trajectory against the arm's measured joint states (``joint_state_topic``): a start
+too far from the measured pose is refused, one far enough to need it is ramped in, and every
+segment must respect the velocity and acceleration limits; without a recent measurement
+nothing is sent.
 
 Usage: ``docs/ros2_control_bridge.md``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from hw_drivers.bridge_guard import GuardConfig, guard
 from hw_drivers.chunk import Chunk
 from hw_drivers.ros_params import declare_dataclass_params
 from hw_drivers.ros_runtime import run_lifecycle_node
@@ -57,7 +63,12 @@ class TrajectoryBridgeNode(LifecycleNode):
         self.accepted = 0
         self.rejected = 0
         self.stale = 0
+        self.ramped = 0
         self.last_rejection = ""
+        self._joint_sub = None
+        self._measured: np.ndarray | None = None
+        self._measured_at = float("-inf")
+        self._busy_until = float("-inf")
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -74,12 +85,27 @@ class TrajectoryBridgeNode(LifecycleNode):
         )
         self._safety = SafetyConfig()
         self._gripper_joints = p.resolved_gripper_joints()
+        arm = [j for j, n in enumerate(p.joint_names) if n not in self._gripper_joints]
+        self._arm_names = tuple(p.joint_names[j] for j in arm)
+        self._arm_vmax = np.asarray(p.max_velocity, dtype=float)[arm]
+        self._arm_amax = np.asarray(p.max_acceleration, dtype=float)[arm]
+        # Joint states carry the controller's names.
+        self._state_names = p.resolved_controller_joint_names() or self._arm_names
+        self._guard = GuardConfig(
+            max_start_deviation=p.max_start_deviation,
+            ramp_threshold=p.ramp_in_threshold,
+            ramp_in_time=p.ramp_in_time,
+            max_state_age=p.max_state_age,
+        )
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self._trajectory_pub = self.create_publisher(JointTrajectory, p.trajectory_topic, reliable)
         self._gripper_pub = self.create_publisher(JointState, p.gripper_topic, reliable)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._chunk_sub = self.create_subscription(
             ActionChunk, p.chunk_topic, self._on_chunk, reliable
+        )
+        self._joint_sub = self.create_subscription(
+            JointState, p.joint_state_topic, self._on_joint_state, qos_profile_sensor_data
         )
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
@@ -106,7 +132,7 @@ class TrajectoryBridgeNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _teardown(self) -> None:
-        for sub in (self._chunk_sub,):
+        for sub in (self._chunk_sub, self._joint_sub):
             if sub is not None:
                 self.destroy_subscription(sub)
         for pub in (self._trajectory_pub, self._gripper_pub, self._diag_pub):
@@ -114,8 +140,23 @@ class TrajectoryBridgeNode(LifecycleNode):
                 self.destroy_publisher(pub)
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
-        self._chunk_sub = self._trajectory_pub = self._gripper_pub = None
+        self._chunk_sub = self._joint_sub = self._trajectory_pub = self._gripper_pub = None
         self._diag_pub = self._diag_timer = None
+
+    # -- measured state ---------------------------------------------------------------------
+    def _on_joint_state(self, msg: JointState) -> None:
+        index = {name: k for k, name in enumerate(msg.name)}
+        if any(n not in index for n in self._state_names) or len(msg.position) != len(msg.name):
+            return  # another arm's or the gripper's joint states on the same topic
+        values = np.array([msg.position[index[n]] for n in self._state_names], dtype=float)
+        if np.all(np.isfinite(values)):
+            self._measured = values
+            self._measured_at = self.get_clock().now().nanoseconds * 1e-9
+
+    def _measured_pose(self, now: float) -> np.ndarray | None:
+        if self._measured is None or now - self._measured_at > self.params.max_state_age:
+            return None
+        return self._measured
 
     # -- chunks ----------------------------------------------------------------------------
     def _on_chunk(self, msg: ActionChunk) -> None:
@@ -148,6 +189,28 @@ class TrajectoryBridgeNode(LifecycleNode):
                 throttle_duration_sec=LOG_THROTTLE_S,
             )
             return
+        checked = guard(
+            out,
+            self._arm_names,
+            self._measured_pose(now),
+            self._arm_vmax,
+            self._arm_amax,
+            self._guard,
+            idle=now >= self._busy_until,
+        )
+        if checked.output is None:
+            self._reject(checked.reason, msg.sequence)
+            return
+        out = checked.output
+        if checked.ramp > 0:
+            self.ramped += 1
+            self.get_logger().info(
+                f"chunk {msg.sequence} ramped in: delayed {checked.ramp:.2f} s to reach its "
+                "first point from the measured pose within the limits",
+                throttle_duration_sec=LOG_THROTTLE_S,
+            )
+        if out.trajectory is not None and out.trajectory.points:
+            self._busy_until = now + out.trajectory.points[-1].time_from_start
         self.accepted += 1
         self._publish(out)
 
@@ -196,6 +259,12 @@ class TrajectoryBridgeNode(LifecycleNode):
             "accepted": self.accepted,
             "rejected": self.rejected,
             "stale": self.stale,
+            "ramped_in": self.ramped,
+            "measured_state_age": (
+                f"{self.get_clock().now().nanoseconds * 1e-9 - self._measured_at:.3f}"
+                if self._measured is not None
+                else "none"
+            ),
             "trajectory_topic": self.params.trajectory_topic,
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]

@@ -52,8 +52,23 @@ class TrajectoryBridgeParams:
     max_velocity: tuple[float, ...] = _f((), "velocity limit per joint [rad/s or m/s]")
     max_acceleration: tuple[float, ...] = _f((), "acceleration limit per joint [rad/s^2]")
     min_lead_time: float = _f(
-        0.0, "drop chunk points due sooner than this from now [s] (latency skip)"
+        0.05,
+        "drop chunk points due sooner than this from now [s]: the controller cannot reach a "
+        "point due in less time without a jump (latency skip)",
     )
+    joint_state_topic: str = _f(
+        "/joint_states", "measured joint states of the arm (controller joint names)"
+    )
+    max_state_age: float = _f(
+        0.5, "joint states older than this do not count as measured [s]; nothing is sent"
+    )
+    max_start_deviation: float = _f(
+        0.5, "refuse a chunk whose first sent point is this far from measured [rad]"
+    )
+    ramp_in_threshold: float = _f(
+        0.02, "from idle, ramp in (delay the trajectory) when the first point is this far [rad]"
+    )
+    ramp_in_time: float = _f(1.0, "shortest ramp from the measured pose when idle [s]")
     compute_velocities: bool = _f(
         True, "send finite-difference velocities (controller uses cubic splines)"
     )
@@ -83,6 +98,12 @@ class TrajectoryBridgeParams:
             problems.append("trajectory_topic is empty")
         if self.min_lead_time < 0:
             problems.append("min_lead_time must be >= 0")
+        if min(self.max_state_age, self.max_start_deviation) <= 0:
+            problems.append("max_state_age and max_start_deviation must be > 0")
+        if min(self.ramp_in_threshold, self.ramp_in_time) < 0:
+            problems.append("ramp_in_threshold and ramp_in_time must be >= 0")
+        if not self.joint_state_topic:
+            problems.append("joint_state_topic is empty: the start pose cannot be checked")
         return problems
 
     def resolved_gripper_joints(self) -> tuple[str, ...]:

@@ -29,6 +29,9 @@ def _add_launch_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start rviz2 too (needs a system ROS 2 install)")
     parser.add_argument("--namespace", default="", help="namespace of this robot instance")
     parser.add_argument("--use-sim-time", action="store_true", help="use /clock")
+    parser.add_argument("--publish-tf", dest="publish_tf", action=argparse.BooleanOptionalAction,
+                        default=None, help="publish the config's frames (default: in sim, or "
+                        "as the config's molmoact2_tf.publish_tf says)")
     parser.add_argument("--duration", type=float, default=None,
                         help="stop after this many seconds (default: run until Ctrl-C)")
 
@@ -42,6 +45,7 @@ def options_from_args(args: argparse.Namespace) -> graph.LaunchOptions:
         record=args.record,
         namespace=args.namespace,
         use_sim_time=args.use_sim_time,
+        publish_tf=args.publish_tf,
     )
 
 

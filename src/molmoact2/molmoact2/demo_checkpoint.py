@@ -19,11 +19,17 @@ import numpy as np
 from molmoact2 import graph
 
 # Bumped whenever what the demo model learns changes, so cached demo checkpoints are rebuilt.
-DEMO_RECIPE = 4  # 3: released prompt, stats and Think span; 4: released image tokens
+# 3: released prompt, stats and Think span; 4: released image tokens; 5: gripper mask in stats
+DEMO_RECIPE = 5
 MARKER_FILE = "DEMO_CHECKPOINT.txt"
 
 
-def _pose_stats(centre: np.ndarray, spread: float):
+def _pose_stats(centre: np.ndarray, spread: float, passthrough: tuple[int, ...] = ()):
+    """Stats centred on ``centre``; ``passthrough`` dims get ``mask`` false (not normalised).
+
+    Without a mask the released loader normalises every dim, grippers included, so the mask is
+    how a checkpoint says its grippers are used in robot units.
+    """
     from molmoact2_policy.model.normalize import GroupStats
 
     spread_v = np.full_like(centre, spread)
@@ -37,7 +43,9 @@ def _pose_stats(centre: np.ndarray, spread: float):
         "q10": centre - 0.6 * spread_v,
         "q90": centre + 0.6 * spread_v,
     }
-    return GroupStats({k: np.round(v.astype(float), 6) for k, v in stats.items()})
+    mask = np.ones(centre.shape[0], dtype=bool)
+    mask[list(passthrough)] = False
+    return GroupStats({k: np.round(v.astype(float), 6) for k, v in stats.items()}, mask=mask)
 
 
 def demo_target(
@@ -94,8 +102,8 @@ def write_demo_checkpoint(
     norm_path = path / policy.config.norm_stats_filename
     norm = NormStats.from_file(norm_path)
     norm.tags[spec.norm_tag] = {
-        "state": _pose_stats(start, spread),
-        "action": _pose_stats(start, spread),
+        "state": _pose_stats(start, spread, spec.gripper_dims),
+        "action": _pose_stats(start, spread, spec.gripper_dims),
     }
     norm.save(norm_path)
     policy.norm_stats = norm
@@ -111,7 +119,7 @@ def write_demo_checkpoint(
     with torch.no_grad():
         rng = np.random.default_rng(seed)
         for index in range(0, spec.horizon, 3):
-            pose = norm.unnormalize_action(spec.norm_tag, target[index], spec.gripper_dims)
+            pose = norm.unnormalize_action(spec.norm_tag, target[index])
             # Jitter: executed motion never matches the loop exactly.
             pose = pose + rng.normal(0.0, 0.02, pose.shape)
             images = {name: world.render(name, pose) for name in spec.camera_names}

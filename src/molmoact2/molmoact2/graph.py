@@ -24,6 +24,7 @@ POLICY_NODE = "molmoact2_policy"
 DEPTH_CACHE_NODE = "molmoact2_depth_cache"
 SIM_CAMERAS_NODE = "sim_cameras"
 RECORDER_NODE = "recorder"
+TF_NODE = "molmoact2_tf"
 SHARED_KEYS = (
     "robot",
     "embodiment",
@@ -50,6 +51,9 @@ class LaunchOptions:
     record: bool = False
     namespace: str = ""
     use_sim_time: bool = False
+    # Start molmoact2_tf (the config's static frames, URDF link frames). None: always in sim,
+    # on hardware only when the config's molmoact2_tf.publish_tf says so.
+    publish_tf: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,13 @@ _NODE_KINDS: dict[str, tuple[str, str, str, bool, str]] = {
         False,
         "molmoact2.recorder_node:RecorderParams",
     ),
+    TF_NODE: (
+        "molmoact2",
+        "tf_node",
+        "molmoact2.tf_node",
+        False,
+        "molmoact2.tf_node:TfParams",
+    ),
 }
 
 
@@ -267,7 +278,10 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
     files = (str(config.path),)
     common: dict[str, Any] = {"use_sim_time": options.use_sim_time}
 
+    urdf = urdf_path(config)
     policy_overrides = dict(common)
+    if urdf is not None:
+        policy_overrides["urdf"] = str(urdf)
     if options.checkpoint:
         policy_overrides["checkpoint"] = options.checkpoint
     if options.think:
@@ -285,11 +299,37 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
 
     if options.sim:
         nodes.append(_spec(SIM_CAMERAS_NODE, SIM_CAMERAS_NODE, files, dict(common)))
+    if publishes_tf(config, options):
+        tf_overrides = dict(common)
+        if urdf is not None:
+            tf_overrides["urdf"] = str(urdf)
+        nodes.append(_spec(TF_NODE, TF_NODE, files, tf_overrides))
     if options.record:
         recorder_overrides = dict(common)
         recorder_overrides["topics"] = recorded_topics(config, options)
         nodes.append(_spec(RECORDER_NODE, RECORDER_NODE, files, recorder_overrides))
     return nodes
+
+
+def urdf_path(config: RobotConfig) -> Path | None:
+    """The robot's URDF (shared key ``urdf``), absolute; None when the config names none."""
+    value = str(config.shared.get("urdf", "") or "")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else config.path.parent / path
+    if not path.is_file():
+        raise ConfigError(f"{config.path}: urdf {value!r} is not a file ({path})")
+    return path.resolve()
+
+
+def publishes_tf(config: RobotConfig, options: LaunchOptions) -> bool:
+    """Whether the graph starts molmoact2_tf: sim yes, hardware per the config's publish_tf."""
+    if TF_NODE not in config.sections:
+        return False
+    if options.publish_tf is not None:
+        return options.publish_tf
+    return options.sim or bool(config.params_for(TF_NODE).get("publish_tf", False))
 
 
 def recorded_topics(config: RobotConfig, options: LaunchOptions) -> list[str]:
@@ -300,9 +340,13 @@ def recorded_topics(config: RobotConfig, options: LaunchOptions) -> list[str]:
         f"{config.driver_name}/commanded_joint_states",
         f"{POLICY_NODE}/action_chunk",
         f"{POLICY_NODE}/status",
+        f"{POLICY_NODE}/predicted_chunk_markers",
     ]
     if options.think:
         topics.append(f"{DEPTH_CACHE_NODE}/depth_tokens")
+        topics.append(f"{DEPTH_CACHE_NODE}/depth_markers")
+    if publishes_tf(config, options):
+        topics += ["/tf_static", "/tf"]  # absolute, as tf2 names them
     return topics
 
 

@@ -18,6 +18,11 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "record": ("false", "record cameras, joints, chunks, depth tokens and status to MCAP"),
     "namespace": ("", "namespace of this robot instance"),
     "use_sim_time": ("false", "use /clock instead of the wall clock"),
+    "publish_tf": (
+        "",
+        "true/false: publish the config's frames (and URDF links); empty: in sim only, or "
+        "as the config's molmoact2_tf.publish_tf says",
+    ),
 }
 
 
@@ -39,6 +44,7 @@ def options_from_context(context) -> graph.LaunchOptions:
         record=_truthy(value("record")),
         namespace=value("namespace"),
         use_sim_time=_truthy(value("use_sim_time")),
+        publish_tf=_truthy(value("publish_tf")) if value("publish_tf").strip() else None,
     )
 
 
@@ -71,6 +77,9 @@ def launch_actions(robot: str, options: graph.LaunchOptions) -> list:
 
     actions = []
     for spec in graph.build_graph(robot, options):
+        if spec.name == graph.TF_NODE:
+            spec, state_publisher = _robot_state_publisher(robot, spec, options)
+            actions += state_publisher
         actions.append(
             Node(
                 package=spec.package,
@@ -97,3 +106,33 @@ def launch_actions(robot: str, options: graph.LaunchOptions) -> list:
             )
         )
     return actions
+
+
+def _robot_state_publisher(robot: str, spec: graph.NodeSpec, options: graph.LaunchOptions):
+    """With a URDF in the config and robot_state_publisher installed, it publishes the link
+    frames (molmoact2_tf keeps the static ones); without it, molmoact2_tf computes them."""
+    import dataclasses
+
+    from launch_ros.actions import Node
+
+    urdf = graph.urdf_path(graph.load_robot_config(robot))
+    if urdf is None:
+        return spec, []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        get_package_share_directory("robot_state_publisher")
+    except Exception:  # not installed: our own FK publisher stays on
+        return spec, []
+    state_publisher = Node(
+        package="robot_state_publisher",
+        executable="robot_state_publisher",
+        name="robot_state_publisher",
+        namespace=options.namespace,
+        parameters=[
+            {"robot_description": urdf.read_text(), "use_sim_time": options.use_sim_time}
+        ],
+        output="screen",
+    )
+    spec = dataclasses.replace(spec, overrides={**spec.overrides, "urdf_fk": False})
+    return spec, [state_publisher]

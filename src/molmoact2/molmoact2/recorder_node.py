@@ -48,7 +48,7 @@ class RecorderParams:
 
 def main(args: list[str] | None = None) -> int:
     from rclpy.node import Node
-    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
     from hw_drivers.ros_params import declare_dataclass_params
     from hw_drivers.ros_runtime import run_node
@@ -77,6 +77,12 @@ def main(args: list[str] | None = None) -> int:
                     p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in publishers
                 )
                 qos = QoSProfile(depth=100) if reliable else qos_profile_sensor_data
+                if reliable and all(
+                    p.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+                    for p in publishers
+                ):
+                    # Latched topics (/tf_static): get what was published before we joined.
+                    qos = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
                 msg_type = _import_type(types[0])
                 self.recorder.add_topic(topic, types[0])
                 self.subscribed[topic] = self.create_subscription(

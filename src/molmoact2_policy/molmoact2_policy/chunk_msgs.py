@@ -127,6 +127,58 @@ def predicted_joint_state_msg(
     return msg
 
 
+def end_effector_paths(model: Any, positions: np.ndarray, links: Sequence[str]) -> np.ndarray:
+    """(horizon, len(links), 3): each link's origin at every chunk row, by forward kinematics.
+
+    ``model`` is a ``hw_drivers.rigid_body.RigidBodyModel`` built for the chunk's joint names
+    (``link_poses(row) -> {link: 4x4 in the URDF root}``).
+    """
+    paths = np.empty((len(positions), len(links), 3))
+    for row, q in enumerate(np.asarray(positions, dtype=np.float64)):
+        poses = model.link_poses(q)
+        for column, link in enumerate(links):
+            paths[row, column] = np.asarray(poses[link])[:3, 3]
+    return paths
+
+
+def end_effector_markers_msg(
+    paths: np.ndarray,
+    *,
+    stamp_ns: int,
+    links: Sequence[str],
+    frame_id: str,
+    line_width: float = 0.005,
+) -> Any:
+    """visualization_msgs/MarkerArray: per link, a LINE_STRIP through its predicted positions
+    (``paths`` from ``end_effector_paths``) and a sphere where the chunk ends."""
+    from geometry_msgs.msg import Point
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    stamp = _time_msg(stamp_ns)
+    array = MarkerArray()
+    for index, link in enumerate(links):
+        r, g, b = _PALETTE[index % len(_PALETTE)]
+        points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in paths[:, index]]
+        for kind, marker_id in ((Marker.LINE_STRIP, 0), (Marker.SPHERE, 1)):
+            marker = Marker()
+            marker.header.stamp = stamp
+            marker.header.frame_id = frame_id
+            marker.ns = f"{link}_path"
+            marker.id = marker_id
+            marker.type = kind
+            marker.action = Marker.ADD
+            marker.pose.orientation.w = 1.0
+            marker.color.r, marker.color.g, marker.color.b, marker.color.a = r, g, b, 1.0
+            if kind == Marker.LINE_STRIP:
+                marker.scale.x = line_width
+                marker.points = points
+            else:
+                marker.scale.x = marker.scale.y = marker.scale.z = 4 * line_width
+                marker.pose.position = points[-1]
+            array.markers.append(marker)
+    return array
+
+
 def chunk_markers_msg(
     result: ActionChunkResult,
     *,

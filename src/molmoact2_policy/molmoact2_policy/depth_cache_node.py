@@ -6,7 +6,8 @@ node's process and is handed every Think result (``on_think_result``); it publis
 - ``~/depth_tokens`` (molmoact2_msgs/DepthTokens): the codes and which cells were re-predicted,
 - ``~/depth_image`` (sensor_msgs/Image rgb8): the grid colour-mapped, changed cells outlined,
   optionally blended over the main camera frame,
-- ``~/depth_markers`` (visualization_msgs/MarkerArray): one box per cell, height by code,
+- ``~/depth_markers`` (visualization_msgs/MarkerArray): one cube per cell on its camera ray,
+  at the fixed ``marker_distance``, coloured by code (the release defines no code -> metres),
 
 and drops the policy's cache (the ``policy_reset`` callable) on ``~/reset`` or when the main
 camera's stamps jump. All picture and geometry logic is in ``depth_viz`` / ``depth_change``.
@@ -26,7 +27,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from hw_drivers.ros_params import declare_dataclass_params
 from molmoact2_policy.depth_cache_params import DepthCacheParams
 from molmoact2_policy.depth_change import check_rgb_frame, stamp_jump_reason
-from molmoact2_policy.depth_viz import check_code_grid, depth_cell_boxes, render_depth_image
+from molmoact2_policy.depth_viz import check_code_grid, depth_cell_cubes, render_depth_image
 from molmoact2_policy.image_conversion import make_image_msg
 from molmoact2_policy.policy_api import ActionChunkResult
 
@@ -233,20 +234,27 @@ class DepthCacheNode(Node):
             blend_alpha=p.blend_alpha if background is not None else 1.0,
         )
         self._image_pub.publish(make_image_msg(picture, stamp=stamp, frame_id=self.frame_id))
-        self._markers_pub.publish(self._markers_msg(stamp, codes, changed))
+        # The cells split the camera frame, so its aspect aims the rays; a frame too broken to
+        # blend still has a usable shape, and without one the grid is taken as square.
+        shape = np.shape(image)
+        size = (int(shape[1]), int(shape[0])) if len(shape) >= 2 and min(shape[:2]) > 0 else (1, 1)
+        self._markers_pub.publish(self._markers_msg(stamp, codes, changed, size))
 
-    def _markers_msg(self, stamp: Time, codes: np.ndarray, changed: np.ndarray) -> Any:
+    def _markers_msg(
+        self, stamp: Time, codes: np.ndarray, changed: np.ndarray, image_size: tuple[int, int]
+    ) -> Any:
         from visualization_msgs.msg import Marker, MarkerArray
 
         p = self.params
-        boxes = depth_cell_boxes(
+        boxes = depth_cell_cubes(
             codes,
             changed,
             rows=p.grid_rows,
             cols=p.grid_cols,
             num_codes=p.num_codes,
-            cell_size_m=p.marker_cell_size,
-            max_depth_m=p.marker_max_depth,
+            image_size=image_size,
+            hfov=p.camera_hfov,
+            distance=p.marker_distance,
         )
         array = MarkerArray()
         for box in boxes:

@@ -64,15 +64,24 @@ class DepthCacheParams:
     marker_frame: str = field(
         default="",
         metadata=_doc(
-            "Frame of ~/depth_markers (empty: the main camera's optical frame). The boxes are "
-            "laid out in optical-frame axes: x right, y down, z forward."
+            "Frame of ~/depth_markers (empty: the main camera's optical frame). The cubes are "
+            "placed in optical-frame axes (x right, y down, z forward), so any other frame "
+            "must be that camera's optical frame under another name."
         ),
     )
-    marker_cell_size: float = field(
-        default=0.05, metadata=_doc("Metres between neighbouring cell boxes in ~/depth_markers.")
+    camera_hfov: float = field(
+        default=1.2,
+        metadata=_doc(
+            "Horizontal field of view [rad] of the main camera (pinhole, square pixels): "
+            "aims each cell's cube along its pixel ray."
+        ),
     )
-    marker_max_depth: float = field(
-        default=0.5, metadata=_doc("Metres of box height for the farthest code.")
+    marker_distance: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Depth [m] along the optical axis at which the cell cubes are placed. Fixed: the "
+            "released checkpoint defines no map from a depth code to metres."
+        ),
     )
     image_every_n: int = field(
         default=1,
@@ -108,7 +117,8 @@ class DepthCacheParams:
             problems.append(f"outline_px must be >= 0, got {self.outline_px}")
         if not 0.0 <= self.blend_alpha <= 1.0:
             problems.append(f"blend_alpha {self.blend_alpha} is not in [0, 1]")
-        for key in ("marker_cell_size", "marker_max_depth"):
-            if not getattr(self, key) > 0.0:
-                problems.append(f"{key} must be > 0, got {getattr(self, key)}")
+        if not 0.0 < self.camera_hfov < 3.14159:
+            problems.append(f"camera_hfov must be in (0, pi) radians, got {self.camera_hfov}")
+        if not self.marker_distance > 0.0:
+            problems.append(f"marker_distance must be > 0, got {self.marker_distance}")
         return problems

@@ -1,13 +1,22 @@
 """Pictures of a Think depth-code grid (pure numpy/OpenCV, no ROS).
 
 ``render_depth_image`` turns the 10 x 10 codes into an RGB image (one colour per code, changed
-cells outlined, optionally blended over the camera frame); ``depth_cell_boxes`` gives the
-geometry of one box per cell for an RViz MarkerArray. Codes are ordered by mean depth (larger
-means farther, see DepthTokens.msg), so the colour map runs from warm (near) to cool (far).
+cells outlined, optionally blended over the camera frame); ``depth_cell_cubes`` places one cube
+per cell on that cell's camera ray for an RViz MarkerArray.
+
+The released model ships no map from a depth code to metres: the codes are indices into the
+VQ-VAE codebook the Think data was tokenised with, the checkpoint carries neither codebook nor
+decoder, and the released code only maps ``<depth_k>`` tokens to the integer k (huggingface/
+lerobot, src/lerobot/policies/molmoact2/modeling_molmoact2.py). Nothing says the indices are
+ordered by depth either. So the cubes sit at one fixed, configured distance, and colours tell
+codes apart without suggesting an order: equal codes share a colour, neighbouring indices get
+far-apart hues.
 """
 
 from __future__ import annotations
 
+import colorsys
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -44,13 +53,23 @@ def check_code_grid(
     return codes.astype(np.int64), changed.astype(bool)
 
 
+GOLDEN_HUE_STEP = (math.sqrt(5.0) - 1.0) / 2.0  # successive hues as far apart as possible
+
+
 @lru_cache(maxsize=8)
 def depth_colormap(num_codes: int) -> np.ndarray:
-    """(num_codes, 3) uint8 RGB: code 0 (nearest) red through yellow/green to blue (farthest)."""
-    # Turbo reversed: a perceptually ordered map whose ends read as near (red) / far (blue).
-    ramp = np.linspace(255, 0, num_codes).round().astype(np.uint8).reshape(-1, 1)
-    bgr = cv2.applyColorMap(ramp, cv2.COLORMAP_TURBO).reshape(num_codes, 3)
-    colours = bgr[:, ::-1].copy()
+    """(num_codes, 3) uint8 RGB, one categorical colour per code (no near/far order implied).
+
+    Code k gets hue k * 0.618... (mod 1): every code a different colour, consecutive indices
+    far apart on the colour wheel, never white (the outline colour) or grey.
+    """
+    colours = np.array(
+        [
+            colorsys.hsv_to_rgb((k * GOLDEN_HUE_STEP) % 1.0, 0.85, 0.95)
+            for k in range(num_codes)
+        ]
+    )
+    colours = np.round(colours * 255.0).astype(np.uint8)
     colours.setflags(write=False)
     return colours
 
@@ -112,42 +131,56 @@ class CellBox:
     rgba: tuple[float, float, float, float]  # components in [0, 1]
 
 
-def depth_cell_boxes(
+def depth_cell_cubes(
     codes: np.ndarray,
     changed: np.ndarray | None = None,
     *,
     rows: int = 10,
     cols: int = 10,
     num_codes: int = 128,
-    cell_size_m: float = 0.05,
-    max_depth_m: float = 0.5,
+    image_size: tuple[int, int] = (640, 480),
+    hfov: float = 1.2,
+    distance: float = 1.0,
     unchanged_alpha: float = 0.45,
 ) -> list[CellBox]:
-    """One box per cell laid out as the image grid, extruded along +z by its code.
+    """One cube per cell, centred on the ray through the cell's centre pixel at depth
+    ``distance`` (optical z), sized to the cell's footprint there.
 
-    Box height grows linearly with the code (code 0 -> a thin slab, the largest code ->
-    ``max_depth_m``), so the grid reads as a coarse depth relief seen from the camera. Changed
-    cells are opaque; cells replayed from the cache are translucent.
+    ``image_size`` is the camera frame's (width, height) in pixels, ``hfov`` its horizontal
+    field of view in radians (pinhole, square pixels, principal point at the centre). The
+    cells tile the image, so the cubes tile the view frustum's cross-section at ``distance``:
+    with TF, they sit where that camera looks. Changed cells are opaque, cached ones
+    translucent.
     """
     codes, changed = check_code_grid(codes, rows, cols, num_codes, changed)
-    if cell_size_m <= 0 or max_depth_m <= 0:
-        raise ValueError("cell_size_m and max_depth_m must be positive")
+    width, height = image_size
+    if width < 1 or height < 1:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    if not 0.0 < hfov < math.pi:
+        raise ValueError(f"hfov must be in (0, pi) radians, got {hfov}")
+    if not (distance > 0.0 and math.isfinite(distance)):
+        raise ValueError(f"distance must be a positive number of metres, got {distance}")
+    focal = (width / 2.0) / math.tan(hfov / 2.0)  # pixels
+    cell_w, cell_h = distance * (width / cols) / focal, distance * (height / rows) / focal
+    side = min(cell_w, cell_h)
     colours = depth_colormap(num_codes).astype(np.float64) / 255.0
-    min_height = max_depth_m / max(num_codes, 1)
     boxes = []
     for index, code in enumerate(codes.tolist()):
         r, c = divmod(index, cols)
-        height = min_height + (max_depth_m - min_height) * code / max(num_codes - 1, 1)
-        x = (c - cols / 2.0 + 0.5) * cell_size_m
-        y = (r - rows / 2.0 + 0.5) * cell_size_m
+        u = (c + 0.5) * width / cols - width / 2.0
+        v = (r + 0.5) * height / rows - height / 2.0
         red, green, blue = colours[code]
-        alpha = 1.0 if changed[index] else unchanged_alpha
         boxes.append(
             CellBox(
                 index=index,
-                center=(x, y, height / 2.0),
-                size=(cell_size_m * 0.95, cell_size_m * 0.95, height),
-                rgba=(float(red), float(green), float(blue), float(alpha)),
+                center=(distance * u / focal, distance * v / focal, distance),
+                size=(cell_w * 0.95, cell_h * 0.95, side * 0.95),
+                rgba=(
+                    float(red),
+                    float(green),
+                    float(blue),
+                    1.0 if changed[index] else float(unchanged_alpha),
+                ),
             )
         )
     return boxes

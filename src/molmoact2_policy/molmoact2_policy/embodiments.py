@@ -23,7 +23,7 @@ class EmbodimentSpec:
     norm_tag: str  # key into norm_stats.json's metadata_by_tag
     control_mode: str  # text between <control_start> and <control_end>
     setup: str  # text between <setup_start> and <setup_end>
-    gripper_dims: tuple[int, ...]  # action/state dims that are not normalised
+    gripper_dims: tuple[int, ...]  # gripper action/state dims (normalised unless a mask says not)
 
     @property
     def step_dt(self) -> float:

@@ -23,6 +23,8 @@ _COLOUR_ENCODINGS: dict[str, tuple[int, tuple[int, int, int]]] = {
 }
 SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_COLOUR_ENCODINGS)
 SUPPORTED_COMPRESSED_FORMATS: tuple[str, ...] = ("jpeg", "png")
+# OpenCV >= 4.10 decodes to RGB directly; older builds decode to BGR and convert.
+_IMREAD_COLOR_RGB: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
 class ImageConversionError(ValueError):
@@ -115,12 +117,18 @@ def compressed_to_rgb(fmt: str, data: Any) -> np.ndarray:
         raise ImageConversionError(f"compressed image data is not a byte buffer: {exc}") from None
     if buffer.size == 0:
         raise ImageConversionError(f"compressed image ({fmt}) has no data")
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-    if bgr is None:
+    if _IMREAD_COLOR_RGB is not None:
+        # Decoded straight into RGB order: no second pass over the frame (the policy node
+        # decodes every camera frame on its input path).
+        rgb = cv2.imdecode(buffer, _IMREAD_COLOR_RGB)
+    else:
+        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        rgb = None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if rgb is None:
         raise ImageConversionError(
             f"compressed image ({fmt}, {buffer.size} bytes) could not be decoded"
         )
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return rgb
 
 
 def compressed_msg_to_rgb(msg: Any) -> np.ndarray:

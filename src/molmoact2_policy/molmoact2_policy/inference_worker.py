@@ -8,10 +8,11 @@ from the policy is caught and delivered as an error outcome; the thread only end
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from molmoact2_policy.observation import Observation
 from molmoact2_policy.policy_api import (
@@ -21,6 +22,7 @@ from molmoact2_policy.policy_api import (
     PolicyUnavailableError,
     RtcRequest,
 )
+from molmoact2_policy.stage_times import StageTimes
 
 # Error kinds of an outcome.
 INPUT_ERROR = "input"
@@ -36,6 +38,8 @@ class InferenceRequest:
     instruction: str
     seed: int | None = None
     epoch: int = 0  # caller's generation counter: lets it drop outcomes of superseded requests
+    # What building the observation cost (convert, assemble); frozen, so one default is safe.
+    stages: StageTimes = field(default_factory=StageTimes)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class InferenceOutcome:
     error_kind: str  # "" on success, else INPUT_ERROR, UNAVAILABLE or INTERNAL
     started: float  # monotonic seconds when act() was called
     finished: float  # monotonic seconds when act() returned
+    submitted: float = math.nan  # monotonic seconds when the request was submitted
 
     @property
     def ok(self) -> bool:
@@ -56,6 +61,11 @@ class InferenceOutcome:
     @property
     def model_time(self) -> float:
         return self.finished - self.started
+
+    @property
+    def queue_wait(self) -> float:
+        """Seconds the request waited for the thread (and the rate cap) before act()."""
+        return self.started - self.submitted
 
 
 def describe_error(exc: BaseException) -> tuple[str, str]:
@@ -89,6 +99,7 @@ class InferenceWorker:
         self._on_callback_error = on_callback_error
         self._cond = threading.Condition()
         self._pending: InferenceRequest | None = None
+        self._pending_since = math.nan
         self._busy = False
         self._running = False
         self._last_start: float | None = None
@@ -130,6 +141,7 @@ class InferenceWorker:
         with self._cond:
             replaced = self._pending is not None
             self._pending = request
+            self._pending_since = self._clock()
             self.submitted += 1
             if replaced:
                 self.replaced += 1
@@ -160,7 +172,7 @@ class InferenceWorker:
 
     # ---- thread -------------------------------------------------------------------------
 
-    def _take_next(self) -> InferenceRequest | None:
+    def _take_next(self) -> tuple[InferenceRequest, float] | None:
         with self._cond:
             while self._running:
                 if self._pending is not None:
@@ -171,7 +183,7 @@ class InferenceWorker:
                         request, self._pending = self._pending, None
                         self._busy = True
                         self._last_start = self._clock()
-                        return request
+                        return request, self._pending_since
                     self._cond.wait(wait)
                 else:
                     self._cond.wait()
@@ -179,9 +191,10 @@ class InferenceWorker:
 
     def _loop(self) -> None:
         while True:
-            request = self._take_next()
-            if request is None:
+            taken = self._take_next()
+            if taken is None:
                 return
+            request, submitted = taken
             started = self._clock()
             try:
                 obs = request.observation
@@ -191,11 +204,15 @@ class InferenceWorker:
                 result = self._policy.act(
                     obs.images, obs.state, request.instruction, seed=request.seed, **extra
                 )
-                outcome = InferenceOutcome(request, result, "", "", started, self._clock())
+                outcome = InferenceOutcome(
+                    request, result, "", "", started, self._clock(), submitted
+                )
                 self.completed += 1
             except Exception as exc:  # the thread must outlive any policy failure
                 kind, message = describe_error(exc)
-                outcome = InferenceOutcome(request, None, message, kind, started, self._clock())
+                outcome = InferenceOutcome(
+                    request, None, message, kind, started, self._clock(), submitted
+                )
                 self.failed += 1
             with self._cond:
                 self._busy = False

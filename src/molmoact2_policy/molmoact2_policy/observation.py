@@ -46,6 +46,26 @@ class Observation:
         """Identical for two observations built from exactly the same messages."""
         return tuple(self.camera_stamps_ns.values()) + tuple(self.joint_stamps_ns.values())
 
+    @property
+    def camera_key(self) -> tuple[int, ...]:
+        """Which frames this observation shows: the camera stamps in camera order."""
+        return tuple(self.camera_stamps_ns.values())
+
+
+def is_new_camera_set(camera_key: Sequence[int], previous: Sequence[int] | None) -> bool:
+    """True when every camera shows a different frame than in ``previous`` (or there is none).
+
+    The policy node infers once per new camera set, never on a joint state or on the first
+    camera of a set alone: synchronised cameras arrive a few ms apart and joint states arrive
+    at the driver's rate, and starting the model on either keeps the (single) inference slot
+    busy with frames that are already superseded when the rest of the set lands, which made
+    every chunk wait for one extra model run. "Different", not "newer": a clock that jumps
+    back (sim time reset, bag loop) must not stop inference.
+    """
+    if previous is None or len(previous) != len(camera_key):
+        return True
+    return all(stamp != old for stamp, old in zip(camera_key, previous, strict=True))
+
 
 @dataclass(frozen=True)
 class Rejection:

@@ -12,6 +12,7 @@ both. ``main()`` configures and activates at start when ``autostart`` is true.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -26,6 +27,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from hw_drivers.ros_params import declare_dataclass_params
 from hw_drivers.ros_runtime import run_lifecycle_node
 from molmoact2_policy import chunk_msgs
+from molmoact2_policy.decode_pool import DecodePool
 from molmoact2_policy.image_conversion import (
     ImageConversionError,
     compressed_msg_to_rgb,
@@ -39,6 +41,7 @@ from molmoact2_policy.observation import (
     Observation,
     ObservationAssembler,
     Rejection,
+    is_new_camera_set,
     ns_to_stamp,
     stamp_to_ns,
 )
@@ -46,6 +49,7 @@ from molmoact2_policy.policy_api import Policy
 from molmoact2_policy.policy_factory import TEST_POLICY_ENV, PolicyLoadError, make_policy
 from molmoact2_policy.policy_node_params import PolicyNodeParams
 from molmoact2_policy.rtc_feed import RtcFeed
+from molmoact2_policy.stage_times import StageTimes
 
 NODE_NAME = "molmoact2_policy"
 MAX_INSTRUCTION_CHARS = 2000
@@ -89,6 +93,7 @@ class PolicyNode(LifecycleNode):
         self._lifecycle_state = "unconfigured"
         self._policy: Policy | None = None
         self._worker: InferenceWorker | None = None
+        self._decoder: DecodePool | None = None  # compressed cameras, while active
         self._assembler: ObservationAssembler | None = None
         self._depth_node: Any = None
         self._subscriptions: list[Any] = []
@@ -103,8 +108,7 @@ class PolicyNode(LifecycleNode):
         self._rejected_count = 0
         self._chunk_times: deque[float] = deque(maxlen=1000)
         self._last_latency = float("nan")
-        self._last_model_time = float("nan")
-        self._last_preprocess_time = float("nan")
+        self._stages = StageTimes()  # of the last published chunk
         self._convert_time: dict[str, float] = {}
         self._rtc: RtcFeed | None = None  # real-time chunking inputs (``rtc: true``)
 
@@ -201,6 +205,53 @@ class PolicyNode(LifecycleNode):
         feed = self._rtc
         if feed is not None:
             feed.record_commanded(_stamp_ns(msg.header), msg.name, msg.position)
+    def _chunk_markers(
+        self, result: Any, stamp_ns: int, offset: float, joint_names: Any
+    ) -> Any:
+        """End-effector paths with a URDF, else the joint-space plot."""
+        fk = self._end_effector_model(tuple(joint_names))
+        if fk is not None:
+            try:
+                paths = chunk_msgs.end_effector_paths(
+                    fk, result.positions, self.params.end_effector_links
+                )
+                return chunk_msgs.end_effector_markers_msg(
+                    paths,
+                    stamp_ns=stamp_ns,
+                    links=self.params.end_effector_links,
+                    frame_id=fk.root_frame,
+                )
+            except (KeyError, ValueError, RuntimeError) as exc:
+                self._log_error(f"end-effector path unavailable, plotting joints: {exc}")
+        return chunk_msgs.chunk_markers_msg(
+            result,
+            stamp_ns=stamp_ns,
+            start_offset=offset,
+            joint_names=joint_names,
+            frame_id=self.params.marker_frame,
+        )
+
+    def _end_effector_model(self, joint_names: tuple[str, ...]) -> Any:
+        """The URDF model for end-effector paths (built once), or None without one."""
+        if not (self.params.urdf and self.params.end_effector_links):
+            return None
+        cached = getattr(self, "_fk_model", None)
+        if cached is not None and cached[0] == joint_names:
+            return cached[1]
+        model = None
+        try:
+            from hw_drivers.rigid_body import RigidBodyModel
+
+            # Chunk joints the URDF lacks (a normalised gripper) do not move any link.
+            model = RigidBodyModel.from_urdf(self.params.urdf, joint_names, allow_missing=True)
+            missing = [k for k in self.params.end_effector_links if k not in model.link_names]
+            if missing:
+                raise ValueError(f"URDF {self.params.urdf} has no link(s) {missing}")
+        except (RuntimeError, ValueError) as exc:
+            self._log_error(f"end-effector paths off: {exc}")
+            model = None
+        self._fk_model = (joint_names, model)
+        return model
 
     def _configure_failed(self, message: str) -> TransitionCallbackReturn:
         self.get_logger().error(f"configure failed: {message}")
@@ -245,6 +296,13 @@ class PolicyNode(LifecycleNode):
                 rtc_source=self._rtc_request if self._rtc is not None else None,
             )
             self._worker.start()
+        compressed = sum(t == "compressed" for t in self.params.camera_transports)
+        if compressed:
+            self._decoder = DecodePool(
+                min(compressed, os.cpu_count() or 1),
+                self._store_image,
+                lambda exc: self._log_error(f"storing a decoded frame failed: {exc}"),
+            )
         for name, topic, transport in zip(
             self.params.camera_names,
             self.params.camera_topics,
@@ -319,7 +377,10 @@ class PolicyNode(LifecycleNode):
         self._subscriptions.clear()
         with self._lock:
             worker, self._worker = self._worker, None
+            decoder, self._decoder = self._decoder, None
             self._epoch += 1
+        if decoder is not None:
+            decoder.close()
         if worker is not None and not worker.stop(timeout=5.0):
             self.get_logger().warning("inference still running after 5 s; leaving it to finish")
 
@@ -336,21 +397,34 @@ class PolicyNode(LifecycleNode):
 
     def _on_image(self, camera: str, msg: Any) -> None:
         stamp_ns = _stamp_ns(msg.header)
+        decoder = self._decoder
+        if decoder is not None and not hasattr(msg, "encoding"):
+            decoder.submit(camera, stamp_ns, msg.format, msg.data)  # -> _store_image
+            return
         started = time.perf_counter()
+        image, error = None, ""
         try:
             if hasattr(msg, "encoding"):
                 image = image_msg_to_rgb(msg)
             else:
                 image = compressed_msg_to_rgb(msg)
         except ImageConversionError as exc:
+            error = str(exc)
+        self._store_image(camera, stamp_ns, image, error, time.perf_counter() - started)
+
+    def _store_image(
+        self, camera: str, stamp_ns: int, image: Any, error: str, convert_time: float
+    ) -> None:
+        """A converted frame (or why it could not be converted); executor or decode thread."""
+        if error:
             with self._lock:
                 if self._assembler is not None:
-                    self._assembler.add_image_error(camera, stamp_ns, str(exc))
-            self._log_error(f"camera {camera!r}: {exc}")
+                    self._assembler.add_image_error(camera, stamp_ns, error)
+            self._log_error(f"camera {camera!r}: {error}")
             self._try_infer()
             return
         with self._lock:
-            self._convert_time[camera] = time.perf_counter() - started
+            self._convert_time[camera] = convert_time
             if self._assembler is not None:
                 self._assembler.add_image(camera, stamp_ns, image)
         self._try_infer()
@@ -384,14 +458,18 @@ class PolicyNode(LifecycleNode):
                 self._last_key = None
                 return
             self._rejection = None
-            if built.input_key == self._last_key:
+            # _last_key: the camera stamps of the last observation handed to the worker.
+            if not is_new_camera_set(built.camera_key, self._last_key):
                 return
-            self._last_key = built.input_key
-            self._last_preprocess_time = (time.perf_counter() - started) + sum(
-                self._convert_time.get(c, 0.0) for c in self.params.camera_names
+            self._last_key = built.camera_key
+            stages = StageTimes(
+                convert=sum(self._convert_time.get(c, 0.0) for c in self.params.camera_names),
+                assemble=time.perf_counter() - started,
             )
             seed = self.params.seed if self.params.seed >= 0 else None
-            self._worker.submit(InferenceRequest(built, self._instruction, seed, self._epoch))
+            self._worker.submit(
+                InferenceRequest(built, self._instruction, seed, self._epoch, stages)
+            )
 
     # ---- outputs ------------------------------------------------------------------------
 
@@ -412,6 +490,7 @@ class PolicyNode(LifecycleNode):
         observation: Observation = outcome.request.observation
         stamp_ns = observation.stamp_ns
         offset = self.params.action_start_offset
+        publish_started = time.perf_counter()
         now_ns = self.get_clock().now().nanoseconds
         latency = (now_ns - stamp_ns) / NS_PER_S
         with self._lock:
@@ -430,31 +509,34 @@ class PolicyNode(LifecycleNode):
         )
         if self._rtc is not None:
             self._rtc.record_chunk(stamp_ns, offset, result.positions, latency)
+        chunk_out = time.perf_counter()  # what follows (visualisation) is off the chunk's path
         with self._lock:
             self._chunk_count += 1
             self._chunk_times.append(time.monotonic())
             self._last_latency = latency
-            self._last_model_time = outcome.model_time
             self._last_error = ""
             self._inference_error = False
-        self._predicted_pub.publish(
-            chunk_msgs.predicted_joint_state_msg(
-                result,
-                stamp_ns=stamp_ns,
-                start_offset=offset,
-                joint_names=joint_names,
-                now_ns=now_ns,
+        # Visualisation only: not built (a cost in the inference thread) when nobody listens.
+        if self._predicted_pub.get_subscription_count() > 0:
+            self._predicted_pub.publish(
+                chunk_msgs.predicted_joint_state_msg(
+                    result,
+                    stamp_ns=stamp_ns,
+                    start_offset=offset,
+                    joint_names=joint_names,
+                    now_ns=now_ns,
+                )
             )
+        if self._markers_pub.get_subscription_count() > 0:
+            self._markers_pub.publish(self._chunk_markers(result, stamp_ns, offset, joint_names))
+        stages = dataclasses.replace(
+            outcome.request.stages,
+            queue_wait=outcome.queue_wait,
+            model=outcome.model_time,
+            publish=chunk_out - publish_started,
         )
-        self._markers_pub.publish(
-            chunk_msgs.chunk_markers_msg(
-                result,
-                stamp_ns=stamp_ns,
-                start_offset=offset,
-                joint_names=joint_names,
-                frame_id=self.params.marker_frame,
-            )
-        )
+        with self._lock:
+            self._stages = stages
         depth = self._depth_node
         if depth is not None and result.depth_codes is not None:
             from builtin_interfaces.msg import Time
@@ -577,8 +659,7 @@ class PolicyNode(LifecycleNode):
             msg.checkpoint = self.params.checkpoint
             msg.device = self.params.device
             msg.last_latency = self._last_latency
-            msg.preprocess_time = self._last_preprocess_time
-            msg.model_time = self._last_model_time
+            self._stages.fill_status(msg)
             horizon = time.monotonic() - self._status_period
             recent = sum(1 for t in self._chunk_times if t >= horizon)
             msg.chunk_rate = recent / self._status_period
@@ -609,7 +690,7 @@ class PolicyNode(LifecycleNode):
             "checkpoint": msg.checkpoint,
             "last_latency_s": f"{msg.last_latency:.4f}",
             "preprocess_time_s": f"{msg.preprocess_time:.4f}",
-            "model_time_s": f"{msg.model_time:.4f}",
+            **self._stages.diagnostic_values(),
             "chunk_rate_hz": f"{msg.chunk_rate:.2f}",
             "chunk_count": str(msg.chunk_count),
             "rejected_count": str(msg.rejected_count),

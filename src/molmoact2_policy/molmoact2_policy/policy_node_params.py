@@ -75,10 +75,11 @@ class PolicyNodeParams:
         default=90, metadata=_doc("JPEG quality 1..100 when image_encoding=jpeg.")
     )
     remote_image_size: int = field(
-        default=378,
+        default=0,
         metadata=_doc(
-            "Resize camera images to this square size (the model's input) before sending to a "
-            "remote server; 0 sends them at camera resolution."
+            "0 (default, as released): send camera images at their own resolution to a remote "
+            "server. N > 0: resize them to NxN on the robot with the model processor's kernel "
+            "(needs torch) to save bandwidth; with JPEG this changes what the model sees."
         ),
     )
     server_transport: str = field(
@@ -148,7 +149,20 @@ class PolicyNodeParams:
         metadata=_doc("Seconds from the observation stamp to chunk row 0 (0: row 0 applies then)."),
     )
     marker_frame: str = field(
-        default="base_link", metadata=_doc("Frame of the predicted-trajectory markers.")
+        default="base_link",
+        metadata=_doc("Frame of the joint-space plot of each chunk (used without a URDF)."),
+    )
+    urdf: str = field(
+        default="",
+        metadata=_doc(
+            "Robot URDF (the shared `/**` key; the launch layer makes it absolute). With "
+            "end_effector_links, ~/predicted_chunk_markers shows each chunk's end-effector "
+            "path (FK of every row) in the URDF's root frame instead of the joint-space plot."
+        ),
+    )
+    end_effector_links: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc("URDF links whose predicted paths to draw (one per arm)."),
     )
     status_rate: float = field(default=1.0, metadata=_doc("Hz of ~/status and /diagnostics."))
     autostart: bool = field(

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hw_drivers.health import HealthEntry
+
 
 class BackendError(RuntimeError):
     """The link to the hardware failed (timeout, garbled frame, disconnect)."""
@@ -69,6 +71,15 @@ class Backend(ABC):
     @abstractmethod
     def write_command(self, positions: np.ndarray, velocities: np.ndarray | None = None) -> None:
         """Send one position target per joint (already checked by the safety layer)."""
+
+    def health(self) -> list[HealthEntry]:
+        """Per-motor and per-bus health for ``/diagnostics`` (empty when the backend has none)."""
+        return []
+
+    def clear_faults(self) -> list[str]:
+        """Clear fault codes the hardware latched (explicit operator action); returns what was
+        cleared, one line per motor. Backends without fault codes have nothing to clear."""
+        return []
 
     def _log_command(self, stamp: float, positions: np.ndarray) -> None:
         self.command_log.append((stamp, np.array(positions, dtype=float, copy=True)))

@@ -1,10 +1,25 @@
-"""DaMiao motors over CAN (the YAM arms): one SocketCAN channel per arm, MIT mode.
+"""DaMiao motors over CAN (the YAM arms): one CAN bus per arm, MIT mode, one I/O thread per bus.
 
 Each arm is a chain of motors (YAM: 6 joints + gripper, ids 0x01..0x07, feedback on
-``id + 0x10``) on its own channel. Every exchange sends one frame per motor and waits for each
-motor's feedback frame; a motor that does not answer in ``reply_timeout``, or answers with a
-frame that cannot be its feedback, gets its frame resent up to ``retries`` times, then the call
-raises ``BackendError`` naming the motor. A rejected frame is never used as a measurement.
+``id + 0x10``) on its own bus. A control tick is one MIT exchange per motor: the command frame
+goes out and the motor's reply to it *is* the feedback, so the next ``read_state`` returns those
+replies without another round trip (a refresh round, 0x7FF/0xCC, is only sent when no MIT
+exchange happened since the last read: before enable, in dry run, after a fault). The buses are
+served in parallel, each by its own I/O thread, so a tick costs the bus time of one arm, not the
+sum; ``hw_drivers.can_budget`` says which control rates fit and ``from_params`` refuses the rest.
+
+Per motor, a reply counts only if it arrived after that motor's request went out (an older one
+is a stale reply to an earlier, timed-out request) and decodes as that motor's feedback; a motor
+without one by the deadline is asked once more within the same tick, then the call raises
+``BackendError`` naming the motor, so the driver holds on the tick the motor fell silent. A
+reply carrying a DaMiao fault code (over-temperature, over-current, ...) raises the same way.
+Fault codes found at connect are kept and reported; ``enable`` refuses until ``clear_faults``
+(the explicit clear-error command) has cleared them. An I/O thread that does not finish its
+exchange in ``io_timeout`` is reported as frozen instead of blocking the driver.
+
+Gravity feed-forward: with a rigid-body model per arm (``hw_drivers.rigid_body``, from the
+arm's URDF), each MIT command carries the gravity torque at the measured pose, so the arm does
+not sag by torque/kp; without one the feed-forward is zero.
 
 The gripper motor is exposed as a normalised opening 0 (closed)..1 (open) between two
 configurable motor angles; all other joints are motor radians.
@@ -14,15 +29,18 @@ python-can is imported on ``connect()`` only, so importing this module stays che
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
 from hw_drivers import damiao_protocol as dm
+from hw_drivers import health as hl
 from hw_drivers.backends.base import Backend, BackendError, JointReading
+from hw_drivers.can_budget import DEFAULT_MAX_BUS_LOAD, BusBudget
 
 #: One YAM arm as i2rt configures it: joints 1-3 DM4340, joints 4-6 and the gripper DM4310.
 YAM_MOTOR_IDS: tuple[int, ...] = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07)
@@ -65,6 +83,9 @@ class DamiaoArm:
     motors: tuple[DamiaoMotor, ...]
     gripper_closed_rad: float = YAM_GRIPPER_CLOSED_RAD
     gripper_open_rad: float = YAM_GRIPPER_OPEN_RAD
+    #: Rigid-body model over the non-gripper joints (``hw_drivers.rigid_body``) for gravity
+    #: feed-forward; None: no feed-forward.
+    dynamics: Any = None
 
 
 def yam_arm(
@@ -108,6 +129,124 @@ def yam_arm(
     return DamiaoArm(channel, motors, gripper_closed_rad, gripper_open_rad)
 
 
+#: Wait for replies beyond the bus time of the frames [s]. DaMiao motors answer within a few
+#: hundred microseconds; with the 1.9 ms of bus time of a YAM arm, a first try plus one resend
+#: to a motor whose reply was lost still fits the 4 ms period at 250 Hz. A reply that comes
+#: later than this is discarded as stale when it arrives, and the resend's reply is used.
+REPLY_TIMEOUT = 0.001
+#: Default temperature [degC] (MOS or rotor) from which a motor is reported as running hot. The
+#: motor's own over-temperature trip (its OT register) latches fault 0xB/0xC on top of this.
+TEMPERATURE_WARN_C = 70.0
+
+
+class CanLink(Protocol):
+    """What the backend needs of one CAN bus (python-can, or an emulator with bus time)."""
+
+    channel: str
+
+    def now(self) -> float: ...
+
+    def send(self, frame: dm.CanFrame) -> None: ...
+
+    def recv(self, timeout: float) -> tuple[dm.CanFrame, float] | None: ...
+
+    def close(self) -> None: ...
+
+
+class PythonCanLink:
+    """A python-can bus as a ``CanLink``; times are python-can's receive stamps (epoch s)."""
+
+    def __init__(self, bus: Any, channel: str) -> None:
+        import can
+
+        self._can = can
+        self._bus = bus
+        self.channel = channel
+
+    def now(self) -> float:
+        return time.time()
+
+    def send(self, frame: dm.CanFrame) -> None:
+        try:
+            self._bus.send(
+                self._can.Message(
+                    arbitration_id=frame.arbitration_id, data=frame.data, is_extended_id=False
+                )
+            )
+        except (self._can.CanError, OSError) as exc:
+            raise OSError(str(exc)) from exc
+
+    def recv(self, timeout: float) -> tuple[dm.CanFrame, float] | None:
+        msg = self._bus.recv(timeout=max(0.0, timeout))
+        if msg is None:
+            return None
+        return dm.CanFrame(msg.arbitration_id, bytes(msg.data)), float(msg.timestamp)
+
+    def close(self) -> None:
+        try:
+            self._bus.shutdown()
+        except Exception:  # closing must not fail: the bus may already be gone
+            pass
+
+
+@dataclass
+class MotorHealth:
+    """What the backend knows about one motor."""
+
+    error_code: int | None = None  # last reported state nibble
+    temperature_mos: int | None = None
+    temperature_rotor: int | None = None
+    last_reply: float | None = None  # link time of the last accepted reply
+    replies: int = 0
+    missed: int = 0  # requests that got no usable reply in time (resent or failed)
+    garbled: int = 0
+    stale: int = 0  # replies older than the request they would answer (discarded)
+    problem: str = ""  # current error of this motor ("" when fine)
+
+    @property
+    def fault(self) -> str | None:
+        if self.error_code is None or self.error_code in (dm.STATE_DISABLED, dm.STATE_ENABLED):
+            return None
+        return dm.ERROR_CODES.get(self.error_code, f"code 0x{self.error_code:X}")
+
+
+@dataclass
+class BusHealth:
+    exchanges: int = 0
+    send_errors: int = 0
+    unknown_frames: int = 0
+    last_exchange_time: float = 0.0  # [s] of the last exchange, on the bus's clock
+    max_exchange_time: float = 0.0
+    overruns: int = 0  # exchanges longer than one control period
+    problem: str = ""
+
+
+@dataclass
+class ExchangeResult:
+    replies: dict[int, dm.Feedback]
+    missing: dict[int, str]  # motor index -> why
+    elapsed: float
+    stamp: float
+    send_error: str = ""
+    resent: set[int] = field(default_factory=set)
+
+
+class _BusIO:
+    """One bus and the single thread that does all its I/O."""
+
+    def __init__(self, arm: DamiaoArm, link: CanLink) -> None:
+        self.arm = arm
+        self.link = link
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"can-io-{arm.channel}"
+        )
+        self.frozen = False
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.link.close()
+
+
 class DamiaoBackend(Backend):
     """Position control of DaMiao motor chains through MIT-mode frames."""
 
@@ -115,9 +254,16 @@ class DamiaoBackend(Backend):
         self,
         arms: Sequence[DamiaoArm],
         interface: str = "socketcan",
-        reply_timeout: float = 0.01,
-        retries: int = 3,
+        reply_timeout: float = REPLY_TIMEOUT,
+        retries: int = 1,
         bitrate: int = 1_000_000,
+        *,
+        control_rate: float | None = None,
+        max_bus_load: float = DEFAULT_MAX_BUS_LOAD,
+        link_factory: Callable[[str], CanLink] | None = None,
+        gravity_scale: float = 1.0,
+        temperature_warn: float = TEMPERATURE_WARN_C,
+        io_timeout: float = 0.5,
     ) -> None:
         super().__init__([m.joint_name for arm in arms for m in arm.motors])
         if not arms:
@@ -127,13 +273,35 @@ class DamiaoBackend(Backend):
         self.reply_timeout = float(reply_timeout)
         self.retries = int(retries)
         self.bitrate = int(bitrate)
-        self._buses: list[Any] = []
+        self.budget = BusBudget(
+            self.bitrate, max(len(arm.motors) for arm in self.arms), max_bus_load=max_bus_load
+        )
+        self.control_rate = control_rate
+        if control_rate is not None:
+            problem = self.budget.check(control_rate)
+            if problem is not None:
+                raise BackendError(problem)
+        self.link_factory = link_factory
+        self.gravity_scale = float(gravity_scale)
+        self.temperature_warn = float(temperature_warn)
+        self.io_timeout = float(io_timeout)
+        self._io: list[_BusIO] = []
+        self._enabled = False
+        self._feedback: list[dict[int, dm.Feedback]] | None = None
+        self._feedback_stamp = 0.0
+        self._fresh = False  # feedback from this tick's MIT exchange not yet read
+        # Replies of the last command exchange stand for the next read only while they are
+        # younger than this; a stalled caller gets a fresh refresh round instead.
+        self.max_feedback_age = 2.5 / control_rate if control_rate else 0.02
         self._last_command = np.full(self.num_joints, np.nan)
+        self.motor_health = [[MotorHealth() for _ in arm.motors] for arm in self.arms]
+        self.bus_health = [BusHealth() for _ in self.arms]
 
     @classmethod
     def from_params(cls, params: Any) -> DamiaoBackend:
         """Build from the driver's params (``can_channels``, ``joint_names``, optional
-        ``damiao_*`` overrides); the joints are split into equal blocks, one per channel."""
+        ``damiao_*`` overrides, ``dynamics_urdf``); the joints are split into equal blocks, one
+        per channel. Refuses a ``control_rate`` the buses cannot carry."""
         channels = list(params.can_channels)
         names = list(params.joint_names)
         if not channels or len(names) % len(channels):
@@ -151,98 +319,171 @@ class DamiaoBackend(Backend):
                 else value
             )
 
+        prefixes = list(opt("frame_prefixes", [""] * len(channels)))
+        urdf = str(opt("dynamics_urdf", ""))
+        urdf_names = list(opt("dynamics_joint_names", []))
         arms = []
         for index, channel in enumerate(channels):
             arm_names = names[index * per_arm : (index + 1) * per_arm]
-            arms.append(
-                yam_arm(
-                    channel,
-                    arm_names,
-                    motor_ids=opt("damiao_motor_ids", YAM_MOTOR_IDS[:per_arm]),
-                    motor_types=opt("damiao_motor_types", YAM_MOTOR_TYPES[:per_arm]),
-                    kp=opt("damiao_kp", YAM_KP[:per_arm]),
-                    kd=opt("damiao_kd", YAM_KD[:per_arm]),
-                    gripper_closed_rad=float(opt("gripper_closed_rad", YAM_GRIPPER_CLOSED_RAD)),
-                    gripper_open_rad=float(opt("gripper_open_rad", YAM_GRIPPER_OPEN_RAD)),
-                )
+            arm = yam_arm(
+                channel,
+                arm_names,
+                motor_ids=opt("damiao_motor_ids", YAM_MOTOR_IDS[:per_arm]),
+                motor_types=opt("damiao_motor_types", YAM_MOTOR_TYPES[:per_arm]),
+                kp=opt("damiao_kp", YAM_KP[:per_arm]),
+                kd=opt("damiao_kd", YAM_KD[:per_arm]),
+                gripper_closed_rad=float(opt("gripper_closed_rad", YAM_GRIPPER_CLOSED_RAD)),
+                gripper_open_rad=float(opt("gripper_open_rad", YAM_GRIPPER_OPEN_RAD)),
             )
+            if urdf:
+                prefix = prefixes[index] if index < len(prefixes) else ""
+                arm = with_dynamics(arm, urdf, prefix, urdf_names or None)
+            arms.append(arm)
         return cls(
             arms,
             interface=str(opt("can_interface", "socketcan")),
-            reply_timeout=float(opt("read_timeout", 0.0) or 0.01),
-            retries=int(opt("read_retries", 0) or 3),
+            reply_timeout=float(opt("read_timeout", 0.0) or REPLY_TIMEOUT),
+            retries=int(opt("read_retries", 0) or 1),
+            bitrate=int(opt("can_bitrate", 1_000_000)),
+            control_rate=float(opt("control_rate", 0.0)) or None,
+            max_bus_load=float(opt("max_bus_load", DEFAULT_MAX_BUS_LOAD)),
+            gravity_scale=float(opt("gravity_scale", 1.0)),
+            temperature_warn=float(opt("motor_temperature_warn", TEMPERATURE_WARN_C)),
         )
 
     # -- Backend ---------------------------------------------------------------------------
     @property
     def is_connected(self) -> bool:
-        return bool(self._buses)
+        return bool(self._io)
 
     def connect(self) -> None:
-        if self._buses:
+        if self._io:
             return
         try:
-            import can
-        except ImportError as exc:  # pragma: no cover - python-can is a project dependency
-            raise BackendError("python-can is not installed: pip install python-can") from exc
-        try:
             for arm in self.arms:
-                kwargs: dict[str, Any] = {"interface": self.interface, "channel": arm.channel}
-                if self.interface != "virtual":
-                    kwargs["bitrate"] = self.bitrate
-                self._buses.append(can.Bus(**kwargs))
-        except (OSError, can.CanError, ValueError) as exc:
+                self._io.append(_BusIO(arm, self._open_link(arm.channel)))
+        except BackendError:
             self.disconnect()
-            raise BackendError(f"cannot open CAN channel: {exc}") from exc
+            raise
+        self._fresh = False
         try:
-            # Every motor must answer before we claim to be connected.
-            self.read_state()
+            # Every motor must answer before we claim to be connected; fault codes it reports
+            # are kept (health, ``enable`` refuses) rather than failing the connection, so the
+            # operator can see them and clear them.
+            self._refresh(raise_on_fault=False)
         except BackendError:
             self.disconnect()
             raise
 
+    def _open_link(self, channel: str) -> CanLink:
+        if self.link_factory is not None:
+            return self.link_factory(channel)
+        try:
+            import can
+        except ImportError as exc:  # pragma: no cover - python-can is a project dependency
+            raise BackendError("python-can is not installed: pip install python-can") from exc
+        kwargs: dict[str, Any] = {"interface": self.interface, "channel": channel}
+        if self.interface != "virtual":
+            kwargs["bitrate"] = self.bitrate
+        try:
+            return PythonCanLink(can.Bus(**kwargs), channel)
+        except (OSError, can.CanError, ValueError) as exc:
+            raise BackendError(f"cannot open CAN channel {channel}: {exc}") from exc
+
     def disconnect(self) -> None:
-        for bus in self._buses:
-            try:
-                bus.shutdown()
-            except Exception:
-                pass
-        self._buses = []
+        for io in self._io:
+            io.close()
+        self._io = []
+        self._enabled = False
+        self._fresh = False
 
     def enable(self) -> None:
         self._require_connected()
-        for arm_index, arm in enumerate(self.arms):
-            replies = self._exchange(
-                arm_index, {i: dm.encode_enable(m.motor_id) for i, m in enumerate(arm.motors)}
+        faulted = self._faulted_motors()
+        if faulted:
+            raise BackendError(
+                "motor faults present, torque not enabled: "
+                + "; ".join(faulted)
+                + ". Check the motors, then clear the faults (driver service ~/clear_motor_faults"
+                " sends DaMiao's clear-error command) or power-cycle."
             )
-            for i, feedback in replies.items():
+        results = self._exchange_all(
+            [
+                {i: dm.encode_enable(m.motor_id) for i, m in enumerate(arm.motors)}
+                for arm in self.arms
+            ]
+        )
+        self._raise_missing(results)
+        for arm_index, (arm, result) in enumerate(zip(self.arms, results, strict=True)):
+            for i, feedback in result.replies.items():
                 if not feedback.enabled:
                     motor = arm.motors[i]
                     state = feedback.fault or "still disabled"
+                    self.motor_health[arm_index][i].problem = f"did not enable: {state}"
                     raise BackendError(
                         f"DaMiao motor {motor.joint_name} (id 0x{motor.motor_id:02X}) on "
                         f"{arm.channel} did not enable: {state}"
                     )
+        self._enabled = True
+        self._fresh = False
 
     def disable(self) -> None:
-        # Best effort on every motor: one silent motor must not keep the others energised.
-        import can
-
-        for bus, arm in zip(self._buses, self.arms, strict=False):
-            for motor in arm.motors:
-                frame = dm.encode_disable(motor.motor_id)
+        """Torque off on every motor, best effort: one silent motor or bus must not keep the
+        others energised; what failed is raised afterwards as one ``BackendError``."""
+        self._enabled = False
+        self._fresh = False
+        failures = []
+        for io in self._io:
+            for motor in io.arm.motors:
                 try:
-                    bus.send(_message(can, frame))
-                except (can.CanError, OSError):
-                    pass
+                    # Straight from the caller's thread: a frozen I/O thread must not keep the
+                    # motors energised.
+                    io.link.send(dm.encode_disable(motor.motor_id))
+                except OSError as exc:
+                    failures.append(f"{motor.joint_name} on {io.arm.channel}: {exc}")
+        if failures:
+            raise BackendError("disable frames not sent: " + "; ".join(failures))
+
+    def clear_faults(self) -> list[str]:
+        """Send DaMiao's clear-error command (0xFB) to every motor with a fault code, then read
+        them again; returns one line per motor that had one."""
+        self._require_connected()
+        targets = [
+            {
+                i: dm.encode_clear_error(m.motor_id)
+                for i, m in enumerate(arm.motors)
+                if self.motor_health[a][i].fault is not None
+            }
+            for a, arm in enumerate(self.arms)
+        ]
+        if not any(targets):
+            return []
+        before = {
+            (a, i): self.motor_health[a][i].fault
+            for a, frames in enumerate(targets)
+            for i in frames
+        }
+        self._exchange_all(targets)
+        self._refresh(raise_on_fault=False)
+        lines = []
+        for (a, i), fault in before.items():
+            motor = self.arms[a].motors[i]
+            after = self.motor_health[a][i].fault
+            lines.append(
+                f"{motor.joint_name} (id 0x{motor.motor_id:02X}): {fault} -> "
+                + (after if after else "cleared")
+            )
+        return lines
 
     def read_state(self) -> JointReading:
         self._require_connected()
-        feedback = self._collect(
-            {i: dm.encode_refresh(m.motor_id) for i, m in enumerate(arm.motors)}
-            for arm in self.arms
-        )
-        return self._reading(feedback)
+        if self._fresh and self._feedback_age() > self.max_feedback_age:
+            self._fresh = False
+        if not self._fresh:
+            self._refresh(raise_on_fault=self._enabled)
+        self._fresh = False
+        assert self._feedback is not None
+        return self._reading(self._feedback)
 
     def write_command(self, positions: np.ndarray, velocities: np.ndarray | None = None) -> None:
         self._require_connected()
@@ -255,6 +496,7 @@ class DamiaoBackend(Backend):
         if velocities is None:
             velocities = np.zeros(self.num_joints)
         velocities = np.nan_to_num(np.asarray(velocities, dtype=float))
+        torques = self.gravity_torques()
         requests = []
         joint = 0
         for arm in self.arms:
@@ -269,82 +511,290 @@ class DamiaoBackend(Backend):
                     speed = speed * span
                 frames[i] = dm.encode_mit(
                     motor.motor_id,
-                    dm.MitCommand(target, speed, motor.kp, motor.kd, 0.0),
+                    dm.MitCommand(target, speed, motor.kp, motor.kd, float(torques[joint])),
                     motor.mtype,
                 )
                 joint += 1
             requests.append(frames)
-        self._collect(requests)
+        results = self._exchange_all(requests)
+        self._accept(results, raise_on_fault=True)
+        self._fresh = True
         self._last_command = positions.copy()
         self._log_command(time.monotonic(), positions)
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _require_connected(self) -> None:
-        if not self._buses:
-            raise BackendError("damiao backend is not connected")
+    def _feedback_age(self) -> float:
+        """Seconds since the last accepted exchange, on the buses' own clock."""
+        return max(io.link.now() for io in self._io) - self._feedback_stamp
 
-    def _collect(self, requests_per_arm: Any) -> list[dict[int, dm.Feedback]]:
+    # -- gravity ---------------------------------------------------------------------------
+    def gravity_torques(self, positions: np.ndarray | None = None) -> np.ndarray:
+        """Feed-forward torque per joint [N*m] at ``positions`` (default: the last measured
+        pose); zero for grippers and for arms without a model."""
+        torques = np.zeros(self.num_joints)
+        if positions is None:
+            if self._feedback is None:
+                return torques
+            positions = self._reading(self._feedback).positions
+        joint = 0
+        for arm in self.arms:
+            count = len(arm.motors)
+            if arm.dynamics is not None:
+                arm_joints = [k for k, m in enumerate(arm.motors) if not m.is_gripper]
+                q = np.asarray(positions[joint : joint + count])[arm_joints]
+                tau = arm.dynamics.gravity_torques(q) * self.gravity_scale
+                for k, value in zip(arm_joints, tau, strict=True):
+                    t_max = arm.motors[k].mtype.t_max
+                    torques[joint + k] = float(np.clip(value, -t_max, t_max))
+            joint += count
+        return torques
+
+    def sag_note(self) -> str:
+        """One log line about gravity compensation: on, or off with the expected sag."""
+        lines = []
+        for arm in self.arms:
+            if arm.dynamics is not None:
+                lines.append(f"{arm.channel}: gravity feed-forward from the arm model")
+                continue
+            per_joint = ", ".join(
+                f"{m.joint_name} {1.0 / m.kp:.3f} rad/(N*m)" for m in arm.motors if not m.is_gripper
+            )
+            lines.append(
+                f"{arm.channel}: no arm model (dynamics_urdf), gravity feed-forward off; each "
+                f"joint sags by its gravity torque / kp: {per_joint}"
+            )
+        return "; ".join(lines)
+
+    # -- health ----------------------------------------------------------------------------
+    def health(self) -> list[hl.HealthEntry]:
+        entries = []
+        for a, arm in enumerate(self.arms):
+            bus = self.bus_health[a]
+            io = self._io[a] if a < len(self._io) else None
+            level, message = hl.OK, "ok"
+            if io is not None and io.frozen:
+                level, message = hl.ERROR, f"I/O thread frozen (no exchange in {self.io_timeout} s)"
+            elif bus.problem:
+                level, message = hl.ERROR, bus.problem
+            elif not self._io:
+                level, message = hl.WARN, "not connected"
+            elif bus.overruns:
+                level, message = hl.WARN, f"{bus.overruns} exchanges longer than a control period"
+            entries.append(
+                hl.HealthEntry(
+                    name=f"damiao bus {arm.channel}",
+                    level=level,
+                    message=message,
+                    hardware_id=arm.channel,
+                    values={
+                        "exchanges": str(bus.exchanges),
+                        "send_errors": str(bus.send_errors),
+                        "unknown_frames": str(bus.unknown_frames),
+                        "last_exchange_ms": f"{bus.last_exchange_time * 1e3:.3f}",
+                        "max_exchange_ms": f"{bus.max_exchange_time * 1e3:.3f}",
+                        "overruns": str(bus.overruns),
+                        "budget": self.budget.describe(self.control_rate or 0.0)
+                        if self.control_rate
+                        else f"{self.budget.tick_bus_time * 1e3:.2f} ms per tick",
+                    },
+                )
+            )
+            now = self._io[a].link.now() if a < len(self._io) else None
+            for i, motor in enumerate(arm.motors):
+                h = self.motor_health[a][i]
+                level, message = hl.OK, "ok"
+                temps = [t for t in (h.temperature_mos, h.temperature_rotor) if t is not None]
+                if h.fault is not None:
+                    level, message = hl.ERROR, f"fault: {h.fault}"
+                elif h.problem:
+                    level, message = hl.ERROR, h.problem
+                elif temps and max(temps) >= self.temperature_warn:
+                    level, message = hl.WARN, f"hot: {max(temps)} degC"
+                age = "" if h.last_reply is None or now is None else f"{now - h.last_reply:.4f}"
+                entries.append(
+                    hl.HealthEntry(
+                        name=f"damiao motor {motor.joint_name} (id 0x{motor.motor_id:02X}, "
+                        f"{arm.channel})",
+                        level=level,
+                        message=message,
+                        hardware_id=f"{arm.channel}:0x{motor.motor_id:02X}",
+                        values={
+                            "state": "no reply yet"
+                            if h.error_code is None
+                            else dm.ERROR_CODES.get(h.error_code, hex(h.error_code)),
+                            "temperature_mos_c": ""
+                            if h.temperature_mos is None
+                            else str(h.temperature_mos),
+                            "temperature_rotor_c": ""
+                            if h.temperature_rotor is None
+                            else str(h.temperature_rotor),
+                            "feedback_age_s": age,
+                            "replies": str(h.replies),
+                            "missed_replies": str(h.missed),
+                            "garbled_replies": str(h.garbled),
+                            "stale_replies": str(h.stale),
+                        },
+                    )
+                )
+        return entries
+
+    def _faulted_motors(self) -> list[str]:
         return [
-            self._exchange(arm_index, frames) for arm_index, frames in enumerate(requests_per_arm)
+            f"{m.joint_name} (id 0x{m.motor_id:02X}) on {arm.channel}: "
+            f"{self.motor_health[a][i].fault}"
+            for a, arm in enumerate(self.arms)
+            for i, m in enumerate(arm.motors)
+            if self.motor_health[a][i].fault is not None
         ]
 
-    def _exchange(self, arm_index: int, frames: dict[int, dm.CanFrame]) -> dict[int, dm.Feedback]:
-        """Send each motor's frame and gather one valid feedback per motor, resending to the
-        motors that stayed silent or answered garbage."""
-        import can
+    # -- exchanges -------------------------------------------------------------------------
+    def _require_connected(self) -> None:
+        if not self._io:
+            raise BackendError("damiao backend is not connected")
 
-        arm, bus = self.arms[arm_index], self._buses[arm_index]
+    def _refresh(self, raise_on_fault: bool) -> None:
+        results = self._exchange_all(
+            [
+                {i: dm.encode_refresh(m.motor_id) for i, m in enumerate(arm.motors)}
+                for arm in self.arms
+            ]
+        )
+        self._accept(results, raise_on_fault=raise_on_fault)
+
+    def _accept(self, results: list[ExchangeResult], raise_on_fault: bool) -> None:
+        """Keep the replies as the latest feedback; raise naming the first silent or faulted
+        motor."""
+        self._raise_missing(results)
+        self._feedback = [r.replies for r in results]
+        self._feedback_stamp = max(r.stamp for r in results)
+        if raise_on_fault:
+            faulted = self._faulted_motors()
+            if faulted:
+                raise BackendError("motor fault, holding: " + "; ".join(faulted))
+
+    def _raise_missing(self, results: list[ExchangeResult]) -> None:
+        for arm, result in zip(self.arms, results, strict=True):
+            if result.send_error:
+                raise BackendError(f"CAN send failed on {arm.channel}: {result.send_error}")
+            if result.missing:
+                i = min(result.missing)
+                motor = arm.motors[i]
+                others = len(result.missing) - 1
+                raise BackendError(
+                    f"DaMiao motor {motor.joint_name} (id 0x{motor.motor_id:02X}) on "
+                    f"{arm.channel}: {result.missing[i]} after {self.retries + 1} tries"
+                    + (f" (and {others} more motors on this bus)" if others else "")
+                )
+
+    def _exchange_all(self, frames_per_arm: list[dict[int, dm.CanFrame]]) -> list[ExchangeResult]:
+        """Run one exchange on every bus at once (each in its bus's I/O thread)."""
+        self._require_connected()
+        futures = []
+        for a, (io, frames) in enumerate(zip(self._io, frames_per_arm, strict=True)):
+            if io.frozen:
+                raise BackendError(
+                    f"CAN I/O thread of {io.arm.channel} is frozen (an exchange did not finish "
+                    f"in {self.io_timeout} s); reconnect needed"
+                )
+            futures.append(io.pool.submit(self._exchange, a, frames))
+        results = []
+        for io, future in zip(self._io, futures, strict=True):
+            try:
+                results.append(future.result(timeout=self.io_timeout))
+            except concurrent.futures.TimeoutError:
+                io.frozen = True
+                raise BackendError(
+                    f"CAN I/O thread of {io.arm.channel} did not finish its exchange in "
+                    f"{self.io_timeout} s (frozen)"
+                ) from None
+        return results
+
+    def _exchange(self, arm_index: int, frames: dict[int, dm.CanFrame]) -> ExchangeResult:
+        """Send each motor its frame and gather one valid reply per motor (runs in the bus's
+        I/O thread). A motor still silent after the first wait is asked again ``retries``
+        times; the whole exchange is bounded by the bus time it needs plus ``reply_timeout``
+        per try."""
+        arm, link = self.arms[arm_index], self._io[arm_index].link
+        health, bus = self.motor_health[arm_index], self.bus_health[arm_index]
         by_master = {arm.motors[i].master_id: i for i in frames}
         replies: dict[int, dm.Feedback] = {}
-        last_problem: dict[int, str] = {}
+        problems: dict[int, str] = {}
+        sent_at: dict[int, float] = {}
+        start = link.now()
+        # Replies to an earlier, timed-out exchange must not answer this one.
+        while (old := link.recv(0.0)) is not None:
+            i = by_master.get(old[0].arbitration_id)
+            if i is not None:
+                health[i].stale += 1
         pending = set(frames)
-        for _attempt in range(self.retries + 1):
-            # Stale replies from an earlier timed-out exchange must not answer this one.
-            while bus.recv(timeout=0.0) is not None:
-                pass
-            for i in sorted(pending):
-                try:
-                    bus.send(_message(can, frames[i]))
-                except (can.CanError, OSError) as exc:
-                    raise BackendError(f"CAN send failed on {arm.channel}: {exc}") from exc
-            deadline = time.monotonic() + self.reply_timeout
+        resent: set[int] = set()
+        for attempt in range(self.retries + 1):
+            try:
+                for i in sorted(pending):
+                    sent_at[i] = link.now()
+                    link.send(frames[i])
+            except OSError as exc:
+                bus.send_errors += 1
+                bus.problem = f"send failed: {exc}"
+                return ExchangeResult(replies, {}, link.now() - start, link.now(), str(exc))
+            wire = len(pending) * 2 * self.budget.frame_bits / float(self.bitrate)
+            deadline = link.now() + wire + self.reply_timeout
             while pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                got = link.recv(deadline - link.now())
+                if got is None:
                     break
-                msg = bus.recv(timeout=remaining)
-                if msg is None:
-                    break
-                i = by_master.get(msg.arbitration_id)
-                if i is None or i not in pending:
+                frame, stamp = got
+                i = by_master.get(frame.arbitration_id)
+                if i is None:
+                    bus.unknown_frames += 1
+                    continue
+                if i not in pending or stamp < sent_at[i]:
+                    health[i].stale += 1
                     continue
                 motor = arm.motors[i]
                 try:
-                    replies[i] = dm.decode_feedback(bytes(msg.data), motor.mtype, motor.motor_id)
-                    pending.discard(i)
+                    feedback = dm.decode_feedback(frame.data, motor.mtype, motor.motor_id)
                 except dm.FrameError as exc:
-                    last_problem[i] = f"garbled feedback ({exc})"
+                    health[i].garbled += 1
+                    problems[i] = f"garbled feedback ({exc})"
+                    continue
+                replies[i] = feedback
+                pending.discard(i)
+                h = health[i]
+                h.error_code = feedback.error_code
+                h.temperature_mos = feedback.temperature_mos
+                h.temperature_rotor = feedback.temperature_rotor
+                h.last_reply = stamp
+                h.replies += 1
+                h.problem = ""
             for i in pending:
-                last_problem.setdefault(i, "no reply")
+                health[i].missed += 1
+                problems.setdefault(i, "no reply")
             if not pending:
-                return replies
-        i = min(pending)
-        motor = arm.motors[i]
-        raise BackendError(
-            f"DaMiao motor {motor.joint_name} (id 0x{motor.motor_id:02X}) on {arm.channel}: "
-            f"{last_problem[i]} after {self.retries + 1} tries"
-        )
+                break
+            if attempt < self.retries:
+                resent |= pending
+        elapsed = link.now() - start
+        bus.exchanges += 1
+        bus.last_exchange_time = elapsed
+        bus.max_exchange_time = max(bus.max_exchange_time, elapsed)
+        if self.control_rate and elapsed > 1.0 / self.control_rate:
+            bus.overruns += 1
+        bus.problem = ""
+        missing = {i: problems[i] for i in pending}
+        for i, why in missing.items():
+            age = (
+                "never answered"
+                if health[i].last_reply is None
+                else f"last reply {link.now() - health[i].last_reply:.3f} s ago"
+            )
+            health[i].problem = f"{why} ({age})"
+        return ExchangeResult(replies, missing, elapsed, link.now(), "", resent)
 
     def _reading(self, feedback: list[dict[int, dm.Feedback]]) -> JointReading:
         positions, velocities, efforts = [], [], []
         for arm, replies in zip(self.arms, feedback, strict=True):
             for i, motor in enumerate(arm.motors):
                 fb = replies[i]
-                if fb.fault is not None:
-                    raise BackendError(
-                        f"DaMiao motor {motor.joint_name} (id 0x{motor.motor_id:02X}) on "
-                        f"{arm.channel} reports {fb.fault}"
-                    )
                 if motor.is_gripper:
                     span = arm.gripper_open_rad - arm.gripper_closed_rad
                     positions.append(
@@ -365,5 +815,31 @@ class DamiaoBackend(Backend):
         )
 
 
-def _message(can: Any, frame: dm.CanFrame) -> Any:
-    return can.Message(arbitration_id=frame.arbitration_id, data=frame.data, is_extended_id=False)
+def with_dynamics(
+    arm: DamiaoArm, urdf: str, prefix: str = "", joint_names: Sequence[str] | None = None
+) -> DamiaoArm:
+    """``arm`` with a rigid-body model from ``urdf`` over its non-gripper joints. The URDF's
+    joint names are ``joint_names`` (in the arm's order) or, by default, ours without
+    ``prefix``, so one URDF serves both arms of a bimanual robot. The URDF's root frame must
+    have +z up as the arm is mounted (pinocchio's gravity is -z)."""
+    from dataclasses import replace
+
+    from hw_drivers.rigid_body import RigidBodyError, RigidBodyModel
+
+    names = [
+        m.joint_name[len(prefix) :] if prefix and m.joint_name.startswith(prefix) else m.joint_name
+        for m in arm.motors
+        if not m.is_gripper
+    ]
+    if joint_names:
+        if len(joint_names) != len(names):
+            raise BackendError(
+                f"arm on {arm.channel}: {len(joint_names)} dynamics_joint_names for the "
+                f"{len(names)} non-gripper joints {names}"
+            )
+        names = list(joint_names)
+    try:
+        model = RigidBodyModel.from_urdf(urdf, names)
+    except RigidBodyError as exc:
+        raise BackendError(f"arm on {arm.channel}: gravity model: {exc}") from exc
+    return replace(arm, dynamics=model)

@@ -1,22 +1,40 @@
-"""A bank of DaMiao motors on python-can's ``virtual`` bus, answering like the real ones.
+"""DaMiao motors answering like the real ones, on two transports.
 
-Each motor keeps an enable state and a position. Control frames (enable/disable/zero/clear)
-and refresh requests are answered with a feedback frame; an MIT command to an enabled motor
-moves it to the commanded position (ideal tracking: the emulator checks the link, not the
-dynamics) and is answered with feedback. Every command a motor accepted is recorded decoded,
-so tests compare what arrived with what was sent.
+``MotorBank`` is the motors: each keeps an enable state, a position, temperatures and an error
+code. Control frames (enable/disable/zero/clear error) and refresh requests are answered with a
+feedback frame; an MIT command to an enabled motor moves it to the commanded position (ideal
+tracking: the emulator checks the link, not the dynamics) and is answered with feedback. Every
+command a motor accepted is recorded decoded, so tests compare what arrived with what was sent.
+A motor in a fault state (over-temperature, ...) answers with that error code and ignores MIT
+commands until a clear-error frame (0xFB) and a new enable, as the real firmware does.
+
+Transports:
+
+* ``DamiaoEmulator``: a thread on python-can's ``virtual`` bus (wall clock, no bus time), for
+  end-to-end tests of the python-can path and the driver node.
+* ``TimedDamiaoBus``: a discrete-event model of one CAN bus on an injected virtual clock. Every
+  frame occupies the bus for its worst-case bit time at the configured bitrate
+  (``hw_drivers.can_budget``), frames wait for the bus and win arbitration by lowest
+  identifier, and each motor answers after a (seeded, jittered) turnaround. The backend talks
+  to it through the same link interface as to python-can, so tests measure the bus time a real
+  bus would take, deterministically, whatever the load of the machine running them.
 
 Faults: ``drop_replies(n)`` swallows the next n replies, ``garble_replies(n)`` replaces them
-with frames that cannot be valid feedback, ``silent = True`` stops answering altogether.
+with frames that cannot be valid feedback, ``silent = True`` stops the whole bank answering,
+``silence(motor_id)`` one motor, ``set_fault(motor_id, code)`` latches a DaMiao error code.
 """
 
 from __future__ import annotations
 
+import heapq
 import threading
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from hw_drivers import damiao_protocol as dm
 from hw_drivers.backends.damiao import YAM_MOTOR_IDS, YAM_MOTOR_TYPES
+from hw_drivers.can_budget import can_frame_bits
 
 
 @dataclass
@@ -32,33 +50,30 @@ class EmulatedMotor:
     torque: float = 0.0
     received: list[dm.MitCommand] = field(default_factory=list)
     control_log: list[int] = field(default_factory=list)
+    error_code: int | None = None  # latched fault (0x8..0xE), None when healthy
+    temperature_mos: int = 35
+    temperature_rotor: int = 35
+    silent: bool = False
 
 
-class DamiaoEmulator:
-    """Motors on one virtual CAN channel; use as a context manager or call start()/stop()."""
+class MotorBank:
+    """The motors of one bus and what they answer to each frame (no transport)."""
 
     def __init__(
         self,
-        channel: str,
         motors: list[tuple[int, str]] | None = None,
         master_id_offset: int = 0x10,
         initial_positions: list[float] | None = None,
     ) -> None:
-        import can
-
         if motors is None:
             motors = list(zip(YAM_MOTOR_IDS, YAM_MOTOR_TYPES, strict=True))
-        self.channel = channel
         self.motors: dict[int, EmulatedMotor] = {}
         for index, (motor_id, type_name) in enumerate(motors):
             motor = EmulatedMotor(motor_id, dm.motor_type(type_name), motor_id + master_id_offset)
             if initial_positions is not None:
                 motor.position = float(initial_positions[index])
             self.motors[motor_id] = motor
-        self._bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name=f"damiao-emu-{channel}")
+        self._lock = threading.RLock()
         self._drop = 0
         self._garble = 0
         self.silent = False
@@ -73,7 +88,130 @@ class DamiaoEmulator:
         with self._lock:
             self._garble += count
 
-    # -- lifecycle -------------------------------------------------------------------------
+    def silence(self, motor_id: int, silent: bool = True) -> None:
+        with self._lock:
+            self.motors[motor_id].silent = silent
+
+    def set_fault(self, motor_id: int, code: int | None) -> None:
+        """Latch a DaMiao error code (e.g. 0xC rotor over-temperature); the motor drops out of
+        its enabled state, as the firmware does when it trips."""
+        if code is not None and code not in dm.ERROR_CODES:
+            raise ValueError(f"0x{code:X} is not a DaMiao error code")
+        with self._lock:
+            motor = self.motors[motor_id]
+            motor.error_code = code
+            if code is not None:
+                motor.enabled = False
+
+    def set_temperature(self, motor_id: int, mos: int, rotor: int) -> None:
+        with self._lock:
+            motor = self.motors[motor_id]
+            motor.temperature_mos, motor.temperature_rotor = int(mos), int(rotor)
+
+    def snapshot(self, motor_id: int) -> EmulatedMotor:
+        """A copy of one motor's state (safe to read while a transport runs)."""
+        with self._lock:
+            m = self.motors[motor_id]
+            return EmulatedMotor(
+                m.motor_id,
+                m.mtype,
+                m.master_id,
+                m.enabled,
+                m.position,
+                m.velocity,
+                m.torque,
+                list(m.received),
+                list(m.control_log),
+                m.error_code,
+                m.temperature_mos,
+                m.temperature_rotor,
+                m.silent,
+            )
+
+    # -- protocol --------------------------------------------------------------------------
+    def answer(self, frame: dm.CanFrame) -> dm.CanFrame | None:
+        """What the bus carries back after ``frame`` (None: nobody answers)."""
+        with self._lock:
+            self.frames_seen += 1
+            motor = self._handle(frame)
+            if motor is None or motor.silent or self.silent:
+                return None
+            if self._drop > 0:
+                self._drop -= 1
+                return None
+            if self._garble > 0:
+                self._garble -= 1
+                # An impossible error nibble (0x3) and a wrong id nibble: never valid feedback.
+                data = bytes([0x30 | ((motor.motor_id + 1) & 0xF), 0xDE, 0xAD, 0xBE, 0xEF, 0, 0, 0])
+                return dm.CanFrame(motor.master_id, data)
+            if motor.error_code is not None:
+                state = motor.error_code
+            else:
+                state = dm.STATE_ENABLED if motor.enabled else dm.STATE_DISABLED
+            return dm.encode_feedback(
+                motor.master_id,
+                motor.motor_id,
+                state,
+                motor.position,
+                motor.velocity,
+                motor.torque,
+                motor.mtype,
+                motor.temperature_mos,
+                motor.temperature_rotor,
+            )
+
+    def _handle(self, frame: dm.CanFrame) -> EmulatedMotor | None:
+        request = dm.param_request(frame)
+        if request is not None:
+            motor = self.motors.get(request[0])
+            return motor if motor is not None and request[1] == dm.PARAM_REFRESH else None
+        motor = self.motors.get(frame.arbitration_id)
+        if motor is None:
+            return None
+        command = dm.control_command(frame)
+        if command is not None:
+            motor.control_log.append(command)
+            if command == dm.CMD_CLEAR_ERROR:
+                motor.error_code = None
+            elif command == dm.CMD_ENABLE and motor.error_code is None:
+                motor.enabled = True
+            elif command == dm.CMD_DISABLE:
+                motor.enabled = False
+            elif command == dm.CMD_SET_ZERO and not motor.enabled:
+                motor.position = 0.0
+            return motor
+        try:
+            mit = dm.decode_mit(frame.data, motor.mtype)
+        except dm.FrameError:
+            return None
+        if motor.enabled:
+            motor.received.append(mit)
+            motor.position = mit.position
+            motor.velocity = mit.velocity
+            motor.torque = mit.torque
+        return motor
+
+
+class DamiaoEmulator(MotorBank):
+    """Motors on one python-can virtual channel; use as a context manager or start()/stop()."""
+
+    def __init__(
+        self,
+        channel: str,
+        motors: list[tuple[int, str]] | None = None,
+        master_id_offset: int = 0x10,
+        initial_positions: list[float] | None = None,
+    ) -> None:
+        import can
+
+        super().__init__(motors, master_id_offset, initial_positions)
+        self.channel = channel
+        self._bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._serve, name=f"damiao-emu-{channel}", daemon=True
+        )
+
     def start(self) -> DamiaoEmulator:
         self._thread.start()
         return self
@@ -90,87 +228,136 @@ class DamiaoEmulator:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def snapshot(self, motor_id: int) -> EmulatedMotor:
-        """A copy of one motor's state (safe to read while the emulator runs)."""
-        with self._lock:
-            m = self.motors[motor_id]
-            return EmulatedMotor(
-                m.motor_id,
-                m.mtype,
-                m.master_id,
-                m.enabled,
-                m.position,
-                m.velocity,
-                m.torque,
-                list(m.received),
-                list(m.control_log),
-            )
-
-    # -- protocol --------------------------------------------------------------------------
     def _serve(self) -> None:
+        import can
+
         while not self._stop.is_set():
             msg = self._bus.recv(timeout=0.02)
             if msg is None:
                 continue
-            self.frames_seen += 1
-            reply = self._handle(dm.CanFrame(msg.arbitration_id, bytes(msg.data)))
+            reply = self.answer(dm.CanFrame(msg.arbitration_id, bytes(msg.data)))
             if reply is not None:
-                self._send(reply)
-
-    def _handle(self, frame: dm.CanFrame) -> EmulatedMotor | None:
-        with self._lock:
-            request = dm.param_request(frame)
-            if request is not None:
-                motor = self.motors.get(request[0])
-                return motor if motor is not None and request[1] == dm.PARAM_REFRESH else None
-            motor = self.motors.get(frame.arbitration_id)
-            if motor is None:
-                return None
-            command = dm.control_command(frame)
-            if command is not None:
-                motor.control_log.append(command)
-                if command == dm.CMD_ENABLE:
-                    motor.enabled = True
-                elif command == dm.CMD_DISABLE:
-                    motor.enabled = False
-                elif command == dm.CMD_SET_ZERO and not motor.enabled:
-                    motor.position = 0.0
-                return motor
-            try:
-                mit = dm.decode_mit(frame.data, motor.mtype)
-            except dm.FrameError:
-                return None
-            if motor.enabled:
-                motor.received.append(mit)
-                motor.position = mit.position
-                motor.velocity = mit.velocity
-                motor.torque = mit.torque
-            return motor
-
-    def _send(self, motor: EmulatedMotor) -> None:
-        import can
-
-        with self._lock:
-            if self.silent:
-                return
-            if self._drop > 0:
-                self._drop -= 1
-                return
-            if self._garble > 0:
-                self._garble -= 1
-                # An impossible error nibble (0x3) and a wrong id nibble: never valid feedback.
-                data = bytes([0x30 | ((motor.motor_id + 1) & 0xF), 0xDE, 0xAD, 0xBE, 0xEF, 0, 0, 0])
-                frame = dm.CanFrame(motor.master_id, data)
-            else:
-                frame = dm.encode_feedback(
-                    motor.master_id,
-                    motor.motor_id,
-                    dm.STATE_ENABLED if motor.enabled else dm.STATE_DISABLED,
-                    motor.position,
-                    motor.velocity,
-                    motor.torque,
-                    motor.mtype,
+                self._bus.send(
+                    can.Message(
+                        arbitration_id=reply.arbitration_id, data=reply.data, is_extended_id=False
+                    )
                 )
-        self._bus.send(
-            can.Message(arbitration_id=frame.arbitration_id, data=frame.data, is_extended_id=False)
-        )
+
+
+class TimedDamiaoBus(MotorBank):
+    """One CAN bus with bus time, as the host's link: ``send``, ``recv``, ``now``.
+
+    Time is virtual and only moves when the host waits (``recv``, ``sleep_until``): host CPU
+    time is free, bus time is exact. ``reply_latency`` is each motor's turnaround from the end
+    of a command frame to its feedback being ready to send, drawn uniformly from
+    ``[low, high]`` with ``seed``.
+    """
+
+    def __init__(
+        self,
+        channel: str,
+        bitrate: int = 1_000_000,
+        motors: list[tuple[int, str]] | None = None,
+        master_id_offset: int = 0x10,
+        initial_positions: list[float] | None = None,
+        reply_latency: tuple[float, float] = (40e-6, 150e-6),
+        seed: int = 0,
+    ) -> None:
+        super().__init__(motors, master_id_offset, initial_positions)
+        self.channel = channel
+        self.bitrate = int(bitrate)
+        self.reply_latency = reply_latency
+        self._rng = np.random.default_rng(seed)
+        self._now = 0.0
+        self._bus_free_at = 0.0
+        self._host_queue: list[tuple[float, int, dm.CanFrame]] = []  # FIFO (ready, seq, frame)
+        self._motor_queue: list[tuple[float, int, dm.CanFrame]] = []  # heap by ready time
+        self._delivered: list[tuple[float, dm.CanFrame]] = []  # host inbox, in arrival order
+        self._seq = 0
+        self.bus_busy_time = 0.0  # total seconds the wire carried frames
+        self.frames_on_wire = 0
+        self.closed = False
+
+    # -- link interface (what the backend calls) -------------------------------------------
+    def now(self) -> float:
+        return self._now
+
+    def send(self, frame: dm.CanFrame) -> None:
+        if self.closed:
+            raise OSError(f"{self.channel} is closed")
+        self._seq += 1
+        self._host_queue.append((self._now, self._seq, frame))
+
+    def recv(self, timeout: float) -> tuple[dm.CanFrame, float] | None:
+        """The next frame for the host within ``timeout`` of virtual time, with its arrival
+        stamp; the clock moves to the arrival (or to the timeout when nothing comes)."""
+        deadline = self._now + max(0.0, float(timeout))
+        self._simulate(until=deadline, stop_at_delivery=True)
+        if self._delivered and self._delivered[0][0] <= deadline:
+            stamp, frame = self._delivered.pop(0)
+            self._now = max(self._now, stamp)
+            return frame, stamp
+        self._now = deadline
+        return None
+
+    def sleep_until(self, t: float) -> None:
+        """Let virtual time pass (the host idles until its next tick)."""
+        if t > self._now:
+            self._simulate(until=t, stop_at_delivery=False)
+            self._now = t
+
+    def close(self) -> None:
+        self.closed = True
+
+    # -- the wire --------------------------------------------------------------------------
+    def _frame_time(self) -> float:
+        return can_frame_bits(8) / float(self.bitrate)
+
+    def _simulate(self, until: float, stop_at_delivery: bool) -> None:
+        """Run the bus from its current state up to ``until``; a frame that starts before
+        ``until`` completes (a transmission cannot be cut)."""
+        while True:
+            if stop_at_delivery and self._delivered:
+                return
+            t = self._bus_free_at  # frames are never ready before they were sent
+            candidates = []
+            if self._host_queue:
+                candidates.append(("host", max(self._host_queue[0][0], t)))
+            if self._motor_queue:
+                candidates.append(("motor", max(self._motor_queue[0][0], t)))
+            if not candidates:
+                return
+            start = min(c[1] for c in candidates)
+            if start > until:
+                return
+            # Arbitration among the frames ready at ``start``: lowest identifier wins.
+            ready = []
+            if self._host_queue and self._host_queue[0][0] <= start:
+                ready.append((self._host_queue[0][2].arbitration_id, "host"))
+            for ready_at, _, frame in self._motor_queue:
+                if ready_at <= start:
+                    ready.append((frame.arbitration_id, "motor"))
+            _, source = min(ready)
+            if source == "host":
+                _, _, frame = self._host_queue.pop(0)
+            else:
+                winner = min(
+                    (entry for entry in self._motor_queue if entry[0] <= start),
+                    key=lambda entry: (entry[2].arbitration_id, entry[1]),
+                )
+                self._motor_queue.remove(winner)
+                heapq.heapify(self._motor_queue)
+                frame = winner[2]
+            end = start + self._frame_time()
+            self._bus_free_at = end
+            self.bus_busy_time += end - start
+            self.frames_on_wire += 1
+            if source == "host":
+                reply = self.answer(frame)
+                if reply is not None:
+                    low, high = self.reply_latency
+                    ready_at = end + float(self._rng.uniform(low, high))
+                    self._seq += 1
+                    heapq.heappush(self._motor_queue, (ready_at, self._seq, reply))
+            else:
+                self._delivered.append((end, frame))

@@ -39,8 +39,9 @@ def round_up(value: float, multiple_of: int) -> int:
 class ActionExpertConfig:
     """Sizes of the action expert; the defaults are the released MolmoAct2 sizes.
 
-    Field names are the keys of `action_expert_config` in the released config.json, plus
-    `llm_kv_dim` (the VLM's kv_heads * head_dim, which the released config derives from the VLM).
+    Field names are the keys of `action_expert_config` in the released config.json, plus two
+    values that are not released keys: `llm_kv_dim` (derived from the VLM: kv_heads * head_dim;
+    `MolmoAct2Config` sets it) and `rope_theta` (the released expert hard-codes 10000).
     """
 
     max_action_horizon: int = 30
@@ -86,8 +87,11 @@ class ActionExpertConfig:
 
     @property
     def mlp_hidden_size(self) -> int:
-        """SwiGLU inner width: round_up(hidden_size * mlp_ratio, ffn_multiple_of)."""
-        return round_up(self.hidden_size * self.mlp_ratio, self.ffn_multiple_of)
+        """SwiGLU inner width: int(hidden_size * mlp_ratio) rounded up to ffn_multiple_of.
+
+        Truncated first, as released: 171 x 1.5 = 256.5 gives 256 with multiple 256, not 512.
+        """
+        return round_up(int(self.hidden_size * self.mlp_ratio), self.ffn_multiple_of)
 
     def to_dict(self) -> dict:
         return asdict(self)

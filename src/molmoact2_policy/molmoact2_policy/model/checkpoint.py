@@ -2,88 +2,49 @@
 model.safetensors.index.json), norm_stats.json and tokenizer files. safetensors only, no pickle.
 
 The discrete ("fast") mode also needs the OpenFAST action tokenizer: it lives in the
-subdirectory ``fast_tokenizer/`` (``FAST_TOKENIZER_DIR``: ``tokenizer.json`` with the BPE model
-and ``fast_settings.json`` with scale, padded width and coefficient range, see ``fast.py``). Its
+subdirectory ``fast_tokenizer/`` (``FAST_TOKENIZER_DIR``), in the released tokenizer's layout
+(``tokenizer.json`` with the byte-level BPE, ``processor_config.json`` with scale and
+``min_token``; see ``fast.py``). Its
 ids 0..V-1 are the VLM's ``<action_0>..<action_{V-1}>``, so V must not exceed the config's
 ``num_action_tokens``. It is optional: ``load_fast_tokenizer`` reads it when fast mode asks for
 it, and a checkpoint without it still serves the flow and Think modes. The tiny preset carries
 one (``tiny_fast_tokenizer``) trained on smooth synthetic normalised chunks.
 
-The key map (the one place that knows both naming schemes)
-----------------------------------------------------------
-Our module keeps transformers' Molmo2 names under ``vlm.`` and the expert's released names
-under ``action_expert.`` / ``action_expert_depth_gate.``. The released export uses the original
-Molmo2 names; the renaming below is the one transformers applies when it loads a released
-Molmo2 (``conversion_mapping.py`` entries "molmo2" and "Molmo2TextModel"), run in both
-directions:
-
-====================================================  ==============================================
-released (file)                                        ours (module)
-====================================================  ==============================================
-lm_head.weight                                         vlm.lm_head.weight
-model.transformer.wte.embedding  (+) .new_embedding    vlm.model.language_model.embed_tokens.weight
-                                                       (rows [0, vocab) then the additional rows)
-model.transformer.blocks.N.attn_norm / ff_norm         ...language_model.layers.N.input_layernorm /
-                                                       post_attention_layernorm
-model.transformer.blocks.N.self_attn.att_proj          ...self_attn.q_proj | k_proj | v_proj (fused
-                                                       on dim 0 in that order)
-model.transformer.blocks.N.self_attn.attn_out          ...self_attn.o_proj
-model.transformer.blocks.N.self_attn.q_norm / k_norm   ...self_attn.q_norm / k_norm
-model.transformer.blocks.N.mlp.ff_proj                 ...mlp.up_proj | gate_proj (halves on dim 0)
-model.transformer.blocks.N.mlp.ff_out                  ...mlp.down_proj
-model.transformer.ln_f                                 vlm.model.language_model.norm
-model.vision_backbone.image_vit.<x>                    vlm.model.vision_tower.<x>
-  .transformer.resblocks.N.attention.wq|wk|wv|wo       .layers.N.self_attn.{q,k,v,o}_proj
-  .transformer.resblocks.N.feed_forward.w1|w2          .layers.N.mlp.fc1|fc2
-  .transformer.resblocks.N.attention_norm|ffn_norm     .layers.N.layer_norm1|layer_norm2
-model.vision_backbone.image_pooling_2d.wq|wk|wv|wo     ...multi_modal_projector.image_pooling_2d.
-                                                       {q,k,v,o}_proj
-model.vision_backbone.image_projector.w1|w2|w3         ...multi_modal_projector.image_projector.
-                                                       gate_proj|down_proj|up_proj
-model.action_expert.<x>                                action_expert.<x>
-model.action_expert_depth_gate.weight / .bias          action_expert_depth_gate.weight / .bias
-  (shared gate, one nn.Linear(kv_dim, 1))              (1, kv_dim) / (1,)
-model.action_expert_depth_gate.N.weight / .bias        row N of action_expert_depth_gate.weight /
-  (action_expert_depth_gate_per_layer: one per layer)  .bias (the per-layer gates stacked on dim 0)
-====================================================  ==============================================
-
-RoPE tables in the file
------------------------
-The released export registers the VLM's RoPE inverse frequencies as persistent buffers, so its
-safetensors carry ``model.transformer.rotary_emb.inv_freq`` (or, when the text config sets
-``rope_scaling_layers``, ``model.transformer.rotary_embs.default.inv_freq`` and
-``...rotary_embs.scaling.inv_freq``). Ours are non-persistent, computed from config.json as in
-transformers' Molmo2 (``rotary_emb`` is the table of the scaled layers, ``rotary_emb_unscaled``
-the plain one). These keys are accepted but not loaded: after the model is built their values
-are compared with the computed tables, so a config.json whose rope_theta or RoPE scaling differs
-from the one the weights were exported with fails to load instead of running with wrong positions.
+The key map between the released tensor names and our module keys is ``keymap.py``; the
+reading of safetensors files straight into the target device and dtype is ``weights_io.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from molmoact2_policy.embodiments import EMBODIMENTS, get_embodiment
 from molmoact2_policy.model.config import ConfigError, MolmoAct2Config
 from molmoact2_policy.model.fast import FastActionTokenizer
+from molmoact2_policy.model.keymap import (  # noqa: F401 - the key map's public names live on here
+    CheckpointError,
+    check_released_keys,
+    from_released_state_dict,
+    load_released_into,
+    model_from_released,
+    released_state_dict,
+    to_released_state_dict,
+)
+from molmoact2_policy.model.model import MolmoAct2Model
 from molmoact2_policy.model.normalize import NormStats, NormStatsError, synthetic_group_stats
 from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer, TokenizerError
-
-if TYPE_CHECKING:
-    from molmoact2_policy.model.model import MolmoAct2Model
+from molmoact2_policy.model.weights_io import WeightsError, WeightSource
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -91,317 +52,6 @@ WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 FAST_TOKENIZER_DIR = "fast_tokenizer"
 PREPROCESSOR_FILE = "preprocessor_config.json"  # the image processor's options
 PROCESSOR_FILE = "processor_config.json"  # the processor's image-token options
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory cannot be loaded; the message names the file or key at fault."""
-
-
-# ---------------------------------------------------------------------------- key map
-_TEXT = "vlm.model.language_model."
-_VIT = "vlm.model.vision_tower."
-_ADAPTER = "vlm.model.multi_modal_projector."
-
-# (our regex, released template) for one-to-one renames, in the table's order.
-_RENAMES: list[tuple[str, str]] = [
-    (r"^vlm\.lm_head\.(.+)$", r"lm_head.\1"),
-    (_TEXT.replace(".", r"\.") + r"layers\.(\d+)\.input_layernorm\.(.+)$",
-     r"model.transformer.blocks.\1.attn_norm.\2"),
-    (_TEXT.replace(".", r"\.") + r"layers\.(\d+)\.post_attention_layernorm\.(.+)$",
-     r"model.transformer.blocks.\1.ff_norm.\2"),
-    (_TEXT.replace(".", r"\.") + r"layers\.(\d+)\.self_attn\.o_proj\.(.+)$",
-     r"model.transformer.blocks.\1.self_attn.attn_out.\2"),
-    (_TEXT.replace(".", r"\.") + r"layers\.(\d+)\.self_attn\.(q_norm|k_norm)\.(.+)$",
-     r"model.transformer.blocks.\1.self_attn.\2.\3"),
-    (_TEXT.replace(".", r"\.") + r"layers\.(\d+)\.mlp\.down_proj\.(.+)$",
-     r"model.transformer.blocks.\1.mlp.ff_out.\2"),
-    (_TEXT.replace(".", r"\.") + r"norm\.(.+)$", r"model.transformer.ln_f.\1"),
-    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.self_attn\.q_proj\.(.+)$",
-     r"model.vision_backbone.image_vit.transformer.resblocks.\1.attention.wq.\2"),
-    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.self_attn\.k_proj\.(.+)$",
-     r"model.vision_backbone.image_vit.transformer.resblocks.\1.attention.wk.\2"),
-    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.self_attn\.v_proj\.(.+)$",
-     r"model.vision_backbone.image_vit.transformer.resblocks.\1.attention.wv.\2"),
-    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.self_attn\.o_proj\.(.+)$",
-     r"model.vision_backbone.image_vit.transformer.resblocks.\1.attention.wo.\2"),
-    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.mlp\.fc1\.(.+)$",
-     r"model.vision_backbone.image_vit.transformer.resblocks.\1.feed_forward.w1.\2"),
-    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.mlp\.fc2\.(.+)$",
-     r"model.vision_backbone.image_vit.transformer.resblocks.\1.feed_forward.w2.\2"),
-    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.layer_norm1\.(.+)$",
-     r"model.vision_backbone.image_vit.transformer.resblocks.\1.attention_norm.\2"),
-    (_VIT.replace(".", r"\.") + r"layers\.(\d+)\.layer_norm2\.(.+)$",
-     r"model.vision_backbone.image_vit.transformer.resblocks.\1.ffn_norm.\2"),
-    (_VIT.replace(".", r"\.") + r"(positional_embedding|patch_embedding\..+)$",
-     r"model.vision_backbone.image_vit.\1"),
-    (_ADAPTER.replace(".", r"\.") + r"image_pooling_2d\.q_proj\.(.+)$",
-     r"model.vision_backbone.image_pooling_2d.wq.\1"),
-    (_ADAPTER.replace(".", r"\.") + r"image_pooling_2d\.k_proj\.(.+)$",
-     r"model.vision_backbone.image_pooling_2d.wk.\1"),
-    (_ADAPTER.replace(".", r"\.") + r"image_pooling_2d\.v_proj\.(.+)$",
-     r"model.vision_backbone.image_pooling_2d.wv.\1"),
-    (_ADAPTER.replace(".", r"\.") + r"image_pooling_2d\.o_proj\.(.+)$",
-     r"model.vision_backbone.image_pooling_2d.wo.\1"),
-    (_ADAPTER.replace(".", r"\.") + r"image_projector\.gate_proj\.(.+)$",
-     r"model.vision_backbone.image_projector.w1.\1"),
-    (_ADAPTER.replace(".", r"\.") + r"image_projector\.down_proj\.(.+)$",
-     r"model.vision_backbone.image_projector.w2.\1"),
-    (_ADAPTER.replace(".", r"\.") + r"image_projector\.up_proj\.(.+)$",
-     r"model.vision_backbone.image_projector.w3.\1"),
-    (r"^action_expert\.(.+)$", r"model.action_expert.\1"),
-    # The shared gate only; the per-layer rows are split/stacked by the functions below.
-    (r"^action_expert_depth_gate\.(.+)$", r"model.action_expert_depth_gate.\1"),
-]
-_COMPILED = [(re.compile(pattern), template) for pattern, template in _RENAMES]
-_TEXT_RE = _TEXT.replace(".", r"\.")
-_FUSED_QKV = re.compile(_TEXT_RE + r"layers\.(\d+)\.self_attn\.([qkv])_proj\.(.+)$")
-_FUSED_MLP = re.compile(_TEXT.replace(".", r"\.") + r"layers\.(\d+)\.mlp\.(up|gate)_proj\.(.+)$")
-_EMBED = _TEXT + "embed_tokens.weight"
-_RELEASED_QKV = re.compile(r"^model\.transformer\.blocks\.(\d+)\.self_attn\.att_proj\.(.+)$")
-_RELEASED_MLP = re.compile(r"^model\.transformer\.blocks\.(\d+)\.mlp\.ff_proj\.(.+)$")
-_RELEASED_WTE = ("model.transformer.wte.embedding", "model.transformer.wte.new_embedding")
-_GATE = "action_expert_depth_gate."
-_RELEASED_GATE_ROW = re.compile(r"^model\.action_expert_depth_gate\.(\d+)\.(weight|bias)$")
-_ROPE = _TEXT + "rotary_emb.inv_freq"
-_ROPE_UNSCALED = _TEXT + "rotary_emb_unscaled.inv_freq"
-# released key -> our buffer holding the same table (see "RoPE tables in the file")
-_RELEASED_ROPE = {
-    "model.transformer.rotary_emb.inv_freq": _ROPE,
-    "model.transformer.rotary_embs.scaling.inv_freq": _ROPE,
-    "model.transformer.rotary_embs.default.inv_freq": _ROPE_UNSCALED,
-}
-
-
-def _is_per_layer_gate(key: str, config: MolmoAct2Config) -> bool:
-    return key.startswith(_GATE) and config.action_expert_depth_gate_per_layer
-
-
-def _rename_to_released(key: str) -> str | None:
-    for pattern, template in _COMPILED:
-        if pattern.match(key):
-            return pattern.sub(template, key)
-    return None
-
-
-def to_released_state_dict(
-    state: Mapping[str, Tensor], config: MolmoAct2Config
-) -> dict[str, Tensor]:
-    """Our module's state dict -> released key names (fused q/k/v, up/gate, split embedding)."""
-    out: dict[str, Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
-    mlp: dict[tuple[str, str], dict[str, Tensor]] = {}
-    for key, tensor in state.items():
-        if key == _EMBED:
-            vocab = config.text_config.vocab_size
-            out[_RELEASED_WTE[0]] = tensor[:vocab]
-            out[_RELEASED_WTE[1]] = tensor[vocab:]
-        elif match := _FUSED_QKV.match(key):
-            qkv.setdefault((match[1], match[3]), {})[match[2]] = tensor
-        elif match := _FUSED_MLP.match(key):
-            mlp.setdefault((match[1], match[3]), {})[match[2]] = tensor
-        elif _is_per_layer_gate(key, config):
-            name = key[len(_GATE) :]
-            for row in range(tensor.shape[0]):
-                out[f"model.{_GATE}{row}.{name}"] = tensor[row : row + 1]
-        elif (released := _rename_to_released(key)) is not None:
-            out[released] = tensor
-        else:
-            raise CheckpointError(f"no released name for module key {key!r}")
-    for (layer, suffix), parts in qkv.items():
-        fused = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-        out[f"model.transformer.blocks.{layer}.self_attn.att_proj.{suffix}"] = fused
-    for (layer, suffix), parts in mlp.items():
-        fused = torch.cat([parts["up"], parts["gate"]], dim=0)
-        out[f"model.transformer.blocks.{layer}.mlp.ff_proj.{suffix}"] = fused
-    return out
-
-
-def from_released_state_dict(
-    released: Mapping[str, Tensor], config: MolmoAct2Config
-) -> dict[str, Tensor]:
-    """Released key names -> our module's keys; call only after ``check_released_keys``."""
-    reverse = _reverse_rename_table(config)
-    text = config.text_config
-    q_dim = text.num_attention_heads * text.head_dim
-    kv_dim = text.num_key_value_heads * text.head_dim
-    out: dict[str, Tensor] = {}
-    gate_rows: dict[str, dict[int, Tensor]] = {}
-    for key, tensor in released.items():
-        if match := _RELEASED_QKV.match(key):
-            q, k, v = torch.split(tensor, [q_dim, kv_dim, kv_dim], dim=0)
-            prefix = f"{_TEXT}layers.{match[1]}.self_attn."
-            out[f"{prefix}q_proj.{match[2]}"] = q
-            out[f"{prefix}k_proj.{match[2]}"] = k
-            out[f"{prefix}v_proj.{match[2]}"] = v
-        elif match := _RELEASED_MLP.match(key):
-            up, gate = torch.chunk(tensor, 2, dim=0)
-            prefix = f"{_TEXT}layers.{match[1]}.mlp."
-            out[f"{prefix}up_proj.{match[2]}"] = up
-            out[f"{prefix}gate_proj.{match[2]}"] = gate
-        elif match := _RELEASED_GATE_ROW.match(key):
-            gate_rows.setdefault(match[2], {})[int(match[1])] = tensor
-        elif key in _RELEASED_WTE or key in _RELEASED_ROPE:
-            continue
-        else:
-            out[reverse[key]] = tensor
-    out[_EMBED] = torch.cat([released[_RELEASED_WTE[0]], released[_RELEASED_WTE[1]]], dim=0)
-    for name, rows in gate_rows.items():
-        out[_GATE + name] = torch.cat([rows[row] for row in sorted(rows)], dim=0)
-    return out
-
-
-def _reverse_rename_table(config: MolmoAct2Config) -> dict[str, str]:
-    """released key -> our key, for the one-to-one renames of a model built from ``config``."""
-    from molmoact2_policy.model.model import MolmoAct2Model
-
-    with torch.device("meta"):
-        skeleton = MolmoAct2Model(config)
-    table = {}
-    for key in skeleton.state_dict():
-        if _FUSED_QKV.match(key) or _FUSED_MLP.match(key) or _is_per_layer_gate(key, config):
-            continue
-        released = _rename_to_released(key)
-        if released is not None:
-            table[released] = key
-    return table
-
-
-def expected_released_shapes(model: MolmoAct2Model) -> dict[str, tuple[int, ...]]:
-    """Released key -> shape for every tensor ``model`` needs."""
-    meta = {
-        key: torch.empty(value.shape, device="meta") for key, value in model.state_dict().items()
-    }
-    return {key: tuple(t.shape) for key, t in to_released_state_dict(meta, model.config).items()}
-
-
-def _computed_table_shapes(model: MolmoAct2Model) -> dict[str, tuple[int, ...]]:
-    """Released RoPE key -> shape of the table ``model`` computes for it."""
-    buffers = dict(model.named_buffers())
-    return {
-        key: tuple(buffers[ours].shape) for key, ours in _RELEASED_ROPE.items() if ours in buffers
-    }
-
-
-def check_released_keys(
-    released: Mapping[str, Tensor], model: MolmoAct2Model, source: str = "checkpoint"
-) -> None:
-    """Raise CheckpointError naming missing / unexpected keys and shape mismatches.
-
-    The released RoPE tables may be present (not required); their values are checked by
-    ``check_rope_tables`` once the model's own tables exist.
-    """
-    expected = expected_released_shapes(model)
-    optional = _computed_table_shapes(model)
-    shapes = {**optional, **expected}
-    missing = sorted(set(expected) - set(released))
-    unexpected = sorted(set(released) - set(shapes))
-    wrong = [
-        f"{key}: file {tuple(released[key].shape)} vs model {shapes[key]}"
-        for key in sorted(set(shapes) & set(released))
-        if tuple(released[key].shape) != shapes[key]
-    ]
-    problems = []
-    if missing:
-        problems.append("missing keys: " + ", ".join(_clip(missing)))
-    if unexpected:
-        problems.append("unexpected keys: " + ", ".join(_clip(unexpected)))
-    if wrong:
-        problems.append("shape mismatches: " + "; ".join(_clip(wrong)))
-    if problems:
-        raise CheckpointError(f"{source}: " + " | ".join(problems))
-
-
-def check_rope_tables(
-    model: MolmoAct2Model, released: Mapping[str, Tensor], source: str = "checkpoint"
-) -> None:
-    """Raise CheckpointError naming a released RoPE table that differs from the computed one.
-
-    Compared in fp32. A table the file stores in half precision is the computed one rounded
-    once, so the tolerance is that dtype's epsilon; a different rope_theta or scaling moves the
-    frequencies by far more.
-    """
-    buffers = dict(model.named_buffers())
-    for key, ours in _RELEASED_ROPE.items():
-        if key not in released or ours not in buffers:
-            continue
-        stored = released[key]
-        computed = buffers[ours].detach().to(device="cpu", dtype=torch.float32)
-        if not stored.is_floating_point():
-            raise CheckpointError(f"{source}: {key} has dtype {stored.dtype}, not a float table")
-        rtol = max(1e-5, torch.finfo(stored.dtype).eps)
-        values = stored.detach().to(device="cpu", dtype=torch.float32)
-        if values.shape != computed.shape or not torch.allclose(
-            values, computed, rtol=rtol, atol=0.0
-        ):
-            if values.shape == computed.shape:
-                worst = ((values - computed).abs() / computed.abs()).max().item()
-                detail = f"largest relative difference {worst:.3g}"
-            else:
-                detail = f"shape {tuple(values.shape)} vs {tuple(computed.shape)}"
-            raise CheckpointError(
-                f"{source}: {key} does not match the RoPE table computed from config.json "
-                f"({detail}); the checkpoint was exported with a different rope_theta or RoPE "
-                "scaling than its config.json describes"
-            )
-
-
-def _clip(items: Sequence[str], limit: int = 12) -> list[str]:
-    return list(items[:limit]) + ([f"... {len(items) - limit} more"] if len(items) > limit else [])
-
-
-def load_released_into(
-    model: MolmoAct2Model, released: Mapping[str, Tensor], source: str = "checkpoint"
-) -> None:
-    check_released_keys(released, model, source)
-    internal = from_released_state_dict(released, model.config)
-    model.load_state_dict(internal, strict=True)
-    check_rope_tables(model, released, source)
-
-
-def model_from_released(
-    config: MolmoAct2Config, released: Mapping[str, Tensor], source: str = "checkpoint"
-) -> MolmoAct2Model:
-    """A model whose parameters are the checkpoint's tensors, with no random init first.
-
-    The module tree is built on the meta device (shapes only) and the loaded tensors are
-    assigned in place of its parameters, so the 4B model is never allocated twice nor filled
-    with random numbers that are thrown away. Parameters keep the file's dtype until the caller
-    converts them.
-    """
-    from molmoact2_policy.model.model import MolmoAct2Model
-
-    with torch.device("meta"):
-        model = MolmoAct2Model(config)
-    check_released_keys(released, model, source)
-    internal = from_released_state_dict(released, config)
-    model.load_state_dict(internal, strict=True, assign=True)
-    _materialize_computed_buffers(model)
-    check_rope_tables(model, released, source)
-    return model
-
-
-def _materialize_computed_buffers(model: MolmoAct2Model) -> None:
-    """Recompute the buffers derived from the config (RoPE frequency tables) after a meta build.
-
-    They are never loaded from the file (see "RoPE tables in the file"), so transformers' own
-    weight init for the module that owns them recomputes them; a meta tensor left anywhere would
-    fail much later, mid-forward.
-    """
-    for module in model.vlm.modules():
-        meta = [name for name, buffer in module.named_buffers(recurse=False) if buffer.is_meta]
-        for name in meta:
-            buffer = getattr(module, name)
-            persistent = name not in module._non_persistent_buffers_set
-            module.register_buffer(name, torch.empty_like(buffer, device="cpu"), persistent)
-        if meta:
-            model.vlm._init_weights(module)
-    left = [
-        name
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
-        if tensor.is_meta
-    ]
-    if left:
-        raise CheckpointError(f"tensors not restored after loading: {', '.join(_clip(left))}")
 
 
 # ---------------------------------------------------------------------------- files
@@ -424,7 +74,7 @@ def save_checkpoint(
     (path / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     tensors = {
         key: value.detach().to("cpu").contiguous().clone()
-        for key, value in sorted(model.released_state_dict().items())
+        for key, value in sorted(released_state_dict(model).items())
     }
     _write_weights(path, tensors, max_shard_bytes)
     norm_stats.save(path / config.norm_stats_filename)
@@ -560,44 +210,68 @@ def read_config(path: str | Path) -> MolmoAct2Config:
         raise CheckpointError(f"{config_path}: {error}") from None
 
 
-def read_weights(path: str | Path) -> dict[str, Tensor]:
-    """All tensors of a checkpoint (single file or index + shards), on CPU."""
+def weight_files(path: str | Path) -> list[Path]:
+    """The safetensors files of a checkpoint: the single file, or every shard of the index."""
     path = Path(path)
     index_path = path / WEIGHTS_INDEX_FILE
     if index_path.is_file():
         try:
             weight_map = json.loads(index_path.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            shards = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise CheckpointError(f"{index_path}: malformed index ({error})") from None
-        tensors: dict[str, Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            shard_tensors = _load_safetensors(path / shard)
-            tensors.update(shard_tensors)
-        missing = sorted(set(weight_map) - set(tensors))
+        files = [path / str(shard) for shard in shards]
+        for file in files:
+            if not file.is_file():
+                raise CheckpointError(f"{file}: file not found")
+        return files
+    single = path / WEIGHTS_FILE
+    if not single.is_file():
+        raise CheckpointError(f"{path}: neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX_FILE} found")
+    return [single]
+
+
+def open_weights(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> WeightSource:
+    """A lazy view of every tensor of a checkpoint, read into ``device``/``dtype`` on access."""
+    path = Path(path)
+    files = weight_files(path)
+    try:
+        source = WeightSource.open(files, device=device, dtype=dtype)
+    except WeightsError as error:
+        raise CheckpointError(str(error)) from None
+    index_path = path / WEIGHTS_INDEX_FILE
+    if index_path.is_file():
+        listed = set(json.loads(index_path.read_text())["weight_map"])
+        missing = sorted(listed - set(source))
         if missing:
             raise CheckpointError(
                 f"{index_path}: keys listed but absent from shards: {missing[:5]}"
             )
-        return tensors
-    single = path / WEIGHTS_FILE
-    if not single.is_file():
-        raise CheckpointError(f"{path}: neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX_FILE} found")
-    return _load_safetensors(single)
+    return source
 
 
-def _load_safetensors(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: unreadable safetensors ({error})") from None
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """All tensors of a checkpoint (single file or index + shards), on CPU in the file's dtype."""
+    with open_weights(path) as source:
+        try:
+            return {key: source.read(key) for key in source}
+        except WeightsError as error:
+            raise CheckpointError(str(error)) from None
 
 
 def load_checkpoint(
     path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[MolmoAct2Model, MolmoAct2Config, NormStats, MolmoAct2Tokenizer]:
-    """Load a checkpoint directory; every failure is a CheckpointError naming its cause."""
+    """Load a checkpoint directory; every failure is a CheckpointError naming its cause.
+
+    Each tensor is read from the safetensors files straight into ``device`` and ``dtype``
+    (``weights_io``): the host never holds more than the model (on CPU) plus one tensor.
+    """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory")
@@ -612,9 +286,12 @@ def load_checkpoint(
     except (TokenizerError, ConfigError) as error:
         raise CheckpointError(f"{path}: {error}") from None
     apply_processor_files(path, config)
-    released = read_weights(path)
-    model = model_from_released(config, released, source=str(path))
-    del released  # the model holds the tensors now; the dtype/device move may free the originals
+    with open_weights(path, device=device, dtype=dtype) as source:
+        try:
+            model = model_from_released(config, source, source=str(path))
+        except WeightsError as error:
+            raise CheckpointError(str(error)) from None
+    # Weights are in place already; this moves the computed buffers (kept in fp32).
     model = model.to_inference(device, dtype)
     return model, config, norm_stats, tokenizer
 
@@ -622,16 +299,11 @@ def load_checkpoint(
 def check_fast_tokenizer(
     fast_tokenizer: FastActionTokenizer, config: MolmoAct2Config, source: str
 ) -> None:
-    """Its vocabulary must fit the ``<action_k>`` family and its width ``max_action_dim``."""
+    """Its vocabulary must fit the ``<action_k>`` family."""
     if fast_tokenizer.vocab_size > config.num_action_tokens:
         raise CheckpointError(
             f"{source}: FAST vocabulary of {fast_tokenizer.vocab_size} ids does not fit the "
             f"config's num_action_tokens {config.num_action_tokens}"
-        )
-    if fast_tokenizer.action_dim > config.max_action_dim:
-        raise CheckpointError(
-            f"{source}: FAST width {fast_tokenizer.action_dim} > max_action_dim "
-            f"{config.max_action_dim}"
         )
 
 
@@ -675,8 +347,6 @@ def build_tiny(
     seed: int = 0, embodiments: Sequence[str] | None = None
 ) -> tuple[MolmoAct2Model, MolmoAct2Config, NormStats, MolmoAct2Tokenizer]:
     """The tiny preset in memory, deterministic from ``seed``."""
-    from molmoact2_policy.model.model import MolmoAct2Model
-
     names = list(EMBODIMENTS) if embodiments is None else list(embodiments)
     config = MolmoAct2Config.tiny()
     model = MolmoAct2Model.random(config, seed)
@@ -685,26 +355,20 @@ def build_tiny(
 
 
 TINY_FAST_VOCAB = 256
-TINY_FAST_HORIZONS = (10, 15, 30)  # every embodiment's chunk length
 
 
-def tiny_fast_width() -> int:
-    """The tiny FAST tokenizer pads to the widest embodiment (14), not to max_action_dim 32.
+def tiny_fast_chunks(count_per_embodiment: int = 60, seed: int = 0) -> list[np.ndarray]:
+    """Smooth synthetic normalised chunks at every embodiment's own horizon and width.
 
-    Fewer padded coefficients per chunk keep an untrained tiny model's token runs (which may
-    use one-coefficient tokens throughout) short enough for tests on a CPU.
+    Offset + two low sines per dim, |x| < 1. Like the released tokenizer, one BPE serves every
+    embodiment, each chunk at its real action width (no padding).
     """
-    return max(spec.action_dim for spec in EMBODIMENTS.values())
-
-
-def tiny_fast_chunks(count_per_horizon: int = 60, seed: int = 0) -> list[np.ndarray]:
-    """Smooth synthetic normalised chunks (offset + two low sines per dim, |x| < 1)."""
     rng = np.random.default_rng(seed)
-    dims = tiny_fast_width()
     chunks = []
-    for horizon in TINY_FAST_HORIZONS:
+    for spec in EMBODIMENTS.values():
+        horizon, dims = spec.horizon, spec.action_dim
         t = np.linspace(0.0, 1.0, horizon)[:, None]
-        for _ in range(count_per_horizon):
+        for _ in range(count_per_embodiment):
             chunk = rng.uniform(-0.3, 0.3, (1, dims)) + np.zeros((horizon, dims))
             for harmonic in (1, 2):
                 amplitude = rng.uniform(-0.3, 0.3, (1, dims))
@@ -717,13 +381,11 @@ def tiny_fast_chunks(count_per_horizon: int = 60, seed: int = 0) -> list[np.ndar
 
 @lru_cache(maxsize=1)
 def _tiny_fast_tokenizer_cached() -> FastActionTokenizer:
-    return FastActionTokenizer.train(
-        tiny_fast_chunks(), vocab_size=TINY_FAST_VOCAB, scale=10.0, action_dim=tiny_fast_width()
-    )
+    return FastActionTokenizer.train(tiny_fast_chunks(), vocab_size=TINY_FAST_VOCAB, scale=10.0)
 
 
 def tiny_fast_tokenizer() -> FastActionTokenizer:
-    """The tiny preset's FAST tokenizer: 256 ids, scale 10, width 14; the same in every process.
+    """The tiny preset's FAST tokenizer: 256 ids, scale 10; the same in every process.
 
     It is data, not weights, so it does not depend on the weight seed. Trained once per process
     (a fraction of a second) and shared: the tokenizer is not modified after training.

@@ -2,8 +2,10 @@
 fields of the released ``config.json`` (model_type ``molmoact2``).
 
 ``config.json`` layout: sub-configs ``vit_config``, ``adapter_config``, ``text_config`` (the
-released Molmo2 keys, which transformers' ``Molmo2*Config`` accept) and ``action_expert_config``;
-everything else is top level. Unknown top-level keys are kept in ``extra`` and written back.
+released MolmoAct2 keys, translated to transformers' ``Molmo2*Config``) and
+``action_expert_config``; everything else is top level. What each released key means here
+(built from, ignored, or refused by value) is ``released_config.py``. Top-level keys we do not
+use are kept in ``extra`` and written back.
 
 Presets: ``released()`` (released sizes), ``tiny()`` (tests and demo; a CPU ``act`` in about
 0.1 s), ``mid_cpu()`` (benchmarks). Token ids of the presets follow the tiny tokenizer's layout
@@ -16,13 +18,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import transformers
 from transformers import Molmo2Config
-from transformers.models.molmo2.configuration_molmo2 import (
-    Molmo2AdapterConfig,
-    Molmo2TextConfig,
-    Molmo2VisionConfig,
-)
+from transformers.models.molmo2.configuration_molmo2 import Molmo2TextConfig
 
+from molmoact2_policy.model import released_config
 from molmoact2_policy.model.action_expert import ActionExpertConfig
 from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer, TokenLayout
 
@@ -37,13 +37,6 @@ MODEL_TYPE = "molmoact2"
 # using it costs nothing extra. Values are the same in all three (V has no norm or RoPE).
 EXPERT_KV_SOURCES = ("cache", "pre_rope", "raw")
 
-# Released Molmo2 names <-> transformers names inside the vision and adapter sub-configs.
-_VIT_RENAMES = {
-    "image_size": "image_default_input_size",
-    "patch_size": "image_patch_size",
-    "num_position_embeddings": "image_num_pos",
-}
-_ADAPTER_RENAMES = {"vision_feature_layer": "vit_layers"}
 _VLM_TOP_LEVEL = (
     "image_start_token_id",
     "low_res_image_start_token_id",
@@ -110,6 +103,22 @@ class MolmoAct2Config:
     add_control_tokens: bool = field(default=True, metadata=_meta("<control_start>..."))
     norm_stats_filename: str = field(default="norm_stats.json", metadata=_meta("stats file"))
     expert_kv_source: str = field(default="cache", metadata=_meta("see EXPERT_KV_SOURCES"))
+    # adapter_config.pooling_attention_mask in config.json. True: the 2x2 pooling query is the
+    # mean of the valid patches and attends only to them (what transformers' Molmo2 does);
+    # False (the released class's default): the mean and the attention include the zeroed
+    # padding slots of the edge cells. A file without the key gets the released default.
+    pooling_attention_mask: bool = field(
+        default=True, metadata=_meta("mask padded patches in the 2x2 image pooling")
+    )
+    # vit_config / adapter_config.float32_attention in config.json (the released default true):
+    # the ViT's and the pooling's attention run in float32 around bf16 weights.
+    vit_float32_attention: bool = field(
+        default=True, metadata=_meta("ViT attention in float32 (vit_config.float32_attention)")
+    )
+    adapter_float32_attention: bool = field(
+        default=True,
+        metadata=_meta("image pooling attention in float32 (adapter_config.float32_attention)"),
+    )
     # Released processor options (processor_config.json); see preprocess.ImageTokenLayout.
     image_use_col_tokens: bool = field(
         default=True, metadata=_meta("<im_col> after each high-res row of a multi-crop image")
@@ -193,60 +202,191 @@ class MolmoAct2Config:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"model_type": MODEL_TYPE, "architectures": ["MolmoAct2"]}
-        out["vit_config"] = _sub_config_dict(
-            self.vlm.vision_config, Molmo2VisionConfig, _VIT_RENAMES
-        )
-        out["adapter_config"] = _sub_config_dict(
-            self.vlm.adapter_config, Molmo2AdapterConfig, _ADAPTER_RENAMES
-        )
-        out["text_config"] = _sub_config_dict(self.vlm.text_config, Molmo2TextConfig, {})
-        out["action_expert_config"] = self.action_expert.to_dict()
+        """config.json as the released ``MolmoAct2Config`` writes it (see ``released_config``).
+
+        Every released key is written, with the values we compute from (so the released classes
+        build this model and load its weights strictly); our own options follow at the top level.
+        """
+        vision = self.vlm.vision_config
+        adapter = self.vlm.adapter_config
+        text = self.vlm.text_config
+        expert = self.action_expert
+        out: dict[str, Any] = {
+            "model_type": MODEL_TYPE,
+            "architectures": list(released_config.ARCHITECTURES),
+            "auto_map": dict(released_config.AUTO_MAP),
+            "transformers_version": transformers.__version__,
+        }
+        out["vit_config"] = {
+            "model_type": released_config.SUB_MODEL_TYPES["vit_config"],
+            "hidden_size": vision.hidden_size,
+            "intermediate_size": vision.intermediate_size,
+            "num_hidden_layers": vision.num_hidden_layers,
+            "num_attention_heads": vision.num_attention_heads,
+            "num_key_value_heads": vision.num_key_value_heads,
+            "head_dim": vision.head_dim,
+            "hidden_act": vision.hidden_act,
+            "layer_norm_eps": vision.layer_norm_eps,
+            "image_default_input_size": list(vision.image_size),
+            "image_patch_size": vision.patch_size,
+            "image_num_pos": vision.num_position_embeddings,
+            "attention_dropout": 0.0,
+            "residual_dropout": 0.0,
+            "initializer_range": vision.initializer_range,
+            "float32_attention": self.vit_float32_attention,
+            "attn_implementation": "eager",
+        }
+        out["adapter_config"] = {
+            "model_type": released_config.SUB_MODEL_TYPES["adapter_config"],
+            # Positive: the released class resolves negative indices against the ViT depth
+            # written above, which is already trimmed to the deepest layer read.
+            "vit_layers": list(adapter.vision_feature_layer),
+            "pooling_attention_mask": self.pooling_attention_mask,
+            "hidden_size": adapter.hidden_size,
+            "num_attention_heads": adapter.num_attention_heads,
+            "num_key_value_heads": adapter.num_key_value_heads,
+            "head_dim": adapter.head_dim,
+            "float32_attention": self.adapter_float32_attention,
+            "attention_dropout": 0.0,
+            "residual_dropout": 0.0,
+            "hidden_act": adapter.hidden_act,
+            "intermediate_size": adapter.intermediate_size,
+            "text_hidden_size": adapter.text_hidden_size,
+            "image_feature_dropout": 0.0,
+            "initializer_range": adapter.initializer_range,
+            "attn_implementation": "eager",
+        }
+        layers = list(text.rope_scaling_layers or [])
+        out["text_config"] = {
+            "model_type": released_config.SUB_MODEL_TYPES["text_config"],
+            "hidden_size": text.hidden_size,
+            "num_attention_heads": text.num_attention_heads,
+            "num_key_value_heads": text.num_key_value_heads,
+            "head_dim": text.head_dim,
+            "vocab_size": text.vocab_size,
+            "additional_vocab_size": text.additional_vocab_size,
+            "qkv_bias": bool(text.attention_bias),
+            "num_hidden_layers": text.num_hidden_layers,
+            "intermediate_size": text.intermediate_size,
+            "hidden_act": text.hidden_act,
+            "embedding_dropout": 0.0,
+            "attention_dropout": 0.0,
+            "residual_dropout": 0.0,
+            "max_position_embeddings": text.max_position_embeddings,
+            **released_config.released_rope_keys(text.rope_parameters or {}),
+            # null: one RoPE table for every layer (the released single ``rotary_emb``).
+            "rope_scaling_layers": (
+                None if layers == list(range(text.num_hidden_layers)) else layers
+            ),
+            "use_qk_norm": True,
+            "qk_norm_type": text.qk_norm_type,
+            "layer_norm_eps": text.rms_norm_eps,
+            "norm_after": text.norm_after,
+            "initializer_range": text.initializer_range,
+            "use_cache": True,
+            "tie_word_embeddings": False,
+            "attn_implementation": "eager",
+        }
+        if self.add_action_expert:
+            out["action_expert_config"] = {
+                "model_type": released_config.SUB_MODEL_TYPES["action_expert_config"],
+                **{
+                    key: getattr(expert, key)
+                    for key, rule in released_config.EXPERT_RULES.items()
+                    if isinstance(rule, released_config.Map)
+                },
+            }
+        else:
+            out["action_expert_config"] = None
         for name in _VLM_TOP_LEVEL:
             out[name] = getattr(self.vlm, name)
+        # Derived in the released class from image_patch_id; written as it writes it.
+        out["image_high_res_id"] = self.vlm.image_patch_id
         for item in dataclasses.fields(self):
-            if item.name not in ("vlm", "action_expert", "extra"):
+            if item.name not in ("vlm", "action_expert", "extra", *_SUB_CONFIG_FIELDS):
                 out[item.name] = getattr(self, item.name)
+        for key, value in _RELEASED_TOP_DEFAULTS.items():
+            out[key] = self.extra.get(key, value)
         for key, value in self.extra.items():
             out.setdefault(key, value)
         return out
 
     @classmethod
     def from_dict(cls, data: Any) -> MolmoAct2Config:
+        """Read any config.json the released ``MolmoAct2Config`` writes (and our older ones).
+
+        Keys that change nothing we compute are accepted; an option whose value we do not
+        implement is refused by name and value; every size comes from the released keys.
+        """
         if not isinstance(data, dict):
             raise ConfigError("config.json: top level must be a JSON object")
         if data.get("model_type") != MODEL_TYPE:
             raise ConfigError(
                 f"config.json: model_type is {data.get('model_type')!r}, expected {MODEL_TYPE!r}"
             )
-        subs = {}
+        add_expert = data.get("add_action_expert", True)
+        subs: dict[str, dict[str, Any]] = {}
         for key in ("vit_config", "adapter_config", "text_config", "action_expert_config"):
+            if key == "action_expert_config" and add_expert is False and data.get(key) is None:
+                subs[key] = {}
+                continue
             if not isinstance(data.get(key), dict):
                 raise ConfigError(f"config.json: {key!r} is missing or not an object")
             subs[key] = dict(data[key])
+        read = {key: released_config.translate(key, value) for key, value in subs.items()}
+        problems = released_config.check_base_keys(data, "config")
+        unknown: list[str] = []
+        for result in read.values():
+            problems += result.problems
+            unknown += result.unknown
+        text = dict(read["text_config"].values)
+        rope, rope_problems = released_config.rope_parameters(text)
+        problems += rope_problems
+        if text.get("num_key_value_heads", 0) is None:  # released: null means one per query head
+            text["num_key_value_heads"] = text.get("num_attention_heads")
+        if "additional_vocab_size" in text and text["additional_vocab_size"] is None:
+            problems.append(
+                "text_config.additional_vocab_size=null is not implemented (the released model "
+                "then has a single `wte.weight` table; Molmo2 checkpoints split it in two)"
+            )
+        vision = dict(read["vit_config"].values)
+        adapter = dict(read["adapter_config"].values)
+        flags = {
+            # ours: (section, released key, the released class's default)
+            "pooling_attention_mask": (adapter, "adapter_config.pooling_attention_mask", False),
+            "vit_float32_attention": (vision, "vit_config.float32_attention", True),
+            "adapter_float32_attention": (adapter, "adapter_config.float32_attention", True),
+        }
+        options: dict[str, bool] = {}
+        for name, (section, where, default) in flags.items():
+            value = section.pop(where.split(".")[1], default)
+            if not isinstance(value, bool):
+                problems.append(f"{where}={value!r} must be true or false")
+            options[name] = value
+        problems += _check_positions(vision)
+        if problems:
+            raise ConfigError("config.json: " + "; ".join(problems))
+        released_config.warn_unknown(unknown)
         try:
             vlm = Molmo2Config(
-                vit_config=subs["vit_config"],
-                adapter_config=subs["adapter_config"],
-                text_config=subs["text_config"],
+                vit_config=vision,
+                adapter_config=adapter,
+                text_config=dict(text, rope_parameters=rope, tie_word_embeddings=False),
                 **{name: data[name] for name in _VLM_TOP_LEVEL if name in data},
             )
         except Exception as error:  # transformers raises TypeError/ValueError/StrictDataclass*
             raise ConfigError(f"config.json: invalid VLM sub-config ({error})") from None
-        try:
-            expert = ActionExpertConfig.from_dict(subs["action_expert_config"])
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"config.json: action_expert_config: {error}") from None
+        expert = _expert_config(read["action_expert_config"].values, subs, data, vlm)
         own = {item.name: item for item in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = dict(options)
         extra: dict[str, Any] = {}
-        skip = {"model_type", "architectures", *subs, *_VLM_TOP_LEVEL}
+        skip = {*subs, *_VLM_TOP_LEVEL, "image_high_res_id", *_WRITER_KEYS}
         for key, value in data.items():
             if key in skip:
                 continue
             if key in own and key not in ("vlm", "action_expert", "extra"):
                 kwargs[key] = _checked_value(key, value, own[key].default)
-            else:
+            elif key not in released_config.BASE_KEYS or key in _KEPT_BASE_KEYS:
                 extra[key] = value
         return cls(vlm=vlm, action_expert=expert, extra=extra, **kwargs)
 
@@ -372,16 +512,88 @@ def _preset(
     )
     kwargs: dict[str, Any] = dict(_token_ids_from_tokenizer(tokenizer, layout))
     kwargs["think_force_depth_end"] = True  # random weights: see the field
+    # Released top-level ids the processor uses (not read by the model itself).
+    kwargs["extra"] = {
+        "image_col_id": tokenizer.token_id("<im_col>"),
+        "image_low_res_id": tokenizer.token_id("<im_low>"),
+    }
     kwargs.update(overrides)
     return MolmoAct2Config(vlm=vlm, action_expert=expert_config, **kwargs)
 
 
-def _sub_config_dict(config: Any, cls: type, renames: dict[str, str]) -> dict[str, Any]:
-    known = set(getattr(cls, "__annotations__", {}))
-    data = {key: value for key, value in config.to_dict().items() if key in known}
-    if "rope_parameters" in data and isinstance(data["rope_parameters"], dict):
-        data["rope_parameters"] = dict(data["rope_parameters"])
-    return {renames.get(key, key): value for key, value in data.items()}
+# Our fields that are written inside a sub-config (see to_dict), not at the top level.
+_SUB_CONFIG_FIELDS = (
+    "pooling_attention_mask",
+    "vit_float32_attention",
+    "adapter_float32_attention",
+)
+# Top-level keys of the released class that change nothing we compute; written with these
+# defaults unless the loaded file had its own values (kept in ``extra``).
+_RELEASED_TOP_DEFAULTS: dict[str, Any] = {
+    "use_frame_special_tokens": True,
+    "initializer_range": 0.02,
+    "depth_mode": 2,
+    "tie_word_embeddings": False,
+}
+# Written by ``to_dict`` itself; a loaded file's values are not carried over.
+_WRITER_KEYS = ("model_type", "architectures", "auto_map", "transformers_version")
+# Base keys with a meaning here (the released expert context mask reads eos_token_id). The
+# file's dtype is not kept: what we write back may be in another precision.
+_KEPT_BASE_KEYS = ("eos_token_id", "bos_token_id", "pad_token_id")
+
+
+def _check_positions(vision: dict[str, Any]) -> list[str]:
+    """The released ViT interpolates its position table when it does not fit the patch grid."""
+    size = vision.get("image_size", [378, 378])
+    patch = vision.get("patch_size", 14)
+    count = vision.get("num_position_embeddings")
+    try:
+        grid = (int(size[0]) // int(patch)) * (int(size[1]) // int(patch))
+    except (TypeError, ValueError, IndexError, ZeroDivisionError):
+        return []  # transformers names the malformed value
+    if count is not None and count != grid:
+        return [
+            f"vit_config.image_num_pos={count!r} is not implemented (the patch grid has {grid} "
+            "cells; the released ViT would interpolate its position table bicubically)"
+        ]
+    return []
+
+
+def _expert_config(
+    values: dict[str, Any],
+    subs: dict[str, dict[str, Any]],
+    data: dict[str, Any],
+    vlm: Molmo2Config,
+) -> ActionExpertConfig:
+    """The expert's sizes: its released keys, the top-level action sizes, the VLM's K/V width."""
+    text = vlm.text_config
+    derived = text.num_key_value_heads * text.head_dim
+    raw = subs["action_expert_config"]
+    problems = []
+    # Not released keys; files this project wrote before carried them.
+    if raw.get("llm_kv_dim", derived) != derived:
+        problems.append(
+            f"action_expert_config.llm_kv_dim={raw['llm_kv_dim']!r} but the VLM's K/V width "
+            f"(num_key_value_heads x head_dim) is {derived}"
+        )
+    theta = raw.get("rope_theta", 10000.0)
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta != 10000.0:
+        problems.append(
+            f"action_expert_config.rope_theta={raw['rope_theta']!r} is not implemented (the "
+            "released expert's RoPE base is 10000)"
+        )
+    if problems:
+        raise ConfigError("config.json: " + "; ".join(problems))
+    kwargs = dict(values)
+    kwargs.setdefault("num_layers", text.num_hidden_layers)
+    defaults = {item.name: item.default for item in dataclasses.fields(MolmoAct2Config)}
+    for key in ("max_action_dim", "max_action_horizon"):
+        # The released class overwrites the nested values with the top-level ones.
+        kwargs[key] = data.get(key, raw.get(key, defaults[key]))
+    try:
+        return ActionExpertConfig(llm_kv_dim=derived, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config.json: action_expert_config: {error}") from None
 
 
 def _checked_value(key: str, value: Any, default: Any) -> Any:

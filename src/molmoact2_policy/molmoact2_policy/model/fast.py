@@ -1,18 +1,28 @@
-"""OpenFAST discrete action tokens: DCT along time, scale and round, BPE.
+"""OpenFAST discrete action tokens, with the released action tokenizer's rules.
 
-A normalised chunk (T, D) is zero-padded to `action_dim` columns, transformed with the orthonormal
-DCT-II along time, multiplied by `scale` and rounded to integers. The integers, flattened
-time-major (all dims of coefficient 0, then coefficient 1, ...), become one character each, and a
-byte-pair-encoding model (the `tokenizers` library) trained on such strings compresses them into
-ids 0..vocab_size-1. The caller maps id k to the `<action_k>` token.
+Source of the rules: the released ``UniversalActionProcessor`` (``huggingface/lerobot``
+``src/lerobot/policies/molmoact2/hf_model/action_tokenizer.py``) and its use in
+``modeling_molmoact2.py`` (``_decode_discrete_action_chunk``).
 
-Decoding inverts each step. Model output can be any id run, so every malformed case (ids out of
-range, a coefficient count that does not fill horizon x action_dim) raises FastDecodeError.
+* Encode a normalised chunk (T, D), D = the embodiment's own action dims (no padding): the
+  orthonormal DCT-II along time, times ``scale``, rounded half to even; each integer ``v``
+  becomes the character ``chr(max(v - min_token, 0))``, read time-major (all dims of
+  coefficient 0, then coefficient 1, ...). The string goes through a byte-level BPE tokenizer
+  (the ``tokenizers`` library's ``ByteLevelBPETokenizer``: UTF-8 bytes mapped to printable
+  characters, the GPT-2 split pattern, BPE merges); its ids 0..V-1 are the VLM's
+  ``<action_0>..<action_{V-1}>``.
+* Decode: the tokenizer's byte-level decoding back to a string, ``ord(c) + min_token`` per
+  character, reshaped to (-1, D); it must be exactly (horizon, D); inverse DCT of the
+  coefficients / ``scale``.
+* Training (``fit``): ``min_token`` is the smallest rounded coefficient seen, the initial
+  alphabet is ``chr(0)..chr(max - min)``, min_frequency 2, no special tokens.
+* Files: ``tokenizer.json`` (the tokenizers pipeline, as ``PreTrainedTokenizerFast`` saves it)
+  and ``processor_config.json`` (``scale``, ``vocab_size``, ``min_token``, optional
+  ``action_dim`` / ``time_horizon``).
 
-Round-trip error: rounding moves each scaled coefficient by at most 0.5, i.e. each coefficient by
-at most 0.5 / scale; the inverse DCT maps that to at most (0.5 / scale) * sum_k |C[k, t]| at time
-step t (`reconstruction_bound`), for coefficients inside the trained range (values outside it are
-clipped to the range on encode).
+Different on purpose: a run that does not decode to exactly (horizon, D) raises
+``FastDecodeError`` (the release substitutes an all-zero chunk, i.e. the middle of every joint's
+range, which would move the robot there); so does a run whose bytes are not valid UTF-8.
 """
 
 from __future__ import annotations
@@ -25,12 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = "molmoact2_fast.v1"
 TOKENIZER_FILE = "tokenizer.json"
-SETTINGS_FILE = "fast_settings.json"
-# One character per quantised value, from a block of ordinary letters: no normaliser or
-# pre-tokenizer runs, so only distinctness matters, and these never collide with whitespace.
-SYMBOL_BASE = 0x4E00
+SETTINGS_FILE = "processor_config.json"
+_TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
 class FastDecodeError(ValueError):
@@ -55,6 +62,23 @@ def reconstruction_bound(horizon: int, scale: float) -> np.ndarray:
     return 0.5 / scale * np.abs(dct_matrix(horizon)).sum(axis=0)
 
 
+@lru_cache(maxsize=1)
+def byte_level_alphabet() -> dict[str, int]:
+    """The byte-level BPE's printable character for each byte value -> that byte.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 byte values take the characters
+    from U+0100 up, in byte order (the GPT-2 byte-to-unicode table).
+    """
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = {chr(b): b for b in printable}
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            table[chr(0x100 + extra)] = byte
+            extra += 1
+    return table
+
+
 def _tokenizers():
     try:
         import tokenizers
@@ -66,20 +90,24 @@ def _tokenizers():
 
 
 class FastActionTokenizer:
-    """DCT + BPE action tokenizer; build with `train` or `from_directory`."""
+    """DCT + byte-level BPE action tokenizer; build with ``train`` or ``from_directory``."""
 
     def __init__(
-        self, bpe, *, scale: float, action_dim: int, min_token: int, max_token: int
+        self,
+        bpe,
+        *,
+        scale: float,
+        min_token: int,
+        action_dim: int | None = None,
+        time_horizon: int | None = None,
     ) -> None:
         if scale <= 0:
             raise ValueError(f"scale must be > 0, got {scale}")
-        if max_token < min_token:
-            raise ValueError(f"empty coefficient range [{min_token}, {max_token}]")
         self._bpe = bpe
         self.scale = float(scale)
-        self.action_dim = int(action_dim)
         self.min_token = int(min_token)
-        self.max_token = int(max_token)
+        self.action_dim = None if action_dim is None else int(action_dim)
+        self.time_horizon = None if time_horizon is None else int(time_horizon)
 
     # ---------------------------------------------------------------- construction
 
@@ -89,40 +117,39 @@ class FastActionTokenizer:
         chunks: Sequence[np.ndarray],
         vocab_size: int = 2048,
         scale: float = 10.0,
-        action_dim: int = 32,
     ) -> FastActionTokenizer:
-        """Fit the coefficient range and the BPE merges on normalised chunks (T, D<=action_dim)."""
+        """Fit ``min_token`` and the BPE merges on normalised chunks (T, D), as released."""
         if not chunks:
             raise ValueError("need at least one chunk to train a FAST tokenizer")
         if scale <= 0:
             raise ValueError(f"scale must be > 0, got {scale}")
-        quantised = [_quantise(_pad(chunk, action_dim), scale) for chunk in chunks]
+        quantised = [_quantise(_checked(chunk), scale) for chunk in chunks]
         min_token = int(min(q.min() for q in quantised))
         max_token = int(max(q.max() for q in quantised))
-        alphabet_size = max_token - min_token + 1
-        if alphabet_size > vocab_size:
+        if max_token - min_token > vocab_size:
             raise ValueError(
-                f"coefficient range [{min_token}, {max_token}] needs {alphabet_size} symbols, more "
-                f"than vocab_size {vocab_size}; lower `scale` or check the chunks are normalised"
+                f"coefficient range [{min_token}, {max_token}] is wider than vocab_size "
+                f"{vocab_size}; lower `scale` or check the chunks are normalised"
             )
         tk = _tokenizers()
-        bpe = tk.Tokenizer(tk.models.BPE())
+        bpe = tk.ByteLevelBPETokenizer()
         trainer = tk.trainers.BpeTrainer(
             vocab_size=vocab_size,
             min_frequency=2,
             show_progress=False,
             special_tokens=[],
-            initial_alphabet=[chr(SYMBOL_BASE + i) for i in range(alphabet_size)],
-            limit_alphabet=alphabet_size,
+            initial_alphabet=[chr(i) for i in range(max_token - min_token + 1)],
+            max_token_length=10000,
         )
         strings = [_to_string(q, min_token) for q in quantised]
-        bpe.train_from_iterator(strings, trainer=trainer)
-        return cls(
-            bpe, scale=scale, action_dim=action_dim, min_token=min_token, max_token=max_token
-        )
+        # The inner Tokenizer is trained directly: ByteLevelBPETokenizer.train would replace
+        # the alphabet with the 256 byte characters.
+        bpe._tokenizer.train_from_iterator(strings, trainer=trainer)
+        return cls(bpe._tokenizer, scale=scale, min_token=min_token)
 
     @classmethod
     def from_directory(cls, path: str | Path) -> FastActionTokenizer:
+        """The released layout: tokenizer.json + processor_config.json."""
         directory = Path(path)
         settings_path = directory / SETTINGS_FILE
         tokenizer_path = directory / TOKENIZER_FILE
@@ -132,36 +159,39 @@ class FastActionTokenizer:
                     f"FAST tokenizer directory {directory} lacks {required.name}"
                 )
         settings = json.loads(settings_path.read_text())
-        if settings.get("format") != FORMAT:
-            raise ValueError(
-                f"{settings_path} has format {settings.get('format')!r}, expected {FORMAT!r}"
-            )
-        if settings.get("symbol_base", SYMBOL_BASE) != SYMBOL_BASE:
-            raise ValueError(f"{settings_path}: unsupported symbol_base {settings['symbol_base']}")
+        if not isinstance(settings, dict):
+            raise ValueError(f"{settings_path}: expected a JSON object")
         bpe = _tokenizers().Tokenizer.from_file(str(tokenizer_path))
+        # The released processor's defaults for absent keys.
         return cls(
             bpe,
-            scale=settings["scale"],
-            action_dim=settings["action_dim"],
-            min_token=settings["min_token"],
-            max_token=settings["max_token"],
+            scale=_number(settings.get("scale", 10), "scale", settings_path),
+            min_token=int(_number(settings.get("min_token", 0), "min_token", settings_path)),
+            action_dim=settings.get("action_dim"),
+            time_horizon=settings.get("time_horizon"),
         )
 
     def save(self, path: str | Path) -> None:
-        """Write tokenizer.json (the BPE model) and fast_settings.json into directory `path`."""
+        """Write the released layout into directory ``path``."""
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
         self._bpe.save(str(directory / TOKENIZER_FILE))
         settings = {
-            "format": FORMAT,
+            "processor_class": "UniversalActionProcessor",
             "scale": self.scale,
-            "action_dim": self.action_dim,
-            "min_token": self.min_token,
-            "max_token": self.max_token,
-            "symbol_base": SYMBOL_BASE,
             "vocab_size": self.vocab_size,
+            "min_token": self.min_token,
+            "action_dim": self.action_dim,
+            "time_horizon": self.time_horizon,
         }
         (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        tokenizer_config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "clean_up_tokenization_spaces": False,
+        }
+        (directory / _TOKENIZER_CONFIG_FILE).write_text(
+            json.dumps(tokenizer_config, indent=2) + "\n"
+        )
 
     # ---------------------------------------------------------------- use
 
@@ -169,84 +199,93 @@ class FastActionTokenizer:
     def vocab_size(self) -> int:
         return int(self._bpe.get_vocab_size())
 
-    @property
-    def coefficient_range(self) -> tuple[int, int]:
-        """Smallest and largest quantised coefficient the tokenizer can represent."""
-        return self.min_token, self.max_token
+    def token_bytes(self, index: int) -> bytes | None:
+        """The bytes id ``index`` stands for; None for an alphabet entry no byte maps to.
+
+        Training adds ``chr(0)..`` to the alphabet, but the byte-level pre-tokenizer only ever
+        produces the 256 byte characters, so the other entries never occur in an encoding.
+        """
+        table = byte_level_alphabet()
+        token = self._bpe.id_to_token(index)
+        if token is None or any(char not in table for char in token):
+            return None
+        return bytes(table[char] for char in token)
 
     def coefficient_counts(self) -> np.ndarray:
-        """How many DCT coefficients each id 0..vocab_size-1 decodes to, (vocab_size,) int64.
+        """DCT coefficients each id 0..V-1 adds to a run, (V,) int64; -1: never valid.
 
-        A valid run's counts sum to horizon x action_dim; constrained decoding uses this to
-        never pick a token that would overshoot.
+        A coefficient is one character, one to three UTF-8 bytes of which exactly one is a
+        lead byte (not 0b10xxxxxx), so an id adds as many coefficients as it has lead bytes
+        (0 for an id of continuation bytes only). Constrained decoding never lets a run
+        overshoot horizon x D with these.
         """
-        return np.array(
-            [len(self._bpe.id_to_token(index)) for index in range(self.vocab_size)],
-            dtype=np.int64,
-        )
+        counts = np.full(self.vocab_size, -1, dtype=np.int64)
+        for index in range(self.vocab_size):
+            raw = self.token_bytes(index)
+            if raw is not None:
+                counts[index] = sum(1 for byte in raw if byte & 0xC0 != 0x80)
+        return counts
 
     def quantise(self, chunk: np.ndarray) -> np.ndarray:
-        """Padded, scaled and rounded DCT coefficients (T, action_dim) of a chunk, unclipped."""
-        return _quantise(_pad(chunk, self.action_dim), self.scale)
+        """Scaled and rounded DCT coefficients (T, D) of a chunk."""
+        return _quantise(_checked(chunk), self.scale)
 
     def encode(self, chunk: np.ndarray) -> list[int]:
-        """Token ids (0..vocab_size-1) of a normalised chunk (T, D <= action_dim)."""
-        coefficients = np.clip(self.quantise(chunk), self.min_token, self.max_token)
-        return list(self._bpe.encode(_to_string(coefficients, self.min_token)).ids)
+        """Token ids (0..vocab_size-1) of a normalised chunk (T, D)."""
+        return list(self._bpe.encode(_to_string(self.quantise(chunk), self.min_token)).ids)
 
     def decode(self, ids: Sequence[int], horizon: int, action_dim: int) -> np.ndarray:
         """Chunk (horizon, action_dim) from token ids; malformed runs raise FastDecodeError."""
-        if horizon <= 0:
-            raise ValueError(f"horizon must be > 0, got {horizon}")
-        if not 0 < action_dim <= self.action_dim:
-            raise ValueError(
-                f"action_dim must be in 1..{self.action_dim} (the tokenizer's width), "
-                f"got {action_dim}"
-            )
+        if horizon <= 0 or action_dim <= 0:
+            raise ValueError(f"horizon and action_dim must be > 0, got {horizon}, {action_dim}")
         vocab = self.vocab_size
-        pieces = []
-        for position, raw in enumerate(ids):
-            if isinstance(raw, bool) or not isinstance(raw, (int, np.integer)):
-                raise FastDecodeError(f"token {position} is {raw!r}, not an integer id")
-            token = self._bpe.id_to_token(int(raw)) if 0 <= raw < vocab else None
-            if token is None:
+        raw = bytearray()
+        for position, token in enumerate(ids):
+            if isinstance(token, bool) or not isinstance(token, (int, np.integer)):
+                raise FastDecodeError(f"token {position} is {token!r}, not an integer id")
+            piece = self.token_bytes(int(token)) if 0 <= token < vocab else None
+            if piece is None:
                 raise FastDecodeError(
-                    f"token {position} has id {raw}, outside the FAST vocabulary 0..{vocab - 1}"
+                    f"token {position} has id {token}, outside the FAST vocabulary's byte "
+                    f"tokens 0..{vocab - 1}"
                 )
-            pieces.append(token)
-        codes = np.fromiter((ord(c) for c in "".join(pieces)), dtype=np.int64)
-        alphabet_size = self.max_token - self.min_token + 1
-        offsets = codes - SYMBOL_BASE
-        if codes.size and (offsets.min() < 0 or offsets.max() >= alphabet_size):
-            raise FastDecodeError("token run contains symbols outside the coefficient alphabet")
-        expected = horizon * self.action_dim
-        if offsets.size != expected:
+            raw += piece
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FastDecodeError("token run is not valid UTF-8 (a split character)") from None
+        codes = np.fromiter((ord(c) for c in text), dtype=np.int64, count=len(text))
+        expected = horizon * action_dim
+        if codes.size != expected:
             raise FastDecodeError(
-                f"token run decodes to {offsets.size} DCT coefficients, expected "
-                f"horizon x action_dim = {horizon} x {self.action_dim} = {expected} "
+                f"token run decodes to {codes.size} DCT coefficients, expected "
+                f"horizon x action_dim = {horizon} x {action_dim} = {expected} "
                 "(truncated or over-long action token run)"
             )
-        coefficients = (offsets + self.min_token).reshape(horizon, self.action_dim) / self.scale
-        chunk = dct_matrix(horizon).T @ coefficients
-        return chunk[:, :action_dim]
+        coefficients = (codes + self.min_token).reshape(horizon, action_dim) / self.scale
+        return dct_matrix(horizon).T @ coefficients
 
 
-def _pad(chunk: np.ndarray, action_dim: int) -> np.ndarray:
+def _number(value: object, key: str, where: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _checked(chunk: np.ndarray) -> np.ndarray:
     array = np.asarray(chunk, dtype=np.float64)
-    if array.ndim != 2 or array.shape[0] == 0:
-        raise ValueError(f"action chunk must be (T, D) with T > 0, got shape {array.shape}")
-    if array.shape[1] > action_dim:
-        raise ValueError(f"chunk has {array.shape[1]} dims, the tokenizer handles {action_dim}")
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"action chunk must be (T, D) with T, D > 0, got shape {array.shape}")
     if not np.isfinite(array).all():
         raise ValueError("action chunk contains NaN or infinite values")
-    padded = np.zeros((array.shape[0], action_dim))
-    padded[:, : array.shape[1]] = array
-    return padded
+    return array
 
 
-def _quantise(padded: np.ndarray, scale: float) -> np.ndarray:
-    return np.rint(dct_matrix(padded.shape[0]) @ padded * scale).astype(np.int64)
+def _quantise(chunk: np.ndarray, scale: float) -> np.ndarray:
+    # np.rint rounds half to even, as the released np.around does.
+    return np.rint(dct_matrix(chunk.shape[0]) @ chunk * scale).astype(np.int64)
 
 
 def _to_string(coefficients: np.ndarray, min_token: int) -> str:
-    return "".join(chr(SYMBOL_BASE + int(v) - min_token) for v in coefficients.reshape(-1))
+    # Below the trained range clamps to chr(0); above it is kept (both as released).
+    return "".join(chr(max(int(v) - min_token, 0)) for v in coefficients.reshape(-1))

@@ -3,15 +3,16 @@
 One ``act`` = validate -> preprocess (the robot prompt, then ``<action_start>``) -> VLM prefix ->
 greedy decoding over the ``<action_k>`` logits plus ``<action_end>`` (the LM head is applied to
 those rows alone) -> FAST ids (token id - ``action_token_start_id``) -> inverse BPE + inverse DCT
-(``fast.FastActionTokenizer.decode``) -> un-normalise with the norm stats (gripper dims pass
-through).
+(``fast.FastActionTokenizer.decode``, the released tokenizer's rules, at the embodiment's own
+action width) -> un-normalise with the norm stats.
 
 Sequence layout (uncertain, kept in the constants below): the robot prompt's trailing
 ``<action_output>`` is followed by ``<action_start>``; the model then writes ``<action_k>``
 tokens and closes the run with ``<action_end>``.
 
 Length-constrained decoding (default, ``constrain_length=True``): a valid run decodes to exactly
-horizon x width DCT coefficients, and each FAST id stands for a known number of them. Ids that
+horizon x action_dim DCT coefficients, and each FAST id adds a known number of them (its UTF-8
+lead bytes; ids of byte-level alphabet entries no byte maps to are never admissible). Ids that
 would overshoot the remaining count are masked out, and once the count is reached the run is
 complete (``<action_end>`` is the only admissible token left, so it is implied, not decoded).
 The end token stays admissible at every step, so a model that stops early still produces a
@@ -78,12 +79,16 @@ class ActionTokenRun:
 class ActionTokenDecoder(StaticCacheDecoder):
     """Greedy decoding restricted to ``<action_0..V-1>`` and ``<action_end>``.
 
-    ``coefficient_counts[k]``: how many DCT coefficients FAST id k decodes to (its length in
-    coefficient symbols), which drives the length constraint.
+    ``coefficient_counts[k]``: how many DCT coefficients FAST id k adds to a run (-1: an id no
+    encoding produces, never admissible), which drives the length constraint.
     """
 
     def __init__(
-        self, vlm: torch.nn.Module, config: MolmoAct2Config, coefficient_counts: np.ndarray
+        self,
+        vlm: torch.nn.Module,
+        config: MolmoAct2Config,
+        coefficient_counts: np.ndarray,
+        token_bytes: list[bytes | None] | None = None,
     ) -> None:
         missing = [
             name
@@ -94,8 +99,8 @@ class ActionTokenDecoder(StaticCacheDecoder):
             raise ValueError(f"config lacks {', '.join(missing)}: no discrete action tokens")
         super().__init__(vlm, config.expert_kv_source)
         counts = np.asarray(coefficient_counts, dtype=np.int64)
-        if counts.ndim != 1 or counts.size == 0 or counts.min() < 1:
-            raise ValueError("every FAST id must decode to at least one coefficient")
+        if counts.ndim != 1 or counts.size == 0 or counts.max() < 1:
+            raise ValueError("no FAST id decodes to a coefficient")
         if counts.size > config.num_action_tokens:
             raise ValueError(
                 f"FAST vocabulary of {counts.size} ids does not fit the config's "
@@ -114,7 +119,12 @@ class ActionTokenDecoder(StaticCacheDecoder):
         action_rows = torch.arange(self.action_start, self.action_start + self.vocab)
         self.candidates = torch.cat([action_rows, torch.tensor([self.end_id])]).to(device)
         self.counts = torch.from_numpy(np.append(counts, 0)).to(device)
+        self.never = torch.from_numpy(np.append(counts < 0, False)).to(device)
         self._host_counts = np.append(counts, 0)  # the running total without a device sync
+        # With the ids' bytes, a run that reaches its count on a character's lead byte goes on
+        # with continuation-only ids (count 0) until that character is whole.
+        self._token_bytes = token_bytes
+        self.continuation_only = torch.from_numpy(np.append(counts == 0, False)).to(device)
 
     def candidate_logits(self, hidden: Tensor) -> Tensor:
         """(V + 1,) logits: the ``<action_k>`` rows of the LM head, then ``<action_end>``."""
@@ -142,11 +152,14 @@ class ActionTokenDecoder(StaticCacheDecoder):
         fast_ids: list[int] = []
         token_ids: list[int] = []
         total = 0
+        owed = 0  # continuation bytes the last character still needs
         ended = False
         for step in range(max_tokens):
-            logits = self.candidate_logits(hidden)
+            logits = self.candidate_logits(hidden).masked_fill(self.never, float("-inf"))
             if coefficients is not None:
                 logits = logits.masked_fill(self.counts > coefficients - total, float("-inf"))
+                if total == coefficients and owed:
+                    logits = logits.masked_fill(~self.continuation_only, float("-inf"))
             choice = int(logits.argmax().item())
             self.stats.predicted += 1
             if choice == self.vocab:
@@ -156,7 +169,9 @@ class ActionTokenDecoder(StaticCacheDecoder):
             fast_ids.append(choice)
             token_ids.append(self.action_start + choice)
             total += int(self._host_counts[choice])
-            if coefficients is not None and total == coefficients:
+            if self._token_bytes is not None:
+                owed = _owed_after(owed, self._token_bytes[choice] or b"")
+            if coefficients is not None and total == coefficients and not owed:
                 break  # only <action_end> is admissible now: implied, no forward needed
             if step < max_tokens - 1:
                 hidden = self._forward(cache, [token_ids[-1]], prompt_len + step)
@@ -165,19 +180,30 @@ class ActionTokenDecoder(StaticCacheDecoder):
             fast_ids=np.asarray(fast_ids, dtype=np.int64),
             token_ids=token_ids,
             ended=ended,
-            complete=coefficients is not None and total == coefficients,
+            complete=coefficients is not None and total == coefficients and not owed,
             coefficients=total,
             forwards=self.stats.forwards - forwards_before,
             budget=max_tokens,
         )
 
 
+def _owed_after(owed: int, piece: bytes) -> int:
+    """Continuation bytes still owed by the last UTF-8 character after appending ``piece``."""
+    for byte in piece:
+        if byte & 0xC0 == 0x80:
+            owed = max(owed - 1, 0)
+        else:  # a lead byte: 0xxxxxxx, 110xxxxx, 1110xxxx or 11110xxx
+            owed = 0 if byte < 0x80 else 1 if byte < 0xE0 else 2 if byte < 0xF0 else 3
+    return owed
+
+
 class FastPolicy(MolmoAct2Policy):
     """MolmoAct2 with discrete OpenFAST action tokens (``mode="fast"``); greedy, so no noise.
 
-    ``max_action_tokens`` (None: horizon x FAST width, the longest valid run, as every id
-    stands for at least one coefficient) bounds the decoding; ``constrain_length`` is described
-    in the module docstring. Both may be changed between calls.
+    ``max_action_tokens`` (None: horizon x action_dim x the most UTF-8 bytes one coefficient
+    can take in this tokenizer, the longest valid run, as every id stands for at least one
+    byte) bounds the decoding; ``constrain_length`` is described in the module docstring. Both
+    may be changed between calls.
     """
 
     mode_name = "fast"
@@ -191,28 +217,31 @@ class FastPolicy(MolmoAct2Policy):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if self.embodiment.action_dim > fast_tokenizer.action_dim:
-            raise ValueError(
-                f"{self.embodiment.name}: action_dim {self.embodiment.action_dim} > FAST "
-                f"tokenizer width {fast_tokenizer.action_dim}"
-            )
         self.fast_tokenizer = fast_tokenizer
-        self.decoder = ActionTokenDecoder(
-            self.model.vlm, self.config, fast_tokenizer.coefficient_counts()
-        )
+        counts = fast_tokenizer.coefficient_counts()
+        token_bytes = [fast_tokenizer.token_bytes(index) for index in range(len(counts))]
+        self.decoder = ActionTokenDecoder(self.model.vlm, self.config, counts, token_bytes)
+        # Ids of continuation bytes only add no coefficient: a run may need more ids than
+        # coefficients (up to one per byte).
+        self._bytes_per_coefficient = 1 if counts[counts >= 0].min() >= 1 else 3
         self.max_action_tokens = max_action_tokens
         self.constrain_length = constrain_length
 
     @property
     def coefficients_per_chunk(self) -> int:
-        return self.embodiment.horizon * self.fast_tokenizer.action_dim
+        # The released decoder reshapes to the tag's own action width (no padding).
+        return self.embodiment.horizon * self.embodiment.action_dim
 
     def build_prompt(self, state: np.ndarray, instruction: str) -> str:
         return fast_prompt(super().build_prompt(state, instruction))
 
     # ------------------------------------------------------------------ steps
+    @property
+    def token_budget(self) -> int:
+        return self.max_action_tokens or self.coefficients_per_chunk * self._bytes_per_coefficient
+
     def decode_action_tokens(self, prefix: PrefixOutput) -> ActionTokenRun:
-        budget = self.max_action_tokens or self.coefficients_per_chunk
+        budget = self.token_budget
         target = self.coefficients_per_chunk if self.constrain_length else None
         return self.decoder.decode(prefix, max_tokens=budget, coefficients=target)
 
@@ -233,10 +262,10 @@ class FastPolicy(MolmoAct2Policy):
             ) from None
 
     def unnormalize(self, normalized: np.ndarray) -> np.ndarray:
-        """Normalised (horizon, action_dim) -> robot units (gripper dims pass through)."""
+        """Normalised (horizon, action_dim) -> robot units (the norm stats' mask applies)."""
         spec = self.embodiment
         return self.norm_stats.unnormalize_action(
-            spec.norm_tag, np.asarray(normalized, dtype=np.float64), spec.gripper_dims
+            spec.norm_tag, np.asarray(normalized, dtype=np.float64)
         )
 
     # ------------------------------------------------------------------ Policy API
@@ -280,7 +309,7 @@ class FastPolicy(MolmoAct2Policy):
             fast_vocab=self.fast_tokenizer.vocab_size,
             fast_scale=self.fast_tokenizer.scale,
             fast_width=self.fast_tokenizer.action_dim,
-            max_action_tokens=self.max_action_tokens or self.coefficients_per_chunk,
+            max_action_tokens=self.token_budget,
             constrain_length=self.constrain_length,
         )
         return meta

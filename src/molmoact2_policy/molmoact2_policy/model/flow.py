@@ -10,7 +10,8 @@ work is repeated per step:
   re-runs the time embedding and adaLN every step.
 - `CachedFlowSampler` uses a prepared `ExpertContext` (context K/V projected once per
   observation) and a `TimeModulation` computed once per weights and step count.
-- `GraphFlowRunner` records the cached N-step loop as one CUDA graph per input shape.
+- `GraphFlowRunner` records the cached N-step loop as CUDA graphs keyed by context-length
+  bucket (`graph_cache.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ import torch
 from torch import Tensor
 
 from molmoact2_policy.model.action_expert import ActionExpert, ExpertContext, TimeModulation
+from molmoact2_policy.model.graph_cache import (
+    DEFAULT_GRANULARITY,
+    DEFAULT_MAX_GRAPHS,
+    LRUCache,
+    StaticLoopInputs,
+    bucket_length,
+)
 from molmoact2_policy.model.rtc import RtcGuide, RtcRunner
 
 
@@ -181,58 +189,46 @@ class CachedFlowSampler:
 
 @dataclass
 class _CapturedLoop:
-    """One recorded N-step loop with the static buffers it reads and the one it writes."""
+    """One recorded N-step loop and every tensor it reads or writes.
+
+    The graph replays raw addresses: whatever it read at capture (the static inputs, the adaLN
+    time tables) must stay alive and unchanged as long as the graph does, so it is held here.
+    """
 
     graph: torch.cuda.CUDAGraph
-    ctx: ExpertContext
-    noise: Tensor
-    padded: Tensor
+    inputs: StaticLoopInputs
+    tmod: TimeModulation
     output: Tensor
-
-    def copy_in(self, ctx: ExpertContext, noise: Tensor, action_dim_mask: Tensor) -> None:
-        for static, fresh in zip(self.ctx.keys, ctx.keys, strict=True):
-            static.copy_(fresh)
-        for static, fresh in zip(self.ctx.values, ctx.values, strict=True):
-            static.copy_(fresh)
-        self.ctx.additive_mask.copy_(ctx.additive_mask)
-        if self.ctx.rope_cos is not None and ctx.rope_cos is not None:
-            self.ctx.rope_cos.copy_(ctx.rope_cos)
-        if self.ctx.rope_sin is not None and ctx.rope_sin is not None:
-            self.ctx.rope_sin.copy_(ctx.rope_sin)
-        self.noise.copy_(noise)
-        torch.logical_not(action_dim_mask, out=self.padded)
-
-
-def _static_clone(ctx: ExpertContext) -> ExpertContext:
-    def clone(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t.detach().clone()
-
-    return ExpertContext(
-        keys=[k.detach().clone() for k in ctx.keys],
-        values=[v.detach().clone() for v in ctx.values],
-        additive_mask=ctx.additive_mask.detach().clone(),
-        rope_cos=clone(ctx.rope_cos),
-        rope_sin=clone(ctx.rope_sin),
-    )
 
 
 class GraphFlowRunner:
-    """The cached Euler loop recorded as one CUDA graph per input shape.
+    """The cached Euler loop recorded as CUDA graphs, keyed by context-length bucket.
 
-    Each call copies the context, noise and mask into the graph's static buffers, replays the
-    whole N-step loop with one launch, and returns a clone of the static output. A new
-    (batch, horizon, action dim, context length, dtype) is captured on first use. On CPU, or
-    with use_cuda_graph=False, it runs the eager cached loop.
+    Each call pads the context into the static buffers of the graph for its (batch, horizon,
+    action dim, context bucket, dtype, device), replays the whole N-step loop with one launch,
+    and returns a clone of the static output. Buckets (``graph_cache.bucket_length``) keep one
+    graph serving every prompt length in its bucket; at most ``max_graphs`` graphs are kept (least
+    recently used dropped) and all of them allocate from one shared memory pool. The adaLN time
+    tables are computed before capture and held by each graph, never rebuilt inside one. On CPU,
+    or with use_cuda_graph=False, it runs the eager cached loop.
     """
 
     WARMUP_RUNS = 2
 
     def __init__(
-        self, expert: ActionExpert, num_steps: int = 10, use_cuda_graph: bool = True
+        self,
+        expert: ActionExpert,
+        num_steps: int = 10,
+        use_cuda_graph: bool = True,
+        *,
+        granularity: int = DEFAULT_GRANULARITY,
+        max_graphs: int = DEFAULT_MAX_GRAPHS,
     ) -> None:
         self.sampler = CachedFlowSampler(expert, num_steps)
         self.use_cuda_graph = use_cuda_graph
-        self._graphs: dict[tuple, _CapturedLoop] = {}
+        self.granularity = granularity
+        self._graphs: LRUCache[_CapturedLoop] = LRUCache(max_graphs)
+        self._pool = None  # one graph memory pool for every capture (made on first capture)
         # Real-time chunking (model/rtc.py): its own graphs, its own eager fallback.
         self.rtc = RtcRunner(expert, use_cuda_graph)
 
@@ -242,8 +238,8 @@ class GraphFlowRunner:
 
     @property
     def captured_shapes(self) -> list[tuple]:
-        """(batch, horizon, action_dim, context_length) of every recorded graph."""
-        return [key[:4] for key in self._graphs]
+        """(batch, horizon, action_dim, context bucket) of every kept graph, oldest use first."""
+        return [key[:4] for key in self._graphs.keys()]
 
     def refresh(self) -> None:
         """Recompute the modulation and drop the graphs (they recorded the old tensors)."""
@@ -251,27 +247,32 @@ class GraphFlowRunner:
         self.rtc.refresh()
         self.sampler.refresh()
 
-    def _shape_key(self, ctx: ExpertContext, noise: Tensor) -> tuple:
-        return (*noise.shape, ctx.context_length, noise.dtype, noise.device)
+    def graph_key(self, ctx: ExpertContext, noise: Tensor) -> tuple:
+        """What one graph serves: shapes with the context length rounded up to its bucket."""
+        bucket = bucket_length(ctx.context_length, self.granularity)
+        return (*noise.shape, bucket, noise.dtype, ctx.additive_mask.dtype, noise.device)
 
-    def _capture(self, ctx: ExpertContext, noise: Tensor, action_dim_mask: Tensor) -> _CapturedLoop:
-        tmod = self.sampler.time_modulation
-        static_ctx = _static_clone(ctx)
-        static_noise = noise.detach().clone()
-        static_padded = ~action_dim_mask
-        side = torch.cuda.Stream(device=noise.device)
-        side.wait_stream(torch.cuda.current_stream(noise.device))
+    def _capture(
+        self, ctx: ExpertContext, noise: Tensor, action_dim_mask: Tensor, bucket: int
+    ) -> _CapturedLoop:
+        tmod = self.sampler.time_modulation  # computed eagerly, before any capture starts
+        inputs = StaticLoopInputs.like(ctx, noise, action_dim_mask, bucket)
+        device = noise.device
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
         # Warm-up off the capture stream: lazy kernel/workspace initialisation must not be recorded.
         with torch.cuda.stream(side):
             for _ in range(self.WARMUP_RUNS):
-                _cached_euler_loop(self.expert, static_ctx, static_noise, static_padded, tmod)
-        torch.cuda.current_stream(noise.device).wait_stream(side)
+                _cached_euler_loop(self.expert, inputs.ctx, inputs.noise, inputs.padded_dims, tmod)
+        torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self._pool):
             output = _cached_euler_loop(
-                self.expert, static_ctx, static_noise, static_padded, tmod
+                self.expert, inputs.ctx, inputs.noise, inputs.padded_dims, tmod
             )
-        return _CapturedLoop(graph, static_ctx, static_noise, static_padded, output)
+        return _CapturedLoop(graph, inputs, tmod, output)
 
     @torch.no_grad()
     def sample(
@@ -290,11 +291,13 @@ class GraphFlowRunner:
         if not (self.use_cuda_graph and noise.is_cuda):
             return self.sampler.sample(ctx, noise, action_dim_mask)
         self.sampler.validate(ctx, noise, action_dim_mask)
-        key = self._shape_key(ctx, noise)
+        key = self.graph_key(ctx, noise)
         loop = self._graphs.get(key)
+        if loop is not None and loop.tmod is not self.sampler.time_modulation:
+            loop = None  # the expert moved or changed: its tables are new tensors
         if loop is None:
-            loop = self._capture(ctx, noise, action_dim_mask)
-            self._graphs[key] = loop
-        loop.copy_in(ctx, noise, action_dim_mask)
+            loop = self._capture(ctx, noise, action_dim_mask, key[3])
+            self._graphs.put(key, loop)  # an evicted graph returns its memory to the pool
+        loop.inputs.copy_in(ctx, noise, action_dim_mask)
         loop.graph.replay()
         return loop.output.clone()

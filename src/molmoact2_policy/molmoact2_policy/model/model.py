@@ -1,13 +1,11 @@
 """MolmoAct2Model: the Molmo2 VLM, the flow-matching action expert and the optional depth gate.
 
 Module attributes: ``vlm`` (transformers' Molmo2ForConditionalGeneration), ``action_expert`` and
-``action_expert_depth_gate``. ``released_state_dict()`` / ``load_released_state_dict()`` convert
-to and from the released checkpoint key names through the one key map in ``checkpoint.py``.
+``action_expert_depth_gate``. The released checkpoint's tensor names are mapped onto these by
+``keymap.py`` (which imports this module, never the other way round).
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -21,15 +19,18 @@ from molmoact2_policy.model.action_expert import (
 from molmoact2_policy.model.config import MolmoAct2Config
 from molmoact2_policy.model.vlm import PrefixInputs, PrefixOutput, build_vlm, prefix_forward
 
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
 
 class MolmoAct2Model(nn.Module):
     def __init__(self, config: MolmoAct2Config, attn_implementation: str = "sdpa") -> None:
         super().__init__()
         self.config = config
-        self.vlm = build_vlm(config.vlm, attn_implementation)
+        self.vlm = build_vlm(
+            config.vlm,
+            attn_implementation,
+            pooling_attention_mask=config.pooling_attention_mask,
+            vit_float32_attention=config.vit_float32_attention,
+            adapter_float32_attention=config.adapter_float32_attention,
+        )
         self.action_expert = (
             ActionExpert(config.action_expert) if config.add_action_expert else None
         )
@@ -103,14 +104,3 @@ class MolmoAct2Model(nn.Module):
                 keys, values, depth_token_mask, prefix.mask
             )
         return self.action_expert.prepare_context(keys, values, prefix.mask)
-
-    # ------------------------------------------------------------------ released layout
-    def released_state_dict(self) -> dict[str, Tensor]:
-        from molmoact2_policy.model.checkpoint import to_released_state_dict
-
-        return to_released_state_dict(self.state_dict(), self.config)
-
-    def load_released_state_dict(self, released: Mapping[str, Tensor]) -> None:
-        from molmoact2_policy.model.checkpoint import load_released_into
-
-        load_released_into(self, released)

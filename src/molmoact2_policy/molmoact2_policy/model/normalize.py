@@ -24,10 +24,9 @@ it was trained on):
 * In the bounded modes a dimension whose ``min == max`` normalises to exactly 0, whatever the
   mask says (it carries no information). ``q01 == q99`` alone gets no such rule.
 * A group's ``mask`` marks the dimensions that ARE normalised; ``False`` dims pass through
-  (on un-normalising they pass the clipped value through, as the released code does). Without
-  a mask in the file the caller's ``passthrough_dims`` (the embodiment's gripper dims) play the
-  same role. When the file has a mask it wins and ``passthrough_dims`` is ignored: the mask is
-  what the checkpoint was trained with, the embodiment's list is only our guess.
+  (on un-normalising they pass the clipped value through, as the released code does). A group
+  without a mask normalises every dimension, grippers included: that is what the released
+  loader does, so it is what the checkpoint was trained with.
 
 We compute in float64 (the released code uses float32), so results agree to float32 rounding.
 """
@@ -36,7 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,18 +100,11 @@ class GroupStats:
                 raise NormStatsError(f"{where}.{key}: mode {mode!r} needs finite values")
         return tuple(self.stats[key] for key in keys)
 
-    def normalized_dims(self, passthrough_dims: Iterable[int], where: str) -> np.ndarray:
-        """True where a dim is normalised: the file's mask, else all but ``passthrough_dims``."""
+    def normalized_dims(self) -> np.ndarray:
+        """True where a dim is normalised: the file's mask, else every dim (as released)."""
         if self.mask is not None:
             return self.mask
-        keep = np.ones(self.dim, dtype=bool)
-        for index in passthrough_dims:
-            if not -self.dim <= index < self.dim:
-                raise NormStatsError(
-                    f"{where}: passthrough dim {index} is outside the {self.dim} dims"
-                )
-            keep[index] = False
-        return keep
+        return np.ones(self.dim, dtype=bool)
 
     def constant_dims(self) -> np.ndarray | None:
         """Dims with ``min == max``; compared in float32 because the released code does."""
@@ -125,7 +117,6 @@ def normalize(
     values: np.ndarray,
     group: GroupStats,
     mode: str,
-    passthrough_dims: Iterable[int] = (),
     where: str = "norm stats",
 ) -> np.ndarray:
     """Robot units -> normalised units along the last axis (semantics: module docstring)."""
@@ -138,7 +129,7 @@ def normalize(
         out = (values - first) / np.maximum(second, _EPS)
     else:
         out = np.clip(2.0 * (values - first) / np.maximum(second - first, _EPS) - 1.0, -1.0, 1.0)
-    out = np.where(group.normalized_dims(passthrough_dims, where), out, values)
+    out = np.where(group.normalized_dims(), out, values)
     constant = group.constant_dims() if mode in BOUNDED_MODES else None
     if constant is not None:
         out = np.where(constant, 0.0, out)
@@ -149,7 +140,6 @@ def unnormalize(
     values: np.ndarray,
     group: GroupStats,
     mode: str,
-    passthrough_dims: Iterable[int] = (),
     where: str = "norm stats",
 ) -> np.ndarray:
     """Normalised units -> robot units along the last axis (inverse of ``normalize`` inside
@@ -166,7 +156,7 @@ def unnormalize(
         # The model never saw targets outside [-1, 1]; anything beyond is extrapolation.
         kept = np.clip(values, -1.0, 1.0)
         out = (kept + 1.0) * (second - first) / 2.0 + first
-    return np.where(group.normalized_dims(passthrough_dims, where), out, kept)
+    return np.where(group.normalized_dims(), out, kept)
 
 
 def _stats_for(
@@ -225,25 +215,17 @@ class NormStats:
             raise NormStatsError(f"norm stats: {tag}.{key} must be an integer >= 1, got {value}")
         return int(value)
 
-    def normalize_state(
-        self, tag: str, state: np.ndarray, passthrough_dims: Sequence[int] = ()
-    ) -> np.ndarray:
-        return self._apply(normalize, tag, "state", state, passthrough_dims)
+    def normalize_state(self, tag: str, state: np.ndarray) -> np.ndarray:
+        return self._apply(normalize, tag, "state", state)
 
-    def unnormalize_state(
-        self, tag: str, state: np.ndarray, passthrough_dims: Sequence[int] = ()
-    ) -> np.ndarray:
-        return self._apply(unnormalize, tag, "state", state, passthrough_dims)
+    def unnormalize_state(self, tag: str, state: np.ndarray) -> np.ndarray:
+        return self._apply(unnormalize, tag, "state", state)
 
-    def normalize_action(
-        self, tag: str, action: np.ndarray, passthrough_dims: Sequence[int] = ()
-    ) -> np.ndarray:
-        return self._apply(normalize, tag, "action", action, passthrough_dims)
+    def normalize_action(self, tag: str, action: np.ndarray) -> np.ndarray:
+        return self._apply(normalize, tag, "action", action)
 
-    def unnormalize_action(
-        self, tag: str, action: np.ndarray, passthrough_dims: Sequence[int] = ()
-    ) -> np.ndarray:
-        return self._apply(unnormalize, tag, "action", action, passthrough_dims)
+    def unnormalize_action(self, tag: str, action: np.ndarray) -> np.ndarray:
+        return self._apply(unnormalize, tag, "action", action)
 
     def _apply(
         self,
@@ -251,10 +233,9 @@ class NormStats:
         tag: str,
         name: str,
         values: np.ndarray,
-        passthrough_dims: Sequence[int],
     ) -> np.ndarray:
         group = self.group(tag, name)
-        return transform(values, group, self.norm_mode, passthrough_dims, self._where(tag, name))
+        return transform(values, group, self.norm_mode, self._where(tag, name))
 
     def _where(self, tag: str, name: str) -> str:
         return f"{tag}.{self.group_keys.get(tag, {}).get(name, name)}"

@@ -60,6 +60,8 @@ from molmoact2_policy.policy_api import (
 MODES = ("flow", "fast", "think")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TINY = "tiny"
+# Most Euler steps one request may ask for: each step is a full expert forward.
+MAX_FLOW_STEPS = 100
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -129,6 +131,7 @@ class MolmoAct2Policy:
             if self.model.action_expert is not None
             else None
         )
+        self._extra_runners: dict[int, GraphFlowRunner] = {}  # other step counts (flow_runner_for)
         self._generator = torch.Generator().manual_seed(seed)
         # Real-time chunking's clip on the guidance weight (the paper's beta).
         self.rtc_max_guidance_weight = DEFAULT_MAX_GUIDANCE_WEIGHT
@@ -162,7 +165,10 @@ class MolmoAct2Policy:
         if checkpoint == TINY:
             model, config, stats, tokenizer = build_tiny(seed)
         else:
-            model, config, stats, tokenizer = load_checkpoint(Path(checkpoint).expanduser())
+            # Straight to the target device and dtype: no full fp32 host copy of the weights.
+            model, config, stats, tokenizer = load_checkpoint(
+                Path(checkpoint).expanduser(), device=device, dtype=resolve_dtype(dtype)
+            )
         policy_cls: type[MolmoAct2Policy] = cls
         extra: dict[str, Any] = {}
         if mode == "think":
@@ -228,10 +234,8 @@ class MolmoAct2Policy:
                 f"{state.dim}/{action.dim}, the embodiment needs "
                 f"{spec.state_dim}/{spec.action_dim}"
             )
-        if config.n_obs_steps != 1:
-            raise ValueError(
-                f"checkpoint n_obs_steps {config.n_obs_steps}: the prompt carries one observation"
-            )
+        if config.n_obs_steps < 1:
+            raise ValueError(f"checkpoint n_obs_steps {config.n_obs_steps} must be >= 1")
         # Released tags may say how long a chunk the model was trained on and how much of it
         # to return; a horizon other than the embodiment's would mistime every action.
         try:
@@ -249,13 +253,22 @@ class MolmoAct2Policy:
                 f"{spec.name}: norm stats tag {spec.norm_tag!r} has n_action_steps {steps} "
                 f"> horizon {spec.horizon}"
             )
+        # As released: the returned steps start at n_obs_steps - 1 (the chunk is predicted from
+        # the oldest of the observations the model was trained to see).
+        self.first_step = config.n_obs_steps - 1
         self.returned_steps = steps or spec.horizon
+        if self.first_step + self.returned_steps > spec.horizon:
+            raise ValueError(
+                f"{spec.name}: checkpoint n_obs_steps {config.n_obs_steps} with "
+                f"{self.returned_steps} returned steps needs steps up to "
+                f"{self.first_step + self.returned_steps} of a {spec.horizon}-step chunk"
+            )
 
     # ------------------------------------------------------------------ steps (overridable)
     def normalized_state_bins(self, state: np.ndarray) -> np.ndarray:
         spec = self.embodiment
         normalized = self.norm_stats.normalize_state(
-            spec.norm_tag, np.asarray(state, dtype=np.float64), spec.gripper_dims
+            spec.norm_tag, np.asarray(state, dtype=np.float64)
         )
         return discretize_state(normalized, self.config.num_state_tokens)
 
@@ -313,15 +326,41 @@ class MolmoAct2Policy:
     def make_noise(self, seed: int | None) -> Tensor:
         generator = self._generator if seed is None else torch.Generator().manual_seed(seed)
         shape = (1, self.embodiment.horizon, self.config.max_action_dim)
-        return make_noise(shape, generator, self.device, self.dtype, self.action_dim_mask)
+        # float32 whatever the weights: the Euler loop integrates in the noise's dtype, and
+        # ten bf16 accumulations of the velocity lose about 3 bits of the chunk.
+        return make_noise(shape, generator, self.device, torch.float32, self.action_dim_mask)
 
-    def sample_chunk(
-        self, ctx: ExpertContext, noise: Tensor, guide: RtcGuide | None = None
-    ) -> Tensor:
-        """Normalised actions (1, horizon, max_action_dim) from the flow loop (RTC-guided)."""
+    def flow_runner_for(self, num_steps: int | None) -> GraphFlowRunner:
+        """The flow loop with ``num_steps`` Euler steps (None: the checkpoint's own count).
+
+        A request may ask for another step count, as the released inference allows; each count
+        has its own runner (its time tables and graphs), made on first use.
+        """
         if self.flow_runner is None:
             raise RuntimeError("this checkpoint has no action expert; use mode 'fast'")
-        return self.flow_runner.sample(ctx, noise, self.action_dim_mask, guide)
+        if num_steps is None or num_steps == self.flow_runner.sampler.num_steps:
+            return self.flow_runner
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int):
+            raise ValueError(f"num_steps must be an integer, got {num_steps!r}")
+        if not 1 <= num_steps <= MAX_FLOW_STEPS:
+            raise ValueError(f"num_steps must be in 1..{MAX_FLOW_STEPS}, got {num_steps}")
+        runner = self._extra_runners.get(num_steps)
+        if runner is None:
+            runner = GraphFlowRunner(
+                self.model.action_expert, num_steps=num_steps, use_cuda_graph=self.cuda_graph
+            )
+            self._extra_runners[num_steps] = runner
+        return runner
+
+    def sample_chunk(
+        self,
+        ctx: ExpertContext,
+        noise: Tensor,
+        num_steps: int | None = None,
+        guide: RtcGuide | None = None,
+    ) -> Tensor:
+        """Normalised actions (1, horizon, max_action_dim) from the flow loop (RTC-guided)."""
+        return self.flow_runner_for(num_steps).sample(ctx, noise, self.action_dim_mask, guide)
 
     def rtc_guide(self, rtc: RtcRequest | None) -> RtcGuide | None:
         """The previous chunk in model units, padded to the expert's action dims."""
@@ -330,7 +369,7 @@ class MolmoAct2Policy:
         spec = self.embodiment
         validate_rtc(spec, rtc)
         normalized = self.norm_stats.normalize_action(
-            spec.norm_tag, np.asarray(rtc.previous, dtype=np.float64), spec.gripper_dims
+            spec.norm_tag, np.asarray(rtc.previous, dtype=np.float64)
         )
         previous = torch.zeros(1, normalized.shape[0], self.config.max_action_dim)
         previous[0, :, : spec.action_dim] = torch.from_numpy(normalized)
@@ -359,7 +398,7 @@ class MolmoAct2Policy:
         """(1, horizon, max_action_dim) normalised -> (horizon, action_dim) float64 robot units."""
         spec = self.embodiment
         chunk = normalized[0, :, : spec.action_dim].float().cpu().numpy().astype(np.float64)
-        return self.norm_stats.unnormalize_action(spec.norm_tag, chunk, spec.gripper_dims)
+        return self.norm_stats.unnormalize_action(spec.norm_tag, chunk)
 
     # ------------------------------------------------------------------ Policy API
     def act(
@@ -369,9 +408,12 @@ class MolmoAct2Policy:
         instruction: str,
         *,
         seed: int | None = None,
+        num_steps: int | None = None,
         rtc: RtcRequest | None = None,
     ) -> ActionChunkResult:
+        """One chunk; ``num_steps`` overrides the checkpoint's Euler step count for this call."""
         validate_observation(self.embodiment, images, state, instruction)
+        runner = self.flow_runner_for(num_steps)  # a bad count fails before any work
         with self._lock, torch.inference_mode():
             start = time.perf_counter()
             inputs = self.prepare_inputs(images, np.asarray(state), instruction)
@@ -380,7 +422,7 @@ class MolmoAct2Policy:
             after_preprocess = self._clock()
             ctx = self.expert_context(self.run_prefix(inputs))
             after_prefix = self._clock()
-            normalized = self.sample_chunk(ctx, noise, guide)
+            normalized = runner.sample(ctx, noise, self.action_dim_mask, guide)
             after_flow = self._clock()
             positions = self.freeze_prefix(self.postprocess(normalized), rtc)
             end = time.perf_counter()
@@ -400,7 +442,7 @@ class MolmoAct2Policy:
             raise PolicyUnavailableError("the model produced non-finite actions; check the weights")
         return ActionChunkResult(
             # The tag's n_action_steps, as the released inference returns (all when unset).
-            positions=positions[: self.returned_steps],
+            positions=positions[self.first_step : self.first_step + self.returned_steps],
             step_dt=self.embodiment.step_dt,
             joint_names=self.joint_names,
             mode=self.mode_name,
@@ -414,10 +456,26 @@ class MolmoAct2Policy:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
+    def warm_up(self, instruction: str) -> dict[str, float]:
+        """One inference on a blank observation whose prompt has ``instruction``'s shape.
+
+        The prompt length (instruction tokens; images and state tokens are fixed per
+        embodiment) picks the flow loop's CUDA-graph bucket, so warming up with the instruction
+        the robot will be given records the graph the first real request replays, instead of
+        recording it inside that request. Ends with ``reset()``: the noise sequence restarts
+        and no depth cache is left behind. Returns the warm-up's stage timings.
+        """
+        spec = self.embodiment
+        images = {name: np.zeros((360, 640, 3), dtype=np.uint8) for name in spec.camera_names}
+        result = self.act(images, np.zeros(spec.state_dim), instruction, seed=0)
+        self.reset()
+        return dict(result.timings)
+
     def weights_changed(self) -> None:
         """Call after editing the expert's weights: the flow loop caches per-weight tensors."""
         if self.flow_runner is not None:
             self.flow_runner.refresh()
+        self._extra_runners.clear()
 
     def reset(self) -> None:
         """Restart the noise sequence, so an episode replays identically from its start."""

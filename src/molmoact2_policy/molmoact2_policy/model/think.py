@@ -365,9 +365,11 @@ class ThinkPolicy(MolmoAct2Policy):
         instruction: str,
         *,
         seed: int | None = None,
+        num_steps: int | None = None,
         rtc: RtcRequest | None = None,
     ) -> ActionChunkResult:
         validate_observation(self.embodiment, images, state, instruction)
+        runner = self.flow_runner_for(num_steps)  # a bad count fails before any work
         with self._lock, torch.inference_mode():
             start = time.perf_counter()
             try:
@@ -409,7 +411,7 @@ class ThinkPolicy(MolmoAct2Policy):
                 ),
                 depth_gate_positions(sequence, self.config),
             )
-            normalized = self.sample_chunk(ctx, noise, guide)
+            normalized = runner.sample(ctx, noise, self.action_dim_mask, guide)
             after_flow = self._clock()
             positions = self.freeze_prefix(self.postprocess(normalized), rtc)
             update_cache(self.depth_cache, patches, depth.codes, depth.changed)

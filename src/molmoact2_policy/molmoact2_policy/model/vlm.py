@@ -11,23 +11,108 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from transformers import Molmo2Config, Molmo2ForConditionalGeneration
 from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.molmo2.modeling_molmo2 import (
+    ALL_ATTENTION_FUNCTIONS,
+    Molmo2Adapter,
+    Molmo2VisionAttention,
+    eager_attention_forward,
+)
 
 from molmoact2_policy.model.preprocess import ImageInputs
 from molmoact2_policy.model.tokenizer import IMAGE_TOKENS, MolmoAct2Tokenizer
 
 
+class UnmaskedPoolingAdapter(Molmo2Adapter):
+    """The adapter with the released ``pooling_attention_mask: false`` rule.
+
+    Each pooled token gathers its 2x2 patches; a slot past the edge of an odd patch grid is
+    index -1 and its features are zeroed. transformers' Molmo2 (and the released class with the
+    option on) takes the query as the mean of the valid patches and lets it attend only to them.
+    With the option off, the released class takes the plain mean over all four slots (zeros
+    included) and attends to every slot. Same parameters, so only the class changes.
+    """
+
+    def forward(self, image_features: Tensor, pooled_patches_idx: Tensor, **kwargs) -> Any:
+        flat = image_features.reshape(-1, image_features.shape[-1])
+        valid = pooled_patches_idx >= 0
+        valid_token = torch.any(valid, -1)
+        to_pool = flat[torch.clip(pooled_patches_idx, 0)] * valid.to(flat.dtype)[..., None]
+        query = to_pool.mean(-2, keepdim=True)
+        pooled, _ = self.image_pooling_2d(query, to_pool, attention_mask=None)
+        pooled = self.image_projector(pooled.squeeze(1))
+        return BaseModelOutput(last_hidden_state=pooled[valid_token])
+
+
+class Float32Attention(Molmo2VisionAttention):
+    """The released ``float32_attention`` (its default, for the ViT and the image pooling).
+
+    Projections run in the weights' dtype; the attention itself (q.k, softmax, weights x v)
+    runs on float32 copies of q, k and v, and its output is cast back before ``o_proj``: the
+    released attention's SDPA path. In float32 inference this is the parent's computation.
+    """
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        **kwargs: Any,
+    ) -> tuple[Tensor, Tensor | None]:
+        source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        shape = hidden_states.shape[:-1]
+        query = self.q_proj(hidden_states).view(*shape, -1, self.head_dim).transpose(1, 2)
+        key = self.k_proj(source).view(*source.shape[:-1], -1, self.head_dim).transpose(1, 2)
+        value = self.v_proj(source).view(*source.shape[:-1], -1, self.head_dim).transpose(1, 2)
+        if attention_mask is not None and attention_mask.is_floating_point():
+            attention_mask = attention_mask.float()
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention(
+            self,
+            query.float(),
+            key.float(),
+            value.float(),
+            attention_mask,
+            is_causal=self.is_causal,
+            scaling=self.scaling,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            **kwargs,
+        )
+        output = output.to(query.dtype).reshape(*shape, -1).contiguous()
+        return self.o_proj(output), weights
+
+
 def build_vlm(
-    config: Molmo2Config, attn_implementation: str = "sdpa"
+    config: Molmo2Config,
+    attn_implementation: str = "sdpa",
+    pooling_attention_mask: bool = True,
+    vit_float32_attention: bool = True,
+    adapter_float32_attention: bool = True,
 ) -> Molmo2ForConditionalGeneration:
-    """A randomly initialised Molmo2 (global torch RNG) in eval mode."""
+    """A randomly initialised Molmo2 (global torch RNG) in eval mode.
+
+    ``pooling_attention_mask`` and the two ``float32_attention`` flags are the released
+    adapter/ViT options (see ``UnmaskedPoolingAdapter`` and ``Float32Attention``); only the
+    module classes change, never the parameters.
+    """
     config._attn_implementation = attn_implementation
     vlm = Molmo2ForConditionalGeneration(config)
+    if not pooling_attention_mask:
+        vlm.model.multi_modal_projector.__class__ = UnmaskedPoolingAdapter
+    if vit_float32_attention:
+        for layer in vlm.model.vision_tower.layers:
+            layer.self_attn.__class__ = Float32Attention
+    if adapter_float32_attention:
+        vlm.model.multi_modal_projector.image_pooling_2d.__class__ = Float32Attention
     return vlm.eval()
 
 

@@ -1,10 +1,16 @@
 """``RemotePolicy``: the ``Policy`` contract over the network, for robot computers without a GPU.
 
-The policy node uses it exactly like the local model. ``act()`` returns the server's chunk with
-the robot's own joint names, and timings that split the latency into client encoding, network
-(round trip minus server time) and the server's stages, so the node's chunk latency includes
-the network. Any failure to get a chunk (timeout, connection refused, server busy or broken,
-wrong token) raises ``PolicyUnavailableError`` with the reason; the next call reconnects.
+The policy node uses it exactly like the local model. Requests are the released ``/act`` ones
+(``<camera>_cam`` raw arrays or ``images_jpeg`` base64, ``state``, ``instruction``,
+``normalization_tag``, ``num_steps`` when set) plus our ``seed``/``reset``/``embodiment``, so it
+also talks to a released ``host_server_*.py``. Frames travel at camera resolution unless
+``image_size`` asks for the released processor's own resize on the robot (see ``__init__``).
+
+``act()`` returns the server's chunk with the robot's own joint names, and timings that split
+the latency into client encoding, network (round trip minus server time) and the server's
+stages, so the node's chunk latency includes the network. Any failure to get a chunk (timeout,
+connection refused, server busy or broken, wrong token) raises ``PolicyUnavailableError`` with
+the reason; the next call reconnects.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from molmoact2_policy.policy_api import (
 )
 from molmoact2_policy.remote.protocol import (
     IMAGE_ENCODINGS,
+    MAX_NUM_STEPS,
     ProtocolError,
     build_act_request,
     decode_json,
@@ -60,9 +67,20 @@ class RemotePolicy:
         jpeg_quality: int = 90,
         transport: str = "http",
         image_size: int = 0,
+        num_steps: int | None = None,
     ) -> None:
         if image_size < 0:
             raise ValueError(f"image_size must be >= 0, got {image_size}")
+        if image_size:
+            try:
+                import torch  # noqa: F401  (the released processor's resize kernel)
+            except ImportError:
+                raise ValueError(
+                    f"image_size={image_size} resizes with the released processor's kernel, "
+                    "which needs torch on this computer; use image_size=0 (camera resolution)"
+                ) from None
+        if num_steps is not None and not 1 <= num_steps <= MAX_NUM_STEPS:
+            raise ValueError(f"num_steps must be in 1..{MAX_NUM_STEPS} or None, got {num_steps}")
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
         if image_encoding not in IMAGE_ENCODINGS:
@@ -91,11 +109,13 @@ class RemotePolicy:
         self.image_encoding = image_encoding
         self.jpeg_quality = jpeg_quality
         self.transport = transport
-        # > 0: cameras are resized to the model's square input size here, with the model's own
-        # resize, before encoding. The model resizes to that size anyway (a same-size resize
-        # is the identity), so raw images give the same chunk, and JPEG encode, transfer and
-        # decode shrink by (640*480)/(378*378) = 2.2x for 640x480 cameras.
+        # 0 (default): frames travel at camera resolution and the server's processor stretches
+        # them, as the release does; it measured that a client-side resize before JPEG shifts
+        # the model's behaviour (gripper-open fraction +0.3-0.4). > 0, for bandwidth-starved
+        # links only: the released processor's own bilinear kernel runs here, so raw frames
+        # give the same chunk; JPEG of the smaller frame does not.
         self.image_size = image_size
+        self.num_steps = num_steps
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         # Cameras are JPEG-encoded in parallel: cv2 releases the GIL, and encoding is most of
         # the client's share of the round trip.
@@ -113,11 +133,8 @@ class RemotePolicy:
         from molmoact2_policy.model.preprocess import resize_image
 
         names = list(self.embodiment.camera_names)
-        # Raw frames arrive as sent, so they get the model's own resize; JPEG changes the
-        # pixels anyway, and the faster OpenCV resize keeps the robot-side cost down.
-        exact = self.image_encoding == "raw"
         resized = self._encoder_pool().map(
-            lambda name: resize_image(images[name], self.image_size, exact=exact), names
+            lambda name: resize_image(images[name], self.image_size, exact=True), names
         )
         return dict(zip(names, resized, strict=True))
 
@@ -128,8 +145,10 @@ class RemotePolicy:
         instruction: str,
         *,
         seed: int | None = None,
+        num_steps: int | None = None,
         rtc: RtcRequest | None = None,
     ) -> ActionChunkResult:
+        """One chunk from the server; ``num_steps`` overrides the constructor's for this call."""
         # Bad input never goes over the wire: same checks, same errors as the local model.
         validate_observation(self.embodiment, images, state, instruction)
         if rtc is not None:
@@ -147,6 +166,8 @@ class RemotePolicy:
                 image_encoding=self.image_encoding,
                 jpeg_quality=self.jpeg_quality,
                 reset=self._reset_pending,
+                num_steps=self.num_steps if num_steps is None else num_steps,
+                binary=self.transport == "ws",
                 executor=self._encoder_pool(),
                 rtc=rtc,
             )
@@ -206,6 +227,7 @@ class RemotePolicy:
             "transport": self.transport,
             "image_size": self.image_size,
             "image_encoding": self.image_encoding,
+            "num_steps": self.num_steps,
             "embodiment": self.embodiment.name,
         }
         try:
@@ -217,19 +239,36 @@ class RemotePolicy:
     # ------------------------------------------------------------------ extras
 
     def health(self) -> dict[str, Any]:
-        """The server's ``GET /healthz``; ``PolicyUnavailableError`` if it cannot be read."""
+        """The server's ``/healthz`` details, else the released ``GET /act`` health/info.
+
+        ``PolicyUnavailableError`` if neither can be read (a refused token says so).
+        """
         try:
             response = httpx.get(
                 f"{self.server_url}/healthz", headers=self._headers, timeout=self.timeout
             )
+            if response.status_code == 200:
+                payload = self._decode(decode_json, response.content)
+                if isinstance(payload, dict) and "model" in payload:
+                    self._server_info = payload
+                    return payload
+            # Our server without the right token (liveness only), or a released server (no or
+            # a bare /healthz): the released health call answers, or says 401.
+            response = httpx.get(
+                f"{self.server_url}/act", headers=self._headers, timeout=self.timeout
+            )
         except httpx.HTTPError as exc:
             raise PolicyUnavailableError(f"{self._where()}: health check failed: {exc!r}") from exc
-        payload = self._decode(decode_json, response.content)
         if response.status_code != 200:
+            try:
+                message = _error_message(decode_json(response.content))
+            except ProtocolError:
+                message = response.content[:200].decode("utf-8", "replace")
+            hint = " (check the token)" if response.status_code == 401 else ""
             raise PolicyUnavailableError(
-                f"{self._where()}: health check HTTP {response.status_code}: "
-                f"{_error_message(payload)}"
+                f"{self._where()}: health check HTTP {response.status_code}: {message}{hint}"
             )
+        payload = self._decode(decode_json, response.content)
         self._server_info = payload
         return payload
 

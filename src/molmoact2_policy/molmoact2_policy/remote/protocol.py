@@ -1,9 +1,17 @@
 """Wire format of the MolmoAct2 policy server (pure: numpy + cv2 + msgpack, no web framework).
 
-Two encodings carry the same request/response dictionaries (schema in docs/remote_inference.md):
+The ``/act`` request and response are the released ones (``allenai/molmoact2``:
+``examples/yam/host_server_yam.py`` and ``examples/yam/molmoact_client.py``; schema in
+docs/remote_inference.md): one key per camera (``top_cam``, ``left_cam``, ``right_cam`` for the
+bimanual YAM) or base64 JPEGs under ``images_jpeg``, ``instruction``, ``state``, optional
+``num_steps`` and ``normalization_tag``; the answer is ``actions`` (float32, rows x dims) and
+``dt_ms``. Everything else (seed, reset, timings, depth tokens, the ``images`` mapping) is our
+extension, which a released client never has to send or read.
+
+Two encodings carry the same dictionaries:
 
 * JSON (``POST /act``): numpy arrays in json_numpy's layout
-  ``{"__numpy__": base64, "dtype": descr, "shape": [...]}``, so the released-style clients
+  ``{"__numpy__": base64, "dtype": descr, "shape": [...]}``, so the released clients
   (``requests.post(url, data=json_numpy.dumps(payload))``) work unchanged.
 * msgpack (``/ws`` websocket): arrays in msgpack-numpy's layout (``{b"nd": True, b"type", b"shape",
   b"data"}``); openpi's ``__ndarray__`` layout is accepted too.
@@ -42,10 +50,33 @@ from molmoact2_policy.policy_api import (
     validate_rtc,
 )
 
-PROTOCOL_VERSION = 1
+# 2: the released response (``actions`` float32 + ``dt_ms``) replaced version 1's ``action``.
+PROTOCOL_VERSION = 2
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # 3 raw 1080p cameras as base64 JSON fit in ~25 MiB
 IMAGE_ENCODINGS = ("raw", "jpeg", "png")
 RESPONSE_FORMATS = ("full", "action")
+# The released servers' default number of Euler steps; more than MAX_NUM_STEPS would let one
+# request hold the device for as long as a hundred normal ones.
+RELEASED_DEFAULT_NUM_STEPS = 10
+MAX_NUM_STEPS = 100
+
+# Camera names on the released wire, in our embodiment's camera order: the released servers read
+# ``<name>_cam`` (raw arrays) or ``images_jpeg[<name>]`` (base64 JPEG). Sources: allenai/molmoact2
+# README.md ("Inference Servers": YAM ``top_cam, left_cam, right_cam``; DROID ``external_cam,
+# wrist_cam``) and examples/yam/molmoact_client.py (``images_jpeg: {left, top, right}``).
+# Embodiments without a released server use our camera names.
+RELEASED_CAMERAS: dict[str, tuple[str, ...]] = {
+    "yam_bimanual": ("top", "left", "right"),
+    "droid": ("external", "wrist"),
+}
+# The norm-stats tags the released checkpoints and clients use (``normalization_tag``): the
+# BimanualYAM client sends "yam_dual_molmoact2", the DROID server uses "franka_droid".
+RELEASED_NORM_TAGS: dict[str, str] = {
+    "yam_bimanual": "yam_dual_molmoact2",
+    "droid": "franka_droid",
+}
+# Request keys that name the norm tag: the released client's, OpenVLA-style, and a short form.
+_NORM_TAG_KEYS = ("normalization_tag", "unnorm_key", "norm_tag")
 
 # Array kinds a client may send: bool, signed/unsigned int, float. Never object/void/str.
 _ALLOWED_DTYPE_KINDS = frozenset("biuf")
@@ -88,6 +119,7 @@ class ActRequest:
     reset: bool = False  # forget per-episode state (Think depth cache) before this inference
     response_format: str = "full"  # "full": schema object; "action": the bare action array
     rtc: RtcRequest | None = None  # real-time chunking extension (``RTC_FIELD``)
+    num_steps: int | None = None  # Euler steps of the flow sampler; None: the server's own
 
 
 @dataclass(frozen=True)
@@ -102,6 +134,23 @@ class ActResponse:
     server_timing: dict[str, float]
     depth_codes: np.ndarray | None
     depth_changed: np.ndarray | None
+    dt_ms: float | None  # the server's inference time as the release reports it
+
+
+def wire_cameras(spec: EmbodimentSpec) -> tuple[str, ...]:
+    """The camera names a released client uses for ``spec``, in ``spec.camera_names`` order."""
+    return RELEASED_CAMERAS.get(spec.name, spec.camera_names)
+
+
+def accepted_norm_tags(spec: EmbodimentSpec) -> tuple[str, ...]:
+    """Norm-tag names a request may carry for ``spec``: the released name and ours."""
+    released = RELEASED_NORM_TAGS.get(spec.name)
+    return tuple(dict.fromkeys(tag for tag in (released, spec.norm_tag) if tag))
+
+
+def released_norm_tag(spec: EmbodimentSpec) -> str:
+    """The tag a released client sends for ``spec`` (ours where there is no released one)."""
+    return RELEASED_NORM_TAGS.get(spec.name, spec.norm_tag)
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,11 +383,16 @@ def build_act_request(
     image_encoding: str = "jpeg",
     jpeg_quality: int = 90,
     reset: bool = False,
+    num_steps: int | None = None,
+    binary: bool = False,
     executor: Executor | None = None,
     rtc: RtcRequest | None = None,
 ) -> dict[str, Any]:
-    """The request dictionary (before JSON/msgpack encoding) for one observation.
+    """The request dictionary (before JSON/msgpack encoding) for one observation, released form.
 
+    Raw images go under ``<camera>_cam``; compressed ones under ``images_jpeg`` as base64 text
+    (JSON, as the released client sends them) or, with ``binary`` (msgpack), as plain bytes.
+    ``seed``, ``reset`` and ``embodiment`` are our extensions; a released server ignores them.
     With an ``executor``, cameras are compressed in parallel (cv2 releases the GIL).
     """
 
@@ -348,15 +402,27 @@ def build_act_request(
     names = spec.camera_names
     parallel = executor is not None and image_encoding != "raw" and len(names) > 1
     encoded = list(executor.map(encode, names)) if parallel else [encode(n) for n in names]
-    return {
+    request: dict[str, Any] = {
         "instruction": instruction,
-        "images": dict(zip(names, encoded, strict=True)),
         "state": np.asarray(state, dtype=np.float64),
+        "normalization_tag": released_norm_tag(spec),
         "embodiment": spec.name,
         "seed": seed,
         "reset": reset,
         **({RTC_FIELD: rtc_to_wire(rtc)} if rtc is not None else {}),
     }
+    cameras = wire_cameras(spec)
+    if image_encoding == "raw":
+        pairs = zip(cameras, encoded, strict=True)
+        request.update({f"{camera}_cam": image for camera, image in pairs})
+    else:
+        request["images_jpeg"] = {
+            camera: data if binary else base64.b64encode(data).decode("ascii")
+            for camera, data in zip(cameras, encoded, strict=True)
+        }
+    if num_steps is not None:
+        request["num_steps"] = int(num_steps)
+    return request
 
 
 def parse_act_request(
@@ -368,11 +434,14 @@ def parse_act_request(
 ) -> ActRequest:
     """Validate a decoded request against the served embodiment; ``ProtocolError`` if bad.
 
-    Accepts the released-style keys: ``images`` (camera -> image mapping, a list in camera
-    order, or an (N, H, W, 3) stack), ``image`` (single-camera embodiments), ``state`` or
-    ``proprio``, ``instruction``, ``unnorm_key`` (must name the served norm tag), and a
-    double-encoded ``{"encoded": "<json>"}`` body. With an ``executor``, compressed cameras
-    are decoded in parallel.
+    This is the one place a request's fields are read. Images come in the released forms
+    (``<camera>_cam`` keys, ``images_jpeg`` base64 mapping) or ours (``images`` as a mapping,
+    list or (N, H, W, 3) stack; ``image`` for one camera); ``state`` or ``proprio``;
+    ``instruction``; ``num_steps``; the norm tag under ``normalization_tag``, ``unnorm_key`` or
+    ``norm_tag`` (released or our name); a double-encoded ``{"encoded": "<json>"}`` body.
+    ``timestamp`` and ``enable_cuda_graph`` (released debugging/speed knobs that change no
+    result) are accepted and not used. With an ``executor``, compressed cameras are decoded in
+    parallel.
     """
     limits = limits or RequestLimits()
     if isinstance(payload, dict) and set(payload) == {"encoded"}:
@@ -383,16 +452,11 @@ def parse_act_request(
         raise ProtocolError(f"request must be a JSON/msgpack object, got {type(payload).__name__}")
 
     embodiment = payload.get("embodiment")
-    if embodiment is not None and embodiment != spec.name:
+    if embodiment is not None and (not isinstance(embodiment, str) or embodiment != spec.name):
         raise ProtocolError(
             f"this server serves embodiment {spec.name!r}, request asks for {embodiment!r}"
         )
-    unnorm_key = payload.get("unnorm_key")
-    if unnorm_key is not None and unnorm_key != spec.norm_tag:
-        raise ProtocolError(
-            f"this server serves norm tag {spec.norm_tag!r}, "
-            f"request asks for unnorm_key {unnorm_key!r}"
-        )
+    _check_norm_tag(payload, spec)
 
     instruction = payload.get("instruction")
     if not isinstance(instruction, str):
@@ -406,15 +470,20 @@ def parse_act_request(
     state = _parse_state(payload, spec)
 
     seed = payload.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+    if seed is not None and not _is_int(seed):
         raise ProtocolError(f"'seed' must be an integer or null, got {seed!r}")
     if seed is not None and not 0 <= int(seed) < 2**63:
         raise ProtocolError(f"'seed' must be in [0, 2**63), got {seed}")
+    num_steps = payload.get("num_steps")
+    if num_steps is not None and not (_is_int(num_steps) and 1 <= num_steps <= MAX_NUM_STEPS):
+        raise ProtocolError(
+            f"'num_steps' must be an integer in 1..{MAX_NUM_STEPS}, got {num_steps!r}"
+        )
     reset = payload.get("reset", False)
     if not isinstance(reset, bool):
         raise ProtocolError(f"'reset' must be true or false, got {reset!r}")
     response_format = payload.get("response_format", "full")
-    if response_format not in RESPONSE_FORMATS:
+    if not isinstance(response_format, str) or response_format not in RESPONSE_FORMATS:
         raise ProtocolError(
             f"'response_format' must be one of {RESPONSE_FORMATS}, got {response_format!r}"
         )
@@ -431,7 +500,23 @@ def parse_act_request(
         reset=reset,
         response_format=response_format,
         rtc=parse_rtc(payload.get(RTC_FIELD), spec),
+        num_steps=None if num_steps is None else int(num_steps),
     )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_norm_tag(payload: Mapping[str, Any], spec: EmbodimentSpec) -> None:
+    accepted = accepted_norm_tags(spec)
+    for key in _NORM_TAG_KEYS:
+        tag = payload.get(key)
+        if tag is not None and (not isinstance(tag, str) or tag not in accepted):
+            raise ProtocolError(
+                f"this server serves norm tag {' / '.join(map(repr, accepted))}, "
+                f"request asks for {key} {tag!r}"
+            )
 
 
 def _parse_images(
@@ -441,39 +526,44 @@ def _parse_images(
     executor: Executor | None,
 ) -> dict[str, np.ndarray]:
     cameras = spec.camera_names
-    raw = payload.get("images")
-    if raw is None and "image" in payload:
+    wire = wire_cameras(spec)
+    camera_keys = [f"{name}_cam" for name in wire]
+    forms = [
+        form
+        for form, present in (
+            ("images_jpeg", "images_jpeg" in payload),
+            ("<camera>_cam", any(key in payload for key in camera_keys)),
+            ("images", "images" in payload),
+            ("image", "image" in payload),
+        )
+        if present
+    ]
+    if not forms:
+        raise ProtocolError(
+            f"missing images: send {', '.join(camera_keys)} (HxWx3 uint8 RGB) or 'images_jpeg' "
+            f"{{{', '.join(wire)}: base64 JPEG}}"
+        )
+    if len(forms) > 1:
+        raise ProtocolError(f"images sent in more than one form ({', '.join(forms)}): pick one")
+    form = forms[0]
+    if form == "images_jpeg":
+        values = _named_images(payload["images_jpeg"], "images_jpeg", spec, wire)
+        pairs = zip(values, cameras, strict=True)
+        values = [_from_base64(value, camera) for value, camera in pairs]
+    elif form == "<camera>_cam":
+        missing = [key for key in camera_keys if key not in payload]
+        if missing:
+            raise ProtocolError(f"missing camera key(s) {missing}; {spec.name} needs {camera_keys}")
+        values = [payload[key] for key in camera_keys]
+    elif form == "image":
         if len(cameras) != 1:
             raise ProtocolError(
                 f"'image' carries one camera but {spec.name} needs {len(cameras)} "
-                f"({', '.join(cameras)}): send 'images' as a mapping or a list in that order"
+                f"({', '.join(camera_keys)})"
             )
-        raw = [payload["image"]]
-    if raw is None:
-        raise ProtocolError(f"missing 'images' (cameras {', '.join(cameras)})")
-    if isinstance(raw, dict):
-        missing = [name for name in cameras if name not in raw]
-        unknown = sorted(str(name) for name in raw if name not in cameras)
-        if missing or unknown:
-            raise ProtocolError(
-                f"'images' cameras do not match {spec.name}: missing {missing}, unknown {unknown}; "
-                f"expected {list(cameras)}"
-            )
-        values = [raw[name] for name in cameras]
-    elif isinstance(raw, np.ndarray) and raw.ndim == 4:
-        values = list(raw)
-    elif isinstance(raw, (list, tuple)):
-        values = list(raw)
+        values = [payload["image"]]
     else:
-        raise ProtocolError(
-            "'images' must be a camera->image mapping, a list in camera order or an "
-            f"(N, H, W, 3) uint8 array, got {type(raw).__name__}"
-        )
-    if len(values) != len(cameras):
-        raise ProtocolError(
-            f"'images' has {len(values)} image(s), {spec.name} needs {len(cameras)} "
-            f"({', '.join(cameras)})"
-        )
+        values = _named_images(payload["images"], "images", spec, wire)
 
     def decode(pair: tuple[str, Any]) -> np.ndarray:
         return decode_image(pair[1], pair[0], limits)
@@ -485,6 +575,50 @@ def _parse_images(
     else:
         decoded = [decode(pair) for pair in pairs]
     return dict(zip(cameras, decoded, strict=True))
+
+
+def _named_images(raw: Any, key: str, spec: EmbodimentSpec, wire: Sequence[str]) -> list[Any]:
+    """A camera mapping (released or our names), a list in camera order, or an image stack."""
+    cameras = spec.camera_names
+    if isinstance(raw, dict):
+        names = wire if all(name in raw for name in wire) else cameras
+        missing = [name for name in names if name not in raw]
+        unknown = sorted(str(name) for name in raw if name not in names)
+        if missing or unknown:
+            expected = " or ".join(str(list(n)) for n in dict.fromkeys((tuple(wire), cameras)))
+            raise ProtocolError(
+                f"{key!r} cameras do not match {spec.name}: missing {missing}, unknown {unknown}; "
+                f"expected {expected}"
+            )
+        return [raw[name] for name in names]
+    if isinstance(raw, np.ndarray) and raw.ndim == 4:
+        values = list(raw)
+    elif isinstance(raw, (list, tuple)):
+        values = list(raw)
+    else:
+        raise ProtocolError(
+            f"{key!r} must be a camera->image mapping, a list in camera order or an "
+            f"(N, H, W, 3) uint8 array, got {type(raw).__name__}"
+        )
+    if len(values) != len(cameras):
+        raise ProtocolError(
+            f"{key!r} has {len(values)} image(s), {spec.name} needs {len(cameras)} "
+            f"({', '.join(wire)})"
+        )
+    return values
+
+
+def _from_base64(value: Any, camera: str) -> Any:
+    """``images_jpeg`` values: base64 text as the released client sends, or bytes (msgpack)."""
+    if not isinstance(value, str):
+        return value
+    # Tolerate what other encoders add: a data-URI prefix, MIME line breaks.
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(f"camera {camera!r}: invalid base64 image: {exc}") from exc
 
 
 def _parse_state(payload: Mapping[str, Any], spec: EmbodimentSpec) -> np.ndarray:
@@ -554,12 +688,18 @@ def parse_rtc(value: Any, spec: EmbodimentSpec) -> RtcRequest | None:
 # Responses
 
 
+def released_actions(result: ActionChunkResult) -> np.ndarray:
+    """The chunk as the release sends it: (rows, action_dim) float32."""
+    return np.asarray(result.positions, dtype=np.float32)
+
+
 def build_act_response(
     result: ActionChunkResult, embodiment: str, server_timing: Mapping[str, float]
 ) -> dict[str, Any]:
-    """The full response object for one chunk."""
+    """The full response: the released ``actions`` and ``dt_ms``, then our extensions."""
     return {
-        "action": np.asarray(result.positions, dtype=np.float64),
+        "actions": released_actions(result),
+        "dt_ms": 1000.0 * float(server_timing.get("infer", 0.0)),
         "step_dt": float(result.step_dt),
         "joint_names": list(result.joint_names),
         "mode": result.mode,
@@ -578,39 +718,55 @@ def error_payload(code: str, message: str) -> dict[str, Any]:
 
 
 def parse_act_response(payload: Any, spec: EmbodimentSpec, joint_count: int) -> ActResponse:
-    """Check a full response against what the robot expects; ``ProtocolError`` if it differs."""
+    """Check a response against what the robot expects; ``ProtocolError`` if it differs.
+
+    Reads ours and the released servers' (``actions`` and ``dt_ms`` only: the step time is then
+    the embodiment's, and the server time is ``dt_ms``).
+    """
     if not isinstance(payload, dict):
         raise ProtocolError(f"response must be an object, got {type(payload).__name__}")
     if "error" in payload:
         error = payload["error"]
         message = error.get("message") if isinstance(error, dict) else error
         raise ProtocolError(f"server error: {message}")
-    positions = payload.get("action")
+    positions = payload.get("actions")
     if not isinstance(positions, np.ndarray) or positions.dtype.kind != "f":
-        raise ProtocolError("response 'action' is not a float array")
-    if positions.shape != (spec.horizon, joint_count):
+        raise ProtocolError("response 'actions' is not a float array")
+    # The release returns the tag's n_action_steps rows, which may be fewer than the horizon.
+    if positions.ndim != 2 or not 1 <= positions.shape[0] <= spec.horizon:
         raise ProtocolError(
-            f"response 'action' has shape {positions.shape}, expected ({spec.horizon}, "
+            f"response 'actions' has shape {positions.shape}, expected (1..{spec.horizon}, "
             f"{joint_count}) for {spec.name}"
         )
+    if positions.shape[1] != joint_count:
+        raise ProtocolError(
+            f"response 'actions' has {positions.shape[1]} columns, the robot has {joint_count} "
+            f"joints for {spec.name}"
+        )
     if not np.all(np.isfinite(positions)):
-        raise ProtocolError("response 'action' contains NaN or inf")
-    step_dt = payload.get("step_dt")
+        raise ProtocolError("response 'actions' contains NaN or inf")
+    step_dt = payload.get("step_dt", spec.step_dt)
     if not isinstance(step_dt, (int, float)) or not step_dt > 0:
         raise ProtocolError(f"response 'step_dt' must be a positive number, got {step_dt!r}")
+    dt_ms = payload.get("dt_ms")
+    if dt_ms is not None and not (isinstance(dt_ms, (int, float)) and math.isfinite(dt_ms)):
+        raise ProtocolError(f"response 'dt_ms' must be a number, got {dt_ms!r}")
     timings = payload.get("timings") or {}
     server_timing = payload.get("server_timing") or {}
     if not isinstance(timings, dict) or not isinstance(server_timing, dict):
         raise ProtocolError("response 'timings'/'server_timing' must be objects")
+    if not server_timing and dt_ms is not None:
+        server_timing = {"infer": dt_ms / 1000.0, "total": dt_ms / 1000.0}
     return ActResponse(
         positions=positions.astype(np.float64),
         step_dt=float(step_dt),
         joint_names=tuple(str(name) for name in payload.get("joint_names") or ()),
-        mode=str(payload.get("mode", "")),
+        mode=str(payload.get("mode") or "flow"),
         model_timings={str(k): float(v) for k, v in timings.items()},
         server_timing={str(k): float(v) for k, v in server_timing.items()},
         depth_codes=_optional_array(payload.get("depth_codes"), np.int64),
         depth_changed=_optional_array(payload.get("depth_changed"), np.bool_),
+        dt_ms=None if dt_ms is None else float(dt_ms),
     )
 
 

@@ -2,10 +2,14 @@
 
 Endpoints (schema in docs/remote_inference.md):
 
-* ``POST /act``: released-compatible JSON (json_numpy arrays) in, a chunk out.
+* ``POST /act``: the released request and response (json_numpy JSON), plus our extensions.
+* ``GET /act``: the released health/info answer (checkpoint, norm tag, cameras, state size).
 * ``/ws``: the same dictionaries as binary msgpack frames; one persistent connection per robot.
-* ``GET /healthz``: model, embodiment, device, warm-up state and queue.
+* ``GET /healthz``: liveness for anyone; model, warm-up state and queue with the token.
 * ``POST /reset``: forget per-episode state (Think-mode depth cache).
+
+With a token, every path but ``/healthz`` (``/docs`` and ``/openapi.json`` included) needs it.
+Slow, idle and surplus connections are cut by ``guard.guarded_protocol``.
 
 One inference runs at a time, on one worker thread (the device and CUDA graphs are not shared
 between threads); at most ``max_queue`` more requests wait for it and the rest get 503 at once,
@@ -18,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import hmac
+import inspect
 import ipaddress
 import logging
 import os
@@ -31,6 +36,8 @@ import anyio
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from molmoact2_policy.embodiments import get_embodiment
 from molmoact2_policy.policy_api import (
@@ -39,9 +46,16 @@ from molmoact2_policy.policy_api import (
     PolicyInputError,
     PolicyUnavailableError,
 )
+from molmoact2_policy.remote.guard import (
+    SERVER_CLOSED_KEY,
+    ConnectionLimits,
+    ThrottledLog,
+    guarded_protocol,
+)
 from molmoact2_policy.remote.protocol import (
     DEFAULT_MAX_BODY_BYTES,
     PROTOCOL_VERSION,
+    RELEASED_DEFAULT_NUM_STEPS,
     ActRequest,
     ProtocolError,
     RequestLimits,
@@ -53,38 +67,23 @@ from molmoact2_policy.remote.protocol import (
     encode_msgpack,
     error_payload,
     parse_act_request,
+    released_actions,
+    released_norm_tag,
+    wire_cameras,
 )
 
 logger = logging.getLogger("molmoact2.remote.server")
 
 TOKEN_HEADER = "x-molmoact2-token"
-WARMUP_IMAGE_SHAPE = (480, 640, 3)
+# The released YAM cameras' native size; the model stretches every frame to its square input,
+# so the shape only has to be a plausible camera frame.
+WARMUP_IMAGE_SHAPE = (360, 640, 3)
+DEFAULT_WARMUP_INSTRUCTION = "pick up the object and put it in the bowl"
 _T = TypeVar("_T")
 
 
 class ServerBusyError(RuntimeError):
     """The inference queue is full."""
-
-
-class _ThrottledLog:
-    """At most one log line per key per ``period`` seconds, with a count of what was dropped."""
-
-    def __init__(self, period: float = 5.0) -> None:
-        self._period = period
-        self._last: dict[str, float] = {}
-        self._dropped: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def warning(self, key: str, message: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last.get(key, -1e9) < self._period:
-                self._dropped[key] = self._dropped.get(key, 0) + 1
-                return
-            self._last[key] = now
-            dropped = self._dropped.pop(key, 0)
-        suffix = f" ({dropped} similar suppressed)" if dropped else ""
-        logger.warning("%s%s", message, suffix)
 
 
 class InferenceQueue:
@@ -146,12 +145,27 @@ class PolicyService:
     """Framework-free core of the server: admission, decoding, warm-up, inference, timings."""
 
     def __init__(
-        self, policy: Policy, *, max_queue: int = 4, limits: RequestLimits | None = None
+        self,
+        policy: Policy,
+        *,
+        max_queue: int = 4,
+        limits: RequestLimits | None = None,
+        warmup_instructions: Sequence[str] = (DEFAULT_WARMUP_INSTRUCTION,),
     ) -> None:
         self.policy = policy
         self.spec = policy.embodiment
         self.limits = limits or RequestLimits()
         self.queue = InferenceQueue(max_queue)
+        if not warmup_instructions or not all(text.strip() for text in warmup_instructions):
+            raise ValueError("warm-up needs at least one non-empty instruction")
+        self.warmup_instructions = tuple(warmup_instructions)
+        # num_steps reaches a backend whose act() takes it; any other backend runs a fixed
+        # number of flow steps (its metadata's), and a request for another number is refused
+        # rather than ignored. A backend without a flow loop (FAST) accepts only the released
+        # default, which released clients send meaning "the server's own".
+        self._takes_num_steps = _accepts_keyword(policy.act, "num_steps")
+        fixed = None if self._takes_num_steps else self._metadata().get("flow_steps")
+        self._fixed_steps = fixed if isinstance(fixed, int) else RELEASED_DEFAULT_NUM_STEPS
         # JPEG decoding of several cameras in parallel; bounded so a burst cannot take all cores.
         self._codec_pool = ThreadPoolExecutor(
             max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="molmoact2-decode"
@@ -159,39 +173,90 @@ class PolicyService:
         self.warmup: dict[str, Any] = {"state": "pending"}
         self.served = 0
         self.failed = 0
-        self._log = _ThrottledLog()
+        self._log = ThrottledLog()
 
     def start_warmup(self) -> Future[None]:
-        """Queue one inference on synthetic input so the first real request is not the slow one."""
+        """Queue the warm-up (see ``_warm_up``) so the first real request is not the slow one."""
         return self.queue.submit(self._warm_up)
 
     def _warm_up(self) -> None:
+        """One inference per configured instruction, on a dummy observation of real shapes.
+
+        The prompt length follows the instruction, and CUDA graphs are captured per (bucketed)
+        prompt length: warming up with the instruction the robot will send captures the graph
+        its first real request replays, instead of capturing during that request.
+        """
         self.warmup = {"state": "running"}
         start = time.perf_counter()
         images = {
             name: np.full(WARMUP_IMAGE_SHAPE, 128, np.uint8) for name in self.spec.camera_names
         }
+        # A policy that knows how to warm itself up (the local model's ``warm_up``) does;
+        # any other Policy gets one act() on the dummy observation.
+        policy_warm_up = getattr(self.policy, "warm_up", None)
         try:
-            self.policy.act(images, np.zeros(self.spec.state_dim), "warm up", seed=0)
+            for instruction in self.warmup_instructions:
+                if callable(policy_warm_up):
+                    policy_warm_up(instruction)
+                else:
+                    self.policy.act(images, np.zeros(self.spec.state_dim), instruction, seed=0)
             self.policy.reset()  # warm-up must not leave a depth cache behind
         except Exception as exc:
             logger.exception("warm-up inference failed")
             self.warmup = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
             return
-        self.warmup = {"state": "ready", "seconds": time.perf_counter() - start}
-        logger.info("warm-up inference took %.3f s", self.warmup["seconds"])
+        self.warmup = {
+            "state": "ready",
+            "seconds": time.perf_counter() - start,
+            "instructions": len(self.warmup_instructions),
+        }
+        logger.info(
+            "warm-up (%d instruction(s)) took %.3f s",
+            len(self.warmup_instructions),
+            self.warmup["seconds"],
+        )
 
     def shutdown(self) -> None:
         self.queue.shutdown()
         self._codec_pool.shutdown(wait=False, cancel_futures=True)
 
-    def health(self) -> dict[str, Any]:
+    def _metadata(self) -> dict[str, Any]:
         try:
-            model = dict(self.policy.metadata())
+            return dict(self.policy.metadata())
         except Exception as exc:
-            model = {"error": f"metadata() failed: {exc}"}
+            return {"error": f"metadata() failed: {exc}"}
+
+    def status(self) -> str:
+        return {"failed": "degraded", "pending": "warming_up", "running": "warming_up"}.get(
+            self.warmup["state"], "ok"
+        )
+
+    def liveness(self) -> dict[str, Any]:
+        """What ``/healthz`` tells a caller without the token: alive, and warm or not."""
+        return {"status": self.status(), "warmup": self.warmup["state"]}
+
+    def released_info(self) -> dict[str, Any]:
+        """``GET /act``: the released servers' health/info keys, then ours."""
+        model = self._metadata()
+        spec = self.spec
         return {
-            "status": "ok" if self.warmup["state"] != "failed" else "degraded",
+            "status": self.status(),
+            "repo_id": model.get("checkpoint"),
+            "norm_tag": released_norm_tag(spec),
+            "device": model.get("device"),
+            "dtype": model.get("dtype"),
+            "num_cameras": len(spec.camera_names),
+            "state_dim": spec.state_dim,
+            "action_horizon": int(getattr(self.policy, "returned_steps", spec.horizon)),
+            "camera_keys": [f"{name}_cam" for name in wire_cameras(spec)],
+            "embodiment": spec.name,
+            "protocol_version": PROTOCOL_VERSION,
+        }
+
+    def health(self) -> dict[str, Any]:
+        model = self._metadata()
+        return {
+            "status": self.status(),
             "protocol_version": PROTOCOL_VERSION,
             "embodiment": self.spec.name,
             "camera_names": list(self.spec.camera_names),
@@ -239,13 +304,20 @@ class PolicyService:
         self.served += 1
         timing = {"decode": decoded - start, "queue": queue_wait, "infer": infer}
         if request.response_format == "action":
-            return 200, np.asarray(result.positions, dtype=np.float64)
+            return 200, released_actions(result)
         timing["total"] = time.perf_counter() - start
         return 200, build_act_response(result, self.spec.name, timing)
 
     def _decode(self, body: bytes, decode: Callable[..., Any]) -> ActRequest:
         payload = decode(body, max_bytes=self.limits.max_body_bytes)
-        return parse_act_request(payload, self.spec, self.limits, executor=self._codec_pool)
+        request = parse_act_request(payload, self.spec, self.limits, executor=self._codec_pool)
+        steps = request.num_steps
+        if steps is not None and not self._takes_num_steps and steps != self._fixed_steps:
+            raise ProtocolError(
+                f"num_steps {steps} cannot be honoured: this server's policy runs "
+                f"{self._fixed_steps} flow steps and cannot change them per request"
+            )
+        return request
 
     def _infer(
         self, request: ActRequest, submitted: float
@@ -253,11 +325,25 @@ class PolicyService:
         start = time.perf_counter()
         if request.reset:
             self.policy.reset()
-        extra = {"rtc": request.rtc} if request.rtc is not None else {}
-        result = self.policy.act(
-            request.images, request.state, request.instruction, seed=request.seed, **extra
-        )
+        options: dict[str, Any] = {"seed": request.seed}
+        if request.num_steps is not None and self._takes_num_steps:
+            options["num_steps"] = request.num_steps
+        if request.rtc is not None:  # only RTC-capable policies take it
+            options["rtc"] = request.rtc
+        result = self.policy.act(request.images, request.state, request.instruction, **options)
         return result, start - submitted, time.perf_counter() - start
+
+
+def _accepts_keyword(function: Callable[..., Any], name: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        (p.name == name and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        or p.kind is p.VAR_KEYWORD
+        for p in parameters
+    )
 
 
 def _token_ok(headers: Mapping[str, str], token: str | None) -> bool:
@@ -279,18 +365,53 @@ _UNAUTHORIZED = (
 )
 
 
+class _BodyAbandonedError(Exception):
+    """The connection ended before the whole request body arrived."""
+
+    def __init__(self, received: int, declared: str | None) -> None:
+        super().__init__(f"{received} of {declared or 'unknown'} bytes")
+        self.received = received
+        self.declared = declared
+
+
 async def _read_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise RequestTooLargeError(f"body of {declared} bytes exceeds the limit of {max_bytes}")
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():  # chunked bodies have no Content-Length: count
-        received += len(chunk)
-        if received > max_bytes:
-            raise RequestTooLargeError(f"body exceeds the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():  # chunked bodies have no Content-Length: count
+            received += len(chunk)
+            if received > max_bytes:
+                raise RequestTooLargeError(f"body exceeds the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise _BodyAbandonedError(received, declared) from None
     return b"".join(chunks)
+
+
+class _TokenGate:
+    """Every HTTP path but ``/healthz`` needs the token (the docs and the OpenAPI schema too).
+
+    Websockets check it in their handler, which says why before closing.
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/healthz":
+            headers = {
+                key.decode("latin-1").lower(): value.decode("latin-1")
+                for key, value in scope["headers"]
+            }
+            if not _token_ok(headers, self.token):
+                response = _json_response(401, error_payload("unauthorized", _UNAUTHORIZED))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(
@@ -300,11 +421,16 @@ def create_app(
     max_queue: int = 4,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     warmup: bool = True,
+    warmup_instructions: Sequence[str] = (DEFAULT_WARMUP_INSTRUCTION,),
 ) -> FastAPI:
-    """A FastAPI app serving ``policy``; run it with uvicorn (``main`` does)."""
+    """A FastAPI app serving ``policy``; serve it with ``uvicorn_config`` (``main`` does)."""
     service = PolicyService(
-        policy, max_queue=max_queue, limits=RequestLimits(max_body_bytes=max_body_bytes)
+        policy,
+        max_queue=max_queue,
+        limits=RequestLimits(max_body_bytes=max_body_bytes),
+        warmup_instructions=warmup_instructions,
     )
+    disconnects = ThrottledLog()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -317,17 +443,22 @@ def create_app(
 
     app = FastAPI(title="MolmoAct2 policy server", lifespan=lifespan)
     app.state.service = service
+    if token:
+        app.add_middleware(_TokenGate, token=token)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> Response:
+        # Open to liveness probes; the model's details only with the token.
         if not _token_ok(request.headers, token):
-            return _json_response(401, error_payload("unauthorized", _UNAUTHORIZED))
+            return _json_response(200, service.liveness())
         return _json_response(200, service.health())
 
+    @app.get("/act")
+    async def act_info() -> Response:
+        return _json_response(200, service.released_info())
+
     @app.post("/reset")
-    async def reset(request: Request) -> Response:
-        if not _token_ok(request.headers, token):
-            return _json_response(401, error_payload("unauthorized", _UNAUTHORIZED))
+    async def reset() -> Response:
         try:
             await service.reset()
         except ServerBusyError as exc:
@@ -336,12 +467,20 @@ def create_app(
 
     @app.post("/act")
     async def act(request: Request) -> Response:
-        if not _token_ok(request.headers, token):
-            return _json_response(401, error_payload("unauthorized", _UNAUTHORIZED))
         try:
             body = await _read_body(request, max_body_bytes)
         except RequestTooLargeError as exc:
             return _json_response(413, error_payload(exc.code, str(exc)))
+        except _BodyAbandonedError as exc:
+            # The guard logs the connections it closes itself; this is the client hanging up.
+            if SERVER_CLOSED_KEY not in request.scope:
+                client = request.client
+                peer = f"{client.host}:{client.port}" if client else "a client"
+                disconnects.info(
+                    "client_disconnect",
+                    f"{peer} hung up during the body of POST /act ({exc}); nothing was run",
+                )
+            return Response(status_code=400)  # goes nowhere: the connection is gone
         status, payload = await service.handle(body, decode_json)
         return _json_response(status, payload)
 
@@ -421,6 +560,28 @@ def _load_policy(args: argparse.Namespace) -> Policy:
         raise SystemExit(f"molmoact2 serve: cannot load {args.checkpoint!r}: {exc}") from exc
 
 
+def uvicorn_config(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8202,
+    connection_limits: ConnectionLimits | None = None,
+    **kwargs: Any,
+) -> Any:
+    """The ``uvicorn.Config`` the server runs with: the guarded h11 protocol and its limits."""
+    import uvicorn
+
+    limits = connection_limits or ConnectionLimits()
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=guarded_protocol(limits),
+        timeout_keep_alive=limits.idle_timeout,  # type: ignore[arg-type]  (float works)
+        **kwargs,
+    )
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="molmoact2 serve",
@@ -448,6 +609,38 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20, help="request limit"
     )
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up inference")
+    parser.add_argument(
+        "--warmup-instruction",
+        action="append",
+        default=None,
+        help="instruction the robot will send (repeatable): warm-up captures its CUDA graph "
+        f"(default: {DEFAULT_WARMUP_INSTRUCTION!r})",
+    )
+    defaults = ConnectionLimits()
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=defaults.header_timeout,
+        help="seconds a client has to send a complete request head",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=defaults.body_timeout,
+        help="seconds a client has to send a request body once its head arrived",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=defaults.idle_timeout,
+        help="seconds an idle keep-alive connection stays open",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help="open connections (HTTP and websocket) beyond which new ones get 503",
+    )
     parser.add_argument("--ssl-certfile", default=None, help="serve HTTPS/WSS with this cert")
     parser.add_argument("--ssl-keyfile", default=None)
     parser.add_argument("--log-level", default="info")
@@ -472,6 +665,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "policy; set a token and prefer an SSH tunnel or VPN (docs/remote_inference.md)",
             args.host,
         )
+    try:
+        connection_limits = ConnectionLimits(
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
+            idle_timeout=args.idle_timeout,
+            max_connections=args.max_connections,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"molmoact2 serve: {exc}") from exc
+    warmup_instructions = tuple(args.warmup_instruction or (DEFAULT_WARMUP_INSTRUCTION,))
+    if not all(text.strip() for text in warmup_instructions):
+        raise SystemExit("molmoact2 serve: --warmup-instruction must not be empty")
     max_body_bytes = int(args.max_body_mb * 2**20)
     policy = _load_policy(args)
     app = create_app(
@@ -480,16 +685,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_queue=args.max_queue,
         max_body_bytes=max_body_bytes,
         warmup=not args.no_warmup,
+        warmup_instructions=warmup_instructions,
     )
-    uvicorn.run(
+    config = uvicorn_config(
         app,
         host=args.host,
         port=args.port,
+        connection_limits=connection_limits,
         log_level=args.log_level.lower(),
         ws_max_size=max_body_bytes,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
     )
+    uvicorn.Server(config).run()
     return 0
 
 

@@ -1,0 +1,144 @@
+"""Checks before torque is enabled, and what the driver does with the arms while it runs.
+
+``run_preflight`` is what the released YAM deployment checks before it energises the motors:
+every joint inside its limits, no motor or bus reporting a fault, every camera streaming at its
+rate. Its report is one log block (``PreflightReport.text``) and one diagnostics entry
+(``PreflightReport.health_entry``). ``RateMeter`` measures a camera's rate from arrival times
+on the node clock. ``arm_hold_mask`` says which joints an arm selection holds. No ROS imports.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hw_drivers import health as hl
+
+#: Slack on the position-limit check: encoder quantisation must not fail a robot resting on a
+#: limit (DaMiao feedback: 0.0004 rad per count).
+LIMIT_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    checks: tuple[Check, ...]
+    title: str = "preflight"
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def failures(self) -> list[str]:
+        return [f"{c.name}: {c.detail}" for c in self.checks if not c.ok]
+
+    def text(self) -> str:
+        """The whole report as one log block."""
+        lines = [f"{self.title}: {'PASSED' if self.ok else 'FAILED, torque stays off'}"]
+        lines += [f"  [{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}" for c in self.checks]
+        return "\n".join(lines)
+
+    def health_entry(self, hardware_id: str = "") -> hl.HealthEntry:
+        return hl.HealthEntry(
+            name="preflight",
+            level=hl.OK if self.ok else hl.ERROR,
+            message="passed" if self.ok else "failed: " + "; ".join(self.failures()),
+            values={c.name: ("ok: " if c.ok else "FAIL: ") + c.detail for c in self.checks},
+            hardware_id=hardware_id,
+        )
+
+
+def run_preflight(
+    joint_names: Sequence[str],
+    lower: Sequence[float],
+    upper: Sequence[float],
+    positions: Sequence[float] | np.ndarray,
+    health: Sequence[hl.HealthEntry],
+    camera_rates: Mapping[str, float],
+    min_camera_rate: float,
+    title: str = "preflight",
+) -> PreflightReport:
+    """All checks, each with its numbers; ``camera_rates`` maps camera name -> measured Hz."""
+    checks = []
+    q = np.asarray(positions, dtype=float)
+    lo, hi = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
+    outside = [
+        f"{name} {value:.3f} not in [{a:.3f}, {b:.3f}]"
+        for name, value, a, b in zip(joint_names, q, lo, hi, strict=True)
+        if not (a - LIMIT_TOLERANCE <= value <= b + LIMIT_TOLERANCE)
+    ]
+    checks.append(
+        Check(
+            "joints inside limits",
+            not outside and bool(np.all(np.isfinite(q))),
+            "; ".join(outside) if outside else f"all {len(q)} joints inside their limits",
+        )
+    )
+    faults = [f"{e.name}: {e.message}" for e in health if e.level in (hl.ERROR, hl.STALE)]
+    warnings = [f"{e.name}: {e.message}" for e in health if e.level == hl.WARN]
+    detail = "; ".join(faults) if faults else f"{len(health)} motors/buses report no fault"
+    if warnings and not faults:
+        detail += " (warnings: " + "; ".join(warnings) + ")"
+    checks.append(Check("no motor faults", not faults, detail))
+    if min_camera_rate > 0:
+        slow = [n for n, r in camera_rates.items() if not r >= min_camera_rate]
+        rates = ", ".join(f"{n} {r:.1f} Hz" for n, r in camera_rates.items())
+        if not camera_rates:
+            detail = "no cameras configured"
+        elif slow:
+            detail = f"below {min_camera_rate:g} Hz: {rates}"
+        else:
+            detail = f"all >= {min_camera_rate:g} Hz: {rates}"
+        checks.append(Check("cameras streaming", not slow, detail))
+    return PreflightReport(tuple(checks), title)
+
+
+class RateMeter:
+    """Message rate over a sliding window of arrival times (seconds on one clock)."""
+
+    def __init__(self, window: float = 2.0) -> None:
+        self.window = float(window)
+        self._stamps: deque[float] = deque()
+
+    def tick(self, now: float) -> None:
+        self._stamps.append(now)
+        self._trim(now)
+
+    def rate(self, now: float) -> float:
+        self._trim(now)
+        if len(self._stamps) < 2:
+            return 0.0
+        span = now - self._stamps[0]
+        return (len(self._stamps) - 1) / span if span > 0 else 0.0
+
+    def _trim(self, now: float) -> None:
+        while self._stamps and self._stamps[0] < now - self.window:
+            self._stamps.popleft()
+
+
+def arm_hold_mask(
+    joint_names: Sequence[str], frame_prefixes: Sequence[str], active_arms: str
+) -> np.ndarray:
+    """True for every joint the arm selection holds still: ``both`` holds none; an arm name
+    (a frame prefix without its trailing ``_``, e.g. ``left``) holds every joint of the other
+    arms. Raises ``ValueError`` for a name no prefix has."""
+    names = list(joint_names)
+    if active_arms == "both":
+        return np.zeros(len(names), dtype=bool)
+    arms = {p.rstrip("_/"): p for p in frame_prefixes if p}
+    if active_arms not in arms:
+        raise ValueError(
+            f"active_arms {active_arms!r} is not 'both' or one of the arms {sorted(arms)} "
+            "(from frame_prefixes)"
+        )
+    prefix = arms[active_arms]
+    return np.array([not n.startswith(prefix) for n in names], dtype=bool)

@@ -1,0 +1,241 @@
+"""Connection hardening for the policy server: head and body deadlines, a connection cap.
+
+uvicorn closes a keep-alive connection that sits idle after a response (``timeout_keep_alive``),
+but it sets no deadline for a request head or body, and its ``limit_concurrency`` answers 503
+only once a whole request head has arrived. A client that opens connections and sends nothing,
+or trickles a head or a body a byte at a time (slowloris), therefore held a socket, a file
+descriptor and an h11 parser for as long as it liked: 1000 such connections stayed open.
+
+``guarded_protocol(limits)`` is uvicorn's own h11 protocol with three additions:
+
+* a connection beyond ``max_connections`` (HTTP and websocket together) gets a 503 and is closed
+  at once, before any byte of it is parsed;
+* the request head must be complete within ``header_timeout`` of the connection opening or of
+  the previous response (trickling bytes does not extend it);
+* the body must be complete within ``body_timeout`` of its head; the server answers 408 and
+  closes, and the handler waiting for the body sees a disconnect marked as ours
+  (``SERVER_CLOSED_KEY`` in the ASGI scope) so it does not log a client hang-up as well.
+
+Each close is logged in one line (throttled: a flood gives one line per kind and period).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.utils import get_remote_addr
+
+logger = logging.getLogger("molmoact2.remote.server")
+
+# Set in the request's ASGI scope when the server (not the client) ended the request.
+SERVER_CLOSED_KEY = "molmoact2.server_closed"
+
+_REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\ncontent-length: 41\r\n\r\ntoo many open connections; retry later.\r\n"
+)
+_HEAD_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\ncontent-length: 35\r\n\r\nrequest head not received in time\r\n"
+)
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How long a client may take and how many connections may be open at once."""
+
+    header_timeout: float = 10.0  # s from connect or the previous response to a complete head
+    body_timeout: float = 30.0  # s from the head to the end of the body (32 MB at ~10 Mbit/s)
+    idle_timeout: float = 5.0  # s a keep-alive connection may sit idle between requests
+    max_connections: int = 32  # open HTTP + websocket connections; robots need one or two each
+
+    def __post_init__(self) -> None:
+        for name in ("header_timeout", "body_timeout", "idle_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
+
+
+class ThrottledLog:
+    """At most one log line per key per ``period`` seconds, with a count of what was dropped."""
+
+    def __init__(self, period: float = 5.0, log: logging.Logger = logger) -> None:
+        self._period = period
+        self._log = log
+        self._last: dict[str, float] = {}
+        self._dropped: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def log(self, level: int, key: str, message: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -1e9) < self._period:
+                self._dropped[key] = self._dropped.get(key, 0) + 1
+                return
+            self._last[key] = now
+            dropped = self._dropped.pop(key, 0)
+        suffix = f" ({dropped} similar suppressed)" if dropped else ""
+        self._log.log(level, "%s%s", message, suffix)
+
+    def warning(self, key: str, message: str) -> None:
+        self.log(logging.WARNING, key, message)
+
+    def info(self, key: str, message: str) -> None:
+        self.log(logging.INFO, key, message)
+
+
+_throttled = ThrottledLog()
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "unknown client"
+
+
+class _GuardedH11Protocol(H11Protocol):
+    limits = ConnectionLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._phase = "head"  # head | body | app (request complete, the app is answering) | ws
+        self._deadline: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    # ---------------------------------------------------------------- asyncio.Protocol
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        open_now = len(self.connections)
+        if open_now >= self.limits.max_connections:
+            self._refused = True
+            self.transport = transport
+            _throttled.warning(
+                "connection_cap",
+                f"refused a connection from {_peer(get_remote_addr(transport))}: {open_now} "
+                f"open (max_connections {self.limits.max_connections})",
+            )
+            transport.write(_REFUSED)
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._arm(self.limits.header_timeout, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if not self._refused:
+            super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+        self._track()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._track()
+
+    # ---------------------------------------------------------------- deadlines
+    def _arm(self, seconds: float, callback: Any) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _track(self) -> None:
+        """Move the deadline to the phase the connection is in now."""
+        if self.transport.is_closing():
+            self._disarm()
+            return
+        if self.transport.get_protocol() is not self:  # upgraded to a websocket
+            self._phase = "ws"
+            self._disarm()
+            return
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            phase = "head"
+        elif state is h11.SEND_BODY:
+            phase = "body"
+        else:
+            phase = "app"
+        if phase == self._phase:
+            return  # trickled bytes never move a deadline
+        self._phase = phase
+        if phase == "head":
+            self._arm(self.limits.header_timeout, self._head_timed_out)
+        elif phase == "body":
+            self._arm(self.limits.body_timeout, self._body_timed_out)
+        else:
+            self._disarm()  # inference may take as long as it takes; the client has its timeout
+
+    def _head_timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        partial = bool(self.conn.trailing_data[0])
+        _throttled.info(
+            "head_timeout",
+            f"closed the connection from {_peer(self.client)}: "
+            + (
+                f"request head incomplete after {self.limits.header_timeout:g} s"
+                if partial
+                else f"no request within {self.limits.header_timeout:g} s"
+            ),
+        )
+        if partial:
+            self.transport.write(_HEAD_TIMEOUT)
+        self.transport.close()
+
+    def _body_timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        where = ""
+        if cycle is not None:
+            where = f" of {cycle.scope['method']} {cycle.scope['path']}"
+            cycle.scope[SERVER_CLOSED_KEY] = "body timeout"  # type: ignore[literal-required]
+            if not cycle.response_started and not cycle.disconnected:
+                self._send_body_timeout()
+            # The handler waiting for the body wakes to a disconnect; its replies go nowhere.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        _throttled.info(
+            "body_timeout",
+            f"closed the connection from {_peer(self.client)}: request body{where} incomplete "
+            f"after {self.limits.body_timeout:g} s",
+        )
+        self.transport.close()
+
+    def _send_body_timeout(self) -> None:
+        body = b'{"error":{"code":"timeout","message":"request body not received in time"}}'
+        try:
+            for event in (
+                h11.Response(
+                    status_code=408,
+                    reason=b"Request Timeout",
+                    headers=[
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close"),
+                    ],
+                ),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            ):
+                self.transport.write(self.conn.send(event))
+        except h11.LocalProtocolError:
+            pass  # h11 will not frame a response now; closing says enough
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
+    """uvicorn's h11 protocol class with ``limits`` enforced (pass as ``uvicorn.Config(http=)``)."""
+    return type("GuardedH11Protocol", (_GuardedH11Protocol,), {"limits": limits})
