@@ -81,11 +81,17 @@ def test_a_driver_that_is_not_following_the_chunk_turns_rtc_off():
     feed.record_commanded(_ns(at), JOINTS, _chunk()[0])
     assert feed.request_for(_ns(at + DT)) is None
     assert feed.skipped["driver_not_following"] == 1
+    # Right after a splice the driver blends out of the chunk before: still following.
+    feed.record_chunk(_ns(at), 0.0, _chunk() + 1.0, 0.1)
+    feed.record_commanded(_ns(at + DT), JOINTS, 0.5 * (_chunk()[5] + _chunk()[1] + 1.0))
+    assert feed.request_for(_ns(at + 2 * DT)) is not None
+    feed.record_commanded(_ns(at + DT), JOINTS, _chunk()[5] + 1.5)  # beyond both plans
+    assert feed.request_for(_ns(at + 2 * DT)) is None
     # A stale command says nothing about now.
     feed.record_commanded(_ns(at - 1.0), JOINTS, _chunk()[0] + 5.0)
     assert feed.request_for(_ns(at + DT)) is not None
     diag = feed.diagnostics()
-    assert diag["rtc_requests"] == "2" and diag["rtc_skipped/driver_not_following"] == "1"
+    assert diag["rtc_requests"] == "3" and diag["rtc_skipped/driver_not_following"] == "2"
 
 
 # ---------------------------------------------------------------------------- worker hook

@@ -14,9 +14,10 @@ For an observation captured at ``t_obs`` the new chunk's row ``i`` applies at
 
 The driver's commanded joint states (``~/commanded_joint_states``) say whether the previous
 chunk is really what runs: when the latest command (at the driver's executed step) is further
-than ``max_deviation`` from the previous chunk at that time, the driver is holding, stopped,
-clamping or rejected the chunk, and RTC is skipped for that request rather than steering the
-model towards a plan the robot is not following.
+than ``max_deviation`` outside the span between the previous chunk and the one before it at that
+time (right after a splice the driver blends from the older plan into the newer), the driver is
+holding, stopped, clamping or rejected the chunk, and RTC is skipped for that request rather than
+steering the model towards a plan the robot is not following.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class RtcFeed:
         self.max_command_age = float(max_command_age)
         self._latencies: deque[float] = deque(maxlen=latency_window)
         self._chunk: _Published | None = None
+        self._older: _Published | None = None  # the chunk the driver may still blend out of
         self._command: tuple[int, np.ndarray] | None = None
         self._lock = threading.Lock()
         self.requests = 0
@@ -86,6 +88,7 @@ class RtcFeed:
         """Forget the previous chunk (reset, new instruction): the next chunk is sampled free."""
         with self._lock:
             self._chunk = None
+            self._older = None
             self._command = None
 
     def record_chunk(
@@ -93,6 +96,7 @@ class RtcFeed:
     ) -> None:
         positions = np.asarray(positions, dtype=np.float64)
         with self._lock:
+            self._older = self._chunk
             self._chunk = _Published(int(stamp_ns), float(start_offset), positions.copy())
             if math.isfinite(latency) and latency >= 0:
                 self._latencies.append(float(latency))
@@ -131,7 +135,7 @@ class RtcFeed:
     def request_for(self, obs_stamp_ns: int) -> RtcRequest | None:
         """The RTC request for an observation, or None to sample the chunk free."""
         with self._lock:
-            chunk, command = self._chunk, self._command
+            chunk, older, command = self._chunk, self._older, self._command
         if chunk is None:
             self._skip("no_previous_chunk")
             return None
@@ -151,8 +155,13 @@ class RtcFeed:
             fresh = abs(command_time - obs_stamp_ns / NS_PER_S) <= self.max_command_age
             if fresh and knots[0] <= command_time <= knots[-1]:
                 planned = chunk.at(np.array([command_time]), dt)[0]
+                low = high = planned
+                if older is not None and older.times(dt)[-1] >= command_time:
+                    before = older.at(np.array([command_time]), dt)[0]
+                    low, high = np.minimum(planned, before), np.maximum(planned, before)
                 known = np.isfinite(command[1])
-                deviation = np.abs(command[1][known] - planned[known])
+                outside = np.maximum(low - command[1], command[1] - high)
+                deviation = np.maximum(outside[known], 0.0)
                 if deviation.size and float(deviation.max()) > self.max_deviation:
                     self._skip("driver_not_following")
                     return None
