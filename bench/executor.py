@@ -9,7 +9,7 @@ stands in for model variation. Compared:
   * sync: a synchronous broker as in openpi's runtime: when a chunk runs out the robot waits
     for the next inference, then plays the chunk from action 0, linearly interpolated at 250 Hz
     from the held command (which favours the baseline over sending raw 30 Hz steps). Its
-    targets pass through the same per-tick safety clamp as ours (``clamp_command``: position,
+    targets pass through the same per-tick safety guard as ours (``CommandGuard``: position,
     step, velocity and acceleration limits of config/yam.yaml), so boundary jumps compare what
     each would actually command, not one clamped and one raw.
 Metrics: idle ticks (no live plan after the first chunk), largest commanded velocity jump
@@ -40,7 +40,7 @@ from hw_drivers.backends.sim import SimBackend
 from hw_drivers.chunk import Chunk
 from hw_drivers.driver_params import DriverParams
 from hw_drivers.executor import ChunkExecutor, ExecutorConfig
-from hw_drivers.safety import clamp_command
+from hw_drivers.safety import CommandGuard
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 250.0
@@ -122,7 +122,7 @@ def run_ours(params, latency, duration, policy_name="blend") -> dict:
         params.safety_config(),
         ExecutorConfig(splice_policy=policy_name),
     )
-    executor.reset(sim.read_state().positions)
+    executor.start(sim.read_state().positions)
     times, commands, measured, boundaries = [], [], [], []
     pending: tuple[float, Chunk] | None = None
     next_obs = 0.0
@@ -169,7 +169,8 @@ def run_sync(params, latency, duration) -> dict:
     limits, safety = params.limits(), params.safety_config()
     times, commands, measured, boundaries = [], [], [], []
     last = sim.read_state().positions.copy()
-    last_velocity = np.zeros_like(last)
+    guard = CommandGuard(limits, safety)
+    guard.start(last, now=0.0)
     held = last.copy()
     chunk: Chunk | None = None
     chunk_start = 0.0
@@ -194,7 +195,7 @@ def run_sync(params, latency, duration) -> dict:
                 if started:
                     idle += 1
                 # The robot waits: nothing new is sent, the last command is held.
-                last_velocity = np.zeros_like(last)
+                guard.hold(now)
                 times.append(now)
                 commands.append(last.copy())
                 measured.append(reading.positions)
@@ -210,11 +211,8 @@ def run_sync(params, latency, duration) -> dict:
             chunk = None
         else:
             target = knots[k] + (phase - k) * (knots[k + 1] - knots[k])
-        # The same per-tick clamp our executor applies to every command it sends.
-        command, _ = clamp_command(
-            target, last, limits, safety, TICK, previous_velocity=last_velocity
-        )
-        last_velocity = (command - last) / TICK
+        # The same per-tick guard our executor applies to every command it sends.
+        command = guard.apply(target, np.zeros_like(target), now).positions
         sim.write_command(command)
         last = command.copy()
         times.append(now)

@@ -35,7 +35,7 @@ fi
 # The ROS wheels' CMake configs hard-code the wheel builder's Python paths.
 "$VENV/bin/python" "$ROOT/scripts/fix_ros_cmake_paths.py" "$VENV"
 
-msgs_stamp=$(stamp_of "$ROOT"/src/molmoact2_msgs/{package.xml,CMakeLists.txt} "$ROOT"/src/molmoact2_msgs/msg/* "$ROOT"/src/molmoact2_msgs/srv/* "$ROOT/requirements.txt")
+msgs_stamp=$(stamp_of "$ROOT"/src/molmoact2_msgs/{package.xml,CMakeLists.txt} "$ROOT"/src/molmoact2_msgs/msg/* "$ROOT"/src/molmoact2_msgs/srv/* "$ROOT"/src/molmoact2_msgs/action/* "$ROOT/requirements.txt")
 if ! stage_done colcon "$msgs_stamp" || [[ ! -d "$ROOT/ros2_ws/install/molmoact2_msgs" ]]; then
   log "colcon build of ros2_ws (molmoact2_msgs)"
   (

@@ -31,6 +31,7 @@ setup(
             "molmoact2 = molmoact2.cli:main",
             "sim_camera_node = molmoact2.sim_camera_node:main",
             "recorder_node = molmoact2.recorder_node:main",
+            "foxglove_node = molmoact2.foxglove_node:main",
             "tf_node = molmoact2.tf_node:main",
         ],
     },

@@ -251,18 +251,19 @@ def test_estop_latches_with_zero_velocity_until_reset():
 # -- ramp-in ----------------------------------------------------------------------------------
 
 
-def test_ramp_in_starts_at_measured_and_converges_to_the_chunk():
+def test_ramp_in_starts_at_the_command_and_converges_to_the_chunk():
     safety = SafetyConfig(max_step_per_tick=1.0, ramp_in_time=0.5, watchdog_timeout=10.0)
     executor = _executor(safety=safety)
     measured = np.array([0.3, -0.2, 0.1])
     executor.reset(measured)
     chunk = _ramp_chunk(1.0, start=0.0)
     assert executor.submit(chunk, 1.0, measured).accepted
-    # The robot has drifted a little by the first tick: the ramp starts from where it is.
+    # The robot has drifted a little by the first tick: the ramp still starts from the command
+    # (the reset pose), never with a jump to wherever the arm is.
     measured_now = measured + 0.001
     first = executor.tick(1.004, measured_now)
     assert first.state == "ramp_in"
-    np.testing.assert_allclose(first.positions, measured_now, atol=1e-12)
+    np.testing.assert_allclose(first.positions, measured, atol=1e-12)
     ticks = _run(executor, 1.008, 1.8, measured_now)
     distance = [
         np.abs(c.positions - (0.3 * (t - 1.0) * np.array([1, 2, 3]))).max() for t, c in ticks

@@ -41,7 +41,8 @@ def test_every_robot_has_a_launch_file_and_config():
 
 def test_launch_arguments_are_the_documented_ones():
     assert set(LAUNCH_ARGUMENTS) == {
-        "sim", "checkpoint", "think", "rviz", "record", "namespace", "use_sim_time", "publish_tf"
+        "sim", "checkpoint", "think", "rviz", "record", "foxglove", "namespace", "use_sim_time",
+        "publish_tf",
     }
 
 
@@ -212,6 +213,50 @@ def test_unknown_parameter_and_bad_values_are_named(tmp_path):
     assert any("so101_driver: unknown parameter 'control_rat'" in p for p in problems)
     assert any("molmoact2_policy: unknown parameter 'camera_skew'" in p for p in problems)
     assert any("molmoact2_depth_cache: unknown parameter 'threshold'" in p for p in problems)
+
+
+@pytest.mark.parametrize("think", [False, True])
+def test_foxglove_serves_what_rviz_shows(think):
+    """foxglove:=true adds one node serving the cameras, chunk, joints, status, TF, depth."""
+    config = graph.load_robot_config("yam")
+    nodes = graph.build_graph(config, graph.LaunchOptions(foxglove=True, think=think))
+    [foxglove] = [n for n in nodes if n.name == graph.FOXGLOVE_NODE]
+    topics = set(foxglove.overrides["topics"])
+    assert set(config.shared["camera_topics"]) <= topics
+    expected = {"joint_states", "molmoact2_policy/predicted_chunk_markers", "/tf", "/tf_static"}
+    assert expected <= topics
+    assert ("molmoact2_depth_cache/depth_image" in topics) == think
+    assert graph.FOXGLOVE_NODE not in [n.name for n in graph.build_graph(config)]
+    assert graph.validate_graph_params(config, nodes) == []
+
+
+def test_foxglove_layout_opens_the_rviz_views_in_the_rviz_fixed_frame():
+    import json
+
+    layout = json.loads((graph.config_dir() / "molmoact2.foxglove.json").read_text())
+    rviz = yaml.safe_load((graph.config_dir() / "molmoact2.rviz").read_text())
+    fixed_frame = rviz["Visualization Manager"]["Global Options"]["Fixed Frame"]
+
+    def rviz_topics(displays):
+        for display in displays:
+            yield from rviz_topics(display.get("Displays", []))
+            if "Topic" in display:
+                yield display["Topic"]["Value"]
+
+    shown = set(rviz_topics(rviz["Visualization Manager"]["Displays"]))
+    panels = layout["configById"]
+    in_layout = {p["imageMode"]["imageTopic"] for k, p in panels.items() if k.startswith("Image!")}
+    scenes = [p for k, p in panels.items() if k.startswith("3D!")]
+    for scene in scenes:
+        in_layout |= set(scene["topics"])
+        assert scene["followTf"] == fixed_frame
+    assert shown <= in_layout, shown - in_layout
+    config = graph.load_robot_config("yam")
+    served = {
+        graph.resolve_topic("", t)
+        for t in graph.viewed_topics(config, graph.LaunchOptions(think=True))
+    }
+    assert in_layout <= served, in_layout - served
 
 
 def test_a_config_urdf_reaches_the_tf_node_and_policy_as_an_absolute_path(tmp_path):

@@ -49,7 +49,7 @@ def test_cubic_velocity_is_continuous_across_knots():
         np.testing.assert_allclose(before, after, rtol=1e-5, atol=1e-5)
 
 
-def test_never_extrapolates_past_the_last_knot():
+def test_never_extrapolates_outside_the_knots():
     times = np.array([1.0, 1.1, 1.2])
     positions = np.array([[0.0], [0.1], [0.2]])
     for method in ("linear", "cubic"):
@@ -58,9 +58,11 @@ def test_never_extrapolates_past_the_last_knot():
         assert pos[0] == pytest.approx(0.2) and vel[0] == 0.0
         pos, vel = traj.sample(1.2 + 1e-9)
         assert pos[0] == pytest.approx(0.2) and vel[0] == 0.0
-        # Before the first action: the lead-in line into it, with the first knot's velocity.
-        pos, vel = traj.sample(0.95)
-        assert pos[0] == pytest.approx(-0.05) and vel[0] == pytest.approx(1.0)
+        # Before the first action: the first knot, standing still (a line drawn back from it
+        # would run 10 rad off for a chunk stamped 10 s ahead).
+        for t in (0.95, 1.0 - 1e-9, -10.0):
+            pos, vel = traj.sample(t)
+            assert pos[0] == 0.0 and vel[0] == 0.0
 
 
 def test_bad_knots_raise():

@@ -181,6 +181,14 @@ def test_input_key_changes_only_with_new_messages_and_clear_forgets():
     assert isinstance(assembler.build(T0), Rejection)
 
 
+def test_an_input_that_stopped_is_not_ok_once_older_than_max_age():
+    assembler = _assembler()
+    assembler.add_image("top", T0, _image(0))
+    assert {s.name: s for s in assembler.input_status(T0 + S // 4)}["top"].ok
+    old = {s.name: s for s in assembler.input_status(T0 + 3 * S // 4)}["top"]
+    assert old.age == pytest.approx(0.75) and not old.ok
+
+
 def test_a_new_camera_set_needs_a_new_frame_from_every_camera():
     assembler = _assembler()
     _fill(assembler, T0)

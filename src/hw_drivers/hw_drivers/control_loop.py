@@ -3,26 +3,32 @@
 Pure (no ROS, no threads, clock injected) so the driver node is a thin timer around
 ``ControlLoop.step`` and tests run it against the sim backend with simulated time. Backend
 faults are caught here: the executor holds, the backend is optionally disabled, and the link is
-reconnected every ``reconnect_period`` seconds; after a reconnect the executor is reset from
-the measured pose, so motion resumes with a ramp-in, never with a jump.
+reconnected every ``reconnect_period`` seconds; after a reconnect the executor starts a new
+command stream at the measured pose, so motion resumes with a ramp-in, never with a jump.
+
+It also owns the driver's message and service paths (``submit_msg``, ``estop``, ``reset``,
+``hold``), so the node only forwards them and every answer comes from the state it describes.
 
 Shadow execution and per-arm activation: the executor runs and its commands are reported, but
 the joints of a held arm (all joints in shadow) are sent the pose measured when they were
 taken out of play, with zero velocity, so the model can be watched without the robot moving.
-A joint that comes back into play makes the executor restart from the measured pose (ramp-in).
-An optional preflight runs on every start before torque is enabled; a failed one keeps the
-torque off and is retried like a failed connect.
+A joint that comes back into play makes the executor restart its command stream from the
+measured pose (ramp-in; a latched e-stop stays latched). An optional preflight runs on every
+start before torque is enabled; a failed one keeps the torque off and is retried like a failed
+connect.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from hw_drivers.backends.base import Backend, BackendError, JointReading
-from hw_drivers.executor import ChunkExecutor, Command
+from hw_drivers.conversions import chunk_from_msg
+from hw_drivers.executor import ChunkExecutor, Command, SubmitResult
 from hw_drivers.preflight import PreflightReport
 
 
@@ -101,7 +107,13 @@ class ControlLoop:
         newly_held = after & ~before
         self._hold_pose[newly_held] = measured[newly_held]
         if np.any(before & ~after):
-            self.executor.reset(measured)
+            # The executor's command went on with the plan while these joints were held (in
+            # shadow all of them): restart the stream where the arm is, never from there.
+            # Unlike ~/reset this keeps a latched e-stop, and a requested hold stays.
+            holding = self.executor.hold_requested
+            self.executor.start(measured)
+            if holding:
+                self.executor.hold(True)
 
     def start(self) -> JointReading:
         """Connect, run the preflight, energise and hold at the measured pose (raises
@@ -114,8 +126,8 @@ class ControlLoop:
             if not report.ok:
                 raise BackendError("preflight failed: " + "; ".join(report.failures()))
         self.backend.enable()
-        reading = self.backend.read_state()
-        self.executor.reset(reading.positions)
+        reading = self._read()
+        self.executor.start(reading.positions)
         self.last_reading = reading
         self._hold_pose = reading.positions.copy()
         self.faulted = False
@@ -139,7 +151,7 @@ class ControlLoop:
         if self.faulted:
             return self._recover(now)
         try:
-            reading = self.backend.read_state()
+            reading = self._read()
         except BackendError as err:
             return self._fault(now, None, f"read failed: {err}")
         self.last_reading = reading
@@ -159,6 +171,44 @@ class ControlLoop:
             return self._fault(now, reading, f"write failed: {err}")
         self.stats.writes += 1
         return StepResult(reading, command, True, "", positions)
+
+    def _read(self) -> JointReading:
+        reading = self.backend.read_state()
+        positions = np.asarray(reading.positions, dtype=float)
+        if positions.shape != (len(self.executor.joint_names),) or not np.all(
+            np.isfinite(positions)
+        ):
+            raise BackendError(f"unusable joint positions {positions.tolist()}")
+        return reading
+
+    # -- the driver's message and service paths -----------------------------------------------
+
+    def submit_msg(self, msg: Any, now: float) -> SubmitResult:
+        """An ``ActionChunk`` message arrived at ``now``: convert, check, submit (never raises)."""
+        try:
+            chunk = chunk_from_msg(msg)
+        except (ValueError, TypeError, OverflowError) as err:
+            return self.executor.reject(f"shape: {err}", now)
+        if self.faulted or self.last_reading is None:
+            return self.executor.reject("backend: no measurement (backend faulted)", now)
+        return self.executor.submit(chunk, now, self.last_reading.positions)
+
+    def estop(self) -> str:
+        return self.executor.estop()
+
+    def reset(self) -> tuple[bool, str]:
+        """Clear e-stop, fault and hold from a fresh reading; (success, what happened)."""
+        if self.faulted:
+            return False, f"backend faulted: {self.stats.last_error}"
+        try:
+            reading = self._read()
+        except BackendError as err:
+            return False, f"cannot read the robot: {err}"
+        self.last_reading = reading
+        return True, self.executor.reset(reading.positions)
+
+    def hold(self, on: bool) -> tuple[bool, str]:
+        return self.executor.hold(on)
 
     def _fault(self, now: float, reading: JointReading | None, error: str) -> StepResult:
         self.stats.backend_errors += 1

@@ -27,8 +27,8 @@ from std_srvs.srv import SetBool, Trigger
 from hw_drivers.backends.base import BackendError
 from hw_drivers.backends.registry import BackendUnavailableError, make_backend
 from hw_drivers.control_loop import ControlLoop
-from hw_drivers.conversions import chunk_from_msg, joint_state_msg
-from hw_drivers.driver_params import DriverParams
+from hw_drivers.conversions import joint_state_msg
+from hw_drivers.driver_params import LIVE_LIMITS, DriverParams, live_limit_problems
 from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import execution_summary, health_statuses, make_preflight
 from hw_drivers.preflight import RateMeter
@@ -68,6 +68,8 @@ class DriverNode(LifecycleNode):
         self.params: DriverParams = declare_dataclass_params(
             _UnsetArraysAsEmpty(self), DriverParams
         )
+        # The limits in the config are hard: live changes may only tighten them.
+        self._hard_limits = self.params
         self._lock = threading.Lock()
         self._loop: ControlLoop | None = None
         self._control_group = MutuallyExclusiveCallbackGroup()
@@ -126,7 +128,8 @@ class DriverNode(LifecycleNode):
             reliable,
             callback_group=self._io_group,
         )
-        self._services = [
+        # Not `_services`: that is rclpy.Node's own list (its parameter services live there).
+        self._driver_services = [
             self.create_service(Trigger, "~/estop", self._on_estop, callback_group=self._io_group),
             self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._io_group),
             self.create_service(SetBool, "~/hold", self._on_hold, callback_group=self._io_group),
@@ -214,9 +217,9 @@ class DriverNode(LifecycleNode):
             with self._lock:
                 self._loop.shutdown()
             self._loop = None
-        for service in getattr(self, "_services", []):
+        for service in getattr(self, "_driver_services", []):
             self.destroy_service(service)
-        self._services = []
+        self._driver_services = []
         for sub in getattr(self, "_camera_subs", []):
             self.destroy_subscription(sub)
         self._camera_subs = []
@@ -271,16 +274,7 @@ class DriverNode(LifecycleNode):
             return
         now = self._now()
         with self._lock:
-            try:
-                chunk = chunk_from_msg(msg)
-            except ValueError as err:
-                result = loop.executor.reject(f"shape: {err}")
-            else:
-                measured = loop.last_reading.positions if loop.last_reading is not None else None
-                if measured is None or loop.faulted:
-                    result = loop.executor.reject("backend: no measurement (backend faulted)")
-                else:
-                    result = loop.executor.submit(chunk, now, measured)
+            result = loop.submit_msg(msg, now)
         if not result.accepted:
             self.get_logger().warning(
                 f"chunk {msg.sequence} rejected: {result.reason}", throttle_duration_sec=_LOG_EVERY
@@ -291,29 +285,18 @@ class DriverNode(LifecycleNode):
             response.success, response.message = False, "driver is not configured"
             return response
         with self._lock:
-            self._loop.executor.estop()
+            message = self._loop.estop()
         self.get_logger().warning("E-STOP latched: holding until ~/reset")
-        response.success, response.message = True, "e-stop latched; call ~/reset to resume"
+        response.success, response.message = True, message
         return response
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
-        loop = self._loop
-        if loop is None:
+        if self._loop is None:
             response.success, response.message = False, "driver is not configured"
             return response
         with self._lock:
-            if loop.faulted:
-                response.success = False
-                response.message = f"backend faulted: {loop.stats.last_error}"
-                return response
-            try:
-                reading = loop.backend.read_state()
-            except BackendError as err:
-                response.success, response.message = False, f"cannot read the robot: {err}"
-                return response
-            loop.executor.reset(reading.positions)
-        self.get_logger().info("reset: holding at the measured pose; next chunk ramps in")
-        response.success, response.message = True, "reset; next chunk ramps in from measured"
+            response.success, response.message = self._loop.reset()
+        self.get_logger().info(response.message)
         return response
 
     def _on_hold(self, request: SetBool.Request, response: SetBool.Response):
@@ -321,16 +304,18 @@ class DriverNode(LifecycleNode):
             response.success, response.message = False, "driver is not configured"
             return response
         with self._lock:
-            self._loop.executor.hold(bool(request.data))
-        response.success = True
-        response.message = "holding" if request.data else "following chunks"
+            response.success, response.message = self._loop.hold(bool(request.data))
         return response
 
     def _on_set_parameters(self, parameters):
-        """``execution`` and ``active_arms`` may change while running (``ros2 param set``);
-        every other parameter takes effect at the next configure."""
+        """``execution``, ``active_arms`` and the safety limits (``LIVE_LIMITS``, only inside
+        the configured ones) may change while running (``ros2 param set``); every other
+        parameter takes effect at the next configure."""
         from rcl_interfaces.msg import SetParametersResult
 
+        limits = {p.name: p.value for p in parameters if p.name in LIVE_LIMITS}
+        if limits:
+            return self._set_live_limits(limits)
         live = {p.name: p.value for p in parameters if p.name in ("execution", "active_arms")}
         if not live:
             return SetParametersResult(successful=True)
@@ -344,6 +329,27 @@ class DriverNode(LifecycleNode):
             with self._lock:
                 loop.set_activation(params.is_shadow(), params.hold_mask())
             self.get_logger().warning(execution_summary(params, loop.backend))
+        return SetParametersResult(successful=True)
+
+    def _set_live_limits(self, values: dict) -> object:
+        from rcl_interfaces.msg import SetParametersResult
+
+        converted = {
+            name: float(v) if name == "max_step_per_tick" else tuple(float(x) for x in v)
+            for name, v in values.items()
+        }
+        params = dataclasses.replace(self.params, **converted)
+        problems = live_limit_problems(self._hard_limits, params)
+        if problems:
+            return SetParametersResult(successful=False, reason="; ".join(problems))
+        loop = self._loop
+        if loop is not None:
+            with self._lock:
+                loop.executor.set_limits(params.limits(), params.max_step_per_tick)
+        self.params = params
+        self.get_logger().warning(
+            "safety limits changed: " + ", ".join(f"{k}={v}" for k, v in converted.items())
+        )
         return SetParametersResult(successful=True)
 
     def _camera_rates(self) -> dict[str, float]:
@@ -388,6 +394,9 @@ class DriverNode(LifecycleNode):
             hardware = health_statuses(loop, self.params)
             stats = loop.executor.stats
             state = loop.executor.state
+            fault = loop.executor.fault
+            now = self._now()
+            recent = stats.rejected_recently(now)
             values = {
                 "state": "fault" if loop.faulted else state,
                 "backend": self.params.backend,
@@ -395,8 +404,11 @@ class DriverNode(LifecycleNode):
                 "target_rate": f"{self.params.control_rate:g}",
                 "accepted_chunks": str(stats.accepted),
                 "rejected_chunks": str(stats.rejected_total),
+                "rejected_recently": str(recent),
+                "rejection_window_s": f"{self.params.rejection_window:g}",
                 "rejected_by_reason": ", ".join(f"{k}={v}" for k, v in stats.rejected.items()),
                 "last_reject_reason": stats.last_reject_reason,
+                "command_fault": fault,
                 "clamped_ticks": str(stats.clamped_ticks),
                 "splices": str(stats.splices),
                 "watchdog_holds": str(stats.watchdog_holds),
@@ -412,16 +424,19 @@ class DriverNode(LifecycleNode):
         status = DiagnosticStatus()
         status.name = f"{self.get_fully_qualified_name()}: driver"
         status.hardware_id = f"{self.params.robot or 'robot'}:{self.params.backend}"
-        if faulted or state == "estop":
+        if faulted or state in ("estop", "fault"):
             status.level = DiagnosticStatus.ERROR
             status.message = (
-                f"backend fault: {loop.stats.last_error}" if faulted else "e-stop latched"
+                f"backend fault: {loop.stats.last_error}" if faulted
+                else "e-stop latched" if state == "estop"
+                else f"command fault: {fault}"
             )
-        elif not ticks.rate >= 0.9 * self.params.control_rate or stats.rejected_total:
+        elif not ticks.rate >= 0.9 * self.params.control_rate or recent:
             status.level = DiagnosticStatus.WARN
             status.message = (
                 f"{state}; tick rate {ticks.rate:.0f}/{self.params.control_rate:g} Hz; "
-                f"{stats.rejected_total} chunks rejected"
+                f"{recent} chunks rejected in the last {self.params.rejection_window:g} s; "
+                f"last: {stats.last_reject_reason}"
             )
         else:
             status.level = DiagnosticStatus.OK

@@ -115,8 +115,23 @@ class DriverParams:
     max_start_deviation: float = _f(
         0.5, "reject a chunk whose first executed action is this far from measured [rad]"
     )
-    ramp_in_time: float = _f(1.0, "ramp from the measured pose after start/reset [s]")
+    ramp_in_time: float = _f(
+        1.0, "blend from the held command into the first chunk after start/reset/hold [s]"
+    )
     watchdog_timeout: float = _f(0.5, "no accepted chunk for this long -> hold [s]")
+    chunk_rate: float = _f(
+        0.0,
+        "expected action rate of the chunks [Hz] (0: the embodiment's); step_dt must be within "
+        "4x of 1/chunk_rate and no shorter than one control tick",
+    )
+    max_chunk_duration: float = _f(10.0, "reject chunks whose horizon * step_dt is longer [s]")
+    max_chunk_lead: float = _f(
+        0.25, "reject chunks stamped, or starting, further ahead of the driver's clock [s]"
+    )
+    max_chunk_age: float = _f(2.0, "reject chunks whose stamp is older than this [s]")
+    rejection_window: float = _f(
+        10.0, "diagnostics: WARN while chunks were rejected within this many seconds"
+    )
     on_fault: str = _f("hold", "on a backend fault: hold (keep torque) | disable (torque off)")
     reconnect_period: float = _f(1.0, "seconds between reconnect attempts after a fault")
     # -- sim backend --
@@ -176,6 +191,12 @@ class DriverParams:
             problems.append("average_weight_new must be in [0, 1]")
         if self.watchdog_timeout <= 0 or self.max_start_deviation <= 0:
             problems.append("watchdog_timeout and max_start_deviation must be > 0")
+        if self.chunk_rate < 0:
+            problems.append("chunk_rate must be >= 0")
+        if min(self.max_chunk_duration, self.max_chunk_lead, self.max_chunk_age) <= 0:
+            problems.append("max_chunk_duration, max_chunk_lead and max_chunk_age must be > 0")
+        if self.rejection_window <= 0:
+            problems.append("rejection_window must be > 0")
         if self.on_fault not in ON_FAULT:
             problems.append(f"on_fault {self.on_fault!r} is not one of {ON_FAULT}")
         if self.sim_time_constant <= 0 or self.sim_noise_std < 0:
@@ -243,14 +264,33 @@ class DriverParams:
             max_acceleration=np.array(self.max_acceleration),
         )
 
-    def safety_config(self):
-        from hw_drivers.safety import SafetyConfig
+    def expected_chunk_rate(self) -> float:
+        """``chunk_rate``, or the embodiment's trained action rate, or 0 when neither is known."""
+        if self.chunk_rate > 0:
+            return self.chunk_rate
+        if not self.embodiment:
+            return 0.0
+        try:  # the model's table is the one source of this fact; the driver runs without it
+            from molmoact2_policy.embodiments import EMBODIMENTS
+        except ImportError:
+            return 0.0
+        spec = EMBODIMENTS.get(self.embodiment)
+        return spec.rate_hz if spec is not None else 0.0
 
+    def safety_config(self):
+        from hw_drivers.safety import SafetyConfig, step_dt_bounds
+
+        min_step_dt, max_step_dt = step_dt_bounds(self.control_rate, self.expected_chunk_rate())
         return SafetyConfig(
             max_step_per_tick=self.max_step_per_tick,
             max_start_deviation=self.max_start_deviation,
             ramp_in_time=self.ramp_in_time,
             watchdog_timeout=self.watchdog_timeout,
+            min_step_dt=min_step_dt,
+            max_step_dt=max_step_dt,
+            max_chunk_duration=self.max_chunk_duration,
+            max_chunk_lead=self.max_chunk_lead,
+            max_chunk_age=self.max_chunk_age,
         )
 
     def executor_config(self):
@@ -262,8 +302,69 @@ class DriverParams:
             blend_window=self.blend_window,
             average_weight_new=self.average_weight_new,
             dry_run=self.dry_run,
+            rejection_window=self.rejection_window,
         )
 
 
 def driver_param_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(DriverParams))
+
+
+# Safety limits ``ros2 param set`` may change while the driver runs, only inside the limits the
+# driver started with (its config: the hard limits). Tightening takes effect on the next tick.
+LIVE_LIMITS = (
+    "position_lower",
+    "position_upper",
+    "max_velocity",
+    "max_acceleration",
+    "max_step_per_tick",
+)
+
+
+def live_limit_problems(hard: DriverParams, changed: DriverParams) -> list[str]:
+    """Why ``changed`` may not replace the running limits of a driver started with ``hard``.
+
+    Empty when every live limit has one finite value per joint inside the hard limits: a
+    position range inside the configured one (lower < upper), speeds, accelerations and the
+    per-tick step positive and at most the configured ones.
+    """
+    n = len(hard.joint_names)
+    problems = []
+    arrays = {}
+    for name in ("position_lower", "position_upper", "max_velocity", "max_acceleration"):
+        value = np.asarray(getattr(changed, name), dtype=float)
+        if value.shape != (n,):
+            problems.append(f"{name} needs {n} values (one per joint), got {value.size}")
+        elif not np.all(np.isfinite(value)):
+            problems.append(f"{name} has non-finite values")
+        else:
+            arrays[name] = value
+    if problems:
+        return problems
+
+    def joints(mask: np.ndarray) -> str:
+        return ", ".join(hard.joint_names[j] for j in np.flatnonzero(mask))
+
+    lower, upper = arrays["position_lower"], arrays["position_upper"]
+    hard_lower, hard_upper = np.asarray(hard.position_lower), np.asarray(hard.position_upper)
+    if np.any(lower < hard_lower):
+        below = joints(lower < hard_lower)
+        problems.append(f"position_lower below the configured hard limit for {below}")
+    if np.any(upper > hard_upper):
+        above = joints(upper > hard_upper)
+        problems.append(f"position_upper above the configured hard limit for {above}")
+    if np.any(lower >= upper):
+        problems.append(f"position_lower >= position_upper for {joints(lower >= upper)}")
+    for name in ("max_velocity", "max_acceleration"):
+        value, cap = arrays[name], np.asarray(getattr(hard, name))
+        if np.any(value <= 0):
+            problems.append(f"{name} must be > 0 for {joints(value <= 0)}")
+        if np.any(value > cap):
+            problems.append(f"{name} above the configured hard limit for {joints(value > cap)}")
+    step = changed.max_step_per_tick
+    if not (np.isfinite(step) and 0 < step <= hard.max_step_per_tick):
+        problems.append(
+            f"max_step_per_tick must be in (0, {hard.max_step_per_tick:g}] (the configured "
+            f"hard limit), got {step}"
+        )
+    return problems

@@ -4,17 +4,29 @@ Pure and clock-injected: every method takes ``now`` (seconds on the driver's clo
 sleeps or starts threads, so tests drive it tick by tick. The driver calls ``submit`` when a
 chunk arrives and ``tick`` at the control rate; ``tick`` returns the one command to send.
 
+Every command ``tick`` returns, whatever state produced it (tracking, ramp-in, hold, reset,
+e-stop, watchdog, dry run), passes through one ``CommandGuard``: finite, inside the position
+limits, step, speed and acceleration limited relative to the previous command. A non-finite
+planned value is a fault that holds the last command until ``reset``. A rejected chunk changes
+nothing but the rejection counters.
+
 Timing model (real-time chunking): action ``k`` applies at ``chunk.time_of(k)``. When a chunk
 arrives at ``now`` its first ``d = ceil((now - time_of(0)) / step_dt)`` actions are already in
 the past; they are skipped (never executed late) and the trajectory is sampled at the right
-phase. A splice carries the previous command's position and velocity into the new trajectory
-with a cubic correction that fades out over ``blend_window`` (``HermiteCorrection``), so neither
-position nor velocity jumps at a chunk boundary, unlike a trajectory replace that restarts from
-zero velocity.
+phase. A splice carries the previous plan's position and velocity at the takeover tick into the
+new trajectory with a cubic correction that fades out over ``blend_window``
+(``HermiteCorrection``), so neither position nor velocity jumps at a chunk boundary. Because the
+carried state is the previous *plan's* (not the last command pushed forward at its velocity), a
+stream of chunks faster than the control rate converges on their content: the latest chunk
+wins and the command follows the trajectory they describe. A chunk whose first action is still
+ahead waits in a short queue and takes over at that action (the current plan, or the hold, runs
+until then), so nothing is ever extrapolated outside a chunk's knots; a flood of such chunks
+cannot starve the queue because the ones already waiting keep their turn.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -24,13 +36,24 @@ import numpy as np
 
 from hw_drivers.chunk import Chunk
 from hw_drivers.interpolation import INTERPOLATIONS, HermiteCorrection, KnotTrajectory
-from hw_drivers.safety import JointLimits, SafetyConfig, clamp_command, validate_chunk
+from hw_drivers.safety import (
+    CommandGuard,
+    JointLimits,
+    SafetyConfig,
+    validate_chunk,
+    validate_timing,
+)
 
 SPLICE_POLICIES = ("blend", "replace", "average")
-STATES = ("idle", "ramp_in", "tracking", "holding", "estop")
+STATES = ("idle", "ramp_in", "tracking", "holding", "estop", "fault")
 
 # Slack for "already in the past" so a chunk whose action lands exactly on `now` keeps it.
 _TIME_EPS = 1e-9
+#: Chunks whose first action is still ahead, waiting their turn; a newer one beyond this many
+#: replaces the newest waiting one (latest wins) instead of pushing the oldest out.
+MAX_WAITING = 16
+#: Diagnostics count rejections over this many seconds, so they describe the present.
+REJECTION_WINDOW = 10.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +66,7 @@ class ExecutorConfig:
     blend_window: float = 0.1  # [s]
     average_weight_new: float = 0.7
     dry_run: bool = False  # compute and publish commands but never send them to the hardware
+    rejection_window: float = REJECTION_WINDOW  # [s] recent rejections counted over this span
 
     def validate(self) -> list[str]:
         problems = []
@@ -54,6 +78,8 @@ class ExecutorConfig:
             problems.append("blend_window must be >= 0")
         if not 0.0 <= self.average_weight_new <= 1.0:
             problems.append("average_weight_new must be in [0, 1]")
+        if not self.rejection_window > 0:
+            problems.append("rejection_window must be > 0")
         return problems
 
 
@@ -73,20 +99,54 @@ class Command:
     reason: str  # why the executor is holding / idle / stopped ("" while tracking)
 
 
+class EventWindow:
+    """Counts events in the last ``window`` seconds, in one-second buckets (bounded memory
+    however many events arrive)."""
+
+    def __init__(self, window: float = REJECTION_WINDOW) -> None:
+        self.window = window
+        self._buckets: dict[int, int] = {}
+
+    def add(self, now: float) -> None:
+        if not math.isfinite(now):
+            return
+        key = math.floor(now)
+        self._prune(now)
+        self._buckets[key] = self._buckets.get(key, 0) + 1
+
+    def count(self, now: float) -> int:
+        self._prune(now)
+        return sum(self._buckets.values())
+
+    def _prune(self, now: float) -> None:
+        if not math.isfinite(now):
+            return
+        # Keys after `now` too: a clock that stepped back (sim time reset) starts afresh.
+        low, high = math.floor(now - self.window), math.floor(now)
+        for key in [k for k in self._buckets if k <= low or k > high]:
+            del self._buckets[key]
+
+
 @dataclass
 class ExecutorStats:
     ticks: int = 0
     accepted: int = 0
-    rejected: Counter = field(default_factory=Counter)  # reason code -> count
+    rejected: Counter = field(default_factory=Counter)  # reason code -> count (since start)
     clamped_ticks: int = 0
     splices: int = 0
     watchdog_holds: int = 0
     skipped_steps: int = 0
+    faults: int = 0
     last_reject_reason: str = ""
+    recent_rejections: EventWindow = field(default_factory=EventWindow)
 
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
+
+    def rejected_recently(self, now: float) -> int:
+        """Chunks rejected in the last ``recent_rejections.window`` seconds before ``now``."""
+        return self.recent_rejections.count(now)
 
 
 @dataclass
@@ -96,7 +156,12 @@ class _Plan:
     accepted_at: float
     correction: HermiteCorrection | None = None
     ramp_in: bool = False
-    anchored: bool = False  # correction computed at the first tick after acceptance
+
+    @property
+    def order_stamp(self) -> float:
+        """Stamp for ordering; one from the future counts as its arrival time, so a chunk
+        stamped ahead cannot lock out the chunks that follow it."""
+        return min(self.chunk.stamp, self.accepted_at)
 
     def sample(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         pos, vel = self.trajectory.sample(t)
@@ -107,11 +172,15 @@ class _Plan:
                 vel = dvel  # never extrapolate: the trajectory itself stands still past its end
         return pos, vel
 
-    def end(self) -> float:
-        end = self.trajectory.end
+    def blend_end(self) -> float:
+        """When this plan's splice / ramp-in blend is over."""
+        end = -math.inf
         if self.correction is not None and self.correction.window > 0:
-            end = max(end, self.correction.t0 + self.correction.window)
+            end = self.correction.t0 + self.correction.window
         return end
+
+    def end(self) -> float:
+        return max(self.trajectory.end, self.blend_end())
 
 
 class ChunkExecutor:
@@ -135,15 +204,16 @@ class ChunkExecutor:
         self.limits = limits
         self.safety = safety
         self.config = config
-        self.stats = ExecutorStats()
+        self.stats = ExecutorStats(recent_rejections=EventWindow(config.rejection_window))
+        self.guard = CommandGuard(limits, safety)
         self._plan: _Plan | None = None
-        self._pending: _Plan | None = None
-        self._last_command: np.ndarray | None = None
-        self._last_velocity = np.zeros(len(self.joint_names))
-        self._last_tick: float | None = None
+        self._waiting: list[_Plan] = []  # accepted, in arrival order, not yet taken over
+        self._hold_target: np.ndarray | None = None  # where holds aim; None: stay put
         self._last_accept: float | None = None
+        self._last_now: float | None = None  # time of the last tick
         self._estopped = False
         self._hold_requested = False
+        self._fault = ""
         self._needs_ramp_in = True
         self._ramp_after_hold = False
         self._state = "idle"
@@ -155,42 +225,83 @@ class ChunkExecutor:
     def state(self) -> str:
         return self._state
 
+    def set_limits(self, limits: JointLimits, max_step_per_tick: float) -> None:
+        """New limits (live parameters) for the next tick and the next chunk's checks.
+
+        A command now outside tighter position limits is not jumped inside: the guard moves it
+        towards them at the (new) step, speed and acceleration limits.
+        """
+        if limits.num_joints != len(self.joint_names):
+            raise ValueError(f"{limits.num_joints} joint limits for {len(self.joint_names)} joints")
+        self.limits = limits
+        self.safety = dataclasses.replace(self.safety, max_step_per_tick=max_step_per_tick)
+        self.guard.limits = limits
+        self.guard.config = self.safety
+
+    @property
+    def hold_requested(self) -> bool:
+        """``~/hold(true)`` is in force (until ``hold(false)``, ``reset`` or ``start``)."""
+        return self._hold_requested
+
     @property
     def estopped(self) -> bool:
         return self._estopped
 
     @property
-    def last_command(self) -> np.ndarray | None:
-        return None if self._last_command is None else self._last_command.copy()
+    def fault(self) -> str:
+        """Why the executor is faulted ("" when it is not); cleared by ``reset``."""
+        return self._fault
 
-    def reject(self, reason: str) -> SubmitResult:
+    @property
+    def last_command(self) -> np.ndarray | None:
+        return self.guard.position if self.guard.started else None
+
+    def reject(self, reason: str, now: float = math.nan) -> SubmitResult:
         """Count a chunk rejected before it could be submitted (e.g. a malformed message).
 
         ``reason`` starts with a short code and a colon, like the executor's own reasons.
         """
-        return self._reject(reason)
+        return self._reject(reason, now)
 
-    def _reject(self, reason: str) -> SubmitResult:
+    def _reject(self, reason: str, now: float) -> SubmitResult:
         self.stats.rejected[reason.split(":", 1)[0]] += 1
         self.stats.last_reject_reason = reason
+        self.stats.recent_rejections.add(now)
         return SubmitResult(False, reason, 0)
 
-    def submit(self, chunk: Chunk, now: float, measured: np.ndarray) -> SubmitResult:
-        """Validate ``chunk`` and schedule it to take over at the next tick."""
+    def submit(self, chunk: Chunk, now: float, measured: np.ndarray | None) -> SubmitResult:
+        """Validate ``chunk`` and schedule it to take over at the next tick.
+
+        Never raises for any chunk; a rejected chunk changes nothing but the statistics.
+        """
         if self._estopped:
-            return self._reject("estop: e-stop latched; call reset first")
+            return self._reject("estop: e-stop latched; call reset first", now)
+        if self._fault:
+            return self._reject(f"fault: {self._fault}; call reset first", now)
         if self._hold_requested:
-            return self._reject("hold: hold requested; chunks are ignored until released")
-        if chunk.positions.ndim == 2 and chunk.positions.shape[0] > 0 and chunk.step_dt > 0:
-            delay = (now - chunk.time_of(0)) / chunk.step_dt
-            skipped = max(0, math.ceil(delay - _TIME_EPS)) if math.isfinite(delay) else 0
-            if skipped >= chunk.horizon:
-                return self._reject(
-                    f"stale: all {chunk.horizon} actions are in the past (last at "
-                    f"{chunk.end_time:.3f}, now {now:.3f}; latency {now - chunk.stamp:.3f} s)"
-                )
-        else:
-            skipped = 0
+            return self._reject("hold: hold requested; chunks are ignored until released", now)
+        if not math.isfinite(now):
+            return self._reject(f"non_finite: driver time {now}", now)
+        if measured is not None:
+            measured = np.asarray(measured, dtype=float).reshape(-1)
+            if measured.shape != (len(self.joint_names),) or not np.all(np.isfinite(measured)):
+                return self._reject("measured: the robot's measured pose is not usable", now)
+        positions = chunk.positions
+        if positions.ndim != 2 or positions.shape[0] == 0:
+            return self._reject(
+                f"shape: positions must be (horizon>0, joints), got shape {positions.shape}", now
+            )
+        reason = validate_timing(chunk, now, self.safety)
+        if reason is not None:
+            return self._reject(reason, now)
+        delay = (now - chunk.time_of(0)) / chunk.step_dt
+        skipped = max(0, math.ceil(delay - _TIME_EPS))
+        if skipped >= chunk.horizon:
+            return self._reject(
+                f"stale: all {chunk.horizon} actions are in the past (last at "
+                f"{chunk.end_time:.3f}, now {now:.3f}; latency {now - chunk.stamp:.3f} s)",
+                now,
+            )
         reason = validate_chunk(
             chunk,
             self.joint_names,
@@ -200,12 +311,13 @@ class ChunkExecutor:
             first_index=skipped,
         )
         if reason is not None:
-            return self._reject(reason)
-        active = self._pending or self._plan
-        if active is not None and chunk.stamp < active.chunk.stamp:
+            return self._reject(reason, now)
+        active = self._waiting[-1] if self._waiting else self._plan
+        if active is not None and chunk.stamp < active.order_stamp:
             return self._reject(
                 f"out_of_order: chunk stamp {chunk.stamp:.3f} is older than the active chunk's "
-                f"{active.chunk.stamp:.3f}"
+                f"{active.order_stamp:.3f}",
+                now,
             )
         chunk = chunk.reordered(self.joint_names)
         knots = chunk.positions
@@ -216,13 +328,15 @@ class ChunkExecutor:
             and not self._needs_ramp_in
         ):
             knots = self._average_with(self._plan, times, knots)
-        trajectory = KnotTrajectory(times, knots, self.config.interpolation)
-        self._pending = _Plan(
-            chunk=chunk,
-            trajectory=trajectory,
-            accepted_at=now,
-            ramp_in=self._needs_ramp_in or self._ramp_after_hold,
-        )
+        try:
+            trajectory = KnotTrajectory(times, knots, self.config.interpolation)
+        except ValueError as err:  # e.g. knot times that float resolution cannot separate
+            return self._reject(f"timing: {err}", now)
+        plan = _Plan(chunk=chunk, trajectory=trajectory, accepted_at=now)
+        if len(self._waiting) >= MAX_WAITING:
+            self._waiting[-1] = plan
+        else:
+            self._waiting.append(plan)
         self._last_accept = now
         self.stats.accepted += 1
         self.stats.skipped_steps += skipped
@@ -237,83 +351,149 @@ class ChunkExecutor:
                 merged[k] = w * knots[k] + (1 - w) * old_pos
         return merged
 
-    def estop(self) -> None:
-        """Latch the e-stop: commands hold where they are with zero velocity until ``reset``."""
-        self._estopped = True
+    def _drop_plans(self) -> None:
         self._plan = None
-        self._pending = None
+        self._waiting = []
 
-    def reset(self, measured: np.ndarray) -> None:
-        """Clear e-stop, hold and plans; hold at ``measured``; the next chunk ramps in."""
-        self._estopped = False
+    def start(self, measured: np.ndarray, now: float | None = None) -> None:
+        """The link to the robot came (back) up holding at ``measured``: a new command stream
+        starts there. Plans and hold requests are dropped; a latched e-stop stays latched.
+
+        Raises ``ValueError`` when ``measured`` is not a finite pose of the right size.
+        """
+        self.guard.start(measured, now)
+        self._drop_plans()
+        self._hold_target = None
         self._hold_requested = False
-        self._plan = None
-        self._pending = None
-        self._last_command = np.array(measured, dtype=float, copy=True)
-        self._last_velocity = np.zeros(len(self.joint_names))
+        self._fault = ""
         self._needs_ramp_in = True
         self._ramp_after_hold = False
-        self._state = "idle"
-        self._reason = "reset; waiting for a chunk"
+        self._state, self._reason = (
+            ("estop", "e-stop latched; call reset") if self._estopped
+            else ("idle", "started; waiting for a chunk")
+        )
 
-    def hold(self, on: bool) -> None:
-        """Hold the current command (on) or accept chunks again (off)."""
+    def estop(self) -> str:
+        """Latch the e-stop: commands hold where they are with zero velocity until ``reset``."""
+        self._estopped = True
+        self._drop_plans()
+        self._hold_target = None
+        return "e-stop latched; call ~/reset to resume"
+
+    def reset(self, measured: np.ndarray | None) -> str:
+        """Clear e-stop, fault, hold and plans; settle at ``measured``; the next chunk ramps in.
+
+        The command moves from where it is to ``measured`` through the guard like any other
+        (never a jump); with no usable ``measured`` it holds where it is. Returns what it did.
+        """
+        pose = None
+        if measured is not None:
+            pose = np.array(measured, dtype=float, copy=True).reshape(-1)
+            if pose.shape != (len(self.joint_names),) or not np.all(np.isfinite(pose)):
+                pose = None
+        if not self.guard.started:
+            if pose is None:
+                raise ValueError("reset before any command needs a finite measured pose")
+            self.guard.start(pose)
+        cleared = [
+            name
+            for name, latched in (
+                ("e-stop", self._estopped),
+                ("fault", bool(self._fault)),
+                ("hold", self._hold_requested),
+            )
+            if latched
+        ]
+        self._estopped = False
+        self._hold_requested = False
+        self._fault = ""
+        self._drop_plans()
+        self._hold_target = pose
+        self._needs_ramp_in = True
+        self._ramp_after_hold = False
+        where = "settling at the measured pose" if pose is not None else "holding"
+        self._state, self._reason = "idle", f"reset; {where}; waiting for a chunk"
+        done = f"cleared {', '.join(cleared)}; " if cleared else ""
+        return f"reset: {done}{where}; the next chunk ramps in"
+
+    def hold(self, on: bool) -> tuple[bool, str]:
+        """Hold the current command (on) or accept chunks again (off).
+
+        Returns (whether chunks are now followed as asked, what the executor does now).
+        """
         self._hold_requested = on
         if on:
-            self._plan = None
-            self._pending = None
+            self._drop_plans()
+            self._hold_target = None
+            self._ramp_after_hold = True  # the arm stopped: the next chunk ramps in
+            return True, "holding"
+        if self._estopped:
+            return False, "hold released, but the e-stop is latched: still holding; call ~/reset"
+        if self._fault:
+            return False, f"hold released, but faulted ({self._fault}): still holding; call ~/reset"
+        return True, "hold released: following chunks (the next one ramps in)"
 
     # -- the control tick ---------------------------------------------------------------------
 
     def tick(self, now: float, measured: np.ndarray) -> Command:
         """The command for time ``now``."""
         self.stats.ticks += 1
-        if self._last_command is None:
-            self.reset(measured)
-        assert self._last_command is not None
-        dt = 0.0 if self._last_tick is None else now - self._last_tick
-        if self._last_tick is not None and dt < 0:
-            dt = 0.0  # a clock step backwards (sim time reset): hold this tick
-        target, velocity = self._plan_target(now, measured)
-        if self._estopped:
-            command, clamped = self._last_command.copy(), False
-            velocity = np.zeros_like(command)
+        if not self.guard.started:
+            self.guard.start(measured)  # the first command is where the robot is
+        if self._last_now is not None and now < self._last_now:
+            # The clock stepped back (sim time reset): plans, stamps and the watchdog all refer
+            # to the old timeline. Hold; whatever comes next ramps in on the new one.
+            self._drop_plans()
+            self._hold_target = None
+            self._last_accept = None
+            self._ramp_after_hold = True
+        if math.isfinite(now):
+            self._last_now = now
+        target, velocity = self._plan_target(now)
+        if self._estopped or self._fault:
+            out = self.guard.hold(now)
         else:
-            command, clamped = clamp_command(
-                target,
-                self._last_command,
-                self.limits,
-                self.safety,
-                dt,
-                previous_velocity=self._last_velocity,
-            )
-            if clamped:
-                self.stats.clamped_ticks += 1
-                velocity = (command - self._last_command) / dt if dt > 0 else velocity * 0
-        self._last_command = command
-        self._last_velocity = np.asarray(velocity, dtype=float)
-        self._last_tick = now
+            out = self.guard.apply(target, velocity, now)
+        if out.fault:
+            self._latch_fault(out.fault)
+        elif out.clamped:
+            self.stats.clamped_ticks += 1
         return Command(
-            positions=command.copy(),
-            velocities=self._last_velocity.copy(),
+            positions=out.positions.copy(),
+            velocities=out.velocities.copy(),
             state=self._state,
-            clamped=clamped,
+            clamped=out.clamped,
             reason=self._reason,
         )
 
+    def _latch_fault(self, why: str) -> None:
+        self._fault = why
+        self.stats.faults += 1
+        self._drop_plans()
+        self._hold_target = None
+        self._state, self._reason = "fault", f"{why}; holding the last safe command until reset"
+
     def _hold_here(self, state: str, reason: str) -> tuple[np.ndarray, np.ndarray]:
         self._state, self._reason = state, reason
-        assert self._last_command is not None
-        return self._last_command.copy(), np.zeros(len(self.joint_names))
+        target = self._hold_target if self._hold_target is not None else self.guard.position
+        return target.copy(), np.zeros(len(self.joint_names))
 
-    def _plan_target(self, now: float, measured: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _plan_target(self, now: float) -> tuple[np.ndarray, np.ndarray]:
         if self._estopped:
             return self._hold_here("estop", "e-stop latched; call reset")
+        if self._fault:
+            return self._hold_here(
+                "fault", f"{self._fault}; holding the last safe command until reset"
+            )
         if self._hold_requested:
             return self._hold_here("holding", "hold requested")
-        if self._pending is not None:
-            self._activate(self._pending, now, measured)
-            self._pending = None
+        due = [i for i, p in enumerate(self._waiting) if p.trajectory.start <= now + _TIME_EPS]
+        if due:
+            # The latest arrival whose first action has come takes over; those before it are
+            # superseded, those after it keep waiting for their first action.
+            plan = self._waiting[due[-1]]
+            self._waiting = self._waiting[due[-1] + 1 :]
+            self._activate(plan, now)
         plan = self._plan
         if plan is None:
             state = "idle" if self._needs_ramp_in else "holding"
@@ -322,61 +502,55 @@ class ChunkExecutor:
         since_accept = now - self._last_accept
         if since_accept > self.safety.watchdog_timeout:
             self._plan = None
+            self._hold_target = None
             self.stats.watchdog_holds += 1
             # The policy went away (crash, restart, network): whatever comes next starts
             # from where the arm is, like after a reset, not spliced over blend_window.
             self._ramp_after_hold = True
-            return self._hold_here(
-                "holding", f"watchdog: no chunk for {since_accept:.3f} s"
-            )
+            return self._hold_here("holding", f"watchdog: no chunk for {since_accept:.3f} s")
         if now > plan.end():
             self._plan = None
-            self._hold_here("holding", "chunk ended; holding its last point")
             last_point, _ = plan.sample(plan.end())
-            return last_point, np.zeros(len(self.joint_names))
-        in_ramp = plan.ramp_in and plan.correction is not None and plan.correction.active(now)
+            self._hold_target = last_point
+            return self._hold_here("holding", "chunk ended; holding its last point")
+        in_ramp = plan.ramp_in and now < plan.blend_end()
         self._state, self._reason = ("ramp_in" if in_ramp else "tracking"), ""
         return plan.sample(now)
 
-    def _activate(self, plan: _Plan, now: float, measured: np.ndarray) -> None:
-        """Anchor the pending plan at this tick so the command continues without a jump."""
-        assert self._last_command is not None
-        new_pos, new_vel = plan.trajectory.sample(now)
+    def _activate(self, plan: _Plan, now: float) -> None:
+        """Anchor ``plan`` (its first action has come) at this tick: the command continues
+        without a jump in position or velocity."""
+        current = self._plan
+        plan.ramp_in = self._needs_ramp_in or self._ramp_after_hold
         if plan.ramp_in:
-            start_pos = np.asarray(measured, dtype=float)
-            start_vel = np.zeros_like(start_pos)
+            # Ramp in from the command itself (after start, reset, hold or watchdog there is
+            # no plan to continue), never from a jump to somewhere else.
+            start_pos, start_vel = self.guard.position, self.guard.velocity
             window = max(self.safety.ramp_in_time, 0.0)
             self._needs_ramp_in = False
             self._ramp_after_hold = False
-            # The ramp starts where the arm is, not where an older hold command was.
-            self._last_command = start_pos.copy()
-            self._last_velocity = start_vel.copy()
         else:
-            # Where the previous command would be now, moving as it was.
-            dt = 0.0 if self._last_tick is None else max(now - self._last_tick, 0.0)
-            start_pos = self._last_command + self._last_velocity * dt
-            start_vel = self._last_velocity.copy()
+            if current is not None:
+                # Where the previous plan is now: a splice continues the plan, not the last
+                # command pushed on at its velocity (that coasts when chunks come every tick).
+                start_pos, start_vel = current.sample(now)
+            else:
+                start_pos, start_vel = self.guard.position, self.guard.velocity
             window = self.config.blend_window
             if self.config.splice_policy == "replace":
                 window = 0.0
-            current = self._plan
-            if (
-                current is not None
-                and current.ramp_in
-                and current.correction is not None
-                and current.correction.active(now)
-            ):
+            if current is not None and current.ramp_in and now < current.blend_end():
                 # A chunk that arrives mid ramp-in keeps the ramp's pace: spliced over the
                 # ramp's remaining time, not the (short) blend window, so it cannot jump.
-                remaining = current.correction.t0 + current.correction.window - now
-                window = max(window, remaining)
+                window = max(window, current.blend_end() - now)
                 plan.ramp_in = True
-            if self._plan is not None:
+            if current is not None:
                 self.stats.splices += 1
+        self._hold_target = None
+        new_pos, new_vel = plan.trajectory.sample(now)  # now >= its first action: inside
         plan.correction = (
             HermiteCorrection(now, window, start_pos - new_pos, start_vel - new_vel)
             if window > 0
             else None
         )
-        plan.anchored = True
         self._plan = plan

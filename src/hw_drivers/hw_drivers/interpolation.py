@@ -1,10 +1,10 @@
 """Time interpolation of chunk knots and the C1 splice correction (pure numpy).
 
-``KnotTrajectory`` samples position and velocity between knots. It never extrapolates past the
-last knot (it holds it with zero velocity); before the first knot it follows the first
-segment's line, the lead-in to an action that is still in the future. ``HermiteCorrection``
-is the offset that carries position *and* velocity of the previous command into a new
-trajectory and fades to zero over a window, so a splice has no jump in either.
+``KnotTrajectory`` samples position and velocity between knots. It never extrapolates: outside
+its knots it holds the nearest end knot with zero velocity (the executor lets a chunk take over
+only once its first action has come). ``HermiteCorrection`` is the offset that carries
+position *and* velocity of the previous command into a new trajectory and fades to zero over a
+window, so a splice has no jump in either.
 """
 
 from __future__ import annotations
@@ -67,27 +67,17 @@ class KnotTrajectory:
     def end(self) -> float:
         return float(self.times[-1])
 
-    def start_slope(self) -> np.ndarray:
-        """Velocity at the first knot."""
-        if self._slopes is not None:
-            return self._slopes[0].copy()
-        if self.times.shape[0] < 2:
-            return np.zeros(self.positions.shape[1])
-        return (self.positions[1] - self.positions[0]) / (self.times[1] - self.times[0])
-
     def covers(self, t: float) -> bool:
         return self.start <= t <= self.end
 
     def sample(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """(position, velocity) at time ``t``; held at the end knots outside the range."""
-        if self.times.shape[0] == 1:
+        """(position, velocity) at time ``t``; held at the end knots outside the range.
+
+        No extrapolation either way: before the first knot a line through the first segment
+        can run anywhere (a chunk stamped 10 s ahead would be sampled 10 s down that line).
+        """
+        if self.times.shape[0] == 1 or t < self.times[0]:
             return self.positions[0].copy(), np.zeros(self.positions.shape[1])
-        if t < self.times[0]:
-            # Lead-in before the first action (a chunk whose first action is still in the
-            # future): continue the first segment's line backwards, so the trajectory is
-            # already moving into action 0 instead of standing still and kinking there.
-            slope = self.start_slope()
-            return self.positions[0] + slope * (t - self.times[0]), slope
         if t > self.times[-1]:
             return self.positions[-1].copy(), np.zeros(self.positions.shape[1])
         i = min(int(np.searchsorted(self.times, t, side="right")) - 1, self.times.shape[0] - 2)

@@ -1,12 +1,15 @@
 """Safety rules for chunks and commands (pure numpy, no ROS).
 
-``validate_chunk`` rejects a whole chunk instead of executing part of it; ``clamp_command`` limits
-every command the executor sends. Rejection reasons start with a short code (``non_finite:``,
-``joint_set:``, ...) that the executor counts by; the rest names the joint, step and values.
+``validate_timing`` and ``validate_chunk`` reject a whole chunk instead of executing part of it;
+``CommandGuard`` is the one place every command the executor produces passes through (tracking,
+ramp-in, holds, reset, e-stop, watchdog, dry run alike), so its invariants hold whatever the
+input was. Rejection reasons start with a short code (``non_finite:``, ``joint_set:``,
+``timing:``, ...) that the executor counts by; the rest names the joint, step and values.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,12 +52,82 @@ class JointLimits:
         return int(self.lower.size)
 
 
+#: How far a chunk's ``step_dt`` may stray from the embodiment's action period, either way.
+STEP_DT_RATIO = 4.0
+
+
 @dataclass(frozen=True)
 class SafetyConfig:
     max_step_per_tick: float = 0.03  # largest change of any joint command per tick [rad]
     max_start_deviation: float = 0.5  # first applicable point vs measured [rad]
-    ramp_in_time: float = 1.0  # blend from the measured position after start/reset [s]
+    ramp_in_time: float = 1.0  # blend from the current command after start/reset [s]
     watchdog_timeout: float = 0.5  # no accepted chunk for this long -> hold [s]
+    # Time domain of a chunk (see ``validate_timing``; ``step_dt_bounds`` derives the first two).
+    min_step_dt: float = 1e-3  # [s]
+    max_step_dt: float = 1.0  # [s]
+    max_chunk_duration: float = 10.0  # horizon * step_dt [s]
+    max_chunk_lead: float = 0.25  # stamp / first action at most this far ahead of now [s]
+    max_chunk_age: float = 2.0  # stamp at most this far behind now [s]
+
+
+def step_dt_bounds(control_rate: float, chunk_rate: float = 0.0) -> tuple[float, float]:
+    """The ``step_dt`` range a driver at ``control_rate`` [Hz] accepts.
+
+    Actions closer together than one control tick cannot be followed (the loop would skip them
+    and knot times run into float resolution), and a period far from the one the embodiment was
+    trained at (``chunk_rate``, 0 when unknown) is not a chunk of that policy: its knots would be
+    interpolated across spans the model never meant.
+    """
+    tick = 1.0 / control_rate
+    if chunk_rate > 0:
+        expected = 1.0 / chunk_rate
+        low = max(tick, expected / STEP_DT_RATIO)
+        return low, max(low, expected * STEP_DT_RATIO)
+    return tick, max(tick, 1.0)
+
+
+def validate_timing(chunk: Chunk, now: float, config: SafetyConfig) -> str | None:
+    """Why ``chunk``'s times make it unusable at ``now`` (driver clock), or None.
+
+    Checks ``step_dt`` against its bounds, the span ``horizon * step_dt``, and the stamp and
+    first action against ``now``: a stamp is an observation's capture time, so one from the
+    future (beyond clock skew) or long past is not a chunk for the present.
+    """
+    step_dt, stamp, offset = chunk.step_dt, chunk.stamp, chunk.start_offset
+    if not all(math.isfinite(v) for v in (step_dt, stamp, offset)):
+        return (
+            f"non_finite: stamp {stamp}, start_offset {offset} and step_dt {step_dt} must be "
+            "finite"
+        )
+    if not config.min_step_dt <= step_dt <= config.max_step_dt:
+        return (
+            f"timing: step_dt {step_dt:.6g} s is outside [{config.min_step_dt:.6g}, "
+            f"{config.max_step_dt:.6g}] s"
+        )
+    duration = chunk.horizon * step_dt
+    if duration > config.max_chunk_duration:
+        return (
+            f"timing: horizon {chunk.horizon} x step_dt {step_dt:.6g} s = {duration:.3f} s is "
+            f"longer than {config.max_chunk_duration:g} s"
+        )
+    if not 0.0 <= offset <= config.max_chunk_duration:
+        return f"timing: start_offset {offset:.6g} s is outside [0, {config.max_chunk_duration:g}]"
+    if stamp > now + config.max_chunk_lead:
+        return (
+            f"future: stamp is {stamp - now:.3f} s ahead of the driver's clock (max "
+            f"{config.max_chunk_lead:g} s)"
+        )
+    first = stamp + offset
+    if first > now + config.max_chunk_lead:
+        return (
+            f"future: first action applies {first - now:.3f} s from now (max "
+            f"{config.max_chunk_lead:g} s)"
+        )
+    if now - stamp > config.max_chunk_age:
+        return (
+            f"stale: stamp is {now - stamp:.3f} s old (max {config.max_chunk_age:g} s)"
+        )
+    return None
 
 
 def _joint(joint_names: Sequence[str], j: int) -> str:
@@ -132,36 +205,112 @@ def validate_chunk(
     return None
 
 
-def clamp_command(
-    target: np.ndarray,
-    previous: np.ndarray,
-    limits: JointLimits,
-    config: SafetyConfig,
-    dt: float,
-    *,
-    previous_velocity: np.ndarray | None = None,
-) -> tuple[np.ndarray, bool]:
-    """The command to send this tick and whether any rule changed ``target``.
+@dataclass(frozen=True)
+class GuardedCommand:
+    positions: np.ndarray
+    velocities: np.ndarray
+    clamped: bool  # a rule changed the requested position this tick
+    fault: str  # "" or why the request was unusable (non-finite); the command then holds
 
-    Rules, per joint: position limits; a change of at most ``max_step_per_tick`` and
-    ``max_velocity * dt``; with ``previous_velocity`` given, speed may grow by at most
-    ``max_acceleration * dt`` per tick (slowing down is never limited: stopping is always
-    allowed, and it cannot overshoot the target because the step never exceeds it).
+
+class CommandGuard:
+    """The last word on every command: finite, inside the limits, step, speed and acceleration
+    limited relative to the previous command.
+
+    Per joint and tick, with ``dt`` the time since the previous command and ``v`` the previous
+    command's actual speed (its step over its ``dt``): the position stays in
+    ``[lower, upper]``; the step is at most ``max_step_per_tick`` and ``max_velocity * dt``;
+    speed grows by at most ``max_acceleration * dt`` (a step against the previous motion
+    counts from zero speed). Slowing down is never limited: stopping (e-stop, hold) is always
+    allowed, and a step never overshoots the requested position. A non-finite request is a
+    fault: the command holds the last one. ``dt <= 0`` (first command, clock stepped back)
+    holds too.
+
+    One exception, by necessity: ``start`` takes the measured pose as it is, and a robot
+    started outside its limits is then only ever moved towards them.
     """
-    target = np.asarray(target, dtype=float)
-    previous = np.asarray(previous, dtype=float)
-    limited = np.clip(target, limits.lower, limits.upper)
-    clamped = bool(np.any(np.abs(limited - target) > _POSITION_SLACK))
-    if dt <= 0:
-        return previous.copy(), clamped or bool(np.any(np.abs(limited - previous) > 1e-12))
-    step = limited - previous
-    max_step = np.minimum(config.max_step_per_tick, limits.max_velocity * dt)
-    if previous_velocity is not None:
-        previous_velocity = np.asarray(previous_velocity, dtype=float)
-        same_direction = np.sign(step) == np.sign(previous_velocity)
-        speed_now = np.where(same_direction, np.abs(previous_velocity), 0.0)
+
+    def __init__(self, limits: JointLimits, config: SafetyConfig) -> None:
+        self.limits = limits
+        self.config = config
+        self._position: np.ndarray | None = None
+        self._speed = np.zeros(limits.num_joints)  # actual velocity of the last step
+        self._time: float | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._position is not None
+
+    @property
+    def position(self) -> np.ndarray:
+        if self._position is None:
+            raise RuntimeError("command guard not started")
+        return self._position.copy()
+
+    @property
+    def velocity(self) -> np.ndarray:
+        """Actual velocity of the last command (its step over its tick)."""
+        return self._speed.copy()
+
+    def start(self, position: np.ndarray, now: float | None = None) -> None:
+        """Begin a new command stream at ``position`` (the robot's pose as the link came up)."""
+        position = np.array(position, dtype=float, copy=True).reshape(-1)
+        if position.shape != (self.limits.num_joints,) or not np.all(np.isfinite(position)):
+            raise ValueError(f"command guard start: need {self.limits.num_joints} finite values")
+        self._position = position
+        self._speed = np.zeros_like(position)
+        self._time = now if now is not None and math.isfinite(now) else None
+
+    def hold(self, now: float) -> GuardedCommand:
+        """The previous command again (always allowed)."""
+        return self.apply(self.position, np.zeros(self.limits.num_joints), now)
+
+    def apply(self, target: np.ndarray, velocity: np.ndarray, now: float) -> GuardedCommand:
+        """The command for ``now`` closest to ``target`` that obeys every rule."""
+        previous = self.position
+        n = previous.size
+        target = np.asarray(target, dtype=float).reshape(-1)
+        velocity = np.asarray(velocity, dtype=float).reshape(-1)
+        dt = 0.0
+        if math.isfinite(now):
+            if self._time is not None:
+                dt = now - self._time
+            self._time = now
+        if target.shape != (n,) or velocity.shape != (n,):
+            return self._stay(previous, f"non_finite: planned command has shape {target.shape}")
+        if not np.all(np.isfinite(target)):
+            bad = int(np.flatnonzero(~np.isfinite(target))[0])
+            return self._stay(
+                previous, f"non_finite: planned position of joint #{bad} is {target[bad]}"
+            )
+        if not dt > 0:
+            self._speed = np.zeros(n)
+            return GuardedCommand(previous, np.zeros(n), bool(np.any(target != previous)), "")
+        limits = self.limits
+        limited = np.clip(target, limits.lower, limits.upper)
+        clamped = bool(np.any(np.abs(limited - target) > _POSITION_SLACK))
+        step = limited - previous
+        max_step = np.minimum(self.config.max_step_per_tick, limits.max_velocity * dt)
+        same_direction = np.sign(step) == np.sign(self._speed)
+        speed_now = np.where(same_direction, np.abs(self._speed), 0.0)
         max_step = np.minimum(max_step, (speed_now + limits.max_acceleration * dt) * dt)
-    new_step = np.clip(step, -max_step, max_step)
-    clamped = clamped or bool(np.any(np.abs(new_step - step) > 1e-12))
-    command = np.clip(previous + new_step, limits.lower, limits.upper)
-    return command, clamped
+        new_step = np.clip(step, -max_step, max_step)
+        clamped = clamped or bool(np.any(np.abs(new_step - step) > 1e-12))
+        # Never further outside the limits than the previous command (see ``start``).
+        command = np.clip(
+            previous + new_step,
+            np.minimum(limits.lower, previous),
+            np.maximum(limits.upper, previous),
+        )
+        actual = (command - previous) / dt
+        if clamped or not np.all(np.isfinite(velocity)):
+            out_velocity = actual
+        else:
+            out_velocity = np.clip(velocity, -limits.max_velocity, limits.max_velocity)
+        self._position = command
+        self._speed = actual
+        return GuardedCommand(command.copy(), out_velocity, clamped, "")
+
+    def _stay(self, previous: np.ndarray, fault: str) -> GuardedCommand:
+        self._speed = np.zeros(previous.size)
+        return GuardedCommand(previous, np.zeros(previous.size), True, fault)

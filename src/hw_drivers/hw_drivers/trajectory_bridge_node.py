@@ -28,7 +28,7 @@ from hw_drivers.bridge_guard import GuardConfig, guard
 from hw_drivers.chunk import Chunk
 from hw_drivers.ros_params import declare_dataclass_params
 from hw_drivers.ros_runtime import run_lifecycle_node
-from hw_drivers.safety import JointLimits, SafetyConfig, validate_chunk
+from hw_drivers.safety import JointLimits, SafetyConfig, validate_chunk, validate_timing
 from hw_drivers.trajectory import BridgeOutput, chunk_to_trajectory, seconds_to_duration
 from hw_drivers.trajectory_bridge_params import TrajectoryBridgeParams
 from molmoact2_msgs.msg import ActionChunk
@@ -168,7 +168,11 @@ class TrajectoryBridgeNode(LifecycleNode):
         except (ValueError, TypeError) as exc:
             self._reject(f"malformed: {exc}", msg.sequence)
             return
-        reason = validate_chunk(chunk, self.params.joint_names, self._limits, None, self._safety)
+        # The same time-domain rules as the driver: a chunk stamped far ahead or with absurd
+        # step_dt would otherwise reach the controller as a trajectory of absurd durations.
+        reason = validate_timing(chunk, now, self._safety) or validate_chunk(
+            chunk, self.params.joint_names, self._limits, None, self._safety
+        )
         if reason is not None:
             self._reject(reason, msg.sequence)
             return

@@ -25,6 +25,8 @@ def _add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--think", action="store_true", help="MolmoAct2-Think mode")
     parser.add_argument("--record", action="store_true", help="record to MCAP")
     parser.add_argument("--record-dir", default="", help="directory for the recording")
+    parser.add_argument("--foxglove", action="store_true",
+                        help="serve the live view over Foxglove WebSocket (no RViz needed)")
     parser.add_argument("--rviz", action="store_true",
                         help="start rviz2 too (needs a system ROS 2 install)")
     parser.add_argument("--namespace", default="", help="namespace of this robot instance")
@@ -43,6 +45,7 @@ def options_from_args(args: argparse.Namespace) -> graph.LaunchOptions:
         think=args.think,
         rviz=args.rviz,
         record=args.record,
+        foxglove=args.foxglove,
         namespace=args.namespace,
         use_sim_time=args.use_sim_time,
         publish_tf=args.publish_tf,
@@ -105,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         from molmoact2_policy.model.checkpoint import main as checkpoint_main
 
         return checkpoint_main(argv[1:])
+    if argv[:2] == ["export", "lerobot"]:
+        from molmoact2.lerobot_export import main as export_main
+
+        return export_main(argv[2:])
     if argv and argv[0] == "report":
         from molmoact2.report import main as report_main
 
@@ -125,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="policy server for remote inference (see --help)")
     sub.add_parser("checkpoint", help="write a tiny random checkpoint (see --help)")
     sub.add_parser("report", help="plots and a summary of an MCAP recording")
+    sub.add_parser("export", help="'export lerobot REC.mcap ... --out DIR': a LeRobot dataset")
     sub.add_parser("demo", help="the README demo: YAM sim, 20 s, recording, report")
     args = parser.parse_args(argv)
     try:

@@ -24,6 +24,7 @@ POLICY_NODE = "molmoact2_policy"
 DEPTH_CACHE_NODE = "molmoact2_depth_cache"
 SIM_CAMERAS_NODE = "sim_cameras"
 RECORDER_NODE = "recorder"
+FOXGLOVE_NODE = "foxglove"
 TF_NODE = "molmoact2_tf"
 SHARED_KEYS = (
     "robot",
@@ -49,6 +50,7 @@ class LaunchOptions:
     think: bool = False
     rviz: bool = False
     record: bool = False
+    foxglove: bool = False
     namespace: str = ""
     use_sim_time: bool = False
     # Start molmoact2_tf (the config's static frames, URDF link frames). None: always in sim,
@@ -246,6 +248,13 @@ _NODE_KINDS: dict[str, tuple[str, str, str, bool, str]] = {
         False,
         "molmoact2.recorder_node:RecorderParams",
     ),
+    FOXGLOVE_NODE: (
+        "molmoact2",
+        "foxglove_node",
+        "molmoact2.foxglove_node",
+        False,
+        "molmoact2.foxglove_node:FoxgloveParams",
+    ),
     TF_NODE: (
         "molmoact2",
         "tf_node",
@@ -280,6 +289,7 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
 
     urdf = urdf_path(config)
     policy_overrides = dict(common)
+    policy_overrides["driver_node"] = config.driver_name  # held by ~/run_task at its end
     if urdf is not None:
         policy_overrides["urdf"] = str(urdf)
     if options.checkpoint:
@@ -308,6 +318,10 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
         recorder_overrides = dict(common)
         recorder_overrides["topics"] = recorded_topics(config, options)
         nodes.append(_spec(RECORDER_NODE, RECORDER_NODE, files, recorder_overrides))
+    if options.foxglove:
+        foxglove_overrides = dict(common)
+        foxglove_overrides["topics"] = viewed_topics(config, options)
+        nodes.append(_spec(FOXGLOVE_NODE, FOXGLOVE_NODE, files, foxglove_overrides))
     return nodes
 
 
@@ -347,6 +361,29 @@ def recorded_topics(config: RobotConfig, options: LaunchOptions) -> list[str]:
         topics.append(f"{DEPTH_CACHE_NODE}/depth_markers")
     if publishes_tf(config, options):
         topics += ["/tf_static", "/tf"]  # absolute, as tf2 names them
+    return topics
+
+
+def viewed_topics(config: RobotConfig, options: LaunchOptions) -> list[str]:
+    """Topics (relative to the namespace) that ``foxglove:=true`` serves: what RViz shows."""
+    topics = list(config.shared["camera_topics"])
+    topics += [
+        "joint_states",
+        f"{config.driver_name}/commanded_joint_states",
+        f"{POLICY_NODE}/action_chunk",
+        f"{POLICY_NODE}/status",
+        f"{POLICY_NODE}/predicted_joint_states",
+        f"{POLICY_NODE}/predicted_chunk_markers",
+        "/diagnostics",
+        "/tf",
+        "/tf_static",
+    ]
+    if options.think:
+        topics += [
+            f"{DEPTH_CACHE_NODE}/depth_tokens",
+            f"{DEPTH_CACHE_NODE}/depth_image",
+            f"{DEPTH_CACHE_NODE}/depth_markers",
+        ]
     return topics
 
 

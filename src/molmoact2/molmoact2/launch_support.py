@@ -16,6 +16,7 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "think": ("false", "MolmoAct2-Think: adaptive depth tokens and the depth-cache node"),
     "rviz": ("false", "start RViz2 with config/molmoact2.rviz"),
     "record": ("false", "record cameras, joints, chunks, depth tokens and status to MCAP"),
+    "foxglove": ("false", "serve the live view over Foxglove WebSocket (ws://127.0.0.1:8765)"),
     "namespace": ("", "namespace of this robot instance"),
     "use_sim_time": ("false", "use /clock instead of the wall clock"),
     "publish_tf": (
@@ -42,6 +43,7 @@ def options_from_context(context) -> graph.LaunchOptions:
         think=_truthy(value("think")),
         rviz=_truthy(value("rviz")),
         record=_truthy(value("record")),
+        foxglove=_truthy(value("foxglove")),
         namespace=value("namespace"),
         use_sim_time=_truthy(value("use_sim_time")),
         publish_tf=_truthy(value("publish_tf")) if value("publish_tf").strip() else None,

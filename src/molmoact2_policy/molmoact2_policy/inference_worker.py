@@ -148,6 +148,12 @@ class InferenceWorker:
             self._cond.notify_all()
             return replaced
 
+    def set_max_rate(self, max_rate: float) -> None:
+        """Change the rate cap while running (a live parameter); <= 0 removes it."""
+        with self._cond:
+            self._min_interval = 1.0 / max_rate if max_rate > 0.0 else 0.0
+            self._cond.notify_all()
+
     def clear_pending(self) -> None:
         """Forget the pending request (after a reset or an instruction change)."""
         with self._cond:

@@ -227,12 +227,13 @@ class ObservationAssembler:
         )
 
     def input_status(self, now_ns: int) -> list[InputStatus]:
-        """Age and health of every camera and joint-state topic, for ~/status."""
+        """Age and health of every camera and joint-state topic, for ~/status (an input is ok
+        only while it is fresh: one that stopped reads not ok once older than ``max_age``)."""
         out: list[InputStatus] = []
-        for name, slot in self._cameras.items():
-            out.append(InputStatus(name, _age(slot.stamp_ns, now_ns), _ok(slot)))
-        for topic, slot in self._topics.items():
-            out.append(InputStatus(topic, _age(slot.stamp_ns, now_ns), _ok(slot)))
+        slots = [*self._cameras.items(), *self._topics.items()]
+        for name, slot in slots:
+            age = _age(slot.stamp_ns, now_ns)
+            out.append(InputStatus(name, age, _ok(slot) and abs(age) <= self.max_age))
         return out
 
 

@@ -47,12 +47,16 @@ from molmoact2_policy.observation import (
 )
 from molmoact2_policy.policy_api import Policy
 from molmoact2_policy.policy_factory import TEST_POLICY_ENV, PolicyLoadError, make_policy
-from molmoact2_policy.policy_node_params import PolicyNodeParams
+from molmoact2_policy.policy_node_params import (
+    MAX_INSTRUCTION_CHARS,
+    PolicyNodeParams,
+    live_param_problem,
+)
 from molmoact2_policy.rtc_feed import RtcFeed
 from molmoact2_policy.stage_times import StageTimes
+from molmoact2_policy.task_action import RunTaskServer
 
 NODE_NAME = "molmoact2_policy"
-MAX_INSTRUCTION_CHARS = 2000
 # Seconds between repeats of the same log message (bad input arrives at camera rate).
 LOG_REPEAT_PERIOD_S = 5.0
 NO_INSTRUCTION = "no instruction: publish one on ~/instruction or call ~/set_instruction"
@@ -96,7 +100,8 @@ class PolicyNode(LifecycleNode):
         self._decoder: DecodePool | None = None  # compressed cameras, while active
         self._assembler: ObservationAssembler | None = None
         self._depth_node: Any = None
-        self._subscriptions: list[Any] = []
+        # Not `_subscriptions`: that is rclpy.Node's own list of every subscription.
+        self._input_subscriptions: list[Any] = []
         self._instruction = self.params.instruction.strip()
         self._epoch = 0  # bumped on reset/instruction change: older outcomes are dropped
         self._last_key: tuple[int, ...] | None = None
@@ -149,6 +154,11 @@ class PolicyNode(LifecycleNode):
         period = 1.0 / self.params.status_rate if self.params.status_rate > 0 else 1.0
         self._status_period = period
         self.create_timer(period, self._publish_status, callback_group=self._control_group)
+        self._task_server = RunTaskServer(
+            self, self.params.driver_node, self.params.task_input_grace
+        )
+        self.add_on_set_parameters_callback(self._check_live_params)
+        self.add_post_set_parameters_callback(self._apply_live_params)
         if os.environ.get(TEST_POLICY_ENV):
             self.get_logger().warning(
                 f"{TEST_POLICY_ENV} is set: using a test policy, not the configured model"
@@ -310,7 +320,7 @@ class PolicyNode(LifecycleNode):
             strict=True,
         ):
             msg_type = CompressedImage if transport == "compressed" else Image
-            self._subscriptions.append(
+            self._input_subscriptions.append(
                 self.create_subscription(
                     msg_type,
                     topic,
@@ -320,7 +330,7 @@ class PolicyNode(LifecycleNode):
                 )
             )
         for topic in self.params.joint_state_topics:
-            self._subscriptions.append(
+            self._input_subscriptions.append(
                 self.create_subscription(
                     JointState,
                     topic,
@@ -372,9 +382,9 @@ class PolicyNode(LifecycleNode):
 
     def stop_inputs(self) -> None:
         """Unsubscribe and stop the inference thread (deactivate, cleanup, process exit)."""
-        for subscription in self._subscriptions:
+        for subscription in self._input_subscriptions:
             self.destroy_subscription(subscription)
-        self._subscriptions.clear()
+        self._input_subscriptions.clear()
         with self._lock:
             worker, self._worker = self._worker, None
             decoder, self._decoder = self._decoder, None
@@ -617,7 +627,49 @@ class PolicyNode(LifecycleNode):
         self.get_logger().info(response.message)
         return response
 
+    def _check_live_params(self, params: list[Any]) -> Any:
+        from rcl_interfaces.msg import SetParametersResult
+
+        fields = set(PolicyNodeParams.__dataclass_fields__)
+        for param in params:
+            if param.name in fields:
+                problem = live_param_problem(param.name, param.value)
+                if problem:
+                    return SetParametersResult(successful=False, reason=problem)
+        return SetParametersResult(successful=True)
+
+    def _apply_live_params(self, params: list[Any]) -> None:
+        for param in params:
+            if param.name == "instruction":
+                self.set_instruction(param.value)
+            elif param.name == "max_inference_rate":
+                with self._lock:
+                    worker = self._worker
+                    self.params = dataclasses.replace(
+                        self.params, max_inference_rate=float(param.value)
+                    )
+                if worker is not None:
+                    worker.set_max_rate(float(param.value))
+                self.get_logger().info(f"max_inference_rate: {float(param.value):g} Hz")
+
     # ---- status -------------------------------------------------------------------------
+
+    @property
+    def chunk_count(self) -> int:
+        """Chunks published since activation."""
+        with self._lock:
+            return self._chunk_count
+
+    @property
+    def last_latency(self) -> float:
+        """Capture-to-publish latency of the last chunk [s] (NaN before the first)."""
+        with self._lock:
+            return self._last_latency
+
+    @property
+    def last_error(self) -> str:
+        with self._lock:
+            return self._last_error or (self._rejection.reason if self._rejection else "")
 
     def status_state(self) -> str:
         """PolicyStatus.state for the current situation."""
@@ -634,6 +686,18 @@ class PolicyNode(LifecycleNode):
                 return "waiting_for_inputs"
             return "running"
 
+    def _judge_inputs_now(self, now_ns: int) -> None:
+        """Re-judge the inputs at status time: when every input stops no callback runs to notice,
+        and the status must not go on saying ``running``."""
+        with self._lock:
+            if self._assembler is None or self._lifecycle_state != "active":
+                return
+            if not self._instruction:
+                return
+            built = self._assembler.build(now_ns)
+            if isinstance(built, Rejection):
+                self._rejection = built
+
     def _publish_status(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
@@ -641,6 +705,7 @@ class PolicyNode(LifecycleNode):
 
         now = self.get_clock().now()
         now_ns = now.nanoseconds
+        self._judge_inputs_now(now_ns)
         state = self.status_state()
         with self._lock:
             msg = PolicyStatus()

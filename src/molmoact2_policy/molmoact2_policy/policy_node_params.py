@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from molmoact2_policy.embodiments import EMBODIMENTS
 
 CAMERA_TRANSPORTS = ("raw", "compressed")
+MAX_INSTRUCTION_CHARS = 2000
 INFERENCE_BACKENDS = ("local", "remote")
 MODES = ("flow", "fast", "think")
 IMAGE_ENCODINGS = ("jpeg", "raw")
@@ -143,6 +144,19 @@ class PolicyNodeParams:
         ),
     )
 
+    # Task action (~/run_task).
+    driver_node: str = field(
+        default="",
+        metadata=_doc(
+            "Driver node whose ~/hold a ~/run_task goal releases at its start and engages at "
+            "its end, and whose /diagnostics e-stop or fault ends a goal (empty: none)."
+        ),
+    )
+    task_input_grace: float = field(
+        default=3.0,
+        metadata=_doc("Seconds of failing inputs or inference before a task ends (input_error)."),
+    )
+
     # Outputs.
     action_start_offset: float = field(
         default=0.0,
@@ -234,7 +248,13 @@ class PolicyNodeParams:
             problems.append("checkpoint is empty")
         if not self.joint_state_topics:
             problems.append("joint_state_topics is empty")
-        for key in ("max_observation_age", "max_camera_skew", "request_timeout", "status_rate"):
+        for key in (
+            "max_observation_age",
+            "max_camera_skew",
+            "request_timeout",
+            "status_rate",
+            "task_input_grace",
+        ):
             if not getattr(self, key) > 0.0:
                 problems.append(f"{key} must be > 0, got {getattr(self, key)}")
         if self.rtc and self.mode == "fast":
@@ -244,3 +264,32 @@ class PolicyNodeParams:
         if self.action_start_offset < 0.0:
             problems.append(f"action_start_offset must be >= 0, got {self.action_start_offset}")
         return problems
+
+
+# Parameters that `ros2 param set` may change while the node runs; the rest are read once.
+LIVE_PARAMS = ("instruction", "max_inference_rate")
+
+
+def live_param_problem(name: str, value: object) -> str:
+    """Why a running policy node refuses ``name := value`` (empty: accepted)."""
+    import math
+
+    if name == "instruction":
+        if not isinstance(value, str):
+            return "instruction must be a string"
+        if len(value.strip()) > MAX_INSTRUCTION_CHARS:
+            return (
+                f"instruction has {len(value.strip())} characters; "
+                f"at most {MAX_INSTRUCTION_CHARS}"
+            )
+        return ""
+    if name == "max_inference_rate":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "max_inference_rate must be a number"
+        if not math.isfinite(value):
+            return f"max_inference_rate must be finite, got {value}"
+        return ""
+    return (
+        f"{name} is read at start and cannot change while the node runs "
+        f"(live: {', '.join(LIVE_PARAMS)}); edit the config and restart"
+    )
