@@ -340,7 +340,7 @@ class PolicyNode(LifecycleNode):
                 )
             )
         if self._rtc is not None and self.params.rtc_commanded_topic:
-            self._subscriptions.append(
+            self._input_subscriptions.append(
                 self.create_subscription(
                     JointState,
                     self.params.rtc_commanded_topic,
