@@ -20,6 +20,7 @@ from molmoact2_policy.policy_api import (
     Policy,
     PolicyInputError,
     PolicyUnavailableError,
+    RtcRequest,
 )
 from molmoact2_policy.stage_times import StageTimes
 
@@ -87,8 +88,11 @@ class InferenceWorker:
         max_rate: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         on_callback_error: Callable[[BaseException], None] | None = None,
+        rtc_source: Callable[[InferenceRequest], RtcRequest | None] | None = None,
     ) -> None:
         self._policy = policy
+        # Real-time chunking: asked right before act(), so it sees the chunk published last.
+        self._rtc_source = rtc_source
         self._on_outcome = on_outcome
         self._min_interval = 1.0 / max_rate if max_rate > 0.0 else 0.0
         self._clock = clock
@@ -200,8 +204,11 @@ class InferenceWorker:
             started = self._clock()
             try:
                 obs = request.observation
+                rtc = self._rtc_source(request) if self._rtc_source is not None else None
+                # Only RTC-capable policies take ``rtc``: pass it only when there is one.
+                extra = {"rtc": rtc} if rtc is not None else {}
                 result = self._policy.act(
-                    obs.images, obs.state, request.instruction, seed=request.seed
+                    obs.images, obs.state, request.instruction, seed=request.seed, **extra
                 )
                 outcome = InferenceOutcome(
                     request, result, "", "", started, self._clock(), submitted

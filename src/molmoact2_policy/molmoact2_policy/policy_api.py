@@ -40,6 +40,43 @@ class ActionChunkResult:
         return int(self.positions.shape[0])
 
 
+@dataclass(frozen=True)
+class RtcRequest:
+    """Real-time chunking: sample the next chunk consistent with the chunk being executed.
+
+    ``previous`` is that chunk from the step the new chunk starts at: row ``i`` applies when the
+    new chunk's row ``i`` does (so it has at most ``horizon`` rows). Its first ``delay_steps``
+    rows run while the new chunk is computed; they come back unchanged. Guidance towards
+    ``previous`` fades out by row ``execution_horizon`` (None: over all of ``previous``).
+    Policies without a flow expert refuse it with ``PolicyInputError``.
+    """
+
+    previous: np.ndarray  # (rows, action_dim) float64, robot units like ActionChunkResult
+    delay_steps: int
+    execution_horizon: int | None = None
+
+
+def validate_rtc(spec: EmbodimentSpec, rtc: RtcRequest) -> None:
+    """Raise ``PolicyInputError`` naming the first problem with an RTC request."""
+    previous = np.asarray(rtc.previous)
+    if previous.ndim != 2 or previous.shape[1] != spec.action_dim:
+        raise PolicyInputError(
+            f"rtc previous chunk: expected shape (rows, {spec.action_dim}), got {previous.shape}"
+        )
+    if not 1 <= previous.shape[0] <= spec.horizon:
+        raise PolicyInputError(
+            f"rtc previous chunk has {previous.shape[0]} rows; expected 1..{spec.horizon}"
+        )
+    if previous.dtype.kind not in "iuf" or not np.all(np.isfinite(previous)):
+        raise PolicyInputError("rtc previous chunk must be finite numbers")
+    for name in ("delay_steps", "execution_horizon"):
+        value = getattr(rtc, name)
+        if value is None and name == "execution_horizon":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise PolicyInputError(f"rtc {name} must be an integer >= 0, got {value!r}")
+
+
 @runtime_checkable
 class Policy(Protocol):
     """What the policy node, the server and the benchmarks call."""
@@ -53,8 +90,13 @@ class Policy(Protocol):
         instruction: str,
         *,
         seed: int | None = None,
+        rtc: RtcRequest | None = None,
     ) -> ActionChunkResult:
-        """Predict a chunk. ``images``: camera name -> HxWx3 uint8 RGB; ``state``: model order."""
+        """Predict a chunk. ``images``: camera name -> HxWx3 uint8 RGB; ``state``: model order.
+
+        ``rtc`` (optional; callers pass it only when set, so policies that never take it need
+        not declare it) asks for a chunk consistent with the one being executed.
+        """
         ...
 
     def reset(self) -> None:

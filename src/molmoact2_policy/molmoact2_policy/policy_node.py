@@ -52,6 +52,7 @@ from molmoact2_policy.policy_node_params import (
     PolicyNodeParams,
     live_param_problem,
 )
+from molmoact2_policy.rtc_feed import RtcFeed
 from molmoact2_policy.stage_times import StageTimes
 from molmoact2_policy.task_action import RunTaskServer
 
@@ -114,6 +115,7 @@ class PolicyNode(LifecycleNode):
         self._last_latency = float("nan")
         self._stages = StageTimes()  # of the last published chunk
         self._convert_time: dict[str, float] = {}
+        self._rtc: RtcFeed | None = None  # real-time chunking inputs (``rtc: true``)
 
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import JointState
@@ -183,6 +185,7 @@ class PolicyNode(LifecycleNode):
             )
             self._last_error = ""
             self._lifecycle_state = "inactive"
+            self._rtc = self._make_rtc_feed()
         if self.params.mode == "think":
             self._create_depth_node(policy)
         self.get_logger().info(
@@ -191,6 +194,27 @@ class PolicyNode(LifecycleNode):
         )
         return TransitionCallbackReturn.SUCCESS
 
+    def _make_rtc_feed(self) -> RtcFeed | None:
+        if not self.params.rtc:
+            return None
+        from molmoact2_policy.embodiments import get_embodiment
+
+        spec = get_embodiment(self.params.embodiment)
+        return RtcFeed(
+            self.params.joint_names,
+            spec.step_dt,
+            spec.horizon,
+            max_deviation=self.params.rtc_max_deviation,
+        )
+
+    def _rtc_request(self, request: InferenceRequest) -> Any:
+        feed = self._rtc
+        return None if feed is None else feed.request_for(request.observation.stamp_ns)
+
+    def _on_commanded(self, msg: Any) -> None:
+        feed = self._rtc
+        if feed is not None:
+            feed.record_commanded(_stamp_ns(msg.header), msg.name, msg.position)
     def _chunk_markers(
         self, result: Any, stamp_ns: int, offset: float, joint_names: Any
     ) -> Any:
@@ -279,6 +303,7 @@ class PolicyNode(LifecycleNode):
                 self._on_outcome,
                 max_rate=self.params.max_inference_rate,
                 on_callback_error=lambda exc: self._log_error(f"publishing a chunk failed: {exc}"),
+                rtc_source=self._rtc_request if self._rtc is not None else None,
             )
             self._worker.start()
         compressed = sum(t == "compressed" for t in self.params.camera_transports)
@@ -310,6 +335,16 @@ class PolicyNode(LifecycleNode):
                     JointState,
                     topic,
                     lambda msg, source=topic: self._on_joint_state(source, msg),
+                    qos_profile_sensor_data,
+                    callback_group=self._input_group,
+                )
+            )
+        if self._rtc is not None and self.params.rtc_commanded_topic:
+            self._input_subscriptions.append(
+                self.create_subscription(
+                    JointState,
+                    self.params.rtc_commanded_topic,
+                    self._on_commanded,
                     qos_profile_sensor_data,
                     callback_group=self._input_group,
                 )
@@ -487,6 +522,8 @@ class PolicyNode(LifecycleNode):
                 instruction=outcome.request.instruction,
             )
         )
+        if self._rtc is not None:
+            self._rtc.record_chunk(stamp_ns, offset, result.positions, latency)
         chunk_out = time.perf_counter()  # what follows (visualisation) is off the chunk's path
         with self._lock:
             self._chunk_count += 1
@@ -550,6 +587,8 @@ class PolicyNode(LifecycleNode):
             if changed:
                 self._epoch += 1
                 self._last_key = None
+                if self._rtc is not None:
+                    self._rtc.clear()
                 if self._worker is not None:
                     self._worker.clear_pending()
         if changed:
@@ -578,6 +617,8 @@ class PolicyNode(LifecycleNode):
                 self._assembler.clear()
             if self._worker is not None:
                 self._worker.clear_pending()
+            if self._rtc is not None:
+                self._rtc.clear()
             policy = self._policy
         try:
             if policy is not None:
@@ -725,6 +766,8 @@ class PolicyNode(LifecycleNode):
             "rejected_count": str(msg.rejected_count),
         }
         values.update({f"age/{i.name}": f"{i.age:.3f}" for i in msg.inputs})
+        if self._rtc is not None:
+            values.update(self._rtc.diagnostics())
         diag.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         array = DiagnosticArray()
         array.header.stamp = msg.header.stamp

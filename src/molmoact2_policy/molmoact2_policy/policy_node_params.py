@@ -121,6 +121,29 @@ class PolicyNodeParams:
         default=10.0, metadata=_doc("Upper bound on inferences per second (<= 0: unbounded).")
     )
 
+    # Real-time chunking (molmoact2_policy.rtc_feed, model/rtc.py).
+    rtc: bool = field(
+        default=False,
+        metadata=_doc(
+            "Real-time chunking: sample each chunk consistent with the one being executed "
+            "(flow and think modes; a remote server must know the 'rtc' request field)."
+        ),
+    )
+    rtc_commanded_topic: str = field(
+        default="",
+        metadata=_doc(
+            "The driver's commanded JointState topic (e.g. so101_driver/commanded_joint_states): "
+            "RTC is skipped while the driver is not following the last chunk. Empty: unchecked."
+        ),
+    )
+    rtc_max_deviation: float = field(
+        default=0.2,
+        metadata=_doc(
+            "Largest |commanded - last chunk| [rad, m or gripper units] at which the driver "
+            "still counts as following the last chunk."
+        ),
+    )
+
     # Task action (~/run_task).
     driver_node: str = field(
         default="",
@@ -234,6 +257,10 @@ class PolicyNodeParams:
         ):
             if not getattr(self, key) > 0.0:
                 problems.append(f"{key} must be > 0, got {getattr(self, key)}")
+        if self.rtc and self.mode == "fast":
+            problems.append("rtc needs the flow expert: mode 'flow' or 'think', not 'fast'")
+        if not self.rtc_max_deviation > 0.0:
+            problems.append(f"rtc_max_deviation must be > 0, got {self.rtc_max_deviation}")
         if self.action_start_offset < 0.0:
             problems.append(f"action_start_offset must be >= 0, got {self.action_start_offset}")
         return problems

@@ -42,6 +42,8 @@ from molmoact2_policy.model.policy import MolmoAct2Policy
 from molmoact2_policy.model.vlm import PrefixOutput
 from molmoact2_policy.policy_api import (
     ActionChunkResult,
+    PolicyInputError,
+    RtcRequest,
     validate_observation,
 )
 
@@ -274,9 +276,12 @@ class FastPolicy(MolmoAct2Policy):
         instruction: str,
         *,
         seed: int | None = None,
+        rtc: RtcRequest | None = None,
     ) -> ActionChunkResult:
         """One chunk by greedy token decoding; ``seed`` is accepted and has no effect."""
         del seed  # greedy decoding draws no noise
+        if rtc is not None:
+            raise PolicyInputError("real-time chunking needs the flow expert (mode flow or think)")
         validate_observation(self.embodiment, images, state, instruction)
         with self._lock, torch.inference_mode():
             start = time.perf_counter()

@@ -30,6 +30,7 @@ from molmoact2_policy.model.graph_cache import (
     StaticLoopInputs,
     bucket_length,
 )
+from molmoact2_policy.model.rtc import RtcGuide, RtcRunner
 
 
 def euler_timesteps(num_steps: int, device: torch.device | str | None = None) -> Tensor:
@@ -228,6 +229,8 @@ class GraphFlowRunner:
         self.granularity = granularity
         self._graphs: LRUCache[_CapturedLoop] = LRUCache(max_graphs)
         self._pool = None  # one graph memory pool for every capture (made on first capture)
+        # Real-time chunking (model/rtc.py): its own graphs, its own eager fallback.
+        self.rtc = RtcRunner(expert, use_cuda_graph)
 
     @property
     def expert(self) -> ActionExpert:
@@ -241,6 +244,7 @@ class GraphFlowRunner:
     def refresh(self) -> None:
         """Recompute the modulation and drop the graphs (they recorded the old tensors)."""
         self._graphs.clear()
+        self.rtc.refresh()
         self.sampler.refresh()
 
     def graph_key(self, ctx: ExpertContext, noise: Tensor) -> tuple:
@@ -271,7 +275,19 @@ class GraphFlowRunner:
         return _CapturedLoop(graph, inputs, tmod, output)
 
     @torch.no_grad()
-    def sample(self, ctx: ExpertContext, noise: Tensor, action_dim_mask: Tensor) -> Tensor:
+    def sample(
+        self,
+        ctx: ExpertContext,
+        noise: Tensor,
+        action_dim_mask: Tensor,
+        guide: RtcGuide | None = None,
+    ) -> Tensor:
+        """The chunk for ``noise``; with ``guide``, RTC-consistent with the previous chunk."""
+        if guide is not None:
+            self.sampler.validate(ctx, noise, action_dim_mask)
+            return self.rtc.sample(
+                ctx, noise, action_dim_mask, self.sampler.time_modulation, guide
+            )
         if not (self.use_cuda_graph and noise.is_cuda):
             return self.sampler.sample(ctx, noise, action_dim_mask)
         self.sampler.validate(ctx, noise, action_dim_mask)

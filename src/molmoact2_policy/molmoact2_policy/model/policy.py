@@ -39,6 +39,7 @@ from molmoact2_policy.model.preprocess import (
     discretize_state,
     preprocess_images,
 )
+from molmoact2_policy.model.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, RtcGuide
 from molmoact2_policy.model.tokenizer import EOS_TOKEN, MolmoAct2Tokenizer
 from molmoact2_policy.model.vlm import (
     PrefixInputs,
@@ -51,7 +52,9 @@ from molmoact2_policy.model.vlm import (
 from molmoact2_policy.policy_api import (
     ActionChunkResult,
     PolicyUnavailableError,
+    RtcRequest,
     validate_observation,
+    validate_rtc,
 )
 
 MODES = ("flow", "fast", "think")
@@ -130,6 +133,8 @@ class MolmoAct2Policy:
         )
         self._extra_runners: dict[int, GraphFlowRunner] = {}  # other step counts (flow_runner_for)
         self._generator = torch.Generator().manual_seed(seed)
+        # Real-time chunking's clip on the guidance weight (the paper's beta).
+        self.rtc_max_guidance_weight = DEFAULT_MAX_GUIDANCE_WEIGHT
         # The node may call act from a worker thread while a service calls reset.
         self._lock = threading.Lock()
 
@@ -348,10 +353,46 @@ class MolmoAct2Policy:
         return runner
 
     def sample_chunk(
-        self, ctx: ExpertContext, noise: Tensor, num_steps: int | None = None
+        self,
+        ctx: ExpertContext,
+        noise: Tensor,
+        num_steps: int | None = None,
+        guide: RtcGuide | None = None,
     ) -> Tensor:
-        """Normalised actions (1, horizon, max_action_dim) from the flow loop."""
-        return self.flow_runner_for(num_steps).sample(ctx, noise, self.action_dim_mask)
+        """Normalised actions (1, horizon, max_action_dim) from the flow loop (RTC-guided)."""
+        return self.flow_runner_for(num_steps).sample(ctx, noise, self.action_dim_mask, guide)
+
+    def rtc_guide(self, rtc: RtcRequest | None) -> RtcGuide | None:
+        """The previous chunk in model units, padded to the expert's action dims."""
+        if rtc is None:
+            return None
+        spec = self.embodiment
+        validate_rtc(spec, rtc)
+        normalized = self.norm_stats.normalize_action(
+            spec.norm_tag, np.asarray(rtc.previous, dtype=np.float64)
+        )
+        previous = torch.zeros(1, normalized.shape[0], self.config.max_action_dim)
+        previous[0, :, : spec.action_dim] = torch.from_numpy(normalized)
+        return RtcGuide.build(
+            previous.to(self.device, self.dtype),
+            int(rtc.delay_steps),
+            None if rtc.execution_horizon is None else int(rtc.execution_horizon),
+            spec.horizon,
+            max_guidance_weight=self.rtc_max_guidance_weight,
+        )
+
+    @staticmethod
+    def freeze_prefix(positions: np.ndarray, rtc: RtcRequest | None) -> np.ndarray:
+        """The frozen rows, in robot units, exactly as the previous chunk has them.
+
+        The model's copy went through normalise/unnormalise (and maybe bf16); the rows that
+        are already executing must match the robot's plan bit for bit.
+        """
+        if rtc is not None:
+            previous = np.asarray(rtc.previous, dtype=np.float64)
+            delay = min(int(rtc.delay_steps), previous.shape[0], positions.shape[0])
+            positions[:delay] = previous[:delay]
+        return positions
 
     def postprocess(self, normalized: Tensor) -> np.ndarray:
         """(1, horizon, max_action_dim) normalised -> (horizon, action_dim) float64 robot units."""
@@ -368,6 +409,7 @@ class MolmoAct2Policy:
         *,
         seed: int | None = None,
         num_steps: int | None = None,
+        rtc: RtcRequest | None = None,
     ) -> ActionChunkResult:
         """One chunk; ``num_steps`` overrides the checkpoint's Euler step count for this call."""
         validate_observation(self.embodiment, images, state, instruction)
@@ -376,12 +418,13 @@ class MolmoAct2Policy:
             start = time.perf_counter()
             inputs = self.prepare_inputs(images, np.asarray(state), instruction)
             noise = self.make_noise(seed)
+            guide = self.rtc_guide(rtc)
             after_preprocess = self._clock()
             ctx = self.expert_context(self.run_prefix(inputs))
             after_prefix = self._clock()
-            normalized = runner.sample(ctx, noise, self.action_dim_mask)
+            normalized = runner.sample(ctx, noise, self.action_dim_mask, guide)
             after_flow = self._clock()
-            positions = self.postprocess(normalized)
+            positions = self.freeze_prefix(self.postprocess(normalized), rtc)
             end = time.perf_counter()
         timings = {
             "preprocess": after_preprocess - start,
@@ -454,6 +497,7 @@ class MolmoAct2Policy:
             "camera_names": list(spec.camera_names),
             "joint_names": list(self.joint_names),
             "flow_steps": self.config.flow_matching_num_steps,
+            "rtc_max_guidance_weight": self.rtc_max_guidance_weight,
             "norm_mode": self.norm_stats.norm_mode,
             "expert_kv_source": self.config.expert_kv_source,
             "parameters": sum(p.numel() for p in self.model.parameters()),

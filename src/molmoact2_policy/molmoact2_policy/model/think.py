@@ -58,6 +58,7 @@ from molmoact2_policy.policy_api import (
     ActionChunkResult,
     PolicyInputError,
     PolicyUnavailableError,
+    RtcRequest,
     validate_observation,
 )
 
@@ -365,6 +366,7 @@ class ThinkPolicy(MolmoAct2Policy):
         *,
         seed: int | None = None,
         num_steps: int | None = None,
+        rtc: RtcRequest | None = None,
     ) -> ActionChunkResult:
         validate_observation(self.embodiment, images, state, instruction)
         runner = self.flow_runner_for(num_steps)  # a bad count fails before any work
@@ -384,6 +386,7 @@ class ThinkPolicy(MolmoAct2Policy):
                 changed = np.ones_like(changed)
             inputs = self.prepare_inputs(images, np.asarray(state), instruction)
             noise = self.make_noise(seed)
+            guide = self.rtc_guide(rtc)
             after_preprocess = self._clock()
             prefix = self.run_prefix(inputs)
             after_prefix = self._clock()
@@ -408,9 +411,9 @@ class ThinkPolicy(MolmoAct2Policy):
                 ),
                 depth_gate_positions(sequence, self.config),
             )
-            normalized = runner.sample(ctx, noise, self.action_dim_mask)
+            normalized = runner.sample(ctx, noise, self.action_dim_mask, guide)
             after_flow = self._clock()
-            positions = self.postprocess(normalized)
+            positions = self.freeze_prefix(self.postprocess(normalized), rtc)
             update_cache(self.depth_cache, patches, depth.codes, depth.changed)
             end = time.perf_counter()
         timings = {

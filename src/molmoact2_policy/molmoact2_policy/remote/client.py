@@ -31,7 +31,9 @@ from molmoact2_policy.policy_api import (
     ActionChunkResult,
     PolicyInputError,
     PolicyUnavailableError,
+    RtcRequest,
     validate_observation,
+    validate_rtc,
 )
 from molmoact2_policy.remote.protocol import (
     IMAGE_ENCODINGS,
@@ -144,10 +146,13 @@ class RemotePolicy:
         *,
         seed: int | None = None,
         num_steps: int | None = None,
+        rtc: RtcRequest | None = None,
     ) -> ActionChunkResult:
         """One chunk from the server; ``num_steps`` overrides the constructor's for this call."""
         # Bad input never goes over the wire: same checks, same errors as the local model.
         validate_observation(self.embodiment, images, state, instruction)
+        if rtc is not None:
+            validate_rtc(self.embodiment, rtc)
         start = time.perf_counter()
         with self._lock:
             if self.image_size:
@@ -164,6 +169,7 @@ class RemotePolicy:
                 num_steps=self.num_steps if num_steps is None else num_steps,
                 binary=self.transport == "ws",
                 executor=self._encoder_pool(),
+                rtc=rtc,
             )
             if self.transport == "http":
                 body = encode_json(request)

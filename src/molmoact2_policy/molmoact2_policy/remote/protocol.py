@@ -42,7 +42,13 @@ import msgpack
 import numpy as np
 
 from molmoact2_policy.embodiments import EmbodimentSpec
-from molmoact2_policy.policy_api import ActionChunkResult, PolicyInputError, validate_observation
+from molmoact2_policy.policy_api import (
+    ActionChunkResult,
+    PolicyInputError,
+    RtcRequest,
+    validate_observation,
+    validate_rtc,
+)
 
 # 2: the released response (``actions`` float32 + ``dt_ms``) replaced version 1's ``action``.
 PROTOCOL_VERSION = 2
@@ -112,6 +118,7 @@ class ActRequest:
     seed: int | None = None
     reset: bool = False  # forget per-episode state (Think depth cache) before this inference
     response_format: str = "full"  # "full": schema object; "action": the bare action array
+    rtc: RtcRequest | None = None  # real-time chunking extension (``RTC_FIELD``)
     num_steps: int | None = None  # Euler steps of the flow sampler; None: the server's own
 
 
@@ -379,6 +386,7 @@ def build_act_request(
     num_steps: int | None = None,
     binary: bool = False,
     executor: Executor | None = None,
+    rtc: RtcRequest | None = None,
 ) -> dict[str, Any]:
     """The request dictionary (before JSON/msgpack encoding) for one observation, released form.
 
@@ -401,6 +409,7 @@ def build_act_request(
         "embodiment": spec.name,
         "seed": seed,
         "reset": reset,
+        **({RTC_FIELD: rtc_to_wire(rtc)} if rtc is not None else {}),
     }
     cameras = wire_cameras(spec)
     if image_encoding == "raw":
@@ -490,6 +499,7 @@ def parse_act_request(
         seed=None if seed is None else int(seed),
         reset=reset,
         response_format=response_format,
+        rtc=parse_rtc(payload.get(RTC_FIELD), spec),
         num_steps=None if num_steps is None else int(num_steps),
     )
 
@@ -627,6 +637,51 @@ def _parse_state(payload: Mapping[str, Any], spec: EmbodimentSpec) -> np.ndarray
             f"'{key}': expected shape ({spec.state_dim},) for {spec.name}, got {raw.shape}"
         )
     return raw.astype(np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# Real-time chunking extension
+
+# Optional request field, ignored by servers that do not know it (the released server reads
+# only its own keys): {"previous": (rows, action_dim) float array in robot units aligned to the
+# new chunk's rows, "delay_steps": int, "execution_horizon": int or null}.
+RTC_FIELD = "rtc"
+
+
+def rtc_to_wire(rtc: RtcRequest) -> dict[str, Any]:
+    return {
+        "previous": np.asarray(rtc.previous, dtype=np.float64),
+        "delay_steps": int(rtc.delay_steps),
+        "execution_horizon": (
+            None if rtc.execution_horizon is None else int(rtc.execution_horizon)
+        ),
+    }
+
+
+def parse_rtc(value: Any, spec: EmbodimentSpec) -> RtcRequest | None:
+    """The ``rtc`` field of a request, checked against the embodiment; None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"'{RTC_FIELD}' must be an object, got {type(value).__name__}")
+    previous = value.get("previous")
+    if isinstance(previous, list):
+        try:
+            previous = np.asarray(previous, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"'{RTC_FIELD}.previous' is not a numeric table") from exc
+    if not isinstance(previous, np.ndarray) or previous.dtype.kind not in "iuf":
+        raise ProtocolError(f"'{RTC_FIELD}.previous' must be a numeric array")
+    rtc = RtcRequest(
+        previous=previous.astype(np.float64),
+        delay_steps=value.get("delay_steps"),
+        execution_horizon=value.get("execution_horizon"),
+    )
+    try:
+        validate_rtc(spec, rtc)
+    except PolicyInputError as exc:
+        raise ProtocolError(str(exc)) from exc
+    return rtc
 
 
 # --------------------------------------------------------------------------------------------

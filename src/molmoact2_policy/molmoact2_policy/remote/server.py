@@ -328,6 +328,8 @@ class PolicyService:
         options: dict[str, Any] = {"seed": request.seed}
         if request.num_steps is not None and self._takes_num_steps:
             options["num_steps"] = request.num_steps
+        if request.rtc is not None:  # only RTC-capable policies take it
+            options["rtc"] = request.rtc
         result = self.policy.act(request.images, request.state, request.instruction, **options)
         return result, start - submitted, time.perf_counter() - start
 

@@ -1,0 +1,316 @@
+"""Real-time chunking in closed loop: RTC vs blend-only splicing at 100/200/300 ms delay.
+
+One in-process closed loop per (delay, method), on simulated time so the numbers do not depend
+on the machine: the SO-101 sim arm (config/so101.yaml limits, safety and 100 Hz control), the
+driver's ChunkExecutor (latency skip + C1 ``blend`` splice), sim camera images of the arm's
+measured pose, and the real MolmoAct2Policy. Inference runs back to back as in the policy
+node: an observation is taken, ``act`` runs (its wall time is not used), and the chunk reaches
+the executor exactly ``delay`` seconds after the capture; then the next observation is taken.
+Both methods see the same noise seed for the n-th chunk. RTC inputs come from
+``molmoact2_policy.rtc_feed.RtcFeed``, the policy node's own code: the last chunk aligned to
+the new capture time, the delay from the recorded latencies, and the driver's commanded state.
+
+The model: the tiny preset with its action expert fine-tuned on a periodic motion whose phase
+is not given by the observation (one-second loops of every joint starting at a uniformly random
+phase): the action distribution has a continuum of modes, the case RTC exists for. A model
+that always predicts the same chunk gives RTC nothing to choose. The checkpoint is written once
+to ``out/bench_rtc/`` (about a minute on 2 cores) and reused.
+
+Metrics, after the first second (ramp-in):
+  chunk pos/vel jump: at each splice, |new chunk - previous chunk| in position and velocity at
+      the splice time (their cubic trajectories, before the executor's blend): what the splice
+      has to hide, max over joints and splices;
+  cmd vel jump: largest change of the commanded velocity from one 100 Hz tick to the next
+      within the blend window after a splice (what the motors get);
+  track rms/max: measured joints vs the newest chunk's trajectory (what the policy asks now).
+
+    .venv/bin/python bench/rtc.py [--duration 8] [--delays 0.1 0.2 0.3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hw_drivers.backends.sim import SimBackend
+from hw_drivers.chunk import Chunk
+from hw_drivers.driver_params import DriverParams
+from hw_drivers.executor import ChunkExecutor, ExecutorConfig
+from hw_drivers.interpolation import KnotTrajectory
+from molmoact2 import graph
+from molmoact2.sim_world import SimWorld
+from molmoact2_policy.rtc_feed import NS_PER_S, RtcFeed
+
+ROOT = Path(__file__).resolve().parents[1]
+ROBOT = "so101"
+RECIPE = 2  # bump when the training below changes: cached checkpoints are rebuilt
+# 2: gripper dims marked unnormalised by the stats mask (released stats format)
+MARKER = "BENCH_RTC_CHECKPOINT.txt"
+INSTRUCTION = "wipe the table"
+SETTLE = 1.0  # seconds excluded from the metrics (first chunk's ramp-in)
+
+log = logging.getLogger("bench.rtc")
+
+
+def driver_params() -> DriverParams:
+    config = graph.load_robot_config(ROBOT)
+    values = {**config.shared, **config.params_for(config.driver_name)}
+    names = DriverParams.__dataclass_fields__
+    return DriverParams(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+    )
+
+
+def loop_chunk(phase: np.ndarray, horizon: int, action_dim: int, gripper_dims) -> np.ndarray:
+    """(B, H, A) normalised one-second loops starting at ``phase`` (B,) radians."""
+    k = np.arange(horizon)[None, :, None] / horizon
+    joint = np.arange(action_dim)[None, None, :] * (2 * np.pi / 7)
+    angle = 2 * np.pi * k + joint + phase[:, None, None]
+    chunk = 0.6 * np.sin(angle)
+    for dim in gripper_dims:  # grippers are not normalised: open and close around 0.5
+        chunk[:, :, dim] = 0.5 + 0.2 * np.sin(angle[:, :, dim])
+    return chunk
+
+
+def _pose_stats(centre: np.ndarray, spread: float, passthrough: tuple[int, ...]):
+    from molmoact2_policy.model.normalize import GroupStats
+
+    s = np.full_like(centre, spread)
+    stats = {"mean": centre, "std": s / 2, "min": centre - 1.2 * s, "max": centre + 1.2 * s,
+             "q01": centre - s, "q99": centre + s, "q10": centre - 0.6 * s,
+             "q90": centre + 0.6 * s}
+    mask = np.ones(centre.shape[0], dtype=bool)
+    mask[list(passthrough)] = False  # grippers stay in robot units
+    return GroupStats({k: np.round(v.astype(float), 6) for k, v in stats.items()}, mask=mask)
+
+
+def write_checkpoint(path: Path, steps: int, seed: int = 0) -> Path:
+    """The tiny checkpoint with its expert fine-tuned on random-phase loops (see docstring)."""
+    from molmoact2_policy.model.checkpoint import save_checkpoint, write_tiny_checkpoint
+    from molmoact2_policy.model.normalize import NormStats
+    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.training import flow_matching_loss
+
+    config = graph.load_robot_config(ROBOT)
+    spec_name = str(config.shared["embodiment"])
+    joint_names = list(config.shared["joint_names"])
+    start = driver_params().initial_pose()
+    write_tiny_checkpoint(path, seed=seed, embodiments=[spec_name])
+    policy = MolmoAct2Policy.from_checkpoint(str(path), spec_name, seed=seed,
+                                             joint_names=joint_names)
+    spec = policy.embodiment
+    norm_path = path / policy.config.norm_stats_filename
+    norm = NormStats.from_file(norm_path)
+    norm.tags[spec.norm_tag] = {"state": _pose_stats(start, 0.25, spec.gripper_dims),
+                                "action": _pose_stats(start, 0.25, spec.gripper_dims)}
+    norm.save(norm_path)
+    policy.norm_stats = norm
+
+    world = SimWorld(joint_names, spec.camera_names, width=160, height=120)
+    rng = np.random.default_rng(seed)
+    keys, values, masks = [], [], []
+    with torch.no_grad():
+        for phase in np.linspace(0, 2 * np.pi, 8, endpoint=False):
+            chunk = loop_chunk(np.array([phase]), spec.horizon, spec.action_dim, spec.gripper_dims)
+            pose = norm.unnormalize_action(spec.norm_tag, chunk[0, 0])
+            pose = pose + rng.normal(0.0, 0.02, pose.shape)
+            images = {name: world.render(name, pose) for name in spec.camera_names}
+            prefix = policy.run_prefix(policy.prepare_inputs(images, pose, INSTRUCTION))
+            keys.append(prefix.keys)
+            values.append(prefix.values)
+            masks.append(prefix.mask)
+    repeats = 3  # phases per context per step
+    context_k = [torch.cat([k[i] for k in keys]).repeat(repeats, 1, 1) for i in range(len(keys[0]))]
+    context_v = [torch.cat([v[i] for v in values]).repeat(repeats, 1, 1)
+                 for i in range(len(values[0]))]
+    context_mask = torch.cat(masks).repeat(repeats, 1)
+    batch = context_mask.shape[0]
+
+    expert = policy.model.action_expert
+    expert.train()
+    optimizer = torch.optim.AdamW(expert.parameters(), lr=3e-3, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        phases = rng.uniform(0, 2 * np.pi, batch)
+        actions = torch.zeros(batch, spec.horizon, policy.config.max_action_dim)
+        actions[:, :, : spec.action_dim] = torch.from_numpy(
+            loop_chunk(phases, spec.horizon, spec.action_dim, spec.gripper_dims)
+        ).float()
+        loss = flow_matching_loss(expert, context_k, context_v, context_mask, actions,
+                                  policy.action_dim_mask, num_noise_samples=1,
+                                  generator=generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        for group in optimizer.param_groups:
+            group["lr"] = 3e-3 * 0.5 * (1 + math.cos(math.pi * (step + 1) / steps))
+        if step % 100 == 0 or step == steps - 1:
+            log.info("training step %d/%d: flow-matching loss %.4f", step + 1, steps, loss.item())
+    expert.eval()
+    save_checkpoint(path, policy.model, norm, policy.tokenizer)
+    (path / MARKER).write_text(f"bench/rtc.py recipe {RECIPE}, {steps} steps, seed {seed}\n")
+    return path
+
+
+def checkpoint(steps: int) -> Path:
+    path = ROOT / "out" / "bench_rtc" / f"{ROBOT}_phase_loops_{steps}"
+    marker = path / MARKER
+    if not (marker.is_file() and f"recipe {RECIPE}," in marker.read_text()):
+        log.info("writing the bench checkpoint to %s (cached for later runs)", path)
+        started = time.perf_counter()
+        write_checkpoint(path, steps)
+        log.info("checkpoint written in %.0f s", time.perf_counter() - started)
+    return path
+
+
+def closed_loop(policy, params: DriverParams, delay: float, use_rtc: bool, duration: float,
+                seed: int) -> dict:
+    spec = policy.embodiment
+    names = tuple(params.joint_names)
+    tick = 1.0 / params.control_rate
+    clock = [0.0]
+    sim = SimBackend.from_params(params)
+    sim._clock = lambda: clock[0]
+    sim.connect()
+    sim.enable()
+    executor = ChunkExecutor(names, params.limits(), params.safety_config(),
+                             ExecutorConfig(splice_policy="blend",
+                                            blend_window=params.blend_window))
+    executor.reset(sim.read_state().positions)
+    world = SimWorld(names, spec.camera_names, width=160, height=120)
+    feed = RtcFeed(names, spec.step_dt, spec.horizon)
+    policy.reset()
+
+    pending: tuple[float, Chunk] | None = None
+    current: KnotTrajectory | None = None
+    next_obs, index = 0.0, 0
+    chunk_pos, chunk_vel, cmd_jumps, errors = [], [], [], []
+    splice_ticks: list[int] = []
+    velocities: list[np.ndarray] = []
+    rtc_used = 0
+    blend_ticks = round(params.blend_window / tick) + 2
+    for i in range(int(duration / tick)):
+        now = i * tick
+        clock[0] = now
+        reading = sim.read_state()
+        if pending is None and now >= next_obs:
+            images = {c: world.render(c, reading.positions) for c in spec.camera_names}
+            stamp_ns = round(now * NS_PER_S)
+            rtc = feed.request_for(stamp_ns) if use_rtc else None
+            rtc_used += rtc is not None
+            extra = {"rtc": rtc} if rtc is not None else {}
+            result = policy.act(images, reading.positions, INSTRUCTION, seed=seed + index,
+                                **extra)
+            index += 1
+            chunk = Chunk(now, 0.0, spec.step_dt, names, result.positions, index, delay)
+            pending = (now + delay - 1e-9, chunk)
+        if pending is not None and now >= pending[0]:
+            chunk = pending[1]
+            submitted = executor.submit(chunk, now, reading.positions)
+            if submitted.accepted:
+                feed.record_chunk(round(chunk.stamp * NS_PER_S), chunk.start_offset,
+                                  chunk.positions, delay)
+                new = KnotTrajectory(chunk.times(), chunk.positions, "cubic")
+                if current is not None and now >= SETTLE:
+                    old_p, old_v = current.sample(now)
+                    new_p, new_v = new.sample(now)
+                    chunk_pos.append(np.abs(new_p - old_p).max())
+                    chunk_vel.append(np.abs(new_v - old_v).max())
+                    splice_ticks.append(i)
+                current = new
+            else:
+                log.warning("delay %.1f s %s: chunk rejected: %s", delay,
+                            "rtc" if use_rtc else "blend", submitted.reason)
+            pending, next_obs = None, now
+        command = executor.tick(now, reading.positions)
+        sim.write_command(command.positions)
+        feed.record_commanded(round(now * NS_PER_S), names, command.positions)
+        velocities.append(command.velocities.copy())
+        if current is not None and now >= SETTLE:
+            errors.append(reading.positions - current.sample(now)[0])
+    velocity = np.array(velocities)
+    accel = np.abs(np.diff(velocity, axis=0)).max(axis=1)  # accel[j]: tick j -> j + 1
+    for s in splice_ticks:
+        cmd_jumps.append(accel[max(s - 1, 0): s + blend_ticks].max())
+    errors_arr = np.array(errors) if errors else np.full((1, len(names)), np.nan)
+    return {
+        "chunks": index,
+        "splices": len(chunk_pos),
+        "rtc_requests": rtc_used,
+        "rejected": executor.stats.rejected_total,
+        "chunk_pos_jump": max(chunk_pos, default=0.0),
+        "chunk_vel_jump": max(chunk_vel, default=0.0),
+        "cmd_vel_jump": max(cmd_jumps, default=0.0),
+        "mean_pos_jump": float(np.mean(chunk_pos)) if chunk_pos else 0.0,
+        "mean_vel_jump": float(np.mean(chunk_vel)) if chunk_vel else 0.0,
+        "mean_cmd_jump": float(np.mean(cmd_jumps)) if cmd_jumps else 0.0,
+        "track_rms": float(np.sqrt(np.mean(errors_arr**2))),
+        "track_max": float(np.abs(errors_arr).max()),
+        "feed_skips": dict(feed.skipped),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="sim seconds per run")
+    parser.add_argument("--delays", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    parser.add_argument("--train-steps", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+
+    from molmoact2_policy.model.policy import MolmoAct2Policy
+
+    config = graph.load_robot_config(ROBOT)
+    params = driver_params()
+    policy = MolmoAct2Policy.from_checkpoint(
+        str(checkpoint(args.train_steps)), str(config.shared["embodiment"]),
+        seed=args.seed, joint_names=list(params.joint_names),
+    )
+    log.info("SO-101 sim, %g Hz control, blend window %.2f s, chunk %d x %.4f s, beta %.1f, "
+             "%.0f s per run", params.control_rate, params.blend_window,
+             policy.embodiment.horizon, policy.embodiment.step_dt,
+             policy.rtc_max_guidance_weight, args.duration)
+    header = (f"{'delay':>6} {'method':>6} {'chunks':>6} {'chunk pos jump':>14} "
+              f"{'chunk vel jump':>14} {'cmd vel jump':>12} {'track rms':>9} {'track max':>9}")
+    log.info(header)
+    results = {}
+    for delay in args.delays:
+        for method in ("blend", "rtc"):
+            started = time.perf_counter()
+            out = closed_loop(policy, params, delay, method == "rtc", args.duration,
+                              seed=1000 * args.seed)
+            results[(delay, method)] = out
+            log.info(f"{delay * 1e3:>4.0f}ms {method:>6} {out['chunks']:>6} "
+                     f"{out['chunk_pos_jump']:>14.4f} {out['chunk_vel_jump']:>14.3f} "
+                     f"{out['cmd_vel_jump']:>12.3f} {out['track_rms']:>9.4f} "
+                     f"{out['track_max']:>9.4f}   (mean over splices: pos "
+                     f"{out['mean_pos_jump']:.4f} "
+                     f"vel {out['mean_vel_jump']:.3f} cmd {out['mean_cmd_jump']:.3f}; "
+                     f"{time.perf_counter() - started:.0f} s; "
+                     f"rejected {out['rejected']}, rtc requests {out['rtc_requests']}, "
+                     f"feed skips {out['feed_skips']})")
+    log.info("units: rad (gripper: opening), rad/s; jumps are maxima over joints and splices")
+    for delay in args.delays:
+        blend, rtc = results[(delay, "blend")], results[(delay, "rtc")]
+
+        def ratio(key: str, blend=blend, rtc=rtc) -> float:
+            return blend[key] / rtc[key] if rtc[key] > 0 else math.inf
+
+        log.info(f"ratios blend/rtc at {delay * 1e3:.0f} ms: chunk pos jump "
+                 f"{ratio('chunk_pos_jump'):.1f}x, chunk vel jump {ratio('chunk_vel_jump'):.1f}x, "
+                 f"cmd vel jump {ratio('cmd_vel_jump'):.1f}x, track rms "
+                 f"{ratio('track_rms'):.2f}x; means: pos {ratio('mean_pos_jump'):.1f}x, "
+                 f"vel {ratio('mean_vel_jump'):.1f}x, cmd {ratio('mean_cmd_jump'):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
