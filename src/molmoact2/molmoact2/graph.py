@@ -365,25 +365,14 @@ def recorded_topics(config: RobotConfig, options: LaunchOptions) -> list[str]:
 
 
 def viewed_topics(config: RobotConfig, options: LaunchOptions) -> list[str]:
-    """Topics (relative to the namespace) that ``foxglove:=true`` serves: what RViz shows."""
-    topics = list(config.shared["camera_topics"])
-    topics += [
-        "joint_states",
-        f"{config.driver_name}/commanded_joint_states",
-        f"{POLICY_NODE}/action_chunk",
-        f"{POLICY_NODE}/status",
-        f"{POLICY_NODE}/predicted_joint_states",
-        f"{POLICY_NODE}/predicted_chunk_markers",
-        "/diagnostics",
-        "/tf",
-        "/tf_static",
-    ]
+    """Topics (relative to the namespace) that ``foxglove:=true`` serves: what RViz shows,
+    which is everything recorded plus the views made only to be looked at."""
+    topics = recorded_topics(config, options)
+    topics += [f"{POLICY_NODE}/predicted_joint_states", "/diagnostics"]
     if options.think:
-        topics += [
-            f"{DEPTH_CACHE_NODE}/depth_tokens",
-            f"{DEPTH_CACHE_NODE}/depth_image",
-            f"{DEPTH_CACHE_NODE}/depth_markers",
-        ]
+        topics.append(f"{DEPTH_CACHE_NODE}/depth_image")
+    # TF comes from our TF node or from the user's own stack: served either way.
+    topics += [t for t in ("/tf_static", "/tf") if t not in topics]
     return topics
 
 
