@@ -36,8 +36,10 @@ def test_chunks_continue_the_previous_chunk_through_the_inference_delay(tmp_path
     with running_robot(params, tmp_path) as robot:
         chunks = wait_chunks(robot, 5, robot.now_ns(), seconds=60.0)
     # A chunk may legitimately be sampled free (the first one, or after the feed was cleared by
-    # an instruction or reset), so not every pair must continue; a free chunk never matches to
-    # 1e-9, so one exact pair shows the node fed RTC.
+    # an instruction or reset), so not every pair must continue. A free chunk differs by orders
+    # of 0.1; a continued one matched to 1e-9 on the developer machine but by 1e-5 in one CI
+    # run (every pair alike: the resampling time, not the sampler; see the issue-19 note), so
+    # 1e-4 still tells the two apart.
     errors = []
     for previous, chunk in itertools.pairwise(chunks):
         if chunk.sequence != previous.sequence + 1:
@@ -47,4 +49,4 @@ def test_chunks_continue_the_previous_chunk_through_the_inference_delay(tmp_path
             continue  # inference took longer than a whole chunk: nothing to continue
         positions = np.asarray(chunk.positions).reshape(chunk.horizon, -1)
         errors.append(float(np.abs(positions[0] - expected[0]).max()))
-    assert errors and min(errors) <= 1e-9, f"no chunk continued the previous one: {errors}"
+    assert errors and min(errors) <= 1e-4, f"no chunk continued the previous one: {errors}"

@@ -33,6 +33,7 @@ READY_TIMEOUT = 240.0  # process start, torch import and model load on a loaded 
 MOTION_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0  # the supervisor itself gives up on a node after 5 + 5 s
 MCAP_MAGIC = b"\x89MCAP0\r\n"
+DEPTH_TOPIC = "/molmoact2_depth_cache/depth_tokens"
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +57,7 @@ class Observer:
         from rclpy.qos import QoSProfile
         from sensor_msgs.msg import JointState
 
-        from molmoact2_msgs.msg import ActionChunk
+        from molmoact2_msgs.msg import ActionChunk, DepthTokens
 
         self.context = Context()
         rclpy.init(context=self.context)
@@ -72,6 +73,10 @@ class Observer:
         )
         self.node.create_subscription(
             JointState, f"/{driver}/commanded_joint_states", self._on_command, default_qos
+        )
+        self.depth_at: list[float] = []
+        self.node.create_subscription(
+            DepthTokens, DEPTH_TOPIC, lambda _m: self._stamp(self.depth_at), default_qos
         )
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -96,8 +101,29 @@ class Observer:
             self.chunks += 1
 
     def _on_command(self, _msg) -> None:
+        self._stamp(self.commanded_at)
+
+    def _stamp(self, arrivals: list[float]) -> None:
         with self.lock:
-            self.commanded_at.append(time.monotonic())
+            arrivals.append(time.monotonic())
+
+    def wait_until_depth_recorded(self, timeout: float, proc: subprocess.Popen) -> bool:
+        """Think: the recorder subscribes to the depth tokens when discovery shows them (the
+        depth node starts at configure, a loaded box can take seconds to discover it), so the
+        graph must not be stopped before a depth message has been published to it."""
+        deadline = time.monotonic() + timeout
+        subscribed_at = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            if subscribed_at is None and any(
+                info.node_name == "recorder"
+                for info in self.node.get_subscriptions_info_by_topic(DEPTH_TOPIC)
+            ):
+                subscribed_at = time.monotonic()
+            with self.lock:
+                if subscribed_at is not None and any(t > subscribed_at for t in self.depth_at):
+                    return True
+            time.sleep(0.1)
+        return False
 
     def wait_until_moving(self, timeout: float, proc: subprocess.Popen) -> tuple[int, float]:
         """(chunks, largest joint excursion) once chunks arrived and the arm moved."""
@@ -199,6 +225,10 @@ def _run_until_moving(robot: str, think: bool, tmp_path: Path) -> tuple[Graph, O
     assert graph.proc.poll() is None, "the graph died:\n" + graph.log[-3000:]
     # Default checkpoint, default-QoS subscriber: chunks arrive and the arm moves.
     assert chunks >= 3 and moved > 0.05, f"{chunks} chunks, moved {moved:.3f}\n{graph.log[-3000:]}"
+    if think:
+        assert observer.wait_until_depth_recorded(MOTION_TIMEOUT, graph.proc), (
+            "no depth tokens after the recorder subscribed:\n" + graph.log[-3000:]
+        )
     assert "demo checkpoint for" in graph.log  # the log says which checkpoint it used
     return graph, observer
 

@@ -27,12 +27,18 @@ A node started with SIGHUP ignored (``nohup``) keeps running when its terminal o
 
 The process ends with ``os._exit`` after its cleanup: the node's own work (holding the arm,
 closing the recording, stopping inference) is done by then, and the interpreter's finalisation
-with a daemon thread still inside a torch call can hang or abort.
+with a daemon thread still inside a torch call can hang or abort. For the same reason a process
+that exits does not destroy its node and rclpy first: those are DDS teardowns (the kernel frees
+everything at exit), and one of them held a recorder for 10 s in CI after its file was written
+(the watcher, a Python thread, could not run its deadline meanwhile). The deadline therefore
+also has a backstop that needs no GIL: ``faulthandler.dump_traceback_later``, armed at the stop
+request a second after the deadline, prints where every thread is and exits.
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import select
 import signal
@@ -84,8 +90,11 @@ class ProcessStop:
         log: Callable[[str], None] | None = None,
         exit_process: Callable[[int], None] = os._exit,
         watch_parent: bool | None = None,
+        backstop: bool = False,
     ) -> None:
         self.exit_timeout = exit_timeout
+        # Only a process that ends itself arms the C-level deadline (it exits the interpreter).
+        self._arm_backstop = backstop
         self.requested = threading.Event()
         self.reason = ""
         self.phase = "starting"  # what the main thread is doing; named if the deadline passes
@@ -174,6 +183,10 @@ class ProcessStop:
             self._deadline = time.monotonic() + self.exit_timeout
             self.requested.set()
             callbacks = list(self._callbacks)
+        if self._arm_backstop:
+            # Runs in C: exits even while a C call holds the GIL and the watcher cannot run.
+            with contextlib.suppress(Exception):
+                faulthandler.dump_traceback_later(self.exit_timeout + 1.0, exit=True)
         self._log(f"stopping: {reason}")
         for callback in callbacks:
             self._run_callback(callback)
@@ -188,6 +201,9 @@ class ProcessStop:
     def done(self) -> None:
         """The node's cleanup finished: the deadline no longer applies."""
         self._finished.set()
+        if self._arm_backstop:
+            with contextlib.suppress(Exception):
+                faulthandler.cancel_dump_traceback_later()
 
     def _on_wakeup_bytes(self, data: bytes) -> None:
         for signum in data:
@@ -285,7 +301,7 @@ def _run(
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
-    stop = ProcessStop(exit_timeout)
+    stop = ProcessStop(exit_timeout, backstop=exit_process)
     stop.install()
     code = 0
     node = None
@@ -328,15 +344,16 @@ def _run(
             except Exception:
                 traceback.print_exc()  # a bug in the node's cleanup: show where
                 code = 1
-        stop.phase = "destroying the node"
-        with contextlib.suppress(Exception):
-            if executor is not None:
-                executor.shutdown(timeout_sec=0.0)
-            if node is not None:
-                node.destroy_node()
-        stop.phase = "shutting down rclpy"
-        with contextlib.suppress(Exception):
-            rclpy.try_shutdown()
+        if not exit_process:  # exiting: the kernel frees what DDS teardown would (see above)
+            stop.phase = "destroying the node"
+            with contextlib.suppress(Exception):
+                if executor is not None:
+                    executor.shutdown(timeout_sec=0.0)
+                if node is not None:
+                    node.destroy_node()
+            stop.phase = "shutting down rclpy"
+            with contextlib.suppress(Exception):
+                rclpy.try_shutdown()
         stop.done()
         _flush_std_streams()
     if exit_process:

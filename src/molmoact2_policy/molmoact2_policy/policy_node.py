@@ -215,6 +215,7 @@ class PolicyNode(LifecycleNode):
         feed = self._rtc
         if feed is not None:
             feed.record_commanded(_stamp_ns(msg.header), msg.name, msg.position)
+
     def _chunk_markers(
         self, result: Any, stamp_ns: int, offset: float, joint_names: Any
     ) -> Any:
