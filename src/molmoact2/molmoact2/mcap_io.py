@@ -84,7 +84,9 @@ class McapRecorder:
         self.counts: dict[str, int] = {}
         self.closed = False
 
-    def add_topic(self, topic: str, type_name: str) -> None:
+    def add_topic(self, topic: str, type_name: str, definition: str | None = None) -> None:
+        """Register ``topic``; ``definition`` is ``message_definition(type_name)`` if the
+        caller already has it (read from disk otherwise)."""
         with self._lock:
             if topic in self._channels or self.closed:
                 return
@@ -92,7 +94,7 @@ class McapRecorder:
                 self._schemas[type_name] = self._writer.register_schema(
                     name=type_name.replace("/msg/", "/").replace("/", "/msg/", 1),
                     encoding="ros2msg",
-                    data=message_definition(type_name).encode(),
+                    data=(definition or message_definition(type_name)).encode(),
                 )
             self._channels[topic] = self._writer.register_channel(
                 topic=topic, message_encoding="cdr", schema_id=self._schemas[type_name]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from molmoact2.mcap_io import McapRecorder
+from molmoact2.topic_tap import TopicTap
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,6 @@ class RecorderParams:
 
 def main(args: list[str] | None = None) -> int:
     from rclpy.node import Node
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
     from hw_drivers.ros_params import declare_dataclass_params
     from hw_drivers.ros_runtime import run_node
@@ -61,43 +61,18 @@ def main(args: list[str] | None = None) -> int:
             if problems:
                 raise ValueError("; ".join(problems))
             self.recorder = McapRecorder(self.params.output_path())
-            self.wanted = {self.resolve_topic_name(t): t for t in self.params.topics}
-            self.subscribed: dict[str, object] = {}
-            self.create_timer(self.params.discovery_period, self._discover)
-            self.get_logger().info(f"recording {len(self.wanted)} topics to {self.recorder.path}")
+            self.tap = TopicTap(self, self.params.topics, self._on_topic, self._on_message)
+            self.create_timer(self.params.discovery_period, self.tap.discover)
+            self.get_logger().info(
+                f"recording {len(self.params.topics)} topics to {self.recorder.path}"
+            )
 
-        def _discover(self) -> None:
-            for topic, types in self.get_topic_names_and_types():
-                if topic not in self.wanted or topic in self.subscribed or not types:
-                    continue
-                publishers = self.get_publishers_info_by_topic(topic)
-                if not publishers:
-                    continue
-                reliable = all(
-                    p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in publishers
-                )
-                qos = QoSProfile(depth=100) if reliable else qos_profile_sensor_data
-                if reliable and all(
-                    p.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
-                    for p in publishers
-                ):
-                    # Latched topics (/tf_static): get what was published before we joined.
-                    qos = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-                msg_type = _import_type(types[0])
-                self.recorder.add_topic(topic, types[0])
-                self.subscribed[topic] = self.create_subscription(
-                    msg_type, topic, self._writer_for(topic), qos, raw=True
-                )
-                self.get_logger().info(f"recording {topic} ({types[0]})")
+        def _on_topic(self, topic: str, type_name: str, definition: str) -> None:
+            self.recorder.add_topic(topic, type_name, definition)
+            self.get_logger().info(f"recording {topic} ({type_name})")
 
-        def _writer_for(self, topic: str):
-            clock = self.get_clock()
-
-            def write(data: bytes) -> None:
-                now = clock.now().nanoseconds
-                self.recorder.write(topic, data, now, now)
-
-            return write
+        def _on_message(self, topic: str, data: bytes, receive_ns: int) -> None:
+            self.recorder.write(topic, data, receive_ns, receive_ns)
 
     def flush(node: RecorderNode) -> None:
         node.recorder.close()
@@ -106,14 +81,6 @@ def main(args: list[str] | None = None) -> int:
         sys.stderr.write(f"[recorder] wrote {node.recorder.path} ({counts})\n")
 
     return run_node(RecorderNode, args, on_exit=flush)
-
-
-def _import_type(type_name: str):
-    """``pkg/msg/Type`` -> the Python message class."""
-    import importlib
-
-    package, kind, name = type_name.split("/")
-    return getattr(importlib.import_module(f"{package}.{kind}"), name)
 
 
 if __name__ == "__main__":

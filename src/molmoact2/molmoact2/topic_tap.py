@@ -1,7 +1,8 @@
 """Subscribe a list of topics as raw CDR bytes as soon as they appear in the graph.
 
-Used by the nodes that pass messages on without reading them (the Foxglove bridge): a topic's
-type is taken from the graph, so any message type works, and nothing is deserialized. The
+Used by the nodes that pass messages on without reading them (the recorder, the Foxglove
+bridge): a topic's type is taken from the graph, so any message type works, and nothing is
+deserialized. The
 subscription's QoS follows the publishers: reliable when every publisher is reliable (chunks,
 status), best effort otherwise (cameras), so no publisher is left unmatched; transient-local
 when every publisher keeps its last message for late joiners (``/tf_static``).
