@@ -72,8 +72,9 @@ class DriverParams:
     )
     dynamics_urdf: str = _f(
         "",
-        "damiao: URDF of one arm (joint names without frame_prefixes) for gravity feed-forward;"
-        " empty: no feed-forward (the arm sags by gravity torque / kp)",
+        "damiao: URDF of one arm (joint names without frame_prefixes) for gravity feed-forward,"
+        " absolute or relative to the robot config file; its joint angles must be the motor"
+        " angles; empty: no feed-forward (the arm sags by gravity torque / kp)",
     )
     dynamics_joint_names: tuple[str, ...] = _f(
         (),
@@ -81,6 +82,11 @@ class DriverParams:
         "without frame_prefixes); e.g. i2rt's yam.urdf: dof_joint1..dof_joint6",
     )
     gravity_scale: float = _f(1.0, "damiao: factor on the model's gravity torques")
+    gravity_joint_factors: tuple[float, ...] = _f(
+        (),
+        "damiao: factor on the model's gravity torque per non-gripper joint of one arm, in "
+        "[0, 2] (empty: 1); i2rt's YAM: 1.3, 1.1, 1.35, 1.3, 1.3, 1.3",
+    )
     motor_temperature_warn: float = _f(
         70.0, "damiao: MOS/rotor temperature reported as a warning [degC]"
     )

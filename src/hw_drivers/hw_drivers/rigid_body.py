@@ -65,6 +65,8 @@ class RigidBodyModel:
                 )
             self._slots.append((joint.idx_q, joint.idx_v, joint.nq))
         self._q0 = np.asarray(pin.neutral(model), dtype=float)
+        self._limits: tuple[np.ndarray, np.ndarray] | None = None
+        self._bounds: np.ndarray | None = None
         self._body_frames = [
             (frame.name, frame_id)
             for frame_id, frame in enumerate(model.frames)
@@ -136,6 +138,51 @@ class RigidBodyModel:
             dtype=float,
         )
         return np.array([0.0 if slot is None else tau[slot[1]] for slot in self._slots])
+
+    def position_limits(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) of each joint in ``joint_names`` order as the URDF states them;
+        -inf/+inf for joints the URDF does not hold or does not limit (continuous)."""
+        if self._limits is not None:
+            return self._limits
+        lower = np.full(len(self.joint_names), -np.inf)
+        upper = np.full(len(self.joint_names), np.inf)
+        for k, slot in enumerate(self._slots):
+            if slot is None or slot[2] != 1:
+                continue
+            lo = float(self._model.lowerPositionLimit[slot[0]])
+            hi = float(self._model.upperPositionLimit[slot[0]])
+            if lo < hi:
+                lower[k], upper[k] = lo, hi
+        self._limits = (lower, upper)
+        return lower, upper
+
+    def gravity_torque_bounds(self) -> np.ndarray:
+        """Per joint in ``joint_names`` order, a bound on |gravity torque| that holds at every
+        configuration: g times the sum over the bodies the joint carries of mass times the
+        longest the lever from the joint to that body's centre of mass can be (joint offsets
+        along the chain plus the body's own centre-of-mass offset). Nothing the model computes
+        for that joint can exceed it, whatever pose it is given."""
+        if self._bounds is not None:
+            return self._bounds
+        model = self._model
+        g = float(np.linalg.norm(model.gravity.linear))
+        bounds = []
+        for slot, name in zip(self._slots, self.joint_names, strict=True):
+            if slot is None:
+                bounds.append(0.0)
+                continue
+            joint_id = model.getJointId(name)
+            total = 0.0
+            for body in model.subtrees[joint_id]:
+                lever = float(np.linalg.norm(model.inertias[body].lever))
+                walk = body
+                while walk != joint_id:
+                    lever += float(np.linalg.norm(model.jointPlacements[walk].translation))
+                    walk = model.parents[walk]
+                total += float(model.inertias[body].mass) * lever
+            bounds.append(g * total)
+        self._bounds = np.array(bounds)
+        return self._bounds
 
     def link_poses(self, q: Sequence[float] | np.ndarray) -> dict[str, np.ndarray]:
         """4x4 homogeneous transform of every URDF link in the root frame at ``q``."""

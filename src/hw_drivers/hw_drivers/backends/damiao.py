@@ -18,8 +18,13 @@ Fault codes found at connect are kept and reported; ``enable`` refuses until ``c
 exchange in ``io_timeout`` is reported as frozen instead of blocking the driver.
 
 Gravity feed-forward: with a rigid-body model per arm (``hw_drivers.rigid_body``, from the
-arm's URDF), each MIT command carries the gravity torque at the measured pose, so the arm does
-not sag by torque/kp; without one the feed-forward is zero.
+arm's URDF), each MIT command carries the gravity torque at the measured pose, times a factor
+per joint (i2rt's ``gravity_comp_factor``), so the arm does not sag by torque/kp; without one
+the feed-forward is zero. It never pushes from a measurement it cannot trust: the feed-forward
+is zero while the feedback is older than ``max_feedback_age`` and, per arm, while a measured
+joint is further than ``GRAVITY_RANGE_MARGIN`` outside the model's joint range; each torque is
+clamped to the most gravity can ever load that joint (``RigidBodyModel.gravity_torque_bounds``
+times its factor) and to the motor's torque range.
 
 The gripper motor is exposed as a normalised opening 0 (closed)..1 (open) between two
 configurable motor angles; all other joints are motor radians.
@@ -30,6 +35,7 @@ python-can is imported on ``connect()`` only, so importing this module stays che
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +92,8 @@ class DamiaoArm:
     #: Rigid-body model over the non-gripper joints (``hw_drivers.rigid_body``) for gravity
     #: feed-forward; None: no feed-forward.
     dynamics: Any = None
+    #: Factor on the model's torque per non-gripper joint (i2rt: ``gravity_comp_factor``).
+    gravity_factors: tuple[float, ...] = ()
 
 
 def yam_arm(
@@ -134,6 +142,11 @@ def yam_arm(
 #: to a motor whose reply was lost still fits the 4 ms period at 250 Hz. A reply that comes
 #: later than this is discarded as stale when it arrives, and the resend's reply is used.
 REPLY_TIMEOUT = 0.001
+#: How far [rad] a measured joint may be outside the arm model's joint range before the
+#: gravity feed-forward of that arm is switched off as a measurement it cannot trust. i2rt
+#: refuses a YAM whose joints are further than 0.15 + 0.1 rad outside its limits
+#: (get_robot.py buffer plus motor_chain_robot.py check: a wrong zero offset).
+GRAVITY_RANGE_MARGIN = 0.25
 #: Default temperature [degC] (MOS or rotor) from which a motor is reported as running hot. The
 #: motor's own over-temperature trip (its OT register) latches fault 0xB/0xC on top of this.
 TEMPERATURE_WARN_C = 70.0
@@ -296,6 +309,8 @@ class DamiaoBackend(Backend):
         self._last_command = np.full(self.num_joints, np.nan)
         self.motor_health = [[MotorHealth() for _ in arm.motors] for arm in self.arms]
         self.bus_health = [BusHealth() for _ in self.arms]
+        #: Per arm: whether the last command carried gravity feed-forward, and if not why.
+        self.gravity_status = ["off: no arm model" if a.dynamics is None else "" for a in arms]
 
     @classmethod
     def from_params(cls, params: Any) -> DamiaoBackend:
@@ -322,6 +337,7 @@ class DamiaoBackend(Backend):
         prefixes = list(opt("frame_prefixes", [""] * len(channels)))
         urdf = str(opt("dynamics_urdf", ""))
         urdf_names = list(opt("dynamics_joint_names", []))
+        factors = [float(f) for f in opt("gravity_joint_factors", [])]
         arms = []
         for index, channel in enumerate(channels):
             arm_names = names[index * per_arm : (index + 1) * per_arm]
@@ -337,7 +353,7 @@ class DamiaoBackend(Backend):
             )
             if urdf:
                 prefix = prefixes[index] if index < len(prefixes) else ""
-                arm = with_dynamics(arm, urdf, prefix, urdf_names or None)
+                arm = with_dynamics(arm, urdf, prefix, urdf_names or None, factors or None)
             arms.append(arm)
         return cls(
             arms,
@@ -529,31 +545,67 @@ class DamiaoBackend(Backend):
     # -- gravity ---------------------------------------------------------------------------
     def gravity_torques(self, positions: np.ndarray | None = None) -> np.ndarray:
         """Feed-forward torque per joint [N*m] at ``positions`` (default: the last measured
-        pose); zero for grippers and for arms without a model."""
+        pose, the one the next command carries: zero while that feedback is older than
+        ``max_feedback_age``); zero for grippers, for arms without a model and for an arm
+        measured outside its model's range; clamped to what gravity can load each joint."""
         torques = np.zeros(self.num_joints)
         if positions is None:
             if self._feedback is None:
                 return torques
+            age = self._feedback_age() if self._io else 0.0
+            if age > self.max_feedback_age:
+                why = f"off: feedback {age:.3f} s old (> {self.max_feedback_age:.3f} s)"
+                self.gravity_status = [
+                    why if arm.dynamics is not None else status
+                    for arm, status in zip(self.arms, self.gravity_status, strict=True)
+                ]
+                return torques
             positions = self._reading(self._feedback).positions
+        positions = np.asarray(positions, dtype=float)
         joint = 0
-        for arm in self.arms:
+        for a, arm in enumerate(self.arms):
             count = len(arm.motors)
             if arm.dynamics is not None:
-                arm_joints = [k for k, m in enumerate(arm.motors) if not m.is_gripper]
-                q = np.asarray(positions[joint : joint + count])[arm_joints]
-                tau = arm.dynamics.gravity_torques(q) * self.gravity_scale
-                for k, value in zip(arm_joints, tau, strict=True):
-                    t_max = arm.motors[k].mtype.t_max
-                    torques[joint + k] = float(np.clip(value, -t_max, t_max))
+                q_arm = positions[joint : joint + count]
+                torques[joint : joint + count] = self._arm_gravity(a, q_arm)
             joint += count
         return torques
+
+    def _arm_gravity(self, a: int, q_arm: np.ndarray) -> np.ndarray:
+        arm = self.arms[a]
+        out = np.zeros(len(arm.motors))
+        arm_joints = [k for k, m in enumerate(arm.motors) if not m.is_gripper]
+        q = q_arm[arm_joints]
+        lower, upper = arm.dynamics.position_limits()
+        outside = ~np.isfinite(q) | (q < lower - GRAVITY_RANGE_MARGIN)
+        outside |= q > upper + GRAVITY_RANGE_MARGIN
+        if np.any(outside):
+            i = int(np.argmax(outside))
+            self.gravity_status[a] = (
+                f"off: {arm.motors[arm_joints[i]].joint_name} measured at {q[i]:.3f} rad, outside "
+                f"the model's range [{lower[i]:.3f}, {upper[i]:.3f}] by more than "
+                f"{GRAVITY_RANGE_MARGIN} rad"
+            )
+            return out
+        factors = np.asarray(arm.gravity_factors or (1.0,) * len(arm_joints)) * self.gravity_scale
+        bounds = arm.dynamics.gravity_torque_bounds() * np.abs(factors)
+        tau = arm.dynamics.gravity_torques(q) * factors
+        for j, (k, value) in enumerate(zip(arm_joints, tau, strict=True)):
+            limit = min(arm.motors[k].mtype.t_max, float(bounds[j]))
+            out[k] = float(np.clip(value, -limit, limit))
+        self.gravity_status[a] = "on"
+        return out
 
     def sag_note(self) -> str:
         """One log line about gravity compensation: on, or off with the expected sag."""
         lines = []
         for arm in self.arms:
             if arm.dynamics is not None:
-                lines.append(f"{arm.channel}: gravity feed-forward from the arm model")
+                factors = ", ".join(f"{f:g}" for f in arm.gravity_factors) or "1"
+                lines.append(
+                    f"{arm.channel}: gravity feed-forward from the arm model (factors {factors}"
+                    f", scale {self.gravity_scale:g})"
+                )
                 continue
             per_joint = ", ".join(
                 f"{m.joint_name} {1.0 / m.kp:.3f} rad/(N*m)" for m in arm.motors if not m.is_gripper
@@ -592,6 +644,7 @@ class DamiaoBackend(Backend):
                         "last_exchange_ms": f"{bus.last_exchange_time * 1e3:.3f}",
                         "max_exchange_ms": f"{bus.max_exchange_time * 1e3:.3f}",
                         "overruns": str(bus.overruns),
+                        "gravity_feed_forward": self.gravity_status[a] or "not commanded yet",
                         "budget": self.budget.describe(self.control_rate or 0.0)
                         if self.control_rate
                         else f"{self.budget.tick_bus_time * 1e3:.2f} ms per tick",
@@ -816,12 +869,18 @@ class DamiaoBackend(Backend):
 
 
 def with_dynamics(
-    arm: DamiaoArm, urdf: str, prefix: str = "", joint_names: Sequence[str] | None = None
+    arm: DamiaoArm,
+    urdf: str,
+    prefix: str = "",
+    joint_names: Sequence[str] | None = None,
+    factors: Sequence[float] | None = None,
 ) -> DamiaoArm:
     """``arm`` with a rigid-body model from ``urdf`` over its non-gripper joints. The URDF's
     joint names are ``joint_names`` (in the arm's order) or, by default, ours without
-    ``prefix``, so one URDF serves both arms of a bimanual robot. The URDF's root frame must
-    have +z up as the arm is mounted (pinocchio's gravity is -z)."""
+    ``prefix``, so one URDF serves both arms of a bimanual robot; its joint angles must be our
+    motor angles (same zero, same sign). ``factors``: one per non-gripper joint on the model's
+    torque (default 1). The URDF's root frame must have +z up as the arm is mounted
+    (pinocchio's gravity is -z)."""
     from dataclasses import replace
 
     from hw_drivers.rigid_body import RigidBodyError, RigidBodyModel
@@ -838,8 +897,18 @@ def with_dynamics(
                 f"{len(names)} non-gripper joints {names}"
             )
         names = list(joint_names)
+    if factors is not None and len(factors) != len(names):
+        raise BackendError(
+            f"arm on {arm.channel}: {len(factors)} gravity_joint_factors for the "
+            f"{len(names)} non-gripper joints {names}"
+        )
+    if factors is not None and not all(math.isfinite(f) and 0.0 <= f <= 2.0 for f in factors):
+        raise BackendError(
+            f"arm on {arm.channel}: gravity_joint_factors must be within [0, 2], got "
+            f"{list(factors)}"
+        )
     try:
         model = RigidBodyModel.from_urdf(urdf, names)
     except RigidBodyError as exc:
         raise BackendError(f"arm on {arm.channel}: gravity model: {exc}") from exc
-    return replace(arm, dynamics=model)
+    return replace(arm, dynamics=model, gravity_factors=tuple(float(f) for f in factors or ()))
