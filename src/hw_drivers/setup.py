@@ -13,6 +13,8 @@ setup(
     maintainer="MolmoAct2 ROS maintainers",
     maintainer_email="maintainers@molmoact2-ros.dev",
     packages=find_packages(exclude=["test", "test.*"]),
+    # Arm models the drivers ship (gravity feed-forward): hw_drivers/models/*.urdf.
+    package_data={PACKAGE: ["models/*.urdf"]},
     python_requires=">=3.10",
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,11 +24,10 @@ from hypothesis import strategies as st
 from hw_drivers import damiao_protocol as dm
 from hw_drivers.backends.damiao import GRAVITY_RANGE_MARGIN, DamiaoBackend
 from hw_drivers.emulators.damiao_emulator import TimedDamiaoBus
-from hw_drivers.rigid_body import RigidBodyModel
+from hw_drivers.rigid_body import MODELS_DIR, RigidBodyModel
 from molmoact2 import graph
 
-ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_URDF = ROOT / "config" / "yam_arm_i2rt.urdf"
+SHIPPED_URDF = MODELS_DIR / "yam_arm_i2rt.urdf"
 URDF_JOINTS = [f"dof_joint{i}" for i in range(1, 7)]
 #: i2rt/robots/config/yam.yml ``gravity_comp_factor`` (joints 1-6).
 I2RT_FACTORS = np.array([1.3, 1.1, 1.35, 1.3, 1.3, 1.3])
@@ -154,8 +152,8 @@ def test_the_shipped_urdf_gives_i2rts_gravity_torques(model, q, tau, point) -> N
 # -- the shipped driver config commands i2rt's feed-forward -----------------------------------
 def test_the_shipped_config_turns_gravity_feed_forward_on() -> None:
     params = shipped_driver_params()
-    assert Path(params.dynamics_urdf).is_absolute()
-    assert Path(params.dynamics_urdf) == SHIPPED_URDF.resolve()
+    # Named as a shipped model, so the driver finds it whichever directory it starts in.
+    assert params.dynamics_urdf == SHIPPED_URDF.name
     np.testing.assert_array_equal(params.gravity_joint_factors, I2RT_FACTORS)
     backend = DamiaoBackend.from_params(params)
     assert all(arm.dynamics is not None for arm in backend.arms)
@@ -301,3 +299,12 @@ def test_feed_forward_stays_within_bounds_for_any_measurement(values) -> None:
 
 _PROPERTY_BACKEND = DamiaoBackend.from_params(shipped_driver_params())
 assert math.isclose(_PROPERTY_BACKEND.gravity_scale, 1.0)
+
+
+def test_a_model_name_that_is_neither_a_file_nor_shipped_is_refused() -> None:
+    from hw_drivers.backends.base import BackendError
+
+    params = shipped_driver_params()
+    params.dynamics_urdf = "yam_arm_typo.urdf"
+    with pytest.raises(BackendError, match=r"does not exist .*yam_arm_i2rt\.urdf"):
+        DamiaoBackend.from_params(params)

@@ -73,8 +73,9 @@ class DriverParams:
     dynamics_urdf: str = _f(
         "",
         "damiao: URDF of one arm (joint names without frame_prefixes) for gravity feed-forward,"
-        " absolute or relative to the robot config file; its joint angles must be the motor"
-        " angles; empty: no feed-forward (the arm sags by gravity torque / kp)",
+        " a path or the name of a model hw_drivers ships (hw_drivers/models, e.g."
+        " yam_arm_i2rt.urdf); its joint angles must be the motor angles; empty: no"
+        " feed-forward (the arm sags by gravity torque / kp)",
     )
     dynamics_joint_names: tuple[str, ...] = _f(
         (),

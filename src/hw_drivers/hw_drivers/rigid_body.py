@@ -19,9 +19,28 @@ from typing import Any
 
 import numpy as np
 
+#: Arm models shipped with hw_drivers (their sources and changes are in each file's header).
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+
 
 class RigidBodyError(RuntimeError):
     """The model cannot be loaded or does not match the joints it is asked about."""
+
+
+def resolve_model_path(name: str) -> Path:
+    """``name`` as a file: an absolute path, a path relative to the working directory, or
+    the file name of a model hw_drivers ships (``MODELS_DIR``, e.g. ``yam_arm_i2rt.urdf``),
+    so a parameters file can name a shipped model wherever the node starts."""
+    path = Path(name).expanduser()
+    if path.is_absolute() or path.is_file():
+        return path
+    shipped = MODELS_DIR / path
+    if shipped.is_file():
+        return shipped
+    raise RigidBodyError(
+        f"URDF {name!r} does not exist (neither relative to {Path.cwd()} nor a model shipped "
+        f"in {MODELS_DIR}: {sorted(p.name for p in MODELS_DIR.glob('*.urdf'))})"
+    )
 
 
 def _pinocchio() -> Any:
@@ -80,9 +99,11 @@ class RigidBodyModel:
         joint_names: Sequence[str],
         allow_missing: bool = False,
     ) -> RigidBodyModel:
-        """Load ``path``; every name in ``joint_names`` must be a movable URDF joint unless
-        ``allow_missing`` (then the absent ones get zero torque and are ignored in poses)."""
+        """Load ``path`` (see ``resolve_model_path``); every name in ``joint_names`` must be a
+        movable URDF joint unless ``allow_missing`` (then the absent ones get zero torque and
+        are ignored in poses)."""
         pin = _pinocchio()
+        path = str(resolve_model_path(str(path)))
         if not Path(path).is_file():
             raise RigidBodyError(f"URDF {path!r} does not exist")
         try:

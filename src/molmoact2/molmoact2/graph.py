@@ -305,13 +305,6 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
         # ros2_control arms are driven by their own controller: forward chunks as trajectories.
         nodes.append(_spec("trajectory_bridge", config.driver_name, files, driver_overrides))
     else:
-        # The arm model for gravity feed-forward, like ``urdf``, may be named relative to the
-        # config file; the driver gets it absolute whichever directory it starts in.
-        dynamics = config_relative_file(
-            config, "dynamics_urdf", config.params_for(config.driver_name).get("dynamics_urdf")
-        )
-        if dynamics is not None:
-            driver_overrides["dynamics_urdf"] = str(dynamics)
         nodes.append(_spec("driver", config.driver_name, files, driver_overrides))
 
     if options.sim:
@@ -334,19 +327,13 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
 
 def urdf_path(config: RobotConfig) -> Path | None:
     """The robot's URDF (shared key ``urdf``), absolute; None when the config names none."""
-    return config_relative_file(config, "urdf", config.shared.get("urdf"))
-
-
-def config_relative_file(config: RobotConfig, key: str, value: Any) -> Path | None:
-    """``value`` of ``key`` as an absolute path (relative ones are relative to the config
-    file); None when empty. A path that is not a file is a ``ConfigError``."""
-    value = str(value or "")
+    value = str(config.shared.get("urdf", "") or "")
     if not value:
         return None
     path = Path(value).expanduser()
     path = path if path.is_absolute() else config.path.parent / path
     if not path.is_file():
-        raise ConfigError(f"{config.path}: {key} {value!r} is not a file ({path})")
+        raise ConfigError(f"{config.path}: urdf {value!r} is not a file ({path})")
     return path.resolve()
 
 
