@@ -198,9 +198,16 @@ def test_feed_forward_is_off_while_the_feedback_is_stale_and_back_when_fresh() -
         measured = backend.read_state().positions
         backend.write_command(measured)
         assert abs(sent_torques(buses)[2]) > 5.0  # joint 3 carries most of the arm
-        # The caller stalls: the replies of the last exchange are older than the driver trusts
-        # by the time the next command is built; that command carries no feed-forward.
-        stall = buses["can0"].now() + 2.0 * backend.max_feedback_age
+        # A late tick (older than max_feedback_age, younger than gravity_max_feedback_age)
+        # keeps the feed-forward: switching it off for one tick would jolt the arm.
+        late = buses["can0"].now() + 2.0 * backend.max_feedback_age
+        for bus in buses.values():
+            bus.sleep_until(late)
+        backend.write_command(measured)
+        assert abs(sent_torques(buses)[2]) > 5.0
+        # The caller stalls for a dozen ticks: the pose is older than the feed-forward trusts
+        # by the time the next command is built; that command carries none.
+        stall = buses["can0"].now() + 1.5 * backend.gravity_max_feedback_age
         for bus in buses.values():
             bus.sleep_until(stall)
         backend.write_command(measured)

@@ -21,7 +21,7 @@ Gravity feed-forward: with a rigid-body model per arm (``hw_drivers.rigid_body``
 arm's URDF), each MIT command carries the gravity torque at the measured pose, times a factor
 per joint (i2rt's ``gravity_comp_factor``), so the arm does not sag by torque/kp; without one
 the feed-forward is zero. It never pushes from a measurement it cannot trust: the feed-forward
-is zero while the feedback is older than ``max_feedback_age`` and, per arm, while a measured
+is zero while the feedback is older than ``GRAVITY_MAX_FEEDBACK_AGE`` and, per arm, while a measured
 joint is further than ``GRAVITY_RANGE_MARGIN`` outside the model's joint range; each torque is
 clamped to the most gravity can ever load that joint (``RigidBodyModel.gravity_torque_bounds``
 times its factor) and to the motor's torque range.
@@ -147,6 +147,11 @@ REPLY_TIMEOUT = 0.001
 #: refuses a YAM whose joints are further than 0.15 + 0.1 rad outside its limits
 #: (get_robot.py buffer plus motor_chain_robot.py check: a wrong zero offset).
 GRAVITY_RANGE_MARGIN = 0.25
+#: Age [s] of the measured pose beyond which a command carries no gravity feed-forward: the
+#: loop has stalled for a dozen ticks and the pose may be far from where the arm is. Younger
+#: poses are good enough for gravity (it changes slowly with the pose), and switching the
+#: feed-forward off for one late tick would jolt the arm by a full sag.
+GRAVITY_MAX_FEEDBACK_AGE = 0.05
 #: Default temperature [degC] (MOS or rotor) from which a motor is reported as running hot. The
 #: motor's own over-temperature trip (its OT register) latches fault 0xB/0xC on top of this.
 TEMPERATURE_WARN_C = 70.0
@@ -306,6 +311,7 @@ class DamiaoBackend(Backend):
         # Replies of the last command exchange stand for the next read only while they are
         # younger than this; a stalled caller gets a fresh refresh round instead.
         self.max_feedback_age = 2.5 / control_rate if control_rate else 0.02
+        self.gravity_max_feedback_age = max(GRAVITY_MAX_FEEDBACK_AGE, self.max_feedback_age)
         self._last_command = np.full(self.num_joints, np.nan)
         self.motor_health = [[MotorHealth() for _ in arm.motors] for arm in self.arms]
         self.bus_health = [BusHealth() for _ in self.arms]
@@ -546,15 +552,15 @@ class DamiaoBackend(Backend):
     def gravity_torques(self, positions: np.ndarray | None = None) -> np.ndarray:
         """Feed-forward torque per joint [N*m] at ``positions`` (default: the last measured
         pose, the one the next command carries: zero while that feedback is older than
-        ``max_feedback_age``); zero for grippers, for arms without a model and for an arm
+        ``gravity_max_feedback_age``); zero for grippers, for arms without a model and for an arm
         measured outside its model's range; clamped to what gravity can load each joint."""
         torques = np.zeros(self.num_joints)
         if positions is None:
             if self._feedback is None:
                 return torques
             age = self._feedback_age() if self._io else 0.0
-            if age > self.max_feedback_age:
-                why = f"off: feedback {age:.3f} s old (> {self.max_feedback_age:.3f} s)"
+            if age > self.gravity_max_feedback_age:
+                why = f"off: feedback {age:.3f} s old (> {self.gravity_max_feedback_age:g} s)"
                 self.gravity_status = [
                     why if arm.dynamics is not None else status
                     for arm, status in zip(self.arms, self.gravity_status, strict=True)
