@@ -49,6 +49,9 @@ class DriverParams:
     frame_prefixes: tuple[str, ...] = _f((), "joint-name prefix per arm, same order as channels")
     serial_port: str = _f("", "feetech: serial port of the servo bus, e.g. /dev/ttyACM0")
     calibration_file: str = _f("", "feetech: LeRobot-style calibration JSON")
+    serial_baudrate: int = _f(
+        1_000_000, "feetech: baud rate of the servo bus (the servos' Baud_Rate; the budget uses it)"
+    )
     trajectory_topic: str = _f("", "ros2_control: JointTrajectory controller topic")
     robot_ip: str = _f("", "franky: robot IP address")
     franky_motion_rate: float = _f(
@@ -68,7 +71,8 @@ class DriverParams:
     read_retries: int = _f(0, "damiao/feetech: retries of a failed read (0: default)")
     can_bitrate: int = _f(1_000_000, "damiao: CAN bitrate [bit/s] (the bus budget uses it)")
     max_bus_load: float = _f(
-        0.7, "damiao: largest fraction of the control period one tick's CAN exchange may use"
+        0.7, "damiao/feetech: largest fraction of the control period one tick's bus exchange "
+        "may use"
     )
     dynamics_urdf: str = _f(
         "",
@@ -82,7 +86,9 @@ class DriverParams:
     )
     gravity_scale: float = _f(1.0, "damiao: factor on the model's gravity torques")
     motor_temperature_warn: float = _f(
-        70.0, "damiao: MOS/rotor temperature reported as a warning [degC]"
+        70.0,
+        "damiao/feetech: motor temperature reported as a warning [degC] (feetech: at most 5 "
+        "below the servo's own Max_Temperature_Limit, at which the driver holds)",
     )
     # -- what runs on the robot (released YAM deployment options) --
     execution: str = _f(
@@ -254,7 +260,13 @@ class DriverParams:
         return arm_hold_mask(self.joint_names, self.frame_prefixes, self.active_arms)
 
     def bus_budget(self):
-        """The CAN bus budget of a DaMiao robot (None for other backends)."""
+        """The bus budget of a DaMiao (CAN) or Feetech (serial) robot; None for the others."""
+        if self.backend == "feetech" and self.serial_baudrate > 0 and self.joint_names:
+            from hw_drivers.serial_budget import SerialBudget
+
+            return SerialBudget(
+                self.serial_baudrate, len(self.joint_names), max_bus_load=self.max_bus_load
+            )
         if self.backend != "damiao" or not self.can_channels or self.can_bitrate <= 0:
             return None
         from hw_drivers.can_budget import BusBudget

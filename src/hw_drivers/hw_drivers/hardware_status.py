@@ -64,7 +64,7 @@ def execution_summary(params: Any, backend: Backend) -> str:
     ]
     budget = params.bus_budget()
     if budget is not None:
-        parts.append(f"CAN budget: {budget.describe(params.control_rate)}")
+        parts.append(f"{budget.KIND} budget: {budget.describe(params.control_rate)}")
     sag = getattr(backend, "sag_note", None)
     if sag is not None:
         parts.append(sag())
