@@ -418,6 +418,12 @@ class TimedFeetechBus(ServoBank):
     def close(self) -> None:
         self.closed = True
 
+    def reopen(self) -> TimedFeetechBus:
+        """The port opened again (the backend reconnecting): same servos, same clock."""
+        self.closed = False
+        self._inbox.clear()
+        return self
+
     # -- test side ---------------------------------------------------------------------------
     def sleep_until(self, t: float) -> None:
         """Let virtual time pass (the host idles until its next tick)."""
