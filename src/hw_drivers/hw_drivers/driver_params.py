@@ -9,6 +9,7 @@ config file without starting ROS.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 import numpy as np
 
@@ -28,6 +29,12 @@ def _f(default, description: str, **extra):
 
 @dataclass(frozen=True)
 class DriverParams:
+    #: Parameters that were renamed or replaced: an old config naming one is told what to use.
+    RENAMED: ClassVar[dict[str, str]] = {
+        "preflight_camera_rate": "replaced by each camera's own rate, camera_rates in the /** "
+        "section, with preflight_camera_tolerance; preflight_cameras: false skips the check",
+    }
+
     # -- robot (config/<robot>.yaml) --
     robot: str = _f("", "robot name (config file stem), e.g. yam")
     embodiment: str = _f("", "model embodiment tag (molmoact2_policy.embodiments)")
@@ -106,12 +113,20 @@ class DriverParams:
         "auto | on | off: before torque enable check joint limits, motor faults and camera "
         "rates; auto: on for hardware backends",
     )
-    preflight_camera_rate: float = _f(
-        5.0, "preflight: every camera must stream at least this rate [Hz] (0: not checked)"
+    preflight_cameras: bool = _f(
+        True, "preflight: check that every camera streams at its camera_rates entry"
+    )
+    preflight_camera_tolerance: float = _f(
+        0.2,
+        "preflight: a camera's measured rate may differ from its camera_rates entry by this "
+        "fraction (0.2: 24..36 Hz for 30 Hz)",
     )
     camera_names: tuple[str, ...] = _f((), "cameras the preflight checks (from the /** section)")
     camera_topics: tuple[str, ...] = _f((), "their image topics, same order as camera_names")
     camera_transports: tuple[str, ...] = _f((), "raw | compressed per camera (empty: raw)")
+    camera_rates: tuple[float, ...] = _f(
+        (), "frames per second each camera streams at (from the /** section)"
+    )
     # -- executor --
     interpolation: str = _f("cubic", "interpolation between chunk actions: linear | cubic")
     splice_policy: str = _f("blend", "new chunk takeover: blend | replace | average")
@@ -234,6 +249,16 @@ class DriverParams:
             problems.append(
                 f"{len(self.camera_topics)} camera_topics for {len(self.camera_names)} camera_names"
             )
+        if self.checks_cameras() and (
+            len(self.camera_rates) != len(self.camera_names)
+            or not all(r > 0 for r in self.camera_rates)
+        ):
+            problems.append(
+                f"the preflight needs one camera_rates entry > 0 per camera "
+                f"({len(self.camera_names)}), got {list(self.camera_rates)}"
+            )
+        if not 0.0 <= self.preflight_camera_tolerance < 1.0:
+            problems.append("preflight_camera_tolerance must be in [0, 1)")
         budget = self.bus_budget()
         if budget is not None and self.control_rate > 0:
             problem = budget.check(self.control_rate)
@@ -252,6 +277,14 @@ class DriverParams:
 
     def runs_preflight(self) -> bool:
         return self.preflight == "on" or (self.preflight == "auto" and self.backend != "sim")
+
+    def checks_cameras(self) -> bool:
+        """The preflight measures the cameras' rates (against ``expected_camera_rates``)."""
+        return self.runs_preflight() and self.preflight_cameras and bool(self.camera_names)
+
+    def expected_camera_rates(self) -> dict[str, float]:
+        """Camera name -> the rate it is configured to stream at [Hz]."""
+        return dict(zip(self.camera_names, self.camera_rates, strict=False))
 
     def hold_mask(self) -> np.ndarray:
         """Joints the ``active_arms`` selection holds (``ValueError`` for an unknown arm)."""
