@@ -373,3 +373,16 @@ def test_servo_entries_read_like_the_damiao_motor_entries():
     bus = rig.backend.health()[0]
     assert bus.name == f"feetech bus {PORT}" and bus.level == hl.OK
     assert "servos:" in bus.values["budget"]
+
+
+def test_a_fault_that_went_away_is_shown_latched_with_what_clears_it():
+    rig = running_rig()
+    rig.bus.set_status_bits(6, 0x20)
+    rig.step()
+    rig.bus.set_status_bits(6, 0)
+    rig.step(int(0.6 * RATE))  # one reconnect: the servo reads fine again
+    entry = rig.entry("gripper")
+    assert entry.level == hl.ERROR and entry.values["status"] == "ok"
+    assert entry.message == (
+        "fault: overload (status 0x20) (gone now; latched until ~/clear_motor_faults)"
+    )

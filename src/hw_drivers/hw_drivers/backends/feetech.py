@@ -88,7 +88,11 @@ class ServoHealth(hl.MotorHealth):
 
     @property
     def fault(self) -> str | None:
-        return self.latched or None
+        if not self.latched:
+            return None
+        if self.condition():
+            return self.latched
+        return f"{self.latched} (gone now; latched until ~/clear_motor_faults)"
 
 
 @dataclass
