@@ -164,6 +164,12 @@ def test_configs_without_or_with_bad_camera_rates_are_refused(tmp_path):
     with pytest.raises(graph.ConfigError, match="camera_rates must be frame rates > 0"):
         graph.load_robot_config(write_config(tmp_path, negative))
 
+    def integers(raw):  # rclpy would refuse an integer array for the float parameter
+        raw["/**"]["ros__parameters"]["camera_rates"] = [30, 30]
+
+    with pytest.raises(graph.ConfigError, match=r"written as floats \(30.0, not 30\)"):
+        graph.load_robot_config(write_config(tmp_path, integers))
+
 
 def test_the_old_single_minimum_rate_parameter_is_named_with_its_replacement(tmp_path):
     def old(raw):

@@ -183,8 +183,12 @@ def _check_structure(config: RobotConfig) -> None:
                 f"{where}: {key} has {len(shared[key])} entries for {len(cameras)} cameras"
             )
     rates = shared["camera_rates"]
-    if not all(isinstance(r, int | float) and not isinstance(r, bool) and r > 0 for r in rates):
-        raise ConfigError(f"{where}: camera_rates must be frame rates > 0 [Hz], got {rates}")
+    # Floats written as floats: ROS parameters are typed, [30, 30] is an integer array.
+    if not all(isinstance(r, float) and 0 < r < float("inf") for r in rates):
+        raise ConfigError(
+            f"{where}: camera_rates must be frame rates > 0 [Hz] written as floats "
+            f"(30.0, not 30), got {rates}"
+        )
     bad = [t for t in shared["camera_transports"] if t not in ("raw", "compressed")]
     if bad:
         raise ConfigError(f"{where}: camera_transports must be raw or compressed, got {bad}")
