@@ -323,7 +323,7 @@ def test_damiao_can_link_drops_frames_goes_silent_disables_and_reconnects(
         # At the shipped control rate (config/yam.yaml). Hardware backends default to shadow
         # execution: this test moves the (emulated) arms, so it asks for live; the preflight
         # runs, without cameras in this graph.
-        "execution": "live", "preflight_camera_rate": 0.0,
+        "execution": "live", "preflight_cameras": False,
         # The virtual-bus emulator is a Python thread on a loaded machine, not a bus: give it
         # time to answer (bus timing is tested on TimedDamiaoBus, tests/unit/test_damiao_bus.py).
         "read_timeout": 0.05, "read_retries": 2,
@@ -394,7 +394,10 @@ def test_feetech_serial_link_unplugged_holds_and_reconnects_on_replug(
         "backend": "feetech", "serial_port": str(port),
         "calibration_file": str(tmp_path / "calibration.json"), "control_rate": 50.0,
         "on_fault": "hold", "reconnect_period": 0.3, "ramp_in_time": 0.3,
-        "execution": "live", "preflight_camera_rate": 0.0,
+        "execution": "live", "preflight_cameras": False,
+        # Each tick also reads one servo's health (one reply): 50 ms per try, not the 20 ms
+        # default, so an emulator thread starved on a loaded machine is not a lost servo.
+        "read_timeout": 0.05,
     })
     h.add_chunk_feed(amplitude=0.05)
     h.start()
