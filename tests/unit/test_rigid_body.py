@@ -107,3 +107,35 @@ def test_without_pinocchio_the_error_says_what_to_install(monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, "pinocchio", None)
     with pytest.raises(RigidBodyError, match="pip install pin"):
         RigidBodyModel.from_urdf(str(ARM_URDF), ["shoulder", "elbow"])
+
+
+def test_gravity_bounds_are_the_analytic_maximum_of_the_two_link_arm(arm: RigidBodyModel) -> None:
+    # Both links horizontal and straight is where gravity loads each joint most.
+    expected = G * np.array([M1 * L1 + M2 * (L1 + L2), M2 * L2])
+    np.testing.assert_allclose(arm.gravity_torque_bounds(), expected, rtol=1e-12)
+    np.testing.assert_allclose(np.abs(arm.gravity_torques([0.0, 0.0])), expected, rtol=1e-12)
+    grid = np.linspace(-np.pi, np.pi, 25)
+    worst = np.max([np.abs(arm.gravity_torques([a, b])) for a in grid for b in grid], axis=0)
+    assert np.all(worst <= expected + 1e-9)
+
+
+def test_a_prismatic_joint_is_bounded_by_the_weight_it_carries(tmp_path: Path) -> None:
+    urdf = tmp_path / "lift.urdf"
+    urdf.write_text(
+        """<robot name="lift">
+  <link name="base"/>
+  <link name="carriage">
+    <inertial><origin xyz="0.2 0 0"/><mass value="2.0"/>
+      <inertia ixx="0.01" iyy="0.01" izz="0.01" ixy="0" ixz="0" iyz="0"/></inertial>
+  </link>
+  <joint name="lift" type="prismatic">
+    <parent link="base"/><child link="carriage"/><axis xyz="0 0 1"/>
+    <limit lower="0" upper="0.5" effort="100" velocity="1"/>
+  </joint>
+</robot>"""
+    )
+    lift = RigidBodyModel.from_urdf(str(urdf), ["lift"])
+    np.testing.assert_allclose(lift.gravity_torque_bounds(), [2.0 * G])
+    np.testing.assert_allclose(lift.gravity_torques([0.3]), [2.0 * G])
+    lower, upper = lift.position_limits()
+    assert (lower[0], upper[0]) == (0.0, 0.5)

@@ -181,8 +181,9 @@ class RigidBodyModel:
         """Per joint in ``joint_names`` order, a bound on |gravity torque| that holds at every
         configuration: g times the sum over the bodies the joint carries of mass times the
         longest the lever from the joint to that body's centre of mass can be (joint offsets
-        along the chain plus the body's own centre-of-mass offset). Nothing the model computes
-        for that joint can exceed it, whatever pose it is given."""
+        along the chain plus the body's own centre-of-mass offset); for a prismatic joint the
+        weight it carries [N]. Nothing the model computes for that joint can exceed it,
+        whatever pose it is given."""
         if self._bounds is not None:
             return self._bounds
         model = self._model
@@ -193,6 +194,11 @@ class RigidBodyModel:
                 bounds.append(0.0)
                 continue
             joint_id = model.getJointId(name)
+            if model.joints[joint_id].shortname().startswith("JointModelP"):
+                # Prismatic: a force [N], at most the weight of everything it carries.
+                mass = sum(float(model.inertias[b].mass) for b in model.subtrees[joint_id])
+                bounds.append(g * mass)
+                continue
             total = 0.0
             for body in model.subtrees[joint_id]:
                 lever = float(np.linalg.norm(model.inertias[body].lever))
