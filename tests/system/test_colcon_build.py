@@ -39,6 +39,8 @@ def test_colcon_builds_the_python_packages_and_installs_launch_and_config(tmp_pa
     assert {"yam.yaml", "droid.yaml", "so101.yaml", "droid_panda.urdf"} <= configs
     # `ros2 run <pkg> <executable>` looks in lib/<pkg>.
     assert (tmp_path / "install" / "hw_drivers" / "lib" / "hw_drivers" / "driver_node").exists()
+    # The arm models the drivers name by file (config/yam.yaml: dynamics_urdf) ship with them.
+    assert list((tmp_path / "install" / "hw_drivers").rglob("hw_drivers/models/yam_arm_i2rt.urdf"))
     policy_lib = tmp_path / "install" / "molmoact2_policy" / "lib" / "molmoact2_policy"
     assert (policy_lib / "molmoact2_policy_node").exists()
     index = tmp_path / "install" / "molmoact2" / "share" / "ament_index" / "resource_index"
