@@ -14,7 +14,7 @@ The model: the tiny preset with its action expert fine-tuned on a periodic motio
 is not given by the observation (one-second loops of every joint starting at a uniformly random
 phase): the action distribution has a continuum of modes, the case RTC exists for. A model
 that always predicts the same chunk gives RTC nothing to choose. The checkpoint is written once
-to ``out/bench_rtc/`` (about a minute on 2 cores) and reused.
+to ``out/bench_rtc/`` (``--checkpoint-dir``; about a minute on 2 cores) and reused.
 
 Metrics, from the first tick the executor is tracking (its ramp-in from the start pose over,
 the same rule for both methods: the ramp-in is the driver's start, not a chunk boundary):
@@ -157,12 +157,11 @@ def _summary(chunk_pos, chunk_vel, cmd_jumps, errors, dims: list[int]) -> dict:
         return np.array([row[dims].max() for row in rows]) if rows else np.zeros(0)
 
     out = {}
-    for key, rows in (("pos_jump", chunk_pos), ("vel_jump", chunk_vel), ("cmd_jump", cmd_jumps)):
+    for key, rows in (("chunk_pos_jump", chunk_pos), ("chunk_vel_jump", chunk_vel),
+                      ("cmd_vel_jump", cmd_jumps)):
         values = per_splice(rows)
         out[key] = float(values.max()) if values.size else 0.0
         out[f"mean_{key}"] = float(values.mean()) if values.size else 0.0
-    out["chunk_pos_jump"], out["chunk_vel_jump"] = out.pop("pos_jump"), out.pop("vel_jump")
-    out["cmd_vel_jump"] = out.pop("cmd_jump")
     err = np.array(errors)[:, dims] if errors else np.full((1, len(dims)), np.nan)
     out["track_rms"] = float(np.sqrt(np.mean(err**2)))
     out["track_max"] = float(np.abs(err).max())
