@@ -24,7 +24,10 @@ the same rule for both methods: the ramp-in is the driver's start, not a chunk b
   chunk pos/vel jump: at each splice, |new chunk - previous chunk| in position and velocity at
       the splice time (their cubic trajectories, before the executor's blend): what the splice
       has to hide;
-  track rms/max: measured joints vs the newest chunk's trajectory (what the policy asks now).
+  track rms/max: measured joints vs the newest chunk's trajectory (what the policy asks now);
+  away from splices: the cmd vel jump measure on ticks outside every splice window, i.e. what
+      the chunks' own roughness gives without any boundary (each run's floor: a splice cannot
+      be smoother than the chunks it joins).
 Jumps are maxima over joints and splices (means over splices in brackets), once over all joints
 and once over the arm joints only (radians; the gripper is an opening, another unit).
 
@@ -150,7 +153,7 @@ def checkpoint(steps: int, root: Path = ROOT / "out" / "bench_rtc") -> Path:
     return path
 
 
-def _summary(chunk_pos, chunk_vel, cmd_jumps, errors, dims: list[int]) -> dict:
+def _summary(chunk_pos, chunk_vel, cmd_jumps, errors, between, dims: list[int]) -> dict:
     """Maxima over ``dims`` and splices, and means over splices of the per-splice maxima."""
 
     def per_splice(rows) -> np.ndarray:
@@ -162,6 +165,9 @@ def _summary(chunk_pos, chunk_vel, cmd_jumps, errors, dims: list[int]) -> dict:
         values = per_splice(rows)
         out[key] = float(values.max()) if values.size else 0.0
         out[f"mean_{key}"] = float(values.mean()) if values.size else 0.0
+    # The same tick-to-tick change away from every splice: the chunks' own roughness
+    # (nan at 100 ms, where the blend windows touch).
+    out["cmd_floor"] = float(between[:, dims].max()) if between.size else math.nan
     err = np.array(errors)[:, dims] if errors else np.full((1, len(dims)), np.nan)
     out["track_rms"] = float(np.sqrt(np.mean(err**2)))
     out["track_max"] = float(np.abs(err).max())
@@ -238,8 +244,12 @@ def closed_loop(policy, params: DriverParams, delay: float, use_rtc: bool, durat
             errors.append(reading.positions - current.sample(now)[0])
     velocity = np.array(velocities)
     accel = np.abs(np.diff(velocity, axis=0))  # accel[j]: tick j -> j + 1, per joint
+    near_splice = np.zeros(len(accel), dtype=bool)
     for s in splice_ticks:
         cmd_jumps.append(accel[max(s - 1, 0): s + blend_ticks].max(axis=0))
+        near_splice[max(s - 1, 0): s + blend_ticks] = True
+    first = splice_ticks[0] if splice_ticks else len(accel)
+    between = accel[first:][~near_splice[first:]]
     grippers = sorted(spec.gripper_dims)
     arm = [d for d in range(len(names)) if d not in grippers]
     return {
@@ -249,8 +259,9 @@ def closed_loop(policy, params: DriverParams, delay: float, use_rtc: bool, durat
         "rejected": executor.stats.rejected_total,
         "settled_at": settled_at,
         "feed_skips": dict(feed.skipped),
-        "all": _summary(chunk_pos, chunk_vel, cmd_jumps, errors, list(range(len(names)))),
-        "arm": _summary(chunk_pos, chunk_vel, cmd_jumps, errors, arm),
+        "all": _summary(chunk_pos, chunk_vel, cmd_jumps, errors, between,
+                        list(range(len(names)))),
+        "arm": _summary(chunk_pos, chunk_vel, cmd_jumps, errors, between, arm),
     }
 
 
@@ -296,7 +307,8 @@ def main() -> None:
                          f"{g['cmd_vel_jump']:>12.3f} {g['track_rms']:>9.4f} "
                          f"{g['track_max']:>9.4f}   (mean over splices: pos "
                          f"{g['mean_chunk_pos_jump']:.4f} vel {g['mean_chunk_vel_jump']:.3f} "
-                         f"cmd {g['mean_cmd_vel_jump']:.3f})")
+                         f"cmd {g['mean_cmd_vel_jump']:.3f}; away from splices: cmd "
+                         f"{g['cmd_floor']:.3f})")
             settled = out["settled_at"]
             log.info(f"{'':>14}{out['chunks']} chunks, {out['splices']} splices measured "
                      f"from {settled if settled is not None else float('nan'):.2f} s, rejected "
