@@ -55,7 +55,6 @@ class _Published:
     stamp_ns: int
     start_offset: float
     positions: np.ndarray  # (rows, joints)
-    published_ns: int  # when it was published (stamp + latency)
 
     @property
     def rows(self) -> int:
@@ -136,9 +135,7 @@ class RtcFeed:
         if math.isfinite(latency) and latency >= 0:
             published_ns += round(latency * NS_PER_S)
         with self._lock:
-            self._chunk = _Published(
-                int(stamp_ns), float(start_offset), positions.copy(), published_ns
-            )
+            self._chunk = _Published(int(stamp_ns), float(start_offset), positions.copy())
             if self._first_published_ns is None:
                 self._first_published_ns = published_ns
             if math.isfinite(latency) and latency >= 0:
