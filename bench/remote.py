@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,44 +27,15 @@ EMBODIMENT = "yam_bimanual"
 IMAGE_SHAPE = (480, 640, 3)
 
 
-class NullPolicy:
-    """Answers instantly with a fixed chunk: isolates what the transport costs."""
-
-    def __init__(self, embodiment: Any) -> None:
-        from molmoact2_policy.policy_api import ActionChunkResult
-
-        self.embodiment = embodiment
-        self._result = ActionChunkResult(
-            positions=np.zeros((embodiment.horizon, embodiment.action_dim)),
-            step_dt=embodiment.step_dt,
-            joint_names=tuple(f"j{i}" for i in range(embodiment.action_dim)),
-            mode="flow",
-            timings={"total": 0.0},
-        )
-
-    def act(
-        self,
-        images: Mapping[str, np.ndarray],
-        state: np.ndarray,
-        instruction: str,
-        *,
-        seed: int | None = None,
-    ) -> Any:
-        return self._result
-
-    def reset(self) -> None:
-        pass
-
-    def metadata(self) -> dict[str, Any]:
-        return {"checkpoint": "null", "embodiment": self.embodiment.name, "device": "cpu"}
-
-
 def make_policy(kind: str) -> Any:
     from molmoact2_policy.embodiments import get_embodiment
 
     spec = get_embodiment(EMBODIMENT)
     if kind == "null":
-        return NullPolicy(spec)
+        # bench/ is sys.path[0] of this script and of its server subprocess.
+        from zero_cost_policy import ZeroCostPolicy
+
+        return ZeroCostPolicy(spec.name, tuple(f"j{i}" for i in range(spec.action_dim)))
     import torch
 
     torch.set_num_threads(1)

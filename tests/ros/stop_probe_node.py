@@ -3,7 +3,8 @@
 ``python tests/ros/stop_probe_node.py MODE``: publishes a counter at 20 Hz; logs ``ready pid=N``
 once spinning. On exit it logs ``on_exit ran`` and, by MODE: ``quick`` returns at once;
 ``busy`` first joins a worker thread stuck in a long call for at most 0.5 s (an inference in
-flight); ``hang`` never returns (the runtime's deadline must end the process).
+flight); ``hang`` never returns (the runtime's deadline must end the process). An optional
+second argument names the executor (``single`` or ``events``, as a node's ``params.executor``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 
 def main() -> int:
@@ -21,11 +23,13 @@ def main() -> int:
     from hw_drivers.ros_runtime import run_node
 
     mode = sys.argv[1]
+    executor = sys.argv[2] if len(sys.argv) > 2 else "single"
     stuck = threading.Thread(target=time.sleep, args=(3600.0,), daemon=True)
 
     class Probe(Node):
         def __init__(self) -> None:
             super().__init__("stop_probe")
+            self.params = SimpleNamespace(executor=executor)  # read by the runtime helper
             self.count = 0
             self.pub = self.create_publisher(Int32, "stop_probe/count", 10)
             self.create_timer(0.05, self._tick)

@@ -50,7 +50,7 @@ def rig(tmp_path):
                         "read_timeout": 0.05,
                         "read_retries": 2,
                         "reconnect_period": 0.3,
-                        "preflight_camera_rate": 0.0,
+                        "preflight_cameras": False,
                         "autostart": False,
                     }
                 }

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hw_drivers.ros_runtime import spin_until_shutdown
+from hw_drivers.ros_runtime import make_executor, spin_until_shutdown
 
 pytestmark = pytest.mark.ros
 
@@ -66,9 +66,9 @@ class Output:
         return "".join(self.lines)
 
 
-def start_probe(mode: str, **popen) -> tuple[subprocess.Popen, Output]:
+def start_probe(mode: str, executor: str = "single", **popen) -> tuple[subprocess.Popen, Output]:
     proc = subprocess.Popen(
-        [sys.executable, "-u", PROBE, mode],
+        [sys.executable, "-u", PROBE, mode, executor],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -105,8 +105,9 @@ def stop_and_wait(proc: subprocess.Popen, signals: list[int], group_first: bool)
     ],
     ids=["sigint-twice", "sigterm", "sighup", "int-term-int"],
 )
-def test_every_stop_signal_ends_the_node_cleanly_once(signals, group_first):
-    proc, output = start_probe("quick")
+@pytest.mark.parametrize("executor", ["single", "events"])
+def test_every_stop_signal_ends_the_node_cleanly_once(signals, group_first, executor):
+    proc, output = start_probe("quick", executor)
     code = stop_and_wait(proc, signals, group_first)
     log = output.close()
     assert code == 0, log
@@ -117,10 +118,11 @@ def test_every_stop_signal_ends_the_node_cleanly_once(signals, group_first):
     assert any(f"stopping: {signal.Signals(s).name}" in log for s in signals), log
 
 
-def test_a_call_in_flight_does_not_hold_up_the_stop():
+@pytest.mark.parametrize("executor", ["single", "events"])
+def test_a_call_in_flight_does_not_hold_up_the_stop(executor):
     # A worker thread stuck in a long call (an inference): the node waits for it briefly,
     # then exits 0 without the interpreter waiting on that thread.
-    proc, output = start_probe("busy")
+    proc, output = start_probe("busy", executor)
     code = stop_and_wait(proc, [signal.SIGINT, signal.SIGINT], group_first=True)
     log = output.close()
     assert code == 0, log
@@ -225,3 +227,22 @@ def test_runtime_error_while_running_propagates():
             spin_until_shutdown(RaisingExecutor(context, shutdown_first=False))
     finally:
         rclpy.shutdown(context=context)
+
+
+def test_make_executor_kinds(monkeypatch):
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    rclpy.init()
+    try:
+        assert isinstance(make_executor("single"), SingleThreadedExecutor)
+        events = make_executor("events")
+        assert not isinstance(events, SingleThreadedExecutor)
+        assert type(events).__name__ == "EventsExecutor"
+        with pytest.raises(ValueError, match="'threads'"):
+            make_executor("threads")
+        # An rclpy without the EventsExecutor (older distributions): the single-threaded one.
+        monkeypatch.setitem(sys.modules, "rclpy.experimental", None)
+        assert isinstance(make_executor("events"), SingleThreadedExecutor)
+    finally:
+        rclpy.shutdown()

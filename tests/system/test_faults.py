@@ -323,7 +323,7 @@ def test_damiao_can_link_drops_frames_goes_silent_disables_and_reconnects(
         # At the shipped control rate (config/yam.yaml). Hardware backends default to shadow
         # execution: this test moves the (emulated) arms, so it asks for live; the preflight
         # runs, without cameras in this graph.
-        "execution": "live", "preflight_camera_rate": 0.0,
+        "execution": "live", "preflight_cameras": False,
         # The virtual-bus emulator is a Python thread on a loaded machine, not a bus: give it
         # time to answer (bus timing is tested on TimedDamiaoBus, tests/unit/test_damiao_bus.py).
         "read_timeout": 0.05, "read_retries": 2,
@@ -388,7 +388,10 @@ def test_feetech_serial_link_unplugged_holds_and_reconnects_on_replug(
         "backend": "feetech", "serial_port": str(port),
         "calibration_file": str(tmp_path / "calibration.json"), "control_rate": 50.0,
         "on_fault": "hold", "reconnect_period": 0.3, "ramp_in_time": 0.3,
-        "execution": "live", "preflight_camera_rate": 0.0,
+        "execution": "live", "preflight_cameras": False,
+        # Each tick also reads one servo's health (one reply): 50 ms per try, not the 20 ms
+        # default, so an emulator thread starved on a loaded machine is not a lost servo.
+        "read_timeout": 0.05,
     })
     h.add_chunk_feed(amplitude=0.05)
     h.start()
@@ -413,6 +416,9 @@ def test_feetech_serial_link_unplugged_holds_and_reconnects_on_replug(
 
     fault = reliability.fault("serial adapter unplugged")
     emulator.disconnect()
+    # udev removes the by-id link with the adapter; a dangling link could point at a pty number
+    # another process (another emulator) gets next, which would answer as if re-plugged.
+    port.unlink()
     assert_faulted_and_quiet(h, "")
     observe(0.7)
     assert "reconnect failed" in loop_stats(h).last_error, loop_stats(h)
@@ -421,7 +427,6 @@ def test_feetech_serial_link_unplugged_holds_and_reconnects_on_replug(
         initial_ticks=[emulator.encoder[i] for i in emulator.servo_ids]
     ).start()
     graph_parts.append(replugged)
-    port.unlink()
     port.symlink_to(replugged.port)
     assert_reconnected_and_moving(h, step_limit)
     assert [replugged.get(i, "Torque_Enable") for i in replugged.servo_ids] == [1] * 6

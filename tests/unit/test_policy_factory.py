@@ -30,3 +30,10 @@ def test_unknown_embodiment_is_a_load_error():
     params = PolicyNodeParams(embodiment="ur5", joint_names=SO101)
     with pytest.raises(PolicyLoadError, match="unknown embodiment 'ur5'"):
         make_policy(params, allow_test_override=False)
+
+
+def test_executor_param_is_checked():
+    base = PolicyNodeParams(embodiment="so100_101", joint_names=SO101)
+    assert not [p for p in base.validate() if "executor" in p]  # default 'events'
+    problems = PolicyNodeParams(embodiment="so100_101", joint_names=SO101, executor="multi")
+    assert "executor 'multi' is not one of events, single" in problems.validate()

@@ -230,3 +230,16 @@ def test_connection_cap_counts_websockets():
                 ws.recv(timeout=DEADLINE)  # the server's hello: both are open and counted
             assert _health_status(server) in (503, None)
         _wait_served(server)
+
+
+def test_serve_flags_are_the_connection_limits():
+    from molmoact2_policy.remote.server import build_arg_parser
+
+    required = ["--checkpoint", "tiny", "--embodiment", "so100_101"]
+    defaults = build_arg_parser().parse_args(required)
+    assert (defaults.header_timeout, defaults.body_timeout) == (10.0, 30.0)
+    assert (defaults.idle_timeout, defaults.max_connections) == (5.0, 32)
+    limits = ["--header-timeout", "2.5", "--body-timeout", "7", "--idle-timeout", "1"]
+    args = build_arg_parser().parse_args([*required, *limits, "--max-connections", "3"])
+    assert (args.header_timeout, args.body_timeout, args.idle_timeout) == (2.5, 7.0, 1.0)
+    assert isinstance(args.max_connections, int) and args.max_connections == 3

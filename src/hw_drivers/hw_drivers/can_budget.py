@@ -21,6 +21,7 @@ bus time of the busiest bus.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 #: Data bytes of every DaMiao MIT command and feedback frame.
 DAMIAO_FRAME_BYTES = 8
@@ -51,6 +52,8 @@ def can_frame_time(bitrate: int, data_bytes: int = DAMIAO_FRAME_BYTES) -> float:
 @dataclass(frozen=True)
 class BusBudget:
     """Bus time per control tick on the busiest of the buses."""
+
+    KIND: ClassVar[str] = "CAN"
 
     bitrate: int  # bit/s
     motors_per_bus: int  # on the busiest bus

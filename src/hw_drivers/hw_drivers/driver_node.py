@@ -141,7 +141,7 @@ class DriverNode(LifecycleNode):
             ),
         ]
         self._camera_subs = []
-        if params.runs_preflight() and params.preflight_camera_rate > 0:
+        if params.checks_cameras():
             transports = list(params.camera_transports) or ["raw"] * len(params.camera_names)
             for name, topic, transport in zip(
                 params.camera_names, params.camera_topics, transports, strict=False

@@ -9,6 +9,7 @@ config file without starting ROS.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 import numpy as np
 
@@ -28,6 +29,12 @@ def _f(default, description: str, **extra):
 
 @dataclass(frozen=True)
 class DriverParams:
+    #: Parameters that were renamed or replaced: an old config naming one is told what to use.
+    RENAMED: ClassVar[dict[str, str]] = {
+        "preflight_camera_rate": "replaced by each camera's own rate, camera_rates in the /** "
+        "section, with preflight_camera_tolerance; preflight_cameras: false skips the check",
+    }
+
     # -- robot (config/<robot>.yaml) --
     robot: str = _f("", "robot name (config file stem), e.g. yam")
     embodiment: str = _f("", "model embodiment tag (molmoact2_policy.embodiments)")
@@ -49,6 +56,9 @@ class DriverParams:
     frame_prefixes: tuple[str, ...] = _f((), "joint-name prefix per arm, same order as channels")
     serial_port: str = _f("", "feetech: serial port of the servo bus, e.g. /dev/ttyACM0")
     calibration_file: str = _f("", "feetech: LeRobot-style calibration JSON")
+    serial_baudrate: int = _f(
+        1_000_000, "feetech: baud rate of the servo bus (the servos' Baud_Rate; the budget uses it)"
+    )
     trajectory_topic: str = _f("", "ros2_control: JointTrajectory controller topic")
     robot_ip: str = _f("", "franky: robot IP address")
     franky_motion_rate: float = _f(
@@ -68,7 +78,8 @@ class DriverParams:
     read_retries: int = _f(0, "damiao/feetech: retries of a failed read (0: default)")
     can_bitrate: int = _f(1_000_000, "damiao: CAN bitrate [bit/s] (the bus budget uses it)")
     max_bus_load: float = _f(
-        0.7, "damiao: largest fraction of the control period one tick's CAN exchange may use"
+        0.7, "damiao/feetech: largest fraction of the control period one tick's bus exchange "
+        "may use"
     )
     dynamics_urdf: str = _f(
         "",
@@ -82,7 +93,9 @@ class DriverParams:
     )
     gravity_scale: float = _f(1.0, "damiao: factor on the model's gravity torques")
     motor_temperature_warn: float = _f(
-        70.0, "damiao: MOS/rotor temperature reported as a warning [degC]"
+        70.0,
+        "damiao/feetech: motor temperature reported as a warning [degC] (feetech: at most 5 "
+        "below the servo's own Max_Temperature_Limit, at which the driver holds)",
     )
     # -- what runs on the robot (released YAM deployment options) --
     execution: str = _f(
@@ -100,12 +113,20 @@ class DriverParams:
         "auto | on | off: before torque enable check joint limits, motor faults and camera "
         "rates; auto: on for hardware backends",
     )
-    preflight_camera_rate: float = _f(
-        5.0, "preflight: every camera must stream at least this rate [Hz] (0: not checked)"
+    preflight_cameras: bool = _f(
+        True, "preflight: check that every camera streams at its camera_rates entry"
+    )
+    preflight_camera_tolerance: float = _f(
+        0.2,
+        "preflight: a camera's measured rate may differ from its camera_rates entry by this "
+        "fraction (0.2: 24..36 Hz for 30 Hz)",
     )
     camera_names: tuple[str, ...] = _f((), "cameras the preflight checks (from the /** section)")
     camera_topics: tuple[str, ...] = _f((), "their image topics, same order as camera_names")
     camera_transports: tuple[str, ...] = _f((), "raw | compressed per camera (empty: raw)")
+    camera_rates: tuple[float, ...] = _f(
+        (), "frames per second each camera streams at (from the /** section)"
+    )
     # -- executor --
     interpolation: str = _f("cubic", "interpolation between chunk actions: linear | cubic")
     splice_policy: str = _f("blend", "new chunk takeover: blend | replace | average")
@@ -228,6 +249,16 @@ class DriverParams:
             problems.append(
                 f"{len(self.camera_topics)} camera_topics for {len(self.camera_names)} camera_names"
             )
+        if self.checks_cameras() and (
+            len(self.camera_rates) != len(self.camera_names)
+            or not all(r > 0 for r in self.camera_rates)
+        ):
+            problems.append(
+                f"the preflight needs one camera_rates entry > 0 per camera "
+                f"({len(self.camera_names)}), got {list(self.camera_rates)}"
+            )
+        if not 0.0 <= self.preflight_camera_tolerance < 1.0:
+            problems.append("preflight_camera_tolerance must be in [0, 1)")
         budget = self.bus_budget()
         if budget is not None and self.control_rate > 0:
             problem = budget.check(self.control_rate)
@@ -247,6 +278,14 @@ class DriverParams:
     def runs_preflight(self) -> bool:
         return self.preflight == "on" or (self.preflight == "auto" and self.backend != "sim")
 
+    def checks_cameras(self) -> bool:
+        """The preflight measures the cameras' rates (against ``expected_camera_rates``)."""
+        return self.runs_preflight() and self.preflight_cameras and bool(self.camera_names)
+
+    def expected_camera_rates(self) -> dict[str, float]:
+        """Camera name -> the rate it is configured to stream at [Hz]."""
+        return dict(zip(self.camera_names, self.camera_rates, strict=False))
+
     def hold_mask(self) -> np.ndarray:
         """Joints the ``active_arms`` selection holds (``ValueError`` for an unknown arm)."""
         from hw_drivers.preflight import arm_hold_mask
@@ -254,7 +293,13 @@ class DriverParams:
         return arm_hold_mask(self.joint_names, self.frame_prefixes, self.active_arms)
 
     def bus_budget(self):
-        """The CAN bus budget of a DaMiao robot (None for other backends)."""
+        """The bus budget of a DaMiao (CAN) or Feetech (serial) robot; None for the others."""
+        if self.backend == "feetech" and self.serial_baudrate > 0 and self.joint_names:
+            from hw_drivers.serial_budget import SerialBudget
+
+            return SerialBudget(
+                self.serial_baudrate, len(self.joint_names), max_bus_load=self.max_bus_load
+            )
         if self.backend != "damiao" or not self.can_channels or self.can_bitrate <= 0:
             return None
         from hw_drivers.can_budget import BusBudget

@@ -28,7 +28,16 @@ SYNC_WRITE = 0x83
 TICKS_PER_TURN = 4096
 STS3215_MODEL_NUMBER = 777
 
-#: Status error flags (bits of the error byte).
+#: Bits on the wire per byte: 8N1 framing (start bit, 8 data bits, stop bit), as Feetech's SDK
+#: times a byte (``tx_time_per_byte = 1000 / baudrate * 10`` ms in ``port_handler.py``).
+BITS_PER_BYTE = 10
+#: Bytes of a packet around its params: FF FF id length instruction|error ... checksum.
+PACKET_OVERHEAD = 6
+
+#: Hardware error flags: the ``Status`` register (65) and the error byte of every status packet
+#: carry the same bits (Feetech SDK ``ERRBIT_*``: voltage 1, angle 2, overheat 4, over-current
+#: ("OverEle") 8, overload 32; bits 4, 6, 7 reserved). A bit stays set while its condition
+#: lasts; the protocol has no command that clears it.
 ERROR_FLAGS: dict[int, str] = {
     0x01: "input voltage",
     0x02: "angle sensor",
@@ -36,6 +45,8 @@ ERROR_FLAGS: dict[int, str] = {
     0x08: "over-current",
     0x20: "overload",
 }
+#: Present voltage unit [V per count].
+VOLTS_PER_COUNT = 0.1
 
 
 class PacketError(ValueError):
@@ -64,6 +75,9 @@ STS_REGISTERS: dict[str, Register] = {
     "Return_Delay_Time": _r(7),
     "Min_Position_Limit": _r(9, 2),
     "Max_Position_Limit": _r(11, 2),
+    "Max_Temperature_Limit": _r(13),  # degC
+    "Max_Voltage_Limit": _r(14),  # 0.1 V
+    "Min_Voltage_Limit": _r(15),  # 0.1 V
     "Max_Torque_Limit": _r(16, 2),
     "P_Coefficient": _r(21),
     "D_Coefficient": _r(22),
@@ -82,8 +96,9 @@ STS_REGISTERS: dict[str, Register] = {
     "Present_Position": _r(56, 2, sign_bit=15),
     "Present_Velocity": _r(58, 2, sign_bit=15),
     "Present_Load": _r(60, 2, sign_bit=10),
-    "Present_Voltage": _r(62),
-    "Present_Temperature": _r(63),
+    "Present_Voltage": _r(62),  # 0.1 V
+    "Present_Temperature": _r(63),  # degC
+    "Status": _r(65),  # ERROR_FLAGS
     "Moving": _r(66),
     "Present_Current": _r(69, 2, sign_bit=15),
 }
@@ -219,5 +234,41 @@ def split_packets(buffer: bytearray) -> list[bytes | PacketError]:
 
 
 def error_text(error: int) -> str:
-    """Human text for a status error byte (empty when 0)."""
-    return ", ".join(text for bit, text in ERROR_FLAGS.items() if error & bit)
+    """Human text for a status error byte (empty when 0); reserved bits are named by value."""
+    return ", ".join(
+        ERROR_FLAGS.get(1 << bit, f"reserved bit 0x{1 << bit:02X}")
+        for bit in range(8)
+        if error & (1 << bit)
+    )
+
+
+#: The servo's health in one read: Present_Voltage (62), Present_Temperature (63), the
+#: asynchronous-write flag (64, unused) and Status (65).
+HEALTH_ADDRESS = 62
+HEALTH_LENGTH = 4
+#: Its limits, also contiguous: Max_Temperature_Limit (13), Max_Voltage_Limit (14),
+#: Min_Voltage_Limit (15).
+LIMITS_ADDRESS = 13
+LIMITS_LENGTH = 3
+
+
+@dataclass(frozen=True)
+class ServoHealthBlock:
+    """``HEALTH_LENGTH`` bytes read from ``HEALTH_ADDRESS``, decoded."""
+
+    voltage: float  # V
+    temperature: int  # degC
+    status: int  # ERROR_FLAGS bits
+
+
+def decode_health(data: bytes) -> ServoHealthBlock:
+    if len(data) < HEALTH_LENGTH:
+        raise PacketError(f"health block needs {HEALTH_LENGTH} bytes, got {len(data)}")
+    return ServoHealthBlock(
+        voltage=data[0] * VOLTS_PER_COUNT, temperature=int(data[1]), status=int(data[3])
+    )
+
+
+def packet_bytes(params: int) -> int:
+    """Bytes on the wire of a packet with ``params`` parameter bytes."""
+    return PACKET_OVERHEAD + int(params)

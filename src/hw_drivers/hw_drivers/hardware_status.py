@@ -22,18 +22,20 @@ def make_preflight(
     log: Callable[[str, bool], None] | None = None,
 ) -> Callable[[JointReading], PreflightReport]:
     """The preflight the control loop runs before torque enable: ``backend``'s health,
-    ``camera_rates()`` (camera name -> Hz) and the reading against ``params``' limits; the
-    report goes to ``log(text, ok)`` as one block."""
+    ``camera_rates()`` (camera name -> measured Hz) against each camera's configured rate, and
+    the reading against ``params``' limits; the report goes to ``log(text, ok)`` as one block."""
 
     def preflight(reading: JointReading) -> PreflightReport:
+        checked = params.preflight_cameras
         report = run_preflight(
             params.joint_names,
             params.position_lower,
             params.position_upper,
             reading.positions,
             backend.health(),
-            camera_rates() if params.preflight_camera_rate > 0 else {},
-            params.preflight_camera_rate,
+            camera_rates() if checked else None,
+            params.expected_camera_rates() if checked else None,
+            params.preflight_camera_tolerance,
             title=f"preflight {params.robot or 'robot'} ({params.backend})",
         )
         if log is not None:
@@ -64,7 +66,7 @@ def execution_summary(params: Any, backend: Backend) -> str:
     ]
     budget = params.bus_budget()
     if budget is not None:
-        parts.append(f"CAN budget: {budget.describe(params.control_rate)}")
+        parts.append(f"{budget.KIND} budget: {budget.describe(params.control_rate)}")
     sag = getattr(backend, "sag_note", None)
     if sag is not None:
         parts.append(sag())

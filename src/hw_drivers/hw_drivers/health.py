@@ -2,12 +2,16 @@
 
 Backends report ``HealthEntry`` records (one per motor, one per bus); the driver node turns each
 into a ``diagnostic_msgs/DiagnosticStatus`` with the same level, so a frozen or faulted motor is
-named on ``/diagnostics`` and not only in a log line. No ROS imports here.
+named on ``/diagnostics`` and not only in a log line. Every motor entry (DaMiao motor, Feetech
+servo) is made by ``motor_entry`` from a ``MotorHealth``, so they read the same. No ROS imports
+here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 # Same numbers as diagnostic_msgs/DiagnosticStatus.
 OK = 0
@@ -33,3 +37,62 @@ def worst(entries: list[HealthEntry]) -> int:
     """The most severe level among ``entries`` (OK when empty); STALE counts as ERROR."""
     levels = [ERROR if e.level == STALE else e.level for e in entries]
     return max(levels, default=OK)
+
+
+@dataclass
+class MotorHealth:
+    """What a backend knows about one motor's link, the same for every motor kind: a backend
+    subclasses it with its own readings and says what its ``fault`` is."""
+
+    last_reply: float | None = None  # link time of the last accepted reply
+    replies: int = 0
+    missed: int = 0  # requests that got no usable reply in time (resent or failed)
+    garbled: int = 0
+    stale: int = 0  # replies older than the request they would answer (discarded)
+    problem: str = ""  # current link error of this motor ("" when fine)
+
+    @property
+    def fault(self) -> str | None:
+        """A fault the motor reports (None when it reports none)."""
+        return None
+
+
+def motor_entry(
+    name: str,
+    hardware_id: str,
+    health: MotorHealth,
+    *,
+    temperatures: Mapping[str, float | None],
+    temperature_warn: float,
+    now: float | None,
+    values: Mapping[str, str] = MappingProxyType({}),
+) -> HealthEntry:
+    """One motor's ``/diagnostics`` entry: ERROR for a fault the motor reports or a link problem,
+    WARN from ``temperature_warn`` [degC] on, else OK. ``temperatures`` maps value keys (e.g.
+    ``temperature_mos_c``) to degC or None when not read yet; ``values`` adds the backend's own
+    readings before the link statistics every motor entry has."""
+    read = [t for t in temperatures.values() if t is not None]
+    level, message = OK, "ok"
+    fault = health.fault
+    if fault is not None:
+        level, message = ERROR, f"fault: {fault}"
+    elif health.problem:
+        level, message = ERROR, health.problem
+    elif read and max(read) >= temperature_warn:
+        level, message = WARN, f"hot: {max(read):g} degC"
+    age = "" if health.last_reply is None or now is None else f"{now - health.last_reply:.4f}"
+    return HealthEntry(
+        name=name,
+        level=level,
+        message=message,
+        hardware_id=hardware_id,
+        values={
+            **values,
+            **{key: "" if t is None else f"{t:g}" for key, t in temperatures.items()},
+            "feedback_age_s": age,
+            "replies": str(health.replies),
+            "missed_replies": str(health.missed),
+            "garbled_replies": str(health.garbled),
+            "stale_replies": str(health.stale),
+        },
+    )

@@ -2,9 +2,11 @@
 
 ``run_preflight`` is what the released YAM deployment checks before it energises the motors:
 every joint inside its limits, no motor or bus reporting a fault, every camera streaming at its
-rate. Its report is one log block (``PreflightReport.text``) and one diagnostics entry
-(``PreflightReport.health_entry``). ``RateMeter`` measures a camera's rate from arrival times
-on the node clock. ``arm_hold_mask`` says which joints an arm selection holds. No ROS imports.
+rate (each camera's configured rate, ``camera_rates``, within a tolerance; one check per camera
+with measured and expected rate). Its report is one log block (``PreflightReport.text``) and
+one diagnostics entry (``PreflightReport.health_entry``). ``RateMeter`` measures a camera's
+rate from arrival times on the node clock. ``arm_hold_mask`` says which joints an arm
+selection holds. No ROS imports.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from hw_drivers import health as hl
 #: Slack on the position-limit check: encoder quantisation must not fail a robot resting on a
 #: limit (DaMiao feedback: 0.0004 rad per count).
 LIMIT_TOLERANCE = 1e-3
+#: How far a camera's measured rate may be from its configured rate (fraction).
+DEFAULT_RATE_TOLERANCE = 0.2
 
 
 @dataclass(frozen=True)
@@ -63,11 +67,14 @@ def run_preflight(
     upper: Sequence[float],
     positions: Sequence[float] | np.ndarray,
     health: Sequence[hl.HealthEntry],
-    camera_rates: Mapping[str, float],
-    min_camera_rate: float,
+    camera_rates: Mapping[str, float] | None,
+    expected_rates: Mapping[str, float] | None,
+    tolerance: float = DEFAULT_RATE_TOLERANCE,
     title: str = "preflight",
 ) -> PreflightReport:
-    """All checks, each with its numbers; ``camera_rates`` maps camera name -> measured Hz."""
+    """All checks, each with its numbers. ``camera_rates`` maps camera name -> measured Hz,
+    ``expected_rates`` camera name -> its configured rate; each camera is one check, passed
+    when measured within ``tolerance`` (a fraction) of its rate. None: cameras not checked."""
     checks = []
     q = np.asarray(positions, dtype=float)
     lo, hi = np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
@@ -89,17 +96,31 @@ def run_preflight(
     if warnings and not faults:
         detail += " (warnings: " + "; ".join(warnings) + ")"
     checks.append(Check("no motor faults", not faults, detail))
-    if min_camera_rate > 0:
-        slow = [n for n, r in camera_rates.items() if not r >= min_camera_rate]
-        rates = ", ".join(f"{n} {r:.1f} Hz" for n, r in camera_rates.items())
-        if not camera_rates:
-            detail = "no cameras configured"
-        elif slow:
-            detail = f"below {min_camera_rate:g} Hz: {rates}"
-        else:
-            detail = f"all >= {min_camera_rate:g} Hz: {rates}"
-        checks.append(Check("cameras streaming", not slow, detail))
+    if camera_rates is not None and expected_rates is not None:
+        checks += camera_checks(camera_rates, expected_rates, tolerance)
     return PreflightReport(tuple(checks), title)
+
+
+def camera_checks(
+    measured: Mapping[str, float], expected: Mapping[str, float], tolerance: float
+) -> list[Check]:
+    """One check per configured camera: its measured rate within ``tolerance`` (fraction) of
+    its configured rate, either way (a camera far above its rate is misconfigured or has a
+    second publisher on its topic)."""
+    if not expected:
+        return [Check("cameras", True, "none configured")]
+    checks = []
+    for name, rate in expected.items():
+        got = float(measured.get(name, 0.0))
+        low, high = rate * (1.0 - tolerance), rate * (1.0 + tolerance)
+        ok = low <= got <= high
+        detail = f"{got:.1f} Hz, expected {rate:g} Hz +/- {tolerance:.0%}"
+        if got == 0.0:
+            detail += " (not streaming)"
+        elif not ok:
+            detail += f" ({'below' if got < low else 'above'} {low if got < low else high:.1f})"
+        checks.append(Check(f"camera {name}", ok, detail))
+    return checks
 
 
 class RateMeter:

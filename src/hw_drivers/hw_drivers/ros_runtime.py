@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import logging
 import os
 import select
 import signal
@@ -289,6 +290,31 @@ def spin_until_shutdown(executor: Any, stop: ProcessStop | None = None) -> None:
             raise
 
 
+def make_executor(kind: str = "single") -> Any:
+    """The executor a node process spins: ``"single"`` or ``"events"``.
+
+    rclpy's SingleThreadedExecutor rebuilds its wait set in Python on every wake-up, for every
+    timer, service and subscription of the node: with a lifecycle node's services that is a
+    few hundred microseconds a message on a small CPU, paid on the camera-to-chunk path of the
+    policy node. The EventsExecutor (rclpy.experimental) dispatches from C++. Where this rclpy
+    has none, the single-threaded one is used and the log says so.
+    """
+    from rclpy.executors import SingleThreadedExecutor
+
+    if kind == "events":
+        try:
+            from rclpy.experimental import EventsExecutor
+        except ImportError:
+            logging.getLogger(__name__).warning(
+                "executor 'events': this rclpy has no EventsExecutor; using SingleThreadedExecutor"
+            )
+        else:
+            return EventsExecutor()
+    elif kind != "single":
+        raise ValueError(f"executor {kind!r} is not 'events' or 'single'")
+    return SingleThreadedExecutor()
+
+
 def _run(
     make_node: Callable[[], Any],
     args: list[str] | None,
@@ -298,7 +324,6 @@ def _run(
     exit_process: bool,
 ) -> int:
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
     stop = ProcessStop(exit_timeout, backstop=exit_process)
@@ -313,7 +338,7 @@ def _run(
     try:
         stop.phase = "building the node"
         node = make_node()
-        executor = SingleThreadedExecutor()
+        executor = make_executor(getattr(getattr(node, "params", None), "executor", "single"))
         executor.add_node(node)
         stop.log_to(node.get_logger())
         stop.on_stop(executor.wake)

@@ -33,6 +33,7 @@ SHARED_KEYS = (
     "camera_names",
     "camera_topics",
     "camera_transports",
+    "camera_rates",
     "camera_frames",
 )
 
@@ -176,11 +177,18 @@ def _check_structure(config: RobotConfig) -> None:
     if len(set(joints)) != len(joints):
         raise ConfigError(f"{where}: joint_names has duplicates")
     cameras = shared["camera_names"]
-    for key in ("camera_topics", "camera_transports", "camera_frames"):
+    for key in ("camera_topics", "camera_transports", "camera_rates", "camera_frames"):
         if len(shared[key]) != len(cameras):
             raise ConfigError(
                 f"{where}: {key} has {len(shared[key])} entries for {len(cameras)} cameras"
             )
+    rates = shared["camera_rates"]
+    # Floats written as floats: ROS parameters are typed, [30, 30] is an integer array.
+    if not all(isinstance(r, float) and 0 < r < float("inf") for r in rates):
+        raise ConfigError(
+            f"{where}: camera_rates must be frame rates > 0 [Hz] written as floats "
+            f"(30.0, not 30), got {rates}"
+        )
     bad = [t for t in shared["camera_transports"] if t not in ("raw", "compressed")]
     if bad:
         raise ConfigError(f"{where}: camera_transports must be raw or compressed, got {bad}")
@@ -420,8 +428,10 @@ def validate_graph_params(config: RobotConfig, nodes: list[NodeSpec]) -> list[st
         accepted = known | ({f.name for f in dataclasses.fields(sharing)} if sharing else set())
         own = dict(config.sections.get(spec.name, {}))
         own.update({k: v for k, v in spec.overrides.items() if k != "use_sim_time"})
+        renamed = getattr(params_cls, "RENAMED", {})
         for key in sorted(set(own) - accepted):
-            problems.append(f"{config.path}: {spec.name}: unknown parameter {key!r}")
+            hint = f" ({renamed[key]})" if key in renamed else ""
+            problems.append(f"{config.path}: {spec.name}: unknown parameter {key!r}{hint}")
         values = {k: v for k, v in config.params_for(spec.name).items() if k in known}
         values.update({k: v for k, v in spec.overrides.items() if k in known})
         values.pop("use_sim_time", None)

@@ -1,8 +1,10 @@
 """Synthetic cameras for the sim graph: images of ``SimWorld`` at the measured joint state.
 
 Subscribes ``joint_states`` (the sim driver's measurement) and publishes one
-``sensor_msgs/Image`` (rgb8) or ``CompressedImage`` (jpeg) per configured camera at ``rate``,
-with sensor-data QoS and the capture time as stamp, like a real camera driver would.
+``sensor_msgs/Image`` (rgb8) or ``CompressedImage`` (jpeg) per configured camera at its
+``camera_rates`` entry (the robot's one statement of each camera's rate, which the driver's
+preflight also expects), with sensor-data QoS and the capture time as stamp, like a real camera
+driver would. Cameras of equal rate share a timer, so their frames carry one stamp.
 """
 
 from __future__ import annotations
@@ -32,14 +34,27 @@ class SimCameraParams:
     camera_frames: tuple[str, ...] = field(
         default=(), metadata={"description": "optical frame id per camera"}
     )
+    camera_rates: tuple[float, ...] = field(
+        default=(), metadata={"description": "frames per second per camera (from the /** section)"}
+    )
     width: int = field(default=640, metadata={"description": "image width [px]"})
     height: int = field(default=480, metadata={"description": "image height [px]"})
-    rate: float = field(default=30.0, metadata={"description": "frames per second per camera"})
+    rate: float = field(
+        default=0.0,
+        metadata={
+            "description": "0: each camera at its camera_rates entry; > 0: every camera at this "
+            "rate [Hz] (tests, benches)"
+        },
+    )
     joint_states_topic: str = field(
         default="joint_states", metadata={"description": "measured joint states to render"}
     )
     robot: str = field(default="", metadata={"description": "robot name (informational)"})
     embodiment: str = field(default="", metadata={"description": "unused here"})
+
+    def rates(self) -> tuple[float, ...]:
+        """The rate each camera publishes at [Hz]."""
+        return (self.rate,) * len(self.camera_names) if self.rate > 0 else self.camera_rates
 
     def validate(self) -> list[str]:
         problems = []
@@ -49,8 +64,12 @@ class SimCameraParams:
                 problems.append(f"{key} needs one entry per camera ({n})")
         if self.camera_transports and len(self.camera_transports) != n:
             problems.append(f"camera_transports needs one entry per camera ({n})")
-        if self.rate <= 0:
-            problems.append("rate must be positive")
+        if not self.rate >= 0:
+            problems.append("rate must be >= 0")
+        elif self.rate == 0 and (
+            len(self.camera_rates) != n or not all(r > 0 for r in self.camera_rates)
+        ):
+            problems.append(f"camera_rates needs one rate > 0 per camera ({n})")
         if not self.joint_names:
             problems.append("joint_names is empty")
         return problems
@@ -77,20 +96,30 @@ def main(args: list[str] | None = None) -> int:
             self.positions = np.zeros(len(p.joint_names))
             self.have_state = False
             transports = p.camera_transports or ("raw",) * len(p.camera_names)
-            self.outputs = []
-            for name, topic, frame, transport in zip(
-                p.camera_names, p.camera_topics, p.camera_frames, transports, strict=True
+            groups: dict[float, list] = {}
+            for name, topic, frame, transport, rate in zip(
+                p.camera_names,
+                p.camera_topics,
+                p.camera_frames,
+                transports,
+                p.rates(),
+                strict=True,
             ):
                 msg_type = CompressedImage if transport == "compressed" else Image
                 pub = self.create_publisher(msg_type, topic, qos_profile_sensor_data)
-                self.outputs.append((name, frame, transport, pub))
+                groups.setdefault(float(rate), []).append((name, frame, transport, pub))
             self._index = {name: i for i, name in enumerate(p.joint_names)}
             self.create_subscription(
                 JointState, p.joint_states_topic, self._on_joints, qos_profile_sensor_data
             )
-            self.create_timer(1.0 / p.rate, self._publish)
+            for rate, outputs in groups.items():
+                self.create_timer(1.0 / rate, lambda outputs=outputs: self._publish(outputs))
             self.get_logger().info(
-                f"publishing {len(self.outputs)} cameras at {p.rate:g} Hz, {p.width}x{p.height}"
+                "publishing "
+                + ", ".join(
+                    f"{n} at {r:g} Hz" for n, r in zip(p.camera_names, p.rates(), strict=True)
+                )
+                + f", {p.width}x{p.height}"
             )
 
         def _on_joints(self, msg: JointState) -> None:
@@ -100,9 +129,9 @@ def main(args: list[str] | None = None) -> int:
                     self.positions[index] = position
             self.have_state = True
 
-        def _publish(self) -> None:
+        def _publish(self, outputs: list) -> None:
             stamp = self.get_clock().now().to_msg()
-            for name, frame, transport, pub in self.outputs:
+            for name, frame, transport, pub in outputs:
                 rgb = self.world.render(name, self.positions)
                 if transport == "compressed":
                     ok, data = cv2.imencode(".jpg", rgb[:, :, ::-1])

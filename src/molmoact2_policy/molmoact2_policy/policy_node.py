@@ -59,6 +59,7 @@ from molmoact2_policy.task_action import RunTaskServer
 NODE_NAME = "molmoact2_policy"
 # Seconds between repeats of the same log message (bad input arrives at camera rate).
 LOG_REPEAT_PERIOD_S = 5.0
+MAX_DECODE_WORKERS = 8  # threads decoding compressed camera frames (one per camera up to this)
 NO_INSTRUCTION = "no instruction: publish one on ~/instruction or call ~/set_instruction"
 
 
@@ -309,8 +310,11 @@ class PolicyNode(LifecycleNode):
             self._worker.start()
         compressed = sum(t == "compressed" for t in self.params.camera_transports)
         if compressed:
+            # A worker per compressed camera, not per core: an observation is complete when
+            # its last frame is decoded, and with fewer workers that frame waits for a free
+            # one instead of sharing the cores with the others (measured on 2 cores).
             self._decoder = DecodePool(
-                min(compressed, os.cpu_count() or 1),
+                min(compressed, MAX_DECODE_WORKERS),
                 self._store_image,
                 lambda exc: self._log_error(f"storing a decoded frame failed: {exc}"),
             )

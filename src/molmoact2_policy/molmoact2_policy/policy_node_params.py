@@ -17,6 +17,7 @@ MODES = ("flow", "fast", "think")
 IMAGE_ENCODINGS = ("jpeg", "raw")
 SERVER_TRANSPORTS = ("http", "ws")
 DTYPES = ("float32", "float16", "bfloat16")
+EXECUTORS = ("events", "single")
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -180,6 +181,14 @@ class PolicyNodeParams:
         metadata=_doc("URDF links whose predicted paths to draw (one per arm)."),
     )
     status_rate: float = field(default=1.0, metadata=_doc("Hz of ~/status and /diagnostics."))
+    executor: str = field(
+        default="events",
+        metadata=_doc(
+            "Executor of the node's process: 'events' (rclpy's EventsExecutor: callbacks "
+            "dispatched from C++, no wait set rebuilt in Python per message; falls back to "
+            "'single' where rclpy has none) or 'single' (SingleThreadedExecutor)."
+        ),
+    )
     autostart: bool = field(
         default=True,
         metadata=_doc("main(): configure and activate at start (no lifecycle manager)."),
@@ -258,6 +267,8 @@ class PolicyNodeParams:
         ):
             if not getattr(self, key) > 0.0:
                 problems.append(f"{key} must be > 0, got {getattr(self, key)}")
+        if self.executor not in EXECUTORS:
+            problems.append(f"executor {self.executor!r} is not one of {', '.join(EXECUTORS)}")
         if self.rtc and self.mode == "fast":
             problems.append("rtc needs the flow expert: mode 'flow' or 'think', not 'fast'")
         if not self.rtc_max_deviation > 0.0:

@@ -190,18 +190,12 @@ class PythonCanLink:
 
 
 @dataclass
-class MotorHealth:
-    """What the backend knows about one motor."""
+class MotorHealth(hl.MotorHealth):
+    """What the backend knows about one motor: the link (``hl.MotorHealth``) and its feedback."""
 
     error_code: int | None = None  # last reported state nibble
     temperature_mos: int | None = None
     temperature_rotor: int | None = None
-    last_reply: float | None = None  # link time of the last accepted reply
-    replies: int = 0
-    missed: int = 0  # requests that got no usable reply in time (resent or failed)
-    garbled: int = 0
-    stale: int = 0  # replies older than the request they would answer (discarded)
-    problem: str = ""  # current error of this motor ("" when fine)
 
     @property
     def fault(self) -> str | None:
@@ -601,37 +595,22 @@ class DamiaoBackend(Backend):
             now = self._io[a].link.now() if a < len(self._io) else None
             for i, motor in enumerate(arm.motors):
                 h = self.motor_health[a][i]
-                level, message = hl.OK, "ok"
-                temps = [t for t in (h.temperature_mos, h.temperature_rotor) if t is not None]
-                if h.fault is not None:
-                    level, message = hl.ERROR, f"fault: {h.fault}"
-                elif h.problem:
-                    level, message = hl.ERROR, h.problem
-                elif temps and max(temps) >= self.temperature_warn:
-                    level, message = hl.WARN, f"hot: {max(temps)} degC"
-                age = "" if h.last_reply is None or now is None else f"{now - h.last_reply:.4f}"
                 entries.append(
-                    hl.HealthEntry(
-                        name=f"damiao motor {motor.joint_name} (id 0x{motor.motor_id:02X}, "
+                    hl.motor_entry(
+                        f"damiao motor {motor.joint_name} (id 0x{motor.motor_id:02X}, "
                         f"{arm.channel})",
-                        level=level,
-                        message=message,
-                        hardware_id=f"{arm.channel}:0x{motor.motor_id:02X}",
+                        f"{arm.channel}:0x{motor.motor_id:02X}",
+                        h,
+                        temperatures={
+                            "temperature_mos_c": h.temperature_mos,
+                            "temperature_rotor_c": h.temperature_rotor,
+                        },
+                        temperature_warn=self.temperature_warn,
+                        now=now,
                         values={
                             "state": "no reply yet"
                             if h.error_code is None
                             else dm.ERROR_CODES.get(h.error_code, hex(h.error_code)),
-                            "temperature_mos_c": ""
-                            if h.temperature_mos is None
-                            else str(h.temperature_mos),
-                            "temperature_rotor_c": ""
-                            if h.temperature_rotor is None
-                            else str(h.temperature_rotor),
-                            "feedback_age_s": age,
-                            "replies": str(h.replies),
-                            "missed_replies": str(h.missed),
-                            "garbled_replies": str(h.garbled),
-                            "stale_replies": str(h.stale),
                         },
                     )
                 )

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import h11
@@ -49,12 +49,27 @@ _HEAD_TIMEOUT = (
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """How long a client may take and how many connections may be open at once."""
+    """How long a client may take and how many connections may be open at once.
 
-    header_timeout: float = 10.0  # s from connect or the previous response to a complete head
-    body_timeout: float = 30.0  # s from the head to the end of the body (32 MB at ~10 Mbit/s)
-    idle_timeout: float = 5.0  # s a keep-alive connection may sit idle between requests
-    max_connections: int = 32  # open HTTP + websocket connections; robots need one or two each
+    Each field's ``help`` is its ``molmoact2 serve --<field>`` flag's text (remote/server.py).
+    """
+
+    header_timeout: float = field(
+        default=10.0, metadata={"help": "seconds a client has to send a complete request head"}
+    )
+    # 30 s carries a 32 MB body at ~10 Mbit/s.
+    body_timeout: float = field(
+        default=30.0,
+        metadata={"help": "seconds a client has to send a request body once its head arrived"},
+    )
+    idle_timeout: float = field(
+        default=5.0, metadata={"help": "seconds an idle keep-alive connection stays open"}
+    )
+    # Robots need one or two connections each.
+    max_connections: int = field(
+        default=32,
+        metadata={"help": "open connections (HTTP and websocket) beyond which new ones get 503"},
+    )
 
     def __post_init__(self) -> None:
         for name in ("header_timeout", "body_timeout", "idle_timeout"):

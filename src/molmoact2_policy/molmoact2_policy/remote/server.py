@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import inspect
 import ipaddress
@@ -616,31 +617,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="instruction the robot will send (repeatable): warm-up captures its CUDA graph "
         f"(default: {DEFAULT_WARMUP_INSTRUCTION!r})",
     )
-    defaults = ConnectionLimits()
-    parser.add_argument(
-        "--header-timeout",
-        type=float,
-        default=defaults.header_timeout,
-        help="seconds a client has to send a complete request head",
-    )
-    parser.add_argument(
-        "--body-timeout",
-        type=float,
-        default=defaults.body_timeout,
-        help="seconds a client has to send a request body once its head arrived",
-    )
-    parser.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=defaults.idle_timeout,
-        help="seconds an idle keep-alive connection stays open",
-    )
-    parser.add_argument(
-        "--max-connections",
-        type=int,
-        default=defaults.max_connections,
-        help="open connections (HTTP and websocket) beyond which new ones get 503",
-    )
+    for limit in dataclasses.fields(ConnectionLimits):
+        parser.add_argument(
+            "--" + limit.name.replace("_", "-"),
+            type=type(limit.default),
+            default=limit.default,
+            help=limit.metadata["help"],
+        )
     parser.add_argument("--ssl-certfile", default=None, help="serve HTTPS/WSS with this cert")
     parser.add_argument("--ssl-keyfile", default=None)
     parser.add_argument("--log-level", default="info")
@@ -666,12 +649,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.host,
         )
     try:
-        connection_limits = ConnectionLimits(
-            header_timeout=args.header_timeout,
-            body_timeout=args.body_timeout,
-            idle_timeout=args.idle_timeout,
-            max_connections=args.max_connections,
-        )
+        limit_names = [limit.name for limit in dataclasses.fields(ConnectionLimits)]
+        connection_limits = ConnectionLimits(**{name: getattr(args, name) for name in limit_names})
     except ValueError as exc:
         raise SystemExit(f"molmoact2 serve: {exc}") from exc
     warmup_instructions = tuple(args.warmup_instruction or (DEFAULT_WARMUP_INSTRUCTION,))
