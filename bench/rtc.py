@@ -14,17 +14,24 @@ The model: the tiny preset with its action expert fine-tuned on a periodic motio
 is not given by the observation (one-second loops of every joint starting at a uniformly random
 phase): the action distribution has a continuum of modes, the case RTC exists for. A model
 that always predicts the same chunk gives RTC nothing to choose. The checkpoint is written once
-to ``out/bench_rtc/`` (about a minute on 2 cores) and reused.
+to ``out/bench_rtc/`` (``--checkpoint-dir``; about a minute on 2 cores) and reused.
 
-Metrics, after the first second (ramp-in):
+Metrics, from the first tick the executor is tracking (its ramp-in from the start pose over,
+the same rule for both methods: the ramp-in is the driver's start, not a chunk boundary):
+  cmd vel jump (the must-show): largest change of the commanded velocity from one 100 Hz tick
+      to the next around a splice (from the tick before it to the end of its blend window):
+      the velocity jump the motors get at a chunk boundary;
   chunk pos/vel jump: at each splice, |new chunk - previous chunk| in position and velocity at
       the splice time (their cubic trajectories, before the executor's blend): what the splice
-      has to hide, max over joints and splices;
-  cmd vel jump: largest change of the commanded velocity from one 100 Hz tick to the next
-      within the blend window after a splice (what the motors get);
-  track rms/max: measured joints vs the newest chunk's trajectory (what the policy asks now).
+      has to hide;
+  track rms/max: measured joints vs the newest chunk's trajectory (what the policy asks now);
+  away from splices: the cmd vel jump measure on ticks outside every splice window, i.e. what
+      the chunks' own roughness gives without any boundary (each run's floor: a splice cannot
+      be smoother than the chunks it joins).
+Jumps are maxima over joints and splices (means over splices in brackets), once over all joints
+and once over the arm joints only (radians; the gripper is an opening, another unit).
 
-    .venv/bin/python bench/rtc.py [--duration 8] [--delays 0.1 0.2 0.3]
+    .venv/bin/python bench/rtc.py [--duration 8] [--delays 0.1 0.2 0.3] [--train-steps 400]
 """
 
 from __future__ import annotations
@@ -53,7 +60,6 @@ RECIPE = 2  # bump when the training below changes: cached checkpoints are rebui
 # 2: gripper dims marked unnormalised by the stats mask (released stats format)
 MARKER = "BENCH_RTC_CHECKPOINT.txt"
 INSTRUCTION = "wipe the table"
-SETTLE = 1.0  # seconds excluded from the metrics (first chunk's ramp-in)
 
 log = logging.getLogger("bench.rtc")
 
@@ -78,39 +84,17 @@ def loop_chunk(phase: np.ndarray, horizon: int, action_dim: int, gripper_dims) -
     return chunk
 
 
-def _pose_stats(centre: np.ndarray, spread: float, passthrough: tuple[int, ...]):
-    from molmoact2_policy.model.normalize import GroupStats
-
-    s = np.full_like(centre, spread)
-    stats = {"mean": centre, "std": s / 2, "min": centre - 1.2 * s, "max": centre + 1.2 * s,
-             "q01": centre - s, "q99": centre + s, "q10": centre - 0.6 * s,
-             "q90": centre + 0.6 * s}
-    mask = np.ones(centre.shape[0], dtype=bool)
-    mask[list(passthrough)] = False  # grippers stay in robot units
-    return GroupStats({k: np.round(v.astype(float), 6) for k, v in stats.items()}, mask=mask)
-
-
 def write_checkpoint(path: Path, steps: int, seed: int = 0) -> Path:
     """The tiny checkpoint with its expert fine-tuned on random-phase loops (see docstring)."""
-    from molmoact2_policy.model.checkpoint import save_checkpoint, write_tiny_checkpoint
-    from molmoact2_policy.model.normalize import NormStats
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2.demo_checkpoint import tiny_checkpoint_at_start_pose
+    from molmoact2_policy.model.checkpoint import save_checkpoint
     from molmoact2_policy.model.training import flow_matching_loss
 
-    config = graph.load_robot_config(ROBOT)
-    spec_name = str(config.shared["embodiment"])
-    joint_names = list(config.shared["joint_names"])
-    start = driver_params().initial_pose()
-    write_tiny_checkpoint(path, seed=seed, embodiments=[spec_name])
-    policy = MolmoAct2Policy.from_checkpoint(str(path), spec_name, seed=seed,
-                                             joint_names=joint_names)
+    # The demo checkpoint's first step: tiny weights, stats around the sim start pose.
+    made = tiny_checkpoint_at_start_pose(path, ROBOT, seed=seed, spread=0.25)
+    policy, joint_names = made.policy, made.joint_names
     spec = policy.embodiment
-    norm_path = path / policy.config.norm_stats_filename
-    norm = NormStats.from_file(norm_path)
-    norm.tags[spec.norm_tag] = {"state": _pose_stats(start, 0.25, spec.gripper_dims),
-                                "action": _pose_stats(start, 0.25, spec.gripper_dims)}
-    norm.save(norm_path)
-    policy.norm_stats = norm
+    norm = policy.norm_stats
 
     world = SimWorld(joint_names, spec.camera_names, width=160, height=120)
     rng = np.random.default_rng(seed)
@@ -158,8 +142,8 @@ def write_checkpoint(path: Path, steps: int, seed: int = 0) -> Path:
     return path
 
 
-def checkpoint(steps: int) -> Path:
-    path = ROOT / "out" / "bench_rtc" / f"{ROBOT}_phase_loops_{steps}"
+def checkpoint(steps: int, root: Path = ROOT / "out" / "bench_rtc") -> Path:
+    path = root / f"{ROBOT}_phase_loops_{steps}"
     marker = path / MARKER
     if not (marker.is_file() and f"recipe {RECIPE}," in marker.read_text()):
         log.info("writing the bench checkpoint to %s (cached for later runs)", path)
@@ -167,6 +151,27 @@ def checkpoint(steps: int) -> Path:
         write_checkpoint(path, steps)
         log.info("checkpoint written in %.0f s", time.perf_counter() - started)
     return path
+
+
+def _summary(chunk_pos, chunk_vel, cmd_jumps, errors, between, dims: list[int]) -> dict:
+    """Maxima over ``dims`` and splices, and means over splices of the per-splice maxima."""
+
+    def per_splice(rows) -> np.ndarray:
+        return np.array([row[dims].max() for row in rows]) if rows else np.zeros(0)
+
+    out = {}
+    for key, rows in (("chunk_pos_jump", chunk_pos), ("chunk_vel_jump", chunk_vel),
+                      ("cmd_vel_jump", cmd_jumps)):
+        values = per_splice(rows)
+        out[key] = float(values.max()) if values.size else 0.0
+        out[f"mean_{key}"] = float(values.mean()) if values.size else 0.0
+    # The same tick-to-tick change away from every splice: the chunks' own roughness
+    # (nan at 100 ms, where the blend windows touch).
+    out["cmd_floor"] = float(between[:, dims].max()) if between.size else math.nan
+    err = np.array(errors)[:, dims] if errors else np.full((1, len(dims)), np.nan)
+    out["track_rms"] = float(np.sqrt(np.mean(err**2)))
+    out["track_max"] = float(np.abs(err).max())
+    return out
 
 
 def closed_loop(policy, params: DriverParams, delay: float, use_rtc: bool, duration: float,
@@ -194,6 +199,7 @@ def closed_loop(policy, params: DriverParams, delay: float, use_rtc: bool, durat
     splice_ticks: list[int] = []
     velocities: list[np.ndarray] = []
     rtc_used = 0
+    settled_at: float | None = None  # the executor's ramp-in is over: metrics from here
     blend_ticks = round(params.blend_window / tick) + 2
     for i in range(int(duration / tick)):
         now = i * tick
@@ -217,11 +223,11 @@ def closed_loop(policy, params: DriverParams, delay: float, use_rtc: bool, durat
                 feed.record_chunk(round(chunk.stamp * NS_PER_S), chunk.start_offset,
                                   chunk.positions, delay)
                 new = KnotTrajectory(chunk.times(), chunk.positions, "cubic")
-                if current is not None and now >= SETTLE:
+                if current is not None and settled_at is not None:
                     old_p, old_v = current.sample(now)
                     new_p, new_v = new.sample(now)
-                    chunk_pos.append(np.abs(new_p - old_p).max())
-                    chunk_vel.append(np.abs(new_v - old_v).max())
+                    chunk_pos.append(np.abs(new_p - old_p))
+                    chunk_vel.append(np.abs(new_v - old_v))
                     splice_ticks.append(i)
                 current = new
             else:
@@ -232,27 +238,30 @@ def closed_loop(policy, params: DriverParams, delay: float, use_rtc: bool, durat
         sim.write_command(command.positions)
         feed.record_commanded(round(now * NS_PER_S), names, command.positions)
         velocities.append(command.velocities.copy())
-        if current is not None and now >= SETTLE:
+        if settled_at is None and command.state == "tracking":
+            settled_at = now
+        if current is not None and settled_at is not None:
             errors.append(reading.positions - current.sample(now)[0])
     velocity = np.array(velocities)
-    accel = np.abs(np.diff(velocity, axis=0)).max(axis=1)  # accel[j]: tick j -> j + 1
+    accel = np.abs(np.diff(velocity, axis=0))  # accel[j]: tick j -> j + 1, per joint
+    near_splice = np.zeros(len(accel), dtype=bool)
     for s in splice_ticks:
-        cmd_jumps.append(accel[max(s - 1, 0): s + blend_ticks].max())
-    errors_arr = np.array(errors) if errors else np.full((1, len(names)), np.nan)
+        cmd_jumps.append(accel[max(s - 1, 0): s + blend_ticks].max(axis=0))
+        near_splice[max(s - 1, 0): s + blend_ticks] = True
+    first = splice_ticks[0] if splice_ticks else len(accel)
+    between = accel[first:][~near_splice[first:]]
+    grippers = sorted(spec.gripper_dims)
+    arm = [d for d in range(len(names)) if d not in grippers]
     return {
         "chunks": index,
         "splices": len(chunk_pos),
         "rtc_requests": rtc_used,
         "rejected": executor.stats.rejected_total,
-        "chunk_pos_jump": max(chunk_pos, default=0.0),
-        "chunk_vel_jump": max(chunk_vel, default=0.0),
-        "cmd_vel_jump": max(cmd_jumps, default=0.0),
-        "mean_pos_jump": float(np.mean(chunk_pos)) if chunk_pos else 0.0,
-        "mean_vel_jump": float(np.mean(chunk_vel)) if chunk_vel else 0.0,
-        "mean_cmd_jump": float(np.mean(cmd_jumps)) if cmd_jumps else 0.0,
-        "track_rms": float(np.sqrt(np.mean(errors_arr**2))),
-        "track_max": float(np.abs(errors_arr).max()),
+        "settled_at": settled_at,
         "feed_skips": dict(feed.skipped),
+        "all": _summary(chunk_pos, chunk_vel, cmd_jumps, errors, between,
+                        list(range(len(names)))),
+        "arm": _summary(chunk_pos, chunk_vel, cmd_jumps, errors, between, arm),
     }
 
 
@@ -263,6 +272,8 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--checkpoint-dir", type=Path, default=ROOT / "out" / "bench_rtc",
+                        help="where the trained checkpoint is cached")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -272,14 +283,14 @@ def main() -> None:
     config = graph.load_robot_config(ROBOT)
     params = driver_params()
     policy = MolmoAct2Policy.from_checkpoint(
-        str(checkpoint(args.train_steps)), str(config.shared["embodiment"]),
-        seed=args.seed, joint_names=list(params.joint_names),
+        str(checkpoint(args.train_steps, args.checkpoint_dir)),
+        str(config.shared["embodiment"]), seed=args.seed, joint_names=list(params.joint_names),
     )
-    log.info("SO-101 sim, %g Hz control, blend window %.2f s, chunk %d x %.4f s, beta %.1f, "
-             "%.0f s per run", params.control_rate, params.blend_window,
-             policy.embodiment.horizon, policy.embodiment.step_dt,
+    log.info("SO-101 sim, %g Hz control, blend window %.2f s, ramp-in %.2f s, chunk %d x %.4f s, "
+             "beta %.1f, %.0f s per run", params.control_rate, params.blend_window,
+             params.ramp_in_time, policy.embodiment.horizon, policy.embodiment.step_dt,
              policy.rtc_max_guidance_weight, args.duration)
-    header = (f"{'delay':>6} {'method':>6} {'chunks':>6} {'chunk pos jump':>14} "
+    header = (f"{'delay':>6} {'method':>6} {'joints':>7} {'chunk pos jump':>14} "
               f"{'chunk vel jump':>14} {'cmd vel jump':>12} {'track rms':>9} {'track max':>9}")
     log.info(header)
     results = {}
@@ -289,27 +300,39 @@ def main() -> None:
             out = closed_loop(policy, params, delay, method == "rtc", args.duration,
                               seed=1000 * args.seed)
             results[(delay, method)] = out
-            log.info(f"{delay * 1e3:>4.0f}ms {method:>6} {out['chunks']:>6} "
-                     f"{out['chunk_pos_jump']:>14.4f} {out['chunk_vel_jump']:>14.3f} "
-                     f"{out['cmd_vel_jump']:>12.3f} {out['track_rms']:>9.4f} "
-                     f"{out['track_max']:>9.4f}   (mean over splices: pos "
-                     f"{out['mean_pos_jump']:.4f} "
-                     f"vel {out['mean_vel_jump']:.3f} cmd {out['mean_cmd_jump']:.3f}; "
-                     f"{time.perf_counter() - started:.0f} s; "
-                     f"rejected {out['rejected']}, rtc requests {out['rtc_requests']}, "
-                     f"feed skips {out['feed_skips']})")
-    log.info("units: rad (gripper: opening), rad/s; jumps are maxima over joints and splices")
+            for group in ("all", "arm"):
+                g = out[group]
+                log.info(f"{delay * 1e3:>4.0f}ms {method:>6} {group:>7} "
+                         f"{g['chunk_pos_jump']:>14.4f} {g['chunk_vel_jump']:>14.3f} "
+                         f"{g['cmd_vel_jump']:>12.3f} {g['track_rms']:>9.4f} "
+                         f"{g['track_max']:>9.4f}   (mean over splices: pos "
+                         f"{g['mean_chunk_pos_jump']:.4f} vel {g['mean_chunk_vel_jump']:.3f} "
+                         f"cmd {g['mean_cmd_vel_jump']:.3f}; away from splices: cmd "
+                         f"{g['cmd_floor']:.3f})")
+            settled = out["settled_at"]
+            log.info(f"{'':>14}{out['chunks']} chunks, {out['splices']} splices measured "
+                     f"from {settled if settled is not None else float('nan'):.2f} s, rejected "
+                     f"{out['rejected']}, rtc requests {out['rtc_requests']}, feed skips "
+                     f"{out['feed_skips']}; {time.perf_counter() - started:.0f} s")
+    log.info("units: rad and rad/s (the gripper, in 'all' only: opening and opening/s); jumps "
+             "are maxima over joints and splices; cmd vel jump: largest change of the commanded "
+             "velocity between two control ticks around a splice")
     for delay in args.delays:
-        blend, rtc = results[(delay, "blend")], results[(delay, "rtc")]
+        for group in ("all", "arm"):
+            blend = results[(delay, "blend")][group]
+            rtc = results[(delay, "rtc")][group]
 
-        def ratio(key: str, blend=blend, rtc=rtc) -> float:
-            return blend[key] / rtc[key] if rtc[key] > 0 else math.inf
+            def ratio(key: str, blend=blend, rtc=rtc) -> float:
+                return blend[key] / rtc[key] if rtc[key] > 0 else math.inf
 
-        log.info(f"ratios blend/rtc at {delay * 1e3:.0f} ms: chunk pos jump "
-                 f"{ratio('chunk_pos_jump'):.1f}x, chunk vel jump {ratio('chunk_vel_jump'):.1f}x, "
-                 f"cmd vel jump {ratio('cmd_vel_jump'):.1f}x, track rms "
-                 f"{ratio('track_rms'):.2f}x; means: pos {ratio('mean_pos_jump'):.1f}x, "
-                 f"vel {ratio('mean_vel_jump'):.1f}x, cmd {ratio('mean_cmd_jump'):.1f}x")
+            log.info(f"ratios blend/rtc at {delay * 1e3:.0f} ms ({group} joints): cmd vel jump "
+                     f"{ratio('cmd_vel_jump'):.2f}x, chunk vel jump "
+                     f"{ratio('chunk_vel_jump'):.2f}x, "
+                     f"chunk pos jump {ratio('chunk_pos_jump'):.2f}x, track rms "
+                     f"{ratio('track_rms'):.2f}x, track max {ratio('track_max'):.2f}x; means over "
+                     f"splices: cmd {ratio('mean_cmd_vel_jump'):.2f}x, "
+                     f"vel {ratio('mean_chunk_vel_jump'):.2f}x, "
+                     f"pos {ratio('mean_chunk_pos_jump'):.2f}x")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ script that no longer starts. Only what they print is checked, never how fast an
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,33 @@ def test_bench_script_runs_and_reports(name):
     assert result.returncode == 0, output
     for line in expected:
         assert line in output, f"{name}: {line!r} missing from\n{output}"
+
+
+def test_rtc_bench_runs_and_reports(tmp_path):
+    """bench/rtc.py on tiny settings: a model trained for two steps (cached under tmp_path) and
+    one delay. Such a model is noise, so the driver may reject most chunks (the bench says
+    which and why); the figures come from the real runs (``--train-steps 400`` or more)."""
+    result = subprocess.run(
+        [
+            sys.executable, str(REPO / "bench" / "rtc.py"), "--train-steps", "2",
+            "--duration", "1.8", "--delays", "0.2", "--threads", "1",
+            "--checkpoint-dir", str(tmp_path),
+        ],
+        capture_output=True, text=True, timeout=240, cwd=REPO,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    for line in (
+        "200ms  blend     all", "200ms  blend     arm", "200ms    rtc     all",
+        "200ms    rtc     arm", "ratios blend/rtc at 200 ms (all joints): cmd vel jump",
+        "ratios blend/rtc at 200 ms (arm joints): cmd vel jump",
+    ):
+        assert line in output, f"{line!r} missing from\n{output}"
+    runs = re.findall(r"(\d+) chunks, \d+ splices measured .* rtc requests (\d+)", output)
+    assert len(runs) == 2, output
+    (blend_chunks, blend_rtc), (rtc_chunks, rtc_used) = runs
+    # Same seeds, same model: both runs see as many chunks; blend-only never asks for RTC,
+    # and the RTC run cannot for the first chunk.
+    assert blend_chunks == rtc_chunks and int(blend_chunks) >= 2, output
+    assert blend_rtc == "0" and int(rtc_used) < int(rtc_chunks), output
+    assert (tmp_path / "so101_phase_loops_2" / "BENCH_RTC_CHECKPOINT.txt").is_file()

@@ -79,3 +79,26 @@ def test_launch_resolves_only_the_demo_checkpoint(tmp_path, monkeypatch):
     assert policy_checkpoint(graph.LaunchOptions(checkpoint="tiny")) == "tiny"
     assert policy_checkpoint(graph.LaunchOptions(checkpoint="/models/x")) == "/models/x"
     assert calls == ["so101"]
+
+
+def test_start_pose_checkpoint_maps_the_start_pose_to_the_middle_of_the_model_range(tmp_path):
+    from molmoact2 import graph
+    from molmoact2.demo_checkpoint import tiny_checkpoint_at_start_pose
+    from molmoact2_policy.model.normalize import NormStats
+
+    made = tiny_checkpoint_at_start_pose(tmp_path / "ck", "so101", spread=0.25)
+    config = graph.load_robot_config("so101")
+    start = np.asarray(config.params_for(config.driver_name)["initial_positions"], dtype=float)
+    np.testing.assert_array_equal(made.start, start)
+    spec = made.policy.embodiment
+    # Saved with the checkpoint (a later load sees it) and the loaded policy uses it.
+    saved = NormStats.from_file(made.path / made.policy.config.norm_stats_filename)
+    for stats in (saved, made.policy.norm_stats):
+        normalized = stats.normalize_action(spec.norm_tag, start[None])[0]
+        arm = [d for d in range(spec.action_dim) if d not in spec.gripper_dims]
+        np.testing.assert_allclose(normalized[arm], 0.0, atol=1e-5)
+        # Grippers stay in robot units (the released stats mask).
+        np.testing.assert_allclose(normalized[list(spec.gripper_dims)],
+                                   start[list(spec.gripper_dims)])
+        edge = stats.normalize_action(spec.norm_tag, (start + 0.25)[None])[0]
+        np.testing.assert_allclose(edge[arm], 1.0, atol=1e-5)

@@ -265,3 +265,38 @@ def test_fast_mode_refuses_rtc():
     with pytest.raises(PolicyInputError, match="flow expert"):
         policy.act(images, np.zeros(spec.state_dim), "go",
                    rtc=RtcRequest(np.zeros((2, spec.action_dim)), 1))
+
+
+def test_rtc_rows_line_up_with_the_returned_rows_when_they_start_later():
+    """n_obs_steps = 3: the returned chunk is model rows 2..9, and ``previous`` row i applies
+    when returned row i does, so it guides model row 2 + i (not row i)."""
+    import dataclasses
+
+    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_policy.model.checkpoint import build_tiny
+    from molmoact2_policy.model.normalize import NormStats
+    from molmoact2_policy.model.policy import MolmoAct2Policy
+
+    spec = get_embodiment("droid")
+    model, config, stats, tokenizer = build_tiny(seed=0)
+    data = stats.to_dict()
+    data["metadata_by_tag"][spec.norm_tag]["n_action_steps"] = 8
+    policy = MolmoAct2Policy(model, dataclasses.replace(config, n_obs_steps=3),
+                             NormStats.from_dict(data), tokenizer, spec)
+    rng = np.random.default_rng(3)
+    images = {n: rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for n in spec.camera_names}
+    state = rng.uniform(-0.5, 0.5, spec.state_dim)
+    plain = policy.act(images, state, "wipe", seed=1).positions
+    previous = plain[3:] + 0.05  # 5 rows, the chunk being executed, 3 steps on
+    rtc = RtcRequest(previous=previous, delay_steps=2)
+    guide = policy.rtc_guide(rtc)
+    assert guide.frozen[0, :, 0].tolist() == [i in (2, 3) for i in range(spec.horizon)]
+    weights = guide.weights[0, :, 0].numpy()
+    np.testing.assert_allclose(weights[:2], 0.0)
+    np.testing.assert_allclose(weights[2:], prefix_weights(2, 5, spec.horizon - 2).numpy())
+    expected = policy.norm_stats.normalize_action(spec.norm_tag, previous)
+    np.testing.assert_allclose(guide.target[0, 2:7, : spec.action_dim].numpy(), expected,
+                               rtol=0, atol=1e-6)
+    result = policy.act(images, state, "wipe", seed=1, rtc=rtc)
+    np.testing.assert_array_equal(result.positions[:2], previous[:2])
+    assert result.positions.shape == (8, spec.action_dim)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import queue
+from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from molmoact2_policy.embodiments import get_embodiment
 from molmoact2_policy.inference_worker import InferenceRequest, InferenceWorker
@@ -68,30 +72,109 @@ def test_nothing_to_guide_by_means_a_free_chunk():
     }
 
 
-def test_a_driver_that_is_not_following_the_chunk_turns_rtc_off():
-    feed = RtcFeed(JOINTS, DT, SPEC.horizon, max_deviation=0.05)
-    feed.record_chunk(_ns(1.0), 0.0, _chunk(), 0.1)
-    at = 1.0 + 4 * DT
-    planned = _chunk()[4]
-    # Following (names in another order, one unknown joint ignored): RTC on.
-    feed.record_commanded(_ns(at), ["gripper", *JOINTS[:5], "extra"],
-                          [planned[5], *planned[:5], 99.0])
-    assert feed.request_for(_ns(at + DT)) is not None
-    # Holding at the start pose while the chunk moves on: RTC off for this request.
-    feed.record_commanded(_ns(at), JOINTS, _chunk()[0])
-    assert feed.request_for(_ns(at + DT)) is None
-    assert feed.skipped["driver_not_following"] == 1
-    # Right after a splice the driver blends out of the chunk before: still following.
-    feed.record_chunk(_ns(at), 0.0, _chunk() + 1.0, 0.1)
-    feed.record_commanded(_ns(at + DT), JOINTS, 0.5 * (_chunk()[5] + _chunk()[1] + 1.0))
-    assert feed.request_for(_ns(at + 2 * DT)) is not None
-    feed.record_commanded(_ns(at + DT), JOINTS, _chunk()[5] + 1.5)  # beyond both plans
-    assert feed.request_for(_ns(at + 2 * DT)) is None
-    # A stale command says nothing about now.
-    feed.record_commanded(_ns(at - 1.0), JOINTS, _chunk()[0] + 5.0)
-    assert feed.request_for(_ns(at + DT)) is not None
+# Stamps of the size ROS time has (2026): float seconds there are only good to 0.24 us.
+EPOCH_NS = 1_764_000_000_123_456_789
+
+
+def test_rows_on_the_previous_chunks_grid_are_its_rows_bit_for_bit():
+    # 0.1 s = exactly 3 steps of 1/30 s after a stamp where float seconds round: the old
+    # float-seconds alignment interpolated these rows ~1e-5 of a step off (the ROS test's 1e-5).
+    chunk = np.random.default_rng(0).normal(size=(SPEC.horizon, 6))
+    feed = RtcFeed(JOINTS, DT, SPEC.horizon)
+    feed.record_chunk(EPOCH_NS, 0.0, chunk, latency=0.05)
+    request = feed.request_for(EPOCH_NS + 100_000_000)
+    assert request is not None and request.previous.shape == (SPEC.horizon - 3, 6)
+    np.testing.assert_array_equal(request.previous, chunk[3:])
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    stamp_ns=st.integers(10**18, 2 * 10**18),
+    rows=st.integers(1, SPEC.horizon - 2),
+    fraction=st.one_of(st.just(0.0), st.floats(0.0, 1.0, exclude_max=True)),
+    offset=st.floats(-0.1, 0.1, allow_nan=False),
+)
+def test_alignment_is_exact_on_the_grid_and_linear_between(stamp_ns, rows, fraction, offset):
+    chunk = np.random.default_rng(rows).normal(size=(SPEC.horizon, 6))
+    feed = RtcFeed(JOINTS, DT, SPEC.horizon)
+    feed.record_chunk(stamp_ns, offset, chunk, latency=0.05)
+    # Whole ns nearest to row ``rows + fraction`` of the old chunk (the new chunk has the
+    # same start offset, so the offset cancels).
+    exact = Fraction(rows) + Fraction(fraction)
+    obs_ns = stamp_ns + round(exact * Fraction(DT) * NS_PER_S)
+    request = feed.request_for(obs_ns)
+    assert request is not None
+    row = Fraction(obs_ns - stamp_ns, NS_PER_S) / Fraction(DT)  # exact
+    if abs(row - round(row)) * Fraction(DT) * NS_PER_S <= 1:
+        np.testing.assert_array_equal(request.previous, chunk[round(row):][: len(request.previous)])
+        return
+    for k, got in enumerate(request.previous):
+        at = row + k
+        low = math.floor(at)
+        high = min(low + 1, SPEC.horizon - 1)
+        a, b = (np.array([Fraction(x) for x in chunk[i]]) for i in (low, high))
+        expected = [float(x) for x in a + (at - low) * (b - a)]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def _following_feed(max_deviation: float = 0.05) -> RtcFeed:
+    feed = RtcFeed(JOINTS, DT, SPEC.horizon, max_deviation=max_deviation, still_time=0.1)
+    feed.record_chunk(_ns(1.0), 0.0, _chunk(), latency=0.1)  # published at 1.1 s
+    return feed
+
+
+def _command(feed: RtcFeed, seconds: float, positions, names=JOINTS) -> None:
+    feed.record_commanded(_ns(seconds), list(names), list(positions))
+
+
+def test_a_driver_holding_still_off_the_chunk_turns_rtc_off():
+    feed = _following_feed()
+    # Holding the start pose since before the chunk and 0.1 s after it was published.
+    for k in range(40):
+        _command(feed, 0.9 + 0.01 * k, _chunk()[0] - 0.2)  # up to 1.29 s
+    assert feed.request_for(_ns(1.3)) is None
+    assert feed.skipped == {"driver_not_following": 1}
+    # It moves again (a reset ramps in): following.
+    _command(feed, 1.30, _chunk()[0] - 0.19)
+    assert feed.request_for(_ns(1.31)) is not None
     diag = feed.diagnostics()
-    assert diag["rtc_requests"] == "3" and diag["rtc_skipped/driver_not_following"] == "2"
+    assert diag["rtc_requests"] == "1" and diag["rtc_skipped/driver_not_following"] == "1"
+
+
+def test_a_driver_ramping_in_or_blending_far_off_the_plan_is_following():
+    feed = _following_feed()
+    # The executor's ramp-in: far from the plan (0.3 > 0.05) but moving towards it every tick.
+    for k in range(30):
+        _command(feed, 1.1 + 0.01 * k, _chunk()[0] - 0.3 * (1 - k / 60))
+    assert feed.request_for(_ns(1.4)) is not None
+    assert feed.skipped == {}
+
+
+def test_standing_still_says_nothing_before_the_driver_could_have_moved():
+    feed = _following_feed()
+    # Idle at the start pose up to the chunk's publication and just after (not yet received):
+    # the next request comes right after the chunk is published.
+    for k in range(25):
+        _command(feed, 0.9 + 0.01 * k, _chunk()[0] - 0.2)  # up to 1.14 s
+    assert feed.request_for(_ns(1.15)) is not None
+    # Held within max_deviation of the plan: nothing to skip.
+    feed = _following_feed(max_deviation=1.0)
+    for k in range(40):
+        _command(feed, 1.1 + 0.01 * k, _chunk()[5])
+    assert feed.request_for(_ns(1.5)) is not None  # within max_deviation
+
+
+def test_stale_or_partial_commands():
+    feed = _following_feed()
+    for k in range(40):
+        _command(feed, 0.0 + 0.01 * k, _chunk()[0] + 5.0)  # held, but long ago
+    assert feed.request_for(_ns(1.3)) is not None
+    # Names in another order, an unknown joint ignored, an unnamed joint never compared.
+    feed = _following_feed()
+    for k in range(40):
+        _command(feed, 1.0 + 0.01 * k, [_chunk()[0][5], *(_chunk()[0][:4] - 0.2), 99.0],
+                 names=["gripper", *JOINTS[:4], "extra"])
+    assert feed.request_for(_ns(1.4)) is None
 
 
 # ---------------------------------------------------------------------------- worker hook

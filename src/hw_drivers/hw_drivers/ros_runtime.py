@@ -97,6 +97,7 @@ class ProcessStop:
         # Only a process that ends itself arms the C-level deadline (it exits the interpreter).
         self._arm_backstop = backstop
         self.requested = threading.Event()
+        self._stopping = False  # the first request claimed the stop (set before `requested`)
         self.reason = ""
         self.phase = "starting"  # what the main thread is doing; named if the deadline passes
         self._log = log or _write_stderr
@@ -178,17 +179,21 @@ class ProcessStop:
     def request(self, reason: str) -> bool:
         """Start the stop (first call only); returns False when already stopping."""
         with self._lock:
-            if self.requested.is_set():
+            if self._stopping:
                 return False
+            self._stopping = True
             self.reason = reason
             self._deadline = time.monotonic() + self.exit_timeout
-            self.requested.set()
-            callbacks = list(self._callbacks)
         if self._arm_backstop:
             # Runs in C: exits even while a C call holds the GIL and the watcher cannot run.
             with contextlib.suppress(Exception):
                 faulthandler.dump_traceback_later(self.exit_timeout + 1.0, exit=True)
+        # Said before `requested` is set: a main loop that sees it may clean up and exit the
+        # process before this thread runs again, and the reason must be in the log.
         self._log(f"stopping: {reason}")
+        with self._lock:
+            self.requested.set()
+            callbacks = list(self._callbacks)
         for callback in callbacks:
             self._run_callback(callback)
         return True

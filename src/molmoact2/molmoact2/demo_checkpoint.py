@@ -23,6 +23,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +83,50 @@ def demo_target(
     return target
 
 
+@dataclasses.dataclass
+class StartPoseCheckpoint:
+    """A tiny checkpoint whose norm stats are centred on a robot's sim start pose, loaded."""
+
+    path: Path
+    policy: Any  # molmoact2_policy.model.policy.MolmoAct2Policy over ``path``
+    config: graph.RobotConfig
+    joint_names: list[str]
+    start: np.ndarray  # the driver's initial_positions, in the config's joint order
+
+
+def tiny_checkpoint_at_start_pose(
+    path: str | Path, robot: str, *, seed: int = 0, spread: float = 0.25
+) -> StartPoseCheckpoint:
+    """The tiny random checkpoint for ``robot``'s embodiment, in the released layout, with
+    state and action stats spanning ``start +- spread`` (grippers in robot units), loaded.
+
+    The first step of every model made to move a sim robot without real weights (the demo
+    checkpoint, ``bench/rtc.py``): normalised targets then mean motions around the start pose.
+    """
+    from molmoact2_policy.model.checkpoint import write_tiny_checkpoint
+    from molmoact2_policy.model.normalize import NormStats
+    from molmoact2_policy.model.policy import MolmoAct2Policy
+
+    config = graph.load_robot_config(robot)
+    spec_name = str(config.shared["embodiment"])
+    joint_names = list(config.shared["joint_names"])
+    start = np.asarray(config.params_for(config.driver_name)["initial_positions"], dtype=float)
+    path = Path(path)
+    write_tiny_checkpoint(path, seed=seed, embodiments=[spec_name])
+    policy = MolmoAct2Policy.from_checkpoint(str(path), spec_name, seed=seed,
+                                             joint_names=joint_names)
+    spec = policy.embodiment
+    norm_path = path / policy.config.norm_stats_filename
+    norm = NormStats.from_file(norm_path)
+    norm.tags[spec.norm_tag] = {
+        "state": _pose_stats(start, spread, spec.gripper_dims),
+        "action": _pose_stats(start, spread, spec.gripper_dims),
+    }
+    norm.save(norm_path)
+    policy.norm_stats = norm
+    return StartPoseCheckpoint(path, policy, config, joint_names, start)
+
+
 def write_demo_checkpoint(
     path: str | Path,
     robot: str = "yam",
@@ -95,30 +140,15 @@ def write_demo_checkpoint(
     import torch
 
     from molmoact2.sim_world import SimWorld
-    from molmoact2_policy.model.checkpoint import save_checkpoint, write_tiny_checkpoint
-    from molmoact2_policy.model.normalize import NormStats
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.checkpoint import save_checkpoint
     from molmoact2_policy.model.training import flow_matching_loss
 
-    config = graph.load_robot_config(robot)
-    shared = config.shared
-    spec_name = str(shared["embodiment"])
-    joint_names = list(shared["joint_names"])
-    start = np.asarray(config.params_for(config.driver_name)["initial_positions"], dtype=float)
-    path = Path(path)
-    write_tiny_checkpoint(path, seed=seed, embodiments=[spec_name])
-
-    policy = MolmoAct2Policy.from_checkpoint(str(path), spec_name, seed=seed,
-                                             joint_names=joint_names)
+    made = tiny_checkpoint_at_start_pose(path, robot, seed=seed, spread=spread)
+    path, policy, config, joint_names, start = (
+        made.path, made.policy, made.config, made.joint_names, made.start
+    )
     spec = policy.embodiment
-    norm_path = path / policy.config.norm_stats_filename
-    norm = NormStats.from_file(norm_path)
-    norm.tags[spec.norm_tag] = {
-        "state": _pose_stats(start, spread, spec.gripper_dims),
-        "action": _pose_stats(start, spread, spec.gripper_dims),
-    }
-    norm.save(norm_path)
-    policy.norm_stats = norm
+    norm = policy.norm_stats
 
     # A few observations around the start pose, so the learned chunk does not hinge on one
     # exact image: the sim scene changes as the arm moves through the loop.

@@ -140,8 +140,9 @@ class PolicyNodeParams:
     rtc_max_deviation: float = field(
         default=0.2,
         metadata=_doc(
-            "Largest |commanded - last chunk| [rad, m or gripper units] at which the driver "
-            "still counts as following the last chunk."
+            "Largest |commanded - last chunk| [rad, m or gripper units] of a driver command that "
+            "stands still (hold, e-stop, fault) at which the driver still counts as following "
+            "the last chunk; a moving command (ramp-in, splice blend) always does."
         ),
     )
 

@@ -363,35 +363,46 @@ class MolmoAct2Policy:
         return self.flow_runner_for(num_steps).sample(ctx, noise, self.action_dim_mask, guide)
 
     def rtc_guide(self, rtc: RtcRequest | None) -> RtcGuide | None:
-        """The previous chunk in model units, padded to the expert's action dims."""
+        """The previous chunk in model units, padded to the expert's action dims.
+
+        ``rtc.previous`` row i applies when the *returned* row i does, which is model row
+        ``first_step + i`` (released checkpoints with ``n_obs_steps > 1`` return from there):
+        the target, frozen rows and guidance end are shifted by that much.
+        """
         if rtc is None:
             return None
         spec = self.embodiment
         validate_rtc(spec, rtc)
-        normalized = self.norm_stats.normalize_action(
-            spec.norm_tag, np.asarray(rtc.previous, dtype=np.float64)
-        )
-        previous = torch.zeros(1, normalized.shape[0], self.config.max_action_dim)
-        previous[0, :, : spec.action_dim] = torch.from_numpy(normalized)
-        return RtcGuide.build(
+        offset = self.first_step
+        rows = np.asarray(rtc.previous, dtype=np.float64)[: spec.horizon - offset]
+        normalized = self.norm_stats.normalize_action(spec.norm_tag, rows)
+        previous = torch.zeros(1, offset + normalized.shape[0], self.config.max_action_dim)
+        previous[0, offset:, : spec.action_dim] = torch.from_numpy(normalized)
+        guide = RtcGuide.build(
             previous.to(self.device, self.dtype),
-            int(rtc.delay_steps),
-            None if rtc.execution_horizon is None else int(rtc.execution_horizon),
+            offset + int(rtc.delay_steps),
+            None if rtc.execution_horizon is None else offset + int(rtc.execution_horizon),
             spec.horizon,
             max_guidance_weight=self.rtc_max_guidance_weight,
         )
+        if offset:
+            # Model rows before the returned ones are not the previous chunk's: left free.
+            guide.weights[:, :offset] = 0.0
+            guide.frozen[:, :offset] = False
+        return guide
 
-    @staticmethod
-    def freeze_prefix(positions: np.ndarray, rtc: RtcRequest | None) -> np.ndarray:
+    def freeze_prefix(self, positions: np.ndarray, rtc: RtcRequest | None) -> np.ndarray:
         """The frozen rows, in robot units, exactly as the previous chunk has them.
 
+        ``positions`` are the model's rows (before ``chunk_result`` cuts the returned ones).
         The model's copy went through normalise/unnormalise (and maybe bf16); the rows that
         are already executing must match the robot's plan bit for bit.
         """
         if rtc is not None:
             previous = np.asarray(rtc.previous, dtype=np.float64)
-            delay = min(int(rtc.delay_steps), previous.shape[0], positions.shape[0])
-            positions[:delay] = previous[:delay]
+            offset = self.first_step
+            delay = min(int(rtc.delay_steps), previous.shape[0], positions.shape[0] - offset)
+            positions[offset : offset + delay] = previous[:delay]
         return positions
 
     def postprocess(self, normalized: Tensor) -> np.ndarray:
