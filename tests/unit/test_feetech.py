@@ -193,3 +193,13 @@ def test_from_params_needs_port_and_calibration(tmp_path):
     params.serial_port = "/nonexistent/tty"
     with pytest.raises(BackendError, match="cannot open serial port"):
         FeetechBackend.from_params(params).connect()
+
+
+def test_a_second_driver_cannot_open_the_same_bus(rig):
+    backend, emulator = rig
+    second = FeetechBackend(
+        SO101_JOINTS, emulator.port, calibration(), reply_timeout=0.02, retries=2
+    )
+    with pytest.raises(BackendError, match="another driver"):
+        second.connect()
+    assert backend.read_state() is not None  # the first one keeps its bus

@@ -215,9 +215,13 @@ class FeetechBackend(Backend):
         except ImportError as exc:  # pragma: no cover - pyserial is a project dependency
             raise BackendError("pyserial is not installed: pip install pyserial") from exc
         try:
-            return serial.Serial(self.port, self.baudrate, timeout=0.001)
+            # Exclusive: a second driver (or a leftover process) on the same servo bus would
+            # interleave its packets with ours and read our replies.
+            return serial.Serial(self.port, self.baudrate, timeout=0.001, exclusive=True)
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise BackendError(f"cannot open serial port {self.port}: {exc}") from exc
+            raise BackendError(
+                f"cannot open serial port {self.port} (is another driver using it?): {exc}"
+            ) from exc
 
     def disconnect(self) -> None:
         if self._serial is not None:
