@@ -483,6 +483,12 @@ def main() -> None:
         help="keep Fast DDS's default transports (no large shared-memory segment)",
     )
     parser.add_argument("--no-conversion-cost", action="store_true", help="skip that table")
+    parser.add_argument(
+        "--executor",
+        choices=("events", "single"),
+        default="events",
+        help="the policy node's executor parameter (events is the node's default)",
+    )
     args = parser.parse_args()
     if not args.default_dds:
         profile = Path(tempfile.mkdtemp()) / "fastdds_large_shm.xml"
@@ -498,7 +504,9 @@ def main() -> None:
     env = {"OMP_NUM_THREADS": str(args.threads)}
     with tempfile.TemporaryDirectory() as ckpt_dir:
         if args.policy == "zero":
-            params = yam_params(seed=seed, max_inference_rate=0.0, max_observation_age=5.0)
+            params = yam_params(
+                seed=seed, max_inference_rate=0.0, max_observation_age=5.0, executor=args.executor
+            )
             run_zero_cost(args, params, env)
         else:
             import torch
@@ -508,7 +516,11 @@ def main() -> None:
             torch.set_num_threads(args.threads)
             checkpoint = write_checkpoint(args.preset, Path(ckpt_dir), seed)
             params = yam_params(
-                checkpoint=checkpoint, seed=seed, max_inference_rate=0.0, max_observation_age=5.0
+                checkpoint=checkpoint,
+                seed=seed,
+                max_inference_rate=0.0,
+                max_observation_age=5.0,
+                executor=args.executor,
             )
 
             def make_policy():
