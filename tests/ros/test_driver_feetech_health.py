@@ -5,14 +5,12 @@ DaMiao motors', an overheating servo named there and holding the driver, and
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 
 import pytest
-import yaml
 
-from tests.rostest_util import REPO_ROOT
+from tests.ros.driver_harness import latest, running_driver, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -33,92 +31,30 @@ CALIBRATION = {
 START_TICKS = [2000, 2000, 2000, 2000, 2000, 2500]
 
 
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
 @pytest.fixture
 def rig(tmp_path):
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.lifecycle import TransitionCallbackReturn
-
-    from hw_drivers.driver_node import DriverNode
     from hw_drivers.emulators.feetech_emulator import FeetechEmulator
 
     emulator = FeetechEmulator(initial_ticks=START_TICKS).start()
     (tmp_path / "calibration.json").write_text(json.dumps(CALIBRATION))
-    overrides = tmp_path / "overrides.yaml"
-    overrides.write_text(
-        yaml.safe_dump(
-            {
-                "/**/so101_driver": {
-                    "ros__parameters": {
-                        "backend": "feetech",
-                        "serial_port": emulator.port,
-                        "calibration_file": str(tmp_path / "calibration.json"),
-                        "control_rate": 50.0,
-                        # Generous for an emulator thread on a loaded machine (real servos
-                        # answer in microseconds; the default is 20 ms per reply).
-                        "read_timeout": 0.05,
-                        "execution": "live",
-                        "preflight_cameras": False,
-                        "reconnect_period": 0.3,
-                        "autostart": False,
-                    }
-                }
-            }
-        )
-    )
-    context = rclpy.Context()
-    rclpy.init(context=context)
+    overrides = {
+        "backend": "feetech",
+        "serial_port": emulator.port,
+        "calibration_file": str(tmp_path / "calibration.json"),
+        "control_rate": 50.0,
+        # Generous for an emulator thread on a loaded machine (real servos answer in
+        # microseconds; the default is 20 ms per reply).
+        "read_timeout": 0.05,
+        "execution": "live",
+        "preflight_cameras": False,
+        "reconnect_period": 0.3,
+    }
     namespace = f"/ft_{uuid.uuid4().hex[:6]}"
-    node = DriverNode(
-        "so101_driver",
-        namespace=namespace,
-        context=context,
-        cli_args=[
-            "--ros-args",
-            "--params-file",
-            str(REPO_ROOT / "config" / "so101.yaml"),
-            "--params-file",
-            str(overrides),
-        ],
-    )
-    probe = rclpy.create_node("ft_probe", namespace=namespace, context=context)
-    diagnostics: list = []
-    probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
-    executor = MultiThreadedExecutor(num_threads=3, context=context)
-    executor.add_node(node)
-    executor.add_node(probe)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
     try:
-        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        node.trigger_activate()
-        yield node, probe, emulator, diagnostics
+        with running_driver("so101", "so101_driver", overrides, tmp_path, namespace) as driver:
+            yield driver.node, driver.probe, emulator, driver.diagnostics
     finally:
-        executor.shutdown()
-        node._teardown()
-        node.destroy_node()
-        probe.destroy_node()
-        rclpy.shutdown(context=context)
-        spinner.join(timeout=5.0)
         emulator.stop()
-
-
-def latest(diagnostics, suffix):
-    for array in reversed(diagnostics):
-        for status in array.status:
-            if status.name.endswith(suffix):
-                return status
-    return None
 
 
 def call(probe, client, timeout=10.0):

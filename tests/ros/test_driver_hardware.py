@@ -3,106 +3,39 @@ the preflight entry, and ~/clear_motor_faults bringing the arm back."""
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 
 import pytest
-import yaml
 
-from tests.rostest_util import REPO_ROOT
+from tests.ros.driver_harness import latest, running_driver, wait_for
 
 pytestmark = pytest.mark.ros
 
 ARM_START = [0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.35]
 
 
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
 @pytest.fixture
 def rig(tmp_path):
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import MultiThreadedExecutor
-
-    from hw_drivers.driver_node import DriverNode
     from hw_drivers.emulators.damiao_emulator import DamiaoEmulator
 
     tag = uuid.uuid4().hex[:6]
     channels = [f"hw_{tag}_{i}" for i in range(2)]
     emulators = [DamiaoEmulator(c, initial_positions=ARM_START).start() for c in channels]
-    overrides = tmp_path / "overrides.yaml"
-    overrides.write_text(
-        yaml.safe_dump(
-            {
-                "/**/yam_driver": {
-                    "ros__parameters": {
-                        "backend": "damiao",
-                        "can_interface": "virtual",
-                        "can_channels": channels,
-                        "read_timeout": 0.05,
-                        "read_retries": 2,
-                        "reconnect_period": 0.3,
-                        "preflight_cameras": False,
-                        "autostart": False,
-                    }
-                }
-            }
-        )
-    )
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    namespace = f"/hw_{tag}"
-    node = DriverNode(
-        "yam_driver",
-        namespace=namespace,
-        context=context,
-        cli_args=[
-            "--ros-args",
-            "--params-file",
-            str(REPO_ROOT / "config" / "yam.yaml"),
-            "--params-file",
-            str(overrides),
-        ],
-    )
-    probe = rclpy.create_node("hw_probe", namespace=namespace, context=context)
-    diagnostics: list = []
-    probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
-    executor = MultiThreadedExecutor(num_threads=3, context=context)
-    executor.add_node(node)
-    executor.add_node(probe)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    overrides = {
+        "backend": "damiao",
+        "can_interface": "virtual",
+        "can_channels": channels,
+        "read_timeout": 0.05,
+        "read_retries": 2,
+        "reconnect_period": 0.3,
+        "preflight_cameras": False,
+    }
     try:
-        from rclpy.lifecycle import TransitionCallbackReturn
-
-        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        node.trigger_activate()
-        yield node, probe, emulators, diagnostics, executor
+        with running_driver("yam", "yam_driver", overrides, tmp_path, f"/hw_{tag}") as driver:
+            yield driver.node, driver.probe, emulators, driver.diagnostics, driver.executor
     finally:
-        executor.shutdown()
-        node._teardown()
-        node.destroy_node()
-        probe.destroy_node()
-        rclpy.shutdown(context=context)
-        spinner.join(timeout=5.0)
         for emulator in emulators:
             emulator.stop()
-
-
-def latest(diagnostics, suffix):
-    for array in reversed(diagnostics):
-        for status in array.status:
-            if status.name.endswith(suffix):
-                return status
-    return None
 
 
 def test_shadow_by_default_motor_health_and_an_over_temperature_named_and_cleared(rig):

@@ -11,8 +11,9 @@ import pytest
 from hw_drivers import feetech_protocol as ft
 from hw_drivers.backends.base import BackendError
 from hw_drivers.backends.feetech import FeetechBackend
-from hw_drivers.calibration import SO101_JOINTS, MotorCalibration, save_calibration
+from hw_drivers.calibration import SO101_JOINTS, save_calibration
 from hw_drivers.emulators.feetech_emulator import FeetechEmulator
+from tests.feetech_servos import START_TICKS, calibration
 
 
 def test_packet_golden_bytes():
@@ -49,18 +50,6 @@ def test_split_packets_resyncs_on_noise_and_bad_checksum():
 
 
 # -- backend against the emulator ----------------------------------------------------------
-def calibration() -> dict[str, MotorCalibration]:
-    cal = {
-        name: MotorCalibration(i + 1, 0, 40 * i - 100, 700 + 20 * i, 3300 - 20 * i)
-        for i, name in enumerate(SO101_JOINTS)
-    }
-    cal["gripper"] = MotorCalibration(6, 0, 30, 2000, 3000)
-    return cal
-
-
-START_TICKS = [2000, 2100, 1900, 2048, 2200, 2500]
-
-
 @pytest.fixture
 def rig(tmp_path):
     emulator = FeetechEmulator(initial_ticks=START_TICKS).start()

@@ -27,7 +27,7 @@ from hw_drivers import feetech_protocol as ft
 from hw_drivers import health as hl
 from hw_drivers.backends.base import BackendError
 from hw_drivers.backends.feetech import FeetechBackend
-from hw_drivers.calibration import SO101_JOINTS, MotorCalibration
+from hw_drivers.calibration import SO101_JOINTS
 from hw_drivers.chunk import Chunk
 from hw_drivers.control_loop import ControlLoop
 from hw_drivers.driver_params import DriverParams
@@ -35,6 +35,7 @@ from hw_drivers.emulators.feetech_emulator import TimedFeetechBus
 from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import health_statuses, make_preflight
 from hw_drivers.serial_budget import SerialBudget
+from tests.feetech_servos import START_TICKS, calibration
 
 ROOT = Path(__file__).resolve().parents[2]
 _CONFIG = yaml.safe_load((ROOT / "config" / "so101.yaml").read_text())
@@ -145,18 +146,6 @@ def test_shipped_rate_fits_and_a_rate_the_bus_cannot_carry_is_refused_at_configu
 
 
 # -- the loop on an emulated bus with byte time ---------------------------------------------
-def calibration() -> dict[str, MotorCalibration]:
-    cal = {
-        name: MotorCalibration(i + 1, 0, 40 * i - 100, 700 + 20 * i, 3300 - 20 * i)
-        for i, name in enumerate(SO101_JOINTS)
-    }
-    cal["gripper"] = MotorCalibration(6, 0, 30, 2000, 3000)
-    return cal
-
-
-START_TICKS = [2000, 2100, 1900, 2048, 2200, 2500]
-
-
 class Rig:
     """A control loop on the Feetech backend over a ``TimedFeetechBus``, ticked on its clock."""
 
