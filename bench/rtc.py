@@ -89,7 +89,7 @@ def loop_chunk(phase: np.ndarray, horizon: int, action_dim: int, gripper_dims) -
 
 def write_checkpoint(path: Path, steps: int, seed: int = 0) -> Path:
     """The tiny checkpoint with its expert fine-tuned on random-phase loops (see docstring)."""
-    from molmoact2.demo_checkpoint import tiny_checkpoint_at_start_pose
+    from molmoact2.demo_checkpoint import scene_contexts, tiny_checkpoint_at_start_pose
     from molmoact2_policy.model.checkpoint import save_checkpoint
     from molmoact2_policy.model.training import flow_matching_loss
 
@@ -101,22 +101,16 @@ def write_checkpoint(path: Path, steps: int, seed: int = 0) -> Path:
 
     world = SimWorld(joint_names, spec.camera_names, width=160, height=120)
     rng = np.random.default_rng(seed)
-    keys, values, masks = [], [], []
-    with torch.no_grad():
-        for phase in np.linspace(0, 2 * np.pi, 8, endpoint=False):
-            chunk = loop_chunk(np.array([phase]), spec.horizon, spec.action_dim, spec.gripper_dims)
-            pose = norm.unnormalize_action(spec.norm_tag, chunk[0, 0])
-            pose = pose + rng.normal(0.0, 0.02, pose.shape)
-            images = {name: world.render(name, pose) for name in spec.camera_names}
-            prefix = policy.run_prefix(policy.prepare_inputs(images, pose, INSTRUCTION))
-            keys.append(prefix.keys)
-            values.append(prefix.values)
-            masks.append(prefix.mask)
+    poses = []
+    for phase in np.linspace(0, 2 * np.pi, 8, endpoint=False):
+        chunk = loop_chunk(np.array([phase]), spec.horizon, spec.action_dim, spec.gripper_dims)
+        pose = norm.unnormalize_action(spec.norm_tag, chunk[0, 0])
+        poses.append(pose + rng.normal(0.0, 0.02, pose.shape))
+    keys, values, mask = scene_contexts(policy, world, poses, INSTRUCTION)
     repeats = 3  # phases per context per step
-    context_k = [torch.cat([k[i] for k in keys]).repeat(repeats, 1, 1) for i in range(len(keys[0]))]
-    context_v = [torch.cat([v[i] for v in values]).repeat(repeats, 1, 1)
-                 for i in range(len(values[0]))]
-    context_mask = torch.cat(masks).repeat(repeats, 1)
+    context_k = [k.repeat(repeats, 1, 1) for k in keys]
+    context_v = [v.repeat(repeats, 1, 1) for v in values]
+    context_mask = mask.repeat(repeats, 1)
     batch = context_mask.shape[0]
 
     expert = policy.model.action_expert

@@ -127,6 +127,27 @@ def tiny_checkpoint_at_start_pose(
     return StartPoseCheckpoint(path, policy, config, joint_names, start)
 
 
+def scene_contexts(policy: Any, world: Any, poses: list[np.ndarray], instruction: str):
+    """The VLM prefix of the sim scene at each pose, as a batch the action expert trains on.
+
+    Returns per-layer keys and values and the context mask, concatenated over ``poses`` in
+    order (``world`` is a ``molmoact2.sim_world.SimWorld`` with the embodiment's cameras).
+    """
+    import torch
+
+    keys, values, masks = [], [], []
+    with torch.no_grad():
+        for pose in poses:
+            images = {name: world.render(name, pose) for name in policy.embodiment.camera_names}
+            prefix = policy.run_prefix(policy.prepare_inputs(images, pose, instruction))
+            keys.append(prefix.keys)
+            values.append(prefix.values)
+            masks.append(prefix.mask)
+    context_k = [torch.cat([k[layer] for k in keys]) for layer in range(len(keys[0]))]
+    context_v = [torch.cat([v[layer] for v in values]) for layer in range(len(values[0]))]
+    return context_k, context_v, torch.cat(masks)
+
+
 def write_demo_checkpoint(
     path: str | Path,
     robot: str = "yam",
@@ -157,22 +178,14 @@ def write_demo_checkpoint(
         spec.horizon, spec.action_dim, spec.gripper_dims, start[list(spec.gripper_dims)]
     )
     instruction = str(config.params_for(graph.POLICY_NODE).get("instruction", "move"))
-    keys, values, masks = [], [], []
-    with torch.no_grad():
-        rng = np.random.default_rng(seed)
-        for index in range(0, spec.horizon, 3):
-            pose = norm.unnormalize_action(spec.norm_tag, target[index])
-            # Jitter: executed motion never matches the loop exactly.
-            pose = pose + rng.normal(0.0, 0.02, pose.shape)
-            images = {name: world.render(name, pose) for name in spec.camera_names}
-            prefix = policy.run_prefix(policy.prepare_inputs(images, pose, instruction))
-            keys.append(prefix.keys)
-            values.append(prefix.values)
-            masks.append(prefix.mask)
-    context_k = [torch.cat([k[layer] for k in keys]) for layer in range(len(keys[0]))]
-    context_v = [torch.cat([v[layer] for v in values]) for layer in range(len(values[0]))]
-    context_mask = torch.cat(masks)
-    actions = torch.zeros(len(masks), spec.horizon, policy.config.max_action_dim)
+    rng = np.random.default_rng(seed)
+    poses = []
+    for index in range(0, spec.horizon, 3):
+        pose = norm.unnormalize_action(spec.norm_tag, target[index])
+        # Jitter: executed motion never matches the loop exactly.
+        poses.append(pose + rng.normal(0.0, 0.02, pose.shape))
+    context_k, context_v, context_mask = scene_contexts(policy, world, poses, instruction)
+    actions = torch.zeros(len(poses), spec.horizon, policy.config.max_action_dim)
     actions[:, :, : spec.action_dim] = torch.from_numpy(target).float()
 
     expert = policy.model.action_expert
