@@ -317,20 +317,18 @@ class RtcRunner:
     ) -> Tensor:
         guide.check(noise)
         tmod = self._modulation(tmod)
-        if not (self.use_cuda_graph and noise.is_cuda):
-            return rtc_cached_loop(
-                self.expert, grad_ready_context(ctx), noise, ~action_dim_mask, tmod, guide
-            )
-        key = (*noise.shape, ctx.context_length, noise.dtype, noise.device,
-               guide.max_guidance_weight)
-        if key not in self._graphs:
-            try:
-                self._graphs[key] = self._capture(ctx, noise, action_dim_mask, tmod, guide)
-            except RuntimeError as error:  # documented fallback: eager guided loop
-                self._graphs[key] = None
-                self.eager_fallbacks[key] = str(error)
-        loop = self._graphs[key]
-        if loop is None:
+        loop = None
+        if self.use_cuda_graph and noise.is_cuda:
+            key = (*noise.shape, ctx.context_length, noise.dtype, noise.device,
+                   guide.max_guidance_weight)
+            if key not in self._graphs:
+                try:
+                    self._graphs[key] = self._capture(ctx, noise, action_dim_mask, tmod, guide)
+                except RuntimeError as error:  # documented fallback: eager guided loop
+                    self._graphs[key] = None
+                    self.eager_fallbacks[key] = str(error)
+            loop = self._graphs[key]
+        if loop is None:  # CPU, graphs off, or a shape whose capture failed
             return rtc_cached_loop(
                 self.expert, grad_ready_context(ctx), noise, ~action_dim_mask, tmod, guide
             )
