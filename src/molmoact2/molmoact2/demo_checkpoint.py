@@ -4,9 +4,23 @@ A freshly initialised tiny model outputs near-white noise, which the driver's sa
 rightly rejects, so the demo would show a robot standing still. This writes the tiny
 checkpoint in the released layout, gives it norm stats centred on the robot's start pose (from
 the robot config), and fine-tunes only its action expert with the flow-matching loss so that,
-for observations of the sim scene around that pose, it predicts a smooth one-second loop of
+for observations of the sim scene around that pose, it predicts a smooth one-second motion of
 every joint. The result is an ordinary checkpoint directory: the policy node loads it like any
 other, through the same key map.
+
+Recovery. The driver refuses a chunk whose first executed point is more than
+``max_start_deviation`` (0.5 rad) from the measured pose, so a demo chunk that ignored the
+arm's state and started anywhere else would stall the demo for good once the arm was off
+(seen with recipe 5 after a load spike: every later chunk refused). A tiny expert fine-tuned
+for a minute does not learn to read the state: its state tokens are random embeddings, one per
+bin, so it can memorise the states it was trained on but says nothing sensible about the
+others (measured: first point 0.57 rad mean off held-out states after 800 steps, as far as a
+state-blind chunk). So the demo chunk is one state-blind chunk that is acceptable from wherever
+the arm can be: it starts at the start pose and returns there (``demo_target``), the action
+stats clip every output to within ``DEMO_ACTION_SPREAD`` of the start pose, and the expert is
+trained to give it for observations anywhere around that pose (``observation_poses``). Moved
+only by the demo, the arm stays within about 0.2 rad of the start pose and no chunk is ever
+0.5 off; pushed up to ``RECOVERY_REACH`` off, the next chunk is accepted and brings it back.
 
 It is the default of every robot config (``checkpoint: demo``), so the first thing a user runs,
 ``ros2 launch molmoact2 yam.launch.py``, moves the simulated arm. Both launch paths resolve
@@ -30,11 +44,24 @@ import numpy as np
 from molmoact2 import graph
 
 # Bumped whenever what the demo model learns changes, so cached demo checkpoints are rebuilt.
-# 3: released prompt, stats and Think span; 4: released image tokens; 5: gripper mask in stats
-DEMO_RECIPE = 5
+# 3: released prompt, stats and Think span; 4: released image tokens; 5: gripper mask in stats;
+# 6: a chunk anchored at the start pose, off-path observations, actions within 0.2 rad
+DEMO_RECIPE = 6
 MARKER_FILE = "DEMO_CHECKPOINT.txt"
 # The ``checkpoint`` value that asks the launch layer for this robot's demo checkpoint.
 DEMO_CHECKPOINT = "demo"
+# Half-width [rad] of the action range of the demo's norm stats, which un-normalising clips
+# every output to: the model can command no joint further than this from the start pose, so
+# two points it commands are at most 0.4 rad apart, 0.1 rad inside the drivers' default
+# max_start_deviation (0.5) for the executor's blends and the arm's lag.
+DEMO_ACTION_SPREAD = 0.2
+# Normalised peak of the demo motion (0.15 rad with DEMO_ACTION_SPREAD).
+DEMO_AMPLITUDE = 0.75
+# How far from the start pose [rad] the arm may be, per joint, for the demo chunk to be
+# accepted when inference takes up to about 0.2 s (its first rows are near the start pose).
+RECOVERY_REACH = 0.4
+# Half-width [rad] of the state stats, and how far off-path training observations reach.
+STATE_SPREAD = 0.5
 
 
 def _pose_stats(centre: np.ndarray, spread: float, passthrough: tuple[int, ...] = ()):
@@ -66,21 +93,56 @@ def demo_target(
     action_dim: int,
     gripper_dims: tuple[int, ...],
     gripper_centres: np.ndarray | None = None,
+    amplitude: float = DEMO_AMPLITUDE,
 ) -> np.ndarray:
     """The chunk the demo model learns, in the model's normalised action space.
 
-    Each joint traces a sine over the one-second chunk with its own phase. Grippers are not
-    normalised, so they open and close by 0.2 around their start opening (kept inside 0..1),
-    which keeps every chunk's first point near where the gripper is.
+    Every joint leaves the start pose (normalised 0) and comes back within the one-second
+    chunk: ``amplitude * sin(pi u)^2 * cos(2 pi u + phase)`` with ``u = k / horizon`` and its
+    own phase per joint. The chunk is the same whatever the model sees (see the module's
+    notes on recovery), so it is anchored where every chunk must be acceptable from: its first
+    rows stay near the start pose (row k is at most ``amplitude * sin(pi k / horizon)^2`` off)
+    and its last rows lead back there. Grippers are not normalised: they move by 0.2 around
+    their start opening (kept inside 0.2..0.8, so the motion stays inside 0..1).
     """
-    k = np.arange(horizon)[:, None] / horizon
+    u = np.arange(horizon)[:, None] / horizon
     phase = np.arange(action_dim)[None, :] * (2 * np.pi / 7)
-    target = 0.6 * np.sin(2 * np.pi * k + phase)
+    envelope = np.sin(np.pi * u) ** 2
+    target = amplitude * envelope * np.cos(2 * np.pi * u + phase)
     for index, dim in enumerate(gripper_dims):
         centre = 0.5 if gripper_centres is None else float(gripper_centres[index])
         centre = min(max(centre, 0.2), 0.8)
-        target[:, dim] = centre + 0.2 * np.sin(2 * np.pi * k[:, 0] + phase[0, dim])
+        target[:, dim] = centre + 0.2 * envelope[:, 0] * np.cos(2 * np.pi * u[:, 0] + phase[0, dim])
     return target
+
+
+def observation_poses(
+    target_pose: np.ndarray,
+    start: np.ndarray,
+    gripper_dims: tuple[int, ...],
+    rng: np.random.Generator,
+    *,
+    on_path: int = 10,
+    off_path: int = 20,
+    reach: float = STATE_SPREAD,
+) -> list[np.ndarray]:
+    """Poses the demo model is trained to see, all mapped to the same chunk.
+
+    ``on_path`` poses along ``target_pose`` (the chunk in robot units) with 0.02 rad jitter,
+    as the arm executes it, and ``off_path`` poses with every joint anywhere within ``reach``
+    of ``start`` (grippers anywhere in 0..1): where a stall, a push or a late chunk may leave
+    the arm. The model then answers those observations with its chunk, which the driver
+    accepts from there when it is within ``RECOVERY_REACH``.
+    """
+    poses = []
+    for index in np.linspace(0, len(target_pose) - 1, on_path).round().astype(int):
+        poses.append(target_pose[index] + rng.normal(0.0, 0.02, target_pose.shape[1]))
+    grippers = list(gripper_dims)
+    for _ in range(off_path):
+        pose = start + rng.uniform(-reach, reach, start.shape)
+        pose[grippers] = rng.uniform(0.0, 1.0, len(grippers))
+        poses.append(pose)
+    return poses
 
 
 @dataclasses.dataclass
@@ -95,10 +157,16 @@ class StartPoseCheckpoint:
 
 
 def tiny_checkpoint_at_start_pose(
-    path: str | Path, robot: str, *, seed: int = 0, spread: float = 0.25
+    path: str | Path,
+    robot: str,
+    *,
+    seed: int = 0,
+    spread: float = 0.25,
+    action_spread: float | None = None,
 ) -> StartPoseCheckpoint:
     """The tiny random checkpoint for ``robot``'s embodiment, in the released layout, with
-    state and action stats spanning ``start +- spread`` (grippers in robot units), loaded.
+    state stats spanning ``start +- spread`` and action stats ``start +- action_spread``
+    (default ``spread``; grippers in robot units), loaded.
 
     The first step of every model made to move a sim robot without real weights (the demo
     checkpoint, ``bench/rtc.py``): normalised targets then mean motions around the start pose.
@@ -120,7 +188,9 @@ def tiny_checkpoint_at_start_pose(
     norm = NormStats.from_file(norm_path)
     norm.tags[spec.norm_tag] = {
         "state": _pose_stats(start, spread, spec.gripper_dims),
-        "action": _pose_stats(start, spread, spec.gripper_dims),
+        "action": _pose_stats(
+            start, spread if action_spread is None else action_spread, spec.gripper_dims
+        ),
     }
     norm.save(norm_path)
     policy.norm_stats = norm
@@ -154,7 +224,7 @@ def write_demo_checkpoint(
     *,
     seed: int = 0,
     steps: int = 250,
-    spread: float = 0.25,
+    batch: int = 10,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Write and fine-tune the demo checkpoint for ``robot``; returns its directory."""
@@ -164,38 +234,45 @@ def write_demo_checkpoint(
     from molmoact2_policy.model.checkpoint import save_checkpoint
     from molmoact2_policy.model.training import flow_matching_loss
 
-    made = tiny_checkpoint_at_start_pose(path, robot, seed=seed, spread=spread)
+    made = tiny_checkpoint_at_start_pose(
+        path, robot, seed=seed, spread=STATE_SPREAD, action_spread=DEMO_ACTION_SPREAD
+    )
     path, policy, config, joint_names, start = (
         made.path, made.policy, made.config, made.joint_names, made.start
     )
     spec = policy.embodiment
     norm = policy.norm_stats
 
-    # A few observations around the start pose, so the learned chunk does not hinge on one
-    # exact image: the sim scene changes as the arm moves through the loop.
+    # Observations along the chunk and anywhere the arm may end up off it, all answered with
+    # the same chunk, so the answer does not hinge on one exact image or state.
     world = SimWorld(joint_names, spec.camera_names, width=320, height=240)
     target = demo_target(
         spec.horizon, spec.action_dim, spec.gripper_dims, start[list(spec.gripper_dims)]
     )
     instruction = str(config.params_for(graph.POLICY_NODE).get("instruction", "move"))
     rng = np.random.default_rng(seed)
-    poses = []
-    for index in range(0, spec.horizon, 3):
-        pose = norm.unnormalize_action(spec.norm_tag, target[index])
-        # Jitter: executed motion never matches the loop exactly.
-        poses.append(pose + rng.normal(0.0, 0.02, pose.shape))
+    poses = observation_poses(
+        norm.unnormalize_action(spec.norm_tag, target), start, spec.gripper_dims, rng
+    )
     context_k, context_v, context_mask = scene_contexts(policy, world, poses, instruction)
-    actions = torch.zeros(len(poses), spec.horizon, policy.config.max_action_dim)
+    batch = min(batch, len(poses))
+    actions = torch.zeros(batch, spec.horizon, policy.config.max_action_dim)
     actions[:, :, : spec.action_dim] = torch.from_numpy(target).float()
 
     expert = policy.model.action_expert
     expert.train()
     optimizer = torch.optim.AdamW(expert.parameters(), lr=5e-3, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
-    log(f"fine-tuning the tiny expert on a smooth {spec.horizon}-step loop ({steps} steps)")
+    log(
+        f"fine-tuning the tiny expert on a smooth {spec.horizon}-step chunk from "
+        f"{len(poses)} observations ({steps} steps)"
+    )
     for step in range(steps):
+        # A few observations per step: the cost of a step stays that of the single-pose recipe.
+        rows = torch.from_numpy(rng.choice(len(poses), batch, replace=False))
         loss = flow_matching_loss(
-            expert, context_k, context_v, context_mask, actions, policy.action_dim_mask,
+            expert, [k[rows] for k in context_k], [v[rows] for v in context_v],
+            context_mask[rows], actions, policy.action_dim_mask,
             num_noise_samples=4, generator=generator,
         )
         optimizer.zero_grad()
