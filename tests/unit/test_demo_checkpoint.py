@@ -78,13 +78,19 @@ def test_demo_chunk_passes_the_start_deviation_check_from_any_pose_within_reach(
     chunk = _unnormalize(stats, target)
     arm = np.array([d not in spec.gripper_dims for d in range(spec.action_dim)])
     # Each arm joint RECOVERY_REACH off either way (the check is per joint, so the extremes of
-    # each joint are the worst cases), first executed row up to 0.2 s of latency at 30 Hz.
-    for first_index in range(7):
+    # each joint are the worst cases) with the chunk at the driver within 0.3 s (row 9 at
+    # 30 Hz); 0.35 rad off at any latency.
+    for first_index in range(spec.horizon):
+        reach = RECOVERY_REACH if first_index <= 9 else 0.35
         for sign in (1.0, -1.0):
             for joint in np.flatnonzero(arm):
                 measured = start.copy()
-                measured[joint] += sign * RECOVERY_REACH
+                measured[joint] += sign * reach
                 assert _driver_check(config, chunk, measured, first_index) is None
+    # Not vacuous: a little further off and the driver refuses it.
+    measured = start.copy()
+    measured[np.flatnonzero(arm)] += 0.5
+    assert _driver_check(config, chunk, measured, 9).startswith("start_deviation")
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)

@@ -57,8 +57,9 @@ DEMO_CHECKPOINT = "demo"
 DEMO_ACTION_SPREAD = 0.2
 # Normalised peak of the demo motion (0.15 rad with DEMO_ACTION_SPREAD).
 DEMO_AMPLITUDE = 0.75
-# How far from the start pose [rad] the arm may be, per joint, for the demo chunk to be
-# accepted when inference takes up to about 0.2 s (its first rows are near the start pose).
+# How far from the start pose [rad] each joint of the arm may be for the demo chunk to be
+# accepted when it reaches the driver within 0.3 s of its observation: its rows up to 0.3 s are
+# at most 0.1 rad off the start pose (the whole chunk 0.15, so 0.35 rad at any latency).
 RECOVERY_REACH = 0.4
 # Half-width [rad] of the state stats, and how far off-path training observations reach.
 STATE_SPREAD = 0.5
