@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
     config = graph.load_robot_config(args.robot)
     options = graph.LaunchOptions(sim=True, checkpoint=checkpoint, record=True, think=args.think)
-    recording = out / f"{args.robot}_demo.mcap"
+    # Named by the config's name, also when --robot is a config file path.
+    recording = out / f"{Path(args.robot).stem}_demo.mcap"
     nodes = [
         dataclasses.replace(
             n,

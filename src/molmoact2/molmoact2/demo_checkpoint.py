@@ -63,6 +63,9 @@ DEMO_AMPLITUDE = 2 / 3
 # How far from the start pose [rad] each joint of the arm may be for the demo chunk to be
 # accepted at any latency: no row of it is more than 0.1 rad off the start pose.
 RECOVERY_REACH = 0.4
+# Peak of the grippers' motion around their start opening (robot units, 0..1; grippers are
+# not normalised, so nothing clips them near it): small for the same reason.
+GRIPPER_AMPLITUDE = 0.1
 # Half-width [rad] of the state stats, and how far off-path training observations reach.
 STATE_SPREAD = 0.5
 
@@ -105,8 +108,8 @@ def demo_target(
     own phase per joint. The chunk is the same whatever the model sees (see the module's
     notes on recovery), so it is anchored where every chunk must be acceptable from: its first
     rows stay near the start pose (row k is at most ``amplitude * sin(pi k / horizon)^2`` off)
-    and its last rows lead back there. Grippers are not normalised: they move by 0.2 around
-    their start opening (kept inside 0.2..0.8, so the motion stays inside 0..1).
+    and its last rows lead back there. Grippers are not normalised: they move by
+    ``GRIPPER_AMPLITUDE`` around their start opening (kept inside 0.2..0.8).
     """
     u = np.arange(horizon)[:, None] / horizon
     phase = np.arange(action_dim)[None, :] * (2 * np.pi / 7)
@@ -115,7 +118,8 @@ def demo_target(
     for index, dim in enumerate(gripper_dims):
         centre = 0.5 if gripper_centres is None else float(gripper_centres[index])
         centre = min(max(centre, 0.2), 0.8)
-        target[:, dim] = centre + 0.2 * envelope[:, 0] * np.cos(2 * np.pi * u[:, 0] + phase[0, dim])
+        motion = envelope[:, 0] * np.cos(2 * np.pi * u[:, 0] + phase[0, dim])
+        target[:, dim] = centre + GRIPPER_AMPLITUDE * motion
     return target
 
 
