@@ -21,7 +21,9 @@ from molmoact2.demo_checkpoint import (
 
 def test_demo_target_leaves_and_returns_to_the_start_pose_smoothly():
     horizon, amplitude = 30, 0.75
-    target = demo_target(horizon, 8, (7,), np.array([0.0]), amplitude=amplitude)
+    target = demo_target(
+        horizon, 8, (7,), np.array([0.0]), amplitude=amplitude, gripper_amplitude=0.1
+    )
     assert target.shape == (30, 8)
     arm = target[:, :7]
     # Row k is at most amplitude * sin(pi k / H)^2 off the start pose (normalised 0): the first
@@ -36,6 +38,9 @@ def test_demo_target_leaves_and_returns_to_the_start_pose_smoothly():
     assert target[0, 7] == pytest.approx(0.2)
     # Smooth: one step of 1/30 s moves a normalised joint by well under 0.3.
     assert np.abs(np.diff(target, axis=0)).max() < 0.3
+    # By default grippers hold their (kept inside 0.2..0.8) opening.
+    held = demo_target(horizon, 8, (7,), np.array([0.9]))
+    np.testing.assert_array_equal(held[:, 7], 0.8)
 
 
 def _yam_stats_and_target():

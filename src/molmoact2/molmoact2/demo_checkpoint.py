@@ -16,11 +16,12 @@ for a minute does not learn to read the state: its state tokens are random embed
 bin, so it can memorise the states it was trained on but says nothing sensible about the
 others (measured: first point 0.57 rad mean off held-out states after 800 steps, as far as a
 state-blind chunk). So the demo chunk is one state-blind chunk that is acceptable from wherever
-the arm can be: it starts at the start pose and returns there (``demo_target``), the action
-stats clip every output to within ``DEMO_ACTION_SPREAD`` of the start pose, and the expert is
-trained to give it for observations anywhere around that pose (``observation_poses``). Moved
-only by the demo, the arm stays within about 0.2 rad of the start pose and no chunk is ever
-0.5 off; pushed up to ``RECOVERY_REACH`` off, the next chunk is accepted and brings it back.
+the arm can be: every joint starts at the start pose and returns there, no more than 0.1 rad
+off it (``demo_target``; grippers hold their opening), the action stats clip every output to
+within ``DEMO_ACTION_SPREAD`` of the start pose, and the expert is trained to give it for
+observations anywhere around that pose (``observation_poses``). The driver accepts it from
+any pose within ``RECOVERY_REACH`` of the start pose, at any latency; the arm, moved only by
+the demo (the executor's ramp-ins and splices swing it past the chunks), stays well inside that.
 
 It is the default of every robot config (``checkpoint: demo``), so the first thing a user runs,
 ``ros2 launch molmoact2 yam.launch.py``, moves the simulated arm. Both launch paths resolve
@@ -63,9 +64,12 @@ DEMO_AMPLITUDE = 2 / 3
 # How far from the start pose [rad] each joint of the arm may be for the demo chunk to be
 # accepted at any latency: no row of it is more than 0.1 rad off the start pose.
 RECOVERY_REACH = 0.4
-# Peak of the grippers' motion around their start opening (robot units, 0..1; grippers are
-# not normalised, so nothing clips them near it): small for the same reason.
-GRIPPER_AMPLITUDE = 0.1
+# Peak of the grippers' motion around their start opening (robot units, 0..1). None: grippers
+# are not normalised, so nothing clips them near the start, and their range (1.0) is twice the
+# start-deviation limit. With 0.1 a loaded 45 s demo (1-2 s inference) had the executor's
+# ramp-ins swing a gripper to its limit (1.0), 0.55 from every chunk: refused from then on.
+# Held at their opening they are only ever moved by the model's noise.
+GRIPPER_AMPLITUDE = 0.0
 # Half-width [rad] of the state stats, and how far off-path training observations reach.
 STATE_SPREAD = 0.5
 
@@ -100,6 +104,7 @@ def demo_target(
     gripper_dims: tuple[int, ...],
     gripper_centres: np.ndarray | None = None,
     amplitude: float = DEMO_AMPLITUDE,
+    gripper_amplitude: float = GRIPPER_AMPLITUDE,
 ) -> np.ndarray:
     """The chunk the demo model learns, in the model's normalised action space.
 
@@ -109,7 +114,8 @@ def demo_target(
     notes on recovery), so it is anchored where every chunk must be acceptable from: its first
     rows stay near the start pose (row k is at most ``amplitude * sin(pi k / horizon)^2`` off)
     and its last rows lead back there. Grippers are not normalised: they move by
-    ``GRIPPER_AMPLITUDE`` around their start opening (kept inside 0.2..0.8).
+    ``gripper_amplitude`` around their start opening, kept inside 0.2..0.8 (by default they
+    hold it).
     """
     u = np.arange(horizon)[:, None] / horizon
     phase = np.arange(action_dim)[None, :] * (2 * np.pi / 7)
@@ -119,7 +125,7 @@ def demo_target(
         centre = 0.5 if gripper_centres is None else float(gripper_centres[index])
         centre = min(max(centre, 0.2), 0.8)
         motion = envelope[:, 0] * np.cos(2 * np.pi * u[:, 0] + phase[0, dim])
-        target[:, dim] = centre + GRIPPER_AMPLITUDE * motion
+        target[:, dim] = centre + gripper_amplitude * motion
     return target
 
 
