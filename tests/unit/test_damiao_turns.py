@@ -81,6 +81,8 @@ def test_any_power_up_reading_gives_i2rts_joint_angle_or_a_refusal(raw, limits):
     )
     if abs(raw) <= 3 * math.pi:
         assert choice.offset == i2rt_offset(raw)
+    else:  # i2rt shifts once and leaves it outside (-pi, pi]; we refuse
+        assert "turns from zero" in choice.problem
     if choice.problem:
         return
     # Trusted: one turn at most, and no other turn is plausible.

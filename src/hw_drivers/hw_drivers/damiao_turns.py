@@ -40,9 +40,11 @@ TURN = 2.0 * math.pi
 #: 0.1 rad (motor_chain_robot.py ``_check_current_qpos_in_joint_limits``). Any real turn error
 #: is 2*pi, far beyond it.
 LIMIT_BUFFER = 0.25
-#: Without limits: how close [rad] to +-pi a power-up reading is refused as ambiguous. Covers
-#: a joint resting just past +-pi (the other turn) and the sag of a limp joint between this
-#: reading and the first command; the encoder itself resolves 0.0004 rad (16 bit over 25 rad).
+#: Without limits: how close [rad] to +-pi a power-up reading is refused as ambiguous. A joint
+#: resting just past +-pi reads as just inside the other end, a turn off, and only its limits
+#: could tell; without them a band around the wrap point is the least we can refuse. (The
+#: encoder resolves 0.0004 rad, 16 bit over 25 rad; once chosen, the offset stays right however
+#: the joint moves, since the motor counts turns while powered.)
 AMBIGUITY_MARGIN = 0.1
 
 
