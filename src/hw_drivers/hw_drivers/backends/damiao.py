@@ -419,9 +419,12 @@ class DamiaoBackend(Backend):
         except BackendError:
             self.disconnect()
             raise
+        # Where i2rt decides too: from the first reading, before any command goes out.
         self._choose_turns()
 
-    def _motor_limits(self, arm: DamiaoArm, joint: int, motor: DamiaoMotor) -> tuple | None:
+    def _motor_limits(
+        self, arm: DamiaoArm, joint: int, motor: DamiaoMotor
+    ) -> tuple[float, float] | None:
         """The joint's limits in motor radians (the gripper's opening mapped to its motor)."""
         if self.joint_limits is None:
             return None
