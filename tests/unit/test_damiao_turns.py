@@ -276,9 +276,13 @@ def test_an_untrusted_turn_keeps_the_torque_off_and_names_the_motor_until_moved(
             snap = bus.snapshot(motor_id)
             assert dm.CMD_ENABLE not in snap.control_log and not snap.received
             assert not snap.enabled
-    # The enable refusal holds on its own, with or without a preflight.
+    # The refusal holds on its own, with or without a preflight, and for commands too (a motor
+    # left enabled by an earlier session would follow them).
     with pytest.raises(BackendError, match=r"torque not enabled: left_joint2 \(id 0x02\)"):
         robot.backend.enable()
+    with pytest.raises(BackendError, match=r"no command sent: left_joint2 \(id 0x02\)"):
+        robot.backend.write_command(robot.backend.read_state().positions)
+    assert not any(bus.snapshot(m).received for bus in robot.buses.values() for m in range(1, 8))
     # The operator lowers the limp joint to 3.0 rad; the driver's next reconnect trusts it.
     robot.loop.faulted = True
     with robot.buses["can0"]._lock:

@@ -333,6 +333,7 @@ class DamiaoBackend(Backend):
         self.joint_limits = None if joint_limits is None else [tuple(lim) for lim in joint_limits]
         #: Per arm, per motor: the turn offset chosen at connect (None while disconnected).
         self.turns: list[list[turns.TurnChoice]] | None = None
+        self._turns_trusted = True
 
     @classmethod
     def from_params(cls, params: Any) -> DamiaoBackend:
@@ -467,6 +468,7 @@ class DamiaoBackend(Backend):
                     )
             chosen.append(row)
         self.turns = chosen
+        self._turns_trusted = not any(c.problem for row in chosen for c in row)
 
     def _turn_problems(self) -> list[str]:
         return [
@@ -501,17 +503,21 @@ class DamiaoBackend(Backend):
         self._enabled = False
         self._fresh = False
         self.turns = None
+        self._turns_trusted = True
 
-    def enable(self) -> None:
-        self._require_connected()
+    def _refuse_untrusted_turns(self, what: str) -> None:
         untrusted = self._turn_problems()
         if untrusted:
             raise BackendError(
-                "joint angle not trusted, torque not enabled: "
+                f"joint angle not trusted, {what}: "
                 + "; ".join(untrusted)
                 + ". With the torque off, move the joint inside its limits and away from +-pi; "
                 "the driver reconnects and chooses again."
             )
+
+    def enable(self) -> None:
+        self._require_connected()
+        self._refuse_untrusted_turns("torque not enabled")
         faulted = self._faulted_motors()
         if faulted:
             raise BackendError(
@@ -609,6 +615,9 @@ class DamiaoBackend(Backend):
         if velocities is None:
             velocities = np.zeros(self.num_joints)
         velocities = np.nan_to_num(np.asarray(velocities, dtype=float))
+        if not self._turns_trusted:
+            # Also here: a motor left enabled by a previous session would follow the command.
+            self._refuse_untrusted_turns("no command sent")
         torques = self.gravity_torques()
         requests = []
         joint = 0
