@@ -138,6 +138,8 @@ def driver_params(**overrides) -> DriverParams:
         max_step_per_tick=float(SECTION["max_step_per_tick"]),
         can_channels=("can0", "can1"),
         frame_prefixes=("left_", "right_"),
+        # The fixed-limit gripper these tests were written for (i2rt's crank_4310).
+        gripper_type="crank_4310",
         ramp_in_time=0.2,
         watchdog_timeout=5.0,
     )

@@ -49,6 +49,8 @@ def params(**overrides) -> DriverParams:
         max_step_per_tick=float(SECTION["max_step_per_tick"]),
         can_channels=("can0", "can1"),
         frame_prefixes=("left_", "right_"),
+        # The fixed-limit gripper these tests were written for (i2rt's crank_4310).
+        gripper_type="crank_4310",
         ramp_in_time=0.2,
         watchdog_timeout=5.0,
     )
@@ -80,8 +82,8 @@ class Robot:
             }
             self.backend = DamiaoBackend(
                 [
-                    yam_arm("can0", p.joint_names[:7]),
-                    yam_arm("can1", p.joint_names[7:]),
+                    yam_arm("can0", p.joint_names[:7], gripper_type="crank_4310"),
+                    yam_arm("can1", p.joint_names[7:], gripper_type="crank_4310"),
                 ],
                 control_rate=RATE,
                 link_factory=self.buses.__getitem__,

@@ -72,8 +72,23 @@ class DriverParams:
     )
     damiao_kp: tuple[float, ...] = _f((), "damiao: MIT-mode position gain per motor")
     damiao_kd: tuple[float, ...] = _f((), "damiao: MIT-mode damping gain per motor")
-    gripper_closed_rad: float = _f(0.0, "damiao: gripper motor angle when closed [rad]")
-    gripper_open_rad: float = _f(-2.7, "damiao: gripper motor angle when fully open [rad]")
+    gripper_type: str = _f(
+        "linear_4310",
+        "damiao: the YAM gripper, as i2rt names it: linear_4310 | linear_3507 | flexible_4310 "
+        "(limits calibrated at every torque enable: the gripper closes and opens once at 0.5 "
+        "N*m) | crank_4310 (fixed limits 0.0 closed, -2.7 open)",
+    )
+    gripper_closed_rad: float = _f(
+        0.0,
+        "damiao: gripper motor angle when closed [rad]; equal to gripper_open_rad (default): "
+        "the gripper_type's limits; different: fixed limits, no calibration",
+    )
+    gripper_open_rad: float = _f(0.0, "damiao: gripper motor angle when fully open [rad]")
+    gripper_max_force: float = _f(
+        50.0,
+        "damiao: grip force limit [N] (i2rt's YAM: 50); once the gripper stalls on an object its"
+        " command is held to the motor torque that makes this force",
+    )
     read_timeout: float = _f(0.0, "damiao/feetech: reply timeout per read [s] (0: default)")
     read_retries: int = _f(0, "damiao/feetech: retries of a failed read (0: default)")
     can_bitrate: int = _f(1_000_000, "damiao: CAN bitrate [bit/s] (the bus budget uses it)")

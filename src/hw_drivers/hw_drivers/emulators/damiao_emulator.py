@@ -25,6 +25,13 @@ turns)``). Each motor keeps its physical joint angle and the offset its reports 
 (``encoder_offset``: reported = physical + offset); it keeps counting in that turn while powered,
 as the firmware does, so a host that commands the reported angle holds the joint still.
 
+Gripper physics (``attach_gripper(id, closed, opened)``): that motor is no longer ideal. It
+runs its last MIT command continuously, as the firmware does, on the bank's clock (the timed
+bus's virtual time, or the wall clock): torque ``kp*(p - q) + kd*(v - dq) + t`` clipped to the
+motor's peak, against viscous damping, between hard end stops at the closed and open angles and
+an object (``place_object``) that blocks closing. At a stop the motor stalls: velocity 0 and
+the full commanded torque (the current rises), which is what the feedback then reports.
+
 Faults: ``drop_replies(n)`` swallows the next n replies, ``garble_replies(n)`` replaces them
 with frames that cannot be valid feedback, ``silent = True`` stops the whole bank answering,
 ``silence(motor_id)`` one motor, ``set_fault(motor_id, code)`` latches a DaMiao error code.
@@ -32,8 +39,12 @@ with frames that cannot be valid feedback, ``silent = True`` stops the whole ban
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
+import math
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +74,12 @@ class EmulatedMotor:
     #: What the motor's reports add to the physical angle [rad]: whole turns after a power-up on
     #: the other side of the encoder's wrap point, anything after a set-zero.
     encoder_offset: float = 0.0
+    #: Gripper physics: (closed, open) end stops in joint angles [rad]; None: ideal tracking.
+    stops: tuple[float, float] | None = None
+    obstacle: float | None = None  # joint angle where an object stops the closing
+    damping: float = 0.1  # [N*m*s/rad] viscous, rotor and mechanism
+    command: dm.MitCommand | None = None  # the MIT command it is running
+    updated_at: float | None = None
 
     @property
     def joint_angle(self) -> float:
@@ -92,6 +109,8 @@ class MotorBank:
                 motor.position += motor.encoder_offset
             self.motors[motor_id] = motor
         self._lock = threading.RLock()
+        #: What the gripper physics integrates over [s]; the timed bus sets its virtual clock.
+        self.clock: Callable[[], float] = time.monotonic
         self._drop = 0
         self._garble = 0
         self.silent = False
@@ -133,6 +152,62 @@ class MotorBank:
             motor.encoder_offset += 2.0 * np.pi * int(turns)
             motor.position += 2.0 * np.pi * int(turns)
 
+    def attach_gripper(
+        self, motor_id: int, closed: float, opened: float, damping: float = 0.1
+    ) -> None:
+        """Give the motor a gripper's physics: end stops at the ``closed`` and ``opened`` joint
+        angles [rad] (i2rt: closed is the larger angle)."""
+        with self._lock:
+            motor = self.motors[motor_id]
+            motor.stops = (float(closed), float(opened))
+            motor.damping = float(damping)
+            motor.updated_at = None
+
+    def place_object(self, motor_id: int, angle: float | None) -> None:
+        """An object the gripper closes on at joint ``angle`` (None: take it out)."""
+        with self._lock:
+            self._advance(self.motors[motor_id])
+            self.motors[motor_id].obstacle = None if angle is None else float(angle)
+
+    def _advance(self, motor: EmulatedMotor) -> None:
+        """Run a gripper motor's last command from its last update to now."""
+        if motor.stops is None:
+            return
+        now = self.clock()
+        last, motor.updated_at = motor.updated_at, now
+        if last is None:
+            return
+        if not motor.enabled or motor.command is None:
+            motor.velocity = motor.torque = 0.0
+            return
+        c, peak = motor.command, motor.mtype.t_max
+        closing_stop = max(motor.stops)
+        if motor.obstacle is not None:
+            closing_stop = min(closing_stop, motor.obstacle)
+        lower = min(motor.stops)
+        q = motor.joint_angle
+        remaining = min(max(now - last, 0.0), 1.0)
+        steps = max(1, math.ceil(remaining / 0.0005))
+        h = remaining / steps
+        for _ in range(steps):
+            p_des = c.position - motor.encoder_offset
+            # Overdamped: damping * dq = clip(kp*(p - q) + kd*(v - dq) + t).
+            drive = c.kp * (p_des - q) + c.kd * c.velocity + c.torque
+            dq = drive / (motor.damping + c.kd)
+            if abs(motor.damping * dq) > peak:
+                dq = math.copysign(peak / motor.damping, dq)
+            tau = motor.damping * dq
+            q_next = q + dq * h
+            if q_next >= closing_stop or q_next <= lower:
+                # Stalled against a stop: no motion, the full commanded torque.
+                q_next = min(max(q_next, lower), closing_stop)
+                dq = 0.0
+                tau = max(-peak, min(peak, c.kp * (p_des - q_next) + c.kd * c.velocity + c.torque))
+            q = q_next
+        motor.position = q + motor.encoder_offset
+        motor.velocity = dq if remaining > 0 else motor.velocity
+        motor.torque = tau
+
     def set_temperature(self, motor_id: int, mos: int, rotor: int) -> None:
         with self._lock:
             motor = self.motors[motor_id]
@@ -142,21 +217,9 @@ class MotorBank:
         """A copy of one motor's state (safe to read while a transport runs)."""
         with self._lock:
             m = self.motors[motor_id]
-            return EmulatedMotor(
-                m.motor_id,
-                m.mtype,
-                m.master_id,
-                m.enabled,
-                m.position,
-                m.velocity,
-                m.torque,
-                list(m.received),
-                list(m.control_log),
-                m.error_code,
-                m.temperature_mos,
-                m.temperature_rotor,
-                m.silent,
-                m.encoder_offset,
+            self._advance(m)
+            return dataclasses.replace(
+                m, received=list(m.received), control_log=list(m.control_log)
             )
 
     # -- protocol --------------------------------------------------------------------------
@@ -195,13 +258,18 @@ class MotorBank:
         request = dm.param_request(frame)
         if request is not None:
             motor = self.motors.get(request[0])
+            if motor is not None:
+                self._advance(motor)
             return motor if motor is not None and request[1] == dm.PARAM_REFRESH else None
         motor = self.motors.get(frame.arbitration_id)
         if motor is None:
             return None
+        self._advance(motor)
         command = dm.control_command(frame)
         if command is not None:
             motor.control_log.append(command)
+            if command in (dm.CMD_ENABLE, dm.CMD_DISABLE):
+                motor.command = None  # torque comes back with the next MIT command
             if command == dm.CMD_CLEAR_ERROR:
                 motor.error_code = None
             elif command == dm.CMD_ENABLE and motor.error_code is None:
@@ -219,9 +287,12 @@ class MotorBank:
             return None
         if motor.enabled:
             motor.received.append(mit)
-            motor.position = mit.position
-            motor.velocity = mit.velocity
-            motor.torque = mit.torque
+            if motor.stops is not None:
+                motor.command = mit  # runs from now on; the reply reports the state it is in
+            else:
+                motor.position = mit.position
+                motor.velocity = mit.velocity
+                motor.torque = mit.torque
         return motor
 
 
@@ -304,6 +375,7 @@ class TimedDamiaoBus(MotorBank):
         self.reply_latency = reply_latency
         self._rng = np.random.default_rng(seed)
         self._now = 0.0
+        self.clock = self.now
         self._bus_free_at = 0.0
         self._host_queue: list[tuple[float, int, dm.CanFrame]] = []  # FIFO (ready, seq, frame)
         self._motor_queue: list[tuple[float, int, dm.CanFrame]] = []  # heap by ready time
