@@ -12,15 +12,25 @@ from tests.ros.driver_harness import latest, running_driver, wait_for
 pytestmark = pytest.mark.ros
 
 ARM_START = [0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.35]
+# yam.yaml's linear_4310 gripper: end stops 6.57 rad apart (closed the larger angle), found by
+# the driver's calibration at torque enable.
+GRIPPER_STOPS = (1.5, 1.5 - 6.57)
+
+
+def yam_bus(channel: str, **kwargs):
+    from hw_drivers.emulators.damiao_emulator import DamiaoEmulator
+
+    emulator = DamiaoEmulator(channel, initial_positions=ARM_START, **kwargs)
+    emulator.attach_gripper(0x07, *GRIPPER_STOPS)
+    return emulator.start()
 
 
 @pytest.fixture
 def rig(tmp_path):
-    from hw_drivers.emulators.damiao_emulator import DamiaoEmulator
 
     tag = uuid.uuid4().hex[:6]
     channels = [f"hw_{tag}_{i}" for i in range(2)]
-    emulators = [DamiaoEmulator(c, initial_positions=ARM_START).start() for c in channels]
+    emulators = [yam_bus(c) for c in channels]
     overrides = {
         "backend": "damiao",
         "can_interface": "virtual",
@@ -49,6 +59,18 @@ def test_shadow_by_default_motor_health_and_an_over_temperature_named_and_cleare
     preflight = latest(diagnostics, ": preflight")
     assert preflight is not None and preflight.level == b"\x00"
     assert all(emulators[0].snapshot(m).enabled for m in range(1, 8))
+    # yam.yaml's linear_4310 gripper found its end stops at torque enable (i2rt's start-up
+    # calibration), and says so on its motor's entry.
+    gripper = ": damiao motor left_gripper (id 0x07, " + emulators[0].channel + ")"
+
+    def calibrated():
+        status = latest(diagnostics, gripper)
+        values = {} if status is None else {kv.key: kv.value for kv in status.values}
+        return values.get("gripper_type") == "linear_4310" and values.get(
+            "gripper_calibration", ""
+        ).startswith("closed 1.50")
+
+    assert wait_for(calibrated, 10.0), latest(diagnostics, gripper)
 
     emulators[0].set_temperature(2, 55, 122)
     emulators[0].set_fault(2, 0xC)  # rotor over-temperature trips the motor
@@ -104,15 +126,10 @@ def test_a_motor_powered_up_a_turn_off_is_published_as_its_joint_angle_and_held(
 
     from sensor_msgs.msg import JointState
 
-    from hw_drivers.emulators.damiao_emulator import DamiaoEmulator
-
     tag = uuid.uuid4().hex[:6]
     channels = [f"turn_{tag}_{i}" for i in range(2)]
     turns = [[0, 1, 0, 0, 0, 0, 0], [0] * 7]
-    emulators = [
-        DamiaoEmulator(c, initial_positions=ARM_START, power_up_turns=t).start()
-        for c, t in zip(channels, turns, strict=True)
-    ]
+    emulators = [yam_bus(c, power_up_turns=t) for c, t in zip(channels, turns, strict=True)]
     overrides = {
         "backend": "damiao",
         "can_interface": "virtual",

@@ -312,8 +312,12 @@ def test_damiao_can_link_drops_frames_goes_silent_disables_and_reconnects(
     robot = "yam"
     lower, upper, step_limit, _ = driver_limits(robot)
     channels = [f"rel_{unique_namespace()[5:]}_{i}" for i in range(2)]
-    arm_start = [0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.35]  # motor radians; gripper half open
-    emulators = [DamiaoEmulator(c, initial_positions=arm_start).start() for c in channels]
+    arm_start = [0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.35]  # motor radians
+    emulators = [DamiaoEmulator(c, initial_positions=arm_start) for c in channels]
+    for emulator in emulators:
+        # yam.yaml's linear_4310 gripper: end stops 6.57 rad apart, calibrated at enable.
+        emulator.attach_gripper(0x07, 1.5, 1.5 - 6.57)
+        emulator.start()
     graph_parts.extend(emulators)
     h = RosHarness(robot, unique_namespace())
     graph_parts.append(h)
