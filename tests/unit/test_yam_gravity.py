@@ -83,7 +83,7 @@ GOLDEN = [
         [0.399919, -0.076435, 0.431074],
     ),
 ]
-GRIPPER_OPEN = -1.35  # gripper motor angle of the emulated arms (half open)
+GRIPPER_OPEN = -1.35  # gripper motor angle of the emulated arms (its open end stop)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +110,9 @@ def shipped_backend(poses: list[list[float]]) -> tuple[DamiaoBackend, dict[str, 
         )
         for k, arm in enumerate(backend.arms)
     }
+    for bus in buses.values():
+        # yam.yaml's linear_4310 gripper, calibrated at enable: resting on its open stop.
+        bus.attach_gripper(0x07, GRIPPER_OPEN + 6.57, GRIPPER_OPEN)
     backend.link_factory = buses.__getitem__
     return backend, buses
 

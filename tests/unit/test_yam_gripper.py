@@ -268,3 +268,22 @@ def test_grip_torque_stays_under_the_limit_for_any_command_sequence_while_clogge
     for _ in range(200):
         tick(1.0, 0.0)
     assert not limiter.clogged
+
+
+def test_from_params_takes_the_gripper_type_its_motor_and_the_force_limit():
+    import types
+
+    def params(**kw):
+        return types.SimpleNamespace(can_channels=("can0",), joint_names=tuple(NAMES), **kw)
+
+    backend = DamiaoBackend.from_params(params(gripper_type="linear_3507"))
+    gripper = backend.arms[0].motors[6]
+    assert (gripper.mtype.name, gripper.kp, gripper.kd) == ("DM3507", 10.0, 0.3)
+    assert backend.gripper_limits == [None] and backend.gripper_max_force == 50.0
+    # Different closed/open angles fix the limits (no calibration); equal ones mean the type's.
+    fixed = DamiaoBackend.from_params(params(gripper_closed_rad=0.2, gripper_open_rad=-6.0))
+    assert fixed.gripper_limits == [(0.2, -6.0)] and not fixed.uncalibrated_joints()
+    with pytest.raises(BackendError, match="unknown gripper_type 'parallel'"):
+        DamiaoBackend.from_params(params(gripper_type="parallel"))
+    with pytest.raises(BackendError, match="gripper_max_force must be a positive force"):
+        DamiaoBackend.from_params(params(gripper_max_force=-1.0))
