@@ -54,7 +54,7 @@ def test_types_match_i2rts_configs():
     crank = yg.gripper_type("crank_4310")
     assert crank.limits == (0.0, -2.7) and not crank.needs_calibration
     assert crank.clog_speed == 0.2
-    with pytest.raises(ValueError, match="unknown gripper_type 'parallel'.*crank_4310"):
+    with pytest.raises(ValueError, match=r"unknown gripper_type 'parallel'.*crank_4310"):
         yg.gripper_type("parallel")
 
 
