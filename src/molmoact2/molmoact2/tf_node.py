@@ -166,9 +166,9 @@ def make_node(context: Any = None, cli_args: list[str] | None = None, **kwargs: 
             "(ros-<distro>-tf2-msgs); on the pip path, `make setup` builds a stand-in"
         ) from exc
 
-    from hw_drivers.ros_params import declare_dataclass_params
     from molmoact2.graph import config_dir
     from molmoact2.urdf_frames import UrdfFrames
+    from molmoact2_common.ros_params import declare_dataclass_params
 
     class TfNode(Node):
         def __init__(self) -> None:
@@ -259,7 +259,7 @@ def make_node(context: Any = None, cli_args: list[str] | None = None, **kwargs: 
 
 
 def main(args: list[str] | None = None) -> int:
-    from hw_drivers.ros_runtime import run_node
+    from molmoact2_common.ros_runtime import run_node
 
     return run_node(make_node, args)
 

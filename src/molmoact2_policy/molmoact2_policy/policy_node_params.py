@@ -1,7 +1,7 @@
 """Parameters of the ``molmoact2_policy`` node: declared once here, read by the node and bringup.
 
-No ROS imports: ``hw_drivers.ros_params.declare_dataclass_params`` turns this dataclass into ROS
-parameters, and the bringup validates ``config/<robot>.yaml`` against it without a node.
+No ROS imports: ``molmoact2_common.ros_params.declare_dataclass_params`` turns this dataclass
+into ROS parameters, and the bringup validates ``config/<robot>.yaml`` against it without a node.
 """
 
 from __future__ import annotations
