@@ -511,7 +511,7 @@ def main() -> None:
         else:
             import torch
 
-            from molmoact2_policy.model.policy import MolmoAct2Policy
+            from molmoact2_policy.model.loader import load_policy
 
             torch.set_num_threads(args.threads)
             checkpoint = write_checkpoint(args.preset, Path(ckpt_dir), seed)
@@ -524,7 +524,7 @@ def main() -> None:
             )
 
             def make_policy():
-                return MolmoAct2Policy.from_checkpoint(
+                return load_policy(
                     checkpoint,
                     params["embodiment"],
                     seed=seed,

@@ -39,9 +39,9 @@ def make_policy(kind: str) -> Any:
     import torch
 
     torch.set_num_threads(1)
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
 
-    return MolmoAct2Policy.from_checkpoint(
+    return load_policy(
         "tiny",
         spec.name,
         device="cpu",

@@ -256,10 +256,10 @@ def tiny_pair():
     """Two independently built tiny models: one behind the server, one called locally."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
 
     def build():
-        return MolmoAct2Policy.from_checkpoint("tiny", SPEC.name, joint_names=JOINTS, seed=0)
+        return load_policy("tiny", SPEC.name, joint_names=JOINTS, seed=0)
 
     return build(), build()
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from molmoact2_policy.embodiments import EMBODIMENTS
+from molmoact2_policy.policy_api import MODES
 
 CAMERA_TRANSPORTS = ("raw", "compressed")
 MAX_INSTRUCTION_CHARS = 2000
 INFERENCE_BACKENDS = ("local", "remote")
-MODES = ("flow", "fast", "think")
 IMAGE_ENCODINGS = ("jpeg", "raw")
 SERVER_TRANSPORTS = ("http", "ws")
 DTYPES = ("float32", "float16", "bfloat16")
