@@ -4,6 +4,7 @@ One ``act`` = validate -> preprocess (images, state bins, prompt, token ids) -> 
 (once per observation; the expert's projected context is prepared here too) -> cached Euler
 flow loop (a CUDA graph with ``cuda_graph=True`` on a GPU) -> un-normalise. Each step is a
 method so the Think policy (``model/think.py``) can subclass and replace single steps.
+``model/loader.py`` loads a checkpoint as the policy class of its mode.
 """
 
 from __future__ import annotations
