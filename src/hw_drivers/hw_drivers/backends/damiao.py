@@ -26,8 +26,16 @@ joint is further than ``GRAVITY_RANGE_MARGIN`` outside the model's joint range; 
 clamped to the most gravity can ever load that joint (``RigidBodyModel.gravity_torque_bounds``
 times its factor) and to the motor's torque range.
 
+Turn offsets: a DaMiao motor can power up reporting its angle a whole turn off (its absolute
+encoder is single-turn). ``connect`` chooses one offset per motor from its first reading, as the
+real YAM stack does at start-up (``hw_drivers.damiao_turns``: joint angles in ``(-pi, pi]``), and
+holds it until ``disconnect``: every reading is ``motor - offset`` and every command
+``joint + offset``, so limits, preflight, safety, gravity and ``joint_states`` all see joint
+angles. A motor whose turn cannot be trusted (ambiguous, outside its limits) is named on its
+diagnostics entry and ``enable`` refuses; the next connect chooses again.
+
 The gripper motor is exposed as a normalised opening 0 (closed)..1 (open) between two
-configurable motor angles; all other joints are motor radians.
+configurable motor angles (after its turn offset); all other joints are motor radians.
 
 python-can is imported on ``connect()`` only, so importing this module stays cheap.
 """
@@ -35,6 +43,8 @@ python-can is imported on ``connect()`` only, so importing this module stays che
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +54,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hw_drivers import damiao_protocol as dm
+from hw_drivers import damiao_turns as turns
 from hw_drivers import health as hl
 from hw_drivers.backends.base import Backend, BackendError, JointReading
 from hw_drivers.can_budget import DEFAULT_MAX_BUS_LOAD, BusBudget
@@ -66,6 +77,8 @@ YAM_KD: tuple[float, ...] = (5.0, 5.0, 5.0, 1.5, 1.5, 1.5, 0.5)
 YAM_GRIPPER_CLOSED_RAD = 0.0
 YAM_GRIPPER_OPEN_RAD = -2.7
 MASTER_ID_OFFSET = 0x10
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -276,6 +289,7 @@ class DamiaoBackend(Backend):
         gravity_scale: float = 1.0,
         temperature_warn: float = TEMPERATURE_WARN_C,
         io_timeout: float = 0.5,
+        joint_limits: Sequence[tuple[float, float]] | None = None,
     ) -> None:
         super().__init__([m.joint_name for arm in arms for m in arm.motors])
         if not arms:
@@ -311,6 +325,15 @@ class DamiaoBackend(Backend):
         self.bus_health = [BusHealth() for _ in self.arms]
         #: Per arm: whether the last command carried gravity feed-forward, and if not why.
         self.gravity_status = ["off: no arm model" if a.dynamics is None else "" for a in arms]
+        if joint_limits is not None and len(joint_limits) != self.num_joints:
+            raise ValueError(
+                f"damiao backend: {len(joint_limits)} joint_limits for {self.num_joints} joints"
+            )
+        #: Per joint (lower, upper) in joint units, to check the turn chosen at connect.
+        self.joint_limits = None if joint_limits is None else [tuple(lim) for lim in joint_limits]
+        #: Per arm, per motor: the turn offset chosen at connect (None while disconnected).
+        self.turns: list[list[turns.TurnChoice]] | None = None
+        self._turns_trusted = True
 
     @classmethod
     def from_params(cls, params: Any) -> DamiaoBackend:
@@ -338,6 +361,12 @@ class DamiaoBackend(Backend):
         urdf = str(opt("dynamics_urdf", ""))
         urdf_names = list(opt("dynamics_joint_names", []))
         factors = [float(f) for f in opt("gravity_joint_factors", [])]
+        lower, upper = list(opt("position_lower", [])), list(opt("position_upper", []))
+        limits = (
+            list(zip(map(float, lower), map(float, upper), strict=True))
+            if len(lower) == len(upper) == len(names)
+            else None
+        )
         arms = []
         for index, channel in enumerate(channels):
             arm_names = names[index * per_arm : (index + 1) * per_arm]
@@ -365,6 +394,7 @@ class DamiaoBackend(Backend):
             max_bus_load=float(opt("max_bus_load", DEFAULT_MAX_BUS_LOAD)),
             gravity_scale=float(opt("gravity_scale", 1.0)),
             temperature_warn=float(opt("motor_temperature_warn", TEMPERATURE_WARN_C)),
+            joint_limits=limits,
         )
 
     # -- Backend ---------------------------------------------------------------------------
@@ -390,6 +420,66 @@ class DamiaoBackend(Backend):
         except BackendError:
             self.disconnect()
             raise
+        # Where i2rt decides too: from the first reading, before any command goes out.
+        self._choose_turns()
+
+    def _motor_limits(
+        self, arm: DamiaoArm, joint: int, motor: DamiaoMotor
+    ) -> tuple[float, float] | None:
+        """The joint's limits in motor radians (the gripper's opening mapped to its motor)."""
+        if self.joint_limits is None:
+            return None
+        lower, upper = self.joint_limits[joint]
+        if not motor.is_gripper:
+            return lower, upper
+        ends = [
+            arm.gripper_closed_rad + x * (arm.gripper_open_rad - arm.gripper_closed_rad)
+            for x in (lower, upper)
+        ]
+        return min(ends), max(ends)
+
+    def _choose_turns(self) -> None:
+        """One offset per motor from the power-up readings, held until ``disconnect``."""
+        assert self._feedback is not None
+        chosen, joint = [], 0
+        for arm, replies in zip(self.arms, self._feedback, strict=True):
+            row = []
+            for i, motor in enumerate(arm.motors):
+                choice = turns.choose_turn(
+                    replies[i].position, self._motor_limits(arm, joint, motor)
+                )
+                row.append(choice)
+                joint += 1
+                if choice.problem:
+                    _LOG.error(
+                        "DaMiao motor %s (id 0x%02X) on %s: %s; torque stays off",
+                        motor.joint_name,
+                        motor.motor_id,
+                        arm.channel,
+                        choice.describe(),
+                    )
+                elif choice.turns:
+                    _LOG.warning(
+                        "DaMiao motor %s (id 0x%02X) on %s: %s",
+                        motor.joint_name,
+                        motor.motor_id,
+                        arm.channel,
+                        choice.describe(),
+                    )
+            chosen.append(row)
+        self.turns = chosen
+        self._turns_trusted = not any(c.problem for row in chosen for c in row)
+
+    def _turn_problems(self) -> list[str]:
+        return [
+            f"{m.joint_name} (id 0x{m.motor_id:02X}) on {arm.channel}: {choice.describe()}"
+            for arm, row in zip(self.arms, self.turns or [], strict=False)
+            for m, choice in zip(arm.motors, row, strict=True)
+            if choice.problem
+        ]
+
+    def _offset(self, arm_index: int, motor_index: int) -> float:
+        return 0.0 if self.turns is None else self.turns[arm_index][motor_index].offset
 
     def _open_link(self, channel: str) -> CanLink:
         if self.link_factory is not None:
@@ -412,9 +502,22 @@ class DamiaoBackend(Backend):
         self._io = []
         self._enabled = False
         self._fresh = False
+        self.turns = None
+        self._turns_trusted = True
+
+    def _refuse_untrusted_turns(self, what: str) -> None:
+        untrusted = self._turn_problems()
+        if untrusted:
+            raise BackendError(
+                f"joint angle not trusted, {what}: "
+                + "; ".join(untrusted)
+                + ". With the torque off, move the joint inside its limits and away from +-pi; "
+                "the driver reconnects and chooses again."
+            )
 
     def enable(self) -> None:
         self._require_connected()
+        self._refuse_untrusted_turns("torque not enabled")
         faulted = self._faulted_motors()
         if faulted:
             raise BackendError(
@@ -512,10 +615,13 @@ class DamiaoBackend(Backend):
         if velocities is None:
             velocities = np.zeros(self.num_joints)
         velocities = np.nan_to_num(np.asarray(velocities, dtype=float))
+        if not self._turns_trusted:
+            # Also here: a motor left enabled by a previous session would follow the command.
+            self._refuse_untrusted_turns("no command sent")
         torques = self.gravity_torques()
         requests = []
         joint = 0
-        for arm in self.arms:
+        for a, arm in enumerate(self.arms):
             frames = {}
             for i, motor in enumerate(arm.motors):
                 target, speed = positions[joint], velocities[joint]
@@ -525,6 +631,8 @@ class DamiaoBackend(Backend):
                         target, arm.gripper_closed_rad, arm.gripper_open_rad
                     )
                     speed = speed * span
+                # The motor counts in its own turn: joint + the offset chosen at connect.
+                target = target + self._offset(a, i)
                 frames[i] = dm.encode_mit(
                     motor.motor_id,
                     dm.MitCommand(target, speed, motor.kp, motor.kd, float(torques[joint])),
@@ -654,25 +762,32 @@ class DamiaoBackend(Backend):
             now = self._io[a].link.now() if a < len(self._io) else None
             for i, motor in enumerate(arm.motors):
                 h = self.motor_health[a][i]
-                entries.append(
-                    hl.motor_entry(
-                        f"damiao motor {motor.joint_name} (id 0x{motor.motor_id:02X}, "
-                        f"{arm.channel})",
-                        f"{arm.channel}:0x{motor.motor_id:02X}",
-                        h,
-                        temperatures={
-                            "temperature_mos_c": h.temperature_mos,
-                            "temperature_rotor_c": h.temperature_rotor,
-                        },
-                        temperature_warn=self.temperature_warn,
-                        now=now,
-                        values={
-                            "state": "no reply yet"
-                            if h.error_code is None
-                            else dm.ERROR_CODES.get(h.error_code, hex(h.error_code)),
-                        },
-                    )
+                choice = self.turns[a][i] if self.turns is not None else None
+                entry = hl.motor_entry(
+                    f"damiao motor {motor.joint_name} (id 0x{motor.motor_id:02X}, {arm.channel})",
+                    f"{arm.channel}:0x{motor.motor_id:02X}",
+                    h,
+                    temperatures={
+                        "temperature_mos_c": h.temperature_mos,
+                        "temperature_rotor_c": h.temperature_rotor,
+                    },
+                    temperature_warn=self.temperature_warn,
+                    now=now,
+                    values={
+                        "state": "no reply yet"
+                        if h.error_code is None
+                        else dm.ERROR_CODES.get(h.error_code, hex(h.error_code)),
+                        "turn_offset_rad": "" if choice is None else f"{choice.offset:.6f}",
+                        "turn": "not connected" if choice is None else choice.describe(),
+                    },
                 )
+                if choice is not None and choice.problem and entry.level != hl.ERROR:
+                    entry = dataclasses.replace(
+                        entry,
+                        level=hl.ERROR,
+                        message=f"joint angle not trusted: {choice.describe()}",
+                    )
+                entries.append(entry)
         return entries
 
     def _faulted_motors(self) -> list[str]:
@@ -830,19 +945,18 @@ class DamiaoBackend(Backend):
 
     def _reading(self, feedback: list[dict[int, dm.Feedback]]) -> JointReading:
         positions, velocities, efforts = [], [], []
-        for arm, replies in zip(self.arms, feedback, strict=True):
+        for a, (arm, replies) in enumerate(zip(self.arms, feedback, strict=True)):
             for i, motor in enumerate(arm.motors):
                 fb = replies[i]
+                angle = fb.position - self._offset(a, i)
                 if motor.is_gripper:
                     span = arm.gripper_open_rad - arm.gripper_closed_rad
                     positions.append(
-                        dm.motor_to_gripper(
-                            fb.position, arm.gripper_closed_rad, arm.gripper_open_rad
-                        )
+                        dm.motor_to_gripper(angle, arm.gripper_closed_rad, arm.gripper_open_rad)
                     )
                     velocities.append(fb.velocity / span)
                 else:
-                    positions.append(fb.position)
+                    positions.append(angle)
                     velocities.append(fb.velocity)
                 efforts.append(fb.torque)
         return JointReading(

@@ -19,6 +19,12 @@ Transports:
   to it through the same link interface as to python-can, so tests measure the bus time a real
   bus would take, deterministically, whatever the load of the machine running them.
 
+Power-up turn: a real motor's absolute encoder is single-turn, so a motor may power up
+reporting its angle a whole turn off (``power_up_turns`` per motor, or ``power_cycle(id,
+turns)``). Each motor keeps its physical joint angle and the offset its reports carry
+(``encoder_offset``: reported = physical + offset); it keeps counting in that turn while powered,
+as the firmware does, so a host that commands the reported angle holds the joint still.
+
 Faults: ``drop_replies(n)`` swallows the next n replies, ``garble_replies(n)`` replaces them
 with frames that cannot be valid feedback, ``silent = True`` stops the whole bank answering,
 ``silence(motor_id)`` one motor, ``set_fault(motor_id, code)`` latches a DaMiao error code.
@@ -54,6 +60,14 @@ class EmulatedMotor:
     temperature_mos: int = 35
     temperature_rotor: int = 35
     silent: bool = False
+    #: What the motor's reports add to the physical angle [rad]: whole turns after a power-up on
+    #: the other side of the encoder's wrap point, anything after a set-zero.
+    encoder_offset: float = 0.0
+
+    @property
+    def joint_angle(self) -> float:
+        """Where the joint physically is [rad] (``position`` is what the motor reports)."""
+        return self.position - self.encoder_offset
 
 
 class MotorBank:
@@ -64,6 +78,7 @@ class MotorBank:
         motors: list[tuple[int, str]] | None = None,
         master_id_offset: int = 0x10,
         initial_positions: list[float] | None = None,
+        power_up_turns: list[int] | None = None,
     ) -> None:
         if motors is None:
             motors = list(zip(YAM_MOTOR_IDS, YAM_MOTOR_TYPES, strict=True))
@@ -72,6 +87,9 @@ class MotorBank:
             motor = EmulatedMotor(motor_id, dm.motor_type(type_name), motor_id + master_id_offset)
             if initial_positions is not None:
                 motor.position = float(initial_positions[index])
+            if power_up_turns is not None:
+                motor.encoder_offset = 2.0 * np.pi * int(power_up_turns[index])
+                motor.position += motor.encoder_offset
             self.motors[motor_id] = motor
         self._lock = threading.RLock()
         self._drop = 0
@@ -103,6 +121,18 @@ class MotorBank:
             if code is not None:
                 motor.enabled = False
 
+    def power_cycle(self, motor_id: int, turns: int = 0) -> None:
+        """Power the motor off and on where it stands: torque off, latched fault cleared, and
+        its reports ``turns`` more whole turns off the physical angle than before (the encoder
+        came up on the other side of its wrap point)."""
+        with self._lock:
+            motor = self.motors[motor_id]
+            motor.enabled = False
+            motor.error_code = None
+            motor.velocity = motor.torque = 0.0
+            motor.encoder_offset += 2.0 * np.pi * int(turns)
+            motor.position += 2.0 * np.pi * int(turns)
+
     def set_temperature(self, motor_id: int, mos: int, rotor: int) -> None:
         with self._lock:
             motor = self.motors[motor_id]
@@ -126,6 +156,7 @@ class MotorBank:
                 m.temperature_mos,
                 m.temperature_rotor,
                 m.silent,
+                m.encoder_offset,
             )
 
     # -- protocol --------------------------------------------------------------------------
@@ -178,6 +209,8 @@ class MotorBank:
             elif command == dm.CMD_DISABLE:
                 motor.enabled = False
             elif command == dm.CMD_SET_ZERO and not motor.enabled:
+                # The pose it stands in becomes the motor's zero.
+                motor.encoder_offset = -motor.joint_angle
                 motor.position = 0.0
             return motor
         try:
@@ -201,10 +234,11 @@ class DamiaoEmulator(MotorBank):
         motors: list[tuple[int, str]] | None = None,
         master_id_offset: int = 0x10,
         initial_positions: list[float] | None = None,
+        power_up_turns: list[int] | None = None,
     ) -> None:
         import can
 
-        super().__init__(motors, master_id_offset, initial_positions)
+        super().__init__(motors, master_id_offset, initial_positions, power_up_turns)
         self.channel = channel
         self._bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
         self._stop = threading.Event()
@@ -262,8 +296,9 @@ class TimedDamiaoBus(MotorBank):
         initial_positions: list[float] | None = None,
         reply_latency: tuple[float, float] = (40e-6, 150e-6),
         seed: int = 0,
+        power_up_turns: list[int] | None = None,
     ) -> None:
-        super().__init__(motors, master_id_offset, initial_positions)
+        super().__init__(motors, master_id_offset, initial_positions, power_up_turns)
         self.channel = channel
         self.bitrate = int(bitrate)
         self.reply_latency = reply_latency
