@@ -63,7 +63,7 @@ FASTDDS_SHM_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
 def write_checkpoint(preset: str, directory: Path, seed: int) -> str:
     if preset == "tiny":
         return "tiny"
-    from molmoact2_policy.embodiments import EMBODIMENTS
+    from molmoact2_common.embodiments import EMBODIMENTS
     from molmoact2_policy.model.checkpoint import save_checkpoint, tiny_norm_stats
     from molmoact2_policy.model.config import MolmoAct2Config
     from molmoact2_policy.model.model import MolmoAct2Model

@@ -8,8 +8,8 @@ PACKAGE = "molmoact2_common"
 setup(
     name=PACKAGE,
     version="0.1.0",
-    description="Node runtime, dataclass ROS parameters and URDF rigid-body model shared by the"
-    " MolmoAct2 node packages.",
+    description="Embodiment facts, node runtime, dataclass ROS parameters and URDF rigid-body"
+    " model shared by the MolmoAct2 node packages.",
     license="Apache-2.0",
     maintainer="MolmoAct2 ROS maintainers",
     maintainer_email="maintainers@molmoact2-ros.dev",

@@ -31,39 +31,16 @@ ALLOWED = {
     "molmoact2": {"molmoact2_common", "molmoact2_msgs", "molmoact2_policy", "hw_drivers"},
 }
 SUITE = set(ALLOWED) | {"molmoact2_msgs"}
-#: (package, suite package) it may import without depending on it: only inside a ``try`` that
-#: catches ImportError, so the package works without it. hw_drivers.driver_params reads the
-#: embodiment's trained action rate from the policy's table when the policy package is there.
-OPTIONAL = {("hw_drivers", "molmoact2_policy")}
-IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError"}
 
 
 def _top_level(name: str) -> str:
     return name.split(".", 1)[0]
 
 
-def _guarded(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
-    """Whether ``node`` sits in the body of a ``try`` with an ImportError handler."""
-    child, parent = node, parents.get(node)
-    while parent is not None:
-        if isinstance(parent, ast.Try) and child in parent.body:
-            for handler in parent.handlers:
-                caught = (
-                    {n.id for n in ast.walk(handler.type) if isinstance(n, ast.Name)}
-                    if handler.type is not None
-                    else IMPORT_ERRORS  # a bare except catches it too
-                )
-                if caught & IMPORT_ERRORS:
-                    return True
-        child, parent = parent, parents.get(parent)
-    return False
-
-
-def _imports(path: Path) -> list[tuple[int, str, bool]]:
-    """(line, module, guarded by an ImportError handler) of every absolute import in ``path``,
-    at any depth of the code."""
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every absolute import in ``path``, at any depth of the code (a lazy
+    import inside a function, or one behind ``except ImportError``, is a dependency too)."""
     tree = ast.parse(path.read_text(), str(path))
-    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -72,7 +49,7 @@ def _imports(path: Path) -> list[tuple[int, str, bool]]:
             names = [node.module]
         else:
             continue
-        found += [(node.lineno, name, _guarded(node, parents)) for name in names]
+        found += [(node.lineno, name) for name in names]
     return found
 
 
@@ -101,9 +78,8 @@ def test_sources_import_only_the_allowed_suite_packages(package):
     bad = [
         f"{path.relative_to(REPO)}:{line}: {module}"
         for path in _sources(package)
-        for line, module, guarded in _imports(path)
+        for line, module in _imports(path)
         if _top_level(module) in SUITE - {package} - ALLOWED[package]
-        and not (guarded and (package, _top_level(module)) in OPTIONAL)
     ]
     assert not bad, "\n".join(bad)
 
@@ -115,9 +91,8 @@ def test_every_suite_package_a_source_imports_is_declared_in_package_xml(package
     imported = {
         _top_level(module)
         for path in _sources(package)
-        for _, module, guarded in _imports(path)
+        for _, module in _imports(path)
         if _top_level(module) in SUITE - {package}
-        and not (guarded and (package, _top_level(module)) in OPTIONAL)
     }
     undeclared = imported - declared
     assert not undeclared, f"{package} imports {sorted(undeclared)} without an exec_depend"

@@ -187,7 +187,7 @@ def test_policy_hides_the_eos_token_from_the_expert_when_the_config_names_it():
 
 
 def _policy_with_tag_metadata(**metadata):
-    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_common.embodiments import get_embodiment
     from molmoact2_policy.model.checkpoint import build_tiny
     from molmoact2_policy.model.normalize import NormStats
 
@@ -225,7 +225,7 @@ def test_tag_action_steps_shorten_the_chunk_and_a_wrong_horizon_is_refused():
 def test_n_obs_steps_picks_where_the_returned_steps_start_as_released():
     import dataclasses
 
-    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_common.embodiments import get_embodiment
     from molmoact2_policy.model.checkpoint import build_tiny
     from molmoact2_policy.model.normalize import NormStats
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.policy_api import Policy, PolicyInputError, PolicyUnavailableError
 from molmoact2_policy.remote.client import RemotePolicy
 from molmoact2_policy.remote.protocol import RequestLimits, decode_image, encode_image

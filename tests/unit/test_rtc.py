@@ -272,7 +272,7 @@ def test_rtc_rows_line_up_with_the_returned_rows_when_they_start_later():
     when returned row i does, so it guides model row 2 + i (not row i)."""
     import dataclasses
 
-    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_common.embodiments import get_embodiment
     from molmoact2_policy.model.checkpoint import build_tiny
     from molmoact2_policy.model.normalize import NormStats
     from molmoact2_policy.model.policy import MolmoAct2Policy

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.inference_worker import InferenceRequest, InferenceWorker
 from molmoact2_policy.observation import Observation
 from molmoact2_policy.policy_api import RtcRequest

@@ -314,7 +314,7 @@ def test_think_policy_rejects_an_unreadable_main_camera_frame(think_policy):
 
 
 def test_depth_gate_scales_the_depth_context():
-    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_common.embodiments import get_embodiment
     from molmoact2_policy.model.checkpoint import tiny_norm_stats
     from molmoact2_policy.model.think import ThinkPolicy
 

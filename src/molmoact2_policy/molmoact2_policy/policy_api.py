@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from molmoact2_policy.embodiments import EmbodimentSpec
+from molmoact2_common.embodiments import EmbodimentSpec
 
 #: How a policy computes its chunk: the flow-matching expert, discrete FAST tokens, or depth
 #: tokens first and then the flow expert (Think).

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.policy_api import Policy
 from molmoact2_policy.policy_node_params import PolicyNodeParams
 

@@ -198,7 +198,7 @@ class PolicyNode(LifecycleNode):
     def _make_rtc_feed(self) -> RtcFeed | None:
         if not self.params.rtc:
             return None
-        from molmoact2_policy.embodiments import get_embodiment
+        from molmoact2_common.embodiments import get_embodiment
 
         spec = get_embodiment(self.params.embodiment)
         return RtcFeed(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from molmoact2_policy.embodiments import EMBODIMENTS
+from molmoact2_common.embodiments import EMBODIMENTS
 from molmoact2_policy.policy_api import MODES
 
 CAMERA_TRANSPORTS = ("raw", "compressed")
@@ -32,7 +32,7 @@ class PolicyNodeParams:
     robot: str = field(default="", metadata=_doc("Robot name (yam, so101, droid)."))
     embodiment: str = field(
         default="yam_bimanual",
-        metadata=_doc("Model embodiment (a key of molmoact2_policy.embodiments.EMBODIMENTS)."),
+        metadata=_doc("Model embodiment (a key of molmoact2_common.embodiments.EMBODIMENTS)."),
     )
     joint_names: tuple[str, ...] = field(
         default=(),

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.model.checkpoint import (
     build_tiny,
     load_checkpoint,

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from molmoact2_policy.embodiments import EmbodimentSpec
+from molmoact2_common.embodiments import EmbodimentSpec
 from molmoact2_policy.model.action_expert import ExpertContext
 from molmoact2_policy.model.config import MolmoAct2Config
 from molmoact2_policy.model.flow import GraphFlowRunner, make_noise

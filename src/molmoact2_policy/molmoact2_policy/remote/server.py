@@ -40,7 +40,7 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.policy_api import (
     MODES,
     ActionChunkResult,
