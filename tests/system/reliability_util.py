@@ -129,7 +129,7 @@ class SmoothPolicy:
     """
 
     def __init__(self, params: Any) -> None:
-        from molmoact2_policy.embodiments import get_embodiment
+        from molmoact2_common.embodiments import get_embodiment
 
         self.spec = get_embodiment(params.embodiment)
         self.joint_names = tuple(params.joint_names)

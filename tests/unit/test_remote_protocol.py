@@ -10,7 +10,7 @@ import msgpack_numpy
 import numpy as np
 import pytest
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.image_conversion import compressed_image_size
 from molmoact2_policy.policy_api import ActionChunkResult
 from molmoact2_policy.remote import protocol as p

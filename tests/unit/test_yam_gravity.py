@@ -22,10 +22,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hw_drivers import damiao_protocol as dm
+from hw_drivers.arm_models import MODELS_DIR
 from hw_drivers.backends.damiao import GRAVITY_RANGE_MARGIN, DamiaoBackend
 from hw_drivers.emulators.damiao_emulator import TimedDamiaoBus
-from hw_drivers.rigid_body import MODELS_DIR, RigidBodyModel
 from molmoact2 import graph
+from molmoact2_common.rigid_body import RigidBodyModel
 
 SHIPPED_URDF = MODELS_DIR / "yam_arm_i2rt.urdf"
 URDF_JOINTS = [f"dof_joint{i}" for i in range(1, 7)]

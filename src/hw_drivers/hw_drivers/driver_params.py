@@ -37,7 +37,7 @@ class DriverParams:
 
     # -- robot (config/<robot>.yaml) --
     robot: str = _f("", "robot name (config file stem), e.g. yam")
-    embodiment: str = _f("", "model embodiment tag (molmoact2_policy.embodiments)")
+    embodiment: str = _f("", "model embodiment tag (molmoact2_common.embodiments)")
     joint_names: tuple[str, ...] = _f((), "joints in command order (model order)")
     backend: str = _f("sim", f"hardware backend: one of {BACKENDS}")
     control_rate: float = _f(250.0, "control loop rate [Hz]")
@@ -352,10 +352,8 @@ class DriverParams:
             return self.chunk_rate
         if not self.embodiment:
             return 0.0
-        try:  # the model's table is the one source of this fact; the driver runs without it
-            from molmoact2_policy.embodiments import EMBODIMENTS
-        except ImportError:
-            return 0.0
+        from molmoact2_common.embodiments import EMBODIMENTS  # the one source of this fact
+
         spec = EMBODIMENTS.get(self.embodiment)
         return spec.rate_hz if spec is not None else 0.0
 

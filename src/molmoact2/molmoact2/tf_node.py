@@ -195,9 +195,9 @@ def make_node(context: Any = None, cli_args: list[str] | None = None, **kwargs: 
     except ImportError as exc:
         raise RuntimeError(TF2_MSGS_MISSING) from exc
 
-    from hw_drivers.ros_params import declare_dataclass_params
     from molmoact2.graph import config_dir
     from molmoact2.urdf_frames import UrdfFrames
+    from molmoact2_common.ros_params import declare_dataclass_params
 
     class TfNode(Node):
         def __init__(self) -> None:
@@ -293,7 +293,7 @@ def main(args: list[str] | None = None) -> int:
         # A missing package is not a bug in this node: the one line says what to install.
         sys.stderr.write(f"[{NODE_NAME}] {problem}\n")
         return 1
-    from hw_drivers.ros_runtime import run_node
+    from molmoact2_common.ros_runtime import run_node
 
     return run_node(make_node, args)
 

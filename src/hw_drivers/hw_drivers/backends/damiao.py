@@ -17,7 +17,7 @@ Fault codes found at connect are kept and reported; ``enable`` refuses until ``c
 (the explicit clear-error command) has cleared them. An I/O thread that does not finish its
 exchange in ``io_timeout`` is reported as frozen instead of blocking the driver.
 
-Gravity feed-forward: with a rigid-body model per arm (``hw_drivers.rigid_body``, from the
+Gravity feed-forward: with a rigid-body model per arm (``molmoact2_common.rigid_body``, from the
 arm's URDF), each MIT command carries the gravity torque at the measured pose, times a factor
 per joint (i2rt's ``gravity_comp_factor``), so the arm does not sag by torque/kp; without one
 the feed-forward is zero. It never pushes from a measurement it cannot trust: the feed-forward
@@ -106,7 +106,7 @@ class DamiaoArm:
     gripper: yg.GripperType = yg.GRIPPER_TYPES[yg.DEFAULT_GRIPPER_TYPE]
     #: (closed, open) motor angles [rad]; None: calibrated at torque enable.
     gripper_limits: tuple[float, float] | None = None
-    #: Rigid-body model over the non-gripper joints (``hw_drivers.rigid_body``) for gravity
+    #: Rigid-body model over the non-gripper joints (``molmoact2_common.rigid_body``) for gravity
     #: feed-forward; None: no feed-forward.
     dynamics: Any = None
     #: Factor on the model's torque per non-gripper joint (i2rt: ``gravity_comp_factor``).
@@ -1206,7 +1206,8 @@ def with_dynamics(
     (pinocchio's gravity is -z)."""
     from dataclasses import replace
 
-    from hw_drivers.rigid_body import RigidBodyError, RigidBodyModel
+    from hw_drivers.arm_models import resolve_model_path
+    from molmoact2_common.rigid_body import RigidBodyError, RigidBodyModel
 
     names = [
         m.joint_name[len(prefix) :] if prefix and m.joint_name.startswith(prefix) else m.joint_name
@@ -1231,7 +1232,7 @@ def with_dynamics(
             f"{list(factors)}"
         )
     try:
-        model = RigidBodyModel.from_urdf(urdf, names)
+        model = RigidBodyModel.from_urdf(str(resolve_model_path(urdf)), names)
     except RigidBodyError as exc:
         raise BackendError(f"arm on {arm.channel}: gravity model: {exc}") from exc
     return replace(arm, dynamics=model, gravity_factors=tuple(float(f) for f in factors or ()))

@@ -40,7 +40,7 @@ import cv2
 import msgpack
 import numpy as np
 
-from molmoact2_policy.embodiments import EmbodimentSpec
+from molmoact2_common.embodiments import EmbodimentSpec
 from molmoact2_policy.image_conversion import (
     MAX_IMAGE_SIDE,
     ImageConversionError,
