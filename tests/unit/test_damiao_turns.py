@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,11 +34,10 @@ from hw_drivers.driver_params import DriverParams
 from hw_drivers.emulators.damiao_emulator import TimedDamiaoBus
 from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import make_preflight
+from tests.driver_config import config_driver_params, driver_section, joint_names
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = yaml.safe_load((ROOT / "config" / "yam.yaml").read_text())
-SECTION = CONFIG["/**/yam_driver"]["ros__parameters"]
-NAMES = CONFIG["/**"]["ros__parameters"]["joint_names"]
+SECTION = driver_section("yam")
+NAMES = joint_names("yam")
 RATE = float(SECTION["control_rate"])
 PERIOD = 1.0 / RATE
 ARM_START = [0.1, 1.0, 1.2, -0.2, 0.3, -0.4]
@@ -126,25 +123,10 @@ def test_the_choice_on_named_cases(raw, limits, joint, problem):
 
 # -- the backend on emulated motors ------------------------------------------------------------
 def driver_params(**overrides) -> DriverParams:
-    values = dict(
-        robot="yam",
-        joint_names=tuple(NAMES),
-        backend="damiao",
-        control_rate=RATE,
-        position_lower=tuple(SECTION["position_lower"]),
-        position_upper=tuple(SECTION["position_upper"]),
-        max_velocity=tuple(SECTION["max_velocity"]),
-        max_acceleration=tuple(SECTION["max_acceleration"]),
-        max_step_per_tick=float(SECTION["max_step_per_tick"]),
-        can_channels=("can0", "can1"),
-        frame_prefixes=("left_", "right_"),
-        # The fixed-limit gripper these tests were written for (i2rt's crank_4310).
-        gripper_type="crank_4310",
-        ramp_in_time=0.2,
-        watchdog_timeout=5.0,
-    )
-    values.update(overrides)
-    return DriverParams(**values)
+    # The fixed-limit gripper these tests were written for (i2rt's crank_4310).
+    values = dict(backend="damiao", can_channels=("can0", "can1"),
+                  frame_prefixes=("left_", "right_"), gripper_type="crank_4310")
+    return config_driver_params("yam", **{**values, **overrides})
 
 
 class Robot:

@@ -287,3 +287,22 @@ def test_from_params_takes_the_gripper_type_its_motor_and_the_force_limit():
         DamiaoBackend.from_params(params(gripper_type="parallel"))
     with pytest.raises(BackendError, match="gripper_max_force must be a positive force"):
         DamiaoBackend.from_params(params(gripper_max_force=-1.0))
+
+
+def test_configure_refuses_a_dry_run_that_would_have_to_move_the_gripper_to_calibrate():
+    from tests.driver_config import config_driver_params
+
+    def problems(**overrides) -> list[str]:
+        params = config_driver_params(
+            "yam", backend="damiao", can_channels=("can0", "can1"),
+            frame_prefixes=("left_", "right_"), **overrides,
+        )
+        return params.validate()
+
+    assert problems() == []  # the shipped default: linear_4310, calibrated at torque enable
+    refused = problems(dry_run=True)
+    assert len(refused) == 1 and "dry_run cannot calibrate the linear_4310 gripper" in refused[0]
+    # A dry run with nothing to calibrate: measured limits given, or a fixed-limit type.
+    assert problems(dry_run=True, gripper_closed_rad=0.0, gripper_open_rad=-6.5) == []
+    assert problems(dry_run=True, gripper_type="crank_4310") == []
+    assert any("unknown gripper_type 'parallel'" in p for p in problems(gripper_type="parallel"))

@@ -286,12 +286,32 @@ class DriverParams:
             problem = budget.check(self.control_rate)
             if problem:
                 problems.append(problem)
+        if self.backend == "damiao":
+            problems += self._gripper_problems()
         if self.can_channels and len(self.frame_prefixes) not in (0, len(self.can_channels)):
             problems.append(
                 f"{len(self.frame_prefixes)} frame_prefixes for {len(self.can_channels)} "
                 "can_channels"
             )
         return problems
+
+    def _gripper_problems(self) -> list[str]:
+        from hw_drivers import yam_gripper
+
+        try:
+            spec = yam_gripper.gripper_type(self.gripper_type)
+        except ValueError as err:
+            return [str(err)]
+        fixed = self.gripper_closed_rad != self.gripper_open_rad
+        if self.dry_run and spec.needs_calibration and not fixed:
+            # dry_run promises no motion; finding this gripper's limits drives it to both end
+            # stops, and without them its opening cannot be read.
+            return [
+                f"dry_run cannot calibrate the {spec.name} gripper (calibration drives it to "
+                "both end stops): set gripper_closed_rad and gripper_open_rad to its measured "
+                "limits, or use execution: shadow (the arm holds, the gripper calibrates once)"
+            ]
+        return []
 
     def is_shadow(self) -> bool:
         """Shadow execution: explicit, or by default on every hardware backend."""
