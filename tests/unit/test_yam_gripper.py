@@ -143,10 +143,15 @@ def rig(obstacle: float | None = None, gripper_type: str = "linear_4310"):
     bus = TimedDamiaoBus("can0", initial_positions=[*ARM_START, GRIP_START])
     bus.attach_gripper(0x07, CLOSED, OPEN)
     bus.place_object(0x07, obstacle)
+
+    def reopen(_channel: str) -> TimedDamiaoBus:  # the adapter opened again after a disconnect
+        bus.closed = False
+        return bus
+
     backend = DamiaoBackend(
         [yam_arm("can0", NAMES, gripper_type=gripper_type)],
         control_rate=250.0,
-        link_factory=lambda ch: bus,
+        link_factory=reopen,
     )
     backend.connect()
     return backend, bus
@@ -306,3 +311,25 @@ def test_configure_refuses_a_dry_run_that_would_have_to_move_the_gripper_to_cali
     assert problems(dry_run=True, gripper_closed_rad=0.0, gripper_open_rad=-6.5) == []
     assert problems(dry_run=True, gripper_type="crank_4310") == []
     assert any("unknown gripper_type 'parallel'" in p for p in problems(gripper_type="parallel"))
+
+
+def test_a_failed_calibration_is_not_retried_until_an_operator_clears_it():
+    backend, bus = rig(obstacle=-0.5)
+    with pytest.raises(BackendError, match="calibration failed"):
+        backend.enable()
+    # The driver's reconnect loop enables again: refused at once, the gripper does not move.
+    backend.disconnect()
+    backend.connect()
+    frames_before = len(bus.snapshot(0x07).received)
+    with pytest.raises(BackendError, match=r"not retried on its own.*~/clear_motor_faults"):
+        backend.enable()
+    bus.sleep_until(bus.now() + 0.01)
+    assert not any(c.kp == 0.0 for c in bus.snapshot(0x07).received[frames_before:])
+    assert not any(bus.snapshot(i).enabled for i in range(1, 8))
+    # The operator empties the gripper and clears the failure: the next enable calibrates.
+    bus.place_object(0x07, None)
+    cleared = backend.clear_faults()
+    assert len(cleared) == 1 and "runs again at the next enable" in cleared[0]
+    assert backend.clear_faults() == []
+    backend.enable()
+    assert backend.gripper_limits[0] is not None and not backend.uncalibrated_joints()

@@ -375,6 +375,9 @@ class DamiaoBackend(Backend):
                 raise BackendError(f"arm on {arm.channel}: {exc}") from exc
         #: Per arm: what the last gripper calibration found ("" before one).
         self.gripper_calibration = ["" for _ in arms]
+        #: Why the last gripper calibration failed; until an operator clears it (clear_faults),
+        #: enable refuses instead of trying again: every try drives the gripper to its stops.
+        self.calibration_failure = ""
 
     @classmethod
     def from_params(cls, params: Any) -> DamiaoBackend:
@@ -578,6 +581,12 @@ class DamiaoBackend(Backend):
     def enable(self) -> None:
         self._require_connected()
         self._refuse_untrusted_turns("torque not enabled")
+        if self.calibration_failure:
+            raise BackendError(
+                f"torque not enabled: the gripper calibration failed ({self.calibration_failure})"
+                " and is not retried on its own, since each try moves the gripper; empty the "
+                "gripper, check gripper_type, then clear it with ~/clear_motor_faults"
+            )
         faulted = self._faulted_motors()
         if faulted:
             raise BackendError(
@@ -723,10 +732,12 @@ class DamiaoBackend(Backend):
             )
             _LOG.info("gripper on %s calibrated: %s", arm.channel, self.gripper_calibration[a])
         if problems:
+            self.calibration_failure = "; ".join(problems)
             raise BackendError(
                 "gripper calibration failed, torque off: "
-                + "; ".join(problems)
-                + ". Empty the gripper and check gripper_type, then enable again."
+                + self.calibration_failure
+                + ". Empty the gripper and check gripper_type, then call ~/clear_motor_faults "
+                "to calibrate again at the next enable."
             )
 
     def disable(self) -> None:
@@ -748,7 +759,17 @@ class DamiaoBackend(Backend):
 
     def clear_faults(self) -> list[str]:
         """Send DaMiao's clear-error command (0xFB) to every motor with a fault code, then read
-        them again; returns one line per motor that had one."""
+        them again; returns one line per motor that had one. Also releases a failed gripper
+        calibration, which then runs again at the next enable."""
+        lines = []
+        if self.calibration_failure:
+            lines.append(
+                f"gripper calibration ({self.calibration_failure}) -> runs again at the next "
+                "enable"
+            )
+            self.calibration_failure = ""
+            if not self.is_connected:
+                return lines  # motor fault codes are read and cleared over the bus
         self._require_connected()
         targets = [
             {
@@ -759,7 +780,7 @@ class DamiaoBackend(Backend):
             for a, arm in enumerate(self.arms)
         ]
         if not any(targets):
-            return []
+            return lines
         before = {
             (a, i): self.motor_health[a][i].fault
             for a, frames in enumerate(targets)
@@ -767,7 +788,6 @@ class DamiaoBackend(Backend):
         }
         self._exchange_all(targets)
         self._refresh(raise_on_fault=False)
-        lines = []
         for (a, i), fault in before.items():
             motor = self.arms[a].motors[i]
             after = self.motor_health[a][i].fault
