@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.model.checkpoint import tiny_norm_stats
 from molmoact2_policy.model.config import MolmoAct2Config
 from molmoact2_policy.model.flow import (

@@ -63,7 +63,7 @@ FASTDDS_SHM_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
 def write_checkpoint(preset: str, directory: Path, seed: int) -> str:
     if preset == "tiny":
         return "tiny"
-    from molmoact2_policy.embodiments import EMBODIMENTS
+    from molmoact2_common.embodiments import EMBODIMENTS
     from molmoact2_policy.model.checkpoint import save_checkpoint, tiny_norm_stats
     from molmoact2_policy.model.config import MolmoAct2Config
     from molmoact2_policy.model.model import MolmoAct2Model
@@ -511,7 +511,7 @@ def main() -> None:
         else:
             import torch
 
-            from molmoact2_policy.model.policy import MolmoAct2Policy
+            from molmoact2_policy.model.loader import load_policy
 
             torch.set_num_threads(args.threads)
             checkpoint = write_checkpoint(args.preset, Path(ckpt_dir), seed)
@@ -524,7 +524,7 @@ def main() -> None:
             )
 
             def make_policy():
-                return MolmoAct2Policy.from_checkpoint(
+                return load_policy(
                     checkpoint,
                     params["embodiment"],
                     seed=seed,

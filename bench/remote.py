@@ -28,7 +28,7 @@ IMAGE_SHAPE = (480, 640, 3)
 
 
 def make_policy(kind: str) -> Any:
-    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_common.embodiments import get_embodiment
 
     spec = get_embodiment(EMBODIMENT)
     if kind == "null":
@@ -39,9 +39,9 @@ def make_policy(kind: str) -> Any:
     import torch
 
     torch.set_num_threads(1)
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
 
-    return MolmoAct2Policy.from_checkpoint(
+    return load_policy(
         "tiny",
         spec.name,
         device="cpu",
@@ -118,7 +118,7 @@ def main() -> None:
         serve(args.port, args.policy)
         return
 
-    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_common.embodiments import get_embodiment
     from molmoact2_policy.model.preprocess import IMAGE_SIZE, resize_image
     from molmoact2_policy.remote.client import RemotePolicy
     from molmoact2_policy.remote.protocol import build_act_request, encode_json, encode_msgpack

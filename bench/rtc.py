@@ -275,11 +275,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
 
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+
+    from molmoact2_policy.model.loader import load_policy
 
     config = graph.load_robot_config(ROBOT)
     params = driver_params()
-    policy = MolmoAct2Policy.from_checkpoint(
+    policy = load_policy(
         str(checkpoint(args.train_steps, args.checkpoint_dir)),
         str(config.shared["embodiment"]), seed=args.seed, joint_names=list(params.joint_names),
     )

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.policy_api import ActionChunkResult
 
 

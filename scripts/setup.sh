@@ -100,7 +100,8 @@ if ! stage_done packages "$pkg_stamp"; then
   log "installing the project's Python packages (editable)"
   # setuptools warns about editable installs at length; keep its output for failures only.
   "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation \
-    -e "$ROOT/src/molmoact2_policy" -e "$ROOT/src/hw_drivers" -e "$ROOT/src/molmoact2" \
+    -e "$ROOT/src/molmoact2_common" -e "$ROOT/src/molmoact2_policy" -e "$ROOT/src/hw_drivers" \
+    -e "$ROOT/src/molmoact2" \
     > "$VENV/editable-install.log" 2>&1 || { tail -n 40 "$VENV/editable-install.log"; exit 1; }
   mark_done packages "$pkg_stamp"
 fi

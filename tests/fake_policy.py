@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from molmoact2_policy.embodiments import EmbodimentSpec, get_embodiment
+from molmoact2_common.embodiments import EmbodimentSpec, get_embodiment
 from molmoact2_policy.policy_api import (
     ActionChunkResult,
     PolicyInputError,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from molmoact2_policy.embodiments import EmbodimentSpec
+from molmoact2_common.embodiments import EmbodimentSpec
 from molmoact2_policy.policy_api import ActionChunkResult, validate_observation
 
 

@@ -1,4 +1,4 @@
-"""A small node run through ``hw_drivers.ros_runtime`` for the stop tests (a script, not a test).
+"""The stop tests' small node, run through ``molmoact2_common.ros_runtime`` (a script, not a test).
 
 ``python tests/ros/stop_probe_node.py MODE``: publishes a counter at 20 Hz; logs ``ready pid=N``
 once spinning. On exit it logs ``on_exit ran`` and, by MODE: ``quick`` returns at once;
@@ -20,7 +20,7 @@ def main() -> int:
     from rclpy.node import Node
     from std_msgs.msg import Int32
 
-    from hw_drivers.ros_runtime import run_node
+    from molmoact2_common.ros_runtime import run_node
 
     mode = sys.argv[1]
     executor = sys.argv[2] if len(sys.argv) > 2 else "single"

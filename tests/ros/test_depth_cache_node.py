@@ -55,10 +55,10 @@ class TinyThink:
     def __init__(self) -> None:
         import torch
 
-        from molmoact2_policy.model.policy import MolmoAct2Policy
+        from molmoact2_policy.model.loader import load_policy
 
         torch.set_num_threads(1)
-        self.policy = MolmoAct2Policy.from_checkpoint("tiny", "yam_bimanual", mode="think")
+        self.policy = load_policy("tiny", "yam_bimanual", mode="think")
         rng = np.random.default_rng(1)
         self.wrists = {
             name: rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)

@@ -12,15 +12,25 @@ from tests.ros.driver_harness import latest, running_driver, wait_for
 pytestmark = pytest.mark.ros
 
 ARM_START = [0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.35]
+# yam.yaml's linear_4310 gripper: end stops 6.57 rad apart (closed the larger angle), found by
+# the driver's calibration at torque enable.
+GRIPPER_STOPS = (1.5, 1.5 - 6.57)
+
+
+def yam_bus(channel: str, **kwargs):
+    from hw_drivers.emulators.damiao_emulator import DamiaoEmulator
+
+    emulator = DamiaoEmulator(channel, initial_positions=ARM_START, **kwargs)
+    emulator.attach_gripper(0x07, *GRIPPER_STOPS)
+    return emulator.start()
 
 
 @pytest.fixture
 def rig(tmp_path):
-    from hw_drivers.emulators.damiao_emulator import DamiaoEmulator
 
     tag = uuid.uuid4().hex[:6]
     channels = [f"hw_{tag}_{i}" for i in range(2)]
-    emulators = [DamiaoEmulator(c, initial_positions=ARM_START).start() for c in channels]
+    emulators = [yam_bus(c) for c in channels]
     overrides = {
         "backend": "damiao",
         "can_interface": "virtual",
@@ -49,6 +59,18 @@ def test_shadow_by_default_motor_health_and_an_over_temperature_named_and_cleare
     preflight = latest(diagnostics, ": preflight")
     assert preflight is not None and preflight.level == b"\x00"
     assert all(emulators[0].snapshot(m).enabled for m in range(1, 8))
+    # yam.yaml's linear_4310 gripper found its end stops at torque enable (i2rt's start-up
+    # calibration), and says so on its motor's entry.
+    gripper = ": damiao motor left_gripper (id 0x07, " + emulators[0].channel + ")"
+
+    def calibrated():
+        status = latest(diagnostics, gripper)
+        values = {} if status is None else {kv.key: kv.value for kv in status.values}
+        return values.get("gripper_type") == "linear_4310" and values.get(
+            "gripper_calibration", ""
+        ).startswith("closed 1.50")
+
+    assert wait_for(calibrated, 10.0), latest(diagnostics, gripper)
 
     emulators[0].set_temperature(2, 55, 122)
     emulators[0].set_fault(2, 0xC)  # rotor over-temperature trips the motor
@@ -95,3 +117,52 @@ def test_execution_and_active_arms_change_at_runtime(rig):
     assert all(r.successful for r in results)
     assert not node._loop.shadow
     assert list(node._loop.held) == [True] * 7 + [False] * 7
+
+
+def test_a_motor_powered_up_a_turn_off_is_published_as_its_joint_angle_and_held(tmp_path):
+    """Left joint 2 powers up reporting 1.0 + 2*pi (single-turn encoder): the driver reads
+    1.0 on /joint_states, says so on its motor's /diagnostics entry, and holds the joint."""
+    import math
+
+    from sensor_msgs.msg import JointState
+
+    tag = uuid.uuid4().hex[:6]
+    channels = [f"turn_{tag}_{i}" for i in range(2)]
+    turns = [[0, 1, 0, 0, 0, 0, 0], [0] * 7]
+    emulators = [yam_bus(c, power_up_turns=t) for c, t in zip(channels, turns, strict=True)]
+    overrides = {
+        "backend": "damiao",
+        "can_interface": "virtual",
+        "can_channels": channels,
+        "read_timeout": 0.05,
+        "read_retries": 2,
+        "reconnect_period": 0.3,
+        "preflight_cameras": False,
+    }
+    try:
+        with running_driver("yam", "yam_driver", overrides, tmp_path, f"/turn_{tag}") as driver:
+            states: list = []
+            driver.probe.create_subscription(JointState, "joint_states", states.append, 50)
+            assert wait_for(
+                lambda: all(e.snapshot(m).enabled for e in emulators for m in (1, 2)), 10
+            )
+            assert wait_for(lambda: len(states) >= 20, 10.0)
+            for msg in states[-10:]:
+                q = dict(zip(msg.name, msg.position, strict=True))
+                assert abs(q["left_joint2"] - 1.0) < 0.01
+                assert abs(q["right_joint2"] - 1.0) < 0.01
+            motor = ": damiao motor left_joint2 (id 0x02, " + channels[0] + ")"
+            assert wait_for(lambda: latest(driver.diagnostics, motor) is not None, 10.0)
+            status = latest(driver.diagnostics, motor)
+            assert status.level == b"\x00"
+            values = {kv.key: kv.value for kv in status.values}
+            assert float(values["turn_offset_rad"]) == pytest.approx(2 * math.pi, abs=1e-6)
+            assert "+1 turn" in values["turn"]
+            # Held where it stands: the motor was never asked for the angle a turn away.
+            held = emulators[0].snapshot(2)
+            assert held.received
+            assert all(abs(c.position - (1.0 + 2 * math.pi)) < 0.01 for c in held.received)
+            assert abs(held.joint_angle - 1.0) < 0.01
+    finally:
+        for emulator in emulators:
+            emulator.stop()

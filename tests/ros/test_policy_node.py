@@ -28,10 +28,10 @@ def reference_policy(params: dict):
     """The same policy the node runs, built in the test process."""
     import torch
 
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
 
     torch.set_num_threads(1)
-    return MolmoAct2Policy.from_checkpoint(
+    return load_policy(
         "tiny",
         params["embodiment"],
         device="cpu",

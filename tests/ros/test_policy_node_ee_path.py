@@ -37,7 +37,7 @@ def two_arm_urdf() -> str:
 
 
 def test_chunk_markers_trace_the_end_effectors_by_fk(tmp_path):
-    from hw_drivers.rigid_body import RigidBodyModel
+    from molmoact2_common.rigid_body import RigidBodyModel
 
     urdf = tmp_path / "two_arms.urdf"
     urdf.write_text(two_arm_urdf())

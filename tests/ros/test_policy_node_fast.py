@@ -18,7 +18,7 @@ def test_fast_mode_node_publishes_the_fast_policys_chunks(tmp_path):
     import torch
 
     from molmoact2_policy.model.fast_policy import FastPolicy
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
 
     params = yam_params(mode="fast")
     # Cold start (process, model, discovery) plus one token run of the tiny model.
@@ -32,7 +32,7 @@ def test_fast_mode_node_publishes_the_fast_policys_chunks(tmp_path):
     positions = np.asarray(chunk.positions).reshape(30, len(joints))
 
     torch.set_num_threads(1)
-    reference = MolmoAct2Policy.from_checkpoint(
+    reference = load_policy(
         "tiny", params["embodiment"], mode="fast", seed=params["seed"], joint_names=joints
     )
     assert isinstance(reference, FastPolicy)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from hw_drivers.ros_params import dataclass_defaults, declare_dataclass_params
+from molmoact2_common.ros_params import dataclass_defaults, declare_dataclass_params
 
 pytestmark = pytest.mark.ros
 

@@ -1,4 +1,4 @@
-"""Node processes stop cleanly however they are stopped (``hw_drivers.ros_runtime``).
+"""Node processes stop cleanly however they are stopped (``molmoact2_common.ros_runtime``).
 
 A probe node (tests/ros/stop_probe_node.py) runs through the same runtime helper as every node
 of the suite. Signals are sent as a terminal and launch send them: SIGINT to the process group
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hw_drivers.ros_runtime import make_executor, spin_until_shutdown
+from molmoact2_common.ros_runtime import make_executor, spin_until_shutdown
 
 pytestmark = pytest.mark.ros
 

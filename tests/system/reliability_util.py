@@ -129,7 +129,7 @@ class SmoothPolicy:
     """
 
     def __init__(self, params: Any) -> None:
-        from molmoact2_policy.embodiments import get_embodiment
+        from molmoact2_common.embodiments import get_embodiment
 
         self.spec = get_embodiment(params.embodiment)
         self.joint_names = tuple(params.joint_names)
@@ -515,7 +515,14 @@ class ChunkFeed:
                 reading = self.harness.driver._loop.last_reading
             if reading is None:
                 return
-            self.center = np.array(reading.positions, dtype=float)
+            # Inside the limits by the amplitude: a YAM gripper calibrated at torque enable
+            # rests on its open end stop (opening 1.0), a sine around it would leave [0, 1].
+            params = self.harness.driver.params
+            self.center = np.clip(
+                np.array(reading.positions, dtype=float),
+                np.asarray(params.position_lower, dtype=float) + self.amplitude,
+                np.asarray(params.position_upper, dtype=float) - self.amplitude,
+            )
         now = self.harness.now()
         times = now + self.step_dt * np.arange(self.horizon)
         phase = np.arange(len(self.joint_names)) * 0.7

@@ -25,7 +25,7 @@ def test_colcon_builds_the_python_packages_and_installs_launch_and_config(tmp_pa
         [
             str(venv / "bin" / "colcon"), "--log-base", str(tmp_path / "log"), "build",
             "--build-base", str(tmp_path / "build"), "--install-base", str(tmp_path / "install"),
-            "--packages-select", "molmoact2", "hw_drivers", "molmoact2_policy",
+            "--packages-select", "molmoact2", "hw_drivers", "molmoact2_policy", "molmoact2_common",
             "--event-handlers", "console_direct-",
         ],
         cwd=REPO / "ros2_ws", env=env, capture_output=True, text=True, timeout=300,
@@ -45,9 +45,14 @@ def test_colcon_builds_the_python_packages_and_installs_launch_and_config(tmp_pa
     assert (policy_lib / "molmoact2_policy_node").exists()
     index = tmp_path / "install" / "molmoact2" / "share" / "ament_index" / "resource_index"
     assert (index / "packages" / "molmoact2").exists()
+    # The helpers every node package imports are installed as their own package.
+    common = tmp_path / "install" / "molmoact2_common"
+    common_index = common / "share" / "ament_index" / "resource_index"
+    assert (common_index / "packages" / "molmoact2_common").exists()
+    assert list(common.rglob("molmoact2_common/ros_runtime.py"))
 
 
-PACKAGES = ["molmoact2_msgs", "molmoact2_policy", "hw_drivers", "molmoact2"]
+PACKAGES = ["molmoact2_msgs", "molmoact2_common", "molmoact2_policy", "hw_drivers", "molmoact2"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)

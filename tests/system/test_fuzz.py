@@ -85,6 +85,20 @@ def fuzz_compressed(rng: np.random.Generator, now: float) -> Any:
 
         _ok, data = cv2.imencode(".png", rng.integers(0, 256, (4, 4), dtype=np.uint8))
         msg = CompressedImage(format="png", data=data.tobytes())
+    elif case == 3:
+        # A decompression bomb: a tiny JPEG whose header declares 20000x20000 (1.2 GB and
+        # seconds of CPU were it decoded).
+        msg = jpeg_msg(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), _stamp(now), "x")
+        data = bytearray(msg.data)
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5 : sof + 9] = (20000).to_bytes(2, "big") * 2
+        msg.data = bytes(data)
+    elif case == 4:
+        # Another format cv2 would sniff and decode, labelled jpeg.
+        import cv2
+
+        _ok, data = cv2.imencode(".bmp", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        msg = CompressedImage(format="jpeg", data=data.tobytes())
     else:
         msg = CompressedImage(format="jpeg")
         msg.data = rng.integers(0, 256, int(rng.choice([0, 3, 1000, 200_000])),

@@ -13,10 +13,10 @@ from molmoact2_policy.model.action_expert import (
     DepthGate,
     SinusoidalTimestepEmbedding,
     apply_rope,
+    euler_timesteps,
     init_weights_randomly_for_tests,
     rope_tables,
 )
-from molmoact2_policy.model.flow import euler_timesteps
 
 torch.set_num_threads(1)
 

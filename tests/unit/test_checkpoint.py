@@ -25,8 +25,8 @@ from molmoact2_policy.model.checkpoint import (
     write_tiny_checkpoint,
 )
 from molmoact2_policy.model.config import MolmoAct2Config
+from molmoact2_policy.model.loader import load_policy
 from molmoact2_policy.model.model import MolmoAct2Model
-from molmoact2_policy.model.policy import MolmoAct2Policy
 from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer
 
 torch.set_num_threads(1)
@@ -90,8 +90,8 @@ def test_fused_weights_split_the_documented_way():
 
 
 def test_write_load_round_trip_gives_identical_actions(tiny_dir):
-    loaded = MolmoAct2Policy.from_checkpoint(str(tiny_dir), "droid", seed=0)
-    in_memory = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=0)
+    loaded = load_policy(str(tiny_dir), "droid", seed=0)
+    in_memory = load_policy("tiny", "droid", seed=0)
     images, state = _observation(loaded.embodiment)
     first = loaded.act(images, state, "wipe the table", seed=7)
     second = in_memory.act(images, state, "wipe the table", seed=7)
@@ -152,7 +152,7 @@ def test_bfloat16_keeps_rope_tables_in_float32(tiny_dir):
 
 
 def test_policy_in_bfloat16_keeps_rope_tables_in_float32():
-    policy = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=0, dtype="bfloat16")
+    policy = load_policy("tiny", "droid", seed=0, dtype="bfloat16")
     tables = _rope_tables(policy.model)
     assert tables and all(t.dtype == torch.float32 for t in tables.values())
     images, state = _observation(policy.embodiment)
@@ -257,8 +257,8 @@ def _with_rope_tables(tiny_dir, tmp_path, layout, transform=lambda t: t, only=No
 def test_released_rope_tables_are_accepted_and_not_loaded(tiny_dir, tmp_path, layout):
     path = _with_rope_tables(tiny_dir, tmp_path, layout)
     assert set(layout) <= set(load_file(str(path / "model.safetensors")))
-    loaded = MolmoAct2Policy.from_checkpoint(str(path), "droid", seed=0)
-    in_memory = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=0)
+    loaded = load_policy(str(path), "droid", seed=0)
+    in_memory = load_policy("tiny", "droid", seed=0)
     assert not any(key.endswith("inv_freq") for key in loaded.model.state_dict())
     images, state = _observation(loaded.embodiment)
     first = loaded.act(images, state, "wipe the table", seed=7)
@@ -380,8 +380,8 @@ def test_processor_files_are_written_and_their_token_options_taken(tiny_dir, tmp
     (path / "processor_config.json").write_text(
         json.dumps({"image_use_col_tokens": True, "use_single_crop_col_tokens": None})
     )
-    policy = MolmoAct2Policy.from_checkpoint(str(path), "droid", seed=0)
-    default = MolmoAct2Policy.from_checkpoint(str(tiny_dir), "droid", seed=0)
+    policy = load_policy(str(path), "droid", seed=0)
+    default = load_policy(str(tiny_dir), "droid", seed=0)
     col = default.tokenizer.token_id("<im_col>")
     assert col not in default._image_tokens and len(default._image_tokens) == 198
     assert policy._image_tokens.count(col) == 14 and len(policy._image_tokens) == 212

@@ -98,7 +98,10 @@ def rig():
     channel = f"dm_test_{next(_channels)}"
     emulator = DamiaoEmulator(channel, initial_positions=START).start()
     backend = DamiaoBackend(
-        [yam_arm(channel, ARM_NAMES)], interface="virtual", reply_timeout=0.05, retries=2
+        [yam_arm(channel, ARM_NAMES, gripper_type="crank_4310")],
+        interface="virtual",
+        reply_timeout=0.05,
+        retries=2,
     )
     backend.connect()
     yield backend, emulator
@@ -169,7 +172,7 @@ def test_silent_motor_is_named(rig):
 
 def test_connect_fails_cleanly_without_motors():
     backend = DamiaoBackend(
-        [yam_arm(f"dm_empty_{next(_channels)}", ARM_NAMES)],
+        [yam_arm(f"dm_empty_{next(_channels)}", ARM_NAMES, gripper_type="crank_4310")],
         interface="virtual",
         reply_timeout=0.01,
         retries=1,

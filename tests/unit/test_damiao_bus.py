@@ -44,7 +44,10 @@ class Rig:
             for k, ch in enumerate(("can0", "can1"))
         }
         self.backend = DamiaoBackend(
-            [yam_arm("can0", LEFT), yam_arm("can1", RIGHT)],
+            [
+                yam_arm("can0", LEFT, gripper_type="crank_4310"),
+                yam_arm("can1", RIGHT, gripper_type="crank_4310"),
+            ],
             bitrate=bitrate,
             control_rate=rate,
             link_factory=self.buses.__getitem__,
@@ -230,7 +233,10 @@ def test_frozen_io_thread_is_reported_instead_of_blocking():
 
     stuck = Stuck("can0", initial_positions=START)
     backend = DamiaoBackend(
-        [yam_arm("can0", LEFT)], control_rate=250.0, link_factory=lambda ch: stuck, io_timeout=0.2
+        [yam_arm("can0", LEFT, gripper_type="crank_4310")],
+        control_rate=250.0,
+        link_factory=lambda ch: stuck,
+        io_timeout=0.2,
     )
     backend.connect()
     backend.enable()
@@ -273,6 +279,7 @@ def test_gravity_feed_forward_from_the_arm_model_matches_analytic_torques():
             motor_types=("DM4340", "DM4340", "DM4310"),
             kp=(80.0, 80.0, 20.0),
             kd=(5.0, 5.0, 0.5),
+            gripper_type="crank_4310",
         ),
         str(ARM_URDF),
         prefix="left_",
@@ -312,7 +319,9 @@ def test_without_a_model_feed_forward_is_zero_and_the_sag_is_stated():
 
 def test_a_urdf_without_the_arm_joints_is_refused():
     with pytest.raises(BackendError, match="no movable joint"):
-        with_dynamics(yam_arm("can0", LEFT), str(ARM_URDF), prefix="left_")
+        with_dynamics(
+            yam_arm("can0", LEFT, gripper_type="crank_4310"), str(ARM_URDF), prefix="left_"
+        )
 
 
 def test_config_validation_refuses_a_rate_the_bus_cannot_carry():

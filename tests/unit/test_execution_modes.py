@@ -3,11 +3,8 @@ sim backend and on the DaMiao backend against emulated buses with bus time (virt
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import yaml
 
 from hw_drivers import health as hl
 from hw_drivers.backends.base import BackendError
@@ -20,14 +17,10 @@ from hw_drivers.emulators.damiao_emulator import TimedDamiaoBus
 from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import execution_summary, health_statuses, make_preflight
 from hw_drivers.preflight import RateMeter, arm_hold_mask
+from tests.driver_config import config_driver_params, driver_section, joint_names
 
-ROOT = Path(__file__).resolve().parents[2]
-SECTION = yaml.safe_load((ROOT / "config" / "yam.yaml").read_text())["/**/yam_driver"][
-    "ros__parameters"
-]
-NAMES = yaml.safe_load((ROOT / "config" / "yam.yaml").read_text())["/**"]["ros__parameters"][
-    "joint_names"
-]
+SECTION = driver_section("yam")
+NAMES = joint_names("yam")
 RATE = float(SECTION["control_rate"])
 PERIOD = 1.0 / RATE
 # Start pose: joints in motor radians, grippers half open (motor -1.35 rad of -2.7).
@@ -37,23 +30,10 @@ MOTOR_START = [*ARM_START[:6], -1.35]
 
 
 def params(**overrides) -> DriverParams:
-    values = dict(
-        robot="yam",
-        joint_names=tuple(NAMES),
-        backend="damiao",
-        control_rate=RATE,
-        position_lower=tuple(SECTION["position_lower"]),
-        position_upper=tuple(SECTION["position_upper"]),
-        max_velocity=tuple(SECTION["max_velocity"]),
-        max_acceleration=tuple(SECTION["max_acceleration"]),
-        max_step_per_tick=float(SECTION["max_step_per_tick"]),
-        can_channels=("can0", "can1"),
-        frame_prefixes=("left_", "right_"),
-        ramp_in_time=0.2,
-        watchdog_timeout=5.0,
-    )
-    values.update(overrides)
-    return DriverParams(**values)
+    # The fixed-limit gripper these tests were written for (i2rt's crank_4310).
+    values = dict(backend="damiao", can_channels=("can0", "can1"),
+                  frame_prefixes=("left_", "right_"), gripper_type="crank_4310")
+    return config_driver_params("yam", **{**values, **overrides})
 
 
 class Robot:
@@ -80,8 +60,8 @@ class Robot:
             }
             self.backend = DamiaoBackend(
                 [
-                    yam_arm("can0", p.joint_names[:7]),
-                    yam_arm("can1", p.joint_names[7:]),
+                    yam_arm("can0", p.joint_names[:7], gripper_type="crank_4310"),
+                    yam_arm("can1", p.joint_names[7:], gripper_type="crank_4310"),
                 ],
                 control_rate=RATE,
                 link_factory=self.buses.__getitem__,

@@ -21,7 +21,7 @@ from molmoact2_policy.model.fast_policy import (
     FastPolicy,
     fast_prompt,
 )
-from molmoact2_policy.model.policy import MolmoAct2Policy
+from molmoact2_policy.model.loader import load_policy
 from molmoact2_policy.policy_api import Policy
 
 torch.set_num_threads(1)
@@ -37,7 +37,7 @@ def _observation(spec, seed=0):
 
 
 def _fresh_policy() -> FastPolicy:
-    policy = MolmoAct2Policy.from_checkpoint("tiny", EMBODIMENT, mode="fast", seed=0)
+    policy = load_policy("tiny", EMBODIMENT, mode="fast", seed=0)
     assert isinstance(policy, FastPolicy)
     return policy
 
@@ -229,15 +229,15 @@ def test_written_checkpoint_carries_the_fast_tokenizer_and_its_absence_is_named(
     images, state, result = baseline
     path = write_tiny_checkpoint(tmp_path / "tiny", seed=0, embodiments=[EMBODIMENT])
     assert (path / FAST_TOKENIZER_DIR / "processor_config.json").is_file()
-    loaded = MolmoAct2Policy.from_checkpoint(str(path), EMBODIMENT, mode="fast", seed=0)
+    loaded = load_policy(str(path), EMBODIMENT, mode="fast", seed=0)
     from_disk = loaded.act(images, state, INSTRUCTION)
     np.testing.assert_array_equal(from_disk.positions, result.positions)
 
     shutil.rmtree(path / FAST_TOKENIZER_DIR)
     with pytest.raises(CheckpointError, match=r"fast_tokenizer: not found; mode 'fast' needs"):
-        MolmoAct2Policy.from_checkpoint(str(path), EMBODIMENT, mode="fast")
+        load_policy(str(path), EMBODIMENT, mode="fast")
     # The other modes do not need it.
-    assert MolmoAct2Policy.from_checkpoint(str(path), EMBODIMENT).mode_name == "flow"
+    assert load_policy(str(path), EMBODIMENT).mode_name == "flow"
 
 
 def test_fast_prompt_appends_the_action_start_marker():

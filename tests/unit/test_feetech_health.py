@@ -17,11 +17,8 @@ Sources (transcribed here, not taken from our code):
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import yaml
 
 from hw_drivers import feetech_protocol as ft
 from hw_drivers import health as hl
@@ -35,11 +32,10 @@ from hw_drivers.emulators.feetech_emulator import TimedFeetechBus
 from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import health_statuses, make_preflight
 from hw_drivers.serial_budget import SerialBudget
+from tests.driver_config import config_driver_params, driver_section
 from tests.feetech_servos import START_TICKS, calibration
 
-ROOT = Path(__file__).resolve().parents[2]
-_CONFIG = yaml.safe_load((ROOT / "config" / "so101.yaml").read_text())
-SECTION = _CONFIG["/**/so101_driver"]["ros__parameters"]
+SECTION = driver_section("so101")
 RATE = float(SECTION["control_rate"])
 PERIOD = 1.0 / RATE
 PORT = "/dev/ttyEMU"
@@ -114,24 +110,8 @@ def test_budget_counts_every_byte_of_a_tick():
 
 
 def so101_params(**overrides) -> DriverParams:
-    names = _CONFIG["/**"]["ros__parameters"]["joint_names"]
-    values = dict(
-        robot="so101",
-        joint_names=tuple(names),
-        backend="feetech",
-        control_rate=RATE,
-        position_lower=tuple(SECTION["position_lower"]),
-        position_upper=tuple(SECTION["position_upper"]),
-        max_velocity=tuple(SECTION["max_velocity"]),
-        max_acceleration=tuple(SECTION["max_acceleration"]),
-        max_step_per_tick=float(SECTION["max_step_per_tick"]),
-        serial_port=PORT,
-        ramp_in_time=0.2,
-        watchdog_timeout=5.0,
-        execution="live",
-    )
-    values.update(overrides)
-    return DriverParams(**values)
+    values = dict(backend="feetech", serial_port=PORT, execution="live")
+    return config_driver_params("so101", **{**values, **overrides})
 
 
 def test_shipped_rate_fits_and_a_rate_the_bus_cannot_carry_is_refused_at_configure():

@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from molmoact2_policy.model.action_expert import ActionExpert, init_weights_randomly_for_tests
+from molmoact2_policy.model.action_expert import (
+    ActionExpert,
+    euler_timesteps,
+    init_weights_randomly_for_tests,
+)
 from molmoact2_policy.model.flow import (
     CachedFlowSampler,
     GraphFlowRunner,
     euler_sample_reference,
-    euler_timesteps,
     make_noise,
 )
 from tests.unit.test_action_expert import TINY, random_context, tiny_expert

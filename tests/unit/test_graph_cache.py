@@ -98,9 +98,9 @@ def test_padded_static_inputs_give_the_unpadded_chunk(length):
 
 
 def test_bf16_policy_integrates_in_float32():
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
 
-    policy = MolmoAct2Policy.from_checkpoint("tiny", "droid", dtype="bfloat16", seed=0)
+    policy = load_policy("tiny", "droid", dtype="bfloat16", seed=0)
     noise = policy.make_noise(seed=1)
     assert noise.dtype == torch.float32
     assert policy.model.action_expert.action_embed.weight.dtype == torch.bfloat16
@@ -109,10 +109,10 @@ def test_bf16_policy_integrates_in_float32():
 def test_warm_up_runs_the_instruction_and_leaves_the_noise_sequence_at_its_start():
     import numpy as np
 
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
 
-    warmed = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=3)
-    fresh = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=3)
+    warmed = load_policy("tiny", "droid", seed=3)
+    fresh = load_policy("tiny", "droid", seed=3)
     timings = warmed.warm_up("wipe the table")
     assert timings["total"] > 0
     rng = np.random.default_rng(0)
@@ -131,9 +131,9 @@ def test_num_steps_per_call_runs_that_many_euler_steps():
     import numpy as np
 
     from molmoact2_policy.model.flow import CachedFlowSampler
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
 
-    policy = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=0)
+    policy = load_policy("tiny", "droid", seed=0)
     rng = np.random.default_rng(0)
     images = {
         name: rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
@@ -166,12 +166,12 @@ def test_bf16_cuda_graph_policy_matches_its_eager_run():
         pytest.skip("CUDA not available")
     import numpy as np
 
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
 
-    graphed = MolmoAct2Policy.from_checkpoint(
+    graphed = load_policy(
         "tiny", "droid", device="cuda", dtype="bfloat16", cuda_graph=True, seed=0
     )
-    eager = MolmoAct2Policy.from_checkpoint(
+    eager = load_policy(
         "tiny", "droid", device="cuda", dtype="bfloat16", cuda_graph=False, seed=0
     )
     graphed.warm_up("wipe the table")

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import struct
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from molmoact2_policy import image_conversion
 from molmoact2_policy.image_conversion import (
+    MAX_IMAGE_SIDE,
     ImageConversionError,
+    ImageTooLargeError,
+    compressed_image_size,
     compressed_msg_to_rgb,
     compressed_to_rgb,
     encode_compressed,
@@ -145,3 +152,107 @@ def test_empty_compressed_data_is_rejected():
 def test_builder_rejects_non_rgb_arrays():
     with pytest.raises(ImageConversionError, match="HxWx3 uint8"):
         rgb_to_image_fields(np.zeros((4, 4), np.uint8))
+
+
+# ---- hostile compressed frames: sizes from the header, before any decoding -----------------
+
+
+def _with_declared_size(data: bytes, height: int, width: int) -> bytes:
+    """``data`` (a JPEG or PNG) with its header claiming ``height`` x ``width``."""
+    out = bytearray(data)
+    if out[:2] == b"\xff\xd8":
+        sof = out.index(b"\xff\xc0")  # cv2 writes baseline JPEGs
+        out[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    else:
+        out[16:24] = struct.pack(">II", width, height)  # PNG IHDR (its CRC is not checked first)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_the_header_size_is_the_decoded_size(fmt):
+    data = encode_compressed(_rgb(24, 40), fmt)
+    assert compressed_image_size(data) == (24, 40)
+    assert compressed_to_rgb(fmt, data).shape == (24, 40, 3)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_a_frame_declaring_gigabytes_is_refused_without_decoding(fmt, monkeypatch):
+    # A few hundred bytes that declare 20000x20000: cv2 would allocate 1.2 GB and spend
+    # seconds filling it (measured: 11 s for the JPEG) for every such message.
+    bomb = _with_declared_size(encode_compressed(_rgb(16, 16), fmt), 20000, 20000)
+    assert len(bomb) < 2000
+
+    def no_decoding(*_args):
+        raise AssertionError("the decoder ran on a frame that should have been refused")
+
+    monkeypatch.setattr(image_conversion.cv2, "imdecode", no_decoding)
+    with pytest.raises(ImageTooLargeError, match=r"20000x20000, larger than 4096 pixels"):
+        compressed_to_rgb(fmt, bomb)
+
+
+def test_the_side_limit_is_per_call_and_counts_both_sides():
+    wide = encode_compressed(_rgb(8, 65), "png")
+    with pytest.raises(ImageTooLargeError, match="65x8"):
+        compressed_to_rgb("png", wide, max_side=64)
+    assert compressed_to_rgb("png", wide, max_side=65).shape == (8, 65, 3)
+    tall = encode_compressed(_rgb(65, 8), "jpeg")
+    with pytest.raises(ImageTooLargeError, match="8x65"):
+        compressed_to_rgb("jpeg", tall, max_side=64)
+
+
+@pytest.mark.parametrize("extension", [".bmp", ".tiff", ".ppm"])
+def test_other_image_formats_are_refused_whatever_the_format_field_says(extension):
+    # cv2.imdecode sniffs the bytes and would decode these happily, as any format it has.
+    _ok, data = cv2.imencode(extension, _rgb(8, 8))
+    with pytest.raises(ImageConversionError, match="no JPEG or PNG header"):
+        compressed_to_rgb("jpeg", data.tobytes())
+
+
+@pytest.mark.parametrize("rgb_decoder", [True, False])
+def test_a_valid_header_over_a_broken_body_is_an_error(rgb_decoder, monkeypatch):
+    data = encode_compressed(_rgb(16, 16), "jpeg")
+    header_only = data[: data.index(b"\xff\xc0") + 19]  # SOF, then nothing to decode
+    if not rgb_decoder:
+        monkeypatch.setattr(image_conversion, "_IMREAD_COLOR_RGB", None)  # OpenCV < 4.10
+    with pytest.raises(ImageConversionError, match="could not be decoded"):
+        compressed_to_rgb("jpeg", header_only)
+
+
+def test_raw_frames_beyond_the_side_limit_are_refused():
+    with pytest.raises(ImageTooLargeError, match="mono8 image is 1x5000"):
+        image_to_rgb("mono8", 5000, 1, 1, bytes(5000))
+    assert image_to_rgb("mono8", 5000, 1, 1, bytes(5000), max_side=5000).shape == (5000, 1, 3)
+    assert MAX_IMAGE_SIDE >= 4000  # a 12 MP (4000x3000) camera frame is accepted
+
+
+_SMALL_JPEG = encode_compressed(_rgb(16, 24, seed=5), "jpeg")
+_SMALL_PNG = encode_compressed(_rgb(16, 24, seed=6), "png")
+
+
+@settings(
+    max_examples=300, derandomize=True, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    base=st.sampled_from([_SMALL_JPEG, _SMALL_PNG]),
+    edits=st.lists(
+        st.tuples(st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=8
+    ),
+    cut=st.integers(0, 2000),
+    max_side=st.integers(1, 64),
+)
+def test_any_mutated_frame_decodes_within_the_limit_or_is_an_error(base, edits, cut, max_side):
+    """Whatever the bytes, the decoder never returns a frame larger than the header check let
+    through: the size read from the header is the size the decoder uses."""
+    data = bytearray(base)
+    for index, value in edits:
+        if index < len(data):
+            data[index] = value
+    data = bytes(data[: max(cut, 1)])
+    try:
+        out = compressed_to_rgb("jpeg", data, max_side=max_side)
+    except ImageConversionError:
+        return
+    assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
+    assert max(out.shape[:2]) <= max_side
+    assert out.shape[:2] == compressed_image_size(data)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.inference_worker import (
     INPUT_ERROR,
     INTERNAL,

@@ -177,7 +177,7 @@ def test_one_recording_becomes_one_episode_with_the_recorded_values(tmp_path):
     np.testing.assert_allclose(stats["observation.state"]["mean"], states.mean(axis=0), rtol=1e-5)
     assert stats["observation.state"]["count"] == [n]
 
-    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_common.embodiments import get_embodiment
     from molmoact2_policy.model.normalize import NormStats
 
     norm = NormStats.from_file(out / "meta/norm_stats.json")

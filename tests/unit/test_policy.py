@@ -6,16 +6,17 @@ import numpy as np
 import pytest
 import torch
 
+from molmoact2_policy.model.loader import POLICY_CLASSES, load_policy
 from molmoact2_policy.model.policy import MolmoAct2Policy
 from molmoact2_policy.model.training import flow_matching_loss
-from molmoact2_policy.policy_api import Policy, PolicyInputError
+from molmoact2_policy.policy_api import MODES, Policy, PolicyInputError
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def policy():
-    return MolmoAct2Policy.from_checkpoint("tiny", "yam_bimanual", seed=0)
+    return load_policy("tiny", "yam_bimanual", seed=0)
 
 
 def _observation(spec, seed=0, size=(48, 64)):
@@ -88,18 +89,27 @@ def test_bad_observations_raise_policy_input_error(policy, mutate, message):
 
 def test_construction_errors_name_the_problem():
     with pytest.raises(ValueError, match="unknown embodiment 'ur5'"):
-        MolmoAct2Policy.from_checkpoint("tiny", "ur5")
+        load_policy("tiny", "ur5")
     with pytest.raises(ValueError, match="unknown mode 'dream'"):
-        MolmoAct2Policy.from_checkpoint("tiny", "droid", mode="dream")
+        load_policy("tiny", "droid", mode="dream")
     with pytest.raises(ValueError, match="unknown dtype 'int8'"):
-        MolmoAct2Policy.from_checkpoint("tiny", "droid", dtype="int8")
+        load_policy("tiny", "droid", dtype="int8")
     with pytest.raises(ValueError, match="8 action dims, got 2 joint names"):
-        MolmoAct2Policy.from_checkpoint("tiny", "droid", joint_names=["a", "b"])
+        load_policy("tiny", "droid", joint_names=["a", "b"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_mode_loads_its_own_policy_class(mode):
+    """Every mode the node and server accept has a class, and the loader returns exactly it."""
+    assert set(POLICY_CLASSES) == set(MODES)
+    policy = load_policy("tiny", "so100_101", mode=mode, seed=0)
+    assert type(policy) is POLICY_CLASSES[mode]
+    assert policy.mode_name == mode == policy.metadata()["mode"]
 
 
 def test_overfit_one_chunk_through_the_full_policy():
     """Train only the expert (VLM frozen, prefix computed once) on one (observation, chunk)."""
-    policy = MolmoAct2Policy.from_checkpoint("tiny", "libero", seed=0)
+    policy = load_policy("tiny", "libero", seed=0)
     spec = policy.embodiment
     images, state = _observation(spec, seed=3)
     instruction = "put the bowl on the plate"
@@ -161,7 +171,7 @@ def test_expert_context_mask_follows_the_released_rule_for_both_action_heads():
 def test_policy_hides_the_eos_token_from_the_expert_when_the_config_names_it():
     from molmoact2_policy.model.tokenizer import EOS_TOKEN
 
-    policy = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=0)
+    policy = load_policy("tiny", "droid", seed=0)
     images, state = _observation(policy.embodiment)
     with torch.inference_mode():
         prefix = policy.run_prefix(policy.prepare_inputs(images, state, "wipe the table"))
@@ -177,7 +187,7 @@ def test_policy_hides_the_eos_token_from_the_expert_when_the_config_names_it():
 
 
 def _policy_with_tag_metadata(**metadata):
-    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_common.embodiments import get_embodiment
     from molmoact2_policy.model.checkpoint import build_tiny
     from molmoact2_policy.model.normalize import NormStats
 
@@ -196,7 +206,7 @@ def test_the_checkpoints_setup_and_control_text_go_into_the_prompt():
     assert "The setup is <setup_start>a franka arm on a cart<setup_end>." in prompt
     assert "<control_start>absolute joint positions<control_end>" in prompt
     spec = policy.embodiment
-    plain = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=0)
+    plain = load_policy("tiny", "droid", seed=0)
     fallback = plain.build_prompt(np.zeros(spec.state_dim), "wipe the table")
     assert f"<setup_start>{spec.setup}<setup_end>" in fallback
 
@@ -215,7 +225,7 @@ def test_tag_action_steps_shorten_the_chunk_and_a_wrong_horizon_is_refused():
 def test_n_obs_steps_picks_where_the_returned_steps_start_as_released():
     import dataclasses
 
-    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_common.embodiments import get_embodiment
     from molmoact2_policy.model.checkpoint import build_tiny
     from molmoact2_policy.model.normalize import NormStats
 

@@ -22,7 +22,7 @@ from molmoact2_policy.model.checkpoint import (
     write_tiny_checkpoint,
 )
 from molmoact2_policy.model.config import ConfigError, MolmoAct2Config
-from molmoact2_policy.model.policy import MolmoAct2Policy
+from molmoact2_policy.model.loader import load_policy
 from molmoact2_policy.model.weights_io import read_header
 
 torch.set_num_threads(1)
@@ -276,8 +276,8 @@ def test_released_config_json_loads_with_every_size_from_released_keys(diff):
 def test_released_config_json_loads_a_checkpoint_that_acts_like_ours(tmp_path):
     path = write_tiny_checkpoint(tmp_path / "tiny", seed=0, embodiments=["droid"])
     (path / "config.json").write_text(json.dumps(released_config_json()))
-    loaded = MolmoAct2Policy.from_checkpoint(str(path), "droid", seed=0)
-    reference = MolmoAct2Policy.from_checkpoint("tiny", "droid", seed=0)
+    loaded = load_policy(str(path), "droid", seed=0)
+    reference = load_policy("tiny", "droid", seed=0)
     gen = torch.Generator().manual_seed(3)
     images = {
         name: torch.randint(0, 256, (48, 64, 3), generator=gen, dtype=torch.uint8).numpy()

@@ -63,7 +63,7 @@ def test_mask_false_dims_pass_through_as_released():
 
 
 def test_policy_state_tokens_normalise_the_grippers_when_the_stats_have_no_mask():
-    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_common.embodiments import get_embodiment
     from molmoact2_policy.model.checkpoint import build_tiny
     from molmoact2_policy.model.policy import MolmoAct2Policy
 

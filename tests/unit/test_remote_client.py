@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.policy_api import Policy, PolicyInputError, PolicyUnavailableError
 from molmoact2_policy.remote.client import RemotePolicy
 from molmoact2_policy.remote.protocol import RequestLimits, decode_image, encode_image
@@ -256,10 +256,10 @@ def tiny_pair():
     """Two independently built tiny models: one behind the server, one called locally."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
 
     def build():
-        return MolmoAct2Policy.from_checkpoint("tiny", SPEC.name, joint_names=JOINTS, seed=0)
+        return load_policy("tiny", SPEC.name, joint_names=JOINTS, seed=0)
 
     return build(), build()
 

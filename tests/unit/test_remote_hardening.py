@@ -16,7 +16,7 @@ import json_numpy
 import numpy as np
 import pytest
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.remote.guard import ConnectionLimits
 from molmoact2_policy.remote.server import create_app
 from tests.remote_fakes import FakePolicy, ServerThread

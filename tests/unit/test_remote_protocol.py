@@ -10,7 +10,8 @@ import msgpack_numpy
 import numpy as np
 import pytest
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
+from molmoact2_policy.image_conversion import compressed_image_size
 from molmoact2_policy.policy_api import ActionChunkResult
 from molmoact2_policy.remote import protocol as p
 
@@ -109,7 +110,7 @@ def test_jpeg_round_trip_keeps_size_and_colour_order():
     image[..., 0] = 200  # pure red in RGB
     data = p.encode_image(image, "jpeg", jpeg_quality=95)
     assert isinstance(data, bytes) and data[:2] == b"\xff\xd8"
-    assert p.compressed_image_size(data) == (48, 64)
+    assert compressed_image_size(data) == (48, 64)
     decoded = p.decode_image(data, "top", p.RequestLimits())
     assert decoded.shape == image.shape and decoded.dtype == np.uint8
     assert np.abs(decoded.astype(int) - image).max() <= 3
@@ -119,7 +120,7 @@ def test_jpeg_round_trip_keeps_size_and_colour_order():
 def test_png_is_lossless_and_raw_is_passthrough():
     image = _smooth_image(3)
     png = p.encode_image(image, "png")
-    assert p.compressed_image_size(png) == image.shape[:2]
+    assert compressed_image_size(png) == image.shape[:2]
     assert np.array_equal(p.decode_image(png, "top", p.RequestLimits()), image)
     assert np.array_equal(
         p.decode_image(np.frombuffer(png, np.uint8), "top", p.RequestLimits()), image
@@ -132,7 +133,7 @@ def test_png_is_lossless_and_raw_is_passthrough():
 def test_image_limits_are_checked_from_the_header_before_decoding():
     limits = p.RequestLimits(max_image_side=100)
     wide = p.encode_image(np.zeros((20, 150, 3), np.uint8), "jpeg")
-    with pytest.raises(p.RequestTooLargeError, match=r"20x150 exceeds .* 100 pixels"):
+    with pytest.raises(p.RequestTooLargeError, match=r"150x20, larger than 100 pixels per side"):
         p.decode_image(wide, "top", limits)
     with pytest.raises(p.RequestTooLargeError):
         p.decode_image(np.zeros((101, 10, 3), np.uint8), "top", limits)
@@ -141,8 +142,8 @@ def test_image_limits_are_checked_from_the_header_before_decoding():
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        (b"GIF89a....", "neither JPEG nor PNG"),
-        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 20, "corrupt|neither"),
+        (b"GIF89a....", "no JPEG or PNG header"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 20, "could not be decoded"),
         (np.zeros((8, 8, 3), np.float32), "dtype uint8"),
         (np.zeros((8, 8), np.uint8).reshape(8, 8, 1), "HxWx3"),
         ("not an image", "got str"),

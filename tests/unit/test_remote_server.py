@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.policy_api import PolicyInputError
 from molmoact2_policy.remote import protocol as p
 from molmoact2_policy.remote.server import create_app

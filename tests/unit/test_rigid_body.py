@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hw_drivers.rigid_body import RigidBodyError, RigidBodyModel
+from molmoact2_common.rigid_body import RigidBodyError, RigidBodyModel
 
 ARM_URDF = Path(__file__).resolve().parents[1] / "fixtures" / "two_link_arm.urdf"
 # Numbers of the fixture URDF.

@@ -230,9 +230,9 @@ def _check_policy_rtc(policy, images, state, monkeypatch):
 
 
 def test_flow_policy_rtc_freezes_the_executing_rows_and_matches_the_reference(monkeypatch):
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
 
-    policy = MolmoAct2Policy.from_checkpoint("tiny", "so100_101", seed=0)
+    policy = load_policy("tiny", "so100_101", seed=0)
     rng = np.random.default_rng(1)
     spec = policy.embodiment
     images = {n: rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for n in spec.camera_names}
@@ -246,9 +246,9 @@ def test_flow_policy_rtc_freezes_the_executing_rows_and_matches_the_reference(mo
 
 
 def test_think_policy_rtc_matches_the_reference(monkeypatch):
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
 
-    policy = MolmoAct2Policy.from_checkpoint("tiny", "so100_101", mode="think", seed=0)
+    policy = load_policy("tiny", "so100_101", mode="think", seed=0)
     rng = np.random.default_rng(2)
     spec = policy.embodiment
     images = {n: rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for n in spec.camera_names}
@@ -257,9 +257,9 @@ def test_think_policy_rtc_matches_the_reference(monkeypatch):
 
 
 def test_fast_mode_refuses_rtc():
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
 
-    policy = MolmoAct2Policy.from_checkpoint("tiny", "so100_101", mode="fast", seed=0)
+    policy = load_policy("tiny", "so100_101", mode="fast", seed=0)
     spec = policy.embodiment
     images = {n: np.zeros((48, 64, 3), dtype=np.uint8) for n in spec.camera_names}
     with pytest.raises(PolicyInputError, match="flow expert"):
@@ -272,7 +272,7 @@ def test_rtc_rows_line_up_with_the_returned_rows_when_they_start_later():
     when returned row i does, so it guides model row 2 + i (not row i)."""
     import dataclasses
 
-    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_common.embodiments import get_embodiment
     from molmoact2_policy.model.checkpoint import build_tiny
     from molmoact2_policy.model.normalize import NormStats
     from molmoact2_policy.model.policy import MolmoAct2Policy

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.inference_worker import InferenceRequest, InferenceWorker
 from molmoact2_policy.observation import Observation
 from molmoact2_policy.policy_api import RtcRequest
@@ -278,13 +278,13 @@ def test_bad_rtc_fields_are_refused_with_the_reason(value, message):
 def test_tiny_model_rtc_chunk_over_the_network_equals_local(transport):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
     from molmoact2_policy.remote.client import RemotePolicy
     from molmoact2_policy.remote.server import create_app
     from tests.remote_fakes import ServerThread
 
     def build():
-        return MolmoAct2Policy.from_checkpoint("tiny", SPEC.name, joint_names=JOINTS, seed=0)
+        return load_policy("tiny", SPEC.name, joint_names=JOINTS, seed=0)
 
     served, local = build(), build()
     images, state = _observation()

@@ -252,9 +252,9 @@ def test_depth_cache_keeps_the_reference_patch_of_unchanged_cells():
 
 @pytest.fixture(scope="module")
 def think_policy():
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
 
-    return MolmoAct2Policy.from_checkpoint("tiny", "yam_bimanual", mode="think")
+    return load_policy("tiny", "yam_bimanual", mode="think")
 
 
 def observation(seed: int = 0) -> dict[str, np.ndarray]:
@@ -314,7 +314,7 @@ def test_think_policy_rejects_an_unreadable_main_camera_frame(think_policy):
 
 
 def test_depth_gate_scales_the_depth_context():
-    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_common.embodiments import get_embodiment
     from molmoact2_policy.model.checkpoint import tiny_norm_stats
     from molmoact2_policy.model.think import ThinkPolicy
 

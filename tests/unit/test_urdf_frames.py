@@ -110,7 +110,7 @@ def test_unsupported_or_broken_urdfs_are_refused(tmp_path):
 
 def test_chunk_end_effector_path_is_the_fk_of_every_row():
     """With a URDF the chunk markers trace the end effector: one point per row, by FK."""
-    from hw_drivers.rigid_body import RigidBodyModel
+    from molmoact2_common.rigid_body import RigidBodyModel
     from molmoact2_policy.chunk_msgs import end_effector_markers_msg, end_effector_paths
 
     # Chunk columns in the policy's order, including one the URDF does not have.

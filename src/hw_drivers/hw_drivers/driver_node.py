@@ -32,9 +32,9 @@ from hw_drivers.driver_params import LIVE_LIMITS, DriverParams, live_limit_probl
 from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import execution_summary, health_statuses, make_preflight
 from hw_drivers.preflight import RateMeter
-from hw_drivers.ros_params import declare_dataclass_params
-from hw_drivers.ros_runtime import run_lifecycle_node
 from hw_drivers.tick_timing import TickTiming, timer_callback_with_info
+from molmoact2_common.ros_params import declare_dataclass_params
+from molmoact2_common.ros_runtime import run_lifecycle_node
 from molmoact2_msgs.msg import ActionChunk
 
 _LOG_EVERY = 2.0  # [s] throttle for repeated warnings (never log every tick)

@@ -37,7 +37,7 @@ class DriverParams:
 
     # -- robot (config/<robot>.yaml) --
     robot: str = _f("", "robot name (config file stem), e.g. yam")
-    embodiment: str = _f("", "model embodiment tag (molmoact2_policy.embodiments)")
+    embodiment: str = _f("", "model embodiment tag (molmoact2_common.embodiments)")
     joint_names: tuple[str, ...] = _f((), "joints in command order (model order)")
     backend: str = _f("sim", f"hardware backend: one of {BACKENDS}")
     control_rate: float = _f(250.0, "control loop rate [Hz]")
@@ -72,8 +72,23 @@ class DriverParams:
     )
     damiao_kp: tuple[float, ...] = _f((), "damiao: MIT-mode position gain per motor")
     damiao_kd: tuple[float, ...] = _f((), "damiao: MIT-mode damping gain per motor")
-    gripper_closed_rad: float = _f(0.0, "damiao: gripper motor angle when closed [rad]")
-    gripper_open_rad: float = _f(-2.7, "damiao: gripper motor angle when fully open [rad]")
+    gripper_type: str = _f(
+        "linear_4310",
+        "damiao: the YAM gripper, as i2rt names it: linear_4310 | linear_3507 | flexible_4310 "
+        "(limits calibrated at every torque enable: the gripper closes and opens once at 0.5 "
+        "N*m) | crank_4310 (fixed limits 0.0 closed, -2.7 open)",
+    )
+    gripper_closed_rad: float = _f(
+        0.0,
+        "damiao: gripper motor angle when closed [rad]; equal to gripper_open_rad (default): "
+        "the gripper_type's limits; different: fixed limits, no calibration",
+    )
+    gripper_open_rad: float = _f(0.0, "damiao: gripper motor angle when fully open [rad]")
+    gripper_max_force: float = _f(
+        50.0,
+        "damiao: grip force limit [N] (i2rt's YAM: 50); once the gripper stalls on an object its"
+        " command is held to the motor torque that makes this force",
+    )
     read_timeout: float = _f(0.0, "damiao/feetech: reply timeout per read [s] (0: default)")
     read_retries: int = _f(0, "damiao/feetech: retries of a failed read (0: default)")
     can_bitrate: int = _f(1_000_000, "damiao: CAN bitrate [bit/s] (the bus budget uses it)")
@@ -271,12 +286,32 @@ class DriverParams:
             problem = budget.check(self.control_rate)
             if problem:
                 problems.append(problem)
+        if self.backend == "damiao":
+            problems += self._gripper_problems()
         if self.can_channels and len(self.frame_prefixes) not in (0, len(self.can_channels)):
             problems.append(
                 f"{len(self.frame_prefixes)} frame_prefixes for {len(self.can_channels)} "
                 "can_channels"
             )
         return problems
+
+    def _gripper_problems(self) -> list[str]:
+        from hw_drivers import yam_gripper
+
+        try:
+            spec = yam_gripper.gripper_type(self.gripper_type)
+        except ValueError as err:
+            return [str(err)]
+        fixed = self.gripper_closed_rad != self.gripper_open_rad
+        if self.dry_run and spec.needs_calibration and not fixed:
+            # dry_run promises no motion; finding this gripper's limits drives it to both end
+            # stops, and without them its opening cannot be read.
+            return [
+                f"dry_run cannot calibrate the {spec.name} gripper (calibration drives it to "
+                "both end stops): set gripper_closed_rad and gripper_open_rad to its measured "
+                "limits, or use execution: shadow (the arm holds, the gripper calibrates once)"
+            ]
+        return []
 
     def is_shadow(self) -> bool:
         """Shadow execution: explicit, or by default on every hardware backend."""
@@ -337,10 +372,8 @@ class DriverParams:
             return self.chunk_rate
         if not self.embodiment:
             return 0.0
-        try:  # the model's table is the one source of this fact; the driver runs without it
-            from molmoact2_policy.embodiments import EMBODIMENTS
-        except ImportError:
-            return 0.0
+        from molmoact2_common.embodiments import EMBODIMENTS  # the one source of this fact
+
         spec = EMBODIMENTS.get(self.embodiment)
         return spec.rate_hz if spec is not None else 0.0
 

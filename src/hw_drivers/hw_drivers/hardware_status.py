@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from hw_drivers import health as hl
 from hw_drivers.backends.base import Backend, JointReading
 from hw_drivers.preflight import PreflightReport, run_preflight
@@ -27,11 +29,18 @@ def make_preflight(
 
     def preflight(reading: JointReading) -> PreflightReport:
         checked = params.preflight_cameras
+        positions = np.array(reading.positions, dtype=float)
+        # A gripper whose limits torque enable calibrates has no opening yet (NaN); it cannot
+        # be outside its end stops, so it is checked after calibration, not here.
+        uncalibrated = getattr(backend, "uncalibrated_joints", lambda: [])()
+        for k, name in enumerate(params.joint_names):
+            if name in uncalibrated:
+                positions[k] = params.position_lower[k]
         report = run_preflight(
             params.joint_names,
             params.position_lower,
             params.position_upper,
-            reading.positions,
+            positions,
             backend.health(),
             camera_rates() if checked else None,
             params.expected_camera_rates() if checked else None,

@@ -26,11 +26,11 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from hw_drivers.bridge_guard import GuardConfig, guard
 from hw_drivers.chunk import Chunk
-from hw_drivers.ros_params import declare_dataclass_params
-from hw_drivers.ros_runtime import run_lifecycle_node
 from hw_drivers.safety import JointLimits, SafetyConfig, validate_chunk, validate_timing
 from hw_drivers.trajectory import BridgeOutput, chunk_to_trajectory, seconds_to_duration
 from hw_drivers.trajectory_bridge_params import TrajectoryBridgeParams
+from molmoact2_common.ros_params import declare_dataclass_params
+from molmoact2_common.ros_runtime import run_lifecycle_node
 from molmoact2_msgs.msg import ActionChunk
 
 NODE_NAME = "trajectory_bridge"

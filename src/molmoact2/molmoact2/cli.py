@@ -78,8 +78,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     from molmoact2.demo_checkpoint import resolve_checkpoint
     from molmoact2.supervisor import Supervisor
+    from molmoact2.tf_node import without_unavailable_tf
 
     _config, nodes = graph_for(args)
+    nodes = without_unavailable_tf(nodes, logging.getLogger("molmoact2").warning)
     nodes = resolve_checkpoint(args.robot, nodes, log=logging.getLogger("molmoact2").info)
     if args.rviz:
         rviz = shutil.which("rviz2")

@@ -185,8 +185,8 @@ def tiny_checkpoint_at_start_pose(
     checkpoint, ``bench/rtc.py``): normalised targets then mean motions around the start pose.
     """
     from molmoact2_policy.model.checkpoint import write_tiny_checkpoint
+    from molmoact2_policy.model.loader import load_policy
     from molmoact2_policy.model.normalize import NormStats
-    from molmoact2_policy.model.policy import MolmoAct2Policy
 
     config = graph.load_robot_config(robot)
     spec_name = str(config.shared["embodiment"])
@@ -194,8 +194,7 @@ def tiny_checkpoint_at_start_pose(
     start = np.asarray(config.params_for(config.driver_name)["initial_positions"], dtype=float)
     path = Path(path)
     write_tiny_checkpoint(path, seed=seed, embodiments=[spec_name])
-    policy = MolmoAct2Policy.from_checkpoint(str(path), spec_name, seed=seed,
-                                             joint_names=joint_names)
+    policy = load_policy(str(path), spec_name, seed=seed, joint_names=joint_names)
     spec = policy.embodiment
     norm_path = path / policy.config.norm_stats_filename
     norm = NormStats.from_file(norm_path)

@@ -207,7 +207,7 @@ def _check_structure(config: RobotConfig) -> None:
                 f"for {len(joints)} joints"
             )
     try:
-        from molmoact2_policy.embodiments import get_embodiment
+        from molmoact2_common.embodiments import get_embodiment
 
         spec = get_embodiment(str(shared["embodiment"]))
     except ValueError as exc:

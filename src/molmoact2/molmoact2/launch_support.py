@@ -83,11 +83,11 @@ def launch_actions(robot: str, options: graph.LaunchOptions) -> list:
     from launch_ros.actions import Node
 
     from molmoact2.demo_checkpoint import ensure_in_child_process, resolve_checkpoint
+    from molmoact2.tf_node import without_unavailable_tf
 
     log = launch.logging.get_logger("molmoact2")
-    nodes = resolve_checkpoint(
-        robot, graph.build_graph(robot, options), log=log.info, make=ensure_in_child_process
-    )
+    nodes = without_unavailable_tf(graph.build_graph(robot, options), log.warning)
+    nodes = resolve_checkpoint(robot, nodes, log=log.info, make=ensure_in_child_process)
     actions = []
     for spec in nodes:
         if spec.name == graph.TF_NODE:

@@ -340,7 +340,7 @@ def export_lerobot(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_common.embodiments import get_embodiment
     from molmoact2_policy.model.normalize import NormStats
 
     config = graph.load_robot_config(robot)

@@ -50,8 +50,8 @@ class RecorderParams:
 def main(args: list[str] | None = None) -> int:
     from rclpy.node import Node
 
-    from hw_drivers.ros_params import declare_dataclass_params
-    from hw_drivers.ros_runtime import run_node
+    from molmoact2_common.ros_params import declare_dataclass_params
+    from molmoact2_common.ros_runtime import run_node
 
     class RecorderNode(Node):
         def __init__(self) -> None:

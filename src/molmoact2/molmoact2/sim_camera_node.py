@@ -81,8 +81,8 @@ def main(args: list[str] | None = None) -> int:
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image, JointState
 
-    from hw_drivers.ros_params import declare_dataclass_params
-    from hw_drivers.ros_runtime import run_node
+    from molmoact2_common.ros_params import declare_dataclass_params
+    from molmoact2_common.ros_runtime import run_node
 
     class SimCameraNode(Node):
         def __init__(self) -> None:

@@ -6,7 +6,7 @@ supervisor's process group, as under ``ros2 launch``: a terminal's Ctrl-C or han
 every node at once, and the supervisor then sends SIGINT to each node again. Stopping (Ctrl-C,
 SIGTERM, SIGHUP, or the end of ``--duration``) escalates like launch: SIGINT, SIGTERM after
 ``sigterm_timeout`` (5 s), SIGKILL after ``sigkill_timeout`` more. Every node stops cleanly
-within that (``hw_drivers.ros_runtime``): status 0, recordings flushed, arms held; anything
+within that (``molmoact2_common.ros_runtime``): status 0, recordings flushed, arms held; anything
 else is reported and makes the run fail. If the supervisor itself is killed, the nodes notice
 their parent is gone and stop on their own. A node that dies on its own stops the graph with a
 non-zero status.

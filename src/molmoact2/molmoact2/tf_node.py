@@ -11,12 +11,16 @@ path, the arm's link frames on ``/tf`` from the measured joint states.
   ROS install the launch file starts robot_state_publisher instead and sets ``urdf_fk`` off.
 
 The graph starts this node only when ``publish_tf`` is on (sim by default; off when the user's
-stack already publishes these frames).
+stack already publishes these frames). It needs ``tf2_msgs``; where that is not importable (a ROS
+install without it) both launch paths leave the node out with one warning and run the rest of
+the graph: the frames are for viewing, and neither RViz nor any tf2 listener can run there
+either. Started anyway (``ros2 run``), the node exits with status 1 and that one line.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,34 @@ from molmoact2.frames import FrameTree, StaticFrame, static_frames_from_params
 
 NODE_NAME = "molmoact2_tf"
 ERROR_LOG_PERIOD_S = 5.0
+TF2_MSGS_MISSING = (
+    "tf2_msgs is not importable, so no /tf or /tf_static can be published: with a ROS "
+    "install, install tf2_msgs (ros-<distro>-tf2-msgs); on the pip path, `make setup` builds "
+    "a stand-in"
+)
+
+
+def tf2_msgs_missing() -> str | None:
+    """Why this node cannot run here (``TF2_MSGS_MISSING``), or None when it can."""
+    try:
+        import tf2_msgs.msg  # noqa: F401
+    except ImportError:
+        return TF2_MSGS_MISSING
+    return None
+
+
+def without_unavailable_tf(nodes: Sequence[Any], warn: Callable[[str], None]) -> list[Any]:
+    """``nodes`` (graph ``NodeSpec``s) less this node when it cannot run here, said once through
+    ``warn``: a launch keeps the robot running without frames rather than stop for a viewer's
+    helper (our supervisor stops the whole graph when a node dies)."""
+    nodes = list(nodes)
+    if not any(n.name == NODE_NAME for n in nodes):
+        return nodes
+    problem = tf2_msgs_missing()
+    if problem is None:
+        return nodes
+    warn(f"{NODE_NAME} not started: {problem}. The rest of the graph runs without its frames.")
+    return [n for n in nodes if n.name != NODE_NAME]
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -161,14 +193,11 @@ def make_node(context: Any = None, cli_args: list[str] | None = None, **kwargs: 
     try:
         from tf2_msgs.msg import TFMessage
     except ImportError as exc:
-        raise RuntimeError(
-            "tf2_msgs is not importable: with a ROS install, install tf2_msgs "
-            "(ros-<distro>-tf2-msgs); on the pip path, `make setup` builds a stand-in"
-        ) from exc
+        raise RuntimeError(TF2_MSGS_MISSING) from exc
 
-    from hw_drivers.ros_params import declare_dataclass_params
     from molmoact2.graph import config_dir
     from molmoact2.urdf_frames import UrdfFrames
+    from molmoact2_common.ros_params import declare_dataclass_params
 
     class TfNode(Node):
         def __init__(self) -> None:
@@ -259,7 +288,12 @@ def make_node(context: Any = None, cli_args: list[str] | None = None, **kwargs: 
 
 
 def main(args: list[str] | None = None) -> int:
-    from hw_drivers.ros_runtime import run_node
+    problem = tf2_msgs_missing()
+    if problem is not None:
+        # A missing package is not a bug in this node: the one line says what to install.
+        sys.stderr.write(f"[{NODE_NAME}] {problem}\n")
+        return 1
+    from molmoact2_common.ros_runtime import run_node
 
     return run_node(make_node, args)
 

@@ -3,7 +3,7 @@ robot_state_publisher.
 
 Like robot_state_publisher, every URDF joint becomes one transform from its parent link to its
 child link: fixed joints once (``/tf_static``), movable joints for every joint state
-(``/tf``). Forward kinematics come from pinocchio through ``hw_drivers.rigid_body`` (the model
+(``/tf``). Forward kinematics come from pinocchio through ``molmoact2_common.rigid_body`` (the model
 the drivers use for gravity terms), so the two can never disagree about the arm.
 """
 
@@ -65,7 +65,7 @@ class UrdfFrames:
     """Per-joint transforms of one URDF, computed by forward kinematics."""
 
     def __init__(self, urdf_path: str | Path) -> None:
-        from hw_drivers.rigid_body import RigidBodyModel  # pinocchio: imported only when used
+        from molmoact2_common.rigid_body import RigidBodyModel  # pinocchio: imported only when used
 
         self.path = Path(urdf_path)
         self.joints = parse_urdf_joints(self.path)

@@ -130,7 +130,7 @@ def predicted_joint_state_msg(
 def end_effector_paths(model: Any, positions: np.ndarray, links: Sequence[str]) -> np.ndarray:
     """(horizon, len(links), 3): each link's origin at every chunk row, by forward kinematics.
 
-    ``model`` is a ``hw_drivers.rigid_body.RigidBodyModel`` built for the chunk's joint names
+    ``model`` is a ``molmoact2_common.rigid_body.RigidBodyModel`` built for the chunk's joint names
     (``link_poses(row) -> {link: 4x4 in the URDF root}``).
     """
     paths = np.empty((len(positions), len(links), 3))

@@ -24,7 +24,7 @@ from builtin_interfaces.msg import Time
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from hw_drivers.ros_params import declare_dataclass_params
+from molmoact2_common.ros_params import declare_dataclass_params
 from molmoact2_policy.depth_cache_params import DepthCacheParams
 from molmoact2_policy.depth_change import check_rgb_frame, stamp_jump_reason
 from molmoact2_policy.depth_viz import check_code_grid, depth_cell_cubes, render_depth_image

@@ -1,6 +1,6 @@
 """Parameters of the ``molmoact2_depth_cache`` node: declared once here (no ROS imports).
 
-``hw_drivers.ros_params.declare_dataclass_params`` turns this dataclass into ROS parameters;
+``molmoact2_common.ros_params.declare_dataclass_params`` turns this dataclass into ROS parameters;
 the bringup validates the ``molmoact2_depth_cache`` section of ``config/<robot>.yaml`` against it.
 """
 

@@ -4,10 +4,17 @@ The functions take the message *fields* (or any object carrying them), so they a
 usable without rclpy. Raw images are wrapped with ``np.frombuffer`` and a strided view that
 skips row padding, so rgb8 and rgba8 cost no copy at all; encodings that need a different
 channel order (bgr8, bgra8) or channel count (mono8) cost exactly one copy.
+
+A compressed frame's size is read from its JPEG/PNG header before anything is decoded: a few
+hundred bytes can declare a 20000x20000 frame, which OpenCV would allocate (1.2 GB) and fill
+(seconds of CPU) for any publisher on the topic. Bytes that are not JPEG or PNG are refused
+too, whatever the message's ``format`` says, because ``cv2.imdecode`` would otherwise sniff and
+run any decoder it was built with (TIFF, EXR, WebP, ...) on them.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import cv2
@@ -25,10 +32,27 @@ SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_COLOUR_ENCODINGS)
 SUPPORTED_COMPRESSED_FORMATS: tuple[str, ...] = ("jpeg", "png")
 # OpenCV >= 4.10 decodes to RGB directly; older builds decode to BGR and convert.
 _IMREAD_COLOR_RGB: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
+# The largest frame side accepted by default, raw or compressed: a 12 MP camera (4000x3000)
+# fits; the model resizes every frame to a few hundred pixels anyway.
+MAX_IMAGE_SIDE = 4096
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers carry the image size; C4 (DHT), C8 (JPG), CC (DAC) are not frames.
+_JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 class ImageConversionError(ValueError):
     """An image message that cannot be turned into an RGB array (the message says why)."""
+
+
+class ImageTooLargeError(ImageConversionError):
+    """A frame whose declared size exceeds the accepted side length (refused undecoded)."""
+
+
+def _check_side(height: int, width: int, max_side: int, what: str) -> None:
+    if max(height, width) > max_side:
+        raise ImageTooLargeError(
+            f"{what} is {width}x{height}, larger than {max_side} pixels per side"
+        )
 
 
 def image_to_rgb(
@@ -38,12 +62,14 @@ def image_to_rgb(
     step: int,
     data: Any,
     is_bigendian: int | bool = False,
+    max_side: int = MAX_IMAGE_SIDE,
 ) -> np.ndarray:
     """Return an HxWx3 uint8 RGB array for raw image fields; a read-only view where possible.
 
     ``data`` is anything exposing the buffer protocol (bytes, array.array, numpy). Row padding
     (``step`` > width * channels) is honoured. ``is_bigendian`` is irrelevant for 8-bit
-    encodings and accepted for completeness.
+    encodings and accepted for completeness. Frames wider or taller than ``max_side`` raise
+    ``ImageTooLargeError``.
     """
     del is_bigendian  # every supported encoding has 1-byte channels
     layout = _COLOUR_ENCODINGS.get(encoding)
@@ -55,6 +81,7 @@ def image_to_rgb(
     height, width, step = int(height), int(width), int(step)
     if height <= 0 or width <= 0:
         raise ImageConversionError(f"image has no pixels: {width}x{height}")
+    _check_side(height, width, max_side, f"{encoding} image")
     row_bytes = width * channels
     if step < row_bytes:
         raise ImageConversionError(
@@ -104,19 +131,76 @@ def _compressed_kind(fmt: str) -> str | None:
     return None
 
 
-def compressed_to_rgb(fmt: str, data: Any) -> np.ndarray:
-    """Decode CompressedImage fields (``format`` jpeg or png) into an HxWx3 uint8 RGB array."""
+def compressed_image_size(data: Any) -> tuple[int, int] | None:
+    """(height, width) from a JPEG or PNG header, or None when the bytes are neither.
+
+    Reads only the header (PNG's IHDR; the first JPEG start-of-frame before the scan), the same
+    one the decoder uses: libjpeg refuses a second frame header and PNG's IHDR must come first.
+    """
+    data = memoryview(data).cast("B")
+    if data[:8] == _PNG_SIGNATURE and len(data) >= 24 and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        return int(height), int(width)
+    if data[:2] != b"\xff\xd8":
+        return None
+    index = 2
+    while index + 4 <= len(data):
+        if data[index] != 0xFF:
+            return None
+        marker = data[index + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            index += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length field
+            index += 2
+            continue
+        if marker == 0xDA:  # start of scan: no frame header before it
+            return None
+        (segment_length,) = struct.unpack(">H", data[index + 2 : index + 4])
+        if marker in _JPEG_SOF_MARKERS:
+            if index + 9 > len(data):
+                return None
+            height, width = struct.unpack(">HH", data[index + 5 : index + 9])
+            return int(height), int(width)
+        index += 2 + segment_length
+    return None
+
+
+def compressed_to_rgb(fmt: str, data: Any, max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
+    """Decode CompressedImage fields (``format`` jpeg or png) into an HxWx3 uint8 RGB array.
+
+    See ``decode_compressed`` for what the bytes must be.
+    """
     if _compressed_kind(fmt) is None:
         raise ImageConversionError(
             f"unsupported compressed image format {fmt!r}; supported: "
             f"{', '.join(SUPPORTED_COMPRESSED_FORMATS)}"
         )
+    return decode_compressed(data, max_side, what=f"compressed image ({fmt})")
+
+
+def decode_compressed(
+    data: Any, max_side: int = MAX_IMAGE_SIDE, what: str = "compressed image"
+) -> np.ndarray:
+    """JPEG or PNG bytes -> HxWx3 uint8 RGB; ``what`` names the frame in errors.
+
+    The header must declare at most ``max_side`` pixels per side (``ImageTooLargeError``
+    otherwise, raised before any decoding); anything else that is not a decodable JPEG or PNG
+    raises ``ImageConversionError``.
+    """
     try:
         buffer = np.frombuffer(data, dtype=np.uint8)
     except (TypeError, ValueError) as exc:
-        raise ImageConversionError(f"compressed image data is not a byte buffer: {exc}") from None
+        raise ImageConversionError(f"{what}: data is not a byte buffer: {exc}") from None
     if buffer.size == 0:
-        raise ImageConversionError(f"compressed image ({fmt}) has no data")
+        raise ImageConversionError(f"{what} has no data")
+    size = compressed_image_size(buffer)
+    if size is None:
+        raise ImageConversionError(
+            f"{what} could not be decoded: {buffer.size} bytes starting "
+            f"{buffer[:4].tobytes().hex()} have no JPEG or PNG header"
+        )
+    _check_side(*size, max_side, what)
     if _IMREAD_COLOR_RGB is not None:
         # Decoded straight into RGB order: no second pass over the frame (the policy node
         # decodes every camera frame on its input path).
@@ -125,9 +209,7 @@ def compressed_to_rgb(fmt: str, data: Any) -> np.ndarray:
         bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
         rgb = None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     if rgb is None:
-        raise ImageConversionError(
-            f"compressed image ({fmt}, {buffer.size} bytes) could not be decoded"
-        )
+        raise ImageConversionError(f"{what}, {buffer.size} bytes, could not be decoded")
     return rgb
 
 

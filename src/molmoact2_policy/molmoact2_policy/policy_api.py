@@ -12,7 +12,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from molmoact2_policy.embodiments import EmbodimentSpec
+from molmoact2_common.embodiments import EmbodimentSpec
+
+#: How a policy computes its chunk: the flow-matching expert, discrete FAST tokens, or depth
+#: tokens first and then the flow expert (Think).
+MODES = ("flow", "fast", "think")
 
 
 class PolicyInputError(ValueError):
@@ -30,7 +34,7 @@ class ActionChunkResult:
     positions: np.ndarray  # (horizon, action_dim) float64; radians / metres / gripper units
     step_dt: float  # seconds between rows
     joint_names: tuple[str, ...]  # one per column
-    mode: str  # "flow" | "fast" | "think"
+    mode: str  # one of MODES
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage + "total"
     depth_codes: np.ndarray | None = None  # (rows*cols,) int64, think mode only
     depth_changed: np.ndarray | None = None  # (rows*cols,) bool, think mode only

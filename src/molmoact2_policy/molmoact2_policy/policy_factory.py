@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.policy_api import Policy
 from molmoact2_policy.policy_node_params import PolicyNodeParams
 
@@ -41,13 +41,13 @@ def make_policy(params: PolicyNodeParams, *, allow_test_override: bool = True) -
 
 def _local(params: PolicyNodeParams, spec) -> Policy:
     try:
-        module = importlib.import_module("molmoact2_policy.model.policy")
+        module = importlib.import_module("molmoact2_policy.model.loader")
     except ImportError as exc:
         raise PolicyLoadError(
-            f"local inference needs molmoact2_policy.model.policy (torch, transformers): {exc}"
+            f"local inference needs molmoact2_policy.model.loader (torch, transformers): {exc}"
         ) from None
     try:
-        return module.MolmoAct2Policy.from_checkpoint(
+        return module.load_policy(
             params.checkpoint,
             spec.name,
             device=params.device,

@@ -24,8 +24,8 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
-from hw_drivers.ros_params import declare_dataclass_params
-from hw_drivers.ros_runtime import run_lifecycle_node
+from molmoact2_common.ros_params import declare_dataclass_params
+from molmoact2_common.ros_runtime import run_lifecycle_node
 from molmoact2_policy import chunk_msgs
 from molmoact2_policy.decode_pool import DecodePool
 from molmoact2_policy.image_conversion import (
@@ -198,7 +198,7 @@ class PolicyNode(LifecycleNode):
     def _make_rtc_feed(self) -> RtcFeed | None:
         if not self.params.rtc:
             return None
-        from molmoact2_policy.embodiments import get_embodiment
+        from molmoact2_common.embodiments import get_embodiment
 
         spec = get_embodiment(self.params.embodiment)
         return RtcFeed(
@@ -252,7 +252,7 @@ class PolicyNode(LifecycleNode):
             return cached[1]
         model = None
         try:
-            from hw_drivers.rigid_body import RigidBodyModel
+            from molmoact2_common.rigid_body import RigidBodyModel
 
             # Chunk joints the URDF lacks (a normalised gripper) do not move any link.
             model = RigidBodyModel.from_urdf(self.params.urdf, joint_names, allow_missing=True)

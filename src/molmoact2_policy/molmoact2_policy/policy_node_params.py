@@ -1,19 +1,19 @@
 """Parameters of the ``molmoact2_policy`` node: declared once here, read by the node and bringup.
 
-No ROS imports: ``hw_drivers.ros_params.declare_dataclass_params`` turns this dataclass into ROS
-parameters, and the bringup validates ``config/<robot>.yaml`` against it without a node.
+No ROS imports: ``molmoact2_common.ros_params.declare_dataclass_params`` turns this dataclass
+into ROS parameters, and the bringup validates ``config/<robot>.yaml`` against it without a node.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from molmoact2_policy.embodiments import EMBODIMENTS
+from molmoact2_common.embodiments import EMBODIMENTS
+from molmoact2_policy.policy_api import MODES
 
 CAMERA_TRANSPORTS = ("raw", "compressed")
 MAX_INSTRUCTION_CHARS = 2000
 INFERENCE_BACKENDS = ("local", "remote")
-MODES = ("flow", "fast", "think")
 IMAGE_ENCODINGS = ("jpeg", "raw")
 SERVER_TRANSPORTS = ("http", "ws")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -32,7 +32,7 @@ class PolicyNodeParams:
     robot: str = field(default="", metadata=_doc("Robot name (yam, so101, droid)."))
     embodiment: str = field(
         default="yam_bimanual",
-        metadata=_doc("Model embodiment (a key of molmoact2_policy.embodiments.EMBODIMENTS)."),
+        metadata=_doc("Model embodiment (a key of molmoact2_common.embodiments.EMBODIMENTS)."),
     )
     joint_names: tuple[str, ...] = field(
         default=(),

@@ -17,7 +17,7 @@ Fault codes found at connect are kept and reported; ``enable`` refuses until ``c
 (the explicit clear-error command) has cleared them. An I/O thread that does not finish its
 exchange in ``io_timeout`` is reported as frozen instead of blocking the driver.
 
-Gravity feed-forward: with a rigid-body model per arm (``hw_drivers.rigid_body``, from the
+Gravity feed-forward: with a rigid-body model per arm (``molmoact2_common.rigid_body``, from the
 arm's URDF), each MIT command carries the gravity torque at the measured pose, times a factor
 per joint (i2rt's ``gravity_comp_factor``), so the arm does not sag by torque/kp; without one
 the feed-forward is zero. It never pushes from a measurement it cannot trust: the feed-forward
@@ -26,8 +26,21 @@ joint is further than ``GRAVITY_RANGE_MARGIN`` outside the model's joint range; 
 clamped to the most gravity can ever load that joint (``RigidBodyModel.gravity_torque_bounds``
 times its factor) and to the motor's torque range.
 
-The gripper motor is exposed as a normalised opening 0 (closed)..1 (open) between two
-configurable motor angles; all other joints are motor radians.
+Turn offsets: a DaMiao motor can power up reporting its angle a whole turn off (its absolute
+encoder is single-turn). ``connect`` chooses one offset per motor from its first reading, as the
+real YAM stack does at start-up (``hw_drivers.damiao_turns``: joint angles in ``(-pi, pi]``), and
+holds it until ``disconnect``: every reading is ``motor - offset`` and every command
+``joint + offset``, so limits, preflight, safety, gravity and ``joint_states`` all see joint
+angles. A motor whose turn cannot be trusted (ambiguous, outside its limits) is named on its
+diagnostics entry and ``enable`` refuses; the next connect chooses again.
+
+The gripper motor is exposed as a normalised opening 0 (closed)..1 (open) between its closed
+and open motor angles (after its turn offset), as i2rt does (``hw_drivers.yam_gripper``): fixed
+for a crank gripper, found at torque enable for the types i2rt calibrates at every start-up
+(``enable`` drives the gripper against both end stops at 0.5 N*m before it returns; held until
+``disconnect``). Every gripper command passes the grip-force limit: once the gripper is clogged
+(stalled on an object) its target stays within ``limit torque / kp`` of the measured angle.
+All other joints are motor radians.
 
 python-can is imported on ``connect()`` only, so importing this module stays cheap.
 """
@@ -35,6 +48,8 @@ python-can is imported on ``connect()`` only, so importing this module stays che
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +59,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from hw_drivers import damiao_protocol as dm
+from hw_drivers import damiao_turns as turns
 from hw_drivers import health as hl
+from hw_drivers import yam_gripper as yg
 from hw_drivers.backends.base import Backend, BackendError, JointReading
 from hw_drivers.can_budget import DEFAULT_MAX_BUS_LOAD, BusBudget
 
@@ -59,13 +76,12 @@ YAM_MOTOR_TYPES: tuple[str, ...] = (
     "DM4310",
     "DM4310",
 )
-#: i2rt's YAM position gains for joints 1-6; the gripper gains are ours (soft grip).
+#: i2rt's YAM position gains for joints 1-6 and its DM4310 grippers' (linear, crank, flexible).
 YAM_KP: tuple[float, ...] = (80.0, 80.0, 80.0, 40.0, 10.0, 10.0, 20.0)
 YAM_KD: tuple[float, ...] = (5.0, 5.0, 5.0, 1.5, 1.5, 1.5, 0.5)
-#: Gripper motor angle when closed and when fully open. Check against your gripper type.
-YAM_GRIPPER_CLOSED_RAD = 0.0
-YAM_GRIPPER_OPEN_RAD = -2.7
 MASTER_ID_OFFSET = 0x10
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,9 +103,10 @@ class DamiaoArm:
 
     channel: str
     motors: tuple[DamiaoMotor, ...]
-    gripper_closed_rad: float = YAM_GRIPPER_CLOSED_RAD
-    gripper_open_rad: float = YAM_GRIPPER_OPEN_RAD
-    #: Rigid-body model over the non-gripper joints (``hw_drivers.rigid_body``) for gravity
+    gripper: yg.GripperType = yg.GRIPPER_TYPES[yg.DEFAULT_GRIPPER_TYPE]
+    #: (closed, open) motor angles [rad]; None: calibrated at torque enable.
+    gripper_limits: tuple[float, float] | None = None
+    #: Rigid-body model over the non-gripper joints (``molmoact2_common.rigid_body``) for gravity
     #: feed-forward; None: no feed-forward.
     dynamics: Any = None
     #: Factor on the model's torque per non-gripper joint (i2rt: ``gravity_comp_factor``).
@@ -104,11 +121,22 @@ def yam_arm(
     kp: Sequence[float] = YAM_KP,
     kd: Sequence[float] = YAM_KD,
     master_id_offset: int = MASTER_ID_OFFSET,
-    gripper_closed_rad: float = YAM_GRIPPER_CLOSED_RAD,
-    gripper_open_rad: float = YAM_GRIPPER_OPEN_RAD,
+    gripper_type: str = yg.DEFAULT_GRIPPER_TYPE,
+    gripper_limits: tuple[float, float] | None = None,
 ) -> DamiaoArm:
-    """Build one arm; a joint whose name ends in ``gripper`` is the gripper."""
+    """Build one arm; a joint whose name ends in ``gripper`` is the gripper, of i2rt's
+    ``gripper_type``: its limits are ``gripper_limits`` (closed, open) [rad] when given, else
+    the type's (fixed, or calibrated at torque enable). The motor type and gains of the gripper
+    slot default to the type's when ``motor_types``/``kp``/``kd`` are the YAM defaults."""
+    spec = yg.gripper_type(gripper_type)
     n = len(joint_names)
+    grip = [i for i, name in enumerate(joint_names) if name.endswith("gripper")]
+    if motor_types is YAM_MOTOR_TYPES or tuple(motor_types) == YAM_MOTOR_TYPES[:n]:
+        motor_types = [spec.motor_type if i in grip else t for i, t in enumerate(motor_types)]
+    if kp is YAM_KP or tuple(kp) == YAM_KP[:n]:
+        kp = [spec.kp if i in grip else g for i, g in enumerate(kp)]
+    if kd is YAM_KD or tuple(kd) == YAM_KD[:n]:
+        kd = [spec.kd if i in grip else g for i, g in enumerate(kd)]
     for label, values in (
         ("motor_ids", motor_ids),
         ("motor_types", motor_types),
@@ -120,8 +148,16 @@ def yam_arm(
                 f"arm on {channel}: {label} has {len(values)} entries for {n} joints "
                 f"{list(joint_names)}"
             )
-    if gripper_open_rad == gripper_closed_rad:
-        raise ValueError(f"arm on {channel}: gripper open and closed angles are equal")
+    if gripper_limits is None:
+        gripper_limits = spec.limits
+    if gripper_limits is not None:
+        closed, opened = (float(x) for x in gripper_limits)
+        if not (math.isfinite(closed) and math.isfinite(opened)) or closed == opened:
+            raise ValueError(
+                f"arm on {channel}: gripper closed/open angles {closed}, {opened} must be finite"
+                " and differ"
+            )
+        gripper_limits = (closed, opened)
     motors = tuple(
         DamiaoMotor(
             joint_name=name,
@@ -134,7 +170,7 @@ def yam_arm(
         )
         for name, mid, mtype, p, d in zip(joint_names, motor_ids, motor_types, kp, kd, strict=True)
     )
-    return DamiaoArm(channel, motors, gripper_closed_rad, gripper_open_rad)
+    return DamiaoArm(channel, motors, spec, gripper_limits)
 
 
 #: Wait for replies beyond the bus time of the frames [s]. DaMiao motors answer within a few
@@ -276,6 +312,8 @@ class DamiaoBackend(Backend):
         gravity_scale: float = 1.0,
         temperature_warn: float = TEMPERATURE_WARN_C,
         io_timeout: float = 0.5,
+        joint_limits: Sequence[tuple[float, float]] | None = None,
+        gripper_max_force: float = yg.DEFAULT_MAX_FORCE,
     ) -> None:
         super().__init__([m.joint_name for arm in arms for m in arm.motors])
         if not arms:
@@ -311,6 +349,35 @@ class DamiaoBackend(Backend):
         self.bus_health = [BusHealth() for _ in self.arms]
         #: Per arm: whether the last command carried gravity feed-forward, and if not why.
         self.gravity_status = ["off: no arm model" if a.dynamics is None else "" for a in arms]
+        if joint_limits is not None and len(joint_limits) != self.num_joints:
+            raise ValueError(
+                f"damiao backend: {len(joint_limits)} joint_limits for {self.num_joints} joints"
+            )
+        #: Per joint (lower, upper) in joint units, to check the turn chosen at connect.
+        self.joint_limits = None if joint_limits is None else [tuple(lim) for lim in joint_limits]
+        #: Per arm, per motor: the turn offset chosen at connect (None while disconnected).
+        self.turns: list[list[turns.TurnChoice]] | None = None
+        self._turns_trusted = True
+        #: Per arm: the gripper's (closed, open) motor angles in use; None until calibrated.
+        self.gripper_limits: list[tuple[float, float] | None] = [a.gripper_limits for a in arms]
+        self.gripper_max_force = float(gripper_max_force)
+        #: Per arm: the grip-force limit every gripper command passes (None: no gripper).
+        self.grip_limiters: list[yg.GripForceLimiter | None] = []
+        for arm in self.arms:
+            grippers = [m for m in arm.motors if m.is_gripper]
+            try:
+                self.grip_limiters.append(
+                    yg.GripForceLimiter(arm.gripper, self.gripper_max_force, grippers[0].kp)
+                    if grippers
+                    else None
+                )
+            except ValueError as exc:
+                raise BackendError(f"arm on {arm.channel}: {exc}") from exc
+        #: Per arm: what the last gripper calibration found ("" before one).
+        self.gripper_calibration = ["" for _ in arms]
+        #: Why the last gripper calibration failed; until an operator clears it (clear_faults),
+        #: enable refuses instead of trying again: every try drives the gripper to its stops.
+        self.calibration_failure = ""
 
     @classmethod
     def from_params(cls, params: Any) -> DamiaoBackend:
@@ -338,19 +405,33 @@ class DamiaoBackend(Backend):
         urdf = str(opt("dynamics_urdf", ""))
         urdf_names = list(opt("dynamics_joint_names", []))
         factors = [float(f) for f in opt("gravity_joint_factors", [])]
+        lower, upper = list(opt("position_lower", [])), list(opt("position_upper", []))
+        limits = (
+            list(zip(map(float, lower), map(float, upper), strict=True))
+            if len(lower) == len(upper) == len(names)
+            else None
+        )
+        gripper = str(opt("gripper_type", yg.DEFAULT_GRIPPER_TYPE))
+        closed = float(opt("gripper_closed_rad", 0.0))
+        opened = float(opt("gripper_open_rad", 0.0))
+        # Equal (the default): the type's limits; different: fixed limits, no calibration.
+        fixed = None if closed == opened else (closed, opened)
         arms = []
         for index, channel in enumerate(channels):
             arm_names = names[index * per_arm : (index + 1) * per_arm]
-            arm = yam_arm(
-                channel,
-                arm_names,
-                motor_ids=opt("damiao_motor_ids", YAM_MOTOR_IDS[:per_arm]),
-                motor_types=opt("damiao_motor_types", YAM_MOTOR_TYPES[:per_arm]),
-                kp=opt("damiao_kp", YAM_KP[:per_arm]),
-                kd=opt("damiao_kd", YAM_KD[:per_arm]),
-                gripper_closed_rad=float(opt("gripper_closed_rad", YAM_GRIPPER_CLOSED_RAD)),
-                gripper_open_rad=float(opt("gripper_open_rad", YAM_GRIPPER_OPEN_RAD)),
-            )
+            try:
+                arm = yam_arm(
+                    channel,
+                    arm_names,
+                    motor_ids=opt("damiao_motor_ids", YAM_MOTOR_IDS[:per_arm]),
+                    motor_types=opt("damiao_motor_types", YAM_MOTOR_TYPES[:per_arm]),
+                    kp=opt("damiao_kp", YAM_KP[:per_arm]),
+                    kd=opt("damiao_kd", YAM_KD[:per_arm]),
+                    gripper_type=gripper,
+                    gripper_limits=fixed,
+                )
+            except ValueError as exc:
+                raise BackendError(f"damiao backend: {exc}") from exc
             if urdf:
                 prefix = prefixes[index] if index < len(prefixes) else ""
                 arm = with_dynamics(arm, urdf, prefix, urdf_names or None, factors or None)
@@ -365,6 +446,8 @@ class DamiaoBackend(Backend):
             max_bus_load=float(opt("max_bus_load", DEFAULT_MAX_BUS_LOAD)),
             gravity_scale=float(opt("gravity_scale", 1.0)),
             temperature_warn=float(opt("motor_temperature_warn", TEMPERATURE_WARN_C)),
+            joint_limits=limits,
+            gripper_max_force=float(opt("gripper_max_force", yg.DEFAULT_MAX_FORCE)),
         )
 
     # -- Backend ---------------------------------------------------------------------------
@@ -390,6 +473,71 @@ class DamiaoBackend(Backend):
         except BackendError:
             self.disconnect()
             raise
+        # Where i2rt decides too: from the first reading, before any command goes out.
+        self._choose_turns()
+
+    def _motor_limits(
+        self, arm: DamiaoArm, joint: int, motor: DamiaoMotor
+    ) -> tuple[float, float] | None:
+        """The joint's limits in motor radians (the gripper's opening mapped to its motor)."""
+        if self.joint_limits is None:
+            return None
+        lower, upper = self.joint_limits[joint]
+        if not motor.is_gripper:
+            return lower, upper
+        limits = self.gripper_limits[self.arms.index(arm)]
+        if limits is None:
+            return None
+        ends = [dm.gripper_to_motor(x, *limits) for x in (lower, upper)]
+        return min(ends), max(ends)
+
+    def _choose_turns(self) -> None:
+        """One offset per motor from the power-up readings, held until ``disconnect``."""
+        assert self._feedback is not None
+        chosen, joint = [], 0
+        for arm, replies in zip(self.arms, self._feedback, strict=True):
+            row = []
+            for i, motor in enumerate(arm.motors):
+                if motor.is_gripper and self.gripper_limits[len(chosen)] is None:
+                    # Calibrated in the turn this session counts in: any turn will do.
+                    position = replies[i].position
+                    choice = turns.TurnChoice(position, turns.wrap_offset(position))
+                else:
+                    choice = turns.choose_turn(
+                        replies[i].position, self._motor_limits(arm, joint, motor)
+                    )
+                row.append(choice)
+                joint += 1
+                if choice.problem:
+                    _LOG.error(
+                        "DaMiao motor %s (id 0x%02X) on %s: %s; torque stays off",
+                        motor.joint_name,
+                        motor.motor_id,
+                        arm.channel,
+                        choice.describe(),
+                    )
+                elif choice.turns:
+                    _LOG.warning(
+                        "DaMiao motor %s (id 0x%02X) on %s: %s",
+                        motor.joint_name,
+                        motor.motor_id,
+                        arm.channel,
+                        choice.describe(),
+                    )
+            chosen.append(row)
+        self.turns = chosen
+        self._turns_trusted = not any(c.problem for row in chosen for c in row)
+
+    def _turn_problems(self) -> list[str]:
+        return [
+            f"{m.joint_name} (id 0x{m.motor_id:02X}) on {arm.channel}: {choice.describe()}"
+            for arm, row in zip(self.arms, self.turns or [], strict=False)
+            for m, choice in zip(arm.motors, row, strict=True)
+            if choice.problem
+        ]
+
+    def _offset(self, arm_index: int, motor_index: int) -> float:
+        return 0.0 if self.turns is None else self.turns[arm_index][motor_index].offset
 
     def _open_link(self, channel: str) -> CanLink:
         if self.link_factory is not None:
@@ -412,9 +560,33 @@ class DamiaoBackend(Backend):
         self._io = []
         self._enabled = False
         self._fresh = False
+        self.turns = None
+        self._turns_trusted = True
+        # A calibration holds in the turn the motor counted in while this session had it.
+        self.gripper_limits = [a.gripper_limits for a in self.arms]
+        for limiter in self.grip_limiters:
+            if limiter is not None:
+                limiter.reset()
+
+    def _refuse_untrusted_turns(self, what: str) -> None:
+        untrusted = self._turn_problems()
+        if untrusted:
+            raise BackendError(
+                f"joint angle not trusted, {what}: "
+                + "; ".join(untrusted)
+                + ". With the torque off, move the joint inside its limits and away from +-pi; "
+                "the driver reconnects and chooses again."
+            )
 
     def enable(self) -> None:
         self._require_connected()
+        self._refuse_untrusted_turns("torque not enabled")
+        if self.calibration_failure:
+            raise BackendError(
+                f"torque not enabled: the gripper calibration failed ({self.calibration_failure})"
+                " and is not retried on its own, since each try moves the gripper; empty the "
+                "gripper, check gripper_type, then clear it with ~/clear_motor_faults"
+            )
         faulted = self._faulted_motors()
         if faulted:
             raise BackendError(
@@ -442,6 +614,131 @@ class DamiaoBackend(Backend):
                     )
         self._enabled = True
         self._fresh = False
+        for limiter in self.grip_limiters:
+            if limiter is not None:
+                limiter.reset()
+        if any(
+            lim is None and any(m.is_gripper for m in arm.motors)
+            for arm, lim in zip(self.arms, self.gripper_limits, strict=True)
+        ):
+            try:
+                self.calibrate_grippers()
+            except BaseException:
+                try:
+                    self.disable()
+                except BackendError:
+                    pass
+                raise
+
+    def uncalibrated_joints(self) -> list[str]:
+        """Grippers whose limits ``enable`` has still to find (their opening reads NaN)."""
+        return [
+            m.joint_name
+            for arm, lim in zip(self.arms, self.gripper_limits, strict=True)
+            for m in arm.motors
+            if m.is_gripper and lim is None
+        ]
+
+    def _wait(self, seconds: float) -> None:
+        """Let ``seconds`` pass on the buses' clocks (an emulated bus's virtual time)."""
+        sleepers = [getattr(io.link, "sleep_until", None) for io in self._io]
+        if all(sleepers):
+            for io, sleep_until in zip(self._io, sleepers, strict=True):
+                sleep_until(io.link.now() + seconds)
+        else:
+            time.sleep(seconds)
+
+    def calibrate_grippers(self) -> None:
+        """Find the limits of every gripper that has none, as i2rt does at start-up: a constant
+        ``CALIBRATION_TORQUE`` (kp = kd = 0) towards closed, then towards open, each until the
+        angle stops moving or ``CALIBRATION_MAX_DURATION``; the arm joints hold where they are.
+        Raises ``BackendError`` (limits left unset) when an end stop is not found or the stroke
+        does not match the gripper type."""
+        self._require_connected()
+        if self._feedback is None:
+            self._refresh(raise_on_fault=True)
+        assert self._feedback is not None
+        todo = [
+            a
+            for a, arm in enumerate(self.arms)
+            if self.gripper_limits[a] is None and any(m.is_gripper for m in arm.motors)
+        ]
+        hold = [{i: fb.position for i, fb in replies.items()} for replies in self._feedback]
+        grip = {a: next(i for i, m in enumerate(self.arms[a].motors) if m.is_gripper) for a in todo}
+        period = 1.0 / self.control_rate if self.control_rate else 0.004
+        # Per arm: sweep index (0 closing: the larger angle on every type; 1 opening; 2 done),
+        # the sweep's detector, the pause end, angles seen, which sweeps ended on a stall.
+        sweep = dict.fromkeys(todo, 0)
+        start = {a: self._io[a].link.now() for a in todo}
+        detector = {a: yg.StallDetector(start[a]) for a in todo}
+        pause_until: dict[int, float | None] = dict.fromkeys(todo)
+        seen = {a: [hold[a][grip[a]] - self._offset(a, grip[a])] for a in todo}
+        stalled = {a: [False, False] for a in todo}
+        _LOG.info("calibrating gripper limits on %s", ", ".join(self.arms[a].channel for a in todo))
+        while any(sweep[a] < 2 for a in todo):
+            torques = self.gravity_torques()
+            requests, joint = [], 0
+            for a, arm in enumerate(self.arms):
+                frames = {}
+                for i, motor in enumerate(arm.motors):
+                    if a in grip and i == grip[a] and sweep[a] < 2:
+                        sign = 1.0 if sweep[a] == 0 else -1.0
+                        command = dm.MitCommand(
+                            self._feedback[a][i].position,
+                            0.0,
+                            0.0,
+                            0.0,
+                            sign * yg.CALIBRATION_TORQUE,
+                        )
+                    else:
+                        if a in grip and i == grip[a]:
+                            hold[a][i] = self._feedback[a][i].position
+                        command = dm.MitCommand(
+                            hold[a][i], 0.0, motor.kp, motor.kd, float(torques[joint])
+                        )
+                    frames[i] = dm.encode_mit(motor.motor_id, command, motor.mtype)
+                    joint += 1
+                requests.append(frames)
+            self._accept(self._exchange_all(requests), raise_on_fault=True)
+            for a in todo:
+                if sweep[a] >= 2:
+                    continue
+                now = self._io[a].link.now()
+                angle = self._feedback[a][grip[a]].position - self._offset(a, grip[a])
+                seen[a].append(angle)
+                if pause_until[a] is not None:
+                    if now >= pause_until[a]:
+                        sweep[a] += 1
+                        pause_until[a] = None
+                        detector[a] = yg.StallDetector(now)
+                elif detector[a].update(now, angle):
+                    stalled[a][sweep[a]] = detector[a].stalled
+                    pause_until[a] = now + yg.CALIBRATION_PAUSE
+            self._wait(period)
+        self._fresh = False
+        problems = []
+        for a in todo:
+            arm = self.arms[a]
+            limits, why = yg.calibrated_limits(arm.gripper, seen[a], tuple(stalled[a]))
+            if limits is None:
+                self.gripper_calibration[a] = f"failed: {why}"
+                motor = arm.motors[grip[a]]
+                problems.append(f"{motor.joint_name} on {arm.channel}: {why}")
+                continue
+            self.gripper_limits[a] = limits
+            self.gripper_calibration[a] = (
+                f"closed {limits[0]:.3f} rad, open {limits[1]:.3f} rad "
+                f"(stroke {limits[0] - limits[1]:.3f} rad)"
+            )
+            _LOG.info("gripper on %s calibrated: %s", arm.channel, self.gripper_calibration[a])
+        if problems:
+            self.calibration_failure = "; ".join(problems)
+            raise BackendError(
+                "gripper calibration failed, torque off: "
+                + self.calibration_failure
+                + ". Empty the gripper and check gripper_type, then call ~/clear_motor_faults "
+                "to calibrate again at the next enable."
+            )
 
     def disable(self) -> None:
         """Torque off on every motor, best effort: one silent motor or bus must not keep the
@@ -462,7 +759,17 @@ class DamiaoBackend(Backend):
 
     def clear_faults(self) -> list[str]:
         """Send DaMiao's clear-error command (0xFB) to every motor with a fault code, then read
-        them again; returns one line per motor that had one."""
+        them again; returns one line per motor that had one. Also releases a failed gripper
+        calibration, which then runs again at the next enable."""
+        lines = []
+        if self.calibration_failure:
+            lines.append(
+                f"gripper calibration ({self.calibration_failure}) -> runs again at the next "
+                "enable"
+            )
+            self.calibration_failure = ""
+            if not self.is_connected:
+                return lines  # motor fault codes are read and cleared over the bus
         self._require_connected()
         targets = [
             {
@@ -473,7 +780,7 @@ class DamiaoBackend(Backend):
             for a, arm in enumerate(self.arms)
         ]
         if not any(targets):
-            return []
+            return lines
         before = {
             (a, i): self.motor_health[a][i].fault
             for a, frames in enumerate(targets)
@@ -481,7 +788,6 @@ class DamiaoBackend(Backend):
         }
         self._exchange_all(targets)
         self._refresh(raise_on_fault=False)
-        lines = []
         for (a, i), fault in before.items():
             motor = self.arms[a].motors[i]
             after = self.motor_health[a][i].fault
@@ -512,19 +818,26 @@ class DamiaoBackend(Backend):
         if velocities is None:
             velocities = np.zeros(self.num_joints)
         velocities = np.nan_to_num(np.asarray(velocities, dtype=float))
+        if not self._turns_trusted:
+            # Also here: a motor left enabled by a previous session would follow the command.
+            self._refuse_untrusted_turns("no command sent")
+        uncalibrated = self.uncalibrated_joints()
+        if uncalibrated:
+            raise BackendError(
+                f"gripper limits not calibrated yet ({', '.join(uncalibrated)}), no command "
+                "sent: enable calibrates them"
+            )
         torques = self.gravity_torques()
         requests = []
         joint = 0
-        for arm in self.arms:
+        for a, arm in enumerate(self.arms):
             frames = {}
             for i, motor in enumerate(arm.motors):
                 target, speed = positions[joint], velocities[joint]
                 if motor.is_gripper:
-                    span = arm.gripper_open_rad - arm.gripper_closed_rad
-                    target = dm.gripper_to_motor(
-                        target, arm.gripper_closed_rad, arm.gripper_open_rad
-                    )
-                    speed = speed * span
+                    target, speed = self._gripper_target(a, i, target, speed)
+                # The motor counts in its own turn: joint + the offset chosen at connect.
+                target = target + self._offset(a, i)
                 frames[i] = dm.encode_mit(
                     motor.motor_id,
                     dm.MitCommand(target, speed, motor.kp, motor.kd, float(torques[joint])),
@@ -537,6 +850,28 @@ class DamiaoBackend(Backend):
         self._fresh = True
         self._last_command = positions.copy()
         self._log_command(time.monotonic(), positions)
+
+    def _gripper_target(self, a: int, i: int, opening: float, speed: float) -> tuple[float, float]:
+        """The motor angle and speed [joint frame] to command for ``opening``: every gripper
+        command passes here, through the arm's grip-force limit."""
+        limits = self.gripper_limits[a]
+        assert limits is not None
+        target = dm.gripper_to_motor(opening, *limits)
+        speed = speed * (limits[1] - limits[0])
+        limiter = self.grip_limiters[a]
+        if limiter is None or self._feedback is None or i not in self._feedback[a]:
+            return target, speed
+        fb = self._feedback[a][i]
+        limited = limiter.limit(
+            stamp=self._feedback_stamp,
+            angle=fb.position - self._offset(a, i),
+            velocity=fb.velocity,
+            effort=fb.torque,
+            target=target,
+            limits=limits,
+        )
+        # Clogged: no velocity feed-forward either, kd * speed would push on top of the limit.
+        return limited, 0.0 if limiter.clogged else speed
 
     def _feedback_age(self) -> float:
         """Seconds since the last accepted exchange, on the buses' own clock."""
@@ -654,26 +989,47 @@ class DamiaoBackend(Backend):
             now = self._io[a].link.now() if a < len(self._io) else None
             for i, motor in enumerate(arm.motors):
                 h = self.motor_health[a][i]
-                entries.append(
-                    hl.motor_entry(
-                        f"damiao motor {motor.joint_name} (id 0x{motor.motor_id:02X}, "
-                        f"{arm.channel})",
-                        f"{arm.channel}:0x{motor.motor_id:02X}",
-                        h,
-                        temperatures={
-                            "temperature_mos_c": h.temperature_mos,
-                            "temperature_rotor_c": h.temperature_rotor,
-                        },
-                        temperature_warn=self.temperature_warn,
-                        now=now,
-                        values={
-                            "state": "no reply yet"
-                            if h.error_code is None
-                            else dm.ERROR_CODES.get(h.error_code, hex(h.error_code)),
-                        },
-                    )
+                choice = self.turns[a][i] if self.turns is not None else None
+                entry = hl.motor_entry(
+                    f"damiao motor {motor.joint_name} (id 0x{motor.motor_id:02X}, {arm.channel})",
+                    f"{arm.channel}:0x{motor.motor_id:02X}",
+                    h,
+                    temperatures={
+                        "temperature_mos_c": h.temperature_mos,
+                        "temperature_rotor_c": h.temperature_rotor,
+                    },
+                    temperature_warn=self.temperature_warn,
+                    now=now,
+                    values={
+                        "state": "no reply yet"
+                        if h.error_code is None
+                        else dm.ERROR_CODES.get(h.error_code, hex(h.error_code)),
+                        "turn_offset_rad": "" if choice is None else f"{choice.offset:.6f}",
+                        "turn": "not connected" if choice is None else choice.describe(),
+                        **(self._gripper_values(a) if motor.is_gripper else {}),
+                    },
                 )
+                if choice is not None and choice.problem and entry.level != hl.ERROR:
+                    entry = dataclasses.replace(
+                        entry,
+                        level=hl.ERROR,
+                        message=f"joint angle not trusted: {choice.describe()}",
+                    )
+                entries.append(entry)
         return entries
+
+    def _gripper_values(self, a: int) -> dict[str, str]:
+        arm, limits, limiter = self.arms[a], self.gripper_limits[a], self.grip_limiters[a]
+        return {
+            "gripper_type": arm.gripper.name,
+            "gripper_limits_rad": "not calibrated (enable calibrates)"
+            if limits is None
+            else f"closed {limits[0]:.4f}, open {limits[1]:.4f}",
+            "gripper_calibration": self.gripper_calibration[a]
+            or ("fixed limits" if arm.gripper_limits is not None else "not run"),
+            "grip_force_limit_n": f"{self.gripper_max_force:g}",
+            "gripper_clogged": str(bool(limiter and limiter.clogged)).lower(),
+        }
 
     def _faulted_motors(self) -> list[str]:
         return [
@@ -830,19 +1186,21 @@ class DamiaoBackend(Backend):
 
     def _reading(self, feedback: list[dict[int, dm.Feedback]]) -> JointReading:
         positions, velocities, efforts = [], [], []
-        for arm, replies in zip(self.arms, feedback, strict=True):
+        for a, (arm, replies) in enumerate(zip(self.arms, feedback, strict=True)):
             for i, motor in enumerate(arm.motors):
                 fb = replies[i]
+                angle = fb.position - self._offset(a, i)
                 if motor.is_gripper:
-                    span = arm.gripper_open_rad - arm.gripper_closed_rad
-                    positions.append(
-                        dm.motor_to_gripper(
-                            fb.position, arm.gripper_closed_rad, arm.gripper_open_rad
-                        )
-                    )
-                    velocities.append(fb.velocity / span)
+                    limits = self.gripper_limits[a]
+                    if limits is None:  # not calibrated yet: the opening is not known
+                        positions.append(math.nan)
+                        velocities.append(math.nan)
+                        efforts.append(fb.torque)
+                        continue
+                    positions.append(dm.motor_to_gripper(angle, *limits))
+                    velocities.append(fb.velocity / (limits[1] - limits[0]))
                 else:
-                    positions.append(fb.position)
+                    positions.append(angle)
                     velocities.append(fb.velocity)
                 efforts.append(fb.torque)
         return JointReading(
@@ -868,7 +1226,8 @@ def with_dynamics(
     (pinocchio's gravity is -z)."""
     from dataclasses import replace
 
-    from hw_drivers.rigid_body import RigidBodyError, RigidBodyModel
+    from hw_drivers.arm_models import resolve_model_path
+    from molmoact2_common.rigid_body import RigidBodyError, RigidBodyModel
 
     names = [
         m.joint_name[len(prefix) :] if prefix and m.joint_name.startswith(prefix) else m.joint_name
@@ -893,7 +1252,7 @@ def with_dynamics(
             f"{list(factors)}"
         )
     try:
-        model = RigidBodyModel.from_urdf(urdf, names)
+        model = RigidBodyModel.from_urdf(str(resolve_model_path(urdf)), names)
     except RigidBodyError as exc:
         raise BackendError(f"arm on {arm.channel}: gravity model: {exc}") from exc
     return replace(arm, dynamics=model, gravity_factors=tuple(float(f) for f in factors or ()))

@@ -19,6 +19,19 @@ Transports:
   to it through the same link interface as to python-can, so tests measure the bus time a real
   bus would take, deterministically, whatever the load of the machine running them.
 
+Power-up turn: a real motor's absolute encoder is single-turn, so a motor may power up
+reporting its angle a whole turn off (``power_up_turns`` per motor, or ``power_cycle(id,
+turns)``). Each motor keeps its physical joint angle and the offset its reports carry
+(``encoder_offset``: reported = physical + offset); it keeps counting in that turn while powered,
+as the firmware does, so a host that commands the reported angle holds the joint still.
+
+Gripper physics (``attach_gripper(id, closed, opened)``): that motor is no longer ideal. It
+runs its last MIT command continuously, as the firmware does, on the bank's clock (the timed
+bus's virtual time, or the wall clock): torque ``kp*(p - q) + kd*(v - dq) + t`` clipped to the
+motor's peak, against viscous damping, between hard end stops at the closed and open angles and
+an object (``place_object``) that blocks closing. At a stop the motor stalls: velocity 0 and
+the full commanded torque (the current rises), which is what the feedback then reports.
+
 Faults: ``drop_replies(n)`` swallows the next n replies, ``garble_replies(n)`` replaces them
 with frames that cannot be valid feedback, ``silent = True`` stops the whole bank answering,
 ``silence(motor_id)`` one motor, ``set_fault(motor_id, code)`` latches a DaMiao error code.
@@ -26,8 +39,12 @@ with frames that cannot be valid feedback, ``silent = True`` stops the whole ban
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
+import math
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +71,20 @@ class EmulatedMotor:
     temperature_mos: int = 35
     temperature_rotor: int = 35
     silent: bool = False
+    #: What the motor's reports add to the physical angle [rad]: whole turns after a power-up on
+    #: the other side of the encoder's wrap point, anything after a set-zero.
+    encoder_offset: float = 0.0
+    #: Gripper physics: (closed, open) end stops in joint angles [rad]; None: ideal tracking.
+    stops: tuple[float, float] | None = None
+    obstacle: float | None = None  # joint angle where an object stops the closing
+    damping: float = 0.1  # [N*m*s/rad] viscous, rotor and mechanism
+    command: dm.MitCommand | None = None  # the MIT command it is running
+    updated_at: float | None = None
+
+    @property
+    def joint_angle(self) -> float:
+        """Where the joint physically is [rad] (``position`` is what the motor reports)."""
+        return self.position - self.encoder_offset
 
 
 class MotorBank:
@@ -64,6 +95,7 @@ class MotorBank:
         motors: list[tuple[int, str]] | None = None,
         master_id_offset: int = 0x10,
         initial_positions: list[float] | None = None,
+        power_up_turns: list[int] | None = None,
     ) -> None:
         if motors is None:
             motors = list(zip(YAM_MOTOR_IDS, YAM_MOTOR_TYPES, strict=True))
@@ -72,8 +104,13 @@ class MotorBank:
             motor = EmulatedMotor(motor_id, dm.motor_type(type_name), motor_id + master_id_offset)
             if initial_positions is not None:
                 motor.position = float(initial_positions[index])
+            if power_up_turns is not None:
+                motor.encoder_offset = 2.0 * np.pi * int(power_up_turns[index])
+                motor.position += motor.encoder_offset
             self.motors[motor_id] = motor
         self._lock = threading.RLock()
+        #: What the gripper physics integrates over [s]; the timed bus sets its virtual clock.
+        self.clock: Callable[[], float] = time.monotonic
         self._drop = 0
         self._garble = 0
         self.silent = False
@@ -103,6 +140,74 @@ class MotorBank:
             if code is not None:
                 motor.enabled = False
 
+    def power_cycle(self, motor_id: int, turns: int = 0) -> None:
+        """Power the motor off and on where it stands: torque off, latched fault cleared, and
+        its reports ``turns`` more whole turns off the physical angle than before (the encoder
+        came up on the other side of its wrap point)."""
+        with self._lock:
+            motor = self.motors[motor_id]
+            motor.enabled = False
+            motor.error_code = None
+            motor.velocity = motor.torque = 0.0
+            motor.encoder_offset += 2.0 * np.pi * int(turns)
+            motor.position += 2.0 * np.pi * int(turns)
+
+    def attach_gripper(
+        self, motor_id: int, closed: float, opened: float, damping: float = 0.1
+    ) -> None:
+        """Give the motor a gripper's physics: end stops at the ``closed`` and ``opened`` joint
+        angles [rad] (i2rt: closed is the larger angle)."""
+        with self._lock:
+            motor = self.motors[motor_id]
+            motor.stops = (float(closed), float(opened))
+            motor.damping = float(damping)
+            motor.updated_at = None
+
+    def place_object(self, motor_id: int, angle: float | None) -> None:
+        """An object the gripper closes on at joint ``angle`` (None: take it out)."""
+        with self._lock:
+            self._advance(self.motors[motor_id])
+            self.motors[motor_id].obstacle = None if angle is None else float(angle)
+
+    def _advance(self, motor: EmulatedMotor) -> None:
+        """Run a gripper motor's last command from its last update to now."""
+        if motor.stops is None:
+            return
+        now = self.clock()
+        last, motor.updated_at = motor.updated_at, now
+        if last is None:
+            return
+        if not motor.enabled or motor.command is None:
+            motor.velocity = motor.torque = 0.0
+            return
+        c, peak = motor.command, motor.mtype.t_max
+        closing_stop = max(motor.stops)
+        if motor.obstacle is not None:
+            closing_stop = min(closing_stop, motor.obstacle)
+        lower = min(motor.stops)
+        q = motor.joint_angle
+        remaining = min(max(now - last, 0.0), 1.0)
+        steps = max(1, math.ceil(remaining / 0.0005))
+        h = remaining / steps
+        for _ in range(steps):
+            p_des = c.position - motor.encoder_offset
+            # Overdamped: damping * dq = clip(kp*(p - q) + kd*(v - dq) + t).
+            drive = c.kp * (p_des - q) + c.kd * c.velocity + c.torque
+            dq = drive / (motor.damping + c.kd)
+            if abs(motor.damping * dq) > peak:
+                dq = math.copysign(peak / motor.damping, dq)
+            tau = motor.damping * dq
+            q_next = q + dq * h
+            if q_next >= closing_stop or q_next <= lower:
+                # Stalled against a stop: no motion, the full commanded torque.
+                q_next = min(max(q_next, lower), closing_stop)
+                dq = 0.0
+                tau = max(-peak, min(peak, c.kp * (p_des - q_next) + c.kd * c.velocity + c.torque))
+            q = q_next
+        motor.position = q + motor.encoder_offset
+        motor.velocity = dq if remaining > 0 else motor.velocity
+        motor.torque = tau
+
     def set_temperature(self, motor_id: int, mos: int, rotor: int) -> None:
         with self._lock:
             motor = self.motors[motor_id]
@@ -112,20 +217,9 @@ class MotorBank:
         """A copy of one motor's state (safe to read while a transport runs)."""
         with self._lock:
             m = self.motors[motor_id]
-            return EmulatedMotor(
-                m.motor_id,
-                m.mtype,
-                m.master_id,
-                m.enabled,
-                m.position,
-                m.velocity,
-                m.torque,
-                list(m.received),
-                list(m.control_log),
-                m.error_code,
-                m.temperature_mos,
-                m.temperature_rotor,
-                m.silent,
+            self._advance(m)
+            return dataclasses.replace(
+                m, received=list(m.received), control_log=list(m.control_log)
             )
 
     # -- protocol --------------------------------------------------------------------------
@@ -164,13 +258,18 @@ class MotorBank:
         request = dm.param_request(frame)
         if request is not None:
             motor = self.motors.get(request[0])
+            if motor is not None:
+                self._advance(motor)
             return motor if motor is not None and request[1] == dm.PARAM_REFRESH else None
         motor = self.motors.get(frame.arbitration_id)
         if motor is None:
             return None
+        self._advance(motor)
         command = dm.control_command(frame)
         if command is not None:
             motor.control_log.append(command)
+            if command in (dm.CMD_ENABLE, dm.CMD_DISABLE):
+                motor.command = None  # torque comes back with the next MIT command
             if command == dm.CMD_CLEAR_ERROR:
                 motor.error_code = None
             elif command == dm.CMD_ENABLE and motor.error_code is None:
@@ -178,6 +277,8 @@ class MotorBank:
             elif command == dm.CMD_DISABLE:
                 motor.enabled = False
             elif command == dm.CMD_SET_ZERO and not motor.enabled:
+                # The pose it stands in becomes the motor's zero.
+                motor.encoder_offset = -motor.joint_angle
                 motor.position = 0.0
             return motor
         try:
@@ -186,9 +287,12 @@ class MotorBank:
             return None
         if motor.enabled:
             motor.received.append(mit)
-            motor.position = mit.position
-            motor.velocity = mit.velocity
-            motor.torque = mit.torque
+            if motor.stops is not None:
+                motor.command = mit  # runs from now on; the reply reports the state it is in
+            else:
+                motor.position = mit.position
+                motor.velocity = mit.velocity
+                motor.torque = mit.torque
         return motor
 
 
@@ -201,10 +305,11 @@ class DamiaoEmulator(MotorBank):
         motors: list[tuple[int, str]] | None = None,
         master_id_offset: int = 0x10,
         initial_positions: list[float] | None = None,
+        power_up_turns: list[int] | None = None,
     ) -> None:
         import can
 
-        super().__init__(motors, master_id_offset, initial_positions)
+        super().__init__(motors, master_id_offset, initial_positions, power_up_turns)
         self.channel = channel
         self._bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
         self._stop = threading.Event()
@@ -262,13 +367,15 @@ class TimedDamiaoBus(MotorBank):
         initial_positions: list[float] | None = None,
         reply_latency: tuple[float, float] = (40e-6, 150e-6),
         seed: int = 0,
+        power_up_turns: list[int] | None = None,
     ) -> None:
-        super().__init__(motors, master_id_offset, initial_positions)
+        super().__init__(motors, master_id_offset, initial_positions, power_up_turns)
         self.channel = channel
         self.bitrate = int(bitrate)
         self.reply_latency = reply_latency
         self._rng = np.random.default_rng(seed)
         self._now = 0.0
+        self.clock = self.now
         self._bus_free_at = 0.0
         self._host_queue: list[tuple[float, int, dm.CanFrame]] = []  # FIFO (ready, seq, frame)
         self._motor_queue: list[tuple[float, int, dm.CanFrame]] = []  # heap by ready time

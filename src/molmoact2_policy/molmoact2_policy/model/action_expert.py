@@ -340,6 +340,15 @@ class ExpertContext:
         )
 
 
+def euler_timesteps(num_steps: int, device: torch.device | str | None = None) -> Tensor:
+    """The times every Euler sampler (``flow``, ``rtc``) evaluates the expert at: t_k = k / N
+    for k = 0..N-1 as float32 (built one way so every sampler sees equal bits)."""
+    if num_steps <= 0:
+        raise ValueError(f"num_steps must be > 0, got {num_steps}")
+    steps = torch.arange(num_steps, dtype=torch.float64) / num_steps
+    return steps.to(device=device, dtype=torch.float32)
+
+
 @dataclass
 class TimeModulation:
     """adaLN outputs for a fixed list of timesteps (one per Euler step), shared by the batch.

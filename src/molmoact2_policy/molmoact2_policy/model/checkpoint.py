@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from molmoact2_policy.embodiments import EMBODIMENTS, get_embodiment
+from molmoact2_common.embodiments import EMBODIMENTS, get_embodiment
 from molmoact2_policy.model.config import ConfigError, MolmoAct2Config
 from molmoact2_policy.model.fast import FastActionTokenizer
 from molmoact2_policy.model.keymap import (  # noqa: F401 - the key map's public names live on here

@@ -22,7 +22,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from molmoact2_policy.model.action_expert import ActionExpert, ExpertContext, TimeModulation
+from molmoact2_policy.model.action_expert import (
+    ActionExpert,
+    ExpertContext,
+    TimeModulation,
+    euler_timesteps,
+)
 from molmoact2_policy.model.graph_cache import (
     DEFAULT_GRANULARITY,
     DEFAULT_MAX_GRAPHS,
@@ -31,14 +36,6 @@ from molmoact2_policy.model.graph_cache import (
     bucket_length,
 )
 from molmoact2_policy.model.rtc import RtcGuide, RtcRunner
-
-
-def euler_timesteps(num_steps: int, device: torch.device | str | None = None) -> Tensor:
-    """t_k = k / N for k = 0..N-1 as float32 (built one way so every sampler sees equal bits)."""
-    if num_steps <= 0:
-        raise ValueError(f"num_steps must be > 0, got {num_steps}")
-    steps = torch.arange(num_steps, dtype=torch.float64) / num_steps
-    return steps.to(device=device, dtype=torch.float32)
 
 
 def _check_dim_mask(action_dim_mask: Tensor, action_dim: int) -> None:

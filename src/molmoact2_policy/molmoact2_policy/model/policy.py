@@ -4,6 +4,7 @@ One ``act`` = validate -> preprocess (images, state bins, prompt, token ids) -> 
 (once per observation; the expert's projected context is prepared here too) -> cached Euler
 flow loop (a CUDA graph with ``cuda_graph=True`` on a GPU) -> un-normalise. Each step is a
 method so the Think policy (``model/think.py``) can subclass and replace single steps.
+``model/loader.py`` loads a checkpoint as the policy class of its mode.
 """
 
 from __future__ import annotations
@@ -12,21 +13,14 @@ import dataclasses
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from molmoact2_policy.embodiments import EmbodimentSpec, get_embodiment
+from molmoact2_common.embodiments import EmbodimentSpec
 from molmoact2_policy.model.action_expert import ExpertContext
-from molmoact2_policy.model.checkpoint import (
-    build_tiny,
-    load_checkpoint,
-    load_fast_tokenizer,
-    tiny_fast_tokenizer,
-)
 from molmoact2_policy.model.config import MolmoAct2Config
 from molmoact2_policy.model.flow import GraphFlowRunner, make_noise
 from molmoact2_policy.model.model import MolmoAct2Model
@@ -57,7 +51,6 @@ from molmoact2_policy.policy_api import (
     validate_rtc,
 )
 
-MODES = ("flow", "fast", "think")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TINY = "tiny"
 # Most Euler steps one request may ask for: each step is a full expert forward.
@@ -137,67 +130,6 @@ class MolmoAct2Policy:
         self.rtc_max_guidance_weight = DEFAULT_MAX_GUIDANCE_WEIGHT
         # The node may call act from a worker thread while a service calls reset.
         self._lock = threading.Lock()
-
-    # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_checkpoint(
-        cls,
-        checkpoint: str,
-        embodiment: str,
-        *,
-        device: str = "cpu",
-        dtype: str = "float32",
-        cuda_graph: bool = False,
-        mode: str = "flow",
-        seed: int = 0,
-        joint_names: Sequence[str] | None = None,
-    ) -> MolmoAct2Policy:
-        """Load a checkpoint directory, or build the tiny preset in memory for ``"tiny"``.
-
-        ``mode="think"`` returns ``molmoact2_policy.model.think.ThinkPolicy``; ``mode="fast"``
-        returns ``molmoact2_policy.model.fast_policy.FastPolicy`` with the checkpoint's FAST
-        tokenizer (``checkpoint.FAST_TOKENIZER_DIR``; CheckpointError naming it when absent).
-        """
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
-        spec = get_embodiment(embodiment)
-        resolve_dtype(dtype)
-        if checkpoint == TINY:
-            model, config, stats, tokenizer = build_tiny(seed)
-        else:
-            # Straight to the target device and dtype: no full fp32 host copy of the weights.
-            model, config, stats, tokenizer = load_checkpoint(
-                Path(checkpoint).expanduser(), device=device, dtype=resolve_dtype(dtype)
-            )
-        policy_cls: type[MolmoAct2Policy] = cls
-        extra: dict[str, Any] = {}
-        if mode == "think":
-            from molmoact2_policy.model.think import ThinkPolicy
-
-            policy_cls = ThinkPolicy
-        elif mode == "fast":
-            from molmoact2_policy.model.fast_policy import FastPolicy
-
-            policy_cls = FastPolicy
-            extra["fast_tokenizer"] = (
-                tiny_fast_tokenizer()
-                if checkpoint == TINY
-                else load_fast_tokenizer(Path(checkpoint).expanduser(), config)
-            )
-        return policy_cls(
-            model,
-            config,
-            stats,
-            tokenizer,
-            spec,
-            device=device,
-            dtype=dtype,
-            cuda_graph=cuda_graph,
-            seed=seed,
-            joint_names=joint_names,
-            checkpoint=checkpoint,
-            **extra,
-        )
 
     def _check_joint_names(self, joint_names: Sequence[str] | None) -> tuple[str, ...]:
         spec = self.embodiment

@@ -36,7 +36,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from molmoact2_policy.model.action_expert import ActionExpert, ExpertContext, TimeModulation
+from molmoact2_policy.model.action_expert import (
+    ActionExpert,
+    ExpertContext,
+    TimeModulation,
+    euler_timesteps,
+)
 
 # The paper's clip on the guidance weight (beta = 5 in all its experiments).
 DEFAULT_MAX_GUIDANCE_WEIGHT = 5.0
@@ -239,8 +244,6 @@ def rtc_sample_reference(
     guide: RtcGuide,
 ) -> Tensor:
     """Uncached RTC sampling through ``ActionExpert.forward``: the numerical reference."""
-    from molmoact2_policy.model.flow import euler_timesteps
-
     guide.check(noise)
     timesteps = euler_timesteps(num_steps, noise.device)
 

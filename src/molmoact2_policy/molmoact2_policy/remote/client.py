@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import numpy as np
 
-from molmoact2_policy.embodiments import EmbodimentSpec
+from molmoact2_common.embodiments import EmbodimentSpec
 from molmoact2_policy.policy_api import (
     ActionChunkResult,
     PolicyInputError,

@@ -31,7 +31,6 @@ import base64
 import binascii
 import json
 import math
-import struct
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -41,7 +40,13 @@ import cv2
 import msgpack
 import numpy as np
 
-from molmoact2_policy.embodiments import EmbodimentSpec
+from molmoact2_common.embodiments import EmbodimentSpec
+from molmoact2_policy.image_conversion import (
+    MAX_IMAGE_SIDE,
+    ImageConversionError,
+    ImageTooLargeError,
+    decode_compressed,
+)
 from molmoact2_policy.policy_api import (
     ActionChunkResult,
     PolicyInputError,
@@ -80,9 +85,6 @@ _NORM_TAG_KEYS = ("normalization_tag", "unnorm_key", "norm_tag")
 
 # Array kinds a client may send: bool, signed/unsigned int, float. Never object/void/str.
 _ALLOWED_DTYPE_KINDS = frozenset("biuf")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# JPEG start-of-frame markers carry the image size; C4 (DHT), C8 (JPG), CC (DAC) are not frames.
-_JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 class ProtocolError(ValueError):
@@ -104,7 +106,7 @@ class RequestLimits:
     """What a server accepts before any byte reaches the model."""
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    max_image_side: int = 4096  # pixels, height and width, raw or compressed
+    max_image_side: int = MAX_IMAGE_SIDE  # pixels, height and width, raw or compressed
     max_instruction_chars: int = 2000
 
 
@@ -177,51 +179,18 @@ def encode_image(image: np.ndarray, encoding: str, *, jpeg_quality: int = 90) ->
     return buffer.tobytes()
 
 
-def compressed_image_size(data: bytes) -> tuple[int, int] | None:
-    """(height, width) from a JPEG or PNG header, or None when the bytes are neither."""
-    if data[:8] == _PNG_SIGNATURE and len(data) >= 24:
-        width, height = struct.unpack(">II", data[16:24])
-        return int(height), int(width)
-    if data[:2] != b"\xff\xd8":
-        return None
-    index = 2
-    while index + 4 <= len(data):
-        if data[index] != 0xFF:
-            return None
-        marker = data[index + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            index += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length field
-            index += 2
-            continue
-        (segment_length,) = struct.unpack(">H", data[index + 2 : index + 4])
-        if marker in _JPEG_SOF_MARKERS:
-            if index + 9 > len(data):
-                return None
-            height, width = struct.unpack(">HH", data[index + 5 : index + 9])
-            return int(height), int(width)
-        index += 2 + segment_length
-    return None
-
-
 def decode_image(value: Any, camera: str, limits: RequestLimits) -> np.ndarray:
     """One camera's wire value -> HxWx3 uint8 RGB, or ``ProtocolError`` naming the problem."""
     if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype == np.uint8:
         value = value.tobytes()  # JSON carries compressed images as 1-D uint8 arrays
     if isinstance(value, (bytes, bytearray, memoryview)):
-        data = bytes(value)
-        size = compressed_image_size(data)
-        if size is None:
-            raise ProtocolError(
-                f"camera {camera!r}: compressed image is neither JPEG nor PNG "
-                f"({len(data)} bytes starting {data[:4].hex()})"
-            )
-        _check_image_side(camera, size, limits)
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if decoded is None:
-            raise ProtocolError(f"camera {camera!r}: corrupt compressed image ({len(data)} bytes)")
-        return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+        what = f"camera {camera!r}: compressed image"
+        try:
+            return decode_compressed(bytes(value), limits.max_image_side, what=what)
+        except ImageTooLargeError as exc:
+            raise RequestTooLargeError(f"{exc} (the server's limit)") from None
+        except ImageConversionError as exc:
+            raise ProtocolError(str(exc)) from None
     if not isinstance(value, np.ndarray):
         raise ProtocolError(
             f"camera {camera!r}: expected an HxWx3 uint8 array or JPEG/PNG bytes, "

@@ -40,8 +40,9 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from molmoact2_policy.embodiments import get_embodiment
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.policy_api import (
+    MODES,
     ActionChunkResult,
     Policy,
     PolicyInputError,
@@ -536,7 +537,7 @@ def _load_policy(args: argparse.Namespace) -> Policy:
     try:
         import torch
 
-        from molmoact2_policy.model.policy import MolmoAct2Policy
+        from molmoact2_policy.model.loader import load_policy
     except ImportError as exc:
         raise SystemExit(f"molmoact2 serve: the local model cannot be imported: {exc}") from exc
     device = args.device
@@ -547,7 +548,7 @@ def _load_policy(args: argparse.Namespace) -> Policy:
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     joint_names = [name for name in args.joint_names.split(",") if name] or None
     try:
-        return MolmoAct2Policy.from_checkpoint(
+        return load_policy(
             args.checkpoint,
             args.embodiment,
             device=device,
@@ -595,7 +596,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto")
     parser.add_argument("--dtype", default="auto", help="bfloat16, float16, float32 or auto")
     parser.add_argument("--cuda-graph", action="store_true", help="replay the flow loop as a graph")
-    parser.add_argument("--mode", default="flow", choices=("flow", "fast", "think"))
+    parser.add_argument("--mode", default="flow", choices=MODES)
     parser.add_argument(
         "--seed", type=int, default=0, help="noise seed when a request carries none"
     )

@@ -1,8 +1,8 @@
 """Rigid-body model of an arm loaded from its URDF: gravity torques and link poses.
 
-A thin layer over pinocchio (PyPI package ``pin``) so the drivers never carry hand-written
-dynamics: the gravity feed-forward of the DaMiao arms and the TF of every link both come from
-the robot's own URDF through one kept library.
+A thin layer over pinocchio (PyPI package ``pin``) so no package carries hand-written
+dynamics: the drivers' gravity feed-forward, the TF of every link and the policy node's
+end-effector paths all come from the robot's own URDF through one kept library.
 
 The caller names the joints it speaks (``joint_names``, e.g. the driver's joint order); the
 URDF may hold more joints (fixed ones, a gripper's mimic joints): those stay at pinocchio's
@@ -19,28 +19,9 @@ from typing import Any
 
 import numpy as np
 
-#: Arm models shipped with hw_drivers (their sources and changes are in each file's header).
-MODELS_DIR = Path(__file__).resolve().parent / "models"
-
 
 class RigidBodyError(RuntimeError):
     """The model cannot be loaded or does not match the joints it is asked about."""
-
-
-def resolve_model_path(name: str) -> Path:
-    """``name`` as a file: an absolute path, a path relative to the working directory, or
-    the file name of a model hw_drivers ships (``MODELS_DIR``, e.g. ``yam_arm_i2rt.urdf``),
-    so a parameters file can name a shipped model wherever the node starts."""
-    path = Path(name).expanduser()
-    if path.is_absolute() or path.is_file():
-        return path
-    shipped = MODELS_DIR / path
-    if shipped.is_file():
-        return shipped
-    raise RigidBodyError(
-        f"URDF {name!r} does not exist (neither relative to {Path.cwd()} nor a model shipped "
-        f"in {MODELS_DIR}: {sorted(p.name for p in MODELS_DIR.glob('*.urdf'))})"
-    )
 
 
 def _pinocchio() -> Any:
@@ -99,11 +80,11 @@ class RigidBodyModel:
         joint_names: Sequence[str],
         allow_missing: bool = False,
     ) -> RigidBodyModel:
-        """Load ``path`` (see ``resolve_model_path``); every name in ``joint_names`` must be a
-        movable URDF joint unless ``allow_missing`` (then the absent ones get zero torque and
-        are ignored in poses)."""
+        """Load the URDF file ``path``; every name in ``joint_names`` must be a movable URDF
+        joint unless ``allow_missing`` (then the absent ones get zero torque and are ignored in
+        poses)."""
         pin = _pinocchio()
-        path = str(resolve_model_path(str(path)))
+        path = str(Path(path).expanduser())
         if not Path(path).is_file():
             raise RigidBodyError(f"URDF {path!r} does not exist")
         try:
