@@ -24,14 +24,12 @@ ROBOT = "yam"
 
 @pytest.fixture(scope="module")
 def demo_policy():
-    from molmoact2_policy.model.policy import MolmoAct2Policy
+    from molmoact2_policy.model.loader import load_policy
 
     config = graph.load_robot_config(ROBOT)
     path = ensure_demo_checkpoint(ROBOT, log=lambda _t: None)
     names = list(config.shared["joint_names"])
-    policy = MolmoAct2Policy.from_checkpoint(
-        str(path), str(config.shared["embodiment"]), joint_names=names
-    )
+    policy = load_policy(str(path), str(config.shared["embodiment"]), joint_names=names)
     return policy, str(config.params_for(graph.POLICY_NODE)["instruction"])
 
 

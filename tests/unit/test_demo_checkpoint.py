@@ -45,7 +45,7 @@ def test_demo_target_leaves_and_returns_to_the_start_pose_smoothly():
 
 def _yam_stats_and_target():
     from molmoact2 import graph
-    from molmoact2_policy.embodiments import get_embodiment
+    from molmoact2_common.embodiments import get_embodiment
 
     config = graph.load_robot_config("yam")
     spec = get_embodiment(str(config.shared["embodiment"]))
