@@ -55,8 +55,8 @@ DEMO_CHECKPOINT = "demo"
 # every output to: the model can command no joint further than this from the start pose, so
 # two points it commands are at most 0.3 rad apart, 0.2 rad inside the drivers' default
 # max_start_deviation (0.5) for the executor's ramp-ins and blends, which carry velocity and
-# swing the arm past the chunks (measured in a loaded 60 s demo: 0.42 rad off the start pose
-# while every chunk stayed within 0.15 of it, the recipe-6 draft's amplitude).
+# swing the arm past the chunks (a loaded 60 s demo with chunks within 0.15 rad of the start
+# pose measured the arm 0.42 rad off it).
 DEMO_ACTION_SPREAD = 0.15
 # Normalised peak of the demo motion: 0.1 rad with DEMO_ACTION_SPREAD. Slow enough that those
 # swings stay well inside the reach below.
@@ -64,7 +64,7 @@ DEMO_AMPLITUDE = 2 / 3
 # How far from the start pose [rad] each joint of the arm may be for the demo chunk to be
 # accepted at any latency: no row of it is more than 0.1 rad off the start pose.
 RECOVERY_REACH = 0.4
-# Peak of the grippers' motion around their start opening (robot units, 0..1). None: grippers
+# Peak of the grippers' motion around their start opening (robot units, 0..1). Zero: grippers
 # are not normalised, so nothing clips them near the start, and their range (1.0) is twice the
 # start-deviation limit. With 0.1 a loaded 45 s demo (1-2 s inference) had the executor's
 # ramp-ins swing a gripper to its limit (1.0), 0.55 from every chunk: refused from then on.
@@ -280,7 +280,7 @@ def write_demo_checkpoint(
         f"{len(poses)} observations ({steps} steps)"
     )
     for step in range(steps):
-        # A few observations per step: the cost of a step stays that of the single-pose recipe.
+        # Ten observations per step, as recipe 5 trained on: the same cost per step.
         rows = torch.from_numpy(rng.choice(len(poses), batch, replace=False))
         loss = flow_matching_loss(
             expert, [k[rows] for k in context_k], [v[rows] for v in context_v],
