@@ -52,9 +52,8 @@ def test_demo_recovers_from_every_joint_pushed_off(demo_policy, signs):
     params = driver_params(ROBOT, initial_positions=tuple(initial))
     run = run_closed_loop(policy, params, instruction, seconds=3.5)
     # The first chunk is accepted where the arm was pushed to. While the driver ramps in from
-    # there (ramp_in_time, 1 s; chunks arriving mid-ramp keep its pace) the chunks' own motion
-    # rides on the offset and the arm swings, so a few chunks may be refused (rightly); once
-    # it has settled, none is.
+    # there (ramp_in_time, 1 s) a few chunks may be refused (rightly); once it has settled,
+    # none is.
     assert run.accepted > 0 and run.rejected.keys() <= {"start_deviation"}
     assert run.rejected_at == [] or run.rejected_at[0] > 0.15  # not the first chunk
     assert all(t < 2.5 for t in run.rejected_at), (run.rejected_at, run.first_rejection)
@@ -71,7 +70,9 @@ def test_undisturbed_demo_moves_and_every_chunk_is_accepted(demo_policy):
     assert run.rejected == {}, run.first_rejection
     arm = _arm_joints(params)
     path = np.abs(np.diff(run.positions[:, arm], axis=0)).sum(axis=0)
-    assert path.min() > 0.05, path  # every arm joint moves
+    # Every arm joint moves (with the ramp-in's first second, 0.025-0.075 rad of path in 3 s:
+    # the chunks' own 0.1 rad motion, no longer amplified by the ramp-in's overshoot).
+    assert path.min() > 0.02, path
     offset = np.abs(run.positions[:, arm] - np.array(params.initial_positions)[arm])
     assert offset.max() < DEMO_ACTION_SPREAD + 0.1
 

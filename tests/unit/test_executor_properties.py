@@ -315,3 +315,48 @@ def test_invariants_hold_for_any_event_sequence(event_list, config, ramp_in_time
 @given(event_list=events, config=CONFIGS, ramp_in_time=st.sampled_from([0.0, 0.3, 1.0]))
 def test_invariants_hold_for_any_event_sequence_soak(event_list, config, ramp_in_time):
     run(event_list, config, ramp_in_time)
+
+
+# -- no overshoot: the command stays between where it stood and what the chunks ask ------------
+_OVERSHOOT_CHUNK = st.tuples(
+    st.floats(0.1, 1.9),  # capture -> arrival latency [s] (the demo under load: 1-2 s)
+    st.floats(0.0, 2 * math.pi),  # phase of the chunk's one-second sine
+    st.floats(0.15, 0.6),  # gap to the next chunk [s]
+)
+
+
+@CI
+@given(
+    start=st.floats(-0.4, 0.4),
+    chunks=st.lists(_OVERSHOOT_CHUNK, min_size=1, max_size=12),
+)
+def test_late_chunks_never_push_the_command_past_them(start, chunks):
+    """With chunks arriving late and out of phase with each other, every command lies between
+    the pose the ramp-in left from and the accepted chunks' range, up to what one splice blend
+    can add (the velocity carried over ``blend_window``: at most 4/27 |dv| * 0.1 s, 0.03 rad
+    for these chunks). The ramp-in used to fade the first chunk's offset over its second while
+    later chunks moved on: commands up to 0.1 rad past every chunk."""
+    amplitude = 0.15
+    names, horizon = ("j0",), 30
+    lim = JointLimits(np.array([-3.0]), np.array([3.0]), np.array([3.0]), np.array([20.0]))
+    ex = ChunkExecutor(
+        names, lim,
+        SafetyConfig(max_step_per_tick=MAX_STEP, ramp_in_time=1.0, watchdog_timeout=2.0,
+                     min_step_dt=1 / CONTROL_RATE, max_step_dt=1.0),
+        ExecutorConfig(blend_window=0.1),
+    )
+    now, measured = T0, np.array([start])
+    ex.start(measured, now)
+    low = high = start
+    dt = 1.0 / CONTROL_RATE
+    for latency, phase, gap in chunks:
+        k = np.arange(horizon) * STEP
+        rows = amplitude * np.sin(2 * np.pi * k + phase)[:, None]
+        chunk = Chunk(now - latency, 0.0, STEP, names, rows)
+        if ex.submit(chunk, now, measured).accepted:
+            low, high = min(low, rows.min()), max(high, rows.max())
+        for _ in range(round(gap / dt)):
+            command = ex.tick(now, measured).positions
+            measured = command
+            assert low - 0.035 <= command[0] <= high + 0.035, (command[0], low, high)
+            now += dt

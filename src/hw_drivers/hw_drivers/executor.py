@@ -155,7 +155,6 @@ class _Plan:
     trajectory: KnotTrajectory
     accepted_at: float
     correction: HermiteCorrection | None = None
-    ramp_in: bool = False
 
     @property
     def order_stamp(self) -> float:
@@ -183,6 +182,35 @@ class _Plan:
         return max(self.trajectory.end, self.blend_end())
 
 
+@dataclass(frozen=True)
+class _Ramp:
+    """The ramp-in from where the command stood (after start, reset, hold or watchdog): over
+    ``duration`` the command moves from ``hold`` onto whatever plan runs, as the convex blend
+    ``hold + a(s) (plan - hold)``, ``a`` the smoothstep ``3s^2 - 2s^3``. At every tick the
+    command lies between the hold point and the plan, whatever chunks are spliced meanwhile
+    (an offset faded from the first chunk's value instead went on being added to the later
+    chunks' motion: 0.1 rad past every chunk under 1-2 s latencies), and it leaves the hold
+    and meets the plan with matching velocity (a'(0) = a'(1) = 0)."""
+
+    t0: float
+    duration: float
+    hold: np.ndarray
+
+    def active(self, t: float) -> bool:
+        return t < self.t0 + self.duration
+
+    def apply(
+        self, t: float, pos: np.ndarray, vel: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if not self.active(t):
+            return pos, vel
+        s = min(max((t - self.t0) / self.duration, 0.0), 1.0)
+        a = s * s * (3.0 - 2.0 * s)
+        da = 6.0 * s * (1.0 - s) / self.duration
+        offset = pos - self.hold
+        return self.hold + a * offset, a * vel + da * offset
+
+
 class ChunkExecutor:
     """Turns timed chunks into one safe joint command per control tick."""
 
@@ -207,6 +235,7 @@ class ChunkExecutor:
         self.stats = ExecutorStats(recent_rejections=EventWindow(config.rejection_window))
         self.guard = CommandGuard(limits, safety)
         self._plan: _Plan | None = None
+        self._ramp: _Ramp | None = None
         self._waiting: list[_Plan] = []  # accepted, in arrival order, not yet taken over
         self._hold_target: np.ndarray | None = None  # where holds aim; None: stay put
         self._last_accept: float | None = None
@@ -353,6 +382,7 @@ class ChunkExecutor:
 
     def _drop_plans(self) -> None:
         self._plan = None
+        self._ramp = None
         self._waiting = []
 
     def start(self, measured: np.ndarray, now: float | None = None) -> None:
@@ -502,50 +532,55 @@ class ChunkExecutor:
         since_accept = now - self._last_accept
         if since_accept > self.safety.watchdog_timeout:
             self._plan = None
+            self._ramp = None
             self._hold_target = None
             self.stats.watchdog_holds += 1
             # The policy went away (crash, restart, network): whatever comes next starts
             # from where the arm is, like after a reset, not spliced over blend_window.
             self._ramp_after_hold = True
             return self._hold_here("holding", f"watchdog: no chunk for {since_accept:.3f} s")
-        if now > plan.end():
+        ramp = self._ramp
+        in_ramp = ramp is not None and ramp.active(now)
+        if now > plan.end() and not in_ramp:
             self._plan = None
+            self._ramp = None
             last_point, _ = plan.sample(plan.end())
+            if ramp is not None:
+                last_point, _ = ramp.apply(plan.end(), last_point, np.zeros_like(last_point))
             self._hold_target = last_point
             return self._hold_here("holding", "chunk ended; holding its last point")
-        in_ramp = plan.ramp_in and now < plan.blend_end()
         self._state, self._reason = ("ramp_in" if in_ramp else "tracking"), ""
-        return plan.sample(now)
+        pos, vel = plan.sample(now)
+        return ramp.apply(now, pos, vel) if in_ramp else (pos, vel)
 
     def _activate(self, plan: _Plan, now: float) -> None:
         """Anchor ``plan`` (its first action has come) at this tick: the command continues
         without a jump in position or velocity."""
         current = self._plan
-        plan.ramp_in = self._needs_ramp_in or self._ramp_after_hold
-        if plan.ramp_in:
+        if self._needs_ramp_in or self._ramp_after_hold:
             # Ramp in from the command itself (after start, reset, hold or watchdog there is
             # no plan to continue), never from a jump to somewhere else.
-            start_pos, start_vel = self.guard.position, self.guard.velocity
-            window = max(self.safety.ramp_in_time, 0.0)
             self._needs_ramp_in = False
             self._ramp_after_hold = False
+            duration = max(self.safety.ramp_in_time, 0.0)
+            self._ramp = (
+                _Ramp(now, duration, self.guard.position.copy()) if duration > 0 else None
+            )
+            plan.correction = None
+            self._hold_target = None
+            self._plan = plan
+            return
+        if current is not None:
+            # Where the previous plan is now: a splice continues the plan, not the last
+            # command pushed on at its velocity (that coasts when chunks come every tick). A
+            # ramp-in under way goes on around both plans.
+            start_pos, start_vel = current.sample(now)
+            self.stats.splices += 1
         else:
-            if current is not None:
-                # Where the previous plan is now: a splice continues the plan, not the last
-                # command pushed on at its velocity (that coasts when chunks come every tick).
-                start_pos, start_vel = current.sample(now)
-            else:
-                start_pos, start_vel = self.guard.position, self.guard.velocity
-            window = self.config.blend_window
-            if self.config.splice_policy == "replace":
-                window = 0.0
-            if current is not None and current.ramp_in and now < current.blend_end():
-                # A chunk that arrives mid ramp-in keeps the ramp's pace: spliced over the
-                # ramp's remaining time, not the (short) blend window, so it cannot jump.
-                window = max(window, current.blend_end() - now)
-                plan.ramp_in = True
-            if current is not None:
-                self.stats.splices += 1
+            start_pos, start_vel = self.guard.position, self.guard.velocity
+        window = self.config.blend_window
+        if self.config.splice_policy == "replace":
+            window = 0.0
         self._hold_target = None
         new_pos, new_vel = plan.trajectory.sample(now)  # now >= its first action: inside
         plan.correction = (
