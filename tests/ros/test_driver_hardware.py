@@ -3,6 +3,7 @@ the preflight entry, and ~/clear_motor_faults bringing the arm back."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import pytest
@@ -25,12 +26,16 @@ def yam_bus(channel: str, **kwargs):
     return emulator.start()
 
 
-@pytest.fixture
-def rig(tmp_path):
-
-    tag = uuid.uuid4().hex[:6]
-    channels = [f"hw_{tag}_{i}" for i in range(2)]
-    emulators = [yam_bus(c) for c in channels]
+@contextlib.contextmanager
+def yam_on_emulated_buses(tmp_path, prefix: str, power_up_turns=None):
+    """The yam driver on two emulated DaMiao buses of its own; (driver, emulators)."""
+    tag = f"{prefix}_{uuid.uuid4().hex[:6]}"
+    channels = [f"{tag}_{i}" for i in range(2)]
+    turns = power_up_turns or [None, None]
+    emulators = [
+        yam_bus(c, **({"power_up_turns": t} if t else {}))
+        for c, t in zip(channels, turns, strict=True)
+    ]
     overrides = {
         "backend": "damiao",
         "can_interface": "virtual",
@@ -41,11 +46,17 @@ def rig(tmp_path):
         "preflight_cameras": False,
     }
     try:
-        with running_driver("yam", "yam_driver", overrides, tmp_path, f"/hw_{tag}") as driver:
-            yield driver.node, driver.probe, emulators, driver.diagnostics, driver.executor
+        with running_driver("yam", "yam_driver", overrides, tmp_path, f"/{tag}") as driver:
+            yield driver, emulators
     finally:
         for emulator in emulators:
             emulator.stop()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    with yam_on_emulated_buses(tmp_path, "hw") as (driver, emulators):
+        yield driver.node, driver.probe, emulators, driver.diagnostics, driver.executor
 
 
 def test_shadow_by_default_motor_health_and_an_over_temperature_named_and_cleared(rig):
@@ -126,43 +137,28 @@ def test_a_motor_powered_up_a_turn_off_is_published_as_its_joint_angle_and_held(
 
     from sensor_msgs.msg import JointState
 
-    tag = uuid.uuid4().hex[:6]
-    channels = [f"turn_{tag}_{i}" for i in range(2)]
-    turns = [[0, 1, 0, 0, 0, 0, 0], [0] * 7]
-    emulators = [yam_bus(c, power_up_turns=t) for c, t in zip(channels, turns, strict=True)]
-    overrides = {
-        "backend": "damiao",
-        "can_interface": "virtual",
-        "can_channels": channels,
-        "read_timeout": 0.05,
-        "read_retries": 2,
-        "reconnect_period": 0.3,
-        "preflight_cameras": False,
-    }
-    try:
-        with running_driver("yam", "yam_driver", overrides, tmp_path, f"/turn_{tag}") as driver:
-            states: list = []
-            driver.probe.create_subscription(JointState, "joint_states", states.append, 50)
-            assert wait_for(
-                lambda: all(e.snapshot(m).enabled for e in emulators for m in (1, 2)), 10
-            )
-            assert wait_for(lambda: len(states) >= 20, 10.0)
-            for msg in states[-10:]:
-                q = dict(zip(msg.name, msg.position, strict=True))
-                assert abs(q["left_joint2"] - 1.0) < 0.01
-                assert abs(q["right_joint2"] - 1.0) < 0.01
-            motor = ": damiao motor left_joint2 (id 0x02, " + channels[0] + ")"
-            assert wait_for(lambda: latest(driver.diagnostics, motor) is not None, 10.0)
-            status = latest(driver.diagnostics, motor)
-            assert status.level == b"\x00"
-            values = {kv.key: kv.value for kv in status.values}
-            assert float(values["turn_offset_rad"]) == pytest.approx(2 * math.pi, abs=1e-6)
-            assert "+1 turn" in values["turn"]
-            # Held where it stands: the motor was never asked for the angle a turn away.
-            held = emulators[0].snapshot(2)
-            assert held.received
-            assert all(abs(c.position - (1.0 + 2 * math.pi)) < 0.01 for c in held.received)
-            assert abs(held.joint_angle - 1.0) < 0.01
-    finally:
-        for emulator in emulators:
-            emulator.stop()
+    turns = [[0, 1, 0, 0, 0, 0, 0], None]
+    with yam_on_emulated_buses(tmp_path, "turn", turns) as (driver, emulators):
+        channels = [e.channel for e in emulators]
+        states: list = []
+        driver.probe.create_subscription(JointState, "joint_states", states.append, 50)
+        assert wait_for(
+            lambda: all(e.snapshot(m).enabled for e in emulators for m in (1, 2)), 10
+        )
+        assert wait_for(lambda: len(states) >= 20, 10.0)
+        for msg in states[-10:]:
+            q = dict(zip(msg.name, msg.position, strict=True))
+            assert abs(q["left_joint2"] - 1.0) < 0.01
+            assert abs(q["right_joint2"] - 1.0) < 0.01
+        motor = ": damiao motor left_joint2 (id 0x02, " + channels[0] + ")"
+        assert wait_for(lambda: latest(driver.diagnostics, motor) is not None, 10.0)
+        status = latest(driver.diagnostics, motor)
+        assert status.level == b"\x00"
+        values = {kv.key: kv.value for kv in status.values}
+        assert float(values["turn_offset_rad"]) == pytest.approx(2 * math.pi, abs=1e-6)
+        assert "+1 turn" in values["turn"]
+        # Held where it stands: the motor was never asked for the angle a turn away.
+        held = emulators[0].snapshot(2)
+        assert held.received
+        assert all(abs(c.position - (1.0 + 2 * math.pi)) < 0.01 for c in held.received)
+        assert abs(held.joint_angle - 1.0) < 0.01
