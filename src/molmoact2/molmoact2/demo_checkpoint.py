@@ -21,7 +21,7 @@ off it (``demo_target``; grippers hold their opening), the action stats clip eve
 within ``DEMO_ACTION_SPREAD`` of the start pose, and the expert is trained to give it for
 observations anywhere around that pose (``observation_poses``). The driver accepts it from
 any pose within ``RECOVERY_REACH`` of the start pose, at any latency; the arm, moved only by
-the demo (the executor's ramp-ins and splices swing it past the chunks), stays well inside that.
+the demo, stays well inside that.
 
 It is the default of every robot config (``checkpoint: demo``), so the first thing a user runs,
 ``ros2 launch molmoact2 yam.launch.py``, moves the simulated arm. Both launch paths resolve
@@ -54,20 +54,19 @@ DEMO_CHECKPOINT = "demo"
 # Half-width [rad] of the action range of the demo's norm stats, which un-normalising clips
 # every output to: the model can command no joint further than this from the start pose, so
 # two points it commands are at most 0.3 rad apart, 0.2 rad inside the drivers' default
-# max_start_deviation (0.5) for the executor's ramp-ins and blends, which carry velocity and
-# swing the arm past the chunks (a loaded 60 s demo with chunks within 0.15 rad of the start
-# pose measured the arm 0.42 rad off it).
+# max_start_deviation (0.5). (The margin was sized when the executor's ramp-in still swung the
+# arm past the chunks under load: 0.42 rad off with chunks within 0.15 rad. Its ramp-in is a
+# convex blend now, which stays between the held point and the chunks.)
 DEMO_ACTION_SPREAD = 0.15
-# Normalised peak of the demo motion: 0.1 rad with DEMO_ACTION_SPREAD. Slow enough that those
-# swings stay well inside the reach below.
+# Normalised peak of the demo motion: 0.1 rad with DEMO_ACTION_SPREAD.
 DEMO_AMPLITUDE = 2 / 3
 # How far from the start pose [rad] each joint of the arm may be for the demo chunk to be
 # accepted at any latency: no row of it is more than 0.1 rad off the start pose.
 RECOVERY_REACH = 0.4
 # Peak of the grippers' motion around their start opening (robot units, 0..1). Zero: grippers
 # are not normalised, so nothing clips them near the start, and their range (1.0) is twice the
-# start-deviation limit. With 0.1 a loaded 45 s demo (1-2 s inference) had the executor's
-# ramp-ins swing a gripper to its limit (1.0), 0.55 from every chunk: refused from then on.
+# start-deviation limit. With 0.1 a loaded 45 s demo (1-2 s inference, the executor's old
+# ramp-in) swung a gripper to its limit (1.0), 0.55 from every chunk: refused from then on.
 # Held at their opening they are only ever moved by the model's noise.
 GRIPPER_AMPLITUDE = 0.0
 # Half-width [rad] of the state stats, and how far off-path training observations reach.
