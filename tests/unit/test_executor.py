@@ -275,6 +275,22 @@ def test_ramp_in_starts_at_the_command_and_converges_to_the_chunk():
     assert all(c.state == "ramp_in" for t, c in ticks if t < 1.5)
 
 
+def test_a_chunk_shorter_than_the_ramp_in_ends_holding_its_last_point():
+    safety = SafetyConfig(max_step_per_tick=1.0, ramp_in_time=0.5, watchdog_timeout=10.0)
+    executor = _executor(safety=safety)
+    measured = np.array([0.3, -0.2, 0.1])
+    executor.reset(measured)
+    chunk = _ramp_chunk(1.0, horizon=6)  # ends at 1.167 s, the ramp at 1.504 s
+    assert executor.submit(chunk, 1.0, measured).accepted
+    ticks = _run(executor, 1.004, 1.8, measured)
+    last = chunk.positions[-1]
+    # The ramp carries the command onto the chunk's last point, and it stays there.
+    after = [c for t, c in ticks if t >= 1.504 + 1e-9]
+    assert after[0].state == "holding"
+    for command in after:
+        np.testing.assert_allclose(command.positions, last, atol=1e-9)
+
+
 def test_ramp_in_respects_velocity_and_acceleration_limits():
     limits = _limits(vmax=1.0, amax=5.0)
     safety = SafetyConfig(max_step_per_tick=0.03, ramp_in_time=0.0, watchdog_timeout=10.0)

@@ -544,9 +544,8 @@ class ChunkExecutor:
         if now > plan.end() and not in_ramp:
             self._plan = None
             self._ramp = None
+            # The ramp, if any, is over by now: the command has reached the plan's last point.
             last_point, _ = plan.sample(plan.end())
-            if ramp is not None:
-                last_point, _ = ramp.apply(plan.end(), last_point, np.zeros_like(last_point))
             self._hold_target = last_point
             return self._hold_here("holding", "chunk ended; holding its last point")
         self._state, self._reason = ("ramp_in" if in_ramp else "tracking"), ""
