@@ -48,7 +48,8 @@ class ImageTooLargeError(ImageConversionError):
     """A frame whose declared size exceeds the accepted side length (refused undecoded)."""
 
 
-def _check_side(height: int, width: int, max_side: int, what: str) -> None:
+def check_image_side(height: int, width: int, max_side: int, what: str) -> None:
+    """``ImageTooLargeError`` naming ``what`` when either side exceeds ``max_side``."""
     if max(height, width) > max_side:
         raise ImageTooLargeError(
             f"{what} is {width}x{height}, larger than {max_side} pixels per side"
@@ -81,7 +82,7 @@ def image_to_rgb(
     height, width, step = int(height), int(width), int(step)
     if height <= 0 or width <= 0:
         raise ImageConversionError(f"image has no pixels: {width}x{height}")
-    _check_side(height, width, max_side, f"{encoding} image")
+    check_image_side(height, width, max_side, f"{encoding} image")
     row_bytes = width * channels
     if step < row_bytes:
         raise ImageConversionError(
@@ -200,7 +201,7 @@ def decode_compressed(
             f"{what} could not be decoded: {buffer.size} bytes starting "
             f"{buffer[:4].tobytes().hex()} have no JPEG or PNG header"
         )
-    _check_side(*size, max_side, what)
+    check_image_side(*size, max_side, what)
     if _IMREAD_COLOR_RGB is not None:
         # Decoded straight into RGB order: no second pass over the frame (the policy node
         # decodes every camera frame on its input path).

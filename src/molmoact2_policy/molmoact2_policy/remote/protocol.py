@@ -45,6 +45,7 @@ from molmoact2_policy.image_conversion import (
     MAX_IMAGE_SIDE,
     ImageConversionError,
     ImageTooLargeError,
+    check_image_side,
     decode_compressed,
 )
 from molmoact2_policy.policy_api import (
@@ -187,10 +188,8 @@ def decode_image(value: Any, camera: str, limits: RequestLimits) -> np.ndarray:
         what = f"camera {camera!r}: compressed image"
         try:
             return decode_compressed(bytes(value), limits.max_image_side, what=what)
-        except ImageTooLargeError as exc:
-            raise RequestTooLargeError(f"{exc} (the server's limit)") from None
         except ImageConversionError as exc:
-            raise ProtocolError(str(exc)) from None
+            raise _protocol_error(exc) from None
     if not isinstance(value, np.ndarray):
         raise ProtocolError(
             f"camera {camera!r}: expected an HxWx3 uint8 array or JPEG/PNG bytes, "
@@ -200,16 +199,19 @@ def decode_image(value: Any, camera: str, limits: RequestLimits) -> np.ndarray:
         raise ProtocolError(f"camera {camera!r}: expected dtype uint8, got {value.dtype}")
     if value.ndim != 3 or value.shape[2] != 3:
         raise ProtocolError(f"camera {camera!r}: expected shape HxWx3 (RGB), got {value.shape}")
-    _check_image_side(camera, value.shape[:2], limits)
+    height, width = value.shape[:2]
+    try:
+        check_image_side(height, width, limits.max_image_side, f"camera {camera!r}: image")
+    except ImageTooLargeError as exc:
+        raise _protocol_error(exc) from None
     return value
 
 
-def _check_image_side(camera: str, size: Sequence[int], limits: RequestLimits) -> None:
-    if max(size) > limits.max_image_side:
-        raise RequestTooLargeError(
-            f"camera {camera!r}: image {size[0]}x{size[1]} exceeds the server's limit of "
-            f"{limits.max_image_side} pixels per side"
-        )
+def _protocol_error(exc: ImageConversionError) -> ProtocolError:
+    """An image the server refuses: 413 when it is too large, 400 otherwise."""
+    if isinstance(exc, ImageTooLargeError):
+        return RequestTooLargeError(f"{exc} (the server's limit)")
+    return ProtocolError(str(exc))
 
 
 # --------------------------------------------------------------------------------------------
