@@ -13,7 +13,6 @@ Run as a plain process (no lifecycle manager) it configures and activates itself
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -28,7 +27,7 @@ from hw_drivers.backends.base import BackendError
 from hw_drivers.backends.registry import BackendUnavailableError, make_backend
 from hw_drivers.control_loop import ControlLoop
 from hw_drivers.conversions import joint_state_msg
-from hw_drivers.driver_params import LIVE_LIMITS, DriverParams, live_limit_problems
+from hw_drivers.driver_params import LIVE_LIMITS, DriverParams, live_update
 from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import execution_summary, health_statuses, make_preflight
 from hw_drivers.preflight import RateMeter
@@ -65,8 +64,9 @@ class _Unset:
 class DriverNode(LifecycleNode):
     def __init__(self, node_name: str = "driver", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
+        self._param_problems: list[str] = []  # wrong types at start: configure fails on them
         self.params: DriverParams = declare_dataclass_params(
-            _UnsetArraysAsEmpty(self), DriverParams
+            _UnsetArraysAsEmpty(self), DriverParams, self._param_problems
         )
         # The limits in the config are hard: live changes may only tighten them.
         self._hard_limits = self.params
@@ -86,7 +86,7 @@ class DriverNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         params = self.params
-        problems = params.validate()
+        problems = self._param_problems + params.validate()
         if problems:
             self.get_logger().error("invalid driver parameters: " + "; ".join(problems))
             return TransitionCallbackReturn.FAILURE
@@ -326,47 +326,36 @@ class DriverNode(LifecycleNode):
 
     def _on_set_parameters(self, parameters):
         """``execution``, ``active_arms`` and the safety limits (``LIVE_LIMITS``, only inside
-        the configured ones) may change while running (``ros2 param set``); every other
-        parameter takes effect at the next configure."""
+        the configured ones) may change while running (``ros2 param set``); every other driver
+        parameter is refused with the reason (it is read once, at start)."""
         from rcl_interfaces.msg import SetParametersResult
 
-        limits = {p.name: p.value for p in parameters if p.name in LIVE_LIMITS}
-        if limits:
-            return self._set_live_limits(limits)
-        live = {p.name: p.value for p in parameters if p.name in ("execution", "active_arms")}
-        if not live:
-            return SetParametersResult(successful=True)
-        params = dataclasses.replace(self.params, **live)
-        problems = [p for p in params.validate() if p.startswith(("execution", "active_arms"))]
-        if problems:
-            return SetParametersResult(successful=False, reason="; ".join(problems))
-        self.params = params
-        loop = self._loop
-        if loop is not None:
-            with self._lock:
-                loop.set_activation(params.is_shadow(), params.hold_mask())
-            self.get_logger().warning(execution_summary(params, loop.backend))
-        return SetParametersResult(successful=True)
-
-    def _set_live_limits(self, values: dict) -> object:
-        from rcl_interfaces.msg import SetParametersResult
-
-        converted = {
-            name: float(v) if name == "max_step_per_tick" else tuple(float(x) for x in v)
-            for name, v in values.items()
-        }
-        params = dataclasses.replace(self.params, **converted)
-        problems = live_limit_problems(self._hard_limits, params)
-        if problems:
-            return SetParametersResult(successful=False, reason="; ".join(problems))
-        loop = self._loop
-        if loop is not None:
-            with self._lock:
-                loop.executor.set_limits(params.limits(), params.max_step_per_tick)
-        self.params = params
-        self.get_logger().warning(
-            "safety limits changed: " + ", ".join(f"{k}={v}" for k, v in converted.items())
+        params, problems = live_update(
+            self._hard_limits, self.params, {p.name: p.value for p in parameters}
         )
+        if params is None:
+            self.get_logger().warning("parameter change refused: " + "; ".join(problems))
+            return SetParametersResult(successful=False, reason="; ".join(problems))
+        changed = {
+            name
+            for name in DriverParams.__dataclass_fields__
+            if getattr(params, name) != getattr(self.params, name)
+        }
+        loop = self._loop
+        if loop is not None and changed:
+            with self._lock:
+                if changed & set(LIVE_LIMITS):
+                    loop.executor.set_limits(params.limits(), params.max_step_per_tick)
+                if changed & {"execution", "active_arms"}:
+                    loop.set_activation(params.is_shadow(), params.hold_mask())
+        self.params = params
+        if changed & set(LIVE_LIMITS):
+            self.get_logger().warning(
+                "safety limits changed: "
+                + ", ".join(f"{k}={getattr(params, k)}" for k in sorted(changed & set(LIVE_LIMITS)))
+            )
+        if loop is not None and changed & {"execution", "active_arms"}:
+            self.get_logger().warning(execution_summary(params, loop.backend))
         return SetParametersResult(successful=True)
 
     def _camera_rates(self) -> dict[str, float]:

@@ -8,16 +8,21 @@ config file without starting ROS.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import ClassVar
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
 
 import numpy as np
+
+from molmoact2_common.ros_params import ParamTypeError, coerce_param, finite_problems
 
 BACKENDS = ("sim", "damiao", "feetech", "franky", "ros2_control")
 ON_FAULT = ("hold", "disable")
 EXIT_BEHAVIORS = ("hold", "rest", "rest_then_release")  # see hw_drivers.control_loop
 EXECUTION = ("auto", "shadow", "live")
 PREFLIGHT = ("auto", "on", "off")
+# The control timer cannot run faster than this on a Python executor; a typo (250000 for 250)
+# would otherwise spin a core and shrink the per-tick step bound to nothing.
+MAX_CONTROL_RATE = 2000.0
 
 
 def _f(default, description: str, **extra):
@@ -199,7 +204,8 @@ class DriverParams:
 
     def validate(self) -> list[str]:
         """Every problem with these values (empty when they are usable)."""
-        problems: list[str] = []
+        # NaN passes every `x <= 0` check below; inf makes periods zero and bounds void.
+        problems: list[str] = finite_problems(self)
         n = len(self.joint_names)
         if n == 0:
             problems.append("joint_names is empty")
@@ -230,8 +236,12 @@ class DriverParams:
                 problems.append(f"{name} must be > 0 for every joint")
         if self.backend not in BACKENDS:
             problems.append(f"backend {self.backend!r} is not one of {BACKENDS}")
-        if self.control_rate <= 0:
-            problems.append("control_rate must be > 0")
+        if not 0 < self.control_rate <= MAX_CONTROL_RATE:
+            problems.append(f"control_rate must be in (0, {MAX_CONTROL_RATE:g}] Hz")
+        if self.state_publish_rate < 0:
+            problems.append("state_publish_rate must be >= 0 (0: every control tick)")
+        if self.reconnect_period <= 0:
+            problems.append("reconnect_period must be > 0")
         if self.max_step_per_tick <= 0:
             problems.append("max_step_per_tick must be > 0")
         if self.interpolation not in ("linear", "cubic"):
@@ -419,6 +429,41 @@ LIVE_LIMITS = (
     "max_acceleration",
     "max_step_per_tick",
 )
+
+
+# Everything ``ros2 param set`` may change on a running driver; the rest is read at start.
+LIVE_PARAMS = (*LIVE_LIMITS, "execution", "active_arms")
+
+
+def live_update(
+    hard: DriverParams, current: DriverParams, changes: dict[str, Any]
+) -> tuple[DriverParams | None, list[str]]:
+    """``current`` with ``changes`` (parameter name -> value as ROS delivers it) applied, or
+    None and every reason to refuse them: a parameter that is not live, a value of the wrong
+    type, limits outside the hard ones, an unknown execution or arm. Names that are not driver
+    parameters (``use_sim_time``) are rclpy's and ignored here."""
+    problems: list[str] = []
+    converted: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name not in DriverParams.__dataclass_fields__:
+            continue
+        if name not in LIVE_PARAMS:
+            problems.append(
+                f"{name} is read at start and cannot change while the driver runs (live: "
+                f"{', '.join(LIVE_PARAMS)}); edit the config and restart"
+            )
+            continue
+        try:
+            converted[name] = coerce_param(DriverParams, name, value)
+        except ParamTypeError as err:
+            problems.append(str(err))
+    if problems:
+        return None, problems
+    changed = replace(current, **converted)
+    if any(name in LIVE_LIMITS for name in converted):
+        problems += live_limit_problems(hard, changed)
+    problems += [p for p in changed.validate() if p.startswith(("execution", "active_arms"))]
+    return (None, problems) if problems else (changed, [])
 
 
 def live_limit_problems(hard: DriverParams, changed: DriverParams) -> list[str]:

@@ -8,10 +8,67 @@ all read that dataclass. This module is the only place that turns it into ROS pa
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+_KIND_NAMES = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
+_PLURALS = {float: "numbers", int: "integers", str: "strings", bool: "booleans"}
+
+
+class ParamTypeError(ValueError):
+    """A parameter value of the wrong type for its field (the message names both)."""
+
+
+def _element(kind: type, value: Any, where: str) -> Any:
+    # bool is an int in Python, but `true` for a number is a typo, not a value.
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+        return value
+    raise ParamTypeError(f"{where} must be {_KIND_NAMES[kind]}, got {value!r}")
+
+
+def coerce_param(cls: type, name: str, value: Any) -> Any:
+    """``value`` as ROS delivered it (a ``ros2 param set``, a params file), as field ``name``
+    of ``cls`` holds it: ints for float fields become floats, arrays become tuples.
+    ``ParamTypeError`` naming the parameter for any other type: float parameters are declared
+    with dynamic typing (YAML writes ``250`` for ``250.0``), so rclpy lets any type through to
+    here, and a string reaching ``float()`` or a comparison in a node would raise mid-callback.
+    """
+    hint = typing.get_type_hints(cls)[name]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        kind = args[0] if args else str
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence | _array_type()):
+            raise ParamTypeError(
+                f"{name} must be a list of {_PLURALS[kind]}, got {value!r}"
+            )
+        return tuple(_element(kind, v, f"every entry of {name}") for v in value)
+    return _element(hint, value, name)
+
+
+def _array_type() -> type:
+    import array  # rclpy hands numeric arrays over as array.array
+
+    return array.array
+
+
+def finite_problems(params: Any) -> list[str]:
+    """One sentence per float field (or float list) of a params dataclass holding NaN or inf:
+    every comparison with NaN is false, so ``x <= 0`` style checks let it through."""
+    problems = []
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            problems.append(f"{f.name} must be finite, got {value}")
+    return problems
 
 
 def _descriptor(description: str, read_only: bool, dynamic: bool = False):
@@ -22,9 +79,14 @@ def _descriptor(description: str, read_only: bool, dynamic: bool = False):
     )
 
 
-def declare_dataclass_params(node: Any, cls: type[T]) -> T:
-    """Declare every field of ``cls`` on ``node`` and return an instance with the values."""
-    from rclpy.exceptions import ParameterUninitializedException
+def declare_dataclass_params(node: Any, cls: type[T], problems: list[str] | None = None) -> T:
+    """Declare every field of ``cls`` on ``node`` and return an instance with the values.
+
+    A value of the wrong type (``-p control_rate:=fast``, a list where one number belongs) is
+    described in ``problems`` and replaced by the default, so the node can start and fail its
+    configure with that sentence; without a ``problems`` list it raises ``ParamTypeError``.
+    """
+    from rclpy.exceptions import InvalidParameterTypeException, ParameterUninitializedException
     from rclpy.parameter import Parameter
 
     hints = typing.get_type_hints(cls)
@@ -59,20 +121,25 @@ def declare_dataclass_params(node: Any, cls: type[T]) -> T:
             dynamic = isinstance(default, float) or (
                 isinstance(default, list) and any(isinstance(v, float) for v in default)
             )
-            value = node.declare_parameter(
-                f.name,
-                default,
-                _descriptor(description, f.metadata.get("read_only", False), dynamic),
-            ).value
+            descriptor = _descriptor(description, f.metadata.get("read_only", False), dynamic)
+            try:
+                value = node.declare_parameter(f.name, default, descriptor).value
+            except InvalidParameterTypeException as err:
+                # rclpy refuses an override of another type; keep the default, report it.
+                if problems is None:
+                    raise ParamTypeError(f"{f.name}: {err}") from err
+                problems.append(f"{f.name} has the wrong type ({err}); default kept")
+                value = node.declare_parameter(
+                    f.name, default, descriptor, ignore_override=True
+                ).value
             values[f.name] = value
-        element = typing.get_args(hints[f.name])
-        if isinstance(default, list):
-            if element and element[0] is float:
-                values[f.name] = tuple(float(v) for v in values[f.name])
-            else:
-                values[f.name] = tuple(values[f.name])
-        elif hints[f.name] is float and isinstance(values[f.name], int):
-            values[f.name] = float(values[f.name])
+        try:
+            values[f.name] = coerce_param(cls, f.name, values[f.name])
+        except ParamTypeError as err:
+            if problems is None:
+                raise
+            problems.append(f"{err}; default kept")
+            values[f.name] = tuple(default) if isinstance(default, list) else default
     return cls(**values)
 
 
