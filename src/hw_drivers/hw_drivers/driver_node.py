@@ -32,6 +32,7 @@ from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import execution_summary, health_statuses, make_preflight
 from hw_drivers.preflight import RateMeter
 from hw_drivers.tick_timing import TickTiming, timer_callback_with_info
+from molmoact2_common.lifecycle_errors import log_transition_errors
 from molmoact2_common.ros_params import declare_dataclass_params
 from molmoact2_common.ros_runtime import run_lifecycle_node
 from molmoact2_msgs.msg import ActionChunk
@@ -61,6 +62,7 @@ class _Unset:
     value = None
 
 
+@log_transition_errors
 class DriverNode(LifecycleNode):
     def __init__(self, node_name: str = "driver", **kwargs) -> None:
         super().__init__(node_name, **kwargs)

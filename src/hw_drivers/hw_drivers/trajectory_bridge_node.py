@@ -29,6 +29,7 @@ from hw_drivers.chunk import Chunk
 from hw_drivers.safety import JointLimits, SafetyConfig, validate_chunk, validate_timing
 from hw_drivers.trajectory import BridgeOutput, chunk_to_trajectory, seconds_to_duration
 from hw_drivers.trajectory_bridge_params import TrajectoryBridgeParams
+from molmoact2_common.lifecycle_errors import log_transition_errors
 from molmoact2_common.ros_params import declare_dataclass_params
 from molmoact2_common.ros_runtime import run_lifecycle_node
 from molmoact2_msgs.msg import ActionChunk
@@ -50,6 +51,7 @@ def chunk_from_msg(msg: ActionChunk) -> Chunk:
     )
 
 
+@log_transition_errors
 class TrajectoryBridgeNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
         super().__init__(node_name, **kwargs)

@@ -98,32 +98,39 @@ def declare_dataclass_params(node: Any, cls: type[T], problems: list[str] | None
         description = f.metadata.get("description", "")
         if isinstance(default, tuple):
             default = list(default)
-        if isinstance(default, list) and not default:
+        read_only = f.metadata.get("read_only", False)
+        element = typing.get_args(hints[f.name])
+        kind = element[0] if element else str
+        if isinstance(default, list) and not default and kind is not float:
             # An empty list has no element type: tell rclpy the intended array type.
-            element = typing.get_args(hints[f.name])
             array_type = {
                 str: Parameter.Type.STRING_ARRAY,
-                float: Parameter.Type.DOUBLE_ARRAY,
                 int: Parameter.Type.INTEGER_ARRAY,
                 bool: Parameter.Type.BOOL_ARRAY,
-            }[element[0] if element else str]
-            node.declare_parameter(
-                f.name, array_type, _descriptor(description, f.metadata.get("read_only", False))
-            )
+            }[kind]
+            try:
+                node.declare_parameter(f.name, array_type, _descriptor(description, read_only))
+            except InvalidParameterTypeException as err:
+                if problems is None:
+                    raise ParamTypeError(f"{f.name}: {err}") from err
+                problems.append(f"{f.name} has the wrong type ({err}); default kept")
+                node.declare_parameter(
+                    f.name, array_type, _descriptor(description, read_only), ignore_override=True
+                )
             try:
                 value = node.get_parameter(f.name).value
             except ParameterUninitializedException:
                 value = None  # declared by type only and not set anywhere: the empty default
             values[f.name] = list(value) if value is not None else []
         else:
-            # YAML writes 250 for 250.0: let float parameters accept integers (and integer
-            # arrays for float arrays), then coerce below.
-            dynamic = isinstance(default, float) or (
-                isinstance(default, list) and any(isinstance(v, float) for v in default)
-            )
-            descriptor = _descriptor(description, f.metadata.get("read_only", False), dynamic)
+            # YAML writes 250 for 250.0 and [3, 3, 4] for [3.0, 3.0, 4.0]: float parameters
+            # and float lists take any type from rclpy; coerce_param below checks it.
+            dynamic = kind is float if isinstance(default, list) else isinstance(default, float)
+            descriptor = _descriptor(description, read_only, dynamic)
             try:
-                value = node.declare_parameter(f.name, default, descriptor).value
+                value = node.declare_parameter(
+                    f.name, None if dynamic and default == [] else default, descriptor
+                ).value
             except InvalidParameterTypeException as err:
                 # rclpy refuses an override of another type; keep the default, report it.
                 if problems is None:
@@ -132,7 +139,7 @@ def declare_dataclass_params(node: Any, cls: type[T], problems: list[str] | None
                 value = node.declare_parameter(
                     f.name, default, descriptor, ignore_override=True
                 ).value
-            values[f.name] = value
+            values[f.name] = [] if value is None else value
         try:
             values[f.name] = coerce_param(cls, f.name, values[f.name])
         except ParamTypeError as err:

@@ -24,6 +24,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
+from molmoact2_common.lifecycle_errors import log_transition_errors
 from molmoact2_common.ros_params import declare_dataclass_params
 from molmoact2_common.ros_runtime import run_lifecycle_node
 from molmoact2_policy import chunk_msgs
@@ -87,6 +88,7 @@ def _stamp_ns(header: Any) -> int:
     return stamp_to_ns(header.stamp.sec, header.stamp.nanosec)
 
 
+@log_transition_errors
 class PolicyNode(LifecycleNode):
     """See the module docstring; topics and parameters are listed in docs/architecture.md."""
 
