@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from molmoact2_common.ros_params import finite_problems
+
 
 def _f(default, description: str):
     if isinstance(default, list | tuple):
@@ -76,7 +78,7 @@ class TrajectoryBridgeParams:
 
     def validate(self) -> list[str]:
         """Every problem with these values (empty when they are usable)."""
-        problems: list[str] = []
+        problems: list[str] = finite_problems(self)  # NaN passes every `x <= 0` check
         n = len(self.joint_names)
         if n == 0:
             problems.append("joint_names is empty")

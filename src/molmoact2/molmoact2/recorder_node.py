@@ -15,6 +15,7 @@ from pathlib import Path
 
 from molmoact2.mcap_io import McapRecorder
 from molmoact2.topic_tap import TopicTap
+from molmoact2_common.ros_params import finite_problems
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class RecorderParams:
     )
 
     def validate(self) -> list[str]:
-        problems = []
+        problems = finite_problems(self)  # NaN passes every `x <= 0` check
         if not self.topics:
             problems.append("topics is empty: nothing to record")
         if self.discovery_period <= 0:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from molmoact2.sim_world import SimWorld
+from molmoact2_common.ros_params import finite_problems
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,11 @@ class SimCameraParams:
         return (self.rate,) * len(self.camera_names) if self.rate > 0 else self.camera_rates
 
     def validate(self) -> list[str]:
-        problems = []
+        problems = finite_problems(self)  # NaN passes every `x <= 0` check
+        if not (0 < self.width <= 8192 and 0 < self.height <= 8192):
+            problems.append(
+                f"width and height must be in 1..8192 px, got {self.width}x{self.height}"
+            )
         n = len(self.camera_names)
         for key in ("camera_topics", "camera_frames"):
             if len(getattr(self, key)) != n:

@@ -94,7 +94,10 @@ class PolicyNode(LifecycleNode):
 
     def __init__(self, *, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self.params: PolicyNodeParams = declare_dataclass_params(self, PolicyNodeParams)
+        self._param_problems: list[str] = []  # wrong types at start: configure fails
+        self.params: PolicyNodeParams = declare_dataclass_params(
+            self, PolicyNodeParams, self._param_problems
+        )
         self._log_throttle = LogThrottle()
         self._lock = threading.RLock()
         self._lifecycle_state = "unconfigured"
@@ -170,7 +173,7 @@ class PolicyNode(LifecycleNode):
     # ---- lifecycle ----------------------------------------------------------------------
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        problems = self.params.validate()
+        problems = self._param_problems + self.params.validate()
         if problems:
             return self._configure_failed("invalid parameters: " + "; ".join(problems))
         try:
