@@ -16,8 +16,8 @@ import uuid
 
 import pytest
 
-from tests.rostest_util import start_python, stop_process
 from tests.ros.test_driver_hostile_input import CONFIG, RATE, Probe
+from tests.rostest_util import start_python, stop_process
 
 pytestmark = pytest.mark.ros
 
