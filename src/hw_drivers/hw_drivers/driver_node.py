@@ -82,6 +82,9 @@ class DriverNode(LifecycleNode):
         self._state_period = 0.0
         self._last_state_publish = float("-inf")
         self._tick_timing: TickTiming | None = None
+        # A latched e-stop outlives cleanup -> configure (a lifecycle manager's reset cycle):
+        # only ~/reset clears it.
+        self._estop_latched = False
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -116,6 +119,11 @@ class DriverNode(LifecycleNode):
             else None,
         )
         self._last_preflight_text = ""
+        if self._estop_latched:
+            self._loop.estop()
+            self.get_logger().warning(
+                "the e-stop latched before cleanup is still latched: holding until ~/reset"
+            )
         self._state_period = 1.0 / params.state_publish_rate if params.state_publish_rate else 0
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         # State and commands reliable, as ros2_control's joint_state_broadcaster publishes
@@ -221,6 +229,7 @@ class DriverNode(LifecycleNode):
         if self._loop is not None:
             p = self.params
             with self._lock:
+                self._estop_latched = self._loop.executor.estopped
                 release, what = self._loop.finish(
                     p.exit_behavior,
                     period=1.0 / p.control_rate,

@@ -1,0 +1,77 @@
+"""Lifecycle transitions in odd orders from outside (lifecycle_msgs ChangeState, as a
+lifecycle manager or ``ros2 lifecycle set`` sends them) against a sim driver, with its
+services called in each state.
+
+Found by the outside-in probe: a latched e-stop was silently cleared by deactivate -> cleanup
+-> configure -> activate (a lifecycle manager's reset cycle); only ``~/reset`` may clear it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from tests.ros.driver_harness import running_driver
+
+pytestmark = pytest.mark.ros
+
+
+def _call(probe, client, request, timeout: float = 20.0):
+    assert client.wait_for_service(timeout_sec=timeout)
+    future = client.call_async(request)
+    deadline = time.monotonic() + timeout
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.01)  # the rig's executor thread spins the probe
+    assert future.done(), "service call timed out"
+    return future.result()
+
+
+def test_odd_transitions_are_refused_and_a_latched_estop_survives_cleanup(tmp_path):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    from std_srvs.srv import SetBool, Trigger
+
+    ns = f"/lc_{uuid.uuid4().hex[:8]}"
+    with running_driver("so101", "so101_driver", {}, tmp_path, ns) as rig:
+        probe = rig.probe
+        change = probe.create_client(ChangeState, "so101_driver/change_state")
+        state = probe.create_client(GetState, "so101_driver/get_state")
+        estop = probe.create_client(Trigger, "so101_driver/estop")
+        reset = probe.create_client(Trigger, "so101_driver/reset")
+        hold = probe.create_client(SetBool, "so101_driver/hold")
+
+        def transition(transition_id: int) -> bool:
+            request = ChangeState.Request()
+            request.transition.id = transition_id
+            return _call(probe, change, request).success
+
+        def label() -> str:
+            return _call(probe, state, GetState.Request()).current_state.label
+
+        # Transitions that do not exist from the current state: refused, nothing changes.
+        for odd in (
+            Transition.TRANSITION_ACTIVATE,
+            Transition.TRANSITION_CONFIGURE,
+            Transition.TRANSITION_CLEANUP,
+        ):
+            assert not transition(odd)
+            assert label() == "active"
+        assert _call(probe, estop, Trigger.Request()).success
+        assert transition(Transition.TRANSITION_DEACTIVATE)
+        assert not transition(Transition.TRANSITION_DEACTIVATE)
+        assert transition(Transition.TRANSITION_CLEANUP)
+        assert label() == "unconfigured"
+        assert not transition(Transition.TRANSITION_ACTIVATE)
+        assert not transition(Transition.TRANSITION_CLEANUP)
+        assert transition(Transition.TRANSITION_CONFIGURE)
+        assert transition(Transition.TRANSITION_ACTIVATE)
+        assert label() == "active"
+        # Still latched: the executor holds, hold(false) says why, only ~/reset clears it.
+        assert rig.node._loop.executor.estopped
+        answer = _call(probe, hold, SetBool.Request(data=False))
+        assert not answer.success and "e-stop" in answer.message
+        assert _call(probe, reset, Trigger.Request()).success
+        assert not rig.node._loop.executor.estopped
+        assert _call(probe, hold, SetBool.Request(data=False)).success
