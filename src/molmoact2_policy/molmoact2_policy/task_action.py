@@ -119,8 +119,15 @@ class RunTaskServer:
         problem = active.goal.problem() or (
             f"driver safety stop: {self._driver_stop}" if self._driver_stop else ""
         )
+        if not problem and active.goal.success_topic:
+            # Before the driver is released: a subscription that cannot be made must end the
+            # goal here, not raise after the arm was set moving (rclpy would abort the goal
+            # and nothing would stop the policy or hold the arm).
+            problem = self._subscribe_success(active)
+        released = False
         if not problem and self._hold is not None:
             problem = await self._set_hold(False)
+            released = not problem
             if problem.endswith("is not available"):
                 # A driver without ~/hold (the ros2_control bridge): the task still runs, but
                 # its end can only stop new chunks, not the one being executed.
@@ -130,20 +137,14 @@ class RunTaskServer:
             accepted, message = self._node.set_instruction(active.goal.instruction)
             problem = "" if accepted else message
         if problem:
+            if active.success_sub is not None:
+                self._node.destroy_subscription(active.success_sub)
+            if released:  # refused after the driver was let go: hold it again
+                await self._set_hold(True)
             active.finish(TaskEnd("rejected", problem))
             self._forget(active)
             return self._result(handle, active.end, 0, 0.0)
 
-        if active.goal.success_topic:
-            from std_msgs.msg import Bool
-
-            def on_success(msg: Any, goal: _Goal = active) -> None:
-                if msg.data:
-                    goal.succeeded = True
-
-            active.success_sub = self._node.create_subscription(
-                Bool, active.goal.success_topic, on_success, 10, callback_group=self._group
-            )
         active.monitor = TaskMonitor(
             active.goal, time.monotonic(), self._node.chunk_count, self._grace
         )
@@ -166,6 +167,21 @@ class RunTaskServer:
         monitor = active.monitor
         self._node.get_logger().info(f"run_task ended: {end.outcome}: {end.message}")
         return self._result(handle, end, monitor.chunks_executed, monitor.elapsed)
+
+    def _subscribe_success(self, active: _Goal) -> str:
+        from std_msgs.msg import Bool
+
+        def on_success(msg: Any, goal: _Goal = active) -> None:
+            if msg.data:
+                goal.succeeded = True
+
+        try:
+            active.success_sub = self._node.create_subscription(
+                Bool, active.goal.success_topic, on_success, 10, callback_group=self._group
+            )
+        except Exception as err:  # rclpy's name/QoS errors have no common base class
+            return f"cannot subscribe to success_topic {active.goal.success_topic!r}: {err}"
+        return ""
 
     def _forget(self, goal: _Goal) -> None:
         if self._active is goal:

@@ -1,0 +1,86 @@
+"""``~/run_task`` goals with hostile fields, and many goals at once, as a buggy client sends
+them: each ends with a reason, the node keeps running and the driver is left holding.
+
+Found by the outside-in probe: a ``success_topic`` that is not a valid ROS name was accepted,
+the driver released and the instruction set, then creating the subscription raised inside the
+action's execute callback: rclpy aborted the goal, but the policy kept publishing chunks and the
+driver was never told to hold again (the arm kept moving with no goal).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.ros.test_run_task import result_of, send, setup  # noqa: F401  (module fixture)
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.mark.parametrize(
+    ("instruction", "max_duration", "success_topic", "reason"),
+    [
+        ("pick", 1.0, "bad topic!", "success_topic"),
+        ("pick", 1.0, "//", "success_topic"),
+        ("pick", 1.0, "1abc", "success_topic"),
+        ("pick", 1.0, "a/", "success_topic"),
+        ("pick", 1.0, "~x", "success_topic"),
+        ("pick", math.nan, "", "max_duration"),
+        ("pick", -1.0, "", "max_duration"),
+        ("pick", math.inf, "", "max_duration"),
+        ("   ", 1.0, "", "instruction is empty"),
+        ("x" * 5000, 1.0, "", "characters"),
+    ],
+)
+def test_a_hostile_goal_is_rejected_with_the_reason_and_the_arm_held(
+    setup,  # noqa: F811
+    instruction,
+    max_duration,
+    success_topic,
+    reason,
+):
+    from molmoact2_msgs.action import RunTask
+
+    robot, driver, client = setup
+    driver.publish_state()
+    driver.holds.clear()
+    _handle, result_future, _ = send(robot, client, instruction, max_duration, success_topic)
+    result, _ = result_of(robot, result_future)
+    assert result.outcome == RunTask.Result.OUTCOME_REJECTED, result
+    assert reason in result.message, result.message
+    # Never released: the driver was not asked to follow.
+    assert False not in [data for data, _ in driver.holds]
+    count = len(robot.statuses)  # still answering (its exit is checked by the fixture)
+    assert robot.run(5.0, until=lambda: len(robot.statuses) > count)
+
+
+def test_valid_success_topic_names_are_accepted(setup):  # noqa: F811
+    from molmoact2_msgs.action import RunTask
+
+    robot, driver, client = setup
+    driver.publish_state()
+    for topic in ("/task_detector/success", "done", "~/done", "a_1/b_2"):
+        _handle, result_future, _ = send(robot, client, "wipe", 0.5, topic)
+        result, _ = result_of(robot, result_future)
+        assert result.outcome == RunTask.Result.OUTCOME_TIMED_OUT, (topic, result)
+
+
+def test_a_burst_of_goals_leaves_one_running_and_the_rest_preempted(setup):  # noqa: F811
+    from molmoact2_msgs.action import RunTask
+
+    robot, driver, client = setup
+    driver.publish_state()
+    futures = [
+        client.send_goal_async(RunTask.Goal(instruction=f"task {i}", max_duration=1.0))
+        for i in range(6)
+    ]
+    assert robot.run(15.0, until=lambda: all(f.done() for f in futures))
+    results = [f.result().get_result_async() for f in futures]
+    assert robot.run(20.0, until=lambda: all(r.done() for r in results))
+    outcomes = [r.result().result.outcome_name for r in results]
+    assert outcomes.count("timed_out") == 1, outcomes
+    assert set(outcomes) <= {"timed_out", "preempted"}, outcomes
+    assert driver.holds[-1][0] is True  # left holding
+    count = len(robot.statuses)  # still answering (its exit is checked by the fixture)
+    assert robot.run(5.0, until=lambda: len(robot.statuses) > count)
