@@ -84,3 +84,37 @@ def test_a_burst_of_goals_leaves_one_running_and_the_rest_preempted(setup):  # n
     assert driver.holds[-1][0] is True  # left holding
     count = len(robot.statuses)  # still answering (its exit is checked by the fixture)
     assert robot.run(5.0, until=lambda: len(robot.statuses) > count)
+
+
+def test_a_goal_while_the_policy_is_inactive_is_rejected_without_releasing_the_driver(
+    setup,  # noqa: F811
+):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    from molmoact2_msgs.action import RunTask
+    from tests.ros.policy_node_harness import NODE
+
+    robot, driver, client = setup
+    change = robot.node.create_client(ChangeState, f"/{NODE}/change_state")
+
+    def transition(transition_id: int) -> bool:
+        assert change.wait_for_service(timeout_sec=10.0)
+        request = ChangeState.Request()
+        request.transition.id = transition_id
+        future = change.call_async(request)
+        assert robot.run(20.0, until=future.done)
+        return future.result().success
+
+    driver.publish_state()
+    assert transition(Transition.TRANSITION_DEACTIVATE)
+    try:
+        driver.holds.clear()
+        _handle, result_future, _ = send(robot, client, "pick", 1.0)
+        result, _ = result_of(robot, result_future)
+        assert result.outcome == RunTask.Result.OUTCOME_REJECTED, result
+        assert "inactive, not active" in result.message
+        assert False not in [data for data, _ in driver.holds]
+    finally:
+        assert transition(Transition.TRANSITION_ACTIVATE)
+    robot.node.destroy_client(change)

@@ -116,8 +116,13 @@ class RunTaskServer:
         active = self._active
         if active is None or active.handle is not handle:  # preempted before it started
             return self._result(handle, TaskEnd("preempted", "preempted by a newer goal"), 0, 0.0)
+        state = self._node.lifecycle_state
         problem = active.goal.problem() or (
             f"driver safety stop: {self._driver_stop}" if self._driver_stop else ""
+        ) or (
+            # An inactive policy publishes no chunk: releasing the driver for a goal that
+            # cannot run would only report a time-out later.
+            f"the policy node is {state}, not active" if state != "active" else ""
         )
         if not problem and active.goal.success_topic:
             # Before the driver is released: a subscription that cannot be made must end the
