@@ -30,7 +30,7 @@ from hw_drivers.safety import JointLimits, SafetyConfig, validate_chunk, validat
 from hw_drivers.trajectory import BridgeOutput, chunk_to_trajectory, seconds_to_duration
 from hw_drivers.trajectory_bridge_params import TrajectoryBridgeParams
 from molmoact2_common.lifecycle_errors import log_transition_errors
-from molmoact2_common.ros_params import declare_dataclass_params
+from molmoact2_common.ros_params import declare_dataclass_params, refuse_param_changes
 from molmoact2_common.ros_runtime import run_lifecycle_node
 from molmoact2_msgs.msg import ActionChunk
 
@@ -55,7 +55,11 @@ def chunk_from_msg(msg: ActionChunk) -> Chunk:
 class TrajectoryBridgeNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        self.params = declare_dataclass_params(self, TrajectoryBridgeParams)
+        self._param_problems: list[str] = []  # wrong types at start: configure fails
+        self.params = declare_dataclass_params(
+            self, TrajectoryBridgeParams, self._param_problems
+        )
+        refuse_param_changes(self, TrajectoryBridgeParams)
         self._active = False
         self._chunk_sub = None
         self._trajectory_pub = None
@@ -74,7 +78,7 @@ class TrajectoryBridgeNode(LifecycleNode):
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        problems = self.params.validate()
+        problems = self._param_problems + self.params.validate()
         if problems:
             self.get_logger().error("invalid parameters: " + "; ".join(problems))
             return TransitionCallbackReturn.FAILURE

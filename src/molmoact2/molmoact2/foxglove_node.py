@@ -54,7 +54,7 @@ class FoxgloveParams:
 def main(args: list[str] | None = None) -> int:
     from rclpy.node import Node
 
-    from molmoact2_common.ros_params import declare_dataclass_params
+    from molmoact2_common.ros_params import declare_dataclass_params, refuse_param_changes
     from molmoact2_common.ros_runtime import run_node
 
     class FoxgloveNode(Node):
@@ -63,6 +63,7 @@ def main(args: list[str] | None = None) -> int:
             import foxglove
 
             self.params = declare_dataclass_params(self, FoxgloveParams)
+            refuse_param_changes(self, FoxgloveParams)
             problems = self.params.validate()
             if problems:
                 raise ValueError("; ".join(problems))

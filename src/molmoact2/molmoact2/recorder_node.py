@@ -51,13 +51,14 @@ class RecorderParams:
 def main(args: list[str] | None = None) -> int:
     from rclpy.node import Node
 
-    from molmoact2_common.ros_params import declare_dataclass_params
+    from molmoact2_common.ros_params import declare_dataclass_params, refuse_param_changes
     from molmoact2_common.ros_runtime import run_node
 
     class RecorderNode(Node):
         def __init__(self) -> None:
             super().__init__("recorder")
             self.params = declare_dataclass_params(self, RecorderParams)
+            refuse_param_changes(self, RecorderParams)
             problems = self.params.validate()
             if problems:
                 raise ValueError("; ".join(problems))

@@ -86,13 +86,14 @@ def main(args: list[str] | None = None) -> int:
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image, JointState
 
-    from molmoact2_common.ros_params import declare_dataclass_params
+    from molmoact2_common.ros_params import declare_dataclass_params, refuse_param_changes
     from molmoact2_common.ros_runtime import run_node
 
     class SimCameraNode(Node):
         def __init__(self) -> None:
             super().__init__("sim_cameras")
             self.params = declare_dataclass_params(self, SimCameraParams)
+            refuse_param_changes(self, SimCameraParams)
             problems = self.params.validate()
             if problems:
                 raise ValueError("; ".join(problems))

@@ -197,12 +197,13 @@ def make_node(context: Any = None, cli_args: list[str] | None = None, **kwargs: 
 
     from molmoact2.graph import config_dir
     from molmoact2.urdf_frames import UrdfFrames
-    from molmoact2_common.ros_params import declare_dataclass_params
+    from molmoact2_common.ros_params import declare_dataclass_params, refuse_param_changes
 
     class TfNode(Node):
         def __init__(self) -> None:
             super().__init__(NODE_NAME, context=context, cli_args=cli_args, **kwargs)
             self.params: TfParams = declare_dataclass_params(self, TfParams)
+            refuse_param_changes(self, TfParams)
             problems = self.params.validate()
             if problems:
                 raise ValueError(f"{NODE_NAME}: invalid parameters: " + "; ".join(problems))

@@ -159,3 +159,25 @@ def dataclass_defaults(cls: type) -> dict[str, Any]:
         else:
             out[f.name] = f.default
     return out
+
+
+def refuse_param_changes(node: Any, cls: type, live: tuple[str, ...] = ()) -> None:
+    """Answer ``ros2 param set`` on a parameter of ``cls`` that the node reads once at start
+    with ``successful: false`` and the reason. Without it rclpy stores the new value and answers
+    success while the node keeps running on the old one (a changed limit that is not in force).
+    Call after ``declare_dataclass_params``: rclpy runs these callbacks on declaration too."""
+    from rcl_interfaces.msg import SetParametersResult
+
+    fields = set(cls.__dataclass_fields__)
+
+    def check(parameters: list[Any]) -> Any:
+        fixed = [p.name for p in parameters if p.name in fields and p.name not in live]
+        if fixed:
+            return SetParametersResult(
+                successful=False,
+                reason=f"{', '.join(fixed)}: read at start, cannot change while the node runs "
+                "(edit the config and restart)",
+            )
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(check)

@@ -24,7 +24,7 @@ from builtin_interfaces.msg import Time
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from molmoact2_common.ros_params import declare_dataclass_params
+from molmoact2_common.ros_params import declare_dataclass_params, refuse_param_changes
 from molmoact2_policy.depth_cache_params import DepthCacheParams
 from molmoact2_policy.depth_change import check_rgb_frame, stamp_jump_reason
 from molmoact2_policy.depth_viz import check_code_grid, depth_cell_cubes, render_depth_image
@@ -63,6 +63,7 @@ class DepthCacheNode(Node):
             use_global_arguments=use_global_arguments,
         )
         self.params: DepthCacheParams = declare_dataclass_params(self, DepthCacheParams)
+        refuse_param_changes(self, DepthCacheParams)
         problems = self.params.validate()
         if problems:
             raise ValueError(f"{node_name}: invalid parameters: " + "; ".join(problems))

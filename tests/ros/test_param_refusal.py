@@ -1,0 +1,140 @@
+"""What ``ros2 param set`` and a params file with wrong types get from the nodes that read their
+parameters once: a refusal that says so, or a configure failure that names the parameter.
+
+Found by the outside-in probe: the trajectory bridge, depth cache, recorder, sim camera, tf and
+foxglove nodes had no parameter callback, so ``ros2 param set <bridge> max_velocity [...]``
+answered "successful" while the bridge kept enforcing the old limits; a list of strings for the
+bridge's ``position_upper`` crashed it at start; rclpy's LifecycleNode swallowed exceptions from
+transitions without a word in the log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+pytestmark = pytest.mark.ros
+
+NAMES = [f"j{i}" for i in range(3)]
+
+
+def _bridge_overrides(**changes):
+    from rclpy.parameter import Parameter
+
+    values = {
+        "joint_names": NAMES,
+        "position_lower": [-1.0] * 3,
+        "position_upper": [1.0] * 3,
+        "max_velocity": [2.0] * 3,
+        "max_acceleration": [10.0] * 3,
+        "trajectory_topic": "t/joint_trajectory",
+        **changes,
+    }
+    return [Parameter(k, value=v) for k, v in values.items()]
+
+
+@pytest.fixture
+def context():
+    import rclpy
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.shutdown(context=context)
+
+
+def test_read_once_parameters_are_refused_with_the_reason(context):
+    from rclpy.parameter import Parameter
+
+    from hw_drivers.trajectory_bridge_node import TrajectoryBridgeNode
+
+    bridge = TrajectoryBridgeNode(context=context, parameter_overrides=_bridge_overrides())
+    try:
+        for name, value in [
+            ("max_velocity", [100.0] * 3),
+            ("position_upper", [5.0] * 3),
+            ("max_start_deviation", float("nan")),
+            ("trajectory_topic", "elsewhere"),
+        ]:
+            [result] = bridge.set_parameters([Parameter(name, value=value)])
+            assert not result.successful, name
+            assert f"{name}: read at start" in result.reason
+        assert list(bridge.get_parameter("max_velocity").value) == [2.0] * 3
+        # rclpy's own parameters stay settable.
+        [result] = bridge.set_parameters([Parameter("use_sim_time", value=False)])
+        assert result.successful
+    finally:
+        bridge.destroy_node()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "word"),
+    [
+        ("position_upper", ["a", "b", "c"], "position_upper"),
+        ("max_velocity", [2, 2, 2], None),  # YAML integers for a float list: fine
+        ("max_start_deviation", float("nan"), "max_start_deviation must be finite"),
+        ("joint_names", 5, "joint_names"),
+    ],
+)
+def test_wrong_types_in_the_params_file_fail_configure_naming_the_parameter(
+    context, capfd, name, value, word
+):
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from hw_drivers.trajectory_bridge_node import TrajectoryBridgeNode
+
+    bridge = TrajectoryBridgeNode(
+        context=context, parameter_overrides=_bridge_overrides(**{name: value})
+    )
+    try:
+        outcome = bridge.trigger_configure()
+        if word is None:
+            assert outcome == TransitionCallbackReturn.SUCCESS
+            assert bridge.params.max_velocity == (2.0, 2.0, 2.0)
+        else:
+            assert outcome == TransitionCallbackReturn.FAILURE
+            assert word in capfd.readouterr().err
+    finally:
+        bridge.destroy_node()
+
+
+def test_an_exception_in_a_transition_is_logged_with_its_message(context, capfd):
+    from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+
+    from molmoact2_common.lifecycle_errors import log_transition_errors
+
+    @log_transition_errors
+    class Broken(LifecycleNode):
+        def on_configure(self, state):
+            raise RuntimeError("the topic name 'bad topic!' is not valid")
+
+    node = Broken("broken_node", context=context)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.ERROR
+        err = capfd.readouterr().err
+        assert "configure failed: RuntimeError: the topic name 'bad topic!'" in err
+    finally:
+        node.destroy_node()
+
+
+def test_refuse_param_changes_leaves_live_parameters_settable(context):
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from molmoact2_common.ros_params import declare_dataclass_params, refuse_param_changes
+
+    @dataclass(frozen=True)
+    class Example:
+        rate: float = 10.0
+        label: str = "a"
+
+    node = rclpy.create_node("refusal_example", context=context)
+    try:
+        declare_dataclass_params(node, Example)
+        refuse_param_changes(node, Example, live=("label",))
+        [fixed] = node.set_parameters([Parameter("rate", value=5.0)])
+        [live] = node.set_parameters([Parameter("label", value="b")])
+        assert not fixed.successful and live.successful
+    finally:
+        node.destroy_node()
