@@ -138,3 +138,33 @@ def test_refuse_param_changes_leaves_live_parameters_settable(context):
         assert not fixed.successful and live.successful
     finally:
         node.destroy_node()
+
+
+def test_a_policy_node_with_an_infinite_status_rate_keeps_running(context, capfd):
+    """status_rate: .inf made the status period 0: the configure failure's own status message
+    divided by it and the node died (ZeroDivisionError in its timer)."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from molmoact2_policy.policy_node import PolicyNode
+
+    node = PolicyNode(
+        context=context,
+        parameter_overrides=[
+            Parameter("status_rate", value=float("inf")),
+            Parameter("instruction", value="x" * 2001),
+        ],
+    )
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        for _ in range(20):
+            executor.spin_once(timeout_sec=0.01)  # the status timer runs without raising
+        err = capfd.readouterr().err
+        assert "status_rate must be finite" in err and "at most 2000" in err
+        assert "ZeroDivisionError" not in err
+    finally:
+        executor.shutdown()
+        node.destroy_node()

@@ -157,7 +157,7 @@ class PolicyNode(LifecycleNode):
             callback_group=self._control_group,
         )
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._control_group)
-        period = 1.0 / self.params.status_rate if self.params.status_rate > 0 else 1.0
+        period = self.params.status_period()
         self._status_period = period
         self.create_timer(period, self._publish_status, callback_group=self._control_group)
         self._task_server = RunTaskServer(

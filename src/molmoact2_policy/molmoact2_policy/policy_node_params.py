@@ -14,6 +14,7 @@ from molmoact2_policy.policy_api import MODES
 
 CAMERA_TRANSPORTS = ("raw", "compressed")
 MAX_INSTRUCTION_CHARS = 2000
+MAX_STATUS_RATE = 100.0  # [Hz] status and diagnostics are for people and monitors
 INFERENCE_BACKENDS = ("local", "remote")
 IMAGE_ENCODINGS = ("jpeg", "raw")
 SERVER_TRANSPORTS = ("http", "ws")
@@ -195,6 +196,12 @@ class PolicyNodeParams:
         metadata=_doc("main(): configure and activate at start (no lifecycle manager)."),
     )
 
+    def status_period(self) -> float:
+        """Seconds between ~/status messages; 1 s while ``status_rate`` is unusable (the node
+        publishes its status from construction, before validate() can refuse the value)."""
+        rate = self.status_rate
+        return 1.0 / rate if 0.0 < rate <= MAX_STATUS_RATE else 1.0
+
     def validate(self) -> list[str]:
         """Every problem with these values, as sentences (empty list: valid)."""
         problems: list[str] = finite_problems(self)  # NaN passes every `x <= 0` check
@@ -274,6 +281,13 @@ class PolicyNodeParams:
             problems.append("rtc needs the flow expert: mode 'flow' or 'think', not 'fast'")
         if not self.rtc_max_deviation > 0.0:
             problems.append(f"rtc_max_deviation must be > 0, got {self.rtc_max_deviation}")
+        if self.status_rate > MAX_STATUS_RATE:
+            problems.append(f"status_rate must be at most {MAX_STATUS_RATE:g} Hz")
+        if len(self.instruction.strip()) > MAX_INSTRUCTION_CHARS:
+            problems.append(
+                f"instruction has {len(self.instruction.strip())} characters; "
+                f"at most {MAX_INSTRUCTION_CHARS}"
+            )
         if self.action_start_offset < 0.0:
             problems.append(f"action_start_offset must be >= 0, got {self.action_start_offset}")
         return problems
