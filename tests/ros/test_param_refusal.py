@@ -168,3 +168,33 @@ def test_a_policy_node_with_an_infinite_status_rate_keeps_running(context, capfd
     finally:
         executor.shutdown()
         node.destroy_node()
+
+
+def test_topic_name_rule_agrees_with_rcl():
+    """``topic_name_problem`` (pure, used by every params validate() and run_task goals) says
+    what rcl's own validation says, over arbitrary short names. Two deliberate differences, both
+    stricter: repeated '/' (rcl's validate accepts it but its name resolution then refuses it,
+    as a subscription to 'a//b' showed) and '~' not followed by '/' ('~a')."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from rclpy.exceptions import InvalidTopicNameException
+    from rclpy.validate_topic_name import validate_topic_name
+
+    from molmoact2_common.ros_params import topic_name_problem
+
+    @settings(max_examples=500, derandomize=True, database=None, deadline=None)
+    @given(st.text(alphabet="ab_Z09/~! .-", max_size=8))
+    def agree(name: str) -> None:
+        try:
+            validate_topic_name(name)
+            rcl_ok = True
+        except InvalidTopicNameException:
+            rcl_ok = False
+        ours_ok = topic_name_problem(name) == ""
+        stricter = "//" in name or (name.startswith("~") and name[1:2] not in ("", "/"))
+        assert ours_ok == (rcl_ok and not stricter), name
+
+    agree()
+    for name in ("{node}/x", "/a/{ns}"):
+        assert topic_name_problem(name) == ""
+        validate_topic_name(name)

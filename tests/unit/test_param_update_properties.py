@@ -24,7 +24,12 @@ from hw_drivers.trajectory_bridge_params import TrajectoryBridgeParams
 from molmoact2.foxglove_node import FoxgloveParams
 from molmoact2.recorder_node import RecorderParams
 from molmoact2.sim_camera_node import SimCameraParams
-from molmoact2_common.ros_params import ParamTypeError, coerce_param, finite_problems
+from molmoact2_common.ros_params import (
+    ParamTypeError,
+    coerce_param,
+    finite_problems,
+    topic_name_problem,
+)
 from molmoact2_policy.depth_cache_params import DepthCacheParams
 from molmoact2_policy.policy_node_params import PolicyNodeParams
 from tests.rostest_util import REPO_ROOT
@@ -220,3 +225,29 @@ def test_live_update_cases():
     updated, problems = live_update(HARD, HARD, {"use_sim_time": True})
     assert updated == HARD and problems == []
     assert set(LIVE_LIMITS) < set(LIVE_PARAMS)
+
+
+@pytest.mark.parametrize(
+    ("cls", "name", "value"),
+    [
+        (DriverParams, "chunk_topic", "bad topic!"),
+        (DriverParams, "camera_topics", ("cameras/front", "a//b")),
+        (TrajectoryBridgeParams, "trajectory_topic", "1controller/joint_trajectory"),
+        (PolicyNodeParams, "joint_state_topics", ("joint_states/",)),
+        (RecorderParams, "topics", ("ok", "not ok")),
+        (FoxgloveParams, "topics", ("~x",)),
+    ],
+)
+def test_every_topic_parameter_must_be_a_ros_name(cls, name, value):
+    problems = dataclasses.replace(cls(), **{name: value}).validate()
+    assert any(p.startswith(f"{name}: ") and "is not a ROS topic name" in p for p in problems)
+
+
+def test_the_shipped_configs_have_valid_topic_names():
+    for robot in ("yam", "so101", "droid"):
+        data = yaml.safe_load((REPO_ROOT / "config" / f"{robot}.yaml").read_text())
+        for section in data.values():
+            for key, value in section.get("ros__parameters", {}).items():
+                if key.endswith(("_topic", "_topics")) or key == "topics":
+                    for name in value if isinstance(value, list) else [value]:
+                        assert not name or not topic_name_problem(name), (robot, key, name)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from molmoact2_common.ros_params import ParamTypeError, coerce_param, finite_problems
+from molmoact2_common.ros_params import ParamTypeError, coerce_param, field_problems
 
 BACKENDS = ("sim", "damiao", "feetech", "franky", "ros2_control")
 ON_FAULT = ("hold", "disable")
@@ -204,8 +204,8 @@ class DriverParams:
 
     def validate(self) -> list[str]:
         """Every problem with these values (empty when they are usable)."""
-        # NaN passes every `x <= 0` check below; inf makes periods zero and bounds void.
-        problems: list[str] = finite_problems(self)
+        # NaN passes every `x <= 0` check below (inf makes periods zero); topic names.
+        problems: list[str] = field_problems(self)
         n = len(self.joint_names)
         if n == 0:
             problems.append("joint_names is empty")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from molmoact2_common.ros_params import finite_problems
+from molmoact2_common.ros_params import field_problems
 
 
 def _f(default, description: str):
@@ -78,7 +78,7 @@ class TrajectoryBridgeParams:
 
     def validate(self) -> list[str]:
         """Every problem with these values (empty when they are usable)."""
-        problems: list[str] = finite_problems(self)  # NaN passes every `x <= 0` check
+        problems: list[str] = field_problems(self)  # NaN passes `x <= 0` checks; topic names
         n = len(self.joint_names)
         if n == 0:
             problems.append("joint_names is empty")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from molmoact2.topic_tap import TopicTap
-from molmoact2_common.ros_params import finite_problems
+from molmoact2_common.ros_params import field_problems
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class FoxgloveParams:
     )
 
     def validate(self) -> list[str]:
-        problems = finite_problems(self)  # NaN passes every `x <= 0` check
+        problems = field_problems(self)  # NaN passes `x <= 0` checks; topic names
         if not self.topics:
             problems.append("topics is empty: nothing to serve")
         if not 0 <= self.port <= 65535:

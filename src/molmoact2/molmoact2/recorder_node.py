@@ -15,7 +15,7 @@ from pathlib import Path
 
 from molmoact2.mcap_io import McapRecorder
 from molmoact2.topic_tap import TopicTap
-from molmoact2_common.ros_params import finite_problems
+from molmoact2_common.ros_params import field_problems
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class RecorderParams:
     )
 
     def validate(self) -> list[str]:
-        problems = finite_problems(self)  # NaN passes every `x <= 0` check
+        problems = field_problems(self)  # NaN passes `x <= 0` checks; topic names
         if not self.topics:
             problems.append("topics is empty: nothing to record")
         if self.discovery_period <= 0:
@@ -62,7 +62,10 @@ def main(args: list[str] | None = None) -> int:
             problems = self.params.validate()
             if problems:
                 raise ValueError("; ".join(problems))
-            self.recorder = McapRecorder(self.params.output_path())
+            try:
+                self.recorder = McapRecorder(self.params.output_path())
+            except OSError as err:  # a clear line, as for any other bad parameter
+                raise ValueError(f"cannot write the recording: {err}") from err
             self.tap = TopicTap(self, self.params.topics, self._on_topic, self._on_message)
             self.create_timer(self.params.discovery_period, self.tap.discover)
             self.get_logger().info(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from molmoact2.sim_world import SimWorld
-from molmoact2_common.ros_params import finite_problems
+from molmoact2_common.ros_params import field_problems
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class SimCameraParams:
         return (self.rate,) * len(self.camera_names) if self.rate > 0 else self.camera_rates
 
     def validate(self) -> list[str]:
-        problems = finite_problems(self)  # NaN passes every `x <= 0` check
+        problems = field_problems(self)  # NaN passes `x <= 0` checks; topic names
         if not (0 < self.width <= 8192 and 0 < self.height <= 8192):
             problems.append(
                 f"width and height must be in 1..8192 px, got {self.width}x{self.height}"

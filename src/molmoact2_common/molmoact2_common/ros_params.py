@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -57,6 +58,38 @@ def _array_type() -> type:
     import array  # rclpy hands numeric arrays over as array.array
 
     return array.array
+
+
+# A ROS 2 topic name as rcl's validate_topic_name accepts it: '/'-separated tokens of letters,
+# digits and '_' not starting with a digit (or a {substitution}), optionally absolute ('/...')
+# or private ('~' or '~/...'); no empty token, no trailing '/'.
+_TOKEN = r"(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})"
+_TOPIC_NAME = re.compile(rf"~(?:/{_TOKEN})*|/?{_TOKEN}(?:/{_TOKEN})*")
+
+
+def topic_name_problem(name: str) -> str:
+    """Why ``name`` is not a ROS topic name (empty: it is one)."""
+    if _TOPIC_NAME.fullmatch(name):
+        return ""
+    return (
+        f"{name!r} is not a ROS topic name ('/'-separated parts of letters, digits and '_', "
+        "not starting with a digit)"
+    )
+
+
+def field_problems(params: Any) -> list[str]:
+    """What every params dataclass checks alike: finite floats (``finite_problems``) and a
+    valid ROS name in every non-empty ``*_topic`` / ``*_topics`` / ``topics`` field (a bad
+    name raised from deep inside rclpy when the node subscribed, or killed a plain node)."""
+    problems = finite_problems(params)
+    for f in dataclasses.fields(params):
+        if not (f.name.endswith(("_topic", "_topics")) or f.name == "topics"):
+            continue
+        value = getattr(params, f.name)
+        for name in value if isinstance(value, tuple) else (value,):
+            if isinstance(name, str) and name and topic_name_problem(name):
+                problems.append(f"{f.name}: {topic_name_problem(name)}")
+    return problems
 
 
 def finite_problems(params: Any) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from molmoact2_common.ros_params import finite_problems
+from molmoact2_common.ros_params import field_problems
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -100,7 +100,7 @@ class DepthCacheParams:
 
     def validate(self) -> list[str]:
         """Every problem with these values, as sentences (empty list: valid)."""
-        problems: list[str] = finite_problems(self)  # NaN passes every `x <= 0` check
+        problems: list[str] = field_problems(self)  # NaN passes `x <= 0` checks; topic names
         if not self.camera_name:
             problems.append("camera_name is empty")
         if self.camera_names and self.camera_name not in self.camera_names:

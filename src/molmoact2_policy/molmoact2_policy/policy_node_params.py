@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from molmoact2_common.embodiments import EMBODIMENTS
-from molmoact2_common.ros_params import finite_problems
+from molmoact2_common.ros_params import field_problems
 from molmoact2_policy.policy_api import MODES
 
 CAMERA_TRANSPORTS = ("raw", "compressed")
@@ -204,7 +204,7 @@ class PolicyNodeParams:
 
     def validate(self) -> list[str]:
         """Every problem with these values, as sentences (empty list: valid)."""
-        problems: list[str] = finite_problems(self)  # NaN passes every `x <= 0` check
+        problems: list[str] = field_problems(self)  # NaN passes `x <= 0` checks; topic names
         spec = EMBODIMENTS.get(self.embodiment)
         if spec is None:
             problems.append(

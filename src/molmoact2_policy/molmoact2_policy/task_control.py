@@ -8,9 +8,9 @@ with the monitor's verdict. Cancel and preemption arrive as ROS events and are d
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
+from molmoact2_common.ros_params import topic_name_problem
 from molmoact2_policy.policy_node_params import MAX_INSTRUCTION_CHARS
 
 # Names of RunTask.Result.OUTCOME_* in constant order (the constant is the index).
@@ -23,11 +23,6 @@ OUTCOMES = (
     "input_error",
     "rejected",
 )
-# A ROS 2 topic name without substitutions (rcl's validate_topic_name): tokens of
-# alphanumerics and '_' not starting with a digit, '/'-separated, optionally absolute ('/') or
-# private ('~/'); no empty token, no trailing '/'.
-_TOKEN = r"[A-Za-z_][A-Za-z0-9_]*"
-_TOPIC_NAME = re.compile(rf"~(/{_TOKEN})*|/?{_TOKEN}(/{_TOKEN})*")
 # Policy states that mean "the inputs or the model are failing" (PolicyStatus.state).
 FAILING_STATES = frozenset({"stale_input", "error"})
 
@@ -54,11 +49,8 @@ class TaskGoal:
             return f"instruction has {len(text)} characters; at most {MAX_INSTRUCTION_CHARS}"
         if not math.isfinite(self.max_duration) or self.max_duration < 0.0:
             return f"max_duration must be finite and >= 0 (0: no limit), got {self.max_duration}"
-        if self.success_topic and not _TOPIC_NAME.fullmatch(self.success_topic):
-            return (
-                f"success_topic {self.success_topic!r} is not a ROS topic name (letters, digits "
-                "and '_' in '/'-separated parts not starting with a digit)"
-            )
+        if self.success_topic and topic_name_problem(self.success_topic):
+            return f"success_topic: {topic_name_problem(self.success_topic)}"
         return ""
 
 
