@@ -118,3 +118,53 @@ def test_a_goal_while_the_policy_is_inactive_is_rejected_without_releasing_the_d
     finally:
         assert transition(Transition.TRANSITION_ACTIVATE)
     robot.node.destroy_client(change)
+
+
+def test_a_storm_of_service_calls_and_parameter_sets_leaves_the_policy_running(setup):  # noqa: F811
+    """reset, set_instruction (odd characters, too long, empty), ``~/instruction`` messages and
+    parameter sets, interleaved at random while inputs stream: every call is answered, and
+    afterwards the node publishes chunks for the last instruction."""
+    import random
+
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    from std_srvs.srv import Trigger
+
+    from molmoact2_msgs.srv import SetInstruction
+    from tests.ros.policy_node_harness import NODE, wait_chunks
+
+    robot, _driver, _client = setup
+    reset = robot.node.create_client(Trigger, f"/{NODE}/reset")
+    instruct = robot.node.create_client(SetInstruction, f"/{NODE}/set_instruction")
+    params = robot.node.create_client(SetParameters, f"/{NODE}/set_parameters")
+    for client in (reset, instruct, params):
+        assert client.wait_for_service(timeout_sec=10.0)
+    texts = ["stack", "fold \u202e\x1b[31m the towel", "", "x" * 2001, " \t\n", "ok"]
+    rng = random.Random(7)
+    futures = []
+    for _ in range(120):
+        kind = rng.randrange(4)
+        if kind == 0:
+            futures.append(reset.call_async(Trigger.Request()))
+        elif kind == 1:
+            request = SetInstruction.Request(instruction=rng.choice(texts))
+            futures.append(instruct.call_async(request))
+        elif kind == 2:
+            value = rng.choice([float("nan"), -1.0, 0.0, 1e9, "abc", 5.0])
+            message = Parameter("max_inference_rate", value=value).to_parameter_msg()
+            futures.append(params.call_async(SetParameters.Request(parameters=[message])))
+        else:
+            robot.set_instruction(rng.choice(texts))
+        robot.run(rng.uniform(0.0, 0.02))
+    assert robot.run(20.0, until=lambda: all(f.done() for f in futures))
+    message = Parameter("max_inference_rate", value=10.0).to_parameter_msg()
+    futures = [params.call_async(SetParameters.Request(parameters=[message]))]
+    futures.append(instruct.call_async(SetInstruction.Request(instruction="tidy the desk")))
+    assert robot.run(10.0, until=lambda: all(f.done() for f in futures))
+    assert futures[1].result().accepted
+    chunks = wait_chunks(robot, 2, robot.now_ns())
+    assert all(c.instruction == "tidy the desk" for c in chunks)
+    futures = [instruct.call_async(SetInstruction.Request(instruction=""))]
+    assert robot.run(10.0, until=lambda: all(f.done() for f in futures))
+    for client in (reset, instruct, params):
+        robot.node.destroy_client(client)
