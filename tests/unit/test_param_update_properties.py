@@ -251,3 +251,14 @@ def test_the_shipped_configs_have_valid_topic_names():
                 if key.endswith(("_topic", "_topics")) or key == "topics":
                     for name in value if isinstance(value, list) else [value]:
                         assert not name or not topic_name_problem(name), (robot, key, name)
+
+
+@pytest.mark.parametrize(
+    ("transports", "word"),
+    [(("raw",), "1 camera_transports for 2 camera_names"), (("raw", "jpeg"), "['jpeg']")],
+)
+def test_driver_camera_transports_match_the_cameras(transports, word):
+    params = dataclasses.replace(
+        HARD, camera_names=("a", "b"), camera_topics=("x", "y"), camera_transports=transports
+    )
+    assert any(word in p for p in params.validate())

@@ -277,6 +277,15 @@ class DriverParams:
             self.hold_mask()
         except ValueError as err:
             problems.append(str(err))
+        if self.camera_transports and len(self.camera_transports) != len(self.camera_names):
+            # zip() would drop the cameras past the shorter list from the preflight.
+            problems.append(
+                f"{len(self.camera_transports)} camera_transports for "
+                f"{len(self.camera_names)} camera_names (empty: all raw)"
+            )
+        bad_transports = sorted(set(self.camera_transports) - {"raw", "compressed"})
+        if bad_transports:
+            problems.append(f"camera_transports {bad_transports} are not raw | compressed")
         if len(self.camera_topics) != len(self.camera_names):
             problems.append(
                 f"{len(self.camera_topics)} camera_topics for {len(self.camera_names)} camera_names"
