@@ -65,6 +65,9 @@ def load_policy(
             if checkpoint == TINY
             else load_fast_tokenizer(Path(checkpoint).expanduser(), config)
         )
+        # Random weights never write EOS: the in-memory preset decodes constrained (not the
+        # released decoding; see fast_policy). Every checkpoint directory decodes as released.
+        extra["decoding"] = "constrained" if checkpoint == TINY else "release"
     return POLICY_CLASSES[mode](
         model,
         config,
