@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 import torch
 
+from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.model.checkpoint import build_tiny, tiny_fast_tokenizer, write_tiny_checkpoint
 from molmoact2_policy.model.decoding import span_bins
-from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.model.fast import (
     FastActionTokenizer,
     FastDecodeError,

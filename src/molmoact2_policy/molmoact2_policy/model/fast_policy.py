@@ -451,11 +451,11 @@ class FastPolicy(MolmoAct2Policy):
 
 
 __all__ = [
+    "DECODINGS",
     "FAST_PROMPT_SUFFIX",
     "ActionTokenDecoder",
     "ActionTokenRun",
     "ActionTokenRunError",
-    "DECODINGS",
     "FastPolicy",
     "ReleasedTokenDecoder",
     "ReleasedTokenRun",
