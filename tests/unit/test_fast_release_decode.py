@@ -177,9 +177,7 @@ def test_clean_up_tokenization_is_transformers_rule():
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
     text = "a . b ? c ! d , e ' f n't 'm 's 've 're"
-    assert _clean_up_tokenization(text) == PreTrainedTokenizerBase.clean_up_tokenization(
-        None, text
-    )
+    assert _clean_up_tokenization(text) == PreTrainedTokenizerBase.clean_up_tokenization(None, text)
 
 
 # ------------------------------------------------------------------ the decoding loop
@@ -269,9 +267,12 @@ def test_model_trained_to_answer_acts_the_released_chunk():
     optimizer = torch.optim.Adam([trainable], lr=0.05)
     for _ in range(800):
         mine = hidden @ trainable.T
-        margin = mine.gather(1, labels[:, None])[:, 0] - torch.cat(
-            [fixed, mine.scatter(1, labels[:, None], float("-inf"))], dim=1
-        ).max(dim=1).values
+        margin = (
+            mine.gather(1, labels[:, None])[:, 0]
+            - torch.cat([fixed, mine.scatter(1, labels[:, None], float("-inf"))], dim=1)
+            .max(dim=1)
+            .values
+        )
         if bool((margin > 1.0).all()):
             break
         optimizer.zero_grad()
