@@ -337,11 +337,10 @@ class _SpanWriter:
 
 @dataclass
 class DepthCache:
-    """What Think remembers between frames: the reference frame (as patches) and its codes.
+    """What Think remembers between frames: the last frame (as patches) and its codes.
 
-    Each cell's reference patch is the one its code was predicted from: patches of unchanged
-    cells are kept, so a slow drift adds up until the cell is re-predicted instead of creeping
-    past the threshold one small step at a time.
+    As released (``depth_cache = {"image": latest first image, "depth_bins": ...}`` after every
+    step), the next frame is compared with the last one whole, whichever cells were replayed.
     """
 
     patches: np.ndarray | None = None  # prepare_frame output (cells, values)
@@ -371,14 +370,9 @@ def plan_frame(
     return patches, changes_from_patches(cache.patches, patches, threshold).changed
 
 
-def update_cache(
-    cache: DepthCache, patches: np.ndarray, codes: np.ndarray, changed: np.ndarray
-) -> None:
-    """Store the new codes; re-predicted cells take this frame's patch as their reference."""
-    if cache.empty:
-        cache.patches = patches.copy()
-    else:
-        cache.patches[changed] = patches[changed]
+def update_cache(cache: DepthCache, patches: np.ndarray, codes: np.ndarray) -> None:
+    """Remember this frame and its codes (the reference of the next comparison)."""
+    cache.patches = patches.copy()
     cache.codes = np.asarray(codes, dtype=np.int64).copy()
 
 
@@ -404,7 +398,7 @@ DEPTH_DECODINGS = ("adaptive", "full", "free")
 class ThinkPolicy(MolmoAct2Policy):
     """MolmoAct2-Think: depth tokens of the main camera, then the flow expert over both.
 
-    Owns the depth cache {reference frame patches, codes}: ``reset()`` clears it (with the
+    Owns the depth cache {last frame patches, codes}: ``reset()`` clears it (with the
     noise sequence). ``depth_decoding``:
 
     * ``"adaptive"`` (default): the released ``enable_adaptive_depth=True`` path: changed cells
@@ -510,7 +504,7 @@ class ThinkPolicy(MolmoAct2Policy):
             normalized = runner.sample(ctx, noise, self.action_dim_mask, guide)
             after_flow = self._clock()
             positions = self.freeze_prefix(self.postprocess(normalized), rtc)
-            update_cache(self.depth_cache, patches, depth.codes, depth.changed)
+            update_cache(self.depth_cache, patches, depth.codes)
             end = time.perf_counter()
         timings = {
             "preprocess": after_preprocess - start,
