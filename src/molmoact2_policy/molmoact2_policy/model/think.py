@@ -15,14 +15,20 @@ per token, the behaviour of plain greedy decoding and the reference the adaptive
 against). The released decoder replays each unchanged run in its own forward; merging the code
 just predicted into the next run gives the same tokens with fewer forwards.
 
-Sequence layout (as the released model decodes it): the Think prompt asks for the depth map
-first and ends ``<depth_output><action_output>``; decoding feeds ``<depth_start>``, the codes,
-then continues greedily over the whole vocabulary until the model writes ``<depth_end>`` (in
-practice the very next token). ``<depth_end>`` is fed along with the last known codes and
-accepted when the logits after the codes pick it, so the usual case costs no extra forward; any
-other choice rolls that token back and decodes token by token (at most ``end_budget`` tokens).
-The expert's context is the whole sequence. Checkpoints that never learned to write
-``<depth_end>`` (our random presets: ``think_force_depth_end``) get it appended.
+Sequence layout (as the released model decodes it, ``_generate_depth_prefix`` in
+``huggingface/lerobot`` ``src/lerobot/policies/molmoact2/hf_model/modeling_molmoact2.py``): the
+Think prompt asks for the depth map first and ends ``<depth_output><action_output>``; decoding
+feeds ``<depth_start>``, the codes, then continues greedily over the whole vocabulary until the
+model writes ``<depth_end>`` (in practice the very next token; at most
+max(8, the checkpoint's ``max_action_horizon``) tokens). ``<depth_end>`` is fed along with the
+last known codes and accepted when the logits after the codes pick it, so the usual case costs
+no extra forward; any other choice rolls that token back and decodes token by token. The
+expert's context is the whole sequence. Checkpoints that never learned to write ``<depth_end>``
+(our random presets: ``think_force_depth_end``, not a released key) get it appended.
+
+The released non-adaptive path (``enable_adaptive_depth=False``) is ``DepthDecoder.decode_free``
+(``ThinkPolicy.depth_decoding = "free"``): nothing forced, greedy over the whole vocabulary from
+the prompt until ``<depth_end>``, the codes parsed from the span as released.
 
 KV cache: the depth span is decoded into a transformers ``StaticCache`` preallocated for
 prompt + depth span and reused across calls (reallocated only when a longer prompt arrives):
