@@ -28,6 +28,7 @@ from molmoact2_policy.model.model import MolmoAct2Model
 from molmoact2_policy.model.think import DepthDecodeError, DepthDecoder, ThinkPolicy
 from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer
 from molmoact2_policy.model.vlm import cache_key_values
+from molmoact2_policy.policy_api import PolicyUnavailableError
 from tests.unit.test_think import PROMPT, text_prefix
 
 torch.set_num_threads(1)
@@ -155,3 +156,12 @@ def test_budgets_come_from_the_checkpoints_max_action_horizon():
     }
     with pytest.raises(ValueError, match="unknown depth decoding 'sideways'"):
         policy.act(images, np.zeros(policy.embodiment.state_dim), "fold")
+    # The released free path on random weights: no <depth_end> within the released budget is
+    # a failed step (the release raises), the depth cache is left as it was.
+    policy.depth_decoding = "adaptive"
+    state = np.zeros(policy.embodiment.state_dim)
+    first = policy.act(images, state, "fold")
+    policy.depth_decoding = "free"
+    with pytest.raises(PolicyUnavailableError, match=r"<depth_end> within 480 tokens"):
+        policy.act(images, state, "fold")
+    np.testing.assert_array_equal(policy.depth_cache.codes, first.depth_codes)
