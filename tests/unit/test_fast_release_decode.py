@@ -200,9 +200,9 @@ def test_free_greedy_loop_equals_plain_greedy_over_the_whole_head(policy):
     assert isinstance(free, ReleasedTokenRun)
     assert free.budget == 16 * policy.embodiment.horizon
     # Random weights: no EOS in 160 tokens -> the released RuntimeError, ours as a named error.
-    if not free.ended:
-        with pytest.raises(ActionTokenRunError, match=r"did not write EOS .* within 160 tokens"):
-            policy.tokens_to_chunk(free)
+    assert not free.ended and len(free.token_ids) == 160
+    with pytest.raises(ActionTokenRunError, match=r"did not write EOS .* within 160 tokens"):
+        policy.tokens_to_chunk(free)
 
     prefix = _prefix(policy, images, state)
     head = policy.model.vlm.lm_head.weight

@@ -224,9 +224,7 @@ class ReleasedTokenDecoder(StaticCacheDecoder):
         eos = eos_token_id(config)
         if eos is None:
             # The release raises the same way: its discrete generation stops at EOS only.
-            raise ValueError(
-                "config has no eos_token_id: released discrete decoding stops at EOS"
-            )
+            raise ValueError("config has no eos_token_id: released discrete decoding stops at EOS")
         missing = [
             name
             for name in ("action_start_token_id", "action_end_token_id", "action_token_start_id")
@@ -285,9 +283,10 @@ def _owed_after(owed: int, piece: bytes) -> int:
 class FastPolicy(MolmoAct2Policy):
     """MolmoAct2 with discrete OpenFAST action tokens (``mode="fast"``); greedy, so no noise.
 
-    ``decoding``: ``"release"`` or ``"constrained"`` (module docstring). ``max_action_tokens``
-    (None: the release's 16 x horizon, or for constrained decoding horizon x action_dim x the
-    most UTF-8 bytes one coefficient can take) bounds the run. Both may change between calls.
+    ``decoding``: ``"release"`` or ``"constrained"`` (module docstring), fixed at construction
+    (the prompt differs). ``max_action_tokens`` (None: the release's 16 x horizon, or for
+    constrained decoding horizon x action_dim x the most UTF-8 bytes one coefficient can take)
+    bounds the run; it may change between calls.
     """
 
     mode_name = "fast"
@@ -313,12 +312,12 @@ class FastPolicy(MolmoAct2Policy):
         # Ids of continuation bytes only add no coefficient: a run may need more ids than
         # coefficients (up to one per byte).
         self._bytes_per_coefficient = 1 if counts[counts >= 0].min() >= 1 else 3
-        self.decoding = decoding
+        self._decoding = decoding
         self.max_action_tokens = max_action_tokens
 
     @property
-    def constrain_length(self) -> bool:
-        return self.decoding == "constrained"
+    def decoding(self) -> str:
+        return self._decoding
 
     @property
     def coefficients_per_chunk(self) -> int:
@@ -339,7 +338,7 @@ class FastPolicy(MolmoAct2Policy):
         return self.coefficients_per_chunk * self._bytes_per_coefficient
 
     def decode_action_tokens(self, prefix: PrefixOutput) -> ActionTokenRun | ReleasedTokenRun:
-        if self.released_decoder is not None and self.decoding == "release":
+        if self.released_decoder is not None:
             return self.released_decoder.decode(prefix, max_tokens=self.token_budget)
         return self.decoder.decode(
             prefix, max_tokens=self.token_budget, coefficients=self.coefficients_per_chunk
