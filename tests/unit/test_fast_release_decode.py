@@ -298,6 +298,11 @@ def test_written_checkpoint_decodes_as_released(tmp_path):
     """A checkpoint directory always decodes as released; without an eos_token_id it is refused
     at load (the release refuses discrete generation without one)."""
     path = write_tiny_checkpoint(tmp_path / "tiny", seed=0, embodiments=[EMBODIMENT])
+    # The tag names the chunk length: the released code generates (and FAST-decodes) the tag's
+    # action_horizon steps, max_action_horizon (30) when it has none.
+    stats = json.loads((path / "norm_stats.json").read_text())
+    tag = get_embodiment(EMBODIMENT).norm_tag
+    assert stats["metadata_by_tag"][tag]["action_horizon"] == 10
     with pytest.raises(ValueError, match="no eos_token_id"):
         load_policy(str(path), EMBODIMENT, mode="fast")
     config = json.loads((path / "config.json").read_text())

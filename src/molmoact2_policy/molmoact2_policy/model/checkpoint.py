@@ -333,6 +333,7 @@ def tiny_norm_stats(seed: int, embodiments: Sequence[str]) -> NormStats:
     """Per-embodiment synthetic stats; a tag's numbers do not depend on which others are listed."""
     order = list(EMBODIMENTS)
     tags = {}
+    extras = {}
     for name in embodiments:
         spec = get_embodiment(name)
         base = seed * 1000 + order.index(name) * 10
@@ -340,7 +341,10 @@ def tiny_norm_stats(seed: int, embodiments: Sequence[str]) -> NormStats:
             "state": synthetic_group_stats(spec.state_dim, base + 1),
             "action": synthetic_group_stats(spec.action_dim, base + 2),
         }
-    return NormStats(norm_mode="q01_q99", tags=tags)
+        # Without it the released code generates max_action_horizon steps for the tag (and
+        # FAST decodes to that length), not the embodiment's chunk.
+        extras[spec.norm_tag] = {"action_horizon": spec.horizon}
+    return NormStats(norm_mode="q01_q99", tags=tags, extras=extras)
 
 
 def build_tiny(
