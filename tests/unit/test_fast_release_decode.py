@@ -305,11 +305,18 @@ def test_written_checkpoint_decodes_as_released(tmp_path):
     assert stats["metadata_by_tag"][tag]["action_horizon"] == 10
     with pytest.raises(ValueError, match="no eos_token_id"):
         load_policy(str(path), EMBODIMENT, mode="fast")
-    config = json.loads((path / "config.json").read_text())
     _, _, _, tokenizer = build_tiny(0)
-    config["eos_token_id"] = tokenizer.token_id(EOS_TOKEN)
+    eos = tokenizer.token_id(EOS_TOKEN)
+    # As released, the generation config's EOS counts when the config has none ...
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos, eos + 1]}))
+    loaded = load_policy(str(path), EMBODIMENT, mode="fast")
+    assert loaded.released_decoder.eos == eos
+    # ... and the config's own wins over it.
+    config = json.loads((path / "config.json").read_text())
+    config["eos_token_id"] = eos + 2
     (path / "config.json").write_text(json.dumps(config))
     loaded = load_policy(str(path), EMBODIMENT, mode="fast")
+    assert loaded.released_decoder.eos == eos + 2
     assert isinstance(loaded, FastPolicy) and loaded.decoding == "release"
     assert loaded.metadata()["fast_decoding"] == "release"
     images, state = _observation(loaded.embodiment)

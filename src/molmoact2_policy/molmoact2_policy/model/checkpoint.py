@@ -148,6 +148,28 @@ def _read_json_object(file: Path) -> dict[str, Any] | None:
     return data
 
 
+GENERATION_CONFIG_FILE = "generation_config.json"
+
+
+def generation_eos_token_id(path: str | Path) -> int | None:
+    """``eos_token_id`` of the checkpoint's generation_config.json (the first of a list).
+
+    The released discrete decoding stops at the config's ``eos_token_id`` and, when the config
+    has none, at the generation config's (what ``from_pretrained`` loads beside the model).
+    """
+    data = _read_json_object(Path(path) / GENERATION_CONFIG_FILE)
+    value = None if data is None else data.get("eos_token_id")
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CheckpointError(
+            f"{Path(path) / GENERATION_CONFIG_FILE}: eos_token_id must be a token id, got {value!r}"
+        )
+    return value
+
+
 def apply_processor_files(path: str | Path, config: MolmoAct2Config) -> None:
     """Check the checkpoint's image processor against ours and take its image-token options.
 

@@ -220,8 +220,11 @@ def eos_token_id(config: MolmoAct2Config) -> int | None:
 class ReleasedTokenDecoder(StaticCacheDecoder):
     """Greedy argmax over the whole LM head until EOS, each token fed back (as released)."""
 
-    def __init__(self, vlm: torch.nn.Module, config: MolmoAct2Config) -> None:
-        eos = eos_token_id(config)
+    def __init__(
+        self, vlm: torch.nn.Module, config: MolmoAct2Config, eos: int | None = None
+    ) -> None:
+        """``eos``: the generation config's, used when the config has none (as released)."""
+        eos = eos_token_id(config) if eos_token_id(config) is not None else eos
         if eos is None:
             # The release raises the same way: its discrete generation stops at EOS only.
             raise ValueError("config has no eos_token_id: released discrete decoding stops at EOS")
@@ -297,6 +300,7 @@ class FastPolicy(MolmoAct2Policy):
         fast_tokenizer: FastActionTokenizer,
         decoding: str = "release",
         max_action_tokens: int | None = None,
+        generation_eos_token_id: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -307,7 +311,9 @@ class FastPolicy(MolmoAct2Policy):
         token_bytes = [fast_tokenizer.token_bytes(index) for index in range(len(counts))]
         self.decoder = ActionTokenDecoder(self.model.vlm, self.config, counts, token_bytes)
         self.released_decoder = (
-            ReleasedTokenDecoder(self.model.vlm, self.config) if decoding == "release" else None
+            ReleasedTokenDecoder(self.model.vlm, self.config, generation_eos_token_id)
+            if decoding == "release"
+            else None
         )
         # Ids of continuation bytes only add no coefficient: a run may need more ids than
         # coefficients (up to one per byte).
