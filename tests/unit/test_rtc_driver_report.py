@@ -266,6 +266,21 @@ def test_the_feed_waits_for_the_verdict_on_the_chunk_published_last():
     np.testing.assert_allclose(results[0].previous[0], rows[6], atol=1e-12)  # 0.2 s later
 
 
+def test_a_driver_gone_quiet_is_not_waited_for():
+    clock_calls = []
+
+    def clock() -> float:  # a wait would read it (and end at once: 10 s per reading)
+        clock_calls.append(1)
+        return 10.0 * len(clock_calls)
+
+    feed = RtcFeed(NAMES, DT, HORIZON, verdict_timeout=1.0, clock=clock)
+    rows = _positions(np.zeros(3))
+    feed.record_chunk(EPOCH_NS, 0.0, rows, 0.1, sequence=0)
+    feed.record_execution(ChunkExecution(EPOCH_NS - 3 * NS_PER_S, "tracking"))
+    assert feed.request_for(EPOCH_NS + 200_000_000) is None
+    assert feed.skipped == {"driver_report_stale": 1} and not clock_calls
+
+
 def test_without_a_verdict_in_time_rtc_is_skipped():
     ticks = iter(float(i) for i in range(100))
     feed = RtcFeed(NAMES, DT, HORIZON, verdict_timeout=0.5, clock=lambda: next(ticks))

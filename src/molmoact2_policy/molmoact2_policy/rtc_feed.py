@@ -271,9 +271,13 @@ class RtcFeed:
 
     def _followed_chunk(self, obs_stamp_ns: int) -> _Published | None:
         """The published chunk the driver follows, or None (skip counted) when there is none."""
+        max_age_ns = self.max_report_age * NS_PER_S
         with self._lock:
             newest = self._history[-1]
-            report = self._driver_verdict_on(newest)
+            latest = self._execution
+            # A driver gone quiet (crashed, unplugged) gives no verdict: not worth waiting for.
+            gone = latest is not None and obs_stamp_ns - latest.stamp_ns > max_age_ns
+            report = latest if gone else self._driver_verdict_on(newest)
             history = list(self._history)
         if report is None:
             self._skip(
@@ -282,7 +286,7 @@ class RtcFeed:
                 f"{self.verdict_timeout:g} s",
             )
             return None
-        if obs_stamp_ns - report.stamp_ns > self.max_report_age * NS_PER_S:
+        if obs_stamp_ns - report.stamp_ns > max_age_ns:
             age = (obs_stamp_ns - report.stamp_ns) / NS_PER_S
             self._skip("driver_report_stale", f"the driver's last report is {age:.3f} s old")
             return None
