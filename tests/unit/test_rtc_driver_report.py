@@ -150,6 +150,8 @@ def test_reporter_follows_accept_take_over_reject_and_hold():
     assert report.last.same_as(1, stamp1) and not report.last_accepted
     assert report.last_reject_reason == result.reason
     assert report.following().same_as(0, stamp)
+    # A backend fault stops the executor's ticks: the driver reports the loop's state.
+    assert rig.reporter.current(rig.executor, rig.seconds, "fault").state == "fault"
     rig.executor.hold(True)
     rig.advance(0.02)
     report = rig.reporter.current(rig.executor, rig.seconds)

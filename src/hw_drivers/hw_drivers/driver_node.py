@@ -285,7 +285,7 @@ class DriverNode(LifecycleNode):
         now = self._now()
         with self._lock:
             result = loop.step(now)
-            report = self._execution.due(loop.executor, now)
+            report = self._execution.due(loop.executor, now, "fault" if loop.faulted else None)
         self._publish_execution(report)
         if result.error:
             self.get_logger().error(
@@ -316,7 +316,7 @@ class DriverNode(LifecycleNode):
             self._execution.on_verdict(
                 msg.sequence, stamp.sec * 1_000_000_000 + stamp.nanosec, result
             )
-            report = self._execution.due(loop.executor, now)
+            report = self._execution.due(loop.executor, now, "fault" if loop.faulted else None)
         self._publish_execution(report)
         if not result.accepted:
             self.get_logger().warning(

@@ -32,12 +32,15 @@ class ExecutionReporter:
         self._last_accepted = bool(result.accepted)
         self._last_reason = "" if result.accepted else result.reason
 
-    def current(self, executor: ChunkExecutor, now: float) -> ChunkExecution:
-        """The report for time ``now`` [s, driver clock]."""
+    def current(
+        self, executor: ChunkExecutor, now: float, state: str | None = None
+    ) -> ChunkExecution:
+        """The report for time ``now`` [s, driver clock]; ``state`` overrides the executor's
+        (a backend fault: the loop stops ticking the executor, whose state then stays)."""
         running, pending = executor.running_chunk, executor.pending_chunk
         return ChunkExecution(
             stamp_ns=round(now * NS_PER_S) if math.isfinite(now) else 0,
-            state=executor.state,
+            state=state or executor.state,
             running=ChunkRef.from_seconds(running.sequence, running.stamp) if running else None,
             pending=ChunkRef.from_seconds(pending.sequence, pending.stamp) if pending else None,
             last=self._last,
@@ -45,12 +48,14 @@ class ExecutionReporter:
             last_reject_reason=self._last_reason,
         )
 
-    def due(self, executor: ChunkExecutor, now: float) -> ChunkExecution | None:
+    def due(
+        self, executor: ChunkExecutor, now: float, state: str | None = None
+    ) -> ChunkExecution | None:
         """The report to publish now, or None (nothing changed and no heartbeat due).
 
         Marks it published: call it only where the result is published.
         """
-        report = self.current(executor, now)
+        report = self.current(executor, now, state)
         changed = not report.same_content(self._published)
         # A clock that stepped back (sim time reset) is a change of its own.
         if not changed and self._published_at <= now < self._published_at + self.heartbeat:
