@@ -240,7 +240,8 @@ def closed_loop(policy, params: DriverParams, delay: float, method: str, duratio
             feed.record_chunk(round(chunk.stamp * NS_PER_S), chunk.start_offset,
                               chunk.positions, delay, chunk.sequence)
             if reporter is not None:
-                reporter.on_verdict(chunk.sequence, round(chunk.stamp * NS_PER_S), submitted)
+                reporter.on_verdict(chunk.sequence, round(chunk.stamp * NS_PER_S),
+                                    submitted.accepted, submitted.reason)
                 feed.record_execution(reporter.current(executor, now))
             if submitted.accepted:
                 new = KnotTrajectory(chunk.times(), chunk.positions, "cubic")

@@ -88,7 +88,7 @@ class Rig:
         self.feed.record_chunk(stamp_ns, 0.0, rows, latency, sequence)
         chunk = Chunk(stamp_ns / NS_PER_S, 0.0, DT, NAMES, rows, sequence=sequence)
         result = self.executor.submit(chunk, self.seconds, self.pose)
-        self.reporter.on_verdict(sequence, stamp_ns, result)
+        self.reporter.on_verdict(sequence, stamp_ns, result.accepted, result.reason)
         report = self.reporter.due(self.executor, self.seconds)
         assert report is not None  # a verdict is always news
         self.feed.record_execution(report)
@@ -165,7 +165,7 @@ def test_reports_are_due_on_change_and_as_a_heartbeat():
     assert reporter.due(executor, 10.0) is not None  # the first one
     assert reporter.due(executor, 10.5) is None  # nothing new
     assert reporter.due(executor, 11.0) is not None  # heartbeat
-    reporter.on_verdict(3, 11_000_000_000, SubmitResult(False, "limits: too far", 0))
+    reporter.on_verdict(3, 11_000_000_000, False, "limits: too far")
     assert reporter.due(executor, 11.1).last_reject_reason == "limits: too far"
     assert reporter.due(executor, 11.2) is None
     assert reporter.due(executor, 5.0) is not None  # the clock stepped back

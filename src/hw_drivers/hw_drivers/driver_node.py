@@ -314,7 +314,10 @@ class DriverNode(LifecycleNode):
             result = loop.submit_msg(msg, now)
             stamp = msg.header.stamp
             self._execution.on_verdict(
-                msg.sequence, stamp.sec * 1_000_000_000 + stamp.nanosec, result
+                msg.sequence,
+                stamp.sec * 1_000_000_000 + stamp.nanosec,
+                result.accepted,
+                result.reason,
             )
             report = self._execution.due(loop.executor, now, "fault" if loop.faulted else None)
         self._publish_execution(report)
