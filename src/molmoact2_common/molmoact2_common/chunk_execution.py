@@ -19,8 +19,6 @@ from typing import Any
 NS_PER_S = 1_000_000_000
 #: Stamps of the same chunk agree to within this after a float-seconds round trip [ns].
 STAMP_TOLERANCE_NS = 1_000
-#: Executor states in which a chunk is being followed.
-RUNNING_STATES = ("ramp_in", "tracking")
 
 
 @dataclass(frozen=True)

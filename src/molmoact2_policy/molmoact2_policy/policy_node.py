@@ -370,9 +370,9 @@ class PolicyNode(LifecycleNode):
                         reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.TRANSIENT_LOCAL,
                     ),
-                    # Not the input group: the worker may be waiting for this report while a
-                    # camera callback waits for the worker's lock.
-                    callback_group=self._control_group,
+                    # The worker thread may be waiting for it (RtcFeed.verdict_timeout); this
+                    # callback takes no lock the worker holds meanwhile.
+                    callback_group=self._input_group,
                 )
             )
         if self._rtc is not None and self.params.rtc_commanded_topic:

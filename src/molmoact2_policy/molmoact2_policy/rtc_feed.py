@@ -3,7 +3,8 @@
 For an observation captured at ``t_obs`` the new chunk's row ``i`` applies at
 ``t_obs + start_offset + i * step_dt``. ``RtcFeed.request_for`` gives the policy:
 
-- ``previous``: the chunk published last, sampled at those times (linear in time, as the
+- ``previous``: the chunk the driver follows (see below; the chunk published last with a
+  driver that does not say), sampled at those times (linear in time, as the
   driver's trajectory passes through its knots) up to its last row. Times are taken relative
   to that chunk's stamp in integer nanoseconds: absolute stamps as float seconds are only good
   to 0.24 us (one ulp at 1.7e9 s), which moved an interpolated row by ~1e-5 of a step. When the
