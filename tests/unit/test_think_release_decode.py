@@ -165,3 +165,17 @@ def test_budgets_come_from_the_checkpoints_max_action_horizon():
     with pytest.raises(PolicyUnavailableError, match=r"<depth_end> within 480 tokens"):
         policy.act(images, state, "fold")
     np.testing.assert_array_equal(policy.depth_cache.codes, first.depth_codes)
+
+
+def test_configure_depth_decoding_switches_paths_and_clears_the_cache():
+    from molmoact2_policy.model.loader import load_policy
+
+    policy = load_policy("tiny", "libero", mode="think")
+    policy.depth_cache.codes = np.zeros(100, dtype=np.int64)
+    policy.depth_cache.patches = np.zeros((100, 3072), dtype=np.float32)
+    policy.configure_depth_decoding("free")  # the depth-cache node's adaptive_depth: false
+    assert policy.depth_decoding == "free" and policy.depth_cache.empty
+    assert policy.metadata()["depth_decoding"] == "free"
+    with pytest.raises(ValueError, match="unknown depth decoding 'greedy'"):
+        policy.configure_depth_decoding("greedy")
+    assert policy.depth_decoding == "free"

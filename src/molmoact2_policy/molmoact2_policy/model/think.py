@@ -448,6 +448,16 @@ class ThinkPolicy(MolmoAct2Policy):
             self.change_threshold = float(threshold)
             self.depth_cache.clear()
 
+    def configure_depth_decoding(self, decoding: str) -> None:
+        """``"adaptive"``, ``"full"`` or ``"free"`` (class docstring); clears the cache."""
+        if decoding not in DEPTH_DECODINGS:
+            raise ValueError(
+                f"unknown depth decoding {decoding!r}; known: {', '.join(DEPTH_DECODINGS)}"
+            )
+        with self._lock:
+            self.depth_decoding = decoding
+            self.depth_cache.clear()
+
     def act(
         self,
         images: Mapping[str, np.ndarray],
