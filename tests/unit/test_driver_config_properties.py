@@ -140,7 +140,10 @@ def test_every_valid_configuration_keeps_the_invariants(config, event_list):
             loop.reset()
         else:
             loop.hold(event.name == "hold_on")
-    robot = CommandChecker(LOWER, UPPER, VMAX, AMAX, params.max_step_per_tick)
+    # What reached the robot, stamped with the sim's stepped time (up to one sim step early).
+    robot = CommandChecker(
+        LOWER, UPPER, VMAX, AMAX, params.max_step_per_tick, stamp_tolerance=sim.step
+    )
     for stamp, positions in sim.command_log:
         problems = robot.check(stamp, positions)
         assert not problems, problems
