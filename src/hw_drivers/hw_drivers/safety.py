@@ -179,7 +179,7 @@ def validate_chunk(
     if outside.any():
         k, j = (int(v) for v in np.argwhere(outside)[0])
         return (
-            f"position_limit: joint {_joint(names, j)} at step {k} is {positions[k, j]:.4f}, "
+            f"position_limit: joint {_joint(names, j)} at step {k} is {positions[k, j]:.6g}, "
             f"outside [{limits.lower[j]:.4f}, {limits.upper[j]:.4f}]"
         )
     if positions.shape[0] > 1:
