@@ -198,3 +198,21 @@ def test_topic_name_rule_agrees_with_rcl():
     for name in ("{node}/x", "/a/{ns}"):
         assert topic_name_problem(name) == ""
         validate_topic_name(name)
+
+
+def test_a_policy_node_with_an_invalid_driver_node_name_starts_and_says_why(context, capfd):
+    """driver_node: 'bad name!' raised from the constructor (the run_task server makes its
+    ~/hold client there): the process died at start with an rclpy traceback."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from molmoact2_policy.policy_node import PolicyNode
+
+    node = PolicyNode(
+        context=context, parameter_overrides=[Parameter("driver_node", value="bad name!")]
+    )
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert "driver_node: 'bad name!' is not a ROS" in capfd.readouterr().err
+    finally:
+        node.destroy_node()

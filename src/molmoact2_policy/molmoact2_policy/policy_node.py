@@ -167,7 +167,7 @@ class PolicyNode(LifecycleNode):
         self._status_period = period
         self.create_timer(period, self._publish_status, callback_group=self._control_group)
         self._task_server = RunTaskServer(
-            self, self.params.driver_node, self.params.task_input_grace
+            self, self.params.hold_driver(), self.params.task_input_grace
         )
         self.add_on_set_parameters_callback(self._check_live_params)
         self.add_post_set_parameters_callback(self._apply_live_params)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from molmoact2_common.embodiments import EMBODIMENTS
-from molmoact2_common.ros_params import field_problems
+from molmoact2_common.ros_params import field_problems, topic_name_problem
 from molmoact2_policy.policy_api import MODES
 
 CAMERA_TRANSPORTS = ("raw", "compressed")
@@ -212,6 +212,12 @@ class PolicyNodeParams:
         metadata=_doc("main(): configure and activate at start (no lifecycle manager)."),
     )
 
+    def hold_driver(self) -> str:
+        """``driver_node`` when it can name a node (its ``~/hold`` is called), else "": the
+        run_task server is built at construction, before validate() can refuse the value,
+        and a name rclpy refuses there raised out of the constructor."""
+        return self.driver_node if not topic_name_problem(self.driver_node or "x") else ""
+
     def status_period(self) -> float:
         """Seconds between ~/status messages; 1 s while ``status_rate`` is unusable (the node
         publishes its status from construction, before validate() can refuse the value)."""
@@ -301,6 +307,8 @@ class PolicyNodeParams:
             )
         if not self.rtc_max_deviation > 0.0:
             problems.append(f"rtc_max_deviation must be > 0, got {self.rtc_max_deviation}")
+        if self.driver_node and topic_name_problem(self.driver_node):
+            problems.append(f"driver_node: {topic_name_problem(self.driver_node)}")
         if self.status_rate > MAX_STATUS_RATE:
             problems.append(f"status_rate must be at most {MAX_STATUS_RATE:g} Hz")
         if len(self.instruction.strip()) > MAX_INSTRUCTION_CHARS:
