@@ -48,6 +48,9 @@ HOSTILE = [
     ("execution", 5, None),  # rclpy refuses the type itself
     ("active_arms", "left", "not 'both'"),
     ("dry_run", "yes", None),
+    # Live, it stopped the control loop until a /clock came, and a fast /clock then ran the
+    # loop faster than its rate in wall time.
+    ("use_sim_time", True, "use_sim_time is fixed"),
 ]
 
 

@@ -221,8 +221,10 @@ def test_live_update_cases():
     assert updated is None and "control_rate is read at start" in problems[0]
     _, problems = live_update(HARD, HARD, {"max_step_per_tick": "abc"})
     assert problems == ["max_step_per_tick must be a number, got 'abc'"]
-    # rclpy's own parameters are not the driver's business.
+    # The control loop's time source is fixed; other rclpy parameters are not ours.
     updated, problems = live_update(HARD, HARD, {"use_sim_time": True})
+    assert updated is None and "use_sim_time is fixed" in problems[0]
+    updated, problems = live_update(HARD, HARD, {"qos_overrides./x.publisher.depth": 5})
     assert updated == HARD and problems == []
     assert set(LIVE_LIMITS) < set(LIVE_PARAMS)
 

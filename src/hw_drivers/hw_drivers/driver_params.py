@@ -449,11 +449,20 @@ def live_update(
 ) -> tuple[DriverParams | None, list[str]]:
     """``current`` with ``changes`` (parameter name -> value as ROS delivers it) applied, or
     None and every reason to refuse them: a parameter that is not live, a value of the wrong
-    type, limits outside the hard ones, an unknown execution or arm. Names that are not driver
-    parameters (``use_sim_time``) are rclpy's and ignored here."""
+    type, limits outside the hard ones, an unknown execution or arm, ``use_sim_time``. Other
+    names that are not driver parameters are rclpy's and ignored here."""
     problems: list[str] = []
     converted: dict[str, Any] = {}
     for name, value in changes.items():
+        if name == "use_sim_time":
+            # The control timer runs on the node clock: switched live, the loop stops until a
+            # /clock arrives, and whoever publishes /clock then paces the ticks (a 100x clock
+            # ran the loop 8x faster in wall time than its rate, every limit per tick).
+            problems.append(
+                "use_sim_time is fixed while the driver runs (the control loop's time source); "
+                "restart the driver with it"
+            )
+            continue
         if name not in DriverParams.__dataclass_fields__:
             continue
         if name not in LIVE_PARAMS:
