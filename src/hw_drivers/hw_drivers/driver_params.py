@@ -471,6 +471,13 @@ def live_update(
                 f"{', '.join(LIVE_PARAMS)}); edit the config and restart"
             )
             continue
+        joints = len(hard.joint_names)
+        if name in LIVE_LIMITS and hasattr(value, "__len__") and not isinstance(value, str):
+            if len(value) != joints:
+                # Before any per-entry work: a million-entry list held the control loop
+                # (same executor) for a third of a second.
+                problems.append(f"{name} needs {joints} values (one per joint), got {len(value)}")
+                continue
         try:
             converted[name] = coerce_param(DriverParams, name, value)
         except ParamTypeError as err:
