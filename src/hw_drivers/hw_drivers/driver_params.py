@@ -453,6 +453,7 @@ def live_update(
     names that are not driver parameters are rclpy's and ignored here."""
     problems: list[str] = []
     converted: dict[str, Any] = {}
+    joints = len(hard.joint_names)
     for name, value in changes.items():
         if name == "use_sim_time":
             # The control timer runs on the node clock: switched live, the loop stops until a
@@ -471,7 +472,6 @@ def live_update(
                 f"{', '.join(LIVE_PARAMS)}); edit the config and restart"
             )
             continue
-        joints = len(hard.joint_names)
         if name in LIVE_LIMITS and hasattr(value, "__len__") and not isinstance(value, str):
             if len(value) != joints:
                 # Before any per-entry work: a million-entry list held the control loop

@@ -216,7 +216,8 @@ class PolicyNodeParams:
         """``driver_node`` when it can name a node (its ``~/hold`` is called), else "": the
         run_task server is built at construction, before validate() can refuse the value,
         and a name rclpy refuses there raised out of the constructor."""
-        return self.driver_node if not topic_name_problem(self.driver_node or "x") else ""
+        valid = self.driver_node and not topic_name_problem(self.driver_node)
+        return self.driver_node if valid else ""
 
     def status_period(self) -> float:
         """Seconds between ~/status messages; 1 s while ``status_rate`` is unusable (the node
