@@ -75,3 +75,42 @@ def test_odd_transitions_are_refused_and_a_latched_estop_survives_cleanup(tmp_pa
         assert _call(probe, reset, Trigger.Request()).success
         assert not rig.node._loop.executor.estopped
         assert _call(probe, hold, SetBool.Request(data=False)).success
+
+
+def test_a_requested_hold_survives_deactivate_and_activate(tmp_path):
+    """~/hold(true) answered "holding"; a lifecycle manager's deactivate -> activate (or a
+    cleanup cycle) then dropped it silently and the driver followed chunks again."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    from std_srvs.srv import SetBool
+
+    ns = f"/lh_{uuid.uuid4().hex[:8]}"
+    with running_driver("so101", "so101_driver", {}, tmp_path, ns) as rig:
+        probe = rig.probe
+        change = probe.create_client(ChangeState, "so101_driver/change_state")
+        hold = probe.create_client(SetBool, "so101_driver/hold")
+
+        def transition(transition_id: int) -> bool:
+            request = ChangeState.Request()
+            request.transition.id = transition_id
+            return _call(probe, change, request).success
+
+        # Without a hold request, reactivation follows chunks as before.
+        assert transition(Transition.TRANSITION_DEACTIVATE)
+        assert transition(Transition.TRANSITION_ACTIVATE)
+        assert not rig.node._loop.executor.hold_requested
+        assert _call(probe, hold, SetBool.Request(data=True)).success
+        for cycle in (
+            (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_ACTIVATE),
+            (
+                Transition.TRANSITION_DEACTIVATE,
+                Transition.TRANSITION_CLEANUP,
+                Transition.TRANSITION_CONFIGURE,
+                Transition.TRANSITION_ACTIVATE,
+            ),
+        ):
+            for step in cycle:
+                assert transition(step)
+            assert rig.node._loop.executor.hold_requested, cycle
+        answer = _call(probe, hold, SetBool.Request(data=False))
+        assert answer.success and not rig.node._loop.executor.hold_requested

@@ -82,6 +82,9 @@ class ControlLoop:
         self.reconnect_period = reconnect_period
         self.stats = LoopStats()
         self.faulted = False
+        # ~/hold(true) from the operator (not the holds of a fault, stop or finish): it outlives
+        # a link fault and reconnect; only hold(false) or reset end it.
+        self.operator_hold = False
         self._last_attempt = float("-inf")
         self.last_reading: JointReading | None = None
         self.rest_pose: np.ndarray | None = None  # measured at the first start
@@ -294,9 +297,12 @@ class ControlLoop:
         except BackendError as err:
             return False, f"cannot read the robot: {err}"
         self.last_reading = reading
+        self.operator_hold = False
         return True, self.executor.reset(reading.positions)
 
     def hold(self, on: bool) -> tuple[bool, str]:
+        """The operator's ``~/hold``."""
+        self.operator_hold = bool(on)
         return self.executor.hold(on)
 
     def _fault(self, now: float, reading: JointReading | None, error: str) -> StepResult:
@@ -326,5 +332,9 @@ class ControlLoop:
             self.stats.backend_errors += 1
             self.stats.last_error = f"reconnect failed: {err}"
             return StepResult(None, None, False, self.stats.last_error)
+        if self.operator_hold:
+            # The new command stream drops hold requests: an operator's hold must not end
+            # with a link fault (the arm followed the next chunk again).
+            self.executor.hold(True)
         self.stats.reconnects += 1
         return StepResult(reading, None, False, "")

@@ -91,6 +91,9 @@ class DriverNode(LifecycleNode):
         # A latched e-stop outlives cleanup -> configure (a lifecycle manager's reset cycle):
         # only ~/reset clears it.
         self._estop_latched = False
+        # Likewise an operator's ~/hold(true) outlives deactivate -> activate (activation starts
+        # a new command stream, which drops hold requests).
+        self._hold_latched = False
         self._execution = ExecutionReporter()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -204,6 +207,12 @@ class DriverNode(LifecycleNode):
                     f"backend {self.params.backend} did not connect ({err}); retrying every "
                     f"{self.params.reconnect_period:g} s"
                 )
+            if self._hold_latched:  # (a reconnect keeps it too)
+                self._loop.hold(True)
+                self.get_logger().warning(
+                    "~/hold requested before deactivation is still in force: call ~/hold false "
+                    "to follow chunks"
+                )
         period = 1.0 / self.params.control_rate
         # Lateness over the last 10 s of ticks, against the timer's own schedule.
         self._tick_timing = TickTiming(period, window=max(2, round(10.0 / period)))
@@ -222,6 +231,7 @@ class DriverNode(LifecycleNode):
         self._stop_timers()
         if self._loop is not None:
             with self._lock:
+                self._hold_latched = self._loop.operator_hold
                 self._loop.stop()
         return super().on_deactivate(state)
 
