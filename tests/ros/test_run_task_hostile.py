@@ -168,3 +168,36 @@ def test_a_storm_of_service_calls_and_parameter_sets_leaves_the_policy_running(s
     assert robot.run(10.0, until=lambda: all(f.done() for f in futures))
     for client in (reset, instruct, params):
         robot.node.destroy_client(client)
+
+
+def test_deactivating_the_policy_mid_goal_ends_it_and_holds_the_driver(setup):  # noqa: F811
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    from molmoact2_msgs.action import RunTask
+    from tests.ros.policy_node_harness import NODE
+
+    robot, driver, client = setup
+    change = robot.node.create_client(ChangeState, f"/{NODE}/change_state")
+
+    def transition(transition_id: int) -> bool:
+        assert change.wait_for_service(timeout_sec=10.0)
+        request = ChangeState.Request()
+        request.transition.id = transition_id
+        future = change.call_async(request)
+        assert robot.run(20.0, until=future.done)
+        return future.result().success
+
+    driver.publish_state()
+    driver.holds.clear()
+    _handle, result_future, _ = send(robot, client, "sweep the floor", 0.0)  # no time limit
+    assert robot.run(10.0, until=lambda: [data for data, _ in driver.holds] == [False])
+    assert transition(Transition.TRANSITION_DEACTIVATE)
+    try:
+        result, _ = result_of(robot, result_future)
+        assert result.outcome == RunTask.Result.OUTCOME_CANCELLED, result
+        assert "deactivated" in result.message
+        assert [data for data, _ in driver.holds] == [False, True]
+    finally:
+        assert transition(Transition.TRANSITION_ACTIVATE)
+    robot.node.destroy_client(change)

@@ -73,3 +73,12 @@ def test_waiting_for_inputs_is_not_a_failure():
     monitor = TaskMonitor(TaskGoal("go", 0.0), 0.0, 0, input_error_grace=1.0)
     assert run(monitor, 0.5, policy_state="waiting_for_inputs") is None
     assert run(monitor, 50.0, policy_state="waiting_for_inputs") is None
+
+
+def test_a_deactivated_policy_ends_the_goal():
+    # PolicyStatus "idle" means the node is not active: no chunk will come (outside-in probe:
+    # the goal ran on with the driver released until its time-out, or for ever with 0).
+    monitor = TaskMonitor(TaskGoal("go", 0.0), start_s=0.0, chunk_count_at_start=0)
+    assert monitor.update(1.0, policy_state="running", chunk_count=3) is None
+    end = monitor.update(1.1, policy_state="idle", chunk_count=3)
+    assert end.outcome == "cancelled" and "deactivated" in end.message

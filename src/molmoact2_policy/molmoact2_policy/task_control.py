@@ -101,6 +101,11 @@ class TaskMonitor:
         self.chunks_executed = max(0, chunk_count - self._chunks_at_start)
         if safety_stop:
             return TaskEnd("safety_stop", safety_stop)
+        if policy_state == "idle":
+            # PolicyStatus "idle": the policy node left the active state (a lifecycle manager
+            # deactivated it): no more chunks, so the goal ends and the driver is held,
+            # instead of running on released until its time-out, or for ever.
+            return TaskEnd("cancelled", "the policy node was deactivated")
         if succeeded:
             return TaskEnd("succeeded", f"{self.goal.success_topic} reported success")
         if policy_state in FAILING_STATES:
