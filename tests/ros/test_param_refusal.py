@@ -216,3 +216,32 @@ def test_a_policy_node_with_an_invalid_driver_node_name_starts_and_says_why(cont
         assert "driver_node: 'bad name!' is not a ROS" in capfd.readouterr().err
     finally:
         node.destroy_node()
+
+
+def test_plain_nodes_with_unusable_parameters_exit_with_one_clear_line(tmp_path):
+    """Recorder with a bad topic name or an unwritable directory, Foxglove with a host that does
+    not resolve: each ended in a Python traceback (RCLError, FileNotFoundError, FoxgloveError)."""
+    import yaml
+
+    from tests.rostest_util import start_python
+
+    cases = [
+        ("molmoact2.recorder_node", "recorder", {"topics": ["a//b"]}, "topics: 'a//b'"),
+        (
+            "molmoact2.recorder_node",
+            "recorder",
+            {"topics": ["ok"], "output_dir": "/proc/no/such/dir"},
+            "cannot write the recording",
+        ),
+        ("molmoact2.foxglove_node", "foxglove", {"topics": ["a"], "host": "not a host"},
+         "cannot serve on not a host"),
+    ]  # fmt: skip
+    procs = []
+    for i, (module, node, params, _) in enumerate(cases):
+        path = tmp_path / f"p{i}.yaml"
+        path.write_text(yaml.safe_dump({f"/**/{node}": {"ros__parameters": params}}))
+        procs.append(start_python(["-m", module, "--ros-args", "--params-file", str(path)]))
+    for proc, (_, _, _, words) in zip(procs, cases, strict=True):
+        output, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 1, output
+        assert words in output and "Traceback" not in output, output

@@ -68,9 +68,14 @@ def main(args: list[str] | None = None) -> int:
             if problems:
                 raise ValueError("; ".join(problems))
             self._foxglove = foxglove
-            self.server = foxglove.start_server(
-                name="molmoact2", host=self.params.host, port=self.params.port
-            )
+            try:
+                self.server = foxglove.start_server(
+                    name="molmoact2", host=self.params.host, port=self.params.port
+                )
+            except RuntimeError as err:  # FoxgloveError: a host that does not resolve, port in use
+                raise ValueError(
+                    f"cannot serve on {self.params.host}:{self.params.port}: {err}"
+                ) from err
             self.channels: dict[str, Any] = {}
             self.tap = TopicTap(self, self.params.topics, self._on_topic, self._on_message)
             self.create_timer(self.params.discovery_period, self.tap.discover)
