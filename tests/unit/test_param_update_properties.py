@@ -24,6 +24,7 @@ from hw_drivers.trajectory_bridge_params import TrajectoryBridgeParams
 from molmoact2.foxglove_node import FoxgloveParams
 from molmoact2.recorder_node import RecorderParams
 from molmoact2.sim_camera_node import SimCameraParams
+from molmoact2.tf_node import TfParams
 from molmoact2_common.ros_params import (
     ParamTypeError,
     coerce_param,
@@ -49,6 +50,7 @@ ALL_PARAMS = (
     RecorderParams,
     SimCameraParams,
     FoxgloveParams,
+    TfParams,
 )
 
 # What a ROS parameter can hold (rcl_interfaces/ParameterValue).
@@ -238,6 +240,7 @@ def test_live_update_cases():
         (PolicyNodeParams, "joint_state_topics", ("joint_states/",)),
         (RecorderParams, "topics", ("ok", "not ok")),
         (FoxgloveParams, "topics", ("~x",)),
+        (TfParams, "joint_states_topic", "joint states"),
     ],
 )
 def test_every_topic_parameter_must_be_a_ros_name(cls, name, value):

@@ -29,6 +29,7 @@ import numpy as np
 import transforms3d
 
 from molmoact2.frames import FrameTree, StaticFrame, static_frames_from_params
+from molmoact2_common.ros_params import field_problems
 
 NODE_NAME = "molmoact2_tf"
 ERROR_LOG_PERIOD_S = 5.0
@@ -130,7 +131,11 @@ class TfParams:
         return path if path.is_absolute() else config_dir / path
 
     def validate(self) -> list[str]:
-        problems = []
+        # NaN in frame_xyz/frame_rpy would go out on /tf; a bad joint_states_topic raised
+        # from inside rclpy.
+        problems = field_problems(self)
+        if problems:
+            return problems
         try:
             frames = self.static_frames()
         except ValueError as exc:
