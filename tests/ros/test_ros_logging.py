@@ -63,62 +63,59 @@ class _Listener:
         return out
 
 
-def test_package_logging_reaches_rosout_at_its_severity_and_is_undone():
+@pytest.fixture
+def ros_nodes():
+    """(a node whose logger gets the bridge, a /rosout listener), torn down after the test."""
     import rclpy
-    from rcl_interfaces.msg import Log
 
     rclpy.init()
     try:
         node = rclpy.create_node("logging_bridge_test")
         listener = _Listener(rclpy)
-        undo = bridge_python_logging(node.get_logger())
-        try:
-            logging.getLogger("hw_drivers.backends.damiao").info("gripper on can0 calibrated")
-            logging.getLogger("molmoact2_policy.model").warning("checkpoint has no stats")
-            logging.getLogger("molmoact2_common.x").error("bus frozen")
-            logging.getLogger("hw_drivers.backends.damiao").debug("debug stays below INFO")
-            seen = _collect_rosout(
-                node,
-                listener,
-                {"gripper on can0 calibrated", "checkpoint has no stats", "bus frozen"},
-            )
-        finally:
-            undo()
-        assert _find(seen, "gripper on can0 calibrated").level == Log.INFO
-        assert _find(seen, "checkpoint has no stats").level == Log.WARN
-        assert _find(seen, "bus frozen").level == Log.ERROR
-        assert not any("debug stays below INFO" in line for line in seen)
-        # The record says which module it came from.
-        assert "hw_drivers.backends.damiao: gripper on can0 calibrated" in seen
-        # After the undo the package loggers are as they were: nothing more is forwarded.
-        damiao = logging.getLogger("hw_drivers")
-        assert damiao.handlers == [] and damiao.propagate and damiao.level == logging.NOTSET
-        logging.getLogger("hw_drivers.backends.damiao").warning("after the undo")
-        node.get_logger().info("sentinel")  # the node's own line, sent after the one above
-        seen = _collect_rosout(node, listener, {"sentinel"})
-        assert not any("after the undo" in text for text in seen)
+        yield node, listener
         listener.node.destroy_node()
         node.destroy_node()
     finally:
         rclpy.shutdown()
 
 
-def test_other_libraries_logging_is_not_bridged():
-    import rclpy
+def test_package_logging_reaches_rosout_at_its_severity_and_is_undone(ros_nodes):
+    from rcl_interfaces.msg import Log
 
-    rclpy.init()
+    node, listener = ros_nodes
+    undo = bridge_python_logging(node.get_logger())
     try:
-        node = rclpy.create_node("logging_bridge_other")
-        listener = _Listener(rclpy)
-        undo = bridge_python_logging(node.get_logger())
-        try:
-            logging.getLogger("urllib3.connectionpool").warning("a library's own chatter")
-            logging.getLogger("hw_drivers").warning("ours")
-            seen = _collect_rosout(node, listener, {"ours"})
-        finally:
-            undo()
-        assert not any("a library's own chatter" in text for text in seen)
-        listener.node.destroy_node()
-        node.destroy_node()
+        logging.getLogger("hw_drivers.backends.damiao").info("gripper on can0 calibrated")
+        logging.getLogger("molmoact2_policy.model").warning("checkpoint has no stats")
+        logging.getLogger("molmoact2_common.x").error("bus frozen")
+        logging.getLogger("hw_drivers.backends.damiao").debug("debug stays below INFO")
+        seen = _collect_rosout(
+            node, listener, {"gripper on can0 calibrated", "checkpoint has no stats", "bus frozen"}
+        )
     finally:
-        rclpy.shutdown()
+        undo()
+    assert _find(seen, "gripper on can0 calibrated").level == Log.INFO
+    assert _find(seen, "checkpoint has no stats").level == Log.WARN
+    assert _find(seen, "bus frozen").level == Log.ERROR
+    assert not any("debug stays below INFO" in line for line in seen)
+    # The record says which module it came from.
+    assert "hw_drivers.backends.damiao: gripper on can0 calibrated" in seen
+    # After the undo the package loggers are as they were: nothing more is forwarded.
+    drivers = logging.getLogger("hw_drivers")
+    assert drivers.handlers == [] and drivers.propagate and drivers.level == logging.NOTSET
+    logging.getLogger("hw_drivers.backends.damiao").warning("after the undo")
+    node.get_logger().info("sentinel")  # the node's own line, sent after the one above
+    seen = _collect_rosout(node, listener, {"sentinel"})
+    assert not any("after the undo" in text for text in seen)
+
+
+def test_other_libraries_logging_is_not_bridged(ros_nodes):
+    node, listener = ros_nodes
+    undo = bridge_python_logging(node.get_logger())
+    try:
+        logging.getLogger("urllib3.connectionpool").warning("a library's own chatter")
+        logging.getLogger("hw_drivers").warning("ours")
+        seen = _collect_rosout(node, listener, {"ours"})
+    finally:
+        undo()
+    assert not any("a library's own chatter" in text for text in seen)

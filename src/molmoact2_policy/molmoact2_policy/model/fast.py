@@ -271,16 +271,9 @@ class FastActionTokenizer:
                 "token run is not valid UTF-8 (a split character): the released decoder "
                 "would read U+FFFD as a coefficient"
             )
-        codes = np.fromiter((ord(c) for c in text), dtype=np.int64, count=len(text))
-        expected = horizon * action_dim
-        if codes.size != expected:
-            raise FastDecodeError(
-                f"token run decodes to {codes.size} DCT coefficients, expected "
-                f"horizon x action_dim = {horizon} x {action_dim} = {expected} "
-                "(the released decoder would substitute an all-zero chunk)"
-            )
-        coefficients = (codes + self.min_token).reshape(horizon, action_dim) / self.scale
-        return dct_matrix(horizon).T @ coefficients
+        return self._chunk_from_text(
+            text, horizon, action_dim, "the released decoder would substitute an all-zero chunk"
+        )
 
     def decode(self, ids: Sequence[int], horizon: int, action_dim: int) -> np.ndarray:
         """Chunk (horizon, action_dim) from token ids; malformed runs raise FastDecodeError."""
@@ -302,13 +295,20 @@ class FastActionTokenizer:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise FastDecodeError("token run is not valid UTF-8 (a split character)") from None
+        return self._chunk_from_text(
+            text, horizon, action_dim, "truncated or over-long action token run"
+        )
+
+    def _chunk_from_text(self, text: str, horizon: int, action_dim: int, why: str) -> np.ndarray:
+        """Inverse BPE text -> (horizon, action_dim) chunk: one DCT coefficient per character
+        (offset by ``min_token``, divided by ``scale``), inverse DCT over time; ``why`` says
+        in the error what a run of the wrong length means."""
         codes = np.fromiter((ord(c) for c in text), dtype=np.int64, count=len(text))
         expected = horizon * action_dim
         if codes.size != expected:
             raise FastDecodeError(
                 f"token run decodes to {codes.size} DCT coefficients, expected "
-                f"horizon x action_dim = {horizon} x {action_dim} = {expected} "
-                "(truncated or over-long action token run)"
+                f"horizon x action_dim = {horizon} x {action_dim} = {expected} ({why})"
             )
         coefficients = (codes + self.min_token).reshape(horizon, action_dim) / self.scale
         return dct_matrix(horizon).T @ coefficients
