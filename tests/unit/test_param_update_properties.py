@@ -223,6 +223,10 @@ def test_live_update_cases():
     assert updated is None and "control_rate is read at start" in problems[0]
     _, problems = live_update(HARD, HARD, {"max_step_per_tick": "abc"})
     assert problems == ["max_step_per_tick must be a number, got 'abc'"]
+    _, problems = live_update(HARD, HARD, {"max_step_per_tick": [0.01]})
+    assert problems == ["max_step_per_tick must be a number, got [0.01]"]
+    _, problems = live_update(HARD, HARD, {"max_velocity": [1.0] * 10**6})
+    assert problems == ["max_velocity needs 6 values (one per joint), got 1000000"]
     # The control loop's time source is fixed; other rclpy parameters are not ours.
     updated, problems = live_update(HARD, HARD, {"use_sim_time": True})
     assert updated is None and "use_sim_time is fixed" in problems[0]

@@ -472,7 +472,8 @@ def live_update(
                 f"{', '.join(LIVE_PARAMS)}); edit the config and restart"
             )
             continue
-        if name in LIVE_LIMITS and hasattr(value, "__len__") and not isinstance(value, str):
+        per_joint = isinstance(getattr(hard, name), tuple)  # the list limits, not the step
+        if per_joint and hasattr(value, "__len__") and not isinstance(value, str):
             if len(value) != joints:
                 # Before any per-entry work: a million-entry list held the control loop
                 # (same executor) for a third of a second.
