@@ -4,6 +4,8 @@ services called in each state.
 
 Found by the outside-in probe: a latched e-stop was silently cleared by deactivate -> cleanup
 -> configure -> activate (a lifecycle manager's reset cycle); only ``~/reset`` may clear it.
+An operator's ``~/hold(true)`` was dropped the same way (and by a reconnect:
+tests/unit/test_hold_outlives_faults.py).
 """
 
 from __future__ import annotations
