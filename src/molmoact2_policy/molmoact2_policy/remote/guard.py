@@ -65,6 +65,13 @@ class ConnectionLimits:
     idle_timeout: float = field(
         default=5.0, metadata={"help": "seconds an idle keep-alive connection stays open"}
     )
+    # uvicorn waits for in-flight requests without a limit once asked to stop: an inference
+    # stuck on the device kept `molmoact2 serve` from exiting on SIGTERM/Ctrl-C for as long
+    # as it was stuck. A few normal inferences fit in 10 s.
+    shutdown_timeout: float = field(
+        default=10.0,
+        metadata={"help": "seconds in-flight requests get to finish once the server is stopped"},
+    )
     # Robots need one or two connections each.
     max_connections: int = field(
         default=32,
@@ -72,7 +79,7 @@ class ConnectionLimits:
     )
 
     def __post_init__(self) -> None:
-        for name in ("header_timeout", "body_timeout", "idle_timeout"):
+        for name in ("header_timeout", "body_timeout", "idle_timeout", "shutdown_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.max_connections < 1:

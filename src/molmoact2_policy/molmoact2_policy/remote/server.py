@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -58,6 +58,7 @@ from molmoact2_policy.remote.protocol import (
     DEFAULT_MAX_BODY_BYTES,
     PROTOCOL_VERSION,
     RELEASED_DEFAULT_NUM_STEPS,
+    RTC_FIELD,
     ActRequest,
     ProtocolError,
     RequestLimits,
@@ -81,6 +82,8 @@ TOKEN_HEADER = "x-molmoact2-token"
 # so the shape only has to be a plausible camera frame.
 WARMUP_IMAGE_SHAPE = (360, 640, 3)
 DEFAULT_WARMUP_INSTRUCTION = "pick up the object and put it in the bowl"
+# Status of a request dropped because its client hung up (nginx's convention); never sent.
+CLIENT_CLOSED = 499
 _T = TypeVar("_T")
 
 
@@ -166,6 +169,7 @@ class PolicyService:
         # rather than ignored. A backend without a flow loop (FAST) accepts only the released
         # default, which released clients send meaning "the server's own".
         self._takes_num_steps = _accepts_keyword(policy.act, "num_steps")
+        self._takes_rtc = _accepts_keyword(policy.act, "rtc")
         fixed = None if self._takes_num_steps else self._metadata().get("flow_steps")
         self._fixed_steps = fixed if isinstance(fixed, int) else RELEASED_DEFAULT_NUM_STEPS
         # JPEG decoding of several cameras in parallel; bounded so a burst cannot take all cores.
@@ -276,23 +280,47 @@ class PolicyService:
         with self.queue.slot():
             await self.queue.run(self.policy.reset)
 
-    async def handle(self, body: bytes, decode: Callable[..., Any]) -> tuple[int, Any]:
-        """One encoded request -> (HTTP status, response object or array). Never raises."""
+    async def handle(
+        self,
+        body: bytes,
+        decode: Callable[..., Any],
+        *,
+        client_gone: Callable[[], Awaitable[object]] | None = None,
+    ) -> tuple[int, Any]:
+        """One encoded request -> (HTTP status, response object or array). Never raises.
+
+        ``client_gone`` returns when the requester hangs up: a request still waiting for the
+        device is then dropped, so a client that timed out and retried does not leave dead
+        inferences ahead of its live one (an inference already running finishes; the device
+        cannot be interrupted). The connection is gone, so the status returned goes nowhere.
+        """
         start = time.perf_counter()
         try:
             with self.queue.slot():
-                request = await anyio.to_thread.run_sync(self._decode, body, decode)
+                # Decoding answers a value, never raises across the thread boundary: an exception
+                # coming back through anyio's worker future forms a reference cycle with the
+                # frames that hold the decoded payload, so each rejected request's body (up to
+                # max_body_bytes, ten times that as Python objects) stayed in memory until the
+                # cyclic garbage collector happened to run.
+                outcome = await anyio.to_thread.run_sync(self._decode, body, decode)
+                if isinstance(outcome, _Rejection):
+                    self._log.warning(outcome.code, f"rejected request: {outcome.message}")
+                    return outcome.status, error_payload(outcome.code, outcome.message)
+                request = outcome
                 decoded = time.perf_counter()
-                result, queue_wait, infer = await self.queue.run(
-                    lambda: self._infer(request, time.perf_counter())
-                )
+                inference = self.queue.submit(lambda: self._infer(request, time.perf_counter()))
+                if client_gone is not None and await _client_left_first(inference, client_gone):
+                    self._log.info(
+                        "dropped", "dropped a queued request: its client hung up before it ran"
+                    )
+                    return CLIENT_CLOSED, error_payload(
+                        "client_closed", "the client hung up before its request ran"
+                    )
+                result, queue_wait, infer = await asyncio.wrap_future(inference)
         except ServerBusyError as exc:
             self._log.warning("busy", str(exc))
             return 503, error_payload("busy", str(exc))
-        except RequestTooLargeError as exc:
-            self._log.warning("too_large", f"rejected request: {exc}")
-            return 413, error_payload(exc.code, str(exc))
-        except (ProtocolError, PolicyInputError) as exc:
+        except PolicyInputError as exc:
             self._log.warning("bad_request", f"rejected request: {exc}")
             return 400, error_payload("bad_request", str(exc))
         except PolicyUnavailableError as exc:
@@ -310,7 +338,21 @@ class PolicyService:
         timing["total"] = time.perf_counter() - start
         return 200, build_act_response(result, self.spec.name, timing)
 
-    def _decode(self, body: bytes, decode: Callable[..., Any]) -> ActRequest:
+    def _decode(self, body: bytes, decode: Callable[..., Any]) -> ActRequest | _Rejection:
+        """The checked request, or why it is refused (runs on a worker thread)."""
+        try:
+            return self._parse(body, decode)
+        except RequestTooLargeError as exc:
+            return _Rejection(413, exc.code, str(exc))
+        except (ProtocolError, PolicyInputError) as exc:
+            return _Rejection(400, "bad_request", str(exc))
+        except Exception as exc:  # a request our parser did not foresee: say so, keep serving
+            logger.exception("request decoding failed unexpectedly")
+            return _Rejection(
+                500, "internal_error", f"request could not be read: {type(exc).__name__}: {exc}"
+            )
+
+    def _parse(self, body: bytes, decode: Callable[..., Any]) -> ActRequest:
         payload = decode(body, max_bytes=self.limits.max_body_bytes)
         request = parse_act_request(payload, self.spec, self.limits, executor=self._codec_pool)
         steps = request.num_steps
@@ -318,6 +360,11 @@ class PolicyService:
             raise ProtocolError(
                 f"num_steps {steps} cannot be honoured: this server's policy runs "
                 f"{self._fixed_steps} flow steps and cannot change them per request"
+            )
+        if request.rtc is not None and not self._takes_rtc:
+            raise ProtocolError(
+                f"'{RTC_FIELD}' (real-time chunking) is not supported by this server's policy; "
+                "send the request without it"
             )
         return request
 
@@ -334,6 +381,32 @@ class PolicyService:
             options["rtc"] = request.rtc
         result = self.policy.act(request.images, request.state, request.instruction, **options)
         return result, start - submitted, time.perf_counter() - start
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rejection:
+    """A request refused before inference: HTTP status, error code, message."""
+
+    status: int
+    code: str
+    message: str
+
+
+async def _client_left_first(
+    inference: Future[Any], client_gone: Callable[[], Awaitable[object]]
+) -> bool:
+    """Wait until ``inference`` is done or the client hangs up; True when the request was
+    dropped (its client left before it started). A started inference is always awaited."""
+    watcher = asyncio.ensure_future(client_gone())
+    finished = asyncio.ensure_future(asyncio.wrap_future(inference))
+    try:
+        await asyncio.wait({watcher, finished}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not finished.done() and inference.cancel():
+        return True
+    await asyncio.wait({finished})  # running: it holds the device until it ends
+    return False
 
 
 def _accepts_keyword(function: Callable[..., Any], name: str) -> bool:
@@ -391,6 +464,12 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
     except ClientDisconnect:
         raise _BodyAbandonedError(received, declared) from None
     return b"".join(chunks)
+
+
+async def _http_disconnect(request: Request) -> None:
+    """Return once the client of ``request`` (whose body was read) hangs up."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class _TokenGate:
@@ -483,7 +562,9 @@ def create_app(
                     f"{peer} hung up during the body of POST /act ({exc}); nothing was run",
                 )
             return Response(status_code=400)  # goes nowhere: the connection is gone
-        status, payload = await service.handle(body, decode_json)
+        status, payload = await service.handle(
+            body, decode_json, client_gone=lambda: _http_disconnect(request)
+        )
         return _json_response(status, payload)
 
     @app.websocket("/ws")
@@ -497,9 +578,20 @@ def create_app(
             await websocket.close(code=1008, reason="unauthorized")
             return
         await websocket.send_bytes(encode_msgpack({"metadata": service.health()}))
+        # A frame that arrives while the previous request waits for the device (a client that
+        # does not wait for answers); kept for the next turn. Only one is read ahead, so a
+        # flooding client is held back by the websocket's own flow control, not our memory.
+        read_ahead: list[Any] = []
+
+        async def client_gone() -> None:
+            message = await websocket.receive()
+            if message["type"] != "websocket.disconnect":
+                read_ahead.append(message)
+                await asyncio.Event().wait()  # stop watching; the loop reads on
+
         while True:
             try:
-                message = await websocket.receive()
+                message = read_ahead.pop() if read_ahead else await websocket.receive()
             except WebSocketDisconnect:
                 return
             if message["type"] == "websocket.disconnect":
@@ -513,7 +605,11 @@ def create_app(
                     ),
                 )
             else:
-                status, payload = await service.handle(data, decode_msgpack)
+                status, payload = await service.handle(
+                    data, decode_msgpack, client_gone=client_gone
+                )
+                if status == CLIENT_CLOSED:
+                    return  # the client left before its request ran
             if status != 200:
                 payload = {**payload, "status": status}
             try:
@@ -580,6 +676,7 @@ def uvicorn_config(
         port=port,
         http=guarded_protocol(limits),
         timeout_keep_alive=limits.idle_timeout,  # type: ignore[arg-type]  (float works)
+        timeout_graceful_shutdown=limits.shutdown_timeout,  # type: ignore[arg-type]
         **kwargs,
     )
 
@@ -678,7 +775,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         ssl_keyfile=args.ssl_keyfile,
     )
     uvicorn.Server(config).run()
+    exit_if_inference_stuck(app.state.service)
     return 0
+
+
+def exit_if_inference_stuck(
+    service: PolicyService, exit_process: Callable[[int], object] = os._exit
+) -> None:
+    """After the server stopped: end the process now if an inference is still running.
+
+    uvicorn gave in-flight requests ``shutdown_timeout`` and cancelled them; a model call
+    cannot be cancelled, and the interpreter joins the inference thread at exit, so a call
+    stuck on the device would keep the process alive forever.
+    """
+    running = service.queue.snapshot()["running"]
+    if not running:
+        return
+    logger.error(
+        "an inference is still running after the shutdown deadline; exiting without it "
+        "(the device may be stuck)"
+    )
+    logging.shutdown()
+    exit_process(1)
 
 
 if __name__ == "__main__":

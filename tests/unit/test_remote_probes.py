@@ -1,0 +1,399 @@
+"""Regressions from outside-in probes of the policy server (notes: /work/wt/notes/probe-act.md).
+
+Each test is a case a hostile or buggy client found: a request the server answered with 500 or
+kept in memory, a client that hung up and still cost an inference, a stop that waited forever.
+Request layouts follow the released server, ``host_server_yam.py`` as published in
+``jianmanlincjx/Molmoact2`` (commit e1ff63d275160fa021b8e2bc6defed45ddc0c434) and
+``npow/molmoact2`` (ad0dd5ff625d9df615408af2a264316271d5e198), and the released client
+``allenai/molmoact2`` ``examples/yam/molmoact_client.py``
+(3aaaa12b669b9e4ec1879fb7dd69e598c5f00919).
+
+Every wait is a loop on an observable condition with a generous deadline; nothing asserts time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import socket
+import threading
+import time
+import weakref
+
+import httpx
+import json_numpy
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from molmoact2_common.embodiments import get_embodiment
+from molmoact2_policy.remote.guard import ConnectionLimits
+from molmoact2_policy.remote.protocol import decode_json, encode_msgpack
+from molmoact2_policy.remote.server import (
+    PolicyService,
+    create_app,
+    exit_if_inference_stuck,
+)
+from tests.remote_fakes import FakePolicy, ServerThread
+
+SPEC = get_embodiment("yam_bimanual")
+DEADLINE = 15.0  # seconds any single wait may take on a loaded 2-core machine
+
+
+def _released_payload(**changes: object) -> dict[str, object]:
+    """The released client's raw request (``MolmoActHTTP.send_request``, ``jpeg_wire=False``)."""
+    rng = np.random.default_rng(0)
+    payload: dict[str, object] = {
+        key: rng.integers(0, 256, (36, 64, 3), dtype=np.uint8)
+        for key in ("left_cam", "top_cam", "right_cam")
+    }
+    payload.update(
+        timestamp=1.7e9,
+        instruction="stack the cups",
+        state=np.zeros(14, np.float32),
+        normalization_tag="yam_dual_molmoact2",
+    )
+    payload.update(changes)
+    return payload
+
+
+def _body(**changes: object) -> bytes:
+    return json_numpy.dumps(_released_payload(**changes)).encode()
+
+
+def _wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def served():
+    fake = FakePolicy(SPEC)
+    with ServerThread(create_app(fake, warmup=False)) as server:
+        yield fake, server
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests that were answered 500 (or with an empty message): each now gets a 4xx naming it
+
+
+def _with_state_json(values: str) -> bytes:
+    """A released request whose ``state`` is the literal JSON ``values``."""
+    payload = json.loads(_body())
+    payload["state"] = "STATE"
+    return json.dumps(payload).replace('"STATE"', values).encode()
+
+
+def _with_shape(shape: list) -> bytes:
+    payload = json.loads(_body())
+    payload["top_cam"]["shape"] = shape  # the json_numpy envelope's shape
+    return json.dumps(payload).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # A JSON integer too large for a float (was OverflowError -> 500).
+        (_with_state_json("[" + ",".join(["1" + "0" * 400] * 14) + "]"), "numeric"),
+        # json_numpy shape with a boolean dimension (True * 3072 * 3 bytes matched; 500).
+        (_with_shape([True, 3072, 3]), "non-negative ints"),
+        # A lone surrogate from a JSON "\ud800" escape (UnicodeEncodeError in the tokenizer; 500).
+        ((_body().decode()[:-1] + ',"instruction":"cup\\ud800"}').encode(), "Unicode"),
+        (_with_state_json("[0.0,0.0,null" + ",0.0" * 11 + "]"), "numeric"),
+        (_with_state_json("[[0.0],[0.0,1.0]]"), "ragged"),
+    ],
+    ids=["state-bigint", "shape-bool", "lone-surrogate", "state-null", "state-ragged"],
+)
+def test_hostile_json_gets_400_naming_the_problem(served, body, message):
+    fake, server = served
+    reply = httpx.post(f"{server.url}/act", content=body, timeout=DEADLINE)
+    assert reply.status_code == 400, reply.text
+    assert message in reply.json()["error"]["message"]
+    assert httpx.post(f"{server.url}/act", content=_body(), timeout=DEADLINE).status_code == 200
+    assert fake.calls == 1
+
+
+def test_malformed_msgpack_frames_say_what_is_wrong(served):
+    """msgpack's errors for a reserved byte or too deep nesting carry no text; the answer
+    named nothing ("malformed msgpack: ")."""
+    from websockets.sync.client import connect
+
+    _, server = served
+    with connect(server.url.replace("http", "ws") + "/ws") as ws:
+        ws.recv(timeout=DEADLINE)  # hello
+        for frame, name in ((b"\xc1", "FormatError"), (b"\x91" * 100_000 + b"\xc0", "StackError")):
+            ws.send(frame)
+            answer = msgpack.unpackb(ws.recv(timeout=DEADLINE))
+            assert answer["status"] == 400 and name in answer["error"]["message"]
+
+
+def test_rtc_to_a_policy_without_it_is_refused_by_name(served):
+    """``rtc`` is our extension; a backend whose act() does not take it answered 500
+    (TypeError) after queueing, now 400 naming the field before any inference."""
+    fake, server = served
+    rtc = {"previous": np.zeros((SPEC.horizon, SPEC.action_dim)), "delay_steps": 2}
+    reply = httpx.post(f"{server.url}/act", content=_body(rtc=rtc), timeout=DEADLINE)
+    assert reply.status_code == 400 and "'rtc'" in reply.json()["error"]["message"]
+    assert fake.calls == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Released state layouts
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        np.zeros((1, 14), np.float32),
+        np.arange(14, dtype=np.float32).reshape(2, 7),  # [left(7), right(7)] as rows
+        [[float(i) for i in range(7)], [float(i) for i in range(7, 14)]],
+    ],
+    ids=["1x14", "2x7", "nested-list"],
+)
+def test_state_of_state_dim_values_in_any_layout_is_accepted_as_released(served, state):
+    """The released server reads ``np.asarray(state, float32).reshape(-1)`` and checks only
+    that 14 values result (host_server_yam.py ``Policy.predict``), so these worked there and got
+    400 here. Flattened row-major, as there."""
+    fake, server = served
+    reply = httpx.post(f"{server.url}/act", content=_body(state=state), timeout=DEADLINE)
+    assert reply.status_code == 200, reply.text
+    flat = np.asarray(state, np.float64).reshape(-1)
+    # The fake's chunk hashes every input: equal to the flat (14,) state's chunk, same seed.
+    reference = httpx.post(
+        f"{server.url}/act", content=_body(state=flat.astype(np.float32), seed=3), timeout=DEADLINE
+    )
+    again = httpx.post(f"{server.url}/act", content=_body(state=state, seed=3), timeout=DEADLINE)
+    assert np.array_equal(
+        json_numpy.loads(reference.text)["actions"], json_numpy.loads(again.text)["actions"]
+    )
+    assert fake.calls == 3
+
+
+def test_state_with_another_number_of_values_is_still_refused(served):
+    _, server = served
+    reply = httpx.post(
+        f"{server.url}/act", content=_body(state=np.zeros((2, 8), np.float32)), timeout=DEADLINE
+    )
+    assert reply.status_code == 400 and "expected shape (14,)" in reply.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: a rejected request's payload is freed when it is answered
+
+
+class _Marker:
+    """Stands for a decoded payload; weakly referenceable, unlike dicts and lists."""
+
+
+def test_a_rejected_request_is_freed_without_the_garbage_collector():
+    """Each rejected request's decoded body stayed alive in a reference cycle (the exception
+    travelling back through anyio's worker future) until the cyclic collector ran: six bad
+    32 MB-class requests held 720 MB. With the collector off, the payload must be gone as soon
+    as the answer is."""
+    service = PolicyService(FakePolicy(SPEC))
+    markers: list[weakref.ref] = []
+
+    def decode(body: bytes, *, max_bytes: int) -> dict[str, object]:
+        marker = _Marker()
+        markers.append(weakref.ref(marker))
+        return {**json.loads(body), "marker": marker}
+
+    async def run() -> list[int]:
+        bad = json.dumps({"instruction": 5}).encode()
+        return [(await service.handle(bad, decode))[0] for _ in range(3)]
+
+    gc.collect()
+    gc.disable()
+    try:
+        statuses = asyncio.run(run())
+        alive = [ref for ref in markers if ref() is not None]
+    finally:
+        gc.enable()
+        service.shutdown()
+    assert statuses == [400, 400, 400]
+    assert len(markers) == 3 and not alive
+
+
+# ---------------------------------------------------------------------------------------------
+# A client that hangs up while its request waits for the device
+
+
+def _post_raw(server: ServerThread, body: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
+    sock.sendall(
+        b"POST /act HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    return sock
+
+
+def test_queued_request_of_a_client_that_hung_up_is_dropped(caplog):
+    """A robot whose request times out retries; the dead request used to stay queued and run,
+    so with a slow device every live request waited behind dead ones (probe: 5 dead clients,
+    6 inferences, the live answer 4.4 s instead of 1.4 s at 1 s per inference)."""
+    gate = threading.Event()
+    fake = FakePolicy(SPEC, gate=gate)
+    app = create_app(fake, warmup=False)
+    queue = app.state.service.queue
+    caplog.set_level("INFO", logger="molmoact2.remote.server")
+    with ServerThread(app) as server:
+        running = _post_raw(server, _body())
+        _wait_until(lambda: fake.running == 1, "the first request runs")
+        waiting = _post_raw(server, _body(seed=1))
+        _wait_until(lambda: queue.snapshot()["admitted"] == 2, "the second request queues")
+        waiting.close()  # the client gives up
+        _wait_until(lambda: queue.snapshot()["admitted"] == 1, "the dead request is dropped")
+        # One that is already running keeps its slot: the device is busy until it ends.
+        running.close()
+        assert queue.snapshot() == {"admitted": 1, "running": 1, "max_queue": 4}
+        gate.set()
+        _wait_until(lambda: queue.snapshot()["admitted"] == 0, "the running request ends")
+        assert httpx.post(f"{server.url}/act", content=_body(), timeout=DEADLINE).is_success
+    assert fake.calls == 2  # the first and the last; never the dropped one
+    assert any("dropped a queued request" in r.getMessage() for r in caplog.records)
+
+
+def test_websocket_request_of_a_client_that_left_is_dropped():
+    from websockets.sync.client import connect
+
+    gate = threading.Event()
+    fake = FakePolicy(SPEC, gate=gate)
+    app = create_app(fake, warmup=False)
+    queue = app.state.service.queue
+    frame = encode_msgpack(json_numpy.loads(_body()))
+    with ServerThread(app) as server:
+        ws_url = server.url.replace("http", "ws") + "/ws"
+        with connect(ws_url) as first:
+            first.recv(timeout=DEADLINE)
+            first.send(frame)
+            _wait_until(lambda: fake.running == 1, "the first request runs")
+            with connect(ws_url) as second:
+                second.recv(timeout=DEADLINE)
+                second.send(frame)
+                _wait_until(lambda: queue.snapshot()["admitted"] == 2, "the second one queues")
+            _wait_until(lambda: queue.snapshot()["admitted"] == 1, "the dead request is dropped")
+            # A frame sent while the first waits is read ahead and answered in turn.
+            first.send(encode_msgpack({"instruction": 5}))
+            gate.set()
+            answers = [msgpack.unpackb(first.recv(timeout=DEADLINE)) for _ in range(2)]
+        assert "actions" in answers[0] and answers[1]["status"] == 400
+    assert fake.calls == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping the server while an inference is stuck
+
+
+def test_stop_does_not_wait_forever_for_a_stuck_inference():
+    """uvicorn waited for in-flight requests without a limit: SIGTERM during a 40 s inference
+    took 40 s, and a call stuck on the device kept the server alive for good."""
+    gate = threading.Event()
+    fake = FakePolicy(SPEC, gate=gate)
+    app = create_app(fake, warmup=False)
+    server = ServerThread(app, connection_limits=ConnectionLimits(shutdown_timeout=0.5))
+    outcome: list[object] = []
+
+    def client() -> None:
+        try:
+            outcome.append(httpx.post(f"{server.url}/act", content=_body(), timeout=60).status_code)
+        except httpx.HTTPError as exc:
+            outcome.append(type(exc).__name__)
+
+    try:
+        with server:
+            caller = threading.Thread(target=client, daemon=True)
+            caller.start()
+            _wait_until(lambda: fake.running == 1, "the inference runs")
+            server._server.should_exit = True  # what SIGTERM / Ctrl-C set
+            server._thread.join(timeout=DEADLINE)
+            assert not server._thread.is_alive(), "the server waited for the stuck inference"
+            caller.join(timeout=DEADLINE)
+            assert outcome and outcome[0] != 200  # the client learns: no answer
+            exits: list[int] = []
+            exit_if_inference_stuck(app.state.service, exit_process=exits.append)
+            assert exits == [1]  # still running: main() ends the process
+    finally:
+        gate.set()
+    _wait_until(lambda: fake.running == 0, "the inference ends")
+    exits = []
+    exit_if_inference_stuck(app.state.service, exit_process=exits.append)
+    assert exits == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Any body: an answer or a clear 4xx, never a 500
+
+
+_JSON_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.sampled_from([0, 1, 14, 3072, 2**63, 10**400, -1]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.sampled_from(["\ud800", "<f4", "|u1", "|O", "V3", "(3,)u1", "M8[s]", "", "AAAA", "//8="]),
+)
+# Values that broke the server once (each a 500 before), so every run tries them too: a
+# state of huge integers, a shape with a boolean dimension whose byte count matches the data
+# (36 x 64 x 3 image), a lone surrogate, nested state lists.
+_KNOWN_HOSTILE = st.sampled_from(
+    [
+        [10**400] * 14, [1e308] * 14, [True, 36 * 64, 3], [36, 64, True, 3], "cup\ud800",
+        [[0.0] * 7, [0.0] * 7], [[0.0], [0.0, 1.0]], [0.0] * 13 + [None],
+    ]
+)  # fmt: skip
+_JSON_VALUES = st.one_of(
+    _KNOWN_HOSTILE,
+    st.recursive(
+        _JSON_LEAVES,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+        ),
+        max_leaves=12,
+    ),
+)
+# Where a mutation lands: a top-level field or a part of a json_numpy envelope.
+_PATHS = st.sampled_from(
+    [
+        ("state",), ("instruction",), ("num_steps",), ("seed",), ("rtc",), ("images_jpeg",),
+        ("normalization_tag",), ("reset",), ("response_format",), ("encoded",), ("top_cam",),
+        ("top_cam", "shape"), ("top_cam", "dtype"), ("top_cam", "__numpy__"),
+        ("state", "shape"), ("state", "dtype"), ("state", "__numpy__"),
+    ]
+)  # fmt: skip
+
+
+@settings(
+    max_examples=200,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(mutations=st.lists(st.tuples(_PATHS, _JSON_VALUES), min_size=1, max_size=3))
+def test_any_mutated_released_request_is_answered_or_refused_with_4xx(mutations):
+    """The released JSON request with one to three fields replaced by arbitrary JSON (huge
+    integers, booleans in shapes, NaN, lone surrogates, wrong envelopes): the server answers
+    200, 400 or 413, never 500, and the chunk it answers is finite."""
+    payload = json.loads(_body())
+    for path, value in mutations:
+        target = payload
+        for key in path[:-1]:
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+            target = target[key]
+        target[path[-1]] = value
+    body = json.dumps(payload).encode()  # ensure_ascii: a lone surrogate travels as \ud800
+    service = PolicyService(FakePolicy(SPEC))
+    try:
+        status, answer = asyncio.run(service.handle(body, decode_json))
+    finally:
+        service.shutdown()
+    assert status in (200, 400, 413), answer
+    if status == 200:
+        assert np.all(np.isfinite(answer["actions"]))
