@@ -289,40 +289,53 @@ def test_websocket_request_of_a_client_that_left_is_dropped():
 # Stopping the server while an inference is stuck
 
 
-def test_stop_does_not_wait_forever_for_a_stuck_inference():
+def test_stop_does_not_wait_forever_for_a_stuck_inference(caplog):
     """uvicorn waited for in-flight requests without a limit: SIGTERM during a 40 s inference
-    took 40 s, and a call stuck on the device kept the server alive for good."""
+    took 40 s, and a call stuck on the device kept the server alive for good. Now the open
+    requests get 503 ``stopping`` at ``shutdown_timeout`` (uvicorn's cancellation answered 500
+    with a traceback), a queued one never runs, and ``main`` ends a process whose inference
+    still runs (after Ctrl-C the interpreter joined the inference thread: 25.7 s)."""
     gate = threading.Event()
     fake = FakePolicy(SPEC, gate=gate)
     app = create_app(fake, warmup=False)
-    server = ServerThread(app, connection_limits=ConnectionLimits(shutdown_timeout=0.5))
-    outcome: list[object] = []
+    queue = app.state.service.queue
+    # log_config=None: uvicorn's own loggers propagate, so a traceback there would show too.
+    limits = ConnectionLimits(shutdown_timeout=0.5)
+    server = ServerThread(app, connection_limits=limits, log_config=None)
+    outcomes: list[object] = []
 
     def client() -> None:
         try:
-            outcome.append(httpx.post(f"{server.url}/act", content=_body(), timeout=60).status_code)
+            reply = httpx.post(f"{server.url}/act", content=_body(), timeout=60)
+            outcomes.append((reply.status_code, reply.json()["error"]["code"]))
         except httpx.HTTPError as exc:
-            outcome.append(type(exc).__name__)
+            outcomes.append(type(exc).__name__)
 
+    caplog.set_level("INFO")
     try:
         with server:
-            caller = threading.Thread(target=client, daemon=True)
-            caller.start()
+            callers = [threading.Thread(target=client, daemon=True) for _ in range(2)]
+            callers[0].start()
             _wait_until(lambda: fake.running == 1, "the inference runs")
+            callers[1].start()
+            _wait_until(lambda: queue.snapshot()["admitted"] == 2, "a second request queues")
             server._server.should_exit = True  # what SIGTERM / Ctrl-C set
             server._thread.join(timeout=DEADLINE)
             assert not server._thread.is_alive(), "the server waited for the stuck inference"
-            caller.join(timeout=DEADLINE)
-            assert outcome and outcome[0] != 200  # the client learns: no answer
+            for caller in callers:
+                caller.join(timeout=DEADLINE)
+            assert outcomes == [(503, "stopping")] * 2
             exits: list[int] = []
             exit_if_inference_stuck(app.state.service, exit_process=exits.append)
             assert exits == [1]  # still running: main() ends the process
     finally:
         gate.set()
     _wait_until(lambda: fake.running == 0, "the inference ends")
+    assert fake.calls == 1  # the queued request never ran
     exits = []
     exit_if_inference_stuck(app.state.service, exit_process=exits.append)
     assert exits == []
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -320,6 +320,15 @@ class PolicyService:
         except ServerBusyError as exc:
             self._log.warning("busy", str(exc))
             return 503, error_payload("busy", str(exc))
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still open when --shutdown-timeout runs out; it would
+            # answer them 500 and log a traceback each. A queued one never runs (its future
+            # was cancelled with it); a running one ends on its own.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            self._log.info("stopping", "answered a pending request 503: the server is stopping")
+            return 503, error_payload("stopping", "the server is stopping; retry later")
         except PolicyInputError as exc:
             self._log.warning("bad_request", f"rejected request: {exc}")
             return 400, error_payload("bad_request", str(exc))
@@ -774,8 +783,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
     )
-    uvicorn.Server(config).run()
-    exit_if_inference_stuck(app.state.service)
+    try:
+        # uvicorn re-raises the stopping signal once it has shut down: SIGINT comes back as
+        # KeyboardInterrupt, after which the interpreter would join the inference thread.
+        uvicorn.Server(config).run()
+    finally:
+        exit_if_inference_stuck(app.state.service)
     return 0
 
 
@@ -786,14 +799,15 @@ def exit_if_inference_stuck(
 
     uvicorn gave in-flight requests ``shutdown_timeout`` and cancelled them; a model call
     cannot be cancelled, and the interpreter joins the inference thread at exit, so a call
-    stuck on the device would keep the process alive forever.
+    stuck on the device (or a long warm-up) kept the process alive after Ctrl-C for as long as
+    it ran (probe: 25.7 s after SIGINT during a 30 s warm-up).
     """
     running = service.queue.snapshot()["running"]
     if not running:
         return
     logger.error(
-        "an inference is still running after the shutdown deadline; exiting without it "
-        "(the device may be stuck)"
+        "an inference (or the warm-up) is still running as the server stops; exiting without "
+        "waiting for it (a model call cannot be interrupted)"
     )
     logging.shutdown()
     exit_process(1)
