@@ -219,6 +219,32 @@ def test_a_rejected_request_is_freed_without_the_garbage_collector():
     assert len(markers) == 3 and not alive
 
 
+def test_bodies_in_flight_are_bounded_across_connections():
+    """Bodies were read before a queue slot was taken: 32 simultaneous 30 MB uploads were all
+    in memory at once (peak 1.04 GB). The running, queued and one more body fit; the next
+    upload is refused 503 before a byte of it is read, and admitted again once one is done."""
+    limit = 100_000
+    app = create_app(FakePolicy(SPEC), warmup=False, max_queue=0, max_body_bytes=limit)
+    budget = app.state.body_budget
+    assert budget.limit_bytes == 2 * limit  # running + one being received (max_queue 0)
+    head = b"POST /act HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % limit
+    with ServerThread(app) as server:
+        slow = []
+        for _ in range(2):  # two uploads of the full size, stalled after 10 bytes
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
+            sock.sendall(head + b"{" * 10)
+            slow.append(sock)
+        _wait_until(lambda: budget.used == 2 * limit, "both uploads hold their bytes")
+        refused = httpx.post(f"{server.url}/act", content=_body(), timeout=DEADLINE)
+        assert refused.status_code == 503 and "request bodies" in refused.text
+        slow.pop().close()  # one client gives up: its reservation goes back
+        _wait_until(lambda: budget.used == limit, "the abandoned upload is released")
+        accepted = httpx.post(f"{server.url}/act", content=_body(), timeout=DEADLINE)
+        assert accepted.status_code == 200, accepted.text
+        slow.pop().close()
+        _wait_until(lambda: budget.used == 0, "every reservation is given back")
+
+
 # ---------------------------------------------------------------------------------------------
 # A client that hangs up while its request waits for the device
 

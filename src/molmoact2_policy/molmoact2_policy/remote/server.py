@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -144,6 +144,48 @@ class InferenceQueue:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class BodyBudget:
+    """Bytes of HTTP request bodies held at once across connections: being received, queued
+    or decoding. Bodies are read before a queue slot is taken, so without a budget
+    ``max_connections`` uploads of ``max_body_bytes`` each were in memory together (probe: 32
+    simultaneous 30 MB bodies, server peak 1.04 GB, 24 of them then refused as busy anyway)."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        if limit_bytes < 1:
+            raise ValueError(f"limit_bytes must be >= 1, got {limit_bytes}")
+        self.limit_bytes = limit_bytes
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[Callable[[int], None]]:
+        """A ``take(n)`` that reserves n more bytes or raises ``ServerBusyError``; everything
+        taken is given back when the block ends."""
+        taken = 0
+
+        def take(count: int) -> None:
+            nonlocal taken
+            with self._lock:
+                if self._used + count > self.limit_bytes:
+                    raise ServerBusyError(
+                        f"server busy: {self._used / 2**20:.1f} MiB of request bodies in "
+                        f"flight, the limit is {self.limit_bytes / 2**20:.1f} MiB; retry later"
+                    )
+                self._used += count
+                taken += count
+
+        try:
+            yield take
+        finally:
+            with self._lock:
+                self._used -= taken
 
 
 class PolicyService:
@@ -458,10 +500,15 @@ class _BodyAbandonedError(Exception):
         self.declared = declared
 
 
-async def _read_body(request: Request, max_bytes: int) -> bytes:
+async def _read_body(request: Request, max_bytes: int, take: Callable[[int], None]) -> bytes:
+    """The whole body, its bytes reserved with ``take`` (``BodyBudget.hold``) before they are
+    read: the declared length at once, a chunked body chunk by chunk."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    known = declared is not None and declared.isdigit()
+    if known and int(declared) > max_bytes:
         raise RequestTooLargeError(f"body of {declared} bytes exceeds the limit of {max_bytes}")
+    if known:
+        take(int(declared))  # h11 delivers exactly the declared length or a disconnect
     chunks: list[bytes] = []
     received = 0
     try:
@@ -469,6 +516,8 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
             received += len(chunk)
             if received > max_bytes:
                 raise RequestTooLargeError(f"body exceeds the limit of {max_bytes} bytes")
+            if not known:
+                take(len(chunk))
             chunks.append(chunk)
     except ClientDisconnect:
         raise _BodyAbandonedError(received, declared) from None
@@ -533,6 +582,9 @@ def create_app(
 
     app = FastAPI(title="MolmoAct2 policy server", lifespan=lifespan)
     app.state.service = service
+    # The running request, the queued ones and one more being received.
+    body_budget = BodyBudget((max_queue + 2) * max_body_bytes)
+    app.state.body_budget = body_budget
     if token:
         app.add_middleware(_TokenGate, token=token)
 
@@ -557,24 +609,28 @@ def create_app(
 
     @app.post("/act")
     async def act(request: Request) -> Response:
-        try:
-            body = await _read_body(request, max_body_bytes)
-        except RequestTooLargeError as exc:
-            return _json_response(413, error_payload(exc.code, str(exc)))
-        except _BodyAbandonedError as exc:
-            # The guard logs the connections it closes itself; this is the client hanging up.
-            if SERVER_CLOSED_KEY not in request.scope:
-                client = request.client
-                peer = f"{client.host}:{client.port}" if client else "a client"
-                disconnects.info(
-                    "client_disconnect",
-                    f"{peer} hung up during the body of POST /act ({exc}); nothing was run",
-                )
-            return Response(status_code=400)  # goes nowhere: the connection is gone
-        status, payload = await service.handle(
-            body, decode_json, client_gone=lambda: _http_disconnect(request)
-        )
-        return _json_response(status, payload)
+        with body_budget.hold() as take:  # the body counts until its answer is built
+            try:
+                body = await _read_body(request, max_body_bytes, take)
+            except RequestTooLargeError as exc:
+                return _json_response(413, error_payload(exc.code, str(exc)))
+            except ServerBusyError as exc:
+                disconnects.warning("body_budget", str(exc))
+                return _json_response(503, error_payload("busy", str(exc)))
+            except _BodyAbandonedError as exc:
+                # The guard logs the connections it closes itself; this is the client hanging up.
+                if SERVER_CLOSED_KEY not in request.scope:
+                    client = request.client
+                    peer = f"{client.host}:{client.port}" if client else "a client"
+                    disconnects.info(
+                        "client_disconnect",
+                        f"{peer} hung up during the body of POST /act ({exc}); nothing was run",
+                    )
+                return Response(status_code=400)  # goes nowhere: the connection is gone
+            status, payload = await service.handle(
+                body, decode_json, client_gone=lambda: _http_disconnect(request)
+            )
+            return _json_response(status, payload)
 
     @app.websocket("/ws")
     async def websocket_endpoint(websocket: WebSocket) -> None:
