@@ -14,6 +14,7 @@ Every wait is a loop on an observable condition with a generous deadline; nothin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import socket
@@ -243,6 +244,47 @@ def test_bodies_in_flight_are_bounded_across_connections():
         assert accepted.status_code == 200, accepted.text
         slow.pop().close()
         _wait_until(lambda: budget.used == 0, "every reservation is given back")
+
+
+def _health_status(server: ServerThread) -> int | None:
+    try:
+        return httpx.get(f"{server.url}/healthz", timeout=DEADLINE).status_code
+    except httpx.TransportError:
+        return None  # a refused connection may see a reset instead of the 503
+
+
+def test_a_client_that_never_reads_its_answers_is_cut():
+    """Pipelining requests and never reading the answers filled the socket buffers; the server
+    then waited to write for good, in no phase with a deadline (probe: still connected 20 s
+    later with every other timeout at 3 s), one of ``max_connections`` gone for as long as the
+    client liked. Here it holds the only connection until ``send_timeout`` cuts it."""
+    limits = ConnectionLimits(max_connections=1, send_timeout=1.0, idle_timeout=30.0)
+    app = create_app(FakePolicy(SPEC), warmup=False)
+    with ServerThread(app, connection_limits=limits) as server:
+        hog = socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        requests = b"GET /act HTTP/1.1\r\nHost: x\r\n\r\n" * 400_000  # ~140 MB of answers
+        cut: list[str] = []
+
+        def flood() -> None:
+            try:
+                hog.sendall(requests)  # blocks once the server stops reading, until it cuts us
+            except OSError as exc:
+                cut.append(type(exc).__name__)
+
+        sender = threading.Thread(target=flood, daemon=True)
+        sender.start()
+        try:
+            sender.join(timeout=3 * DEADLINE)
+            assert not sender.is_alive(), "the server kept a client that never reads"
+            # Reset by the server; a TimeoutError would be our socket giving up after DEADLINE.
+            assert cut and cut[0] in ("ConnectionResetError", "BrokenPipeError"), cut
+            _wait_until(lambda: _health_status(server) == 200, "the connection is free again")
+        finally:
+            with contextlib.suppress(OSError):
+                hog.shutdown(socket.SHUT_RDWR)  # wakes a sendall still blocked
+            hog.close()
+            sender.join(timeout=DEADLINE)
 
 
 # ---------------------------------------------------------------------------------------------

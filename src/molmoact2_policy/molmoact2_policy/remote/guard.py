@@ -6,7 +6,7 @@ only once a whole request head has arrived. A client that opens connections and 
 or trickles a head or a body a byte at a time (slowloris), therefore held a socket, a file
 descriptor and an h11 parser for as long as it liked: 1000 such connections stayed open.
 
-``guarded_protocol(limits)`` is uvicorn's own h11 protocol with three additions:
+``guarded_protocol(limits)`` is uvicorn's own h11 protocol with four additions:
 
 * a connection beyond ``max_connections`` (HTTP and websocket together) gets a 503 and is closed
   at once, before any byte of it is parsed;
@@ -14,7 +14,9 @@ descriptor and an h11 parser for as long as it liked: 1000 such connections stay
   the previous response (trickling bytes does not extend it);
 * the body must be complete within ``body_timeout`` of its head; the server answers 408 and
   closes, and the handler waiting for the body sees a disconnect marked as ours
-  (``SERVER_CLOSED_KEY`` in the ASGI scope) so it does not log a client hang-up as well.
+  (``SERVER_CLOSED_KEY`` in the ASGI scope) so it does not log a client hang-up as well;
+* a client that leaves our answers unread for ``send_timeout`` (the socket buffers full, so
+  writing is paused) is cut: pipelining requests without reading held a connection for good.
 
 Each close is logged in one line (throttled: a flood gives one line per kind and period).
 """
@@ -65,6 +67,13 @@ class ConnectionLimits:
     idle_timeout: float = field(
         default=5.0, metadata={"help": "seconds an idle keep-alive connection stays open"}
     )
+    # Answers are a few kB: only a client that stopped reading (pipelining requests whose
+    # answers it never takes) fills the socket buffers; it held its connection for good.
+    send_timeout: float = field(
+        default=10.0,
+        metadata={"help": "seconds a client may leave the server's answer unread before the "
+                  "connection is cut"},
+    )
     # uvicorn waits for in-flight requests without a limit once asked to stop: an inference
     # stuck on the device kept `molmoact2 serve` from exiting on SIGTERM/Ctrl-C for as long
     # as it was stuck. A few normal inferences fit in 10 s.
@@ -79,7 +88,9 @@ class ConnectionLimits:
     )
 
     def __post_init__(self) -> None:
-        for name in ("header_timeout", "body_timeout", "idle_timeout", "shutdown_timeout"):
+        for name in (
+            "header_timeout", "body_timeout", "idle_timeout", "send_timeout", "shutdown_timeout"
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.max_connections < 1:
@@ -128,6 +139,7 @@ class _GuardedH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self._phase = "head"  # head | body | app (request complete, the app is answering) | ws
         self._deadline: asyncio.TimerHandle | None = None
+        self._send_deadline: asyncio.TimerHandle | None = None  # while writing is paused
         self._refused = False
 
     # ---------------------------------------------------------------- asyncio.Protocol
@@ -149,8 +161,38 @@ class _GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stop_send_deadline()
         if not self._refused:
             super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: the client is not reading what we send."""
+        super().pause_writing()
+        if self._send_deadline is None:
+            self._send_deadline = self.loop.call_later(
+                self.limits.send_timeout, self._send_timed_out
+            )
+
+    def resume_writing(self) -> None:
+        self._stop_send_deadline()
+        super().resume_writing()
+
+    def _stop_send_deadline(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _send_timed_out(self) -> None:
+        self._send_deadline = None
+        _throttled.info(
+            "send_timeout",
+            f"closed the connection from {_peer(self.client)}: it left the answers unread for "
+            f"{self.limits.send_timeout:g} s",
+        )
+        if self.cycle is not None:
+            self.cycle.scope[SERVER_CLOSED_KEY] = "send timeout"  # type: ignore[literal-required]
+        # close() would wait to flush a buffer the client never drains: drop it.
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
