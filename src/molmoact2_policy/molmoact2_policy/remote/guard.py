@@ -107,7 +107,7 @@ class ThrottledLog:
         self._dropped: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def log(self, level: int, key: str, message: str) -> None:
+    def log(self, level: int, key: str, message: str, *, exc_info: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
             if now - self._last.get(key, -1e9) < self._period:
@@ -116,7 +116,7 @@ class ThrottledLog:
             self._last[key] = now
             dropped = self._dropped.pop(key, 0)
         suffix = f" ({dropped} similar suppressed)" if dropped else ""
-        self._log.log(level, "%s%s", message, suffix)
+        self._log.log(level, "%s%s", message, suffix, exc_info=exc_info)
 
     def warning(self, key: str, message: str) -> None:
         self.log(logging.WARNING, key, message)

@@ -366,9 +366,10 @@ class PolicyService:
             # uvicorn cancels the requests still open when --shutdown-timeout runs out; it would
             # answer them 500 and log a traceback each. A queued one never runs (its future
             # was cancelled with it); a running one ends on its own.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            # Handled here: clear the pending cancellation (Python >= 3.11 counts them).
+            uncancel = getattr(asyncio.current_task(), "uncancel", None)
+            if uncancel is not None:
+                uncancel()
             self._log.info("stopping", "answered a pending request 503: the server is stopping")
             return 503, error_payload("stopping", "the server is stopping; retry later")
         except PolicyInputError as exc:
@@ -398,7 +399,9 @@ class PolicyService:
         except (ProtocolError, PolicyInputError) as exc:
             return _Rejection(400, "bad_request", str(exc))
         except Exception as exc:  # a request our parser did not foresee: say so, keep serving
-            logger.exception("request decoding failed unexpectedly")
+            self._log.log(
+                logging.ERROR, "decode_bug", "request decoding failed unexpectedly", exc_info=True
+            )
             return _Rejection(
                 500, "internal_error", f"request could not be read: {type(exc).__name__}: {exc}"
             )
@@ -452,6 +455,9 @@ async def _client_left_first(
     finished = asyncio.ensure_future(asyncio.wrap_future(inference))
     try:
         await asyncio.wait({watcher, finished}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        inference.cancel()  # the server is stopping: a queued request never runs
+        raise
     finally:
         watcher.cancel()
     if not finished.done() and inference.cancel():
