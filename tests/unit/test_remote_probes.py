@@ -143,6 +143,31 @@ def test_rtc_to_a_policy_without_it_is_refused_by_name(served):
     assert fake.calls == 0
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"normalization_tag": "t" * 1_000_000},
+        {"embodiment": "e" * 1_000_000},
+        {"images_jpeg": {f"cam{i}": "" for i in range(100_000)}},
+    ],
+    ids=["tag", "embodiment", "camera-names"],
+)
+def test_error_messages_do_not_echo_megabytes(served, change, caplog):
+    """Messages quote what the client sent; a megabyte there came back twice (2 MB answers)
+    and went into the server log. Both are cut to a bounded length that says so."""
+    _, server = served
+    caplog.set_level("WARNING", logger="molmoact2.remote.server")
+    payload = json.loads(_body())
+    if "images_jpeg" in change:
+        for key in ("top_cam", "left_cam", "right_cam"):
+            del payload[key]
+    payload.update(change)
+    reply = httpx.post(f"{server.url}/act", content=json.dumps(payload), timeout=DEADLINE)
+    assert reply.status_code == 400
+    assert len(reply.content) < 5000 and "characters in all" in reply.json()["error"]["message"]
+    assert all(len(r.getMessage()) < 2000 for r in caplog.records)
+
+
 # ---------------------------------------------------------------------------------------------
 # Released state layouts
 

@@ -34,6 +34,8 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import get_remote_addr
 
+from molmoact2_policy.remote.protocol import bounded_message
+
 logger = logging.getLogger("molmoact2.remote.server")
 
 # Set in the request's ASGI scope when the server (not the client) ended the request.
@@ -116,7 +118,7 @@ class ThrottledLog:
             self._last[key] = now
             dropped = self._dropped.pop(key, 0)
         suffix = f" ({dropped} similar suppressed)" if dropped else ""
-        self._log.log(level, "%s%s", message, suffix, exc_info=exc_info)
+        self._log.log(level, "%s%s", bounded_message(message), suffix, exc_info=exc_info)
 
     def warning(self, key: str, message: str) -> None:
         self.log(logging.WARNING, key, message)

@@ -699,8 +699,21 @@ def build_act_response(
     }
 
 
+# Error messages quote what the client sent (a camera name, a tag, a value); a client sending
+# a megabyte there got it back twice and wrote it into the server log (probe: 2 MB answers).
+MAX_MESSAGE_CHARS = 1000
+
+
+def bounded_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` cut to ``limit`` characters, saying how long it was."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}... ({len(message)} characters in all)"
+
+
 def error_payload(code: str, message: str) -> dict[str, Any]:
     """Error body; ``detail`` repeats the message for FastAPI-style clients."""
+    message = bounded_message(message)
     return {"error": {"code": code, "message": message}, "detail": message}
 
 
