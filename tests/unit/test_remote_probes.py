@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import socket
@@ -310,6 +311,49 @@ def test_a_client_that_never_reads_its_answers_is_cut():
                 hog.shutdown(socket.SHUT_RDWR)  # wakes a sendall still blocked
             hog.close()
             sender.join(timeout=DEADLINE)
+
+
+class _BulkyPolicy(FakePolicy):
+    """Answers of about 1 MB (a big ``timings`` map), so a few fill the socket buffers."""
+
+    def act(self, *args, **kwargs):
+        result = super().act(*args, **kwargs)
+        return dataclasses.replace(result, timings={f"t{i}": 0.0 for i in range(60_000)})
+
+
+def test_a_websocket_client_that_never_reads_is_cut():
+    """uvicorn's websocket keep-alive timeout closes with ``transport.close()``, which waits to
+    flush a buffer the client never drains: a client that stopped reading held its connection
+    60 s+ after 2373 answers (probe). The send deadline aborts it."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    limits = ConnectionLimits(send_timeout=1.0)
+    app = create_app(_BulkyPolicy(SPEC), warmup=False)
+    frame = encode_msgpack(json_numpy.loads(_body()))
+    with ServerThread(app, connection_limits=limits) as server:
+        ws_url = server.url.replace("http", "ws") + "/ws"
+        with connect(ws_url, max_size=None, max_queue=1, close_timeout=1) as ws:
+            ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            outcome: list[BaseException] = []
+
+            def flood() -> None:
+                try:
+                    for _ in range(10_000):  # never reads an answer
+                        ws.send(frame)
+                except BaseException as exc:  # whatever ends the flood is the outcome
+                    outcome.append(exc)
+
+            sender = threading.Thread(target=flood, daemon=True)
+            sender.start()
+            sender.join(timeout=3 * DEADLINE)
+            kept = sender.is_alive()
+            if kept:  # unblock our own send so the test fails instead of hanging in close()
+                ws.socket.shutdown(socket.SHUT_RDWR)
+                sender.join(timeout=DEADLINE)
+            assert not kept, "the server kept a websocket client that never reads"
+            assert outcome and isinstance(outcome[0], ConnectionClosed), outcome
+        assert _health_status(server) == 200
 
 
 # ---------------------------------------------------------------------------------------------

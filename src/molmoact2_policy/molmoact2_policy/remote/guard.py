@@ -33,6 +33,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import get_remote_addr
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from molmoact2_policy.remote.protocol import bounded_message
 
@@ -134,14 +135,65 @@ def _peer(client: tuple[str, int] | None) -> str:
     return f"{client[0]}:{client[1]}" if client else "unknown client"
 
 
-class _GuardedH11Protocol(H11Protocol):
+class _SendDeadline:
+    """Cut a connection whose client leaves our answers unread for ``limits.send_timeout``.
+
+    asyncio pauses writing when the transport's buffer is full (the client's receive window and
+    ours are full); uvicorn then waits for it to drain, with no deadline. ``transport.close()``
+    would wait to flush that buffer too, so the connection is aborted.
+    """
+
     limits = ConnectionLimits()
+    _send_deadline: asyncio.TimerHandle | None = None
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    client: tuple[str, int] | None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[misc]
+        if self._send_deadline is None:
+            self._send_deadline = self.loop.call_later(
+                self.limits.send_timeout, self._send_timed_out
+            )
+
+    def resume_writing(self) -> None:
+        self._stop_send_deadline()
+        super().resume_writing()  # type: ignore[misc]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_send_deadline()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _stop_send_deadline(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _send_timed_out(self) -> None:
+        self._send_deadline = None
+        _throttled.info(
+            "send_timeout",
+            f"closed the connection from {_peer(self.client)}: it left the answers unread for "
+            f"{self.limits.send_timeout:g} s",
+        )
+        cycle = getattr(self, "cycle", None)  # HTTP: the handler must not report a hang-up
+        if cycle is not None:
+            cycle.scope[SERVER_CLOSED_KEY] = "send timeout"
+        self.transport.abort()
+
+
+class _GuardedWebSocketProtocol(_SendDeadline, WebSocketsSansIOProtocol):
+    """uvicorn's websocket protocol (what ``ws="auto"`` picks with websockets installed) with
+    the send deadline: its keep-alive timeout closes with ``transport.close()``, which never
+    completes while the client is not reading (probe: held 60 s+ after 2373 answers)."""
+
+
+class _GuardedH11Protocol(_SendDeadline, H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._phase = "head"  # head | body | app (request complete, the app is answering) | ws
         self._deadline: asyncio.TimerHandle | None = None
-        self._send_deadline: asyncio.TimerHandle | None = None  # while writing is paused
         self._refused = False
 
     # ---------------------------------------------------------------- asyncio.Protocol
@@ -163,38 +215,8 @@ class _GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        self._stop_send_deadline()
         if not self._refused:
             super().connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        """The transport's buffer is full: the client is not reading what we send."""
-        super().pause_writing()
-        if self._send_deadline is None:
-            self._send_deadline = self.loop.call_later(
-                self.limits.send_timeout, self._send_timed_out
-            )
-
-    def resume_writing(self) -> None:
-        self._stop_send_deadline()
-        super().resume_writing()
-
-    def _stop_send_deadline(self) -> None:
-        if self._send_deadline is not None:
-            self._send_deadline.cancel()
-            self._send_deadline = None
-
-    def _send_timed_out(self) -> None:
-        self._send_deadline = None
-        _throttled.info(
-            "send_timeout",
-            f"closed the connection from {_peer(self.client)}: it left the answers unread for "
-            f"{self.limits.send_timeout:g} s",
-        )
-        if self.cycle is not None:
-            self.cycle.scope[SERVER_CLOSED_KEY] = "send timeout"  # type: ignore[literal-required]
-        # close() would wait to flush a buffer the client never drains: drop it.
-        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -305,3 +327,8 @@ class _GuardedH11Protocol(H11Protocol):
 def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
     """uvicorn's h11 protocol class with ``limits`` enforced (pass as ``uvicorn.Config(http=)``)."""
     return type("GuardedH11Protocol", (_GuardedH11Protocol,), {"limits": limits})
+
+
+def guarded_ws_protocol(limits: ConnectionLimits) -> type[WebSocketsSansIOProtocol]:
+    """uvicorn's websocket protocol with the send deadline (``uvicorn.Config(ws=)``)."""
+    return type("GuardedWebSocketProtocol", (_GuardedWebSocketProtocol,), {"limits": limits})

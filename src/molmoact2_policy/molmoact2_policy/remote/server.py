@@ -53,6 +53,7 @@ from molmoact2_policy.remote.guard import (
     ConnectionLimits,
     ThrottledLog,
     guarded_protocol,
+    guarded_ws_protocol,
 )
 from molmoact2_policy.remote.protocol import (
     DEFAULT_MAX_BODY_BYTES,
@@ -746,6 +747,7 @@ def uvicorn_config(
         host=host,
         port=port,
         http=guarded_protocol(limits),
+        ws=guarded_ws_protocol(limits),
         timeout_keep_alive=limits.idle_timeout,  # type: ignore[arg-type]  (float works)
         timeout_graceful_shutdown=limits.shutdown_timeout,  # type: ignore[arg-type]
         **kwargs,
