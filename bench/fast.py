@@ -73,7 +73,10 @@ def main() -> None:
     tokenizer = MolmoAct2Tokenizer.tiny(config.token_layout())
     fast_tokenizer = tiny_fast_tokenizer()
     flow = MolmoAct2Policy(model, config, stats, tokenizer, spec)
-    fast = FastPolicy(model, config, stats, tokenizer, spec, fast_tokenizer=fast_tokenizer)
+    # Random weights never write EOS: the constrained decoding (see fast_policy).
+    fast = FastPolicy(
+        model, config, stats, tokenizer, spec, fast_tokenizer=fast_tokenizer, decoding="constrained"
+    )
 
     rng = np.random.default_rng(0)
     images = {n: rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for n in spec.camera_names}

@@ -34,12 +34,21 @@ the same rule for both methods: the ramp-in is the driver's start, not a chunk b
 Jumps are maxima over joints and splices (means over splices in brackets), once over all joints
 and once over the arm joints only (radians; the gripper is an opening, another unit).
 
+Rejected chunks (``--reject-every N``): every N-th chunk is moved ``POISON_OFFSET`` off the
+arm so the driver's executor rejects it (start deviation) and keeps running the chunk before.
+Three methods then: blend-only; ``rtc-last``, RTC on the chunk published last (the policy node
+with a driver that does not report, as before ``~/chunk_execution``); and ``rtc``, RTC on the
+chunk the driver reports running (``ExecutionReporter`` -> ``RtcFeed.record_execution``, the
+node's own code paths). Without rejections the two RTC variants are the same computation.
+
     .venv/bin/python bench/rtc.py [--duration 8] [--delays 0.1 0.2 0.3] [--train-steps 1500]
+                                  [--reject-every N]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import math
 import time
@@ -51,6 +60,7 @@ import torch
 from hw_drivers.backends.sim import SimBackend
 from hw_drivers.chunk import Chunk
 from hw_drivers.driver_params import DriverParams
+from hw_drivers.execution_report import ExecutionReporter
 from hw_drivers.executor import ChunkExecutor, ExecutorConfig
 from hw_drivers.interpolation import KnotTrajectory
 from molmoact2 import graph
@@ -63,6 +73,7 @@ RECIPE = 2  # bump when the training below changes: cached checkpoints are rebui
 # 2: gripper dims marked unnormalised by the stats mask (released stats format)
 MARKER = "BENCH_RTC_CHECKPOINT.txt"
 INSTRUCTION = "wipe the table"
+POISON_OFFSET = 0.8  # [rad] on the arm joints of a chunk meant to be rejected (> 0.5 start check)
 
 log = logging.getLogger("bench.rtc")
 
@@ -171,8 +182,10 @@ def _summary(chunk_pos, chunk_vel, cmd_jumps, errors, between, dims: list[int]) 
     return out
 
 
-def closed_loop(policy, params: DriverParams, delay: float, use_rtc: bool, duration: float,
-                seed: int) -> dict:
+def closed_loop(policy, params: DriverParams, delay: float, method: str, duration: float,
+                seed: int, reject_every: int = 0) -> dict:
+    """One run; ``method``: "blend", "rtc-last" or "rtc" (see the module docstring)."""
+    use_rtc = method != "blend"
     spec = policy.embodiment
     names = tuple(params.joint_names)
     tick = 1.0 / params.control_rate
@@ -186,7 +199,10 @@ def closed_loop(policy, params: DriverParams, delay: float, use_rtc: bool, durat
                                             blend_window=params.blend_window))
     executor.reset(sim.read_state().positions)
     world = SimWorld(names, spec.camera_names, width=160, height=120)
-    feed = RtcFeed(names, spec.step_dt, spec.horizon)
+    # Simulated time: the driver's verdict is in before the next request (no wait needed).
+    feed = RtcFeed(names, spec.step_dt, spec.horizon, verdict_timeout=0.0)
+    reporter = ExecutionReporter() if method == "rtc" else None
+    arm_dims = [d for d in range(len(names)) if d not in spec.gripper_dims]
     policy.reset()
 
     pending: tuple[float, Chunk] | None = None
@@ -210,15 +226,24 @@ def closed_loop(policy, params: DriverParams, delay: float, use_rtc: bool, durat
             extra = {"rtc": rtc} if rtc is not None else {}
             result = policy.act(images, reading.positions, INSTRUCTION, seed=seed + index,
                                 **extra)
+            positions = np.array(result.positions, dtype=float)
+            if reject_every and index % reject_every == reject_every - 1:
+                positions[:, arm_dims] += POISON_OFFSET
+            chunk = Chunk(now, 0.0, spec.step_dt, names, positions, index, delay)
             index += 1
-            chunk = Chunk(now, 0.0, spec.step_dt, names, result.positions, index, delay)
             pending = (now + delay - 1e-9, chunk)
         if pending is not None and now >= pending[0]:
             chunk = pending[1]
             submitted = executor.submit(chunk, now, reading.positions)
+            # The policy node records every chunk it publishes; whether the driver took it
+            # only the driver's report says.
+            feed.record_chunk(round(chunk.stamp * NS_PER_S), chunk.start_offset,
+                              chunk.positions, delay, chunk.sequence)
+            if reporter is not None:
+                reporter.on_verdict(chunk.sequence, round(chunk.stamp * NS_PER_S),
+                                    submitted.accepted, submitted.reason)
+                feed.record_execution(reporter.current(executor, now))
             if submitted.accepted:
-                feed.record_chunk(round(chunk.stamp * NS_PER_S), chunk.start_offset,
-                                  chunk.positions, delay)
                 new = KnotTrajectory(chunk.times(), chunk.positions, "cubic")
                 if current is not None and settled_at is not None:
                     old_p, old_v = current.sample(now)
@@ -228,10 +253,14 @@ def closed_loop(policy, params: DriverParams, delay: float, use_rtc: bool, durat
                     splice_ticks.append(i)
                 current = new
             else:
-                log.warning("delay %.1f s %s: chunk rejected: %s", delay,
-                            "rtc" if use_rtc else "blend", submitted.reason)
+                log.info("delay %.1f s %s: chunk %d rejected: %s", delay, method,
+                         chunk.sequence, submitted.reason)
             pending, next_obs = None, now
         command = executor.tick(now, reading.positions)
+        if reporter is not None:
+            report = reporter.due(executor, now)
+            if report is not None:
+                feed.record_execution(report)
         sim.write_command(command.positions)
         feed.record_commanded(round(now * NS_PER_S), names, command.positions)
         velocities.append(command.velocities.copy())
@@ -268,6 +297,8 @@ def main() -> None:
     parser.add_argument("--delays", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     parser.add_argument("--train-steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reject-every", type=int, default=0,
+                        help="move every N-th chunk off the arm so the driver rejects it (0: none)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint-dir", type=Path, default=ROOT / "out" / "bench_rtc",
                         help="where the trained checkpoint is cached")
@@ -292,11 +323,12 @@ def main() -> None:
               f"{'chunk vel jump':>14} {'cmd vel jump':>12} {'track rms':>9} {'track max':>9}")
     log.info(header)
     results = {}
+    methods = ("blend", "rtc-last", "rtc") if args.reject_every > 0 else ("blend", "rtc")
     for delay in args.delays:
-        for method in ("blend", "rtc"):
+        for method in methods:
             started = time.perf_counter()
-            out = closed_loop(policy, params, delay, method == "rtc", args.duration,
-                              seed=1000 * args.seed)
+            out = closed_loop(policy, params, delay, method, args.duration,
+                              seed=1000 * args.seed, reject_every=args.reject_every)
             results[(delay, method)] = out
             for group in ("all", "arm"):
                 g = out[group]
@@ -315,22 +347,22 @@ def main() -> None:
     log.info("units: rad and rad/s (the gripper, in 'all' only: opening and opening/s); jumps "
              "are maxima over joints and splices; cmd vel jump: largest change of the commanded "
              "velocity between two control ticks around a splice")
-    for delay in args.delays:
-        for group in ("all", "arm"):
-            blend = results[(delay, "blend")][group]
-            rtc = results[(delay, "rtc")][group]
+    baselines = ("blend", "rtc-last") if args.reject_every > 0 else ("blend",)
+    for delay, base, group in itertools.product(args.delays, baselines, ("all", "arm")):
+        blend = results[(delay, base)][group]
+        rtc = results[(delay, "rtc")][group]
 
-            def ratio(key: str, blend=blend, rtc=rtc) -> float:
-                return blend[key] / rtc[key] if rtc[key] > 0 else math.inf
+        def ratio(key: str, blend=blend, rtc=rtc) -> float:
+            return blend[key] / rtc[key] if rtc[key] > 0 else math.inf
 
-            log.info(f"ratios blend/rtc at {delay * 1e3:.0f} ms ({group} joints): cmd vel jump "
-                     f"{ratio('cmd_vel_jump'):.2f}x, chunk vel jump "
-                     f"{ratio('chunk_vel_jump'):.2f}x, "
-                     f"chunk pos jump {ratio('chunk_pos_jump'):.2f}x, track rms "
-                     f"{ratio('track_rms'):.2f}x, track max {ratio('track_max'):.2f}x; means over "
-                     f"splices: cmd {ratio('mean_cmd_vel_jump'):.2f}x, "
-                     f"vel {ratio('mean_chunk_vel_jump'):.2f}x, "
-                     f"pos {ratio('mean_chunk_pos_jump'):.2f}x")
+        log.info(f"ratios {base}/rtc at {delay * 1e3:.0f} ms ({group} joints): cmd vel jump "
+                 f"{ratio('cmd_vel_jump'):.2f}x, chunk vel jump "
+                 f"{ratio('chunk_vel_jump'):.2f}x, "
+                 f"chunk pos jump {ratio('chunk_pos_jump'):.2f}x, track rms "
+                 f"{ratio('track_rms'):.2f}x, track max {ratio('track_max'):.2f}x; means over "
+                 f"splices: cmd {ratio('mean_cmd_vel_jump'):.2f}x, "
+                 f"vel {ratio('mean_chunk_vel_jump'):.2f}x, "
+                 f"pos {ratio('mean_chunk_pos_jump'):.2f}x")
 
 
 if __name__ == "__main__":

@@ -114,11 +114,11 @@ def main() -> None:
         think.act(images, state, INSTRUCTION, seed=0)  # same frame: cache replays all cells
 
     def think_full() -> None:
-        think.adaptive = False
+        think.depth_decoding = "full"
         try:
             think.act(images, state, INSTRUCTION, seed=0)
         finally:
-            think.adaptive = True
+            think.depth_decoding = "adaptive"
 
     think.reset()
     steps = best_seconds(

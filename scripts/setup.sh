@@ -106,6 +106,6 @@ if ! stage_done packages "$pkg_stamp"; then
   mark_done packages "$pkg_stamp"
 fi
 
-"$VENV/bin/python" -c "from molmoact2_msgs.msg import ActionChunk, DepthTokens, PolicyStatus; from molmoact2_msgs.srv import SetInstruction; from tf2_msgs.msg import TFMessage" \
+"$VENV/bin/python" -c "from molmoact2_msgs.msg import ActionChunk, ChunkExecution, DepthTokens, PolicyStatus; from molmoact2_msgs.srv import SetInstruction; from tf2_msgs.msg import TFMessage" \
   || { log "the built messages do not import; see ros2_ws/colcon-build.log"; exit 1; }
 log "ready: source scripts/env.sh (or use .venv/bin/python)"

@@ -1,7 +1,8 @@
 """The stop tests' small node, run through ``molmoact2_common.ros_runtime`` (a script, not a test).
 
 ``python tests/ros/stop_probe_node.py MODE``: publishes a counter at 20 Hz; logs ``ready pid=N``
-once spinning. On exit it logs ``on_exit ran`` and, by MODE: ``quick`` returns at once;
+once spinning, and a line through Python ``logging`` (which the runtime forwards to the node's
+ROS log). On exit it logs ``on_exit ran`` and, by MODE: ``quick`` returns at once;
 ``busy`` first joins a worker thread stuck in a long call for at most 0.5 s (an inference in
 flight); ``hang`` never returns (the runtime's deadline must end the process). An optional
 second argument names the executor (``single`` or ``events``, as a node's ``params.executor``).
@@ -9,6 +10,7 @@ second argument names the executor (``single`` or ``events``, as a node's ``para
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -38,6 +40,7 @@ def main() -> int:
 
         def _tick(self) -> None:
             if self.count == 0:
+                logging.getLogger("molmoact2_common.stop_probe").info("python logging bridged")
                 self.get_logger().info(f"ready pid={os.getpid()}")
             self.count += 1
             self.pub.publish(Int32(data=self.count))

@@ -28,6 +28,9 @@ class ChangeOnlyThink:
     def configure_change_detection(self, camera_name: str, threshold: float) -> None:
         self.configured = (camera_name, threshold)
 
+    def configure_depth_decoding(self, decoding: str) -> None:
+        self.decoding = decoding
+
     def act(self, frame: np.ndarray) -> ActionChunkResult:
         changes: CellChanges = compare_frames(self.previous, frame)
         cells = frame.reshape(10, frame.shape[0] // 10, 10, frame.shape[1] // 10, 3)
@@ -78,6 +81,10 @@ class TinyThink:
     def configure_change_detection(self, camera_name: str, threshold: float) -> None:
         self.policy.configure_change_detection(camera_name, threshold)
         self.configured = (camera_name, threshold)
+
+    def configure_depth_decoding(self, decoding: str) -> None:
+        self.policy.configure_depth_decoding(decoding)
+        self.decoding = self.policy.depth_decoding
 
 
 def scene(block_col: int) -> np.ndarray:
@@ -148,6 +155,7 @@ def subscribe(probe, executor):
 def test_changed_mask_matches_the_moved_block_and_image_shows_codes(ros_nodes):
     policy, node, probe, executor = ros_nodes
     assert policy.configured == ("top", 0.996)  # the node's parameters reached the policy
+    assert policy.decoding == "adaptive"
     got = subscribe(probe, executor)
 
     first, second = scene(block_col=2), scene(block_col=3)

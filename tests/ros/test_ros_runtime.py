@@ -116,6 +116,8 @@ def test_every_stop_signal_ends_the_node_cleanly_once(signals, group_first, exec
     # Signals sent back to back may be taken in either order; the first one starts the stop.
     assert log.count("stopping: ") == 1, log
     assert any(f"stopping: {signal.Signals(s).name}" in log for s in signals), log
+    # Python logging of the suite's modules went out through the node's ROS logger.
+    assert "[stop_probe]: molmoact2_common.stop_probe: python logging bridged" in log, log
 
 
 @pytest.mark.parametrize("executor", ["single", "events"])

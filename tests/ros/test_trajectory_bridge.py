@@ -235,3 +235,40 @@ def test_console_script_autostarts_with_the_robot_config(tmp_path):
     finally:
         rclpy.shutdown(context=context)
         stop_process(proc)
+
+
+def test_chunk_execution_names_the_sent_chunk_and_the_verdict_on_a_dropped_one(graph):
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    from molmoact2_common.chunk_execution import ChunkExecution
+    from molmoact2_msgs.msg import ChunkExecution as ChunkExecutionMsg
+
+    bridge, probe, publisher, _received, executor, measured = graph
+    reports: list = []
+    probe.create_subscription(
+        ChunkExecutionMsg,
+        "trajectory_bridge/chunk_execution",
+        lambda m: reports.append(ChunkExecution.from_msg(m)),
+        QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE,
+                   durability=DurabilityPolicy.TRANSIENT_LOCAL),
+    )
+    sent_ns = bridge.get_clock().now().nanoseconds
+    sent = make_chunk(sent_ns, horizon=30)  # 2 s of trajectory: still running below
+    publisher.publish(sent)
+    assert spin_until(probe, lambda: any(r.last_accepted for r in reports), 5.0, executor)
+    report = reports[-1]
+    assert report.state == "tracking" and report.running.same_as(7, sent_ns)
+    # The arm moved away: the next chunk is refused and the controller keeps the first one.
+    away = list(HOME[:7])
+    away[0] += 0.6
+    measured(away)
+    dropped = make_chunk(bridge.get_clock().now().nanoseconds)
+    dropped.sequence = 8
+    publisher.publish(dropped)
+    assert spin_until(
+        probe, lambda: reports[-1].last is not None and reports[-1].last.sequence == 8, 5.0,
+        executor,
+    )
+    report = reports[-1]
+    assert not report.last_accepted and report.last_reject_reason.startswith("start_deviation")
+    assert report.following().same_as(7, sent_ns)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from molmoact2_policy.depth_change import (
     compare_frames,
@@ -66,22 +69,65 @@ def test_threshold_decides_and_similarities_are_reported():
 def test_previous_frame_of_another_size_is_compared_after_resizing():
     big = textured_scene(640, 640)
     small = prepare_frame(big)  # 320 x 320 patches
-    import cv2
-
-    half = cv2.resize(big, (320, 320), interpolation=cv2.INTER_AREA)
-    np.testing.assert_allclose(prepare_frame(half), small)
+    half = np.asarray(Image.fromarray(big).resize((320, 320), Image.BILINEAR))
+    np.testing.assert_array_equal(prepare_frame(half), small)
     assert not detect_changed_cells(big, half).any()
 
 
-def test_black_patches():
+def test_black_patches_count_as_unchanged_as_released():
     black = np.zeros((320, 320, 3), dtype=np.uint8)
     assert not detect_changed_cells(black, black).any()
     lit = black.copy()
     lit[:32, :32] = 200
-    changed = detect_changed_cells(black, lit)
-    assert changed[0] and changed.sum() == 1
+    # The released rule: a norm product below 1e-8 is similarity 1.0, whatever the other is.
+    assert not detect_changed_cells(black, lit).any()
     sims = patch_similarity(prepare_frame(black), prepare_frame(lit))
-    assert sims[0] == 0.0 and sims[1] == 1.0
+    assert sims[0] == 1.0 and sims[1] == 1.0
+    dimmed = lit.copy()
+    dimmed[:32, :16] = 10
+    assert detect_changed_cells(lit, dimmed)[0]
+
+
+def released_update_mask(current, previous, num_depth_codes=100):
+    """The released ``_compute_depth_update_mask`` rule written out from its source
+    (huggingface/lerobot src/lerobot/policies/molmoact2/hf_model/modeling_molmoact2.py,
+    commit 28693f90891eb5fffbc111a172cbc53bc452def9): PIL bilinear to side x 32 unless already
+    that size, float32 patches, ``where(|a||b| < 1e-8, 1, dot / (|a||b| + 1e-12)) < 0.996``."""
+    side = math.isqrt(num_depth_codes)
+    target = side * 32
+
+    def resized(image):
+        if image.shape[0] == target and image.shape[1] == target:
+            return image
+        return np.asarray(Image.fromarray(image).resize((target, target), Image.BILINEAR))
+
+    def cells(image):
+        pixels = resized(image).astype(np.float32)
+        grid = pixels.reshape(side, 32, side, 32, 3).transpose(0, 2, 1, 3, 4)
+        return grid.reshape(side, side, -1)
+
+    cur, prev = cells(current), cells(previous)
+    dot = np.sum(cur * prev, axis=-1)
+    denom = np.linalg.norm(cur, axis=-1) * np.linalg.norm(prev, axis=-1)
+    similarity = np.where(denom < 1e-8, 1.0, dot / (denom + 1e-12))
+    return np.asarray(similarity < 0.996, dtype=np.bool_).reshape(-1), similarity.reshape(-1)
+
+
+@pytest.mark.parametrize("shape", [(320, 320), (480, 640), (333, 517), (96, 128)])
+def test_change_mask_equals_the_released_rule_bit_for_bit(shape):
+    rng = np.random.default_rng(shape[0])
+    prev = textured_scene(*shape, seed=shape[1])
+    # Noise of growing strength per cell row: similarities on both sides of 0.996.
+    h = shape[0]
+    strength = np.repeat(np.linspace(0, 40, 10), -(-h // 10))[:h, None, None]
+    noise = rng.normal(0, 1, prev.shape) * strength
+    frame = np.clip(prev + noise, 0, 255).astype(np.uint8)
+    frame[: h // 10, : shape[1] // 10] = 0  # a black cell
+    expected, similarity = released_update_mask(frame, prev)
+    changes = compare_frames(prev, frame)
+    np.testing.assert_array_equal(changes.changed, expected)
+    np.testing.assert_array_equal(changes.similarity, similarity)
+    assert 0 < expected.sum() < 100
 
 
 @pytest.mark.parametrize(

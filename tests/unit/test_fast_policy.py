@@ -1,4 +1,5 @@
-"""FastPolicy (mode "fast"): restricted greedy decoding of OpenFAST tokens on the tiny preset."""
+"""FastPolicy (mode "fast") on the random tiny preset: its constrained decoding (restricted
+greedy over OpenFAST tokens). The released decoding: tests/unit/test_fast_release_decode.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from molmoact2_policy.model.checkpoint import (
     tiny_fast_tokenizer,
     write_tiny_checkpoint,
 )
-from molmoact2_policy.model.fast import reconstruction_bound
+from molmoact2_policy.model.fast import FastActionTokenizer, reconstruction_bound
 from molmoact2_policy.model.fast_policy import (
     ActionTokenRun,
     ActionTokenRunError,
@@ -74,6 +75,7 @@ def test_act_returns_a_deterministic_chunk_in_the_contract_shape(policy, baselin
     # horizon x the embodiment's own width (the tiny alphabet is one byte per coefficient)
     assert meta["max_action_tokens"] == 10 * 7
     assert "flow_steps" not in meta
+    assert meta["fast_decoding"] == "constrained"  # the random preset; directories: "release"
 
 
 def test_decoding_is_restricted_greedy_over_action_tokens(policy):
@@ -122,12 +124,12 @@ def test_budget_exhausted_without_end_is_a_clear_error_and_the_policy_recovers(
     policy, baseline
 ):
     images, state, result = baseline
-    policy.constrain_length, policy.max_action_tokens = False, 12
+    policy.max_action_tokens = 12  # fewer than the 70 coefficients a chunk needs
     try:
         with pytest.raises(ActionTokenRunError, match=r"without <action_end> within its budget"):
             policy.act(images, state, INSTRUCTION)
     finally:
-        policy.constrain_length, policy.max_action_tokens = True, None
+        policy.max_action_tokens = None
     recovered = policy.act(images, state, INSTRUCTION)
     np.testing.assert_array_equal(recovered.positions, result.positions)
 
@@ -223,15 +225,12 @@ def test_model_trained_to_emit_a_token_run_acts_exactly_that_chunk():
         assert not np.allclose(result.positions[:, dim], decoded[:, dim])
 
 
-def test_written_checkpoint_carries_the_fast_tokenizer_and_its_absence_is_named(
-    tmp_path, baseline
-):
-    images, state, result = baseline
+def test_written_checkpoint_carries_the_fast_tokenizer_and_its_absence_is_named(tmp_path):
     path = write_tiny_checkpoint(tmp_path / "tiny", seed=0, embodiments=[EMBODIMENT])
     assert (path / FAST_TOKENIZER_DIR / "processor_config.json").is_file()
-    loaded = load_policy(str(path), EMBODIMENT, mode="fast", seed=0)
-    from_disk = loaded.act(images, state, INSTRUCTION)
-    np.testing.assert_array_equal(from_disk.positions, result.positions)
+    written = FastActionTokenizer.from_directory(path / FAST_TOKENIZER_DIR)
+    assert written.vocab_size == tiny_fast_tokenizer().vocab_size
+    assert written.min_token == tiny_fast_tokenizer().min_token
 
     shutil.rmtree(path / FAST_TOKENIZER_DIR)
     with pytest.raises(CheckpointError, match=r"fast_tokenizer: not found; mode 'fast' needs"):

@@ -219,30 +219,27 @@ def test_the_gate_covers_codes_and_span_markers_wherever_they_stand(tiny):
     assert gated.tolist() == [[False, True, False, True, True, True, False, True, False]]
 
 
-def test_depth_cache_keeps_the_reference_patch_of_unchanged_cells():
+def test_depth_cache_compares_each_frame_with_the_last_one_as_released():
+    """The released depth cache holds the latest frame: a slow drift (a shadow creeping in)
+    that never differs from the previous frame by the threshold is never re-predicted, even
+    once it differs from the frame the code was predicted from."""
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
     cache = DepthCache()
     patches, changed = plan_frame(cache, frame)
     assert changed.all()
-    update_cache(cache, patches, np.arange(100), changed)
-    # Slow drift (a shadow creeping in): each frame differs from the previous one by less than
-    # the threshold, but the change accumulates against the cell's reference patch.
+    update_cache(cache, patches, np.arange(100))
     drifted = frame.astype(np.float64)
     previous = frame
-    flagged_at = None
-    for step in range(1, 200):
+    for _ in range(60):
         drifted[:48, :64] = drifted[:48, :64] * 0.99 + 255 * 0.01
         current = np.clip(drifted, 0, 255).astype(np.uint8)
-        assert not detect_changed_cells(previous, current).any()
         patches, changed = plan_frame(cache, current)
-        assert not changed[1:].any()
-        if changed[0]:
-            flagged_at = step
-            break
-        update_cache(cache, patches, cache.codes, changed)
+        np.testing.assert_array_equal(changed, detect_changed_cells(previous, current))
+        assert not changed.any()
+        update_cache(cache, patches, cache.codes)
         previous = current
-    assert flagged_at is not None and flagged_at > 1
+    assert detect_changed_cells(frame, previous)[0]  # against the first frame it did change
     with pytest.raises(ValueError, match="uint8"):
         plan_frame(cache, frame.astype(np.float32))
 

@@ -20,7 +20,12 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import (
+    DurabilityPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import SetBool, Trigger
 
@@ -29,13 +34,14 @@ from hw_drivers.backends.registry import BackendUnavailableError, make_backend
 from hw_drivers.control_loop import ControlLoop
 from hw_drivers.conversions import joint_state_msg
 from hw_drivers.driver_params import LIVE_LIMITS, DriverParams, live_limit_problems
+from hw_drivers.execution_report import ExecutionReporter
 from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import execution_summary, health_statuses, make_preflight
 from hw_drivers.preflight import RateMeter
 from hw_drivers.tick_timing import TickTiming, timer_callback_with_info
 from molmoact2_common.ros_params import declare_dataclass_params
 from molmoact2_common.ros_runtime import run_lifecycle_node
-from molmoact2_msgs.msg import ActionChunk
+from molmoact2_msgs.msg import ActionChunk, ChunkExecution
 
 _LOG_EVERY = 2.0  # [s] throttle for repeated warnings (never log every tick)
 
@@ -80,6 +86,7 @@ class DriverNode(LifecycleNode):
         self._state_period = 0.0
         self._last_state_publish = float("-inf")
         self._tick_timing: TickTiming | None = None
+        self._execution = ExecutionReporter()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -121,6 +128,17 @@ class DriverNode(LifecycleNode):
         self._joint_pub = self.create_publisher(JointState, "joint_states", reliable)
         self._command_pub = self.create_publisher(JointState, "~/commanded_joint_states", reliable)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", reliable)
+        # Which chunk runs: a state topic, latched so a subscriber starting late gets it.
+        self._execution = ExecutionReporter()
+        self._execution_pub = self.create_publisher(
+            ChunkExecution,
+            "~/chunk_execution",
+            QoSProfile(
+                depth=1,
+                reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL,
+            ),
+        )
         self._chunk_sub = self.create_subscription(
             ActionChunk,
             params.chunk_topic,
@@ -243,7 +261,7 @@ class DriverNode(LifecycleNode):
         if getattr(self, "_chunk_sub", None) is not None:
             self.destroy_subscription(self._chunk_sub)
             self._chunk_sub = None
-        for name in ("_joint_pub", "_command_pub", "_diag_pub"):
+        for name in ("_joint_pub", "_command_pub", "_diag_pub", "_execution_pub"):
             pub = getattr(self, name, None)
             if pub is not None:
                 self.destroy_publisher(pub)
@@ -267,6 +285,8 @@ class DriverNode(LifecycleNode):
         now = self._now()
         with self._lock:
             result = loop.step(now)
+            report = self._execution.due(loop.executor, now, "fault" if loop.faulted else None)
+        self._publish_execution(report)
         if result.error:
             self.get_logger().error(
                 f"backend fault: {result.error} (on_fault={self.params.on_fault})",
@@ -292,10 +312,24 @@ class DriverNode(LifecycleNode):
         now = self._now()
         with self._lock:
             result = loop.submit_msg(msg, now)
+            stamp = msg.header.stamp
+            self._execution.on_verdict(
+                msg.sequence,
+                stamp.sec * 1_000_000_000 + stamp.nanosec,
+                result.accepted,
+                result.reason,
+            )
+            report = self._execution.due(loop.executor, now, "fault" if loop.faulted else None)
+        self._publish_execution(report)
         if not result.accepted:
             self.get_logger().warning(
                 f"chunk {msg.sequence} rejected: {result.reason}", throttle_duration_sec=_LOG_EVERY
             )
+
+    def _publish_execution(self, report) -> None:
+        pub = getattr(self, "_execution_pub", None)
+        if report is not None and pub is not None:
+            pub.publish(report.fill_msg(ChunkExecution()))
 
     def _on_estop(self, request: Trigger.Request, response: Trigger.Response):
         if self._loop is None:

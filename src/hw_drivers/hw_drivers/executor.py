@@ -282,6 +282,17 @@ class ChunkExecutor:
         return self._fault
 
     @property
+    def running_chunk(self) -> Chunk | None:
+        """The chunk being executed (ramping in or tracking), as of the last tick."""
+        return self._plan.chunk if self._plan is not None else None
+
+    @property
+    def pending_chunk(self) -> Chunk | None:
+        """The newest accepted chunk still waiting for its first action (it takes over then
+        unless a newer one does or a hold, e-stop or reset drops it)."""
+        return self._waiting[-1].chunk if self._waiting else None
+
+    @property
     def last_command(self) -> np.ndarray | None:
         return self.guard.position if self.guard.started else None
 

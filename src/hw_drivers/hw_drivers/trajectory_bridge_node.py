@@ -11,6 +11,12 @@ too far from the measured pose is refused, one far enough to need it is ramped i
 segment must respect the velocity and acceleration limits; without a recent measurement
 nothing is sent.
 
+On ``~/chunk_execution`` (molmoact2_msgs/ChunkExecution, as the driver node) it reports the
+chunk it last sent while the controller's trajectory lasts (``tracking``; ``holding`` after
+it) and its verdict on each chunk, so the policy node's real-time chunking continues the
+chunk the controller runs, not one the bridge dropped. What it cannot see: a trajectory the
+controller itself refuses or aborts (tolerances, preemption by another client).
+
 Usage: ``docs/ros2_control_bridge.md``.
 """
 
@@ -20,18 +26,24 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import (
+    DurabilityPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from hw_drivers.bridge_guard import GuardConfig, guard
 from hw_drivers.chunk import Chunk
+from hw_drivers.execution_report import ExecutionReporter
 from hw_drivers.safety import JointLimits, SafetyConfig, validate_chunk, validate_timing
 from hw_drivers.trajectory import BridgeOutput, chunk_to_trajectory, seconds_to_duration
 from hw_drivers.trajectory_bridge_params import TrajectoryBridgeParams
 from molmoact2_common.ros_params import declare_dataclass_params
 from molmoact2_common.ros_runtime import run_lifecycle_node
-from molmoact2_msgs.msg import ActionChunk
+from molmoact2_msgs.msg import ActionChunk, ChunkExecution
 
 NODE_NAME = "trajectory_bridge"
 LOG_THROTTLE_S = 2.0
@@ -69,6 +81,9 @@ class TrajectoryBridgeNode(LifecycleNode):
         self._measured: np.ndarray | None = None
         self._measured_at = float("-inf")
         self._busy_until = float("-inf")
+        self._execution = ExecutionReporter()
+        self._execution_pub = None
+        self._sent: Chunk | None = None  # the chunk whose trajectory the controller runs
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -101,6 +116,15 @@ class TrajectoryBridgeNode(LifecycleNode):
         self._trajectory_pub = self.create_publisher(JointTrajectory, p.trajectory_topic, reliable)
         self._gripper_pub = self.create_publisher(JointState, p.gripper_topic, reliable)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._execution_pub = self.create_publisher(
+            ChunkExecution,
+            "~/chunk_execution",
+            QoSProfile(
+                depth=1,
+                reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL,
+            ),
+        )
         self._chunk_sub = self.create_subscription(
             ActionChunk, p.chunk_topic, self._on_chunk, reliable
         )
@@ -135,13 +159,13 @@ class TrajectoryBridgeNode(LifecycleNode):
         for sub in (self._chunk_sub, self._joint_sub):
             if sub is not None:
                 self.destroy_subscription(sub)
-        for pub in (self._trajectory_pub, self._gripper_pub, self._diag_pub):
+        for pub in (self._trajectory_pub, self._gripper_pub, self._diag_pub, self._execution_pub):
             if pub is not None:
                 self.destroy_publisher(pub)
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
         self._chunk_sub = self._joint_sub = self._trajectory_pub = self._gripper_pub = None
-        self._diag_pub = self._diag_timer = None
+        self._diag_pub = self._diag_timer = self._execution_pub = None
 
     # -- measured state ---------------------------------------------------------------------
     def _on_joint_state(self, msg: JointState) -> None:
@@ -166,7 +190,7 @@ class TrajectoryBridgeNode(LifecycleNode):
         try:
             chunk = chunk_from_msg(msg)
         except (ValueError, TypeError) as exc:
-            self._reject(f"malformed: {exc}", msg.sequence)
+            self._reject(f"malformed: {exc}", msg)
             return
         # The same time-domain rules as the driver: a chunk stamped far ahead or with absurd
         # step_dt would otherwise reach the controller as a trajectory of absurd durations.
@@ -174,7 +198,7 @@ class TrajectoryBridgeNode(LifecycleNode):
             chunk, self.params.joint_names, self._limits, None, self._safety
         )
         if reason is not None:
-            self._reject(reason, msg.sequence)
+            self._reject(reason, msg)
             return
         out = chunk_to_trajectory(
             chunk,
@@ -187,6 +211,7 @@ class TrajectoryBridgeNode(LifecycleNode):
         )
         if out.trajectory is None and out.gripper is None:
             self.stale += 1
+            self._verdict(msg, now, f"stale: all {chunk.horizon} actions are in the past")
             self.get_logger().warning(
                 f"chunk {msg.sequence} is entirely in the past ({out.skipped} actions, "
                 f"{now - chunk.end_time:.3f} s after its last one): nothing sent",
@@ -203,7 +228,7 @@ class TrajectoryBridgeNode(LifecycleNode):
             idle=now >= self._busy_until,
         )
         if checked.output is None:
-            self._reject(checked.reason, msg.sequence)
+            self._reject(checked.reason, msg)
             return
         out = checked.output
         if checked.ramp > 0:
@@ -217,9 +242,32 @@ class TrajectoryBridgeNode(LifecycleNode):
             self._busy_until = now + out.trajectory.points[-1].time_from_start
         self.accepted += 1
         self._publish(out)
+        self._sent = chunk
+        self._verdict(msg, now)
 
-    def _reject(self, reason: str, sequence: int) -> None:
+    def _execution_state(self, now: float) -> tuple[str, Chunk | None]:
+        if now < self._busy_until:
+            return "tracking", self._sent
+        return ("holding" if self._sent is not None else "idle"), None
+
+    def _verdict(self, msg: ActionChunk, now: float, reason: str = "") -> None:
+        """Record the verdict on ``msg`` ("" reason: sent) and report it."""
+        stamp = msg.header.stamp
+        self._execution.on_verdict(
+            msg.sequence, stamp.sec * 1_000_000_000 + stamp.nanosec, not reason, reason
+        )
+        self._report_execution(now)
+
+    def _report_execution(self, now: float) -> None:
+        state, running = self._execution_state(now)
+        report = self._execution.publishable(self._execution.report(now, state, running), now)
+        if report is not None and self._execution_pub is not None:
+            self._execution_pub.publish(report.fill_msg(ChunkExecution()))
+
+    def _reject(self, reason: str, msg: ActionChunk) -> None:
         self.rejected += 1
+        sequence = msg.sequence
+        self._verdict(msg, self.get_clock().now().nanoseconds * 1e-9, reason)
         self.last_rejection = reason
         self.get_logger().warning(
             f"chunk {sequence} rejected, nothing sent: {reason}",
@@ -250,6 +298,8 @@ class TrajectoryBridgeNode(LifecycleNode):
             self._gripper_pub.publish(grip)
 
     def _publish_diagnostics(self) -> None:
+        # The 1 Hz heartbeat of ~/chunk_execution, and its "holding" once a trajectory is over.
+        self._report_execution(self.get_clock().now().nanoseconds * 1e-9)
         status = DiagnosticStatus()
         status.name = f"{self.get_name()}: trajectory bridge"
         status.hardware_id = self.params.robot

@@ -360,6 +360,7 @@ def recorded_topics(config: RobotConfig, options: LaunchOptions) -> list[str]:
     topics += [
         "joint_states",
         f"{config.driver_name}/commanded_joint_states",
+        f"{config.driver_name}/chunk_execution",  # which chunk ran: accepted / rejected
         f"{POLICY_NODE}/action_chunk",
         f"{POLICY_NODE}/status",
         f"{POLICY_NODE}/predicted_chunk_markers",

@@ -320,6 +320,64 @@ def make_executor(kind: str = "single") -> Any:
     return SingleThreadedExecutor()
 
 
+# Packages whose Python ``logging`` records belong on the node's ROS log. Their pure modules
+# (backends, model loading) log through ``logging`` because they must not import rclpy; without
+# the bridge their INFO lines (a gripper calibrated, a motor's turn offset chosen) were dropped
+# and their warnings reached stderr only, never /rosout, where ROS users read a node's log.
+BRIDGED_LOGGERS = ("hw_drivers", "molmoact2_policy", "molmoact2_common", "molmoact2")
+
+
+class RosLogHandler(logging.Handler):
+    """Forwards ``logging`` records to an rclpy logger (console and /rosout) at their severity."""
+
+    def __init__(self, ros_logger: Any) -> None:
+        super().__init__(logging.DEBUG)
+        self._ros_logger = ros_logger
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            level = record.levelno
+            if level >= logging.CRITICAL:
+                self._ros_logger.fatal(text)
+            elif level >= logging.ERROR:
+                self._ros_logger.error(text)
+            elif level >= logging.WARNING:
+                self._ros_logger.warning(text)
+            elif level >= logging.INFO:
+                self._ros_logger.info(text)
+            else:
+                self._ros_logger.debug(text)
+        except Exception:
+            self.handleError(record)
+
+
+def bridge_python_logging(
+    ros_logger: Any, names: tuple[str, ...] = BRIDGED_LOGGERS
+) -> Callable[[], None]:
+    """Route ``names``' ``logging`` records (INFO and up) to ``ros_logger``; returns the undo.
+
+    The records stop there (no propagation to the root logger), so a line is not printed twice.
+    """
+    handler = RosLogHandler(ros_logger)
+    saved = []
+    for name in names:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+    def undo() -> None:
+        for logger, level, propagate in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+    return undo
+
+
 def _run(
     make_node: Callable[[], Any],
     args: list[str] | None,
@@ -336,6 +394,7 @@ def _run(
     code = 0
     node = None
     executor = None
+    unbridge_logging: Callable[[], None] | None = None
     rclpy.init(
         args=args if args is not None else sys.argv,
         signal_handler_options=SignalHandlerOptions.NO,
@@ -346,6 +405,7 @@ def _run(
         executor = make_executor(getattr(getattr(node, "params", None), "executor", "single"))
         executor.add_node(node)
         stop.log_to(node.get_logger())
+        unbridge_logging = bridge_python_logging(node.get_logger())
         stop.on_stop(executor.wake)
         if lifecycle and node.params.autostart and not stop.requested.is_set():
             from rclpy.lifecycle import TransitionCallbackReturn
@@ -384,6 +444,8 @@ def _run(
             stop.phase = "shutting down rclpy"
             with contextlib.suppress(Exception):
                 rclpy.try_shutdown()
+        if unbridge_logging is not None:
+            unbridge_logging()
         stop.done()
         _flush_std_streams()
     if exit_process:

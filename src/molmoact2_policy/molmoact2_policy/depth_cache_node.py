@@ -100,7 +100,7 @@ class DepthCacheNode(Node):
         )
 
     def _configure_policy(self, policy_reset: Callable[[], None] | None) -> None:
-        """Hand camera_name and change_threshold to the policy that owns the cache.
+        """Hand camera_name, change_threshold and adaptive_depth to the policy owning the cache.
 
         The policy node passes only ``policy.reset``; when that is a bound method of a policy
         with ``configure_change_detection`` (ThinkPolicy), this node's parameters reach it here,
@@ -112,6 +112,9 @@ class DepthCacheNode(Node):
             return
         try:
             configure(self.params.camera_name, self.params.change_threshold)
+            decoding = getattr(owner, "configure_depth_decoding", None)
+            if callable(decoding):
+                decoding("adaptive" if self.params.adaptive_depth else "free")
         except ValueError as exc:
             self.get_logger().error(f"policy refused the depth-cache parameters: {exc}")
 

@@ -38,6 +38,14 @@ class DepthCacheParams:
             "previous frame's is below this."
         ),
     )
+    adaptive_depth: bool = field(
+        default=True,
+        metadata=_doc(
+            "Re-predict only the changed cells and replay the others from the cache (the "
+            "released enable_adaptive_depth). false: the model writes the whole depth span "
+            "freely every step (the released non-adaptive decoding); changed is then all true."
+        ),
+    )
     max_stamp_gap: float = field(
         default=1.0,
         metadata=_doc(

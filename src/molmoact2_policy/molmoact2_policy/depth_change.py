@@ -1,10 +1,14 @@
 """Which depth-grid cells of a camera frame changed since the previous one (pure numpy, no ROS).
 
-MolmoAct2-Think re-predicts a depth code only for image cells that changed. The frame is
-resized to ``size`` x ``size`` (320 for the released model), split into ``grid`` x ``grid``
-patches (10 x 10 patches of 32 x 32 x 3), and each patch is compared with the same patch of the
-previous frame by cosine similarity of the raw pixel values. A cell is changed when its
-similarity is below ``threshold`` (0.996).
+MolmoAct2-Think re-predicts a depth code only for image cells that changed. This is the released
+rule (``_compute_depth_update_mask`` in ``huggingface/lerobot``
+``src/lerobot/policies/molmoact2/hf_model/modeling_molmoact2.py``): the frame is resized with
+PIL's bilinear filter to ``size`` x ``size`` (grid x 32 = 320 for the released model; a frame
+already that size is used as is), split into ``grid`` x ``grid`` patches of 32 x 32 x 3, and
+each patch is compared with the same patch of the previous frame by the cosine similarity of
+the raw float32 pixel values, computed in float32 as released: ``dot / (|a| |b| + 1e-12)``,
+1.0 when ``|a| |b| < 1e-8`` (a black patch counts as unchanged against anything). A cell is
+changed when its similarity is below ``threshold`` (0.996).
 
 Cell ``i = r * grid + c`` covers rows ``[r * H / grid, (r + 1) * H / grid)`` and columns
 ``[c * W / grid, (c + 1) * W / grid)`` of the original frame (the DepthTokens convention).
@@ -14,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+from PIL import Image
 
 DEFAULT_GRID = 10
 DEFAULT_SIZE = 320
@@ -27,7 +31,7 @@ class CellChanges:
     """The outcome of comparing two frames."""
 
     changed: np.ndarray  # (grid * grid,) bool, row-major
-    similarity: np.ndarray  # (grid * grid,) float64 cosine similarity in [-1, 1]
+    similarity: np.ndarray  # (grid * grid,) float32 cosine similarity (see patch_similarity)
 
     @property
     def changed_fraction(self) -> float:
@@ -70,35 +74,29 @@ def prepare_frame(
     _check_geometry(grid, size)
     rgb = check_rgb_frame(rgb)
     if rgb.shape[0] != size or rgb.shape[1] != size:
-        # INTER_AREA averages when shrinking, so sensor noise does not flip cells to "changed".
-        shrinking = rgb.shape[0] >= size and rgb.shape[1] >= size
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        rgb = cv2.resize(rgb, (size, size), interpolation=interpolation)
+        # The released resize: PIL bilinear (it widens its filter when shrinking).
+        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
     patch = size // grid
-    patches = rgb.reshape(grid, patch, grid, patch, 3).transpose(0, 2, 1, 3, 4)
-    return np.ascontiguousarray(patches.reshape(grid * grid, patch * patch * 3), dtype=np.float32)
+    patches = rgb.astype(np.float32).reshape(grid, patch, grid, patch, 3).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(patches.reshape(grid * grid, patch * patch * 3))
 
 
 def patch_similarity(prev_patches: np.ndarray, patches: np.ndarray) -> np.ndarray:
-    """Cosine similarity per patch of two ``prepare_frame`` outputs: (cells,) float64.
+    """Cosine similarity per patch of two ``prepare_frame`` outputs: (cells,) float32.
 
-    A black patch has no direction: two black patches count as identical (1.0), a black patch
-    against a non-black one as different (0.0).
+    The released arithmetic, in float32: a patch without a direction (norm product below
+    1e-8, e.g. black) counts as identical to anything (1.0).
     """
     if prev_patches.shape != patches.shape:
         raise ValueError(
             f"patch arrays differ in shape: {prev_patches.shape} vs {patches.shape} "
             "(were they prepared with the same grid and size?)"
         )
-    a = prev_patches.astype(np.float64)
-    b = patches.astype(np.float64)
-    dot = np.einsum("ij,ij->i", a, b)
-    norm_a = np.sqrt(np.einsum("ij,ij->i", a, a))
-    norm_b = np.sqrt(np.einsum("ij,ij->i", b, b))
-    denom = norm_a * norm_b
-    sim = np.divide(dot, denom, out=np.zeros_like(dot), where=denom > 0)
-    sim[(norm_a == 0) & (norm_b == 0)] = 1.0
-    return np.clip(sim, -1.0, 1.0)
+    a = np.asarray(patches, dtype=np.float32)
+    b = np.asarray(prev_patches, dtype=np.float32)
+    dot = np.sum(a * b, axis=-1)
+    denom = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return np.where(denom < 1e-8, 1.0, dot / (denom + 1e-12))
 
 
 def compare_frames(
@@ -124,7 +122,8 @@ def changes_from_patches(
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
     similarity = patch_similarity(prev_patches, patches)
-    return CellChanges(changed=similarity < threshold, similarity=similarity)
+    # A Python float threshold compares in float32, as the released constant does.
+    return CellChanges(changed=similarity < float(threshold), similarity=similarity)
 
 
 def detect_changed_cells(

@@ -22,8 +22,14 @@ from typing import Any
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import (
+    DurabilityPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
 
+from molmoact2_common.chunk_execution import ChunkExecution
 from molmoact2_common.ros_params import declare_dataclass_params
 from molmoact2_common.ros_runtime import run_lifecycle_node
 from molmoact2_policy import chunk_msgs
@@ -206,6 +212,7 @@ class PolicyNode(LifecycleNode):
             spec.step_dt,
             spec.horizon,
             max_deviation=self.params.rtc_max_deviation,
+            verdict_timeout=self.params.rtc_verdict_timeout,
         )
 
     def _rtc_request(self, request: InferenceRequest) -> Any:
@@ -216,6 +223,11 @@ class PolicyNode(LifecycleNode):
         feed = self._rtc
         if feed is not None:
             feed.record_commanded(_stamp_ns(msg.header), msg.name, msg.position)
+
+    def _on_execution(self, msg: Any) -> None:
+        feed = self._rtc
+        if feed is not None:
+            feed.record_execution(ChunkExecution.from_msg(msg))
 
     def _chunk_markers(
         self, result: Any, stamp_ns: int, offset: float, joint_names: Any
@@ -341,6 +353,25 @@ class PolicyNode(LifecycleNode):
                     topic,
                     lambda msg, source=topic: self._on_joint_state(source, msg),
                     qos_profile_sensor_data,
+                    callback_group=self._input_group,
+                )
+            )
+        if self._rtc is not None and self.params.rtc_execution_topic:
+            from molmoact2_msgs.msg import ChunkExecution as ChunkExecutionMsg
+
+            # The driver latches its report (transient local): the current one arrives at once.
+            self._input_subscriptions.append(
+                self.create_subscription(
+                    ChunkExecutionMsg,
+                    self.params.rtc_execution_topic,
+                    self._on_execution,
+                    QoSProfile(
+                        depth=1,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                    ),
+                    # The worker thread may be waiting for it (RtcFeed.verdict_timeout); this
+                    # callback takes no lock the worker holds meanwhile.
                     callback_group=self._input_group,
                 )
             )
@@ -528,7 +559,7 @@ class PolicyNode(LifecycleNode):
             )
         )
         if self._rtc is not None:
-            self._rtc.record_chunk(stamp_ns, offset, result.positions, latency)
+            self._rtc.record_chunk(stamp_ns, offset, result.positions, latency, sequence)
         chunk_out = time.perf_counter()  # what follows (visualisation) is off the chunk's path
         with self._lock:
             self._chunk_count += 1

@@ -137,6 +137,22 @@ class PolicyNodeParams:
             "RTC is skipped while the driver is not following the last chunk. Empty: unchecked."
         ),
     )
+    rtc_execution_topic: str = field(
+        default="",
+        metadata=_doc(
+            "The driver's ChunkExecution topic (e.g. so101_driver/chunk_execution): once the "
+            "driver reports on it, RTC continues the chunk the driver runs (a rejected chunk is "
+            "not continued) and is skipped while it runs none. Empty, or a driver that never "
+            "reports: the chunk published last, checked with rtc_commanded_topic."
+        ),
+    )
+    rtc_verdict_timeout: float = field(
+        default=0.1,
+        metadata=_doc(
+            "Seconds an inference waits for the driver's verdict on the chunk published last "
+            "before sampling free (only while the driver reports on rtc_execution_topic)."
+        ),
+    )
     rtc_max_deviation: float = field(
         default=0.2,
         metadata=_doc(
@@ -271,6 +287,10 @@ class PolicyNodeParams:
             problems.append(f"executor {self.executor!r} is not one of {', '.join(EXECUTORS)}")
         if self.rtc and self.mode == "fast":
             problems.append("rtc needs the flow expert: mode 'flow' or 'think', not 'fast'")
+        if not 0.0 <= self.rtc_verdict_timeout <= 1.0:
+            problems.append(
+                f"rtc_verdict_timeout must be in [0, 1] s, got {self.rtc_verdict_timeout}"
+            )
         if not self.rtc_max_deviation > 0.0:
             problems.append(f"rtc_max_deviation must be > 0, got {self.rtc_max_deviation}")
         if self.action_start_offset < 0.0:

@@ -148,6 +148,28 @@ def _read_json_object(file: Path) -> dict[str, Any] | None:
     return data
 
 
+GENERATION_CONFIG_FILE = "generation_config.json"
+
+
+def generation_eos_token_id(path: str | Path) -> int | None:
+    """``eos_token_id`` of the checkpoint's generation_config.json (the first of a list).
+
+    The released discrete decoding stops at the config's ``eos_token_id`` and, when the config
+    has none, at the generation config's (what ``from_pretrained`` loads beside the model).
+    """
+    data = _read_json_object(Path(path) / GENERATION_CONFIG_FILE)
+    value = None if data is None else data.get("eos_token_id")
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CheckpointError(
+            f"{Path(path) / GENERATION_CONFIG_FILE}: eos_token_id must be a token id, got {value!r}"
+        )
+    return value
+
+
 def apply_processor_files(path: str | Path, config: MolmoAct2Config) -> None:
     """Check the checkpoint's image processor against ours and take its image-token options.
 
@@ -333,6 +355,7 @@ def tiny_norm_stats(seed: int, embodiments: Sequence[str]) -> NormStats:
     """Per-embodiment synthetic stats; a tag's numbers do not depend on which others are listed."""
     order = list(EMBODIMENTS)
     tags = {}
+    extras = {}
     for name in embodiments:
         spec = get_embodiment(name)
         base = seed * 1000 + order.index(name) * 10
@@ -340,7 +363,10 @@ def tiny_norm_stats(seed: int, embodiments: Sequence[str]) -> NormStats:
             "state": synthetic_group_stats(spec.state_dim, base + 1),
             "action": synthetic_group_stats(spec.action_dim, base + 2),
         }
-    return NormStats(norm_mode="q01_q99", tags=tags)
+        # Without it the released code generates max_action_horizon steps for the tag (and
+        # FAST decodes to that length), not the embodiment's chunk.
+        extras[spec.norm_tag] = {"action_horizon": spec.horizon}
+    return NormStats(norm_mode="q01_q99", tags=tags, extras=extras)
 
 
 def build_tiny(

@@ -146,6 +146,27 @@ class StaticCacheDecoder:
         return handles
 
 
+def span_bins(
+    generated: list[int], start_id: int, end_id: int, first_id: int, count: int
+) -> list[int]:
+    """Indices (token id - ``first_id``) of the ids in ``first_id..first_id+count-1`` that
+    stand in the first ``start_id`` ... ``end_id`` span of ``generated``, as released.
+
+    The released parser (``_extract_discrete_token_bins`` in the HF ``modeling_molmoact2.py``)
+    reads from just after the first ``start_id`` (from the beginning when there is none) to
+    the first ``end_id`` after it (to the end when there is none, or when no start was found)
+    and silently skips every other id in between.
+    """
+    start = next((i for i, token in enumerate(generated) if token == start_id), None)
+    end = None
+    if start is not None:
+        end = next(
+            (i for i in range(start + 1, len(generated)) if generated[i] == end_id), None
+        )
+    span = generated[(0 if start is None else start + 1) : (len(generated) if end is None else end)]
+    return [token - first_id for token in span if first_id <= token < first_id + count]
+
+
 def check_single_unpadded(prefix: PrefixOutput, what: str) -> None:
     """Span decoding continues exactly one prompt; padding would shift every position."""
     if prefix.mask.shape[0] != 1 or not bool(prefix.mask.all()):
@@ -157,4 +178,5 @@ __all__ = [
     "DecodeStats",
     "StaticCacheDecoder",
     "check_single_unpadded",
+    "span_bins",
 ]

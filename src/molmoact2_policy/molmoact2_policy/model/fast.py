@@ -20,9 +20,18 @@ Source of the rules: the released ``UniversalActionProcessor`` (``huggingface/le
   and ``processor_config.json`` (``scale``, ``vocab_size``, ``min_token``, optional
   ``action_dim`` / ``time_horizon``).
 
-Different on purpose: a run that does not decode to exactly (horizon, D) raises
-``FastDecodeError`` (the release substitutes an all-zero chunk, i.e. the middle of every joint's
-range, which would move the robot there); so does a run whose bytes are not valid UTF-8.
+Two decoders:
+
+* ``decode_released`` is the released ``UniversalActionProcessor.decode`` step for step: the
+  ids go through the ``tokenizers`` pipeline's own ``decode`` (ids the BPE does not know are
+  skipped, an alphabet entry no byte maps to stands for its own character, invalid UTF-8
+  becomes U+FFFD), ``ord + min_token``, ``reshape(-1, D)``. What the release then does with a
+  bad run is not something a robot may execute: where it prints the error and substitutes an
+  all-zero chunk (the middle of every joint's range, so the arm would move there) we raise
+  ``FastDecodeError``; a run whose bytes were not valid UTF-8 (the release reads U+FFFD as
+  coefficient 65533 + min_token, which un-normalising clips to a range end) is refused too.
+* ``decode`` is stricter (every id must be a byte token of the vocabulary); the constrained
+  decoder of random presets uses it.
 """
 
 from __future__ import annotations
@@ -108,6 +117,8 @@ class FastActionTokenizer:
         self.min_token = int(min_token)
         self.action_dim = None if action_dim is None else int(action_dim)
         self.time_horizon = None if time_horizon is None else int(time_horizon)
+        # transformers' PreTrainedTokenizerFast.decode post-processing, from tokenizer_config.json
+        self.clean_up_tokenization_spaces = False
 
     # ---------------------------------------------------------------- construction
 
@@ -163,13 +174,20 @@ class FastActionTokenizer:
             raise ValueError(f"{settings_path}: expected a JSON object")
         bpe = _tokenizers().Tokenizer.from_file(str(tokenizer_path))
         # The released processor's defaults for absent keys.
-        return cls(
+        tokenizer = cls(
             bpe,
             scale=_number(settings.get("scale", 10), "scale", settings_path),
             min_token=int(_number(settings.get("min_token", 0), "min_token", settings_path)),
             action_dim=settings.get("action_dim"),
             time_horizon=settings.get("time_horizon"),
         )
+        # The released processor loads the directory with PreTrainedTokenizerFast, whose
+        # decode cleans up spaces when tokenizer_config.json asks for it (absent: off).
+        tokenizer_config = _read_optional_json(directory / _TOKENIZER_CONFIG_FILE)
+        tokenizer.clean_up_tokenization_spaces = bool(
+            tokenizer_config.get("clean_up_tokenization_spaces", False)
+        )
+        return tokenizer
 
     def save(self, path: str | Path) -> None:
         """Write the released layout into directory ``path``."""
@@ -234,6 +252,29 @@ class FastActionTokenizer:
         """Token ids (0..vocab_size-1) of a normalised chunk (T, D)."""
         return list(self._bpe.encode(_to_string(self.quantise(chunk), self.min_token)).ids)
 
+    def released_text(self, ids: Sequence[int]) -> str:
+        """The string the released processor reads coefficients from (``tokenizers`` decode)."""
+        text = self._bpe.decode([int(i) for i in ids], skip_special_tokens=False)
+        return _clean_up_tokenization(text) if self.clean_up_tokenization_spaces else text
+
+    def decode_released(self, ids: Sequence[int], horizon: int, action_dim: int) -> np.ndarray:
+        """Chunk (horizon, action_dim) exactly as the released processor decodes ``ids``.
+
+        Raises FastDecodeError where the release would substitute an all-zero chunk, and for
+        invalid UTF-8 (see the module docstring); otherwise the release's own values.
+        """
+        if horizon <= 0 or action_dim <= 0:
+            raise ValueError(f"horizon and action_dim must be > 0, got {horizon}, {action_dim}")
+        text = self.released_text(ids)
+        if _REPLACEMENT in text:
+            raise FastDecodeError(
+                "token run is not valid UTF-8 (a split character): the released decoder "
+                "would read U+FFFD as a coefficient"
+            )
+        return self._chunk_from_text(
+            text, horizon, action_dim, "the released decoder would substitute an all-zero chunk"
+        )
+
     def decode(self, ids: Sequence[int], horizon: int, action_dim: int) -> np.ndarray:
         """Chunk (horizon, action_dim) from token ids; malformed runs raise FastDecodeError."""
         if horizon <= 0 or action_dim <= 0:
@@ -254,13 +295,20 @@ class FastActionTokenizer:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise FastDecodeError("token run is not valid UTF-8 (a split character)") from None
+        return self._chunk_from_text(
+            text, horizon, action_dim, "truncated or over-long action token run"
+        )
+
+    def _chunk_from_text(self, text: str, horizon: int, action_dim: int, why: str) -> np.ndarray:
+        """Inverse BPE text -> (horizon, action_dim) chunk: one DCT coefficient per character
+        (offset by ``min_token``, divided by ``scale``), inverse DCT over time; ``why`` says
+        in the error what a run of the wrong length means."""
         codes = np.fromiter((ord(c) for c in text), dtype=np.int64, count=len(text))
         expected = horizon * action_dim
         if codes.size != expected:
             raise FastDecodeError(
                 f"token run decodes to {codes.size} DCT coefficients, expected "
-                f"horizon x action_dim = {horizon} x {action_dim} = {expected} "
-                "(truncated or over-long action token run)"
+                f"horizon x action_dim = {horizon} x {action_dim} = {expected} ({why})"
             )
         coefficients = (codes + self.min_token).reshape(horizon, action_dim) / self.scale
         return dct_matrix(horizon).T @ coefficients
@@ -289,3 +337,33 @@ def _quantise(chunk: np.ndarray, scale: float) -> np.ndarray:
 def _to_string(coefficients: np.ndarray, min_token: int) -> str:
     # Below the trained range clamps to chr(0); above it is kept (both as released).
     return "".join(chr(max(int(v) - min_token, 0)) for v in coefficients.reshape(-1))
+
+
+_REPLACEMENT = "\ufffd"  # what a lossy UTF-8 decode puts where bytes were invalid
+
+
+def _read_optional_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _clean_up_tokenization(text: str) -> str:
+    """transformers' ``clean_up_tokenization`` (applied when the tokenizer config asks)."""
+    for before, after in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
+        text = text.replace(before, after)
+    return text

@@ -1,27 +1,32 @@
 """MolmoAct2 discrete ("fast") mode: the VLM writes OpenFAST action tokens, no flow expert.
 
-One ``act`` = validate -> preprocess (the robot prompt, then ``<action_start>``) -> VLM prefix ->
-greedy decoding over the ``<action_k>`` logits plus ``<action_end>`` (the LM head is applied to
-those rows alone) -> FAST ids (token id - ``action_token_start_id``) -> inverse BPE + inverse DCT
-(``fast.FastActionTokenizer.decode``, the released tokenizer's rules, at the embodiment's own
-action width) -> un-normalise with the norm stats.
+Two decodings (``FastPolicy.decoding``):
 
-Sequence layout (uncertain, kept in the constants below): the robot prompt's trailing
-``<action_output>`` is followed by ``<action_start>``; the model then writes ``<action_k>``
-tokens and closes the run with ``<action_end>``.
+``"release"`` (default; every checkpoint directory) is the released discrete path
+(``MolmoAct2ForConditionalGeneration.predict_action`` with ``inference_action_mode="discrete"``
+in ``huggingface/lerobot`` ``src/lerobot/policies/molmoact2/hf_model/modeling_molmoact2.py``):
+the robot prompt ends ``<action_output>``; greedy argmax over the *whole* LM head, each token fed
+back, until the model writes the checkpoint's ``eos_token_id`` (the EOS is kept in the stream)
+or ``max(1, 16 x horizon)`` tokens have been written (then the release raises, and so do we).
+The ids between the first ``<action_start>`` and the first ``<action_end>`` after it that are
+``<action_k>`` become FAST ids k (``decoding.span_bins``: other ids skipped, a missing marker
+widens the span to the stream's start/end); none at all is an error as released. They are
+decoded by the released processor's rules (``fast.FastActionTokenizer.decode_released``),
+reshaped to the tag's (horizon, action_dim), rounded to float32 as released, un-normalised.
+Safety after release-identical decoding: a run the release would turn into an all-zero chunk
+(the middle of every joint's range) or whose bytes are not UTF-8 is refused
+(``ActionTokenRunError``), never published.
 
-Length-constrained decoding (default, ``constrain_length=True``): a valid run decodes to exactly
-horizon x action_dim DCT coefficients, and each FAST id adds a known number of them (its UTF-8
-lead bytes; ids of byte-level alphabet entries no byte maps to are never admissible). Ids that
-would overshoot the remaining count are masked out, and once the count is reached the run is
-complete (``<action_end>`` is the only admissible token left, so it is implied, not decoded).
-The end token stays admissible at every step, so a model that stops early still produces a
-truncated run, which is reported, not patched. With ``constrain_length=False`` decoding is plain
-restricted greedy until ``<action_end>`` or the token budget.
+``"constrained"`` (the random-weight ``tiny`` preset only, which never writes an EOS): the
+prompt continues with ``<action_start>``; greedy over the ``<action_k>`` logits plus
+``<action_end>`` only; ids that would overshoot horizon x action_dim DCT coefficients are
+masked out (each FAST id adds as many coefficients as it has UTF-8 lead bytes) and the run is
+complete when the count is reached. It is not the released behaviour; it keeps demos and tests
+on random weights producing chunks.
 
-A run that does not decode (truncated, over-long, budget exhausted) is an inference failure of
-the model, not bad input: ``act`` raises ``ActionTokenRunError`` (a RuntimeError) naming the
-problem, the node reports it and publishes no chunk; the next call starts afresh.
+A run that does not decode is an inference failure of the model, not bad input: ``act`` raises
+``ActionTokenRunError`` (a RuntimeError) naming the problem, the node reports it and publishes no
+chunk; the next call starts afresh.
 """
 
 from __future__ import annotations
@@ -36,7 +41,11 @@ import torch
 from torch import Tensor
 
 from molmoact2_policy.model.config import MolmoAct2Config
-from molmoact2_policy.model.decoding import StaticCacheDecoder, check_single_unpadded
+from molmoact2_policy.model.decoding import (
+    StaticCacheDecoder,
+    check_single_unpadded,
+    span_bins,
+)
 from molmoact2_policy.model.fast import FastActionTokenizer, FastDecodeError
 from molmoact2_policy.model.policy import MolmoAct2Policy
 from molmoact2_policy.model.vlm import PrefixOutput
@@ -50,6 +59,9 @@ from molmoact2_policy.policy_api import (
 # The discrete continuation of the robot prompt (see the module docstring).
 PROMPT_END = "<action_output>"
 FAST_PROMPT_SUFFIX = "<action_start>"
+DECODINGS = ("release", "constrained")
+# The released discrete decoding budget: max(1, horizon x 16) tokens.
+RELEASED_TOKENS_PER_STEP = 16
 
 
 class ActionTokenRunError(RuntimeError):
@@ -187,6 +199,80 @@ class ActionTokenDecoder(StaticCacheDecoder):
         )
 
 
+@dataclass
+class ReleasedTokenRun:
+    """What the released discrete decoding wrote after the prompt (EOS included when hit)."""
+
+    token_ids: list[int]
+    ended: bool  # the model wrote EOS within the budget
+    budget: int
+    forwards: int
+
+
+def eos_token_id(config: MolmoAct2Config) -> int | None:
+    """The checkpoint's ``eos_token_id`` (the first one of a list), as the release reads it."""
+    value = config.extra.get("eos_token_id")
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return None if value is None else int(value)
+
+
+class ReleasedTokenDecoder(StaticCacheDecoder):
+    """Greedy argmax over the whole LM head until EOS, each token fed back (as released)."""
+
+    def __init__(
+        self, vlm: torch.nn.Module, config: MolmoAct2Config, eos: int | None = None
+    ) -> None:
+        """``eos``: the generation config's, used when the config has none (as released)."""
+        eos = eos_token_id(config) if eos_token_id(config) is not None else eos
+        if eos is None:
+            # The release raises the same way: its discrete generation stops at EOS only.
+            raise ValueError("config has no eos_token_id: released discrete decoding stops at EOS")
+        missing = [
+            name
+            for name in ("action_start_token_id", "action_end_token_id", "action_token_start_id")
+            if getattr(config, name) is None
+        ]
+        if missing:
+            raise ValueError(f"config lacks {', '.join(missing)}: no discrete action tokens")
+        super().__init__(vlm, config.expert_kv_source)
+        self.eos = eos
+        self.check_head_rows(eos, 1)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """(vocab,) logits of the whole LM head (the release's ``lm_head(last_hidden)``)."""
+        weight = self.vlm.lm_head.weight
+        return torch.nn.functional.linear(hidden.to(weight.dtype), weight)[0]
+
+    @torch.inference_mode()
+    def decode(self, prefix: PrefixOutput, *, max_tokens: int) -> ReleasedTokenRun:
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        check_single_unpadded(prefix, "FAST decoding")
+        prompt_len = prefix.mask.shape[1]
+        cache = self._static_cache(prefix, prompt_len + max_tokens)
+        forwards_before = self.stats.forwards
+        hidden = prefix.last_hidden_state[:, -1]
+        token_ids: list[int] = []
+        ended = False
+        for step in range(max_tokens):
+            choice = int(self.logits(hidden).argmax().item())
+            self.stats.predicted += 1
+            token_ids.append(choice)
+            if choice == self.eos:
+                ended = True
+                break
+            if step < max_tokens - 1:
+                hidden = self._forward(cache, [choice], prompt_len + step)
+        self.stats.calls += 1
+        return ReleasedTokenRun(
+            token_ids=token_ids,
+            ended=ended,
+            budget=max_tokens,
+            forwards=self.stats.forwards - forwards_before,
+        )
+
+
 def _owed_after(owed: int, piece: bytes) -> int:
     """Continuation bytes still owed by the last UTF-8 character after appending ``piece``."""
     for byte in piece:
@@ -200,10 +286,10 @@ def _owed_after(owed: int, piece: bytes) -> int:
 class FastPolicy(MolmoAct2Policy):
     """MolmoAct2 with discrete OpenFAST action tokens (``mode="fast"``); greedy, so no noise.
 
-    ``max_action_tokens`` (None: horizon x action_dim x the most UTF-8 bytes one coefficient
-    can take in this tokenizer, the longest valid run, as every id stands for at least one
-    byte) bounds the decoding; ``constrain_length`` is described in the module docstring. Both
-    may be changed between calls.
+    ``decoding``: ``"release"`` or ``"constrained"`` (module docstring), fixed at construction
+    (the prompt differs). ``max_action_tokens`` (None: the release's 16 x horizon, or for
+    constrained decoding horizon x action_dim x the most UTF-8 bytes one coefficient can take)
+    bounds the run; it may change between calls.
     """
 
     mode_name = "fast"
@@ -212,20 +298,32 @@ class FastPolicy(MolmoAct2Policy):
         self,
         *args: Any,
         fast_tokenizer: FastActionTokenizer,
+        decoding: str = "release",
         max_action_tokens: int | None = None,
-        constrain_length: bool = True,
+        generation_eos_token_id: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if decoding not in DECODINGS:
+            raise ValueError(f"unknown FAST decoding {decoding!r}; known: {', '.join(DECODINGS)}")
         self.fast_tokenizer = fast_tokenizer
         counts = fast_tokenizer.coefficient_counts()
         token_bytes = [fast_tokenizer.token_bytes(index) for index in range(len(counts))]
         self.decoder = ActionTokenDecoder(self.model.vlm, self.config, counts, token_bytes)
+        self.released_decoder = (
+            ReleasedTokenDecoder(self.model.vlm, self.config, generation_eos_token_id)
+            if decoding == "release"
+            else None
+        )
         # Ids of continuation bytes only add no coefficient: a run may need more ids than
         # coefficients (up to one per byte).
         self._bytes_per_coefficient = 1 if counts[counts >= 0].min() >= 1 else 3
+        self._decoding = decoding
         self.max_action_tokens = max_action_tokens
-        self.constrain_length = constrain_length
+
+    @property
+    def decoding(self) -> str:
+        return self._decoding
 
     @property
     def coefficients_per_chunk(self) -> int:
@@ -233,20 +331,40 @@ class FastPolicy(MolmoAct2Policy):
         return self.embodiment.horizon * self.embodiment.action_dim
 
     def build_prompt(self, state: np.ndarray, instruction: str) -> str:
-        return fast_prompt(super().build_prompt(state, instruction))
+        prompt = super().build_prompt(state, instruction)
+        return prompt if self.decoding == "release" else fast_prompt(prompt)
 
     # ------------------------------------------------------------------ steps
     @property
     def token_budget(self) -> int:
-        return self.max_action_tokens or self.coefficients_per_chunk * self._bytes_per_coefficient
+        if self.max_action_tokens:
+            return self.max_action_tokens
+        if self.decoding == "release":
+            return max(1, RELEASED_TOKENS_PER_STEP * self.embodiment.horizon)
+        return self.coefficients_per_chunk * self._bytes_per_coefficient
 
-    def decode_action_tokens(self, prefix: PrefixOutput) -> ActionTokenRun:
-        budget = self.token_budget
-        target = self.coefficients_per_chunk if self.constrain_length else None
-        return self.decoder.decode(prefix, max_tokens=budget, coefficients=target)
+    def decode_action_tokens(self, prefix: PrefixOutput) -> ActionTokenRun | ReleasedTokenRun:
+        if self.released_decoder is not None:
+            return self.released_decoder.decode(prefix, max_tokens=self.token_budget)
+        return self.decoder.decode(
+            prefix, max_tokens=self.token_budget, coefficients=self.coefficients_per_chunk
+        )
 
-    def tokens_to_chunk(self, run: ActionTokenRun) -> np.ndarray:
+    def released_fast_ids(self, run: ReleasedTokenRun) -> list[int]:
+        """The FAST ids the released parser takes from a run (may be empty)."""
+        config = self.config
+        return span_bins(
+            run.token_ids,
+            int(config.action_start_token_id),
+            int(config.action_end_token_id),
+            int(config.action_token_start_id),
+            int(config.num_action_tokens),
+        )
+
+    def tokens_to_chunk(self, run: ActionTokenRun | ReleasedTokenRun) -> np.ndarray:
         """Normalised (horizon, action_dim) chunk of a run; ActionTokenRunError if it is bad."""
+        if isinstance(run, ReleasedTokenRun):
+            return self._released_chunk(run)
         spec = self.embodiment
         if not run.ended and not run.complete:
             raise ActionTokenRunError(
@@ -260,6 +378,28 @@ class FastPolicy(MolmoAct2Policy):
             raise ActionTokenRunError(
                 f"the model's {len(run.fast_ids)}-token action run does not decode: {error}"
             ) from None
+
+    def _released_chunk(self, run: ReleasedTokenRun) -> np.ndarray:
+        spec = self.embodiment
+        if not run.ended:
+            raise ActionTokenRunError(
+                f"the model did not write EOS (id {self.released_decoder.eos}) within "
+                f"{run.budget} tokens"
+            )
+        fast_ids = self.released_fast_ids(run)
+        if not fast_ids:
+            raise ActionTokenRunError(
+                f"the model's {len(run.token_ids)}-token answer has no action tokens between "
+                "<action_start> and <action_end>"
+            )
+        try:
+            chunk = self.fast_tokenizer.decode_released(fast_ids, spec.horizon, spec.action_dim)
+        except FastDecodeError as error:
+            raise ActionTokenRunError(
+                f"the model's {len(fast_ids)}-token action run does not decode: {error}"
+            ) from None
+        # The release hands the decoded chunk on as float32.
+        return chunk.astype(np.float32).astype(np.float64)
 
     def unnormalize(self, normalized: np.ndarray) -> np.ndarray:
         """Normalised (horizon, action_dim) -> robot units (the norm stats' mask applies)."""
@@ -310,16 +450,20 @@ class FastPolicy(MolmoAct2Policy):
             fast_scale=self.fast_tokenizer.scale,
             fast_width=self.fast_tokenizer.action_dim,
             max_action_tokens=self.token_budget,
-            constrain_length=self.constrain_length,
+            fast_decoding=self.decoding,
         )
         return meta
 
 
 __all__ = [
+    "DECODINGS",
     "FAST_PROMPT_SUFFIX",
     "ActionTokenDecoder",
     "ActionTokenRun",
     "ActionTokenRunError",
     "FastPolicy",
+    "ReleasedTokenDecoder",
+    "ReleasedTokenRun",
+    "eos_token_id",
     "fast_prompt",
 ]

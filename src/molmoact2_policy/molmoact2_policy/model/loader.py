@@ -16,6 +16,7 @@ from typing import Any
 from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.model.checkpoint import (
     build_tiny,
+    generation_eos_token_id,
     load_checkpoint,
     load_fast_tokenizer,
     tiny_fast_tokenizer,
@@ -65,6 +66,13 @@ def load_policy(
             if checkpoint == TINY
             else load_fast_tokenizer(Path(checkpoint).expanduser(), config)
         )
+        # Random weights never write EOS: the in-memory preset decodes constrained (not the
+        # released decoding; see fast_policy). Every checkpoint directory decodes as released.
+        extra["decoding"] = "constrained" if checkpoint == TINY else "release"
+        if checkpoint != TINY:
+            extra["generation_eos_token_id"] = generation_eos_token_id(
+                Path(checkpoint).expanduser()
+            )
     return POLICY_CLASSES[mode](
         model,
         config,

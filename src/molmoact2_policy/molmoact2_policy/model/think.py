@@ -15,14 +15,20 @@ per token, the behaviour of plain greedy decoding and the reference the adaptive
 against). The released decoder replays each unchanged run in its own forward; merging the code
 just predicted into the next run gives the same tokens with fewer forwards.
 
-Sequence layout (as the released model decodes it): the Think prompt asks for the depth map
-first and ends ``<depth_output><action_output>``; decoding feeds ``<depth_start>``, the codes,
-then continues greedily over the whole vocabulary until the model writes ``<depth_end>`` (in
-practice the very next token). ``<depth_end>`` is fed along with the last known codes and
-accepted when the logits after the codes pick it, so the usual case costs no extra forward; any
-other choice rolls that token back and decodes token by token (at most ``end_budget`` tokens).
-The expert's context is the whole sequence. Checkpoints that never learned to write
-``<depth_end>`` (our random presets: ``think_force_depth_end``) get it appended.
+Sequence layout (as the released model decodes it, ``_generate_depth_prefix`` in
+``huggingface/lerobot`` ``src/lerobot/policies/molmoact2/hf_model/modeling_molmoact2.py``): the
+Think prompt asks for the depth map first and ends ``<depth_output><action_output>``; decoding
+feeds ``<depth_start>``, the codes, then continues greedily over the whole vocabulary until the
+model writes ``<depth_end>`` (in practice the very next token; at most
+max(8, the checkpoint's ``max_action_horizon``) tokens). ``<depth_end>`` is fed along with the
+last known codes and accepted when the logits after the codes pick it, so the usual case costs
+no extra forward; any other choice rolls that token back and decodes token by token. The
+expert's context is the whole sequence. Checkpoints that never learned to write ``<depth_end>``
+(our random presets: ``think_force_depth_end``, not a released key) get it appended.
+
+The released non-adaptive path (``enable_adaptive_depth=False``) is ``DepthDecoder.decode_free``
+(``ThinkPolicy.depth_decoding = "free"``): nothing forced, greedy over the whole vocabulary from
+the prompt until ``<depth_end>``, the codes parsed from the span as released.
 
 KV cache: the depth span is decoded into a transformers ``StaticCache`` preallocated for
 prompt + depth span and reused across calls (reallocated only when a longer prompt arrives):
@@ -51,7 +57,12 @@ from molmoact2_policy.depth_change import (
     prepare_frame,
 )
 from molmoact2_policy.model.config import MolmoAct2Config
-from molmoact2_policy.model.decoding import DecodeStats, StaticCacheDecoder, check_single_unpadded
+from molmoact2_policy.model.decoding import (
+    DecodeStats,
+    StaticCacheDecoder,
+    check_single_unpadded,
+    span_bins,
+)
 from molmoact2_policy.model.policy import MolmoAct2Policy
 from molmoact2_policy.model.vlm import PrefixOutput, flatten_heads
 from molmoact2_policy.policy_api import (
@@ -179,7 +190,80 @@ class DepthDecoder(StaticCacheDecoder):
                 pending = []
         self._close_span(writer, pending)
         self.stats.calls += 1
+        positions = list(range(prompt_len + 1, prompt_len + 1 + n))
+        return self._output(prefix, writer, codes, predict.copy(), positions, forwards_before)
 
+    @torch.no_grad()
+    def decode_free(self, prefix: PrefixOutput, max_tokens: int) -> DepthDecodeOutput:
+        """The released non-adaptive path (``enable_adaptive_depth=False``).
+
+        Greedy argmax over the whole LM head from the prompt's own last logits (nothing is
+        forced, not even ``<depth_start>``), each token fed back, until the model has written
+        and fed ``<depth_end>`` or ``max_tokens`` tokens (then DepthDecodeError, as the release
+        raises). The codes are the ``<depth_k>`` ids of the first ``<depth_start>`` ...
+        ``<depth_end>`` span (``decoding.span_bins``, the released parser). A grid of another
+        size than ``num_depth_codes`` (the release would go on with it) is refused: it cannot be
+        cached, shown or trusted.
+        """
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        check_single_unpadded(prefix, "Think decoding")
+        prompt_len = prefix.mask.shape[1]
+        writer = _SpanWriter(
+            self,
+            self._static_cache(prefix, prompt_len + max_tokens),
+            [[] for _ in self._language_model().layers],
+            prompt_len,
+        )
+        forwards_before = self.stats.forwards
+        hidden = prefix.last_hidden_state[:, -1]
+        closed = False
+        for _ in range(max_tokens):
+            chosen = self._next_token(hidden)
+            self.stats.predicted += 1
+            hidden = writer.feed([chosen])[:, -1]
+            if chosen == self.end_id:
+                closed = True
+                break
+        self.stats.calls += 1
+        if not closed:
+            raise DepthDecodeError(
+                f"the model did not write <depth_end> within {max_tokens} tokens"
+            )
+        bins = span_bins(writer.span, self.start_id, self.end_id, self.code_start, self.num_codes)
+        if not bins:
+            raise DepthDecodeError(
+                "the model wrote no depth codes between <depth_start> and <depth_end>"
+            )
+        if len(bins) != self.num_cells:
+            raise DepthDecodeError(
+                f"the model wrote {len(bins)} depth codes, the grid has {self.num_cells} cells"
+            )
+        span = writer.span
+        start = span.index(self.start_id) if self.start_id in span else -1
+        positions = [
+            prompt_len + index
+            for index, token in enumerate(span)
+            if index > start and self.code_start <= token < self.code_start + self.num_codes
+        ][: self.num_cells]
+        return self._output(
+            prefix,
+            writer,
+            np.asarray(bins, dtype=np.int64),
+            np.ones(self.num_cells, dtype=bool),
+            positions,
+            forwards_before,
+        )
+
+    def _output(
+        self,
+        prefix: PrefixOutput,
+        writer: _SpanWriter,
+        codes: np.ndarray,
+        changed: np.ndarray,
+        code_positions: list[int],
+        forwards_before: int,
+    ) -> DepthDecodeOutput:
         cache = writer.cache
         total = writer.position
         values = [flatten_heads(layer.values[:, :, :total]) for layer in cache.layers]
@@ -193,10 +277,10 @@ class DepthDecoder(StaticCacheDecoder):
         device = prefix.mask.device
         mask = torch.ones(1, total, dtype=torch.bool, device=device)
         depth_mask = torch.zeros(1, total, dtype=torch.bool, device=device)
-        depth_mask[:, prompt_len + 1 : prompt_len + 1 + n] = True
+        depth_mask[0, code_positions] = True
         return DepthDecodeOutput(
             codes=codes,
-            changed=predict.copy(),
+            changed=changed,
             span_ids=list(writer.span),
             keys=keys,
             values=values,
@@ -259,11 +343,10 @@ class _SpanWriter:
 
 @dataclass
 class DepthCache:
-    """What Think remembers between frames: the reference frame (as patches) and its codes.
+    """What Think remembers between frames: the last frame (as patches) and its codes.
 
-    Each cell's reference patch is the one its code was predicted from: patches of unchanged
-    cells are kept, so a slow drift adds up until the cell is re-predicted instead of creeping
-    past the threshold one small step at a time.
+    As released (``depth_cache = {"image": latest first image, "depth_bins": ...}`` after every
+    step), the next frame is compared with the last one whole, whichever cells were replayed.
     """
 
     patches: np.ndarray | None = None  # prepare_frame output (cells, values)
@@ -293,14 +376,9 @@ def plan_frame(
     return patches, changes_from_patches(cache.patches, patches, threshold).changed
 
 
-def update_cache(
-    cache: DepthCache, patches: np.ndarray, codes: np.ndarray, changed: np.ndarray
-) -> None:
-    """Store the new codes; re-predicted cells take this frame's patch as their reference."""
-    if cache.empty:
-        cache.patches = patches.copy()
-    else:
-        cache.patches[changed] = patches[changed]
+def update_cache(cache: DepthCache, patches: np.ndarray, codes: np.ndarray) -> None:
+    """Remember this frame and its codes (the reference of the next comparison)."""
+    cache.patches = patches.copy()
     cache.codes = np.asarray(codes, dtype=np.int64).copy()
 
 
@@ -319,11 +397,22 @@ def depth_gate_positions(input_ids: Tensor, config: MolmoAct2Config) -> Tensor:
     return codes
 
 
+#: How ThinkPolicy decodes the depth span (``ThinkPolicy.depth_decoding``).
+DEPTH_DECODINGS = ("adaptive", "full", "free")
+
+
 class ThinkPolicy(MolmoAct2Policy):
     """MolmoAct2-Think: depth tokens of the main camera, then the flow expert over both.
 
-    Owns the depth cache {reference frame patches, codes}: ``reset()`` clears it (with the
-    noise sequence). ``adaptive=False`` re-predicts every cell each step (the reference).
+    Owns the depth cache {last frame patches, codes}: ``reset()`` clears it (with the
+    noise sequence). ``depth_decoding``:
+
+    * ``"adaptive"`` (default): the released ``enable_adaptive_depth=True`` path: changed cells
+      predicted, the others replayed from the cache (all predicted when it is empty);
+    * ``"full"``: the same path with every cell re-predicted each step (the reference the
+      adaptive one is measured against; what the release does on a first frame);
+    * ``"free"``: the released ``enable_adaptive_depth=False`` path (``DepthDecoder.decode_free``:
+      unconstrained greedy from the prompt until ``<depth_end>``).
     """
 
     mode_name = "think"
@@ -331,14 +420,15 @@ class ThinkPolicy(MolmoAct2Policy):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # The released decoder lets the model write up to max(8, horizon) tokens after the codes.
+        # The released decoder lets the model write up to max(8, H) tokens after the codes,
+        # H the checkpoint's max_action_horizon (``_resolve_action_horizon()`` without a tag).
         self.decoder = DepthDecoder(
-            self.model.vlm, self.config, end_budget=max(8, self.embodiment.horizon)
+            self.model.vlm, self.config, end_budget=max(8, int(self.config.max_action_horizon))
         )
         self.depth_cache = DepthCache()
         self.main_camera = self.embodiment.camera_names[0]
         self.change_threshold = DEFAULT_THRESHOLD
-        self.adaptive = True
+        self.depth_decoding = "adaptive"
         side = math.isqrt(self.config.num_depth_codes)
         if side * side != self.config.num_depth_codes:
             raise ValueError(f"num_depth_codes {self.config.num_depth_codes} is not a square grid")
@@ -356,6 +446,16 @@ class ThinkPolicy(MolmoAct2Policy):
         with self._lock:
             self.main_camera = camera_name
             self.change_threshold = float(threshold)
+            self.depth_cache.clear()
+
+    def configure_depth_decoding(self, decoding: str) -> None:
+        """``"adaptive"``, ``"full"`` or ``"free"`` (class docstring); clears the cache."""
+        if decoding not in DEPTH_DECODINGS:
+            raise ValueError(
+                f"unknown depth decoding {decoding!r}; known: {', '.join(DEPTH_DECODINGS)}"
+            )
+        with self._lock:
+            self.depth_decoding = decoding
             self.depth_cache.clear()
 
     def act(
@@ -382,7 +482,12 @@ class ThinkPolicy(MolmoAct2Policy):
                 )
             except ValueError as error:
                 raise PolicyInputError(f"camera {self.main_camera!r}: {error}") from None
-            if not self.adaptive:
+            decoding = self.depth_decoding
+            if decoding not in DEPTH_DECODINGS:
+                raise ValueError(
+                    f"unknown depth decoding {decoding!r}; known: {', '.join(DEPTH_DECODINGS)}"
+                )
+            if decoding != "adaptive":
                 changed = np.ones_like(changed)
             inputs = self.prepare_inputs(images, np.asarray(state), instruction)
             noise = self.make_noise(seed)
@@ -391,9 +496,10 @@ class ThinkPolicy(MolmoAct2Policy):
             prefix = self.run_prefix(inputs)
             after_prefix = self._clock()
             try:
-                depth = self.decoder.decode(
-                    prefix, self.depth_cache.codes, changed, adaptive=self.adaptive
-                )
+                if decoding == "free":
+                    depth = self.decoder.decode_free(prefix, self.free_depth_budget)
+                else:
+                    depth = self.decoder.decode(prefix, self.depth_cache.codes, changed)
             except DepthDecodeError as error:
                 raise PolicyUnavailableError(str(error)) from None
             after_depth = self._clock()
@@ -414,7 +520,7 @@ class ThinkPolicy(MolmoAct2Policy):
             normalized = runner.sample(ctx, noise, self.action_dim_mask, guide)
             after_flow = self._clock()
             positions = self.freeze_prefix(self.postprocess(normalized), rtc)
-            update_cache(self.depth_cache, patches, depth.codes, depth.changed)
+            update_cache(self.depth_cache, patches, depth.codes)
             end = time.perf_counter()
         timings = {
             "preprocess": after_preprocess - start,
@@ -430,6 +536,12 @@ class ThinkPolicy(MolmoAct2Policy):
             depth_changed=depth.changed.copy(),
         )
 
+    @property
+    def free_depth_budget(self) -> int:
+        """Tokens the released non-adaptive decoding may write: max(cells + 8, 16 H, 1)."""
+        horizon = int(self.config.max_action_horizon)
+        return max(int(self.config.num_depth_codes) + 8, horizon * 16, 1)
+
     def reset(self) -> None:
         """Restart the noise sequence and forget the depth cache (next frame: all cells)."""
         super().reset()
@@ -443,13 +555,14 @@ class ThinkPolicy(MolmoAct2Policy):
             depth_codes=self.config.num_depth_tokens,
             depth_camera=self.main_camera,
             change_threshold=self.change_threshold,
-            adaptive_depth=self.adaptive,
+            depth_decoding=self.depth_decoding,
             depth_gate=self.model.action_expert_depth_gate is not None,
         )
         return meta
 
 
 __all__ = [
+    "DEPTH_DECODINGS",
     "DepthCache",
     "DepthDecodeError",
     "DepthDecodeOutput",
