@@ -209,6 +209,19 @@ def test_state_with_another_number_of_values_is_still_refused(served):
     assert reply.status_code == 400 and "expected shape (14,)" in reply.text
 
 
+def test_get_act_reports_dtype_as_the_released_servers_do():
+    """``"dtype": str(policy.model.dtype)`` in the released ``GET /act`` (host_server_yam.py
+    ``health``): ``"torch.bfloat16"``. Ours said ``"bfloat16"``."""
+
+    class Bf16Policy(FakePolicy):
+        def metadata(self):
+            return {**super().metadata(), "dtype": "bfloat16"}
+
+    with ServerThread(create_app(Bf16Policy(SPEC), warmup=False)) as server:
+        info = httpx.get(f"{server.url}/act", timeout=DEADLINE).json()
+    assert info["dtype"] == "torch.bfloat16"
+
+
 # ---------------------------------------------------------------------------------------------
 # Memory: a rejected request's payload is freed when it is answered
 

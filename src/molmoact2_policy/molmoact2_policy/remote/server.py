@@ -293,7 +293,7 @@ class PolicyService:
             "repo_id": model.get("checkpoint"),
             "norm_tag": released_norm_tag(spec),
             "device": model.get("device"),
-            "dtype": model.get("dtype"),
+            "dtype": _released_dtype(model.get("dtype")),
             "num_cameras": len(spec.camera_names),
             "state_dim": spec.state_dim,
             "action_horizon": int(getattr(self.policy, "returned_steps", spec.horizon)),
@@ -436,6 +436,13 @@ class PolicyService:
             options["rtc"] = request.rtc
         result = self.policy.act(request.images, request.state, request.instruction, **options)
         return result, start - submitted, time.perf_counter() - start
+
+
+def _released_dtype(dtype: Any) -> Any:
+    """The released servers report ``str(model.dtype)``: ``"torch.bfloat16"``."""
+    if isinstance(dtype, str) and dtype and not dtype.startswith("torch."):
+        return f"torch.{dtype}"
+    return dtype
 
 
 @dataclasses.dataclass(frozen=True)
