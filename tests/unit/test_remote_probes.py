@@ -1,7 +1,8 @@
-"""Regressions from outside-in probes of the policy server (notes: /work/wt/notes/probe-act.md).
+"""Regressions from outside-in probes of the policy server (real HTTP and websocket clients).
 
 Each test is a case a hostile or buggy client found: a request the server answered with 500 or
-kept in memory, a client that hung up and still cost an inference, a stop that waited forever.
+kept in memory, a client that hung up and still cost an inference, a client that never read its
+answers and kept its connection, a stop that waited forever.
 Request layouts follow the released server, ``host_server_yam.py`` as published in
 ``jianmanlincjx/Molmoact2`` (commit e1ff63d275160fa021b8e2bc6defed45ddc0c434) and
 ``npow/molmoact2`` (ad0dd5ff625d9df615408af2a264316271d5e198), and the released client
