@@ -103,8 +103,9 @@ def _with_shape(shape: list) -> bytes:
     [
         # A JSON integer too large for a float (was OverflowError -> 500).
         (_with_state_json("[" + ",".join(["1" + "0" * 400] * 14) + "]"), "numeric"),
-        # json_numpy shape with a boolean dimension (True * 3072 * 3 bytes matched; 500).
-        (_with_shape([True, 3072, 3]), "non-negative ints"),
+        # json_numpy shape with a boolean dimension whose byte count matches the 36x64x3 data
+        # (True * 2304 * 3 == 6912; reshape raised TypeError -> 500).
+        (_with_shape([True, 36 * 64, 3]), "non-negative ints"),
         # A lone surrogate from a JSON "\ud800" escape (UnicodeEncodeError in the tokenizer; 500).
         ((_body().decode()[:-1] + ',"instruction":"cup\\ud800"}').encode(), "Unicode"),
         (_with_state_json("[0.0,0.0,null" + ",0.0" * 11 + "]"), "numeric"),
