@@ -854,13 +854,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
     )
+    interrupted = False
     try:
         # uvicorn re-raises the stopping signal once it has shut down: SIGINT comes back as
         # KeyboardInterrupt, after which the interpreter would join the inference thread.
         uvicorn.Server(config).run()
+    except KeyboardInterrupt:
+        # Ctrl-C is the normal way to stop it and uvicorn has logged the orderly shutdown; the
+        # traceback it printed (CancelledError, then KeyboardInterrupt) read as a crash.
+        interrupted = True
     finally:
         exit_if_inference_stuck(app.state.service)
-    return 0
+    return 130 if interrupted else 0
 
 
 def exit_if_inference_stuck(
