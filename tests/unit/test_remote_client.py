@@ -328,6 +328,7 @@ def test_opt_in_resize_uses_the_released_processors_kernel(tiny_pair, transport)
 
 
 def test_serve_cli_in_a_subprocess(tiny_pair):
+    import signal
     import subprocess
     import sys
 
@@ -360,6 +361,12 @@ def test_serve_cli_in_a_subprocess(tiny_pair):
             result = remote.act(images, state * 0.1, "close the lid", seed=2)
         expected = local_model.act(images, state * 0.1, "close the lid", seed=2)
         assert np.array_equal(result.positions, _sent(expected.positions))
+        # Ctrl-C is how a user stops it: 130, no traceback (uvicorn re-raises the SIGINT it
+        # handled; that printed CancelledError and KeyboardInterrupt tracebacks).
+        server.send_signal(signal.SIGINT)
+        output, _ = server.communicate(timeout=20)
+        assert server.returncode == 130 and "Traceback" not in output, output
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=20)

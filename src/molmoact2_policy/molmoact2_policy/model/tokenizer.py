@@ -95,6 +95,7 @@ class MolmoAct2Tokenizer:
         self.tokenizer = tokenizer
         self.bos_token = bos_token
         self._ids: dict[str, int] = {}
+        self._added: dict[int, str] | None = None
 
     # ------------------------------------------------------------------ lookups
     def token_id(self, token: str) -> int:
@@ -130,6 +131,20 @@ class MolmoAct2Tokenizer:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     # ------------------------------------------------------------------ text
+    def added_tokens_in(self, text: str) -> list[str]:
+        """The added (special) tokens the tokenizer would read in ``text``, in order.
+
+        Added tokens are matched in the text before any BPE, so an instruction that spells
+        ``<im_patch>`` or ``<|im_end|>`` puts that control token into the prompt.
+        """
+        if self._added is None:  # thousands of entries for a released tokenizer: built once
+            self._added = {
+                index: token.content
+                for index, token in self.tokenizer.get_added_tokens_decoder().items()
+            }
+        added = self._added
+        return [added[i] for i in self.encode(text) if i in added]
+
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (special tokens written literally are recognised)."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids

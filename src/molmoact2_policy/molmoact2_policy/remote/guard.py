@@ -6,7 +6,7 @@ only once a whole request head has arrived. A client that opens connections and 
 or trickles a head or a body a byte at a time (slowloris), therefore held a socket, a file
 descriptor and an h11 parser for as long as it liked: 1000 such connections stayed open.
 
-``guarded_protocol(limits)`` is uvicorn's own h11 protocol with three additions:
+``guarded_protocol(limits)`` is uvicorn's own h11 protocol with four additions:
 
 * a connection beyond ``max_connections`` (HTTP and websocket together) gets a 503 and is closed
   at once, before any byte of it is parsed;
@@ -14,7 +14,9 @@ descriptor and an h11 parser for as long as it liked: 1000 such connections stay
   the previous response (trickling bytes does not extend it);
 * the body must be complete within ``body_timeout`` of its head; the server answers 408 and
   closes, and the handler waiting for the body sees a disconnect marked as ours
-  (``SERVER_CLOSED_KEY`` in the ASGI scope) so it does not log a client hang-up as well.
+  (``SERVER_CLOSED_KEY`` in the ASGI scope) so it does not log a client hang-up as well;
+* a client that leaves our answers unread for ``send_timeout`` (the socket buffers full, so
+  writing is paused) is cut: pipelining requests without reading held a connection for good.
 
 Each close is logged in one line (throttled: a flood gives one line per kind and period).
 """
@@ -31,6 +33,9 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import get_remote_addr
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from molmoact2_policy.remote.protocol import bounded_message
 
 logger = logging.getLogger("molmoact2.remote.server")
 
@@ -65,6 +70,20 @@ class ConnectionLimits:
     idle_timeout: float = field(
         default=5.0, metadata={"help": "seconds an idle keep-alive connection stays open"}
     )
+    # Answers are a few kB: only a client that stopped reading (pipelining requests whose
+    # answers it never takes) fills the socket buffers; it held its connection for good.
+    send_timeout: float = field(
+        default=10.0,
+        metadata={"help": "seconds a client may leave the server's answer unread before the "
+                  "connection is cut"},
+    )
+    # uvicorn waits for in-flight requests without a limit once asked to stop: an inference
+    # stuck on the device kept `molmoact2 serve` from exiting on SIGTERM/Ctrl-C for as long
+    # as it was stuck. A few normal inferences fit in 10 s.
+    shutdown_timeout: float = field(
+        default=10.0,
+        metadata={"help": "seconds in-flight requests get to finish once the server is stopped"},
+    )
     # Robots need one or two connections each.
     max_connections: int = field(
         default=32,
@@ -72,7 +91,9 @@ class ConnectionLimits:
     )
 
     def __post_init__(self) -> None:
-        for name in ("header_timeout", "body_timeout", "idle_timeout"):
+        for name in (
+            "header_timeout", "body_timeout", "idle_timeout", "send_timeout", "shutdown_timeout"
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.max_connections < 1:
@@ -89,7 +110,7 @@ class ThrottledLog:
         self._dropped: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def log(self, level: int, key: str, message: str) -> None:
+    def log(self, level: int, key: str, message: str, *, exc_info: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
             if now - self._last.get(key, -1e9) < self._period:
@@ -98,7 +119,7 @@ class ThrottledLog:
             self._last[key] = now
             dropped = self._dropped.pop(key, 0)
         suffix = f" ({dropped} similar suppressed)" if dropped else ""
-        self._log.log(level, "%s%s", message, suffix)
+        self._log.log(level, "%s%s", bounded_message(message), suffix, exc_info=exc_info)
 
     def warning(self, key: str, message: str) -> None:
         self.log(logging.WARNING, key, message)
@@ -114,8 +135,60 @@ def _peer(client: tuple[str, int] | None) -> str:
     return f"{client[0]}:{client[1]}" if client else "unknown client"
 
 
-class _GuardedH11Protocol(H11Protocol):
+class _SendDeadline:
+    """Cut a connection whose client leaves our answers unread for ``limits.send_timeout``.
+
+    asyncio pauses writing when the transport's buffer is full (the client's receive window and
+    ours are full); uvicorn then waits for it to drain, with no deadline. ``transport.close()``
+    would wait to flush that buffer too, so the connection is aborted.
+    """
+
     limits = ConnectionLimits()
+    _send_deadline: asyncio.TimerHandle | None = None
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    client: tuple[str, int] | None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[misc]
+        if self._send_deadline is None:
+            self._send_deadline = self.loop.call_later(
+                self.limits.send_timeout, self._send_timed_out
+            )
+
+    def resume_writing(self) -> None:
+        self._stop_send_deadline()
+        super().resume_writing()  # type: ignore[misc]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_send_deadline()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _stop_send_deadline(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _send_timed_out(self) -> None:
+        self._send_deadline = None
+        _throttled.info(
+            "send_timeout",
+            f"closed the connection from {_peer(self.client)}: it left the answers unread for "
+            f"{self.limits.send_timeout:g} s",
+        )
+        cycle = getattr(self, "cycle", None)  # HTTP: the handler must not report a hang-up
+        if cycle is not None:
+            cycle.scope[SERVER_CLOSED_KEY] = "send timeout"
+        self.transport.abort()
+
+
+class _GuardedWebSocketProtocol(_SendDeadline, WebSocketsSansIOProtocol):
+    """uvicorn's websocket protocol (what ``ws="auto"`` picks with websockets installed) with
+    the send deadline: its keep-alive timeout closes with ``transport.close()``, which never
+    completes while the client is not reading (probe: held 60 s+ after 2373 answers)."""
+
+
+class _GuardedH11Protocol(_SendDeadline, H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -254,3 +327,8 @@ class _GuardedH11Protocol(H11Protocol):
 def guarded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
     """uvicorn's h11 protocol class with ``limits`` enforced (pass as ``uvicorn.Config(http=)``)."""
     return type("GuardedH11Protocol", (_GuardedH11Protocol,), {"limits": limits})
+
+
+def guarded_ws_protocol(limits: ConnectionLimits) -> type[WebSocketsSansIOProtocol]:
+    """uvicorn's websocket protocol with the send deadline (``uvicorn.Config(ws=)``)."""
+    return type("GuardedWebSocketProtocol", (_GuardedWebSocketProtocol,), {"limits": limits})

@@ -221,7 +221,7 @@ def _protocol_error(exc: ImageConversionError) -> ProtocolError:
 def _check_array_header(dtype: np.dtype, shape: Sequence[int], nbytes: int) -> None:
     if dtype.kind not in _ALLOWED_DTYPE_KINDS:
         raise ProtocolError(f"array dtype {dtype.str!r} not allowed (bool, int, uint, float only)")
-    if not all(isinstance(dim, int) and dim >= 0 for dim in shape):
+    if not all(isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in shape):
         raise ProtocolError(f"array shape {list(shape)!r} is not a list of non-negative ints")
     expected = math.prod(shape) * dtype.itemsize
     if expected != nbytes:
@@ -337,7 +337,8 @@ def decode_msgpack(body: bytes, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> A
     except ProtocolError:
         raise
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
-        raise ProtocolError(f"malformed msgpack: {exc}") from exc
+        # Some msgpack errors carry no text (a reserved byte, nesting too deep): name the type.
+        raise ProtocolError(f"malformed msgpack: {type(exc).__name__}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,6 +433,10 @@ def parse_act_request(
     instruction = payload.get("instruction")
     if not isinstance(instruction, str):
         raise ProtocolError("'instruction' must be a string")
+    try:
+        instruction.encode("utf-8")  # a JSON "\ud800" escape decodes to a lone surrogate
+    except UnicodeEncodeError as exc:
+        raise ProtocolError(f"'instruction' is not valid Unicode text: {exc.reason}") from None
     if len(instruction) > limits.max_instruction_chars:
         raise RequestTooLargeError(
             f"instruction of {len(instruction)} characters exceeds {limits.max_instruction_chars}"
@@ -593,21 +598,32 @@ def _from_base64(value: Any, camera: str) -> Any:
 
 
 def _parse_state(payload: Mapping[str, Any], spec: EmbodimentSpec) -> np.ndarray:
+    """``state`` (or ``proprio``) as ``(state_dim,)`` float64.
+
+    As the released servers read it (``np.asarray(state, float32).reshape(-1)`` must have
+    ``state_dim`` values; allenai/molmoact2 ``examples/yam/host_server_yam.py`` ``predict``),
+    any array or nested list of ``state_dim`` numbers is accepted and flattened in row-major
+    order, so a ``(1, 14)`` or ``(2, 7)`` state a released server takes is not refused here.
+    Booleans, nulls, strings and integers too large for a float are refused by name.
+    """
     key = "state" if "state" in payload else "proprio"
     raw = payload.get(key)
     if raw is None:
         raise ProtocolError(f"missing 'state' ({spec.state_dim} values for {spec.name})")
-    if isinstance(raw, list) and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw
-    ):
-        raw = np.asarray(raw, dtype=np.float64)
+    if isinstance(raw, (list, tuple)):
+        try:
+            # No dtype: bools stay bool, nulls/strings/huge ints become object, all refused below.
+            raw = np.asarray(raw)
+        except (TypeError, ValueError):
+            raise ProtocolError(f"'{key}' must be a list of numbers (not ragged)") from None
     if not isinstance(raw, np.ndarray) or raw.dtype.kind not in "iuf":
-        raise ProtocolError(f"'{key}' must be a numeric array, got {type(raw).__name__}")
-    if raw.shape != (spec.state_dim,):
+        what = type(raw).__name__ if not isinstance(raw, np.ndarray) else f"{raw.dtype} array"
+        raise ProtocolError(f"'{key}' must be a numeric array, got {what}")
+    if raw.size != spec.state_dim:
         raise ProtocolError(
             f"'{key}': expected shape ({spec.state_dim},) for {spec.name}, got {raw.shape}"
         )
-    return raw.astype(np.float64)
+    return raw.reshape(-1).astype(np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -683,8 +699,21 @@ def build_act_response(
     }
 
 
+# Error messages quote what the client sent (a camera name, a tag, a value); a client sending
+# a megabyte there got it back twice and wrote it into the server log (probe: 2 MB answers).
+MAX_MESSAGE_CHARS = 1000
+
+
+def bounded_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` cut to ``limit`` characters, saying how long it was."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}... ({len(message)} characters in all)"
+
+
 def error_payload(code: str, message: str) -> dict[str, Any]:
     """Error body; ``detail`` repeats the message for FastAPI-style clients."""
+    message = bounded_message(message)
     return {"error": {"code": code, "message": message}, "detail": message}
 
 

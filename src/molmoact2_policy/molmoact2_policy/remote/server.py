@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -53,11 +53,13 @@ from molmoact2_policy.remote.guard import (
     ConnectionLimits,
     ThrottledLog,
     guarded_protocol,
+    guarded_ws_protocol,
 )
 from molmoact2_policy.remote.protocol import (
     DEFAULT_MAX_BODY_BYTES,
     PROTOCOL_VERSION,
     RELEASED_DEFAULT_NUM_STEPS,
+    RTC_FIELD,
     ActRequest,
     ProtocolError,
     RequestLimits,
@@ -81,6 +83,8 @@ TOKEN_HEADER = "x-molmoact2-token"
 # so the shape only has to be a plausible camera frame.
 WARMUP_IMAGE_SHAPE = (360, 640, 3)
 DEFAULT_WARMUP_INSTRUCTION = "pick up the object and put it in the bowl"
+# Status of a request dropped because its client hung up (nginx's convention); never sent.
+CLIENT_CLOSED = 499
 _T = TypeVar("_T")
 
 
@@ -143,6 +147,48 @@ class InferenceQueue:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+class BodyBudget:
+    """Bytes of HTTP request bodies held at once across connections: being received, queued
+    or decoding. Bodies are read before a queue slot is taken, so without a budget
+    ``max_connections`` uploads of ``max_body_bytes`` each were in memory together (probe: 32
+    simultaneous 30 MB bodies, server peak 1.04 GB, 24 of them then refused as busy anyway)."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        if limit_bytes < 1:
+            raise ValueError(f"limit_bytes must be >= 1, got {limit_bytes}")
+        self.limit_bytes = limit_bytes
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[Callable[[int], None]]:
+        """A ``take(n)`` that reserves n more bytes or raises ``ServerBusyError``; everything
+        taken is given back when the block ends."""
+        taken = 0
+
+        def take(count: int) -> None:
+            nonlocal taken
+            with self._lock:
+                if self._used + count > self.limit_bytes:
+                    raise ServerBusyError(
+                        f"server busy: {self._used / 2**20:.1f} MiB of request bodies in "
+                        f"flight, the limit is {self.limit_bytes / 2**20:.1f} MiB; retry later"
+                    )
+                self._used += count
+                taken += count
+
+        try:
+            yield take
+        finally:
+            with self._lock:
+                self._used -= taken
+
+
 class PolicyService:
     """Framework-free core of the server: admission, decoding, warm-up, inference, timings."""
 
@@ -166,6 +212,7 @@ class PolicyService:
         # rather than ignored. A backend without a flow loop (FAST) accepts only the released
         # default, which released clients send meaning "the server's own".
         self._takes_num_steps = _accepts_keyword(policy.act, "num_steps")
+        self._takes_rtc = _accepts_keyword(policy.act, "rtc")
         fixed = None if self._takes_num_steps else self._metadata().get("flow_steps")
         self._fixed_steps = fixed if isinstance(fixed, int) else RELEASED_DEFAULT_NUM_STEPS
         # JPEG decoding of several cameras in parallel; bounded so a burst cannot take all cores.
@@ -246,7 +293,7 @@ class PolicyService:
             "repo_id": model.get("checkpoint"),
             "norm_tag": released_norm_tag(spec),
             "device": model.get("device"),
-            "dtype": model.get("dtype"),
+            "dtype": _released_dtype(model.get("dtype")),
             "num_cameras": len(spec.camera_names),
             "state_dim": spec.state_dim,
             "action_horizon": int(getattr(self.policy, "returned_steps", spec.horizon)),
@@ -276,23 +323,57 @@ class PolicyService:
         with self.queue.slot():
             await self.queue.run(self.policy.reset)
 
-    async def handle(self, body: bytes, decode: Callable[..., Any]) -> tuple[int, Any]:
-        """One encoded request -> (HTTP status, response object or array). Never raises."""
+    async def handle(
+        self,
+        body: bytes,
+        decode: Callable[..., Any],
+        *,
+        client_gone: Callable[[], Awaitable[object]] | None = None,
+    ) -> tuple[int, Any]:
+        """One encoded request -> (HTTP status, response object or array). Never raises.
+
+        ``client_gone`` returns when the requester hangs up: a request still waiting for the
+        device is then dropped, so a client that timed out and retried does not leave dead
+        inferences ahead of its live one (an inference already running finishes; the device
+        cannot be interrupted). The connection is gone, so the status returned goes nowhere.
+        """
         start = time.perf_counter()
         try:
             with self.queue.slot():
-                request = await anyio.to_thread.run_sync(self._decode, body, decode)
+                # Decoding answers a value, never raises across the thread boundary: an exception
+                # coming back through anyio's worker future forms a reference cycle with the
+                # frames that hold the decoded payload, so each rejected request's body (up to
+                # max_body_bytes, ten times that as Python objects) stayed in memory until the
+                # cyclic garbage collector happened to run.
+                outcome = await anyio.to_thread.run_sync(self._decode, body, decode)
+                if isinstance(outcome, _Rejection):
+                    self._log.warning(outcome.code, f"rejected request: {outcome.message}")
+                    return outcome.status, error_payload(outcome.code, outcome.message)
+                request = outcome
                 decoded = time.perf_counter()
-                result, queue_wait, infer = await self.queue.run(
-                    lambda: self._infer(request, time.perf_counter())
-                )
+                inference = self.queue.submit(lambda: self._infer(request, time.perf_counter()))
+                if client_gone is not None and await _client_left_first(inference, client_gone):
+                    self._log.info(
+                        "dropped", "dropped a queued request: its client hung up before it ran"
+                    )
+                    return CLIENT_CLOSED, error_payload(
+                        "client_closed", "the client hung up before its request ran"
+                    )
+                result, queue_wait, infer = await asyncio.wrap_future(inference)
         except ServerBusyError as exc:
             self._log.warning("busy", str(exc))
             return 503, error_payload("busy", str(exc))
-        except RequestTooLargeError as exc:
-            self._log.warning("too_large", f"rejected request: {exc}")
-            return 413, error_payload(exc.code, str(exc))
-        except (ProtocolError, PolicyInputError) as exc:
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still open when --shutdown-timeout runs out; it would
+            # answer them 500 and log a traceback each. A queued one never runs (its future
+            # was cancelled with it); a running one ends on its own.
+            # Handled here: clear the pending cancellation (Python >= 3.11 counts them).
+            uncancel = getattr(asyncio.current_task(), "uncancel", None)
+            if uncancel is not None:
+                uncancel()
+            self._log.info("stopping", "answered a pending request 503: the server is stopping")
+            return 503, error_payload("stopping", "the server is stopping; retry later")
+        except PolicyInputError as exc:
             self._log.warning("bad_request", f"rejected request: {exc}")
             return 400, error_payload("bad_request", str(exc))
         except PolicyUnavailableError as exc:
@@ -310,7 +391,23 @@ class PolicyService:
         timing["total"] = time.perf_counter() - start
         return 200, build_act_response(result, self.spec.name, timing)
 
-    def _decode(self, body: bytes, decode: Callable[..., Any]) -> ActRequest:
+    def _decode(self, body: bytes, decode: Callable[..., Any]) -> ActRequest | _Rejection:
+        """The checked request, or why it is refused (runs on a worker thread)."""
+        try:
+            return self._parse(body, decode)
+        except RequestTooLargeError as exc:
+            return _Rejection(413, exc.code, str(exc))
+        except (ProtocolError, PolicyInputError) as exc:
+            return _Rejection(400, "bad_request", str(exc))
+        except Exception as exc:  # a request our parser did not foresee: say so, keep serving
+            self._log.log(
+                logging.ERROR, "decode_bug", "request decoding failed unexpectedly", exc_info=True
+            )
+            return _Rejection(
+                500, "internal_error", f"request could not be read: {type(exc).__name__}: {exc}"
+            )
+
+    def _parse(self, body: bytes, decode: Callable[..., Any]) -> ActRequest:
         payload = decode(body, max_bytes=self.limits.max_body_bytes)
         request = parse_act_request(payload, self.spec, self.limits, executor=self._codec_pool)
         steps = request.num_steps
@@ -318,6 +415,11 @@ class PolicyService:
             raise ProtocolError(
                 f"num_steps {steps} cannot be honoured: this server's policy runs "
                 f"{self._fixed_steps} flow steps and cannot change them per request"
+            )
+        if request.rtc is not None and not self._takes_rtc:
+            raise ProtocolError(
+                f"'{RTC_FIELD}' (real-time chunking) is not supported by this server's policy; "
+                "send the request without it"
             )
         return request
 
@@ -334,6 +436,42 @@ class PolicyService:
             options["rtc"] = request.rtc
         result = self.policy.act(request.images, request.state, request.instruction, **options)
         return result, start - submitted, time.perf_counter() - start
+
+
+def _released_dtype(dtype: Any) -> Any:
+    """The released servers report ``str(model.dtype)``: ``"torch.bfloat16"``."""
+    if isinstance(dtype, str) and dtype and not dtype.startswith("torch."):
+        return f"torch.{dtype}"
+    return dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rejection:
+    """A request refused before inference: HTTP status, error code, message."""
+
+    status: int
+    code: str
+    message: str
+
+
+async def _client_left_first(
+    inference: Future[Any], client_gone: Callable[[], Awaitable[object]]
+) -> bool:
+    """Wait until ``inference`` is done or the client hangs up; True when the request was
+    dropped (its client left before it started). A started inference is always awaited."""
+    watcher = asyncio.ensure_future(client_gone())
+    finished = asyncio.ensure_future(asyncio.wrap_future(inference))
+    try:
+        await asyncio.wait({watcher, finished}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        inference.cancel()  # the server is stopping: a queued request never runs
+        raise
+    finally:
+        watcher.cancel()
+    if not finished.done() and inference.cancel():
+        return True
+    await asyncio.wait({finished})  # running: it holds the device until it ends
+    return False
 
 
 def _accepts_keyword(function: Callable[..., Any], name: str) -> bool:
@@ -376,10 +514,15 @@ class _BodyAbandonedError(Exception):
         self.declared = declared
 
 
-async def _read_body(request: Request, max_bytes: int) -> bytes:
+async def _read_body(request: Request, max_bytes: int, take: Callable[[int], None]) -> bytes:
+    """The whole body, its bytes reserved with ``take`` (``BodyBudget.hold``) before they are
+    read: the declared length at once, a chunked body chunk by chunk."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    known = declared is not None and declared.isdigit()
+    if known and int(declared) > max_bytes:
         raise RequestTooLargeError(f"body of {declared} bytes exceeds the limit of {max_bytes}")
+    if known:
+        take(int(declared))  # h11 delivers exactly the declared length or a disconnect
     chunks: list[bytes] = []
     received = 0
     try:
@@ -387,10 +530,18 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
             received += len(chunk)
             if received > max_bytes:
                 raise RequestTooLargeError(f"body exceeds the limit of {max_bytes} bytes")
+            if not known:
+                take(len(chunk))
             chunks.append(chunk)
     except ClientDisconnect:
         raise _BodyAbandonedError(received, declared) from None
     return b"".join(chunks)
+
+
+async def _http_disconnect(request: Request) -> None:
+    """Return once the client of ``request`` (whose body was read) hangs up."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class _TokenGate:
@@ -445,6 +596,9 @@ def create_app(
 
     app = FastAPI(title="MolmoAct2 policy server", lifespan=lifespan)
     app.state.service = service
+    # The running request, the queued ones and one more being received.
+    body_budget = BodyBudget((max_queue + 2) * max_body_bytes)
+    app.state.body_budget = body_budget
     if token:
         app.add_middleware(_TokenGate, token=token)
 
@@ -469,22 +623,28 @@ def create_app(
 
     @app.post("/act")
     async def act(request: Request) -> Response:
-        try:
-            body = await _read_body(request, max_body_bytes)
-        except RequestTooLargeError as exc:
-            return _json_response(413, error_payload(exc.code, str(exc)))
-        except _BodyAbandonedError as exc:
-            # The guard logs the connections it closes itself; this is the client hanging up.
-            if SERVER_CLOSED_KEY not in request.scope:
-                client = request.client
-                peer = f"{client.host}:{client.port}" if client else "a client"
-                disconnects.info(
-                    "client_disconnect",
-                    f"{peer} hung up during the body of POST /act ({exc}); nothing was run",
-                )
-            return Response(status_code=400)  # goes nowhere: the connection is gone
-        status, payload = await service.handle(body, decode_json)
-        return _json_response(status, payload)
+        with body_budget.hold() as take:  # the body counts until its answer is built
+            try:
+                body = await _read_body(request, max_body_bytes, take)
+            except RequestTooLargeError as exc:
+                return _json_response(413, error_payload(exc.code, str(exc)))
+            except ServerBusyError as exc:
+                disconnects.warning("body_budget", str(exc))
+                return _json_response(503, error_payload("busy", str(exc)))
+            except _BodyAbandonedError as exc:
+                # The guard logs the connections it closes itself; this is the client hanging up.
+                if SERVER_CLOSED_KEY not in request.scope:
+                    client = request.client
+                    peer = f"{client.host}:{client.port}" if client else "a client"
+                    disconnects.info(
+                        "client_disconnect",
+                        f"{peer} hung up during the body of POST /act ({exc}); nothing was run",
+                    )
+                return Response(status_code=400)  # goes nowhere: the connection is gone
+            status, payload = await service.handle(
+                body, decode_json, client_gone=lambda: _http_disconnect(request)
+            )
+            return _json_response(status, payload)
 
     @app.websocket("/ws")
     async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -497,9 +657,20 @@ def create_app(
             await websocket.close(code=1008, reason="unauthorized")
             return
         await websocket.send_bytes(encode_msgpack({"metadata": service.health()}))
+        # A frame that arrives while the previous request waits for the device (a client that
+        # does not wait for answers); kept for the next turn. Only one is read ahead, so a
+        # flooding client is held back by the websocket's own flow control, not our memory.
+        read_ahead: list[Any] = []
+
+        async def client_gone() -> None:
+            message = await websocket.receive()
+            if message["type"] != "websocket.disconnect":
+                read_ahead.append(message)
+                await asyncio.Event().wait()  # stop watching; the loop reads on
+
         while True:
             try:
-                message = await websocket.receive()
+                message = read_ahead.pop() if read_ahead else await websocket.receive()
             except WebSocketDisconnect:
                 return
             if message["type"] == "websocket.disconnect":
@@ -513,7 +684,11 @@ def create_app(
                     ),
                 )
             else:
-                status, payload = await service.handle(data, decode_msgpack)
+                status, payload = await service.handle(
+                    data, decode_msgpack, client_gone=client_gone
+                )
+                if status == CLIENT_CLOSED:
+                    return  # the client left before its request ran
             if status != 200:
                 payload = {**payload, "status": status}
             try:
@@ -579,7 +754,9 @@ def uvicorn_config(
         host=host,
         port=port,
         http=guarded_protocol(limits),
+        ws=guarded_ws_protocol(limits),
         timeout_keep_alive=limits.idle_timeout,  # type: ignore[arg-type]  (float works)
+        timeout_graceful_shutdown=limits.shutdown_timeout,  # type: ignore[arg-type]
         **kwargs,
     )
 
@@ -677,8 +854,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
     )
-    uvicorn.Server(config).run()
-    return 0
+    interrupted = False
+    try:
+        # uvicorn re-raises the stopping signal once it has shut down: SIGINT comes back as
+        # KeyboardInterrupt, after which the interpreter would join the inference thread.
+        uvicorn.Server(config).run()
+    except KeyboardInterrupt:
+        # Ctrl-C is the normal way to stop it and uvicorn has logged the orderly shutdown; the
+        # traceback it printed (CancelledError, then KeyboardInterrupt) read as a crash.
+        interrupted = True
+    finally:
+        exit_if_inference_stuck(app.state.service)
+    return 130 if interrupted else 0
+
+
+def exit_if_inference_stuck(
+    service: PolicyService, exit_process: Callable[[int], object] = os._exit
+) -> None:
+    """After the server stopped: end the process now if an inference is still running.
+
+    uvicorn gave in-flight requests ``shutdown_timeout`` and cancelled them; a model call
+    cannot be cancelled, and the interpreter joins the inference thread at exit, so a call
+    stuck on the device (or a long warm-up) kept the process alive after Ctrl-C for as long as
+    it ran (probe: 25.7 s after SIGINT during a 30 s warm-up).
+    """
+    running = service.queue.snapshot()["running"]
+    if not running:
+        return
+    logger.error(
+        "an inference (or the warm-up) is still running as the server stops; exiting without "
+        "waiting for it (a model call cannot be interrupted)"
+    )
+    logging.shutdown()
+    exit_process(1)
 
 
 if __name__ == "__main__":
