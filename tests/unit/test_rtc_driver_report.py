@@ -158,6 +158,19 @@ def test_reporter_follows_accept_take_over_reject_and_hold():
     assert report.state == "holding" and report.following() is None
 
 
+def test_reports_name_running_chunks_by_their_exact_header_stamp():
+    # The executor keeps float seconds (0.24 us steps at today's epoch); the report carries the
+    # stamp the ActionChunk's header had, so a user can match the two exactly.
+    rig = Rig()
+    stamp = rig.now_ns
+    assert round((stamp / NS_PER_S) * NS_PER_S) != stamp  # the round trip is lossy here
+    rig.advance(0.1)
+    assert rig.publish(stamp, _positions(rig.pose), 0.1).accepted
+    assert rig.reporter.current(rig.executor, rig.seconds).pending.stamp_ns == stamp
+    rig.advance(0.05)
+    assert rig.reporter.current(rig.executor, rig.seconds).running.stamp_ns == stamp
+
+
 def test_reports_are_due_on_change_and_as_a_heartbeat():
     executor = _executor()
     executor.tick(10.0, np.zeros(3))
@@ -214,19 +227,28 @@ FIRST, SECOND = ChunkRef(0, EPOCH_NS), ChunkRef(1, EPOCH_NS + 100_000_000)
 @pytest.mark.parametrize(
     ("report", "reason"),
     [
-        (ChunkExecution(AT, "holding", last=SECOND, last_reject_reason="hold: hold requested"),
-         "driver_holding"),
+        (
+            ChunkExecution(AT, "holding", last=SECOND, last_reject_reason="hold: hold requested"),
+            "driver_holding",
+        ),
         (ChunkExecution(AT, "estop", last=SECOND), "driver_estop"),
         (ChunkExecution(AT, "dancing", last=SECOND), "driver_other"),
         # Running a chunk 5 ms off ours: from another publisher or an earlier policy run.
-        (ChunkExecution(AT, "tracking", running=ChunkRef(0, EPOCH_NS - 5_000_000), last=SECOND),
-         "driver_runs_unknown_chunk"),
+        (
+            ChunkExecution(AT, "tracking", running=ChunkRef(0, EPOCH_NS - 5_000_000), last=SECOND),
+            "driver_runs_unknown_chunk",
+        ),
         # No verdict on chunk 1 yet: the report's last is chunk 0.
-        (ChunkExecution(AT, "tracking", running=FIRST, last=FIRST, last_accepted=True),
-         "driver_verdict_pending"),
-        (ChunkExecution(EPOCH_NS - 3 * NS_PER_S, "tracking", running=SECOND, last=SECOND,
-                        last_accepted=True),
-         "driver_report_stale"),
+        (
+            ChunkExecution(AT, "tracking", running=FIRST, last=FIRST, last_accepted=True),
+            "driver_verdict_pending",
+        ),
+        (
+            ChunkExecution(
+                EPOCH_NS - 3 * NS_PER_S, "tracking", running=SECOND, last=SECOND, last_accepted=True
+            ),
+            "driver_report_stale",
+        ),
     ],
 )
 def test_rtc_is_skipped_with_the_reason_when_the_driver_runs_nothing_of_ours(report, reason):
@@ -246,8 +268,13 @@ def test_the_feed_waits_for_the_verdict_on_the_chunk_published_last():
     rows = _positions(np.zeros(3))
     feed.record_chunk(EPOCH_NS, 0.0, rows, 0.1, sequence=0)
     feed.record_execution(
-        ChunkExecution(EPOCH_NS + 50_000_000, "tracking", running=ChunkRef(0, EPOCH_NS),
-                       last=ChunkRef(0, EPOCH_NS), last_accepted=True)
+        ChunkExecution(
+            EPOCH_NS + 50_000_000,
+            "tracking",
+            running=ChunkRef(0, EPOCH_NS),
+            last=ChunkRef(0, EPOCH_NS),
+            last_accepted=True,
+        )
     )
     feed.record_chunk(EPOCH_NS + 100_000_000, 0.0, rows + 2.0, 0.1, sequence=1)
     results = []
@@ -258,9 +285,14 @@ def test_the_feed_waits_for_the_verdict_on_the_chunk_published_last():
     # The verdict (chunk 1 rejected) comes after the request began or before: either way the
     # request must see it, not the report from before chunk 1 was published.
     feed.record_execution(
-        ChunkExecution(EPOCH_NS + 110_000_000, "tracking", running=ChunkRef(0, EPOCH_NS),
-                       last=ChunkRef(1, EPOCH_NS + 100_000_000), last_accepted=False,
-                       last_reject_reason="start_deviation: far")
+        ChunkExecution(
+            EPOCH_NS + 110_000_000,
+            "tracking",
+            running=ChunkRef(0, EPOCH_NS),
+            last=ChunkRef(1, EPOCH_NS + 100_000_000),
+            last_accepted=False,
+            last_reject_reason="start_deviation: far",
+        )
     )
     asking.join(timeout=60.0)
     assert not asking.is_alive()

@@ -16,6 +16,9 @@ from hw_drivers.chunk import Chunk
 from hw_drivers.executor import ChunkExecutor
 from molmoact2_common.chunk_execution import NS_PER_S, ChunkExecution, ChunkRef
 
+#: Accepted chunks whose exact stamps are kept (a running chunk is at most a few chunks old).
+ACCEPTED_STAMPS_KEPT = 64
+
 
 class ExecutionReporter:
     def __init__(self, heartbeat: float = 1.0) -> None:
@@ -27,12 +30,20 @@ class ExecutionReporter:
         self._last_reason = ""
         self._published: ChunkExecution | None = None
         self._published_at = -math.inf
+        # Exact header stamps of recently accepted chunks by sequence: the executor keeps
+        # float seconds (off by up to ~0.24 us), and a user comparing the report with the
+        # ActionChunk's header should see the same stamp.
+        self._accepted_stamps: dict[int, int] = {}
 
     def on_verdict(self, sequence: int, stamp_ns: int, accepted: bool, reason: str = "") -> None:
         """The driver's verdict on the chunk ``(sequence, stamp_ns)`` it just received."""
         self._last = ChunkRef(int(sequence), int(stamp_ns))
         self._last_accepted = bool(accepted)
         self._last_reason = "" if accepted else reason
+        if accepted:
+            self._accepted_stamps[int(sequence)] = int(stamp_ns)
+            while len(self._accepted_stamps) > ACCEPTED_STAMPS_KEPT:
+                del self._accepted_stamps[next(iter(self._accepted_stamps))]  # the oldest
 
     def report(
         self, now: float, state: str, running: Chunk | None, pending: Chunk | None = None
@@ -41,12 +52,20 @@ class ExecutionReporter:
         return ChunkExecution(
             stamp_ns=round(now * NS_PER_S) if math.isfinite(now) else 0,
             state=state,
-            running=ChunkRef.from_seconds(running.sequence, running.stamp) if running else None,
-            pending=ChunkRef.from_seconds(pending.sequence, pending.stamp) if pending else None,
+            running=self._ref(running) if running else None,
+            pending=self._ref(pending) if pending else None,
             last=self._last,
             last_accepted=self._last_accepted,
             last_reject_reason=self._last_reason,
         )
+
+    def _ref(self, chunk: Chunk) -> ChunkRef:
+        """``chunk`` by sequence and stamp, the stamp exact when its verdict was seen here."""
+        ref = ChunkRef.from_seconds(chunk.sequence, chunk.stamp)
+        exact = self._accepted_stamps.get(ref.sequence)
+        if exact is not None and ref.same_as(ref.sequence, exact):
+            return ChunkRef(ref.sequence, exact)
+        return ref
 
     def current(
         self, executor: ChunkExecutor, now: float, state: str | None = None
