@@ -20,7 +20,6 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
-    DurabilityPolicy,
     QoSProfile,
     ReliabilityPolicy,
     qos_profile_sensor_data,
@@ -38,6 +37,7 @@ from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import execution_summary, health_statuses, make_preflight
 from hw_drivers.preflight import RateMeter
 from hw_drivers.tick_timing import TickTiming, timer_callback_with_info
+from molmoact2_common.chunk_execution import chunk_execution_qos
 from molmoact2_common.lifecycle_errors import log_transition_errors
 from molmoact2_common.ros_params import declare_dataclass_params
 from molmoact2_common.ros_runtime import run_lifecycle_node
@@ -146,11 +146,7 @@ class DriverNode(LifecycleNode):
         self._execution_pub = self.create_publisher(
             ChunkExecution,
             "~/chunk_execution",
-            QoSProfile(
-                depth=1,
-                reliability=ReliabilityPolicy.RELIABLE,
-                durability=DurabilityPolicy.TRANSIENT_LOCAL,
-            ),
+            chunk_execution_qos(),
         )
         self._chunk_sub = self.create_subscription(
             ActionChunk,

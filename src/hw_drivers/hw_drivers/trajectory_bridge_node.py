@@ -27,7 +27,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
-    DurabilityPolicy,
     QoSProfile,
     ReliabilityPolicy,
     qos_profile_sensor_data,
@@ -41,6 +40,7 @@ from hw_drivers.execution_report import ExecutionReporter
 from hw_drivers.safety import JointLimits, SafetyConfig, validate_chunk, validate_timing
 from hw_drivers.trajectory import BridgeOutput, chunk_to_trajectory, seconds_to_duration
 from hw_drivers.trajectory_bridge_params import TrajectoryBridgeParams
+from molmoact2_common.chunk_execution import chunk_execution_qos
 from molmoact2_common.lifecycle_errors import log_transition_errors
 from molmoact2_common.ros_params import declare_dataclass_params, refuse_param_changes
 from molmoact2_common.ros_runtime import run_lifecycle_node
@@ -125,11 +125,7 @@ class TrajectoryBridgeNode(LifecycleNode):
         self._execution_pub = self.create_publisher(
             ChunkExecution,
             "~/chunk_execution",
-            QoSProfile(
-                depth=1,
-                reliability=ReliabilityPolicy.RELIABLE,
-                durability=DurabilityPolicy.TRANSIENT_LOCAL,
-            ),
+            chunk_execution_qos(),
         )
         self._chunk_sub = self.create_subscription(
             ActionChunk, p.chunk_topic, self._on_chunk, reliable

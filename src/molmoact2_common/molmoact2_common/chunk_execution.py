@@ -21,6 +21,19 @@ NS_PER_S = 1_000_000_000
 STAMP_TOLERANCE_NS = 1_000
 
 
+def chunk_execution_qos() -> Any:
+    """QoS of ``~/chunk_execution`` for its publishers and subscribers: reliable, transient
+    local, depth 1. A state topic, latched as robot_state_publisher latches
+    ``robot_description``: a subscriber starting late gets the current report at once."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(
+        depth=1,
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    )
+
+
 @dataclass(frozen=True)
 class ChunkRef:
     """One ActionChunk, by its ``sequence`` and header stamp [ns]."""

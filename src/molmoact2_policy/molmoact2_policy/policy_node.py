@@ -23,13 +23,12 @@ from typing import Any
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
-    DurabilityPolicy,
     QoSProfile,
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
 
-from molmoact2_common.chunk_execution import ChunkExecution
+from molmoact2_common.chunk_execution import ChunkExecution, chunk_execution_qos
 from molmoact2_common.lifecycle_errors import log_transition_errors
 from molmoact2_common.ros_params import declare_dataclass_params
 from molmoact2_common.ros_runtime import run_lifecycle_node
@@ -370,11 +369,7 @@ class PolicyNode(LifecycleNode):
                     ChunkExecutionMsg,
                     self.params.rtc_execution_topic,
                     self._on_execution,
-                    QoSProfile(
-                        depth=1,
-                        reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                    ),
+                    chunk_execution_qos(),
                     # The worker thread may be waiting for it (RtcFeed.verdict_timeout); this
                     # callback takes no lock the worker holds meanwhile.
                     callback_group=self._input_group,
