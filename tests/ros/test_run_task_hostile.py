@@ -18,6 +18,25 @@ from tests.ros.test_run_task import result_of, send, setup  # noqa: F401  (modul
 pytestmark = pytest.mark.ros
 
 
+def _policy_transitions(robot):
+    """(transition(id) -> success, the client): the policy node's lifecycle ChangeState."""
+    from lifecycle_msgs.srv import ChangeState
+
+    from tests.ros.policy_node_harness import NODE
+
+    change = robot.node.create_client(ChangeState, f"/{NODE}/change_state")
+
+    def transition(transition_id: int) -> bool:
+        assert change.wait_for_service(timeout_sec=10.0)
+        request = ChangeState.Request()
+        request.transition.id = transition_id
+        future = change.call_async(request)
+        assert robot.run(20.0, until=future.done)
+        return future.result().success
+
+    return transition, change
+
+
 @pytest.mark.parametrize(
     ("instruction", "max_duration", "success_topic", "reason"),
     [
@@ -90,21 +109,11 @@ def test_a_goal_while_the_policy_is_inactive_is_rejected_without_releasing_the_d
     setup,  # noqa: F811
 ):
     from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState
 
     from molmoact2_msgs.action import RunTask
-    from tests.ros.policy_node_harness import NODE
 
     robot, driver, client = setup
-    change = robot.node.create_client(ChangeState, f"/{NODE}/change_state")
-
-    def transition(transition_id: int) -> bool:
-        assert change.wait_for_service(timeout_sec=10.0)
-        request = ChangeState.Request()
-        request.transition.id = transition_id
-        future = change.call_async(request)
-        assert robot.run(20.0, until=future.done)
-        return future.result().success
+    transition, change = _policy_transitions(robot)
 
     driver.publish_state()
     assert transition(Transition.TRANSITION_DEACTIVATE)
@@ -172,21 +181,11 @@ def test_a_storm_of_service_calls_and_parameter_sets_leaves_the_policy_running(s
 
 def test_deactivating_the_policy_mid_goal_ends_it_and_holds_the_driver(setup):  # noqa: F811
     from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState
 
     from molmoact2_msgs.action import RunTask
-    from tests.ros.policy_node_harness import NODE
 
     robot, driver, client = setup
-    change = robot.node.create_client(ChangeState, f"/{NODE}/change_state")
-
-    def transition(transition_id: int) -> bool:
-        assert change.wait_for_service(timeout_sec=10.0)
-        request = ChangeState.Request()
-        request.transition.id = transition_id
-        future = change.call_async(request)
-        assert robot.run(20.0, until=future.done)
-        return future.result().success
+    transition, change = _policy_transitions(robot)
 
     driver.publish_state()
     driver.holds.clear()
