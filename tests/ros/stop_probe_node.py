@@ -1,8 +1,9 @@
 """The stop tests' small node, run through ``molmoact2_common.ros_runtime`` (a script, not a test).
 
 ``python tests/ros/stop_probe_node.py MODE``: publishes a counter at 20 Hz; logs ``ready pid=N``
-once spinning, and a line through Python ``logging`` (which the runtime forwards to the node's
-ROS log). On exit it logs ``on_exit ran`` and, by MODE: ``quick`` returns at once;
+once spinning (``stop_requested()`` false until then), and a line through Python ``logging``
+(which the runtime forwards to the node's ROS log). On exit it logs ``on_exit ran`` with
+``stop_requested()`` and, by MODE: ``quick`` returns at once;
 ``busy`` first joins a worker thread stuck in a long call for at most 0.5 s (an inference in
 flight); ``hang`` never returns (the runtime's deadline must end the process). An optional
 second argument names the executor (``single`` or ``events``, as a node's ``params.executor``).
@@ -22,7 +23,7 @@ def main() -> int:
     from rclpy.node import Node
     from std_msgs.msg import Int32
 
-    from molmoact2_common.ros_runtime import run_node
+    from molmoact2_common.ros_runtime import run_node, stop_requested
 
     mode = sys.argv[1]
     executor = sys.argv[2] if len(sys.argv) > 2 else "single"
@@ -40,13 +41,14 @@ def main() -> int:
 
         def _tick(self) -> None:
             if self.count == 0:
+                assert not stop_requested()
                 logging.getLogger("molmoact2_common.stop_probe").info("python logging bridged")
                 self.get_logger().info(f"ready pid={os.getpid()}")
             self.count += 1
             self.pub.publish(Int32(data=self.count))
 
     def on_exit(node: Probe) -> None:
-        node.get_logger().info("on_exit ran")
+        node.get_logger().info(f"on_exit ran (stop_requested={stop_requested()})")
         if mode == "busy":
             stuck.join(timeout=0.5)
         elif mode == "hang":

@@ -112,7 +112,7 @@ def test_every_stop_signal_ends_the_node_cleanly_once(signals, group_first, exec
     log = output.close()
     assert code == 0, log
     assert "Traceback" not in log and "KeyboardInterrupt" not in log, log
-    assert log.count("on_exit ran") == 1, log
+    assert log.count("on_exit ran (stop_requested=True)") == 1, log
     # Signals sent back to back may be taken in either order; the first one starts the stop.
     assert log.count("stopping: ") == 1, log
     assert any(f"stopping: {signal.Signals(s).name}" in log for s in signals), log
@@ -139,6 +139,8 @@ def test_a_cleanup_that_hangs_is_ended_by_the_deadline_with_an_error():
     # The phase it names is where the main thread was (cleanup here, unless a loaded machine
     # kept it from even leaving its spin loop in 3 s); either way the exit is an error.
     assert "did not stop within 3 s of SIGTERM (stuck in: " in log, log
+    # Where it hung: every thread's stack, the probe's hanging on_exit among them.
+    assert "where each thread was:" in log and "in on_exit" in log, log
 
 
 def _gone(pid: int) -> bool:

@@ -87,7 +87,7 @@ def main(args: list[str] | None = None) -> int:
     from sensor_msgs.msg import CompressedImage, Image, JointState
 
     from molmoact2_common.ros_params import declare_dataclass_params, refuse_param_changes
-    from molmoact2_common.ros_runtime import run_node
+    from molmoact2_common.ros_runtime import run_node, stop_requested
 
     class SimCameraNode(Node):
         def __init__(self) -> None:
@@ -138,6 +138,11 @@ def main(args: list[str] | None = None) -> int:
         def _publish(self, outputs: list) -> None:
             stamp = self.get_clock().now().to_msg()
             for name, frame, transport, pub in outputs:
+                if stop_requested():
+                    # The graph is stopping: its subscribers exit now, and a frame written
+                    # to one that just exited can hold this callback in the middleware past
+                    # the stop deadline (seen once in CI: 4 s, exit status 1).
+                    return
                 rgb = self.world.render(name, self.positions)
                 if transport == "compressed":
                     ok, data = cv2.imencode(".jpg", rgb[:, :, ::-1])

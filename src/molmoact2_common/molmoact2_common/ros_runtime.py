@@ -257,9 +257,30 @@ class ProcessStop:
                     f"did not stop within {self.exit_timeout:g} s of {self.reason} "
                     f"({'still ' if early else 'stuck in: '}{self.phase}); exiting now"
                 )
+                if not early:
+                    # The phase says which step; the stacks say which call (a DDS publish, a
+                    # join, a lock), which is what whoever reads the log needs to fix it.
+                    _write_stderr("where each thread was:")
+                    with contextlib.suppress(Exception):
+                        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
                 _flush_std_streams()
                 self._exit_process(0 if early else 1)
                 return
+
+
+# The running process's stop (one node process, one ProcessStop), for ``stop_requested``.
+_CURRENT_STOP: ProcessStop | None = None
+
+
+def stop_requested() -> bool:
+    """Whether this node process has been asked to stop (a signal, the launcher's death).
+
+    For callbacks with nothing left to do once a stop is asked: a publisher of large messages
+    checks it between messages, so it does not go on writing to peers that are exiting at the
+    same moment (a publish to a peer that has just exited can wait on the middleware).
+    """
+    stop = _CURRENT_STOP
+    return stop is not None and stop.requested.is_set()
 
 
 def _write_stderr(text: str) -> None:
@@ -389,8 +410,10 @@ def _run(
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
+    global _CURRENT_STOP
     stop = ProcessStop(exit_timeout, backstop=exit_process)
     stop.install()
+    _CURRENT_STOP = stop
     code = 0
     node = None
     executor = None
@@ -451,6 +474,7 @@ def _run(
     if exit_process:
         os._exit(code)
     stop.uninstall()
+    _CURRENT_STOP = None
     return code
 
 
