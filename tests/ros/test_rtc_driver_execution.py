@@ -157,8 +157,11 @@ def test_the_chunk_after_a_rejected_one_continues_the_chunk_the_driver_runs(tmp_
     # interpolation only), and 0.8 rad away from the rejected chunk 3.
     assert np.abs(start - continued).max() <= 1e-9, (start, continued)
     assert np.abs(start - rejected).max() > 0.5
-    # The driver accepted it: a continuation of what it runs starts where the arm is.
-    assert verdicts.get(POISONED + 1, (True,))[0], verdicts.get(POISONED + 1)
+    # A continuation of what the driver runs starts where the arm is: not refused for where it
+    # starts. (A loaded CI host can delay it past its last action: then it is refused as stale,
+    # which says nothing about what it continued.)
+    accepted, reason = verdicts.get(POISONED + 1, (True, ""))
+    assert accepted or reason.startswith("stale"), reason
     # Chunks 1 and 2 continued their predecessor (RTC was on all along, nothing skipped).
     for seq in (1, 2):
         row0 = np.asarray(chunks[seq].positions).reshape(chunks[seq].horizon, -1)[0]
