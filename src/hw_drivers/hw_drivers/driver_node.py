@@ -35,6 +35,7 @@ from hw_drivers.driver_params import LIVE_LIMITS, DriverParams, live_update
 from hw_drivers.execution_report import ExecutionReporter
 from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import execution_summary, health_statuses, make_preflight
+from hw_drivers.health import driver_summary
 from hw_drivers.preflight import RateMeter
 from hw_drivers.tick_timing import TickTiming, timer_callback_with_info
 from molmoact2_common.chunk_execution import chunk_execution_qos
@@ -481,23 +482,17 @@ class DriverNode(LifecycleNode):
         status = DiagnosticStatus()
         status.name = f"{self.get_fully_qualified_name()}: driver"
         status.hardware_id = f"{self.params.robot or 'robot'}:{self.params.backend}"
-        if faulted or state in ("estop", "fault"):
-            status.level = DiagnosticStatus.ERROR
-            status.message = (
-                f"backend fault: {loop.stats.last_error}" if faulted
-                else "e-stop latched" if state == "estop"
-                else f"command fault: {fault}"
-            )
-        elif not ticks.rate >= 0.9 * self.params.control_rate or recent:
-            status.level = DiagnosticStatus.WARN
-            status.message = (
-                f"{state}; tick rate {ticks.rate:.0f}/{self.params.control_rate:g} Hz; "
-                f"{recent} chunks rejected in the last {self.params.rejection_window:g} s; "
-                f"last: {stats.last_reject_reason}"
-            )
-        else:
-            status.level = DiagnosticStatus.OK
-            status.message = state
+        level, status.message = driver_summary(
+            state,
+            backend_fault=loop.stats.last_error if faulted else None,
+            command_fault=fault,
+            tick_rate=ticks.rate,
+            target_rate=self.params.control_rate,
+            rejected_recently=recent,
+            rejection_window=self.params.rejection_window,
+            last_reject_reason=stats.last_reject_reason,
+        )
+        status.level = bytes([level])
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()

@@ -96,3 +96,40 @@ def motor_entry(
             "stale_replies": str(health.stale),
         },
     )
+
+
+def driver_summary(
+    state: str,
+    *,
+    backend_fault: str | None,
+    command_fault: str,
+    tick_rate: float,
+    target_rate: float,
+    rejected_recently: int,
+    rejection_window: float,
+    last_reject_reason: str,
+) -> tuple[int, str]:
+    """The driver's own diagnostic level and message.
+
+    The message names only what is wrong now: a monitor (or a user reading ``/diagnostics``)
+    that sees "rejected" while no chunk was rejected, only because the tick rate dipped, goes
+    looking for a chunk problem that does not exist. ``backend_fault`` is None when the backend
+    is healthy; ``state`` is the executor's.
+    """
+    if backend_fault is not None:
+        return ERROR, f"backend fault: {backend_fault}"
+    if state == "estop":
+        return ERROR, "e-stop latched"
+    if state == "fault":
+        return ERROR, f"command fault: {command_fault}"
+    problems = []
+    if not tick_rate >= 0.9 * target_rate:  # NaN counts as too slow
+        problems.append(f"tick rate {tick_rate:.0f}/{target_rate:g} Hz")
+    if rejected_recently:
+        problems.append(
+            f"{rejected_recently} chunks rejected in the last {rejection_window:g} s; "
+            f"last: {last_reject_reason}"
+        )
+    if problems:
+        return WARN, "; ".join([state, *problems])
+    return OK, state
