@@ -16,6 +16,10 @@ NODES = [
     ("molmoact2_policy", "molmoact2_policy.policy_node_params:PolicyNodeParams"),
     ("molmoact2_depth_cache", "molmoact2_policy.depth_cache_params:DepthCacheParams"),
     ("<robot>_driver, trajectory bridge", "hw_drivers.driver_params:DriverParams"),
+    (
+        "trajectory_bridge_node (arms under ros2_control)",
+        "hw_drivers.trajectory_bridge_params:TrajectoryBridgeParams",
+    ),
     ("sim_cameras", "molmoact2.sim_camera_node:SimCameraParams"),
     ("recorder", "molmoact2.recorder_node:RecorderParams"),
     ("molmoact2_tf", "molmoact2.tf_node:TfParams"),

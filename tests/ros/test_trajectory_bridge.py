@@ -63,6 +63,7 @@ def graph():
         Parameter("min_lead_time", Parameter.Type.DOUBLE, 0.0),
         # Generous for a loaded test machine; the one-off joint states must still count.
         Parameter("max_state_age", Parameter.Type.DOUBLE, 5.0),
+        Parameter("rejection_window", Parameter.Type.DOUBLE, 3.0),  # recovery within the test
         Parameter(
             "controller_joint_names",
             Parameter.Type.STRING_ARRAY,
@@ -143,6 +144,37 @@ def test_nan_chunk_produces_no_trajectory(graph):
     measured()  # joint states stream; the test's are one-off, so send a fresh one
     publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds))
     assert spin_until(probe, lambda: bool(received["trajectory"]), 5.0, executor)
+
+
+def test_diagnostics_warn_while_rejections_are_recent_then_recover(graph):
+    # Before: one refused chunk kept the bridge WARN for the rest of its life, so a monitor
+    # learnt to ignore it; the driver's WARN has always ended with its rejection window.
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    bridge, probe, publisher, _received, executor, _measured = graph
+    mine = f"{bridge.get_name()}: trajectory bridge"
+    statuses: list = []
+    probe.create_subscription(
+        DiagnosticArray,
+        "/diagnostics",
+        lambda a: statuses.extend(s for s in a.status if s.name == mine),
+        10,
+    )
+    publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds, nan=True))
+    assert spin_until(
+        probe, lambda: statuses and statuses[-1].level == DiagnosticStatus.WARN, 5.0, executor
+    ), [(s.level, s.message) for s in statuses]
+    warned = statuses[-1]
+    values = {kv.key: kv.value for kv in warned.values}
+    assert "1 chunks rejected in the last 3 s; last: non_finite" in warned.message
+    assert values["rejected_recently"] == "1" and values["last_reject_reason"].startswith(
+        "non_finite"
+    )
+    assert spin_until(
+        probe, lambda: statuses[-1].level == DiagnosticStatus.OK, 8.0, executor
+    ), statuses[-1].message
+    values = {kv.key: kv.value for kv in statuses[-1].values}
+    assert values["rejected"] == "1" and values["rejected_recently"] == "0"
 
 
 def test_chunk_far_from_the_measured_pose_is_ramped_in_never_sent_as_is(graph):

@@ -37,6 +37,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from hw_drivers.bridge_guard import GuardConfig, guard
 from hw_drivers.chunk import Chunk
 from hw_drivers.execution_report import ExecutionReporter
+from hw_drivers.executor import EventWindow
 from hw_drivers.safety import JointLimits, SafetyConfig, validate_chunk, validate_timing
 from hw_drivers.trajectory import BridgeOutput, chunk_to_trajectory, seconds_to_duration
 from hw_drivers.trajectory_bridge_params import TrajectoryBridgeParams
@@ -83,6 +84,9 @@ class TrajectoryBridgeNode(LifecycleNode):
         self.stale = 0
         self.ramped = 0
         self.last_rejection = ""
+        # WARN while rejections are recent, as the driver does: one refused chunk an hour ago
+        # must not keep the bridge WARN for good (a monitor would stop reading it).
+        self._recent_rejections = EventWindow()  # sized at configure, once params are valid
         self._joint_sub = None
         self._measured: np.ndarray | None = None
         self._measured_at = float("-inf")
@@ -105,6 +109,7 @@ class TrajectoryBridgeNode(LifecycleNode):
             max_acceleration=p.max_acceleration,
         )
         self._safety = SafetyConfig()
+        self._recent_rejections = EventWindow(p.rejection_window)
         self._gripper_joints = p.resolved_gripper_joints()
         arm = [j for j, n in enumerate(p.joint_names) if n not in self._gripper_joints]
         self._arm_names = tuple(p.joint_names[j] for j in arm)
@@ -269,7 +274,9 @@ class TrajectoryBridgeNode(LifecycleNode):
     def _reject(self, reason: str, msg: ActionChunk) -> None:
         self.rejected += 1
         sequence = msg.sequence
-        self._verdict(msg, self.get_clock().now().nanoseconds * 1e-9, reason)
+        now = self.get_clock().now().nanoseconds * 1e-9
+        self._recent_rejections.add(now)
+        self._verdict(msg, now, reason)
         self.last_rejection = reason
         self.get_logger().warning(
             f"chunk {sequence} rejected, nothing sent: {reason}",
@@ -305,15 +312,22 @@ class TrajectoryBridgeNode(LifecycleNode):
         status = DiagnosticStatus()
         status.name = f"{self.get_name()}: trajectory bridge"
         status.hardware_id = self.params.robot
-        if self.rejected and self.last_rejection:
+        recent = self._recent_rejections.count(self.get_clock().now().nanoseconds * 1e-9)
+        if recent:
             status.level = DiagnosticStatus.WARN
-            status.message = f"last rejected chunk: {self.last_rejection}"
+            status.message = (
+                f"{recent} chunks rejected in the last {self.params.rejection_window:g} s; "
+                f"last: {self.last_rejection}"
+            )
         else:
             status.level = DiagnosticStatus.OK
             status.message = "active" if self._active else "inactive"
         values = {
             "accepted": self.accepted,
             "rejected": self.rejected,
+            "rejected_recently": recent,
+            "rejection_window_s": f"{self.params.rejection_window:g}",
+            "last_reject_reason": self.last_rejection,
             "stale": self.stale,
             "ramped_in": self.ramped,
             "measured_state_age": (

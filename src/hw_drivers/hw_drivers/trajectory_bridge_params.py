@@ -74,6 +74,9 @@ class TrajectoryBridgeParams:
     compute_velocities: bool = _f(
         True, "send finite-difference velocities (controller uses cubic splines)"
     )
+    rejection_window: float = _f(
+        10.0, "diagnostics: WARN while chunks were rejected within this many seconds"
+    )
     autostart: bool = _f(True, "configure and activate at start (no lifecycle manager)")
 
     def validate(self) -> list[str]:
@@ -106,6 +109,8 @@ class TrajectoryBridgeParams:
             problems.append("ramp_in_threshold and ramp_in_time must be >= 0")
         if not self.joint_state_topic:
             problems.append("joint_state_topic is empty: the start pose cannot be checked")
+        if not self.rejection_window > 0:
+            problems.append("rejection_window must be > 0")
         return problems
 
     def resolved_gripper_joints(self) -> tuple[str, ...]:
