@@ -68,11 +68,12 @@ def test_missed_deadlines_are_skipped_and_counted_not_run_as_a_burst():
     # Tick 3 (at 3 periods) takes 10.75 periods: deadlines 4..13 are due when it returns.
     loop, ticks = run_ticks(8, fake, work=lambda i: 10.5 * PERIOD + 0.001 if i == 3 else 0.0)
     indices = [round(grid_index(d, 0.0)) for d, _ in ticks]
-    assert indices == [0, 1, 2, 3, 13, 14, 15, 16]
-    # The late tick runs at once, for the newest due deadline (13); the next waits for its own.
-    assert ticks[4][1] - ticks[4][0] == pytest.approx(0.75 * PERIOD)
+    assert indices == [0, 1, 2, 3, 4, 14, 15, 16]
+    # The late tick runs once, at once, as deadline 4's (9.75 periods late); the next one
+    # waits for the first deadline still ahead (14) instead of catching up 5..13.
+    assert ticks[4][1] - ticks[4][0] == pytest.approx(9.75 * PERIOD)
     assert ticks[5][1] == pytest.approx(ticks[5][0])
-    assert loop.missed == 9  # deadlines 4..12
+    assert loop.missed == 9  # deadlines 5..13
 
 
 @settings(max_examples=200, deadline=None)
@@ -82,8 +83,9 @@ def test_missed_deadlines_are_skipped_and_counted_not_run_as_a_burst():
 )
 def test_property_one_tick_per_due_deadline_never_a_burst(work, overshoot):
     """Whatever the ticks cost and however late sleeps wake (in periods), every tick is for a
-    grid deadline, deadlines only increase, each tick runs for the newest one already due,
-    and ticks + missed account for every deadline up to the last tick's."""
+    grid deadline, deadlines only increase, no two ticks are for deadlines that had both
+    passed when the first of them started (no catch-up burst), and ticks + missed account
+    for every deadline up to the last tick's start."""
     fake = FakeTime(start=7.0, overshoot=overshoot * PERIOD)
     loop, ticks = run_ticks(len(work), fake, work=lambda i: work[i] * PERIOD)
     indices = [grid_index(d, 7.0) for d, _ in ticks]
@@ -92,8 +94,12 @@ def test_property_one_tick_per_due_deadline_never_a_burst(work, overshoot):
     ks = [round(k) for k in indices]
     assert all(b > a for a, b in itertools.pairwise(ks))
     for deadline, started in ticks:
-        assert -1e-9 <= started - deadline < PERIOD + 1e-9
-    assert loop.ticks + loop.missed == ks[-1] + 1
+        assert started >= deadline - 1e-9
+    for (_, started), (next_deadline, _) in itertools.pairwise(ticks):
+        assert next_deadline > started - 1e-9
+    # Every deadline up to the last tick's start was either ticked or missed.
+    due = sum(1 for d in range(len(work) * 8 + 8) if 7.0 + d * PERIOD <= ticks[-1][1])
+    assert loop.ticks + loop.missed == due
     assert loop.ticks == len(work)
 
 
@@ -199,3 +205,18 @@ def test_on_error_that_raises_kills_the_loop_on_the_real_thread():
 def test_period_must_be_positive_and_finite(period):
     with pytest.raises(ValueError, match="period"):
         ControlThread(lambda d, s: None, period)
+
+
+def test_a_clock_that_steps_back_restarts_the_grid_instead_of_waiting_out_the_jump():
+    fake = FakeTime(start=1000.0)
+
+    def work(i: int) -> float:
+        # A sim clock reset while tick 4 ran: it ends at 4.999 s.
+        return 4.999 - fake.now if i == 4 else 0.0
+
+    loop, ticks = run_ticks(8, fake, work=work)
+    deadlines = [d for d, _ in ticks]
+    assert deadlines[:5] == pytest.approx([1000.0 + k * PERIOD for k in range(5)])
+    # At once from where the clock now is, then on the new grid.
+    assert deadlines[5:] == pytest.approx([4.999, 4.999 + PERIOD, 4.999 + 2 * PERIOD])
+    assert loop.restarts == 1 and loop.missed == 0

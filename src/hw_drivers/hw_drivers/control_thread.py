@@ -7,11 +7,15 @@ for as long). ros2_control's ``ros2_control_node`` runs its read/update/write lo
 of its own beside the executor, as i2rt's DaMiao driver (``DMChainCanInterface``) does.
 
 Timing: deadline ``k`` is ``start + k * period``, computed, never accumulated from sleeps, so
-the schedule does not drift with sleep overshoot or tick time. A tick that starts late (the
-previous one overran, the GIL or the OS held the thread) runs once, for the newest deadline
-already due; the deadlines before it are counted as missed and skipped, never run as a burst
-of catch-up ticks (a burst would send several commands within microseconds). This is how a
-ROS timer treats missed periods, so ``TickTiming`` reads the same either way.
+the schedule does not drift with sleep overshoot or tick time. A clock that steps back (sim
+time reset) restarts the grid where it now is, so the loop never waits out the jump. A tick
+that starts late (the previous one overran, the GIL or the OS held the thread) runs once, as
+the tick of the deadline it was due for; the later deadlines that have passed meanwhile are
+counted as missed and skipped, never run as a burst of catch-up ticks (a burst would send
+several commands within microseconds); the next tick is on the first deadline still ahead.
+This is what an rcl timer does (``rcl_timer_call``: its ``expected_call_time`` is the
+deadline it was due for, then it skips the periods already past), so ``TickTiming`` reads a
+timer and this loop the same way.
 
 Errors: an exception from the tick is counted, kept (``last_error``) and handed to
 ``on_error``. The loop keeps running unless ``on_error`` returns ``False``: a control loop
@@ -69,6 +73,7 @@ class ControlThread:
         self._stop_asked = False  # by stop(): an end the owner wanted, not a death
         # Diagnostics: written by the loop only, read from anywhere (single int/str rebinds).
         self.ticks = 0  # ticks run, the failed ones included
+        self.restarts = 0  # the clock stepped back and the grid restarted from there
         self.missed = 0
         self.errors = 0
         self.last_error = ""
@@ -125,21 +130,26 @@ class ControlThread:
 
     def _loop(self) -> None:
         clock, period = self._clock, self.period
-        start = clock()
+        start = last = clock()
         k = 0  # index of the next deadline
         while not self._stop.is_set():
             deadline = start + k * period
             now = clock()
-            while now < deadline:
+            if now < last:
+                # The clock stepped back (a sim clock reset): a new grid from here, at once.
+                start, k, deadline = now, 0, now
+                self.restarts += 1
+            elif now < deadline:
+                last = now
                 self._sleep(deadline - now)
-                if self._stop.is_set():
-                    return
-                now = clock()
-            # The newest deadline already due: run it; the ones before it were missed.
+                continue  # stop asked meanwhile? the clock where expected? then the tick
+            last = now
+            # One tick, for the deadline it was due for (its lateness shows how long the loop
+            # was held); the later deadlines already passed are missed, not caught up.
             due = max(k, math.floor((now - start) / period))
-            if due > k:
-                self.missed += due - k
-                deadline = start + due * period
+            if start + (due + 1) * period <= now:  # the division rounded down at a deadline
+                due += 1
+            self.missed += due - k
             k = due + 1
             self.ticks += 1
             try:
