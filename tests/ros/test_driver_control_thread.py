@@ -26,7 +26,7 @@ RATE = 100.0  # so101.yaml's control_rate: about 50 ticks in the block
 
 
 @contextlib.contextmanager
-def driver_on_one_executor_thread() -> Iterator[tuple]:
+def driver_on_one_executor_thread(*args: str, ticking: bool = True) -> Iterator[tuple]:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
@@ -47,10 +47,12 @@ def driver_on_one_executor_thread() -> Iterator[tuple]:
             str(REPO_ROOT / "config" / "so101.yaml"),
             "-p",
             f"control_rate:={RATE}",
+            *args,
         ],
     )
     diagnostics: list = []
     probe = rclpy.create_node("probe", namespace=namespace, context=context)
+    probe.diagnostics = diagnostics
     probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
@@ -60,8 +62,9 @@ def driver_on_one_executor_thread() -> Iterator[tuple]:
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        assert wait_for(lambda: node._loop.stats.writes > 10, 30.0), "the driver never ticked"
-        yield node, diagnostics
+        if ticking:
+            assert wait_for(lambda: node._loop.stats.writes > 10, 30.0), "the driver never ticked"
+        yield node, probe
     finally:
         executor.shutdown()
         node._teardown()
@@ -94,7 +97,8 @@ def test_control_loop_keeps_ticking_while_the_executor_thread_is_blocked():
 
 
 def test_a_tick_that_raises_is_a_backend_fault_reported_on_diagnostics():
-    with driver_on_one_executor_thread() as (node, diagnostics):
+    with driver_on_one_executor_thread() as (node, probe):
+        diagnostics = probe.diagnostics
         loop = node._loop
         tick = loop.executor.tick
         calls = []
@@ -122,3 +126,24 @@ def test_a_tick_that_raises_is_a_backend_fault_reported_on_diagnostics():
         writes = loop.stats.writes
         assert wait_for(lambda: loop.stats.writes > writes + 10, 30.0)
         assert loop.stats.reconnects >= 1 and not loop.faulted
+
+
+def test_under_sim_time_the_clock_publisher_paces_the_ticks():
+    from rosgraph_msgs.msg import Clock
+
+    with driver_on_one_executor_thread("-p", "use_sim_time:=true", ticking=False) as (node, probe):
+        loop = node._loop
+        clock_pub = probe.create_publisher(Clock, "/clock", 10)
+        assert wait_for(lambda: clock_pub.get_subscription_count() > 0, 30.0)
+        time.sleep(0.3)  # no /clock yet: sim time stands still, and so does the loop
+        paused = loop.stats.steps
+        assert paused <= 1
+        # One second of sim time in 10 ms steps (one control period each).
+        for k in range(1, 101):
+            msg = Clock()
+            msg.clock.sec, msg.clock.nanosec = 10 + k // 100, (k % 100) * 10_000_000
+            clock_pub.publish(msg)
+            time.sleep(0.005)
+        assert wait_for(lambda: loop.stats.steps >= paused + 20, 30.0)
+        time.sleep(0.3)  # the clock stopped again
+        assert loop.stats.steps <= paused + 101  # never more than one tick per period

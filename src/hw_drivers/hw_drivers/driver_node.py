@@ -2,8 +2,9 @@
 
 A thin lifecycle shell over ``ControlLoop`` (backend + ``ChunkExecutor``): configure builds
 them from ``DriverParams``, activate connects and starts the control thread, deactivate stops
-it and holds, cleanup disconnects. Chunk stamps, ticks and published stamps use the node
-clock, so ``use_sim_time`` works; the loop is paced by the steady clock (``ControlThread``).
+it and holds, cleanup disconnects. All timing uses the node clock, so ``use_sim_time`` works:
+chunk stamps, ticks and published stamps share one time base; the loop is paced by the steady
+clock, or under ``use_sim_time`` by the node clock.
 
 The control loop runs on its own thread (``hw_drivers.control_thread``), not on an rclpy
 timer: anything else the executor's one thread handles (a parameter request with a million
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -57,6 +59,7 @@ _LOG_EVERY = 2.0  # [s] throttle for repeated warnings (never log every tick)
 # How long stopping the control thread waits for the tick in progress (a tick is well under a
 # millisecond; a backend call stuck in I/O is what this bounds).
 _STOP_WAIT = 1.0  # [s]
+_SIM_POLL = 0.001  # [s, wall] how often the loop looks at a sim clock while it waits
 _log = logging.getLogger(__name__)
 
 
@@ -225,11 +228,18 @@ class DriverNode(LifecycleNode):
         period = 1.0 / self.params.control_rate
         # Lateness over the last 10 s of ticks, against the loop's own schedule.
         self._tick_timing = TickTiming(period, window=max(2, round(10.0 / period)))
+        pacing = {}
+        if self.get_parameter("use_sim_time").value:
+            # Under sim time the ticks follow the node clock, as a ROS timer on it does:
+            # whoever publishes /clock paces them (a paused clock, no ticks). The clock is
+            # polled every millisecond of wall time, so stop() never waits on a paused clock.
+            pacing = {"clock": self._now, "sleep": lambda s: time.sleep(min(s, _SIM_POLL))}
         self._control = ControlThread(
             self._on_control_tick,
             period,
             on_error=self._on_tick_error,
             name=f"{self.get_name()}-control",
+            **pacing,
         )
         self._control.start()
         self._diag_timer = self.create_timer(
@@ -316,7 +326,7 @@ class DriverNode(LifecycleNode):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_control_tick(self, deadline: float, started: float) -> None:
-        """One tick of the control thread; ``deadline``/``started`` on its steady clock."""
+        """One tick of the control thread; ``deadline``/``started`` on its clock."""
         timing = self._tick_timing
         if timing is not None:
             timing.record(deadline, started)
