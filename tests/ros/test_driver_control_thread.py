@@ -147,3 +147,31 @@ def test_under_sim_time_the_clock_publisher_paces_the_ticks():
         assert wait_for(lambda: loop.stats.steps >= paused + 20, 30.0)
         time.sleep(0.3)  # the clock stopped again
         assert loop.stats.steps <= paused + 101  # never more than one tick per period
+
+
+def test_a_dead_control_thread_is_an_error_on_diagnostics():
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    with driver_on_one_executor_thread() as (node, probe):
+        loop = node._loop
+
+        def broken(now, measured):
+            raise ZeroDivisionError("a bug in the executor")
+
+        def fault_handling_fails(now, error):
+            raise RuntimeError("the fault path failed too")
+
+        loop.fault = fault_handling_fails  # so the tick's error handler raises: the loop ends
+        loop.executor.tick = broken
+
+        def dead():
+            status = latest(probe.diagnostics, ": driver")
+            return status is not None and status.message.startswith("control loop stopped")
+
+        assert wait_for(dead, 30.0)
+        status = latest(probe.diagnostics, ": driver")
+        values = {kv.key: kv.value for kv in status.values}
+        assert status.level == DiagnosticStatus.ERROR
+        assert "the fault path failed too" in status.message
+        assert values["control_thread"].startswith("dead: RuntimeError")
+        assert values["tick_errors"] == "1"
