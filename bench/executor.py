@@ -16,17 +16,28 @@ Metrics: idle ticks (no live plan after the first chunk), largest commanded velo
 within 3 ticks of a chunk boundary, and tracking error of the measured joints vs the reference.
 
 Part 2 (wall clock): the real driver node (``hw_drivers.driver_node``, sim backend, YAM
-params) in its own process, following chunks published at the inference rate; its 250 Hz ROS
-timer reports, on /diagnostics, the achieved rate and how late each tick's callback started
-against the timer's own schedule (p50/p99/max over its last 10 s) and how many deadlines it
+params) in its own process, following chunks published at the inference rate; its 250 Hz
+control loop reports, on /diagnostics, the achieved rate and how late each tick started
+against the loop's own schedule (p50/p99/max over its last 10 s) and how many deadlines it
 skipped. Nothing catches up: a late tick is late, a skipped one is missed.
 
-    .venv/bin/python bench/executor.py [--duration 12] [--latency 0.08]
+``--load`` keeps the driver's rclpy executor busy meanwhile, from another process:
+  * ``params``: back-to-back ``set_parameters`` requests to the driver, each one parameter
+    with ``--param-entries`` (1M) doubles (refused, after rclpy has converted it);
+  * ``camera``: three raw 640x480 rgb8 streams at 30 Hz on the YAM camera topics, which the
+    driver subscribes to (``preflight:=on``, as on hardware, so it checks their rates).
+``--driver-python`` runs the driver node with another checkout's interpreter (its own code),
+e.g. /work/main/.venv/bin/python, to compare the same load on both. ``--switch-interval``
+sets the driver's ``sys.setswitchinterval`` (``default``: leave Python's 5 ms).
+
+    .venv/bin/python bench/executor.py [--duration 12] [--latency 0.08] [--load params]
+    .venv/bin/python bench/executor.py --driver-only --load camera --driver-python PY
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import os
 import sys
 import time
@@ -221,8 +232,69 @@ def run_sync(params, latency, duration) -> dict:
     return _metrics(times, commands, measured, reference, boundaries, idle)
 
 
-def driver_node_timing(params, latency: float, duration: float) -> dict:
-    """The driver node's own 250 Hz timer, following chunks, measured by the node itself."""
+LOADS = ("none", "params", "camera")
+CAMERA_SHAPE = (480, 640, 3)
+CAMERA_RATE = 30.0
+
+
+def load_worker(kind: str, namespace: str, driver: str, param_entries: int) -> None:
+    """Keep the driver's executor busy (``--load``) until terminated; prints what it sent."""
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+
+    rclpy.init()
+    node = rclpy.create_node("executor_bench_load", namespace=namespace)
+    sent = 0
+    if kind == "params":
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+
+        client = node.create_client(SetParameters, f"{driver}/set_parameters")
+        client.wait_for_service(timeout_sec=30.0)
+        value = ParameterValue(
+            type=ParameterType.PARAMETER_DOUBLE_ARRAY,
+            double_array_value=array.array("d", bytes(8 * param_entries)),
+        )
+        request = SetParameters.Request(parameters=[Parameter(name="position_lower", value=value)])
+        while True:
+            future = client.call_async(request)
+            rclpy.spin_until_future_complete(node, future, timeout_sec=30.0)
+            sent += 1
+            print(f"load: {sent} requests of {param_entries} entries answered", flush=True)
+    elif kind == "camera":
+        from sensor_msgs.msg import Image
+
+        data = yam_params()
+        pubs = [
+            node.create_publisher(Image, topic, qos_profile_sensor_data)
+            for topic in data.camera_topics
+        ]
+        msg = Image(height=CAMERA_SHAPE[0], width=CAMERA_SHAPE[1], encoding="rgb8")
+        msg.step = CAMERA_SHAPE[1] * 3
+        msg.data = bytes(int(np.prod(CAMERA_SHAPE)))
+        next_frame = time.monotonic()
+        while True:
+            msg.header.stamp = node.get_clock().now().to_msg()
+            for pub in pubs:
+                pub.publish(msg)
+            sent += 1
+            if sent % 300 == 0:
+                print(f"load: {sent} frames per camera", flush=True)
+            next_frame += 1.0 / CAMERA_RATE
+            time.sleep(max(0.0, next_frame - time.monotonic()))
+    raise ValueError(f"unknown load {kind!r}")
+
+
+def driver_node_timing(
+    params,
+    latency: float,
+    duration: float,
+    load: str = "none",
+    driver_python: str | None = None,
+    switch_interval: str | None = None,
+    param_entries: int = 1_000_000,
+) -> dict:
+    """The driver node's own 250 Hz loop, following chunks, measured by the node itself."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -236,11 +308,23 @@ def driver_node_timing(params, latency: float, duration: float) -> dict:
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(70 + os.getpid() % 30))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    # As both launch paths do: raw 640x480 frames need Fast DDS's larger shared-memory segment
+    # (over UDP fragments most of them were lost between processes).
+    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds.xml"))
     namespace = f"/bench_{uuid.uuid4().hex[:8]}"
-    proc = start_python(
-        [
-            "-m",
-            "hw_drivers.driver_node",
+    if switch_interval is None:
+        entry = ["-m", "hw_drivers.driver_node"]
+    else:
+        # The driver's own main(), with its switch interval replaced (None: Python's default).
+        value = None if switch_interval == "default" else float(switch_interval)
+        entry = [
+            "-c",
+            "import sys; from hw_drivers import driver_node as d; "
+            f"d.SWITCH_INTERVAL = {value!r}; sys.argv[0] = 'driver_node'; d.main(sys.argv[1:])",
+        ]
+    extra = ["-p", "preflight:='on'"] if load == "camera" else []  # quoted: YAML's on is true
+    driver_cmd = [
+            *entry,
             "--ros-args",
             "--params-file",
             str(ROOT / "config" / "yam.yaml"),
@@ -248,8 +332,26 @@ def driver_node_timing(params, latency: float, duration: float) -> dict:
             "__node:=yam_driver",
             "-r",
             f"__ns:={namespace}",
+            *extra,
         ]
-    )
+    loader = None
+    if load != "none":
+        loader = start_python(
+            [str(Path(__file__).resolve()), "--load-worker", load, "--namespace", namespace,
+             "--param-entries", str(param_entries)]
+        )
+    if driver_python is None:
+        proc = start_python(driver_cmd)
+    else:
+        import subprocess
+
+        proc = subprocess.Popen(
+            [driver_python, *driver_cmd],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     rclpy.init()
     node = rclpy.create_node("executor_bench", namespace=namespace)
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -265,7 +367,7 @@ def driver_node_timing(params, latency: float, duration: float) -> dict:
 
     def on_diagnostics(msg) -> None:
         for status in msg.status:
-            if status.name.startswith(f"{namespace}/yam_driver"):
+            if status.name == f"{namespace}/yam_driver: driver":
                 reports.append({kv.key: kv.value for kv in status.values})
 
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, reliable)
@@ -301,6 +403,9 @@ def driver_node_timing(params, latency: float, duration: float) -> dict:
         node.destroy_node()
         rclpy.shutdown()
         stop_process(proc)
+        if loader is not None:
+            lines = [line for line in stop_process(loader).splitlines() if line.startswith("load:")]
+            print(f"  {lines[-1] if lines else 'load: nothing sent'}")
     if not reports:
         raise RuntimeError("no diagnostics from the driver node")
     return reports[-1]
@@ -311,8 +416,23 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=12.0, help="driver node run [s]")
     parser.add_argument("--sim-duration", type=float, default=20.0, help="simulated run [s]")
     parser.add_argument("--latency", type=float, default=0.08, help="inference latency [s]")
+    parser.add_argument("--load", choices=LOADS, default="none", help="driver executor load")
+    parser.add_argument("--param-entries", type=int, default=1_000_000)
+    parser.add_argument("--driver-python", help="interpreter (checkout) running the driver")
+    parser.add_argument(
+        "--switch-interval", help="driver's sys.setswitchinterval [s] or 'default'"
+    )
+    parser.add_argument("--driver-only", action="store_true", help="skip the simulated part")
+    parser.add_argument("--load-worker", choices=LOADS, help=argparse.SUPPRESS)
+    parser.add_argument("--namespace", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.load_worker:
+        load_worker(args.load_worker, args.namespace, "yam_driver", args.param_entries)
+        return
     params = yam_params()
+    if args.driver_only:
+        report_driver(params, args)
+        return
     print(
         f"YAM sim, {len(params.joint_names)} joints, control {RATE:g} Hz, chunks {HORIZON} x "
         f"{1 / STEP:g} Hz, inference latency {args.latency * 1e3:g} ms, "
@@ -340,16 +460,31 @@ def main() -> None:
         f"ours: rejected chunks {ours['rejected']}, clamped ticks {ours['clamped_ticks']}, "
         f"executor+sim work {ours['work_us']:.0f} us per tick (CPU time, no waiting)"
     )
-    report = driver_node_timing(params, args.latency, args.duration)
+    report_driver(params, args)
+
+
+def report_driver(params, args) -> None:
+    report = driver_node_timing(
+        params,
+        args.latency,
+        args.duration,
+        args.load,
+        args.driver_python,
+        args.switch_interval,
+        args.param_entries,
+    )
     print(
-        f"driver node timer {args.duration:g} s at {params.control_rate:g} Hz "
+        f"driver node control loop {args.duration:g} s at {params.control_rate:g} Hz "
         f"(hw_drivers.driver_node, sim backend, following chunks every "
-        f"{args.latency * 1e3:g} ms; its last {report['tick_window']} ticks): "
+        f"{args.latency * 1e3:g} ms; load {args.load}; driver "
+        f"{args.driver_python or 'this checkout'}, switch interval "
+        f"{args.switch_interval or 'as its main() sets'}; its last {report['tick_window']} ticks): "
         f"achieved {report['tick_rate']} Hz "
         f"(ratio {float(report['tick_rate']) / params.control_rate:.4f}, target >= 0.99), "
         f"tick lateness p50 {report['tick_late_p50_ms']} ms, p99 {report['tick_late_p99_ms']} ms, "
         f"max {report['tick_late_max_ms']} ms, missed ticks {report['missed_ticks']}, "
         f"chunks accepted {report['accepted_chunks']} rejected {report['rejected_chunks']}"
+        + (f", tick errors {report['tick_errors']}" if "tick_errors" in report else "")
     )
 
 

@@ -45,6 +45,10 @@ def test_faults_outrank_warnings():
         "backend fault: bus off",
     )
     assert driver_summary("estop", **slow_and_rejecting) == (ERROR, "e-stop latched")
+    assert driver_summary(
+        "following", **{**slow_and_rejecting, "backend_fault": "bus off"},
+        control_stopped="RuntimeError: boom",
+    ) == (ERROR, "control loop stopped: RuntimeError: boom")
     assert driver_summary("fault", **{**slow_and_rejecting, "command_fault": "jump"}) == (
         ERROR,
         "command fault: jump",

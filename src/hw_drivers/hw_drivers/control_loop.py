@@ -305,6 +305,12 @@ class ControlLoop:
         self.operator_hold = bool(on)
         return self.executor.hold(on)
 
+    def fault(self, now: float, error: str) -> StepResult:
+        """A fault found outside ``step`` (the driver's tick raised): handled as a backend
+        fault, so the arm holds (torque off with ``on_fault: disable``) and the link is
+        reconnected after ``reconnect_period``, with a fresh command stream."""
+        return self._fault(now, self.last_reading, error)
+
     def _fault(self, now: float, reading: JointReading | None, error: str) -> StepResult:
         self.stats.backend_errors += 1
         self.stats.last_error = error

@@ -1,9 +1,18 @@
 """Robot driver node: follows ActionChunks with the chunk executor on one backend.
 
 A thin lifecycle shell over ``ControlLoop`` (backend + ``ChunkExecutor``): configure builds
-them from ``DriverParams``, activate connects and starts the control timer, deactivate holds
-and stops it, cleanup disconnects. All timing uses the node clock, so ``use_sim_time`` works:
-chunk stamps, ticks and published stamps share one time base.
+them from ``DriverParams``, activate connects and starts the control thread, deactivate stops
+it and holds, cleanup disconnects. All timing uses the node clock, so ``use_sim_time`` works:
+chunk stamps, ticks and published stamps share one time base; the loop is paced by the steady
+clock, or under ``use_sim_time`` by the node clock.
+
+The control loop runs on its own thread (``hw_drivers.control_thread``), not on an rclpy
+timer: anything else the executor's one thread handles (a parameter request with a million
+entries, raw camera frames) held every tick back, and the arm stood still meanwhile. Every
+piece of state a tick shares with the executor's callbacks is behind ``self._lock`` (the
+loop, the execution reporter) or locks of its own (``TickTiming``, ``RateMeter``); the
+control thread is stopped before anything it uses is torn down, and never while ``_lock`` is
+held (the tick takes it: joining under it would deadlock).
 
 Run as a plain process (no lifecycle manager) it configures and activates itself
 (``autostart``)::
@@ -13,7 +22,10 @@ Run as a plain process (no lifecycle manager) it configures and activates itself
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
+import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -30,6 +42,7 @@ from std_srvs.srv import SetBool, Trigger
 from hw_drivers.backends.base import BackendError
 from hw_drivers.backends.registry import BackendUnavailableError, make_backend
 from hw_drivers.control_loop import ControlLoop
+from hw_drivers.control_thread import ControlThread
 from hw_drivers.conversions import joint_state_msg
 from hw_drivers.driver_params import LIVE_LIMITS, DriverParams, live_update
 from hw_drivers.execution_report import ExecutionReporter
@@ -37,7 +50,7 @@ from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import execution_summary, health_statuses, make_preflight
 from hw_drivers.health import driver_summary
 from hw_drivers.preflight import RateMeter
-from hw_drivers.tick_timing import TickTiming, timer_callback_with_info
+from hw_drivers.tick_timing import TickTiming
 from molmoact2_common.chunk_execution import chunk_execution_qos
 from molmoact2_common.lifecycle_errors import log_transition_errors
 from molmoact2_common.ros_params import declare_dataclass_params
@@ -45,6 +58,17 @@ from molmoact2_common.ros_runtime import run_lifecycle_node
 from molmoact2_msgs.msg import ActionChunk, ChunkExecution
 
 _LOG_EVERY = 2.0  # [s] throttle for repeated warnings (never log every tick)
+# How long stopping the control thread waits for the tick in progress (a tick is well under a
+# millisecond; a backend call stuck in I/O is what this bounds).
+_STOP_WAIT = 1.0  # [s]
+_SIM_POLL = 0.001  # [s, wall] how often the loop looks at a sim clock while it waits
+_log = logging.getLogger(__name__)
+# The driver process's GIL switch interval [s] (None: Python's 5 ms). A thread that wants the
+# GIL waits up to this long for the one holding it (the executor converting a big request),
+# which at 5 ms is more than the 4 ms control period. Measured with bench/executor.py under
+# 1M-entry parameter requests: 219 / 196 Hz achieved at 1 ms vs 139 / 131 Hz at 5 ms (250 Hz
+# asked; no load: 250 Hz either way). The bench overrides it to compare.
+SWITCH_INTERVAL: float | None = 0.001
 
 
 class _UnsetArraysAsEmpty:
@@ -81,9 +105,8 @@ class DriverNode(LifecycleNode):
         self._hard_limits = self.params
         self._lock = threading.Lock()
         self._loop: ControlLoop | None = None
-        self._control_group = MutuallyExclusiveCallbackGroup()
         self._io_group = MutuallyExclusiveCallbackGroup()
-        self._control_timer = None
+        self._control: ControlThread | None = None
         self._diag_timer = None
         self._entities: list = []
         self._state_period = 0.0
@@ -211,13 +234,22 @@ class DriverNode(LifecycleNode):
                     "to follow chunks"
                 )
         period = 1.0 / self.params.control_rate
-        # Lateness over the last 10 s of ticks, against the timer's own schedule.
+        # Lateness over the last 10 s of ticks, against the loop's own schedule.
         self._tick_timing = TickTiming(period, window=max(2, round(10.0 / period)))
-        self._control_timer = self.create_timer(
+        pacing = {}
+        if self.get_parameter("use_sim_time").value:
+            # Under sim time the ticks follow the node clock, as a ROS timer on it does:
+            # whoever publishes /clock paces them (a paused clock, no ticks). The clock is
+            # polled every millisecond of wall time, so stop() never waits on a paused clock.
+            pacing = {"clock": self._now, "sleep": lambda s: time.sleep(min(s, _SIM_POLL))}
+        self._control = ControlThread(
+            self._on_control_tick,
             period,
-            timer_callback_with_info(self._on_timer),
-            callback_group=self._control_group,
+            on_error=self._on_tick_error,
+            name=f"{self.get_name()}-control",
+            **pacing,
         )
+        self._control.start()
         self._diag_timer = self.create_timer(
             1.0, self._publish_diagnostics, callback_group=self._io_group
         )
@@ -225,6 +257,7 @@ class DriverNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_control()
         self._stop_timers()
         if self._loop is not None:
             with self._lock:
@@ -240,15 +273,24 @@ class DriverNode(LifecycleNode):
         self.finish_on_exit()
         return TransitionCallbackReturn.SUCCESS
 
+    def _stop_control(self) -> None:
+        """Stop the control loop first, before what it uses goes. Never under ``self._lock``:
+        the tick in progress takes it, and this waits for that tick."""
+        control, self._control = self._control, None
+        if control is not None and not control.stop(timeout=_STOP_WAIT):
+            self.get_logger().error(
+                f"the control tick did not end within {_STOP_WAIT:g} s (a backend call stuck?)"
+            )
+
     def _stop_timers(self) -> None:
-        for timer in (self._control_timer, self._diag_timer):
-            if timer is not None:
-                self.destroy_timer(timer)
-        self._control_timer = self._diag_timer = None
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+        self._diag_timer = None
 
     def finish_on_exit(self) -> None:
         """Process exit (any signal, the launcher gone) or cleanup/shutdown: hold, optionally
         return to rest and release, as ``exit_behavior`` says; never torque off mid-motion."""
+        self._stop_control()  # first: finish() drives the arm itself from here on
         self._stop_timers()
         release = False
         if self._loop is not None:
@@ -265,6 +307,7 @@ class DriverNode(LifecycleNode):
         self._teardown(release=release)
 
     def _teardown(self, release: bool = True) -> None:
+        self._stop_control()
         self._stop_timers()
         if self._loop is not None:
             with self._lock:
@@ -290,11 +333,30 @@ class DriverNode(LifecycleNode):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _on_timer(self, expected_ns: int, actual_ns: int) -> None:
+    def _on_control_tick(self, deadline: float, started: float) -> None:
+        """One tick of the control thread; ``deadline``/``started`` on its clock."""
         timing = self._tick_timing
         if timing is not None:
-            timing.record(expected_ns * 1e-9, self.get_clock().now().nanoseconds * 1e-9)
+            timing.record(deadline, started)
         self._on_tick()
+
+    def _on_tick_error(self, exc: BaseException) -> bool:
+        """A tick raised (a bug, not a backend error: those ``ControlLoop.step`` handles):
+        the arm holds through the backend-fault path, which reconnects and starts a fresh
+        command stream after ``reconnect_period``. The loop goes on ticking for that."""
+        error = f"tick error: {type(exc).__name__}: {exc}"
+        loop = self._loop
+        if loop is not None:
+            with self._lock:
+                loop.fault(self._now(), error)
+        control = self._control
+        if control is None or control.errors <= 1:  # the traceback once, then throttled lines
+            _log.error("control tick failed", exc_info=exc)
+        self.get_logger().error(
+            f"{error}; holding (on_fault={self.params.on_fault})",
+            throttle_duration_sec=_LOG_EVERY,
+        )
+        return True
 
     def _on_tick(self) -> None:
         loop = self._loop
@@ -304,7 +366,7 @@ class DriverNode(LifecycleNode):
         with self._lock:
             result = loop.step(now)
             report = self._execution.due(loop.executor, now, "fault" if loop.faulted else None)
-        self._publish_execution(report)
+            self._publish_execution(report)
         if result.error:
             self.get_logger().error(
                 f"backend fault: {result.error} (on_fault={self.params.on_fault})",
@@ -338,13 +400,15 @@ class DriverNode(LifecycleNode):
                 result.reason,
             )
             report = self._execution.due(loop.executor, now, "fault" if loop.faulted else None)
-        self._publish_execution(report)
+            self._publish_execution(report)
         if not result.accepted:
             self.get_logger().warning(
                 f"chunk {msg.sequence} rejected: {result.reason}", throttle_duration_sec=_LOG_EVERY
             )
 
     def _publish_execution(self, report) -> None:
+        # Called under self._lock: the control thread and the chunk callback both report, and
+        # one published out of order would leave a stale report latched (transient local).
         pub = getattr(self, "_execution_pub", None)
         if report is not None and pub is not None:
             pub.publish(report.fill_msg(ChunkExecution()))
@@ -445,9 +509,11 @@ class DriverNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         loop = self._loop
         timing = self._tick_timing
-        if loop is None or timing is None:
+        control = self._control
+        if loop is None or timing is None or control is None:
             return
         ticks = timing.summary()
+        thread_dead = control.died
         with self._lock:
             hardware = health_statuses(loop, self.params)
             stats = loop.executor.stats
@@ -460,6 +526,9 @@ class DriverNode(LifecycleNode):
                 "backend": self.params.backend,
                 **ticks.diagnostic_values(),
                 "target_rate": f"{self.params.control_rate:g}",
+                "control_thread": f"dead: {control.fatal_error}" if thread_dead else "running",
+                "tick_errors": str(control.errors),
+                "last_tick_error": control.last_error,
                 "accepted_chunks": str(stats.accepted),
                 "rejected_chunks": str(stats.rejected_total),
                 "rejected_recently": str(recent),
@@ -484,6 +553,7 @@ class DriverNode(LifecycleNode):
         status.hardware_id = f"{self.params.robot or 'robot'}:{self.params.backend}"
         level, status.message = driver_summary(
             state,
+            control_stopped=control.fatal_error if thread_dead else None,
             backend_fault=loop.stats.last_error if faulted else None,
             command_fault=fault,
             tick_rate=ticks.rate,
@@ -510,6 +580,8 @@ class DriverNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> None:
     """Console script ``driver_node``."""
+    if SWITCH_INTERVAL is not None:
+        sys.setswitchinterval(SWITCH_INTERVAL)  # the whole process: set before any thread
     run_lifecycle_node(DriverNode, args, on_exit=lambda node: node.finish_on_exit())
 
 

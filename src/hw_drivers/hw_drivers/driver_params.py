@@ -20,7 +20,7 @@ ON_FAULT = ("hold", "disable")
 EXIT_BEHAVIORS = ("hold", "rest", "rest_then_release")  # see hw_drivers.control_loop
 EXECUTION = ("auto", "shadow", "live")
 PREFLIGHT = ("auto", "on", "off")
-# The control timer cannot run faster than this on a Python executor; a typo (250000 for 250)
+# The control loop (a Python thread) cannot run faster than this; a typo (250000 for 250)
 # would otherwise spin a core and shrink the per-tick step bound to nothing.
 MAX_CONTROL_RATE = 2000.0
 
@@ -456,9 +456,10 @@ def live_update(
     joints = len(hard.joint_names)
     for name, value in changes.items():
         if name == "use_sim_time":
-            # The control timer runs on the node clock: switched live, the loop stops until a
-            # /clock arrives, and whoever publishes /clock then paces the ticks (a 100x clock
-            # ran the loop 8x faster in wall time than its rate, every limit per tick).
+            # The control loop's time is the node clock (and its pacing, under sim time, chosen
+            # at activation): switched live, its time jumps (to 0 until a /clock arrives) under
+            # a running plan. (On the old rclpy timer a 100x clock ran the loop 8x faster in
+            # wall time than its rate, every limit per tick.)
             problems.append(
                 "use_sim_time is fixed while the driver runs (the control loop's time source); "
                 "restart the driver with it"

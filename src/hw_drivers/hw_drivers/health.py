@@ -101,6 +101,7 @@ def motor_entry(
 def driver_summary(
     state: str,
     *,
+    control_stopped: str | None = None,
     backend_fault: str | None,
     command_fault: str,
     tick_rate: float,
@@ -114,8 +115,12 @@ def driver_summary(
     The message names only what is wrong now: a monitor (or a user reading ``/diagnostics``)
     that sees "rejected" while no chunk was rejected, only because the tick rate dipped, goes
     looking for a chunk problem that does not exist. ``backend_fault`` is None when the backend
-    is healthy; ``state`` is the executor's.
+    is healthy; ``control_stopped`` is None while the control loop runs (else why it ended);
+    ``state`` is the executor's.
     """
+    if control_stopped is not None:
+        # Nothing commands the arm any more: the motors keep their last target.
+        return ERROR, f"control loop stopped: {control_stopped}"
     if backend_fault is not None:
         return ERROR, f"backend fault: {backend_fault}"
     if state == "estop":

@@ -11,6 +11,7 @@ selection holds. No ROS imports.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -124,22 +125,29 @@ def camera_checks(
 
 
 class RateMeter:
-    """Message rate over a sliding window of arrival times (seconds on one clock)."""
+    """Message rate over a sliding window of arrival times (seconds on one clock).
+
+    Thread-safe: the driver ticks it from camera callbacks (executor thread) and reads it in
+    the preflight, which a reconnect runs on the control thread.
+    """
 
     def __init__(self, window: float = 2.0) -> None:
         self.window = float(window)
         self._stamps: deque[float] = deque()
+        self._lock = threading.Lock()
 
     def tick(self, now: float) -> None:
-        self._stamps.append(now)
-        self._trim(now)
+        with self._lock:
+            self._stamps.append(now)
+            self._trim(now)
 
     def rate(self, now: float) -> float:
-        self._trim(now)
-        if len(self._stamps) < 2:
-            return 0.0
-        span = now - self._stamps[0]
-        return (len(self._stamps) - 1) / span if span > 0 else 0.0
+        with self._lock:
+            self._trim(now)
+            if len(self._stamps) < 2:
+                return 0.0
+            span = now - self._stamps[0]
+            return (len(self._stamps) - 1) / span if span > 0 else 0.0
 
     def _trim(self, now: float) -> None:
         while self._stamps and self._stamps[0] < now - self.window:

@@ -1,19 +1,17 @@
-"""How well a periodic control timer keeps time: tick lateness and achieved rate.
+"""How well a periodic control loop keeps time: tick lateness and achieved rate.
 
-``TickTiming`` is pure (times passed in): each tick reports when it was scheduled and when its
-callback actually started, both on one clock in seconds. ROS timers keep their phase (a late
-tick does not shift the next deadline) and skip deadlines they have missed entirely, so the
-schedule comes from the timer itself, never from a local loop that can catch up; skipped
-deadlines are counted as missed ticks. ``timer_callback_with_info`` hands rclpy's per-call
-``TimerInfo`` (the scheduled and actual call time) to such a recorder.
-
-This module deliberately does not use ``from __future__ import annotations``: rclpy decides
-whether to pass ``TimerInfo`` by comparing the callback's parameter annotation with the class
-itself, and a postponed (string) annotation never matches.
+``TickTiming`` is pure (times passed in): each tick reports the deadline it ran for and when
+it actually started, both on one clock in seconds. The driver's ``ControlThread`` keeps its
+phase (a late tick does not shift the next deadline) and skips deadlines it has missed
+entirely, as a ROS timer does, so the schedule comes from the loop itself and skipped
+deadlines show here as missed ticks. Recording (the control thread) and summarising (the
+diagnostics callback on the executor thread) may run on different threads.
 """
 
+from __future__ import annotations
+
 import math
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,34 +51,39 @@ class TickTiming:
         self.period = float(period)
         self._lateness = np.zeros(window)
         self._started = np.zeros(window)
+        self._lock = threading.Lock()
         self.reset()
 
     def reset(self) -> None:
-        """Forget every tick (timer restarted)."""
-        self._count = 0
-        self.ticks = 0
-        self.missed = 0
-        self._last_expected: float | None = None
+        """Forget every tick (loop restarted)."""
+        with self._lock:
+            self._count = 0
+            self.ticks = 0
+            self.missed = 0
+            self._last_expected: float | None = None
 
     def record(self, expected: float, started: float) -> None:
-        """One tick scheduled at ``expected`` whose callback started at ``started`` [s]."""
-        if self._last_expected is not None:
-            skipped = round((expected - self._last_expected) / self.period) - 1
-            self.missed += max(skipped, 0)
-        self._last_expected = expected
-        slot = self._count % self._lateness.size
-        self._lateness[slot] = started - expected
-        self._started[slot] = started
-        self._count += 1
-        self.ticks += 1
+        """One tick scheduled at ``expected`` that started at ``started`` [s]."""
+        with self._lock:
+            if self._last_expected is not None:
+                skipped = round((expected - self._last_expected) / self.period) - 1
+                self.missed += max(skipped, 0)
+            self._last_expected = expected
+            slot = self._count % self._lateness.size
+            self._lateness[slot] = started - expected
+            self._started[slot] = started
+            self._count += 1
+            self.ticks += 1
 
     def summary(self) -> TickSummary:
-        n = min(self._count, self._lateness.size)
+        with self._lock:  # a consistent window: copies, taken while no tick is recorded
+            n = min(self._count, self._lateness.size)
+            lateness = self._lateness[:n].copy()
+            started = self._started[:n].copy()
+            ticks, missed = self.ticks, self.missed
         if n < 2:
             nan = math.nan
-            return TickSummary(nan, nan, nan, nan, n, self.ticks, self.missed)
-        lateness = self._lateness[:n]
-        started = self._started[:n]
+            return TickSummary(nan, nan, nan, nan, n, ticks, missed)
         span = float(started.max() - started.min())
         p50, p99 = np.percentile(lateness, [50, 99])
         return TickSummary(
@@ -89,22 +92,7 @@ class TickTiming:
             lateness_p99=float(p99),
             lateness_max=float(lateness.max()),
             window_ticks=n,
-            ticks=self.ticks,
-            missed=self.missed,
+            ticks=ticks,
+            missed=missed,
         )
 
-
-def timer_callback_with_info(
-    on_tick: Callable[[int, int], None],
-) -> Callable[..., None]:
-    """An rclpy timer callback that calls ``on_tick(expected_ns, actual_ns)`` on every tick.
-
-    ``expected_ns``: when the timer was due; ``actual_ns``: when rcl took it; both on the
-    timer's clock (the node clock: ROS time, sim time under ``use_sim_time``).
-    """
-    from rclpy.timer import TimerInfo
-
-    def callback(info: TimerInfo) -> None:
-        on_tick(info.expected_call_time.nanoseconds, info.actual_call_time.nanoseconds)
-
-    return callback

@@ -1,0 +1,177 @@
+"""The driver's control loop does not share the rclpy executor's thread.
+
+The real driver node (sim backend) spins on a single-threaded executor, as in its process
+(``ros_runtime``). A callback that holds that executor for 0.5 s (as a 1M-entry parameter
+request did) must not hold the control loop: it keeps ticking and commanding the arm. A tick
+that raises is a backend fault (the arm holds), counted on /diagnostics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.ros.driver_harness import latest, wait_for
+from tests.rostest_util import REPO_ROOT
+
+pytestmark = pytest.mark.ros
+
+BLOCK = 0.5  # [s] the executor is held this long
+RATE = 100.0  # so101.yaml's control_rate: about 50 ticks in the block
+
+
+@contextlib.contextmanager
+def driver_on_one_executor_thread(*args: str, ticking: bool = True) -> Iterator[tuple]:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from hw_drivers.driver_node import DriverNode
+
+    namespace = f"/t_{uuid.uuid4().hex[:8]}"
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = DriverNode(
+        "so101_driver",
+        namespace=namespace,
+        context=context,
+        cli_args=[
+            "--ros-args",
+            "--params-file",
+            str(REPO_ROOT / "config" / "so101.yaml"),
+            "-p",
+            f"control_rate:={RATE}",
+            *args,
+        ],
+    )
+    diagnostics: list = []
+    probe = rclpy.create_node("probe", namespace=namespace, context=context)
+    probe.diagnostics = diagnostics
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 50)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(probe)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        if ticking:
+            assert wait_for(lambda: node._loop.stats.writes > 10, 30.0), "the driver never ticked"
+        yield node, probe
+    finally:
+        executor.shutdown()
+        node._teardown()
+        node.destroy_node()
+        probe.destroy_node()
+        rclpy.shutdown(context=context)
+        spinner.join(timeout=5.0)
+
+
+def test_control_loop_keeps_ticking_while_the_executor_thread_is_blocked():
+    with driver_on_one_executor_thread() as (node, _):
+        loop = node._loop
+        during: list[tuple[int, int]] = []
+        done = threading.Event()
+
+        def hold_the_executor() -> None:
+            timer.cancel()
+            steps, writes = loop.stats.steps, loop.stats.writes
+            time.sleep(BLOCK)  # any long callback: a huge parameter request, a slow service
+            during.append((loop.stats.steps - steps, loop.stats.writes - writes))
+            done.set()
+
+        # A callback of the driver node itself, on the executor that runs all of its callbacks.
+        timer = node.create_timer(0.01, hold_the_executor)
+        assert done.wait(30.0)
+        ticks, writes = during[0]
+        # About BLOCK * RATE = 50; a timer on the executor's thread got 0.
+        assert ticks >= 20, f"only {ticks} control ticks while the executor was blocked"
+        assert writes >= 20  # and each of them commanded the arm
+
+
+def test_a_tick_that_raises_is_a_backend_fault_reported_on_diagnostics():
+    with driver_on_one_executor_thread() as (node, probe):
+        diagnostics = probe.diagnostics
+        loop = node._loop
+        tick = loop.executor.tick
+        calls = []
+
+        def broken_once(now, measured):
+            calls.append(now)
+            if len(calls) == 1:
+                raise ZeroDivisionError("a bug in the executor")
+            return tick(now, measured)
+
+        loop.executor.tick = broken_once
+        assert wait_for(lambda: loop.stats.backend_errors >= 1, 30.0)
+        assert "ZeroDivisionError: a bug in the executor" in loop.stats.last_error
+
+        def reported():
+            status = latest(diagnostics, ": driver")
+            values = {kv.key: kv.value for kv in status.values} if status else {}
+            return values if values.get("tick_errors") == "1" else None
+
+        assert wait_for(reported, 30.0)
+        values = reported()
+        assert "ZeroDivisionError: a bug in the executor" in values["last_tick_error"]
+        assert values["control_thread"] == "running"
+        # The fault path reconnects (reconnect_period) and the loop commands the arm again.
+        writes = loop.stats.writes
+        assert wait_for(lambda: loop.stats.writes > writes + 10, 30.0)
+        assert loop.stats.reconnects >= 1 and not loop.faulted
+
+
+def test_under_sim_time_the_clock_publisher_paces_the_ticks():
+    from rosgraph_msgs.msg import Clock
+
+    with driver_on_one_executor_thread("-p", "use_sim_time:=true", ticking=False) as (node, probe):
+        loop = node._loop
+        clock_pub = probe.create_publisher(Clock, "/clock", 10)
+        assert wait_for(lambda: clock_pub.get_subscription_count() > 0, 30.0)
+        time.sleep(0.3)  # no /clock yet: sim time stands still, and so does the loop
+        paused = loop.stats.steps
+        assert paused <= 1
+        # One second of sim time in 10 ms steps (one control period each).
+        for k in range(1, 101):
+            msg = Clock()
+            msg.clock.sec, msg.clock.nanosec = 10 + k // 100, (k % 100) * 10_000_000
+            clock_pub.publish(msg)
+            time.sleep(0.005)
+        assert wait_for(lambda: loop.stats.steps >= paused + 20, 30.0)
+        time.sleep(0.3)  # the clock stopped again
+        assert loop.stats.steps <= paused + 101  # never more than one tick per period
+
+
+def test_a_dead_control_thread_is_an_error_on_diagnostics():
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    with driver_on_one_executor_thread() as (node, probe):
+        loop = node._loop
+
+        def broken(now, measured):
+            raise ZeroDivisionError("a bug in the executor")
+
+        def fault_handling_fails(now, error):
+            raise RuntimeError("the fault path failed too")
+
+        loop.fault = fault_handling_fails  # so the tick's error handler raises: the loop ends
+        loop.executor.tick = broken
+
+        def dead():
+            status = latest(probe.diagnostics, ": driver")
+            return status is not None and status.message.startswith("control loop stopped")
+
+        assert wait_for(dead, 30.0)
+        status = latest(probe.diagnostics, ": driver")
+        values = {kv.key: kv.value for kv in status.values}
+        assert status.level == DiagnosticStatus.ERROR
+        assert "the fault path failed too" in status.message
+        assert values["control_thread"].startswith("dead: RuntimeError")
+        assert values["tick_errors"] == "1"
