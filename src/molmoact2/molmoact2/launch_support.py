@@ -18,7 +18,11 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
         "(random, for tests); empty: the config's (demo)",
     ),
     "think": ("false", "MolmoAct2-Think: adaptive depth tokens and the depth-cache node"),
-    "rviz": ("false", "start RViz2 with config/molmoact2.rviz"),
+    "rviz": (
+        "false",
+        "start RViz2 with this robot's cameras, chunk and depth topics in its namespace "
+        "(molmoact2.rviz_config); without rviz2 installed: a warning, the rest runs",
+    ),
     "record": ("false", "record cameras, joints, chunks, depth tokens and status to MCAP"),
     "foxglove": ("false", "serve the live view over Foxglove WebSocket (ws://127.0.0.1:8765)"),
     "namespace": ("", "namespace of this robot instance"),
@@ -106,19 +110,38 @@ def launch_actions(robot: str, options: graph.LaunchOptions) -> list:
             )
         )
     if options.rviz:
-        rviz_config = Path(graph.config_dir()) / "molmoact2.rviz"
-        actions.append(
-            Node(
-                package="rviz2",
-                executable="rviz2",
-                name="rviz2",
-                namespace=options.namespace,
-                arguments=["-d", str(rviz_config)],
-                parameters=[{"use_sim_time": options.use_sim_time}],
-                output="screen",
-            )
-        )
+        actions += _rviz(robot, options, log)
     return actions
+
+
+def _rviz(robot: str, options: graph.LaunchOptions, log) -> list:
+    """RViz2 with the config written for this robot and namespace; without rviz2 installed a
+    warning only (a missing package would abort the whole launch, drivers included)."""
+    import tempfile
+
+    from launch_ros.actions import Node
+
+    from molmoact2.rviz_config import write_rviz_config
+
+    path = write_rviz_config(robot, options, Path(tempfile.mkdtemp(prefix="molmoact2-rviz-")))
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        get_package_share_directory("rviz2")
+    except Exception:  # not installed (or no ament index): the graph runs without it
+        log.warning(f"rviz:=true but rviz2 is not installed; start it elsewhere: rviz2 -d {path}")
+        return []
+    return [
+        Node(
+            package="rviz2",
+            executable="rviz2",
+            name="rviz2",
+            namespace=options.namespace,
+            arguments=["-d", str(path)],
+            parameters=[{"use_sim_time": options.use_sim_time}],
+            output="screen",
+        )
+    ]
 
 
 def _robot_state_publisher(robot: str, spec: graph.NodeSpec, options: graph.LaunchOptions):
