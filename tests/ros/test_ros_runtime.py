@@ -185,6 +185,57 @@ def test_nodes_stop_when_their_launcher_is_killed():
     assert "Traceback" not in log, log
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_nodes_stop_when_their_launcher_is_killed_behind_a_wrapper():
+    """A wrapper between launcher and node (``ros2 launch --launch-prefix``, ``bash -c``)
+    outlives the launcher, so the node's parent never dies: MOLMOACT2_LAUNCHER_PID names the
+    launcher, and the node stops as on SIGTERM when it is gone."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, subprocess, sys\n"
+         "env = dict(os.environ, MOLMOACT2_LAUNCHER_PID=str(os.getpid()))\n"
+         "subprocess.Popen(['bash', '-c', '\"$@\"; exit $?', 'wrap', sys.executable, '-u',"
+         " sys.argv[1], 'quick'], env=env).wait()", PROBE],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    output = Output(launcher.stdout)
+    try:
+        pid = int(output.wait_for("ready pid=").rsplit("pid=", 1)[1])
+        assert _parent_of(pid) != launcher.pid  # the wrapper is the parent
+        launcher.kill()
+        launcher.wait()
+        output.wait_for("on_exit ran", timeout=STOP_BOUND)
+        deadline = time.monotonic() + STOP_BOUND
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(pid), output.text
+    finally:
+        for line in [line for line in output.lines if "ready pid=" in line][:1]:
+            stray = int(line.rsplit("pid=", 1)[1])
+            if not _gone(stray):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stray, signal.SIGKILL)
+    log = output.close()
+    assert f"stopping: launcher (pid {launcher.pid}) exited" in log, log
+    assert "Traceback" not in log, log
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_launcher_from_env_ignores_unset_malformed_and_self():
+    from molmoact2_common.ros_runtime import ENV_LAUNCHER_PID, launcher_from_env
+
+    assert launcher_from_env({}) is None
+    assert launcher_from_env({ENV_LAUNCHER_PID: "x"}) is None
+    assert launcher_from_env({ENV_LAUNCHER_PID: str(os.getpid())}) is None
+    pid, start = launcher_from_env({ENV_LAUNCHER_PID: str(os.getppid())})
+    assert pid == os.getppid() and start != "gone"
+
+
 def test_under_nohup_sighup_does_not_stop_the_node():
     proc, output = start_probe(
         "quick", preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -73,7 +73,11 @@ def generate_robot_launch_description(robot: str):
     def setup(context, *args, **kwargs):
         return launch_actions(robot, options_from_context(context))
 
-    actions = [*arguments]
+    from molmoact2_common.ros_runtime import ENV_LAUNCHER_PID
+
+    # Each node stops when this launch process is gone, even where it is not the node's parent
+    # (a --launch-prefix wrapper): PR_SET_PDEATHSIG only follows the parent.
+    actions = [*arguments, SetEnvironmentVariable(ENV_LAUNCHER_PID, str(os.getpid()))]
     if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
         # Large shared-memory segment for raw camera frames (see config/fastdds.xml).
         actions.append(
