@@ -46,6 +46,25 @@ def test_launch_arguments_are_the_documented_ones():
     }
 
 
+def test_readme_and_every_launch_file_document_every_launch_argument():
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \| ([^|]+) \| [^|]+ \|$", readme, re.M)
+    table = {name: (default.strip(), flags) for name, default, flags in rows}
+    table = {k: v for k, v in table.items() if k in LAUNCH_ARGUMENTS or "--" in v[1]}
+    assert set(table) == set(LAUNCH_ARGUMENTS), set(table) ^ set(LAUNCH_ARGUMENTS)
+    for name, (default, _flags) in table.items():
+        declared = LAUNCH_ARGUMENTS[name][0]
+        if declared:
+            assert default == f"`{declared}`", (name, default)
+    for launch_file in sorted((REPO / "launch").glob("*.launch.py")):
+        doc = launch_file.read_text().split('"""')[1]
+        listed = doc.rsplit("):", 1)[1]
+        named = {w.strip(" .\n") for w in listed.split(",")}
+        assert named == set(LAUNCH_ARGUMENTS), (launch_file.name, named)
+
+
 @pytest.mark.parametrize("robot", ["yam", "droid", "so101"])
 def test_tf_node_runs_in_sim_and_on_hardware_only_when_asked(robot, tmp_path):
     def names(**kwargs):
