@@ -46,6 +46,18 @@ def test_launch_arguments_are_the_documented_ones():
     }
 
 
+def test_boolean_launch_arguments_refuse_anything_but_true_or_false():
+    from molmoact2.launch_support import options_from_values
+
+    values = {name: default for name, (default, _text) in LAUNCH_ARGUMENTS.items()}
+    assert options_from_values(values.__getitem__) == graph.LaunchOptions()
+    on = options_from_values({**values, "sim": "False", "rviz": " TRUE ", "publish_tf": "1"}.get)
+    assert (on.sim, on.rviz, on.publish_tf) == (False, True, True)
+    # A typo must not pick the hardware backend (it read as false).
+    with pytest.raises(ValueError, match="sim:='ture': expected true or false"):
+        options_from_values({**values, "sim": "ture"}.get)
+
+
 def test_readme_and_every_launch_file_document_every_launch_argument():
     import re
 

@@ -6,6 +6,7 @@ decides comes from the pure graph layer, which the tests exercise without ``laun
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from molmoact2 import graph
@@ -35,8 +36,34 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
 }
 
 
-def _truthy(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def flag(name: str, value: str) -> bool:
+    """A boolean launch argument. Anything but a true/false word is an error: ``sim:=ture``
+    read as false started the real arm's backend."""
+    word = value.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"launch argument {name}:={value!r}: expected true or false")
+
+
+def options_from_values(value: Callable[[str], str]) -> graph.LaunchOptions:
+    """The launch options from ``value(name) -> str`` of each launch argument."""
+    return graph.LaunchOptions(
+        sim=flag("sim", value("sim")),
+        checkpoint=value("checkpoint"),
+        think=flag("think", value("think")),
+        rviz=flag("rviz", value("rviz")),
+        record=flag("record", value("record")),
+        foxglove=flag("foxglove", value("foxglove")),
+        namespace=value("namespace"),
+        use_sim_time=flag("use_sim_time", value("use_sim_time")),
+        publish_tf=flag("publish_tf", value("publish_tf")) if value("publish_tf").strip() else None,
+    )
 
 
 def options_from_context(context) -> graph.LaunchOptions:
@@ -45,17 +72,7 @@ def options_from_context(context) -> graph.LaunchOptions:
     def value(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
-    return graph.LaunchOptions(
-        sim=_truthy(value("sim")),
-        checkpoint=value("checkpoint"),
-        think=_truthy(value("think")),
-        rviz=_truthy(value("rviz")),
-        record=_truthy(value("record")),
-        foxglove=_truthy(value("foxglove")),
-        namespace=value("namespace"),
-        use_sim_time=_truthy(value("use_sim_time")),
-        publish_tf=_truthy(value("publish_tf")) if value("publish_tf").strip() else None,
-    )
+    return options_from_values(value)
 
 
 def generate_robot_launch_description(robot: str):
