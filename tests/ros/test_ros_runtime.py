@@ -301,3 +301,49 @@ def test_make_executor_kinds(monkeypatch):
         assert isinstance(make_executor("events"), SingleThreadedExecutor)
     finally:
         rclpy.shutdown()
+
+
+@pytest.mark.parametrize("clock", ["none", "published", "wall"])
+def test_a_node_on_sim_time_without_clock_says_so(clock):
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rosgraph_msgs.msg import Clock
+
+    from molmoact2_common.ros_runtime import warn_without_clock
+
+    class Stop:
+        requested = threading.Event()
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node(
+            "clock_check",
+            context=context,
+            parameter_overrides=[Parameter("use_sim_time", value=clock != "wall")],
+        )
+        warnings: list[str] = []
+        node.get_logger().warning = warnings.append  # what the check says, nothing else
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        if clock == "published":
+            peer = rclpy.create_node("clock_source", context=context)
+            executor.add_node(peer)
+            pub = peer.create_publisher(Clock, "/clock", 10)
+            msg = Clock()
+            msg.clock.sec = 42
+            deadline = time.monotonic() + 10.0
+            while node.get_clock().now().nanoseconds == 0 and time.monotonic() < deadline:
+                pub.publish(msg)
+                executor.spin_once(timeout_sec=0.05)
+            assert node.get_clock().now().nanoseconds > 0
+        thread = warn_without_clock(node, Stop(), grace=0.2)
+        assert (thread is None) == (clock == "wall")
+        if thread is not None:
+            thread.join(timeout=10.0)
+        said = [w for w in warnings if "no /clock arrived" in w]
+        assert len(said) == (1 if clock == "none" else 0), warnings
+        executor.shutdown()
+    finally:
+        rclpy.shutdown(context=context)

@@ -68,6 +68,8 @@ ENV_IGNORE_PARENT = "MOLMOACT2_IGNORE_PARENT_EXIT"
 ENV_LAUNCHER_PID = "MOLMOACT2_LAUNCHER_PID"
 _PR_SET_PDEATHSIG = 1
 EARLY_PHASES = ("starting", "building the node", "configuring")
+# With use_sim_time, how long a node waits for its first /clock before saying it has none.
+CLOCK_GRACE = 5.0
 
 
 def _set_parent_death_signal(signum: int) -> bool:
@@ -492,6 +494,7 @@ def _run(
             else:
                 node.get_logger().error("configure failed; waiting for a lifecycle manager")
         stop.phase = "running"
+        warn_without_clock(node, stop)
         spin_until_shutdown(executor, stop)
     except Exception as exc:
         if isinstance(exc, ValueError) and stop.phase == "building the node":
@@ -527,6 +530,33 @@ def _run(
     stop.uninstall()
     _CURRENT_STOP = None
     return code
+
+
+def warn_without_clock(
+    node: Any, stop: ProcessStop, grace: float = CLOCK_GRACE
+) -> threading.Thread | None:
+    """With ``use_sim_time`` and nothing publishing ``/clock`` every timer of the node stays
+    frozen: it publishes nothing and logs nothing. Say so once, ``grace`` s after the start."""
+    try:
+        sim_time = bool(node.get_parameter("use_sim_time").value)
+    except Exception:  # a node without the parameter: nothing to check
+        return None
+    if not sim_time:
+        return None
+
+    def check() -> None:
+        if stop.requested.wait(grace):
+            return
+        if node.get_clock().now().nanoseconds == 0:
+            node.get_logger().warning(
+                f"use_sim_time is true but no /clock arrived in {grace:g} s: timers do not run "
+                "and nothing is published until something publishes /clock (a simulator, "
+                "`ros2 bag play --clock`)"
+            )
+
+    thread = threading.Thread(target=check, name="molmoact2-clock-check", daemon=True)
+    thread.start()
+    return thread
 
 
 def _process_name() -> str:
