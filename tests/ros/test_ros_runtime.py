@@ -185,6 +185,57 @@ def test_nodes_stop_when_their_launcher_is_killed():
     assert "Traceback" not in log, log
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_nodes_stop_when_their_launcher_is_killed_behind_a_wrapper():
+    """A wrapper between launcher and node (``ros2 launch --launch-prefix``, ``bash -c``)
+    outlives the launcher, so the node's parent never dies: MOLMOACT2_LAUNCHER_PID names the
+    launcher, and the node stops as on SIGTERM when it is gone."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, subprocess, sys\n"
+         "env = dict(os.environ, MOLMOACT2_LAUNCHER_PID=str(os.getpid()))\n"
+         "subprocess.Popen(['bash', '-c', '\"$@\"; exit $?', 'wrap', sys.executable, '-u',"
+         " sys.argv[1], 'quick'], env=env).wait()", PROBE],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    output = Output(launcher.stdout)
+    try:
+        pid = int(output.wait_for("ready pid=").rsplit("pid=", 1)[1])
+        assert _parent_of(pid) != launcher.pid  # the wrapper is the parent
+        launcher.kill()
+        launcher.wait()
+        output.wait_for("on_exit ran", timeout=STOP_BOUND)
+        deadline = time.monotonic() + STOP_BOUND
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(pid), output.text
+    finally:
+        for line in [line for line in output.lines if "ready pid=" in line][:1]:
+            stray = int(line.rsplit("pid=", 1)[1])
+            if not _gone(stray):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stray, signal.SIGKILL)
+    log = output.close()
+    assert f"stopping: launcher (pid {launcher.pid}) exited" in log, log
+    assert "Traceback" not in log, log
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_launcher_from_env_ignores_unset_malformed_and_self():
+    from molmoact2_common.ros_runtime import ENV_LAUNCHER_PID, launcher_from_env
+
+    assert launcher_from_env({}) is None
+    assert launcher_from_env({ENV_LAUNCHER_PID: "x"}) is None
+    assert launcher_from_env({ENV_LAUNCHER_PID: str(os.getpid())}) is None
+    pid, start = launcher_from_env({ENV_LAUNCHER_PID: str(os.getppid())})
+    assert pid == os.getppid() and start != "gone"
+
+
 def test_under_nohup_sighup_does_not_stop_the_node():
     proc, output = start_probe(
         "quick", preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -250,3 +301,49 @@ def test_make_executor_kinds(monkeypatch):
         assert isinstance(make_executor("events"), SingleThreadedExecutor)
     finally:
         rclpy.shutdown()
+
+
+@pytest.mark.parametrize("clock", ["none", "published", "wall"])
+def test_a_node_on_sim_time_without_clock_says_so(clock):
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rosgraph_msgs.msg import Clock
+
+    from molmoact2_common.ros_runtime import warn_without_clock
+
+    class Stop:
+        requested = threading.Event()
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node(
+            "clock_check",
+            context=context,
+            parameter_overrides=[Parameter("use_sim_time", value=clock != "wall")],
+        )
+        warnings: list[str] = []
+        node.get_logger().warning = warnings.append  # what the check says, nothing else
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        if clock == "published":
+            peer = rclpy.create_node("clock_source", context=context)
+            executor.add_node(peer)
+            pub = peer.create_publisher(Clock, "/clock", 10)
+            msg = Clock()
+            msg.clock.sec = 42
+            deadline = time.monotonic() + 10.0
+            while node.get_clock().now().nanoseconds == 0 and time.monotonic() < deadline:
+                pub.publish(msg)
+                executor.spin_once(timeout_sec=0.05)
+            assert node.get_clock().now().nanoseconds > 0
+        thread = warn_without_clock(node, Stop(), grace=0.2)
+        assert (thread is None) == (clock == "wall")
+        if thread is not None:
+            thread.join(timeout=10.0)
+        said = [w for w in warnings if "no /clock arrived" in w]
+        assert len(said) == (1 if clock == "none" else 0), warnings
+        executor.shutdown()
+    finally:
+        rclpy.shutdown(context=context)

@@ -152,7 +152,7 @@ def test_diagnostics_warn_while_rejections_are_recent_then_recover(graph):
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
     bridge, probe, publisher, _received, executor, _measured = graph
-    mine = f"{bridge.get_name()}: trajectory bridge"
+    mine = f"{bridge.get_fully_qualified_name()}: driver"
     statuses: list = []
     probe.create_subscription(
         DiagnosticArray,
@@ -304,3 +304,98 @@ def test_chunk_execution_names_the_sent_chunk_and_the_verdict_on_a_dropped_one(g
     report = reports[-1]
     assert not report.last_accepted and report.last_reject_reason.startswith("start_deviation")
     assert report.following().same_as(7, sent_ns)
+
+
+def _call(probe, executor, srv_type, name, request):
+    client = probe.create_client(srv_type, name)
+    assert spin_until(probe, client.service_is_ready, 5.0, executor), name
+    future = client.call_async(request)
+    assert spin_until(probe, future.done, 5.0, executor), name
+    probe.destroy_client(client)
+    return future.result()
+
+
+def test_estop_latches_stops_the_arm_and_only_reset_with_a_measured_pose_clears_it(graph):
+    from std_srvs.srv import SetBool, Trigger
+
+    from hw_drivers.executor import ESTOP_LATCHED, HOLD_RELEASED_IN_ESTOP, REJECT_ESTOP
+
+    bridge, probe, publisher, received, executor, measured = graph
+    publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds))
+    assert spin_until(probe, lambda: len(received["trajectory"]) == 1, 5.0, executor)
+    sent = 1
+
+    answer = _call(probe, executor, Trigger, "trajectory_bridge/estop", Trigger.Request())
+    assert answer.success and answer.message == ESTOP_LATCHED
+    # The controller's trajectory is replaced by a stop at the measured pose (at rest here).
+    assert spin_until(probe, lambda: len(received["trajectory"]) > sent, 5.0, executor)
+    [stop] = received["trajectory"][sent:]
+    assert list(stop.joint_names) == [f"fr3_joint{i}" for i in range(1, 8)]
+    assert len(stop.points) == 1
+    assert list(stop.points[0].positions) == pytest.approx(HOME[:7])
+    assert list(stop.points[0].velocities) == [0.0] * 7
+
+    # Latched: chunks are refused with the driver's reason, across a lifecycle cycle too.
+    measured()
+    publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds))
+    assert spin_until(probe, lambda: bridge.rejected == 1, 5.0, executor)
+    assert bridge.last_rejection == REJECT_ESTOP
+    for transition in ("deactivate", "cleanup", "configure", "activate"):
+        assert getattr(bridge, f"trigger_{transition}")().name == "SUCCESS"
+    measured()
+    publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds))
+    assert spin_until(probe, lambda: bridge.rejected == 2, 5.0, executor)
+    assert bridge.last_rejection == REJECT_ESTOP
+    assert len(received["trajectory"]) == sent + 1
+    answer = _call(probe, executor, SetBool, "trajectory_bridge/hold", SetBool.Request(data=False))
+    assert not answer.success and answer.message == HOLD_RELEASED_IN_ESTOP
+
+    # No recent measurement: the reset is refused and the e-stop stays.
+    bridge._measured = None
+    answer = _call(probe, executor, Trigger, "trajectory_bridge/reset", Trigger.Request())
+    assert not answer.success and "no recent joint state" in answer.message
+    measured()
+    publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds))
+    assert spin_until(probe, lambda: bridge.rejected == 3, 5.0, executor)
+
+    measured()
+    answer = _call(probe, executor, Trigger, "trajectory_bridge/reset", Trigger.Request())
+    assert answer.success and "cleared e-stop" in answer.message, answer.message
+    publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds))
+    assert spin_until(probe, lambda: bridge.accepted == 2, 5.0, executor)
+    assert bridge.rejected == 3
+
+
+def test_hold_stops_forwarding_until_released_and_diagnostics_name_it_as_a_driver(graph):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from std_srvs.srv import SetBool, Trigger
+
+    from hw_drivers.executor import HOLD_RELEASED, HOLDING, REJECT_HOLD
+
+    bridge, probe, publisher, received, executor, measured = graph
+    diagnostics: list = []
+    probe.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+    answer = _call(probe, executor, SetBool, "trajectory_bridge/hold", SetBool.Request(data=True))
+    assert answer.success and answer.message == HOLDING
+    assert spin_until(probe, lambda: len(received["trajectory"]) == 1, 5.0, executor)  # the stop
+    publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds))
+    assert spin_until(probe, lambda: bridge.rejected == 1, 5.0, executor)
+    assert bridge.last_rejection == REJECT_HOLD and len(received["trajectory"]) == 1
+
+    answer = _call(probe, executor, SetBool, "trajectory_bridge/hold", SetBool.Request(data=False))
+    assert answer.success and answer.message == HOLD_RELEASED
+    measured()
+    publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds))
+    assert spin_until(probe, lambda: bridge.accepted == 1, 5.0, executor)
+
+    # An e-stop is an ERROR under the name ~/run_task watches ("<node>: driver").
+    assert _call(probe, executor, Trigger, "trajectory_bridge/estop", Trigger.Request()).success
+
+    def error_status():
+        return [
+            s for a in diagnostics for s in a.status
+            if s.name == "/trajectory_bridge: driver" and s.level == DiagnosticStatus.ERROR
+        ]
+
+    assert spin_until(probe, lambda: bool(error_status()), 5.0, executor)
+    assert error_status()[0].message == "e-stop latched"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 
 import pytest
 
@@ -72,3 +73,9 @@ def test_graph_processes_get_the_large_shared_memory_profile(monkeypatch):
     assert Supervisor([], output=io.StringIO()).env["FASTDDS_DEFAULT_PROFILES_FILE"] == (
         "/etc/my_profile.xml"
     )
+
+
+def test_graph_processes_are_told_the_launchers_pid(monkeypatch):
+    # An outer launcher's PID (inherited) is replaced: the nodes watch the one that runs them.
+    monkeypatch.setenv("MOLMOACT2_LAUNCHER_PID", "1")
+    assert Supervisor([], output=io.StringIO()).env["MOLMOACT2_LAUNCHER_PID"] == str(os.getpid())

@@ -46,6 +46,37 @@ def test_launch_arguments_are_the_documented_ones():
     }
 
 
+def test_boolean_launch_arguments_refuse_anything_but_true_or_false():
+    from molmoact2.launch_support import options_from_values
+
+    values = {name: default for name, (default, _text) in LAUNCH_ARGUMENTS.items()}
+    assert options_from_values(values.__getitem__) == graph.LaunchOptions()
+    on = options_from_values({**values, "sim": "False", "rviz": " TRUE ", "publish_tf": "1"}.get)
+    assert (on.sim, on.rviz, on.publish_tf) == (False, True, True)
+    # A typo must not pick the hardware backend (it read as false).
+    with pytest.raises(ValueError, match="sim:='ture': expected true or false"):
+        options_from_values({**values, "sim": "ture"}.get)
+
+
+def test_readme_and_every_launch_file_document_every_launch_argument():
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \| ([^|]+) \| [^|]+ \|$", readme, re.M)
+    table = {name: (default.strip(), flags) for name, default, flags in rows}
+    table = {k: v for k, v in table.items() if k in LAUNCH_ARGUMENTS or "--" in v[1]}
+    assert set(table) == set(LAUNCH_ARGUMENTS), set(table) ^ set(LAUNCH_ARGUMENTS)
+    for name, (default, _flags) in table.items():
+        declared = LAUNCH_ARGUMENTS[name][0]
+        if declared:
+            assert default == f"`{declared}`", (name, default)
+    for launch_file in sorted((REPO / "launch").glob("*.launch.py")):
+        doc = launch_file.read_text().split('"""')[1]
+        listed = doc.rsplit("):", 1)[1]
+        named = {w.strip(" .\n") for w in listed.split(",")}
+        assert named == set(LAUNCH_ARGUMENTS), (launch_file.name, named)
+
+
 @pytest.mark.parametrize("robot", ["yam", "droid", "so101"])
 def test_tf_node_runs_in_sim_and_on_hardware_only_when_asked(robot, tmp_path):
     def names(**kwargs):

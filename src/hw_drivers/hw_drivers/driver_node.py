@@ -29,7 +29,6 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     QoSProfile,
@@ -71,35 +70,13 @@ _log = logging.getLogger(__name__)
 SWITCH_INTERVAL: float | None = 0.001
 
 
-class _UnsetArraysAsEmpty:
-    """Node view for ``declare_dataclass_params``: an array parameter that the params file does
-    not set (e.g. ``can_channels`` for a sim arm) reads as empty instead of raising
-    ``ParameterUninitializedException``."""
-
-    def __init__(self, node: LifecycleNode) -> None:
-        self._node = node
-
-    def declare_parameter(self, *args, **kwargs):
-        return self._node.declare_parameter(*args, **kwargs)
-
-    def get_parameter(self, name: str):
-        try:
-            return self._node.get_parameter(name)
-        except ParameterUninitializedException:
-            return _Unset()
-
-
-class _Unset:
-    value = None
-
-
 @log_transition_errors
 class DriverNode(LifecycleNode):
     def __init__(self, node_name: str = "driver", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         self._param_problems: list[str] = []  # wrong types at start: configure fails on them
         self.params: DriverParams = declare_dataclass_params(
-            _UnsetArraysAsEmpty(self), DriverParams, self._param_problems
+            self, DriverParams, self._param_problems
         )
         # The limits in the config are hard: live changes may only tighten them.
         self._hard_limits = self.params

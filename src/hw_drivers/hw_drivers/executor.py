@@ -46,6 +46,14 @@ from hw_drivers.safety import (
 
 SPLICE_POLICIES = ("blend", "replace", "average")
 STATES = ("idle", "ramp_in", "tracking", "holding", "estop", "fault")
+# What ~/estop and ~/hold answer and why chunks are refused meanwhile (the trajectory bridge
+# answers the same: hw_drivers.bridge_control).
+ESTOP_LATCHED = "e-stop latched; call ~/reset to resume"
+REJECT_ESTOP = "estop: e-stop latched; call reset first"
+REJECT_HOLD = "hold: hold requested; chunks are ignored until released"
+HOLDING = "holding"
+HOLD_RELEASED = "hold released: following chunks (the next one ramps in)"
+HOLD_RELEASED_IN_ESTOP = "hold released, but the e-stop is latched: still holding; call ~/reset"
 
 # Slack for "already in the past" so a chunk whose action lands exactly on `now` keeps it.
 _TIME_EPS = 1e-9
@@ -315,11 +323,11 @@ class ChunkExecutor:
         Never raises for any chunk; a rejected chunk changes nothing but the statistics.
         """
         if self._estopped:
-            return self._reject("estop: e-stop latched; call reset first", now)
+            return self._reject(REJECT_ESTOP, now)
         if self._fault:
             return self._reject(f"fault: {self._fault}; call reset first", now)
         if self._hold_requested:
-            return self._reject("hold: hold requested; chunks are ignored until released", now)
+            return self._reject(REJECT_HOLD, now)
         if not math.isfinite(now):
             return self._reject(f"non_finite: driver time {now}", now)
         if measured is not None:
@@ -419,7 +427,7 @@ class ChunkExecutor:
         self._estopped = True
         self._drop_plans()
         self._hold_target = None
-        return "e-stop latched; call ~/reset to resume"
+        return ESTOP_LATCHED
 
     def reset(self, measured: np.ndarray | None) -> str:
         """Clear e-stop, fault, hold and plans; settle at ``measured``; the next chunk ramps in.
@@ -467,12 +475,12 @@ class ChunkExecutor:
             self._drop_plans()
             self._hold_target = None
             self._ramp_after_hold = True  # the arm stopped: the next chunk ramps in
-            return True, "holding"
+            return True, HOLDING
         if self._estopped:
-            return False, "hold released, but the e-stop is latched: still holding; call ~/reset"
+            return False, HOLD_RELEASED_IN_ESTOP
         if self._fault:
             return False, f"hold released, but faulted ({self._fault}): still holding; call ~/reset"
-        return True, "hold released: following chunks (the next one ramps in)"
+        return True, HOLD_RELEASED
 
     # -- the control tick ---------------------------------------------------------------------
 

@@ -17,6 +17,12 @@ it) and its verdict on each chunk, so the policy node's real-time chunking conti
 chunk the controller runs, not one the bridge dropped. What it cannot see: a trajectory the
 controller itself refuses or aborts (tolerances, preemption by another client).
 
+``~/estop``, ``~/hold`` (std_srvs/SetBool) and ``~/reset`` (std_srvs/Trigger) answer as the
+driver node's do (``hw_drivers.bridge_control``): an e-stop or hold stops forwarding chunks and
+replaces the controller's trajectory with a stop at the acceleration limits; ``~/reset`` clears
+them when the arm's joint states are recent. The status on ``/diagnostics`` is named
+``<node>: driver`` as the driver node's, so the policy's ``~/run_task`` ends on its e-stop.
+
 Usage: ``docs/ros2_control_bridge.md``.
 """
 
@@ -32,8 +38,10 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 from sensor_msgs.msg import JointState
+from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from hw_drivers.bridge_control import BridgeControl, stop_trajectory
 from hw_drivers.bridge_guard import GuardConfig, guard
 from hw_drivers.chunk import Chunk
 from hw_drivers.execution_report import ExecutionReporter
@@ -94,6 +102,11 @@ class TrajectoryBridgeNode(LifecycleNode):
         self._execution = ExecutionReporter()
         self._execution_pub = None
         self._sent: Chunk | None = None  # the chunk whose trajectory the controller runs
+        self._velocity: np.ndarray | None = None  # the arm's measured joint velocities
+        # The operator's e-stop and hold: on the node, so they outlive deactivate/activate and
+        # cleanup/configure as the driver node's do (only ~/reset, or ~/hold false, ends them).
+        self._control = BridgeControl()
+        self._bridge_services: list = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -115,6 +128,8 @@ class TrajectoryBridgeNode(LifecycleNode):
         self._arm_names = tuple(p.joint_names[j] for j in arm)
         self._arm_vmax = np.asarray(p.max_velocity, dtype=float)[arm]
         self._arm_amax = np.asarray(p.max_acceleration, dtype=float)[arm]
+        self._arm_lower = np.asarray(p.position_lower, dtype=float)[arm]
+        self._arm_upper = np.asarray(p.position_upper, dtype=float)[arm]
         # Joint states carry the controller's names.
         self._state_names = p.resolved_controller_joint_names() or self._arm_names
         self._guard = GuardConfig(
@@ -139,6 +154,16 @@ class TrajectoryBridgeNode(LifecycleNode):
             JointState, p.joint_state_topic, self._on_joint_state, qos_profile_sensor_data
         )
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
+        self._bridge_services = [
+            self.create_service(Trigger, "~/estop", self._on_estop),
+            self.create_service(Trigger, "~/reset", self._on_reset),
+            self.create_service(SetBool, "~/hold", self._on_hold),
+        ]
+        if self._control.estopped:
+            self.get_logger().warning(
+                "the e-stop latched before cleanup is still latched: no chunk is forwarded "
+                "until ~/reset"
+            )
         self.get_logger().info(
             f"bridging {p.chunk_topic} -> {p.trajectory_topic} (arm), {p.gripper_topic} "
             f"(grippers {list(self._gripper_joints)})"
@@ -171,6 +196,9 @@ class TrajectoryBridgeNode(LifecycleNode):
                 self.destroy_publisher(pub)
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
+        for service in self._bridge_services:
+            self.destroy_service(service)
+        self._bridge_services = []
         self._chunk_sub = self._joint_sub = self._trajectory_pub = self._gripper_pub = None
         self._diag_pub = self._diag_timer = self._execution_pub = None
 
@@ -181,8 +209,18 @@ class TrajectoryBridgeNode(LifecycleNode):
             return  # another arm's or the gripper's joint states on the same topic
         values = np.array([msg.position[index[n]] for n in self._state_names], dtype=float)
         if np.all(np.isfinite(values)):
+            now = self.get_clock().now().nanoseconds * 1e-9
+            if len(msg.velocity) == len(msg.name):
+                self._velocity = np.array(
+                    [msg.velocity[index[n]] for n in self._state_names], dtype=float
+                )
+            elif self._measured is not None and 0 < now - self._measured_at <= 0.1:
+                # No velocities in the message: from the last two poses.
+                self._velocity = (values - self._measured) / (now - self._measured_at)
+            else:
+                self._velocity = None
             self._measured = values
-            self._measured_at = self.get_clock().now().nanoseconds * 1e-9
+            self._measured_at = now
 
     def _measured_pose(self, now: float) -> np.ndarray | None:
         if self._measured is None or now - self._measured_at > self.params.max_state_age:
@@ -192,6 +230,10 @@ class TrajectoryBridgeNode(LifecycleNode):
     # -- chunks ----------------------------------------------------------------------------
     def _on_chunk(self, msg: ActionChunk) -> None:
         if not self._active:
+            return
+        refusal = self._control.refusal()
+        if refusal:
+            self._reject(refusal, msg)
             return
         now = self.get_clock().now().nanoseconds * 1e-9
         try:
@@ -253,6 +295,8 @@ class TrajectoryBridgeNode(LifecycleNode):
         self._verdict(msg, now)
 
     def _execution_state(self, now: float) -> tuple[str, Chunk | None]:
+        if self._control.refusal():
+            return self._control.state("holding"), None
         if now < self._busy_until:
             return "tracking", self._sent
         return ("holding" if self._sent is not None else "idle"), None
@@ -306,14 +350,68 @@ class TrajectoryBridgeNode(LifecycleNode):
             grip.position = [float(v) for v in out.gripper.positions]
             self._gripper_pub.publish(grip)
 
+    # -- the operator's services (as the driver node's) ---------------------------------------
+    def _stop_motion(self) -> str:
+        """Replace the controller's trajectory with a stop; what happened."""
+        now = self.get_clock().now().nanoseconds * 1e-9
+        measured = self._measured_pose(now)
+        self._busy_until = float("-inf")  # the next chunk ramps in from idle
+        if measured is None or self._trajectory_pub is None:
+            return (
+                "no recent joint state of the arm: no stop sent, the controller finishes the "
+                "trajectory it runs"
+            )
+        # Joint states and the controller use the controller's joint names.
+        stop = stop_trajectory(
+            self._state_names,
+            measured,
+            self._velocity,
+            self._arm_amax,
+            self._arm_lower,
+            self._arm_upper,
+            self.params.min_lead_time,
+        )
+        self._publish(BridgeOutput(stop, None, 0))
+        return f"stop sent to the controller ({stop.points[0].time_from_start:.2f} s)"
+
+    def _on_estop(self, request: Trigger.Request, response: Trigger.Response):
+        message = self._control.estop()
+        stopped = self._stop_motion()
+        self.get_logger().warning(f"E-STOP latched: no chunk is forwarded until ~/reset; {stopped}")
+        self._report_execution(self.get_clock().now().nanoseconds * 1e-9)
+        response.success, response.message = True, message
+        return response
+
+    def _on_hold(self, request: SetBool.Request, response: SetBool.Response):
+        response.success, response.message = self._control.hold(bool(request.data))
+        if request.data:
+            self.get_logger().info(f"~/hold: {self._stop_motion()}")
+        self._report_execution(self.get_clock().now().nanoseconds * 1e-9)
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
+        now = self.get_clock().now().nanoseconds * 1e-9
+        response.success, response.message = self._control.reset(
+            self._measured_pose(now) is not None
+        )
+        if response.success:
+            self._busy_until = float("-inf")
+        self.get_logger().info(response.message)
+        self._report_execution(now)
+        return response
+
     def _publish_diagnostics(self) -> None:
         # The 1 Hz heartbeat of ~/chunk_execution, and its "holding" once a trajectory is over.
         self._report_execution(self.get_clock().now().nanoseconds * 1e-9)
         status = DiagnosticStatus()
-        status.name = f"{self.get_name()}: trajectory bridge"
+        # Named as the driver node's status: the policy's ~/run_task ends on its ERROR.
+        status.name = f"{self.get_fully_qualified_name()}: driver"
         status.hardware_id = self.params.robot
         recent = self._recent_rejections.count(self.get_clock().now().nanoseconds * 1e-9)
-        if recent:
+        if self._control.estopped:
+            status.level = DiagnosticStatus.ERROR
+            status.message = "e-stop latched"
+        elif recent:
             status.level = DiagnosticStatus.WARN
             status.message = (
                 f"{recent} chunks rejected in the last {self.params.rejection_window:g} s; "
@@ -321,8 +419,10 @@ class TrajectoryBridgeNode(LifecycleNode):
             )
         else:
             status.level = DiagnosticStatus.OK
-            status.message = "active" if self._active else "inactive"
+            status.message = self._control.state("active" if self._active else "inactive")
         values = {
+            "state": self._control.state("active" if self._active else "inactive"),
+            "backend": "ros2_control (trajectory bridge)",
             "accepted": self.accepted,
             "rejected": self.rejected,
             "rejected_recently": recent,

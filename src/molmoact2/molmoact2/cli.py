@@ -74,8 +74,6 @@ def graph_for(args: argparse.Namespace) -> tuple[graph.RobotConfig, list[graph.N
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    import shutil
-
     from molmoact2.demo_checkpoint import resolve_checkpoint
     from molmoact2.supervisor import Supervisor
     from molmoact2.tf_node import without_unavailable_tf
@@ -83,16 +81,56 @@ def cmd_launch(args: argparse.Namespace) -> int:
     _config, nodes = graph_for(args)
     nodes = without_unavailable_tf(nodes, logging.getLogger("molmoact2").warning)
     nodes = resolve_checkpoint(args.robot, nodes, log=logging.getLogger("molmoact2").info)
-    if args.rviz:
-        rviz = shutil.which("rviz2")
-        if rviz is None:
-            logging.getLogger("molmoact2").warning(
-                "rviz2 is not installed here (it is not on PyPI); start it on a machine with "
-                "ROS 2: rviz2 -d config/molmoact2.rviz"
-            )
+    rviz = _start_rviz(args) if args.rviz else None
     supervisor = Supervisor(nodes, namespace=args.namespace)
-    result = supervisor.run(duration=args.duration)
+    try:
+        result = supervisor.run(duration=args.duration)
+    finally:
+        if rviz is not None:
+            _stop_process(rviz)
     return result.exit_code
+
+
+def _start_rviz(args: argparse.Namespace):
+    """rviz2 with the config written for this robot and namespace; None without rviz2."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from molmoact2.rviz_config import write_rviz_config
+
+    log = logging.getLogger("molmoact2")
+    path = write_rviz_config(
+        args.robot, options_from_args(args), Path(tempfile.mkdtemp(prefix="molmoact2-rviz-"))
+    )
+    rviz = shutil.which("rviz2")
+    if rviz is None:
+        log.warning(
+            "rviz2 is not installed here (it is not on PyPI); start it on a machine with "
+            f"ROS 2: rviz2 -d {path}"
+        )
+        return None
+    cmd = [rviz, "-d", str(path), "--ros-args"]
+    if args.namespace.strip("/"):
+        cmd += ["-r", f"__ns:=/{args.namespace.strip('/')}"]
+    if args.use_sim_time:
+        cmd += ["-p", "use_sim_time:=true"]
+    log.info("starting rviz2 -d %s", path)
+    return subprocess.Popen(cmd)
+
+
+def _stop_process(process) -> None:
+    import signal
+    import subprocess
+
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def cmd_graph(args: argparse.Namespace) -> int:

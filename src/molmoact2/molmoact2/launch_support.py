@@ -6,6 +6,7 @@ decides comes from the pure graph layer, which the tests exercise without ``laun
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from molmoact2 import graph
@@ -18,7 +19,11 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
         "(random, for tests); empty: the config's (demo)",
     ),
     "think": ("false", "MolmoAct2-Think: adaptive depth tokens and the depth-cache node"),
-    "rviz": ("false", "start RViz2 with config/molmoact2.rviz"),
+    "rviz": (
+        "false",
+        "start RViz2 with this robot's cameras, chunk and depth topics in its namespace "
+        "(molmoact2.rviz_config); without rviz2 installed: a warning, the rest runs",
+    ),
     "record": ("false", "record cameras, joints, chunks, depth tokens and status to MCAP"),
     "foxglove": ("false", "serve the live view over Foxglove WebSocket (ws://127.0.0.1:8765)"),
     "namespace": ("", "namespace of this robot instance"),
@@ -31,8 +36,34 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
 }
 
 
-def _truthy(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def flag(name: str, value: str) -> bool:
+    """A boolean launch argument. Anything but a true/false word is an error: ``sim:=ture``
+    read as false started the real arm's backend."""
+    word = value.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"launch argument {name}:={value!r}: expected true or false")
+
+
+def options_from_values(value: Callable[[str], str]) -> graph.LaunchOptions:
+    """The launch options from ``value(name) -> str`` of each launch argument."""
+    return graph.LaunchOptions(
+        sim=flag("sim", value("sim")),
+        checkpoint=value("checkpoint"),
+        think=flag("think", value("think")),
+        rviz=flag("rviz", value("rviz")),
+        record=flag("record", value("record")),
+        foxglove=flag("foxglove", value("foxglove")),
+        namespace=value("namespace"),
+        use_sim_time=flag("use_sim_time", value("use_sim_time")),
+        publish_tf=flag("publish_tf", value("publish_tf")) if value("publish_tf").strip() else None,
+    )
 
 
 def options_from_context(context) -> graph.LaunchOptions:
@@ -41,17 +72,7 @@ def options_from_context(context) -> graph.LaunchOptions:
     def value(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
-    return graph.LaunchOptions(
-        sim=_truthy(value("sim")),
-        checkpoint=value("checkpoint"),
-        think=_truthy(value("think")),
-        rviz=_truthy(value("rviz")),
-        record=_truthy(value("record")),
-        foxglove=_truthy(value("foxglove")),
-        namespace=value("namespace"),
-        use_sim_time=_truthy(value("use_sim_time")),
-        publish_tf=_truthy(value("publish_tf")) if value("publish_tf").strip() else None,
-    )
+    return options_from_values(value)
 
 
 def generate_robot_launch_description(robot: str):
@@ -69,7 +90,11 @@ def generate_robot_launch_description(robot: str):
     def setup(context, *args, **kwargs):
         return launch_actions(robot, options_from_context(context))
 
-    actions = [*arguments]
+    from molmoact2_common.ros_runtime import ENV_LAUNCHER_PID
+
+    # Each node stops when this launch process is gone, even where it is not the node's parent
+    # (a --launch-prefix wrapper): PR_SET_PDEATHSIG only follows the parent.
+    actions = [*arguments, SetEnvironmentVariable(ENV_LAUNCHER_PID, str(os.getpid()))]
     if "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
         # Large shared-memory segment for raw camera frames (see config/fastdds.xml).
         actions.append(
@@ -106,19 +131,38 @@ def launch_actions(robot: str, options: graph.LaunchOptions) -> list:
             )
         )
     if options.rviz:
-        rviz_config = Path(graph.config_dir()) / "molmoact2.rviz"
-        actions.append(
-            Node(
-                package="rviz2",
-                executable="rviz2",
-                name="rviz2",
-                namespace=options.namespace,
-                arguments=["-d", str(rviz_config)],
-                parameters=[{"use_sim_time": options.use_sim_time}],
-                output="screen",
-            )
-        )
+        actions += _rviz(robot, options, log)
     return actions
+
+
+def _rviz(robot: str, options: graph.LaunchOptions, log) -> list:
+    """RViz2 with the config written for this robot and namespace; without rviz2 installed a
+    warning only (a missing package would abort the whole launch, drivers included)."""
+    import tempfile
+
+    from launch_ros.actions import Node
+
+    from molmoact2.rviz_config import write_rviz_config
+
+    path = write_rviz_config(robot, options, Path(tempfile.mkdtemp(prefix="molmoact2-rviz-")))
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        get_package_share_directory("rviz2")
+    except Exception:  # not installed (or no ament index): the graph runs without it
+        log.warning(f"rviz:=true but rviz2 is not installed; start it elsewhere: rviz2 -d {path}")
+        return []
+    return [
+        Node(
+            package="rviz2",
+            executable="rviz2",
+            name="rviz2",
+            namespace=options.namespace,
+            arguments=["-d", str(path)],
+            parameters=[{"use_sim_time": options.use_sim_time}],
+            output="screen",
+        )
+    ]
 
 
 def _robot_state_publisher(robot: str, spec: graph.NodeSpec, options: graph.LaunchOptions):

@@ -30,6 +30,7 @@ from typing import TextIO
 import yaml
 
 from molmoact2.graph import ANY_NAMESPACE, NodeSpec, fastdds_profile
+from molmoact2_common.ros_runtime import ENV_LAUNCHER_PID
 
 log = logging.getLogger("molmoact2.launch")
 
@@ -90,6 +91,8 @@ class Supervisor:
         self.env = dict(os.environ if env is None else env)
         # Large shared-memory segment for raw camera frames (see config/fastdds.xml).
         self.env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(fastdds_profile()))
+        # Nodes stop when this process is gone, also when it is not their parent.
+        self.env[ENV_LAUNCHER_PID] = str(os.getpid())
         self.sigterm_timeout = sigterm_timeout
         self.sigkill_timeout = sigkill_timeout
         self._children: list[_Child] = []

@@ -7,6 +7,7 @@ all read that dataclass. This module is the only place that turns it into ROS pa
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -112,6 +113,44 @@ def _descriptor(description: str, read_only: bool, dynamic: bool = False):
     )
 
 
+def _array_types() -> dict[type, Any]:
+    from rclpy.parameter import Parameter
+
+    return {
+        str: Parameter.Type.STRING_ARRAY,
+        int: Parameter.Type.INTEGER_ARRAY,
+        bool: Parameter.Type.BOOL_ARRAY,
+        float: Parameter.Type.DOUBLE_ARRAY,
+    }
+
+
+def _value_or_empty(node: Any, name: str, array_type: Any) -> Any:
+    """The value of array parameter ``name``; when nothing set it (declared by type only, or
+    dynamically typed with no value), set it to the typed empty array first. A parameter left
+    NOT_SET has no value for ``ros2 param get``/``dump`` (and ``get_parameter`` raises)."""
+    from rclpy.exceptions import ParameterUninitializedException
+    from rclpy.parameter import Parameter
+
+    try:
+        value = node.get_parameter(name).value
+    except ParameterUninitializedException:
+        value = None
+    if value is not None:
+        return value
+    descriptor = node.describe_parameter(name)
+    if descriptor.read_only:
+        # set_parameters refuses read-only parameters: lift the flag for this one write.
+        writable = copy.copy(descriptor)
+        writable.read_only = False
+        node.set_descriptor(name, writable)
+    result = node.set_parameters([Parameter(name, array_type, [])])[0]
+    if descriptor.read_only:
+        node.set_descriptor(name, descriptor)
+    if not result.successful:
+        raise ParamTypeError(f"{name}: cannot set its empty default: {result.reason}")
+    return []
+
+
 def declare_dataclass_params(node: Any, cls: type[T], problems: list[str] | None = None) -> T:
     """Declare every field of ``cls`` on ``node`` and return an instance with the values.
 
@@ -119,9 +158,10 @@ def declare_dataclass_params(node: Any, cls: type[T], problems: list[str] | None
     described in ``problems`` and replaced by the default, so the node can start and fail its
     configure with that sentence; without a ``problems`` list it raises ``ParamTypeError``.
     """
-    from rclpy.exceptions import InvalidParameterTypeException, ParameterUninitializedException
+    from rclpy.exceptions import InvalidParameterTypeException
     from rclpy.parameter import Parameter
 
+    array_types = _array_types()
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -135,12 +175,9 @@ def declare_dataclass_params(node: Any, cls: type[T], problems: list[str] | None
         element = typing.get_args(hints[f.name])
         kind = element[0] if element else str
         if isinstance(default, list) and not default and kind is not float:
-            # An empty list has no element type: tell rclpy the intended array type.
-            array_type = {
-                str: Parameter.Type.STRING_ARRAY,
-                int: Parameter.Type.INTEGER_ARRAY,
-                bool: Parameter.Type.BOOL_ARRAY,
-            }[kind]
+            # An empty list has no element type (rclpy would infer a byte array): declare the
+            # intended array type, then give it its typed empty value if nothing set it.
+            array_type = array_types[kind]
             try:
                 node.declare_parameter(f.name, array_type, _descriptor(description, read_only))
             except InvalidParameterTypeException as err:
@@ -150,19 +187,17 @@ def declare_dataclass_params(node: Any, cls: type[T], problems: list[str] | None
                 node.declare_parameter(
                     f.name, array_type, _descriptor(description, read_only), ignore_override=True
                 )
-            try:
-                value = node.get_parameter(f.name).value
-            except ParameterUninitializedException:
-                value = None  # declared by type only and not set anywhere: the empty default
-            values[f.name] = list(value) if value is not None else []
+            value = _value_or_empty(node, f.name, array_type)
+            values[f.name] = list(value)
         else:
             # YAML writes 250 for 250.0 and [3, 3, 4] for [3.0, 3.0, 4.0]: float parameters
             # and float lists take any type from rclpy; coerce_param below checks it.
             dynamic = kind is float if isinstance(default, list) else isinstance(default, float)
             descriptor = _descriptor(description, read_only, dynamic)
+            empty_floats = dynamic and default == []
             try:
                 value = node.declare_parameter(
-                    f.name, None if dynamic and default == [] else default, descriptor
+                    f.name, None if empty_floats else default, descriptor
                 ).value
             except InvalidParameterTypeException as err:
                 # rclpy refuses an override of another type; keep the default, report it.
@@ -170,8 +205,10 @@ def declare_dataclass_params(node: Any, cls: type[T], problems: list[str] | None
                     raise ParamTypeError(f"{f.name}: {err}") from err
                 problems.append(f"{f.name} has the wrong type ({err}); default kept")
                 value = node.declare_parameter(
-                    f.name, default, descriptor, ignore_override=True
+                    f.name, None if empty_floats else default, descriptor, ignore_override=True
                 ).value
+            if empty_floats and value is None:
+                value = _value_or_empty(node, f.name, Parameter.Type.DOUBLE_ARRAY)
             values[f.name] = [] if value is None else value
         try:
             values[f.name] = coerce_param(cls, f.name, values[f.name])

@@ -23,6 +23,10 @@ after the first signal, the process logs where it was stuck and exits non-zero.
 
 The parent launcher's death is noticed through ``PR_SET_PDEATHSIG`` (Linux) and, as a fallback,
 by polling ``getppid()``: the node then stops exactly as on SIGTERM (drivers hold the arm).
+The launcher need not be the parent (a wrapper script, ``bash -c``, a ``prefix`` in a launch
+file): both launch paths put their own PID in ``MOLMOACT2_LAUNCHER_PID``, and the node also
+stops when that process is gone (polled with the parent; its start time guards against a
+reused PID).
 A node started with SIGHUP ignored (``nohup``) keeps running when its terminal or parent goes.
 
 The process ends with ``os._exit`` after its cleanup: the node's own work (holding the arm,
@@ -60,8 +64,12 @@ PARENT_POLL_PERIOD = 0.5
 PARENT_DEATH_SIGNAL = signal.SIGUSR2
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 ENV_IGNORE_PARENT = "MOLMOACT2_IGNORE_PARENT_EXIT"
+# The launcher's PID, set by both launch paths for their nodes: stop when it is gone.
+ENV_LAUNCHER_PID = "MOLMOACT2_LAUNCHER_PID"
 _PR_SET_PDEATHSIG = 1
 EARLY_PHASES = ("starting", "building the node", "configuring")
+# With use_sim_time, how long a node waits for its first /clock before saying it has none.
+CLOCK_GRACE = 5.0
 
 
 def _set_parent_death_signal(signum: int) -> bool:
@@ -75,6 +83,39 @@ def _set_parent_death_signal(signum: int) -> bool:
         return libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def _process_start(pid: int) -> str | None:
+    """``pid``'s start time (Linux ``/proc``; "" elsewhere), None when it is gone or a zombie
+    (a launcher killed with SIGKILL stays a zombie until its own parent reaps it)."""
+    if not sys.platform.startswith("linux"):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # exists, another user's
+        return ""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def launcher_from_env(environ: Any = None) -> tuple[int, str] | None:
+    """(pid, start time) of the launcher named by ``MOLMOACT2_LAUNCHER_PID``; None when unset,
+    malformed, or this process itself."""
+    value = (os.environ if environ is None else environ).get(ENV_LAUNCHER_PID, "").strip()
+    try:
+        pid = int(value)
+    except ValueError:
+        return None
+    if pid <= 0 or pid == os.getpid():
+        return None
+    start = _process_start(pid)
+    return (pid, "gone") if start is None else (pid, start)
 
 
 class ProcessStop:
@@ -108,6 +149,7 @@ class ProcessStop:
         self._finished = threading.Event()
         self._deadline: float | None = None
         self._parent = os.getppid()
+        self._launcher: tuple[int, str] | None = None
         self._pipe: tuple[int, int] | None = None
         self._previous: dict[int, Any] = {}
         self._previous_wakeup_fd: int | None = None
@@ -123,6 +165,7 @@ class ProcessStop:
             # its terminal and parent.
             watch_parent = not hup_ignored and not os.environ.get(ENV_IGNORE_PARENT)
         self._watch_parent = watch_parent
+        self._launcher = launcher_from_env() if watch_parent else None
         for signum in STOP_SIGNALS:
             if signum == signal.SIGHUP and hup_ignored:
                 continue
@@ -141,6 +184,8 @@ class ProcessStop:
         self._thread.start()
         if watch_parent and os.getppid() != self._parent:
             self.request("parent process exited")  # died before PDEATHSIG was set
+        elif self._launcher_gone():
+            self.request(f"launcher (pid {self._launcher[0]}) exited")
 
     def uninstall(self) -> None:
         """Restore the previous handlers (in-process use, tests)."""
@@ -211,6 +256,12 @@ class ProcessStop:
             with contextlib.suppress(Exception):
                 faulthandler.cancel_dump_traceback_later()
 
+    def _launcher_gone(self) -> bool:
+        if self._launcher is None or self.requested.is_set():
+            return False
+        pid, start = self._launcher
+        return start == "gone" or _process_start(pid) != start
+
     def _on_wakeup_bytes(self, data: bytes) -> None:
         for signum in data:
             if signum == PARENT_DEATH_SIGNAL:
@@ -245,6 +296,8 @@ class ProcessStop:
                 self._on_wakeup_bytes(data)
             if self._watch_parent and os.getppid() != self._parent:
                 self.request("parent process exited")
+            elif self._launcher_gone():
+                self.request(f"launcher (pid {self._launcher[0]}) exited")
             if (
                 self._deadline is not None
                 and time.monotonic() >= self._deadline
@@ -441,6 +494,7 @@ def _run(
             else:
                 node.get_logger().error("configure failed; waiting for a lifecycle manager")
         stop.phase = "running"
+        warn_without_clock(node, stop)
         spin_until_shutdown(executor, stop)
     except Exception as exc:
         if isinstance(exc, ValueError) and stop.phase == "building the node":
@@ -476,6 +530,33 @@ def _run(
     stop.uninstall()
     _CURRENT_STOP = None
     return code
+
+
+def warn_without_clock(
+    node: Any, stop: ProcessStop, grace: float = CLOCK_GRACE
+) -> threading.Thread | None:
+    """With ``use_sim_time`` and nothing publishing ``/clock`` every timer of the node stays
+    frozen: it publishes nothing and logs nothing. Say so once, ``grace`` s after the start."""
+    try:
+        sim_time = bool(node.get_parameter("use_sim_time").value)
+    except Exception:  # a node without the parameter: nothing to check
+        return None
+    if not sim_time:
+        return None
+
+    def check() -> None:
+        if stop.requested.wait(grace):
+            return
+        if node.get_clock().now().nanoseconds == 0:
+            node.get_logger().warning(
+                f"use_sim_time is true but no /clock arrived in {grace:g} s: timers do not run "
+                "and nothing is published until something publishes /clock (a simulator, "
+                "`ros2 bag play --clock`)"
+            )
+
+    thread = threading.Thread(target=check, name="molmoact2-clock-check", daemon=True)
+    thread.start()
+    return thread
 
 
 def _process_name() -> str:

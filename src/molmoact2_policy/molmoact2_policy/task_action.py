@@ -134,7 +134,7 @@ class RunTaskServer:
             problem = await self._set_hold(False)
             released = not problem
             if problem.endswith("is not available"):
-                # A driver without ~/hold (the ros2_control bridge): the task still runs, but
+                # A driver without ~/hold (a user's own stack): the task still runs, but
                 # its end can only stop new chunks, not the one being executed.
                 self._node.get_logger().warning(f"run_task: {problem}; the arm cannot be held")
                 problem = ""
