@@ -51,7 +51,7 @@ from molmoact2_policy.observation import (
     ns_to_stamp,
     stamp_to_ns,
 )
-from molmoact2_policy.policy_api import Policy
+from molmoact2_policy.policy_api import Policy, PolicyInputError
 from molmoact2_policy.policy_factory import TEST_POLICY_ENV, PolicyLoadError, make_policy
 from molmoact2_policy.policy_node_params import (
     MAX_INSTRUCTION_CHARS,
@@ -187,6 +187,14 @@ class PolicyNode(LifecycleNode):
             return self._configure_failed(str(exc))
         with self._lock:
             self._policy = policy
+            # Set before a policy could judge it (the config, a topic, the service, the
+            # parameter): refused now as it would have been then, and inference stays paused.
+            problem = self.instruction_problem(self._instruction)
+            if problem:
+                self.get_logger().error(
+                    f"instruction {self._instruction!r} dropped: {problem}; set another one"
+                )
+                self._instruction = ""
             self._assembler = ObservationAssembler(
                 camera_names=self.params.camera_names,
                 joint_names=self.params.joint_names,
@@ -610,14 +618,35 @@ class PolicyNode(LifecycleNode):
 
     # ---- control ------------------------------------------------------------------------
 
+    def instruction_problem(self, instruction: str) -> str:
+        """Why ``instruction`` is refused ('' when accepted): too long, or the policy refuses
+        its words (``Policy.check_instruction``: it spells a control token of the model).
+
+        Without a policy (before configure) only the length is checked; configure checks the
+        rest. Empty is accepted: it pauses inference.
+        """
+        instruction = instruction.strip()
+        if len(instruction) > MAX_INSTRUCTION_CHARS:
+            return f"instruction has {len(instruction)} characters; at most {MAX_INSTRUCTION_CHARS}"
+        with self._lock:
+            policy = self._policy
+        if not instruction or policy is None:
+            return ""
+        try:
+            policy.check_instruction(instruction)
+        except PolicyInputError as exc:
+            return str(exc)
+        except Exception as exc:  # a broken check must refuse, not kill a service callback
+            return f"the policy's instruction check failed: {type(exc).__name__}: {exc}"
+        return ""
+
     def set_instruction(self, instruction: str) -> tuple[bool, str]:
         """Replace the instruction (empty pauses inference); (accepted, message)."""
         instruction = instruction.strip()
-        if len(instruction) > MAX_INSTRUCTION_CHARS:
-            return False, (
-                f"instruction has {len(instruction)} characters; at most {MAX_INSTRUCTION_CHARS}"
-            )
-        with self._lock:
+        with self._lock:  # one policy for the check and the change (configure swaps it)
+            problem = self.instruction_problem(instruction)
+            if problem:
+                return False, problem
             changed = instruction != self._instruction
             self._instruction = instruction
             if changed:
@@ -638,8 +667,10 @@ class PolicyNode(LifecycleNode):
 
     def _on_instruction_msg(self, msg: Any) -> None:
         accepted, message = self.set_instruction(msg.data)
-        if not accepted:
-            self._log_error(f"~/instruction refused: {message}")
+        if not accepted:  # a topic has no answer: the log says it, the old instruction stays
+            self.get_logger().warning(
+                f"~/instruction refused, keeping {self._instruction!r}: {message}"
+            )
 
     def _on_set_instruction(self, request: Any, response: Any) -> Any:
         response.accepted, response.message = self.set_instruction(request.instruction)
@@ -675,6 +706,8 @@ class PolicyNode(LifecycleNode):
         for param in params:
             if param.name in fields:
                 problem = live_param_problem(param.name, param.value)
+                if not problem and param.name == "instruction":
+                    problem = self.instruction_problem(param.value)
                 if problem:
                     return SetParametersResult(successful=False, reason=problem)
         return SetParametersResult(successful=True)

@@ -410,6 +410,9 @@ class PolicyService:
     def _parse(self, body: bytes, decode: Callable[..., Any]) -> ActRequest:
         payload = decode(body, max_bytes=self.limits.max_body_bytes)
         request = parse_act_request(payload, self.spec, self.limits, executor=self._codec_pool)
+        # Refused here, on the decode thread, not after waiting for the device (400 naming
+        # the token; the model's act refuses it too).
+        self.policy.check_instruction(request.instruction)
         steps = request.num_steps
         if steps is not None and not self._takes_num_steps and steps != self._fixed_steps:
             raise ProtocolError(
