@@ -330,6 +330,9 @@ class PolicyNode(LifecycleNode):
                 max_rate=self.params.max_inference_rate,
                 on_callback_error=lambda exc: self._log_error(f"publishing a chunk failed: {exc}"),
                 rtc_source=self._rtc_request if self._rtc is not None else None,
+                on_start=(
+                    self._depth_node.inference_token if self._depth_node is not None else None
+                ),
             )
             self._worker.start()
         compressed = sum(t == "compressed" for t in self.params.camera_transports)
@@ -604,7 +607,9 @@ class PolicyNode(LifecycleNode):
             sec, nanosec = ns_to_stamp(observation.camera_stamps_ns.get(camera, stamp_ns))
             image = observation.images.get(camera)
             if image is not None:
-                depth.on_think_result(Time(sec=sec, nanosec=nanosec), image, result)
+                depth.on_think_result(
+                    Time(sec=sec, nanosec=nanosec), image, result, started=outcome.start_token
+                )
 
     def _set_inference_error(self, message: str) -> None:
         with self._lock:
@@ -837,6 +842,9 @@ class PolicyNode(LifecycleNode):
         values.update({f"age/{i.name}": f"{i.age:.3f}" for i in msg.inputs})
         if self._rtc is not None:
             values.update(self._rtc.diagnostics())
+        depth = self._depth_node
+        if depth is not None:
+            values["depth_results_dropped_after_reset"] = str(depth.dropped_after_reset)
         diag.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         array = DiagnosticArray()
         array.header.stamp = msg.header.stamp
