@@ -657,18 +657,14 @@ class _WsReader:
     def _admit(self, message: Mapping[str, Any]) -> _WsFrame:
         data = message.get("bytes")
         if data is None:
-            return _WsFrame(
-                None,
-                (400, error_payload(
-                    "bad_request", "binary msgpack frames expected, got a text frame"
-                )),
-            )
+            text = "binary msgpack frames expected, got a text frame"
+            return _WsFrame(None, (400, error_payload("bad_request", text)))
         if self._holding >= 1 + self._read_ahead:
-            return _WsFrame(None, (503, error_payload(
-                "busy",
+            text = (
                 f"server busy: {self._holding} requests of this connection are running or "
-                "waiting; wait for an answer before sending more",
-            )))
+                "waiting; wait for an answer before sending more"
+            )
+            return _WsFrame(None, (503, error_payload("busy", text)))
         budget = contextlib.ExitStack()
         try:
             budget.enter_context(self._budget.hold())(len(data))
