@@ -207,6 +207,11 @@ class PolicyService:
         self.queue = InferenceQueue(max_queue)
         if not warmup_instructions or not all(text.strip() for text in warmup_instructions):
             raise ValueError("warm-up needs at least one non-empty instruction")
+        for text in warmup_instructions:  # else the warm-up fails and the server is degraded
+            try:
+                policy.check_instruction(text)
+            except PolicyInputError as exc:
+                raise ValueError(f"warm-up instruction {text!r}: {exc}") from None
         self.warmup_instructions = tuple(warmup_instructions)
         # num_steps reaches a backend whose act() takes it; any other backend runs a fixed
         # number of flow steps (its metadata's), and a request for another number is refused
@@ -972,14 +977,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("molmoact2 serve: --warmup-instruction must not be empty")
     max_body_bytes = int(args.max_body_mb * 2**20)
     policy = _load_policy(args)
-    app = create_app(
-        policy,
-        token=args.token or None,
-        max_queue=args.max_queue,
-        max_body_bytes=max_body_bytes,
-        warmup=not args.no_warmup,
-        warmup_instructions=warmup_instructions,
-    )
+    try:
+        app = create_app(
+            policy,
+            token=args.token or None,
+            max_queue=args.max_queue,
+            max_body_bytes=max_body_bytes,
+            warmup=not args.no_warmup,
+            warmup_instructions=warmup_instructions,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"molmoact2 serve: {exc}") from exc
     config = uvicorn_config(
         app,
         host=args.host,
