@@ -583,9 +583,11 @@ class _TokenGate:
         await self.app(scope, receive, send)
 
 
-# Frames one websocket client may have sent without an answer yet: a client that never waits
-# for answers would otherwise grow the list of answers owed to it without bound. Beyond it the
-# connection is closed (1008), as a client that never reads is cut by the send deadline.
+# Frames of one websocket connection read and not answered yet (most of them answered 503 in
+# their turn): a client that never waits for answers would otherwise grow the list of answers
+# owed to it without bound. At the limit the server stops reading that connection until it has
+# answered some; TCP flow control then holds the client back (closing it instead, uvicorn
+# read and discarded its frames for the 10 s of the closing handshake).
 WS_MAX_UNANSWERED = 64
 
 
@@ -609,11 +611,12 @@ class _WsReader:
     """The reading half of one websocket connection.
 
     It reads every frame as it arrives, whatever the requests before it are doing, so a
-    client's close is seen while its earlier requests still wait for the device: ``gone`` is
-    then set, and it is the ``client_gone`` hook of ``PolicyService.handle`` (as HTTP's
-    disconnect), so a queued request is dropped before it runs and the frames read ahead are
-    never run. (Reading one frame ahead only, a client that sent several requests and closed
-    had each of them run, one after another, before its close was read.)
+    client's close is seen while its earlier requests (up to ``WS_MAX_UNANSWERED``) still
+    wait for the device: ``gone`` is then set, and it is the ``client_gone`` hook of
+    ``PolicyService.handle`` (as HTTP's disconnect), so a queued request is dropped before it
+    runs and the frames read ahead are never run. (Reading one frame ahead only, a client
+    that sent several requests and closed had them run, one after another, before its close
+    was read.)
 
     Memory: one request per connection runs or waits for the device; up to ``read_ahead``
     more keep their bytes, which also count in the server's body budget (shared with HTTP
@@ -631,6 +634,7 @@ class _WsReader:
         self._read_ahead = read_ahead
         self._frames: collections.deque[_WsFrame] = collections.deque()
         self._arrived = asyncio.Event()
+        self._room = asyncio.Event()  # set when a frame was answered
         self._holding = 0  # frames holding their bytes: the one being handled and read-ahead
         self._answering = 0  # 1 while a taken frame is being handled and answered
 
@@ -638,18 +642,11 @@ class _WsReader:
         """Run as a task until the client leaves (or is cut)."""
         try:
             while True:
+                while len(self._frames) + self._answering >= WS_MAX_UNANSWERED:
+                    self._room.clear()
+                    await self._room.wait()  # a close behind these frames is seen later
                 message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
-                    return
-                if len(self._frames) + self._answering >= WS_MAX_UNANSWERED:
-                    _ws_log.warning(
-                        "ws_unanswered",
-                        f"closed a websocket with {WS_MAX_UNANSWERED} requests unanswered: "
-                        "its client does not wait for answers",
-                    )
-                    await self.websocket.close(
-                        code=1008, reason=f"more than {WS_MAX_UNANSWERED} requests unanswered"
-                    )
                     return
                 self._frames.append(self._admit(message))
                 self._arrived.set()
@@ -695,6 +692,7 @@ class _WsReader:
             self._holding -= 1
         frame.release()
         self._answering = 0
+        self._room.set()
 
     def close(self) -> None:
         """Free what is left; count the requests of a client that left and never ran."""
