@@ -46,6 +46,9 @@ class ZeroCostPolicy:
     ) -> ActionChunkResult:
         return self._chunk
 
+    def check_instruction(self, instruction: str) -> None:
+        pass  # nothing is checked per call (module docstring)
+
     def reset(self) -> None:
         pass
 

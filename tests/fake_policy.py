@@ -10,11 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 import numpy as np
 
 from molmoact2_common.embodiments import EmbodimentSpec, get_embodiment
+from molmoact2_policy.model.preprocess import check_instruction
 from molmoact2_policy.policy_api import (
     ActionChunkResult,
     PolicyInputError,
@@ -78,11 +80,28 @@ class FakePolicy:
             timings={"total": self.delay},
         )
 
+    def check_instruction(self, instruction: str) -> None:
+        """As the tiny model: refuses the control tokens of the tiny checkpoint's tokenizer."""
+        tiny_check_instruction(instruction)
+
     def reset(self) -> None:
         self.resets += 1
 
     def metadata(self) -> dict[str, Any]:
         return {"checkpoint": "fake", "embodiment": self.embodiment.name, "device": "cpu"}
+
+
+@cache
+def _tiny_tokenizer() -> Any:
+    from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer
+
+    return MolmoAct2Tokenizer.tiny()
+
+
+def tiny_check_instruction(instruction: str) -> None:
+    """``PolicyInputError`` as the tiny model's ``check_instruction`` raises it (the tiny
+    tokenizer's added tokens are the released families): what the fakes refuse."""
+    check_instruction(instruction, _tiny_tokenizer())
 
 
 def expected_positions(
@@ -119,6 +138,9 @@ class FaultInjectingPolicy:
         if instruction == FAIL_CRASH:
             raise ZeroDivisionError("fake model crashed")
         return self.inner.act(images, state, instruction, seed=seed)
+
+    def check_instruction(self, instruction: str) -> None:
+        self.inner.check_instruction(instruction)
 
     def reset(self) -> None:
         self.inner.reset()

@@ -17,6 +17,7 @@ import numpy as np
 
 from molmoact2_common.embodiments import EmbodimentSpec
 from molmoact2_policy.policy_api import ActionChunkResult, validate_observation
+from tests.fake_policy import tiny_check_instruction
 
 
 class FakePolicy:
@@ -84,6 +85,10 @@ class FakePolicy:
         finally:
             with self._lock:
                 self.running -= 1
+
+    def check_instruction(self, instruction: str) -> None:
+        """As the tiny model: refuses the control tokens of the tiny checkpoint's tokenizer."""
+        tiny_check_instruction(instruction)
 
     def reset(self) -> None:
         self.resets += 1

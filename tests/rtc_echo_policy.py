@@ -62,6 +62,9 @@ class RtcEchoPolicy:
             timings={"total": 0.0},
         )
 
+    def check_instruction(self, instruction: str) -> None:
+        pass  # any words: its chunk never depends on them
+
     def reset(self) -> None:
         pass
 

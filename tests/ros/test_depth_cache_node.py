@@ -262,3 +262,32 @@ def test_invalid_parameters_are_named():
             )
     finally:
         rclpy.shutdown()
+
+
+def test_a_result_whose_inference_began_before_a_reset_is_dropped(ros_nodes):
+    """``~/reset`` while a Think inference runs: its result comes from the cache the reset
+    dropped. It is not published, its stamp is not noted (no stamp jump from it), and it is
+    counted; the next inference's result goes out."""
+    from std_srvs.srv import Trigger
+
+    policy, node, probe, executor = ros_nodes
+    got = subscribe(probe, executor)
+    frame = scene(block_col=2)
+    started = node.inference_token()  # the policy node takes it right before act()
+    stale = policy.act(frame)
+    client = probe.create_client(Trigger, "/molmoact2_depth_cache/reset")
+    assert client.wait_for_service(timeout_sec=5.0)
+    future = client.call_async(Trigger.Request())
+    assert spin_until(probe, future.done, 5.0, executor=executor)
+    assert future.result().success
+
+    assert not node.on_think_result(stamp(20.0), frame, stale, started=started)
+    assert node.dropped_after_reset == 1
+    fresh_token = node.inference_token()
+    fresh = policy.act(frame)
+    # 30 s after the dropped result's stamp: had that stamp been noted, a stamp-jump reset.
+    assert node.on_think_result(stamp(50.0), frame, fresh, started=fresh_token)
+    assert node.resets == 1 and node.dropped_after_reset == 1
+    assert spin_until(probe, lambda: len(got["tokens"]) >= 1, 5.0, executor=executor)
+    spin_until(probe, lambda: False, 0.2, executor=executor)
+    assert [(t.header.stamp.sec) for t in got["tokens"]] == [50]

@@ -160,6 +160,9 @@ class SmoothPolicy:
             timings={"total": 0.0},
         )
 
+    def check_instruction(self, instruction: str) -> None:
+        pass  # any words: its chunk never depends on them
+
     def reset(self) -> None:
         pass
 

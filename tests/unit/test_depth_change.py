@@ -170,3 +170,43 @@ def test_second_node_in_the_policy_process_keeps_params_but_not_the_name_remap()
         "-r", "cameras/top:=/real/top", "--params-file", "/tmp/over.yaml",
     ]
     assert second_node_ros_args(["node"]) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Which Think results survive a depth-cache reset
+
+
+def test_a_result_started_before_a_reset_is_not_admitted():
+    from molmoact2_policy.depth_change import ResetGenerations
+
+    generations = ResetGenerations()
+    token = generations.token()  # the inference starts
+    with generations.resetting():  # ~/reset arrives while it runs
+        pass
+    assert not generations.admit(token)
+    assert generations.dropped == 1
+    after = generations.token()  # the next inference starts after the reset
+    assert generations.admit(after)
+    assert generations.dropped == 1
+
+
+def test_a_start_during_a_reset_counts_as_before_it():
+    """The policy's reset may wait for the model call: an inference that starts while a reset
+    is running may still read the cache the reset is about to drop."""
+    from molmoact2_policy.depth_change import ResetGenerations
+
+    generations = ResetGenerations()
+    with generations.resetting():
+        token = generations.token()
+    assert not generations.admit(token)
+
+
+def test_a_failed_reset_still_ends_and_results_without_resets_are_admitted():
+    from molmoact2_policy.depth_change import ResetGenerations
+
+    generations = ResetGenerations()
+    with pytest.raises(RuntimeError), generations.resetting():
+        raise RuntimeError("policy reset failed")
+    token = generations.token()
+    assert generations.admit(token) and generations.admit(token)  # no reset since
+    assert generations.dropped == 0

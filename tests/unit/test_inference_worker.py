@@ -209,3 +209,28 @@ def test_stop_drops_pending_and_clear_pending_forgets(policy):
     worker.submit(_request(4.0))
     with pytest.raises(queue.Empty):
         collect.next(timeout=0.2)
+
+
+def test_on_start_runs_right_before_act_and_its_value_is_in_the_outcome(policy):
+    """What the caller must know about the moment act() began (a depth-cache reset
+    generation) is taken on the worker thread right before act(), not at submit."""
+    collect = _Collector()
+    tokens = iter(range(100))
+    seen_at_start: list[int] = []
+
+    def on_start() -> int:
+        seen_at_start.append(len(policy.calls))  # act() has not been entered yet
+        return next(tokens)
+
+    worker = InferenceWorker(policy, collect, on_start=on_start)
+    worker.start()
+    try:
+        worker.submit(_request(0.1))
+        first = collect.next()
+        worker.submit(_request(0.2, instruction=FAIL_INPUT))
+        second = collect.next()
+    finally:
+        worker.stop()
+    assert (first.start_token, second.start_token) == (0, 1)
+    assert not second.ok  # a failed act carries its token too
+    assert seen_at_start == [0, 1]

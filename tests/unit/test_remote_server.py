@@ -276,6 +276,9 @@ def test_warm_up_runs_the_configured_instructions_before_serving():
     assert fake.resets == 1
     with pytest.raises(ValueError, match="instruction"):
         create_app(fake, warmup_instructions=("  ",))
+    # One the policy would refuse: the warm-up would fail and leave the server degraded.
+    with pytest.raises(ValueError, match="<im_patch>"):
+        create_app(fake, warmup_instructions=("fold <im_patch> towel",))
 
 
 def test_warm_up_prefers_the_policys_own_warm_up():

@@ -26,7 +26,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from molmoact2_common.ros_params import declare_dataclass_params, refuse_param_changes
 from molmoact2_policy.depth_cache_params import DepthCacheParams
-from molmoact2_policy.depth_change import check_rgb_frame, stamp_jump_reason
+from molmoact2_policy.depth_change import ResetGenerations, check_rgb_frame, stamp_jump_reason
 from molmoact2_policy.depth_viz import check_code_grid, depth_cell_cubes, render_depth_image
 from molmoact2_policy.image_conversion import make_image_msg
 from molmoact2_policy.policy_api import ActionChunkResult
@@ -72,6 +72,7 @@ class DepthCacheNode(Node):
         self._last_stamp_s: float | None = None
         self._results = 0
         self.resets = 0  # cache resets so far (service and stamp jumps), for status and tests
+        self._generations = ResetGenerations()
         self.frame_id = self.params.camera_frame()
         self.marker_frame = self.params.marker_frame or self.frame_id
 
@@ -123,19 +124,31 @@ class DepthCacheNode(Node):
 
     def reset_cache(self, reason: str) -> bool:
         """Drop the policy's depth cache; False (and an error log) when the reset failed."""
-        with self._lock:
-            self._last_stamp_s = None
-        self.resets += 1
-        if self._policy_reset is None:
-            self.get_logger().warning(f"depth cache reset ({reason}) but no policy is attached")
-            return True
-        try:
-            self._policy_reset()
-        except Exception as exc:  # a failing reset must not kill the node
-            self.get_logger().error(f"depth cache reset ({reason}) failed: {exc}")
-            return False
+        with self._generations.resetting():
+            with self._lock:
+                self._last_stamp_s = None
+            self.resets += 1
+            if self._policy_reset is None:
+                self.get_logger().warning(
+                    f"depth cache reset ({reason}) but no policy is attached"
+                )
+                return True
+            try:
+                self._policy_reset()
+            except Exception as exc:  # a failing reset must not kill the node
+                self.get_logger().error(f"depth cache reset ({reason}) failed: {exc}")
+                return False
         self.get_logger().info(f"depth cache reset: {reason}")
         return True
+
+    def inference_token(self) -> int:
+        """Take right before a Think inference starts; pass it to ``on_think_result``."""
+        return self._generations.token()
+
+    @property
+    def dropped_after_reset(self) -> int:
+        """Think results not published: their inference started before a cache reset."""
+        return self._generations.dropped
 
     def _on_reset(self, request: Any, response: Any) -> Any:
         response.success = self.reset_cache("~/reset service")
@@ -162,12 +175,29 @@ class DepthCacheNode(Node):
 
     # -- publishing ---------------------------------------------------------------------------
 
-    def on_think_result(self, stamp: Time, image: np.ndarray, result: ActionChunkResult) -> bool:
-        """Publish the depth topics for one Think result; False (and a log) when it is unusable.
+    def on_think_result(
+        self,
+        stamp: Time,
+        image: np.ndarray,
+        result: ActionChunkResult,
+        started: int | None = None,
+    ) -> bool:
+        """Publish the depth topics for one Think result; False (and a log) when it is unusable
+        or stale.
 
         ``stamp``: capture time of the main camera frame the result was computed from;
-        ``image``: that frame (HxWx3 uint8 RGB), used for blending only.
+        ``image``: that frame (HxWx3 uint8 RGB), used for blending only; ``started``: the
+        ``inference_token()`` taken when its inference began (None: not known, published).
+        A result whose inference began before the latest cache reset describes the scene
+        before it: dropped (counted, logged), and its stamp is not noted either.
         """
+        if started is not None and not self._generations.admit(started):
+            self.get_logger().info(
+                "dropped a Think result computed before the latest depth cache reset "
+                f"({self.dropped_after_reset} so far)",
+                throttle_duration_sec=ERROR_LOG_PERIOD_S,
+            )
+            return False
         self.check_stamp(stamp)
         p = self.params
         if result.depth_codes is None:

@@ -16,6 +16,9 @@ Cell ``i = r * grid + c`` covers rows ``[r * H / grid, (r + 1) * H / grid)`` and
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,3 +154,48 @@ def stamp_jump_reason(previous_s: float | None, stamp_s: float, max_gap_s: float
     if stamp_s - previous_s > max_gap_s:
         return f"camera stamp gap {stamp_s - previous_s:.3f} s exceeds {max_gap_s:.3f} s"
     return None
+
+
+class ResetGenerations:
+    """Which Think results still describe the depth cache after its resets (thread-safe).
+
+    A Think result comes from the cache its inference read. One that was running when the
+    cache was reset (``~/reset`` arrives while the model runs; the policy's reset waits for the
+    model call and clears the cache after it) describes the scene before the reset, and
+    publishing it, or noting its stamp, would pass it off as the scene after.
+
+    ``token()`` is taken when an inference starts, ``admit(token)`` when its result arrives:
+    False (and counted in ``dropped``) when a reset began after the start or was still running
+    at it. Resets are counted when they begin and when they end, so a start that overlaps a
+    reset counts as before it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._begun = 0
+        self._done = 0
+        self.dropped = 0
+
+    @contextmanager
+    def resetting(self) -> Iterator[None]:
+        """Wrap one reset of the cache (its failure counts as a reset too)."""
+        with self._lock:
+            self._begun += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._done += 1
+
+    def token(self) -> int:
+        """Call right before an inference starts; hand the value to ``admit``."""
+        with self._lock:
+            return self._done
+
+    def admit(self, token: int) -> bool:
+        """True when no reset began since ``token`` was taken (nor was running then)."""
+        with self._lock:
+            current = self._begun == token
+            if not current:
+                self.dropped += 1
+            return current

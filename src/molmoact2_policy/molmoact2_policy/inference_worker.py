@@ -53,6 +53,7 @@ class InferenceOutcome:
     started: float  # monotonic seconds when act() was called
     finished: float  # monotonic seconds when act() returned
     submitted: float = math.nan  # monotonic seconds when the request was submitted
+    start_token: object = None  # what the worker's ``on_start`` returned right before act()
 
     @property
     def ok(self) -> bool:
@@ -89,8 +90,12 @@ class InferenceWorker:
         clock: Callable[[], float] = time.monotonic,
         on_callback_error: Callable[[BaseException], None] | None = None,
         rtc_source: Callable[[InferenceRequest], RtcRequest | None] | None = None,
+        on_start: Callable[[], object] | None = None,
     ) -> None:
         self._policy = policy
+        # Called right before each act(); its value travels in the outcome (``start_token``),
+        # so the caller can tell what happened while the model ran (a depth-cache reset).
+        self._on_start = on_start
         # Real-time chunking: asked right before act(), so it sees the chunk published last.
         self._rtc_source = rtc_source
         self._on_outcome = on_outcome
@@ -202,7 +207,10 @@ class InferenceWorker:
                 return
             request, submitted = taken
             started = self._clock()
+            token = None
             try:
+                if self._on_start is not None:
+                    token = self._on_start()
                 obs = request.observation
                 rtc = self._rtc_source(request) if self._rtc_source is not None else None
                 # Only RTC-capable policies take ``rtc``: pass it only when there is one.
@@ -211,13 +219,13 @@ class InferenceWorker:
                     obs.images, obs.state, request.instruction, seed=request.seed, **extra
                 )
                 outcome = InferenceOutcome(
-                    request, result, "", "", started, self._clock(), submitted
+                    request, result, "", "", started, self._clock(), submitted, token
                 )
                 self.completed += 1
             except Exception as exc:  # the thread must outlive any policy failure
                 kind, message = describe_error(exc)
                 outcome = InferenceOutcome(
-                    request, None, message, kind, started, self._clock(), submitted
+                    request, None, message, kind, started, self._clock(), submitted, token
                 )
                 self.failed += 1
             with self._cond:

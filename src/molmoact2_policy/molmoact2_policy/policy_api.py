@@ -1,7 +1,8 @@
 """The one policy contract every backend implements (local model, remote client, fakes).
 
 Nodes import only this module (never torch): ``act(images, state, instruction)`` returns an
-``ActionChunkResult``; ``reset()`` clears per-episode state (Think-mode depth cache).
+``ActionChunkResult``; ``check_instruction(instruction)`` refuses an instruction before it is
+used; ``reset()`` clears per-episode state (Think-mode depth cache).
 """
 
 from __future__ import annotations
@@ -100,6 +101,17 @@ class Policy(Protocol):
 
         ``rtc`` (optional; callers pass it only when set, so policies that never take it need
         not declare it) asks for a chunk consistent with the one being executed.
+        """
+        ...
+
+    def check_instruction(self, instruction: str) -> None:
+        """Raise ``PolicyInputError`` if ``act`` would refuse ``instruction`` for its words
+        (it spells one of the model's control tokens, e.g. ``<im_patch>``, ``<|im_end|>``).
+
+        Called where an instruction enters (the node's topic, service, parameter and task
+        goal), so a bad one is refused once with the reason instead of failing every
+        inference after it was accepted. A backend that cannot know (the remote client: the
+        tokenizer is the server's) accepts, and its ``act`` reports the server's refusal.
         """
         ...
 

@@ -51,7 +51,7 @@ from molmoact2_policy.observation import (
     ns_to_stamp,
     stamp_to_ns,
 )
-from molmoact2_policy.policy_api import Policy
+from molmoact2_policy.policy_api import Policy, PolicyInputError
 from molmoact2_policy.policy_factory import TEST_POLICY_ENV, PolicyLoadError, make_policy
 from molmoact2_policy.policy_node_params import (
     MAX_INSTRUCTION_CHARS,
@@ -187,6 +187,14 @@ class PolicyNode(LifecycleNode):
             return self._configure_failed(str(exc))
         with self._lock:
             self._policy = policy
+            # Set before a policy could judge it (the config, a topic, the service, the
+            # parameter): refused now as it would have been then, and inference stays paused.
+            problem = self.instruction_problem(self._instruction)
+            if problem:
+                self.get_logger().error(
+                    f"instruction {self._instruction!r} dropped: {problem}; set another one"
+                )
+                self._instruction = ""
             self._assembler = ObservationAssembler(
                 camera_names=self.params.camera_names,
                 joint_names=self.params.joint_names,
@@ -322,6 +330,9 @@ class PolicyNode(LifecycleNode):
                 max_rate=self.params.max_inference_rate,
                 on_callback_error=lambda exc: self._log_error(f"publishing a chunk failed: {exc}"),
                 rtc_source=self._rtc_request if self._rtc is not None else None,
+                on_start=(
+                    self._depth_node.inference_token if self._depth_node is not None else None
+                ),
             )
             self._worker.start()
         compressed = sum(t == "compressed" for t in self.params.camera_transports)
@@ -596,7 +607,9 @@ class PolicyNode(LifecycleNode):
             sec, nanosec = ns_to_stamp(observation.camera_stamps_ns.get(camera, stamp_ns))
             image = observation.images.get(camera)
             if image is not None:
-                depth.on_think_result(Time(sec=sec, nanosec=nanosec), image, result)
+                depth.on_think_result(
+                    Time(sec=sec, nanosec=nanosec), image, result, started=outcome.start_token
+                )
 
     def _set_inference_error(self, message: str) -> None:
         with self._lock:
@@ -610,14 +623,35 @@ class PolicyNode(LifecycleNode):
 
     # ---- control ------------------------------------------------------------------------
 
+    def instruction_problem(self, instruction: str) -> str:
+        """Why ``instruction`` is refused ('' when accepted): too long, or the policy refuses
+        its words (``Policy.check_instruction``: it spells a control token of the model).
+
+        Without a policy (before configure) only the length is checked; configure checks the
+        rest. Empty is accepted: it pauses inference.
+        """
+        instruction = instruction.strip()
+        if len(instruction) > MAX_INSTRUCTION_CHARS:
+            return f"instruction has {len(instruction)} characters; at most {MAX_INSTRUCTION_CHARS}"
+        with self._lock:
+            policy = self._policy
+        if not instruction or policy is None:
+            return ""
+        try:
+            policy.check_instruction(instruction)
+        except PolicyInputError as exc:
+            return str(exc)
+        except Exception as exc:  # a broken check must refuse, not kill a service callback
+            return f"the policy's instruction check failed: {type(exc).__name__}: {exc}"
+        return ""
+
     def set_instruction(self, instruction: str) -> tuple[bool, str]:
         """Replace the instruction (empty pauses inference); (accepted, message)."""
         instruction = instruction.strip()
-        if len(instruction) > MAX_INSTRUCTION_CHARS:
-            return False, (
-                f"instruction has {len(instruction)} characters; at most {MAX_INSTRUCTION_CHARS}"
-            )
-        with self._lock:
+        with self._lock:  # one policy for the check and the change (configure swaps it)
+            problem = self.instruction_problem(instruction)
+            if problem:
+                return False, problem
             changed = instruction != self._instruction
             self._instruction = instruction
             if changed:
@@ -638,8 +672,10 @@ class PolicyNode(LifecycleNode):
 
     def _on_instruction_msg(self, msg: Any) -> None:
         accepted, message = self.set_instruction(msg.data)
-        if not accepted:
-            self._log_error(f"~/instruction refused: {message}")
+        if not accepted:  # a topic has no answer: the log says it, the old instruction stays
+            self.get_logger().warning(
+                f"~/instruction refused, keeping {self._instruction!r}: {message}"
+            )
 
     def _on_set_instruction(self, request: Any, response: Any) -> Any:
         response.accepted, response.message = self.set_instruction(request.instruction)
@@ -675,6 +711,8 @@ class PolicyNode(LifecycleNode):
         for param in params:
             if param.name in fields:
                 problem = live_param_problem(param.name, param.value)
+                if not problem and param.name == "instruction":
+                    problem = self.instruction_problem(param.value)
                 if problem:
                     return SetParametersResult(successful=False, reason=problem)
         return SetParametersResult(successful=True)
@@ -804,6 +842,9 @@ class PolicyNode(LifecycleNode):
         values.update({f"age/{i.name}": f"{i.age:.3f}" for i in msg.inputs})
         if self._rtc is not None:
             values.update(self._rtc.diagnostics())
+        depth = self._depth_node
+        if depth is not None:
+            values["depth_results_dropped_after_reset"] = str(depth.dropped_after_reset)
         diag.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         array = DiagnosticArray()
         array.header.stamp = msg.header.stamp

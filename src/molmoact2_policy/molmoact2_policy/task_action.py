@@ -7,9 +7,9 @@ asks the driver to hold (``<driver_node>/hold``, std_srvs/SetBool) before the re
 so a client that has its result knows the arm is holding. The topic/service interface
 (``~/instruction``, ``~/set_instruction``) is unchanged for simple use.
 
-A goal that cannot start (empty instruction, e-stop latched, driver refusing to resume) is
-accepted and ends at once with ``OUTCOME_REJECTED`` and the reason: a plain ROS goal rejection
-carries no reason for the client.
+A goal that cannot start (empty instruction or one the policy refuses, e-stop latched, driver
+refusing to resume) is accepted and ends at once with ``OUTCOME_REJECTED`` and the reason: a
+plain ROS goal rejection carries no reason for the client.
 """
 
 from __future__ import annotations
@@ -118,6 +118,10 @@ class RunTaskServer:
             return self._result(handle, TaskEnd("preempted", "preempted by a newer goal"), 0, 0.0)
         state = self._node.lifecycle_state
         problem = active.goal.problem() or (
+            # Before the driver is released: set_instruction below would refuse it too, but
+            # only after the arm was let go.
+            self._node.instruction_problem(active.goal.instruction)
+        ) or (
             f"driver safety stop: {self._driver_stop}" if self._driver_stop else ""
         ) or (
             # An inactive policy publishes no chunk: releasing the driver for a goal that

@@ -26,12 +26,11 @@ from molmoact2_policy.model.flow import GraphFlowRunner, make_noise
 from molmoact2_policy.model.model import MolmoAct2Model
 from molmoact2_policy.model.normalize import NormStats, NormStatsError
 from molmoact2_policy.model.preprocess import (
-    IMAGE_PLACEHOLDER,
     ImageGeometry,
     ImageTokenLayout,
     PromptOptions,
     build_prompt,
-    clean_instruction,
+    check_instruction,
     discretize_state,
     preprocess_images,
 )
@@ -47,7 +46,6 @@ from molmoact2_policy.model.vlm import (
 )
 from molmoact2_policy.policy_api import (
     ActionChunkResult,
-    PolicyInputError,
     PolicyUnavailableError,
     RtcRequest,
     validate_observation,
@@ -224,30 +222,16 @@ class MolmoAct2Policy:
             depth_reasoning=self.depth_reasoning,
         )
 
-    def check_instruction_words(self, instruction: str) -> None:
-        """``PolicyInputError`` when the instruction spells one of the model's control tokens.
-
-        The prompt is tokenised as a whole, so ``<im_patch>`` in a request's instruction became
-        an image-patch token (the forward failed: "image features and image tokens do not
-        match") and ``<|im_end|>``, ``<action_output>`` or ``<depth_3>`` would silently rewrite
-        the prompt's structure. The released processor tokenises the same way; we refuse.
-        """
-        text = clean_instruction(instruction)  # what goes into the prompt (lowercased)
-        found = ([IMAGE_PLACEHOLDER] if IMAGE_PLACEHOLDER in text else []) + (
-            self.tokenizer.added_tokens_in(text)
-        )
-        if found:
-            names = ", ".join(dict.fromkeys(found))
-            raise PolicyInputError(
-                f"instruction spells the model's control token(s) {names}; they would be read "
-                "as tokens, not words"
-            )
+    def check_instruction(self, instruction: str) -> None:
+        """``PolicyInputError`` when the instruction spells one of the model's control tokens
+        (``preprocess.check_instruction``, with this checkpoint's tokenizer)."""
+        check_instruction(instruction, self.tokenizer)
 
     def prepare_inputs(
         self, images: Mapping[str, np.ndarray], state: np.ndarray, instruction: str
     ) -> PrefixInputs:
         """Images in the embodiment's camera order, prompt ids, on the policy's device."""
-        self.check_instruction_words(instruction)
+        self.check_instruction(instruction)  # the node checks at entry; callers of act here
         ordered = [images[name] for name in self.embodiment.camera_names]
         image_inputs = preprocess_images(ordered, self.geometry)
         prompt = self.build_prompt(state, instruction)

@@ -31,9 +31,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
+
+from molmoact2_policy.policy_api import PolicyInputError
 
 IMAGE_SIZE = 378
 PATCH_SIZE = 14
@@ -304,6 +307,38 @@ def clean_instruction(instruction: str) -> str:
     if len(sentences) > 1:
         text = "; ".join(sentences)
     return text.lower()
+
+
+class AddedTokenReader(Protocol):
+    """What ``check_instruction`` needs of a tokenizer (``MolmoAct2Tokenizer`` has it)."""
+
+    def added_tokens_in(self, text: str) -> list[str]: ...
+
+
+def instruction_control_tokens(instruction: str, tokenizer: AddedTokenReader) -> list[str]:
+    """The model's control tokens that ``instruction`` spells, once each, in order.
+
+    The prompt is tokenised as a whole and added tokens are matched in the text before any BPE,
+    so ``<im_patch>`` in an instruction became an image-patch token (the forward failed: "image
+    features and image tokens do not match") and ``<|im_end|>``, ``<action_output>`` or
+    ``<depth_3>`` would silently rewrite the prompt's structure. The released processor
+    tokenises the same way. The list of added tokens is the checkpoint's own (its tokenizer).
+    """
+    text = clean_instruction(instruction)  # what goes into the prompt (lowercased)
+    found = ([IMAGE_PLACEHOLDER] if IMAGE_PLACEHOLDER in text else []) + (
+        tokenizer.added_tokens_in(text)
+    )
+    return list(dict.fromkeys(found))
+
+
+def check_instruction(instruction: str, tokenizer: AddedTokenReader) -> None:
+    """``PolicyInputError`` naming the control tokens ``instruction`` spells (see above)."""
+    found = instruction_control_tokens(instruction, tokenizer)
+    if found:
+        raise PolicyInputError(
+            f"instruction spells the model's control token(s) {', '.join(found)}; they would "
+            "be read as tokens, not words"
+        )
 
 
 def _wrap(text: str, start: str, end: str, enabled: bool) -> str:

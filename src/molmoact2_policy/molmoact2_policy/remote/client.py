@@ -212,6 +212,11 @@ class RemotePolicy:
             depth_changed=response.depth_changed,
         )
 
+    def check_instruction(self, instruction: str) -> None:
+        """Accepts: which words are the model's control tokens depends on the server's
+        tokenizer, which this client does not have. The server refuses such an instruction
+        (400 naming the token) and ``act`` raises that as ``PolicyInputError``."""
+
     def reset(self) -> None:
         """Forget per-episode state: the server resets before serving the next request.
 

@@ -187,6 +187,17 @@ class _GuardedWebSocketProtocol(_SendDeadline, WebSocketsSansIOProtocol):
     the send deadline: its keep-alive timeout closes with ``transport.close()``, which never
     completes while the client is not reading (probe: held 60 s+ after 2373 answers)."""
 
+    def handle_parser_exception(self) -> None:
+        # A frame over ws_max_size (the body limit) or a protocol error: the parser has
+        # already chosen the close (1009 "frame with N bytes exceeds limit of M bytes").
+        close = self.conn.close_sent
+        if close is not None:
+            _throttled.info(
+                "ws_refused",
+                f"closed the websocket from {_peer(self.client)}: {close.code} {close.reason}",
+            )
+        super().handle_parser_exception()
+
 
 class _GuardedH11Protocol(_SendDeadline, H11Protocol):
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import hmac
@@ -206,6 +207,11 @@ class PolicyService:
         self.queue = InferenceQueue(max_queue)
         if not warmup_instructions or not all(text.strip() for text in warmup_instructions):
             raise ValueError("warm-up needs at least one non-empty instruction")
+        for text in warmup_instructions:  # else the warm-up fails and the server is degraded
+            try:
+                policy.check_instruction(text)
+            except PolicyInputError as exc:
+                raise ValueError(f"warm-up instruction {text!r}: {exc}") from None
         self.warmup_instructions = tuple(warmup_instructions)
         # num_steps reaches a backend whose act() takes it; any other backend runs a fixed
         # number of flow steps (its metadata's), and a request for another number is refused
@@ -222,6 +228,7 @@ class PolicyService:
         self.warmup: dict[str, Any] = {"state": "pending"}
         self.served = 0
         self.failed = 0
+        self.dropped = 0  # requests never run because their client left (HTTP or websocket)
         self._log = ThrottledLog()
 
     def start_warmup(self) -> Future[None]:
@@ -317,6 +324,7 @@ class PolicyService:
             "queue": self.queue.snapshot(),
             "served": self.served,
             "failed": self.failed,
+            "dropped": self.dropped,
         }
 
     async def reset(self) -> None:
@@ -353,6 +361,7 @@ class PolicyService:
                 decoded = time.perf_counter()
                 inference = self.queue.submit(lambda: self._infer(request, time.perf_counter()))
                 if client_gone is not None and await _client_left_first(inference, client_gone):
+                    self.dropped += 1
                     self._log.info(
                         "dropped", "dropped a queued request: its client hung up before it ran"
                     )
@@ -410,6 +419,9 @@ class PolicyService:
     def _parse(self, body: bytes, decode: Callable[..., Any]) -> ActRequest:
         payload = decode(body, max_bytes=self.limits.max_body_bytes)
         request = parse_act_request(payload, self.spec, self.limits, executor=self._codec_pool)
+        # Refused here, on the decode thread, not after waiting for the device (400 naming
+        # the token; the model's act refuses it too).
+        self.policy.check_instruction(request.instruction)
         steps = request.num_steps
         if steps is not None and not self._takes_num_steps and steps != self._fixed_steps:
             raise ProtocolError(
@@ -471,6 +483,10 @@ async def _client_left_first(
     if not finished.done() and inference.cancel():
         return True
     await asyncio.wait({finished})  # running: it holds the device until it ends
+    if not finished.cancelled():
+        # The caller awaits the inference itself; without this, a failed inference's error
+        # stayed unretrieved here and asyncio logged "Future exception was never retrieved".
+        finished.exception()
     return False
 
 
@@ -567,6 +583,128 @@ class _TokenGate:
         await self.app(scope, receive, send)
 
 
+# Frames of one websocket connection read and not answered yet (most of them answered 503 in
+# their turn): a client that never waits for answers would otherwise grow the list of answers
+# owed to it without bound. At the limit the server stops reading that connection until it has
+# answered some; TCP flow control then holds the client back (closing it instead, uvicorn
+# read and discarded its frames for the 10 s of the closing handshake).
+WS_MAX_UNANSWERED = 64
+
+
+@dataclasses.dataclass
+class _WsFrame:
+    """One request frame, answered in the order received: run (``data``) or, when refused on
+    arrival, answered with ``refusal`` (status, payload) without its bytes being kept."""
+
+    data: bytes | None
+    refusal: tuple[int, Any] | None = None
+    budget: contextlib.ExitStack | None = None  # its bytes' share of the body budget
+
+    def release(self) -> None:
+        self.data = None
+        if self.budget is not None:
+            self.budget.close()
+            self.budget = None
+
+
+class _WsReader:
+    """The reading half of one websocket connection.
+
+    It reads every frame as it arrives, whatever the requests before it are doing, so a
+    client's close is seen while its earlier requests (up to ``WS_MAX_UNANSWERED``) still
+    wait for the device: ``gone`` is then set, and it is the ``client_gone`` hook of
+    ``PolicyService.handle`` (as HTTP's disconnect), so a queued request is dropped before it
+    runs and the frames read ahead are never run. (Reading one frame ahead only, a client
+    that sent several requests and closed had them run, one after another, before its close
+    was read.)
+
+    Memory: one request per connection runs or waits for the device; up to ``read_ahead``
+    more keep their bytes, which also count in the server's body budget (shared with HTTP
+    uploads); a frame beyond either is answered 503 ``busy`` in its turn, its bytes dropped at
+    once. A frame is never larger than ``--max-body-mb``: uvicorn's ``ws_max_size``
+    (``uvicorn_config``) closes the connection (1009, "frame with N bytes exceeds limit of M
+    bytes") as soon as the frame's header declares more, before its payload is read.
+    """
+
+    def __init__(self, websocket: WebSocket, budget: BodyBudget, read_ahead: int) -> None:
+        self.websocket = websocket
+        self.gone = asyncio.Event()
+        self.unrun = 0  # frames of a client that left, never run
+        self._budget = budget
+        self._read_ahead = read_ahead
+        self._frames: collections.deque[_WsFrame] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()  # set when a frame was answered
+        self._holding = 0  # frames holding their bytes: the one being handled and read-ahead
+        self._answering = 0  # 1 while a taken frame is being handled and answered
+
+    async def read(self) -> None:
+        """Run as a task until the client leaves (or is cut)."""
+        try:
+            while True:
+                while len(self._frames) + self._answering >= WS_MAX_UNANSWERED:
+                    self._room.clear()
+                    await self._room.wait()  # a close behind these frames is seen later
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                self._frames.append(self._admit(message))
+                self._arrived.set()
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return  # the connection is gone (a receive after the close raises)
+        finally:
+            self.gone.set()
+            self._arrived.set()
+
+    def _admit(self, message: Mapping[str, Any]) -> _WsFrame:
+        data = message.get("bytes")
+        if data is None:
+            text = "binary msgpack frames expected, got a text frame"
+            return _WsFrame(None, (400, error_payload("bad_request", text)))
+        if self._holding >= 1 + self._read_ahead:
+            text = (
+                f"server busy: {self._holding} requests of this connection are running or "
+                "waiting; wait for an answer before sending more"
+            )
+            return _WsFrame(None, (503, error_payload("busy", text)))
+        budget = contextlib.ExitStack()
+        try:
+            budget.enter_context(self._budget.hold())(len(data))
+        except ServerBusyError as exc:
+            budget.close()
+            return _WsFrame(None, (503, error_payload("busy", str(exc))))
+        self._holding += 1
+        return _WsFrame(data, budget=budget)
+
+    async def next(self) -> _WsFrame | None:
+        """The next frame to answer; None once the client is gone (the rest is never run)."""
+        while not self._frames and not self.gone.is_set():
+            self._arrived.clear()
+            await self._arrived.wait()
+        if self.gone.is_set():
+            return None
+        self._answering = 1
+        return self._frames.popleft()
+
+    def done(self, frame: _WsFrame) -> None:
+        """``frame`` (from ``next``) is answered, or will never be."""
+        if frame.data is not None:
+            self._holding -= 1
+        frame.release()
+        self._answering = 0
+        self._room.set()
+
+    def close(self) -> None:
+        """Free what is left; count the requests of a client that left and never ran."""
+        while self._frames:
+            frame = self._frames.popleft()
+            self.unrun += frame.data is not None
+            self.done(frame)
+
+
+_ws_log = ThrottledLog()
+
+
 def create_app(
     policy: Policy,
     *,
@@ -599,6 +737,7 @@ def create_app(
     # The running request, the queued ones and one more being received.
     body_budget = BodyBudget((max_queue + 2) * max_body_bytes)
     app.state.body_budget = body_budget
+    app.state.max_body_bytes = max_body_bytes  # uvicorn_config: the websocket frame limit
     if token:
         app.add_middleware(_TokenGate, token=token)
 
@@ -657,44 +796,39 @@ def create_app(
             await websocket.close(code=1008, reason="unauthorized")
             return
         await websocket.send_bytes(encode_msgpack({"metadata": service.health()}))
-        # A frame that arrives while the previous request waits for the device (a client that
-        # does not wait for answers); kept for the next turn. Only one is read ahead, so a
-        # flooding client is held back by the websocket's own flow control, not our memory.
-        read_ahead: list[Any] = []
-
-        async def client_gone() -> None:
-            message = await websocket.receive()
-            if message["type"] != "websocket.disconnect":
-                read_ahead.append(message)
-                await asyncio.Event().wait()  # stop watching; the loop reads on
-
-        while True:
-            try:
-                message = read_ahead.pop() if read_ahead else await websocket.receive()
-            except WebSocketDisconnect:
-                return
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("bytes")
-            if data is None:
-                status, payload = (
-                    400,
-                    error_payload(
-                        "bad_request", "binary msgpack frames expected, got a text frame"
-                    ),
-                )
-            else:
-                status, payload = await service.handle(
-                    data, decode_msgpack, client_gone=client_gone
-                )
+        reader = _WsReader(websocket, body_budget, read_ahead=max_queue)
+        reading = asyncio.ensure_future(reader.read())
+        try:
+            while (frame := await reader.next()) is not None:
+                try:
+                    if frame.data is None:
+                        status, payload = frame.refusal
+                    else:
+                        status, payload = await service.handle(
+                            frame.data, decode_msgpack, client_gone=reader.gone.wait
+                        )
+                finally:
+                    reader.done(frame)
                 if status == CLIENT_CLOSED:
                     return  # the client left before its request ran
-            if status != 200:
-                payload = {**payload, "status": status}
-            try:
-                await websocket.send_bytes(encode_msgpack(payload))
-            except (WebSocketDisconnect, RuntimeError):
-                return
+                if status != 200:
+                    payload = {**payload, "status": status}
+                try:
+                    await websocket.send_bytes(encode_msgpack(payload))
+                except (WebSocketDisconnect, RuntimeError, OSError):
+                    return
+        finally:
+            reading.cancel()
+            reader.close()
+            service.dropped += reader.unrun
+            if reader.unrun:
+                client = websocket.client
+                peer = f"{client.host}:{client.port}" if client else "a client"
+                _ws_log.info(
+                    "ws_unrun",
+                    f"websocket {peer} left with {reader.unrun} more request(s) it had sent; "
+                    "none of them was run",
+                )
 
     return app
 
@@ -749,6 +883,11 @@ def uvicorn_config(
     import uvicorn
 
     limits = connection_limits or ConnectionLimits()
+    # A websocket message is a request body: refused at its header beyond the app's body limit
+    # (uvicorn's default, 16 MiB, let a frame larger than --max-body-mb be read in full first).
+    max_body_bytes = getattr(getattr(app, "state", None), "max_body_bytes", None)
+    if max_body_bytes is not None:
+        kwargs.setdefault("ws_max_size", max_body_bytes)
     return uvicorn.Config(
         app,
         host=host,
@@ -836,14 +975,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("molmoact2 serve: --warmup-instruction must not be empty")
     max_body_bytes = int(args.max_body_mb * 2**20)
     policy = _load_policy(args)
-    app = create_app(
-        policy,
-        token=args.token or None,
-        max_queue=args.max_queue,
-        max_body_bytes=max_body_bytes,
-        warmup=not args.no_warmup,
-        warmup_instructions=warmup_instructions,
-    )
+    try:
+        app = create_app(
+            policy,
+            token=args.token or None,
+            max_queue=args.max_queue,
+            max_body_bytes=max_body_bytes,
+            warmup=not args.no_warmup,
+            warmup_instructions=warmup_instructions,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"molmoact2 serve: {exc}") from exc
     config = uvicorn_config(
         app,
         host=args.host,
