@@ -98,6 +98,20 @@ def _set_instruction_service(robot: SyntheticRobot, text: str) -> Any:
         robot.node.destroy_client(client)
 
 
+def _instruction_param(robot: SyntheticRobot) -> str:
+    """The node's `instruction` parameter, as `ros2 param get` reads it."""
+    from rcl_interfaces.srv import GetParameters
+
+    client = robot.node.create_client(GetParameters, f"/{NODE}/get_parameters")
+    try:
+        assert client.wait_for_service(timeout_sec=10.0)
+        future = client.call_async(GetParameters.Request(names=["instruction"]))
+        assert robot.run(10.0, until=future.done)
+        return future.result().values[0].string_value
+    finally:
+        robot.node.destroy_client(client)
+
+
 def _chunks_say(robot: SyntheticRobot, text: str) -> None:
     chunks = wait_chunks(robot, 2, robot.now_ns())
     assert chunks[-1].instruction == text, chunks[-1].instruction
@@ -113,8 +127,10 @@ def test_a_bad_configured_instruction_is_dropped_at_configure(node):
     assert status.instruction == ""
     assert robot.run(10.0, until=lambda: node.logged(TOKEN, Log.ERROR)), node.logs
     assert not robot.chunks
+    assert _instruction_param(robot) == ""  # not the dropped one
     _set_instruction_service(robot, "first good instruction")
     _chunks_say(robot, "first good instruction")
+    assert _instruction_param(robot) == "first good instruction"
 
 
 def test_set_instruction_service_refuses_with_the_reason(node):
@@ -137,8 +153,10 @@ def test_instruction_topic_keeps_the_previous_instruction_and_warns(node):
     assert robot.run(10.0, until=lambda: node.logged("<im_patch>", Log.WARN)), node.logs
     _chunks_say(robot, "wipe the table")
     assert robot.latest_status().instruction == "wipe the table"
+    assert _instruction_param(robot) == "wipe the table"
     robot.set_instruction("fold the towel")
     _chunks_say(robot, "fold the towel")
+    assert _instruction_param(robot) == "fold the towel"
 
 
 def test_live_instruction_parameter_is_refused_with_the_reason(node):
@@ -146,9 +164,11 @@ def test_live_instruction_parameter_is_refused_with_the_reason(node):
     result = set_param(robot, "instruction", "go <depth_3>")
     assert not result.successful and "<depth_3>" in result.reason, result
     _chunks_say(robot, "fold the towel")
+    assert _instruction_param(robot) == "fold the towel"
     result = set_param(robot, "instruction", "open the drawer")
     assert result.successful, result.reason
     _chunks_say(robot, "open the drawer")
+    assert _instruction_param(robot) == "open the drawer"
 
 
 def test_run_task_goal_is_rejected_before_the_driver_is_released(node):

@@ -115,6 +115,9 @@ class PolicyNode(LifecycleNode):
         self._input_subscriptions: list[Any] = []
         self._instruction = self.params.instruction.strip()
         self._epoch = 0  # bumped on reset/instruction change: older outcomes are dropped
+        # Set while this thread is setting the node's own `instruction` parameter (a run_task
+        # goal runs on another thread than the parameter service).
+        self._showing_instruction = threading.local()
         self._last_key: tuple[int, ...] | None = None
         self._rejection: Rejection | None = None
         self._last_error = ""
@@ -195,6 +198,9 @@ class PolicyNode(LifecycleNode):
                     f"instruction {self._instruction!r} dropped: {problem}; set another one"
                 )
                 self._instruction = ""
+                dropped = True
+            else:
+                dropped = False
             self._assembler = ObservationAssembler(
                 camera_names=self.params.camera_names,
                 joint_names=self.params.joint_names,
@@ -205,6 +211,8 @@ class PolicyNode(LifecycleNode):
             self._last_error = ""
             self._lifecycle_state = "inactive"
             self._rtc = self._make_rtc_feed()
+        if dropped:
+            self._show_instruction_param("")
         if self.params.mode == "think":
             self._create_depth_node(policy)
         self.get_logger().info(
@@ -667,8 +675,25 @@ class PolicyNode(LifecycleNode):
                 if instruction
                 else "instruction cleared: inference paused"
             )
+            self._show_instruction_param(instruction)
         self._try_infer()
         return True, ("instruction set" if instruction else "instruction cleared")
+
+    def _show_instruction_param(self, instruction: str) -> None:
+        """Keep the ``instruction`` parameter equal to the instruction in use, however it was
+        set (topic, service, run_task goal, dropped at configure): ``ros2 param get`` and
+        ``ros2 param dump`` answered the start-up value while another instruction ran."""
+        from rclpy.parameter import Parameter
+
+        if getattr(self._showing_instruction, "active", False):
+            return
+        self._showing_instruction.active = True
+        try:
+            self.set_parameters([Parameter("instruction", value=instruction)])
+        except Exception as exc:  # showing the value must never lose the change itself
+            self.get_logger().warning(f"instruction parameter not updated: {exc}")
+        finally:
+            self._showing_instruction.active = False
 
     def _on_instruction_msg(self, msg: Any) -> None:
         accepted, message = self.set_instruction(msg.data)
@@ -720,7 +745,8 @@ class PolicyNode(LifecycleNode):
     def _apply_live_params(self, params: list[Any]) -> None:
         for param in params:
             if param.name == "instruction":
-                self.set_instruction(param.value)
+                if not getattr(self._showing_instruction, "active", False):  # else our own
+                    self.set_instruction(param.value)
             elif param.name == "max_inference_rate":
                 with self._lock:
                     worker = self._worker
