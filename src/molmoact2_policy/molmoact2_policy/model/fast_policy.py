@@ -423,7 +423,7 @@ class FastPolicy(MolmoAct2Policy):
         if rtc is not None:
             raise PolicyInputError("real-time chunking needs the flow expert (mode flow or think)")
         validate_observation(self.embodiment, images, state, instruction)
-        with self._lock, torch.inference_mode():
+        with self._inference(), torch.inference_mode():
             start = time.perf_counter()
             inputs = self.prepare_inputs(images, np.asarray(state), instruction)
             after_preprocess = self._clock()

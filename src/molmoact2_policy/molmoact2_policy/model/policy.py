@@ -9,10 +9,11 @@ method so the Think policy (``model/think.py``) can subclass and replace single 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,7 @@ class MolmoAct2Policy:
         self.rtc_max_guidance_weight = DEFAULT_MAX_GUIDANCE_WEIGHT
         # The node may call act from a worker thread while a service calls reset.
         self._lock = threading.Lock()
+        self._reset_pending = False  # a reset asked for while an inference held the lock
 
     def _check_joint_names(self, joint_names: Sequence[str] | None) -> tuple[str, ...]:
         spec = self.embodiment
@@ -364,7 +366,7 @@ class MolmoAct2Policy:
         """One chunk; ``num_steps`` overrides the checkpoint's Euler step count for this call."""
         validate_observation(self.embodiment, images, state, instruction)
         runner = self.flow_runner_for(num_steps)  # a bad count fails before any work
-        with self._lock, torch.inference_mode():
+        with self._inference(), torch.inference_mode():
             start = time.perf_counter()
             inputs = self.prepare_inputs(images, np.asarray(state), instruction)
             noise = self.make_noise(seed)
@@ -428,9 +430,41 @@ class MolmoAct2Policy:
         self._extra_runners.clear()
 
     def reset(self) -> None:
-        """Restart the noise sequence, so an episode replays identically from its start."""
+        """Restart the noise sequence, so an episode replays identically from its start.
+
+        Never waits for a running inference: the ROS services that call this run on the node's
+        executor thread, which a wait would block for a whole inference (seconds on a CPU), with
+        every camera and status callback behind it. A reset asked for during an inference is
+        applied as that inference ends, before the next one begins.
+        """
+        if self._lock.acquire(blocking=False):
+            try:
+                self._reset_pending = False
+                self._reset_state()
+            finally:
+                self._lock.release()
+        else:
+            self._reset_pending = True
+
+    def _reset_state(self) -> None:
+        """What ``reset`` forgets (the lock is held)."""
+        self._generator.manual_seed(self.seed)
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        """The lock one inference holds; applies a reset that came while it was taken, at both
+        ends (one that arrived just after the end is then applied when the next begins)."""
         with self._lock:
-            self._generator.manual_seed(self.seed)
+            self._apply_pending_reset()
+            try:
+                yield
+            finally:
+                self._apply_pending_reset()
+
+    def _apply_pending_reset(self) -> None:
+        if self._reset_pending:
+            self._reset_pending = False
+            self._reset_state()
 
     def metadata(self) -> dict[str, Any]:
         spec = self.embodiment

@@ -470,7 +470,7 @@ class ThinkPolicy(MolmoAct2Policy):
     ) -> ActionChunkResult:
         validate_observation(self.embodiment, images, state, instruction)
         runner = self.flow_runner_for(num_steps)  # a bad count fails before any work
-        with self._lock, torch.inference_mode():
+        with self._inference(), torch.inference_mode():
             start = time.perf_counter()
             try:
                 patches, changed = plan_frame(
@@ -542,11 +542,10 @@ class ThinkPolicy(MolmoAct2Policy):
         horizon = int(self.config.max_action_horizon)
         return max(int(self.config.num_depth_codes) + 8, horizon * 16, 1)
 
-    def reset(self) -> None:
+    def _reset_state(self) -> None:
         """Restart the noise sequence and forget the depth cache (next frame: all cells)."""
-        super().reset()
-        with self._lock:
-            self.depth_cache.clear()
+        super()._reset_state()
+        self.depth_cache.clear()
 
     def metadata(self) -> dict[str, Any]:
         meta = super().metadata()
