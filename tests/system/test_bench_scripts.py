@@ -27,7 +27,7 @@ SCRIPTS = {
     "fast": (["--preset", "tiny", "--repeats", "1"], ["decoding cost:", "ratios:"]),
     "executor": (
         ["--duration", "1", "--sim-duration", "2"],
-        ["idle ticks", "ratios sync/ours:", "driver node timer", "tick lateness p50"],
+        ["idle ticks", "ratios sync/ours:", "driver node control loop", "tick lateness p50"],
     ),
     "remote": (["--policy", "null", "--iterations", "2"], ["ws   jpeg", "raw bandwidth"]),
     # The policy node in its own process, fed over ROS: the zero-cost policy on one small run
