@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,33 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _kill_launcher_and_wait_for_the_node(
+    launcher: subprocess.Popen, check_node: Callable[[int], None] = lambda pid: None
+) -> str:
+    """SIGKILL ``launcher`` once its node is up; the node's log after it stopped by itself.
+    ``check_node(pid)`` runs on the live node first. A node left running is killed."""
+    output = Output(launcher.stdout)
+    try:
+        pid = int(output.wait_for("ready pid=").rsplit("pid=", 1)[1])
+        check_node(pid)
+        launcher.kill()
+        launcher.wait()
+        output.wait_for("on_exit ran", timeout=STOP_BOUND)
+        deadline = time.monotonic() + STOP_BOUND
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(pid), output.text
+    finally:
+        for line in [line for line in output.lines if "ready pid=" in line][:1]:
+            stray = int(line.rsplit("pid=", 1)[1])
+            if not _gone(stray):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(stray, signal.SIGKILL)
+    log = output.close()
+    assert "Traceback" not in log, log
+    return log
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 def test_nodes_stop_when_their_launcher_is_killed():
     # The launcher starts the probe and waits; the probe shares our pipe, so its output is
@@ -163,26 +191,8 @@ def test_nodes_stop_when_their_launcher_is_killed():
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )
-    output = Output(launcher.stdout)
-    try:
-        pid = int(output.wait_for("ready pid=").rsplit("pid=", 1)[1])
-        launcher.kill()
-        launcher.wait()
-        output.wait_for("on_exit ran", timeout=STOP_BOUND)
-        deadline = time.monotonic() + STOP_BOUND
-        while not _gone(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _gone(pid), output.text
-    finally:
-        with_pid = [line for line in output.lines if "ready pid=" in line]
-        if with_pid:
-            stray = int(with_pid[0].rsplit("pid=", 1)[1])
-            if not _gone(stray):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(stray, signal.SIGKILL)
-    log = output.close()
+    log = _kill_launcher_and_wait_for_the_node(launcher)
     assert "stopping: parent process exited" in log, log
-    assert "Traceback" not in log, log
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
@@ -199,26 +209,12 @@ def test_nodes_stop_when_their_launcher_is_killed_behind_a_wrapper():
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )
-    output = Output(launcher.stdout)
-    try:
-        pid = int(output.wait_for("ready pid=").rsplit("pid=", 1)[1])
-        assert _parent_of(pid) != launcher.pid  # the wrapper is the parent
-        launcher.kill()
-        launcher.wait()
-        output.wait_for("on_exit ran", timeout=STOP_BOUND)
-        deadline = time.monotonic() + STOP_BOUND
-        while not _gone(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _gone(pid), output.text
-    finally:
-        for line in [line for line in output.lines if "ready pid=" in line][:1]:
-            stray = int(line.rsplit("pid=", 1)[1])
-            if not _gone(stray):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(stray, signal.SIGKILL)
-    log = output.close()
+
+    def the_wrapper_is_its_parent(pid: int) -> None:
+        assert _parent_of(pid) != launcher.pid
+
+    log = _kill_launcher_and_wait_for_the_node(launcher, the_wrapper_is_its_parent)
     assert f"stopping: launcher (pid {launcher.pid}) exited" in log, log
-    assert "Traceback" not in log, log
 
 
 def _parent_of(pid: int) -> int:
