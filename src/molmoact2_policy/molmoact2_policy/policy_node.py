@@ -485,7 +485,7 @@ class PolicyNode(LifecycleNode):
             if self._assembler is None:
                 return
             error = self._assembler.add_joint_state(
-                topic, _stamp_ns(msg.header), msg.name, msg.position
+                topic, _stamp_ns(msg.header), msg.name, msg.position, msg.velocity, msg.effort
             )
         if error:
             self._log_error(error)
