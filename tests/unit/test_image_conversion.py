@@ -149,6 +149,41 @@ def test_empty_compressed_data_is_rejected():
         compressed_to_rgb("png", b"")
 
 
+# Format strings as compressed_image_transport writes them: "<encoding>; <jpeg|png> compressed
+# <bgr8|bgr16|>" (image_transport_plugins compressed_publisher.cpp), bare ones from other tools.
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        "jpeg",
+        "png",
+        "rgb8; jpeg compressed bgr8",
+        "bgr8; png compressed bgr8",
+        "mono8; jpeg compressed ",
+        "rgb16; png compressed bgr16",
+    ],
+)
+def test_image_transport_format_strings_decode(fmt):
+    rgb = np.random.default_rng(3).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    kind = "png" if "png" in fmt else "jpeg"
+    decoded = compressed_to_rgb(fmt, encode_compressed(rgb, kind))
+    assert decoded.shape == rgb.shape
+    if kind == "png":
+        assert np.array_equal(decoded, rgb)
+
+
+@pytest.mark.parametrize("payload", ["transport", "bare_png"])
+@pytest.mark.parametrize("fmt", ["16UC1; compressedDepth png", "32FC1; compressedDepth rvl"])
+def test_a_compressed_depth_stream_is_refused_as_depth(fmt, payload):
+    """compressed_depth_image_transport writes "<encoding>; compressedDepth png|rvl" and a
+    12-byte header before the payload. Its PNG flavour with the payload at offset 0 used to be
+    decoded as a grey camera frame; with the header it was refused as "no JPEG or PNG header"."""
+    depth = (np.arange(16 * 24, dtype=np.uint16).reshape(16, 24) * 50)
+    png = cv2.imencode(".png", depth)[1].tobytes()
+    data = png if payload == "bare_png" else struct.pack("<iff", 0, 0.0, 0.0) + png
+    with pytest.raises(ImageConversionError, match="is a depth stream"):
+        compressed_to_rgb(fmt, data)
+
+
 def test_builder_rejects_non_rgb_arrays():
     with pytest.raises(ImageConversionError, match="HxWx3 uint8"):
         rgb_to_image_fields(np.zeros((4, 4), np.uint8))

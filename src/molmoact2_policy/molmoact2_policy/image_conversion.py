@@ -172,6 +172,14 @@ def compressed_to_rgb(fmt: str, data: Any, max_side: int = MAX_IMAGE_SIDE) -> np
 
     See ``decode_compressed`` for what the bytes must be.
     """
+    if "compresseddepth" in fmt.lower():
+        # compressed_depth_image_transport: "<encoding>; compressedDepth png|rvl", its payload
+        # behind a 12-byte header (ConfigHeader). A depth topic wired to a colour camera input
+        # would otherwise read "no JPEG or PNG header", which hides the wiring mistake.
+        raise ImageConversionError(
+            f"compressed image format {fmt!r} is a depth stream (compressedDepth transport), "
+            "not a colour camera; check the camera topic"
+        )
     if _compressed_kind(fmt) is None:
         raise ImageConversionError(
             f"unsupported compressed image format {fmt!r}; supported: "
