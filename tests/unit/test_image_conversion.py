@@ -184,6 +184,33 @@ def test_a_compressed_depth_stream_is_refused_as_depth(fmt, payload):
         compressed_to_rgb(fmt, data)
 
 
+def _forged_jpeg(side: int) -> bytes:
+    """A valid 8x8 JPEG whose frame header claims ``side`` x ``side`` (about 630 bytes)."""
+    data = bytearray(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", side, side)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("side", [1000, 4000, 4096])
+def test_a_jpeg_too_short_for_its_declared_size_is_refused_not_decoded_grey(side):
+    """Under the side limit libjpeg "decoded" 631 bytes declaring 4000x4000 into a 48 MB
+    mid-grey frame (premature end of data: a warning), which reached the model as a picture."""
+    with pytest.raises(ImageConversionError, match=r"cannot hold the .* JPEG its header declares"):
+        compressed_to_rgb("jpeg", _forged_jpeg(side))
+
+
+@pytest.mark.parametrize("progressive", [0, 1])
+@pytest.mark.parametrize("shape", [(4096, 4096), (480, 640, 3), (9, 17)])
+def test_the_flattest_real_jpegs_pass_the_length_check(shape, progressive):
+    """A flat frame is the smallest JPEG of its size (about 2 bits per block progressive grey,
+    twice the bound)."""
+    flat = np.full(shape, 77, np.uint8)
+    data = cv2.imencode(".jpg", flat, [cv2.IMWRITE_JPEG_PROGRESSIVE, progressive])[1].tobytes()
+    decoded = compressed_to_rgb("jpeg", data)
+    assert decoded.shape[:2] == shape[:2] and abs(float(decoded.mean()) - 77) < 2
+
+
 def test_builder_rejects_non_rgb_arrays():
     with pytest.raises(ImageConversionError, match="HxWx3 uint8"):
         rgb_to_image_fields(np.zeros((4, 4), np.uint8))
