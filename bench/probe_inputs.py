@@ -535,6 +535,8 @@ def policy_cases(probe: PolicyProbe) -> list[Row]:
                  decoded(lambda rgb: jpeg_bytes(rgb[:, :, 0]))), accept=True)
     run("JPEG bomb (600 B declaring 65000x65000)", "refused before decoding",
         comp_mut("jpeg", lambda rgb: jpeg_bomb()))
+    run("600 B JPEG declaring 4000x4000 (under the side limit)", "refused (cannot decode)",
+        comp_mut("jpeg", lambda rgb: jpeg_bomb(4000)))
     big = np.random.default_rng(5).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     run("valid JPEG 160x120 (raw frames 64x48)", "accepted",
         comp_mut("jpeg", lambda rgb: jpeg_bytes(bgr(big)),
@@ -675,12 +677,12 @@ def policy_cases(probe: PolicyProbe) -> list[Row]:
 def policy_floods(probe: PolicyProbe) -> list[Row]:
     from sensor_msgs.msg import JointState
 
-    from molmoact2_policy.image_conversion import make_image_msg
+    from molmoact2_policy.image_conversion import make_compressed_msg, make_image_msg
 
     rows = []
-    top = probe.cameras[0]
+    top, comp = probe.cameras[0], probe.cameras[2]
     pid = probe.proc.pid
-    for bad in (False, True):
+    for bad in (False, True, "compressed", "bomb"):
         if CASE_FILTER and "flood" not in CASE_FILTER:
             break
         probe.recover()
@@ -694,10 +696,17 @@ def policy_floods(probe: PolicyProbe) -> list[Row]:
 
         next_frame = time.monotonic()
         while time.monotonic() - start < 5.0:
-            msg = make_image_msg(rgb, stamp=stamp(probe.now_ns()))
-            if bad:
+            camera = top
+            if bad in ("compressed", "bomb"):
+                camera = comp
+                msg = make_compressed_msg(rgb, stamp=stamp(probe.now_ns()), fmt="png")
+                if bad == "bomb":
+                    msg.format, msg.data = "jpeg", jpeg_bomb(4000 + sent % 96)
+            else:
+                msg = make_image_msg(rgb, stamp=stamp(probe.now_ns()))
+            if bad is True:
                 msg.data = bytes(msg.data)[: -1 - (sent % 500)]  # a new size every frame
-            probe.pubs[top].publish(msg)
+            probe.pubs[camera].publish(msg)
             sent += 1
             if time.monotonic() >= next_frame:
                 next_frame += FRAME_DT
@@ -712,7 +721,8 @@ def policy_floods(probe: PolicyProbe) -> list[Row]:
         log_lines = sum(1 for line in log.splitlines() if "[ERROR]" in line)
         rec, took = probe.recover()
         row = Row(
-            f"flood {'bad' if bad else 'good'} images on top: {sent / elapsed:.0f} Hz for 5 s",
+            f"flood {dict([(False, 'good'), (True, 'truncated')]).get(bad, bad)} images on "
+            f"{camera}: {sent / elapsed:.0f} Hz for 5 s",
             "status keeps publishing (5 Hz), RSS bounded, logs throttled",
             f"{statuses} statuses in {elapsed:.1f} s; RSS {rss0 / 1024:.0f} -> "
             f"{rss1 / 1024:.0f} MB; {log_lines} ERROR log lines",
