@@ -32,6 +32,21 @@ def test_garbage_whose_first_bytes_differ_is_one_complaint():
         assert allowed == (k == 0)
 
 
+def test_frames_forged_with_a_different_size_each_are_one_complaint():
+    """A flood of 631-byte JPEGs declaring 4000x4000, 4001x4001, ...: 96 log lines in 5 s."""
+    throttle = LogThrottle(period=5.0)
+    allowed = [
+        throttle.allow(
+            f"camera 'right_wrist': compressed image (jpeg): 631 bytes cannot hold the "
+            f"{side}x{side} JPEG its header declares (at least {side * side // 512}: one bit "
+            "per 8x8 block); truncated or forged",
+            now=k / 500,
+        )
+        for k, side in enumerate(range(4000, 4096))
+    ]
+    assert sum(allowed) == 1
+
+
 def test_different_complaints_and_cameras_are_each_logged():
     throttle = LogThrottle(period=5.0)
     assert throttle.allow(_truncated(100, "cam1"), now=0.0)

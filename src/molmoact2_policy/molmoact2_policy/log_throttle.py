@@ -8,11 +8,14 @@ import time
 
 # Seconds between repeats of the same complaint.
 LOG_REPEAT_PERIOD_S = 5.0
-# Numbers and 4-byte hex dumps in a message: sizes, ages, stamps, the first bytes of a frame.
+# Numbers, frame sizes (640x480) and 4-byte hex dumps in a message: byte counts, ages, stamps,
+# the first bytes of a frame.
 # Masked in the key, so a stream of bad frames whose messages differ only in them (a truncated
 # frame of a new length every time) is one complaint, not a log line per frame; names like
 # 'cam2' or 'rgb8' keep their digits (no word boundary inside them).
-_VARYING = re.compile(r"\b[0-9a-fA-F]{8}\b|-?\b\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b")
+_VARYING = re.compile(
+    r"\b[0-9a-fA-F]{8}\b|\b\d+x\d+\b|-?\b\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b"
+)
 
 
 def throttle_key(message: str) -> str:
