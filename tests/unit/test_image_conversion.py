@@ -42,6 +42,31 @@ def test_colour_encodings_round_trip_with_and_without_row_padding(encoding, row_
     np.testing.assert_array_equal(out, rgb)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    encoding=st.sampled_from(["rgb8", "bgr8", "rgba8", "bgra8", "mono8"]),
+    height=st.integers(1, 9),
+    width=st.integers(1, 13),
+    padding=st.integers(0, 11),
+    pad_byte=st.integers(0, 255),
+    seed=st.integers(0, 2**16),
+)
+def test_any_row_padding_is_skipped_whatever_it_holds(
+    encoding, height, width, padding, pad_byte, seed
+):
+    """For any supported encoding, size and padding (odd widths, padding not a multiple of the
+    pixel size, any pad content), the result is the picture without the padding."""
+    rgb = _rgb(height, width, seed)
+    fields = rgb_to_image_fields(rgb, encoding, padding)
+    rows = np.frombuffer(fields["data"], np.uint8).reshape(height, fields["step"]).copy()
+    rows[:, fields["step"] - padding :] = pad_byte
+    fields["data"] = rows.tobytes()
+    want = image_to_rgb(**rgb_to_image_fields(rgb, encoding))  # the same picture, unpadded
+    np.testing.assert_array_equal(image_to_rgb(**fields), want)
+    if encoding != "mono8":
+        np.testing.assert_array_equal(want, rgb)
+
+
 def test_bgr8_swaps_channels_of_known_pixel():
     # One blue pixel in BGR order must come out as blue in RGB order.
     data = bytes([255, 0, 0] * 4)
