@@ -42,6 +42,31 @@ def test_colour_encodings_round_trip_with_and_without_row_padding(encoding, row_
     np.testing.assert_array_equal(out, rgb)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    encoding=st.sampled_from(["rgb8", "bgr8", "rgba8", "bgra8", "mono8"]),
+    height=st.integers(1, 9),
+    width=st.integers(1, 13),
+    padding=st.integers(0, 11),
+    pad_byte=st.integers(0, 255),
+    seed=st.integers(0, 2**16),
+)
+def test_any_row_padding_is_skipped_whatever_it_holds(
+    encoding, height, width, padding, pad_byte, seed
+):
+    """For any supported encoding, size and padding (odd widths, padding not a multiple of the
+    pixel size, any pad content), the result is the picture without the padding."""
+    rgb = _rgb(height, width, seed)
+    fields = rgb_to_image_fields(rgb, encoding, padding)
+    rows = np.frombuffer(fields["data"], np.uint8).reshape(height, fields["step"]).copy()
+    rows[:, fields["step"] - padding :] = pad_byte
+    fields["data"] = rows.tobytes()
+    want = image_to_rgb(**rgb_to_image_fields(rgb, encoding))  # the same picture, unpadded
+    np.testing.assert_array_equal(image_to_rgb(**fields), want)
+    if encoding != "mono8":
+        np.testing.assert_array_equal(want, rgb)
+
+
 def test_bgr8_swaps_channels_of_known_pixel():
     # One blue pixel in BGR order must come out as blue in RGB order.
     data = bytes([255, 0, 0] * 4)
@@ -147,6 +172,68 @@ def test_unknown_compressed_format_is_rejected():
 def test_empty_compressed_data_is_rejected():
     with pytest.raises(ImageConversionError, match="no data"):
         compressed_to_rgb("png", b"")
+
+
+# Format strings as compressed_image_transport writes them: "<encoding>; <jpeg|png> compressed
+# <bgr8|bgr16|>" (image_transport_plugins compressed_publisher.cpp), bare ones from other tools.
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        "jpeg",
+        "png",
+        "rgb8; jpeg compressed bgr8",
+        "bgr8; png compressed bgr8",
+        "mono8; jpeg compressed ",
+        "rgb16; png compressed bgr16",
+    ],
+)
+def test_image_transport_format_strings_decode(fmt):
+    rgb = np.random.default_rng(3).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    kind = "png" if "png" in fmt else "jpeg"
+    decoded = compressed_to_rgb(fmt, encode_compressed(rgb, kind))
+    assert decoded.shape == rgb.shape
+    if kind == "png":
+        assert np.array_equal(decoded, rgb)
+
+
+@pytest.mark.parametrize("payload", ["transport", "bare_png"])
+@pytest.mark.parametrize("fmt", ["16UC1; compressedDepth png", "32FC1; compressedDepth rvl"])
+def test_a_compressed_depth_stream_is_refused_as_depth(fmt, payload):
+    """compressed_depth_image_transport writes "<encoding>; compressedDepth png|rvl" and a
+    12-byte header before the payload. Its PNG flavour with the payload at offset 0 used to be
+    decoded as a grey camera frame; with the header it was refused as "no JPEG or PNG header"."""
+    depth = (np.arange(16 * 24, dtype=np.uint16).reshape(16, 24) * 50)
+    png = cv2.imencode(".png", depth)[1].tobytes()
+    data = png if payload == "bare_png" else struct.pack("<iff", 0, 0.0, 0.0) + png
+    with pytest.raises(ImageConversionError, match="is a depth stream"):
+        compressed_to_rgb(fmt, data)
+
+
+def _forged_jpeg(side: int) -> bytes:
+    """A valid 8x8 JPEG whose frame header claims ``side`` x ``side`` (about 630 bytes)."""
+    data = bytearray(cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", side, side)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("side", [1000, 4000, 4096])
+def test_a_jpeg_too_short_for_its_declared_size_is_refused_not_decoded_grey(side):
+    """Under the side limit libjpeg "decoded" 631 bytes declaring 4000x4000 into a 48 MB
+    mid-grey frame (premature end of data: a warning), which reached the model as a picture."""
+    with pytest.raises(ImageConversionError, match=r"cannot hold the .* JPEG its header declares"):
+        compressed_to_rgb("jpeg", _forged_jpeg(side))
+
+
+@pytest.mark.parametrize("progressive", [0, 1])
+@pytest.mark.parametrize("shape", [(4096, 4096), (480, 640, 3), (9, 17)])
+def test_the_flattest_real_jpegs_pass_the_length_check(shape, progressive):
+    """A flat frame is the smallest JPEG of its size (about 2 bits per block progressive grey,
+    twice the bound)."""
+    flat = np.full(shape, 77, np.uint8)
+    data = cv2.imencode(".jpg", flat, [cv2.IMWRITE_JPEG_PROGRESSIVE, progressive])[1].tobytes()
+    decoded = compressed_to_rgb("jpeg", data)
+    assert decoded.shape[:2] == shape[:2] and abs(float(decoded.mean()) - 77) < 2
 
 
 def test_builder_rejects_non_rgb_arrays():

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from molmoact2_policy.observation import (
     ERROR,
@@ -211,3 +213,70 @@ def test_a_new_camera_set_needs_a_new_frame_from_every_camera():
     # Stamps that jump back (sim time restarted) are different frames, not old ones.
     assert is_new_camera_set((T0 - S, T0 - S, T0 - S), full.camera_key)
     assert is_new_camera_set((T0,), full.camera_key)  # a different camera list altogether
+
+
+@pytest.mark.parametrize(
+    ("names", "positions", "velocities", "efforts", "problem"),
+    [
+        (["left_joint1", "left_gripper", "left_joint1"], [0.1, 0.7, 0.9], [], [],
+         "joint names given more than once: ['left_joint1']"),
+        (["left_gripper", "left_joint1"], [0.7, 0.1], [0.0], [],
+         "2 names but 1 velocities (must be 2 or none)"),
+        (["left_gripper", "left_joint1"], [0.7, 0.1], [], [0.0, 0.0, 0.0],
+         "2 names but 3 efforts (must be 2 or none)"),
+    ],
+)
+def test_a_joint_state_that_breaks_its_layout_is_refused_whole(
+    names, positions, velocities, efforts, problem
+):
+    """sensor_msgs/JointState: each array has one entry per name (velocity and effort may be
+    empty); a name given twice leaves its value to a guess. Both used to be merged silently."""
+    assembler = _assembler()
+    _fill(assembler)
+    error = assembler.add_joint_state(
+        "left/joint_states", T0, names, positions, velocities, efforts
+    )
+    assert error == f"joint states on 'left/joint_states': {problem}"
+    assert assembler.build(T0) == Rejection(ERROR, error)
+    # The next well-formed message clears it (velocity and effort empty or full are fine).
+    assert assembler.add_joint_state(
+        "left/joint_states", T0, list(LEFT), [0.3, 0.4], [], [1.0, 2.0]
+    ) is None
+    obs = assembler.build(T0)
+    assert isinstance(obs, Observation) and obs.state[:2].tolist() == [0.3, 0.4]
+
+
+_NAMES = st.sampled_from(["left_joint1", "left_gripper", "right_joint1", "right_gripper", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    names=st.lists(_NAMES, max_size=7),
+    extra=st.tuples(*(st.integers(-1, 1),) * 3),
+    values=st.lists(st.floats(-3, 3), min_size=10, max_size=10),
+)
+def test_any_joint_state_is_either_refused_or_merged_exactly_by_name(names, extra, values):
+    """For any JointState: a layout ROS allows with unique names sets each joint the model
+    uses to exactly the value given for its name; anything else is refused and blocks."""
+    count = len(names)
+    lengths = [max(0, count + d) for d in extra]
+    lengths[1:] = [0 if d == -1 else n for d, n in zip(extra[1:], lengths[1:], strict=True)]
+    positions, velocities, efforts = (values[:n] for n in lengths)
+    assembler = _assembler(joint_topics=("joint_states",))
+    for camera in CAMERAS:
+        assembler.add_image(camera, T0, _image(1))
+    assembler.add_joint_state("joint_states", T0, list(LEFT + RIGHT), [9.0] * 4)
+    error = assembler.add_joint_state("joint_states", T0, names, positions, velocities, efforts)
+    built = assembler.build(T0)
+    well_formed = (
+        len(positions) == count
+        and all(len(v) in (0, count) for v in (velocities, efforts))
+        and len(set(names)) == count
+    )
+    if not well_formed:
+        assert error and built == Rejection(ERROR, error)
+        return
+    assert error is None and isinstance(built, Observation)
+    given_values = dict(zip(names, positions, strict=True))
+    for index, joint in enumerate(LEFT + RIGHT):
+        assert built.state[index] == given_values.get(joint, 9.0)

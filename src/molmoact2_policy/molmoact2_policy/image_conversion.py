@@ -38,6 +38,9 @@ MAX_IMAGE_SIDE = 4096
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers carry the image size; C4 (DHT), C8 (JPG), CC (DAC) are not frames.
 _JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Huffman-coded frames: baseline, extended, progressive, lossless (C5..C7, hierarchical, are
+# not decoded by libjpeg at all).
+_JPEG_HUFFMAN_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3})
 
 
 class ImageConversionError(ValueError):
@@ -142,6 +145,12 @@ def compressed_image_size(data: Any) -> tuple[int, int] | None:
     if data[:8] == _PNG_SIGNATURE and len(data) >= 24 and data[12:16] == b"IHDR":
         width, height = struct.unpack(">II", data[16:24])
         return int(height), int(width)
+    frame = _jpeg_frame(data)
+    return None if frame is None else frame[1:]
+
+
+def _jpeg_frame(data: memoryview) -> tuple[int, int, int] | None:
+    """(start-of-frame marker, height, width) of a JPEG, or None when the bytes are not one."""
     if data[:2] != b"\xff\xd8":
         return None
     index = 2
@@ -162,9 +171,30 @@ def compressed_image_size(data: Any) -> tuple[int, int] | None:
             if index + 9 > len(data):
                 return None
             height, width = struct.unpack(">HH", data[index + 5 : index + 9])
-            return int(height), int(width)
+            return int(marker), int(height), int(width)
         index += 2 + segment_length
     return None
+
+
+def _jpeg_too_short(data: memoryview) -> str:
+    """Why a Huffman-coded JPEG's bytes cannot hold the frame its header declares ('' if they
+    can). Every 8x8 block of its full-resolution component costs at least one bit (its DC
+    code), so fewer bytes than blocks / 8 is a truncated or forged frame, which libjpeg would
+    otherwise "decode" into a mid-grey picture (premature end of data, a warning only): 631
+    bytes declaring 4000x4000 came out as a 48 MB grey frame in 0.17 s. Arithmetic-coded
+    JPEGs (SOF9..SOF15) can code a flat block in less than a bit and are not judged."""
+    frame = _jpeg_frame(data)
+    if frame is None or frame[0] not in _JPEG_HUFFMAN_SOF_MARKERS:
+        return ""
+    _, height, width = frame
+    blocks = -(-height // 8) * -(-width // 8)
+    needed = -(-blocks // 8)
+    if len(data) < needed:
+        return (
+            f"{len(data)} bytes cannot hold the {width}x{height} JPEG its header declares "
+            f"(at least {needed}: one bit per 8x8 block); truncated or forged"
+        )
+    return ""
 
 
 def compressed_to_rgb(fmt: str, data: Any, max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
@@ -172,6 +202,14 @@ def compressed_to_rgb(fmt: str, data: Any, max_side: int = MAX_IMAGE_SIDE) -> np
 
     See ``decode_compressed`` for what the bytes must be.
     """
+    if "compresseddepth" in fmt.lower():
+        # compressed_depth_image_transport: "<encoding>; compressedDepth png|rvl", its payload
+        # behind a 12-byte header (ConfigHeader). A depth topic wired to a colour camera input
+        # would otherwise read "no JPEG or PNG header", which hides the wiring mistake.
+        raise ImageConversionError(
+            f"compressed image format {fmt!r} is a depth stream (compressedDepth transport), "
+            "not a colour camera; check the camera topic"
+        )
     if _compressed_kind(fmt) is None:
         raise ImageConversionError(
             f"unsupported compressed image format {fmt!r}; supported: "
@@ -202,6 +240,9 @@ def decode_compressed(
             f"{buffer[:4].tobytes().hex()} have no JPEG or PNG header"
         )
     check_image_side(*size, max_side, what)
+    too_short = _jpeg_too_short(memoryview(buffer))
+    if too_short:
+        raise ImageConversionError(f"{what}: {too_short}")
     if _IMREAD_COLOR_RGB is not None:
         # Decoded straight into RGB order: no second pass over the frame (the policy node
         # decodes every camera frame on its input path).

@@ -14,6 +14,7 @@ stale rows look current.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -141,23 +142,29 @@ class ObservationAssembler:
         slot.stamp_ns, slot.image, slot.error = int(stamp_ns), None, message
 
     def add_joint_state(
-        self, topic: str, stamp_ns: int, names: Sequence[str], positions: Sequence[float]
+        self,
+        topic: str,
+        stamp_ns: int,
+        names: Sequence[str],
+        positions: Sequence[float],
+        velocities: Sequence[float] = (),
+        efforts: Sequence[float] = (),
     ) -> str | None:
         """Merge a JointState by name; returns an error message if the message is malformed.
 
         Joints not in ``joint_names`` are ignored (a driver may publish more joints than the
-        model uses). A malformed message (names and positions of different lengths) is dropped
-        whole and blocks inference until the topic sends a good one.
+        model uses). A malformed message is dropped whole and blocks inference until the topic
+        sends a good one: positions, velocities or efforts whose length is not the number of
+        names (sensor_msgs/JointState: every array has one entry per name, velocity and effort
+        may be empty), or a name given twice (which of its values is the joint's is a guess).
         """
         slot = self._topics.setdefault(topic, _JointTopicSlot())
         stamp_ns = int(stamp_ns)
         slot.stamp_ns = stamp_ns
-        if len(names) != len(positions):
-            slot.error = (
-                f"joint states on {topic!r}: {len(names)} names but {len(positions)} positions"
-            )
+        slot.error = joint_state_problem(names, positions, velocities, efforts)
+        if slot.error:
+            slot.error = f"joint states on {topic!r}: {slot.error}"
             return slot.error
-        slot.error = ""
         for name, position in zip(names, positions, strict=True):
             if name in self._joint_set:
                 self._joints[name] = _JointValue(float(position), stamp_ns, topic)
@@ -235,6 +242,25 @@ class ObservationAssembler:
             age = _age(slot.stamp_ns, now_ns)
             out.append(InputStatus(name, age, _ok(slot) and abs(age) <= self.max_age))
         return out
+
+
+def joint_state_problem(
+    names: Sequence[str],
+    positions: Sequence[float],
+    velocities: Sequence[float] = (),
+    efforts: Sequence[float] = (),
+) -> str:
+    """Why a sensor_msgs/JointState's layout is unusable ('' when it is fine)."""
+    count = len(names)
+    if len(positions) != count:
+        return f"{count} names but {len(positions)} positions"
+    for field_name, values in (("velocities", velocities), ("efforts", efforts)):
+        if len(values) not in (0, count):
+            return f"{count} names but {len(values)} {field_name} (must be {count} or none)"
+    if len(set(names)) != count:
+        twice = sorted(name for name, times in Counter(names).items() if times > 1)
+        return f"joint names given more than once: {twice}"
+    return ""
 
 
 def _age(stamp_ns: int | None, now_ns: int) -> float:

@@ -40,6 +40,7 @@ from molmoact2_policy.image_conversion import (
     image_msg_to_rgb,
 )
 from molmoact2_policy.inference_worker import InferenceOutcome, InferenceRequest, InferenceWorker
+from molmoact2_policy.log_throttle import LogThrottle
 from molmoact2_policy.observation import (
     ERROR,
     NS_PER_S,
@@ -63,30 +64,8 @@ from molmoact2_policy.stage_times import StageTimes
 from molmoact2_policy.task_action import RunTaskServer
 
 NODE_NAME = "molmoact2_policy"
-# Seconds between repeats of the same log message (bad input arrives at camera rate).
-LOG_REPEAT_PERIOD_S = 5.0
 MAX_DECODE_WORKERS = 8  # threads decoding compressed camera frames (one per camera up to this)
 NO_INSTRUCTION = "no instruction: publish one on ~/instruction or call ~/set_instruction"
-
-
-class LogThrottle:
-    """Lets a message through when it is new or ``period`` seconds passed since it last was."""
-
-    def __init__(self, period: float = LOG_REPEAT_PERIOD_S) -> None:
-        self._period = period
-        self._last: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, message: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            last = self._last.get(message)
-            if last is not None and now - last < self._period:
-                return False
-            if len(self._last) > 256:  # messages embed ages; keep the table small
-                self._last.clear()
-            self._last[message] = now
-            return True
 
 
 def _stamp_ns(header: Any) -> int:
@@ -504,7 +483,7 @@ class PolicyNode(LifecycleNode):
             if self._assembler is None:
                 return
             error = self._assembler.add_joint_state(
-                topic, _stamp_ns(msg.header), msg.name, msg.position
+                topic, _stamp_ns(msg.header), msg.name, msg.position, msg.velocity, msg.effort
             )
         if error:
             self._log_error(error)
