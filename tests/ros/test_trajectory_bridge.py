@@ -366,6 +366,26 @@ def test_estop_latches_stops_the_arm_and_only_reset_with_a_measured_pose_clears_
     assert bridge.rejected == 3
 
 
+def test_estop_without_a_measured_pose_still_stops_the_controller(graph):
+    # Before: no recent joint state, no stop sent, and the controller played its trajectory
+    # (up to max_chunk_duration) to the end after an e-stop.
+    from std_srvs.srv import Trigger
+
+    from hw_drivers.executor import ESTOP_LATCHED
+
+    bridge, probe, publisher, received, executor, _measured = graph
+    publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds, horizon=30))
+    assert spin_until(probe, lambda: len(received["trajectory"]) == 1, 5.0, executor)
+    bridge._measured = None  # the joint states stopped coming
+    answer = _call(probe, executor, Trigger, "trajectory_bridge/estop", Trigger.Request())
+    assert answer.success and answer.message == ESTOP_LATCHED
+    assert spin_until(probe, lambda: len(received["trajectory"]) == 2, 5.0, executor)
+    hold = received["trajectory"][1]
+    # joint_trajectory_controller's "drop the running trajectory and hold".
+    assert list(hold.joint_names) == [f"fr3_joint{i}" for i in range(1, 8)]
+    assert list(hold.points) == []
+
+
 def test_hold_stops_forwarding_until_released_and_diagnostics_name_it_as_a_driver(graph):
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from std_srvs.srv import SetBool, Trigger

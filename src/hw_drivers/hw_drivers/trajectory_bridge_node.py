@@ -47,7 +47,12 @@ from hw_drivers.chunk import Chunk
 from hw_drivers.execution_report import ExecutionReporter
 from hw_drivers.executor import EventWindow
 from hw_drivers.safety import JointLimits, SafetyConfig, validate_chunk, validate_timing
-from hw_drivers.trajectory import BridgeOutput, chunk_to_trajectory, seconds_to_duration
+from hw_drivers.trajectory import (
+    BridgeOutput,
+    JointTrajectoryData,
+    chunk_to_trajectory,
+    seconds_to_duration,
+)
 from hw_drivers.trajectory_bridge_params import TrajectoryBridgeParams
 from molmoact2_common.chunk_execution import chunk_execution_qos
 from molmoact2_common.lifecycle_errors import log_transition_errors
@@ -356,10 +361,17 @@ class TrajectoryBridgeNode(LifecycleNode):
         now = self.get_clock().now().nanoseconds * 1e-9
         measured = self._measured_pose(now)
         self._busy_until = float("-inf")  # the next chunk ramps in from idle
-        if measured is None or self._trajectory_pub is None:
+        if self._trajectory_pub is None:
+            return "inactive: nothing was sent to the controller"
+        if measured is None:
+            # No pose to stop from: an empty trajectory, which joint_trajectory_controller takes
+            # as "drop the running trajectory and hold" (ros2_controllers' set_hold_position;
+            # effort/velocity-commanded arms hold only with its fixes for issues #514/#683).
+            # Letting the running trajectory play out on an e-stop is the worse choice.
+            self._publish(BridgeOutput(JointTrajectoryData(tuple(self._state_names), ()), None, 0))
             return (
-                "no recent joint state of the arm: no stop sent, the controller finishes the "
-                "trajectory it runs"
+                "no recent joint state of the arm: sent an empty trajectory (the controller "
+                "drops its trajectory and holds where it is)"
             )
         # Joint states and the controller use the controller's joint names.
         stop = stop_trajectory(
