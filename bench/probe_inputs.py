@@ -51,6 +51,20 @@ CASE_FILTER = ""  # --cases: run only the cases whose name matches it (regex)
 FAKE_ENV = {"MOLMOACT2_TEST_POLICY_FACTORY": "tests.fake_policy:make_fake_policy"}
 
 
+def call_reset(client, spin) -> bool:
+    """Call a node's ``~/reset`` (std_srvs/Trigger) through ``client``, spinning with ``spin``
+    until answered (10 s at most); whether it succeeded."""
+    from std_srvs.srv import Trigger
+
+    if not client.wait_for_service(timeout_sec=5):
+        return False
+    future = client.call_async(Trigger.Request())
+    end = time.monotonic() + 10
+    while not future.done() and time.monotonic() < end:
+        spin(0.02)
+    return future.done() and future.result().success
+
+
 @dataclass
 class Row:
     case: str
@@ -243,15 +257,7 @@ class PolicyProbe:
         return self.statuses[-1] if self.statuses else None
 
     def reset(self) -> bool:
-        from std_srvs.srv import Trigger
-
-        if not self.reset_client.wait_for_service(timeout_sec=5):
-            return False
-        future = self.reset_client.call_async(Trigger.Request())
-        end = time.monotonic() + 10
-        while not future.done() and time.monotonic() < end:
-            self.spin(0.02)
-        return future.done() and future.result().success
+        return call_reset(self.reset_client, self.spin)
 
     def recover(self, timeout: float = 8.0) -> tuple[bool, float]:
         start_ns, t0 = self.now_ns(), time.monotonic()
@@ -868,15 +874,7 @@ class DriverProbe:
         return float(np.abs(arr - arr[0]).max())
 
     def reset(self) -> bool:
-        from std_srvs.srv import Trigger
-
-        if not self.reset_client.wait_for_service(timeout_sec=5):
-            return False
-        future = self.reset_client.call_async(Trigger.Request())
-        end = time.monotonic() + 10
-        while not future.done() and time.monotonic() < end:
-            self.spin(0.02)
-        return future.done() and future.result().success
+        return call_reset(self.reset_client, self.spin)
 
     def verdict_for(self, seq: int) -> str:
         for v in reversed(self.verdicts):
