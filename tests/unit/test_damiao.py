@@ -100,8 +100,12 @@ def rig():
     backend = DamiaoBackend(
         [yam_arm(channel, ARM_NAMES, gripper_type="crank_4310")],
         interface="virtual",
-        reply_timeout=0.05,
+        # Generous: the emulator is a thread of this process, which a loaded CI machine can keep
+        # off the CPU for longer than the driver's default. Dropped and garbled replies wait out
+        # the timeout (three tries at most), so the I/O watchdog must outlast three of them.
+        reply_timeout=0.25,
         retries=2,
+        io_timeout=2.0,
     )
     backend.connect()
     yield backend, emulator
@@ -166,6 +170,7 @@ def test_persistent_garbage_is_reported_and_never_used(rig):
 def test_silent_motor_is_named(rig):
     backend, emulator = rig
     emulator.silent = True
+    backend.reply_timeout = 0.01
     with pytest.raises(BackendError, match=r"left_joint1 .*no reply after 3 tries"):
         backend.read_state()
 
