@@ -219,8 +219,8 @@ def _camera_to_rgb(
     samples = samples.reshape(shape)
     if code is None:
         # rgb16/bgr16/rgba16/bgra16/mono16: cv_bridge converts the channels, then scales; the
-        # channel steps only move samples, so scaling first gives the same bytes on a third of
-        # the data.
+        # channel steps only move samples, so scaling first gives the same bytes and scales no
+        # more samples (a third of them for mono16).
         scaled = cv2.convertScaleAbs(samples, alpha=_SCALE_16_TO_8)
         if channels == 1:
             scaled = scaled[:, :, None]
