@@ -39,6 +39,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from molmoact2_policy.image_conversion import SUPPORTED_ENCODINGS  # noqa: E402
 from tests.fake_policy import expected_positions  # noqa: E402
 from tests.ros.policy_node_harness import write_params, yam_params  # noqa: E402
 from tests.rostest_util import start_python, stop_process  # noqa: E402
@@ -353,14 +354,18 @@ def encoding_layout(encoding: str) -> tuple[int, int]:
 ALL_ENCODINGS = (
     "rgb8 rgba8 rgb16 rgba16 bgr8 bgra8 bgr16 bgra16 mono8 mono16 8UC1 8UC2 8UC3 8UC4 8SC1 "
     "16UC1 16UC3 16SC1 32SC1 32FC1 32FC3 64FC1 bayer_rggb8 bayer_bggr8 bayer_gbrg8 bayer_grbg8 "
-    "bayer_rggb16 uyvy yuv422 yuyv yuv422_yuy2 nv12 nv21 nv24"
+    "bayer_rggb16 bayer_bggr16 bayer_gbrg16 bayer_grbg16 uyvy yuv422 yuyv yuv422_yuy2 nv12 nv21 "
+    "nv24"
 ).split()
-SUPPORTED = {"rgb8", "bgr8", "rgba8", "bgra8", "mono8"}
+# What the node accepts comes from the conversion module (one list); the rest must be refused.
+SUPPORTED = set(SUPPORTED_ENCODINGS)
+# Encodings whose frames carry the picture exactly (8 or 16 bits per R, G, B sample).
+EXACT = {"rgb8", "bgr8", "rgba8", "bgra8", "rgb16", "bgr16", "rgba16", "bgra16"}
 
 
 def raw_image(encoding: str, rgb: np.ndarray, padding: int = 0, pad_value: int = 255):
-    """(fields, what the node should see) for ``rgb`` as ``encoding`` (supported ones exact)."""
-    from molmoact2_policy.image_conversion import rgb_to_image_fields
+    """(fields, what the node should see) for ``rgb`` as ``encoding`` (zeros when unsupported)."""
+    from molmoact2_policy.image_conversion import image_to_rgb, rgb_to_image_fields
 
     if encoding in SUPPORTED:
         fields = rgb_to_image_fields(rgb, encoding, padding)
@@ -370,10 +375,15 @@ def raw_image(encoding: str, rgb: np.ndarray, padding: int = 0, pad_value: int =
             for r in range(fields["height"]):
                 data[r * row + row - padding:(r + 1) * row] = bytes([pad_value]) * padding
             fields["data"] = bytes(data)
-        seen = rgb
-        if encoding == "mono8":
+        if encoding in EXACT:
+            seen = rgb
+        elif encoding in ("mono8", "mono16"):
             grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
             seen = np.repeat(grey[:, :, None], 3, axis=2)
+        else:
+            # Bayer and YUV 4:2:2 lose detail; the unit tests pin this conversion to cv_bridge's,
+            # the probe checks that the node feeds the model what it gives.
+            seen = image_to_rgb(**rgb_to_image_fields(rgb, encoding))
         return fields, seen
     channels, depth = encoding_layout(encoding)
     height, width = rgb.shape[:2]

@@ -55,6 +55,7 @@ def fuzz_image(rng: np.random.Generator, now: float) -> Any:
     h, w = int(rng.integers(0, 64)), int(rng.integers(0, 64))
     msg.height, msg.width = h, w
     msg.encoding = str(rng.choice(["rgb8", "bgr8", "mono8", "16UC1", "32FC1", "bayer_rggb8",
+                                   "bayer_gbrg16", "mono16", "rgba16", "yuv422", "yuyv",
                                    "", "rgb8\x00", "nonsense"]))
     msg.step = int(rng.choice([w * 3, w, 0, w * 3 + 1, 2**31]))
     size = int(rng.choice([h * w * 3, 0, h * w * 3 - 1, h * w * 3 + 7, 10]))
