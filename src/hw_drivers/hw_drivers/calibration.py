@@ -109,7 +109,7 @@ def load_calibration(path: str | Path) -> dict[str, MotorCalibration]:
         raise CalibrationError(f"calibration file {path} cannot be read: {exc}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CalibrationError(f"calibration file {path} is not valid JSON: {exc}") from exc
-    return parse_calibration(data, str(path))
+    return parse_calibration(data, f"calibration file {path}")
 
 
 #: Where LeRobot writes an SO-101 follower's calibration (``lerobot-calibrate``; LeRobot's

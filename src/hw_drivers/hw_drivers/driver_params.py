@@ -328,7 +328,7 @@ class DriverParams:
             load_arm_calibration(self.calibration_file, self.joint_names)
         except CalibrationError as err:
             problems.append(
-                f"{err}; set it with the launch argument calibration_file:=<path> "
+                f"{err}; set calibration_file with the launch argument calibration_file:=<path> "
                 "(molmoact2 launch: --calibration-file) or in the driver's config section"
             )
         return problems
