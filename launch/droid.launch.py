@@ -3,7 +3,8 @@
 The nodes and their parameters come from config/droid.yaml through molmoact2.graph, the same
 layer `molmoact2 launch droid` uses. Arguments (`--show-args`; declared once in
 molmoact2.launch_support.LAUNCH_ARGUMENTS, explained in the README's table): sim, checkpoint,
-think, rviz, record, foxglove, namespace, use_sim_time, publish_tf.
+think, rviz, record, foxglove, namespace, use_sim_time, publish_tf,
+calibration_file.
 """
 
 from molmoact2.launch_support import generate_robot_launch_description

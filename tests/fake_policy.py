@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from molmoact2_common.embodiments import EmbodimentSpec, get_embodiment
-from molmoact2_policy.model.preprocess import check_instruction
+from molmoact2_policy.model.preprocess import check_instruction, refused_instruction_tokens
 from molmoact2_policy.policy_api import (
     ActionChunkResult,
     PolicyInputError,
@@ -96,6 +96,11 @@ def _tiny_tokenizer() -> Any:
     from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer
 
     return MolmoAct2Tokenizer.tiny()
+
+
+def tiny_control_tokens() -> list[str]:
+    """What the tiny model's ``control_tokens`` states (and its check refuses)."""
+    return refused_instruction_tokens(_tiny_tokenizer())
 
 
 def tiny_check_instruction(instruction: str) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from hw_drivers.calibration import SO101_JOINTS, MotorCalibration
+import functools
+import tempfile
+from pathlib import Path
+
+from hw_drivers.calibration import SO101_JOINTS, MotorCalibration, save_calibration
 
 # Servo ticks the emulated servos start at, in SO101_JOINTS order.
 START_TICKS = [2000, 2100, 1900, 2048, 2200, 2500]
@@ -16,3 +20,12 @@ def calibration() -> dict[str, MotorCalibration]:
     }
     cal["gripper"] = MotorCalibration(6, 0, 30, 2000, 3000)
     return cal
+
+
+@functools.cache
+def calibration_file() -> str:
+    """``calibration()`` as a LeRobot calibration file, for driver parameters (the feetech
+    backend's parameter check reads it)."""
+    path = Path(tempfile.mkdtemp(prefix="molmoact2-feetech-")) / "calibration.json"
+    save_calibration(calibration(), path)
+    return str(path)

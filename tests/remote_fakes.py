@@ -17,7 +17,7 @@ import numpy as np
 
 from molmoact2_common.embodiments import EmbodimentSpec
 from molmoact2_policy.policy_api import ActionChunkResult, validate_observation
-from tests.fake_policy import tiny_check_instruction
+from tests.fake_policy import tiny_check_instruction, tiny_control_tokens
 
 
 class FakePolicy:
@@ -89,6 +89,10 @@ class FakePolicy:
     def check_instruction(self, instruction: str) -> None:
         """As the tiny model: refuses the control tokens of the tiny checkpoint's tokenizer."""
         tiny_check_instruction(instruction)
+
+    def control_tokens(self) -> list[str]:
+        """As the tiny model: what its check refuses, for the server's ``/healthz``."""
+        return tiny_control_tokens()
 
     def reset(self) -> None:
         self.resets += 1

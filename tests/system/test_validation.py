@@ -76,6 +76,22 @@ def test_launch_refuses_unknown_parameter_and_bad_values(tmp_path):
     assert "on_fault 'explode'" in result.stderr, result.stderr
 
 
+def test_launch_refuses_hardware_without_a_usable_calibration(tmp_path):
+    """A Feetech arm on hardware without its LeRobot calibration: refused before anything
+    starts (before, policy and cameras ran while the driver could not configure)."""
+    result = launch("so101", "--no-sim")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "needs calibration_file" in result.stderr, result.stderr
+    assert "calibration_file:=" in result.stderr and "--calibration-file" in result.stderr
+    assert "started" not in result.stderr + result.stdout
+    broken = tmp_path / "my_arm.json"
+    broken.write_text('{"shoulder_pan": {"id": 1,')
+    result = launch("so101", "--no-sim", "--calibration-file", str(broken))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"calibration file {broken} is not valid JSON" in result.stderr, result.stderr
+    assert "started" not in result.stderr + result.stdout
+
+
 def test_driver_node_refuses_inconsistent_limits_and_stays_up(tmp_path):
     """Configure fails with the reason in the log; the process lives on, unconfigured."""
     namespace = unique_namespace("val")

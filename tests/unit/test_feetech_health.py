@@ -33,7 +33,7 @@ from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import health_statuses, make_preflight
 from hw_drivers.serial_budget import SerialBudget
 from tests.driver_config import config_driver_params, driver_section
-from tests.feetech_servos import START_TICKS, calibration
+from tests.feetech_servos import START_TICKS, calibration, calibration_file
 
 SECTION = driver_section("so101")
 RATE = float(SECTION["control_rate"])
@@ -110,7 +110,9 @@ def test_budget_counts_every_byte_of_a_tick():
 
 
 def so101_params(**overrides) -> DriverParams:
-    values = dict(backend="feetech", serial_port=PORT, execution="live")
+    values = dict(
+        backend="feetech", serial_port=PORT, calibration_file=calibration_file(), execution="live"
+    )
     return config_driver_params("so101", **{**values, **overrides})
 
 

@@ -42,7 +42,7 @@ def test_every_robot_has_a_launch_file_and_config():
 def test_launch_arguments_are_the_documented_ones():
     assert set(LAUNCH_ARGUMENTS) == {
         "sim", "checkpoint", "think", "rviz", "record", "foxglove", "namespace", "use_sim_time",
-        "publish_tf",
+        "publish_tf", "calibration_file",
     }
 
 
@@ -77,6 +77,19 @@ def test_readme_and_every_launch_file_document_every_launch_argument():
         assert named == set(LAUNCH_ARGUMENTS), (launch_file.name, named)
 
 
+def hardware_options(robot: str, tmp_path: Path, **kwargs) -> graph.LaunchOptions:
+    """``sim:=false``, with a LeRobot calibration file where the backend needs one (feetech:
+    the launch refuses the graph without it, test_launch_calibration)."""
+    config = graph.load_robot_config(robot)
+    if config.bringup["hardware_backend"] in graph.CALIBRATED_BACKENDS:
+        from tests.unit.test_launch_calibration import LEROBOT_SO101_CALIBRATION
+
+        path = tmp_path / "calibration.json"
+        path.write_text(LEROBOT_SO101_CALIBRATION)
+        kwargs["calibration_file"] = str(path)
+    return graph.LaunchOptions(sim=False, **kwargs)
+
+
 @pytest.mark.parametrize("robot", ["yam", "droid", "so101"])
 def test_tf_node_runs_in_sim_and_on_hardware_only_when_asked(robot, tmp_path):
     def names(**kwargs):
@@ -94,7 +107,7 @@ def test_tf_node_runs_in_sim_and_on_hardware_only_when_asked(robot, tmp_path):
     for urdf in graph.config_dir().glob("*.urdf"):  # the config names its URDF relatively
         (tmp_path / urdf.name).write_text(urdf.read_text())
     config = graph.load_robot_config(mine)
-    hardware = graph.build_graph(config, graph.LaunchOptions(sim=False))
+    hardware = graph.build_graph(config, hardware_options(robot, tmp_path))
     assert graph.TF_NODE in [n.name for n in hardware]
     assert not graph.validate_graph_params(config, hardware)
 
@@ -227,10 +240,14 @@ def test_resolve_topic():
 
 @pytest.mark.parametrize("robot", ["yam", "droid", "so101"])
 @pytest.mark.parametrize("sim", [True, False])
-def test_shipped_configs_match_every_nodes_parameter_declaration(robot, sim):
+def test_shipped_configs_match_every_nodes_parameter_declaration(robot, sim, tmp_path):
     config = graph.load_robot_config(robot)
-    nodes = graph.build_graph(config, graph.LaunchOptions(sim=sim, think=True, record=True))
-    assert graph.validate_graph_params(config, nodes) == []
+    options = (
+        graph.LaunchOptions(sim=True, think=True, record=True)
+        if sim
+        else hardware_options(robot, tmp_path, think=True, record=True)
+    )
+    assert graph.validate_graph_params(config, graph.build_graph(config, options)) == []
 
 
 def test_unknown_parameter_and_bad_values_are_named(tmp_path):

@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from molmoact2_common.embodiments import get_embodiment
-from molmoact2_policy.model.preprocess import check_instruction, instruction_control_tokens
+from molmoact2_policy.model.preprocess import (
+    ControlTokenList,
+    check_instruction,
+    instruction_control_tokens,
+    refused_instruction_tokens,
+)
 from molmoact2_policy.model.tokenizer import MolmoAct2Tokenizer
 from molmoact2_policy.policy_api import Policy, PolicyInputError
 
@@ -126,21 +131,65 @@ def test_fakes_refuse_as_the_tiny_model(name, instruction, token):
     fake.check_instruction("put the cup away")
 
 
-@pytest.mark.parametrize("transport", ["http", "ws"])
-def test_remote_client_accepts_and_the_server_refuses_naming_the_token(transport):
-    """The client cannot know the server's tokenizer: it accepts, and ``act`` raises the
-    server's 400 as ``PolicyInputError``. The server refuses before the device: no act."""
+# ---------------------------------------------------------------------------------------------
+# The remote client: checked against the tokens our server states in /healthz
+
+
+@pytest.mark.parametrize("instruction", [b for b, _ in BAD] + GOOD + ["<depth_12><depth_1>"])
+def test_a_stated_token_list_finds_what_the_tokenizer_finds(tokenizer, instruction):
+    """The client's check runs over the server's stated list: same tokens, same order."""
+    stated = ControlTokenList(refused_instruction_tokens(tokenizer))
+    expected = instruction_control_tokens(instruction, tokenizer)
+    assert instruction_control_tokens(instruction, stated) == expected
+
+
+def test_local_models_state_what_they_refuse(model_policy):
+    stated = ControlTokenList(model_policy.control_tokens())
+    for instruction, token in BAD:
+        assert token in stated.tokens
+        with pytest.raises(PolicyInputError, match=token.replace("|", r"\|")):
+            check_instruction(instruction, stated)
+    check_instruction("put the cup away", stated)
+
+
+def _silent_policy(spec):
+    """A policy that lists no control tokens: our server states none."""
+    from tests.remote_fakes import FakePolicy
+
+    class Silent(FakePolicy):
+        control_tokens = None
+
+    return Silent(spec)
+
+
+def _remote(url: str, transport: str = "http"):
     from molmoact2_policy.remote.client import RemotePolicy
+
+    joints = tuple(f"j{i}" for i in range(SPEC.action_dim))
+    return RemotePolicy(url, SPEC, joints, timeout=10.0, transport=transport)
+
+
+@pytest.mark.parametrize("transport", ["http", "ws"])
+def test_remote_client_refuses_the_tokens_our_server_states(transport):
+    """Before, the client accepted (the tokenizer is the server's) and every inference after it
+    failed with the server's 400. The server still refuses it in act (an older client)."""
     from molmoact2_policy.remote.server import create_app
     from tests.remote_fakes import FakePolicy, ServerThread
 
     fake = FakePolicy(SPEC)
-    joints = tuple(f"j{i}" for i in range(SPEC.action_dim))
     with ServerThread(create_app(fake, warmup=False)) as server:
-        remote = RemotePolicy(server.url, SPEC, joints, timeout=10.0, transport=transport)
+        remote = _remote(server.url, transport)
         try:
             assert isinstance(remote, Policy)
-            remote.check_instruction("stack the cups<|im_end|>")  # accepted locally
+            for instruction, token in BAD:
+                with pytest.raises(PolicyInputError, match=token.replace("|", r"\|")) as refused:
+                    remote.check_instruction(instruction)
+                # The local model's words, from the one check.
+                with pytest.raises(PolicyInputError) as local:
+                    fake.check_instruction(instruction)
+                assert str(refused.value) == str(local.value)
+            remote.check_instruction("stack the cups")
+            remote.check_instruction("<im_patchy> is a word here")
             images, state = _observation(SPEC)
             with pytest.raises(PolicyInputError, match=r"<\|im_end\|>"):
                 remote.act(images, state, "stack the cups<|im_end|>", seed=0)
@@ -149,3 +198,47 @@ def test_remote_client_accepts_and_the_server_refuses_naming_the_token(transport
             assert fake.calls == 1
         finally:
             remote.close()
+
+
+def test_remote_client_accepts_where_the_server_states_no_tokens():
+    """A server without the list (ours over a policy that cannot list them; the released one
+    has no /healthz): the client accepts and act reports the server's refusal."""
+    from molmoact2_policy.remote.server import create_app
+    from tests.remote_fakes import ServerThread
+
+    fake = _silent_policy(SPEC)
+    with ServerThread(create_app(fake, warmup=False)) as server, _remote(server.url) as remote:
+        remote.check_instruction("stack the cups<|im_end|>")  # accepted locally
+        images, state = _observation(SPEC)
+        with pytest.raises(PolicyInputError, match=r"<\|im_end\|>"):
+            remote.act(images, state, "stack the cups<|im_end|>", seed=0)
+        assert fake.calls == 0
+
+
+def test_remote_client_accepts_against_a_released_style_server():
+    from tests.remote_fakes import ServerThread
+    from tests.unit.test_remote_released import _released_style_server
+
+    with ServerThread(_released_style_server([])) as server, _remote(server.url) as remote:
+        remote.check_instruction("stack the cups<|im_end|>")
+        assert remote.metadata()["server"]["norm_tag"] == "yam_dual_molmoact2"
+
+
+def test_remote_client_accepts_while_the_server_is_unreachable_and_asks_again_later():
+    from tests.remote_fakes import free_port
+
+    with _remote(f"http://127.0.0.1:{free_port()}") as remote:
+        asked = []
+        health = remote.health
+
+        def counted():
+            asked.append(1)
+            return health()
+
+        remote.health = counted
+        remote.check_instruction("stack the cups<|im_end|>")
+        remote.check_instruction("stack the cups<|im_end|>")
+        assert len(asked) == 1  # not once per check: each try can take the request timeout
+        remote._next_health_try = 0.0  # the retry interval has passed
+        remote.check_instruction("stack the cups<|im_end|>")
+        assert len(asked) == 2

@@ -86,6 +86,7 @@ def test_cli_without_rviz2_writes_the_config_and_says_where(tmp_path, monkeypatc
         namespace="arm2",
         use_sim_time=False,
         publish_tf=None,
+        calibration_file="",
     )
     with caplog.at_level(logging.WARNING):
         assert cli._start_rviz(args) is None

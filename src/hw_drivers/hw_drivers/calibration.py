@@ -99,15 +99,46 @@ def parse_calibration(
 
 
 def load_calibration(path: str | Path) -> dict[str, MotorCalibration]:
-    """Read a LeRobot calibration JSON file."""
-    path = Path(path)
+    """Read a LeRobot calibration JSON file (``~`` is expanded: a launch argument's is not)."""
+    path = Path(path).expanduser()
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise CalibrationError(f"calibration file {path} does not exist") from exc
-    except json.JSONDecodeError as exc:
+    except OSError as exc:  # a directory, no permission
+        raise CalibrationError(f"calibration file {path} cannot be read: {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CalibrationError(f"calibration file {path} is not valid JSON: {exc}") from exc
-    return parse_calibration(data, str(path))
+    return parse_calibration(data, f"calibration file {path}")
+
+
+#: Where LeRobot writes an SO-101 follower's calibration (``lerobot-calibrate``; LeRobot's
+#: ``Robot.calibration_fpath``: HF_LEROBOT_CALIBRATION / "robots" / robot name / f"{id}.json").
+LEROBOT_SO101_CALIBRATION = (
+    "~/.cache/huggingface/lerobot/calibration/robots/so101_follower/<id>.json"
+)
+
+
+def load_arm_calibration(
+    path: str | Path, joint_names: Sequence[str]
+) -> dict[str, MotorCalibration]:
+    """The calibration file of an arm with these joints: ``CalibrationError`` when no file is
+    named (with where LeRobot writes one), or it is missing, not JSON, not LeRobot's shape, or
+    has no entry for one of the joints. The driver's parameter check (so the launch, before
+    any node starts) and the backend both read the file through this one function."""
+    if not str(path).strip():
+        raise CalibrationError(
+            "the feetech backend needs calibration_file: the LeRobot calibration JSON of this "
+            f"arm (lerobot-calibrate writes {LEROBOT_SO101_CALIBRATION})"
+        )
+    calibration = load_calibration(path)
+    missing = [name for name in joint_names if name not in calibration]
+    if missing:
+        raise CalibrationError(
+            f"calibration file {path} has no entry for joints {missing} "
+            f"(it has {sorted(calibration)})"
+        )
+    return calibration
 
 
 def save_calibration(calibration: Mapping[str, MotorCalibration], path: str | Path) -> None:

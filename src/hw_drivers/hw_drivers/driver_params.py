@@ -307,10 +307,29 @@ class DriverParams:
                 problems.append(problem)
         if self.backend == "damiao":
             problems += self._gripper_problems()
+        if self.backend == "feetech":
+            problems += self._feetech_problems()
         if self.can_channels and len(self.frame_prefixes) not in (0, len(self.can_channels)):
             problems.append(
                 f"{len(self.frame_prefixes)} frame_prefixes for {len(self.can_channels)} "
                 "can_channels"
+            )
+        return problems
+
+    def _feetech_problems(self) -> list[str]:
+        # Without a usable calibration the driver cannot map servo ticks to joint angles: the
+        # bringup refuses to start the graph (else policy and cameras ran on, the arm never came).
+        from hw_drivers.calibration import CalibrationError, load_arm_calibration
+
+        problems = []
+        if not self.serial_port:
+            problems.append("the feetech backend needs serial_port (e.g. /dev/ttyACM0)")
+        try:
+            load_arm_calibration(self.calibration_file, self.joint_names)
+        except CalibrationError as err:
+            problems.append(
+                f"{err}; set calibration_file with the launch argument calibration_file:=<path> "
+                "(molmoact2 launch: --calibration-file) or in the driver's config section"
             )
         return problems
 

@@ -38,6 +38,9 @@ def _add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--publish-tf", dest="publish_tf", action=argparse.BooleanOptionalAction,
                         default=None, help="publish the config's frames (default: in sim, or "
                         "as the config's molmoact2_tf.publish_tf says)")
+    parser.add_argument("--calibration-file", default="",
+                        help="the arm's LeRobot calibration JSON (feetech backend, --no-sim); "
+                        "default: the config's")
     parser.add_argument("--duration", type=float, default=None,
                         help="stop after this many seconds (default: run until Ctrl-C)")
 
@@ -53,6 +56,7 @@ def options_from_args(args: argparse.Namespace) -> graph.LaunchOptions:
         namespace=args.namespace,
         use_sim_time=args.use_sim_time,
         publish_tf=args.publish_tf,
+        calibration_file=args.calibration_file,
     )
 
 
@@ -67,9 +71,7 @@ def graph_for(args: argparse.Namespace) -> tuple[graph.RobotConfig, list[graph.N
             else n
             for n in nodes
         ]
-    problems = graph.validate_graph_params(config, nodes)
-    if problems:
-        raise graph.ConfigError("\n".join(problems))
+    graph.check_graph(config, nodes)
     return config, nodes
 
 

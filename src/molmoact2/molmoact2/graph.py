@@ -26,6 +26,8 @@ SIM_CAMERAS_NODE = "sim_cameras"
 RECORDER_NODE = "recorder"
 FOXGLOVE_NODE = "foxglove"
 TF_NODE = "molmoact2_tf"
+# Hardware backends that read the driver's calibration_file (launch argument of that name).
+CALIBRATED_BACKENDS = ("feetech",)
 SHARED_KEYS = (
     "robot",
     "embodiment",
@@ -57,6 +59,9 @@ class LaunchOptions:
     # Start molmoact2_tf (the config's static frames, URDF link frames). None: always in sim,
     # on hardware only when the config's molmoact2_tf.publish_tf says so.
     publish_tf: bool | None = None
+    # The driver's calibration_file (hardware backends that read one: feetech); empty: the
+    # config's. Not the config's directory but the caller's: a path the user typed.
+    calibration_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -309,6 +314,16 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
     driver_overrides = dict(common)
     backend = "sim" if options.sim else str(config.bringup["hardware_backend"])
     driver_overrides["backend"] = backend
+    if options.calibration_file:
+        hardware = str(config.bringup["hardware_backend"])
+        if hardware not in CALIBRATED_BACKENDS:
+            raise ConfigError(
+                f"{config.path}: calibration_file is for the {', '.join(CALIBRATED_BACKENDS)} "
+                f"backend; {config.robot}'s hardware_backend is {hardware}"
+            )
+        path = Path(options.calibration_file).expanduser()
+        # Absolute: the nodes need not share the launching shell's working directory.
+        driver_overrides["calibration_file"] = str(path.absolute())
     if backend == "ros2_control":
         # ros2_control arms are driven by their own controller: forward chunks as trajectories.
         nodes.append(_spec("trajectory_bridge", config.driver_name, files, driver_overrides))
@@ -397,6 +412,16 @@ def load_params_class(target: str) -> type:
     """Import ``module:Class``."""
     module_name, _, class_name = target.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def check_graph(config: RobotConfig, nodes: list[NodeSpec]) -> None:
+    """``ConfigError`` listing every problem ``validate_graph_params`` finds. Both launch paths
+    call it before they start anything, as they refuse a malformed boolean argument: a graph
+    with a node that cannot configure (a feetech driver without its calibration) must not run
+    on with the policy and cameras up."""
+    problems = validate_graph_params(config, nodes)
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def validate_graph_params(config: RobotConfig, nodes: list[NodeSpec]) -> list[str]:

@@ -33,6 +33,12 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
         "true/false: publish the config's frames (and URDF links); empty: in sim only, or "
         "as the config's molmoact2_tf.publish_tf says",
     ),
+    "calibration_file": (
+        "",
+        "LeRobot calibration JSON of the arm (feetech backend, sim:=false), e.g. "
+        "~/.cache/huggingface/lerobot/calibration/robots/so101_follower/<id>.json; "
+        "empty: the config's",
+    ),
 }
 
 
@@ -63,6 +69,7 @@ def options_from_values(value: Callable[[str], str]) -> graph.LaunchOptions:
         namespace=value("namespace"),
         use_sim_time=flag("use_sim_time", value("use_sim_time")),
         publish_tf=flag("publish_tf", value("publish_tf")) if value("publish_tf").strip() else None,
+        calibration_file=value("calibration_file").strip(),
     )
 
 
@@ -111,7 +118,11 @@ def launch_actions(robot: str, options: graph.LaunchOptions) -> list:
     from molmoact2.tf_node import without_unavailable_tf
 
     log = launch.logging.get_logger("molmoact2")
-    nodes = without_unavailable_tf(graph.build_graph(robot, options), log.warning)
+    config = graph.load_robot_config(robot)
+    nodes = graph.build_graph(config, options)
+    # A ConfigError here ends the launch before any node starts, as a malformed flag does.
+    graph.check_graph(config, nodes)
+    nodes = without_unavailable_tf(nodes, log.warning)
     nodes = resolve_checkpoint(robot, nodes, log=log.info, make=ensure_in_child_process)
     actions = []
     for spec in nodes:

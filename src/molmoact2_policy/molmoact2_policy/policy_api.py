@@ -110,8 +110,9 @@ class Policy(Protocol):
 
         Called where an instruction enters (the node's topic, service, parameter and task
         goal), so a bad one is refused once with the reason instead of failing every
-        inference after it was accepted. A backend that cannot know (the remote client: the
-        tokenizer is the server's) accepts, and its ``act`` reports the server's refusal.
+        inference after it was accepted. The remote client checks against the tokens our
+        server states in ``/healthz``; where it cannot know (a released server, one it cannot
+        reach) it accepts, and its ``act`` reports the server's refusal.
         """
         ...
 

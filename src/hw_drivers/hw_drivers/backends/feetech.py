@@ -38,7 +38,7 @@ from hw_drivers.calibration import (
     SO101_MODEL_SIGNS,
     CalibrationError,
     MotorCalibration,
-    load_calibration,
+    load_arm_calibration,
     so101_conventions,
 )
 from hw_drivers.can_budget import DEFAULT_MAX_BUS_LOAD
@@ -156,14 +156,8 @@ class FeetechBackend(Backend):
     def from_params(cls, params: Any) -> FeetechBackend:
         if not params.serial_port:
             raise BackendError("feetech backend needs serial_port (e.g. /dev/ttyACM0)")
-        if not params.calibration_file:
-            raise BackendError(
-                "feetech backend needs calibration_file: the LeRobot calibration JSON of this "
-                "arm (e.g. ~/.cache/huggingface/lerobot/calibration/robots/so101_follower/"
-                "<id>.json)"
-            )
         try:
-            calibration = load_calibration(params.calibration_file)
+            calibration = load_arm_calibration(params.calibration_file, params.joint_names)
         except CalibrationError as exc:
             raise BackendError(str(exc)) from exc
         return cls(

@@ -34,6 +34,7 @@ from molmoact2_policy.model.preprocess import (
     check_instruction,
     discretize_state,
     preprocess_images,
+    refused_instruction_tokens,
 )
 from molmoact2_policy.model.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, RtcGuide
 from molmoact2_policy.model.tokenizer import EOS_TOKEN, MolmoAct2Tokenizer
@@ -228,6 +229,10 @@ class MolmoAct2Policy:
         """``PolicyInputError`` when the instruction spells one of the model's control tokens
         (``preprocess.check_instruction``, with this checkpoint's tokenizer)."""
         check_instruction(instruction, self.tokenizer)
+
+    def control_tokens(self) -> list[str]:
+        """What ``check_instruction`` refuses, for a server to state to its remote clients."""
+        return refused_instruction_tokens(self.tokenizer)
 
     def prepare_inputs(
         self, images: Mapping[str, np.ndarray], state: np.ndarray, instruction: str

@@ -315,6 +315,35 @@ class AddedTokenReader(Protocol):
     def added_tokens_in(self, text: str) -> list[str]: ...
 
 
+class AddedTokenLister(Protocol):
+    """A tokenizer that lists its added tokens (``MolmoAct2Tokenizer`` does)."""
+
+    def added_tokens(self) -> list[str]: ...
+
+
+def refused_instruction_tokens(tokenizer: AddedTokenLister) -> list[str]:
+    """Every token ``check_instruction`` refuses with ``tokenizer``: its added tokens and the
+    prompt builder's image placeholder. A policy server states them (``/healthz``) so that a
+    remote client checks instructions with ``ControlTokenList`` as the server would."""
+    return list(dict.fromkeys([IMAGE_PLACEHOLDER, *tokenizer.added_tokens()]))
+
+
+class ControlTokenList:
+    """``AddedTokenReader`` over a stated list of tokens (a policy server's, see above).
+
+    Found as the tokenizer's added-token pass finds them before any BPE: anywhere in the text,
+    leftmost first, the longest one at a position.
+    """
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        self.tokens = tuple(dict.fromkeys(t for t in tokens if t))
+        longest_first = sorted(self.tokens, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, longest_first))) if self.tokens else None
+
+    def added_tokens_in(self, text: str) -> list[str]:
+        return self._pattern.findall(text) if self._pattern is not None else []
+
+
 def instruction_control_tokens(instruction: str, tokenizer: AddedTokenReader) -> list[str]:
     """The model's control tokens that ``instruction`` spells, once each, in order.
 

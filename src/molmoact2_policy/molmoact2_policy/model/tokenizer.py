@@ -131,18 +131,25 @@ class MolmoAct2Tokenizer:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     # ------------------------------------------------------------------ text
+    def _added_by_id(self) -> dict[int, str]:
+        if self._added is None:  # thousands of entries for a released tokenizer: built once
+            self._added = {
+                index: token.content
+                for index, token in sorted(self.tokenizer.get_added_tokens_decoder().items())
+            }
+        return self._added
+
+    def added_tokens(self) -> list[str]:
+        """Every added (special) token, in id order."""
+        return list(self._added_by_id().values())
+
     def added_tokens_in(self, text: str) -> list[str]:
         """The added (special) tokens the tokenizer would read in ``text``, in order.
 
         Added tokens are matched in the text before any BPE, so an instruction that spells
         ``<im_patch>`` or ``<|im_end|>`` puts that control token into the prompt.
         """
-        if self._added is None:  # thousands of entries for a released tokenizer: built once
-            self._added = {
-                index: token.content
-                for index, token in self.tokenizer.get_added_tokens_decoder().items()
-            }
-        added = self._added
+        added = self._added_by_id()
         return [added[i] for i in self.encode(text) if i in added]
 
     def encode(self, text: str) -> list[int]:

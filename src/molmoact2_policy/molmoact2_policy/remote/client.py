@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 
 from molmoact2_common.embodiments import EmbodimentSpec
+from molmoact2_policy.model.preprocess import ControlTokenList, check_instruction
 from molmoact2_policy.policy_api import (
     ActionChunkResult,
     PolicyInputError,
@@ -36,6 +37,7 @@ from molmoact2_policy.policy_api import (
     validate_rtc,
 )
 from molmoact2_policy.remote.protocol import (
+    HEALTH_CONTROL_TOKENS,
     IMAGE_ENCODINGS,
     MAX_NUM_STEPS,
     ProtocolError,
@@ -50,6 +52,9 @@ from molmoact2_policy.remote.protocol import (
 TRANSPORTS = ("http", "ws")
 # Responses are small (a chunk and timings); a large one means something other than our server.
 _MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+# check_instruction asks an unreachable server for its control tokens again after this long
+# [s] (each try can take the request timeout, and the node checks under its lock).
+_HEALTH_RETRY_S = 5.0
 
 
 class RemotePolicy:
@@ -123,6 +128,8 @@ class RemotePolicy:
         self._http: httpx.Client | None = None
         self._ws: Any = None
         self._server_info: dict[str, Any] | None = None
+        self._control_tokens: tuple[list[str], ControlTokenList] | None = None
+        self._next_health_try = 0.0  # monotonic [s]
         self._reset_pending = False
         # The node may call act() from a worker thread and metadata() from a timer.
         self._lock = threading.Lock()
@@ -213,9 +220,32 @@ class RemotePolicy:
         )
 
     def check_instruction(self, instruction: str) -> None:
-        """Accepts: which words are the model's control tokens depends on the server's
-        tokenizer, which this client does not have. The server refuses such an instruction
-        (400 naming the token) and ``act`` raises that as ``PolicyInputError``."""
+        """``PolicyInputError`` when the instruction spells one of the control tokens our server
+        states in ``/healthz`` (its tokenizer's; the same check as the local model's).
+
+        Which words are control tokens depends on the server's tokenizer: a server that states
+        none (the released one) or cannot be reached leaves this accepting, and ``act`` raises
+        the server's refusal (400 naming the token) as ``PolicyInputError``.
+        """
+        tokens = self._stated_control_tokens()
+        if tokens is not None:
+            check_instruction(instruction, tokens)
+
+    def _stated_control_tokens(self) -> ControlTokenList | None:
+        info = self._server_info
+        if info is None and time.monotonic() >= self._next_health_try:
+            try:
+                info = self.health()
+            except PolicyUnavailableError:
+                self._next_health_try = time.monotonic() + _HEALTH_RETRY_S
+                return None
+        stated = info.get(HEALTH_CONTROL_TOKENS) if isinstance(info, dict) else None
+        if not isinstance(stated, list) or not all(isinstance(t, str) for t in stated):
+            return None
+        if self._control_tokens is None or self._control_tokens[0] is not stated:
+            # Compiled once per list the server stated (health() replaces the list).
+            self._control_tokens = (stated, ControlTokenList(stated))
+        return self._control_tokens[1]
 
     def reset(self) -> None:
         """Forget per-episode state: the server resets before serving the next request.

@@ -58,6 +58,10 @@ from molmoact2_policy.policy_api import (
 
 # 2: the released response (``actions`` float32 + ``dt_ms``) replaced version 1's ``action``.
 PROTOCOL_VERSION = 2
+# /healthz (and the websocket hello): the tokens the server's policy refuses in an instruction
+# (its tokenizer's control tokens), so a client refuses them where the instruction enters. An
+# optional key: a server without it (the released one has no /healthz) leaves clients accepting.
+HEALTH_CONTROL_TOKENS = "instruction_control_tokens"
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # 3 raw 1080p cameras as base64 JSON fit in ~25 MiB
 IMAGE_ENCODINGS = ("raw", "jpeg", "png")
 RESPONSE_FORMATS = ("full", "action")

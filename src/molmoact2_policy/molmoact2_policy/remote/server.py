@@ -58,6 +58,7 @@ from molmoact2_policy.remote.guard import (
 )
 from molmoact2_policy.remote.protocol import (
     DEFAULT_MAX_BODY_BYTES,
+    HEALTH_CONTROL_TOKENS,
     PROTOCOL_VERSION,
     RELEASED_DEFAULT_NUM_STEPS,
     RTC_FIELD,
@@ -213,6 +214,12 @@ class PolicyService:
             except PolicyInputError as exc:
                 raise ValueError(f"warm-up instruction {text!r}: {exc}") from None
         self.warmup_instructions = tuple(warmup_instructions)
+        # Stated in /healthz when the policy can list them (the local models: their tokenizer's
+        # added tokens); fixed for the policy's life, so listed once.
+        control_tokens = getattr(policy, "control_tokens", None)
+        self.control_tokens: list[str] | None = (
+            [str(t) for t in control_tokens()] if callable(control_tokens) else None
+        )
         # num_steps reaches a backend whose act() takes it; any other backend runs a fixed
         # number of flow steps (its metadata's), and a request for another number is refused
         # rather than ignored. A backend without a flow loop (FAST) accepts only the released
@@ -311,7 +318,7 @@ class PolicyService:
 
     def health(self) -> dict[str, Any]:
         model = self._metadata()
-        return {
+        health = {
             "status": self.status(),
             "protocol_version": PROTOCOL_VERSION,
             "embodiment": self.spec.name,
@@ -326,6 +333,9 @@ class PolicyService:
             "failed": self.failed,
             "dropped": self.dropped,
         }
+        if self.control_tokens is not None:
+            health[HEALTH_CONTROL_TOKENS] = self.control_tokens
+        return health
 
     async def reset(self) -> None:
         with self.queue.slot():
