@@ -4,7 +4,7 @@ The nodes and their parameters come from config/yam.yaml through molmoact2.graph
 layer `molmoact2 launch yam` uses. Arguments (`--show-args`; declared once in
 molmoact2.launch_support.LAUNCH_ARGUMENTS, explained in the README's table): sim, checkpoint,
 think, rviz, record, foxglove, namespace, use_sim_time, publish_tf,
-calibration_file.
+calibration_file, serial_port.
 """
 
 from molmoact2.launch_support import generate_robot_launch_description

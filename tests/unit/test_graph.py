@@ -42,7 +42,7 @@ def test_every_robot_has_a_launch_file_and_config():
 def test_launch_arguments_are_the_documented_ones():
     assert set(LAUNCH_ARGUMENTS) == {
         "sim", "checkpoint", "think", "rviz", "record", "foxglove", "namespace", "use_sim_time",
-        "publish_tf", "calibration_file",
+        "publish_tf", "calibration_file", "serial_port",
     }
 
 

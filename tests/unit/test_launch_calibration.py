@@ -271,3 +271,30 @@ def test_calibration_file_for_a_robot_whose_backend_reads_none_is_refused(robot,
     options = graph.LaunchOptions(sim=False, calibration_file=str(path))
     with pytest.raises(graph.ConfigError, match="calibration_file is for the feetech backend"):
         graph.build_graph(robot, options)
+
+
+# ---------------------------------------------------------------------------------------------
+# The serial port: an SO-101 enumerates as whichever /dev/ttyACM<n> is free, so both launch
+# paths take it as an argument instead of a config edit.
+def test_serial_port_reaches_the_driver_on_both_launch_paths(tmp_path, ros2_launch):
+    path = tmp_path / "my_arm.json"
+    path.write_text(LEROBOT_SO101_CALIBRATION)
+    cli_driver = _driver(
+        _cli_graph("--no-sim", "--calibration-file", str(path), "--serial-port", "/dev/ttyACM1")
+    )
+    assert cli_driver.overrides["serial_port"] == "/dev/ttyACM1"
+    actions = ros2_launch(
+        sim="false", calibration_file=str(path), serial_port="/dev/ttyACM1", checkpoint="tiny"
+    )
+    [driver] = [a for a in actions if a.kwargs["name"] == "so101_driver"]
+    assert driver.kwargs["parameters"][-1]["serial_port"] == "/dev/ttyACM1"
+    # Without the argument the config's port stands.
+    default = _driver(_cli_graph("--no-sim", "--calibration-file", str(path)))
+    assert "serial_port" not in default.overrides
+
+
+@pytest.mark.parametrize("robot", ["yam", "droid"])
+def test_serial_port_for_a_robot_whose_backend_has_none_is_refused(robot):
+    options = graph.LaunchOptions(sim=False, serial_port="/dev/ttyACM1")
+    with pytest.raises(graph.ConfigError, match="serial_port is for the feetech backend"):
+        graph.build_graph(robot, options)

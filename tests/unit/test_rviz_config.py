@@ -75,19 +75,10 @@ def test_written_file_parses_to_the_config(tmp_path):
 def test_cli_without_rviz2_writes_the_config_and_says_where(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr("shutil.which", lambda name: None)
     monkeypatch.setattr("tempfile.mkdtemp", lambda prefix="": str(tmp_path))
-    args = argparse.Namespace(
-        robot="so101",
-        sim=True,
-        checkpoint="",
-        think=False,
-        rviz=True,
-        record=False,
-        foxglove=False,
-        namespace="arm2",
-        use_sim_time=False,
-        publish_tf=None,
-        calibration_file="",
-    )
+    # The CLI's own parser, so the namespace has every launch argument it declares.
+    parser = argparse.ArgumentParser()
+    cli._add_launch_arguments(parser)
+    args = parser.parse_args(["so101", "--rviz", "--namespace", "arm2"])
     with caplog.at_level(logging.WARNING):
         assert cli._start_rviz(args) is None
     path = tmp_path / "molmoact2-so101-arm2.rviz"

@@ -41,6 +41,9 @@ def _add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-file", default="",
                         help="the arm's LeRobot calibration JSON (feetech backend, --no-sim); "
                         "default: the config's")
+    parser.add_argument("--serial-port", default="",
+                        help="serial device of the arm's servo bus (feetech backend, --no-sim); "
+                        "default: the config's")
     parser.add_argument("--duration", type=float, default=None,
                         help="stop after this many seconds (default: run until Ctrl-C)")
 
@@ -57,6 +60,7 @@ def options_from_args(args: argparse.Namespace) -> graph.LaunchOptions:
         use_sim_time=args.use_sim_time,
         publish_tf=args.publish_tf,
         calibration_file=args.calibration_file,
+        serial_port=args.serial_port,
     )
 
 

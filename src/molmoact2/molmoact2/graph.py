@@ -26,8 +26,10 @@ SIM_CAMERAS_NODE = "sim_cameras"
 RECORDER_NODE = "recorder"
 FOXGLOVE_NODE = "foxglove"
 TF_NODE = "molmoact2_tf"
-# Hardware backends that read the driver's calibration_file (launch argument of that name).
+# Hardware backends that read the driver's calibration_file and serial_port (launch arguments
+# of those names).
 CALIBRATED_BACKENDS = ("feetech",)
+SERIAL_BACKENDS = ("feetech",)
 SHARED_KEYS = (
     "robot",
     "embodiment",
@@ -62,6 +64,8 @@ class LaunchOptions:
     # The driver's calibration_file (hardware backends that read one: feetech); empty: the
     # config's. Not the config's directory but the caller's: a path the user typed.
     calibration_file: str = ""
+    # The driver's serial_port (hardware backends on a serial bus: feetech); empty: the config's.
+    serial_port: str = ""
 
 
 @dataclass(frozen=True)
@@ -314,16 +318,22 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
     driver_overrides = dict(common)
     backend = "sim" if options.sim else str(config.bringup["hardware_backend"])
     driver_overrides["backend"] = backend
-    if options.calibration_file:
-        hardware = str(config.bringup["hardware_backend"])
-        if hardware not in CALIBRATED_BACKENDS:
+    hardware = str(config.bringup["hardware_backend"])
+    for name, backends in (
+        ("calibration_file", CALIBRATED_BACKENDS),
+        ("serial_port", SERIAL_BACKENDS),
+    ):
+        if getattr(options, name) and hardware not in backends:
             raise ConfigError(
-                f"{config.path}: calibration_file is for the {', '.join(CALIBRATED_BACKENDS)} "
-                f"backend; {config.robot}'s hardware_backend is {hardware}"
+                f"{config.path}: {name} is for the {', '.join(backends)} backend; "
+                f"{config.robot}'s hardware_backend is {hardware}"
             )
+    if options.calibration_file:
         path = Path(options.calibration_file).expanduser()
         # Absolute: the nodes need not share the launching shell's working directory.
         driver_overrides["calibration_file"] = str(path.absolute())
+    if options.serial_port:
+        driver_overrides["serial_port"] = options.serial_port
     if backend == "ros2_control":
         # ros2_control arms are driven by their own controller: forward chunks as trajectories.
         nodes.append(_spec("trajectory_bridge", config.driver_name, files, driver_overrides))

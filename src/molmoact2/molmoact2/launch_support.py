@@ -39,6 +39,11 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
         "~/.cache/huggingface/lerobot/calibration/robots/so101_follower/<id>.json; "
         "empty: the config's",
     ),
+    "serial_port": (
+        "",
+        "serial device of the arm's servo bus (feetech backend, sim:=false), e.g. "
+        "/dev/ttyACM1 or /dev/serial/by-id/...; empty: the config's",
+    ),
 }
 
 
@@ -70,6 +75,7 @@ def options_from_values(value: Callable[[str], str]) -> graph.LaunchOptions:
         use_sim_time=flag("use_sim_time", value("use_sim_time")),
         publish_tf=flag("publish_tf", value("publish_tf")) if value("publish_tf").strip() else None,
         calibration_file=value("calibration_file").strip(),
+        serial_port=value("serial_port").strip(),
     )
 
 
