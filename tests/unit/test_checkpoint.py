@@ -192,6 +192,15 @@ def test_wrong_shape_is_named(tiny_dir, tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int8, torch.bool])
+def test_a_weight_that_is_not_floating_point_is_named(tiny_dir, tmp_path, dtype):
+    path = _copy(tiny_dir, tmp_path)
+    key = "model.transformer.blocks.0.self_attn.att_proj.weight"
+    _edit_weights(path, lambda t: t.__setitem__(key, t[key].to(dtype)))
+    with pytest.raises(CheckpointError, match=rf"not floating point: {re.escape(key)}: {dtype}"):
+        load_checkpoint(path)
+
+
 @pytest.mark.parametrize(
     ("filename", "content", "message"),
     [

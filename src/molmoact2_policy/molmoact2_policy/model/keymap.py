@@ -319,14 +319,24 @@ def check_released_keys(
     shapes = {**optional, **expected}
     if hasattr(released, "shapes"):  # a WeightSource: the headers, no tensor data
         stored = dict(released.shapes())
+        dtypes = {key: released.stored_dtype(key) for key in stored}
     else:
         stored = {key: tuple(tensor.shape) for key, tensor in released.items()}
+        dtypes = {key: tensor.dtype for key, tensor in released.items()}
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(shapes))
     wrong = [
         f"{key}: file {stored[key]} vs model {shapes[key]}"
         for key in sorted(set(shapes) & set(stored))
         if stored[key] != shapes[key]
+    ]
+    # Every weight and table is floating point; an integer or bool tensor under a weight's name
+    # used to reach load_state_dict, which failed with torch's "Only Tensors of floating point
+    # ... can require gradients" deep inside the copy.
+    not_float = [
+        f"{key}: {dtypes[key]}"
+        for key in sorted(set(shapes) & set(stored))
+        if not dtypes[key].is_floating_point
     ]
     problems = []
     if missing:
@@ -335,6 +345,8 @@ def check_released_keys(
         problems.append("unexpected keys: " + ", ".join(_clip(unexpected)))
     if wrong:
         problems.append("shape mismatches: " + "; ".join(_clip(wrong)))
+    if not_float:
+        problems.append("not floating point: " + "; ".join(_clip(not_float)))
     if problems:
         raise CheckpointError(f"{source}: " + " | ".join(problems))
 
