@@ -175,3 +175,38 @@ def test_a_dead_control_thread_is_an_error_on_diagnostics():
         assert "the fault path failed too" in status.message
         assert values["control_thread"].startswith("dead: RuntimeError")
         assert values["tick_errors"] == "1"
+
+
+def test_a_tick_that_raises_every_time_latches_the_estop_named_on_diagnostics():
+    # Before: fault -> reconnect -> fault forever, told only by throttled log lines.
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    args = ("-p", "reconnect_period:=0.1", "-p", "max_tick_errors:=3")
+    with driver_on_one_executor_thread(*args) as (node, probe):
+        loop = node._loop
+        tick = loop.executor.tick
+
+        def broken(now, measured):
+            raise ZeroDivisionError("a bug in the executor")
+
+        loop.executor.tick = broken
+
+        def latched():
+            status = latest(probe.diagnostics, ": driver")
+            return status is not None and status.message.startswith("e-stop latched: 3 control")
+
+        assert wait_for(latched, 30.0)
+        status = latest(probe.diagnostics, ": driver")
+        assert status.level == DiagnosticStatus.ERROR
+        assert "ZeroDivisionError: a bug in the executor" in status.message
+        assert loop.executor.estopped and loop.stats.reconnects >= 2
+        # The bug gone, the arm stays held (e-stop) until the operator's ~/reset.
+        loop.executor.tick = tick
+        writes = loop.stats.writes
+        assert wait_for(lambda: loop.stats.writes > writes + 10, 30.0)
+        assert loop.executor.estopped
+        from std_srvs.srv import Trigger
+
+        response = node._on_reset(Trigger.Request(), Trigger.Response())
+        assert response.success, response.message
+        assert not loop.executor.estopped and not loop.tick_errors.reason
