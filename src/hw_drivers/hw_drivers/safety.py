@@ -173,6 +173,9 @@ def validate_chunk(
             f"non_finite: {int(bad.sum())} NaN/inf values, first at step {k} joint "
             f"{_joint(names, j)} ({positions[k, j]})"
         )
+    problem = _velocities_problem(ordered, names)
+    if problem is not None:
+        return problem
     below = positions < limits.lower - _POSITION_SLACK
     above = positions > limits.upper + _POSITION_SLACK
     outside = below | above
@@ -202,6 +205,30 @@ def validate_chunk(
                 f"{first[j]:.4f} is {deviation[j]:.4f} from measured {measured[j]:.4f} "
                 f"(max {config.max_start_deviation})"
             )
+    return None
+
+
+def _velocities_problem(chunk: Chunk, names: Sequence[str]) -> str | None:
+    """Why the chunk's optional velocities are malformed (None when empty or well-formed).
+
+    Nothing follows them yet, but a chunk that carries them broken is not the chunk its sender
+    meant: refused whole, like broken positions.
+    """
+    velocities, positions = chunk.velocities, chunk.positions
+    if velocities.size == 0:
+        return None
+    if velocities.shape != positions.shape:
+        return (
+            f"shape: {velocities.size} velocities for {positions.shape[0]} steps x "
+            f"{positions.shape[1]} joints (the layout of positions, or none)"
+        )
+    bad = ~np.isfinite(velocities)
+    if bad.any():
+        k, j = (int(v) for v in np.argwhere(bad)[0])
+        return (
+            f"non_finite: {int(bad.sum())} NaN/inf velocities, first at step {k} joint "
+            f"{_joint(names, j)} ({velocities[k, j]})"
+        )
     return None
 
 
