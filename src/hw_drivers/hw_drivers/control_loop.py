@@ -31,7 +31,7 @@ from hw_drivers.backends.base import Backend, BackendError, JointReading
 from hw_drivers.chunk import Chunk
 from hw_drivers.conversions import chunk_from_msg
 from hw_drivers.driver_params import EXIT_BEHAVIORS
-from hw_drivers.executor import ChunkExecutor, Command, SubmitResult
+from hw_drivers.executor import ChunkExecutor, Command, PreparedChunk, SubmitResult
 from hw_drivers.preflight import PreflightReport
 from hw_drivers.tick_errors import TickErrorEscalation
 
@@ -280,13 +280,26 @@ class ControlLoop:
 
     def submit_msg(self, msg: Any, now: float) -> SubmitResult:
         """An ``ActionChunk`` message arrived at ``now``: convert, check, submit (never raises)."""
+        return self.submit_prepared(self.prepare_msg(msg), now)
+
+    def prepare_msg(self, msg: Any) -> PreparedChunk:
+        """The first half of ``submit_msg``: conversion and the checks that depend on no state
+        (``ChunkExecutor.prepare``). Touches nothing that changes, so the driver runs it outside
+        its lock (a 100k-step message took 2.9 ms, most of a 4 ms tick, under it)."""
         try:
             chunk = chunk_from_msg(msg)
         except (ValueError, TypeError, OverflowError) as err:
-            return self.executor.reject(f"shape: {err}", now)
+            return self.executor.unusable(f"shape: {err}")
+        return self.executor.prepare(chunk)
+
+    def submit_prepared(self, prepared: PreparedChunk, now: float) -> SubmitResult:
+        """The second half, under the driver's lock: the checks that need the backend's and the
+        executor's state, the time and the live limits, then the swap-in."""
+        if prepared.chunk is None:
+            return self.executor.submit_prepared(prepared, now, None)  # rejected first, as before
         if self.faulted or self.last_reading is None:
             return self.executor.reject("backend: no measurement (backend faulted)", now)
-        return self.executor.submit(chunk, now, self.last_reading.positions)
+        return self.executor.submit_prepared(prepared, now, self.last_reading.positions)
 
     def estop(self) -> str:
         return self.executor.estop()

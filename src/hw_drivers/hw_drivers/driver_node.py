@@ -374,9 +374,12 @@ class DriverNode(LifecycleNode):
         loop = self._loop
         if loop is None:
             return
+        # Conversion and the stateless checks, O(horizon x joints), outside the lock the control
+        # tick takes; under it only what needs the current state and time, then the swap-in.
+        prepared = loop.prepare_msg(msg)
         now = self._now()
         with self._lock:
-            result = loop.submit_msg(msg, now)
+            result = loop.submit_prepared(prepared, now)
             stamp = msg.header.stamp
             self._execution.on_verdict(
                 msg.sequence,
