@@ -994,10 +994,11 @@ def driver_cases(d: DriverProbe) -> list[Row]:
         msg = d.chunk(base)
         msg.velocities = values
         return msg
-    add("velocities of the wrong length", "accepted (velocities unused) or refused",
-        lambda d: velocities(d, [0.0] * 7), accept=True)
-    add("velocities all NaN", "accepted (velocities unused) or refused",
-        lambda d: velocities(d, [float("nan")] * base.size), accept=True)
+    add("velocities of the wrong length", "refused (shape)",
+        lambda d: velocities(d, [0.0] * 7))
+    add("velocities all NaN", "refused (non_finite)",
+        lambda d: velocities(d, [float("nan")] * base.size))
+    add("velocities empty (unknown)", "accepted", lambda d: velocities(d, []), accept=True)
     add("joint_names unicode garbage", "refused",
         lambda d: d.chunk(base, names=[n + "\u202e" for n in names]))
     jump = base.copy()

@@ -366,6 +366,7 @@ def _chunk_msg(positions, horizon, names=("a", "b")):
         joint_names=list(names),
         horizon=horizon,
         positions=list(positions),
+        velocities=[],
         sequence=7,
         inference_latency=0.08,
     )

@@ -28,6 +28,9 @@ class Chunk:
     positions: np.ndarray = field(repr=False)
     sequence: int = 0
     latency: float = 0.0  # capture -> publish [s], as reported by the policy
+    # Joint velocities in the layout of ``positions``, or empty (the message's "unknown").
+    # Kept as given when they do not fit ``positions``, for the safety layer to refuse.
+    velocities: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "joint_names", tuple(self.joint_names))
@@ -39,6 +42,13 @@ class Chunk:
             positions = positions.reshape(-1, len(self.joint_names))
         positions.flags.writeable = False
         object.__setattr__(self, "positions", positions)
+        velocities = np.array(
+            () if self.velocities is None else self.velocities, dtype=float, copy=True
+        )
+        if velocities.size and velocities.size == positions.size:
+            velocities = velocities.reshape(positions.shape)
+        velocities.flags.writeable = False
+        object.__setattr__(self, "velocities", velocities)
 
     @property
     def horizon(self) -> int:
@@ -82,4 +92,9 @@ class Chunk:
             positions=self.positions[:, index],
             sequence=self.sequence,
             latency=self.latency,
+            velocities=(
+                self.velocities[:, index]
+                if self.velocities.shape == self.positions.shape
+                else self.velocities
+            ),
         )

@@ -31,8 +31,9 @@ from hw_drivers.backends.base import Backend, BackendError, JointReading
 from hw_drivers.chunk import Chunk
 from hw_drivers.conversions import chunk_from_msg
 from hw_drivers.driver_params import EXIT_BEHAVIORS
-from hw_drivers.executor import ChunkExecutor, Command, SubmitResult
+from hw_drivers.executor import ChunkExecutor, Command, PreparedChunk, SubmitResult
 from hw_drivers.preflight import PreflightReport
+from hw_drivers.tick_errors import TickErrorEscalation
 
 # What the arm does when the driver process stops (parameter ``exit_behavior``, EXIT_BEHAVIORS):
 # hold: stop following chunks and keep holding where it is, torque on (the default: safe for
@@ -73,6 +74,7 @@ class ControlLoop:
         shadow: bool = False,
         hold_mask: np.ndarray | None = None,
         preflight: Callable[[JointReading], PreflightReport] | None = None,
+        max_tick_errors: int = 3,
     ) -> None:
         if on_fault not in ("hold", "disable"):
             raise ValueError(f"on_fault must be hold or disable, got {on_fault!r}")
@@ -98,6 +100,7 @@ class ControlLoop:
         if self.hold_mask.shape != (n,):
             raise ValueError(f"hold_mask must have {n} entries, got {self.hold_mask.shape}")
         self._hold_pose: np.ndarray | None = None
+        self.tick_errors = TickErrorEscalation(max_tick_errors)
 
     @property
     def held(self) -> np.ndarray:
@@ -277,13 +280,26 @@ class ControlLoop:
 
     def submit_msg(self, msg: Any, now: float) -> SubmitResult:
         """An ``ActionChunk`` message arrived at ``now``: convert, check, submit (never raises)."""
+        return self.submit_prepared(self.prepare_msg(msg), now)
+
+    def prepare_msg(self, msg: Any) -> PreparedChunk:
+        """The first half of ``submit_msg``: conversion and the checks that depend on no state
+        (``ChunkExecutor.prepare``). Touches nothing that changes, so the driver runs it outside
+        its lock (a 100k-step message took 2.9 ms, most of a 4 ms tick, under it)."""
         try:
             chunk = chunk_from_msg(msg)
         except (ValueError, TypeError, OverflowError) as err:
-            return self.executor.reject(f"shape: {err}", now)
+            return self.executor.unusable(f"shape: {err}")
+        return self.executor.prepare(chunk)
+
+    def submit_prepared(self, prepared: PreparedChunk, now: float) -> SubmitResult:
+        """The second half, under the driver's lock: the checks that need the backend's and the
+        executor's state, the time and the live limits, then the swap-in."""
+        if prepared.chunk is None:
+            return self.executor.submit_prepared(prepared, now, None)  # rejected first, as before
         if self.faulted or self.last_reading is None:
             return self.executor.reject("backend: no measurement (backend faulted)", now)
-        return self.executor.submit(chunk, now, self.last_reading.positions)
+        return self.executor.submit_prepared(prepared, now, self.last_reading.positions)
 
     def estop(self) -> str:
         return self.executor.estop()
@@ -298,6 +314,7 @@ class ControlLoop:
             return False, f"cannot read the robot: {err}"
         self.last_reading = reading
         self.operator_hold = False
+        self.tick_errors.reset()
         return True, self.executor.reset(reading.positions)
 
     def hold(self, on: bool) -> tuple[bool, str]:
@@ -310,6 +327,20 @@ class ControlLoop:
         fault, so the arm holds (torque off with ``on_fault: disable``) and the link is
         reconnected after ``reconnect_period``, with a fresh command stream."""
         return self._fault(now, self.last_reading, error)
+
+    def tick_error(self, now: float, error: str) -> str | None:
+        """The driver's tick raised ``error``: a fault (see ``fault``), and after
+        ``max_tick_errors`` of them without a successful tick between, the e-stop latches
+        (``hw_drivers.tick_errors``). Returns the e-stop's reason when this error latched it."""
+        self.fault(now, error)
+        reason = self.tick_errors.failed(now, error)
+        if reason is not None:
+            self.executor.estop()
+        return reason
+
+    def tick_succeeded(self) -> None:
+        """The driver's tick ran the executor (``step`` returned a command) and finished."""
+        self.tick_errors.succeeded()
 
     def _fault(self, now: float, reading: JointReading | None, error: str) -> StepResult:
         self.stats.backend_errors += 1

@@ -45,6 +45,7 @@ def chunk_from_msg(msg: Any) -> Chunk:
         positions=positions.reshape(horizon, len(names)),
         sequence=int(msg.sequence),
         latency=float(msg.inference_latency),
+        velocities=np.asarray(msg.velocities, dtype=float),  # checked by the safety layer
     )
 
 
@@ -62,6 +63,7 @@ def chunk_to_msg(chunk: Chunk, mode: str = "flow", instruction: str = ""):
     msg.joint_names = list(chunk.joint_names)
     msg.horizon = chunk.horizon
     msg.positions = chunk.positions.reshape(-1).astype(float).tolist()
+    msg.velocities = chunk.velocities.reshape(-1).astype(float).tolist()
     msg.sequence = int(chunk.sequence)
     msg.inference_latency = float(chunk.latency)
     msg.mode = mode

@@ -123,6 +123,7 @@ class DriverNode(LifecycleNode):
             executor,
             on_fault=params.on_fault,
             reconnect_period=params.reconnect_period,
+            max_tick_errors=params.max_tick_errors,
             shadow=params.is_shadow(),
             hold_mask=params.hold_mask(),
             preflight=make_preflight(params, backend, self._camera_rates, self._log_preflight)
@@ -320,12 +321,16 @@ class DriverNode(LifecycleNode):
     def _on_tick_error(self, exc: BaseException) -> bool:
         """A tick raised (a bug, not a backend error: those ``ControlLoop.step`` handles):
         the arm holds through the backend-fault path, which reconnects and starts a fresh
-        command stream after ``reconnect_period``. The loop goes on ticking for that."""
+        command stream after ``reconnect_period``. The loop goes on ticking for that; after
+        ``max_tick_errors`` errors without a successful tick the e-stop latches."""
         error = f"tick error: {type(exc).__name__}: {exc}"
         loop = self._loop
+        latched = None
         if loop is not None:
             with self._lock:
-                loop.fault(self._now(), error)
+                latched = loop.tick_error(self._now(), error)
+        if latched is not None:
+            self.get_logger().error(f"E-STOP latched: {latched}; holding until ~/reset")
         control = self._control
         if control is None or control.errors <= 1:  # the traceback once, then throttled lines
             _log.error("control tick failed", exc_info=exc)
@@ -361,14 +366,20 @@ class DriverNode(LifecycleNode):
             self._command_pub.publish(
                 joint_state_msg(names, command.positions, now, command.velocities)
             )
+            # Only here, at the end: a bug in the publishing above must count as well.
+            with self._lock:
+                loop.tick_succeeded()
 
     def _on_chunk(self, msg: ActionChunk) -> None:
         loop = self._loop
         if loop is None:
             return
+        # Conversion and the stateless checks, O(horizon x joints), outside the lock the control
+        # tick takes; under it only what needs the current state and time, then the swap-in.
+        prepared = loop.prepare_msg(msg)
         now = self._now()
         with self._lock:
-            result = loop.submit_msg(msg, now)
+            result = loop.submit_prepared(prepared, now)
             stamp = msg.header.stamp
             self._execution.on_verdict(
                 msg.sequence,
@@ -505,6 +516,8 @@ class DriverNode(LifecycleNode):
                 "target_rate": f"{self.params.control_rate:g}",
                 "control_thread": f"dead: {control.fatal_error}" if thread_dead else "running",
                 "tick_errors": str(control.errors),
+                "tick_errors_in_a_row": str(loop.tick_errors.count),
+                "max_tick_errors": str(loop.tick_errors.limit),
                 "last_tick_error": control.last_error,
                 "accepted_chunks": str(stats.accepted),
                 "rejected_chunks": str(stats.rejected_total),
@@ -525,12 +538,14 @@ class DriverNode(LifecycleNode):
                 ),
             }
             faulted = loop.faulted
+            tick_error_estop = loop.tick_errors.reason if loop.executor.estopped else ""
         status = DiagnosticStatus()
         status.name = f"{self.get_fully_qualified_name()}: driver"
         status.hardware_id = f"{self.params.robot or 'robot'}:{self.params.backend}"
         level, status.message = driver_summary(
             state,
             control_stopped=control.fatal_error if thread_dead else None,
+            tick_error_estop=tick_error_estop,
             backend_fault=loop.stats.last_error if faulted else None,
             command_fault=fault,
             tick_rate=ticks.rate,

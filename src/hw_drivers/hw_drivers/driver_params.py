@@ -183,6 +183,12 @@ class DriverParams:
     )
     on_fault: str = _f("hold", "on a backend fault: hold (keep torque) | disable (torque off)")
     reconnect_period: float = _f(1.0, "seconds between reconnect attempts after a fault")
+    max_tick_errors: int = _f(
+        3,
+        "control ticks that raise (a bug, not a backend fault: each one holds and reconnects "
+        "like a fault) without a successful tick between them before the e-stop latches "
+        "(until ~/reset)",
+    )
     exit_behavior: str = _f(
         "hold",
         "when the driver stops: hold (keep holding, torque on) | rest (return slowly to the "
@@ -242,6 +248,8 @@ class DriverParams:
             problems.append("state_publish_rate must be >= 0 (0: every control tick)")
         if self.reconnect_period <= 0:
             problems.append("reconnect_period must be > 0")
+        if self.max_tick_errors < 1:
+            problems.append("max_tick_errors must be >= 1")
         if self.max_step_per_tick <= 0:
             problems.append("max_step_per_tick must be > 0")
         if self.interpolation not in ("linear", "cubic"):

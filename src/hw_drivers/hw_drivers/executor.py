@@ -40,7 +40,9 @@ from hw_drivers.safety import (
     CommandGuard,
     JointLimits,
     SafetyConfig,
-    validate_chunk,
+    check_chunk_content,
+    check_chunk_limits,
+    check_start_deviation,
     validate_timing,
 )
 
@@ -96,6 +98,24 @@ class SubmitResult:
     accepted: bool
     reason: str  # "" when accepted
     skipped_steps: int  # actions already in the past at submit time
+
+
+@dataclass(frozen=True)
+class PreparedChunk:
+    """A chunk with the work done that needs no executor state (``ChunkExecutor.prepare``): a
+    driver does it outside its lock and only ``submit_prepared`` under it. Every reason comes
+    out where ``submit`` gives it, so preparing first changes no verdict and no reason."""
+
+    chunk: Chunk | None  # None: the message could not be made into a chunk (``problem`` says)
+    ordered: Chunk | None  # in the executor's joint order; None when ``problem``
+    problem: str | None  # the first reason the chunk is unusable whatever the state
+    joint_names: tuple[str, ...]  # the executor's it was prepared for
+    # Checked against these limits (the live ones then; submit checks again if they changed).
+    limits: JointLimits | None = None
+    limits_problem: str | None = None
+    # Its trajectory, when no state shapes it (not the "average" splice policy).
+    trajectory: KnotTrajectory | None = None
+    trajectory_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -317,11 +337,65 @@ class ChunkExecutor:
         self.stats.recent_rejections.add(now)
         return SubmitResult(False, reason, 0)
 
+    def prepare(self, chunk: Chunk) -> PreparedChunk:
+        """Everything about ``chunk`` that needs no executor state, so a driver can do it
+        outside its lock: the layout, joint-set and finiteness checks (``check_chunk_content``),
+        the columns in the executor's order, the position and velocity limits against the
+        limits in force now, and the knot trajectory. Never raises for any chunk.
+
+        It reads only the joint names (fixed) and whole objects that are replaced, never
+        changed, while it may run (``limits``, ``safety``, ``config``). Nothing per step is
+        done for a chunk whose step_dt or span the timing check refuses whatever the time
+        (fixed bounds): a hostile 100k-step chunk costs no more than its conversion.
+        """
+        names = self.joint_names
+        safety, limits = self.safety, self.limits
+        if not (
+            safety.min_step_dt <= chunk.step_dt <= safety.max_step_dt
+            and chunk.horizon * chunk.step_dt <= safety.max_chunk_duration
+        ):
+            # validate_timing refuses it whatever the time, before any per-step check would.
+            return PreparedChunk(chunk, None, None, names)
+        ordered, problem = check_chunk_content(chunk, names)
+        if ordered is None:
+            return PreparedChunk(chunk, None, problem, names)
+        limits_problem = check_chunk_limits(ordered, names, limits)
+        trajectory, trajectory_problem = None, None
+        if limits_problem is None and self.config.splice_policy != "average":
+            try:
+                trajectory = KnotTrajectory(
+                    ordered.times(), ordered.positions, self.config.interpolation
+                )
+            except ValueError as err:  # e.g. knot times that float resolution cannot separate
+                trajectory_problem = f"timing: {err}"
+        return PreparedChunk(
+            chunk, ordered, None, names, limits, limits_problem, trajectory, trajectory_problem
+        )
+
+    def unusable(self, problem: str) -> PreparedChunk:
+        """A message that could not be made into a chunk: ``submit_prepared`` rejects it first,
+        with ``problem`` (a code and a colon, like every reason)."""
+        return PreparedChunk(None, None, problem, self.joint_names)
+
     def submit(self, chunk: Chunk, now: float, measured: np.ndarray | None) -> SubmitResult:
         """Validate ``chunk`` and schedule it to take over at the next tick.
 
         Never raises for any chunk; a rejected chunk changes nothing but the statistics.
         """
+        return self.submit_prepared(self.prepare(chunk), now, measured)
+
+    def submit_prepared(
+        self, prepared: PreparedChunk, now: float, measured: np.ndarray | None
+    ) -> SubmitResult:
+        """``submit`` for a chunk ``prepare`` has seen: the checks that depend on the state,
+        the time and the measured pose, then the swap-in. O(joints) for a prepared chunk unless
+        the live limits changed since (checked again) or the "average" splice policy merges it
+        with the running plan; the horizon is bounded by the timing check before either."""
+        if prepared.joint_names != self.joint_names:
+            raise ValueError("a chunk prepared for another executor's joints")
+        chunk = prepared.chunk
+        if chunk is None:
+            return self._reject(prepared.problem or "shape: no chunk", now)
         if self._estopped:
             return self._reject(REJECT_ESTOP, now)
         if self._fault:
@@ -350,13 +424,17 @@ class ChunkExecutor:
                 f"{chunk.end_time:.3f}, now {now:.3f}; latency {now - chunk.stamp:.3f} s)",
                 now,
             )
-        reason = validate_chunk(
-            chunk,
-            self.joint_names,
-            self.limits,
-            measured,
-            self.safety,
-            first_index=skipped,
+        ordered, problem = prepared.ordered, prepared.problem
+        if ordered is None and problem is None:  # skipped by prepare (refused above, normally)
+            ordered, problem = check_chunk_content(chunk, self.joint_names)
+        if problem is not None or ordered is None:
+            return self._reject(problem or "shape: no chunk", now)
+        if prepared.limits is self.limits:
+            reason = prepared.limits_problem
+        else:  # not checked yet, or the live limits changed since
+            reason = check_chunk_limits(ordered, self.joint_names, self.limits)
+        reason = reason or check_start_deviation(
+            ordered, self.joint_names, measured, self.safety, first_index=skipped
         )
         if reason is not None:
             return self._reject(reason, now)
@@ -367,19 +445,23 @@ class ChunkExecutor:
                 f"{active.order_stamp:.3f}",
                 now,
             )
-        chunk = chunk.reordered(self.joint_names)
-        knots = chunk.positions
-        times = chunk.times()
-        if (
-            self.config.splice_policy == "average"
-            and self._plan is not None
-            and not self._needs_ramp_in
-        ):
-            knots = self._average_with(self._plan, times, knots)
-        try:
-            trajectory = KnotTrajectory(times, knots, self.config.interpolation)
-        except ValueError as err:  # e.g. knot times that float resolution cannot separate
-            return self._reject(f"timing: {err}", now)
+        chunk = ordered
+        trajectory = prepared.trajectory
+        if prepared.trajectory_problem is not None:
+            return self._reject(prepared.trajectory_problem, now)
+        if trajectory is None:
+            knots = chunk.positions
+            times = chunk.times()
+            if (
+                self.config.splice_policy == "average"
+                and self._plan is not None
+                and not self._needs_ramp_in
+            ):
+                knots = self._average_with(self._plan, times, knots)
+            try:
+                trajectory = KnotTrajectory(times, knots, self.config.interpolation)
+            except ValueError as err:  # e.g. knot times that float resolution cannot separate
+                return self._reject(f"timing: {err}", now)
         plan = _Plan(chunk=chunk, trajectory=trajectory, accepted_at=now)
         if len(self._waiting) >= MAX_WAITING:
             self._waiting[-1] = plan

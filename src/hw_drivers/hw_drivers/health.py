@@ -102,6 +102,7 @@ def driver_summary(
     state: str,
     *,
     control_stopped: str | None = None,
+    tick_error_estop: str = "",
     backend_fault: str | None,
     command_fault: str,
     tick_rate: float,
@@ -116,11 +117,15 @@ def driver_summary(
     that sees "rejected" while no chunk was rejected, only because the tick rate dipped, goes
     looking for a chunk problem that does not exist. ``backend_fault`` is None when the backend
     is healthy; ``control_stopped`` is None while the control loop runs (else why it ended);
-    ``state`` is the executor's.
+    ``state`` is the executor's; ``tick_error_estop`` why the driver latched its own e-stop
+    after ticks kept raising ("" when it did not): named before the backend fault, which such a
+    bug also causes every reconnect and which would hide the cause.
     """
     if control_stopped is not None:
         # Nothing commands the arm any more: the motors keep their last target.
         return ERROR, f"control loop stopped: {control_stopped}"
+    if tick_error_estop:
+        return ERROR, f"e-stop latched: {tick_error_estop}; call ~/reset"
     if backend_fault is not None:
         return ERROR, f"backend fault: {backend_fault}"
     if state == "estop":

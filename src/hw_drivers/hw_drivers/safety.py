@@ -146,33 +146,64 @@ def validate_chunk(
     """Why ``chunk`` must not be executed, or None when it may.
 
     ``first_index`` is the first action that will actually be executed (after the latency skip);
-    the start-deviation rule compares that action with ``measured``.
+    the start-deviation rule compares that action with ``measured``. The checks of
+    ``check_chunk_content``, ``check_chunk_limits`` and ``check_start_deviation``, in that order.
+    """
+    ordered, reason = check_chunk_content(chunk, joint_names)
+    if reason is not None or ordered is None:
+        return reason
+    return check_chunk_limits(ordered, joint_names, limits) or check_start_deviation(
+        ordered, joint_names, measured, config, first_index=first_index
+    )
+
+
+def check_chunk_content(
+    chunk: Chunk, joint_names: Sequence[str]
+) -> tuple[Chunk | None, str | None]:
+    """The checks of ``validate_chunk`` that need nothing but the chunk and the driver's joint
+    names: layout, joint set, finite positions and velocities. A driver runs them outside its
+    lock (``ChunkExecutor.prepare``): they are O(horizon x joints) and depend on no state.
+
+    Returns the chunk in ``joint_names``' column order and None, or None and the reason.
     """
     names = tuple(joint_names)
     positions = chunk.positions
     if positions.ndim != 2 or positions.shape[0] == 0:
-        return f"shape: positions must be (horizon>0, joints), got shape {positions.shape}"
+        return None, f"shape: positions must be (horizon>0, joints), got shape {positions.shape}"
     if positions.shape[1] != len(chunk.joint_names):
-        return (
+        return None, (
             f"shape: {positions.shape[1]} position columns for "
             f"{len(chunk.joint_names)} joint names"
         )
     if not (np.isfinite(chunk.step_dt) and chunk.step_dt > 0):
-        return f"shape: step_dt must be finite and > 0, got {chunk.step_dt}"
+        return None, f"shape: step_dt must be finite and > 0, got {chunk.step_dt}"
     if not (np.isfinite(chunk.stamp) and np.isfinite(chunk.start_offset)):
-        return "non_finite: stamp or start_offset is not finite"
+        return None, "non_finite: stamp or start_offset is not finite"
     try:
         ordered = chunk.reordered(names)
     except ValueError as err:
-        return f"joint_set: {err}"
+        return None, f"joint_set: {err}"
     positions = ordered.positions
     bad = ~np.isfinite(positions)
     if bad.any():
         k, j = (int(v) for v in np.argwhere(bad)[0])
-        return (
+        return None, (
             f"non_finite: {int(bad.sum())} NaN/inf values, first at step {k} joint "
             f"{_joint(names, j)} ({positions[k, j]})"
         )
+    problem = _velocities_problem(ordered, names)
+    if problem is not None:
+        return None, problem
+    return ordered, None
+
+
+def check_chunk_limits(
+    ordered: Chunk, joint_names: Sequence[str], limits: JointLimits
+) -> str | None:
+    """The position and velocity limits of ``validate_chunk`` for a chunk
+    ``check_chunk_content`` passed and put in ``joint_names``' order."""
+    names = tuple(joint_names)
+    positions = ordered.positions
     below = positions < limits.lower - _POSITION_SLACK
     above = positions > limits.upper + _POSITION_SLACK
     outside = below | above
@@ -183,7 +214,7 @@ def validate_chunk(
             f"outside [{limits.lower[j]:.4f}, {limits.upper[j]:.4f}]"
         )
     if positions.shape[0] > 1:
-        velocity = np.abs(np.diff(positions, axis=0)) / chunk.step_dt
+        velocity = np.abs(np.diff(positions, axis=0)) / ordered.step_dt
         too_fast = velocity > limits.max_velocity * (1 + _VELOCITY_SLACK)
         if too_fast.any():
             k, j = (int(v) for v in np.argwhere(too_fast)[0])
@@ -191,6 +222,21 @@ def validate_chunk(
                 f"velocity_limit: joint {_joint(names, j)} from step {k} to {k + 1} implies "
                 f"{velocity[k, j]:.3f}/s > max {limits.max_velocity[j]:.3f}/s"
             )
+    return None
+
+
+def check_start_deviation(
+    ordered: Chunk,
+    joint_names: Sequence[str],
+    measured: np.ndarray | None,
+    config: SafetyConfig,
+    *,
+    first_index: int = 0,
+) -> str | None:
+    """The start-deviation rule of ``validate_chunk``: the first executed action (after the
+    latency skip) against the measured pose."""
+    names = tuple(joint_names)
+    positions = ordered.positions
     if measured is not None:
         measured = np.asarray(measured, dtype=float)
         first = positions[min(max(first_index, 0), positions.shape[0] - 1)]
@@ -202,6 +248,30 @@ def validate_chunk(
                 f"{first[j]:.4f} is {deviation[j]:.4f} from measured {measured[j]:.4f} "
                 f"(max {config.max_start_deviation})"
             )
+    return None
+
+
+def _velocities_problem(chunk: Chunk, names: Sequence[str]) -> str | None:
+    """Why the chunk's optional velocities are malformed (None when empty or well-formed).
+
+    Nothing follows them yet, but a chunk that carries them broken is not the chunk its sender
+    meant: refused whole, like broken positions.
+    """
+    velocities, positions = chunk.velocities, chunk.positions
+    if velocities.size == 0:
+        return None
+    if velocities.shape != positions.shape:
+        return (
+            f"shape: {velocities.size} velocities for {positions.shape[0]} steps x "
+            f"{positions.shape[1]} joints (the layout of positions, or none)"
+        )
+    bad = ~np.isfinite(velocities)
+    if bad.any():
+        k, j = (int(v) for v in np.argwhere(bad)[0])
+        return (
+            f"non_finite: {int(bad.sum())} NaN/inf velocities, first at step {k} joint "
+            f"{_joint(names, j)} ({velocities[k, j]})"
+        )
     return None
 
 
