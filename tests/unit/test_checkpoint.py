@@ -252,6 +252,22 @@ def test_a_config_that_cannot_be_built_is_a_checkpoint_error(
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize(
+    ("mode", "key"), [("think", "depth_start_token_id"), ("fast", "action_start_token_id")]
+)
+def test_a_mode_whose_token_ids_the_file_leaves_null_is_refused_at_load(
+    tiny_dir, tmp_path, mode, key
+):
+    # null is the released class's default, so the file is valid for the flow mode.
+    path = _copy(tiny_dir, tmp_path)
+    data = json.loads((path / "config.json").read_text())
+    data[key] = None
+    (path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=rf"config\.json: mode '{mode}' needs {key}\b"):
+        load_policy(str(path), "yam_bimanual", mode=mode)
+    assert getattr(load_policy(str(path), "yam_bimanual", mode="flow").config, key) is None
+
+
 @pytest.mark.parametrize("filename", ["config.json", "norm_stats.json", "tokenizer.json"])
 def test_missing_files_are_named(tiny_dir, tmp_path, filename):
     path = _copy(tiny_dir, tmp_path)
