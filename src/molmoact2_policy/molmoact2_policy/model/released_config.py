@@ -569,8 +569,12 @@ def value_problems(data: Mapping[str, Any]) -> list[str]:
         problems.append(f"n_obs_steps={obs} must be <= max_action_horizon={horizon} (the "
                         "returned steps start at step n_obs_steps - 1 of the chunk)")
     text = data.get("text_config")
-    if isinstance(text, Mapping) and isinstance(text.get("vocab_size"), int):
-        vocab = text["vocab_size"] + (text.get("additional_vocab_size") or 0)
+    text = text if isinstance(text, Mapping) else {}
+    # Only where the file states both sizes (a null additional_vocab_size is refused by name
+    # by the caller; an absent one takes transformers' default).
+    sizes = (text.get("vocab_size"), text.get("additional_vocab_size"))
+    if all(isinstance(size, int) for size in sizes):
+        vocab = sum(sizes)
         for key, rule in VALUE_RULES[""].items():
             value = data.get(key)
             if rule is _TOKEN_ID and value is not None and value >= vocab:
