@@ -218,6 +218,65 @@ def test_malformed_files_are_named(tiny_dir, tmp_path, filename, content, messag
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        # Values the probe saw reach torch: a negative dimension, a division by zero.
+        ("vit_config", "hidden_size", -1, r"vit_config\.hidden_size=-1 must be an integer >= 1"),
+        ("text_config", "num_attention_heads", 0,
+         r"text_config\.num_attention_heads=0 must be an integer >= 1"),
+        # 32 GB at the first act before; now refused at load.
+        (None, "max_action_horizon", 10**9, r"max_action_horizon=1000000000 must be an integer"),
+    ],
+)
+def test_config_values_are_refused_naming_file_key_and_rule(
+    tiny_dir, tmp_path, section, key, value, message
+):
+    path = _copy(tiny_dir, tmp_path)
+    data = json.loads((path / "config.json").read_text())
+    (data if section is None else data[section])[key] = value
+    (path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}/config\.json: .*{message}"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        # Valid by every value rule, yet torch cannot allocate it (storage overflow).
+        ("action_expert_config", "hidden_size", 10**9),
+        # An activation transformers does not know (its lookup raises KeyError).
+        ("vit_config", "hidden_act", "no_such_activation"),
+    ],
+)
+def test_a_config_that_cannot_be_built_is_a_checkpoint_error(
+    tiny_dir, tmp_path, section, key, value
+):
+    path = _copy(tiny_dir, tmp_path)
+    data = json.loads((path / "config.json").read_text())
+    data[section][key] = value
+    (path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"config\.json describes a model that cannot be "
+                                              r"built: \w+(Error|Exception)"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("mode", "key"), [("think", "depth_start_token_id"), ("fast", "action_start_token_id")]
+)
+def test_a_mode_whose_token_ids_the_file_leaves_null_is_refused_at_load(
+    tiny_dir, tmp_path, mode, key
+):
+    # null is the released class's default, so the file is valid for the flow mode.
+    path = _copy(tiny_dir, tmp_path)
+    data = json.loads((path / "config.json").read_text())
+    data[key] = None
+    (path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=rf"config\.json: mode '{mode}' needs {key}\b"):
+        load_policy(str(path), "yam_bimanual", mode=mode)
+    assert getattr(load_policy(str(path), "yam_bimanual", mode="flow").config, key) is None
+
+
 @pytest.mark.parametrize("filename", ["config.json", "norm_stats.json", "tokenizer.json"])
 def test_missing_files_are_named(tiny_dir, tmp_path, filename):
     path = _copy(tiny_dir, tmp_path)

@@ -360,6 +360,11 @@ def _broken(change) -> str:
             r"toy\.state_stats\.max: mode 'min_max' needs finite values",
         ),
         (
+            # The probe's swapped bounds: finite, so only this rule catches them.
+            _broken(lambda tag, _: tag["action_stats"].update(min=[0, 5, 0, 0], max=[1, 1, 1, 1])),
+            r"toy\.action_stats: mode 'min_max' needs min <= max; dims \[1\] break it",
+        ),
+        (
             _broken(lambda tag, _: tag.update(state={"min": [0.0], "max": [1.0]})),
             "state statistics under both 'state_stats' and 'state'",
         ),
@@ -379,3 +384,17 @@ def test_unused_non_finite_statistic_does_not_reject_the_file(tmp_path):
     payload["metadata_by_tag"]["toy"]["state_stats"]["std"] = [0.5, float("nan"), 0.0, 0.5]
     stats = _write(tmp_path, payload)
     np.testing.assert_allclose(stats.normalize_state("toy", STATE), RELEASED_EXPECTED["q01_q99"][0])
+
+
+def test_an_inverted_range_is_refused_only_where_the_dim_is_normalised():
+    inverted = {"q01": np.array([1.0, 0.0]), "q99": np.array([-1.0, 1.0])}
+    with pytest.raises(NormStatsError, match=r"needs q01 <= q99; dims \[0\] break it"):
+        GroupStats(inverted).require("q01_q99", "arm.state")
+    # A dim the mask passes through is never scaled by its statistics.
+    GroupStats(inverted, mask=np.array([False, True])).require("q01_q99", "arm.state")
+    # A zero range is a constant dimension: real, and floored at 1e-6 as released.
+    GroupStats({"q01": np.zeros(2), "q99": np.zeros(2)}).require("q01_q99", "arm.state")
+    with pytest.raises(NormStatsError, match=r"needs std >= 0; dims \[1\] break it"):
+        GroupStats({"mean": np.zeros(2), "std": np.array([1.0, -1.0])}).require(
+            "mean_std", "arm.state"
+        )

@@ -52,6 +52,10 @@ WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 FAST_TOKENIZER_DIR = "fast_tokenizer"
 PREPROCESSOR_FILE = "preprocessor_config.json"  # the image processor's options
 PROCESSOR_FILE = "processor_config.json"  # the processor's image-token options
+# What building the module tree from a config can raise (torch: RuntimeError for a negative or
+# overflowing size; transformers: ValueError/TypeError/KeyError for a malformed option).
+_BUILD_ERRORS = (ValueError, RuntimeError, TypeError, KeyError, IndexError, ZeroDivisionError,
+                 OverflowError)
 
 
 # ---------------------------------------------------------------------------- files
@@ -311,8 +315,17 @@ def load_checkpoint(
     with open_weights(path, device=device, dtype=dtype) as source:
         try:
             model = model_from_released(config, source, source=str(path))
+        except CheckpointError:
+            raise
         except WeightsError as error:
             raise CheckpointError(str(error)) from None
+        except _BUILD_ERRORS as error:
+            # config.json passed its own checks but still names a module torch or
+            # transformers cannot build (a combination no rule covers): say which file.
+            raise CheckpointError(
+                f"{path / CONFIG_FILE}: config.json describes a model that cannot be built: "
+                f"{type(error).__name__}: {error}"
+            ) from None
     # Weights are in place already; this moves the computed buffers (kept in fp32).
     model = model.to_inference(device, dtype)
     return model, config, norm_stats, tokenizer

@@ -333,6 +333,10 @@ class MolmoAct2Config:
             if not isinstance(data.get(key), dict):
                 raise ConfigError(f"config.json: {key!r} is missing or not an object")
             subs[key] = dict(data[key])
+        # Sizes and ids first: what follows computes with them (and so does torch, later).
+        value_problems = released_config.value_problems(data)
+        if value_problems:
+            raise ConfigError("config.json: " + "; ".join(value_problems))
         read = {key: released_config.translate(key, value) for key, value in subs.items()}
         problems = released_config.check_base_keys(data, "config")
         unknown: list[str] = []

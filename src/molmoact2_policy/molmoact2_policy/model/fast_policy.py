@@ -217,6 +217,11 @@ def eos_token_id(config: MolmoAct2Config) -> int | None:
     return None if value is None else int(value)
 
 
+# config.json token ids the released discrete decoding cannot run without (null is the
+# released default).
+RELEASED_TOKEN_IDS = ("action_start_token_id", "action_end_token_id", "action_token_start_id")
+
+
 class ReleasedTokenDecoder(StaticCacheDecoder):
     """Greedy argmax over the whole LM head until EOS, each token fed back (as released)."""
 
@@ -228,11 +233,7 @@ class ReleasedTokenDecoder(StaticCacheDecoder):
         if eos is None:
             # The release raises the same way: its discrete generation stops at EOS only.
             raise ValueError("config has no eos_token_id: released discrete decoding stops at EOS")
-        missing = [
-            name
-            for name in ("action_start_token_id", "action_end_token_id", "action_token_start_id")
-            if getattr(config, name) is None
-        ]
+        missing = [name for name in RELEASED_TOKEN_IDS if getattr(config, name) is None]
         if missing:
             raise ValueError(f"config lacks {', '.join(missing)}: no discrete action tokens")
         super().__init__(vlm, config.expert_kv_source)
@@ -293,6 +294,8 @@ class FastPolicy(MolmoAct2Policy):
     """
 
     mode_name = "fast"
+    # A checkpoint directory decodes as released (the constrained decoding needs fewer ids).
+    required_token_ids = RELEASED_TOKEN_IDS
 
     def __init__(
         self,

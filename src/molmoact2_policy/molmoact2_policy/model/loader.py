@@ -15,6 +15,8 @@ from typing import Any
 
 from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.model.checkpoint import (
+    CONFIG_FILE,
+    CheckpointError,
     build_tiny,
     generation_eos_token_id,
     load_checkpoint,
@@ -59,6 +61,15 @@ def load_policy(
         model, config, stats, tokenizer = load_checkpoint(
             Path(checkpoint).expanduser(), device=device, dtype=torch_dtype
         )
+        missing = [
+            name for name in POLICY_CLASSES[mode].required_token_ids
+            if getattr(config, name) is None
+        ]
+        if missing:
+            raise CheckpointError(
+                f"{Path(checkpoint).expanduser() / CONFIG_FILE}: mode {mode!r} needs "
+                f"{', '.join(missing)}, which the file leaves null"
+            )
     extra: dict[str, Any] = {}
     if mode == "fast":
         extra["fast_tokenizer"] = (

@@ -21,6 +21,10 @@ it was trained on):
 * ``mean_std`` divides by ``max(std, 1e-6)``; un-normalising multiplies by the raw ``std``.
   Neither direction clips.
 * ``none`` leaves values alone.
+* The statistics the mode uses must be finite and not inverted (lower bound <= upper bound,
+  ``std >= 0``) in every normalised dimension of every tag: a file that breaks this is refused
+  at load. Statistics the mode does not use are not checked (the released loader never reads
+  them).
 * In the bounded modes a dimension whose ``min == max`` normalises to exactly 0, whatever the
   mask says (it carries no information). ``q01 == q99`` alone gets no such rule.
 * A group's ``mask`` marks the dimensions that ARE normalised; ``False`` dims pass through
@@ -98,7 +102,23 @@ class GroupStats:
         for key in keys:
             if not np.all(np.isfinite(self.stats[key])):
                 raise NormStatsError(f"{where}.{key}: mode {mode!r} needs finite values")
-        return tuple(self.stats[key] for key in keys)
+        values = tuple(self.stats[key] for key in keys)
+        # Statistics computed from data never invert (a quantile or bound never exceeds the
+        # higher one, a std is never negative); an inverted one would flip and rescale every
+        # action of that dimension, with finite numbers nothing downstream could tell from
+        # real ones. A zero range is real (a constant dimension) and stays accepted.
+        if mode in BOUNDED_MODES:
+            inverted = (values[0] > values[1]) & self.normalized_dims()
+            rule = f"{keys[0]} <= {keys[1]}"
+        elif mode == "mean_std":
+            inverted = (values[1] < 0) & self.normalized_dims()
+            rule = "std >= 0"
+        else:
+            inverted = np.zeros(0, dtype=bool)
+        if np.any(inverted):
+            dims = np.flatnonzero(inverted).tolist()
+            raise NormStatsError(f"{where}: mode {mode!r} needs {rule}; dims {dims} break it")
+        return values
 
     def normalized_dims(self) -> np.ndarray:
         """True where a dim is normalised: the file's mask, else every dim (as released)."""

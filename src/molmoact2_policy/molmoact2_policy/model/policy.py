@@ -71,6 +71,9 @@ class MolmoAct2Policy:
     """Flow-matching MolmoAct2 for one embodiment (implements ``policy_api.Policy``)."""
 
     mode_name = "flow"
+    # config.json token ids this mode cannot run without; load_policy refuses a checkpoint
+    # whose file leaves one null (the released default) before building the policy.
+    required_token_ids: tuple[str, ...] = ()
     depth_reasoning = False  # Think asks for the depth map before the action
 
     def __init__(

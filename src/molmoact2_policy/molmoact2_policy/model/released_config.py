@@ -30,6 +30,7 @@ are checked (``BASE_KEY_CHECKS``).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -366,3 +367,226 @@ _TRANSFORMERS_TYPES = {
     "text_config": "molmo2_text",
     "action_expert_config": "molmoact2_action_expert",
 }
+
+
+# ---------------------------------------------------------------------------- values
+# What a number in config.json may be. The sizes build tensors, so a zero, negative, fractional
+# or string size would otherwise reach torch (a negative dimension, a division by zero, a
+# TypeError mid-build) instead of a refusal naming the key. Every rule accepts the released
+# class's defaults (huggingface/lerobot@1116513c,
+# src/lerobot/policies/molmoact2/hf_model/configuration_molmoact2.py) and the released sizes.
+#
+# Upper bounds only where a value sizes an allocation at ``act`` time and no weight tensor's
+# shape bounds it (a width that does not match the weights is refused by the key map):
+# * max_action_horizon (released 30): the expert's RoPE table, the noise, and Think's free
+#   decoding budget of 16 tokens per step (a static KV cache of 16 x H tokens: 16k at 1024,
+#   about 2.4 GB for the released 4B in bf16). 1024 steps is a 20 s chunk at 50 Hz, far past
+#   any released embodiment's 10-50 steps.
+# * flow_matching_num_steps (released 10): one expert pass per step and the time grid; 1000
+#   is 100x the released value.
+# * num_depth_codes (released 100, a 10x10 grid): tokens Think decodes per image; 4096 is a
+#   64x64 grid.
+MAX_ACTION_HORIZON = 1024
+MAX_FLOW_STEPS = 1000
+MAX_DEPTH_CODES = 4096
+
+
+@dataclass(frozen=True)
+class Integer:
+    """A JSON integer (not a bool, float or string) in [low, high]; null when ``nullable``."""
+
+    low: int = 1
+    high: int | None = None
+    nullable: bool = False
+    why: str = ""  # why the bound, said in the refusal
+
+    def problem(self, value: Any) -> str | None:
+        if value is None and self.nullable:
+            return None
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and value >= self.low and (self.high is None or value <= self.high):
+            return None
+        rule = f"an integer >= {self.low}" if self.high is None else (
+            f"an integer in [{self.low}, {self.high}]"
+        )
+        why = f" ({self.why})" if self.why else ""
+        return f"must be {rule}{' or null' if self.nullable else ''}{why}"
+
+
+@dataclass(frozen=True)
+class Number:
+    """A finite JSON number (int or float, not a bool); ``low``/``high`` bound it."""
+
+    low: float | None = None
+    low_open: bool = False
+    high: float | None = None
+    high_open: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value)
+        if ok and self.low is not None:
+            ok = value > self.low if self.low_open else value >= self.low
+        if ok and self.high is not None:
+            ok = value < self.high if self.high_open else value <= self.high
+        if ok:
+            return None
+        if self.low is None and self.high is None:
+            return "must be a finite number"
+        if self.high is None:
+            return f"must be a finite number {'>' if self.low_open else '>='} {self.low:g}"
+        left = "(" if self.low_open else "["
+        right = ")" if self.high_open else "]"
+        return f"must be a number in {left}{self.low:g}, {self.high:g}{right}"
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A JSON true or false."""
+
+    def problem(self, value: Any) -> str | None:
+        return None if isinstance(value, bool) else "must be true or false"
+
+
+ValueRule = Integer | Number | Flag
+
+_SIZE = Integer(1)
+_POSITIVE = Number(0.0, low_open=True)
+_PROBABILITY = Number(0.0, high=1.0, high_open=True)
+_FINITE = Number()
+_ALLOCATES = "it sizes buffers allocated at act time; the released value is {}"
+# A token id: checked against the vocabulary size too (``value_problems``).
+_TOKEN_ID = Integer(0, nullable=True)
+
+VALUE_RULES: dict[str, dict[str, ValueRule]] = {
+    "vit_config": {
+        **dict.fromkeys(
+            ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "image_patch_size", "image_num_pos"),
+            _SIZE,
+        ),
+        "layer_norm_eps": _POSITIVE,
+    },
+    "adapter_config": dict.fromkeys(
+        ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+         "intermediate_size", "text_hidden_size"),
+        _SIZE,
+    ),
+    "text_config": {
+        **dict.fromkeys(
+            ("hidden_size", "num_attention_heads", "head_dim", "vocab_size", "num_hidden_layers",
+             "intermediate_size", "max_position_embeddings"),
+            _SIZE,
+        ),
+        # null: one KV head per query head (the released class's reading).
+        "num_key_value_heads": Integer(1, nullable=True),
+        # null is refused by name in MolmoAct2Config.from_dict (not implemented).
+        "additional_vocab_size": Integer(0, nullable=True),
+        "layer_norm_eps": _POSITIVE,
+        "rope_theta": _POSITIVE,
+        "qkv_bias": Flag(),
+        "norm_after": Flag(),
+    },
+    "action_expert_config": {
+        **dict.fromkeys(
+            ("hidden_size", "num_layers", "num_heads", "ffn_multiple_of", "timestep_embed_dim"),
+            _SIZE,
+        ),
+        "mlp_ratio": _POSITIVE,
+        "dropout": _PROBABILITY,
+        "attn_dropout": _PROBABILITY,
+        "qk_norm_eps": _POSITIVE,
+        **dict.fromkeys(("context_layer_norm", "qk_norm", "rope", "causal_attn"), Flag()),
+    },
+    "": {  # top level
+        "max_action_dim": _SIZE,
+        "max_action_horizon": Integer(1, MAX_ACTION_HORIZON, why=_ALLOCATES.format(30)),
+        "n_obs_steps": _SIZE,
+        "flow_matching_num_steps": Integer(1, MAX_FLOW_STEPS, why=_ALLOCATES.format(10)),
+        "num_depth_codes": Integer(1, MAX_DEPTH_CODES, why=_ALLOCATES.format(100)),
+        # Training-time sampling of t and an unused cutoff: finite is all inference needs.
+        **dict.fromkeys(
+            ("flow_matching_cutoff", "flow_matching_time_offset", "flow_matching_time_scale",
+             "flow_matching_beta_alpha", "flow_matching_beta_beta",
+             "action_expert_depth_gate_init_bias"),
+            _FINITE,
+        ),
+        # The released class's defaults are 0 (no such tokens).
+        **dict.fromkeys(("num_action_tokens", "num_depth_tokens", "num_state_tokens"),
+                        Integer(0)),
+        **dict.fromkeys(
+            ("action_output_token_id", "action_start_token_id", "action_end_token_id",
+             "action_token_start_id", "depth_output_token_id", "depth_start_token_id",
+             "depth_end_token_id", "depth_token_start_id", "state_start_token_id",
+             "state_end_token_id", "state_token_start_id", "image_start_token_id",
+             "low_res_image_start_token_id", "image_end_token_id", "image_patch_id",
+             "image_high_res_id", "image_col_id", "image_low_res_id", "frame_start_token_id",
+             "frame_end_token_id"),
+            _TOKEN_ID,
+        ),
+    },
+}
+# Token families: the first id and the count that follows it.
+_TOKEN_FAMILIES = {
+    "action_token_start_id": "num_action_tokens",
+    "depth_token_start_id": "num_depth_tokens",
+    "state_token_start_id": "num_state_tokens",
+}
+
+
+def value_problems(data: Mapping[str, Any]) -> list[str]:
+    """Every number of a config.json object that breaks ``VALUE_RULES``, named by its key path.
+
+    ``data`` is the whole file; sub-configs that are not objects are left to the caller.
+    """
+    problems: list[str] = []
+    for section, rules in VALUE_RULES.items():
+        values = data if not section else data.get(section)
+        if not isinstance(values, Mapping):
+            continue
+        for key, rule in rules.items():
+            if key in values and (reason := rule.problem(values[key])) is not None:
+                where = f"{section}.{key}" if section else key
+                problems.append(f"{where}={_json(values[key])} {reason}")
+    if problems:
+        return problems  # the cross-field rules below read these values
+    for section in ("vit_config", "adapter_config", "text_config"):
+        values = data.get(section)
+        if not isinstance(values, Mapping):
+            continue
+        heads = values.get("num_attention_heads")
+        kv_heads = values.get("num_key_value_heads")
+        # Grouped-query attention shares each K/V head among a whole number of query heads.
+        if isinstance(heads, int) and isinstance(kv_heads, int) and heads % kv_heads:
+            problems.append(
+                f"{section}.num_attention_heads={heads} must be a multiple of "
+                f"{section}.num_key_value_heads={kv_heads}"
+            )
+    # The returned steps start at n_obs_steps - 1 of the chunk (as released), so it must lie in
+    # the longest chunk the expert makes.
+    obs, horizon = data.get("n_obs_steps"), data.get("max_action_horizon")
+    if isinstance(obs, int) and isinstance(horizon, int) and obs > horizon:
+        problems.append(f"n_obs_steps={obs} must be <= max_action_horizon={horizon} (the "
+                        "returned steps start at step n_obs_steps - 1 of the chunk)")
+    text = data.get("text_config")
+    text = text if isinstance(text, Mapping) else {}
+    # Only where the file states both sizes (a null additional_vocab_size is refused by name
+    # by the caller; an absent one takes transformers' default).
+    sizes = (text.get("vocab_size"), text.get("additional_vocab_size"))
+    if all(isinstance(size, int) for size in sizes):
+        vocab = sum(sizes)
+        for key, rule in VALUE_RULES[""].items():
+            value = data.get(key)
+            if rule is _TOKEN_ID and value is not None and value >= vocab:
+                problems.append(
+                    f"{key}={value} must be a token id below the vocabulary size {vocab} "
+                    "(text_config.vocab_size + additional_vocab_size)"
+                )
+        for start_key, count_key in _TOKEN_FAMILIES.items():
+            start, count = data.get(start_key), data.get(count_key)
+            if start is not None and isinstance(count, int) and start < vocab < start + count:
+                problems.append(
+                    f"{start_key}={start} + {count_key}={count} runs past the vocabulary size "
+                    f"{vocab}"
+                )
+    return problems

@@ -97,6 +97,10 @@ class DepthDecodeOutput:
     cache: StaticCache = field(repr=False)
 
 
+# config.json token ids depth decoding cannot run without (null is the released default).
+DEPTH_TOKEN_IDS = ("depth_token_start_id", "depth_start_token_id", "depth_end_token_id")
+
+
 class DepthDecoder(StaticCacheDecoder):
     """Greedy depth-span decoding over a Molmo2 VLM, adaptive or token by token.
 
@@ -104,8 +108,7 @@ class DepthDecoder(StaticCacheDecoder):
     """
 
     def __init__(self, vlm: torch.nn.Module, config: MolmoAct2Config, end_budget: int = 8) -> None:
-        required = ("depth_token_start_id", "depth_start_token_id", "depth_end_token_id")
-        missing = [name for name in required if getattr(config, name) is None]
+        missing = [name for name in DEPTH_TOKEN_IDS if getattr(config, name) is None]
         if missing:
             raise ValueError(f"config lacks {', '.join(missing)}: not a Think checkpoint")
         super().__init__(vlm, config.expert_kv_source)
@@ -416,6 +419,7 @@ class ThinkPolicy(MolmoAct2Policy):
     """
 
     mode_name = "think"
+    required_token_ids = DEPTH_TOKEN_IDS
     depth_reasoning = True  # the prompt asks for the depth map first
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
