@@ -261,6 +261,16 @@ def test_a_config_that_cannot_be_built_is_a_checkpoint_error(
         load_checkpoint(path)
 
 
+def test_out_of_device_memory_is_not_blamed_on_config_json(tiny_dir, monkeypatch):
+    # A RuntimeError like the build errors above, but the file is fine: the GPU is too small.
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("molmoact2_policy.model.checkpoint.model_from_released", out_of_memory)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        load_checkpoint(tiny_dir)
+
+
 @pytest.mark.parametrize(
     ("mode", "key"), [("think", "depth_start_token_id"), ("fast", "action_start_token_id")]
 )

@@ -315,7 +315,8 @@ def load_checkpoint(
     with open_weights(path, device=device, dtype=dtype) as source:
         try:
             model = model_from_released(config, source, source=str(path))
-        except CheckpointError:
+        except (CheckpointError, torch.cuda.OutOfMemoryError):
+            # Out of device memory is a RuntimeError too, but says nothing about config.json.
             raise
         except WeightsError as error:
             raise CheckpointError(str(error)) from None
