@@ -144,6 +144,22 @@ def test_a_cleanup_that_hangs_is_ended_by_the_deadline_with_an_error():
     assert "where each thread was:" in log and "in on_exit" in log, log
 
 
+def test_a_native_crash_prints_every_threads_python_stack():
+    # A node that dies of SIGSEGV while it is being built: in CI the tf node did, with status
+    # -11 and no line at all to say where.
+    result = subprocess.run(
+        [sys.executable, "-u", PROBE, "segv"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == -signal.SIGSEGV, result
+    assert "Fatal Python error: Segmentation fault" in result.stderr, result.stderr
+    # The main thread's stack down to the faulting call, and the other threads (the stop
+    # watcher) too.
+    current = result.stderr.split("Current thread", 1)[1]
+    assert "stop_probe_node.py" in current and "__init__" in current, result.stderr
+    assert "_watch" in result.stderr, result.stderr
+
+
 def _gone(pid: int) -> bool:
     """The process exited (reaped, or a zombie nobody reaped yet)."""
     try:

@@ -37,6 +37,9 @@ everything at exit), and one of them held a recorder for 10 s in CI after its fi
 (the watcher, a Python thread, could not run its deadline meanwhile). The deadline therefore
 also has a backstop that needs no GIL: ``faulthandler.dump_traceback_later``, armed at the stop
 request a second after the deadline, prints where every thread is and exits.
+
+A node process that dies of a fatal signal (a native fault in rclpy, the middleware, a
+typesupport) prints every thread's Python stack to stderr first (``enable_crash_stacks``).
 """
 
 from __future__ import annotations
@@ -452,6 +455,20 @@ def bridge_python_logging(
     return undo
 
 
+def enable_crash_stacks() -> None:
+    """On a fatal signal (SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL) print every thread's Python
+    stack to stderr before the process dies with that signal.
+
+    A crash in native code (rclpy, the middleware, a message's typesupport) otherwise ends a node
+    with status -11 and not one line: its launcher only says it exited. The stacks name the
+    Python call each thread was in. stderr is what both launchers forward; the dump is written
+    from the signal handler straight to its file descriptor (no Python code runs), and the
+    signal is then raised again, so the exit status still says which signal it was.
+    """
+    with contextlib.suppress(Exception):  # no usable stderr (closed, a GUI): run without it
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+
+
 def _run(
     make_node: Callable[[], Any],
     args: list[str] | None,
@@ -460,6 +477,8 @@ def _run(
     exit_timeout: float,
     exit_process: bool,
 ) -> int:
+    if exit_process:  # a process of its own (in-process callers, pytest, keep their handler)
+        enable_crash_stacks()
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
