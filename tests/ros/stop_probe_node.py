@@ -5,7 +5,8 @@ once spinning (``stop_requested()`` false until then), and a line through Python
 (which the runtime forwards to the node's ROS log). On exit it logs ``on_exit ran`` with
 ``stop_requested()`` and, by MODE: ``quick`` returns at once;
 ``busy`` first joins a worker thread stuck in a long call for at most 0.5 s (an inference in
-flight); ``hang`` never returns (the runtime's deadline must end the process). An optional
+flight); ``hang`` never returns (the runtime's deadline must end the process); ``segv`` dies of
+SIGSEGV while its node is being built (a native fault in rclpy or the middleware). An optional
 second argument names the executor (``single`` or ``events``, as a node's ``params.executor``).
 """
 
@@ -32,6 +33,10 @@ def main() -> int:
     class Probe(Node):
         def __init__(self) -> None:
             super().__init__("stop_probe")
+            if mode == "segv":
+                import faulthandler
+
+                faulthandler._sigsegv()
             self.params = SimpleNamespace(executor=executor)  # read by the runtime helper
             self.count = 0
             self.pub = self.create_publisher(Int32, "stop_probe/count", 10)

@@ -19,7 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from molmoact2_common.ros_runtime import make_executor, spin_until_shutdown
+from molmoact2_common.ros_runtime import (
+    locked_shm_files,
+    make_executor,
+    spin_until_shutdown,
+)
 
 pytestmark = pytest.mark.ros
 
@@ -142,6 +146,33 @@ def test_a_cleanup_that_hangs_is_ended_by_the_deadline_with_an_error():
     assert "did not stop within 3 s of SIGTERM (stuck in: " in log, log
     # Where it hung: every thread's stack, the probe's hanging on_exit among them.
     assert "where each thread was:" in log and "in on_exit" in log, log
+
+
+def test_a_stopped_node_leaves_no_shared_memory_behind():
+    # The process skips the DDS teardown (os._exit); the files it would have removed must go
+    # all the same, or /dev/shm fills up run after run.
+    proc, output = start_probe("quick")
+    owned = locked_shm_files(proc.pid)
+    assert any(Path(f).name.startswith("fastdds_port") for f in owned), owned
+    assert all(os.path.exists(f) for f in owned), owned
+    assert stop_and_wait(proc, [signal.SIGTERM], group_first=False) == 0, output.close()
+    assert [f for f in owned if os.path.exists(f)] == [], output.close()
+
+
+def test_a_native_crash_prints_every_threads_python_stack():
+    # A node that dies of SIGSEGV while it is being built: in CI the tf node did, with status
+    # -11 and no line at all to say where.
+    result = subprocess.run(
+        [sys.executable, "-u", PROBE, "segv"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == -signal.SIGSEGV, result
+    assert "Fatal Python error: Segmentation fault" in result.stderr, result.stderr
+    # The main thread's stack down to the faulting call, and the other threads (the stop
+    # watcher) too.
+    current = result.stderr.split("Current thread", 1)[1]
+    assert "stop_probe_node.py" in current and "__init__" in current, result.stderr
+    assert "_watch" in result.stderr, result.stderr
 
 
 def _gone(pid: int) -> bool:

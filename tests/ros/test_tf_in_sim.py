@@ -9,6 +9,7 @@ publisher's code); the fixed frame is read from config/molmoact2.rviz.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -28,12 +29,23 @@ VISUAL_TYPES = (
     "sensor_msgs/msg/CompressedImage",
     "visualization_msgs/msg/MarkerArray",
 )
+# The supervisor's line for a node that died, and the prefix of each node's output lines.
+DEATH = re.compile(r"\[molmoact2\] node (\S+) exited unexpectedly")
+PREFIX = re.compile(r"\[(\S+?) *\] ")
 STARTUP_TIMEOUT_S = 240.0  # model load and first Think result on a loaded 2-core machine
 
 
 def rviz_fixed_frame() -> str:
     rviz = yaml.safe_load((REPO_ROOT / "config" / "molmoact2.rviz").read_text())
     return rviz["Visualization Manager"]["Global Options"]["Fixed Frame"]
+
+
+def graph_log(lines: list[str], tail: int = 60) -> str:
+    """The graph's last ``tail`` lines, after every earlier line of a node that died: its own
+    last words (a crash's stacks) are usually further up, under the other nodes' stop lines."""
+    dead = {m.group(1) for line in lines if (m := DEATH.match(line))}
+    own = [line for line in lines[:-tail] if (m := PREFIX.match(line)) and m.group(1) in dead]
+    return "".join(own + (["...\n"] if own else []) + lines[-tail:])
 
 
 class VisualProbe:
@@ -108,7 +120,9 @@ def test_every_stamped_frame_resolves_to_the_fixed_frame_in_sim(robot):
                 seen = {t for t, frames in probe.frames.items() if frames}
             if expected_topics <= seen and probe.tf.messages["/tf_static"] > 0:
                 break
-        log = "".join(lines[-60:])
+        if proc.poll() is not None:
+            reader.join(timeout=10)  # all the graph said before it ended
+        log = graph_log(lines)
         assert proc.poll() is None, f"the graph died:\n{log}"
         with probe.lock:
             frames = {t: set(f) for t, f in probe.frames.items()}

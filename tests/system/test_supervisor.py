@@ -11,6 +11,7 @@ import pytest
 from molmoact2 import graph
 from molmoact2.mcap_io import read_messages
 from molmoact2.supervisor import Supervisor
+from tests.rostest_util import REPO_ROOT
 
 pytestmark = pytest.mark.ros
 
@@ -79,3 +80,16 @@ def test_graph_processes_are_told_the_launchers_pid(monkeypatch):
     # An outer launcher's PID (inherited) is replaced: the nodes watch the one that runs them.
     monkeypatch.setenv("MOLMOACT2_LAUNCHER_PID", "1")
     assert Supervisor([], output=io.StringIO()).env["MOLMOACT2_LAUNCHER_PID"] == str(os.getpid())
+
+
+def test_a_node_that_segfaults_at_import_shows_where(monkeypatch):
+    # Before its runtime could enable faulthandler itself: the launcher's environment does.
+    monkeypatch.chdir(REPO_ROOT)  # `python -m tests.crash_at_import`
+    output = io.StringIO()
+    crash = graph.NodeSpec("crasher", "molmoact2", "crasher", "tests.crash_at_import", ())
+    run = Supervisor([crash], output=output).run(duration=30.0, install_signal_handlers=False)
+    log = output.getvalue()
+    assert run.failed_node == "crasher"
+    assert "node crasher exited unexpectedly with status -11 (SIGSEGV)" in log, log
+    assert "[crasher] Fatal Python error: Segmentation fault" in log, log
+    assert 'crash_at_import.py", line 6 in <module>' in log, log

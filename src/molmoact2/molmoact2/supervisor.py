@@ -53,6 +53,16 @@ def write_overrides(spec: NodeSpec, directory: Path) -> Path:
     return path
 
 
+def exit_status(code: int) -> str:
+    """A child's exit status as a reader wants it: a negative status is the signal's name."""
+    if code < 0:
+        try:
+            return f"status {code} ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return f"status {code}"
+
+
 @dataclass
 class _Child:
     spec: NodeSpec
@@ -91,6 +101,9 @@ class Supervisor:
         self.env = dict(os.environ if env is None else env)
         # Large shared-memory segment for raw camera frames (see config/fastdds.xml).
         self.env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(fastdds_profile()))
+        # A node that dies of a native fault prints every thread's Python stack, also one in
+        # an import before its runtime enables that itself (ros_runtime.enable_crash_stacks).
+        self.env.setdefault("PYTHONFAULTHANDLER", "1")
         # Nodes stop when this process is gone, also when it is not their parent.
         self.env[ENV_LAUNCHER_PID] = str(os.getpid())
         self.sigterm_timeout = sigterm_timeout
@@ -170,7 +183,7 @@ class Supervisor:
                 code = child.process.poll()
                 if code is not None:
                     failed = child.spec.name
-                    self._say(f"node {failed} exited unexpectedly with status {code}")
+                    self._say(f"node {failed} exited unexpectedly with {exit_status(code)}")
                     break
             if failed:
                 break

@@ -37,6 +37,16 @@ everything at exit), and one of them held a recorder for 10 s in CI after its fi
 (the watcher, a Python thread, could not run its deadline meanwhile). The deadline therefore
 also has a backstop that needs no GIL: ``faulthandler.dump_traceback_later``, armed at the stop
 request a second after the deadline, prints where every thread is and exits.
+
+Skipping the DDS teardown leaves the shared-memory files Fast DDS removes when a participant is
+destroyed: the process's own data segment (32 MB with config/fastdds.xml) and its receive ports
+stay in /dev/shm for ever (a shared 2-core test machine had over 1,000 such segments, several
+GB), and the next graph reopens those ports as a crashed process left them. So the process
+unlinks, just before it exits, the files whose lock it holds itself (``release_shared_memory``):
+the files a teardown would have removed, and none of its peers'.
+
+A node process that dies of a fatal signal (a native fault in rclpy, the middleware, a
+typesupport) prints every thread's Python stack to stderr first (``enable_crash_stacks``).
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ import contextlib
 import faulthandler
 import logging
 import os
+import re
 import select
 import signal
 import sys
@@ -317,6 +328,8 @@ class ProcessStop:
                     with contextlib.suppress(Exception):
                         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
                 _flush_std_streams()
+                if self._arm_backstop:  # the process exits here (see release_shared_memory)
+                    release_shared_memory()
                 self._exit_process(0 if early else 1)
                 return
 
@@ -452,6 +465,59 @@ def bridge_python_logging(
     return undo
 
 
+SHM_DIR = "/dev/shm"
+# Fast DDS names: a data segment "fastdds_<16 hex>", a port "fastdds_port<n>"; the owner of each
+# holds an flock on "<name>_el" for as long as it lives (RobustExclusiveLock).
+_FASTDDS_LOCK = re.compile(r"fastdds_(?:[0-9a-f]{16}|port\d+)_el")
+
+
+def locked_shm_files(pid: int | str = "self") -> list[str]:
+    """The Fast DDS shared-memory files process ``pid`` owns: each ``_el`` lock file it holds an
+    flock on, and the segment or port it guards. Only a held lock counts: the process may also
+    have a peer's lock file open for a moment (Fast DDS's watchdog probing whether it lives)."""
+    owned: list[str] = []
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return owned
+    for fd in fds:
+        try:
+            target = os.readlink(f"{fd_dir}/{fd}")
+            directory, name = os.path.split(target)
+            if directory != SHM_DIR or not _FASTDDS_LOCK.fullmatch(name):
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                if any(line.startswith("lock:") for line in info):
+                    owned += [target.removesuffix("_el"), target]
+        except OSError:  # closed meanwhile
+            continue
+    return owned
+
+
+def release_shared_memory() -> None:
+    """Unlink this process's own Fast DDS shared-memory files, as destroying its participant
+    would; for a process about to ``os._exit`` (its mappings stay valid until then). Peers that
+    still have a segment mapped keep it; the memory is freed when the last one exits."""
+    for path in locked_shm_files():
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def enable_crash_stacks() -> None:
+    """On a fatal signal (SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL) print every thread's Python
+    stack to stderr before the process dies with that signal.
+
+    A crash in native code (rclpy, the middleware, a message's typesupport) otherwise ends a node
+    with status -11 and not one line: its launcher only says it exited. The stacks name the
+    Python call each thread was in. stderr is what both launchers forward; the dump is written
+    from the signal handler straight to its file descriptor (no Python code runs), and the
+    signal is then raised again, so the exit status still says which signal it was.
+    """
+    with contextlib.suppress(Exception):  # no usable stderr (closed, a GUI): run without it
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+
+
 def _run(
     make_node: Callable[[], Any],
     args: list[str] | None,
@@ -460,6 +526,8 @@ def _run(
     exit_timeout: float,
     exit_process: bool,
 ) -> int:
+    if exit_process:  # a process of its own (in-process callers, pytest, keep their handler)
+        enable_crash_stacks()
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
@@ -526,6 +594,7 @@ def _run(
         stop.done()
         _flush_std_streams()
     if exit_process:
+        release_shared_memory()
         os._exit(code)
     stop.uninstall()
     _CURRENT_STOP = None
