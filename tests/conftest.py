@@ -14,3 +14,12 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 # Two cores: torch's default thread pool would fight the ROS executors in the same test.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_sessionstart(session) -> None:
+    # Fast DDS files that killed node processes (tests kill some on purpose) or earlier runs
+    # on this machine left in /dev/shm: graphs started by this session would reopen their
+    # ports, which crashes participant creation in the wheels' Fast DDS now and then.
+    from molmoact2_common import fastdds_shm
+
+    fastdds_shm.clean_zombies()

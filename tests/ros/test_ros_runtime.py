@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from molmoact2_common import fastdds_shm
 from molmoact2_common.ros_runtime import (
-    locked_shm_files,
     make_executor,
     spin_until_shutdown,
 )
@@ -152,7 +152,7 @@ def test_a_stopped_node_leaves_no_shared_memory_behind():
     # The process skips the DDS teardown (os._exit); the files it would have removed must go
     # all the same, or /dev/shm fills up run after run.
     proc, output = start_probe("quick")
-    owned = locked_shm_files(proc.pid)
+    owned = fastdds_shm.locked_files(proc.pid)
     assert any(Path(f).name.startswith("fastdds_port") for f in owned), owned
     assert all(os.path.exists(f) for f in owned), owned
     assert stop_and_wait(proc, [signal.SIGTERM], group_first=False) == 0, output.close()

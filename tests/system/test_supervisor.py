@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+from pathlib import Path
 
 import pytest
 
 from molmoact2 import graph
 from molmoact2.mcap_io import read_messages
 from molmoact2.supervisor import Supervisor
+from molmoact2_common import fastdds_shm
 from tests.rostest_util import REPO_ROOT
 
 pytestmark = pytest.mark.ros
@@ -93,3 +95,21 @@ def test_a_node_that_segfaults_at_import_shows_where(monkeypatch):
     assert "node crasher exited unexpectedly with status -11 (SIGSEGV)" in log, log
     assert "[crasher] Fatal Python error: Segmentation fault" in log, log
     assert 'crash_at_import.py", line 6 in <module>' in log, log
+
+
+def test_start_removes_shared_memory_a_dead_graph_left():
+    # A killed graph's Fast DDS port stays in /dev/shm; nodes started on the same domain would
+    # reopen it (a crash in participant creation of the wheels' Fast DDS). A port number no
+    # participant uses (they are 7400 + 250 * domain + ...; domains end at 232).
+    shm = Path(fastdds_shm.SHM_DIR)
+    port = f"fastdds_port{99000 + os.getpid() % 900}"
+    names = [port, f"{port}_el", f"{port}_sl", f"sem.{port}_mutex"]
+    for name in names:
+        (shm / name).write_bytes(b"")
+        os.utime(shm / name, (1_000_000, 1_000_000))
+    try:
+        Supervisor([], output=io.StringIO()).start()
+        assert [name for name in names if (shm / name).exists()] == []
+    finally:
+        for name in names:
+            (shm / name).unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from molmoact2 import graph
+from molmoact2_common import fastdds_shm
 
 LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "sim": ("true", "true: simulated arm and cameras; false: the config's hardware backend"),
@@ -130,6 +131,10 @@ def launch_actions(robot: str, options: graph.LaunchOptions) -> list:
     graph.check_graph(config, nodes)
     nodes = without_unavailable_tf(nodes, log.warning)
     nodes = resolve_checkpoint(robot, nodes, log=log.info, make=ensure_in_child_process)
+    # Shared memory a crashed or killed graph left: the nodes would reopen its ports.
+    stale = fastdds_shm.clean_zombies()
+    if stale:
+        log.info(f"removed {len(stale)} stale Fast DDS shared-memory files")
     actions = []
     for spec in nodes:
         if spec.name == graph.TF_NODE:

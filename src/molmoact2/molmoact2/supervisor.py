@@ -30,6 +30,7 @@ from typing import TextIO
 import yaml
 
 from molmoact2.graph import ANY_NAMESPACE, NodeSpec, fastdds_profile
+from molmoact2_common import fastdds_shm
 from molmoact2_common.ros_runtime import ENV_LAUNCHER_PID
 
 log = logging.getLogger("molmoact2.launch")
@@ -137,6 +138,10 @@ class Supervisor:
         stream.close()
 
     def start(self) -> None:
+        # Shared memory a crashed or killed graph left: the nodes would reopen its ports.
+        stale = fastdds_shm.clean_zombies()
+        if stale:
+            log.info("removed %d stale Fast DDS shared-memory files", len(stale))
         for spec in self.nodes:
             cmd = node_command(spec, self.namespace, write_overrides(spec, self._run_dir))
             process = subprocess.Popen(

@@ -42,7 +42,7 @@ Skipping the DDS teardown leaves the shared-memory files Fast DDS removes when a
 destroyed: the process's own data segment (32 MB with config/fastdds.xml) and its receive ports
 stay in /dev/shm for ever (a shared 2-core test machine had over 1,000 such segments, several
 GB), and the next graph reopens those ports as a crashed process left them. So the process
-unlinks, just before it exits, the files whose lock it holds itself (``release_shared_memory``):
+unlinks, just before it exits, the files whose lock it holds itself (``fastdds_shm.release_own``):
 the files a teardown would have removed, and none of its peers'.
 
 A node process that dies of a fatal signal (a native fault in rclpy, the middleware, a
@@ -55,7 +55,6 @@ import contextlib
 import faulthandler
 import logging
 import os
-import re
 import select
 import signal
 import sys
@@ -64,6 +63,8 @@ import time
 import traceback
 from collections.abc import Callable
 from typing import Any
+
+from molmoact2_common import fastdds_shm
 
 # Stop at most this long after the first stop signal; launch escalates to SIGTERM after 5 s.
 DEFAULT_EXIT_TIMEOUT = 4.0
@@ -328,8 +329,8 @@ class ProcessStop:
                     with contextlib.suppress(Exception):
                         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
                 _flush_std_streams()
-                if self._arm_backstop:  # the process exits here (see release_shared_memory)
-                    release_shared_memory()
+                if self._arm_backstop:  # the process exits here (see fastdds_shm.release_own)
+                    fastdds_shm.release_own()
                 self._exit_process(0 if early else 1)
                 return
 
@@ -465,45 +466,6 @@ def bridge_python_logging(
     return undo
 
 
-SHM_DIR = "/dev/shm"
-# Fast DDS names: a data segment "fastdds_<16 hex>", a port "fastdds_port<n>"; the owner of each
-# holds an flock on "<name>_el" for as long as it lives (RobustExclusiveLock).
-_FASTDDS_LOCK = re.compile(r"fastdds_(?:[0-9a-f]{16}|port\d+)_el")
-
-
-def locked_shm_files(pid: int | str = "self") -> list[str]:
-    """The Fast DDS shared-memory files process ``pid`` owns: each ``_el`` lock file it holds an
-    flock on, and the segment or port it guards. Only a held lock counts: the process may also
-    have a peer's lock file open for a moment (Fast DDS's watchdog probing whether it lives)."""
-    owned: list[str] = []
-    fd_dir = f"/proc/{pid}/fd"
-    try:
-        fds = os.listdir(fd_dir)
-    except OSError:
-        return owned
-    for fd in fds:
-        try:
-            target = os.readlink(f"{fd_dir}/{fd}")
-            directory, name = os.path.split(target)
-            if directory != SHM_DIR or not _FASTDDS_LOCK.fullmatch(name):
-                continue
-            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
-                if any(line.startswith("lock:") for line in info):
-                    owned += [target.removesuffix("_el"), target]
-        except OSError:  # closed meanwhile
-            continue
-    return owned
-
-
-def release_shared_memory() -> None:
-    """Unlink this process's own Fast DDS shared-memory files, as destroying its participant
-    would; for a process about to ``os._exit`` (its mappings stay valid until then). Peers that
-    still have a segment mapped keep it; the memory is freed when the last one exits."""
-    for path in locked_shm_files():
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-
-
 def enable_crash_stacks() -> None:
     """On a fatal signal (SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL) print every thread's Python
     stack to stderr before the process dies with that signal.
@@ -594,7 +556,7 @@ def _run(
         stop.done()
         _flush_std_streams()
     if exit_process:
-        release_shared_memory()
+        fastdds_shm.release_own()
         os._exit(code)
     stop.uninstall()
     _CURRENT_STOP = None
