@@ -308,6 +308,12 @@ class DriverParams:
             )
         if not 0.0 <= self.preflight_camera_tolerance < 1.0:
             problems.append("preflight_camera_tolerance must be in [0, 1)")
+        # A bitrate <= 0 skipped the bus budget here and divided by it in the backend's reply
+        # deadline; a force limit <= 0 leaves the gripper no grip at all.
+        if self.can_bitrate <= 0:
+            problems.append(f"can_bitrate must be > 0 [bit/s], got {self.can_bitrate}")
+        if self.gripper_max_force <= 0:
+            problems.append(f"gripper_max_force must be > 0 [N], got {self.gripper_max_force:g}")
         budget = self.bus_budget()
         if budget is not None and self.control_rate > 0:
             problem = budget.check(self.control_rate)

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from molmoact2_common.ros_params import ParamTypeError, coerce_param
+
 ALL_NODES = "/**"
 ANY_NAMESPACE = "/**/"
 BRINGUP_SECTION = "molmoact2_bringup"
@@ -174,6 +176,11 @@ def load_robot_config(robot_or_path: str | Path) -> RobotConfig:
     return config
 
 
+def _require_list(where: str, owner: str, key: str, value: Any) -> None:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: {owner}.{key} must be a list, got {value!r}")
+
+
 def _check_structure(config: RobotConfig) -> None:
     where = str(config.path)
     shared = config.shared
@@ -185,6 +192,10 @@ def _check_structure(config: RobotConfig) -> None:
         raise ConfigError(f"{where}: joint_names must be a non-empty list of names")
     if len(set(joints)) != len(joints):
         raise ConfigError(f"{where}: joint_names has duplicates")
+    # Lists before their lengths are compared: `key:` left empty in YAML is null.
+    for key in ("camera_names", "camera_topics", "camera_transports", "camera_rates",
+                "camera_frames"):
+        _require_list(where, "'/**'", key, shared[key])
     cameras = shared["camera_names"]
     for key in ("camera_topics", "camera_transports", "camera_rates", "camera_frames"):
         if len(shared[key]) != len(cameras):
@@ -210,6 +221,8 @@ def _check_structure(config: RobotConfig) -> None:
             raise ConfigError(f"{where}: no section for node {node!r}")
     driver = config.params_for(config.driver_name)
     for key in ("position_lower", "position_upper", "max_velocity", "initial_positions"):
+        if key in driver:
+            _require_list(where, config.driver_name, key, driver[key])
         if key in driver and len(driver[key]) != len(joints):
             raise ConfigError(
                 f"{where}: {config.driver_name}.{key} has {len(driver[key])} entries "
@@ -471,10 +484,20 @@ def validate_graph_params(config: RobotConfig, nodes: list[NodeSpec]) -> list[st
         values = {k: v for k, v in config.params_for(spec.name).items() if k in known}
         values.update({k: v for k, v in spec.overrides.items() if k in known})
         values.pop("use_sim_time", None)
+        # Each value as the node's own parameter check will hold it (ints for float fields,
+        # lists as tuples), or refused by type here: a `key:` left empty in YAML is null, and
+        # reached the validation below as a TypeError ("'NoneType' has no len()").
+        wrong_type = []
+        for key, value in values.items():
+            try:
+                values[key] = coerce_param(params_cls, key, value)
+            except ParamTypeError as exc:
+                wrong_type.append(f"{config.path}: {spec.name}: {exc}")
+        if wrong_type:
+            problems += wrong_type
+            continue
         try:
-            instance = params_cls(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-            )
+            instance = params_cls(**values)
         except TypeError as exc:
             problems.append(f"{config.path}: {spec.name}: {exc}")
             continue
