@@ -366,24 +366,68 @@ def test_estop_latches_stops_the_arm_and_only_reset_with_a_measured_pose_clears_
     assert bridge.rejected == 3
 
 
-def test_estop_without_a_measured_pose_still_stops_the_controller(graph):
-    # Before: no recent joint state, no stop sent, and the controller played its trajectory
-    # (up to max_chunk_duration) to the end after an e-stop.
+def _as_data(msg):
+    """A received JointTrajectory as the bridge's data type, for the controller's rules."""
+    from hw_drivers.trajectory import JointTrajectoryData, TrajectoryPoint
+
+    return JointTrajectoryData(
+        tuple(msg.joint_names),
+        tuple(
+            TrajectoryPoint(
+                positions=list(p.positions),
+                velocities=list(p.velocities) or None,
+                time_from_start=p.time_from_start.sec + p.time_from_start.nanosec * 1e-9,
+            )
+            for p in msg.points
+        ),
+    )
+
+
+FR3 = [f"fr3_joint{i}" for i in range(1, 8)]
+
+
+def test_estop_without_a_measured_pose_stops_from_the_controllers_reference(graph):
+    # Before: no recent joint state -> an empty trajectory, which current
+    # joint_trajectory_controller releases refuse ("Empty trajectory received.") and then play
+    # the running trajectory to its end. Now: a stop the controller takes, from where its
+    # reference is on the trajectory it runs.
     from std_srvs.srv import Trigger
 
     from hw_drivers.executor import ESTOP_LATCHED
+    from hw_drivers.jtc_model import check_trajectory
 
     bridge, probe, publisher, received, executor, _measured = graph
     publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds, horizon=30))
     assert spin_until(probe, lambda: len(received["trajectory"]) == 1, 5.0, executor)
+    running = _as_data(received["trajectory"][0])
+    assert check_trajectory(running, FR3) is None
     bridge._measured = None  # the joint states stopped coming
     answer = _call(probe, executor, Trigger, "trajectory_bridge/estop", Trigger.Request())
     assert answer.success and answer.message == ESTOP_LATCHED
     assert spin_until(probe, lambda: len(received["trajectory"]) == 2, 5.0, executor)
-    hold = received["trajectory"][1]
-    # joint_trajectory_controller's "drop the running trajectory and hold".
-    assert list(hold.joint_names) == [f"fr3_joint{i}" for i in range(1, 8)]
-    assert list(hold.points) == []
+    stop = _as_data(received["trajectory"][1])
+    assert check_trajectory(stop, FR3) is None, stop
+    assert stop.joint_names == tuple(FR3)
+    [point] = stop.points
+    assert list(point.velocities) == [0.0] * 7
+    # On the path the controller runs: between the arm's pose then (HOME) and the chunk's end
+    # (HOME + 0.29 per joint), the deceleration included.
+    end = running.points[-1].positions
+    for j in range(7):
+        assert HOME[j] - 1e-9 <= point.positions[j] <= end[j] + 1e-9, (j, point.positions)
+
+
+def test_estop_with_neither_a_measured_pose_nor_a_running_trajectory_sends_nothing(graph):
+    from std_srvs.srv import Trigger
+
+    bridge, probe, _publisher, received, executor, _measured = graph
+    bridge._measured = None
+    answer = _call(probe, executor, Trigger, "trajectory_bridge/estop", Trigger.Request())
+    assert answer.success
+    # An empty trajectory would be refused by the controller; nothing of ours is running.
+    spin_until(probe, lambda: bool(received["trajectory"]), 0.5, executor)
+    assert received["trajectory"] == []
+    assert bridge._control.estopped
 
 
 def test_hold_stops_forwarding_until_released_and_diagnostics_name_it_as_a_driver(graph):

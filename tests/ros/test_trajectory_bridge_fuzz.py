@@ -1,8 +1,8 @@
 """The trajectory bridge's message path under the driver's chunk fuzz (one field broken at a
 time: stamps, offsets, step_dt, names, horizons, rows, NaN/huge values, jumps): never an
-exception in the callback, and every trajectory it sends stays inside the position limits
-with point-to-point speeds inside the velocity limits. Outside-in probe: 3000 examples, no
-finding; CI runs a bounded derandomized share.
+exception in the callback, and every trajectory it sends passes joint_trajectory_controller's
+validation and stays inside the position limits with point-to-point speeds inside the velocity
+limits. Outside-in probe: 3000 examples, no finding; CI runs a bounded derandomized share.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from hw_drivers.jtc_model import check_trajectory
 from tests.unit.test_driver_message_properties import build_msg, msgs
 from tests.unit.test_executor_properties import AMAX, LOWER, NAMES, UPPER, VMAX
 
@@ -65,6 +66,9 @@ def test_fuzzed_chunks_never_raise_and_never_leave_the_limits():
     for out in sent:
         if out.trajectory is None:
             continue
+        # joint_trajectory_controller's own checks: a refused trajectory would be dropped with
+        # an error while the controller plays on what it runs.
+        assert check_trajectory(out.trajectory, bridge._state_names) is None, out.trajectory
         seconds = np.array([p.time_from_start for p in out.trajectory.points])  # [s]
         points = np.array([p.positions for p in out.trajectory.points])
         assert np.all(np.isfinite(points))

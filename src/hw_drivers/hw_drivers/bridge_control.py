@@ -14,13 +14,22 @@ same meaning:
   driver's reset refuses when it cannot read the robot); the next chunk ramps in from the
   measured pose (``bridge_guard``, from idle).
 
-What it cannot do: the controller may refuse or abort the stop trajectory, and the gripper
-keeps its last target (its command is a separate topic with no stop).
+Without a recent joint state there is no measured pose to stop from. The stop then starts
+from the controller's own reference: the trajectory the bridge last sent, sampled now as the
+controller samples it (``jtc_model.sample``), which is where a tracking arm is. An empty
+trajectory is not an option: current joint_trajectory_controller releases refuse it and keep
+running the trajectory they have. When the last trajectory sent has ended, the controller
+already holds its last point and nothing is sent.
+
+What it cannot do: the controller may refuse or abort the stop trajectory, a trajectory that
+another client sent is not known, and the gripper keeps its last target (its command is a
+separate topic with no stop).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,6 +41,7 @@ from hw_drivers.executor import (
     REJECT_ESTOP,
     REJECT_HOLD,
 )
+from hw_drivers.jtc_model import sample
 from hw_drivers.trajectory import JointTrajectoryData, TrajectoryPoint
 
 # The shortest stop sent [s]: a point due within a few controller periods (or at once: the
@@ -110,3 +120,41 @@ def stop_trajectory(
     target = np.clip(p + v * duration / 2.0, lower, upper)
     point = TrajectoryPoint(target, np.zeros_like(p), duration)
     return JointTrajectoryData(tuple(names), (point,))
+
+
+@dataclass(frozen=True)
+class SentTrajectory:
+    """A trajectory the controller took (stamped zero: it starts on receipt), and the arm's
+    measured state then, which the controller interpolates from to the first point."""
+
+    trajectory: JointTrajectoryData
+    sent_at: float  # [s] bridge clock
+    start_positions: np.ndarray
+    start_velocities: np.ndarray | None
+
+    @property
+    def ends_at(self) -> float:
+        return self.sent_at + self.trajectory.points[-1].time_from_start
+
+
+def stop_from_reference(
+    sent: SentTrajectory | None,
+    now: float,
+    max_acceleration: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    min_time: float,
+) -> tuple[JointTrajectoryData | None, np.ndarray | None, np.ndarray | None]:
+    """The stop when no joint state is recent: ``stop_trajectory`` from where the controller's
+    reference is at ``now`` on the trajectory ``sent`` last. Returns (stop, the reference's
+    positions, velocities); (None, None, None) when nothing of ours is running (never sent, or
+    ended: the controller holds its last point)."""
+    if sent is None or not sent.trajectory.points or now >= sent.ends_at:
+        return None, None, None
+    positions, velocities = sample(
+        sent.trajectory, sent.start_positions, sent.start_velocities, now - sent.sent_at
+    )
+    stop = stop_trajectory(
+        sent.trajectory.joint_names, positions, velocities, max_acceleration, lower, upper, min_time
+    )
+    return stop, positions, velocities

@@ -41,7 +41,12 @@ from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from hw_drivers.bridge_control import BridgeControl, stop_trajectory
+from hw_drivers.bridge_control import (
+    BridgeControl,
+    SentTrajectory,
+    stop_from_reference,
+    stop_trajectory,
+)
 from hw_drivers.bridge_guard import GuardConfig, guard
 from hw_drivers.chunk import Chunk
 from hw_drivers.execution_report import ExecutionReporter
@@ -107,6 +112,9 @@ class TrajectoryBridgeNode(LifecycleNode):
         self._execution = ExecutionReporter()
         self._execution_pub = None
         self._sent: Chunk | None = None  # the chunk whose trajectory the controller runs
+        # The arm trajectory the controller last took from us (chunks and stops): where its
+        # reference is when no joint state says where the arm is.
+        self._controller_trajectory: SentTrajectory | None = None
         self._velocity: np.ndarray | None = None  # the arm's measured joint velocities
         # The operator's e-stop and hold: on the node, so they outlive deactivate/activate and
         # cleanup/configure as the driver node's do (only ~/reset, or ~/hold false, ends them).
@@ -294,6 +302,10 @@ class TrajectoryBridgeNode(LifecycleNode):
             )
         if out.trajectory is not None and out.trajectory.points:
             self._busy_until = now + out.trajectory.points[-1].time_from_start
+            # The guard sent it only with a recent measured pose: the controller's start.
+            self._controller_trajectory = SentTrajectory(
+                out.trajectory, now, self._measured_pose(now), self._velocity
+            )
         self.accepted += 1
         self._publish(out)
         self._sent = chunk
@@ -364,14 +376,26 @@ class TrajectoryBridgeNode(LifecycleNode):
         if self._trajectory_pub is None:
             return "inactive: nothing was sent to the controller"
         if measured is None:
-            # No pose to stop from: an empty trajectory, which joint_trajectory_controller takes
-            # as "drop the running trajectory and hold" (ros2_controllers' set_hold_position;
-            # effort/velocity-commanded arms hold only with its fixes for issues #514/#683).
-            # Letting the running trajectory play out on an e-stop is the worse choice.
-            self._publish(BridgeOutput(JointTrajectoryData(tuple(self._state_names), ()), None, 0))
+            # No pose to stop from. Not an empty trajectory: current joint_trajectory_controller
+            # releases refuse one ("Empty trajectory received.") and play on what they run.
+            stop, start, velocity = stop_from_reference(
+                self._controller_trajectory,
+                now,
+                self._arm_amax,
+                self._arm_lower,
+                self._arm_upper,
+                self.params.min_lead_time,
+            )
+            if stop is None:
+                self._controller_trajectory = None
+                return (
+                    "no recent joint state of the arm, and no trajectory of ours is running: "
+                    "nothing sent (the controller holds the last point it was sent)"
+                )
+            self._send_stop(stop, now, start, velocity)
             return (
-                "no recent joint state of the arm: sent an empty trajectory (the controller "
-                "drops its trajectory and holds where it is)"
+                "no recent joint state of the arm: stop sent from the controller's reference on "
+                f"the trajectory it runs ({stop.points[0].time_from_start:.2f} s)"
             )
         # Joint states and the controller use the controller's joint names.
         stop = stop_trajectory(
@@ -383,8 +407,18 @@ class TrajectoryBridgeNode(LifecycleNode):
             self._arm_upper,
             self.params.min_lead_time,
         )
-        self._publish(BridgeOutput(stop, None, 0))
+        self._send_stop(stop, now, measured, self._velocity)
         return f"stop sent to the controller ({stop.points[0].time_from_start:.2f} s)"
+
+    def _send_stop(
+        self,
+        stop: JointTrajectoryData,
+        now: float,
+        start: np.ndarray,
+        velocity: np.ndarray | None,
+    ) -> None:
+        self._publish(BridgeOutput(stop, None, 0))
+        self._controller_trajectory = SentTrajectory(stop, now, start, velocity)
 
     def _on_estop(self, request: Trigger.Request, response: Trigger.Response):
         message = self._control.estop()

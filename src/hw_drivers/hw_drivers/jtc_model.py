@@ -1,0 +1,144 @@
+"""What ros2_control's joint_trajectory_controller does with a JointTrajectory we send (no ROS).
+
+The trajectory bridge cannot see the controller; what it sends is only useful if the
+controller accepts it, and stopping the arm without a measured pose needs to know where the
+controller's reference is. Both are facts about the controller's source
+(ros-controls/ros2_controllers, ``joint_trajectory_controller/src/``):
+
+* ``validate_trajectory_msg`` (``joint_trajectory_controller.cpp``) refuses, logs an error and
+  keeps running its current trajectory for: empty ``joint_names``; empty ``points`` ("Empty
+  trajectory received." in current releases; before that an empty trajectory was the hold
+  command, see ``check_trajectory``); a joint it does not control; fewer joints than it
+  controls unless ``allow_partial_joints_goal``; a last point with a velocity above float
+  epsilon unless ``allow_nonzero_velocity_at_trajectory_end`` (default false in current
+  releases); ``time_from_start`` not strictly increasing; ``positions`` not one per joint
+  (``velocities``/``accelerations``: empty or one per joint); any ``effort``.
+* ``Trajectory::sample`` and ``interpolate_between_points`` (``trajectory.cpp``): a trajectory
+  stamped zero starts when first sampled; before the first point it interpolates from the
+  state it had then to the first point; between points linearly when either point lacks
+  velocities, with the cubic Hermite through both points' positions and velocities when both
+  have them (quintic with accelerations, which we never send); after the last point it holds
+  the last point (velocity zero when the point has none).
+
+Sources read: ros-controls/ros2_controllers @ 01936294 ``trajectory.cpp``; the validation as in
+the controller forks that track the current one (christophfroehlich/ros2_controllers @
+00f55866, and the "Empty trajectory received." check of current releases) and the threads of
+ros2_controllers #558/#683/#514 (an empty trajectory held only position-commanded arms before
+the controller stopped accepting it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+
+import numpy as np
+
+from hw_drivers.trajectory import JointTrajectoryData, TrajectoryPoint
+
+# std::numeric_limits<float>::epsilon(): the controller's "zero" for the last point's velocity.
+FLOAT_EPSILON = float(np.finfo(np.float32).eps)
+
+
+def check_trajectory(
+    trajectory: JointTrajectoryData,
+    controller_joints: Sequence[str],
+    *,
+    allow_partial_joints_goal: bool = False,
+    allow_nonzero_velocity_at_trajectory_end: bool = False,
+) -> str | None:
+    """Why the controller would refuse ``trajectory`` (its log line's meaning), or None."""
+    names = list(trajectory.joint_names)
+    joints = list(controller_joints)
+    if not allow_partial_joints_goal and len(names) != len(joints):
+        return "joints on incoming trajectory don't match the controller joints"
+    if not names:
+        return "empty joint names on incoming trajectory"
+    if not trajectory.points:
+        return "empty trajectory received"
+    unknown = [n for n in names if n not in joints]
+    if unknown:
+        return f"incoming joint {unknown[0]} doesn't match the controller's joints"
+    last = trajectory.points[-1]
+    if not allow_nonzero_velocity_at_trajectory_end and last.velocities is not None:
+        moving = np.flatnonzero(np.abs(np.asarray(last.velocities, dtype=float)) > FLOAT_EPSILON)
+        if moving.size:
+            return f"velocity of last trajectory point of joint {names[moving[0]]} is not zero"
+    previous = None
+    for i, point in enumerate(trajectory.points):
+        if previous is not None and not point.time_from_start > previous:
+            return f"time between points {i - 1} and {i} is not strictly increasing"
+        previous = point.time_from_start
+        if len(point.positions) != len(names):
+            return f"mismatch between joint_names size and positions at point #{i}"
+        if point.velocities is not None and len(point.velocities) not in (0, len(names)):
+            return f"mismatch between joint_names size and velocities at point #{i}"
+    return None
+
+
+def _segment(
+    p0: np.ndarray,
+    v0: np.ndarray | None,
+    p1: np.ndarray,
+    v1: np.ndarray | None,
+    duration: float,
+    t: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Position and velocity ``t`` into a segment, as ``interpolate_between_points``."""
+    cubic = v0 is not None and v1 is not None
+    if t <= 0.0:
+        t, cubic = 0.0, False
+    if t >= duration:
+        t, cubic = duration, False
+    if not cubic:
+        slope = (p1 - p0) / duration if duration != 0.0 else np.zeros_like(p0)
+        return p0 + slope * t, slope
+    c2 = (-3.0 * p0 + 3.0 * p1 - 2.0 * v0 * duration - v1 * duration) / duration**2
+    c3 = (2.0 * p0 - 2.0 * p1 + v0 * duration + v1 * duration) / duration**3
+    return (
+        p0 + v0 * t + c2 * t**2 + c3 * t**3,
+        v0 + 2.0 * c2 * t + 3.0 * c3 * t**2,
+    )
+
+
+def sample(
+    trajectory: JointTrajectoryData,
+    start_positions: np.ndarray,
+    start_velocities: np.ndarray | None,
+    elapsed: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The controller's reference (positions, velocities) ``elapsed`` seconds after it took
+    ``trajectory`` (stamped zero) while the arm was at ``start_positions`` moving at
+    ``start_velocities`` (None: the joint states had no velocities)."""
+    points = trajectory.points
+    if not points:
+        raise ValueError("an empty trajectory has no reference")
+
+    def vel(point: TrajectoryPoint) -> np.ndarray | None:
+        v = point.velocities
+        return None if v is None or len(v) == 0 else np.asarray(v, dtype=float)
+
+    first = points[0]
+    if elapsed < first.time_from_start:
+        return _segment(
+            np.asarray(start_positions, dtype=float),
+            None if start_velocities is None else np.asarray(start_velocities, dtype=float),
+            np.asarray(first.positions, dtype=float),
+            vel(first),
+            first.time_from_start,
+            elapsed,
+        )
+    for a, b in pairwise(points):
+        if a.time_from_start <= elapsed < b.time_from_start:
+            return _segment(
+                np.asarray(a.positions, dtype=float),
+                vel(a),
+                np.asarray(b.positions, dtype=float),
+                vel(b),
+                b.time_from_start - a.time_from_start,
+                elapsed - a.time_from_start,
+            )
+    last = points[-1]
+    positions = np.asarray(last.positions, dtype=float)
+    v = vel(last)
+    return positions.copy(), (np.zeros_like(positions) if v is None else v.copy())
