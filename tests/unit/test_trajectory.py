@@ -11,6 +11,7 @@ from hw_drivers.trajectory import (
     default_gripper_joints,
     finite_difference_velocities,
     seconds_to_duration,
+    settling_time,
 )
 
 NAMES = ("j1", "j2", "gripper")
@@ -29,17 +30,25 @@ def test_fresh_chunk_keeps_every_point_at_its_phase():
     traj = out.trajectory
     assert traj.stamp == 0.0  # start on receipt
     assert traj.joint_names == ("j1", "j2")
+    # The last point settles: 1.5 x the spacing after the one before, the controller's cubic
+    # from the chunk's speed to rest (see test_the_last_point_settles_without_speeding_up).
     np.testing.assert_allclose(
-        [p.time_from_start for p in traj.points], [0.05, 0.15, 0.25, 0.35, 0.45], atol=1e-12
+        [p.time_from_start for p in traj.points], [0.05, 0.15, 0.25, 0.35, 0.50], atol=1e-12
     )
     np.testing.assert_allclose(traj.points[2].positions, [0.2, -0.4])
+    without = chunk_to_trajectory(chunk(), now=100.05, compute_velocities=False)
+    np.testing.assert_allclose(  # linear segments: no spline to settle
+        [p.time_from_start for p in without.trajectory.points],
+        [0.05, 0.15, 0.25, 0.35, 0.45],
+        atol=1e-12,
+    )
 
 
 def test_latency_skip_drops_points_already_due():
     # 0.33 s late: actions at 100.1, 100.2, 100.3 are past; 100.4 and 100.5 remain.
     out = chunk_to_trajectory(chunk(), now=100.33, gripper_joints=("gripper",))
     assert out.skipped == 3
-    np.testing.assert_allclose([p.time_from_start for p in out.trajectory.points], [0.07, 0.17])
+    np.testing.assert_allclose([p.time_from_start for p in out.trajectory.points], [0.07, 0.22])
     np.testing.assert_allclose(out.trajectory.points[0].positions, [0.3, -0.6])
     # The gripper gets the target of the first kept point, at the same time.
     np.testing.assert_allclose(out.gripper.positions, [0.8])
@@ -70,6 +79,27 @@ def test_velocities_and_controller_names():
     assert without.trajectory.joint_names == NAMES  # no gripper split asked for
     with pytest.raises(ValueError, match="controller joint names"):
         chunk_to_trajectory(chunk(), now=100.0, controller_joint_names=("a",))
+
+
+def test_the_last_point_settles_without_speeding_up():
+    from hw_drivers.jtc_model import sample
+
+    # At the chunk's spacing the controller's cubic into the last point at rest runs at 4/3 of
+    # the chunk's speed (hand-worked: v(t) = c + 2 c t / T - 3 c t^2 / T^2, peak 4c/3 at T/3).
+    out = chunk_to_trajectory(chunk(), now=100.05, gripper_joints=("gripper",))
+    points = out.trajectory.points
+    a, b = points[-2], points[-1]
+    assert b.time_from_start - a.time_from_start == pytest.approx(0.15)  # 1.5 d / v
+    span = np.linspace(a.time_from_start, b.time_from_start, 301)
+    speeds = np.array([sample(out.trajectory, points[0].positions, None, t)[1] for t in span])
+    assert np.all(np.abs(speeds) <= np.abs(a.velocities) + 1e-9)  # steadily down to rest
+    assert np.all(np.diff(np.abs(speeds), axis=0) <= 1e-9)
+    # Never longer than twice the spacing; joints moving away from the last point ignored.
+    assert settling_time(np.zeros(1), np.array([0.1]), np.array([1.0]), 0.1) == 0.2
+    assert settling_time(np.zeros(1), np.array([-1.0]), np.array([1.0]), 0.1) == 0.1
+    assert settling_time(np.zeros(2), np.array([2.0, 1.0]), np.array([0.1, 0.1]), 0.1) == (
+        pytest.approx(0.15)
+    )
 
 
 def test_reorders_to_the_configured_joint_order():

@@ -1,33 +1,48 @@
 """The trajectory bridge's last checks before a JointTrajectory reaches a ros2_control arm.
 
 The driver node's executor clamps every command it sends; a joint_trajectory_controller gets a
-whole trajectory at once and interpolates it itself, so the bridge must check the trajectory as
-the controller will run it (no ROS here):
+whole trajectory at once and interpolates it itself, so the bridge checks the trajectory as the
+controller will run it (``hw_drivers.jtc_model``: its splines from ros2_controllers' source;
+no ROS here):
 
 * start pose: the first point against the arm's *measured* joint states (a recent message on
   the joint-state topic; without one nothing is sent). Further than ``max_start_deviation``:
   refused. Further than ``ramp_threshold`` while the arm is idle (nothing sent yet, or the last
   trajectory has ended), or so far that reaching the first point in time would break a
-  velocity limit: ramped in, i.e. the whole trajectory is delayed so the controller's spline
-  from where the arm is to the first point stays within the joint's velocity and acceleration
-  limits (and, from idle, takes at least ``ramp_in_time``). A chunk that continues a running
-  trajectory is not delayed: its first point is ahead of the measured pose by the tracking lag;
-* per point: the velocity of every segment (measured pose at time 0 to the first point
-  included) and every point's own velocity within ``max_velocity``, the change of segment
-  velocity within ``max_acceleration``.
+  velocity limit: ramped in. A chunk that continues a running trajectory is not ramped: its
+  first point is ahead of the measured pose by the tracking lag;
+* the ramp-in is the driver executor's: over the ramp the points become the convex blend
+  ``measured + a(s) (point - measured)`` with the smoothstep ``a = 3s^2 - 2s^3``, so the arm
+  leaves its pose at rest and meets the chunk at the chunk's own schedule with matching
+  velocity, never outside the span between where it was and the chunk; a chunk shorter than
+  the ramp is followed by points that finish the blend onto its last point. (Delaying the whole
+  trajectory instead left the chunk's first-point velocity at the end of a long spline from
+  rest, which the controller ran as a swing the wrong way first: 0.08 rad past a joint limit in
+  a probe of 1,200 chunks.) The ramp lasts the longest of ``ramp_in_time`` (from idle) and the
+  rest-to-rest bound below;
+* as the controller interpolates, from the measured pose at time 0 through every point: every
+  position within the joint limits and every speed within ``max_velocity`` (exact extremes of
+  its linear or cubic segments); the change of mean velocity between the chunk's segments
+  within ``max_acceleration``.
 
 A cubic from rest to rest over distance d in time T peaks at 1.5 d / T in velocity and 6 d / T^2
-in acceleration; the ramp duration is the smallest T that keeps both within the limits.
+in acceleration; the smoothstep blend of a standing offset d has the same peaks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-from hw_drivers.trajectory import BridgeOutput, JointTrajectoryData, TrajectoryPoint
+from hw_drivers.jtc_model import bounds
+from hw_drivers.trajectory import (
+    BridgeOutput,
+    JointTrajectoryData,
+    TrajectoryPoint,
+    monotone_velocities,
+)
 
 _SLACK = 1e-6
 
@@ -44,7 +59,7 @@ class GuardConfig:
 class GuardResult:
     output: BridgeOutput | None  # None: refused, nothing may be sent
     reason: str  # why refused ("" when sent)
-    ramp: float  # [s] delay added to ramp in (0 when none)
+    ramp: float  # [s] how long the ramp-in blend lasts (0 when none)
 
 
 def ramp_duration(
@@ -57,6 +72,53 @@ def ramp_duration(
     return float(np.max(np.maximum(by_velocity, by_acceleration), initial=0.0))
 
 
+def blend_in(
+    trajectory: JointTrajectoryData, measured: np.ndarray, duration: float
+) -> JointTrajectoryData:
+    """``trajectory`` ramped in from ``measured`` (at rest) over ``duration``: each point due
+    before ``duration`` becomes ``measured + a(s) (point - measured)``, ``s = t / duration``,
+    ``a`` the smoothstep, its velocity ``a v + a' (point - measured)``; points that finish the
+    blend onto the last point follow a trajectory shorter than the ramp."""
+    points = list(trajectory.points)
+    if duration <= 0.0 or not points:
+        return trajectory
+    home = np.asarray(measured, dtype=float)
+    with_velocities = points[-1].velocities is not None
+    last = points[-1]
+    if last.time_from_start < duration:
+        # Hold the last point while the blend finishes, at the chunk's spacing.
+        step = (
+            last.time_from_start - points[-2].time_from_start if len(points) > 1 else 0.05
+        )
+        count = max(1, int(np.ceil((duration - last.time_from_start) / step - 1e-9)))
+        rest = np.zeros_like(home) if with_velocities else None
+        for k in range(1, count + 1):
+            t = min(last.time_from_start + k * step, duration)
+            points.append(TrajectoryPoint(np.asarray(last.positions, dtype=float), rest, t))
+    times = np.array([p.time_from_start for p in points])
+    s = np.clip(times / duration, 0.0, 1.0)[:, None]
+    a = s * s * (3.0 - 2.0 * s)
+    da = 6.0 * s * (1.0 - s) / duration
+    offset = np.array([p.positions for p in points], dtype=float) - home
+    positions = home + a * offset
+    velocities = None
+    if with_velocities:
+        exact = a * np.array([p.velocities for p in points], dtype=float) + da * offset
+        # Limited as the chunk's own (from the measured pose at time 0): sampled blend
+        # velocities alone let the spline pass a limit the blend touches by a few microradians.
+        velocities = monotone_velocities(
+            np.concatenate([[0.0], times]), np.vstack([home, positions]),
+            np.vstack([np.zeros_like(home), exact]),
+        )[1:]
+    blended = tuple(
+        TrajectoryPoint(
+            positions[k], None if velocities is None else velocities[k], p.time_from_start
+        )
+        for k, p in enumerate(points)
+    )
+    return JointTrajectoryData(trajectory.joint_names, blended, trajectory.stamp)
+
+
 def guard(
     out: BridgeOutput,
     names: Sequence[str],
@@ -65,11 +127,15 @@ def guard(
     max_acceleration: np.ndarray,
     config: GuardConfig,
     *,
+    lower: np.ndarray,
+    upper: np.ndarray,
     idle: bool = True,
+    measured_velocity: np.ndarray | None = None,
 ) -> GuardResult:
-    """Check (and ramp in) the arm trajectory of ``out``; ``names``, ``measured`` and the
-    limits are in the trajectory's joint order (the arm joints, grippers split off); ``idle``:
-    no trajectory of ours is running on the controller."""
+    """Check (and ramp in) the arm trajectory of ``out``; ``names``, ``measured``, the limits
+    and ``measured_velocity`` (None: unknown, taken as at rest) are in the trajectory's joint
+    order (the arm joints, grippers split off); ``idle``: no trajectory of ours is running on
+    the controller."""
     traj = out.trajectory
     if traj is None or not traj.points:
         return GuardResult(out, "", 0.0)
@@ -91,68 +157,80 @@ def guard(
             f"{config.max_start_deviation})",
             0.0,
         )
-    shift = 0.0
-    t0 = traj.points[0].time_from_start
-    too_fast = bool(np.any(deviation > vmax * max(t0, 0.0)))
+    # The controller starts from the measured state: its velocity, when the joint states have
+    # none, taken as at rest (as a state interface reports a standing arm).
+    start_velocity = (
+        np.zeros_like(measured)
+        if measured_velocity is None
+        else np.asarray(measured_velocity, dtype=float)
+    )
+    # Too fast: the controller's first segment, from the measured state to the first point.
+    head = JointTrajectoryData(traj.joint_names, traj.points[:1], traj.stamp)
+    too_fast = bool(np.any(bounds(head, measured, start_velocity)[2][0] > vmax * (1 + _SLACK)))
+    ramp = 0.0
     if deviation[j] > config.ramp_threshold and (idle or too_fast):
-        needed = ramp_duration(first - measured, vmax, amax)
+        ramp = ramp_duration(first - measured, vmax, amax)
         if idle:
-            needed = max(config.ramp_in_time, needed)
-        shift = max(0.0, needed - t0)
-        if shift > 0:
-            traj = JointTrajectoryData(
-                traj.joint_names,
-                tuple(replace(p, time_from_start=p.time_from_start + shift) for p in traj.points),
-                traj.stamp,
-            )
-    reason = _limit_violation(traj.points, names, measured, vmax, amax, ramped=shift > 0)
+            ramp = max(config.ramp_in_time, ramp)
+        traj = blend_in(traj, measured, ramp)
+    reason = _limit_violation(
+        traj, names, measured, start_velocity, vmax, amax, np.asarray(lower), np.asarray(upper)
+    )
     if reason:
         return GuardResult(None, reason, 0.0)
-    gripper = out.gripper
-    if gripper is not None and shift > 0:
-        gripper = replace(gripper, time_from_start=gripper.time_from_start + shift)
-    return GuardResult(BridgeOutput(traj, gripper, out.skipped), "", shift)
+    return GuardResult(BridgeOutput(traj, out.gripper, out.skipped), "", ramp)
 
 
 def _limit_violation(
-    points: Sequence[TrajectoryPoint],
+    trajectory: JointTrajectoryData,
     names: Sequence[str],
     measured: np.ndarray,
+    measured_velocity: np.ndarray,
     vmax: np.ndarray,
     amax: np.ndarray,
-    ramped: bool,
+    lower: np.ndarray,
+    upper: np.ndarray,
 ) -> str:
+    points = trajectory.points
     times = np.array([0.0] + [p.time_from_start for p in points])
     positions = np.vstack([measured] + [p.positions for p in points])
     dt = np.diff(times)
     if np.any(dt <= 0):
         k = int(np.argmax(dt <= 0))
         return f"timing: point {k} is not after the one before it"
-    segment_velocity = np.diff(positions, axis=0) / dt[:, None]
-    # The ramp-in segment is a rest-to-rest spline whose peak is 1.5x its mean velocity; the
-    # others are checked at their mean (the chunk's own sampling).
-    peak = segment_velocity.copy()
-    if ramped:
-        peak[0] *= 1.5
-    too_fast = np.abs(peak) > vmax * (1 + _SLACK)
+
+    def where(k: int) -> str:
+        return "from the measured pose to point 0" if k == 0 else f"point {k - 1} to {k}"
+
+    # As the controller runs it: from the measured state through every point.
+    lowest, highest, fastest = bounds(trajectory, measured, measured_velocity)
+    too_fast = fastest > vmax * (1 + _SLACK)
     if too_fast.any():
         k, j = (int(v) for v in np.argwhere(too_fast)[0])
-        where = "ramp-in from the measured pose" if k == 0 else f"point {k - 1} to {k}"
         return (
-            f"velocity_limit: joint {names[j]} {where} needs {abs(peak[k, j]):.3f}/s > max "
-            f"{vmax[j]:.3f}/s"
+            f"velocity_limit: joint {names[j]} {where(k)} needs {fastest[k, j]:.3f}/s > max "
+            f"{vmax[j]:.3f}/s as the controller interpolates"
         )
-    for k, p in enumerate(points):
-        if p.velocities is not None:
-            over = np.abs(p.velocities) > vmax * (1 + _SLACK)
-            if over.any():
-                j = int(np.argmax(over))
-                return (
-                    f"velocity_limit: joint {names[j]} point {k} velocity "
-                    f"{p.velocities[j]:.3f}/s > max {vmax[j]:.3f}/s"
-                )
+    # The first segment starts wherever the arm is (possibly past a limit already); the
+    # trajectory may only lead back towards the range, never further out.
+    below = lowest < np.minimum(lower, measured) - _SLACK
+    above = highest > np.maximum(upper, measured) + _SLACK
+    outside = below | above
+    if outside.any():
+        k, j = (int(v) for v in np.argwhere(outside)[0])
+        value, bound = (lowest[k, j], lower[j]) if below[k, j] else (highest[k, j], upper[j])
+        return (
+            f"position_limit: joint {names[j]} {where(k)} reaches {value:.4f} beyond its limit "
+            f"{bound:.4f} as the controller interpolates"
+        )
     if len(points) > 1:
         # Change of mean velocity between consecutive chunk segments over their mean spacing.
+        # The last point comes up to twice the spacing late (``trajectory.settling_time``: the
+        # controller's stop into it); its step is the chunk's and is judged at the spacing.
+        dt = dt.copy()
+        if dt.size >= 3:
+            dt[-1] = min(dt[-1], dt[-2])
+        segment_velocity = np.diff(positions, axis=0) / dt[:, None]
         inner = segment_velocity[1:]
         mid_dt = (dt[1:-1] + dt[2:]) / 2.0
         if inner.shape[0] > 1:

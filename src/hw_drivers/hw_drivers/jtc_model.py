@@ -86,9 +86,9 @@ def _segment(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Position and velocity ``t`` into a segment, as ``interpolate_between_points``."""
     cubic = v0 is not None and v1 is not None
-    if t <= 0.0:
+    if t < 0.0:
         t, cubic = 0.0, False
-    if t >= duration:
+    if t > duration:
         t, cubic = duration, False
     if not cubic:
         slope = (p1 - p0) / duration if duration != 0.0 else np.zeros_like(p0)
@@ -142,3 +142,78 @@ def sample(
     positions = np.asarray(last.positions, dtype=float)
     v = vel(last)
     return positions.copy(), (np.zeros_like(positions) if v is None else v.copy())
+
+
+def _segment_bounds(
+    p0: np.ndarray,
+    v0: np.ndarray | None,
+    p1: np.ndarray,
+    v1: np.ndarray | None,
+    duration: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lowest and highest position and fastest speed per joint over one segment, exactly as
+    ``_segment`` interpolates it (a cubic's extremes lie at its ends or where its derivative
+    vanishes)."""
+    if v0 is None or v1 is None or duration <= 0.0:
+        slope = (p1 - p0) / duration if duration > 0.0 else np.zeros_like(p0)
+        return np.minimum(p0, p1), np.maximum(p0, p1), np.abs(slope)
+    c2 = (-3.0 * p0 + 3.0 * p1 - 2.0 * v0 * duration - v1 * duration) / duration**2
+    c3 = (2.0 * p0 - 2.0 * p1 + v0 * duration + v1 * duration) / duration**3
+
+    def position(t: np.ndarray) -> np.ndarray:
+        return p0 + v0 * t + c2 * t**2 + c3 * t**3
+
+    def velocity(t: np.ndarray) -> np.ndarray:
+        return v0 + 2.0 * c2 * t + 3.0 * c3 * t**2
+
+    def inside(t: np.ndarray) -> np.ndarray:
+        return np.isfinite(t) & (t > 0.0) & (t < duration)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # Speed: the velocity is a parabola; its vertex, if inside, besides both ends.
+        vertex = np.where(c3 != 0.0, -c2 / (3.0 * c3), np.nan)
+        fastest = np.maximum(np.abs(v0), np.abs(v1))
+        fastest = np.where(inside(vertex), np.maximum(fastest, np.abs(velocity(vertex))), fastest)
+        # Position: where the velocity is zero (3 c3 t^2 + 2 c2 t + v0 = 0).
+        a, b = 3.0 * c3, 2.0 * c2
+        root = np.sqrt(np.maximum(b * b - 4.0 * a * v0, 0.0))
+        real = b * b - 4.0 * a * v0 >= 0.0
+        linear = np.where(b != 0.0, -v0 / b, np.nan)
+        candidates = [
+            np.where(a != 0.0, np.where(real, (-b + root) / (2.0 * a), np.nan), linear),
+            np.where(a != 0.0, np.where(real, (-b - root) / (2.0 * a), np.nan), np.nan),
+        ]
+    lowest, highest = np.minimum(p0, p1), np.maximum(p0, p1)
+    for t in candidates:
+        ok = inside(t)
+        at = position(np.where(ok, t, 0.0))
+        lowest = np.where(ok, np.minimum(lowest, at), lowest)
+        highest = np.where(ok, np.maximum(highest, at), highest)
+    return lowest, highest, fastest
+
+
+def bounds(
+    trajectory: JointTrajectoryData,
+    start_positions: np.ndarray,
+    start_velocities: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per segment (row 0: from the start state to the first point; row k: point k-1 to k) and
+    joint, the lowest and highest position and the fastest speed the controller commands while
+    it runs ``trajectory`` from the start state (see ``sample``)."""
+
+    def vel(point: TrajectoryPoint) -> np.ndarray | None:
+        v = point.velocities
+        return None if v is None or len(v) == 0 else np.asarray(v, dtype=float)
+
+    states = [
+        (
+            np.asarray(start_positions, dtype=float),
+            None if start_velocities is None else np.asarray(start_velocities, dtype=float),
+            0.0,
+        )
+    ] + [
+        (np.asarray(p.positions, dtype=float), vel(p), p.time_from_start) for p in trajectory.points
+    ]
+    rows = [_segment_bounds(a[0], a[1], b[0], b[1], b[2] - a[2]) for a, b in pairwise(states)]
+    lowest, highest, fastest = (np.array(column) for column in zip(*rows, strict=True))
+    return lowest, highest, fastest

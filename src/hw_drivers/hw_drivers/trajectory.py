@@ -14,8 +14,12 @@ a zero stamp and compute ``time_from_start = chunk.time_of(k) - now`` ourselves,
 Grippers are not arm joints of the controller: their targets leave the trajectory and come
 back as a separate ``GripperCommand`` (value at the first kept point). Velocities, when
 wanted, are finite differences of the positions (zero at the last point, so the arm comes to
-rest there if no new chunk follows), which makes the controller interpolate with cubic
-splines instead of linear segments.
+rest there if no new chunk follows, and because the controller refuses a trajectory that ends
+moving), which makes the controller interpolate with cubic splines instead of linear segments.
+The cubic into that last point at rest would, over the chunk's own spacing, run a third faster
+than the chunk (4/3 of the speed it arrives with, then a hard stop): the last point comes
+``settling_time`` after the one before instead, up to twice the spacing, over which the cubic
+slows down steadily to rest.
 """
 
 from __future__ import annotations
@@ -60,15 +64,61 @@ class BridgeOutput:
     skipped: int  # actions dropped because they were due already
 
 
+def monotone_velocities(
+    times: np.ndarray, positions: np.ndarray, velocities: np.ndarray
+) -> np.ndarray:
+    """``velocities`` at the knots ``(times, positions)`` limited as Fritsch and Carlson's
+    monotone cubic: zero where the positions turn (or stand), the sign of the neighbouring
+    steps, at most three times the slower one. The controller's cubic through them then never
+    passes beyond either end of a segment, so never beyond a joint limit the knots keep (plain
+    central differences overshoot wherever a chunk stops or turns at a limit)."""
+    t = np.asarray(times, dtype=float)
+    p = np.asarray(positions, dtype=float)
+    v = np.asarray(velocities, dtype=float)
+    if p.shape[0] < 2:
+        return v.copy()
+    slopes = np.diff(p, axis=0) / np.diff(t)[:, None]
+    nan = np.full((1, p.shape[1]), np.nan)
+    left = np.vstack([nan, slopes])  # no step before the first knot
+    right = np.vstack([slopes, nan])  # nor after the last
+    sides = np.stack([left, right])
+    defined = ~np.isnan(sides)
+    agrees = np.all(~defined | (np.nan_to_num(sides) * v > 0.0), axis=0)
+    cap = 3.0 * np.min(np.where(defined, np.abs(sides), np.inf), axis=0)
+    return np.where(agrees, np.sign(v) * np.minimum(np.abs(v), cap), 0.0)
+
+
 def finite_difference_velocities(positions: np.ndarray, step_dt: float) -> np.ndarray:
-    """Central differences inside, one-sided at the start, zero at the end (rest there)."""
+    """Central differences inside, one-sided at the start, zero at the end (rest there),
+    limited by ``monotone_velocities``."""
     positions = np.asarray(positions, dtype=float)
     velocities = np.zeros_like(positions)
     if positions.shape[0] >= 3:
         velocities[1:-1] = (positions[2:] - positions[:-2]) / (2.0 * step_dt)
     if positions.shape[0] >= 2:
         velocities[0] = (positions[1] - positions[0]) / step_dt
-    return velocities
+    times = step_dt * np.arange(positions.shape[0])
+    return monotone_velocities(times, positions, velocities)
+
+
+def settling_time(
+    before: np.ndarray, velocity: np.ndarray, last: np.ndarray, step_dt: float
+) -> float:
+    """How long the controller's cubic from ``before`` (moving at ``velocity``) to ``last`` at
+    rest should last: per joint moving towards ``last``, at least ``1.5 d / v``, where its
+    velocity falls steadily from ``v`` and never exceeds it (shorter, it overshoots up to 4/3
+    ``v`` at the chunk's spacing), and at most ``3 d / v``, beyond which it passes ``last`` and
+    comes back; the longest joint's need within every joint's bound, between ``step_dt`` and
+    twice it."""
+    d = np.asarray(last, dtype=float) - np.asarray(before, dtype=float)
+    v = np.asarray(velocity, dtype=float)
+    toward = d * v > 0.0
+    if not toward.any():
+        return step_dt
+    ratio = d[toward] / v[toward]
+    # Beyond 3 d / v a joint's cubic would pass the last point and come back.
+    longest = min(2.0 * step_dt, 3.0 * float(np.min(ratio)))
+    return max(step_dt, min(1.5 * float(np.max(ratio)), longest))
 
 
 def default_gripper_joints(joint_names: Sequence[str]) -> tuple[str, ...]:
@@ -127,6 +177,15 @@ def chunk_to_trajectory(
     velocities = (
         finite_difference_velocities(positions, ordered.step_dt) if compute_velocities else None
     )
+    if velocities is not None and keep.size >= 2:
+        last = int(keep[-1])
+        times = times.copy()
+        times[last] = times[last - 1] + settling_time(
+            positions[last - 1, arm_index],
+            velocities[last - 1, arm_index],
+            positions[last, arm_index],
+            ordered.step_dt,
+        )
     points = tuple(
         TrajectoryPoint(
             positions=positions[k, arm_index].copy(),

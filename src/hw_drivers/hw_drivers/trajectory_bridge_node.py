@@ -232,6 +232,8 @@ class TrajectoryBridgeNode(LifecycleNode):
                 self._velocity = (values - self._measured) / (now - self._measured_at)
             else:
                 self._velocity = None
+            if self._velocity is not None and not np.all(np.isfinite(self._velocity)):
+                self._velocity = None  # unknown: the guard and the stops take it as at rest
             self._measured = values
             self._measured_at = now
 
@@ -287,7 +289,10 @@ class TrajectoryBridgeNode(LifecycleNode):
             self._arm_vmax,
             self._arm_amax,
             self._guard,
+            lower=self._arm_lower,
+            upper=self._arm_upper,
             idle=now >= self._busy_until,
+            measured_velocity=self._velocity,
         )
         if checked.output is None:
             self._reject(checked.reason, msg)
@@ -296,8 +301,8 @@ class TrajectoryBridgeNode(LifecycleNode):
         if checked.ramp > 0:
             self.ramped += 1
             self.get_logger().info(
-                f"chunk {msg.sequence} ramped in: delayed {checked.ramp:.2f} s to reach its "
-                "first point from the measured pose within the limits",
+                f"chunk {msg.sequence} ramped in: blended from the measured pose onto the "
+                f"chunk over {checked.ramp:.2f} s, within the limits",
                 throttle_duration_sec=LOG_THROTTLE_S,
             )
         if out.trajectory is not None and out.trajectory.points:
