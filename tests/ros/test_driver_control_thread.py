@@ -210,7 +210,131 @@ def test_a_tick_that_raises_every_time_latches_the_estop_named_on_diagnostics():
 
         response = node._on_reset(Trigger.Request(), Trigger.Response())
         assert response.success, response.message
-        assert not loop.executor.estopped and not loop.tick_errors.reason
+        assert not loop.executor.estopped and not loop.estop_reason
+
+
+class _RecordingLogger:
+    """Stands in for the node's logger and keeps what it is asked to log. Not forwarded:
+    rclpy ties a throttle to its call site, and all calls would come from here."""
+
+    def __init__(self, logger) -> None:
+        self._logger = logger
+        self.lines: list[tuple[str, str]] = []
+
+    def __getattr__(self, name):
+        if name not in ("debug", "info", "warning", "warn", "error", "fatal"):
+            return getattr(self._logger, name)
+
+        def record(message, **kwargs):
+            self.lines.append((name, message))
+
+        return record
+
+
+def _driver_status_values(probe):
+    status = latest(probe.diagnostics, ": driver")
+    return status, ({kv.key: kv.value for kv in status.values} if status else {})
+
+
+@pytest.mark.parametrize("cause", ["operator", "tick_errors"])
+def test_the_estop_reason_outlives_lifecycle_cycles_until_reset(cause):
+    # Before: after cleanup -> configure the latch came back but not why (diagnostics said
+    # "e-stop latched", the log "the e-stop latched before cleanup is still latched"), and an
+    # operator's e-stop never had a reason on /diagnostics at all.
+    from lifecycle_msgs.msg import State
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from std_srvs.srv import Trigger
+
+    args = ("-p", "reconnect_period:=0.1", "-p", "max_tick_errors:=3")
+    with driver_on_one_executor_thread(*args) as (node, probe):
+        logger = _RecordingLogger(node.get_logger())
+        node.get_logger = lambda: logger
+        loop = node._loop
+        if cause == "operator":
+            assert node._on_estop(Trigger.Request(), Trigger.Response()).success
+            expected = "operator ~/estop"
+        else:
+
+            def broken(now, measured):
+                raise ZeroDivisionError("a bug in the executor")
+
+            loop.executor.tick = broken
+            assert wait_for(lambda: loop.executor.estopped, 30.0)
+            expected = loop.estop_reason
+            assert expected.startswith("3 control tick errors"), expected
+            assert any(expected in line for _, line in logger.lines)  # said when it latched
+        ok = TransitionCallbackReturn.SUCCESS
+        cycles = {
+            "deactivate/activate": ("deactivate", "activate"),
+            "cleanup/configure": ("deactivate", "cleanup", "configure", "activate"),
+        }
+        for name, steps in cycles.items():
+            logger.lines.clear()
+            for step in steps:
+                assert getattr(node, f"trigger_{step}")() == ok, (name, step)
+            assert node._state_machine.current_state[0] == State.PRIMARY_STATE_ACTIVE
+            assert node._loop.executor.estopped and node._loop.estop_reason == expected, name
+            probe.diagnostics.clear()
+
+            def named():
+                status, values = _driver_status_values(probe)
+                return status is not None and values.get("estop_reason") == expected
+
+            assert wait_for(named, 30.0), (name, _driver_status_values(probe))
+            status, _ = _driver_status_values(probe)
+            assert status.message.startswith(f"e-stop latched: {expected}; call ~/reset"), name
+            if "configure" in steps:
+                warnings = [line for level, line in logger.lines if level == "warning"]
+                assert any("still latched" in w and expected in w for w in warnings), warnings
+        response = node._on_reset(Trigger.Request(), Trigger.Response())
+        assert response.success, response.message
+        assert not node._loop.executor.estopped and node._loop.estop_reason == ""
+        probe.diagnostics.clear()
+
+        def cleared():
+            status, values = _driver_status_values(probe)
+            return status is not None and values.get("estop_reason") == ""
+
+        assert wait_for(cleared, 30.0)
+        assert not _driver_status_values(probe)[0].message.startswith("e-stop")
+
+
+def test_with_on_fault_disable_recurring_faults_keep_the_torque_off_through_a_cleanup():
+    # Before: each fault turned the torque off and its reconnect on again, for ever.
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from std_srvs.srv import Trigger
+
+    args = ("-p", "on_fault:=disable", "-p", "reconnect_period:=0.1", "-p", "max_torque_offs:=1")
+    with driver_on_one_executor_thread(*args) as (node, probe):
+        logger = _RecordingLogger(node.get_logger())
+        node.get_logger = lambda: logger
+        node._loop.backend.inject_faults(1)
+        assert wait_for(lambda: node._loop.torque_off_latched, 30.0)
+        reason = node._loop.estop_reason
+        assert "1 backend faults within 60 s with on_fault: disable" in reason, reason
+        assert any(level == "error" and reason in line for level, line in logger.lines)
+        # The link reconnects; the torque stays off, also after a lifecycle cleanup cycle.
+        assert wait_for(lambda: node._loop.stats.reconnects >= 1, 30.0)
+        ok = TransitionCallbackReturn.SUCCESS
+        for step in ("deactivate", "cleanup", "configure", "activate"):
+            assert getattr(node, f"trigger_{step}")() == ok, step
+        loop = node._loop
+        assert loop.torque_off_latched and loop.estop_reason == reason
+        steps = loop.stats.steps
+        assert wait_for(lambda: loop.stats.steps > steps + 20, 30.0)
+        assert not loop.backend.is_enabled and loop.stats.writes == 0
+        probe.diagnostics.clear()
+
+        def named():
+            status, values = _driver_status_values(probe)
+            return status is not None and values.get("torque_off_latched") == "true"
+
+        assert wait_for(named, 30.0)
+        assert _driver_status_values(probe)[0].message.startswith(f"e-stop latched: {reason}")
+        response = node._on_reset(Trigger.Request(), Trigger.Response())
+        assert response.success, response.message
+        assert loop.backend.is_enabled and not loop.torque_off_latched
+        assert wait_for(lambda: loop.stats.writes > 10, 30.0)
 
 
 class _OwnedLock:

@@ -22,11 +22,19 @@ TICK = 0.01
 RECONNECT = 0.05
 
 
-def make_loop(max_tick_errors: int = 3) -> tuple[ControlLoop, list[float]]:
+def make_loop(
+    max_tick_errors: int = 3, fault_window: float = 60.0
+) -> tuple[ControlLoop, list[float]]:
     clock = [T0]
     sim = SimBackend(NAMES, 0.5 * (LOWER + UPPER), LOWER, UPPER, clock=lambda: clock[0])
     executor = ChunkExecutor(NAMES, limits(), safety(0.3), ExecutorConfig())
-    loop = ControlLoop(sim, executor, reconnect_period=RECONNECT, max_tick_errors=max_tick_errors)
+    loop = ControlLoop(
+        sim,
+        executor,
+        reconnect_period=RECONNECT,
+        max_tick_errors=max_tick_errors,
+        fault_window=fault_window,
+    )
     loop.start()
     return loop, clock
 
@@ -60,7 +68,7 @@ def test_a_tick_raising_every_time_latches_the_estop_after_the_limit_once():
     assert len(latched) == 1  # one clear line, not one per error
     assert "3 control tick errors" in latched[0]
     assert "ZeroDivisionError: a bug after the executor" in latched[0]
-    assert loop.tick_errors.reason == latched[0]
+    assert loop.estop_reason == latched[0]
 
 
 def test_the_estop_latches_on_exactly_the_limit_th_error():
@@ -79,26 +87,26 @@ def test_the_estop_latches_on_exactly_the_limit_th_error():
     assert loop.executor.estopped
 
 
-def test_a_successful_tick_between_errors_resets_the_count():
-    loop, clock = make_loop(max_tick_errors=3)
-    flips = iter([True, True, False] * 20)  # two errors, then one good tick, repeated
-
-    latched = run_ticks(loop, clock, 400, broken=lambda now: next(flips, False))
-    assert loop.stats.reconnects >= 10  # many errors in all
-    assert not latched and not loop.executor.estopped
+def test_a_successful_tick_between_errors_resets_the_count_in_a_row():
+    escalation = TickErrorEscalation(3)  # no window: only the errors in a row
+    for k in range(20):  # two errors, then one good tick, repeated
+        assert escalation.failed(3.0 * k, "boom") is None
+        assert escalation.failed(3.0 * k + 1, "boom") is None
+        escalation.succeeded()
+    assert escalation.count == 0 and not escalation.escalated
 
 
 def test_the_estop_holds_through_reconnects_until_reset_clears_it_and_the_count():
     loop, clock = make_loop(max_tick_errors=2)
-    run_ticks(loop, clock, 100, broken=lambda now: True)
+    (reason,) = run_ticks(loop, clock, 100, broken=lambda now: True)
     assert loop.executor.estopped
     # The bug is gone: the loop reconnects, ticks succeed, and the e-stop stays latched.
     run_ticks(loop, clock, 20, broken=lambda now: False)
     assert not loop.faulted and loop.executor.estopped
-    assert loop.tick_errors.reason  # still named until the operator resets
+    assert loop.estop_reason == reason  # still named until the operator resets
     ok, _ = loop.reset()
     assert ok and not loop.executor.estopped
-    assert loop.tick_errors.count == 0 and not loop.tick_errors.reason
+    assert loop.tick_errors.count == 0 and not loop.estop_reason
     # A new run of errors latches again (and is reported again).
     assert len(run_ticks(loop, clock, 100, broken=lambda now: True)) == 1
 
@@ -117,7 +125,7 @@ def test_the_reason_counts_the_errors_and_the_time_they_took():
 def test_diagnostics_name_the_tick_errors_not_the_backend_fault_they_cause():
     level, message = driver_summary(
         "estop",
-        tick_error_estop="3 control tick errors ... (last: tick error: KeyError: 'x')",
+        estop_reason="3 control tick errors ... (last: tick error: KeyError: 'x')",
         backend_fault="tick error: KeyError: 'x'",
         command_fault="",
         tick_rate=250.0,

@@ -31,9 +31,15 @@ from hw_drivers.backends.base import Backend, BackendError, JointReading
 from hw_drivers.chunk import Chunk
 from hw_drivers.conversions import chunk_from_msg
 from hw_drivers.driver_params import EXIT_BEHAVIORS
-from hw_drivers.executor import ChunkExecutor, Command, PreparedChunk, SubmitResult
+from hw_drivers.executor import (
+    OPERATOR_ESTOP,
+    ChunkExecutor,
+    Command,
+    PreparedChunk,
+    SubmitResult,
+)
 from hw_drivers.preflight import PreflightReport
-from hw_drivers.tick_errors import TickErrorEscalation
+from hw_drivers.tick_errors import FaultWindow, TickErrorEscalation
 
 # What the arm does when the driver process stops (parameter ``exit_behavior``, EXIT_BEHAVIORS):
 # hold: stop following chunks and keep holding where it is, torque on (the default: safe for
@@ -75,6 +81,8 @@ class ControlLoop:
         hold_mask: np.ndarray | None = None,
         preflight: Callable[[JointReading], PreflightReport] | None = None,
         max_tick_errors: int = 3,
+        fault_window: float = 60.0,
+        max_torque_offs: int = 3,
     ) -> None:
         if on_fault not in ("hold", "disable"):
             raise ValueError(f"on_fault must be hold or disable, got {on_fault!r}")
@@ -100,7 +108,13 @@ class ControlLoop:
         if self.hold_mask.shape != (n,):
             raise ValueError(f"hold_mask must have {n} entries, got {self.hold_mask.shape}")
         self._hold_pose: np.ndarray | None = None
-        self.tick_errors = TickErrorEscalation(max_tick_errors)
+        self.tick_errors = TickErrorEscalation(max_tick_errors, fault_window)
+        # on_fault: disable turns the torque off at each fault and the reconnect turns it on
+        # again: a fault that recurs would cycle it for ever. ``max_torque_offs`` of them within
+        # ``fault_window`` latch the e-stop with the torque kept off (``torque_off_latched``):
+        # reconnects go on (state and diagnostics), the torque comes back only with ~/reset.
+        self.torque_offs = FaultWindow(max_torque_offs, fault_window)
+        self.torque_off_latched = False
 
     @property
     def held(self) -> np.ndarray:
@@ -142,7 +156,8 @@ class ControlLoop:
             self.last_preflight = report
             if not report.ok:
                 raise BackendError("preflight failed: " + "; ".join(report.failures()))
-        self.backend.enable()
+        if not self.torque_off_latched:
+            self.backend.enable()
         reading = self._read()
         self.executor.start(reading.positions)
         self.last_reading = reading
@@ -251,7 +266,8 @@ class ControlLoop:
             return self._fault(now, None, f"read failed: {err}")
         self.last_reading = reading
         command = self.executor.tick(now, reading.positions)
-        if self.executor.config.dry_run:
+        if self.executor.config.dry_run or self.torque_off_latched:
+            # Torque kept off: nothing is sent (a position write may energise some servos).
             return StepResult(reading, command, False, "")
         positions, velocities = command.positions, command.velocities
         held = self.held
@@ -301,8 +317,9 @@ class ControlLoop:
             return self.executor.reject("backend: no measurement (backend faulted)", now)
         return self.executor.submit_prepared(prepared, now, self.last_reading.positions)
 
-    def estop(self) -> str:
-        return self.executor.estop()
+    def estop(self, reason: str = OPERATOR_ESTOP) -> str:
+        """Latch the e-stop for ``reason`` (the executor keeps it until ``reset``)."""
+        return self.executor.estop(reason)
 
     def reset(self) -> tuple[bool, str]:
         """Clear e-stop, fault and hold from a fresh reading; (success, what happened)."""
@@ -312,9 +329,19 @@ class ControlLoop:
             reading = self._read()
         except BackendError as err:
             return False, f"cannot read the robot: {err}"
+        if self.torque_off_latched:
+            # Energise as a reconnect does: a new command stream at the measured pose (the arm
+            # may have sagged while limp; the old command must not pull it back).
+            self.torque_off_latched = False
+            try:
+                reading = self.start()
+            except BackendError as err:
+                self.torque_off_latched = True
+                return False, f"cannot turn the torque on: {err}"
         self.last_reading = reading
         self.operator_hold = False
         self.tick_errors.reset()
+        self.torque_offs.clear()
         return True, self.executor.reset(reading.positions)
 
     def hold(self, on: bool) -> tuple[bool, str]:
@@ -331,12 +358,20 @@ class ControlLoop:
     def tick_error(self, now: float, error: str) -> str | None:
         """The driver's tick raised ``error``: a fault (see ``fault``), and after
         ``max_tick_errors`` of them without a successful tick between, the e-stop latches
-        (``hw_drivers.tick_errors``). Returns the e-stop's reason when this error latched it."""
+        (``hw_drivers.tick_errors``); so do ``max_tick_errors`` of them within ``fault_window``.
+        Returns the e-stop's reason when this error latched it (None when it did not, and
+        when an e-stop was latched already: its reason stays)."""
         self.fault(now, error)
         reason = self.tick_errors.failed(now, error)
-        if reason is not None:
-            self.executor.estop()
+        if reason is None or self.executor.estopped:
+            return None
+        self.executor.estop(reason)
         return reason
+
+    @property
+    def estop_reason(self) -> str:
+        """Why the e-stop is latched ("" when it is not)."""
+        return self.executor.estop_reason
 
     def tick_succeeded(self) -> None:
         """The driver's tick ran the executor (``step`` returned a command) and finished."""
@@ -356,6 +391,12 @@ class ControlLoop:
                 # Reported, not swallowed: the operator must know the torque may still be on.
                 error = f"{error}; disable failed too: {err}"
                 self.stats.last_error = error
+            if self.torque_offs.add(now) and not self.torque_off_latched:
+                self.torque_off_latched = True
+                self.executor.estop(
+                    f"{self.torque_offs.limit} backend faults within {self.torque_offs.window:g} s"
+                    f" with on_fault: disable (last: {error}): torque kept off"
+                )
         return StepResult(reading, None, False, error)
 
     def _recover(self, now: float) -> StepResult:

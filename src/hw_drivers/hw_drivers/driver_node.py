@@ -89,9 +89,12 @@ class DriverNode(LifecycleNode):
         self._state_period = 0.0
         self._last_state_publish = float("-inf")
         self._tick_timing: TickTiming | None = None
-        # A latched e-stop outlives cleanup -> configure (a lifecycle manager's reset cycle):
-        # only ~/reset clears it.
-        self._estop_latched = False
+        # A latched e-stop outlives cleanup -> configure (a lifecycle manager's reset cycle),
+        # and with it why it latched (the executor's ``estop_reason``, carried here only while
+        # no loop exists) and whether the torque is kept off: only ~/reset clears them.
+        self._estop_reason = ""
+        self._torque_off_latched = False
+        self._estop_logged = ""  # the e-stop reason last logged (each new one is, once)
         # Likewise an operator's ~/hold(true) outlives deactivate -> activate (activation starts
         # a new command stream, which drops hold requests).
         self._hold_latched = False
@@ -124,6 +127,8 @@ class DriverNode(LifecycleNode):
             on_fault=params.on_fault,
             reconnect_period=params.reconnect_period,
             max_tick_errors=params.max_tick_errors,
+            fault_window=params.fault_window,
+            max_torque_offs=params.max_torque_offs,
             shadow=params.is_shadow(),
             hold_mask=params.hold_mask(),
             preflight=make_preflight(params, backend, self._camera_rates, self._log_preflight)
@@ -131,11 +136,18 @@ class DriverNode(LifecycleNode):
             else None,
         )
         self._last_preflight_text = ""
-        if self._estop_latched:
-            self._loop.estop()
+        if self._estop_reason:
+            self._loop.estop(self._estop_reason)
+            self._loop.torque_off_latched = self._torque_off_latched
+            self._estop_logged = self._estop_reason
+            torque = "torque kept off" if self._torque_off_latched else "holding"
             self.get_logger().warning(
-                "the e-stop latched before cleanup is still latched: holding until ~/reset"
+                f"the e-stop latched before cleanup is still latched ({self._estop_reason}): "
+                f"{torque} until ~/reset"
             )
+            # Handed over: from here the executor is the one record (finish_on_exit takes it
+            # back), so a later ~/reset is not undone by a stale copy here.
+            self._estop_reason, self._torque_off_latched = "", False
         self._state_period = 1.0 / params.state_publish_rate if params.state_publish_rate else 0
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         # State and commands reliable, as ros2_control's joint_state_broadcaster publishes
@@ -274,7 +286,8 @@ class DriverNode(LifecycleNode):
         if self._loop is not None:
             p = self.params
             with self._lock:
-                self._estop_latched = self._loop.executor.estopped
+                self._estop_reason = self._loop.estop_reason
+                self._torque_off_latched = self._loop.torque_off_latched
                 release, what = self._loop.finish(
                     p.exit_behavior,
                     period=1.0 / p.control_rate,
@@ -322,15 +335,14 @@ class DriverNode(LifecycleNode):
         """A tick raised (a bug, not a backend error: those ``ControlLoop.step`` handles):
         the arm holds through the backend-fault path, which reconnects and starts a fresh
         command stream after ``reconnect_period``. The loop goes on ticking for that; after
-        ``max_tick_errors`` errors without a successful tick the e-stop latches."""
+        ``max_tick_errors`` errors without a successful tick, or as many within
+        ``fault_window``, the e-stop latches."""
         error = f"tick error: {type(exc).__name__}: {exc}"
         loop = self._loop
-        latched = None
         if loop is not None:
             with self._lock:
-                latched = loop.tick_error(self._now(), error)
-        if latched is not None:
-            self.get_logger().error(f"E-STOP latched: {latched}; holding until ~/reset")
+                loop.tick_error(self._now(), error)
+            self._log_new_estop(loop)
         control = self._control
         if control is None or control.errors <= 1:  # the traceback once, then throttled lines
             _log.error("control tick failed", exc_info=exc)
@@ -354,6 +366,7 @@ class DriverNode(LifecycleNode):
                 f"backend fault: {result.error} (on_fault={self.params.on_fault})",
                 throttle_duration_sec=_LOG_EVERY,
             )
+            self._log_new_estop(loop)
         names = self.params.joint_names
         if result.reading is not None and now - self._last_state_publish >= self._state_period:
             self._last_state_publish = now
@@ -369,6 +382,15 @@ class DriverNode(LifecycleNode):
             # Only here, at the end: a bug in the publishing above must count as well.
             with self._lock:
                 loop.tick_succeeded()
+
+    def _log_new_estop(self, loop: ControlLoop) -> None:
+        """Log an e-stop the loop latched itself (recurring tick errors or torque-off faults),
+        once, with its reason; a plain read of one str, so no lock."""
+        reason = loop.estop_reason
+        if reason and reason != self._estop_logged:
+            torque = "torque kept off" if loop.torque_off_latched else "holding"
+            self.get_logger().error(f"E-STOP latched: {reason}; {torque} until ~/reset")
+        self._estop_logged = reason
 
     def _on_chunk(self, msg: ActionChunk) -> None:
         loop = self._loop
@@ -407,7 +429,9 @@ class DriverNode(LifecycleNode):
             return response
         with self._lock:
             message = self._loop.estop()
-        self.get_logger().warning("E-STOP latched: holding until ~/reset")
+            reason = self._loop.estop_reason
+        self._estop_logged = reason
+        self.get_logger().warning(f"E-STOP latched ({reason}): holding until ~/reset")
         response.success, response.message = True, message
         return response
 
@@ -417,6 +441,7 @@ class DriverNode(LifecycleNode):
             return response
         with self._lock:
             response.success, response.message = self._loop.reset()
+            self._estop_logged = self._loop.estop_reason
         self.get_logger().info(response.message)
         return response
 
@@ -518,6 +543,11 @@ class DriverNode(LifecycleNode):
                 "tick_errors": str(control.errors),
                 "tick_errors_in_a_row": str(loop.tick_errors.count),
                 "max_tick_errors": str(loop.tick_errors.limit),
+                "fault_window_s": f"{self.params.fault_window:g}",
+                "tick_errors_in_window": str(loop.tick_errors.recent_count(now)),
+                "torque_offs_in_window": str(loop.torque_offs.count(now)),
+                "estop_reason": loop.estop_reason,
+                "torque_off_latched": str(loop.torque_off_latched).lower(),
                 "last_tick_error": control.last_error,
                 "accepted_chunks": str(stats.accepted),
                 "rejected_chunks": str(stats.rejected_total),
@@ -538,14 +568,14 @@ class DriverNode(LifecycleNode):
                 ),
             }
             faulted = loop.faulted
-            tick_error_estop = loop.tick_errors.reason if loop.executor.estopped else ""
+            estop_reason = loop.estop_reason
         status = DiagnosticStatus()
         status.name = f"{self.get_fully_qualified_name()}: driver"
         status.hardware_id = f"{self.params.robot or 'robot'}:{self.params.backend}"
         level, status.message = driver_summary(
             state,
             control_stopped=control.fatal_error if thread_dead else None,
-            tick_error_estop=tick_error_estop,
+            estop_reason=estop_reason,
             backend_fault=loop.stats.last_error if faulted else None,
             command_fault=fault,
             tick_rate=ticks.rate,

@@ -8,11 +8,13 @@ config file without starting ROS.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import numpy as np
 
+from hw_drivers.tick_errors import min_fault_window
 from molmoact2_common.ros_params import ParamTypeError, coerce_param, field_problems
 
 BACKENDS = ("sim", "damiao", "feetech", "franky", "ros2_control")
@@ -181,13 +183,31 @@ class DriverParams:
     rejection_window: float = _f(
         10.0, "diagnostics: WARN while chunks were rejected within this many seconds"
     )
-    on_fault: str = _f("hold", "on a backend fault: hold (keep torque) | disable (torque off)")
+    on_fault: str = _f(
+        "hold",
+        "on a backend fault: hold (keep torque) | disable (torque off; the reconnect turns it on "
+        "again, max_torque_offs faults within fault_window latch the e-stop with the torque off "
+        "until ~/reset)",
+    )
     reconnect_period: float = _f(1.0, "seconds between reconnect attempts after a fault")
     max_tick_errors: int = _f(
         3,
         "control ticks that raise (a bug, not a backend fault: each one holds and reconnects "
         "like a fault) without a successful tick between them before the e-stop latches "
-        "(until ~/reset)",
+        "(until ~/reset); as many within fault_window latch it too",
+    )
+    fault_window: float = _f(
+        60.0,
+        "[s] max_tick_errors tick errors (successful ticks between them or not) or, with "
+        "on_fault: disable, max_torque_offs backend faults within this long latch the e-stop "
+        "until ~/reset; at least limit * (reconnect_period + 2 / control_rate), else it could "
+        "never be reached",
+    )
+    max_torque_offs: int = _f(
+        3,
+        "on_fault: disable: backend faults within fault_window (each turns the torque off, its "
+        "reconnect on) at which the e-stop latches and the torque stays off until ~/reset "
+        "(1: from the first fault)",
     )
     exit_behavior: str = _f(
         "hold",
@@ -248,8 +268,21 @@ class DriverParams:
             problems.append("state_publish_rate must be >= 0 (0: every control tick)")
         if self.reconnect_period <= 0:
             problems.append("reconnect_period must be > 0")
-        if self.max_tick_errors < 1:
-            problems.append("max_tick_errors must be >= 1")
+        if self.max_tick_errors < 1 or self.max_torque_offs < 1:
+            problems.append("max_tick_errors and max_torque_offs must be >= 1")
+        if not (self.fault_window > 0 and math.isfinite(self.fault_window)):
+            problems.append("fault_window must be > 0")
+        elif self.reconnect_period > 0 and 0 < self.control_rate:
+            # Each fault costs a reconnect period: a shorter window could never trip.
+            torque_offs = self.max_torque_offs if self.on_fault == "disable" else 1
+            limit = max(self.max_tick_errors, torque_offs)
+            needed = min_fault_window(limit, self.reconnect_period, self.control_rate)
+            if self.fault_window < needed:
+                problems.append(
+                    f"fault_window {self.fault_window:g} s is too short to ever hold {limit} "
+                    f"faults {self.reconnect_period:g} s (reconnect_period) apart: at least "
+                    f"{needed:g} s"
+                )
         if self.max_step_per_tick <= 0:
             problems.append("max_step_per_tick must be > 0")
         if self.interpolation not in ("linear", "cubic"):

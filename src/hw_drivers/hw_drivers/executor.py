@@ -56,6 +56,7 @@ REJECT_HOLD = "hold: hold requested; chunks are ignored until released"
 HOLDING = "holding"
 HOLD_RELEASED = "hold released: following chunks (the next one ramps in)"
 HOLD_RELEASED_IN_ESTOP = "hold released, but the e-stop is latched: still holding; call ~/reset"
+OPERATOR_ESTOP = "operator ~/estop"  # the reason of an e-stop nobody gave one for
 
 # Slack for "already in the past" so a chunk whose action lands exactly on `now` keeps it.
 _TIME_EPS = 1e-9
@@ -268,7 +269,9 @@ class ChunkExecutor:
         self._hold_target: np.ndarray | None = None  # where holds aim; None: stay put
         self._last_accept: float | None = None
         self._last_now: float | None = None  # time of the last tick
-        self._estopped = False
+        # Why the e-stop is latched ("" while it is not): the one record of it, so whatever
+        # reports it (diagnostics, the log after a lifecycle re-configure) says why.
+        self._estop_reason = ""
         self._hold_requested = False
         self._fault = ""
         self._needs_ramp_in = True
@@ -302,7 +305,12 @@ class ChunkExecutor:
 
     @property
     def estopped(self) -> bool:
-        return self._estopped
+        return bool(self._estop_reason)
+
+    @property
+    def estop_reason(self) -> str:
+        """Why the e-stop is latched ("" when it is not); cleared only by ``reset``."""
+        return self._estop_reason
 
     @property
     def fault(self) -> str:
@@ -396,7 +404,7 @@ class ChunkExecutor:
         chunk = prepared.chunk
         if chunk is None:
             return self._reject(prepared.problem or "shape: no chunk", now)
-        if self._estopped:
+        if self.estopped:
             return self._reject(REJECT_ESTOP, now)
         if self._fault:
             return self._reject(f"fault: {self._fault}; call reset first", now)
@@ -500,13 +508,18 @@ class ChunkExecutor:
         self._needs_ramp_in = True
         self._ramp_after_hold = False
         self._state, self._reason = (
-            ("estop", "e-stop latched; call reset") if self._estopped
+            ("estop", "e-stop latched; call reset") if self.estopped
             else ("idle", "started; waiting for a chunk")
         )
 
-    def estop(self) -> str:
-        """Latch the e-stop: commands hold where they are with zero velocity until ``reset``."""
-        self._estopped = True
+    def estop(self, reason: str = OPERATOR_ESTOP) -> str:
+        """Latch the e-stop: commands hold where they are with zero velocity until ``reset``.
+
+        ``reason`` says why; while latched the first reason stays (what stopped the arm), a
+        later one is not what the operator has to look at first.
+        """
+        if not self._estop_reason:
+            self._estop_reason = reason or OPERATOR_ESTOP
         self._drop_plans()
         self._hold_target = None
         return ESTOP_LATCHED
@@ -529,13 +542,13 @@ class ChunkExecutor:
         cleared = [
             name
             for name, latched in (
-                ("e-stop", self._estopped),
+                ("e-stop", self.estopped),
                 ("fault", bool(self._fault)),
                 ("hold", self._hold_requested),
             )
             if latched
         ]
-        self._estopped = False
+        self._estop_reason = ""
         self._hold_requested = False
         self._fault = ""
         self._drop_plans()
@@ -558,7 +571,7 @@ class ChunkExecutor:
             self._hold_target = None
             self._ramp_after_hold = True  # the arm stopped: the next chunk ramps in
             return True, HOLDING
-        if self._estopped:
+        if self.estopped:
             return False, HOLD_RELEASED_IN_ESTOP
         if self._fault:
             return False, f"hold released, but faulted ({self._fault}): still holding; call ~/reset"
@@ -581,7 +594,7 @@ class ChunkExecutor:
         if math.isfinite(now):
             self._last_now = now
         target, velocity = self._plan_target(now)
-        if self._estopped or self._fault:
+        if self.estopped or self._fault:
             out = self.guard.hold(now)
         else:
             out = self.guard.apply(target, velocity, now)
@@ -610,7 +623,7 @@ class ChunkExecutor:
         return target.copy(), np.zeros(len(self.joint_names))
 
     def _plan_target(self, now: float) -> tuple[np.ndarray, np.ndarray]:
-        if self._estopped:
+        if self.estopped:
             return self._hold_here("estop", "e-stop latched; call reset")
         if self._fault:
             return self._hold_here(

@@ -102,7 +102,7 @@ def driver_summary(
     state: str,
     *,
     control_stopped: str | None = None,
-    tick_error_estop: str = "",
+    estop_reason: str = "",
     backend_fault: str | None,
     command_fault: str,
     tick_rate: float,
@@ -117,15 +117,19 @@ def driver_summary(
     that sees "rejected" while no chunk was rejected, only because the tick rate dipped, goes
     looking for a chunk problem that does not exist. ``backend_fault`` is None when the backend
     is healthy; ``control_stopped`` is None while the control loop runs (else why it ended);
-    ``state`` is the executor's; ``tick_error_estop`` why the driver latched its own e-stop
-    after ticks kept raising ("" when it did not): named before the backend fault, which such a
-    bug also causes every reconnect and which would hide the cause.
+    ``state`` is the executor's; ``estop_reason`` why the e-stop is latched ("" when it is
+    not: the operator's ~/estop, tick errors or faults that kept recurring). It is named before
+    a backend fault: the latch is what needs a person, and a bug that latched it also faults
+    the backend at every reconnect, which would hide the cause; the fault follows it.
     """
     if control_stopped is not None:
         # Nothing commands the arm any more: the motors keep their last target.
         return ERROR, f"control loop stopped: {control_stopped}"
-    if tick_error_estop:
-        return ERROR, f"e-stop latched: {tick_error_estop}; call ~/reset"
+    if estop_reason:
+        message = f"e-stop latched: {estop_reason}; call ~/reset"
+        if backend_fault is not None and backend_fault not in estop_reason:
+            message += f"; backend fault: {backend_fault}"
+        return ERROR, message
     if backend_fault is not None:
         return ERROR, f"backend fault: {backend_fault}"
     if state == "estop":
