@@ -12,10 +12,10 @@ a zero stamp and compute ``time_from_start = chunk.time_of(k) - now`` ourselves,
   them (sub-millisecond on one host) shifts the schedule.
 
 Grippers are not arm joints of the controller: their targets leave the trajectory and come
-back as a separate ``GripperCommand`` (value at the first kept point). Velocities, when
-wanted, are finite differences of the positions (zero at the last point, so the arm comes to
-rest there if no new chunk follows), which makes the controller interpolate with cubic
-splines instead of linear segments.
+back as a separate ``GripperCommand`` (value at the first kept point; ``forward_command_data``
+for a forward_command_controller). Velocities, when wanted, are finite differences of the
+positions (zero at the last point, so the arm comes to rest there if no new chunk follows),
+which makes the controller interpolate with cubic splines instead of linear segments.
 """
 
 from __future__ import annotations
@@ -74,6 +74,21 @@ def finite_difference_velocities(positions: np.ndarray, step_dt: float) -> np.nd
 def default_gripper_joints(joint_names: Sequence[str]) -> tuple[str, ...]:
     """Joints whose name ends in ``gripper`` (the configs' convention)."""
     return tuple(n for n in joint_names if n.endswith("gripper"))
+
+
+def forward_command_data(gripper: GripperCommand) -> list[float]:
+    """``data`` of the std_msgs/Float64MultiArray for a forward_command_controller whose
+    ``joints`` are ``gripper.joint_names``, in that order: the targets as they are, in the robot
+    config's units (no conversion).
+
+    The controller matches values to its joints by position only (the message carries no
+    names), writes them to the joints' command interfaces on its next update, and never applies
+    a message of another length than its joints; the message has no time, so a target is
+    applied on receipt. Finite values are
+    ``safety.validate_chunk``'s to ensure: releases before the controller's own check write NaN
+    to the hardware.
+    """
+    return [float(v) for v in gripper.positions]
 
 
 def seconds_to_duration(seconds: float) -> tuple[int, int]:
