@@ -40,7 +40,9 @@ def make_chunk(stamp_ns: int, horizon: int = 8, step_dt: float = 1 / 15, nan: bo
 
 
 @pytest.fixture
-def graph():
+def graph(request):
+    """The bridge and a probe; ``parametrize("graph", [{param: value}], indirect=True)`` sets
+    more of the bridge's parameters."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -71,6 +73,7 @@ def graph():
             Parameter.Type.STRING_ARRAY,
             [f"fr3_joint{i}" for i in range(1, 8)],
         ),
+        *(Parameter(k, value=v) for k, v in getattr(request, "param", {}).items()),
     ]
     bridge = TrajectoryBridgeNode(context=context, parameter_overrides=overrides)
     probe = rclpy.create_node("bridge_probe", context=context)
@@ -134,6 +137,43 @@ def test_chunk_becomes_a_timed_trajectory_and_gripper_command(graph):
     grip = received["gripper"][0]
     assert list(grip.name) == ["panda_gripper"]
     assert list(grip.position) == pytest.approx([HOME[7] + 0.01])
+    assert bridge.accepted == 1
+
+
+FORWARD_COMMAND = {
+    "gripper_command_type": "forward_command",
+    "gripper_topic": "bridge_test/gripper_controller/commands",
+}
+
+
+@pytest.mark.parametrize("graph", [FORWARD_COMMAND], indirect=True)
+def test_gripper_as_forward_command_controller_commands(graph):
+    # Before: the gripper went out only as a sensor_msgs/JointState, which no ros2_control
+    # controller takes; a forward_command_controller takes std_msgs/Float64MultiArray on
+    # ~/commands, one value per joint of its `joints`, in that order.
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy, qos_profile_system_default
+    from std_msgs.msg import Float64MultiArray
+
+    bridge, probe, publisher, received, executor, _ = graph
+    topic = FORWARD_COMMAND["gripper_topic"]
+    commands: list = []
+    # The controller subscribes with rclcpp::SystemDefaultsQoS().
+    probe.create_subscription(Float64MultiArray, topic, commands.append, qos_profile_system_default)
+    assert spin_until(
+        probe, lambda: bridge._gripper_pub.get_subscription_count() > 0, 5.0, executor
+    )
+    [info] = probe.get_publishers_info_by_topic(topic)
+    assert info.topic_type == "std_msgs/msg/Float64MultiArray"
+    assert info.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    assert info.qos_profile.durability == DurabilityPolicy.VOLATILE
+    stamp_ns = bridge.get_clock().now().nanoseconds - 100_000_000  # action 0 is overdue
+    publisher.publish(make_chunk(stamp_ns))
+    assert spin_until(probe, lambda: received["trajectory"] and commands, 5.0, executor)
+    [command] = commands
+    # The chunk's gripper value at the first kept action, unchanged (robot-config units).
+    assert list(command.data) == pytest.approx([HOME[7] + 0.01])
+    assert list(received["trajectory"][0].joint_names) == [f"fr3_joint{i}" for i in range(1, 8)]
+    assert received["gripper"] == []  # nothing on the JointState topic
     assert bridge.accepted == 1
 
 

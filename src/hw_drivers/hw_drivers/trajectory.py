@@ -12,14 +12,14 @@ a zero stamp and compute ``time_from_start = chunk.time_of(k) - now`` ourselves,
   them (sub-millisecond on one host) shifts the schedule.
 
 Grippers are not arm joints of the controller: their targets leave the trajectory and come
-back as a separate ``GripperCommand`` (value at the first kept point). Velocities, when
-wanted, are finite differences of the positions (zero at the last point, so the arm comes to
-rest there if no new chunk follows, and because the controller refuses a trajectory that ends
-moving), which makes the controller interpolate with cubic splines instead of linear segments.
-The cubic into that last point at rest would, over the chunk's own spacing, run a third faster
-than the chunk (4/3 of the speed it arrives with, then a hard stop): the last point comes
-``settling_time`` after the one before instead, up to twice the spacing, over which the cubic
-slows down steadily to rest.
+back as a separate ``GripperCommand`` (value at the first kept point; ``forward_command_data``
+for a forward_command_controller). Velocities, when wanted, are finite differences of the
+positions (zero at the last point, so the arm comes to rest there if no new chunk follows, and
+because the controller refuses a trajectory that ends moving), which makes the controller
+interpolate with cubic splines instead of linear segments. The cubic into that last point at
+rest would, over the chunk's own spacing, run a third faster than the chunk (4/3 of the speed
+it arrives with, then a hard stop): the last point comes ``settling_time`` after the one before
+instead, up to twice the spacing, over which the cubic slows down steadily to rest.
 """
 
 from __future__ import annotations
@@ -124,6 +124,21 @@ def settling_time(
 def default_gripper_joints(joint_names: Sequence[str]) -> tuple[str, ...]:
     """Joints whose name ends in ``gripper`` (the configs' convention)."""
     return tuple(n for n in joint_names if n.endswith("gripper"))
+
+
+def forward_command_data(gripper: GripperCommand) -> list[float]:
+    """``data`` of the std_msgs/Float64MultiArray for a forward_command_controller whose
+    ``joints`` are ``gripper.joint_names``, in that order: the targets as they are, in the robot
+    config's units (no conversion).
+
+    The controller matches values to its joints by position only (the message carries no
+    names), writes them to the joints' command interfaces on its next update, and never applies
+    a message of another length than its joints; the message has no time, so a target is
+    applied on receipt. Finite values are
+    ``safety.validate_chunk``'s to ensure: releases before the controller's own check write NaN
+    to the hardware.
+    """
+    return [float(v) for v in gripper.positions]
 
 
 def seconds_to_duration(seconds: float) -> tuple[int, int]:

@@ -23,6 +23,9 @@ replaces the controller's trajectory with a stop at the acceleration limits; ``~
 them when the arm's joint states are recent. The status on ``/diagnostics`` is named
 ``<node>: driver`` as the driver node's, so the policy's ``~/run_task`` ends on its e-stop.
 
+With ``gripper_command_type: forward_command`` the grippers go out instead as the
+``std_msgs/Float64MultiArray`` a forward_command_controller takes on its ``~/commands``.
+
 Usage: ``docs/ros2_control_bridge.md``.
 """
 
@@ -38,6 +41,7 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -56,9 +60,10 @@ from hw_drivers.trajectory import (
     BridgeOutput,
     JointTrajectoryData,
     chunk_to_trajectory,
+    forward_command_data,
     seconds_to_duration,
 )
-from hw_drivers.trajectory_bridge_params import TrajectoryBridgeParams
+from hw_drivers.trajectory_bridge_params import FORWARD_COMMAND, TrajectoryBridgeParams
 from molmoact2_common.chunk_execution import chunk_execution_qos
 from molmoact2_common.lifecycle_errors import log_transition_errors
 from molmoact2_common.ros_params import declare_dataclass_params, refuse_param_changes
@@ -95,6 +100,7 @@ class TrajectoryBridgeNode(LifecycleNode):
         self._chunk_sub = None
         self._trajectory_pub = None
         self._gripper_pub = None
+        self._forward_gripper = False  # gripper_command_type forward_command, set at configure
         self._diag_pub = None
         self._diag_timer = None
         self.accepted = 0
@@ -153,7 +159,11 @@ class TrajectoryBridgeNode(LifecycleNode):
         )
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self._trajectory_pub = self.create_publisher(JointTrajectory, p.trajectory_topic, reliable)
-        self._gripper_pub = self.create_publisher(JointState, p.gripper_topic, reliable)
+        # forward_command_controller subscribes its ~/commands with rclcpp::SystemDefaultsQoS
+        # (reliable, volatile): a reliable publisher reaches it, a best-effort one would not.
+        self._forward_gripper = p.gripper_command_type == FORWARD_COMMAND
+        gripper_msg = Float64MultiArray if self._forward_gripper else JointState
+        self._gripper_pub = self.create_publisher(gripper_msg, p.gripper_topic, reliable)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._execution_pub = self.create_publisher(
             ChunkExecution,
@@ -179,7 +189,7 @@ class TrajectoryBridgeNode(LifecycleNode):
             )
         self.get_logger().info(
             f"bridging {p.chunk_topic} -> {p.trajectory_topic} (arm), {p.gripper_topic} "
-            f"(grippers {list(self._gripper_joints)})"
+            f"(grippers {list(self._gripper_joints)}, {gripper_msg.__name__})"
         )
         return TransitionCallbackReturn.SUCCESS
 
@@ -363,7 +373,9 @@ class TrajectoryBridgeNode(LifecycleNode):
                 p.time_from_start.sec, p.time_from_start.nanosec = sec, nanosec
                 msg.points.append(p)
             self._trajectory_pub.publish(msg)
-        if out.gripper is not None:
+        if out.gripper is not None and self._forward_gripper:
+            self._gripper_pub.publish(Float64MultiArray(data=forward_command_data(out.gripper)))
+        elif out.gripper is not None:
             grip = JointState()
             grip.header.stamp = (
                 self.get_clock().now() + Duration(seconds=out.gripper.time_from_start)

@@ -23,6 +23,12 @@ def _f(default, description: str):
 AUTO = "auto"
 NONE = "none"
 SAME = "same"
+# What goes out on gripper_topic: a JointState (name, position, stamp: when the target is due)
+# for a relay of the user's own, or the std_msgs/Float64MultiArray a forward_command_controller
+# (position_controllers/JointGroupPositionController) takes on its ~/commands.
+JOINT_STATE = "joint_state"
+FORWARD_COMMAND = "forward_command"
+GRIPPER_COMMAND_TYPES = (JOINT_STATE, FORWARD_COMMAND)
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,16 @@ class TrajectoryBridgeParams:
         "JointTrajectory topic of the arm's joint_trajectory_controller",
     )
     gripper_topic: str = _f(
-        "~/gripper_command", "gripper targets (sensor_msgs/JointState: name + position)"
+        "~/gripper_command",
+        "gripper targets, as gripper_command_type; forward_command: the controller's "
+        "~/commands, e.g. /gripper_controller/commands",
+    )
+    gripper_command_type: str = _f(
+        JOINT_STATE,
+        "message on gripper_topic: joint_state (sensor_msgs/JointState: name, position, stamp "
+        "= when due) | forward_command (std_msgs/Float64MultiArray: data = the targets in "
+        "gripper_joints order, for a forward_command_controller whose joints are those, in "
+        "that order; applied on receipt)",
     )
     # Keyword defaults instead of empty lists: ROS cannot read back an empty array parameter
     # that no config sets.
@@ -95,6 +110,17 @@ class TrajectoryBridgeParams:
         unknown = [g for g in grippers if g not in self.joint_names]
         if unknown:
             problems.append(f"gripper_joints {unknown} are not in joint_names")
+        if self.gripper_command_type not in GRIPPER_COMMAND_TYPES:
+            problems.append(
+                f"gripper_command_type must be one of {list(GRIPPER_COMMAND_TYPES)}, "
+                f"got {self.gripper_command_type!r}"
+            )
+        elif self.gripper_command_type == FORWARD_COMMAND and not grippers:
+            # The controller would never get a command: surely a config mistake.
+            problems.append(
+                "gripper_command_type forward_command needs a gripper joint; gripper_joints "
+                f"{list(self.gripper_joints)} resolves to none"
+            )
         arm = len([n for n in self.joint_names if n not in grippers])
         renamed = self.resolved_controller_joint_names()
         if renamed and len(renamed) != arm:
