@@ -6,7 +6,9 @@ with an EOI marker, or with bytes dropped, a bit flipped or bytes zeroed inside 
 entropy-coded scan. For each decoder the table says how many it refused and how far the
 accepted ones are from the intact frame (mean absolute pixel error). Timing: the same intact
 frames on one thread, the decoders interleaved frame by frame (their order rotating each
-round), the median per frame of each round, then the median over rounds.
+round), the median per frame of each round, then the median over rounds. GIL: how far a
+pure-Python thread counts while the main thread decodes for a second, against a main thread
+that only sleeps (the decode pool runs cameras in parallel only if the decoder releases it).
 
     .venv/bin/python bench/jpeg_integrity.py [--frames 20] [--rounds 5] [--cases 400]
 """
@@ -17,6 +19,8 @@ import argparse
 import io
 import logging
 import statistics
+import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -151,6 +155,37 @@ def timing(frames: list[bytes], rounds: int) -> list[str]:
     return lines
 
 
+def gil_share(frames: list[bytes], seconds: float = 1.0) -> list[str]:
+    def idle(_data: bytes) -> None:
+        time.sleep(0.001)
+
+    lines = [
+        "| main thread | decodes | Python thread's count (share of the sleeping run) |",
+        "| --- | --- | --- |",
+    ]
+    baseline = 0
+    sys.setswitchinterval(0.0005)
+    for name, decode in {"sleeps 1 ms": idle, **DECODERS}.items():
+        stop = threading.Event()
+        count = [0]
+
+        def spin(count: list[int] = count, stop: threading.Event = stop) -> None:
+            while not stop.is_set():
+                count[0] += 1
+
+        thread = threading.Thread(target=spin)
+        thread.start()
+        start, done = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            decode(frames[done % len(frames)])
+            done += 1
+        stop.set()
+        thread.join()
+        baseline = baseline or count[0]
+        lines.append(f"| {name} | {done} | {count[0]} ({count[0] / baseline:.0%}) |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=20)
@@ -177,6 +212,8 @@ def main() -> int:
     for line in detection(frames, args.cases):
         LOG.info("%s", line)
     for line in timing(frames, args.rounds):
+        LOG.info("%s", line)
+    for line in gil_share(frames):
         LOG.info("%s", line)
     return 0
 
