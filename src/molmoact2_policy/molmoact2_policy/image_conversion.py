@@ -23,8 +23,8 @@ run any decoder it was built with (TIFF, EXR, WebP, ...) on them.
 JPEGs are decoded by libjpeg-turbo through ``simplejpeg`` in strict mode, which turns libjpeg's
 "corrupt data" warnings into errors: ``cv2.imdecode`` and PIL only print them and return the
 frame, so a JPEG cut mid-scan and closed with an end marker came out with its lower part grey
-(all 200 such frames accepted, mean error up to 61 grey levels) and a corrupted scan came out
-garbled. The pixels of an intact JPEG are the same as OpenCV's (same library, same IDCT and
+(400 of 400 such 640x480 frames accepted, mean error up to 59 grey levels) and a corrupted scan
+came out garbled. The pixels of an intact JPEG are the same as OpenCV's (same library, same IDCT and
 upsampling), and it costs no more (bench/jpeg_integrity.py). JPEG has no checksum: corruption
 that leaves the scan's length consistent is not noticed by any decoder. PNG needs nothing extra:
 libpng checks every chunk's CRC and the stream's end, and OpenCV refuses what fails.
