@@ -273,6 +273,7 @@ def test_a_frame_declaring_gigabytes_is_refused_without_decoding(fmt, monkeypatc
         raise AssertionError("the decoder ran on a frame that should have been refused")
 
     monkeypatch.setattr(image_conversion.cv2, "imdecode", no_decoding)
+    monkeypatch.setattr(image_conversion.simplejpeg, "decode_jpeg", no_decoding)
     with pytest.raises(ImageTooLargeError, match=r"20000x20000, larger than 4096 pixels"):
         compressed_to_rgb(fmt, bomb)
 
