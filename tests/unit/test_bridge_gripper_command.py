@@ -60,8 +60,8 @@ def test_forward_command_data_is_the_first_kept_targets_in_gripper_joints_order(
 
 
 def test_forward_command_data_after_a_ramp_in_is_still_the_chunk_target():
-    # The guard delays a ramped-in trajectory, and the gripper's time with it; the value the
-    # controller gets is unchanged (it has no time field: it applies the target on receipt).
+    # The guard blends a ramped-in arm onto the chunk on the chunk's own schedule: the gripper
+    # keeps its time and value (a Float64MultiArray has no time: applied on receipt).
     out = chunk_to_trajectory(
         bimanual_chunk(), 100.15, gripper_joints=("left_gripper", "right_gripper")
     )
@@ -72,11 +72,12 @@ def test_forward_command_data_after_a_ramp_in_is_still_the_chunk_target():
         np.array([2.0, 2.0]),
         np.array([10.0, 10.0]),
         GuardConfig(max_start_deviation=0.5, ramp_threshold=0.02, ramp_in_time=1.0),
+        lower=np.array([-3.0, -3.0]),
+        upper=np.array([3.0, 3.0]),
         idle=True,
     )
-    assert checked.ramp > 0
-    # The JointState's stamp carries the delay; a Float64MultiArray cannot.
-    assert checked.output.gripper.time_from_start == pytest.approx(0.05 + checked.ramp)
+    assert checked.ramp > 0, checked.reason
+    assert checked.output.gripper.time_from_start == pytest.approx(0.05)
     assert forward_command_data(checked.output.gripper) == pytest.approx([0.21, 0.69])
 
 
