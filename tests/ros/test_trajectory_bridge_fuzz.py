@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from hw_drivers.jtc_model import check_trajectory
+from hw_drivers.jtc_model import bounds, check_trajectory
 from tests.unit.test_driver_message_properties import build_msg, msgs
 from tests.unit.test_executor_properties import AMAX, LOWER, NAMES, UPPER, VMAX
 
@@ -69,6 +69,10 @@ def test_fuzzed_chunks_never_raise_and_never_leave_the_limits():
         # joint_trajectory_controller's own checks: a refused trajectory would be dropped with
         # an error while the controller plays on what it runs.
         assert check_trajectory(out.trajectory, bridge._state_names) is None, out.trajectory
+        # And between the points, as the controller's splines run it from the measured pose.
+        lowest, highest, fastest = bounds(out.trajectory, pose, np.zeros_like(pose))
+        assert np.all(lowest >= LOWER - 1e-9) and np.all(highest <= UPPER + 1e-9)
+        assert np.all(fastest <= VMAX * (1 + 1e-6)), fastest.max(axis=0)
         seconds = np.array([p.time_from_start for p in out.trajectory.points])  # [s]
         points = np.array([p.positions for p in out.trajectory.points])
         assert np.all(np.isfinite(points))
