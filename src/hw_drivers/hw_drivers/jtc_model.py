@@ -76,6 +76,21 @@ def check_trajectory(
     return None
 
 
+def _velocities(point: TrajectoryPoint) -> np.ndarray | None:
+    """A point's velocities, None when it has none (the controller then interpolates linearly)."""
+    v = point.velocities
+    return None if v is None or len(v) == 0 else np.asarray(v, dtype=float)
+
+
+def _cubic(
+    p0: np.ndarray, v0: np.ndarray, p1: np.ndarray, v1: np.ndarray, duration: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The t^2 and t^3 coefficients of the Hermite cubic (p0, v0) -> (p1, v1) over duration."""
+    c2 = (-3.0 * p0 + 3.0 * p1 - 2.0 * v0 * duration - v1 * duration) / duration**2
+    c3 = (2.0 * p0 - 2.0 * p1 + v0 * duration + v1 * duration) / duration**3
+    return c2, c3
+
+
 def _segment(
     p0: np.ndarray,
     v0: np.ndarray | None,
@@ -93,8 +108,7 @@ def _segment(
     if not cubic:
         slope = (p1 - p0) / duration if duration != 0.0 else np.zeros_like(p0)
         return p0 + slope * t, slope
-    c2 = (-3.0 * p0 + 3.0 * p1 - 2.0 * v0 * duration - v1 * duration) / duration**2
-    c3 = (2.0 * p0 - 2.0 * p1 + v0 * duration + v1 * duration) / duration**3
+    c2, c3 = _cubic(p0, v0, p1, v1, duration)
     return (
         p0 + v0 * t + c2 * t**2 + c3 * t**3,
         v0 + 2.0 * c2 * t + 3.0 * c3 * t**2,
@@ -114,17 +128,13 @@ def sample(
     if not points:
         raise ValueError("an empty trajectory has no reference")
 
-    def vel(point: TrajectoryPoint) -> np.ndarray | None:
-        v = point.velocities
-        return None if v is None or len(v) == 0 else np.asarray(v, dtype=float)
-
     first = points[0]
     if elapsed < first.time_from_start:
         return _segment(
             np.asarray(start_positions, dtype=float),
             None if start_velocities is None else np.asarray(start_velocities, dtype=float),
             np.asarray(first.positions, dtype=float),
-            vel(first),
+            _velocities(first),
             first.time_from_start,
             elapsed,
         )
@@ -132,15 +142,15 @@ def sample(
         if a.time_from_start <= elapsed < b.time_from_start:
             return _segment(
                 np.asarray(a.positions, dtype=float),
-                vel(a),
+                _velocities(a),
                 np.asarray(b.positions, dtype=float),
-                vel(b),
+                _velocities(b),
                 b.time_from_start - a.time_from_start,
                 elapsed - a.time_from_start,
             )
     last = points[-1]
     positions = np.asarray(last.positions, dtype=float)
-    v = vel(last)
+    v = _velocities(last)
     return positions.copy(), (np.zeros_like(positions) if v is None else v.copy())
 
 
@@ -157,8 +167,7 @@ def _segment_bounds(
     if v0 is None or v1 is None or duration <= 0.0:
         slope = (p1 - p0) / duration if duration > 0.0 else np.zeros_like(p0)
         return np.minimum(p0, p1), np.maximum(p0, p1), np.abs(slope)
-    c2 = (-3.0 * p0 + 3.0 * p1 - 2.0 * v0 * duration - v1 * duration) / duration**2
-    c3 = (2.0 * p0 - 2.0 * p1 + v0 * duration + v1 * duration) / duration**3
+    c2, c3 = _cubic(p0, v0, p1, v1, duration)
 
     def position(t: np.ndarray) -> np.ndarray:
         return p0 + v0 * t + c2 * t**2 + c3 * t**3
@@ -201,10 +210,6 @@ def bounds(
     joint, the lowest and highest position and the fastest speed the controller commands while
     it runs ``trajectory`` from the start state (see ``sample``)."""
 
-    def vel(point: TrajectoryPoint) -> np.ndarray | None:
-        v = point.velocities
-        return None if v is None or len(v) == 0 else np.asarray(v, dtype=float)
-
     states = [
         (
             np.asarray(start_positions, dtype=float),
@@ -212,7 +217,8 @@ def bounds(
             0.0,
         )
     ] + [
-        (np.asarray(p.positions, dtype=float), vel(p), p.time_from_start) for p in trajectory.points
+        (np.asarray(p.positions, dtype=float), _velocities(p), p.time_from_start)
+        for p in trajectory.points
     ]
     rows = [_segment_bounds(a[0], a[1], b[0], b[1], b[2] - a[2]) for a, b in pairwise(states)]
     lowest, highest, fastest = (np.array(column) for column in zip(*rows, strict=True))
