@@ -55,7 +55,10 @@ def target(t: np.ndarray | float, t0: float) -> np.ndarray:
 
 
 @pytest.fixture
-def loop():
+def loop(request):
+    """The bridge, the emulated controller and arm, and the stand-in policy;
+    ``parametrize("loop", [{emulator option: value}], indirect=True)`` sets the emulator's
+    options (``interpolate_from_desired_state``)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -87,6 +90,7 @@ def loop():
         joint_state_topic=f"{TOPIC}/joint_states",
         rate=100.0,
         lag=0.02,
+        **getattr(request, "param", {}),
     )
     policy = rclpy.create_node("closed_loop_policy", context=context)
     chunks = policy.create_publisher(ActionChunk, f"{TOPIC}/action_chunk", 10)
@@ -246,6 +250,14 @@ def _reset_and_ramp_in(bridge, jtc, policy, executor, now, wait, state) -> None:
     assert np.abs(ref_v).max() < 0.3 * VMAX, "the ramp-in did not start from rest"
 
 
+# The controller's default starts each trajectory from the measured state; arms whose servos
+# lag set interpolate_from_desired_state (open_loop_control before) to start from the command.
+@pytest.mark.parametrize(
+    "loop",
+    [{}, {"interpolate_from_desired_state": True}],
+    ids=["measured", "desired"],
+    indirect=True,
+)
 def test_closed_loop_tracks_estops_at_the_limit_and_ramps_in_after_reset(loop):
     from std_srvs.srv import Trigger
 
