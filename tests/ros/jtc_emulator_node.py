@@ -6,6 +6,11 @@ reliable, volatile), runs the emulator's update on a timer at the control rate o
 clock, and publishes the arm's measured ``sensor_msgs/JointState`` (name, position, velocity)
 as joint_state_broadcaster does (reliable). Every update and every refusal is recorded for the
 test to check.
+
+A real controller never stalls; a test's executor on a loaded machine does. The updates run at
+fixed times ``period`` apart: a late timer callback runs the ones it missed (and a message is
+taken only by updates after its receipt), so a stall delays messages as a slow transport would
+but never makes the reference or the arm jump.
 """
 
 from __future__ import annotations
@@ -75,7 +80,9 @@ class JtcEmulatorNode(Node):
             joint_state_topic,
             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),
         )
-        self.create_timer(1.0 / rate, self._tick)
+        self._period = 1.0 / rate
+        self._next_update: float | None = None
+        self.create_timer(self._period, self._tick)
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -86,14 +93,26 @@ class JtcEmulatorNode(Node):
 
     def _on_trajectory(self, msg: JointTrajectory) -> None:
         self.received += 1
-        reason = self.emulator.receive(self.now(), trajectory_from_msg(msg))
+        now = self.now()
+        self._catch_up(now)  # updates due before the message arrived do not see it
+        reason = self.emulator.receive(now, trajectory_from_msg(msg))
         if reason is not None:
             logger.error("trajectory refused: %s", reason)
 
+    def _catch_up(self, now: float) -> JtcSample | None:
+        """Run every update due by ``now``; the last one, or None when none was due."""
+        if self._next_update is None:
+            self._next_update = now
+        sample = None
+        while self._next_update <= now:
+            sample = self.emulator.update(self._next_update)
+            self.samples.append(sample)
+            self._next_update += self._period
+        return sample
+
     def _tick(self) -> None:
-        sample = self.emulator.update(self.now())
-        self.samples.append(sample)
-        if not self.publish_states:
+        sample = self._catch_up(self.now())
+        if sample is None or not self.publish_states:
             return
         msg = JointState()
         msg.header.stamp = self.get_clock().now().to_msg()
