@@ -244,3 +244,37 @@ def test_what_is_sent_respects_the_limits_as_the_controller_runs_it(
     _, sampled, velocities = as_run(sent, measured, v, samples=1500)
     assert np.all(sampled >= LOWER - 1e-6) and np.all(sampled <= UPPER + 1e-6)
     assert np.all(np.abs(velocities) <= VMAX * (1 + 1e-5))
+
+
+def test_a_chunk_during_a_ramp_in_continues_that_ramp():
+    # Found by the closed-loop test (tests/ros/test_trajectory_bridge_closed_loop.py): while a
+    # ramp-in ran, the next chunk is ahead of the arm by what the ramp has still to cover; it
+    # got a ramp of its own at the rest-to-rest bound, which with the chunk's own motion broke
+    # the acceleration limit, so every chunk during a ramp-in was refused. Now it is blended on
+    # the running ramp's schedule, from the same pose, as the driver's ramp-in goes on around
+    # every chunk spliced meanwhile.
+    from hw_drivers.bridge_guard import RampInProgress
+
+    amax = np.full(7, 2.0)
+    first = trajectory(HOME + 0.15, step=0.02, horizon=15)
+    started = run(first, HOME, amax=amax)
+    assert started.reason == "" and started.ramp == pytest.approx(1.0)
+    # 0.1 s later the next chunk (the same motion, 0.1 s on); the arm has barely moved.
+    arm = HOME + 0.15 * (3 * 0.1**2 - 2 * 0.1**3)
+    second = trajectory(HOME + 0.15 + 0.03, step=0.02, horizon=15)
+    alone = run(second, arm, idle=False, amax=amax)
+    assert alone.output is None and alone.reason.startswith("acceleration_limit")
+    ongoing = RampInProgress(HOME, 0.1, started.ramp)
+    result = guard(
+        second, ARM, arm, VMAX, amax, CONFIG, lower=LOWER, upper=UPPER, idle=False,
+        ramp_in_progress=ongoing,
+    )
+    assert result.reason == "" and result.ramp == pytest.approx(0.9)
+    sent = result.output.trajectory
+    assert check_trajectory(sent, ARM) is None
+    # Each point: the blend from HOME at s = (t + 0.1) / 1.0, as the running ramp would have it.
+    for p, q in zip(sent.points, second.trajectory.points, strict=False):
+        s = min((p.time_from_start + 0.1) / 1.0, 1.0)
+        a = s * s * (3 - 2 * s)
+        assert p.positions == pytest.approx(HOME + a * (q.positions - HOME))
+    assert sent.points[-1].time_from_start >= 0.9 - 1e-9

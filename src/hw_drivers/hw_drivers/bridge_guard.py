@@ -19,7 +19,12 @@ no ROS here):
   trajectory instead left the chunk's first-point velocity at the end of a long spline from
   rest, which the controller ran as a swing the wrong way first: 0.08 rad past a joint limit in
   a probe of 1,200 chunks.) The ramp lasts the longest of ``ramp_in_time`` (from idle) and the
-  rest-to-rest bound below;
+  rest-to-rest bound below. A chunk that comes while a ramp-in is under way is blended the same
+  way (same start pose, same schedule: ``RampInProgress``), as the driver's ramp goes on
+  around every chunk spliced meanwhile; ramped on its own it is ahead of the arm by what the
+  ramp has still to cover and got a ramp at the rest-to-rest bound, which with the chunk's own
+  motion broke the acceleration limit (the closed-loop test refused every chunk during a
+  ramp-in);
 * as the controller interpolates, from the measured pose at time 0 through every point: every
   position within the joint limits and every speed within ``max_velocity`` (exact extremes of
   its linear or cubic segments); the change of mean velocity between the chunk's segments
@@ -56,10 +61,20 @@ class GuardConfig:
 
 
 @dataclass(frozen=True)
+class RampInProgress:
+    """A ramp-in the controller is running: from ``home``, over ``duration``, ``elapsed`` of it
+    gone when the chunk at hand is sent."""
+
+    home: np.ndarray
+    elapsed: float
+    duration: float
+
+
+@dataclass(frozen=True)
 class GuardResult:
     output: BridgeOutput | None  # None: refused, nothing may be sent
     reason: str  # why refused ("" when sent)
-    ramp: float  # [s] how long the ramp-in blend lasts (0 when none)
+    ramp: float  # [s] how long the ramp-in blend lasts from now (0 when none)
 
 
 def ramp_duration(
@@ -73,30 +88,38 @@ def ramp_duration(
 
 
 def blend_in(
-    trajectory: JointTrajectoryData, measured: np.ndarray, duration: float
+    trajectory: JointTrajectoryData,
+    measured: np.ndarray,
+    duration: float,
+    *,
+    elapsed: float = 0.0,
+    origin: np.ndarray | None = None,
 ) -> JointTrajectoryData:
     """``trajectory`` ramped in from ``measured`` (at rest) over ``duration``: each point due
     before ``duration`` becomes ``measured + a(s) (point - measured)``, ``s = t / duration``,
     ``a`` the smoothstep, its velocity ``a v + a' (point - measured)``; points that finish the
-    blend onto the last point follow a trajectory shorter than the ramp."""
+    blend onto the last point follow a trajectory shorter than the ramp. ``elapsed``: the ramp
+    began that long ago (``s = (t + elapsed) / duration``); ``origin``: where the arm is now
+    (default ``measured``)."""
     points = list(trajectory.points)
-    if duration <= 0.0 or not points:
+    remaining = duration - elapsed
+    if remaining <= 0.0 or not points:
         return trajectory
     home = np.asarray(measured, dtype=float)
     with_velocities = points[-1].velocities is not None
     last = points[-1]
-    if last.time_from_start < duration:
+    if last.time_from_start < remaining:
         # Hold the last point while the blend finishes, at the chunk's spacing.
         step = (
             last.time_from_start - points[-2].time_from_start if len(points) > 1 else 0.05
         )
-        count = max(1, int(np.ceil((duration - last.time_from_start) / step - 1e-9)))
+        count = max(1, int(np.ceil((remaining - last.time_from_start) / step - 1e-9)))
         rest = np.zeros_like(home) if with_velocities else None
         for k in range(1, count + 1):
-            t = min(last.time_from_start + k * step, duration)
+            t = min(last.time_from_start + k * step, remaining)
             points.append(TrajectoryPoint(np.asarray(last.positions, dtype=float), rest, t))
     times = np.array([p.time_from_start for p in points])
-    s = np.clip(times / duration, 0.0, 1.0)[:, None]
+    s = np.clip((times + elapsed) / duration, 0.0, 1.0)[:, None]
     a = s * s * (3.0 - 2.0 * s)
     da = 6.0 * s * (1.0 - s) / duration
     offset = np.array([p.positions for p in points], dtype=float) - home
@@ -106,8 +129,9 @@ def blend_in(
         exact = a * np.array([p.velocities for p in points], dtype=float) + da * offset
         # Limited as the chunk's own (from the measured pose at time 0): sampled blend
         # velocities alone let the spline pass a limit the blend touches by a few microradians.
+        start = home if origin is None else np.asarray(origin, dtype=float)
         velocities = monotone_velocities(
-            np.concatenate([[0.0], times]), np.vstack([home, positions]),
+            np.concatenate([[0.0], times]), np.vstack([start, positions]),
             np.vstack([np.zeros_like(home), exact]),
         )[1:]
     blended = tuple(
@@ -131,6 +155,7 @@ def guard(
     upper: np.ndarray,
     idle: bool = True,
     measured_velocity: np.ndarray | None = None,
+    ramp_in_progress: RampInProgress | None = None,
 ) -> GuardResult:
     """Check (and ramp in) the arm trajectory of ``out``; ``names``, ``measured``, the limits
     and ``measured_velocity`` (None: unknown, taken as at rest) are in the trajectory's joint
@@ -168,7 +193,14 @@ def guard(
     head = JointTrajectoryData(traj.joint_names, traj.points[:1], traj.stamp)
     too_fast = bool(np.any(bounds(head, measured, start_velocity)[2][0] > vmax * (1 + _SLACK)))
     ramp = 0.0
-    if deviation[j] > config.ramp_threshold and (idle or too_fast):
+    ongoing = ramp_in_progress
+    if ongoing is not None and ongoing.elapsed < ongoing.duration:
+        # The ramp the controller runs goes on around this chunk (see the module's doc).
+        traj = blend_in(
+            traj, ongoing.home, ongoing.duration, elapsed=ongoing.elapsed, origin=measured
+        )
+        ramp = ongoing.duration - ongoing.elapsed
+    elif deviation[j] > config.ramp_threshold and (idle or too_fast):
         ramp = ramp_duration(first - measured, vmax, amax)
         if idle:
             ramp = max(config.ramp_in_time, ramp)

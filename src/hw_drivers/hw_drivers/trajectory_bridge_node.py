@@ -51,7 +51,7 @@ from hw_drivers.bridge_control import (
     stop_from_reference,
     stop_trajectory,
 )
-from hw_drivers.bridge_guard import GuardConfig, guard
+from hw_drivers.bridge_guard import GuardConfig, RampInProgress, guard
 from hw_drivers.chunk import Chunk
 from hw_drivers.execution_report import ExecutionReporter
 from hw_drivers.executor import EventWindow
@@ -115,6 +115,9 @@ class TrajectoryBridgeNode(LifecycleNode):
         self._measured: np.ndarray | None = None
         self._measured_at = float("-inf")
         self._busy_until = float("-inf")
+        # The ramp-in the controller runs (pose it started from, when [bridge clock], how
+        # long): chunks that come before it is over are blended on the same schedule.
+        self._ramp: tuple[np.ndarray, float, float] | None = None
         self._execution = ExecutionReporter()
         self._execution_pub = None
         self._sent: Chunk | None = None  # the chunk whose trajectory the controller runs
@@ -292,6 +295,10 @@ class TrajectoryBridgeNode(LifecycleNode):
                 throttle_duration_sec=LOG_THROTTLE_S,
             )
             return
+        ongoing = None
+        if self._ramp is not None and now < self._ramp[1] + self._ramp[2]:
+            home, started, duration = self._ramp
+            ongoing = RampInProgress(home, now - started, duration)
         checked = guard(
             out,
             self._arm_names,
@@ -303,12 +310,14 @@ class TrajectoryBridgeNode(LifecycleNode):
             upper=self._arm_upper,
             idle=now >= self._busy_until,
             measured_velocity=self._velocity,
+            ramp_in_progress=ongoing,
         )
         if checked.output is None:
             self._reject(checked.reason, msg)
             return
         out = checked.output
-        if checked.ramp > 0:
+        if checked.ramp > 0 and ongoing is None:
+            self._ramp = (self._measured_pose(now), now, checked.ramp)
             self.ramped += 1
             self.get_logger().info(
                 f"chunk {msg.sequence} ramped in: blended from the measured pose onto the "
@@ -390,6 +399,7 @@ class TrajectoryBridgeNode(LifecycleNode):
         now = self.get_clock().now().nanoseconds * 1e-9
         measured = self._measured_pose(now)
         self._busy_until = float("-inf")  # the next chunk ramps in from idle
+        self._ramp = None
         if self._trajectory_pub is None:
             return "inactive: nothing was sent to the controller"
         if measured is None:
@@ -459,6 +469,7 @@ class TrajectoryBridgeNode(LifecycleNode):
         )
         if response.success:
             self._busy_until = float("-inf")
+            self._ramp = None
         self.get_logger().info(response.message)
         self._report_execution(now)
         return response
