@@ -463,6 +463,28 @@ def test_estop_without_a_measured_pose_stops_from_the_controllers_reference(grap
         assert HOME[j] - 1e-9 <= point.positions[j] <= end[j] + 1e-9, (j, point.positions)
 
 
+def test_estop_stops_from_where_the_arm_is_now_not_where_its_last_joint_state_was(graph):
+    # Joint states count for max_state_age (5 s in this fixture, 0.5 s by default): planned
+    # from a pose the arm has left, the stop pulled a moving arm back to it.
+    from std_srvs.srv import Trigger
+
+    bridge, probe, _publisher, received, executor, _measured = graph
+    velocity = np.full(7, 0.5)
+    age = 0.3
+    now = bridge.get_clock().now().nanoseconds * 1e-9
+    bridge._measured = np.array(HOME[:7])
+    bridge._measured_at = now - age
+    bridge._velocity = velocity
+    answer = _call(probe, executor, Trigger, "trajectory_bridge/estop", Trigger.Request())
+    assert answer.success
+    assert spin_until(probe, lambda: bool(received["trajectory"]), 5.0, executor)
+    [point] = _as_data(received["trajectory"][-1]).points
+    moved = np.asarray(point.positions) - np.array(HOME[:7])
+    # Ahead by at least what the arm covered since (age x 0.5 rad/s), then the stop's half.
+    assert np.all(moved >= velocity * age - 1e-6), moved
+    assert np.all(moved <= velocity * (age + 0.2) + velocity * point.time_from_start / 2), moved
+
+
 def test_estop_with_neither_a_measured_pose_nor_a_running_trajectory_sends_nothing(graph):
     from std_srvs.srv import Trigger
 

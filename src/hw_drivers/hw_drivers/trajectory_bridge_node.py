@@ -424,17 +424,27 @@ class TrajectoryBridgeNode(LifecycleNode):
                 "no recent joint state of the arm: stop sent from the controller's reference on "
                 f"the trajectory it runs ({stop.points[0].time_from_start:.2f} s)"
             )
+        # The arm has moved on since its joint state: the controller starts the stop from where
+        # the arm is when it takes it; planned from the old pose, the stop's spline must first
+        # make up the difference, decelerating harder than the limit (6 v age / T^2 more).
+        # (Only while a trajectory of ours ran: after its end the controller holds still.)
+        start = measured
+        if self._velocity is not None:
+            until = now
+            if self._controller_trajectory is not None:
+                until = min(now, self._controller_trajectory.ends_at)
+            start = measured + self._velocity * max(0.0, until - self._measured_at)
         # Joint states and the controller use the controller's joint names.
         stop = stop_trajectory(
             self._state_names,
-            measured,
+            start,
             self._velocity,
             self._arm_amax,
             self._arm_lower,
             self._arm_upper,
             self.params.min_lead_time,
         )
-        self._send_stop(stop, now, measured, self._velocity)
+        self._send_stop(stop, now, start, self._velocity)
         return f"stop sent to the controller ({stop.points[0].time_from_start:.2f} s)"
 
     def _send_stop(
