@@ -417,19 +417,9 @@ def test_estop_latches_stops_the_arm_and_only_reset_with_a_measured_pose_clears_
 
 def _as_data(msg):
     """A received JointTrajectory as the bridge's data type, for the controller's rules."""
-    from hw_drivers.trajectory import JointTrajectoryData, TrajectoryPoint
+    from tests.ros.jtc_emulator_node import trajectory_from_msg
 
-    return JointTrajectoryData(
-        tuple(msg.joint_names),
-        tuple(
-            TrajectoryPoint(
-                positions=list(p.positions),
-                velocities=list(p.velocities) or None,
-                time_from_start=p.time_from_start.sec + p.time_from_start.nanosec * 1e-9,
-            )
-            for p in msg.points
-        ),
-    )
+    return trajectory_from_msg(msg)
 
 
 def test_estop_without_a_measured_pose_stops_from_the_controllers_reference(graph):
