@@ -53,3 +53,13 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> str:
             proc.wait()
     out = proc.stdout.read() if proc.stdout else ""
     return out or ""
+
+
+def call_service(node, executor, srv_type, name: str, request, timeout: float = 5.0):
+    """Call service ``name`` from ``node`` spun by ``executor``; the response (asserts it came)."""
+    client = node.create_client(srv_type, name)
+    assert spin_until(node, client.service_is_ready, timeout, executor), name
+    future = client.call_async(request)
+    assert spin_until(node, future.done, timeout, executor), name
+    node.destroy_client(client)
+    return future.result()

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.rostest_util import spin_until, start_python, stop_process
+from tests.rostest_util import call_service, spin_until, start_python, stop_process
 
 pytestmark = pytest.mark.ros
 
@@ -356,12 +356,7 @@ def test_chunk_execution_names_the_sent_chunk_and_the_verdict_on_a_dropped_one(g
 
 
 def _call(probe, executor, srv_type, name, request):
-    client = probe.create_client(srv_type, name)
-    assert spin_until(probe, client.service_is_ready, 5.0, executor), name
-    future = client.call_async(request)
-    assert spin_until(probe, future.done, 5.0, executor), name
-    probe.destroy_client(client)
-    return future.result()
+    return call_service(probe, executor, srv_type, name, request, timeout=5.0)
 
 
 def test_estop_latches_stops_the_arm_and_only_reset_with_a_measured_pose_clears_it(graph):

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.rostest_util import spin_until
+from tests.rostest_util import call_service, spin_until
 
 pytestmark = pytest.mark.ros
 
@@ -156,12 +156,7 @@ def loop(request):
 
 
 def _call(probe, executor, srv_type, name, request):
-    client = probe.create_client(srv_type, name)
-    assert spin_until(probe, client.service_is_ready, 10.0, executor), name
-    future = client.call_async(request)
-    assert spin_until(probe, future.done, 10.0, executor), name
-    probe.destroy_client(client)
-    return future.result()
+    return call_service(probe, executor, srv_type, name, request, timeout=10.0)
 
 
 def _series(samples, start: float = -math.inf, end: float = math.inf):
