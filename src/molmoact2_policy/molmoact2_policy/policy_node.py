@@ -17,7 +17,6 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 from typing import Any
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -33,6 +32,7 @@ from molmoact2_common.lifecycle_errors import log_transition_errors
 from molmoact2_common.ros_params import declare_dataclass_params
 from molmoact2_common.ros_runtime import run_lifecycle_node
 from molmoact2_policy import chunk_msgs
+from molmoact2_policy.chunk_rate import ChunkRateMeter
 from molmoact2_policy.decode_pool import DecodePool
 from molmoact2_policy.image_conversion import (
     ImageConversionError,
@@ -104,7 +104,7 @@ class PolicyNode(LifecycleNode):
         self._sequence = 0
         self._chunk_count = 0
         self._rejected_count = 0
-        self._chunk_times: deque[float] = deque(maxlen=1000)
+        self._chunk_rate = ChunkRateMeter()
         self._last_latency = float("nan")
         self._stages = StageTimes()  # of the last published chunk
         self._convert_time: dict[str, float] = {}
@@ -144,9 +144,9 @@ class PolicyNode(LifecycleNode):
             callback_group=self._control_group,
         )
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._control_group)
-        period = self.params.status_period()
-        self._status_period = period
-        self.create_timer(period, self._publish_status, callback_group=self._control_group)
+        self.create_timer(
+            self.params.status_period(), self._publish_status, callback_group=self._control_group
+        )
         self._task_server = RunTaskServer(
             self, self.params.hold_driver(), self.params.task_input_grace
         )
@@ -309,7 +309,7 @@ class PolicyNode(LifecycleNode):
         with self._lock:
             self._assembler.clear()
             self._last_key = None
-            self._chunk_times.clear()
+            self._chunk_rate.start(time.monotonic())
             self._chunk_count = self._rejected_count = 0
             self._worker = InferenceWorker(
                 self._policy,
@@ -561,7 +561,7 @@ class PolicyNode(LifecycleNode):
         chunk_out = time.perf_counter()  # what follows (visualisation) is off the chunk's path
         with self._lock:
             self._chunk_count += 1
-            self._chunk_times.append(time.monotonic())
+            self._chunk_rate.record(time.monotonic())
             self._last_latency = latency
             self._last_error = ""
             self._inference_error = False
@@ -809,9 +809,7 @@ class PolicyNode(LifecycleNode):
             msg.device = self.params.device
             msg.last_latency = self._last_latency
             self._stages.fill_status(msg)
-            horizon = time.monotonic() - self._status_period
-            recent = sum(1 for t in self._chunk_times if t >= horizon)
-            msg.chunk_rate = recent / self._status_period
+            msg.chunk_rate = self._chunk_rate.rate(time.monotonic())
             msg.chunk_count = self._chunk_count
             msg.rejected_count = self._rejected_count
             if self._assembler is not None:
