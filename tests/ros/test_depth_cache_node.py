@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -221,6 +223,22 @@ def test_reset_service_and_stamp_jumps_reset_the_policy_cache(ros_nodes):
     node.on_think_result(stamp(7.6), frame, policy.act(frame))
     node.on_think_result(stamp(7.0), frame, policy.act(frame))  # backwards
     assert policy.resets == 3 and node.resets == 3
+
+
+def test_a_model_slower_than_max_stamp_gap_keeps_its_cache(ros_nodes):
+    """Think results 4 s apart (a CPU model taking 4 s per inference) are no stamp jump."""
+    policy, node, _probe, _executor = ros_nodes
+    frame = scene(block_col=2)
+
+    def slow(result: ActionChunkResult) -> ActionChunkResult:
+        return dataclasses.replace(result, timings={"total": 4.0})
+
+    node.on_think_result(stamp(10.0), frame, slow(policy.act(frame)))
+    node.on_think_result(stamp(14.2), frame, slow(policy.act(frame)))
+    node.on_think_result(stamp(18.5), frame, slow(policy.act(frame)))
+    assert policy.resets == 0
+    node.on_think_result(stamp(30.0), frame, slow(policy.act(frame)))  # a paused camera
+    assert policy.resets == 1
 
 
 def test_unusable_results_are_refused_without_publishing(ros_nodes):

@@ -13,6 +13,7 @@ from molmoact2_policy.depth_change import (
     detect_changed_cells,
     patch_similarity,
     prepare_frame,
+    stamp_jump_reason,
 )
 
 
@@ -210,3 +211,12 @@ def test_a_failed_reset_still_ends_and_results_without_resets_are_admitted():
     token = generations.token()
     assert generations.admit(token) and generations.admit(token)  # no reset since
     assert generations.dropped == 0
+
+
+def test_frames_one_slow_inference_apart_are_not_a_jump():
+    # A CPU Think inference takes seconds: its consecutive frames lie that far apart.
+    assert stamp_jump_reason(10.0, 14.5, 1.0, pace_s=4.0) is None
+    reason = stamp_jump_reason(10.0, 15.5, 1.0, pace_s=4.0)
+    assert reason is not None and "5.000 s" in reason and "4.000 s per inference" in reason
+    assert stamp_jump_reason(10.0, 11.5, 1.0) is not None  # no pace known: max_stamp_gap alone
+    assert stamp_jump_reason(10.0, 9.0, 1.0, pace_s=100.0) is not None  # backwards always

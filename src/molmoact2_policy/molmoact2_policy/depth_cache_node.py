@@ -15,7 +15,9 @@ camera's stamps jump. All picture and geometry logic is in ``depth_viz`` / ``dep
 
 from __future__ import annotations
 
+import math
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,6 +36,8 @@ from molmoact2_policy.policy_api import ActionChunkResult
 NODE_NAME = "molmoact2_depth_cache"
 # Seconds between repeats of the same error (a bad result every inference would flood the log).
 ERROR_LOG_PERIOD_S = 5.0
+# A stamp gap counts as a jump only beyond the slowest of this many recent inferences.
+PACE_RESULTS = 5
 
 
 def _stamp_seconds(stamp: Time) -> float:
@@ -70,6 +74,8 @@ class DepthCacheNode(Node):
         self._policy_reset = policy_reset
         self._lock = threading.Lock()
         self._last_stamp_s: float | None = None
+        # Seconds the last few Think inferences took: frames one inference apart are no jump.
+        self._inference_times: deque[float] = deque(maxlen=PACE_RESULTS)
         self._results = 0
         self.resets = 0  # cache resets so far (service and stamp jumps), for status and tests
         self._generations = ResetGenerations()
@@ -163,7 +169,10 @@ class DepthCacheNode(Node):
         """
         stamp_s = _stamp_seconds(stamp)
         with self._lock:
-            reason = stamp_jump_reason(self._last_stamp_s, stamp_s, self.params.max_stamp_gap)
+            pace = max(self._inference_times, default=0.0)
+            reason = stamp_jump_reason(
+                self._last_stamp_s, stamp_s, self.params.max_stamp_gap, pace
+            )
             previous = self._last_stamp_s
         if previous is not None and stamp_s == previous:
             return False
@@ -199,6 +208,10 @@ class DepthCacheNode(Node):
             )
             return False
         self.check_stamp(stamp)
+        took = float(result.timings.get("total", 0.0))
+        if math.isfinite(took) and took > 0.0:
+            with self._lock:
+                self._inference_times.append(took)
         p = self.params
         if result.depth_codes is None:
             self.get_logger().error(

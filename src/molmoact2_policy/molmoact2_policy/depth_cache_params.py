@@ -51,8 +51,9 @@ class DepthCacheParams:
     max_stamp_gap: float = field(
         default=1.0,
         metadata=_doc(
-            "Seconds: a larger gap between main-camera stamps, or a stamp going backwards, "
-            "resets the depth cache (new episode, replayed bag, paused camera)."
+            "Seconds: a gap between the main-camera stamps of consecutive Think results "
+            "longer than this beyond the slowest of the last 5 inferences, or a stamp going "
+            "backwards, resets the depth cache (new episode, replayed bag, paused camera)."
         ),
     )
     grid_rows: int = field(default=10, metadata=_doc("Rows of the depth-code grid."))

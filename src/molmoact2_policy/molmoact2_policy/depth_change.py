@@ -140,19 +140,26 @@ def detect_changed_cells(
     return compare_frames(prev_rgb, rgb, grid, size, threshold).changed
 
 
-def stamp_jump_reason(previous_s: float | None, stamp_s: float, max_gap_s: float) -> str | None:
+def stamp_jump_reason(
+    previous_s: float | None, stamp_s: float, max_gap_s: float, pace_s: float = 0.0
+) -> str | None:
     """Why the depth cache must be dropped before a frame stamped ``stamp_s`` (None: keep it).
 
     Cached codes describe the scene at ``previous_s``; a stamp going backwards (bag replay,
-    clock reset) or a gap longer than ``max_gap_s`` (camera paused, new episode) means the
-    cached frame may no longer be the scene the robot sees.
+    clock reset) or a gap longer than ``max_gap_s`` beyond the model's own pace ``pace_s``
+    (camera paused, new episode) means the cached frame may no longer be the scene the robot
+    sees. Consecutive Think frames lie one inference apart: without ``pace_s`` a model slower
+    than ``max_gap_s`` per inference (a CPU, a loaded GPU, a remote server) reset the cache
+    before every inference and never used it.
     """
     if previous_s is None:
         return None
     if stamp_s < previous_s:
         return f"camera stamp went backwards by {previous_s - stamp_s:.3f} s"
-    if stamp_s - previous_s > max_gap_s:
-        return f"camera stamp gap {stamp_s - previous_s:.3f} s exceeds {max_gap_s:.3f} s"
+    allowed = max_gap_s + max(0.0, pace_s)
+    if stamp_s - previous_s > allowed:
+        pace = f" (max_stamp_gap + {pace_s:.3f} s per inference)" if pace_s > 0 else ""
+        return f"camera stamp gap {stamp_s - previous_s:.3f} s exceeds {allowed:.3f} s{pace}"
     return None
 
 
