@@ -497,10 +497,13 @@ def policy_cases(probe: PolicyProbe) -> list[Row]:
         edit(lambda m: setattr(m, "is_bigendian", 1)), accept=True)
 
     def mono16_be(ctx, msgs, joint):
-        m = msgs[top]
-        m.encoding, m.is_bigendian, m.step = "mono16", 1, SHAPE[1] * 2
-        m.data = bytes(SHAPE[0] * SHAPE[1] * 2)
-    run("mono16 is_bigendian=1", "refused (16 bit unsupported) or converted", mono16_be)
+        from molmoact2_policy.image_conversion import rgb_to_image_fields
+
+        # Big-endian samples: read as little-endian, every pixel's two bytes would swap.
+        set_fields(msgs[top], rgb_to_image_fields(ctx["images"][top], "mono16", 0, True))
+        grey = cv2.cvtColor(ctx["images"][top], cv2.COLOR_RGB2GRAY)
+        ctx["images"][top] = np.repeat(grey[:, :, None], 3, axis=2)
+    run("mono16 is_bigendian=1", "accepted, exact pixels", mono16_be, accept=True)
     run("7x5 rgb8 (smaller than the model minimum)", "refused",
         edit(lambda m: set_fields(m, raw_image("rgb8", np.zeros((5, 7, 3), np.uint8))[0])))
 
