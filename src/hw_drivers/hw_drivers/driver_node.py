@@ -205,7 +205,9 @@ class DriverNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        assert self._loop is not None
+        if self._loop is None:  # lifecycle configures first; not an assert (-O drops those)
+            self.get_logger().error("activate before a successful configure")
+            return TransitionCallbackReturn.FAILURE
         with self._lock:
             try:
                 self._loop.start()

@@ -642,7 +642,9 @@ class ChunkExecutor:
         if plan is None:
             state = "idle" if self._needs_ramp_in else "holding"
             return self._hold_here(state, self._reason if state == self._state else "no chunk")
-        assert self._last_accept is not None
+        if self._last_accept is None:
+            # Every plan comes from an accepted chunk; not an assert, which -O drops.
+            raise RuntimeError("executor: a plan without an accepted chunk")
         since_accept = now - self._last_accept
         if since_accept > self.safety.watchdog_timeout:
             self._plan = None

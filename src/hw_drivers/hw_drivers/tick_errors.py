@@ -102,10 +102,11 @@ class TickErrorEscalation:
             during = f" over {span:.1f} s" if math.isfinite(span) and span > 0 else ""
             what = f"{self.count} control tick errors without a successful tick between them"
         else:
-            assert self.recent is not None
+            # Only the window can have reached its limit here, so it exists (inf otherwise).
+            window = self.recent.window if self.recent is not None else math.inf
             during = ""
             what = (
-                f"{self.limit} control tick errors within {self.recent.window:g} s"
+                f"{self.limit} control tick errors within {window:g} s"
                 " (successful ticks between them)"
             )
         return f"{what}{during} (last: {error}): a bug in the driver, not a backend fault"
