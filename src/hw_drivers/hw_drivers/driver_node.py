@@ -538,6 +538,7 @@ class DriverNode(LifecycleNode):
             recent = stats.rejected_recently(now)
             values = {
                 "state": "fault" if loop.faulted else state,
+                "state_message": loop.executor.state_message,
                 "backend": self.params.backend,
                 **ticks.diagnostic_values(),
                 "target_rate": f"{self.params.control_rate:g}",
