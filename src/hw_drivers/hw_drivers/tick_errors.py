@@ -24,8 +24,8 @@ Two counts latch the driver's e-stop (the ``~/estop`` latch: only ``~/reset`` cl
   ``DriverParams.validate`` refuses (``min_fault_window``) rather than let it never trip.
 
 ``FaultWindow`` is the second count on its own: ``ControlLoop`` also uses it for backend
-faults under ``on_fault: disable``, where each fault and reconnect would turn the torque off
-and on again.
+faults (``max_backend_faults``), which would otherwise hold and reconnect for ever (under
+``on_fault: disable`` turning the torque off and on again each time).
 
 The reason of the e-stop is kept where the latch is (``ChunkExecutor.estop_reason``), not here:
 this only says when and why to latch.
