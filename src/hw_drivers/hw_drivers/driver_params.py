@@ -376,7 +376,8 @@ class DriverParams:
         if not self.serial_port:
             problems.append("the feetech backend needs serial_port (e.g. /dev/ttyACM0)")
         try:
-            load_arm_calibration(self.calibration_file, self.joint_names)
+            # Cached by the file's identity: this check runs on every parameter change too.
+            load_arm_calibration(self.calibration_file, self.joint_names, cached=True)
         except CalibrationError as err:
             problems.append(
                 f"{err}; set calibration_file with the launch argument calibration_file:=<path> "
