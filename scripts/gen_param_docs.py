@@ -64,6 +64,10 @@ def render() -> str:
             lines.append(f"| `{f.name}` | {_type_name(hints[f.name])} | `{_default(f)}` | "
                          f"{description} |")
         lines.append("")
+        deprecated = getattr(cls, "DEPRECATED", {})
+        if deprecated:
+            names = ", ".join(f"`{old}` (now `{new}`)" for old, new in deprecated.items())
+            lines += [f"Deprecated names, still read with a warning: {names}.", ""]
     return "\n".join(lines)
 
 

@@ -304,7 +304,9 @@ def test_with_on_fault_disable_recurring_faults_keep_the_torque_off_through_a_cl
     from rclpy.lifecycle import TransitionCallbackReturn
     from std_srvs.srv import Trigger
 
-    args = ("-p", "on_fault:=disable", "-p", "reconnect_period:=0.1", "-p", "max_torque_offs:=1")
+    args = (
+        "-p", "on_fault:=disable", "-p", "reconnect_period:=0.1", "-p", "max_backend_faults:=1"
+    )
     with driver_on_one_executor_thread(*args) as (node, probe):
         logger = _RecordingLogger(node.get_logger())
         node.get_logger = lambda: logger
@@ -335,6 +337,39 @@ def test_with_on_fault_disable_recurring_faults_keep_the_torque_off_through_a_cl
         assert response.success, response.message
         assert loop.backend.is_enabled and not loop.torque_off_latched
         assert wait_for(lambda: loop.stats.writes > 10, 30.0)
+
+
+def test_with_on_fault_hold_recurring_faults_latch_the_estop_with_the_torque_on():
+    # Before: under hold every fault held, reconnected and took chunks again, for ever. Set by
+    # its old name, max_torque_offs, which is read as max_backend_faults.
+    from std_srvs.srv import Trigger
+
+    args = ("-p", "reconnect_period:=0.1", "-p", "max_torque_offs:=1")
+    with driver_on_one_executor_thread(*args) as (node, probe):
+        assert node.params.on_fault == "hold" and node.params.max_backend_faults == 1
+        assert node.get_parameter("max_backend_faults").value == 1
+        node._loop.backend.inject_faults(1)
+        assert wait_for(lambda: node._loop.executor.estopped, 30.0)
+        loop = node._loop
+        reason = loop.estop_reason
+        assert "1 backend faults within 60 s with on_fault: hold" in reason, reason
+        assert wait_for(lambda: loop.stats.reconnects >= 1, 30.0)
+        writes = loop.stats.writes
+        assert wait_for(lambda: loop.stats.writes > writes + 20, 30.0)  # holding, torque on
+        assert loop.backend.is_enabled and not loop.torque_off_latched
+        probe.diagnostics.clear()
+
+        def named():
+            status, values = _driver_status_values(probe)
+            return status is not None and values.get("estop_reason") == reason
+
+        assert wait_for(named, 30.0)
+        status, values = _driver_status_values(probe)
+        assert status.message.startswith(f"e-stop latched: {reason}")
+        assert reason in values["state_message"]
+        response = node._on_reset(Trigger.Request(), Trigger.Response())
+        assert response.success, response.message
+        assert not loop.executor.estopped and loop.backend.is_enabled
 
 
 class _OwnedLock:

@@ -386,7 +386,9 @@ SO101_START_TICKS = [2000, 2000, 2000, 2000, 2000, 2500]
 def test_feetech_serial_link_unplugged_holds_and_reconnects_on_replug(
     tmp_path, graph_parts, reliability
 ):
-    """SO-101 on an emulated servo bus behind a stable port name; ``on_fault: hold``."""
+    """SO-101 on an emulated servo bus behind a stable port name; ``on_fault: hold``. Two
+    backend faults (the burst, the unplug; failed reconnects do not count), fewer than
+    ``max_backend_faults`` (3) within ``fault_window``: each holds and reconnects, no e-stop."""
     import json
 
     from hw_drivers.emulators.feetech_emulator import FeetechEmulator

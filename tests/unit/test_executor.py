@@ -248,6 +248,23 @@ def test_estop_latches_with_zero_velocity_until_reset():
     assert executor.submit(_ramp_chunk(5.0, start=measured), 5.004, measured).accepted
 
 
+def test_estop_state_message_names_what_latched_it():
+    # ~/status and /diagnostics show the executor's state message: a generic "e-stop latched"
+    # sent the operator looking for the cause in the logs.
+    executor = _executor()
+    executor.reset(np.zeros(3))
+    executor.estop("3 backend faults within 60 s with on_fault: hold (last: read failed)")
+    command = executor.tick(0.004, np.zeros(3))
+    assert command.state == "estop"
+    assert "3 backend faults within 60 s" in command.reason
+    assert executor.state_message == command.reason
+    # A new command stream (a reconnect) keeps the latch and says why, before any tick.
+    executor.start(np.zeros(3))
+    assert executor.state == "estop" and "3 backend faults" in executor.state_message
+    executor.reset(np.zeros(3))
+    assert "backend faults" not in executor.tick(0.008, np.zeros(3)).reason
+
+
 # -- ramp-in ----------------------------------------------------------------------------------
 
 

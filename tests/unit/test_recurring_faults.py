@@ -18,12 +18,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hw_drivers.backends.sim import SimBackend
+from hw_drivers.chunk import Chunk
 from hw_drivers.control_loop import ControlLoop
 from hw_drivers.driver_params import DriverParams
 from hw_drivers.executor import OPERATOR_ESTOP, ChunkExecutor, ExecutorConfig
 from hw_drivers.health import ERROR, driver_summary
 from hw_drivers.tick_errors import FaultWindow, TickErrorEscalation, min_fault_window
-from tests.unit.test_executor_properties import CI, LOWER, NAMES, T0, UPPER, limits, safety
+from tests.unit.test_executor_properties import (
+    CI,
+    LOWER,
+    NAMES,
+    STEP,
+    T0,
+    UPPER,
+    limits,
+    safety,
+)
 from tests.unit.test_tick_error_escalation import RECONNECT, TICK, make_loop, run_ticks
 
 # -- 1. the reason lives with the latch -------------------------------------------------------
@@ -189,14 +199,15 @@ def test_a_window_too_short_to_ever_trip_is_refused_not_left_silent():
     problems = window_problems(max_tick_errors=3, reconnect_period=1.0, fault_window=1.0)
     assert any("fault_window 1 s is too short" in p for p in problems), problems
     assert not window_problems(max_tick_errors=3, reconnect_period=1.0, fault_window=3.1)
-    # max_torque_offs counts only with on_fault: disable.
-    params = dict(max_tick_errors=1, max_torque_offs=10, reconnect_period=1.0, fault_window=5.0)
-    assert not window_problems(**params)
+    # max_backend_faults counts under either on_fault (before: only with disable).
+    params = dict(max_tick_errors=1, max_backend_faults=10, reconnect_period=1.0, fault_window=5.0)
+    assert window_problems(**params)
     assert window_problems(**params, on_fault="disable")
+    assert not window_problems(**{**params, "fault_window": 10 * 1.1})
     for bad in (0.0, -1.0, math.nan, math.inf):
         assert any("fault_window must be > 0" in p for p in window_problems(fault_window=bad))
-    assert any("max_torque_offs" in p for p in DriverParams(max_torque_offs=0).validate())
-    assert DriverParams().fault_window == 60.0 and DriverParams().max_torque_offs == 3
+    assert any("max_backend_faults" in p for p in DriverParams(max_backend_faults=0).validate())
+    assert DriverParams().fault_window == 60.0 and DriverParams().max_backend_faults == 3
 
 
 @pytest.mark.parametrize("limit", [1, 2, 3, 5])
@@ -219,17 +230,19 @@ def test_a_window_at_the_validated_bound_trips_on_a_bug_raising_every_tick(limit
 # -- 3. on_fault: disable and faults that recur ----------------------------------------------
 
 
-def disable_loop(max_torque_offs: int = 3, window: float = 60.0) -> tuple:
+def disable_loop(
+    max_backend_faults: int = 3, window: float = 60.0, on_fault: str = "disable"
+) -> tuple:
     clock = [T0]
     sim = SimBackend(NAMES, 0.5 * (LOWER + UPPER), LOWER, UPPER, clock=lambda: clock[0])
     executor = ChunkExecutor(NAMES, limits(), safety(0.3), ExecutorConfig())
     loop = ControlLoop(
         sim,
         executor,
-        on_fault="disable",
+        on_fault=on_fault,
         reconnect_period=RECONNECT,
         fault_window=window,
-        max_torque_offs=max_torque_offs,
+        max_backend_faults=max_backend_faults,
     )
     loop.start()
     return loop, sim, clock
@@ -253,7 +266,7 @@ def torque_ons(torque: list[bool]) -> int:
 
 
 def test_recurring_faults_with_disable_stop_cycling_the_torque_and_latch_the_estop():
-    loop, sim, clock = disable_loop(max_torque_offs=3)
+    loop, sim, clock = disable_loop(max_backend_faults=3)
     torque = run_with_faults(loop, sim, clock, 2000, fault_every=25)
     assert loop.stats.backend_errors >= 50  # the fault kept recurring throughout
     assert torque_ons(torque) == 2  # two reconnects turned it on again; the third fault latched
@@ -265,12 +278,12 @@ def test_recurring_faults_with_disable_stop_cycling_the_torque_and_latch_the_est
 
 
 def test_with_the_torque_kept_off_nothing_is_written_and_reset_energises_where_the_arm_is():
-    loop, sim, clock = disable_loop(max_torque_offs=1)
+    loop, sim, clock = disable_loop(max_backend_faults=1)
     clock[0] += TICK
     assert loop.step(clock[0]).wrote
     sim.inject_faults(1)
     clock[0] += TICK
-    loop.step(clock[0])  # the first fault latches with max_torque_offs 1
+    loop.step(clock[0])  # the first fault latches with max_backend_faults 1
     assert loop.torque_off_latched and not sim.is_enabled
     writes = loop.stats.writes
     for _ in range(50):  # the reconnect comes, torque stays off, nothing is sent
@@ -289,7 +302,7 @@ def test_with_the_torque_kept_off_nothing_is_written_and_reset_energises_where_t
 
 
 def test_reset_while_the_torque_cannot_come_on_keeps_it_latched():
-    loop, sim, clock = disable_loop(max_torque_offs=1)
+    loop, sim, clock = disable_loop(max_backend_faults=1)
     sim.inject_faults(1)
     clock[0] += TICK
     loop.step(clock[0])
@@ -310,17 +323,105 @@ def test_reset_while_the_torque_cannot_come_on_keeps_it_latched():
 
 
 def test_faults_further_apart_than_the_window_still_reconnect_with_torque():
-    loop, sim, clock = disable_loop(max_torque_offs=3, window=1.0)
+    loop, sim, clock = disable_loop(max_backend_faults=3, window=1.0)
     torque = run_with_faults(loop, sim, clock, 2000, fault_every=60)  # every 0.6 s
     assert torque_ons(torque) >= 30 and not loop.executor.estopped and sim.is_enabled
 
 
-def test_hold_keeps_reconnecting_as_before():
-    # on_fault: hold never turned the torque off: a reconnect resumes (ramp-in), as documented.
-    clock = [T0]
-    sim = SimBackend(NAMES, 0.5 * (LOWER + UPPER), LOWER, UPPER, clock=lambda: clock[0])
-    executor = ChunkExecutor(NAMES, limits(), safety(0.3), ExecutorConfig())
-    loop = ControlLoop(sim, executor, on_fault="hold", reconnect_period=RECONNECT)
-    loop.start()
-    torque = run_with_faults(loop, sim, clock, 1000, fault_every=25)
-    assert all(torque) and not loop.executor.estopped and not loop.torque_off_latched
+
+
+# -- 4. on_fault: hold and backend faults that recur ------------------------------------------
+# Before: under hold (the default) every fault held, reconnected and took chunks again (ramp-in
+# from the measured pose), for ever: a flaky cable made the arm lurch between motion and hold.
+
+
+def chunk_at(pose: np.ndarray, now: float, horizon: int = 15) -> Chunk:
+    """A slow move away from ``pose`` (well inside the limits), stamped ``now``."""
+    k = np.arange(horizon)[:, None] * STEP
+    return Chunk(now, 0.0, STEP, NAMES, pose + 0.05 * k)
+
+
+def run_hold_with_faults(loop, sim, clock, ticks: int, fault_every: int) -> list[tuple]:
+    """Tick ``ticks`` times with a fresh chunk from the measured pose every tick (a policy
+    that keeps sending), the backend faulting on every ``fault_every``-th tick; returns per
+    tick (torque on, chunk accepted, executor state, command positions or None, e-stop
+    reason)."""
+    out = []
+    for k in range(1, ticks + 1):
+        clock[0] += TICK
+        accepted = False
+        if loop.last_reading is not None and not loop.faulted:
+            chunk = chunk_at(loop.last_reading.positions, clock[0])
+            accepted = loop.submit_prepared(loop.executor.prepare(chunk), clock[0]).accepted
+        if k % fault_every == 0:
+            sim.inject_faults(1)
+        result = loop.step(clock[0])
+        positions = None if result.command is None else result.command.positions
+        out.append((sim.is_enabled, accepted, loop.executor.state, positions, loop.estop_reason))
+    return out
+
+
+def test_recurring_faults_with_hold_latch_the_estop_holding_with_the_torque_on():
+    loop, sim, clock = disable_loop(max_backend_faults=3, on_fault="hold")
+    ticks = run_hold_with_faults(loop, sim, clock, 2000, fault_every=25)  # a fault per 0.25 s
+    assert loop.stats.backend_errors >= 50  # the fault kept recurring throughout
+    reason = loop.estop_reason
+    assert "3 backend faults within 60 s with on_fault: hold" in reason, reason
+    assert "holding the measured pose, torque on" in reason
+    # The arm tracked chunks between the faults (successful ticks), and those still counted:
+    # the third fault latched, 50 ticks after the first.
+    latched_at = next(i for i, t in enumerate(ticks) if t[4])
+    assert latched_at == 3 * 25 - 1
+    assert any(t[2] in ("ramp_in", "tracking") for t in ticks[25:49])
+    # Torque on throughout; after the latch every chunk is refused and the command stands still
+    # through every later fault and reconnect.
+    assert all(t[0] for t in ticks) and sim.is_enabled and not loop.torque_off_latched
+    after = ticks[latched_at + 1 :]
+    assert not any(t[1] for t in after)
+    held = [t[3] for t in after if t[3] is not None]
+    assert len(held) > 1000 and all(t[2] == "estop" for t in after if t[3] is not None)
+    for positions in held[1:]:
+        np.testing.assert_allclose(positions, held[0], atol=1e-9)
+    assert loop.stats.reconnects > 10  # the link still reconnects: state keeps coming
+    while loop.faulted:  # the run ended on a fault: refused for the latch, not the fault
+        clock[0] += TICK
+        loop.step(clock[0])
+    refused = loop.submit_prepared(
+        loop.executor.prepare(chunk_at(loop.last_reading.positions, clock[0])), clock[0]
+    )
+    assert not refused.accepted and refused.reason.startswith("estop:")
+
+
+def test_reset_after_a_hold_latch_takes_chunks_again_from_the_measured_pose():
+    loop, sim, clock = disable_loop(max_backend_faults=1, on_fault="hold")
+    run_hold_with_faults(loop, sim, clock, 30, fault_every=10)  # latched at the first fault
+    assert loop.executor.estopped and "1 backend faults" in loop.estop_reason
+    for _ in range(20):  # the reconnect comes; still latched
+        clock[0] += TICK
+        loop.step(clock[0])
+    assert not loop.faulted and loop.executor.estopped
+    ok, message = loop.reset()
+    assert ok, message
+    assert not loop.executor.estopped and loop.estop_reason == "" and sim.is_enabled
+    ticks = run_hold_with_faults(loop, sim, clock, 20, fault_every=10**6)
+    assert all(t[1] for t in ticks) and ticks[-1][2] == "ramp_in"
+    # Counting starts afresh: the next fault latches again, as the first did.
+    run_hold_with_faults(loop, sim, clock, 1, fault_every=1)
+    assert loop.executor.estopped
+
+
+def test_hold_faults_further_apart_than_the_window_keep_reconnecting():
+    loop, sim, clock = disable_loop(max_backend_faults=3, window=1.0, on_fault="hold")
+    ticks = run_hold_with_faults(loop, sim, clock, 2000, fault_every=60)  # every 0.6 s
+    assert loop.stats.backend_errors >= 30 and loop.stats.reconnects >= 30
+    assert not loop.executor.estopped and all(t[0] for t in ticks)
+    assert sum(1 for t in ticks[-100:] if t[1]) > 50  # chunks still followed at the end
+
+
+def test_hold_tick_errors_do_not_count_as_backend_faults():
+    # A tick error (a bug) has its own count, whose reason names a bug, not the backend.
+    loop, _sim, clock = disable_loop(max_backend_faults=1, on_fault="hold")
+    loop.tick_errors.limit = 10
+    clock[0] += TICK
+    assert loop.tick_error(clock[0], "tick error: KeyError: 'x'") is None
+    assert not loop.executor.estopped and loop.backend_faults.count(clock[0]) == 0

@@ -112,6 +112,37 @@ def load_calibration(path: str | Path) -> dict[str, MotorCalibration]:
     return parse_calibration(data, f"calibration file {path}")
 
 
+# Path -> (the file's identity when read, what it held). The driver's parameter check runs on
+# every parameter change (``ros2 param set``), not only at configure: it re-read and parsed
+# the file each time. Keyed by what changes when the file does (an editor's save, a new
+# lerobot-calibrate run), so a configure after the file changed reads it again.
+_CALIBRATION_CACHE: dict[str, tuple[tuple[int, int, int], dict[str, MotorCalibration]]] = {}
+
+
+def _file_identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def load_calibration_cached(path: str | Path) -> dict[str, MotorCalibration]:
+    """``load_calibration``, read again only when the file changed (modification time, size
+    or inode differ). A file that cannot be read raises as ``load_calibration`` does; only
+    what was read successfully is kept."""
+    resolved = Path(path).expanduser()
+    identity = _file_identity(resolved)
+    if identity is None:
+        return load_calibration(resolved)  # the clear error (missing, unreadable)
+    cached = _CALIBRATION_CACHE.get(str(resolved))
+    if cached is not None and cached[0] == identity:
+        return dict(cached[1])
+    calibration = load_calibration(resolved)
+    _CALIBRATION_CACHE[str(resolved)] = (identity, calibration)
+    return dict(calibration)
+
+
 #: Where LeRobot writes an SO-101 follower's calibration (``lerobot-calibrate``; LeRobot's
 #: ``Robot.calibration_fpath``: HF_LEROBOT_CALIBRATION / "robots" / robot name / f"{id}.json").
 LEROBOT_SO101_CALIBRATION = (
@@ -120,18 +151,19 @@ LEROBOT_SO101_CALIBRATION = (
 
 
 def load_arm_calibration(
-    path: str | Path, joint_names: Sequence[str]
+    path: str | Path, joint_names: Sequence[str], *, cached: bool = False
 ) -> dict[str, MotorCalibration]:
     """The calibration file of an arm with these joints: ``CalibrationError`` when no file is
     named (with where LeRobot writes one), or it is missing, not JSON, not LeRobot's shape, or
     has no entry for one of the joints. The driver's parameter check (so the launch, before
-    any node starts) and the backend both read the file through this one function."""
+    any node starts) and the backend both read the file through this one function; the check,
+    which also runs on every parameter change, with ``cached`` (``load_calibration_cached``)."""
     if not str(path).strip():
         raise CalibrationError(
             "the feetech backend needs calibration_file: the LeRobot calibration JSON of this "
             f"arm (lerobot-calibrate writes {LEROBOT_SO101_CALIBRATION})"
         )
-    calibration = load_calibration(path)
+    calibration = load_calibration_cached(path) if cached else load_calibration(path)
     missing = [name for name in joint_names if name not in calibration]
     if missing:
         raise CalibrationError(

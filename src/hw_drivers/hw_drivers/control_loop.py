@@ -82,7 +82,7 @@ class ControlLoop:
         preflight: Callable[[JointReading], PreflightReport] | None = None,
         max_tick_errors: int = 3,
         fault_window: float = 60.0,
-        max_torque_offs: int = 3,
+        max_backend_faults: int = 3,
     ) -> None:
         if on_fault not in ("hold", "disable"):
             raise ValueError(f"on_fault must be hold or disable, got {on_fault!r}")
@@ -109,11 +109,14 @@ class ControlLoop:
             raise ValueError(f"hold_mask must have {n} entries, got {self.hold_mask.shape}")
         self._hold_pose: np.ndarray | None = None
         self.tick_errors = TickErrorEscalation(max_tick_errors, fault_window)
-        # on_fault: disable turns the torque off at each fault and the reconnect turns it on
-        # again: a fault that recurs would cycle it for ever. ``max_torque_offs`` of them within
-        # ``fault_window`` latch the e-stop with the torque kept off (``torque_off_latched``):
-        # reconnects go on (state and diagnostics), the torque comes back only with ~/reset.
-        self.torque_offs = FaultWindow(max_torque_offs, fault_window)
+        # A backend fault that recurs would otherwise hold and reconnect for ever: with
+        # on_fault: hold the arm lurches between holds and ramp-ins into the next chunk, with
+        # on_fault: disable the torque cycles off and on. ``max_backend_faults`` of them within
+        # ``fault_window`` latch the e-stop: reconnects go on (state and diagnostics), chunks
+        # are refused until ~/reset; with hold the arm holds its measured pose (torque on),
+        # with disable the torque is kept off (``torque_off_latched``). ros2_control likewise
+        # takes a component whose read/write returns ERROR out of service until reactivated.
+        self.backend_faults = FaultWindow(max_backend_faults, fault_window)
         self.torque_off_latched = False
 
     @property
@@ -341,7 +344,7 @@ class ControlLoop:
         self.last_reading = reading
         self.operator_hold = False
         self.tick_errors.reset()
-        self.torque_offs.clear()
+        self.backend_faults.clear()
         return True, self.executor.reset(reading.positions)
 
     def hold(self, on: bool) -> tuple[bool, str]:
@@ -352,8 +355,11 @@ class ControlLoop:
     def fault(self, now: float, error: str) -> StepResult:
         """A fault found outside ``step`` (the driver's tick raised): handled as a backend
         fault, so the arm holds (torque off with ``on_fault: disable``) and the link is
-        reconnected after ``reconnect_period``, with a fresh command stream."""
-        return self._fault(now, self.last_reading, error)
+        reconnected after ``reconnect_period``, with a fresh command stream. It counts towards
+        ``max_backend_faults`` only with ``on_fault: disable`` (it turned the torque off too);
+        with hold, tick errors have their own count (``tick_error``), whose reason names a bug
+        rather than the backend."""
+        return self._fault(now, self.last_reading, error, backend=False)
 
     def tick_error(self, now: float, error: str) -> str | None:
         """The driver's tick raised ``error``: a fault (see ``fault``), and after
@@ -377,7 +383,9 @@ class ControlLoop:
         """The driver's tick ran the executor (``step`` returned a command) and finished."""
         self.tick_errors.succeeded()
 
-    def _fault(self, now: float, reading: JointReading | None, error: str) -> StepResult:
+    def _fault(
+        self, now: float, reading: JointReading | None, error: str, backend: bool = True
+    ) -> StepResult:
         self.stats.backend_errors += 1
         self.stats.last_error = error
         self.faulted = True
@@ -391,13 +399,27 @@ class ControlLoop:
                 # Reported, not swallowed: the operator must know the torque may still be on.
                 error = f"{error}; disable failed too: {err}"
                 self.stats.last_error = error
-            if self.torque_offs.add(now) and not self.torque_off_latched:
-                self.torque_off_latched = True
-                self.executor.estop(
-                    f"{self.torque_offs.limit} backend faults within {self.torque_offs.window:g} s"
-                    f" with on_fault: disable (last: {error}): torque kept off"
-                )
+        if (backend or self.on_fault == "disable") and self.backend_faults.add(now):
+            self._latch_recurring(error)
         return StepResult(reading, None, False, error)
+
+    def _latch_recurring(self, error: str) -> None:
+        """``max_backend_faults`` faults within ``fault_window``: latch the e-stop (once; an
+        e-stop already latched keeps its first reason, the torque goes off all the same)."""
+        if self.on_fault == "disable":
+            if self.torque_off_latched:
+                return
+            self.torque_off_latched = True
+            then = "torque kept off"
+        else:
+            if self.executor.estopped:
+                return
+            then = "holding the measured pose, torque on"
+        faults = self.backend_faults
+        self.executor.estop(
+            f"{faults.limit} backend faults within {faults.window:g} s with on_fault: "
+            f"{self.on_fault} (last: {error}): {then}"
+        )
 
     def _recover(self, now: float) -> StepResult:
         if now - self._last_attempt < self.reconnect_period:

@@ -128,7 +128,7 @@ class DriverNode(LifecycleNode):
             reconnect_period=params.reconnect_period,
             max_tick_errors=params.max_tick_errors,
             fault_window=params.fault_window,
-            max_torque_offs=params.max_torque_offs,
+            max_backend_faults=params.max_backend_faults,
             shadow=params.is_shadow(),
             hold_mask=params.hold_mask(),
             preflight=make_preflight(params, backend, self._camera_rates, self._log_preflight)
@@ -205,7 +205,9 @@ class DriverNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        assert self._loop is not None
+        if self._loop is None:  # lifecycle configures first; not an assert (-O drops those)
+            self.get_logger().error("activate before a successful configure")
+            return TransitionCallbackReturn.FAILURE
         with self._lock:
             try:
                 self._loop.start()
@@ -384,7 +386,7 @@ class DriverNode(LifecycleNode):
                 loop.tick_succeeded()
 
     def _log_new_estop(self, loop: ControlLoop) -> None:
-        """Log an e-stop the loop latched itself (recurring tick errors or torque-off faults),
+        """Log an e-stop the loop latched itself (recurring tick errors or backend faults),
         once, with its reason; a plain read of one str, so no lock."""
         reason = loop.estop_reason
         if reason and reason != self._estop_logged:
@@ -536,6 +538,7 @@ class DriverNode(LifecycleNode):
             recent = stats.rejected_recently(now)
             values = {
                 "state": "fault" if loop.faulted else state,
+                "state_message": loop.executor.state_message,
                 "backend": self.params.backend,
                 **ticks.diagnostic_values(),
                 "target_rate": f"{self.params.control_rate:g}",
@@ -545,7 +548,8 @@ class DriverNode(LifecycleNode):
                 "max_tick_errors": str(loop.tick_errors.limit),
                 "fault_window_s": f"{self.params.fault_window:g}",
                 "tick_errors_in_window": str(loop.tick_errors.recent_count(now)),
-                "torque_offs_in_window": str(loop.torque_offs.count(now)),
+                "max_backend_faults": str(loop.backend_faults.limit),
+                "backend_faults_in_window": str(loop.backend_faults.count(now)),
                 "estop_reason": loop.estop_reason,
                 "torque_off_latched": str(loop.torque_off_latched).lower(),
                 "last_tick_error": control.last_error,

@@ -41,6 +41,12 @@ class DriverParams:
         "preflight_camera_rate": "replaced by each camera's own rate, camera_rates in the /** "
         "section, with preflight_camera_tolerance; preflight_cameras: false skips the check",
     }
+    #: Old names still accepted, with a deprecation warning, as the new name (which wins when
+    #: both are set): old name -> new name. Not fields, so not in the docs' parameter table.
+    DEPRECATED: ClassVar[dict[str, str]] = {
+        # Was "torque-offs with on_fault: disable"; the same count now latches under hold too.
+        "max_torque_offs": "max_backend_faults",
+    }
 
     # -- robot (config/<robot>.yaml) --
     robot: str = _f("", "robot name (config file stem), e.g. yam")
@@ -186,8 +192,8 @@ class DriverParams:
     on_fault: str = _f(
         "hold",
         "on a backend fault: hold (keep torque) | disable (torque off; the reconnect turns it on "
-        "again, max_torque_offs faults within fault_window latch the e-stop with the torque off "
-        "until ~/reset)",
+        "again); either way the link reconnects and chunks resume with a ramp-in, until "
+        "max_backend_faults faults within fault_window latch the e-stop",
     )
     reconnect_period: float = _f(1.0, "seconds between reconnect attempts after a fault")
     max_tick_errors: int = _f(
@@ -198,16 +204,15 @@ class DriverParams:
     )
     fault_window: float = _f(
         60.0,
-        "[s] max_tick_errors tick errors (successful ticks between them or not) or, with "
-        "on_fault: disable, max_torque_offs backend faults within this long latch the e-stop "
-        "until ~/reset; at least limit * (reconnect_period + 2 / control_rate), else it could "
-        "never be reached",
+        "[s] max_tick_errors tick errors (successful ticks between them or not) or "
+        "max_backend_faults backend faults within this long latch the e-stop until ~/reset; at "
+        "least limit * (reconnect_period + 2 / control_rate), else it could never be reached",
     )
-    max_torque_offs: int = _f(
+    max_backend_faults: int = _f(
         3,
-        "on_fault: disable: backend faults within fault_window (each turns the torque off, its "
-        "reconnect on) at which the e-stop latches and the torque stays off until ~/reset "
-        "(1: from the first fault)",
+        "backend faults within fault_window at which the e-stop latches until ~/reset (chunks "
+        "refused; on_fault: hold holds the measured pose, torque on; disable keeps the torque "
+        "off); 1: from the first fault; formerly max_torque_offs (disable only)",
     )
     exit_behavior: str = _f(
         "hold",
@@ -268,14 +273,13 @@ class DriverParams:
             problems.append("state_publish_rate must be >= 0 (0: every control tick)")
         if self.reconnect_period <= 0:
             problems.append("reconnect_period must be > 0")
-        if self.max_tick_errors < 1 or self.max_torque_offs < 1:
-            problems.append("max_tick_errors and max_torque_offs must be >= 1")
+        if self.max_tick_errors < 1 or self.max_backend_faults < 1:
+            problems.append("max_tick_errors and max_backend_faults must be >= 1")
         if not (self.fault_window > 0 and math.isfinite(self.fault_window)):
             problems.append("fault_window must be > 0")
         elif self.reconnect_period > 0 and 0 < self.control_rate:
             # Each fault costs a reconnect period: a shorter window could never trip.
-            torque_offs = self.max_torque_offs if self.on_fault == "disable" else 1
-            limit = max(self.max_tick_errors, torque_offs)
+            limit = max(self.max_tick_errors, self.max_backend_faults)
             needed = min_fault_window(limit, self.reconnect_period, self.control_rate)
             if self.fault_window < needed:
                 problems.append(
@@ -372,7 +376,8 @@ class DriverParams:
         if not self.serial_port:
             problems.append("the feetech backend needs serial_port (e.g. /dev/ttyACM0)")
         try:
-            load_arm_calibration(self.calibration_file, self.joint_names)
+            # Cached by the file's identity: this check runs on every parameter change too.
+            load_arm_calibration(self.calibration_file, self.joint_names, cached=True)
         except CalibrationError as err:
             problems.append(
                 f"{err}; set calibration_file with the launch argument calibration_file:=<path> "
@@ -529,6 +534,13 @@ def live_update(
             problems.append(
                 "use_sim_time is fixed while the driver runs (the control loop's time source); "
                 "restart the driver with it"
+            )
+            continue
+        if name in DriverParams.DEPRECATED:
+            # Else rclpy would store it and answer success, while nothing reads it.
+            problems.append(
+                f"{name} is deprecated ({DriverParams.DEPRECATED[name]} now) and read at start; "
+                "edit the config and restart"
             )
             continue
         if name not in DriverParams.__dataclass_fields__:

@@ -299,6 +299,12 @@ class ChunkExecutor:
         self.guard.config = self.safety
 
     @property
+    def state_message(self) -> str:
+        """What the state means now (``Command.reason`` of the last tick): why it holds, is idle
+        or stopped, with the e-stop's reason while it is latched; "" while tracking."""
+        return self._reason
+
+    @property
     def hold_requested(self) -> bool:
         """``~/hold(true)`` is in force (until ``hold(false)``, ``reset`` or ``start``)."""
         return self._hold_requested
@@ -508,7 +514,7 @@ class ChunkExecutor:
         self._needs_ramp_in = True
         self._ramp_after_hold = False
         self._state, self._reason = (
-            ("estop", "e-stop latched; call reset") if self.estopped
+            ("estop", self._estop_message()) if self.estopped
             else ("idle", "started; waiting for a chunk")
         )
 
@@ -523,6 +529,11 @@ class ChunkExecutor:
         self._drop_plans()
         self._hold_target = None
         return ESTOP_LATCHED
+
+    def _estop_message(self) -> str:
+        """The state message while the e-stop is latched: what latched it (the operator, tick
+        errors, recurring backend faults), so ~/status and diagnostics name the cause."""
+        return f"e-stop latched: {self._estop_reason}; call ~/reset"
 
     def reset(self, measured: np.ndarray | None) -> str:
         """Clear e-stop, fault, hold and plans; settle at ``measured``; the next chunk ramps in.
@@ -624,7 +635,7 @@ class ChunkExecutor:
 
     def _plan_target(self, now: float) -> tuple[np.ndarray, np.ndarray]:
         if self.estopped:
-            return self._hold_here("estop", "e-stop latched; call reset")
+            return self._hold_here("estop", self._estop_message())
         if self._fault:
             return self._hold_here(
                 "fault", f"{self._fault}; holding the last safe command until reset"
@@ -642,7 +653,9 @@ class ChunkExecutor:
         if plan is None:
             state = "idle" if self._needs_ramp_in else "holding"
             return self._hold_here(state, self._reason if state == self._state else "no chunk")
-        assert self._last_accept is not None
+        if self._last_accept is None:
+            # Every plan comes from an accepted chunk; not an assert, which -O drops.
+            raise RuntimeError("executor: a plan without an accepted chunk")
         since_accept = now - self._last_accept
         if since_accept > self.safety.watchdog_timeout:
             self._plan = None

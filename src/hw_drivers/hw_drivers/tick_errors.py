@@ -24,8 +24,8 @@ Two counts latch the driver's e-stop (the ``~/estop`` latch: only ``~/reset`` cl
   ``DriverParams.validate`` refuses (``min_fault_window``) rather than let it never trip.
 
 ``FaultWindow`` is the second count on its own: ``ControlLoop`` also uses it for backend
-faults under ``on_fault: disable``, where each fault and reconnect would turn the torque off
-and on again.
+faults (``max_backend_faults``), which would otherwise hold and reconnect for ever (under
+``on_fault: disable`` turning the torque off and on again each time).
 
 The reason of the e-stop is kept where the latch is (``ChunkExecutor.estop_reason``), not here:
 this only says when and why to latch.
@@ -102,10 +102,11 @@ class TickErrorEscalation:
             during = f" over {span:.1f} s" if math.isfinite(span) and span > 0 else ""
             what = f"{self.count} control tick errors without a successful tick between them"
         else:
-            assert self.recent is not None
+            # Only the window can have reached its limit here, so it exists (inf otherwise).
+            window = self.recent.window if self.recent is not None else math.inf
             during = ""
             what = (
-                f"{self.limit} control tick errors within {self.recent.window:g} s"
+                f"{self.limit} control tick errors within {window:g} s"
                 " (successful ticks between them)"
             )
         return f"{what}{during} (last: {error}): a bug in the driver, not a backend fault"

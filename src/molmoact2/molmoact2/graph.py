@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,14 @@ from typing import Any
 
 import yaml
 
-from molmoact2_common.ros_params import ParamTypeError, coerce_param
+from molmoact2_common.ros_params import (
+    ParamTypeError,
+    apply_deprecated,
+    coerce_param,
+    deprecated_params,
+)
+
+_log = logging.getLogger(__name__)
 
 ALL_NODES = "/**"
 ANY_NAMESPACE = "/**/"
@@ -475,14 +483,20 @@ def validate_graph_params(config: RobotConfig, nodes: list[NodeSpec]) -> list[st
             continue
         known = {f.name for f in dataclasses.fields(params_cls)} | {"use_sim_time"}
         accepted = known | ({f.name for f in dataclasses.fields(sharing)} if sharing else set())
+        accepted |= set(deprecated_params(params_cls))
         own = dict(config.sections.get(spec.name, {}))
         own.update({k: v for k, v in spec.overrides.items() if k != "use_sim_time"})
         renamed = getattr(params_cls, "RENAMED", {})
         for key in sorted(set(own) - accepted):
             hint = f" ({renamed[key]})" if key in renamed else ""
             problems.append(f"{config.path}: {spec.name}: unknown parameter {key!r}{hint}")
-        values = {k: v for k, v in config.params_for(spec.name).items() if k in known}
-        values.update({k: v for k, v in spec.overrides.items() if k in known})
+        # An old name is read as its new one, as the node reads it (with the same warning).
+        given, deprecated = apply_deprecated(
+            params_cls, {**config.params_for(spec.name), **spec.overrides}
+        )
+        for warning in deprecated:
+            _log.warning("%s: %s: %s", config.path, spec.name, warning)
+        values = {k: v for k, v in given.items() if k in known}
         values.pop("use_sim_time", None)
         # Each value as the node's own parameter check will hold it (ints for float fields,
         # lists as tuples), or refused by type here: a `key:` left empty in YAML is null, and

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import re
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -103,6 +103,31 @@ def finite_problems(params: Any) -> list[str]:
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             problems.append(f"{f.name} must be finite, got {value}")
     return problems
+
+
+def deprecated_params(cls: type) -> dict[str, str]:
+    """A params dataclass's old parameter names still accepted: old name -> new (its
+    ``DEPRECATED`` class attribute; empty when it has none)."""
+    return dict(getattr(cls, "DEPRECATED", {}))
+
+
+def apply_deprecated(cls: type, values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``values`` (parameter name -> value, from a config or a node) with each deprecated name
+    of ``cls`` read as its new one, and one warning per old name used. The new name wins when
+    both are given: it is the one the docs describe. Pure, so the launch's config check and the
+    node map old configs the same way."""
+    out = dict(values)
+    warnings = []
+    for old, new in deprecated_params(cls).items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if new in out:
+            warnings.append(f"{old} is deprecated and ignored: {new} is set too; remove {old}")
+        else:
+            out[new] = value
+            warnings.append(f"{old} is deprecated: read as {new}: {value!r}; rename it")
+    return out, warnings
 
 
 def _descriptor(description: str, read_only: bool, dynamic: bool = False):
@@ -217,7 +242,39 @@ def declare_dataclass_params(node: Any, cls: type[T], problems: list[str] | None
                 raise
             problems.append(f"{err}; default kept")
             values[f.name] = tuple(default) if isinstance(default, list) else default
+    _declare_deprecated(node, cls, values, problems)
     return cls(**values)
+
+
+def _declare_deprecated(
+    node: Any, cls: type, values: dict[str, Any], problems: list[str] | None
+) -> None:
+    """Declare each deprecated name of ``cls`` (rclpy ignores overrides of undeclared names:
+    an old config would silently lose its value) and read a value set for it as its new name,
+    with a warning; the new name's parameter then shows the value in force."""
+    from rclpy.parameter import Parameter
+
+    defaults = dataclass_defaults(cls)
+    for old, new in deprecated_params(cls).items():
+        descriptor = _descriptor(f"deprecated: use {new}", read_only=False, dynamic=True)
+        value = node.declare_parameter(old, None, descriptor).value
+        if value is None:  # not set: nothing to map
+            continue
+        # rclpy does not say whether the new name was set: one differing from its default was.
+        given = {new: values[new]} if values[new] != defaults[new] else {}
+        mapped, warnings = apply_deprecated(cls, {old: value, **given})
+        for warning in warnings:
+            node.get_logger().warning(warning)
+        if given:
+            continue
+        try:
+            values[new] = coerce_param(cls, new, mapped[new])
+        except ParamTypeError as err:
+            if problems is None:
+                raise
+            problems.append(f"{old} (deprecated, read as {new}): {err}; default kept")
+            continue
+        node.set_parameters([Parameter(new, value=mapped[new])])
 
 
 def dataclass_defaults(cls: type) -> dict[str, Any]:

@@ -493,9 +493,8 @@ class DamiaoBackend(Backend):
 
     def _choose_turns(self) -> None:
         """One offset per motor from the power-up readings, held until ``disconnect``."""
-        assert self._feedback is not None
         chosen, joint = [], 0
-        for arm, replies in zip(self.arms, self._feedback, strict=True):
+        for arm, replies in zip(self.arms, self._replies, strict=True):
             row = []
             for i, motor in enumerate(arm.motors):
                 if motor.is_gripper and self.gripper_limits[len(chosen)] is None:
@@ -657,13 +656,12 @@ class DamiaoBackend(Backend):
         self._require_connected()
         if self._feedback is None:
             self._refresh(raise_on_fault=True)
-        assert self._feedback is not None
         todo = [
             a
             for a, arm in enumerate(self.arms)
             if self.gripper_limits[a] is None and any(m.is_gripper for m in arm.motors)
         ]
-        hold = [{i: fb.position for i, fb in replies.items()} for replies in self._feedback]
+        hold = [{i: fb.position for i, fb in replies.items()} for replies in self._replies]
         grip = {a: next(i for i, m in enumerate(self.arms[a].motors) if m.is_gripper) for a in todo}
         period = 1.0 / self.control_rate if self.control_rate else 0.004
         # Per arm: sweep index (0 closing: the larger angle on every type; 1 opening; 2 done),
@@ -684,7 +682,7 @@ class DamiaoBackend(Backend):
                     if a in grip and i == grip[a] and sweep[a] < 2:
                         sign = 1.0 if sweep[a] == 0 else -1.0
                         command = dm.MitCommand(
-                            self._feedback[a][i].position,
+                            self._replies[a][i].position,
                             0.0,
                             0.0,
                             0.0,
@@ -692,7 +690,7 @@ class DamiaoBackend(Backend):
                         )
                     else:
                         if a in grip and i == grip[a]:
-                            hold[a][i] = self._feedback[a][i].position
+                            hold[a][i] = self._replies[a][i].position
                         command = dm.MitCommand(
                             hold[a][i], 0.0, motor.kp, motor.kd, float(torques[joint])
                         )
@@ -704,7 +702,7 @@ class DamiaoBackend(Backend):
                 if sweep[a] >= 2:
                     continue
                 now = self._io[a].link.now()
-                angle = self._feedback[a][grip[a]].position - self._offset(a, grip[a])
+                angle = self._replies[a][grip[a]].position - self._offset(a, grip[a])
                 seen[a].append(angle)
                 if pause_until[a] is not None:
                     if now >= pause_until[a]:
@@ -804,8 +802,7 @@ class DamiaoBackend(Backend):
         if not self._fresh:
             self._refresh(raise_on_fault=self._enabled)
         self._fresh = False
-        assert self._feedback is not None
-        return self._reading(self._feedback)
+        return self._reading(self._replies)
 
     def write_command(self, positions: np.ndarray, velocities: np.ndarray | None = None) -> None:
         self._require_connected()
@@ -855,7 +852,9 @@ class DamiaoBackend(Backend):
         """The motor angle and speed [joint frame] to command for ``opening``: every gripper
         command passes here, through the arm's grip-force limit."""
         limits = self.gripper_limits[a]
-        assert limits is not None
+        if limits is None:
+            # Gripper commands are only made once its limits are known (calibrated or fixed).
+            raise RuntimeError(f"damiao: gripper of arm {a} commanded before its limits are known")
         target = dm.gripper_to_motor(opening, *limits)
         speed = speed * (limits[1] - limits[0])
         limiter = self.grip_limiters[a]
@@ -1044,6 +1043,14 @@ class DamiaoBackend(Backend):
     def _require_connected(self) -> None:
         if not self._io:
             raise BackendError("damiao backend is not connected")
+
+    @property
+    def _replies(self) -> list[dict[int, dm.Feedback]]:
+        """The feedback the last exchange kept; every caller runs after one. A real check, not
+        an ``assert``: ``python -O`` drops those, and a None would fail further on."""
+        if self._feedback is None:
+            raise RuntimeError("damiao: no motor feedback yet (read before any exchange)")
+        return self._feedback
 
     def _refresh(self, raise_on_fault: bool) -> None:
         results = self._exchange_all(

@@ -115,18 +115,17 @@ class SimBackend(Backend):
     def read_state(self) -> JointReading:
         self._require_connected()
         self._maybe_fault("read")
-        self._advance()
+        stamp = self._advance()
         noise = (
             self._rng.normal(0.0, self.noise_std, self.num_joints)
             if self.noise_std > 0
             else np.zeros(self.num_joints)
         )
-        assert self._sim_time is not None
         return JointReading(
             positions=self._positions + noise,
             velocities=self._velocities.copy(),
             efforts=np.zeros(self.num_joints),
-            stamp=self._sim_time,
+            stamp=stamp,
         )
 
     def write_command(self, positions: np.ndarray, velocities: np.ndarray | None = None) -> None:
@@ -137,34 +136,35 @@ class SimBackend(Backend):
             raise BackendError(
                 f"sim: command has {positions.size} values for {self.num_joints} joints"
             )
-        self._advance()
+        sim_time = self._advance()
         if self._enabled:
             self._target = np.clip(positions, self._lower, self._upper)
         self.writes += 1
-        assert self._sim_time is not None
-        self._log_command(self._sim_time, positions)
+        self._log_command(sim_time, positions)
 
     # -- internals --
     def _require_connected(self) -> None:
         if not self._connected:
             raise BackendError("sim: not connected")
 
-    def _advance(self) -> None:
+    def _advance(self) -> float:
+        """Advance the sim to the clock; returns the sim time it reached."""
         now = self._clock()
         if self._sim_time is None:
             self._sim_time = now
-            return
+            return now
         steps = int((now - self._sim_time) / self.step + 1e-9)
         if steps <= 0:
-            return
+            return self._sim_time
         if not self._enabled:
             # Torque off: the sim arm stays where it is (no gravity model).
             self._velocities[:] = 0.0
             self._sim_time += steps * self.step
-            return
+            return self._sim_time
         # Exact solution of the linear ODE over `steps` fixed steps with a constant target.
         decay = (1.0 - self._alpha) ** steps
         error = self._target - self._positions
         self._positions = np.clip(self._target - error * decay, self._lower, self._upper)
         self._velocities = (self._target - self._positions) / self.time_constant
         self._sim_time += steps * self.step
+        return self._sim_time
