@@ -8,10 +8,14 @@ case ends in one outcome:
 
 * ``refused``: ``load_checkpoint`` raised CheckpointError (what the policy node reports
   clearly, naming the file);
+* ``mismatch``: the checkpoint loaded but does not serve the embodiment: EmbodimentMismatchError
+  (says what the embodiment asks for, what the checkpoint has, which parameter to change);
 * ``load-error``: another exception while loading (a raw torch/transformers error, or a
   ValueError from the policy's own compatibility checks);
 * ``acted``: loaded and acted with finite actions (fine where the change is harmless);
 * ``nonfinite``: acted, with NaN/inf actions;
+* ``overflow``: acted, with finite float64 actions that are inf as float32 (the released model's
+  dtype): 1e300 radians is as wrong as inf, only harder to spot;
 * ``act-error``: loaded, then ``act`` raised;
 * ``timeout`` / ``memory``: ran past ``--timeout`` seconds, or past the address-space limit.
 
@@ -52,6 +56,7 @@ from molmoact2_policy.model.checkpoint import (
     CheckpointError,
     write_tiny_checkpoint,
 )
+from molmoact2_policy.model.compat import EmbodimentMismatchError
 from molmoact2_policy.model.config import MolmoAct2Config
 from molmoact2_policy.model.loader import load_policy
 
@@ -61,7 +66,10 @@ SUB_CONFIGS = ("vit_config", "adapter_config", "text_config", "action_expert_con
 # Values tried for every number of config.json: zero, negative, huge, wrong JSON types.
 BAD_INTEGERS: tuple[Any, ...] = (0, -1, 10**9, "x", None, 1.5, True)
 BAD_FLOATS: tuple[Any, ...] = (0, -1, 1e9, float("nan"), float("inf"), "x", None)
-OUTCOMES = ("refused", "load-error", "acted", "nonfinite", "act-error", "timeout", "memory")
+OUTCOMES = (
+    "refused", "mismatch", "load-error", "acted", "nonfinite", "overflow", "act-error", "timeout",
+    "memory",
+)
 
 Mutation = Callable[[Path], None]
 
@@ -190,6 +198,8 @@ def norm_cases(stats: dict[str, Any], used_tag: str) -> Iterator[tuple[str, Muta
             yield f"{name} one value short", replace(path, lambda values: values[:-1])
             yield f"{name} a string", replace(path, lambda _: "x")
             yield f"{name} 1e300", first(path, 1e300)
+            # Finite in float64, inf in the released float32 arithmetic.
+            yield f"{name} 3.5e38", first(path, 3.5e38)
     mode = stats.get("norm_mode", "min_max")
     low, high = {
         "min_max": ("min", "max"),
@@ -209,7 +219,13 @@ def norm_cases(stats: dict[str, Any], used_tag: str) -> Iterator[tuple[str, Muta
                 f"norm {used_tag}.{group} std all zero",
                 replace((*base, high), lambda values: [0.0] * len(values)),
             )
+            yield f"norm {used_tag}.{group} std 1e36", replace((*base, high), _first_to(1e36))
             continue
+        # Both bounds fit float32; the range (and 2 x range, un-normalising) does not.
+        yield (
+            f"norm {used_tag}.{group} range overflows float32 ({low}=-2e38, {high}=2e38)",
+            edit_json(NORM_FILE, lambda d, b=base: _set_firsts(d, b, {low: -2e38, high: 2e38})),
+        )
         yield (
             f"norm {used_tag}.{group} zero range ({low}={high})",
             replace((*base, high), lambda _, b=base, lo=low: _lookup(stats, (*b, lo))),
@@ -218,6 +234,56 @@ def norm_cases(stats: dict[str, Any], used_tag: str) -> Iterator[tuple[str, Muta
             f"norm {used_tag}.{group} inverted range ({low}>{high})",
             edit_json(NORM_FILE, lambda d, b=base: _swap(d, b, low, high)),
         )
+
+
+def mismatch_cases(stats: dict[str, Any], used_tag: str) -> Iterator[tuple[str, Mutation]]:
+    """Valid files that do not serve the embodiment: tag renamed, dims off, chunk length off."""
+    entry = stats["metadata_by_tag"][used_tag]
+    yield (
+        f"norm tag {used_tag} renamed (embodiment mismatch)",
+        edit_json(NORM_FILE, lambda d: d["metadata_by_tag"].update(
+            other_robot=d["metadata_by_tag"].pop(used_tag)
+        )),
+    )
+    for group in ("state", "action", "state_stats", "action_stats"):
+        if group in entry:
+            yield (
+                f"norm {used_tag}.{group} every list one dim short (embodiment mismatch)",
+                edit_json(NORM_FILE, lambda d, g=group: _drop_last_dim(
+                    d["metadata_by_tag"][used_tag][g]
+                )),
+            )
+    horizon = entry.get("action_horizon")
+    if isinstance(horizon, int):
+        yield (
+            f"norm {used_tag}.action_horizon {horizon * 2} (embodiment mismatch)",
+            edit_json(
+                NORM_FILE, set_at(("metadata_by_tag", used_tag, "action_horizon"), horizon * 2)
+            ),
+        )
+        yield (
+            f"norm {used_tag}.n_action_steps {horizon + 1} (embodiment mismatch)",
+            edit_json(
+                NORM_FILE, set_at(("metadata_by_tag", used_tag, "n_action_steps"), horizon + 1)
+            ),
+        )
+
+
+def _drop_last_dim(group: dict[str, Any]) -> None:
+    for value in group.values():
+        if isinstance(value, list) and value:
+            value.pop()
+
+
+def _first_to(value: float) -> Callable[[list], list]:
+    return lambda values: [value, *values[1:]]
+
+
+def _set_firsts(data: Any, path: tuple[str, ...], values: dict[str, float]) -> None:
+    for key in path:
+        data = data[key]
+    for key, value in values.items():
+        data[key][0] = value
 
 
 def _lookup(data: Any, path: tuple[str, ...]) -> Any:
@@ -307,6 +373,8 @@ def run_case(directory: Path, embodiment: str, mode: str) -> tuple[str, str]:
         policy = load_policy(str(directory), embodiment, mode=mode)
     except CheckpointError as error:
         return "refused", str(error)
+    except EmbodimentMismatchError as error:
+        return "mismatch", f"{type(error).__name__}: {error}"
     except MemoryError as error:
         return "memory", str(error)
     except Exception as error:  # what escapes is what the probe reports
@@ -321,7 +389,12 @@ def run_case(directory: Path, embodiment: str, mode: str) -> tuple[str, str]:
     except Exception as error:
         return "act-error", f"{type(error).__name__}: {error}"
     positions = np.asarray(chunk.positions)
-    outcome = "acted" if np.isfinite(positions).all() else "nonfinite"
+    if not np.isfinite(positions).all():
+        outcome = "nonfinite"
+    elif (np.abs(positions) > np.finfo(np.float32).max).any():
+        outcome = "overflow"
+    else:
+        outcome = "acted"
     return outcome, f"actions {positions.shape}"
 
 
@@ -359,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = [
             *config_cases(config, args.all_keys),
             *norm_cases(stats, used_tag),
+            *mismatch_cases(stats, used_tag),
             *file_cases(base),
             *weights_cases(base),
         ]

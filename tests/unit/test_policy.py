@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from molmoact2_policy.model.compat import EmbodimentMismatchError
 from molmoact2_policy.model.loader import POLICY_CLASSES, load_policy
 from molmoact2_policy.model.policy import MolmoAct2Policy
 from molmoact2_policy.model.training import flow_matching_loss
@@ -216,9 +217,9 @@ def test_tag_action_steps_shorten_the_chunk_and_a_wrong_horizon_is_refused():
     images, state = _observation(policy.embodiment)
     result = policy.act(images, state, "wipe the table", seed=0)
     assert result.positions.shape == (8, 8)
-    with pytest.raises(ValueError, match="action_horizon 30, the embodiment's chunk is 15"):
+    with pytest.raises(EmbodimentMismatchError, match="'tiny' has action_horizon 30"):
         _policy_with_tag_metadata(action_horizon=30)
-    with pytest.raises(ValueError, match="n_action_steps 16 > horizon 15"):
+    with pytest.raises(EmbodimentMismatchError, match="'tiny' has n_action_steps 16"):
         _policy_with_tag_metadata(n_action_steps=16)
 
 
@@ -244,5 +245,5 @@ def test_n_obs_steps_picks_where_the_returned_steps_start_as_released():
     np.testing.assert_array_equal(
         later.act(images, state, "wipe the table", seed=0).positions, full[2:10]
     )
-    with pytest.raises(ValueError, match="n_obs_steps 2 with 15 returned steps needs steps up to"):
+    with pytest.raises(EmbodimentMismatchError, match="n_obs_steps 2 with 15 returned"):
         MolmoAct2Policy(model, dataclasses.replace(config, n_obs_steps=2), stats, tokenizer, spec)

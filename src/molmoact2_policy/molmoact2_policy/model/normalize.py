@@ -21,10 +21,13 @@ it was trained on):
 * ``mean_std`` divides by ``max(std, 1e-6)``; un-normalising multiplies by the raw ``std``.
   Neither direction clips.
 * ``none`` leaves values alone.
-* The statistics the mode uses must be finite and not inverted (lower bound <= upper bound,
-  ``std >= 0``) in every normalised dimension of every tag: a file that breaks this is refused
-  at load. Statistics the mode does not use are not checked (the released loader never reads
-  them).
+* The statistics the mode uses must be finite as float32 (the dtype the released code reads
+  them in) in every dimension, and in every normalised dimension not inverted (lower bound <=
+  upper bound, ``std >= 0``) and small enough that the released float32 arithmetic cannot
+  overflow: ``2 * (hi - lo)`` (un-normalising computes ``(x + 1) * (hi - lo)`` at x = 1) and
+  ``|mean| + MEAN_STD_REACH * std``. A file that breaks this is refused at load with the key,
+  index and value. Statistics the mode does not use are not checked (the released loader never
+  reads them).
 * In the bounded modes a dimension whose ``min == max`` normalises to exactly 0, whatever the
   mask says (it carries no information). ``q01 == q99`` alone gets no such rule.
 * A group's ``mask`` marks the dimensions that ARE normalised; ``False`` dims pass through
@@ -60,6 +63,12 @@ STAT_KEYS = frozenset(key for pair in NORM_MODES.values() for key in pair)
 # Floors a span or std so a constant dimension stays finite; the released value, so a
 # near-constant dimension scales exactly as it did in training.
 _EPS = 1e-6
+# The released normaliser reads statistics and values as float32 (``_to_array``); a statistic
+# finite in float64 (1e300) is inf there and turns every action of its dim into inf or NaN.
+_F32_MAX = float(np.finfo(np.float32).max)
+# mean_std neither clips nor bounds: un-normalising must stay finite in float32 for z-scores up
+# to this. Flow outputs are O(1); a real std is many orders of magnitude below the limit.
+MEAN_STD_REACH = 1e3
 # Released files use the *_stats keys; the rest are spellings our own and dataset dumps used.
 _GROUP_ALIASES = {
     "state": ("state_stats", "state", "observation.state", "proprio", "states"),
@@ -100,24 +109,17 @@ class GroupStats:
         if missing:
             raise NormStatsError(f"{where}: mode {mode!r} needs {', '.join(missing)}")
         for key in keys:
-            if not np.all(np.isfinite(self.stats[key])):
-                raise NormStatsError(f"{where}.{key}: mode {mode!r} needs finite values")
+            with np.errstate(over="ignore"):
+                finite = np.isfinite(self.stats[key].astype(np.float32))
+            if not np.all(finite):
+                index = int(np.flatnonzero(~finite)[0])
+                raise NormStatsError(
+                    f"{where}.{key}: mode {mode!r} needs finite values; "
+                    f"{key}[{index}] = {float(self.stats[key][index])!r} is not finite as float32 "
+                    f"(|x| <= {_F32_MAX:.6g})"
+                )
         values = tuple(self.stats[key] for key in keys)
-        # Statistics computed from data never invert (a quantile or bound never exceeds the
-        # higher one, a std is never negative); an inverted one would flip and rescale every
-        # action of that dimension, with finite numbers nothing downstream could tell from
-        # real ones. A zero range is real (a constant dimension) and stays accepted.
-        if mode in BOUNDED_MODES:
-            inverted = (values[0] > values[1]) & self.normalized_dims()
-            rule = f"{keys[0]} <= {keys[1]}"
-        elif mode == "mean_std":
-            inverted = (values[1] < 0) & self.normalized_dims()
-            rule = "std >= 0"
-        else:
-            inverted = np.zeros(0, dtype=bool)
-        if np.any(inverted):
-            dims = np.flatnonzero(inverted).tolist()
-            raise NormStatsError(f"{where}: mode {mode!r} needs {rule}; dims {dims} break it")
+        _check_arithmetic(mode, keys, values, self.normalized_dims(), where)
         return values
 
     def normalized_dims(self) -> np.ndarray:
@@ -130,7 +132,60 @@ class GroupStats:
         """Dims with ``min == max``; compared in float32 because the released code does."""
         if "min" not in self.stats or "max" not in self.stats:
             return None
-        return self.stats["min"].astype(np.float32) == self.stats["max"].astype(np.float32)
+        with np.errstate(over="ignore"):  # 1e300 is inf in float32 there too
+            return self.stats["min"].astype(np.float32) == self.stats["max"].astype(np.float32)
+
+
+def _check_arithmetic(
+    mode: str,
+    keys: tuple[str, ...],
+    values: tuple[np.ndarray, ...],
+    normalized: np.ndarray,
+    where: str,
+) -> None:
+    """Refuse statistics that are inverted or overflow the released float32 arithmetic in a
+    normalised dim (finite float32 values assumed, checked by the caller)."""
+    if mode not in BOUNDED_MODES and mode != "mean_std":
+        return
+    first, second = (value.astype(np.float32) for value in values)
+    # Statistics computed from data never invert (a quantile or bound never exceeds the
+    # higher one, a std is never negative); an inverted one would flip and rescale every
+    # action of that dimension, with finite numbers nothing downstream could tell from
+    # real ones. A zero range is real (a constant dimension, floored at 1e-6 as released)
+    # and stays accepted.
+    if mode in BOUNDED_MODES:
+        inverted = (values[0] > values[1]) & normalized
+        rule = f"{keys[0]} <= {keys[1]}"
+    else:
+        inverted = (values[1] < 0) & normalized
+        rule = "std >= 0"
+    if np.any(inverted):
+        dims = np.flatnonzero(inverted).tolist()
+        i = dims[0]
+        raise NormStatsError(
+            f"{where}: mode {mode!r} needs {rule}; dims {dims} break it "
+            f"({_pair(keys, values, i)})"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        if mode in BOUNDED_MODES:
+            # Un-normalising computes (x + 1) * (hi - lo) / 2 + lo: at x = 1 that is 2 * span.
+            reach = 2.0 * (second - first)
+            what = f"2 * ({keys[1]} - {keys[0]})"
+        else:
+            reach = np.abs(first) + np.float32(MEAN_STD_REACH) * second
+            what = f"|mean| + {MEAN_STD_REACH:g} * std"
+        overflow = ~np.isfinite(reach) & normalized
+    if np.any(overflow):
+        i = int(np.flatnonzero(overflow)[0])
+        raise NormStatsError(
+            f"{where}: mode {mode!r} needs {what} to fit float32 (<= {_F32_MAX:.6g}), the "
+            f"released code's dtype; dim {i} overflows ({_pair(keys, values, i)})"
+        )
+
+
+def _pair(keys: tuple[str, ...], values: tuple[np.ndarray, ...], index: int) -> str:
+    pairs = zip(keys, values, strict=True)
+    return ", ".join(f"{key}[{index}] = {float(value[index])!r}" for key, value in pairs)
 
 
 def normalize(

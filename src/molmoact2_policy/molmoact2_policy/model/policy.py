@@ -22,10 +22,11 @@ from torch import Tensor
 
 from molmoact2_common.embodiments import EmbodimentSpec
 from molmoact2_policy.model.action_expert import ExpertContext
+from molmoact2_policy.model.compat import check_embodiment
 from molmoact2_policy.model.config import MolmoAct2Config
 from molmoact2_policy.model.flow import GraphFlowRunner, make_noise
 from molmoact2_policy.model.model import MolmoAct2Model
-from molmoact2_policy.model.normalize import NormStats, NormStatsError
+from molmoact2_policy.model.normalize import NormStats
 from molmoact2_policy.model.preprocess import (
     ImageGeometry,
     ImageTokenLayout,
@@ -151,57 +152,15 @@ class MolmoAct2Policy:
         return names
 
     def _check_compatible(self) -> None:
-        spec, config = self.embodiment, self.config
-        if spec.action_dim > config.max_action_dim:
-            raise ValueError(
-                f"{spec.name}: action_dim {spec.action_dim} > max_action_dim "
-                f"{config.max_action_dim}"
-            )
-        if spec.horizon > config.action_expert.max_action_horizon:
-            raise ValueError(
-                f"{spec.name}: horizon {spec.horizon} > expert max_action_horizon "
-                f"{config.action_expert.max_action_horizon}"
-            )
-        try:
-            state = self.norm_stats.group(spec.norm_tag, "state")
-            action = self.norm_stats.group(spec.norm_tag, "action")
-        except NormStatsError as error:
-            raise ValueError(f"{spec.name}: {error}") from None
-        if state.dim != spec.state_dim or action.dim != spec.action_dim:
-            raise ValueError(
-                f"{spec.name}: norm stats tag {spec.norm_tag!r} has state/action dims "
-                f"{state.dim}/{action.dim}, the embodiment needs "
-                f"{spec.state_dim}/{spec.action_dim}"
-            )
-        if config.n_obs_steps < 1:
-            raise ValueError(f"checkpoint n_obs_steps {config.n_obs_steps} must be >= 1")
-        # Released tags may say how long a chunk the model was trained on and how much of it
-        # to return; a horizon other than the embodiment's would mistime every action.
-        try:
-            trained_horizon = self.norm_stats.action_horizon(spec.norm_tag)
-            steps = self.norm_stats.n_action_steps(spec.norm_tag)
-        except NormStatsError as error:
-            raise ValueError(f"{spec.name}: {error}") from None
-        if trained_horizon is not None and trained_horizon != spec.horizon:
-            raise ValueError(
-                f"{spec.name}: norm stats tag {spec.norm_tag!r} has action_horizon "
-                f"{trained_horizon}, the embodiment's chunk is {spec.horizon} steps"
-            )
-        if steps is not None and steps > spec.horizon:
-            raise ValueError(
-                f"{spec.name}: norm stats tag {spec.norm_tag!r} has n_action_steps {steps} "
-                f"> horizon {spec.horizon}"
-            )
-        # As released: the returned steps start at n_obs_steps - 1 (the chunk is predicted from
-        # the oldest of the observations the model was trained to see).
-        self.first_step = config.n_obs_steps - 1
-        self.returned_steps = steps or spec.horizon
-        if self.first_step + self.returned_steps > spec.horizon:
-            raise ValueError(
-                f"{spec.name}: checkpoint n_obs_steps {config.n_obs_steps} with "
-                f"{self.returned_steps} returned steps needs steps up to "
-                f"{self.first_step + self.returned_steps} of a {spec.horizon}-step chunk"
-            )
+        config = self.config
+        self.first_step, self.returned_steps = check_embodiment(
+            self.embodiment,
+            self.norm_stats,
+            max_action_dim=config.max_action_dim,
+            max_action_horizon=config.action_expert.max_action_horizon,
+            n_obs_steps=config.n_obs_steps,
+            checkpoint=self.checkpoint,
+        )
 
     # ------------------------------------------------------------------ steps (overridable)
     def normalized_state_bins(self, state: np.ndarray) -> np.ndarray:
