@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import deque
 
 import numpy as np
 import pytest
@@ -463,6 +464,7 @@ def test_estop_stops_from_where_the_arm_is_now_not_where_its_last_joint_state_wa
     bridge._measured = np.array(HOME[:7])
     bridge._measured_at = now - age
     bridge._velocity = velocity
+    bridge._recent_velocities = deque([(now - age, velocity)])  # the stop plans with these
     answer = _call(probe, executor, Trigger, "trajectory_bridge/estop", Trigger.Request())
     assert answer.success
     assert spin_until(probe, lambda: bool(received["trajectory"]), 5.0, executor)
