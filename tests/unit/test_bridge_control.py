@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hw_drivers.bridge_control import MIN_STOP_TIME, BridgeControl, StopBudget, stop_trajectory
+from hw_drivers.bridge_control import (
+    MIN_STOP_TIME,
+    OPERATOR_ESTOP,
+    BridgeControl,
+    StopBudget,
+    stop_trajectory,
+)
 from hw_drivers.executor import ChunkExecutor, ExecutorConfig
 from hw_drivers.jtc_model import bounds, check_trajectory, sample
 from hw_drivers.safety import JointLimits, SafetyConfig
@@ -39,6 +45,20 @@ def test_estop_and_hold_answer_with_the_executors_words():
     assert bridge.refusal().startswith("estop:")
     bridge.hold(True)
     assert bridge.refusal().startswith("estop:")  # the e-stop wins over a hold
+
+
+def test_the_estop_keeps_why_it_latched_until_reset():
+    bridge = BridgeControl()
+    assert bridge.estop_reason == ""
+    bridge.estop()
+    assert bridge.estop_reason == OPERATOR_ESTOP == "operator e-stop via ~/estop"
+    bridge.estop("something else")  # the first reason stays while latched
+    bridge.hold(False)
+    assert bridge.estop_reason == OPERATOR_ESTOP
+    assert not bridge.reset(measured=False)[0] and bridge.estop_reason == OPERATOR_ESTOP
+    assert bridge.reset(measured=True)[0] and bridge.estop_reason == ""
+    bridge.estop("a guard's reason")
+    assert bridge.estop_reason == "a guard's reason"
 
 
 def test_reset_clears_only_with_a_measured_pose():

@@ -44,6 +44,10 @@ from hw_drivers.executor import (
 from hw_drivers.jtc_model import sample
 from hw_drivers.trajectory import JointTrajectoryData, TrajectoryPoint
 
+# Why the e-stop latched when the operator's ~/estop latched it (the bridge latches for
+# nothing else: it refuses a chunk that breaks a limit, the running trajectory plays on).
+OPERATOR_ESTOP = "operator e-stop via ~/estop"
+
 # The shortest stop sent [s]: a point due within a few controller periods (or at once: the
 # bridge's min_lead_time may be 0) is reached only with a jump.
 MIN_STOP_TIME = 0.1
@@ -55,9 +59,14 @@ class BridgeControl:
     def __init__(self) -> None:
         self.estopped = False
         self.hold_requested = False
+        self.estop_reason = ""  # why the e-stop latched; "" when it is not
 
-    def estop(self) -> str:
+    def estop(self, reason: str = OPERATOR_ESTOP) -> str:
+        """Latch the e-stop; while latched the first reason stays (what stopped the arm), as
+        the driver's executor keeps it."""
         self.estopped = True
+        if not self.estop_reason:
+            self.estop_reason = reason or OPERATOR_ESTOP
         return ESTOP_LATCHED
 
     def hold(self, on: bool) -> tuple[bool, str]:
@@ -78,6 +87,7 @@ class BridgeControl:
         ]
         self.estopped = False
         self.hold_requested = False
+        self.estop_reason = ""
         done = f"cleared {', '.join(cleared)}; " if cleared else ""
         return True, f"reset: {done}the next chunk ramps in from the measured pose"
 

@@ -59,6 +59,7 @@ from hw_drivers.bridge_guard import GuardConfig, RampInProgress, guard
 from hw_drivers.chunk import Chunk
 from hw_drivers.execution_report import ExecutionReporter
 from hw_drivers.executor import EventWindow
+from hw_drivers.health import estop_message
 from hw_drivers.safety import JointLimits, SafetyConfig, validate_chunk, validate_timing
 from hw_drivers.trajectory import (
     BridgeOutput,
@@ -196,8 +197,8 @@ class TrajectoryBridgeNode(LifecycleNode):
         ]
         if self._control.estopped:
             self.get_logger().warning(
-                "the e-stop latched before cleanup is still latched: no chunk is forwarded "
-                "until ~/reset"
+                "the e-stop latched before cleanup is still latched "
+                f"({self._control.estop_reason}): no chunk is forwarded until ~/reset"
             )
         self.get_logger().info(
             f"bridging {p.chunk_topic} -> {p.trajectory_topic} (arm), {p.gripper_topic} "
@@ -493,7 +494,10 @@ class TrajectoryBridgeNode(LifecycleNode):
     def _on_estop(self, request: Trigger.Request, response: Trigger.Response):
         message = self._control.estop()
         stopped = self._stop_motion()
-        self.get_logger().warning(f"E-STOP latched: no chunk is forwarded until ~/reset; {stopped}")
+        self.get_logger().warning(
+            f"E-STOP latched ({self._control.estop_reason}): no chunk is forwarded until "
+            f"~/reset; {stopped}"
+        )
         self._report_execution(self.get_clock().now().nanoseconds * 1e-9)
         response.success, response.message = True, message
         return response
@@ -527,7 +531,7 @@ class TrajectoryBridgeNode(LifecycleNode):
         recent = self._recent_rejections.count(self.get_clock().now().nanoseconds * 1e-9)
         if self._control.estopped:
             status.level = DiagnosticStatus.ERROR
-            status.message = "e-stop latched"
+            status.message = estop_message(self._control.estop_reason)
         elif recent:
             status.level = DiagnosticStatus.WARN
             status.message = (
@@ -539,6 +543,7 @@ class TrajectoryBridgeNode(LifecycleNode):
             status.message = self._control.state("active" if self._active else "inactive")
         values = {
             "state": self._control.state("active" if self._active else "inactive"),
+            "estop_reason": self._control.estop_reason,
             "backend": "ros2_control (trajectory bridge)",
             "accepted": self.accepted,
             "rejected": self.rejected,
