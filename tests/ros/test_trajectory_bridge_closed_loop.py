@@ -6,8 +6,9 @@ controller's refusals and reference from ``hw_drivers.jtc_model``, an arm laggin
 whose joint states the bridge reads back. Over the whole run: the controller refuses nothing
 the bridge sends, and the reference and the arm stay within the joint limits and the velocity
 limit. The arm tracks the chunks; an e-stop while moving brings the reference to rest within
-the stop time the acceleration limit allows and no later chunk moves it; after ``~/reset`` the
-chunks ramp in. The second test stops the joint states first: the bridge stops the arm from the
+the stop time the acceleration limit and the bridge's error budget allow, the stop's own
+acceleration within the limit (up to what a start beyond that budget adds), and no later chunk
+moves it; after ``~/reset`` the chunks ramp in. The second test stops the joint states first: the bridge stops the arm from the
 controller's reference.
 
 Times are ROS times of the nodes (one process, one clock); waits are ``spin_until`` with wide
@@ -334,6 +335,13 @@ def _assert_stop_within_the_acceleration_limit(jtc, bridge, taken_at: float, res
         own = max(own, jump)
     budget = log["budget"]  # the one the bridge planned the stop with
     position_budget, velocity_budget = budget.start_error(log["velocity"], AMAX)
+    # At least the stated budget (docs/ros2_control_bridge.md): the joint state's age (none
+    # from the reference, without a recent one) and the delay until the controller takes it.
+    delay = bridge.params.stop_start_delay
+    tau = (log["age"] if log["age"] <= bridge.params.max_state_age else 0.0) + delay
+    stated = (np.abs(log["velocity"]) * delay / 2 + AMAX * tau**2 / 2, AMAX * tau)
+    assert np.all(position_budget >= stated[0] - 1e-12), (position_budget, stated)
+    assert np.all(velocity_budget >= stated[1] - 1e-12), (velocity_budget, stated)
     duration = running.trajectory.points[0].time_from_start  # from the controller's start
     e = np.abs(running.start_positions - log["start"])
     w = np.abs(running.start_velocities - log["velocity"])
