@@ -8,8 +8,8 @@ the bridge sends, and the reference and the arm stay within the joint limits and
 limit. The arm tracks the chunks; an e-stop while moving brings the reference to rest within
 the stop time the acceleration limit and the bridge's error budget allow, the stop's own
 acceleration within the limit (up to what a start beyond that budget adds), and no later chunk
-moves it; after ``~/reset`` the chunks ramp in. The second test stops the joint states first: the bridge stops the arm from the
-controller's reference.
+moves it; after ``~/reset`` the chunks ramp in. The second test stops the joint states first:
+the bridge stops the arm from the controller's reference.
 
 Times are ROS times of the nodes (one process, one clock); waits are ``spin_until`` with wide
 margins, so a loaded machine only makes the test slower.
