@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import deque
 
 import numpy as np
 import pytest
@@ -463,6 +464,7 @@ def test_estop_stops_from_where_the_arm_is_now_not_where_its_last_joint_state_wa
     bridge._measured = np.array(HOME[:7])
     bridge._measured_at = now - age
     bridge._velocity = velocity
+    bridge._recent_velocities = deque([(now - age, velocity)])  # the stop plans with these
     answer = _call(probe, executor, Trigger, "trajectory_bridge/estop", Trigger.Request())
     assert answer.success
     assert spin_until(probe, lambda: bool(received["trajectory"]), 5.0, executor)
@@ -518,4 +520,19 @@ def test_hold_stops_forwarding_until_released_and_diagnostics_name_it_as_a_drive
         ]
 
     assert spin_until(probe, lambda: bool(error_status()), 5.0, executor)
-    assert error_status()[0].message == "e-stop latched"
+    # Why it latched, as the driver's status says it, until ~/reset.
+    assert error_status()[0].message == "e-stop latched: operator e-stop via ~/estop; call ~/reset"
+    values = {kv.key: kv.value for kv in error_status()[0].values}
+    assert values["estop_reason"] == "operator e-stop via ~/estop"
+    measured()
+    assert _call(probe, executor, Trigger, "trajectory_bridge/reset", Trigger.Request()).success
+    seen = len(diagnostics)
+
+    def cleared():
+        return [
+            s for a in diagnostics[seen:] for s in a.status
+            if s.name == "/trajectory_bridge: driver" and s.level != DiagnosticStatus.ERROR
+        ]
+
+    assert spin_until(probe, lambda: bool(cleared()), 5.0, executor)
+    assert {kv.key: kv.value for kv in cleared()[0].values}["estop_reason"] == ""

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from hw_drivers.bridge_control import MIN_STOP_TIME, BridgeControl, stop_trajectory
+from hw_drivers.bridge_control import (
+    MIN_STOP_TIME,
+    OPERATOR_ESTOP,
+    BridgeControl,
+    StopBudget,
+    stop_trajectory,
+)
 from hw_drivers.executor import ChunkExecutor, ExecutorConfig
+from hw_drivers.jtc_model import bounds, check_trajectory, sample
 from hw_drivers.safety import JointLimits, SafetyConfig
 
 NAMES = ("a", "b")
@@ -34,6 +45,20 @@ def test_estop_and_hold_answer_with_the_executors_words():
     assert bridge.refusal().startswith("estop:")
     bridge.hold(True)
     assert bridge.refusal().startswith("estop:")  # the e-stop wins over a hold
+
+
+def test_the_estop_keeps_why_it_latched_until_reset():
+    bridge = BridgeControl()
+    assert bridge.estop_reason == ""
+    bridge.estop()
+    assert bridge.estop_reason == OPERATOR_ESTOP == "operator e-stop via ~/estop"
+    bridge.estop("something else")  # the first reason stays while latched
+    bridge.hold(False)
+    assert bridge.estop_reason == OPERATOR_ESTOP
+    assert not bridge.reset(measured=False)[0] and bridge.estop_reason == OPERATOR_ESTOP
+    assert bridge.reset(measured=True)[0] and bridge.estop_reason == ""
+    bridge.estop("a guard's reason")
+    assert bridge.estop_reason == "a guard's reason"
 
 
 def test_reset_clears_only_with_a_measured_pose():
@@ -75,3 +100,85 @@ def test_stop_of_an_arm_at_rest_or_of_unknown_speed_holds_the_measured_pose():
     # Never past a position limit.
     stop = stop_trajectory(NAMES, p, np.array([0.0, 2.0]), np.ones(2), -np.ones(2), np.ones(2), 0)
     assert stop.points[0].positions[1] == 1.0
+
+
+# -- the stop from a start the controller took later than planned ---------------------------
+
+
+def _stated_budget(v, amax, age, delay):
+    """The start error the stop must absorb (docs/ros2_control_bridge.md), written out here
+    rather than taken from the code under test: the arm moved on at most |v| delay / 2 either
+    way around the planned moment, and its velocity changed by at most amax (age + delay)
+    since the reading, adding amax (age + delay)^2 / 2 to the position."""
+    tau = age + delay
+    return np.abs(v) * delay / 2 + amax * tau**2 / 2, amax * tau
+
+
+@st.composite
+def _stops(draw):
+    n = draw(st.integers(1, 3))
+    floats = st.floats(allow_nan=False, allow_infinity=False)
+    amax = np.array([draw(floats.filter(lambda x: 0.5 <= x <= 10.0)) for _ in range(n)])
+    v = np.array([draw(st.floats(-2.0, 2.0)) for _ in range(n)])
+    age = draw(st.floats(0.0, 0.1))
+    delay = draw(st.floats(0.0, 0.05))
+    min_time = draw(st.floats(0.0, 0.1))
+    fe = np.array([draw(st.floats(-1.0, 1.0)) for _ in range(n)])
+    fw = np.array([draw(st.floats(-1.0, 1.0)) for _ in range(n)])
+    return amax, v, age, delay, min_time, fe, fw
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(_stops())
+def test_the_stop_stays_within_the_acceleration_limit_from_any_start_within_the_budget(case):
+    # Before: T = |v| / amax, exact only from the planned start; the controller starts from
+    # the arm as it is when it takes the stop (later), which added 6 e / T^2 + 4 w / T.
+    amax, v, age, delay, min_time, fe, fw = case
+    n = v.size
+    names = NAMES[:n] if n <= 2 else ("a", "b", "c")
+    p = np.zeros(n)
+    # Limits far enough for the stop to fit, close enough to matter (a few stop distances).
+    lower, upper = np.full(n, -6.0), np.full(n, 6.0)
+    stop = stop_trajectory(
+        names, p, v, amax, lower, upper, min_time, StopBudget(state_age=age, start_delay=delay)
+    )
+    [point] = stop.points
+    duration = point.time_from_start
+    assert duration >= max(MIN_STOP_TIME, min_time)
+    assert check_trajectory(stop, names) is None
+    assert np.all(np.asarray(point.velocities) == 0.0)
+    assert np.all((point.positions >= lower) & (point.positions <= upper))
+    # The controller's start: off the planned one by up to the budget, either way.
+    position_error, velocity_error = _stated_budget(v, amax, age, delay)
+    start, start_v = p + fe * position_error, v + fw * velocity_error
+    # Its reference over the stop, as joint_trajectory_controller samples it (jtc_model): the
+    # acceleration of the cubic is linear in time, so the finite differences of its velocity
+    # on a fine grid (midpoint values) bound it up to rounding.
+    times = np.linspace(0.0, duration, 201)
+    velocities = np.array([sample(stop, start, start_v, t)[1] for t in times])
+    acceleration = np.diff(velocities, axis=0) / np.diff(times)[:, None]
+    assert np.all(np.abs(acceleration) <= amax * (1 + 1e-6) + 1e-9), (
+        np.abs(acceleration).max(axis=0),
+        amax,
+        duration,
+    )
+    assert np.all(sample(stop, start, start_v, duration + 1.0)[1] == 0.0)
+    lowest, highest, _fastest = bounds(stop, start, start_v)
+    assert np.all((lowest >= lower) & (highest <= upper))
+
+
+def test_the_stop_is_lengthened_only_as_far_as_the_budget_needs():
+    # At 0.3 rad/s and 2 rad/s^2 with a 10 ms old joint state and 20 ms until the controller
+    # takes it: the root of 2 T^2 - (0.3 + 4 * 0.06) T - 6 * 0.0039 = 0.
+    v, amax = np.array([0.3]), np.array([2.0])
+    budget = StopBudget(state_age=0.01, start_delay=0.02)
+    stop = stop_trajectory(("a",), np.zeros(1), v, amax, -np.ones(1), np.ones(1), 0.0, budget)
+    duration = stop.points[0].time_from_start
+    assert duration == pytest.approx((0.54 + math.sqrt(0.54**2 + 24 * 2.0 * 0.0039)) / 4.0)
+    assert duration == pytest.approx(0.3080, abs=1e-4)  # 0.15 s without the budget
+    # The stop is where constant deceleration from the planned start ends: v T / 2 on.
+    assert stop.points[0].positions[0] == pytest.approx(0.3 * duration / 2)
+    # The worst start within the budget is exactly at the limit: no longer than needed.
+    e, w = _stated_budget(v, amax, 0.01, 0.02)
+    start_acceleration = -v / duration - 6 * e / duration**2 - 4 * w / duration
+    assert abs(start_acceleration[0]) == pytest.approx(2.0)

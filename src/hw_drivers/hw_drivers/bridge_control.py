@@ -44,6 +44,10 @@ from hw_drivers.executor import (
 from hw_drivers.jtc_model import sample
 from hw_drivers.trajectory import JointTrajectoryData, TrajectoryPoint
 
+# Why the e-stop latched when the operator's ~/estop latched it (the bridge latches for
+# nothing else: it refuses a chunk that breaks a limit, the running trajectory plays on).
+OPERATOR_ESTOP = "operator e-stop via ~/estop"
+
 # The shortest stop sent [s]: a point due within a few controller periods (or at once: the
 # bridge's min_lead_time may be 0) is reached only with a jump.
 MIN_STOP_TIME = 0.1
@@ -55,9 +59,14 @@ class BridgeControl:
     def __init__(self) -> None:
         self.estopped = False
         self.hold_requested = False
+        self.estop_reason = ""  # why the e-stop latched; "" when it is not
 
-    def estop(self) -> str:
+    def estop(self, reason: str = OPERATOR_ESTOP) -> str:
+        """Latch the e-stop; while latched the first reason stays (what stopped the arm), as
+        the driver's executor keeps it."""
         self.estopped = True
+        if not self.estop_reason:
+            self.estop_reason = reason or OPERATOR_ESTOP
         return ESTOP_LATCHED
 
     def hold(self, on: bool) -> tuple[bool, str]:
@@ -78,6 +87,7 @@ class BridgeControl:
         ]
         self.estopped = False
         self.hold_requested = False
+        self.estop_reason = ""
         done = f"cleared {', '.join(cleared)}; " if cleared else ""
         return True, f"reset: {done}the next chunk ramps in from the measured pose"
 
@@ -98,25 +108,135 @@ class BridgeControl:
         return otherwise
 
 
+@dataclass(frozen=True)
+class StopBudget:
+    """How far the state joint_trajectory_controller starts a stop from may be from the state
+    the bridge plans it from (``start_error``).
+
+    The controller (default, not ``interpolate_from_desired_state``) starts a new trajectory
+    from the state it *measures* at the update where it takes the message: a moment the bridge
+    does not know, after a joint state the bridge read ``state_age`` ago. The controller's
+    cubic Hermite from (p + e, v + w) to the stop (p + v T / 2, 0) over T has the acceleration
+    ``-v/T - 6 e/T^2 - 4 w/T`` at its start and ``-v/T + 6 e/T^2 + 2 w/T`` at its end (linear
+    in between): only with e = w = 0 is it the planned constant ``v / T``.
+    """
+
+    # [s] how old the joint state the stop is planned from is (now - its receipt).
+    state_age: float = 0.0
+    # [s] the longest time from the bridge sending the stop until the controller takes it:
+    # the transport plus up to one controller period (the message waits for the next update).
+    start_delay: float = 0.0
+    # Per joint [rad/s]: how far the joint states' velocities of the last moments were from
+    # the velocity planned with (``recent_velocity``). Not the acceleration limit's doing: the
+    # controller's own jump when it replaces a trajectory (it restarts from the measured state,
+    # so a lagging position-commanded arm's command steps back and its velocity dips for a few
+    # updates) makes the velocity the controller will start from anything in that range.
+    velocity_spread: np.ndarray | float = 0.0
+    # Per joint [rad]: how far the arm was from the pose planned from, when that pose is the
+    # controller's reference (no recent joint state) rather than the arm's: the tracking
+    # error at the last joint state the bridge had.
+    tracking_error: np.ndarray | float = 0.0
+
+    def planning_lead(self) -> float:
+        """How far ahead of the joint state [s] the start is planned: to the middle of the
+        interval in which the controller takes the stop, so that it may come either way."""
+        return self.state_age + self.start_delay / 2.0
+
+    def start_error(
+        self, velocity: np.ndarray, max_acceleration: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per joint, the largest |position error| and |velocity error| of the controller's
+        start against the planned one (``velocity``: the planned velocity), for an arm whose
+        acceleration stays within ``max_acceleration`` (the trajectories the bridge sends keep
+        it) apart from the spread its recent velocities showed:
+
+        * velocity: ``amax tau + spread`` (``tau = state_age + start_delay``: the velocity
+          changed since the reading);
+        * position: ``|v| start_delay / 2`` (taken up to half the delay before or after the
+          planned moment) plus ``amax tau^2 / 2 + spread tau`` (that velocity error,
+          integrated) plus ``tracking_error``.
+
+        Not in it: an error of the measurement itself, a joint state whose receipt lagged its
+        reading (its header stamp is not used), a controller that starts from its last command
+        (``interpolate_from_desired_state``: its command leads the measured arm by the
+        tracking error, which then adds ``6 e / T^2``, docs/ros2_control_bridge.md), a change
+        of the tracking error since it was measured.
+        """
+        amax = np.asarray(max_acceleration, dtype=float)
+        spread = np.abs(np.asarray(self.velocity_spread, dtype=float))
+        tau = max(0.0, self.state_age) + max(0.0, self.start_delay)
+        position = (
+            np.abs(velocity) * max(0.0, self.start_delay) / 2.0
+            + amax * tau**2 / 2.0
+            + spread * tau
+            + np.abs(np.asarray(self.tracking_error, dtype=float))
+        )
+        return position, amax * tau + spread
+
+
+def recent_velocity(
+    velocities: Sequence[np.ndarray],
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """The velocity to plan a stop with from the joint states' velocities of the last moments
+    (oldest first): their mean (a replacement's dip in them averages out; the mean of true
+    derivatives is the displacement over the window), and how far any of them was from it
+    (``StopBudget.velocity_spread``). (None, 0) when there are none."""
+    if not velocities:
+        return None, np.zeros(0)
+    stacked = np.asarray(velocities, dtype=float)
+    mean = stacked.mean(axis=0)
+    return mean, np.abs(stacked - mean).max(axis=0)
+
+
+def stop_duration(
+    velocity: np.ndarray,
+    max_acceleration: np.ndarray,
+    position_error: np.ndarray,
+    velocity_error: np.ndarray,
+    min_time: float,
+) -> float:
+    """The shortest T whose stop keeps the controller's cubic within ``max_acceleration`` for
+    every start within the errors: the peak ``|v|/T + 6 E/T^2 + 4 W/T`` (see ``StopBudget``)
+    is at most ``amax`` when ``amax T^2 - (|v| + 4 W) T - 6 E >= 0``, i.e. T at least the
+    positive root, the longest over the joints (one T for all). At least ``min_time`` and
+    ``MIN_STOP_TIME``. With no error it is ``|v| / amax``, the constant deceleration at the limit.
+
+    The trade-off: the budget lengthens the stop, and its distance ``v T / 2`` with it (at
+    0.3 rad/s and 2 rad/s^2, a 10 ms old joint state and 20 ms until the controller takes the
+    stop: T 0.31 s instead of 0.15 s, 0.046 rad on instead of 0.023; each 0.1 rad/s of
+    velocity spread adds about 0.2 s); a shorter stop exceeds the limit when the start is off.
+    """
+    amax = np.asarray(max_acceleration, dtype=float)
+    b = np.abs(velocity) + 4.0 * np.asarray(velocity_error, dtype=float)
+    root = (b + np.sqrt(b * b + 24.0 * amax * np.asarray(position_error, dtype=float))) / (
+        2.0 * amax
+    )
+    return max(MIN_STOP_TIME, float(min_time), float(np.max(root, initial=0.0)))
+
+
 def stop_trajectory(
     names: Sequence[str],
-    measured: np.ndarray,
+    start: np.ndarray,
     velocity: np.ndarray | None,
     max_acceleration: np.ndarray,
     lower: np.ndarray,
     upper: np.ndarray,
     min_time: float,
+    budget: StopBudget = StopBudget(),
 ) -> JointTrajectoryData:
-    """One point that stops the arm: from the measured pose ``p`` moving at ``v``, the point
-    ``p + v T / 2`` with zero velocity at ``T`` = the longest ``|v| / max_acceleration`` (at
-    least ``min_time`` and ``MIN_STOP_TIME``). The controller's cubic from (p, v) to it is then
-    exactly a constant deceleration ``v / T``, never past the stop and back; unknown velocity
-    counts as zero."""
-    p = np.asarray(measured, dtype=float)
+    """One point that stops the arm: planned from the pose ``p`` (``start``: where the arm is
+    when the controller takes the stop, see ``StopBudget.planning_lead``) moving at ``v``, the
+    point ``p + v T / 2`` with zero velocity at ``T = stop_duration(...)`` over the budget's
+    start error. From the planned start the controller's cubic is the constant deceleration
+    ``v / T``, never past the stop and back; from any start within the budget its acceleration
+    stays within ``max_acceleration``. Unknown velocity counts as zero. The target is clipped
+    to the joint limits."""
+    p = np.asarray(start, dtype=float)
     v = np.zeros_like(p) if velocity is None else np.asarray(velocity, dtype=float)
     v = np.where(np.isfinite(v), v, 0.0)
     amax = np.asarray(max_acceleration, dtype=float)
-    duration = max(MIN_STOP_TIME, float(min_time), float(np.max(np.abs(v) / amax, initial=0.0)))
+    position_error, velocity_error = budget.start_error(v, amax)
+    duration = stop_duration(v, amax, position_error, velocity_error, min_time)
     target = np.clip(p + v * duration / 2.0, lower, upper)
     point = TrajectoryPoint(target, np.zeros_like(p), duration)
     return JointTrajectoryData(tuple(names), (point,))
@@ -136,6 +256,11 @@ class SentTrajectory:
     def ends_at(self) -> float:
         return self.sent_at + self.trajectory.points[-1].time_from_start
 
+    def reference(self, at: float) -> tuple[np.ndarray, np.ndarray]:
+        """The controller's reference (positions, velocities) at ``at`` [bridge clock]."""
+        elapsed = at - self.sent_at
+        return sample(self.trajectory, self.start_positions, self.start_velocities, elapsed)
+
 
 def stop_from_reference(
     sent: SentTrajectory | None,
@@ -144,17 +269,27 @@ def stop_from_reference(
     lower: np.ndarray,
     upper: np.ndarray,
     min_time: float,
+    start_delay: float = 0.0,
+    tracking_error: np.ndarray | float = 0.0,
 ) -> tuple[JointTrajectoryData | None, np.ndarray | None, np.ndarray | None]:
     """The stop when no joint state is recent: ``stop_trajectory`` from where the controller's
-    reference is at ``now`` on the trajectory ``sent`` last. Returns (stop, the reference's
-    positions, velocities); (None, None, None) when nothing of ours is running (never sent, or
-    ended: the controller holds its last point)."""
+    reference is when it takes the stop (sampled half ``start_delay`` on, the budget over the
+    rest) on the trajectory ``sent`` last. The controller starts from the arm, which trails
+    the reference by the ``tracking_error`` last measured (``tracking_error``): in the budget.
+    Returns (stop, the reference's positions, velocities); (None, None, None) when nothing of
+    ours is running (never sent, or ended: the controller holds its last point)."""
     if sent is None or not sent.trajectory.points or now >= sent.ends_at:
         return None, None, None
-    positions, velocities = sample(
-        sent.trajectory, sent.start_positions, sent.start_velocities, now - sent.sent_at
-    )
+    budget = StopBudget(0.0, start_delay, tracking_error=tracking_error)
+    positions, velocities = sent.reference(now + budget.planning_lead())
     stop = stop_trajectory(
-        sent.trajectory.joint_names, positions, velocities, max_acceleration, lower, upper, min_time
+        sent.trajectory.joint_names,
+        positions,
+        velocities,
+        max_acceleration,
+        lower,
+        upper,
+        min_time,
+        budget,
     )
     return stop, positions, velocities

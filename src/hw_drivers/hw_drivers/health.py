@@ -98,6 +98,11 @@ def motor_entry(
     )
 
 
+def estop_message(reason: str) -> str:
+    """The diagnostic message of a latched e-stop, the driver's and the trajectory bridge's."""
+    return f"e-stop latched: {reason}; call ~/reset"
+
+
 def driver_summary(
     state: str,
     *,
@@ -126,7 +131,7 @@ def driver_summary(
         # Nothing commands the arm any more: the motors keep their last target.
         return ERROR, f"control loop stopped: {control_stopped}"
     if estop_reason:
-        message = f"e-stop latched: {estop_reason}; call ~/reset"
+        message = estop_message(estop_reason)
         if backend_fault is not None and backend_fault not in estop_reason:
             message += f"; backend fault: {backend_fault}"
         return ERROR, message

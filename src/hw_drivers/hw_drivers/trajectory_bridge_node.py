@@ -31,6 +31,8 @@ Usage: ``docs/ros2_control_bridge.md``.
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.duration import Duration
@@ -48,6 +50,8 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from hw_drivers.bridge_control import (
     BridgeControl,
     SentTrajectory,
+    StopBudget,
+    recent_velocity,
     stop_from_reference,
     stop_trajectory,
 )
@@ -55,6 +59,7 @@ from hw_drivers.bridge_guard import GuardConfig, RampInProgress, guard
 from hw_drivers.chunk import Chunk
 from hw_drivers.execution_report import ExecutionReporter
 from hw_drivers.executor import EventWindow
+from hw_drivers.health import estop_message
 from hw_drivers.safety import JointLimits, SafetyConfig, validate_chunk, validate_timing
 from hw_drivers.trajectory import (
     BridgeOutput,
@@ -125,6 +130,11 @@ class TrajectoryBridgeNode(LifecycleNode):
         # reference is when no joint state says where the arm is.
         self._controller_trajectory: SentTrajectory | None = None
         self._velocity: np.ndarray | None = None  # the arm's measured joint velocities
+        # (receipt time, velocity) of the joint states of the last stop_velocity_window.
+        self._recent_velocities: deque[tuple[float, np.ndarray]] = deque()
+        # |reference - measured| at the last joint state read while a trajectory of ours ran:
+        # how far the arm trails the reference a stop without joint states starts from.
+        self._tracking_error: np.ndarray | float = 0.0
         # The operator's e-stop and hold: on the node, so they outlive deactivate/activate and
         # cleanup/configure as the driver node's do (only ~/reset, or ~/hold false, ends them).
         self._control = BridgeControl()
@@ -187,8 +197,8 @@ class TrajectoryBridgeNode(LifecycleNode):
         ]
         if self._control.estopped:
             self.get_logger().warning(
-                "the e-stop latched before cleanup is still latched: no chunk is forwarded "
-                "until ~/reset"
+                "the e-stop latched before cleanup is still latched "
+                f"({self._control.estop_reason}): no chunk is forwarded until ~/reset"
             )
         self.get_logger().info(
             f"bridging {p.chunk_topic} -> {p.trajectory_topic} (arm), {p.gripper_topic} "
@@ -247,8 +257,19 @@ class TrajectoryBridgeNode(LifecycleNode):
                 self._velocity = None
             if self._velocity is not None and not np.all(np.isfinite(self._velocity)):
                 self._velocity = None  # unknown: the guard and the stops take it as at rest
+            if self._velocity is None:
+                self._recent_velocities.clear()
+            else:
+                self._recent_velocities.append((now, self._velocity))
+            while self._recent_velocities and (
+                self._recent_velocities[0][0] < now - self.params.stop_velocity_window
+            ):
+                self._recent_velocities.popleft()
             self._measured = values
             self._measured_at = now
+            sent = self._controller_trajectory
+            if sent is not None and sent.sent_at <= now < sent.ends_at:
+                self._tracking_error = np.abs(sent.reference(now)[0] - values)
 
     def _measured_pose(self, now: float) -> np.ndarray | None:
         if self._measured is None or now - self._measured_at > self.params.max_state_age:
@@ -412,6 +433,8 @@ class TrajectoryBridgeNode(LifecycleNode):
                 self._arm_lower,
                 self._arm_upper,
                 self.params.min_lead_time,
+                self.params.stop_start_delay,
+                self._tracking_error,
             )
             if stop is None:
                 self._controller_trajectory = None
@@ -424,27 +447,38 @@ class TrajectoryBridgeNode(LifecycleNode):
                 "no recent joint state of the arm: stop sent from the controller's reference on "
                 f"the trajectory it runs ({stop.points[0].time_from_start:.2f} s)"
             )
-        # The arm has moved on since its joint state: the controller starts the stop from where
-        # the arm is when it takes it; planned from the old pose, the stop's spline must first
-        # make up the difference, decelerating harder than the limit (6 v age / T^2 more).
-        # (Only while a trajectory of ours ran: after its end the controller holds still.)
+        # The arm has moved on since its joint state, and moves on until the controller takes
+        # the stop (from where the arm is then): planned from the old pose, the stop's spline
+        # must first make up the difference, decelerating harder than the limit (6 e / T^2
+        # more). The start is carried forward to when the controller takes it (only while a
+        # trajectory of ours ran: after its end the controller holds still), and the stop is
+        # lengthened over what is not known (StopBudget).
+        # The velocity: the mean of the last moments' (a replacement's dip averages out), the
+        # stop lengthened over their spread.
+        velocity, spread = recent_velocity([v for _t, v in self._recent_velocities])
+        budget = StopBudget(
+            now - self._measured_at,
+            self.params.stop_start_delay,
+            spread if velocity is not None else 0.0,
+        )
         start = measured
-        if self._velocity is not None:
-            until = now
+        if velocity is not None:
+            until = self._measured_at + budget.planning_lead()
             if self._controller_trajectory is not None:
-                until = min(now, self._controller_trajectory.ends_at)
-            start = measured + self._velocity * max(0.0, until - self._measured_at)
+                until = min(until, self._controller_trajectory.ends_at)
+            start = measured + velocity * max(0.0, until - self._measured_at)
         # Joint states and the controller use the controller's joint names.
         stop = stop_trajectory(
             self._state_names,
             start,
-            self._velocity,
+            velocity,
             self._arm_amax,
             self._arm_lower,
             self._arm_upper,
             self.params.min_lead_time,
+            budget,
         )
-        self._send_stop(stop, now, start, self._velocity)
+        self._send_stop(stop, now, start, velocity)
         return f"stop sent to the controller ({stop.points[0].time_from_start:.2f} s)"
 
     def _send_stop(
@@ -460,7 +494,10 @@ class TrajectoryBridgeNode(LifecycleNode):
     def _on_estop(self, request: Trigger.Request, response: Trigger.Response):
         message = self._control.estop()
         stopped = self._stop_motion()
-        self.get_logger().warning(f"E-STOP latched: no chunk is forwarded until ~/reset; {stopped}")
+        self.get_logger().warning(
+            f"E-STOP latched ({self._control.estop_reason}): no chunk is forwarded until "
+            f"~/reset; {stopped}"
+        )
         self._report_execution(self.get_clock().now().nanoseconds * 1e-9)
         response.success, response.message = True, message
         return response
@@ -494,7 +531,7 @@ class TrajectoryBridgeNode(LifecycleNode):
         recent = self._recent_rejections.count(self.get_clock().now().nanoseconds * 1e-9)
         if self._control.estopped:
             status.level = DiagnosticStatus.ERROR
-            status.message = "e-stop latched"
+            status.message = estop_message(self._control.estop_reason)
         elif recent:
             status.level = DiagnosticStatus.WARN
             status.message = (
@@ -506,6 +543,7 @@ class TrajectoryBridgeNode(LifecycleNode):
             status.message = self._control.state("active" if self._active else "inactive")
         values = {
             "state": self._control.state("active" if self._active else "inactive"),
+            "estop_reason": self._control.estop_reason,
             "backend": "ros2_control (trajectory bridge)",
             "accepted": self.accepted,
             "rejected": self.rejected,

@@ -73,6 +73,17 @@ class TrajectoryBridgeParams:
         "drop chunk points due sooner than this from now [s]: the controller cannot reach a "
         "point due in less time without a jump (latency skip)",
     )
+    stop_start_delay: float = _f(
+        0.02,
+        "longest time from sending a stop (e-stop, hold) until the controller takes it [s]: "
+        "transport + one controller period; the stop is lengthened so the arm moving on "
+        "meanwhile keeps its deceleration within max_acceleration",
+    )
+    stop_velocity_window: float = _f(
+        0.1,
+        "a stop plans with the mean of the joint states' velocities over this long [s], and "
+        "is lengthened over their spread (a trajectory replacement makes them dip)",
+    )
     joint_state_topic: str = _f(
         "/joint_states", "measured joint states of the arm (controller joint names)"
     )
@@ -129,6 +140,8 @@ class TrajectoryBridgeParams:
             problems.append("trajectory_topic is empty")
         if self.min_lead_time < 0:
             problems.append("min_lead_time must be >= 0")
+        if min(self.stop_start_delay, self.stop_velocity_window) < 0:
+            problems.append("stop_start_delay and stop_velocity_window must be >= 0")
         if min(self.max_state_age, self.max_start_deviation) <= 0:
             problems.append("max_state_age and max_start_deviation must be > 0")
         if min(self.ramp_in_threshold, self.ramp_in_time) < 0:
