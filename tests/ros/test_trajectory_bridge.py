@@ -473,6 +473,11 @@ def test_estop_stops_from_where_the_arm_is_now_not_where_its_last_joint_state_wa
     # Ahead by at least what the arm covered since (age x 0.5 rad/s), then the stop's half.
     assert np.all(moved >= velocity * age - 1e-6), moved
     assert np.all(moved <= velocity * (age + 0.2) + velocity * point.time_from_start / 2), moved
+    # A 0.3 s old joint state: the error budget alone would make this a 1.5 s stop; it adds at
+    # most max_stop_extension to the 0.1 s the limit (10 rad/s^2) needs at 0.5 rad/s.
+    extension = bridge.params.max_stop_extension
+    assert extension == 0.25
+    assert 0.1 < point.time_from_start <= 0.1 + extension + 1e-9, point.time_from_start
 
 
 def test_estop_with_neither_a_measured_pose_nor_a_running_trajectory_sends_nothing(graph):

@@ -14,6 +14,7 @@ from hw_drivers.bridge_control import (
     OPERATOR_ESTOP,
     BridgeControl,
     StopBudget,
+    budget_acceleration,
     stop_trajectory,
 )
 from hw_drivers.executor import ChunkExecutor, ExecutorConfig
@@ -182,3 +183,39 @@ def test_the_stop_is_lengthened_only_as_far_as_the_budget_needs():
     e, w = _stated_budget(v, amax, 0.01, 0.02)
     start_acceleration = -v / duration - 6 * e / duration**2 - 4 * w / duration
     assert abs(start_acceleration[0]) == pytest.approx(2.0)
+
+
+def test_an_old_joint_state_lengthens_the_stop_only_by_max_extension():
+    # 1 rad/s from a joint state 0.5 s old (max_state_age): the full budget asks for a 2.9 s
+    # stop, 1.4 rad on; an e-stop must stop the arm sooner than that.
+    v, amax = np.array([1.0]), np.array([2.0])
+    budget = StopBudget(state_age=0.5, start_delay=0.02)
+    limits = (-10 * np.ones(1), 10 * np.ones(1))
+    full = stop_trajectory(("a",), np.zeros(1), v, amax, *limits, 0.0, budget)
+    assert full.points[0].time_from_start == pytest.approx(2.87, abs=0.01)
+    cut = stop_trajectory(("a",), np.zeros(1), v, amax, *limits, 0.0, budget, 0.25)
+    duration = cut.points[0].time_from_start
+    assert duration == pytest.approx(0.5 + 0.25)  # |v| / amax, plus the extension
+    assert cut.points[0].positions[0] == pytest.approx(1.0 * duration / 2)
+    # What a start at the edge of the budget then needs is reported, above the limit...
+    assert budget_acceleration(v, amax, budget, duration)[0] > 2.0
+    # ...and within it for the stop the budget was free to size.
+    full_duration = full.points[0].time_from_start
+    assert budget_acceleration(v, amax, budget, full_duration)[0] == pytest.approx(2.0)
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(_stops(), st.floats(0.0, 1.0))
+def test_no_stop_is_longer_than_the_limit_allows_plus_max_extension(case, extension):
+    amax, v, age, delay, min_time, _fe, _fw = case
+    n = v.size
+    names = NAMES[:n] if n <= 2 else ("a", "b", "c")
+    limits = (np.full(n, -6.0), np.full(n, 6.0))
+    budget = StopBudget(state_age=age, start_delay=delay, velocity_spread=0.3)
+    stop = stop_trajectory(names, np.zeros(n), v, amax, *limits, min_time, budget, extension)
+    at_the_limit = max(MIN_STOP_TIME, min_time, float(np.max(np.abs(v) / amax)))
+    duration = stop.points[0].time_from_start
+    assert at_the_limit - 1e-12 <= duration <= at_the_limit + extension + 1e-9
+    unbounded = stop_trajectory(names, np.zeros(n), v, amax, *limits, min_time, budget)
+    assert duration == pytest.approx(min(unbounded.points[0].time_from_start,
+                                         at_the_limit + extension))

@@ -28,6 +28,7 @@ separate topic with no stop).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -223,23 +224,49 @@ def stop_trajectory(
     upper: np.ndarray,
     min_time: float,
     budget: StopBudget = StopBudget(),
+    max_extension: float = math.inf,
 ) -> JointTrajectoryData:
     """One point that stops the arm: planned from the pose ``p`` (``start``: where the arm is
     when the controller takes the stop, see ``StopBudget.planning_lead``) moving at ``v``, the
     point ``p + v T / 2`` with zero velocity at ``T = stop_duration(...)`` over the budget's
     start error. From the planned start the controller's cubic is the constant deceleration
     ``v / T``, never past the stop and back; from any start within the budget its acceleration
-    stays within ``max_acceleration``. Unknown velocity counts as zero. The target is clipped
-    to the joint limits."""
+    stays within ``max_acceleration``. The budget lengthens the stop by at most
+    ``max_extension`` seconds over the constant deceleration at the limit
+    (``max_stop_extension``): an e-stop must stop the arm soon, and the budget's worst case
+    grows fast with an old joint state (0.5 s old at 1 rad/s: 2.9 s, 1.4 rad on); a start at
+    the edge of a budget cut short may then need more (``budget_acceleration``). Unknown
+    velocity counts as zero. The target is clipped to the joint limits."""
     p = np.asarray(start, dtype=float)
     v = np.zeros_like(p) if velocity is None else np.asarray(velocity, dtype=float)
     v = np.where(np.isfinite(v), v, 0.0)
     amax = np.asarray(max_acceleration, dtype=float)
     position_error, velocity_error = budget.start_error(v, amax)
-    duration = stop_duration(v, amax, position_error, velocity_error, min_time)
+    at_the_limit = stop_duration(v, amax, np.zeros_like(p), np.zeros_like(p), min_time)
+    duration = min(
+        stop_duration(v, amax, position_error, velocity_error, min_time),
+        at_the_limit + max(0.0, max_extension),
+    )
     target = np.clip(p + v * duration / 2.0, lower, upper)
     point = TrajectoryPoint(target, np.zeros_like(p), duration)
     return JointTrajectoryData(tuple(names), (point,))
+
+
+def budget_acceleration(
+    velocity: np.ndarray | None,
+    max_acceleration: np.ndarray,
+    budget: StopBudget,
+    duration: float,
+) -> np.ndarray:
+    """Per joint, the largest acceleration [rad/s^2] a stop of ``duration`` planned with
+    ``velocity`` needs from a controller start at the edge of ``budget`` (``|v|/T + 6 E/T^2 +
+    4 W/T``): at most the limit unless ``max_extension`` cut the stop short."""
+    amax = np.asarray(max_acceleration, dtype=float)
+    v = np.zeros_like(amax) if velocity is None else np.asarray(velocity, dtype=float)
+    v = np.where(np.isfinite(v), v, 0.0)
+    position_error, velocity_error = budget.start_error(v, amax)
+    t = max(float(duration), 1e-9)
+    return np.abs(v) / t + 6.0 * position_error / t**2 + 4.0 * velocity_error / t
 
 
 @dataclass(frozen=True)
@@ -271,6 +298,7 @@ def stop_from_reference(
     min_time: float,
     start_delay: float = 0.0,
     tracking_error: np.ndarray | float = 0.0,
+    max_extension: float = math.inf,
 ) -> tuple[JointTrajectoryData | None, np.ndarray | None, np.ndarray | None]:
     """The stop when no joint state is recent: ``stop_trajectory`` from where the controller's
     reference is when it takes the stop (sampled half ``start_delay`` on, the budget over the
@@ -291,5 +319,6 @@ def stop_from_reference(
         upper,
         min_time,
         budget,
+        max_extension,
     )
     return stop, positions, velocities

@@ -51,6 +51,7 @@ from hw_drivers.bridge_control import (
     BridgeControl,
     SentTrajectory,
     StopBudget,
+    budget_acceleration,
     recent_velocity,
     stop_from_reference,
     stop_trajectory,
@@ -435,6 +436,7 @@ class TrajectoryBridgeNode(LifecycleNode):
                 self.params.min_lead_time,
                 self.params.stop_start_delay,
                 self._tracking_error,
+                self.params.max_stop_extension,
             )
             if stop is None:
                 self._controller_trajectory = None
@@ -443,9 +445,10 @@ class TrajectoryBridgeNode(LifecycleNode):
                     "nothing sent (the controller holds the last point it was sent)"
                 )
             self._send_stop(stop, now, start, velocity)
+            budget = StopBudget(0.0, self.params.stop_start_delay, 0.0, self._tracking_error)
             return (
                 "no recent joint state of the arm: stop sent from the controller's reference on "
-                f"the trajectory it runs ({stop.points[0].time_from_start:.2f} s)"
+                f"the trajectory it runs ({self._stop_figures(stop, velocity, budget)})"
             )
         # The arm has moved on since its joint state, and moves on until the controller takes
         # the stop (from where the arm is then): planned from the old pose, the stop's spline
@@ -477,9 +480,26 @@ class TrajectoryBridgeNode(LifecycleNode):
             self._arm_upper,
             self.params.min_lead_time,
             budget,
+            self.params.max_stop_extension,
         )
         self._send_stop(stop, now, start, velocity)
-        return f"stop sent to the controller ({stop.points[0].time_from_start:.2f} s)"
+        return f"stop sent to the controller ({self._stop_figures(stop, velocity, budget)})"
+
+    def _stop_figures(
+        self, stop: JointTrajectoryData, velocity: np.ndarray | None, budget: StopBudget
+    ) -> str:
+        """The stop's duration, and what a start at the edge of its error budget needs when
+        max_stop_extension cut it short (the operator sees why it may decelerate harder)."""
+        duration = stop.points[0].time_from_start
+        needs = budget_acceleration(velocity, self._arm_amax, budget, duration)
+        joint = int(np.argmax(needs / self._arm_amax))
+        if needs[joint] <= self._arm_amax[joint] * (1.0 + 1e-9):
+            return f"{duration:.2f} s"
+        return (
+            f"{duration:.2f} s, cut short by max_stop_extension: a controller start at the edge "
+            f"of its error budget needs up to {needs[joint]:.2f} rad/s^2 on "
+            f"{self._state_names[joint]} (max_acceleration {self._arm_amax[joint]:g})"
+        )
 
     def _send_stop(
         self,

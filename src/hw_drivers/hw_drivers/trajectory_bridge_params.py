@@ -79,6 +79,13 @@ class TrajectoryBridgeParams:
         "transport + one controller period; the stop is lengthened so the arm moving on "
         "meanwhile keeps its deceleration within max_acceleration",
     )
+    max_stop_extension: float = _f(
+        0.25,
+        "the most the stop's error budget (stop_start_delay, the joint state's age, the "
+        "velocities' spread) may lengthen a stop beyond the constant deceleration at "
+        "max_acceleration [s]: an e-stop must stop the arm soon; a controller start at the "
+        "edge of a budget cut short may need more than max_acceleration (logged)",
+    )
     stop_velocity_window: float = _f(
         0.1,
         "a stop plans with the mean of the joint states' velocities over this long [s], and "
@@ -140,8 +147,10 @@ class TrajectoryBridgeParams:
             problems.append("trajectory_topic is empty")
         if self.min_lead_time < 0:
             problems.append("min_lead_time must be >= 0")
-        if min(self.stop_start_delay, self.stop_velocity_window) < 0:
-            problems.append("stop_start_delay and stop_velocity_window must be >= 0")
+        if min(self.stop_start_delay, self.stop_velocity_window, self.max_stop_extension) < 0:
+            problems.append(
+                "stop_start_delay, stop_velocity_window and max_stop_extension must be >= 0"
+            )
         if min(self.max_state_age, self.max_start_deviation) <= 0:
             problems.append("max_state_age and max_start_deviation must be > 0")
         if min(self.ramp_in_threshold, self.ramp_in_time) < 0:
