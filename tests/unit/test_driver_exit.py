@@ -121,3 +121,22 @@ def test_exit_parameters_are_checked():
     problems = DriverParams(joint_names=("a",), exit_timeout=10.0).validate()
     assert any("exit_timeout" in p for p in problems)
     assert DriverParams().exit_behavior == "hold"  # the safe default
+
+
+@pytest.mark.parametrize("behavior", ["hold", "rest", "rest_then_release"])
+def test_a_tick_that_raises_ends_the_last_moves_not_the_exit(behavior):
+    # A bug raising in every tick (not a backend fault, which step handles itself) escaped
+    # finish(): the driver's on_cleanup raised, the node went to ErrorProcessing and the link
+    # stayed open (seen as an intermittent ERROR from trigger_cleanup in the driver ROS tests).
+    clock = Clock()
+    loop, backend = moving_loop(clock)
+
+    def broken(now, measured):
+        raise ZeroDivisionError("a bug in the executor")
+
+    loop.executor.tick = broken
+    release, what = finish(loop, clock, behavior)
+    assert not release  # never torque off without reaching rest
+    assert what.startswith("no tick while stopping") and "ZeroDivisionError" in what, what
+    assert backend.disable_calls == 0
+    loop.shutdown(release=release)

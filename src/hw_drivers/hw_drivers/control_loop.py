@@ -208,9 +208,9 @@ class ControlLoop:
         if self.faulted or self.last_reading is None:
             return False, "backend not running: left as it is"
         now = clock()
-        result = self.step(now)
+        result = self._exit_step(now)
         if result.reading is None or self.faulted:
-            return False, f"backend fault while stopping ({result.error}): left as it is"
+            return False, f"no tick while stopping ({result.error}): left as it is"
         if behavior == "hold" or self.rest_pose is None:
             return False, "holding the arm where it is (torque on)"
         # From where the motors are being told to be (the measurement lags the command):
@@ -237,26 +237,37 @@ class ControlLoop:
         submitted = self.executor.submit(chunk, now, np.asarray(result.reading.positions))
         if not submitted.accepted:
             self.executor.hold(True)
-            self.step(clock())
+            self._exit_step(clock())
             return False, f"return to rest refused ({submitted.reason}): holding"
         deadline = now + min(timeout, duration + 0.5)
         reading = result.reading
         while clock() < deadline:
             sleep(period)
-            result = self.step(clock())
+            result = self._exit_step(clock())
             if result.reading is None or self.faulted:
                 return False, f"backend fault on the way to rest ({result.error}): stopped"
             reading = result.reading
             if np.max(np.abs(reading.positions - self.rest_pose)) <= REST_TOLERANCE:
                 break
         self.executor.hold(True)
-        self.step(clock())
+        self._exit_step(clock())
         error = float(np.max(np.abs(reading.positions - self.rest_pose)))
         if error > REST_TOLERANCE:
             return False, f"rest pose not reached in {timeout:g} s ({error:.3f} rad off): holding"
         if behavior == "rest_then_release":
             return True, "at the rest pose: torque off"
         return False, "at the rest pose: holding (torque on)"
+
+    def _exit_step(self, now: float) -> StepResult:
+        """``step`` on the way out: a tick that raises (a bug, not a backend fault, which
+        ``step`` handles) ends the last moves instead of the exit, so cleanup, shutdown and
+        process exit still close the link (a raising on_cleanup left the node in
+        ErrorProcessing with the link open)."""
+        try:
+            return self.step(now)
+        except Exception as err:  # any bug: the exit must go on
+            self.stats.last_error = f"control tick failed: {type(err).__name__}: {err}"
+            return StepResult(None, None, False, self.stats.last_error)
 
     def step(self, now: float) -> StepResult:
         """One control tick at time ``now``."""
