@@ -289,6 +289,13 @@ class SentTrajectory:
         return sample(self.trajectory, self.start_positions, self.start_velocities, elapsed)
 
 
+def reference_budget(start_delay: float, tracking_error: np.ndarray | float) -> StopBudget:
+    """The error budget of a stop planned from the controller's reference (no recent joint
+    state): no age, and the arm's tracking lag behind the reference instead of a velocity
+    spread (the controller starts from the arm)."""
+    return StopBudget(0.0, start_delay, tracking_error=tracking_error)
+
+
 def stop_from_reference(
     sent: SentTrajectory | None,
     now: float,
@@ -308,7 +315,7 @@ def stop_from_reference(
     ours is running (never sent, or ended: the controller holds its last point)."""
     if sent is None or not sent.trajectory.points or now >= sent.ends_at:
         return None, None, None
-    budget = StopBudget(0.0, start_delay, tracking_error=tracking_error)
+    budget = reference_budget(start_delay, tracking_error)
     positions, velocities = sent.reference(now + budget.planning_lead())
     stop = stop_trajectory(
         sent.trajectory.joint_names,

@@ -53,6 +53,7 @@ from hw_drivers.bridge_control import (
     StopBudget,
     budget_acceleration,
     recent_velocity,
+    reference_budget,
     stop_from_reference,
     stop_trajectory,
 )
@@ -445,7 +446,7 @@ class TrajectoryBridgeNode(LifecycleNode):
                     "nothing sent (the controller holds the last point it was sent)"
                 )
             self._send_stop(stop, now, start, velocity)
-            budget = StopBudget(0.0, self.params.stop_start_delay, 0.0, self._tracking_error)
+            budget = reference_budget(self.params.stop_start_delay, self._tracking_error)
             return (
                 "no recent joint state of the arm: stop sent from the controller's reference on "
                 f"the trajectory it runs ({self._stop_figures(stop, velocity, budget)})"
