@@ -87,8 +87,10 @@ def running_driver(
         yield DriverRig(node, probe, diagnostics, executor)
     finally:
         executor.shutdown()
+        # The spin thread must be out of its wait before the context goes: a wait on a shut
+        # down context raises in that thread ("context is not valid").
+        spinner.join(timeout=5.0)
         node._teardown()
         node.destroy_node()
         probe.destroy_node()
         rclpy.shutdown(context=context)
-        spinner.join(timeout=5.0)

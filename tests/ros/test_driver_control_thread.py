@@ -68,11 +68,13 @@ def driver_on_one_executor_thread(*args: str, ticking: bool = True) -> Iterator[
         yield node, probe
     finally:
         executor.shutdown()
+        # The spin thread must be out of its wait before the context goes: a wait on a shut
+        # down context raises in that thread ("context is not valid").
+        spinner.join(timeout=5.0)
         node._teardown()
         node.destroy_node()
         probe.destroy_node()
         rclpy.shutdown(context=context)
-        spinner.join(timeout=5.0)
 
 
 def test_control_loop_keeps_ticking_while_the_executor_thread_is_blocked():
