@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pytest
 
@@ -91,6 +92,47 @@ def test_empty_list_default_without_override_stays_empty():
         node = rclpy.create_node("params_test_empty")
         params = declare_dataclass_params(node, EmptyParams)
         assert params.channels == () and params.gains == ()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown()
+
+
+@dataclass(frozen=True)
+class RenamedParams:
+    DEPRECATED: ClassVar[dict[str, str]] = {"old_count": "count"}
+    count: int = field(default=3, metadata={"description": "count"})
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"old_count": 5},
+        {"old_count": 5, "count": 3},  # the new name set to its default beside the old one
+        {"old_count": 5, "count": 2},
+        {"count": 3},
+        {},
+    ],
+)
+def test_a_deprecated_name_is_read_on_the_node_as_the_launch_check_reads_it(overrides):
+    # The launch's config check applies apply_deprecated to the config's values; the node must
+    # end up with the same value, or the check validates one number and the robot runs another.
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from molmoact2_common.ros_params import apply_deprecated
+
+    expected = {"count": 3, **apply_deprecated(RenamedParams, overrides)[0]}["count"]
+    rclpy.init()
+    try:
+        node = rclpy.create_node(
+            "renamed_params_test",
+            parameter_overrides=[
+                Parameter(name, Parameter.Type.INTEGER, value) for name, value in overrides.items()
+            ],
+        )
+        params = declare_dataclass_params(node, RenamedParams)
+        assert params.count == expected
+        assert node.get_parameter("count").value == expected
         node.destroy_node()
     finally:
         rclpy.shutdown()

@@ -260,8 +260,7 @@ def _declare_deprecated(
         value = node.declare_parameter(old, None, descriptor).value
         if value is None:  # not set: nothing to map
             continue
-        # rclpy does not say whether the new name was set: one differing from its default was.
-        given = {new: values[new]} if values[new] != defaults[new] else {}
+        given = {new: values[new]} if _was_set(node, new, values[new], defaults[new]) else {}
         mapped, warnings = apply_deprecated(cls, {old: value, **given})
         for warning in warnings:
             node.get_logger().warning(warning)
@@ -275,6 +274,20 @@ def _declare_deprecated(
             problems.append(f"{old} (deprecated, read as {new}): {err}; default kept")
             continue
         node.set_parameters([Parameter(new, value=mapped[new])])
+
+
+def _was_set(node: Any, name: str, value: Any, default: Any) -> bool:
+    """Whether a params file or ``-p`` set ``name``, as the launch's config check sees it.
+
+    rclpy has no public call for it; its nodes keep the overrides they were started with in
+    ``_parameter_overrides`` (Humble to Kilted). The fallback, a value other than the default,
+    misses a new name set to its default beside an old one, and the node then ran on the old
+    name's value while the launch check had taken the new one's.
+    """
+    overrides = getattr(node, "_parameter_overrides", None)
+    if isinstance(overrides, Mapping):
+        return name in overrides
+    return value != default
 
 
 def dataclass_defaults(cls: type) -> dict[str, Any]:
