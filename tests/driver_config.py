@@ -16,7 +16,13 @@ from hw_drivers.driver_params import DriverParams
 
 ROOT = Path(__file__).resolve().parents[1]
 # The driver limits copied from the config: everything that bounds a command.
-LIMIT_KEYS = ("position_lower", "position_upper", "max_velocity", "max_acceleration")
+LIMIT_KEYS = (
+    "position_lower",
+    "position_upper",
+    "position_margin",
+    "max_velocity",
+    "max_acceleration",
+)
 
 
 def robot_config(robot: str) -> dict[str, Any]:
@@ -35,7 +41,7 @@ def joint_names(robot: str) -> list[str]:
 def config_driver_params(robot: str, **overrides: Any) -> DriverParams:
     """``DriverParams`` with ``robot``'s joints, limits and control rate, then ``overrides``."""
     section = driver_section(robot)
-    values: dict[str, Any] = {key: tuple(section[key]) for key in LIMIT_KEYS}
+    values: dict[str, Any] = {key: tuple(section[key]) for key in LIMIT_KEYS if key in section}
     values.update(
         robot=robot,
         joint_names=tuple(joint_names(robot)),

@@ -178,6 +178,40 @@ def test_gripper_as_forward_command_controller_commands(graph):
     assert bridge.accepted == 1
 
 
+def _gripper_overshooting(stamp_ns: int, gripper: float):
+    """A chunk whose gripper sits at ``gripper`` (below its 0..1 limits: a full grasp)."""
+    msg = make_chunk(stamp_ns)
+    rows = list(msg.positions)
+    for k in range(msg.horizon):
+        rows[k * len(NAMES) + 7] = gripper
+    msg.positions = rows
+    return msg
+
+
+@pytest.mark.parametrize("graph", [{"position_margin": [0.0] * 7 + [0.05]}], indirect=True)
+def test_gripper_overshoot_within_the_margin_goes_out_at_the_limit(graph):
+    bridge, probe, publisher, received, executor, measured = graph
+    stamp_ns = bridge.get_clock().now().nanoseconds - 100_000_000
+    publisher.publish(_gripper_overshooting(stamp_ns, -0.03))
+    assert spin_until(probe, lambda: received["trajectory"] and received["gripper"], 5.0, executor)
+    assert list(received["gripper"][0].position) == [0.0]
+    assert bridge.accepted == 1
+    # Beyond the margin: refused whole, as without one.
+    measured()
+    publisher.publish(_gripper_overshooting(bridge.get_clock().now().nanoseconds, -0.06))
+    assert spin_until(probe, lambda: bridge.rejected == 1, 5.0, executor)
+    assert bridge.last_rejection.startswith("position_limit: joint panda_gripper")
+    assert len(received["gripper"]) == 1
+
+
+def test_gripper_overshoot_without_a_margin_refuses_the_chunk(graph):
+    bridge, probe, publisher, received, executor, _ = graph
+    publisher.publish(_gripper_overshooting(bridge.get_clock().now().nanoseconds, -0.03))
+    assert spin_until(probe, lambda: bridge.rejected == 1, 5.0, executor)
+    assert bridge.last_rejection.startswith("position_limit: joint panda_gripper")
+    assert received["trajectory"] == [] and received["gripper"] == []
+
+
 def test_nan_chunk_produces_no_trajectory(graph):
     bridge, probe, publisher, received, executor, measured = graph
     publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds, nan=True))

@@ -59,6 +59,12 @@ class DriverParams:
     )
     position_lower: tuple[float, ...] = _f((), "lower position limit per joint [rad or m]")
     position_upper: tuple[float, ...] = _f((), "upper position limit per joint [rad or m]")
+    position_margin: tuple[float, ...] = _f(
+        (),
+        "per joint: how far outside position_lower..position_upper a chunk's point may lie and "
+        "still be accepted, then executed at the limit [rad or m] (empty: 0, such a chunk is "
+        "refused whole); grippers: a policy's output overshoots 0..1 on a full grasp",
+    )
     max_velocity: tuple[float, ...] = _f((), "velocity limit per joint [rad/s or m/s]")
     max_acceleration: tuple[float, ...] = _f((), "acceleration limit per joint [rad/s^2]")
     max_step_per_tick: float = _f(0.03, "largest change of any joint command per tick [rad]")
@@ -248,6 +254,12 @@ class DriverParams:
                 problems.append(f"{name} has {len(values)} values for {n} joints")
             elif not np.all(np.isfinite(values)):
                 problems.append(f"{name} has non-finite values")
+        if self.position_margin:
+            margin = np.asarray(self.position_margin, dtype=float)
+            if margin.size != n:
+                problems.append(f"position_margin has {margin.size} values for {n} joints")
+            elif not np.all(np.isfinite(margin) & (margin >= 0)):
+                problems.append("position_margin must be finite and >= 0 for every joint")
         if self.initial_positions and len(self.initial_positions) != n:
             problems.append(
                 f"initial_positions has {len(self.initial_positions)} values for {n} joints"
@@ -454,6 +466,7 @@ class DriverParams:
             upper=np.array(self.position_upper),
             max_velocity=np.array(self.max_velocity),
             max_acceleration=np.array(self.max_acceleration),
+            margin=np.array(self.position_margin) if self.position_margin else None,
         )
 
     def expected_chunk_rate(self) -> float:

@@ -43,6 +43,7 @@ from hw_drivers.safety import (
     check_chunk_content,
     check_chunk_limits,
     check_start_deviation,
+    clip_into,
     validate_timing,
 )
 
@@ -374,6 +375,8 @@ class ChunkExecutor:
         if ordered is None:
             return PreparedChunk(chunk, None, problem, names)
         limits_problem = check_chunk_limits(ordered, names, limits)
+        if limits_problem is None:
+            ordered = clip_into(ordered, limits)
         trajectory, trajectory_problem = None, None
         if limits_problem is None and self.config.splice_policy != "average":
             try:
@@ -447,6 +450,8 @@ class ChunkExecutor:
             reason = prepared.limits_problem
         else:  # not checked yet, or the live limits changed since
             reason = check_chunk_limits(ordered, self.joint_names, self.limits)
+            if reason is None:
+                ordered = clip_into(ordered, self.limits)
         reason = reason or check_start_deviation(
             ordered, self.joint_names, measured, self.safety, first_index=skipped
         )

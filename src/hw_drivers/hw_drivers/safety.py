@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -25,17 +25,29 @@ _POSITION_SLACK = 1e-9
 
 @dataclass(frozen=True)
 class JointLimits:
-    """Per-joint limits in REP-103 units, each an array of shape (joints,)."""
+    """Per-joint limits in REP-103 units, each an array of shape (joints,).
+
+    ``margin``: how far outside [lower, upper] a chunk's point may lie and still be accepted;
+    it is then executed at the limit (``clip_into``). None: 0 for every joint. A flow-matching
+    policy's gripper output overshoots its normalised [0, 1] a little when it closes or opens
+    fully (the released YAM deployment accepts gripper targets in [-0.05, 1.05]); without a
+    margin each such chunk would be refused whole and the arm would stall on a full grasp.
+    No command ever leaves [lower, upper]: the margin only decides refuse-or-clip.
+    """
 
     lower: np.ndarray
     upper: np.ndarray
     max_velocity: np.ndarray
     max_acceleration: np.ndarray
+    margin: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         arrays = {}
-        for name in ("lower", "upper", "max_velocity", "max_acceleration"):
-            value = np.array(getattr(self, name), dtype=float, copy=True).reshape(-1)
+        for name in ("lower", "upper", "max_velocity", "max_acceleration", "margin"):
+            given = getattr(self, name)
+            if name == "margin" and given is None:
+                given = np.zeros(arrays["lower"].size)
+            value = np.array(given, dtype=float, copy=True).reshape(-1)
             value.flags.writeable = False
             arrays[name] = value
             object.__setattr__(self, name, value)
@@ -46,6 +58,8 @@ class JointLimits:
             raise ValueError("joint limits: lower > upper for some joint")
         if np.any(arrays["max_velocity"] <= 0) or np.any(arrays["max_acceleration"] <= 0):
             raise ValueError("joint limits: max_velocity and max_acceleration must be > 0")
+        if not np.all(np.isfinite(arrays["margin"]) & (arrays["margin"] >= 0)):
+            raise ValueError("joint limits: margin must be finite and >= 0 for every joint")
 
     @property
     def num_joints(self) -> int:
@@ -204,14 +218,15 @@ def check_chunk_limits(
     ``check_chunk_content`` passed and put in ``joint_names``' order."""
     names = tuple(joint_names)
     positions = ordered.positions
-    below = positions < limits.lower - _POSITION_SLACK
-    above = positions > limits.upper + _POSITION_SLACK
+    below = positions < limits.lower - limits.margin - _POSITION_SLACK
+    above = positions > limits.upper + limits.margin + _POSITION_SLACK
     outside = below | above
     if outside.any():
         k, j = (int(v) for v in np.argwhere(outside)[0])
+        margin = f" (margin {limits.margin[j]:g})" if limits.margin[j] > 0 else ""
         return (
             f"position_limit: joint {_joint(names, j)} at step {k} is {positions[k, j]:.6g}, "
-            f"outside [{limits.lower[j]:.4f}, {limits.upper[j]:.4f}]"
+            f"outside [{limits.lower[j]:.4f}, {limits.upper[j]:.4f}]{margin}"
         )
     if positions.shape[0] > 1:
         velocity = np.abs(np.diff(positions, axis=0)) / ordered.step_dt
@@ -223,6 +238,17 @@ def check_chunk_limits(
                 f"{velocity[k, j]:.3f}/s > max {limits.max_velocity[j]:.3f}/s"
             )
     return None
+
+
+def clip_into(ordered: Chunk, limits: JointLimits) -> Chunk:
+    """``ordered`` (in the limits' joint order) with every position inside [lower, upper]: what
+    a chunk ``check_chunk_limits`` accepted within its margin executes. The same object when
+    nothing is outside, so a chunk inside the limits is untouched."""
+    positions = ordered.positions
+    clipped = np.clip(positions, limits.lower, limits.upper)
+    if np.array_equal(clipped, positions):
+        return ordered
+    return replace(ordered, positions=clipped)
 
 
 def check_start_deviation(

@@ -62,7 +62,13 @@ from hw_drivers.chunk import Chunk
 from hw_drivers.execution_report import ExecutionReporter
 from hw_drivers.executor import EventWindow
 from hw_drivers.health import estop_message
-from hw_drivers.safety import JointLimits, SafetyConfig, validate_chunk, validate_timing
+from hw_drivers.safety import (
+    JointLimits,
+    SafetyConfig,
+    clip_into,
+    validate_chunk,
+    validate_timing,
+)
 from hw_drivers.trajectory import (
     BridgeOutput,
     JointTrajectoryData,
@@ -154,6 +160,7 @@ class TrajectoryBridgeNode(LifecycleNode):
             upper=p.position_upper,
             max_velocity=p.max_velocity,
             max_acceleration=p.max_acceleration,
+            margin=p.position_margin or None,
         )
         self._safety = SafetyConfig()
         self._recent_rejections = EventWindow(p.rejection_window)
@@ -300,6 +307,8 @@ class TrajectoryBridgeNode(LifecycleNode):
         if reason is not None:
             self._reject(reason, msg)
             return
+        # Points accepted within position_margin reach the controller at the limit.
+        chunk = clip_into(chunk.reordered(self.params.joint_names), self._limits)
         out = chunk_to_trajectory(
             chunk,
             now,

@@ -66,6 +66,12 @@ class TrajectoryBridgeParams:
     )
     position_lower: tuple[float, ...] = _f((), "lower position limit per joint [rad or m]")
     position_upper: tuple[float, ...] = _f((), "upper position limit per joint [rad or m]")
+    position_margin: tuple[float, ...] = _f(
+        (),
+        "per joint: how far outside position_lower..position_upper a chunk's point may lie and "
+        "still be accepted, then executed at the limit [rad or m] (empty: 0, such a chunk is "
+        "refused whole); grippers: a policy's output overshoots 0..1 on a full grasp",
+    )
     max_velocity: tuple[float, ...] = _f((), "velocity limit per joint [rad/s or m/s]")
     max_acceleration: tuple[float, ...] = _f((), "acceleration limit per joint [rad/s^2]")
     min_lead_time: float = _f(
@@ -124,6 +130,12 @@ class TrajectoryBridgeParams:
                 problems.append(f"{name} has {len(values)} values for {n} joints")
             elif not np.all(np.isfinite(values)):
                 problems.append(f"{name} has non-finite values")
+        if self.position_margin:
+            margin = np.asarray(self.position_margin, dtype=float)
+            if margin.size != n:
+                problems.append(f"position_margin has {margin.size} values for {n} joints")
+            elif not np.all(np.isfinite(margin) & (margin >= 0)):
+                problems.append("position_margin must be finite and >= 0 for every joint")
         grippers = self.resolved_gripper_joints()
         unknown = [g for g in grippers if g not in self.joint_names]
         if unknown:

@@ -228,7 +228,13 @@ def _check_structure(config: RobotConfig) -> None:
         if node not in config.sections:
             raise ConfigError(f"{where}: no section for node {node!r}")
     driver = config.params_for(config.driver_name)
-    for key in ("position_lower", "position_upper", "max_velocity", "initial_positions"):
+    for key in (
+        "position_lower",
+        "position_upper",
+        "position_margin",
+        "max_velocity",
+        "initial_positions",
+    ):
         if key in driver:
             _require_list(where, config.driver_name, key, driver[key])
         if key in driver and len(driver[key]) != len(joints):
