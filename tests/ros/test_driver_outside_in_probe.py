@@ -654,7 +654,12 @@ def test_any_sequence_of_hostile_inputs_keeps_the_invariants(probe_rig, event_li
 def test_the_probe_saw_what_it_is_about(probe_rig):
     """Runs after the property test (file order): it refused chunks, checked commands."""
     seen = probe_rig.seen
-    _log.info("exercised: %s", dict(sorted(seen.items())))
+    _log.info(
+        "exercised: %s; %d refusals, %d backend commands checked",
+        dict(sorted(seen.items())),
+        probe_rig.verdicts,
+        probe_rig.checker.count,
+    )
     assert not [kind for kind in KINDS if not seen[kind]], seen
     assert seen["Flood"] and seen["params:atomic"] and seen["params:each"], seen
     assert probe_rig.verdicts > 20
