@@ -32,6 +32,8 @@ from hw_drivers.chunk import Chunk
 from hw_drivers.conversions import chunk_from_msg
 from hw_drivers.driver_params import EXIT_BEHAVIORS
 from hw_drivers.executor import (
+    HOLD_RELEASED_IN_ESTOP,
+    HOLDING,
     OPERATOR_ESTOP,
     ChunkExecutor,
     Command,
@@ -47,6 +49,9 @@ from hw_drivers.tick_errors import FaultWindow, TickErrorEscalation
 # rest: return slowly to the pose measured when the driver started, then hold;
 # rest_then_release: the same, then torque off, only if the rest pose was reached.
 REST_TOLERANCE = 0.05  # [rad] the rest pose counts as reached within this of every joint
+# Between ``ControlLoop.stop`` and ``start`` (the driver's lifecycle: inactive).
+STOPPED = "the driver is inactive: chunks are refused until it is activated"
+REJECT_STOPPED = f"inactive: {STOPPED}"
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,14 @@ class ControlLoop:
         self.stats = LoopStats()
         self.faulted = False
         # ~/hold(true) from the operator (not the holds of a fault, stop or finish): it outlives
-        # a link fault and reconnect; only hold(false) or reset end it.
+        # a link fault and reconnect, and stop -> start; only hold(false) or reset end it. This
+        # is its one record: ``start`` applies it to each new command stream.
         self.operator_hold = False
+        # Between ``stop`` and the next ``start`` (the driver deactivated): chunks are refused
+        # as such. A flag of its own, not the executor's hold: an operator's hold(false) or
+        # reset while inactive released that, and chunks were then answered "accepted" with no
+        # tick to run them.
+        self.stopped = False
         self._last_attempt = float("-inf")
         self.last_reading: JointReading | None = None
         self.rest_pose: np.ndarray | None = None  # measured at the first start
@@ -151,7 +162,9 @@ class ControlLoop:
 
     def start(self) -> JointReading:
         """Connect, run the preflight, energise and hold at the measured pose (raises
-        ``BackendError``; a failed preflight leaves the torque off)."""
+        ``BackendError``; a failed preflight leaves the torque off). An operator's hold stays
+        in force on the new command stream."""
+        self.stopped = False
         if not self.backend.is_connected:
             self.backend.connect()
         if self.preflight is not None:
@@ -163,6 +176,10 @@ class ControlLoop:
             self.backend.enable()
         reading = self._read()
         self.executor.start(reading.positions)
+        if self.operator_hold:
+            # The new command stream drops hold requests: an operator's hold must not end with
+            # a reconnect or a deactivate -> activate (the arm followed the next chunk again).
+            self.executor.hold(True)
         self.last_reading = reading
         if self.rest_pose is None:
             self.rest_pose = np.array(reading.positions, dtype=float, copy=True)
@@ -171,7 +188,9 @@ class ControlLoop:
         return reading
 
     def stop(self) -> None:
-        """Stop following chunks; the motors keep holding their last target."""
+        """Stop following chunks until the next ``start``; the motors keep holding their last
+        target."""
+        self.stopped = True
         self.executor.hold(True)
 
     def shutdown(self, release: bool = True) -> None:
@@ -327,6 +346,8 @@ class ControlLoop:
         executor's state, the time and the live limits, then the swap-in."""
         if prepared.chunk is None:
             return self.executor.submit_prepared(prepared, now, None)  # rejected first, as before
+        if self.stopped:
+            return self.executor.reject(REJECT_STOPPED, now)
         if self.faulted or self.last_reading is None:
             return self.executor.reject("backend: no measurement (backend faulted)", now)
         return self.executor.submit_prepared(prepared, now, self.last_reading.positions)
@@ -347,20 +368,34 @@ class ControlLoop:
             # Energise as a reconnect does: a new command stream at the measured pose (the arm
             # may have sagged while limp; the old command must not pull it back).
             self.torque_off_latched = False
+            stopped = self.stopped  # a reset while stopped leaves it stopped
             try:
                 reading = self.start()
             except BackendError as err:
                 self.torque_off_latched = True
                 return False, f"cannot turn the torque on: {err}"
+            finally:
+                self.stopped = stopped
         self.last_reading = reading
         self.operator_hold = False
         self.tick_errors.reset()
         self.backend_faults.clear()
-        return True, self.executor.reset(reading.positions)
+        message = self.executor.reset(reading.positions)
+        if self.stopped:
+            self.executor.hold(True)  # the stop's own hold, not the operator's
+            message += f"; {STOPPED}"
+        return True, message
 
     def hold(self, on: bool) -> tuple[bool, str]:
         """The operator's ``~/hold``."""
         self.operator_hold = bool(on)
+        if self.stopped:
+            # The executor keeps the stop's hold; ``start`` applies the operator's.
+            if on:
+                return True, HOLDING
+            if self.executor.estopped:
+                return False, HOLD_RELEASED_IN_ESTOP
+            return True, f"hold released; {STOPPED}"
         return self.executor.hold(on)
 
     def fault(self, now: float, error: str) -> StepResult:
@@ -443,9 +478,5 @@ class ControlLoop:
             self.stats.backend_errors += 1
             self.stats.last_error = f"reconnect failed: {err}"
             return StepResult(None, None, False, self.stats.last_error)
-        if self.operator_hold:
-            # The new command stream drops hold requests: an operator's hold must not end
-            # with a link fault (the arm followed the next chunk again).
-            self.executor.hold(True)
         self.stats.reconnects += 1
         return StepResult(reading, None, False, "")

@@ -95,8 +95,9 @@ class DriverNode(LifecycleNode):
         self._estop_reason = ""
         self._torque_off_latched = False
         self._estop_logged = ""  # the e-stop reason last logged (each new one is, once)
-        # Likewise an operator's ~/hold(true) outlives deactivate -> activate (activation starts
-        # a new command stream, which drops hold requests).
+        # Likewise an operator's ~/hold(true) outlives cleanup -> configure, carried here only
+        # while no loop exists (the loop's ``operator_hold`` is the one record meanwhile: it
+        # outlives deactivate -> activate and reconnects there).
         self._hold_latched = False
         self._execution = ExecutionReporter()
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -148,6 +149,7 @@ class DriverNode(LifecycleNode):
             # Handed over: from here the executor is the one record (finish_on_exit takes it
             # back), so a later ~/reset is not undone by a stale copy here.
             self._estop_reason, self._torque_off_latched = "", False
+        self._loop.operator_hold, self._hold_latched = self._hold_latched, False
         self._state_period = 1.0 / params.state_publish_rate if params.state_publish_rate else 0
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         # State and commands reliable, as ros2_control's joint_state_broadcaster publishes
@@ -219,10 +221,9 @@ class DriverNode(LifecycleNode):
                     f"backend {self.params.backend} did not connect ({err}); retrying every "
                     f"{self.params.reconnect_period:g} s"
                 )
-            if self._hold_latched:  # (a reconnect keeps it too)
-                self._loop.hold(True)
+            if self._loop.operator_hold:  # start() kept it (a reconnect does too)
                 self.get_logger().warning(
-                    "~/hold requested before deactivation is still in force: call ~/hold false "
+                    "an earlier ~/hold(true) is still in force: call ~/hold false "
                     "to follow chunks"
                 )
         period = 1.0 / self.params.control_rate
@@ -253,7 +254,6 @@ class DriverNode(LifecycleNode):
         self._stop_timers()
         if self._loop is not None:
             with self._lock:
-                self._hold_latched = self._loop.operator_hold
                 self._loop.stop()
         return super().on_deactivate(state)
 
@@ -290,6 +290,7 @@ class DriverNode(LifecycleNode):
             with self._lock:
                 self._estop_reason = self._loop.estop_reason
                 self._torque_off_latched = self._loop.torque_off_latched
+                self._hold_latched = self._loop.operator_hold
                 release, what = self._loop.finish(
                     p.exit_behavior,
                     period=1.0 / p.control_rate,
