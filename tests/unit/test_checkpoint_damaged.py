@@ -27,6 +27,7 @@ from molmoact2_policy.model.checkpoint import (
     load_checkpoint,
     write_tiny_checkpoint,
 )
+from molmoact2_policy.model.loader import load_policy
 
 torch.set_num_threads(1)
 
@@ -217,6 +218,21 @@ CASES: dict[str, tuple[bool, Callable[[Path], None], str, str]] = {
         "config.json",
         NOT_INSIDE,
     ),
+    **{
+        f"config-eos-{value!r}": (
+            False,
+            _json_edit("config.json", lambda d, value=value: d.__setitem__("eos_token_id", value)),
+            "config.json",
+            rf"eos_token_id={re.escape(text)} must ",
+        )
+        for value, text in [
+            ("abc", "'abc'"),  # failed the first act (the expert's context mask)
+            (3.5, "3.5"),  # truncated to token 3
+            (True, "true"),
+            ([], "[]"),
+            (10**8, "100000000"),
+        ]
+    },
     "config-nested-deep": (False, _write("config.json", DEEP), "config.json", "nested too deep"),
     "norm-stats-a-directory": (
         False,
@@ -311,3 +327,12 @@ def test_a_weight_beyond_float16_is_named_when_loading_in_float16(tiny_dirs, tmp
         CheckpointError, match=rf"'{KEY}' holds non-finite values as torch\.float16"
     ):
         load_checkpoint(path, dtype=torch.float16)
+
+
+def test_a_generation_eos_beyond_the_lm_head_names_the_file(tiny_dirs, tmp_path):
+    # The fast mode's decoder checked the range itself with a bare ValueError naming no file.
+    path = tmp_path / "ckpt"
+    shutil.copytree(tiny_dirs[False], path)
+    (path / "generation_config.json").write_text('{"eos_token_id": 99999999}')
+    with pytest.raises(CheckpointError, match=r"generation_config\.json: eos_token_id 99999999 "):
+        load_policy(str(path), "droid", mode="fast")

@@ -16,6 +16,7 @@ from typing import Any
 from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.model.checkpoint import (
     CONFIG_FILE,
+    GENERATION_CONFIG_FILE,
     CheckpointError,
     build_tiny,
     generation_eos_token_id,
@@ -81,9 +82,15 @@ def load_policy(
         # released decoding; see fast_policy). Every checkpoint directory decodes as released.
         extra["decoding"] = "constrained" if checkpoint == TINY else "release"
         if checkpoint != TINY:
-            extra["generation_eos_token_id"] = generation_eos_token_id(
-                Path(checkpoint).expanduser()
-            )
+            eos = generation_eos_token_id(Path(checkpoint).expanduser())
+            rows = model.vlm.lm_head.weight.shape[0]
+            # Otherwise the decoder's own range check raised a bare ValueError naming no file.
+            if eos is not None and eos >= rows:
+                raise CheckpointError(
+                    f"{Path(checkpoint).expanduser() / GENERATION_CONFIG_FILE}: eos_token_id "
+                    f"{eos} is not a row of the LM head ({rows} tokens)"
+                )
+            extra["generation_eos_token_id"] = eos
     return POLICY_CLASSES[mode](
         model,
         config,
