@@ -233,6 +233,20 @@ CASES: dict[str, tuple[bool, Callable[[Path], None], str, str]] = {
             (10**8, "100000000"),
         ]
     },
+    # A million layers: refused from the weight names before any module is built (10k took
+    # 90 s and 1.6 GB of meta modules before the key check named the fault).
+    "config-a-million-layers": (
+        False,
+        _json_edit(
+            "config.json",
+            lambda d: (
+                d["text_config"].__setitem__("num_hidden_layers", 10**6),
+                d["action_expert_config"].__setitem__("num_layers", 10**6),
+            ),
+        ),
+        "",  # the folder: the count is config.json's against the weights' names
+        r"config\.json's text_config\.num_hidden_layers=1000000 but the weights hold 3 ",
+    ),
     "config-nested-deep": (False, _write("config.json", DEEP), "config.json", "nested too deep"),
     "norm-stats-a-directory": (
         False,
