@@ -350,3 +350,32 @@ def test_a_generation_eos_beyond_the_lm_head_names_the_file(tiny_dirs, tmp_path)
     (path / "generation_config.json").write_text('{"eos_token_id": 99999999}')
     with pytest.raises(CheckpointError, match=r"generation_config\.json: eos_token_id 99999999 "):
         load_policy(str(path), "droid", mode="fast")
+
+
+def test_a_checkpoint_without_any_eos_is_refused_for_the_fast_mode_naming_both_files(
+    tiny_dirs, tmp_path
+):
+    # The released discrete decoding stops at EOS; the decoder raised a bare ValueError.
+    path = tmp_path / "ckpt"
+    shutil.copytree(tiny_dirs[False], path)
+    with pytest.raises(
+        CheckpointError, match=r"config\.json and generation_config\.json have no eos_token_id"
+    ):
+        load_policy(str(path), "droid", mode="fast")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("scale", "NaN"), ("scale", "Infinity"), ("min_token", "NaN")]
+)
+def test_a_fast_tokenizer_setting_that_is_not_finite_is_named(tiny_dirs, tmp_path, key, value):
+    # json.loads reads NaN / Infinity: a NaN scale loaded and made every decoded action NaN.
+    path = tmp_path / "ckpt"
+    shutil.copytree(tiny_dirs[False], path)
+    (path / "generation_config.json").write_text('{"eos_token_id": 0}')
+    settings = path / "fast_tokenizer" / "processor_config.json"
+    text = settings.read_text()
+    old = json.dumps({key: json.loads(text)[key]})[1:-1]  # '"scale": 10.0'
+    assert old in text
+    settings.write_text(text.replace(old, f'"{key}": {value}'))
+    with pytest.raises(CheckpointError, match=rf"processor_config\.json: {key} must be finite"):
+        load_policy(str(path), "droid", mode="fast")

@@ -24,7 +24,7 @@ from molmoact2_policy.model.checkpoint import (
     load_fast_tokenizer,
     tiny_fast_tokenizer,
 )
-from molmoact2_policy.model.fast_policy import FastPolicy
+from molmoact2_policy.model.fast_policy import FastPolicy, eos_token_id
 from molmoact2_policy.model.policy import TINY, MolmoAct2Policy, resolve_dtype
 from molmoact2_policy.model.think import ThinkPolicy
 from molmoact2_policy.policy_api import MODES
@@ -89,6 +89,13 @@ def load_policy(
                 raise CheckpointError(
                     f"{Path(checkpoint).expanduser() / GENERATION_CONFIG_FILE}: eos_token_id "
                     f"{eos} is not a row of the LM head ({rows} tokens)"
+                )
+            if eos is None and eos_token_id(config) is None:
+                # The decoder raised this as a bare ValueError at construction, naming no file.
+                raise CheckpointError(
+                    f"{Path(checkpoint).expanduser()}: {CONFIG_FILE} and "
+                    f"{GENERATION_CONFIG_FILE} have no eos_token_id: mode 'fast' needs one (the "
+                    "released discrete decoding stops at EOS)"
                 )
             extra["generation_eos_token_id"] = eos
     return POLICY_CLASSES[mode](
