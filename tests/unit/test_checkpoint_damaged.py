@@ -379,3 +379,39 @@ def test_a_fast_tokenizer_setting_that_is_not_finite_is_named(tiny_dirs, tmp_pat
     settings.write_text(text.replace(old, f'"{key}": {value}'))
     with pytest.raises(CheckpointError, match=rf"processor_config\.json: {key} must be finite"):
         load_policy(str(path), "droid", mode="fast")
+
+
+class _Marker:
+    """Unpickling it creates ``path``: the proof a loader ran pickle on the file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+@pytest.mark.parametrize("where", ["model.safetensors", "index shard", "next to the weights"])
+def test_a_pickle_offered_for_the_weights_is_refused_and_never_unpickled(
+    tiny_dirs, tmp_path, where
+):
+    import pickle
+
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "ckpt"
+    shutil.copytree(tiny_dirs[where == "index shard"], path)
+    payload = pickle.dumps(_Marker(str(marker)))
+    if where == "model.safetensors":
+        (path / WEIGHTS).write_bytes(payload)
+        message = r"model\.safetensors: unreadable safetensors"
+    elif where == "index shard":
+        (path / "pytorch_model.bin").write_bytes(payload)
+        _first_shard(lambda p, i, k: i["weight_map"].__setitem__(k, "pytorch_model.bin"))(path)
+        message = r"pytorch_model\.bin: unreadable safetensors"
+    else:
+        (path / WEIGHTS).unlink()
+        (path / "pytorch_model.bin").write_bytes(payload)
+        message = r"neither model\.safetensors nor model\.safetensors\.index\.json found"
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+    assert not marker.exists()
