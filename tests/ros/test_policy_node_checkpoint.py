@@ -1,5 +1,6 @@
 """A checkpoint that cannot be loaded fails configure; the node stays up and says why (issue 6),
-and a checkpoint for another embodiment says which parameter to change.
+a checkpoint for another embodiment says which parameter to change, and a damaged one names the
+file and tensor at fault.
 
 Its own module (and node process) because the fault tests' module fixture holds rclpy's default
 context for the whole module.
@@ -64,3 +65,22 @@ def test_checkpoint_for_another_embodiment_names_the_parameter_to_change(tmp_pat
     assert "embodiment 'yam_bimanual' (parameter 'embodiment') needs norm-stats tag" in error
     assert "has tags droid" in error
     assert "Set 'embodiment' to one it serves (droid)" in error
+
+
+def test_damaged_weights_name_the_file_and_tensor_on_the_node_status(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from molmoact2_policy.model.checkpoint import write_tiny_checkpoint
+
+    # The probe's case that used to load and configure: one NaN weight, which would have made
+    # every action NaN at the first act.
+    checkpoint = write_tiny_checkpoint(tmp_path / "nan", embodiments=["yam_bimanual"])
+    weights = checkpoint / "model.safetensors"
+    tensors = {key: value.clone() for key, value in load_file(str(weights)).items()}
+    key = "model.action_expert.final_layer.linear.weight"
+    tensors[key][0, 0] = torch.nan
+    save_file(tensors, str(weights))
+    error = _failed_configure_error(tmp_path, str(checkpoint))
+    assert "could not load checkpoint" in error
+    assert f"{weights}: tensor {key!r} holds non-finite values (1 NaN" in error

@@ -21,7 +21,7 @@ import json
 import sys
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -140,13 +140,36 @@ def _write_processor_files(path: Path, config: MolmoAct2Config) -> None:
     (path / PROCESSOR_FILE).write_text(json.dumps(processor, indent=2) + "\n")
 
 
+def _parse_json(file: Path) -> Any:
+    """``file``'s JSON; every way reading it fails is a CheckpointError naming the file."""
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{file}: not valid JSON ({error})") from None
+    except RecursionError:  # what json raises for arrays nested thousands deep
+        raise CheckpointError(f"{file}: not valid JSON (nested too deep)") from None
+    except OSError as error:  # a directory under the name, a dangling link, no permission
+        raise CheckpointError(f"{file}: cannot be read ({error.strerror or error})") from None
+
+
+def member_file(path: Path, name: Any, where: str) -> Path:
+    """``path / name`` for a file name the checkpoint's own JSON gives (an index's shard,
+    config.json's norm_stats_filename), refused unless it is a relative path that stays in the
+    folder: a damaged or hostile file must not make the loader read /etc/passwd or another
+    checkpoint. Links inside the folder are followed as they are: the Hugging Face cache links
+    every file of a snapshot into its blobs/ folder."""
+    parts = PurePosixPath(name).parts if isinstance(name, str) and "\0" not in name else None
+    if not parts or parts[0] == "/" or ".." in parts:
+        raise CheckpointError(
+            f"{where}: file name {name!r} is not a relative path inside the checkpoint {path}"
+        )
+    return path.joinpath(*parts)
+
+
 def _read_json_object(file: Path) -> dict[str, Any] | None:
     if not file.is_file():
         return None
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{file}: not valid JSON ({error})") from None
+    data = _parse_json(file)
     if not isinstance(data, dict):
         raise CheckpointError(f"{file}: expected a JSON object")
     return data
@@ -226,10 +249,7 @@ def read_config(path: str | Path) -> MolmoAct2Config:
     config_path = Path(path) / CONFIG_FILE
     if not config_path.is_file():
         raise CheckpointError(f"{config_path}: file not found")
-    try:
-        data = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{config_path}: not valid JSON ({error})") from None
+    data = _parse_json(config_path)
     try:
         return MolmoAct2Config.from_dict(data)
     except ConfigError as error:
@@ -240,13 +260,10 @@ def weight_files(path: str | Path) -> list[Path]:
     """The safetensors files of a checkpoint: the single file, or every shard of the index."""
     path = Path(path)
     index_path = path / WEIGHTS_INDEX_FILE
-    if index_path.is_file():
-        try:
-            weight_map = json.loads(index_path.read_text())["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-            raise CheckpointError(f"{index_path}: malformed index ({error})") from None
-        files = [path / str(shard) for shard in shards]
+    weight_map = _weight_map(path)
+    if weight_map is not None:
+        shards = sorted(set(weight_map.values()))
+        files = [member_file(path, shard, str(index_path)) for shard in shards]
         for file in files:
             if not file.is_file():
                 raise CheckpointError(f"{file}: file not found")
@@ -255,6 +272,23 @@ def weight_files(path: str | Path) -> list[Path]:
     if not single.is_file():
         raise CheckpointError(f"{path}: neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX_FILE} found")
     return [single]
+
+
+def _weight_map(path: Path) -> dict[str, str] | None:
+    """The index's tensor name -> shard file name, or None for a single-file checkpoint."""
+    index_path = path / WEIGHTS_INDEX_FILE
+    if not index_path.is_file():
+        return None
+    data = _parse_json(index_path)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_path}: malformed index (no 'weight_map' object)")
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise CheckpointError(
+                f"{index_path}: malformed index ({key!r} maps to {shard!r}, not a file name)"
+            )
+    return weight_map
 
 
 def open_weights(
@@ -270,13 +304,13 @@ def open_weights(
         source = WeightSource.open(files, device=device, dtype=dtype)
     except WeightsError as error:
         raise CheckpointError(str(error)) from None
-    index_path = path / WEIGHTS_INDEX_FILE
-    if index_path.is_file():
-        listed = set(json.loads(index_path.read_text())["weight_map"])
-        missing = sorted(listed - set(source))
+    weight_map = _weight_map(path)
+    if weight_map is not None:
+        missing = sorted(set(weight_map) - set(source))
         if missing:
+            source.close()
             raise CheckpointError(
-                f"{index_path}: keys listed but absent from shards: {missing[:5]}"
+                f"{path / WEIGHTS_INDEX_FILE}: keys listed but absent from shards: {missing[:5]}"
             )
     return source
 
@@ -302,8 +336,11 @@ def load_checkpoint(
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory")
     config = read_config(path)
+    norm_file = member_file(
+        path, config.norm_stats_filename, f"{path / CONFIG_FILE}: norm_stats_filename"
+    )
     try:
-        norm_stats = NormStats.from_file(path / config.norm_stats_filename)
+        norm_stats = NormStats.from_file(norm_file)
     except NormStatsError as error:
         raise CheckpointError(str(error)) from None
     try:

@@ -315,8 +315,12 @@ class FastActionTokenizer:
 
 
 def _number(value: object, key: str, where: Path) -> float:
+    # JSON's NaN / Infinity are numbers to json.loads: a NaN scale loaded and made every
+    # decoded action NaN, a NaN min_token failed int() with a message naming no key.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{where}: {key} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: {key} must be finite, got {value!r}")
     return float(value)
 
 

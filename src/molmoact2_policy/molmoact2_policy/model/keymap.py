@@ -54,7 +54,7 @@ from the one the weights were exported with fails to load instead of running wit
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -400,6 +400,28 @@ def load_released_into(
     check_rope_tables(model, released, source)
 
 
+_RELEASED_TEXT_BLOCK = re.compile(r"^model\.transformer\.blocks\.(\d+)\.")
+
+
+def check_layer_counts(
+    config: MolmoAct2Config, names: Iterable[str], source: str = "checkpoint"
+) -> None:
+    """Refuse a config.json with more VLM layers than the file has blocks, from the names alone.
+
+    Every layer is a module tree even on the meta device: 10k layers took 90 s and 1.6 GB
+    before the key check named the fault, a million would exhaust the host. The expert has one
+    block per VLM layer (the config checks that), so one count bounds both.
+    """
+    blocks = {int(match[1]) for name in names if (match := _RELEASED_TEXT_BLOCK.match(name))}
+    have = max(blocks) + 1 if blocks else 0
+    want = config.text_config.num_hidden_layers
+    if want > have:
+        raise CheckpointError(
+            f"{source}: config.json's text_config.num_hidden_layers={want} but the weights hold "
+            f"{have} transformer blocks"
+        )
+
+
 def model_from_released(
     config: MolmoAct2Config, released: Mapping[str, Tensor], source: str = "checkpoint"
 ) -> MolmoAct2Model:
@@ -410,6 +432,7 @@ def model_from_released(
     with random numbers that are thrown away. Parameters keep the device and dtype ``released``
     yields: a ``weights_io.WeightSource`` reads each tensor straight into its target.
     """
+    check_layer_counts(config, released, source)
     with torch.device("meta"):
         model = MolmoAct2Model(config)
     check_released_keys(released, model, source)

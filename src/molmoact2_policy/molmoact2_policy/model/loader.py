@@ -16,6 +16,7 @@ from typing import Any
 from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.model.checkpoint import (
     CONFIG_FILE,
+    GENERATION_CONFIG_FILE,
     CheckpointError,
     build_tiny,
     generation_eos_token_id,
@@ -23,7 +24,7 @@ from molmoact2_policy.model.checkpoint import (
     load_fast_tokenizer,
     tiny_fast_tokenizer,
 )
-from molmoact2_policy.model.fast_policy import FastPolicy
+from molmoact2_policy.model.fast_policy import FastPolicy, eos_token_id
 from molmoact2_policy.model.policy import TINY, MolmoAct2Policy, resolve_dtype
 from molmoact2_policy.model.think import ThinkPolicy
 from molmoact2_policy.policy_api import MODES
@@ -81,9 +82,22 @@ def load_policy(
         # released decoding; see fast_policy). Every checkpoint directory decodes as released.
         extra["decoding"] = "constrained" if checkpoint == TINY else "release"
         if checkpoint != TINY:
-            extra["generation_eos_token_id"] = generation_eos_token_id(
-                Path(checkpoint).expanduser()
-            )
+            eos = generation_eos_token_id(Path(checkpoint).expanduser())
+            rows = model.vlm.lm_head.weight.shape[0]
+            # Otherwise the decoder's own range check raised a bare ValueError naming no file.
+            if eos is not None and eos >= rows:
+                raise CheckpointError(
+                    f"{Path(checkpoint).expanduser() / GENERATION_CONFIG_FILE}: eos_token_id "
+                    f"{eos} is not a row of the LM head ({rows} tokens)"
+                )
+            if eos is None and eos_token_id(config) is None:
+                # The decoder raised this as a bare ValueError at construction, naming no file.
+                raise CheckpointError(
+                    f"{Path(checkpoint).expanduser()}: {CONFIG_FILE} and "
+                    f"{GENERATION_CONFIG_FILE} have no eos_token_id: mode 'fast' needs one (the "
+                    "released discrete decoding stops at EOS)"
+                )
+            extra["generation_eos_token_id"] = eos
     return POLICY_CLASSES[mode](
         model,
         config,

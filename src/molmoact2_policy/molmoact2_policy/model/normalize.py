@@ -342,7 +342,7 @@ class NormStats:
         if fmt != NORM_STATS_FORMAT:
             raise NormStatsError(f"norm stats: unsupported format {fmt!r}")
         mode = data.get("norm_mode", DEFAULT_NORM_MODE)
-        if mode not in NORM_MODES:
+        if not isinstance(mode, str) or mode not in NORM_MODES:  # a list is unhashable
             raise NormStatsError(
                 f"norm stats: unknown norm_mode {mode!r}; known: {', '.join(NORM_MODES)}"
             )
@@ -388,6 +388,10 @@ class NormStats:
             raise NormStatsError(f"{path}: file not found") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise NormStatsError(f"{path}: not valid JSON ({error})") from None
+        except RecursionError:  # what json raises for arrays nested thousands deep
+            raise NormStatsError(f"{path}: not valid JSON (nested too deep)") from None
+        except OSError as error:  # a directory under the name, no permission
+            raise NormStatsError(f"{path}: cannot be read ({error.strerror or error})") from None
         try:
             return cls.from_dict(data)
         except NormStatsError as error:

@@ -548,6 +548,15 @@ def value_problems(data: Mapping[str, Any]) -> list[str]:
             if key in values and (reason := rule.problem(values[key])) is not None:
                 where = f"{section}.{key}" if section else key
                 problems.append(f"{where}={_json(values[key])} {reason}")
+    eos = data.get("eos_token_id")
+    eos_ids = eos if isinstance(eos, list) else [eos]
+    if eos is not None and (not eos_ids or any(_TOKEN_ID.problem(i) or i is None for i in eos_ids)):
+        # The expert's context mask and the discrete decoding read it at act time: a string or
+        # float there failed the first act (a float was silently truncated), not the load.
+        problems.append(
+            f"eos_token_id={_json(eos)} must be a token id (an integer >= 0), a non-empty list "
+            "of them, or null"
+        )
     if problems:
         return problems  # the cross-field rules below read these values
     for section in ("vit_config", "adapter_config", "text_config"):
@@ -582,6 +591,11 @@ def value_problems(data: Mapping[str, Any]) -> list[str]:
                     f"{key}={value} must be a token id below the vocabulary size {vocab} "
                     "(text_config.vocab_size + additional_vocab_size)"
                 )
+        if eos is not None and any(i >= vocab for i in eos_ids):
+            problems.append(
+                f"eos_token_id={_json(eos)} must hold token ids below the vocabulary size {vocab} "
+                "(text_config.vocab_size + additional_vocab_size)"
+            )
         for start_key, count_key in _TOKEN_FAMILIES.items():
             start, count = data.get(start_key), data.get(count_key)
             if start is not None and isinstance(count, int) and start < vocab < start + count:

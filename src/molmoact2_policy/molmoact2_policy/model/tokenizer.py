@@ -181,9 +181,22 @@ class MolmoAct2Tokenizer:
         if config_path.is_file():
             try:
                 config = json.loads(config_path.read_text())
-            except json.JSONDecodeError as error:
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 raise TokenizerError(f"{config_path}: not valid JSON ({error})") from None
+            except RecursionError:  # what json raises for arrays nested thousands deep
+                raise TokenizerError(f"{config_path}: not valid JSON (nested too deep)") from None
+            except OSError as error:
+                raise TokenizerError(
+                    f"{config_path}: cannot be read ({error.strerror or error})"
+                ) from None
+            if not isinstance(config, dict):
+                raise TokenizerError(f"{config_path}: expected a JSON object")
             bos = _token_text(config.get("bos_token")) or _token_text(config.get("eos_token"))
+            # Every prompt starts with it: an unknown one would fail the first act, not the load.
+            if bos is not None and tokenizer.token_to_id(bos) is None:
+                raise TokenizerError(
+                    f"{config_path}: bos_token {bos!r} is not a token of {TOKENIZER_FILE}"
+                )
         return cls(tokenizer, bos_token=bos)
 
     @classmethod

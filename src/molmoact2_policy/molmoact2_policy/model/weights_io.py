@@ -8,10 +8,14 @@ name to dtype, shape and byte range, then the raw little-endian data) and reads 
 time with ``readinto`` when asked: host memory holds at most the tensor in flight beyond the
 model itself. Plain reads, not mmap: mapped pages of a file count towards the process's resident
 memory until unmapped, which would double the peak for a CPU load.
+
+A header whose tensors overlap, or a floating tensor holding NaN or inf (in the file, or after
+the cast to the target dtype), is refused with the file and tensor named.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -72,6 +76,9 @@ def read_header(path: str | Path) -> dict[str, TensorEntry]:
         raise WeightsError(f"{unreadable} ({error})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise WeightsError(f"{unreadable} (header is not valid JSON: {error})") from None
+    except RecursionError:
+        # json raises it, not JSONDecodeError, for arrays nested thousands deep.
+        raise WeightsError(f"{unreadable} (header JSON is nested too deep)") from None
     if not isinstance(header, dict):
         raise WeightsError(f"{unreadable} (header is not a JSON object)")
     data_start = 8 + length
@@ -80,22 +87,41 @@ def read_header(path: str | Path) -> dict[str, TensorEntry]:
         if name == "__metadata__":
             continue
         entries[name] = _entry(path, name, info, data_start, size)
+    _check_disjoint(path, entries)
     return entries
+
+
+def _count(value: Any) -> bool:
+    """A JSON integer >= 0; ``true`` is an int to Python but no size or offset."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_disjoint(path: Path, entries: Mapping[str, TensorEntry]) -> None:
+    """Refuse tensors whose byte ranges overlap, as the safetensors library does: two weights
+    sharing bytes is a damaged (or hand-made) file, never one the writers produce."""
+    ranges = sorted((e.offset, e.offset + e.nbytes, n) for n, e in entries.items() if e.nbytes)
+    for (_, end, first), (begin, _, second) in itertools.pairwise(ranges):
+        if begin < end:
+            raise WeightsError(
+                f"{path}: tensors {first!r} and {second!r} overlap in the file's data"
+            )
 
 
 def _entry(path: Path, name: str, info: Any, data_start: int, size: int) -> TensorEntry:
     where = f"{path}: tensor {name!r}"
     if not isinstance(info, dict):
         raise WeightsError(f"{where}: entry is not an object")
-    dtype = _DTYPES.get(info.get("dtype"))
+    name_of_dtype = info.get("dtype")
+    # A list or object there is unhashable: the lookup itself would raise TypeError.
+    dtype = _DTYPES.get(name_of_dtype) if isinstance(name_of_dtype, str) else None
     if dtype is None:
         raise WeightsError(f"{where}: unsupported dtype {info.get('dtype')!r}")
     shape = info.get("shape")
     offsets = info.get("data_offsets")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+    if not (isinstance(shape, list) and all(_count(d) for d in shape)):
         raise WeightsError(f"{where}: malformed shape {shape!r}")
     if not (isinstance(offsets, list) and len(offsets) == 2
-            and all(isinstance(o, int) and o >= 0 for o in offsets)):
+            and all(_count(o) for o in offsets)):
         raise WeightsError(f"{where}: malformed data_offsets {offsets!r}")
     begin, end = offsets
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
@@ -105,6 +131,27 @@ def _entry(path: Path, name: str, info: Any, data_start: int, size: int) -> Tens
             f"({nbytes} bytes) inside the {size}-byte file"
         )
     return TensorEntry(path, dtype, tuple(shape), data_start + begin, nbytes)
+
+
+def _check_finite(entry: TensorEntry, name: str, tensor: Tensor) -> None:
+    """Refuse a NaN or inf weight: every action computed through it would be NaN (or, for a
+    masked path, silently wrong), and nothing at act time says which tensor was at fault.
+    Checked after the cast, so a float32 value beyond float16's range is caught too. NaN
+    propagates through min/max and an inf is one of them: ``aminmax`` allocates no mask and
+    is ~20x faster on CPU than ``isfinite(...).all()`` (about 2 s for the 4B model on one
+    thread)."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return
+    low, high = torch.aminmax(tensor)
+    if bool(torch.isfinite(low) & torch.isfinite(high)):
+        return
+    nan = int(torch.isnan(tensor).sum())
+    inf = int(torch.isinf(tensor).sum())
+    cast = "" if tensor.dtype == entry.dtype else f" as {tensor.dtype}"
+    raise WeightsError(
+        f"{entry.file}: tensor {name!r} holds non-finite values{cast} ({nan} NaN, {inf} inf "
+        f"of {tensor.numel()})"
+    )
 
 
 class WeightSource(Mapping[str, Tensor]):
@@ -177,16 +224,19 @@ class WeightSource(Mapping[str, Tensor]):
         if self.device.type == "cpu" and want == entry.dtype:
             out = torch.empty(entry.shape, dtype=entry.dtype)
             self._read_raw(entry, out)
-            return out
-        staged = torch.empty(entry.shape, dtype=entry.dtype)
-        self._read_raw(entry, staged)
-        return staged.to(device=self.device, dtype=want)
+        else:
+            staged = torch.empty(entry.shape, dtype=entry.dtype)
+            self._read_raw(entry, staged)
+            out = staged.to(device=self.device, dtype=want)
+        _check_finite(entry, name, out)
+        return out
 
     def read_stored(self, name: str) -> Tensor:
         """Tensor ``name`` on the host in the file's own dtype."""
         entry = self._entries[name]
         out = torch.empty(entry.shape, dtype=entry.dtype)
         self._read_raw(entry, out)
+        _check_finite(entry, name, out)
         return out
 
     def read_into(self, name: str, out: Tensor) -> None:
@@ -196,10 +246,11 @@ class WeightSource(Mapping[str, Tensor]):
             raise WeightsError(f"{entry.file}: tensor {name!r} is {entry.shape}, not {out.shape}")
         if out.device.type == "cpu" and out.dtype == entry.dtype and out.is_contiguous():
             self._read_raw(entry, out)
-            return
-        staged = torch.empty(entry.shape, dtype=entry.dtype)
-        self._read_raw(entry, staged)
-        out.copy_(staged)
+        else:
+            staged = torch.empty(entry.shape, dtype=entry.dtype)
+            self._read_raw(entry, staged)
+            out.copy_(staged)
+        _check_finite(entry, name, out)
 
     def _read_raw(self, entry: TensorEntry, out: Tensor) -> None:
         if sys.byteorder != "little":  # pragma: no cover - safetensors data is little-endian
