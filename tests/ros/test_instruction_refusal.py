@@ -191,3 +191,21 @@ def test_run_task_goal_is_rejected_before_the_driver_is_released(node):
     assert result.outcome == RunTask.Result.OUTCOME_TIMED_OUT, result
     assert result.chunks_executed > 0
     assert [data for data, _ in driver.holds] == [False, True]
+
+
+def test_an_instruction_that_was_not_utf8_or_holds_control_characters_is_refused(node):
+    """rclpy decodes a String's bytes that are not UTF-8 to U+FFFD: a Latin-1 "café" used to
+    run as "caf\ufffd" (and "\\x01\\x02" ran as an instruction)."""
+    from rcl_interfaces.msg import Log
+
+    robot = node.robot
+    _set_instruction_service(robot, "stack the blocks")
+    _chunks_say(robot, "stack the blocks")
+    answer = _set_instruction_service(robot, "\x01\x02")
+    assert not answer.accepted and "control character U+0001" in answer.message, answer
+    # The topic, as a publisher that writes Latin-1 sends it: a serialized std_msgs/String.
+    latin1 = "put the café cup away".encode("latin-1") + b"\x00"
+    robot.instruction_pub.publish(b"\x00\x01\x00\x00" + len(latin1).to_bytes(4, "little") + latin1)
+    assert robot.run(10.0, until=lambda: node.logged("U+FFFD", Log.WARN)), node.logs
+    _chunks_say(robot, "stack the blocks")
+    assert robot.latest_status().instruction == "stack the blocks"

@@ -344,3 +344,37 @@ def test_any_mutated_frame_decodes_within_the_limit_or_is_an_error(base, edits, 
     assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
     assert max(out.shape[:2]) <= max_side
     assert out.shape[:2] == compressed_image_size(data)
+
+
+def _png_with_exif_orientation(rgb: np.ndarray, orientation: int) -> bytes:
+    """A PNG of ``rgb`` with an eXIf chunk (after IHDR) stating ``orientation`` (1..8)."""
+    import zlib
+
+    png = encode_compressed(rgb, "png")
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 0x0112, 3, 1, orientation)
+    tiff += struct.pack("<I", 0)
+    chunk = b"eXIf" + tiff
+    chunk = struct.pack(">I", len(tiff)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    ihdr_end = 8 + 25  # signature, then IHDR (length, type, 13 bytes, CRC)
+    return png[:ihdr_end] + chunk + png[ihdr_end:]
+
+
+@pytest.mark.parametrize("rgb_decoder", [True, False])
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_png_exif_orientation_is_not_applied(orientation, rgb_decoder, monkeypatch):
+    # OpenCV's IMREAD_COLOR turned such a 24x40 frame into 40x24: another picture and another
+    # size than its header (and image_transport, and the JPEG path) give.
+    if not rgb_decoder:
+        monkeypatch.setattr(image_conversion, "_IMREAD_COLOR_RGB", None)  # OpenCV < 4.10
+    rgb = _rgb(24, 40)
+    data = _png_with_exif_orientation(rgb, orientation)
+    assert compressed_image_size(data) == (24, 40)
+    np.testing.assert_array_equal(compressed_to_rgb("png", data), rgb)
+
+
+def test_pixels_of_another_size_than_the_header_declares_are_refused(monkeypatch):
+    data = encode_compressed(_rgb(24, 40), "png")
+    turned = np.zeros((40, 24, 3), np.uint8)
+    monkeypatch.setattr(image_conversion.cv2, "imdecode", lambda *_: turned)
+    with pytest.raises(ImageConversionError, match=r"decoded to 24x40, but .* declares 40x24"):
+        compressed_to_rgb("png", data)

@@ -28,6 +28,9 @@ came out garbled. The pixels of an intact JPEG are the same as OpenCV's (same li
 upsampling), and it costs no more (bench/jpeg_integrity.py). JPEG has no checksum: corruption
 that leaves the scan's length consistent is not noticed by any decoder. PNG needs nothing extra:
 libpng checks every chunk's CRC and the stream's end, and OpenCV refuses what fails.
+
+Neither path applies an EXIF orientation (JPEG APP1, PNG eXIf), as image_transport's decoder
+does not: a frame comes out at the size its header declares, pixels as the sensor wrote them.
 """
 
 from __future__ import annotations
@@ -368,17 +371,32 @@ def decode_compressed(
     too_short = _jpeg_too_short(memoryview(buffer))
     if too_short:
         raise ImageConversionError(f"{what}: {too_short}")
-    if buffer[:2].tobytes() == b"\xff\xd8":
-        return _decode_jpeg(buffer, what)
+    is_jpeg = buffer[:2].tobytes() == b"\xff\xd8"
+    rgb = _decode_jpeg(buffer, what) if is_jpeg else _decode_png(buffer)
+    if rgb is None:
+        raise ImageConversionError(f"{what}, {buffer.size} bytes, could not be decoded")
+    if rgb.shape[:2] != size:
+        # The header was judged (side limit) and names the frame: pixels of another size are
+        # not the frame it declares.
+        raise ImageConversionError(
+            f"{what} decoded to {rgb.shape[1]}x{rgb.shape[0]}, but its header declares "
+            f"{size[1]}x{size[0]}"
+        )
+    return rgb
+
+
+def _decode_png(buffer: np.ndarray) -> np.ndarray | None:
+    """PNG bytes -> HxWx3 RGB, None when OpenCV refuses them."""
+    # IMREAD_COLOR alone applies an EXIF orientation (a PNG eXIf chunk): a 640x480 frame came
+    # out 480x640 and turned, where image_transport's decoder (IMREAD_UNCHANGED) and our JPEG
+    # path give the sensor's pixels as they are.
     if _IMREAD_COLOR_RGB is not None:
         # Decoded straight into RGB order: no second pass over the frame (the policy node
         # decodes every camera frame on its input path).
-        rgb = cv2.imdecode(buffer, _IMREAD_COLOR_RGB)
+        rgb = cv2.imdecode(buffer, _IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
     else:
-        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         rgb = None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    if rgb is None:
-        raise ImageConversionError(f"{what}, {buffer.size} bytes, could not be decoded")
     return rgb
 
 

@@ -55,8 +55,8 @@ from molmoact2_policy.observation import (
 from molmoact2_policy.policy_api import Policy, PolicyInputError
 from molmoact2_policy.policy_factory import TEST_POLICY_ENV, PolicyLoadError, make_policy
 from molmoact2_policy.policy_node_params import (
-    MAX_INSTRUCTION_CHARS,
     PolicyNodeParams,
+    instruction_text_problem,
     live_param_problem,
 )
 from molmoact2_policy.rtc_feed import RtcFeed
@@ -611,15 +611,17 @@ class PolicyNode(LifecycleNode):
     # ---- control ------------------------------------------------------------------------
 
     def instruction_problem(self, instruction: str) -> str:
-        """Why ``instruction`` is refused ('' when accepted): too long, or the policy refuses
-        its words (``Policy.check_instruction``: it spells a control token of the model).
+        """Why ``instruction`` is refused ('' when accepted): too long or characters that are not
+        words (``instruction_text_problem``), or the policy refuses its words
+        (``Policy.check_instruction``: it spells a control token of the model).
 
-        Without a policy (before configure) only the length is checked; configure checks the
+        Without a policy (before configure) only the text is checked; configure checks the
         rest. Empty is accepted: it pauses inference.
         """
         instruction = instruction.strip()
-        if len(instruction) > MAX_INSTRUCTION_CHARS:
-            return f"instruction has {len(instruction)} characters; at most {MAX_INSTRUCTION_CHARS}"
+        problem = instruction_text_problem(instruction)
+        if problem:
+            return problem
         with self._lock:
             policy = self._policy
         if not instruction or policy is None:

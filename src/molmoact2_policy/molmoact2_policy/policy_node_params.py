@@ -6,6 +6,7 @@ into ROS parameters, and the bringup validates ``config/<robot>.yaml`` against i
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 from molmoact2_common.embodiments import EMBODIMENTS
@@ -20,6 +21,28 @@ IMAGE_ENCODINGS = ("jpeg", "raw")
 SERVER_TRANSPORTS = ("http", "ws")
 DTYPES = ("float32", "float16", "bfloat16")
 EXECUTORS = ("events", "single")
+
+
+def instruction_text_problem(instruction: str) -> str:
+    """Why the text of ``instruction`` cannot be one ('' when it can): too long, or characters
+    no operator typed as words. ROS strings arrive decoded with U+FFFD in place of bytes that
+    were not UTF-8 (a Latin-1 "caf\\xe9" came in as "caf\\ufffd" and ran), and control
+    characters other than whitespace (NUL cuts the string in the middleware; ESC, BEL, ...)
+    reach the model as tokens of their own. Only the policy can judge the words themselves
+    (``Policy.check_instruction``).
+    """
+    instruction = instruction.strip()
+    if len(instruction) > MAX_INSTRUCTION_CHARS:
+        return f"instruction has {len(instruction)} characters; at most {MAX_INSTRUCTION_CHARS}"
+    for index, char in enumerate(instruction):
+        if char == "\ufffd":
+            return (
+                f"instruction has U+FFFD (a byte that was not UTF-8) at character {index}; "
+                "send the instruction as UTF-8"
+            )
+        if unicodedata.category(char) == "Cc" and not char.isspace():
+            return f"instruction has control character U+{ord(char):04X} at character {index}"
+    return ""
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -312,11 +335,8 @@ class PolicyNodeParams:
             problems.append(f"driver_node: {topic_name_problem(self.driver_node)}")
         if self.status_rate > MAX_STATUS_RATE:
             problems.append(f"status_rate must be at most {MAX_STATUS_RATE:g} Hz")
-        if len(self.instruction.strip()) > MAX_INSTRUCTION_CHARS:
-            problems.append(
-                f"instruction has {len(self.instruction.strip())} characters; "
-                f"at most {MAX_INSTRUCTION_CHARS}"
-            )
+        if instruction_text_problem(self.instruction):
+            problems.append(instruction_text_problem(self.instruction))
         if self.action_start_offset < 0.0:
             problems.append(f"action_start_offset must be >= 0, got {self.action_start_offset}")
         return problems
@@ -333,12 +353,7 @@ def live_param_problem(name: str, value: object) -> str:
     if name == "instruction":
         if not isinstance(value, str):
             return "instruction must be a string"
-        if len(value.strip()) > MAX_INSTRUCTION_CHARS:
-            return (
-                f"instruction has {len(value.strip())} characters; "
-                f"at most {MAX_INSTRUCTION_CHARS}"
-            )
-        return ""
+        return instruction_text_problem(value)
     if name == "max_inference_rate":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return "max_inference_rate must be a number"

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from molmoact2_common.ros_params import topic_name_problem
-from molmoact2_policy.policy_node_params import MAX_INSTRUCTION_CHARS
+from molmoact2_policy.policy_node_params import instruction_text_problem
 
 # Names of RunTask.Result.OUTCOME_* in constant order (the constant is the index).
 OUTCOMES = (
@@ -45,8 +45,8 @@ class TaskGoal:
         text = self.instruction.strip()
         if not text:
             return "instruction is empty"
-        if len(text) > MAX_INSTRUCTION_CHARS:
-            return f"instruction has {len(text)} characters; at most {MAX_INSTRUCTION_CHARS}"
+        if instruction_text_problem(text):
+            return instruction_text_problem(text)
         if not math.isfinite(self.max_duration) or self.max_duration < 0.0:
             return f"max_duration must be finite and >= 0 (0: no limit), got {self.max_duration}"
         if self.success_topic and topic_name_problem(self.success_topic):
