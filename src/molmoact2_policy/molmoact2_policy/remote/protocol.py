@@ -69,6 +69,13 @@ RESPONSE_FORMATS = ("full", "action")
 # request hold the device for as long as a hundred normal ones.
 RELEASED_DEFAULT_NUM_STEPS = 10
 MAX_NUM_STEPS = 100
+# Values one JSON or msgpack message may hold (containers and their items). A request is a few
+# dozen values, its arrays being base64 text or binary strings; the largest plain list a client
+# may send is the RTC chunk (rows x joints, ~1000). Uncapped, a body of empty lists within the
+# size limit became ~40 times its size in Python objects, built in C holding the GIL: the event
+# loop stopped for every client (probe: one 32 MB ``[[[[]]]],...`` body, 1.4 GB and /healthz
+# waiting 15.5 s; msgpack empty arrays 2.3 GB in 27 s).
+MAX_MESSAGE_ITEMS = 100_000
 
 # Camera names on the released wire, in our embodiment's camera order: the released servers read
 # ``<name>_cam`` (raw arrays) or ``images_jpeg[<name>]`` (base64 JPEG). Sources: allenai/molmoact2
@@ -281,10 +288,29 @@ def encode_json(payload: Any) -> bytes:
     return json.dumps(payload, default=_json_default, separators=(",", ":")).encode("utf-8")
 
 
-def decode_json(body: bytes, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Any:
+def _too_many_values(max_items: int) -> RequestTooLargeError:
+    return RequestTooLargeError(
+        f"message holds more than {max_items} values; a request needs a few dozen: send arrays "
+        "as json_numpy/msgpack-numpy arrays, not as lists of numbers"
+    )
+
+
+def decode_json(
+    body: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_items: int = MAX_MESSAGE_ITEMS,
+) -> Any:
     """Parse JSON bytes with json_numpy arrays; ``ProtocolError`` on anything malformed."""
     if len(body) > max_bytes:
         raise RequestTooLargeError(f"body of {len(body)} bytes exceeds the limit of {max_bytes}")
+    # Every value but a container's first follows a comma, so commas and openings bound the
+    # number of values from above (those inside strings count too: strings are short, base64
+    # has none). Counted before parsing: json builds the values in C without letting go of the
+    # GIL.
+    separators = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if separators > max_items:
+        raise _too_many_values(max_items)
     try:
         return json.loads(body, object_hook=_json_object_hook)
     except ProtocolError:
@@ -330,17 +356,51 @@ def encode_msgpack(payload: Any) -> bytes:
     return msgpack.packb(payload, default=_msgpack_default, use_bin_type=True)
 
 
-def decode_msgpack(body: bytes, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Any:
+def decode_msgpack(
+    body: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_items: int = MAX_MESSAGE_ITEMS,
+) -> Any:
     """Parse msgpack bytes with numeric arrays only; ``ProtocolError`` on anything malformed."""
     if len(body) > max_bytes:
         raise RequestTooLargeError(f"message of {len(body)} bytes exceeds the limit of {max_bytes}")
+    # Binary: values cannot be counted before parsing. One array or map may not declare more
+    # than max_items (refused at its header); the hooks count each finished container's items
+    # and stop the parse once the total passes max_items.
+    count = 0
+
+    def counted(container: Any) -> None:
+        nonlocal count
+        count += len(container) + 1
+        if count > max_items:
+            raise _too_many_values(max_items)
+
+    def list_hook(items: list[Any]) -> list[Any]:
+        counted(items)
+        return items
+
+    def object_hook(obj: dict[Any, Any]) -> Any:
+        counted(obj)
+        return _msgpack_object_hook(obj)
+
     try:
         return msgpack.unpackb(
-            body, object_hook=_msgpack_object_hook, raw=False, strict_map_key=False
+            body,
+            object_hook=object_hook,
+            list_hook=list_hook,
+            raw=False,
+            strict_map_key=False,
+            max_array_len=max_items,
+            max_map_len=max_items,
         )
     except ProtocolError:
         raise
-    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+    except ValueError as exc:
+        if "exceeds max_array_len" in str(exc) or "exceeds max_map_len" in str(exc):
+            raise _too_many_values(max_items) from None
+        raise ProtocolError(f"malformed msgpack: {type(exc).__name__}: {exc}") from exc
+    except (TypeError, msgpack.UnpackException, RecursionError) as exc:
         # Some msgpack errors carry no text (a reserved byte, nesting too deep): name the type.
         raise ProtocolError(f"malformed msgpack: {type(exc).__name__}: {exc}") from exc
 
