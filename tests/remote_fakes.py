@@ -13,11 +13,35 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import json_numpy
 import numpy as np
 
 from molmoact2_common.embodiments import EmbodimentSpec
 from molmoact2_policy.policy_api import ActionChunkResult, validate_observation
 from tests.fake_policy import tiny_check_instruction, tiny_control_tokens
+
+
+def released_payload(**changes: object) -> dict[str, object]:
+    """The released client's raw request (``MolmoActHTTP.send_request``, ``jpeg_wire=False``,
+    allenai/molmoact2 examples/yam/molmoact_client.py), with ``changes`` applied."""
+    rng = np.random.default_rng(0)
+    payload: dict[str, object] = {
+        key: rng.integers(0, 256, (36, 64, 3), dtype=np.uint8)
+        for key in ("left_cam", "top_cam", "right_cam")
+    }
+    payload.update(
+        timestamp=1.7e9,
+        instruction="stack the cups",
+        state=np.zeros(14, np.float32),
+        normalization_tag="yam_dual_molmoact2",
+    )
+    payload.update(changes)
+    return payload
+
+
+def released_body(**changes: object) -> bytes:
+    """``released_payload`` as the released client sends it (json_numpy)."""
+    return json_numpy.dumps(released_payload(**changes)).encode()
 
 
 class FakePolicy:

@@ -41,30 +41,10 @@ from molmoact2_policy.remote.server import (
     exit_if_inference_stuck,
 )
 from tests.remote_fakes import FakePolicy, ServerThread
+from tests.remote_fakes import released_body as _body
 
 SPEC = get_embodiment("yam_bimanual")
 DEADLINE = 15.0  # seconds any single wait may take on a loaded 2-core machine
-
-
-def _released_payload(**changes: object) -> dict[str, object]:
-    """The released client's raw request (``MolmoActHTTP.send_request``, ``jpeg_wire=False``)."""
-    rng = np.random.default_rng(0)
-    payload: dict[str, object] = {
-        key: rng.integers(0, 256, (36, 64, 3), dtype=np.uint8)
-        for key in ("left_cam", "top_cam", "right_cam")
-    }
-    payload.update(
-        timestamp=1.7e9,
-        instruction="stack the cups",
-        state=np.zeros(14, np.float32),
-        normalization_tag="yam_dual_molmoact2",
-    )
-    payload.update(changes)
-    return payload
-
-
-def _body(**changes: object) -> bytes:
-    return json_numpy.dumps(_released_payload(**changes)).encode()
 
 
 def _wait_until(condition, what: str) -> None:

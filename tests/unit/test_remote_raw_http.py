@@ -21,34 +21,18 @@ import socket
 
 import httpx
 import json_numpy
-import numpy as np
 
 from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.remote.guard import ConnectionLimits
 from molmoact2_policy.remote.server import create_app
-from tests.remote_fakes import FakePolicy, ServerThread
+from tests.remote_fakes import FakePolicy, ServerThread, released_body
 
 SPEC = get_embodiment("yam_bimanual")
 DEADLINE = 15.0
 _STATUS = re.compile(rb"HTTP/1\.[01] (\d{3}) ")
 
 
-def _released_body() -> bytes:
-    rng = np.random.default_rng(0)
-    payload: dict[str, object] = {
-        key: rng.integers(0, 256, (36, 64, 3), dtype=np.uint8)
-        for key in ("left_cam", "top_cam", "right_cam")
-    }
-    payload.update(
-        timestamp=1.7e9,
-        instruction="stack the cups",
-        state=np.zeros(14, np.float32),
-        normalization_tag="yam_dual_molmoact2",
-    )
-    return json_numpy.dumps(payload).encode()
-
-
-GOOD = _released_body()
+GOOD = released_body()
 
 
 def _request(
