@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from hw_drivers.safety import JointLimits, margin_problems
 from hw_drivers.tick_errors import min_fault_window
 from molmoact2_common.ros_params import ParamTypeError, coerce_param, field_problems
 
@@ -255,11 +256,7 @@ class DriverParams:
             elif not np.all(np.isfinite(values)):
                 problems.append(f"{name} has non-finite values")
         if self.position_margin:
-            margin = np.asarray(self.position_margin, dtype=float)
-            if margin.size != n:
-                problems.append(f"position_margin has {margin.size} values for {n} joints")
-            elif not np.all(np.isfinite(margin) & (margin >= 0)):
-                problems.append("position_margin must be finite and >= 0 for every joint")
+            problems += margin_problems(self.position_margin, n)
         if self.initial_positions and len(self.initial_positions) != n:
             problems.append(
                 f"initial_positions has {len(self.initial_positions)} values for {n} joints"
@@ -457,10 +454,8 @@ class DriverParams:
             return np.array(self.initial_positions, dtype=float)
         return (np.array(self.position_lower) + np.array(self.position_upper)) / 2.0
 
-    def limits(self):
+    def limits(self) -> JointLimits:
         """The ``JointLimits`` these parameters describe."""
-        from hw_drivers.safety import JointLimits
-
         return JointLimits(
             lower=np.array(self.position_lower),
             upper=np.array(self.position_upper),

@@ -58,12 +58,23 @@ class JointLimits:
             raise ValueError("joint limits: lower > upper for some joint")
         if np.any(arrays["max_velocity"] <= 0) or np.any(arrays["max_acceleration"] <= 0):
             raise ValueError("joint limits: max_velocity and max_acceleration must be > 0")
-        if not np.all(np.isfinite(arrays["margin"]) & (arrays["margin"] >= 0)):
-            raise ValueError("joint limits: margin must be finite and >= 0 for every joint")
+        problems = margin_problems(arrays["margin"], arrays["lower"].size)
+        if problems:
+            raise ValueError(f"joint limits: {'; '.join(problems)}")
 
     @property
     def num_joints(self) -> int:
         return int(self.lower.size)
+
+
+def margin_problems(margin: Sequence[float], joints: int) -> list[str]:
+    """Why ``margin`` cannot be the ``position_margin`` of ``joints`` joints (empty: it can)."""
+    values = np.asarray(margin, dtype=float).reshape(-1)
+    if values.size != joints:
+        return [f"position_margin has {values.size} values for {joints} joints"]
+    if not np.all(np.isfinite(values) & (values >= 0)):
+        return ["position_margin must be finite and >= 0 for every joint"]
+    return []
 
 
 #: How far a chunk's ``step_dt`` may stray from the embodiment's action period, either way.

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hw_drivers.safety import margin_problems
 from molmoact2_common.ros_params import field_problems
 
 
@@ -131,11 +132,7 @@ class TrajectoryBridgeParams:
             elif not np.all(np.isfinite(values)):
                 problems.append(f"{name} has non-finite values")
         if self.position_margin:
-            margin = np.asarray(self.position_margin, dtype=float)
-            if margin.size != n:
-                problems.append(f"position_margin has {margin.size} values for {n} joints")
-            elif not np.all(np.isfinite(margin) & (margin >= 0)):
-                problems.append("position_margin must be finite and >= 0 for every joint")
+            problems += margin_problems(self.position_margin, n)
         grippers = self.resolved_gripper_joints()
         unknown = [g for g in grippers if g not in self.joint_names]
         if unknown:
