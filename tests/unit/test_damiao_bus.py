@@ -22,6 +22,7 @@ from hw_drivers.backends.base import BackendError
 from hw_drivers.backends.damiao import YAM_KP, DamiaoBackend, with_dynamics, yam_arm
 from hw_drivers.can_budget import BusBudget, can_frame_bits
 from hw_drivers.emulators.damiao_emulator import TimedDamiaoBus
+from tests.virtual_bus import VIRTUAL_TIME_IO_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[2]
 ARM_URDF = ROOT / "tests" / "fixtures" / "two_link_arm.urdf"
@@ -51,7 +52,7 @@ class Rig:
             bitrate=bitrate,
             control_rate=rate,
             link_factory=self.buses.__getitem__,
-            **kwargs,
+            **{"io_timeout": VIRTUAL_TIME_IO_TIMEOUT, **kwargs},
         )
         self.period = 1.0 / (rate or 250.0)
 
@@ -288,7 +289,9 @@ def test_gravity_feed_forward_from_the_arm_model_matches_analytic_torques():
     bus = TimedDamiaoBus(
         "can0", motors=[(1, "DM4340"), (2, "DM4340"), (3, "DM4310")], initial_positions=start
     )
-    backend = DamiaoBackend([arm], control_rate=250.0, link_factory=lambda ch: bus)
+    backend = DamiaoBackend(
+        [arm], control_rate=250.0, link_factory=lambda ch: bus, io_timeout=VIRTUAL_TIME_IO_TIMEOUT
+    )
     backend.connect()
     backend.enable()
     # Torques at the measured pose (feedback is quantised to 16 bits over +-12.5 rad).

@@ -35,6 +35,7 @@ from hw_drivers.emulators.damiao_emulator import TimedDamiaoBus
 from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import make_preflight
 from tests.driver_config import config_driver_params, driver_section, joint_names
+from tests.virtual_bus import VIRTUAL_TIME_IO_TIMEOUT
 
 SECTION = driver_section("yam")
 NAMES = joint_names("yam")
@@ -146,6 +147,7 @@ class Robot:
         }
         self.backend = DamiaoBackend.from_params(self.p)
         self.backend.link_factory = self.open
+        self.backend.io_timeout = VIRTUAL_TIME_IO_TIMEOUT
         executor = ChunkExecutor(
             self.p.joint_names, self.p.limits(), self.p.safety_config(), self.p.executor_config()
         )

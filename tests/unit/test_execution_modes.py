@@ -18,6 +18,7 @@ from hw_drivers.executor import ChunkExecutor
 from hw_drivers.hardware_status import execution_summary, health_statuses, make_preflight
 from hw_drivers.preflight import RateMeter, arm_hold_mask
 from tests.driver_config import config_driver_params, driver_section, joint_names
+from tests.virtual_bus import VIRTUAL_TIME_IO_TIMEOUT
 
 SECTION = driver_section("yam")
 NAMES = joint_names("yam")
@@ -65,6 +66,7 @@ class Robot:
                 ],
                 control_rate=RATE,
                 link_factory=self.buses.__getitem__,
+                io_timeout=VIRTUAL_TIME_IO_TIMEOUT,
             )
         executor = ChunkExecutor(p.joint_names, p.limits(), p.safety_config(), p.executor_config())
         self.loop = ControlLoop(

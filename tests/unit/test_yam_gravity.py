@@ -27,6 +27,7 @@ from hw_drivers.backends.damiao import GRAVITY_RANGE_MARGIN, DamiaoBackend
 from hw_drivers.emulators.damiao_emulator import TimedDamiaoBus
 from molmoact2 import graph
 from molmoact2_common.rigid_body import RigidBodyModel
+from tests.virtual_bus import VIRTUAL_TIME_IO_TIMEOUT
 
 SHIPPED_URDF = MODELS_DIR / "yam_arm_i2rt.urdf"
 URDF_JOINTS = [f"dof_joint{i}" for i in range(1, 7)]
@@ -103,15 +104,8 @@ def shipped_driver_params() -> types.SimpleNamespace:
     return types.SimpleNamespace(**{**config.params_for(config.driver_name), **driver.overrides})
 
 
-VIRTUAL_TIME_IO_TIMEOUT = 60.0  # [s] wall
-
-
 def shipped_backend(poses: list[list[float]]) -> tuple[DamiaoBackend, dict[str, TimedDamiaoBus]]:
     backend = DamiaoBackend.from_params(shipped_driver_params())
-    # These buses run on virtual time: an exchange takes no wall time, so the driver's
-    # wall-clock freeze detector (0.5 s) would only measure how long a loaded test host left the
-    # I/O thread unscheduled (it tripped once in CI during the gripper calibration's ~1000
-    # exchanges). Freezes are tested in test_damiao_bus.py.
     backend.io_timeout = VIRTUAL_TIME_IO_TIMEOUT
     buses = {
         arm.channel: TimedDamiaoBus(

@@ -28,6 +28,7 @@ from hw_drivers import yam_gripper as yg
 from hw_drivers.backends.base import BackendError
 from hw_drivers.backends.damiao import DamiaoBackend, yam_arm
 from hw_drivers.emulators.damiao_emulator import TimedDamiaoBus
+from tests.virtual_bus import VIRTUAL_TIME_IO_TIMEOUT
 
 NAMES = [f"left_joint{i}" for i in range(1, 7)] + ["left_gripper"]
 ARM_START = [0.1, 1.0, 1.2, -0.2, 0.3, -0.4]
@@ -152,9 +153,7 @@ def rig(obstacle: float | None = None, gripper_type: str = "linear_4310"):
         [yam_arm("can0", NAMES, gripper_type=gripper_type)],
         control_rate=250.0,
         link_factory=reopen,
-        # Virtual time: the wall-clock freeze detector would only measure the test host's
-        # scheduling over the calibration's ~1000 exchanges (see test_yam_gravity.py).
-        io_timeout=60.0,
+        io_timeout=VIRTUAL_TIME_IO_TIMEOUT,
     )
     backend.connect()
     return backend, bus
