@@ -285,7 +285,9 @@ def test_case4_flood_faster_than_the_control_rate_follows_the_content(probe):
     # Dead reckoning drifted 0.5 rad from the trajectory in 2 s; content stays on it.
     assert probe.tracking_error(origin + 0.6, end - 0.05, origin) < 0.03
     probe.spin(1.6)  # the flood ends: hold, and no snap (the checker sees every step)
-    held = probe.since(probe.now() - 0.3)
+    # The last 0.3 s the driver commanded (not of the probe's clock: a stall of this process at
+    # the end of the spin would leave that window empty).
+    held = probe.since(probe.commands[-1][0] - 0.3)
     assert len(held) > 3
     assert np.ptp(held, axis=0).max() < 1e-9
     probe.back_to_idle()

@@ -177,9 +177,17 @@ def loop(request, monkeypatch):
     )
 
     def wait(seconds: float) -> None:
-        """Let ``seconds`` of ROS time pass while everything spins (wall-time margin: 10x)."""
+        """Let ``seconds`` of ROS time pass while everything spins (wall-time margin: 10x), and
+        the controller run its updates up to then: after a stall of the test host, ``now()``
+        is past ``until`` before the controller's timer has fired again, and windows ending
+        at ``now()`` would hold none of its updates."""
         until = now() + seconds
-        assert spin_until(policy, lambda: now() >= until, 10 * seconds + 10.0, executor)
+        assert spin_until(
+            policy,
+            lambda: now() >= until and bool(jtc.samples) and jtc.samples[-1].time >= until,
+            10 * seconds + 10.0,
+            executor,
+        )
 
     def start_policy() -> None:
         state["t0"], state["on"] = now(), True
