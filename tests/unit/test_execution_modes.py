@@ -168,6 +168,52 @@ def test_only_the_active_arm_moves(kind, active):
     np.testing.assert_allclose(moved[other], 0.0, atol=1e-3)
 
 
+def test_a_command_fault_stays_latched_through_activation_changes_until_reset(monkeypatch):
+    """A non-finite planned command (a bug upstream) latches a fault that holds the arm until
+    ``~/reset``. Bringing an arm back into play (live ``active_arms``/``execution``) and
+    re-activating restart the command stream; they cleared the fault, and the next chunk ran."""
+    from hw_drivers import executor as executor_module
+
+    robot = Robot("sim", params(execution="live", active_arms="left"))
+    robot.loop.start()
+    robot.step(5)
+    robot.submit_motion()
+    robot.step(int(0.3 * RATE))
+    original = executor_module._Plan.sample
+    monkeypatch.setattr(
+        executor_module._Plan, "sample", lambda self, t: (np.full(len(NAMES), np.nan),) * 2
+    )
+    robot.step()
+    monkeypatch.setattr(executor_module._Plan, "sample", original)
+    executor = robot.loop.executor
+    assert executor.state == "fault" and executor.fault.startswith("non_finite:")
+    held = robot.measured()
+
+    def still_faulted() -> None:
+        assert executor.fault.startswith("non_finite:"), executor.fault
+        assert executor.state == "fault" and "until reset" in executor.state_message
+        measured = robot.loop.last_reading.positions
+        motion = measured + np.linspace(0.0, 0.2, 11)[:, None]
+        chunk = Chunk(robot.now, 0.0, 0.1, tuple(NAMES), motion)
+        refused = executor.submit(chunk, robot.now, measured)
+        assert not refused.accepted and refused.reason.startswith("fault:"), refused.reason
+        robot.step(int(0.5 * RATE))
+        np.testing.assert_allclose(robot.measured(), held, atol=1e-3)
+
+    robot.loop.set_activation(shadow=False, hold_mask=np.zeros(len(NAMES), dtype=bool))
+    still_faulted()
+    robot.loop.set_activation(shadow=True)
+    robot.loop.set_activation(shadow=False)
+    still_faulted()
+    robot.loop.start()  # the lifecycle's activate
+    still_faulted()
+    assert "cleared fault" in executor.reset(robot.loop.last_reading.positions)
+    robot.step()
+    robot.submit_motion()
+    robot.step(int(1.5 * RATE))
+    assert np.abs(robot.measured() - held).max() > 0.1
+
+
 def test_arm_selection_names_come_from_the_frame_prefixes():
     assert arm_hold_mask(NAMES, ("left_", "right_"), "both").sum() == 0
     assert list(arm_hold_mask(NAMES, ("left_", "right_"), "left")) == [False] * 7 + [True] * 7

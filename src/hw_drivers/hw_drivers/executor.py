@@ -507,7 +507,9 @@ class ChunkExecutor:
 
     def start(self, measured: np.ndarray, now: float | None = None) -> None:
         """The link to the robot came (back) up holding at ``measured``: a new command stream
-        starts there. Plans and hold requests are dropped; a latched e-stop stays latched.
+        starts there. Plans and hold requests are dropped; a latched e-stop and a latched
+        command fault stay latched (only ``reset`` clears them: whatever produced the bad
+        command is still upstream).
 
         Raises ``ValueError`` when ``measured`` is not a finite pose of the right size.
         """
@@ -515,13 +517,14 @@ class ChunkExecutor:
         self._drop_plans()
         self._hold_target = None
         self._hold_requested = False
-        self._fault = ""
         self._needs_ramp_in = True
         self._ramp_after_hold = False
-        self._state, self._reason = (
-            ("estop", self._estop_message()) if self.estopped
-            else ("idle", "started; waiting for a chunk")
-        )
+        if self.estopped:
+            self._state, self._reason = "estop", self._estop_message()
+        elif self._fault:
+            self._state, self._reason = "fault", self._fault_message()
+        else:
+            self._state, self._reason = "idle", "started; waiting for a chunk"
 
     def estop(self, reason: str = OPERATOR_ESTOP) -> str:
         """Latch the e-stop: commands hold where they are with zero velocity until ``reset``.
@@ -631,7 +634,10 @@ class ChunkExecutor:
         self.stats.faults += 1
         self._drop_plans()
         self._hold_target = None
-        self._state, self._reason = "fault", f"{why}; holding the last safe command until reset"
+        self._state, self._reason = "fault", self._fault_message()
+
+    def _fault_message(self) -> str:
+        return f"{self._fault}; holding the last safe command until reset"
 
     def _hold_here(self, state: str, reason: str) -> tuple[np.ndarray, np.ndarray]:
         self._state, self._reason = state, reason
@@ -642,9 +648,7 @@ class ChunkExecutor:
         if self.estopped:
             return self._hold_here("estop", self._estop_message())
         if self._fault:
-            return self._hold_here(
-                "fault", f"{self._fault}; holding the last safe command until reset"
-            )
+            return self._hold_here("fault", self._fault_message())
         if self._hold_requested:
             return self._hold_here("holding", "hold requested")
         due = [i for i, p in enumerate(self._waiting) if p.trajectory.start <= now + _TIME_EPS]
