@@ -88,10 +88,17 @@ def _with_shape(shape: list) -> bytes:
         (_with_shape([True, 36 * 64, 3]), "non-negative ints"),
         # A lone surrogate from a JSON "\ud800" escape (UnicodeEncodeError in the tokenizer; 500).
         ((_body().decode()[:-1] + ',"instruction":"cup\\ud800"}').encode(), "Unicode"),
+        # Text no operator typed as words (ran as tokens of their own; the ROS inputs refuse
+        # it the same way: policy_api.instruction_characters_problem).
+        ((_body().decode()[:-1] + ',"instruction":"caf\\ufffd cup"}').encode(), "U+FFFD"),
+        ((_body().decode()[:-1] + ',"instruction":"wipe\\u001b[2J"}').encode(), "U+001B"),
         (_with_state_json("[0.0,0.0,null" + ",0.0" * 11 + "]"), "numeric"),
         (_with_state_json("[[0.0],[0.0,1.0]]"), "ragged"),
     ],
-    ids=["state-bigint", "shape-bool", "lone-surrogate", "state-null", "state-ragged"],
+    ids=[
+        "state-bigint", "shape-bool", "lone-surrogate", "replacement-char", "escape-char",
+        "state-null", "state-ragged",
+    ],
 )
 def test_hostile_json_gets_400_naming_the_problem(served, body, message):
     fake, server = served

@@ -7,6 +7,7 @@ used; ``reset()`` clears per-episode state (Think-mode depth cache).
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -18,6 +19,25 @@ from molmoact2_common.embodiments import EmbodimentSpec
 #: How a policy computes its chunk: the flow-matching expert, discrete FAST tokens, or depth
 #: tokens first and then the flow expert (Think).
 MODES = ("flow", "fast", "think")
+
+
+def instruction_characters_problem(instruction: str) -> str:
+    """Why the characters of ``instruction`` are not words an operator typed ('' when they
+    are), wherever it enters (topic, service, parameter, task goal, the remote ``/act``).
+    ROS strings arrive decoded with U+FFFD in place of bytes that were not UTF-8 (a Latin-1
+    "caf\\xe9" came in as "caf\\ufffd" and ran), and control characters other than whitespace
+    (NUL cuts the string in the middleware; ESC, BEL, ...) reach the model as tokens of their
+    own. Only the policy can judge the words themselves (``Policy.check_instruction``).
+    """
+    for index, char in enumerate(instruction):
+        if char == "\ufffd":
+            return (
+                f"instruction has U+FFFD (a byte that was not UTF-8) at character {index}; "
+                "send the instruction as UTF-8"
+            )
+        if unicodedata.category(char) == "Cc" and not char.isspace():
+            return f"instruction has control character U+{ord(char):04X} at character {index}"
+    return ""
 
 
 class PolicyInputError(ValueError):

@@ -6,12 +6,11 @@ into ROS parameters, and the bringup validates ``config/<robot>.yaml`` against i
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass, field
 
 from molmoact2_common.embodiments import EMBODIMENTS
 from molmoact2_common.ros_params import field_problems, topic_name_problem
-from molmoact2_policy.policy_api import MODES
+from molmoact2_policy.policy_api import MODES, instruction_characters_problem
 
 CAMERA_TRANSPORTS = ("raw", "compressed")
 MAX_INSTRUCTION_CHARS = 2000
@@ -25,24 +24,11 @@ EXECUTORS = ("events", "single")
 
 def instruction_text_problem(instruction: str) -> str:
     """Why the text of ``instruction`` cannot be one ('' when it can): too long, or characters
-    no operator typed as words. ROS strings arrive decoded with U+FFFD in place of bytes that
-    were not UTF-8 (a Latin-1 "caf\\xe9" came in as "caf\\ufffd" and ran), and control
-    characters other than whitespace (NUL cuts the string in the middleware; ESC, BEL, ...)
-    reach the model as tokens of their own. Only the policy can judge the words themselves
-    (``Policy.check_instruction``).
-    """
+    no operator typed as words (``instruction_characters_problem``)."""
     instruction = instruction.strip()
     if len(instruction) > MAX_INSTRUCTION_CHARS:
         return f"instruction has {len(instruction)} characters; at most {MAX_INSTRUCTION_CHARS}"
-    for index, char in enumerate(instruction):
-        if char == "\ufffd":
-            return (
-                f"instruction has U+FFFD (a byte that was not UTF-8) at character {index}; "
-                "send the instruction as UTF-8"
-            )
-        if unicodedata.category(char) == "Cc" and not char.isspace():
-            return f"instruction has control character U+{ord(char):04X} at character {index}"
-    return ""
+    return instruction_characters_problem(instruction)
 
 
 def _doc(text: str) -> dict[str, str]:

@@ -52,6 +52,7 @@ from molmoact2_policy.policy_api import (
     ActionChunkResult,
     PolicyInputError,
     RtcRequest,
+    instruction_characters_problem,
     validate_observation,
     validate_rtc,
 )
@@ -505,6 +506,8 @@ def parse_act_request(
         raise RequestTooLargeError(
             f"instruction of {len(instruction)} characters exceeds {limits.max_instruction_chars}"
         )
+    if problem := instruction_characters_problem(instruction):
+        raise ProtocolError(problem)
 
     images = _parse_images(payload, spec, limits, executor)
     state = _parse_state(payload, spec)
