@@ -317,16 +317,37 @@ def test_a_client_that_never_reads_its_answers_is_cut():
     then waited to write for good, in no phase with a deadline (probe: still connected 20 s
     later with every other timeout at 3 s), one of ``max_connections`` gone for as long as the
     client liked. Here it holds the only connection until ``send_timeout`` cuts it."""
-    limits = ConnectionLimits(max_connections=1, send_timeout=1.0, idle_timeout=30.0)
-    app = create_app(FakePolicy(SPEC), warmup=False)
+    # Only the send deadline may cut it within the test: not a head or body deadline.
+    slow = 4 * DEADLINE
+    limits = ConnectionLimits(
+        max_connections=1, send_timeout=1.0, idle_timeout=slow, header_timeout=slow,
+        body_timeout=slow,
+    )
+    # Answers of ~1 MB: a few fill the server's socket buffers (MBs on loopback). With small
+    # answers (a 405 to `GET /act`, ~370 bytes) that took ~11000 requests, 8-11 s on a loaded
+    # 2-core host, against the DEADLINE our blocked sendall gives up at.
+    app = create_app(_BulkyPolicy(SPEC), warmup=False)
+    body = _body()
+    request = (
+        b"POST /act HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
     with ServerThread(app, connection_limits=limits) as server:
-        hog = socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
+        hog = socket.socket()
+        hog.settimeout(DEADLINE)
+        # Small before connect, so the window we advertise is small from the SYN on. Shrunk
+        # after connect, it broke our own sending (1 run in 5 under load): the server's answers
+        # overran the window already promised, our kernel dropped them and the window updates
+        # they carried (nstat RcvPruned, BeyondWindow), and our sendall sat in zero-window
+        # probes backing off past DEADLINE (ss: persist backoff 6, server Recv-Q 0). The
+        # server saw a client that stopped sending mid-head, not one that stopped reading.
         hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        hog.connect(("127.0.0.1", server.port))
         # ~1 MB of pipelined requests per write, written until the server cuts us. One fixed
         # payload (14 MB once) could be swallowed whole by the kernel's socket buffers and the
         # server's read-ahead on a slow host before the cut came: the flood then "ended" with no
         # error and the test failed (about 1 run in 4 under load).
-        requests = b"GET /act HTTP/1.1\r\nHost: x\r\n\r\n" * 30_000
+        requests = request * (2**20 // len(request) + 1)
         cut: list[str] = []
         flooding_until = time.monotonic() + 2 * DEADLINE
 
