@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from uvicorn.server import ServerState
 
 from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.remote.guard import ConnectionLimits
@@ -39,6 +40,7 @@ from molmoact2_policy.remote.server import (
     PolicyService,
     create_app,
     exit_if_inference_stuck,
+    uvicorn_config,
 )
 from tests.remote_fakes import FakePolicy, ServerThread
 from tests.remote_fakes import released_body as _body
@@ -322,16 +324,37 @@ def test_a_client_that_never_reads_its_answers_is_cut():
     then waited to write for good, in no phase with a deadline (probe: still connected 20 s
     later with every other timeout at 3 s), one of ``max_connections`` gone for as long as the
     client liked. Here it holds the only connection until ``send_timeout`` cuts it."""
-    limits = ConnectionLimits(max_connections=1, send_timeout=1.0, idle_timeout=30.0)
-    app = create_app(FakePolicy(SPEC), warmup=False)
+    # Only the send deadline may cut it within the test: not a head or body deadline.
+    slow = 4 * DEADLINE
+    limits = ConnectionLimits(
+        max_connections=1, send_timeout=1.0, idle_timeout=slow, header_timeout=slow,
+        body_timeout=slow,
+    )
+    # Answers of ~1 MB: a few fill the server's socket buffers (MBs on loopback). With small
+    # answers (a 405 to `GET /act`, ~370 bytes) that took ~11000 requests, 8-11 s on a loaded
+    # 2-core host, against the DEADLINE our blocked sendall gives up at.
+    app = create_app(_BulkyPolicy(SPEC), warmup=False)
+    body = _body()
+    request = (
+        b"POST /act HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
     with ServerThread(app, connection_limits=limits) as server:
-        hog = socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
+        hog = socket.socket()
+        hog.settimeout(DEADLINE)
+        # Small before connect, so the window we advertise is small from the SYN on. Shrunk
+        # after connect, it broke our own sending (1 run in 5 under load): the server's answers
+        # overran the window already promised, our kernel dropped them and the window updates
+        # they carried (nstat RcvPruned, BeyondWindow), and our sendall sat in zero-window
+        # probes backing off past DEADLINE (ss: persist backoff 6, server Recv-Q 0). The
+        # server saw a client that stopped sending mid-head, not one that stopped reading.
         hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        hog.connect(("127.0.0.1", server.port))
         # ~1 MB of pipelined requests per write, written until the server cuts us. One fixed
         # payload (14 MB once) could be swallowed whole by the kernel's socket buffers and the
         # server's read-ahead on a slow host before the cut came: the flood then "ended" with no
         # error and the test failed (about 1 run in 4 under load).
-        requests = b"GET /act HTTP/1.1\r\nHost: x\r\n\r\n" * 30_000
+        requests = request * (2**20 // len(request) + 1)
         cut: list[str] = []
         flooding_until = time.monotonic() + 2 * DEADLINE
 
@@ -355,6 +378,56 @@ def test_a_client_that_never_reads_its_answers_is_cut():
                 hog.shutdown(socket.SHUT_RDWR)  # wakes a sendall still blocked
             hog.close()
             sender.join(timeout=DEADLINE)
+
+
+def test_a_connection_closed_with_answers_still_unread_is_released():
+    """``transport.close()`` (every deadline, an answer to ``Connection: close``, a 400) first
+    flushes what the kernel refused. asyncio only reports a full buffer past its 64 kB
+    high-water mark, so a client that never read, with a few hundred bytes of our answers
+    still queued, kept the connection (and one of ``max_connections``) open for good after
+    the close: no phase, no send deadline. Whatever the kernel refuses now runs the send
+    deadline, closing or not."""
+    limits = ConnectionLimits(header_timeout=0.5, send_timeout=1.0, idle_timeout=30.0)
+    config = uvicorn_config(create_app(FakePolicy(SPEC), warmup=False), connection_limits=limits)
+    config.load()
+
+    async def scenario() -> tuple[bool, int]:
+        loop = asyncio.get_running_loop()
+        state = ServerState()
+        lost = loop.create_future()
+
+        class Protocol(config.http_protocol_class):  # type: ignore[misc, valid-type]
+            def connection_lost(self, exc: Exception | None) -> None:
+                super().connection_lost(exc)
+                if not lost.done():
+                    lost.set_result(None)
+
+        with socket.create_server(("127.0.0.1", 0)) as listener, socket.socket() as reader:
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
+            reader.connect(listener.getsockname())
+            accepted, _ = listener.accept()
+            accepted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: Protocol(config=config, server_state=state, app_state={}), accepted
+            )
+            # More of our bytes than both small socket buffers take, yet below asyncio's
+            # 64 kB high-water mark: asyncio holds the rest for a client that never reads
+            # (`reader` doesn't), and never reports writing paused.
+            # (Measured: the kernel takes ~13 kB of it, 9 kB before refusing any.)
+            while transport.get_write_buffer_size() < 48 * 1024:
+                transport.write(b"x" * 1024)
+            queued = transport.get_write_buffer_size()
+            # No request follows: the head deadline closes the connection.
+            try:
+                await asyncio.wait_for(asyncio.shield(lost), DEADLINE)
+            except asyncio.TimeoutError:
+                transport.abort()
+                return False, queued
+            return not state.connections, queued
+
+    released, queued = asyncio.run(scenario())
+    assert 0 < queued < 65536
+    assert released, "closed with unread answers queued, the connection was never released"
 
 
 class _BulkyPolicy(FakePolicy):

@@ -15,8 +15,9 @@ descriptor and an h11 parser for as long as it liked: 1000 such connections stay
 * the body must be complete within ``body_timeout`` of its head; the server answers 408 and
   closes, and the handler waiting for the body sees a disconnect marked as ours
   (``SERVER_CLOSED_KEY`` in the ASGI scope) so it does not log a client hang-up as well;
-* a client that leaves our answers unread for ``send_timeout`` (the socket buffers full, so
-  writing is paused) is cut: pipelining requests without reading held a connection for good.
+* a client that leaves our answers unread for ``send_timeout`` (the kernel refused some of
+  our bytes and they are still waiting) is cut: pipelining requests without reading held a
+  connection for good, and so did closing one with a few kB of answers still unsent.
 
 Each close is logged in one line (throttled: a flood gives one line per kind and period).
 """
@@ -138,9 +139,12 @@ def _peer(client: tuple[str, int] | None) -> str:
 class _SendDeadline:
     """Cut a connection whose client leaves our answers unread for ``limits.send_timeout``.
 
-    asyncio pauses writing when the transport's buffer is full (the client's receive window and
-    ours are full); uvicorn then waits for it to drain, with no deadline. ``transport.close()``
-    would wait to flush that buffer too, so the connection is aborted.
+    asyncio pauses writing when the transport's buffer passes its high-water mark; uvicorn then
+    waits for it to drain, with no deadline. ``transport.close()`` waits to flush that buffer
+    too, so the connection is aborted. The high-water mark is 0: by asyncio's default (64 kB)
+    a close with less than that unsent (a head deadline after pipelined answers the client
+    never read) waited for good, the connection still counted in ``max_connections``, and
+    nothing was paused to start a deadline. At 0, any byte the kernel refused starts it.
     """
 
     limits = ConnectionLimits()
@@ -148,6 +152,13 @@ class _SendDeadline:
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     client: tuple[str, int] | None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        # Paused (and the deadline running) from the first byte the kernel refuses until the
+        # last one is sent. uvicorn then awaits the drain before writing more, which costs
+        # nothing while the kernel's own buffer (up to MBs) is still full.
+        transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
 
     def pause_writing(self) -> None:
         super().pause_writing()  # type: ignore[misc]
