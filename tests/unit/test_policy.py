@@ -157,16 +157,22 @@ def test_expert_context_mask_follows_the_released_rule_for_both_action_heads():
     ids = torch.tensor([[eos, 3, 4, start, 5, end, 6, start, 9]])
     valid = torch.tensor([[True] * 8 + [False]])  # right padding
     both = expert_context_mask(
-        ids, valid, action_mode="both", eos_token_id=eos,
+        ids, valid, action_mode="both", eos_token_ids=(eos,),
         action_start_token_id=start, action_end_token_id=end,
     )
     # EOS dropped, the closed span dropped inclusively, the unclosed span to the end, padding.
     assert both.tolist() == [[False, True, True, False, False, False, True, False, False]]
     continuous = expert_context_mask(
-        ids, valid, action_mode="continuous", eos_token_id=eos,
+        ids, valid, action_mode="continuous", eos_token_ids=(eos,),
         action_start_token_id=start, action_end_token_id=end,
     )
     assert continuous.tolist() == valid.tolist()
+    # A transformers config may list several EOS ids: none of them is attended to.
+    listed = expert_context_mask(
+        ids, valid, action_mode="both", eos_token_ids=(eos, 6),
+        action_start_token_id=start, action_end_token_id=end,
+    )
+    assert listed.tolist() == [[False, True, True, False, False, False, False, False, False]]
 
 
 def test_policy_hides_the_eos_token_from_the_expert_when_the_config_names_it():
@@ -185,6 +191,30 @@ def test_policy_hides_the_eos_token_from_the_expert_when_the_config_names_it():
         finally:
             del policy.config.extra["eos_token_id"]
     assert masked[0] < -1e30 and (masked[1:] == 0).all()
+
+
+def test_a_checkpoint_listing_several_eos_ids_acts_and_bad_ids_are_refused_at_load():
+    """config.json's top-level ``eos_token_id`` may be a list (transformers allows it); the
+    expert mask raised TypeError (int() of a list) at the first act. Anything else that is no
+    token id is refused when the config is read (released_config.value_problems)."""
+    from molmoact2_policy.model.config import ConfigError, MolmoAct2Config
+    from molmoact2_policy.model.tokenizer import EOS_TOKEN
+
+    policy = load_policy("tiny", "droid", seed=0)
+    eos = policy.tokenizer.token_id(EOS_TOKEN)
+    data = policy.config.to_dict()
+    data["action_mode"] = "both"
+    data["eos_token_id"] = [eos, eos + 1]
+    config = MolmoAct2Config.from_dict(data)
+    assert config.eos_token_ids == (eos, eos + 1)
+    policy.config = config
+    images, state = _observation(policy.embodiment)
+    result = policy.act(images, state, "wipe the table", seed=0)
+    assert np.isfinite(result.positions).all()
+    for bad in ("2", True, -1, 1.5, [], [eos, None], {"id": eos}):
+        data["eos_token_id"] = bad
+        with pytest.raises(ConfigError, match="eos_token_id"):
+            MolmoAct2Config.from_dict(data)
 
 
 def _policy_with_tag_metadata(**metadata):

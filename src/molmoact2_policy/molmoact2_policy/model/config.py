@@ -148,6 +148,15 @@ class MolmoAct2Config:
     def num_vlm_layers(self) -> int:
         return self.vlm.text_config.num_hidden_layers
 
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """The top-level ``eos_token_id``: none, one, or (a transformers config may list
+        several) all of a list, in order."""
+        value = self.extra.get("eos_token_id")
+        if value is None:
+            return ()
+        return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
+
     def validate(self) -> None:
         problems = []
         if self.expert_kv_source not in EXPERT_KV_SOURCES:

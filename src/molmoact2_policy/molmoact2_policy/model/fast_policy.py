@@ -211,10 +211,7 @@ class ReleasedTokenRun:
 
 def eos_token_id(config: MolmoAct2Config) -> int | None:
     """The checkpoint's ``eos_token_id`` (the first one of a list), as the release reads it."""
-    value = config.extra.get("eos_token_id")
-    if isinstance(value, (list, tuple)):
-        value = value[0] if value else None
-    return None if value is None else int(value)
+    return config.eos_token_ids[0] if config.eos_token_ids else None
 
 
 # config.json token ids the released discrete decoding cannot run without (null is the

@@ -222,7 +222,7 @@ class MolmoAct2Policy:
                 prefix.mask,
                 action_mode=config.action_mode,
                 # Released configs carry it at the top level (kept in ``extra`` here).
-                eos_token_id=config.extra.get("eos_token_id"),
+                eos_token_ids=config.eos_token_ids,
                 action_start_token_id=config.action_start_token_id,
                 action_end_token_id=config.action_end_token_id,
             )

@@ -236,7 +236,7 @@ def expert_context_mask(
     attention_mask: Tensor,
     *,
     action_mode: str,
-    eos_token_id: int | None,
+    eos_token_ids: Sequence[int],
     action_start_token_id: int | None,
     action_end_token_id: int | None,
 ) -> Tensor:
@@ -245,13 +245,15 @@ def expert_context_mask(
     A checkpoint trained with both action heads (``action_mode`` "both") saw sequences that also
     carried a discrete answer; its expert never attends to EOS tokens nor to an
     ``<action_start>`` ... ``<action_end>`` span (an unclosed span runs to the end), so neither
-    may it here. Other modes attend to every non-padding token.
+    may it here. Other modes attend to every non-padding token. ``eos_token_ids`` is the
+    config's ``eos_token_id`` as a sequence: a transformers config may list several, each an
+    end of sequence.
     """
     mask = attention_mask.to(torch.bool).clone()
     if action_mode != "both":
         return mask
-    if eos_token_id is not None:
-        mask &= input_ids != int(eos_token_id)
+    for eos in eos_token_ids:
+        mask &= input_ids != int(eos)
     if action_start_token_id is None or action_end_token_id is None:
         return mask
     for row in range(input_ids.shape[0]):
