@@ -289,27 +289,53 @@ def test_a_rejected_request_is_freed_without_the_garbage_collector():
 def test_bodies_in_flight_are_bounded_across_connections():
     """Bodies were read before a queue slot was taken: 32 simultaneous 30 MB uploads were all
     in memory at once (peak 1.04 GB). The running, queued and one more body fit; the next
-    upload is refused 503 before a byte of it is read, and admitted again once one is done."""
+    upload is refused 503, and admitted again once one is done."""
     limit = 100_000
     app = create_app(FakePolicy(SPEC), warmup=False, max_queue=0, max_body_bytes=limit)
     budget = app.state.body_budget
     assert budget.limit_bytes == 2 * limit  # running + one being received (max_queue 0)
     head = b"POST /act HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % limit
+    sent = limit - 10
     with ServerThread(app) as server:
         slow = []
-        for _ in range(2):  # two uploads of the full size, stalled after 10 bytes
+        for _ in range(2):  # two uploads of the full size, stalled 10 bytes before the end
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
-            sock.sendall(head + b"{" * 10)
+            sock.sendall(head + b"{" * sent)
             slow.append(sock)
-        _wait_until(lambda: budget.used == 2 * limit, "both uploads hold their bytes")
+        _wait_until(lambda: budget.used == 2 * sent, "both uploads hold their bytes")
         refused = httpx.post(f"{server.url}/act", content=_body(), timeout=DEADLINE)
         assert refused.status_code == 503 and "request bodies" in refused.text
         slow.pop().close()  # one client gives up: its reservation goes back
-        _wait_until(lambda: budget.used == limit, "the abandoned upload is released")
+        _wait_until(lambda: budget.used == sent, "the abandoned upload is released")
         accepted = httpx.post(f"{server.url}/act", content=_body(), timeout=DEADLINE)
         assert accepted.status_code == 200, accepted.text
         slow.pop().close()
         _wait_until(lambda: budget.used == 0, "every reservation is given back")
+
+
+def test_heads_that_declare_a_body_and_send_none_hold_no_budget():
+    """The declared length was reserved up front: two heads declaring the largest body and
+    sending nothing (under 100 bytes each) held the whole budget until the body deadline, and
+    every real upload meanwhile was refused 503."""
+    limit = 100_000
+    app = create_app(FakePolicy(SPEC), warmup=False, max_queue=0, max_body_bytes=limit)
+    budget = app.state.body_budget
+    head = b"POST /act HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % limit
+    limits = ConnectionLimits(body_timeout=4 * DEADLINE)  # the heads stay for the whole test
+    with ServerThread(app, connection_limits=limits) as server:
+        idle = []
+        try:
+            for _ in range(3):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
+                sock.sendall(head)
+                idle.append(sock)
+            for _ in range(3):
+                reply = httpx.post(f"{server.url}/act", content=_body(), timeout=DEADLINE)
+                assert reply.status_code == 200, reply.text
+            assert budget.used == 0
+        finally:
+            for sock in idle:
+                sock.close()
 
 
 def _health_status(server: ServerThread) -> int | None:

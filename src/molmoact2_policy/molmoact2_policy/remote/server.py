@@ -541,14 +541,14 @@ class _BodyAbandonedError(Exception):
 
 
 async def _read_body(request: Request, max_bytes: int, take: Callable[[int], None]) -> bytes:
-    """The whole body, its bytes reserved with ``take`` (``BodyBudget.hold``) before they are
-    read: the declared length at once, a chunked body chunk by chunk."""
+    """The whole body, each chunk's bytes reserved with ``take`` (``BodyBudget.hold``) as it
+    arrives. Not the declared length up front: a head declaring ``max_bytes`` and no body held
+    that much of the budget until the body deadline, so ``max_queue + 2`` such heads (a few
+    bytes each, renewed every ``body_timeout``) kept every upload out with 503s; held bytes are
+    now bytes the client really sent (uvicorn stops reading 64 kB ahead of the handler)."""
     declared = request.headers.get("content-length")
-    known = declared is not None and declared.isdigit()
-    if known and int(declared) > max_bytes:
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise RequestTooLargeError(f"body of {declared} bytes exceeds the limit of {max_bytes}")
-    if known:
-        take(int(declared))  # h11 delivers exactly the declared length or a disconnect
     chunks: list[bytes] = []
     received = 0
     try:
@@ -556,8 +556,7 @@ async def _read_body(request: Request, max_bytes: int, take: Callable[[int], Non
             received += len(chunk)
             if received > max_bytes:
                 raise RequestTooLargeError(f"body exceeds the limit of {max_bytes} bytes")
-            if not known:
-                take(len(chunk))
+            take(len(chunk))
             chunks.append(chunk)
     except ClientDisconnect:
         raise _BodyAbandonedError(received, declared) from None
