@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hw_drivers.chunk import Chunk
@@ -125,6 +125,29 @@ def test_report_round_trips_through_the_message():
     msg = idle.fill_msg(Msg())
     assert not msg.running and not msg.pending and not msg.has_last
     assert ChunkExecution.from_msg(msg) == idle
+
+
+@given(sec=st.integers(-(2**31), 2**31 - 1), nanosec=st.integers(0, NS_PER_S - 1))
+@example(sec=2**31 - 1, nanosec=NS_PER_S - 1)  # rounds up to 2**31 s in float seconds
+@example(sec=-1, nanosec=0)
+@settings(max_examples=200, derandomize=True, deadline=None)
+def test_any_header_stamp_reported_back_stays_in_the_time_message_range(sec, nanosec):
+    """Whatever stamp a chunk carried, its report after the executor's float-seconds round trip
+    serializes to the same instant (within the round trip), never wrapped past int32 seconds."""
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from molmoact2_msgs.msg import ChunkExecution as Msg
+
+    stamp_ns = sec * NS_PER_S + nanosec
+    ref = ChunkRef.from_seconds(3, stamp_ns / NS_PER_S)
+    report = ChunkExecution(stamp_ns=EPOCH_NS, state="tracking", running=ref, last=ref)
+    wire = deserialize_message(serialize_message(report.fill_msg(Msg())), Msg)
+    back = ChunkExecution.from_msg(wire)
+    assert 0 <= wire.running_stamp.sec <= 2**31 - 1
+    if stamp_ns >= 0:
+        assert back.running is not None and back.running.same_as(3, stamp_ns)
+    else:
+        assert back.running == ChunkRef(3, 0)
 
 
 def test_reporter_follows_accept_take_over_reject_and_hold():

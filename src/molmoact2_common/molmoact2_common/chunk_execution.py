@@ -117,8 +117,15 @@ class ChunkExecution:
         )
 
 
+#: The latest time builtin_interfaces/Time holds (``int32 sec``, ``uint32 nanosec``).
+MAX_TIME_NS = (2**31 - 1) * NS_PER_S + NS_PER_S - 1
+
+
 def _set_time(stamp: Any, ns: int) -> None:
-    ns = max(int(ns), 0)  # builtin_interfaces/Time is unsigned: before the epoch reads as 0
+    # Clamped, not wrapped: a chunk stamped at the very end of int32 seconds comes back from the
+    # executor's float seconds rounded up to 2**31 s, which the serializer would wrap to 1901
+    # (and field checks, when enabled, refuse). Before the epoch reads as 0, as ROS time has none.
+    ns = min(max(int(ns), 0), MAX_TIME_NS)
     stamp.sec, stamp.nanosec = ns // NS_PER_S, ns % NS_PER_S
 
 
