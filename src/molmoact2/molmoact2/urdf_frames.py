@@ -49,6 +49,13 @@ def parse_urdf_joints(path: str | Path) -> list[UrdfJoint]:
         if kind not in SUPPORTED_TYPES:
             raise ValueError(f"{path}: joint {name!r} has type {kind!r}; supported: "
                              f"{', '.join(SUPPORTED_TYPES)}")
+        for link in (parent.get("link", ""), child.get("link", "")):
+            # tf2 strips a leading '/' when storing a transform but refuses it in lookups.
+            if not link or link.startswith("/"):
+                raise ValueError(
+                    f"{path}: joint {name!r} names link {link!r}, not a tf2 frame id "
+                    "(empty, or starts with '/')"
+                )
         joints.append(
             UrdfJoint(
                 name=name,
