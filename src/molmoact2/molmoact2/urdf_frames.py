@@ -115,8 +115,28 @@ class UrdfFrames:
         return q
 
     def moving_transforms(self, q: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
-        """(parent link, child link, child in parent) of every movable joint at ``q``."""
-        return self._joint_transforms(np.asarray(q, dtype=np.float64), MOVABLE_TYPES)
+        """(parent link, child link, child in parent) of every movable joint at ``q``;
+        ValueError when one is not finite.
+
+        Finite positions can still overflow: two stacked prismatic joints at 1e308 put a link
+        at infinity, and the joint between two links there comes out NaN (tf2 drops it as
+        TF_NAN_INPUT; an inf one it keeps, and every lookup through it is NaN).
+        """
+        out = self._joint_transforms(np.asarray(q, dtype=np.float64), MOVABLE_TYPES)
+        bad = [child for _, child, pose in out if not np.isfinite(pose).all()]
+        if bad:
+            raise ValueError(
+                f"joint positions put {', '.join(bad)} at a non-finite pose (positions too "
+                "large for the arm)"
+            )
+        return out
+
+    def joint_state_transforms(
+        self, names: Sequence[str], positions: Sequence[float]
+    ) -> list[tuple[str, str, np.ndarray]]:
+        """The /tf transforms of one joint state (``positions_from`` then
+        ``moving_transforms``); ValueError naming why there are none."""
+        return self.moving_transforms(self.positions_from(names, positions))
 
     def link_positions(self, q: np.ndarray, links: Sequence[str]) -> np.ndarray:
         """(len(links), 3) origins of ``links`` in the URDF root at ``q``."""
