@@ -239,7 +239,14 @@ class DepthCacheNode(Node):
         self._tokens_pub.publish(self._tokens_msg(stamp, codes, changed))
         self._results += 1
         if (self._results - 1) % p.image_every_n == 0:
-            self._publish_pictures(stamp, image, codes, changed)
+            try:
+                self._publish_pictures(stamp, image, codes, changed)
+            except ValueError as exc:
+                # Raised here it ended the policy node's publishing of this inference.
+                self.get_logger().error(
+                    f"no depth picture or markers for this result: {exc}",
+                    throttle_duration_sec=ERROR_LOG_PERIOD_S,
+                )
         return True
 
     def _tokens_msg(self, stamp: Time, codes: np.ndarray, changed: np.ndarray) -> Any:
