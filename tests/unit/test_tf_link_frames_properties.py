@@ -107,3 +107,16 @@ def test_stamps_tf2_listeners_would_choke_on_are_named(stamp_ns, now_ns, words):
 )
 def test_ordinary_stamps_pass(stamp_ns, now_ns):
     assert joint_stamp_problem(stamp_ns, now_ns) == ""
+
+
+def test_a_urdf_whose_origins_overflow_is_refused_at_load(tmp_path):
+    path = tmp_path / "far.urdf"
+    path.write_text(
+        '<robot name="far"><link name="base_link"/><link name="a"/><link name="b"/>'
+        '<joint name="f1" type="fixed"><parent link="base_link"/><child link="a"/>'
+        '<origin xyz="1e308 0 0"/></joint>'
+        '<joint name="f2" type="fixed"><parent link="a"/><child link="b"/>'
+        '<origin xyz="1e308 0 0"/></joint></robot>'
+    )
+    with pytest.raises(ValueError, match="links b lie at non-finite poses"):
+        UrdfFrames(path)

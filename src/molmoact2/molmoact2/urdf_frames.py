@@ -81,6 +81,18 @@ class UrdfFrames:
         self.model = RigidBodyModel.from_urdf(str(self.path), self.movable)
         self.links = {j.child for j in self.joints} | {j.parent for j in self.joints}
         self._zero = np.zeros(len(self.movable))
+        # Origins that add up beyond float range (1e308 twice) made a fixed joint NaN on
+        # /tf_static and refused every joint state as "too large": refuse the URDF instead.
+        far = [
+            child
+            for _, child, pose in self._joint_transforms(self._zero, SUPPORTED_TYPES)
+            if not np.isfinite(pose).all()
+        ]
+        if far:
+            raise ValueError(
+                f"{self.path}: links {', '.join(far)} lie at non-finite poses (joint origins "
+                "beyond float range)"
+            )
 
     def _joint_transforms(
         self, q: np.ndarray, kinds: Sequence[str]
