@@ -8,7 +8,11 @@ empty or starts with '/' in every lookup ("in tf2 frame_ids cannot start with a 
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from molmoact2.sim_camera_node import SimCameraParams
 from molmoact2.tf_node import TfParams
@@ -92,3 +96,39 @@ def test_urdf_links_with_a_leading_slash_are_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="not a tf2 frame id"):
         parse_urdf_joints(urdf)
+
+
+names = st.sampled_from(["world", "base_link", "top_link", "/top_link", "/world", "", "cam"])
+numbers = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 1e308, -1e308])
+)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, database=None)
+@given(
+    data=st.data(),
+    count=st.integers(0, 4),
+    world=st.sampled_from(["world", "/world", ""]),
+)
+def test_whatever_static_config_passes_every_tf_static_transform_is_usable(data, count, world):
+    from builtin_interfaces.msg import Time
+
+    from molmoact2.tf_node import transform_msg
+
+    params = TfParams(
+        world_frame=world,
+        frame_ids=tuple(data.draw(st.lists(names, min_size=count, max_size=count))),
+        frame_parents=tuple(data.draw(st.lists(names, min_size=count, max_size=count))),
+        frame_xyz=tuple(data.draw(st.lists(numbers, min_size=3 * count, max_size=3 * count))),
+        frame_rpy=tuple(data.draw(st.lists(numbers, min_size=3 * count, max_size=3 * count))),
+    )
+    if params.validate():
+        return  # refused at start, by name
+    for frame in params.static_frames():
+        msg = transform_msg(frame.parent, frame.child, frame.matrix, Time(sec=1))
+        for frame_id in (msg.header.frame_id, msg.child_frame_id):
+            assert frame_id and not frame_id.startswith("/"), frame_id
+        assert msg.header.frame_id != msg.child_frame_id
+        t, r = msg.transform.translation, msg.transform.rotation
+        assert all(math.isfinite(v) for v in (t.x, t.y, t.z, r.x, r.y, r.z, r.w))
+        assert abs(r.x**2 + r.y**2 + r.z**2 + r.w**2 - 1.0) < 1e-9
