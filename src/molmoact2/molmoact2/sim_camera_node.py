@@ -17,6 +17,11 @@ import numpy as np
 from molmoact2.sim_world import SimWorld
 from molmoact2_common.ros_params import field_problems
 
+# Frame rates a synthetic camera can keep: one frame an hour to 1 kHz (its timer period must
+# be a finite number of nanoseconds, and a faster timer only floods the graph).
+MIN_RATE_HZ = 1.0 / 3600.0
+MAX_RATE_HZ = 1000.0
+
 
 @dataclass(frozen=True)
 class SimCameraParams:
@@ -69,12 +74,29 @@ class SimCameraParams:
                 problems.append(f"{key} needs one entry per camera ({n})")
         if self.camera_transports and len(self.camera_transports) != n:
             problems.append(f"camera_transports needs one entry per camera ({n})")
+        # Anything else went out as raw Image on a topic whose readers expect its transport.
+        bad = [t for t in self.camera_transports if t not in ("raw", "compressed")]
+        if bad:
+            problems.append(f"camera_transports must be raw or compressed, got {bad}")
+        if "" in self.camera_frames:
+            # An image stamped "" cannot be placed by RViz or any tf2 listener.
+            problems.append("camera_frames has an empty frame id")
         if not self.rate >= 0:
             problems.append("rate must be >= 0")
+        elif self.rate > MAX_RATE_HZ:
+            problems.append(f"rate must be at most {MAX_RATE_HZ:g} Hz, got {self.rate}")
         elif self.rate == 0 and (
             len(self.camera_rates) != n or not all(r > 0 for r in self.camera_rates)
         ):
             problems.append(f"camera_rates needs one rate > 0 per camera ({n})")
+        elif self.rate == 0 and not all(
+            MIN_RATE_HZ <= r <= MAX_RATE_HZ for r in self.camera_rates
+        ):
+            # 1 / 1e-320 Hz is an infinite timer period: rclpy raised mid-start.
+            problems.append(
+                f"camera_rates must lie in [{MIN_RATE_HZ:g}, {MAX_RATE_HZ:g}] Hz, got "
+                f"{list(self.camera_rates)}"
+            )
         if not self.joint_names:
             problems.append("joint_names is empty")
         return problems

@@ -67,6 +67,28 @@ def _doc(text: str) -> dict[str, str]:
     return {"description": text}
 
 
+# How far ahead of this node's clock a joint state's stamp may lie (clock skew between machines).
+MAX_STAMP_AHEAD_S = 1.0
+
+
+def joint_stamp_problem(stamp_ns: int, now_ns: int, max_ahead_s: float = MAX_STAMP_AHEAD_S) -> str:
+    """Why link frames must not go out on /tf with this joint state's stamp ('' when they may).
+
+    tf2's TimeCache refuses data older than its newest entry by more than the cache time (10 s):
+    one transform stamped an hour ahead made every listener (RViz) drop that link's correctly
+    stamped transforms as TF_OLD_DATA for the next hour. ``now_ns`` 0 is a sim clock that has
+    not started yet: nothing to compare with.
+    """
+    if stamp_ns < 0:
+        return f"joint state stamp is negative ({stamp_ns * 1e-9:.3f} s)"
+    if now_ns > 0 and stamp_ns - now_ns > max_ahead_s * 1e9:
+        return (
+            f"joint state stamped {(stamp_ns - now_ns) * 1e-9:.3f} s ahead of this node's clock "
+            f"(more than {max_ahead_s:g} s: unsynchronised clocks?)"
+        )
+    return ""
+
+
 @dataclass(frozen=True)
 class TfParams:
     """Parameters of the ``molmoact2_tf`` node (config section ``molmoact2_tf``)."""
@@ -269,8 +291,17 @@ def make_node(context: Any = None, cli_args: list[str] | None = None, **kwargs: 
 
         def _on_joint_state(self, msg: Any) -> None:
             assert self.urdf is not None
+            stamp = msg.header.stamp
+            stamp_ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+            now = self.get_clock().now()
             try:
-                q = self.urdf.positions_from(list(msg.name), list(msg.position))
+                if stamp_ns == 0:
+                    stamp = now.to_msg()
+                else:
+                    problem = joint_stamp_problem(stamp_ns, now.nanoseconds)
+                    if problem:
+                        raise ValueError(problem)
+                edges = self.urdf.joint_state_transforms(list(msg.name), list(msg.position))
             except ValueError as exc:
                 self.fk_errors += 1
                 self.get_logger().error(
@@ -278,14 +309,10 @@ def make_node(context: Any = None, cli_args: list[str] | None = None, **kwargs: 
                     throttle_duration_sec=ERROR_LOG_PERIOD_S,
                 )
                 return
-            stamp = msg.header.stamp
-            if stamp.sec == 0 and stamp.nanosec == 0:
-                stamp = self.get_clock().now().to_msg()
             self.tf_pub.publish(
                 TFMessage(
                     transforms=[
-                        transform_msg(parent, child, pose, stamp)
-                        for parent, child, pose in self.urdf.moving_transforms(q)
+                        transform_msg(parent, child, pose, stamp) for parent, child, pose in edges
                     ]
                 )
             )

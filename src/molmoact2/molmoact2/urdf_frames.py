@@ -49,6 +49,13 @@ def parse_urdf_joints(path: str | Path) -> list[UrdfJoint]:
         if kind not in SUPPORTED_TYPES:
             raise ValueError(f"{path}: joint {name!r} has type {kind!r}; supported: "
                              f"{', '.join(SUPPORTED_TYPES)}")
+        for link in (parent.get("link", ""), child.get("link", "")):
+            # tf2 strips a leading '/' when storing a transform but refuses it in lookups.
+            if not link or link.startswith("/"):
+                raise ValueError(
+                    f"{path}: joint {name!r} names link {link!r}, not a tf2 frame id "
+                    "(empty, or starts with '/')"
+                )
         joints.append(
             UrdfJoint(
                 name=name,
@@ -74,6 +81,18 @@ class UrdfFrames:
         self.model = RigidBodyModel.from_urdf(str(self.path), self.movable)
         self.links = {j.child for j in self.joints} | {j.parent for j in self.joints}
         self._zero = np.zeros(len(self.movable))
+        # Origins that add up beyond float range (1e308 twice) made a fixed joint NaN on
+        # /tf_static and refused every joint state as "too large": refuse the URDF instead.
+        far = [
+            child
+            for _, child, pose in self._joint_transforms(self._zero, SUPPORTED_TYPES)
+            if not np.isfinite(pose).all()
+        ]
+        if far:
+            raise ValueError(
+                f"{self.path}: links {', '.join(far)} lie at non-finite poses (joint origins "
+                "beyond float range)"
+            )
 
     def _joint_transforms(
         self, q: np.ndarray, kinds: Sequence[str]
@@ -108,8 +127,28 @@ class UrdfFrames:
         return q
 
     def moving_transforms(self, q: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
-        """(parent link, child link, child in parent) of every movable joint at ``q``."""
-        return self._joint_transforms(np.asarray(q, dtype=np.float64), MOVABLE_TYPES)
+        """(parent link, child link, child in parent) of every movable joint at ``q``;
+        ValueError when one is not finite.
+
+        Finite positions can still overflow: two stacked prismatic joints at 1e308 put a link
+        at infinity, and the joint between two links there comes out NaN (tf2 drops it as
+        TF_NAN_INPUT; an inf one it keeps, and every lookup through it is NaN).
+        """
+        out = self._joint_transforms(np.asarray(q, dtype=np.float64), MOVABLE_TYPES)
+        bad = [child for _, child, pose in out if not np.isfinite(pose).all()]
+        if bad:
+            raise ValueError(
+                f"joint positions put {', '.join(bad)} at a non-finite pose (positions too "
+                "large for the arm)"
+            )
+        return out
+
+    def joint_state_transforms(
+        self, names: Sequence[str], positions: Sequence[float]
+    ) -> list[tuple[str, str, np.ndarray]]:
+        """The /tf transforms of one joint state (``positions_from`` then
+        ``moving_transforms``); ValueError naming why there are none."""
+        return self.moving_transforms(self.positions_from(names, positions))
 
     def link_positions(self, q: np.ndarray, links: Sequence[str]) -> np.ndarray:
         """(len(links), 3) origins of ``links`` in the URDF root at ``q``."""

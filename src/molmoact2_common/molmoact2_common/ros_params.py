@@ -78,18 +78,43 @@ def topic_name_problem(name: str) -> str:
     )
 
 
+def frame_id_problem(frame_id: str) -> str:
+    """Why ``frame_id`` is not a tf2 frame id (empty: it is one, or it is empty).
+
+    tf2's ``BufferCore::validateFrameId`` refuses ids starting with '/' in every lookup, while
+    ``setTransform`` strips that slash: a transform published for "/cam" is stored as "cam",
+    and an image or marker stamped "/cam" can never be placed by RViz ("in tf2 frame_ids cannot
+    start with a '/'"). Empty ids are left to each field (some mean "the default")."""
+    if frame_id.startswith("/"):
+        return (
+            f"{frame_id!r} is not a tf2 frame id (tf2 frame ids cannot start with a '/'; "
+            f"write {frame_id.lstrip('/')!r})"
+        )
+    return ""
+
+
+def _is_frame_field(name: str) -> bool:
+    return name.endswith(("_frame", "_frames")) or name in ("frame_ids", "frame_parents")
+
+
 def field_problems(params: Any) -> list[str]:
-    """What every params dataclass checks alike: finite floats (``finite_problems``) and a
+    """What every params dataclass checks alike: finite floats (``finite_problems``), a
     valid ROS name in every non-empty ``*_topic`` / ``*_topics`` / ``topics`` field (a bad
-    name raised from deep inside rclpy when the node subscribed, or killed a plain node)."""
+    name raised from deep inside rclpy when the node subscribed, or killed a plain node), and
+    a tf2 frame id in every ``*_frame`` / ``*_frames`` / ``frame_ids`` / ``frame_parents``
+    field (``frame_id_problem``)."""
     problems = finite_problems(params)
     for f in dataclasses.fields(params):
-        if not (f.name.endswith(("_topic", "_topics")) or f.name == "topics"):
-            continue
         value = getattr(params, f.name)
-        for name in value if isinstance(value, tuple) else (value,):
-            if isinstance(name, str) and name and topic_name_problem(name):
-                problems.append(f"{f.name}: {topic_name_problem(name)}")
+        values = value if isinstance(value, tuple) else (value,)
+        if f.name.endswith(("_topic", "_topics")) or f.name == "topics":
+            for name in values:
+                if isinstance(name, str) and name and topic_name_problem(name):
+                    problems.append(f"{f.name}: {topic_name_problem(name)}")
+        elif _is_frame_field(f.name):
+            for name in values:
+                if isinstance(name, str) and frame_id_problem(name):
+                    problems.append(f"{f.name}: {frame_id_problem(name)}")
     return problems
 
 

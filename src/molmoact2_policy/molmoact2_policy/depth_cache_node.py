@@ -138,14 +138,29 @@ class DepthCacheNode(Node):
                 self.get_logger().warning(
                     f"depth cache reset ({reason}) but no policy is attached"
                 )
+                self._clear_markers()
                 return True
             try:
                 self._policy_reset()
             except Exception as exc:  # a failing reset must not kill the node
                 self.get_logger().error(f"depth cache reset ({reason}) failed: {exc}")
                 return False
+        self._clear_markers()
         self.get_logger().info(f"depth cache reset: {reason}")
         return True
+
+    def _clear_markers(self) -> None:
+        """Take the cubes of the dropped cache out of RViz (markers live until deleted; the
+        last ones would go on showing the scene before the reset, e.g. after the last
+        inference of an episode)."""
+        from visualization_msgs.msg import Marker, MarkerArray
+
+        marker = Marker()
+        marker.header.stamp = self.get_clock().now().to_msg()
+        marker.header.frame_id = self.marker_frame
+        marker.ns = "depth_cells"
+        marker.action = Marker.DELETEALL
+        self._markers_pub.publish(MarkerArray(markers=[marker]))
 
     def inference_token(self) -> int:
         """Take right before a Think inference starts; pass it to ``on_think_result``."""
@@ -239,7 +254,14 @@ class DepthCacheNode(Node):
         self._tokens_pub.publish(self._tokens_msg(stamp, codes, changed))
         self._results += 1
         if (self._results - 1) % p.image_every_n == 0:
-            self._publish_pictures(stamp, image, codes, changed)
+            try:
+                self._publish_pictures(stamp, image, codes, changed)
+            except ValueError as exc:
+                # Raised here it ended the policy node's publishing of this inference.
+                self.get_logger().error(
+                    f"no depth picture or markers for this result: {exc}",
+                    throttle_duration_sec=ERROR_LOG_PERIOD_S,
+                )
         return True
 
     def _tokens_msg(self, stamp: Time, codes: np.ndarray, changed: np.ndarray) -> Any:

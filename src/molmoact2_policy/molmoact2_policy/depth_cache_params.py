@@ -10,6 +10,16 @@ from dataclasses import dataclass, field
 
 from molmoact2_common.ros_params import field_problems
 
+# What molmoact2_msgs/DepthTokens can carry: rows and cols are uint8, num_codes and the codes
+# uint16 (rosidl refuses a larger value when the message is filled, mid-publish).
+MAX_GRID = 255
+MAX_NUM_CODES = 65535
+# ~/depth_image side in pixels: the largest frame the camera inputs accept (a 100000 px cell
+# allocated a 1e6 x 1e6 picture at the first result).
+MAX_PICTURE_PX = 4096
+# Metres: RViz renders in float32; far beyond the scene a cube only misleads.
+MAX_MARKER_DISTANCE_M = 1000.0
+
 
 def _doc(text: str) -> dict[str, str]:
     return {"description": text}
@@ -124,12 +134,30 @@ class DepthCacheParams:
         for key in ("grid_rows", "grid_cols", "num_codes", "cell_size", "image_every_n"):
             if getattr(self, key) < 1:
                 problems.append(f"{key} must be >= 1, got {getattr(self, key)}")
+        for key, most in (
+            ("grid_rows", MAX_GRID),
+            ("grid_cols", MAX_GRID),
+            ("num_codes", MAX_NUM_CODES),
+        ):
+            if getattr(self, key) > most:
+                value = getattr(self, key)
+                problems.append(f"{key} must be <= {most} (DepthTokens field), got {value}")
+        side = max(self.grid_rows, self.grid_cols) * self.cell_size
+        if side > MAX_PICTURE_PX:
+            problems.append(
+                f"~/depth_image would be {self.grid_rows * self.cell_size} x "
+                f"{self.grid_cols * self.cell_size} px: grid x cell_size must be <= "
+                f"{MAX_PICTURE_PX} px a side"
+            )
         if self.outline_px < 0:
             problems.append(f"outline_px must be >= 0, got {self.outline_px}")
         if not 0.0 <= self.blend_alpha <= 1.0:
             problems.append(f"blend_alpha {self.blend_alpha} is not in [0, 1]")
         if not 0.0 < self.camera_hfov < 3.14159:
             problems.append(f"camera_hfov must be in (0, pi) radians, got {self.camera_hfov}")
-        if not self.marker_distance > 0.0:
-            problems.append(f"marker_distance must be > 0, got {self.marker_distance}")
+        if not 0.0 < self.marker_distance <= MAX_MARKER_DISTANCE_M:
+            problems.append(
+                f"marker_distance must be in (0, {MAX_MARKER_DISTANCE_M:g}] m, "
+                f"got {self.marker_distance}"
+            )
         return problems

@@ -161,7 +161,8 @@ def depth_cell_cubes(
     if not (distance > 0.0 and math.isfinite(distance)):
         raise ValueError(f"distance must be a positive number of metres, got {distance}")
     focal = (width / 2.0) / math.tan(hfov / 2.0)  # pixels
-    cell_w, cell_h = distance * (width / cols) / focal, distance * (height / rows) / focal
+    # Ratios first: distance * u overflowed to inf for a large finite distance.
+    cell_w, cell_h = distance * ((width / cols) / focal), distance * ((height / rows) / focal)
     side = min(cell_w, cell_h)
     colours = depth_colormap(num_codes).astype(np.float64) / 255.0
     boxes = []
@@ -173,7 +174,7 @@ def depth_cell_cubes(
         boxes.append(
             CellBox(
                 index=index,
-                center=(distance * u / focal, distance * v / focal, distance),
+                center=(distance * (u / focal), distance * (v / focal), distance),
                 size=(cell_w * 0.95, cell_h * 0.95, side * 0.95),
                 rgba=(
                     float(red),
@@ -182,5 +183,11 @@ def depth_cell_cubes(
                     1.0 if changed[index] else float(unchanged_alpha),
                 ),
             )
+        )
+    if boxes and not all(
+        math.isfinite(x) for box in boxes for x in (*box.center, *box.size)
+    ):
+        raise ValueError(
+            f"cubes at distance {distance} m with hfov {hfov} rad lie beyond float range"
         )
     return boxes

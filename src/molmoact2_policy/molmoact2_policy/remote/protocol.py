@@ -31,6 +31,7 @@ import base64
 import binascii
 import json
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -829,15 +830,55 @@ def parse_act_response(payload: Any, spec: EmbodimentSpec, joint_count: int) -> 
         step_dt=float(step_dt),
         joint_names=tuple(str(name) for name in payload.get("joint_names") or ()),
         mode=str(payload.get("mode") or "flow"),
-        model_timings={str(k): float(v) for k, v in timings.items()},
-        server_timing={str(k): float(v) for k, v in server_timing.items()},
-        depth_codes=_optional_array(payload.get("depth_codes"), np.int64),
-        depth_changed=_optional_array(payload.get("depth_changed"), np.bool_),
+        model_timings=_timing_map(timings, "timings"),
+        server_timing=_timing_map(server_timing, "server_timing"),
+        depth_codes=_optional_array(payload.get("depth_codes"), np.int64, "depth_codes"),
+        depth_changed=_optional_array(payload.get("depth_changed"), np.bool_, "depth_changed"),
         dt_ms=None if dt_ms is None else float(dt_ms),
     )
 
 
-def _optional_array(value: Any, dtype: type) -> np.ndarray | None:
+def _optional_array(value: Any, dtype: type, name: str = "array") -> np.ndarray | None:
+    """``value`` as a ``dtype`` (int64 or bool) array, or ``ProtocolError``.
+
+    A plain ``astype`` made a server's wrong types look right: depth codes 1.7 went out on
+    ~/depth_tokens as 1, NaN or 1e30 as -2**63, changed flags 0.5, -1 or "no" as true, and a
+    string raised ValueError from inside the parser.
+    """
     if value is None:
         return None
-    return np.asarray(value).astype(dtype)
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged nesting
+        raise ProtocolError(f"response {name!r} is not an array: {exc}") from exc
+    if array.size == 0:
+        return array.astype(dtype)
+    kind = array.dtype.kind
+    if dtype is np.bool_:
+        ok = kind == "b" or (kind in "iu" and bool(np.isin(array, (0, 1)).all()))
+        what = "booleans"
+    else:
+        info = np.iinfo(np.int64)
+        ok = kind in "biu" and info.min <= int(array.min()) and int(array.max()) <= info.max
+        what = "64-bit integers"
+    if not ok:
+        raise ProtocolError(
+            f"response {name!r} must be an array of {what}, got dtype {array.dtype}"
+        )
+    return array.astype(dtype)
+
+
+def _timing_map(value: dict, name: str) -> dict[str, float]:
+    """Stage -> seconds; ``ProtocolError`` for a value that is not a number (a string or null
+    raised ValueError/TypeError from inside the parser)."""
+    out = {}
+    for key, seconds in value.items():
+        # json_numpy hands a numpy scalar back as a one-element array.
+        if isinstance(seconds, np.ndarray) and seconds.size == 1 and seconds.dtype.kind in "iuf":
+            seconds = seconds.item()
+        if isinstance(seconds, bool | np.bool_) or not isinstance(seconds, numbers.Real):
+            raise ProtocolError(
+                f"response {name!r} entry {key!r} must be a number, got {seconds!r}"
+            )
+        out[str(key)] = float(seconds)
+    return out
