@@ -3,7 +3,8 @@
 ``MOLMOACT2_TEST_THINK_GATE`` names a directory. When the file ``block`` is in it, the next
 ``act`` removes it, writes its call number to ``started`` and waits until ``release``
 exists. Every result carries depth codes that spell its call number (``call_of_codes``), so a
-test can tell which inference a ``DepthTokens`` message came from.
+test can tell which inference a ``DepthTokens`` message came from, and how many cache resets the
+policy had seen when that inference began (``resets_of_codes``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def call_of_codes(codes: Any) -> int:
     return sum(int(codes[index]) * NUM_CODES**index for index in range(3))
 
 
+def resets_of_codes(codes: Any) -> int:
+    """Resets before the inference began (saturating at NUM_CODES - 1)."""
+    return int(codes[3])
+
+
 class GatedThinkPolicy(FakePolicy):
     def __init__(self, embodiment: str, joint_names: tuple[str, ...], gate: Path) -> None:
         super().__init__(embodiment, joint_names, mode="think")
@@ -49,6 +55,7 @@ class GatedThinkPolicy(FakePolicy):
         with self._count_lock:
             call = self._count
             self._count += 1
+            resets = min(self.resets, NUM_CODES - 1)
         block = self.gate / "block"
         if block.exists():
             block.unlink()
@@ -59,9 +66,11 @@ class GatedThinkPolicy(FakePolicy):
             while not (self.gate / "release").exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
         result = super().act(images, state, instruction, seed=seed)
+        codes = codes_of_call(call)
+        codes[3] = resets
         return dataclasses.replace(
             result,
-            depth_codes=codes_of_call(call),
+            depth_codes=codes,
             depth_changed=np.ones(CELLS, dtype=bool),
         )
 

@@ -213,13 +213,16 @@ def test_stop_drops_pending_and_clear_pending_forgets(policy):
 
 def test_on_start_runs_right_before_act_and_its_value_is_in_the_outcome(policy):
     """What the caller must know about the moment act() began (a depth-cache reset
-    generation) is taken on the worker thread right before act(), not at submit."""
+    generation) is taken on the worker thread right before act(), not at submit; it is given
+    the request that act() is about to run (its camera stamps may call for a reset first)."""
     collect = _Collector()
     tokens = iter(range(100))
     seen_at_start: list[int] = []
+    requests: list[InferenceRequest] = []
 
-    def on_start() -> int:
+    def on_start(request: InferenceRequest) -> int:
         seen_at_start.append(len(policy.calls))  # act() has not been entered yet
+        requests.append(request)
         return next(tokens)
 
     worker = InferenceWorker(policy, collect, on_start=on_start)
@@ -234,3 +237,4 @@ def test_on_start_runs_right_before_act_and_its_value_is_in_the_outcome(policy):
     assert (first.start_token, second.start_token) == (0, 1)
     assert not second.ok  # a failed act carries its token too
     assert seen_at_start == [0, 1]
+    assert requests == [first.request, second.request]

@@ -179,8 +179,8 @@ class DepthCacheNode(Node):
     def check_stamp(self, stamp: Time) -> bool:
         """Note the main camera's stamp; reset the cache (True) when it jumped.
 
-        The policy node may call this before ``act`` so that a jump resets the cache before
-        inference; ``on_think_result`` calls it too, so calling it is optional.
+        The policy node calls this right before ``act``, so that a jump resets the cache before
+        the inference reads it; ``on_think_result`` calls it too, for callers that do not.
         """
         stamp_s = _stamp_seconds(stamp)
         with self._lock:

@@ -90,11 +90,13 @@ class InferenceWorker:
         clock: Callable[[], float] = time.monotonic,
         on_callback_error: Callable[[BaseException], None] | None = None,
         rtc_source: Callable[[InferenceRequest], RtcRequest | None] | None = None,
-        on_start: Callable[[], object] | None = None,
+        on_start: Callable[[InferenceRequest], object] | None = None,
     ) -> None:
         self._policy = policy
-        # Called right before each act(); its value travels in the outcome (``start_token``),
-        # so the caller can tell what happened while the model ran (a depth-cache reset).
+        # Called with the request right before its act(): the caller can still act on what the
+        # observation says (a camera-stamp jump drops the depth cache before the model reads
+        # it). Its value travels in the outcome (``start_token``), so the caller can tell what
+        # happened while the model ran (a depth-cache reset).
         self._on_start = on_start
         # Real-time chunking: asked right before act(), so it sees the chunk published last.
         self._rtc_source = rtc_source
@@ -210,7 +212,7 @@ class InferenceWorker:
             token = None
             try:
                 if self._on_start is not None:
-                    token = self._on_start()
+                    token = self._on_start(request)
                 obs = request.observation
                 rtc = self._rtc_source(request) if self._rtc_source is not None else None
                 # Only RTC-capable policies take ``rtc``: pass it only when there is one.

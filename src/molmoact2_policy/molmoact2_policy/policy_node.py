@@ -317,9 +317,7 @@ class PolicyNode(LifecycleNode):
                 max_rate=self.params.max_inference_rate,
                 on_callback_error=lambda exc: self._log_error(f"publishing a chunk failed: {exc}"),
                 rtc_source=self._rtc_request if self._rtc is not None else None,
-                on_start=(
-                    self._depth_node.inference_token if self._depth_node is not None else None
-                ),
+                on_start=self._before_think if self._depth_node is not None else None,
             )
             self._worker.start()
         compressed = sum(t == "compressed" for t in self.params.camera_transports)
@@ -588,15 +586,35 @@ class PolicyNode(LifecycleNode):
             self._stages = stages
         depth = self._depth_node
         if depth is not None and result.depth_codes is not None:
-            from builtin_interfaces.msg import Time
-
-            camera = depth.params.camera_name
-            sec, nanosec = ns_to_stamp(observation.camera_stamps_ns.get(camera, stamp_ns))
-            image = observation.images.get(camera)
+            image = observation.images.get(depth.params.camera_name)
             if image is not None:
                 depth.on_think_result(
-                    Time(sec=sec, nanosec=nanosec), image, result, started=outcome.start_token
+                    self._depth_camera_stamp(depth, observation),
+                    image,
+                    result,
+                    started=outcome.start_token,
                 )
+
+    @staticmethod
+    def _depth_camera_stamp(depth: Any, observation: Observation) -> Any:
+        """Capture time of the frame of the depth cache's camera (the observation's stamp when
+        that camera is not in it)."""
+        from builtin_interfaces.msg import Time
+
+        stamp_ns = observation.camera_stamps_ns.get(depth.params.camera_name, observation.stamp_ns)
+        sec, nanosec = ns_to_stamp(stamp_ns)
+        return Time(sec=sec, nanosec=nanosec)
+
+    def _before_think(self, request: InferenceRequest) -> object:
+        """Right before a Think inference, on the worker's thread: a jump in the camera's
+        stamps (a pause, a new episode, a replayed bag) drops the depth cache now, so that this
+        inference reads the scene it sees, not the cached one from before the jump; then the
+        token that tells its result apart from those begun before a later reset."""
+        depth = self._depth_node
+        if depth is None:
+            return None
+        depth.check_stamp(self._depth_camera_stamp(depth, request.observation))
+        return depth.inference_token()
 
     def _set_inference_error(self, message: str) -> None:
         with self._lock:
@@ -698,13 +716,21 @@ class PolicyNode(LifecycleNode):
             if self._rtc is not None:
                 self._rtc.clear()
             policy = self._policy
-        try:
-            if policy is not None:
-                policy.reset()
-        except Exception as exc:
-            response.success, response.message = False, f"policy reset failed: {exc}"
-            self._log_error(response.message)
-            return response
+        depth = self._depth_node
+        if depth is not None:
+            # Through the depth cache node: a Think result still being computed is dropped and
+            # the cubes of the dropped cache leave RViz, as on its own ~/reset.
+            if not depth.reset_cache("policy node ~/reset"):
+                response.success, response.message = False, "policy reset failed (see the log)"
+                return response
+        else:
+            try:
+                if policy is not None:
+                    policy.reset()
+            except Exception as exc:
+                response.success, response.message = False, f"policy reset failed: {exc}"
+                self._log_error(response.message)
+                return response
         response.success = True
         response.message = "reset: inputs cleared, policy state forgotten"
         self.get_logger().info(response.message)
@@ -850,6 +876,7 @@ class PolicyNode(LifecycleNode):
         depth = self._depth_node
         if depth is not None:
             values["depth_results_dropped_after_reset"] = str(depth.dropped_after_reset)
+            values["depth_cache_resets"] = str(depth.resets)
         diag.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         array = DiagnosticArray()
         array.header.stamp = msg.header.stamp
