@@ -546,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="one episode per instruction the policy ran (e.g. per task goal)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from molmoact2.mcap_io import RecordingError
+
     try:
         export_lerobot(
             args.recordings,
@@ -555,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             task=args.task,
             split_on_instruction=args.split_on_instruction,
         )
-    except (ExportError, graph.ConfigError, OSError) as exc:
+    except (ExportError, RecordingError, graph.ConfigError, OSError) as exc:
         print(f"molmoact2 export: {exc}", file=sys.stderr)
         return 2
     return 0

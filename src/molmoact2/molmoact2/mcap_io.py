@@ -7,16 +7,21 @@ text: the message's .msg file followed by every nested type's, as rosbag2 writes
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 PRIMITIVES = {
     "bool", "byte", "char", "float32", "float64", "int8", "uint8", "int16", "uint16",
     "int32", "uint32", "int64", "uint64", "string", "wstring",
 }  # fmt: skip
 SEPARATOR = "=" * 80
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+LOG = logging.getLogger("molmoact2.recording")
 
 
 def _msg_file(type_name: str) -> Path:
@@ -126,12 +131,141 @@ class McapRecorder:
             self._file.close()
 
 
-def read_messages(path: str | Path, topics: list[str] | None = None):
-    """Decoded messages of a recording: yields (topic, log_time_ns, ros_msg)."""
-    from mcap.reader import make_reader
+class RecordingError(ValueError):
+    """A file that is not a readable recording; the message says why, in one line."""
+
+
+@dataclass
+class ReadInfo:
+    """How a read of a recording went, for the caller to say so (``read_messages(info=...)``).
+
+    ``complete`` is False when the file has no intact summary (the recorder was killed, the
+    disk filled up, the file was cut short): its messages were read in file order up to the
+    first damaged record, and ``problem`` says where reading stopped.
+    """
+
+    complete: bool = True
+    problem: str = ""
+    messages: int = 0
+    undecodable: int = 0
+
+
+def read_messages(
+    path: str | Path, topics: list[str] | None = None, info: ReadInfo | None = None
+) -> Iterator[tuple[str, int, Any]]:
+    """Decoded messages of a recording: yields (topic, log_time_ns, ros_msg).
+
+    A file that is not an MCAP recording (missing, empty, another format) raises
+    ``RecordingError``. One without its summary is read as far as it is intact (whole chunks:
+    their CRC is checked) and ``info`` says it is incomplete; a warning is logged too. A message
+    whose bytes do not decode with its channel's schema is skipped and counted.
+    """
+    from mcap.reader import SeekingReader
+
+    info = info if info is not None else ReadInfo()
+    path = Path(path)
+    try:
+        stream = open(path, "rb")
+    except OSError as err:
+        raise RecordingError(f"{path}: cannot open: {err.strerror or err}") from err
+    with stream:
+        head = stream.read(len(MCAP_MAGIC))
+        if not head:
+            raise RecordingError(f"{path}: empty file (0 bytes), not a recording")
+        if head != MCAP_MAGIC:
+            if MCAP_MAGIC.startswith(head):
+                raise RecordingError(f"{path}: only {len(head)} bytes, cut short at its start")
+            raise RecordingError(f"{path}: not an MCAP file (no MCAP magic at its start)")
+        stream.seek(0)
+        reader = SeekingReader(stream, validate_crcs=True)
+        try:
+            summary = reader.get_summary()
+        except Exception:  # a torn end fails in many ways: read what is intact
+            summary = None
+        if summary is None or not summary.chunk_indexes:
+            records = _sequential_messages(stream, topics, info, path)
+        else:
+            records = _indexed_messages(reader, topics, path)
+        decoders: dict[int, Any] = {}
+        for schema, channel, message in records:
+            try:
+                decoded = _decode(decoders, schema, channel, message)
+            except Exception as err:  # malformed CDR fails in many ways
+                info.undecodable += 1
+                if info.undecodable == 1:
+                    LOG.warning("%s: a message on %s does not decode (%s); skipped",
+                                path, channel.topic, _describe(err))
+                continue
+            info.messages += 1
+            yield channel.topic, message.log_time, decoded
+
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _decode(decoders: dict[int, Any], schema: Any, channel: Any, message: Any) -> Any:
     from mcap_ros2.decoder import DecoderFactory
 
-    with open(path, "rb") as stream:
-        reader = make_reader(stream, decoder_factories=[DecoderFactory()])
-        for _schema, channel, message, decoded in reader.iter_decoded_messages(topics=topics):
-            yield channel.topic, message.log_time, decoded
+    decoder = decoders.get(channel.id)
+    if decoder is None:
+        decoder = DecoderFactory().decoder_for(channel.message_encoding, schema)
+        if decoder is None:
+            raise RecordingError(f"no decoder for encoding {channel.message_encoding!r}")
+        decoders[channel.id] = decoder
+    return decoder(message.data)
+
+
+def _indexed_messages(reader: Any, topics: list[str] | None, path: Path) -> Iterator[Any]:
+    try:
+        yield from reader.iter_messages(topics=topics)
+    except Exception as err:
+        raise RecordingError(f"{path}: damaged recording: {_describe(err)}") from err
+
+
+def _sequential_messages(
+    stream: BinaryIO, topics: list[str] | None, info: ReadInfo, path: Path
+) -> Iterator[Any]:
+    """Messages in file order up to the first damaged or missing record (a killed recorder's
+    file ends inside a chunk: the chunks before it are whole and CRC-checked)."""
+    from mcap.records import Channel, Footer, Message, Schema
+    from mcap.stream_reader import StreamReader
+
+    size = stream.seek(0, 2)
+    stream.seek(0)
+    schemas: dict[int, Any] = {}
+    channels: dict[int, Any] = {}
+    records = StreamReader(stream, validate_crcs=True).records
+    wanted = set(topics) if topics is not None else None
+    ended = False
+    stopped = ""
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            break
+        except Exception as err:  # the torn end fails in many ways
+            stopped = _describe(err)
+            break
+        if isinstance(record, Schema):
+            schemas[record.id] = record
+        elif isinstance(record, Channel):
+            channels[record.id] = record
+        elif isinstance(record, Footer):
+            ended = True
+        elif isinstance(record, Message):
+            channel = channels.get(record.channel_id)
+            if channel is None or (wanted is not None and channel.topic not in wanted):
+                continue
+            yield schemas.get(channel.schema_id), channel, record
+    if not ended:
+        info.complete = False
+        info.problem = (
+            f"no summary (the recorder was killed or the disk filled up?): of its {size} "
+            "bytes, the whole chunks before the torn end were read"
+        )
+        if stopped and stopped != "EndOfFile":
+            info.problem += f" (the end: {stopped})"
+        LOG.warning("%s: incomplete recording: %s", path, info.problem)

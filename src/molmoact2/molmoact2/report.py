@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from molmoact2.mcap_io import read_messages
+from molmoact2.mcap_io import ReadInfo, RecordingError, read_messages
 
 
 def _stamp(msg) -> float:
@@ -54,6 +54,8 @@ class Recording:
     chunks: list[dict]
     status: list[dict]
     depth: list[dict]
+    # Why the file was read only in part (no summary: the recorder was killed); "" if whole.
+    incomplete: str = ""
 
     @property
     def duration(self) -> float:
@@ -68,7 +70,8 @@ def load_recording(path: str | Path) -> Recording:
     last: dict[str, float] = {}
     measured, commanded = JointSeries(), JointSeries()
     chunks, status, depth = [], [], []
-    for topic, log_ns, msg in read_messages(path):
+    info = ReadInfo()
+    for topic, log_ns, msg in read_messages(path, info=info):
         counts[topic] += 1
         first.setdefault(topic, log_ns * 1e-9)
         last[topic] = log_ns * 1e-9
@@ -102,7 +105,9 @@ def load_recording(path: str | Path) -> Recording:
                     "num_codes": int(msg.num_codes),
                 }
             )
-    return Recording(dict(counts), first, last, measured, commanded, chunks, status, depth)
+    return Recording(
+        dict(counts), first, last, measured, commanded, chunks, status, depth, info.problem
+    )
 
 
 def summarize(rec: Recording) -> dict:
@@ -148,6 +153,8 @@ def summarize(rec: Recording) -> dict:
         summary["depth_changed_fraction_mean"] = float(np.mean([d["fraction"] for d in rec.depth]))
     errors = sorted({s["error"] for s in rec.status if s["error"]})
     summary["status_errors"] = errors[:10]
+    if rec.incomplete:
+        summary["incomplete"] = rec.incomplete
     return summary
 
 
@@ -250,7 +257,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"duration: {summary['duration_s']:.1f} s"]
+    lines = [f"INCOMPLETE RECORDING: {summary['incomplete']}"] if "incomplete" in summary else []
+    lines.append(f"duration: {summary['duration_s']:.1f} s")
     lines.append(
         f"chunks: {summary['chunks']} ({summary['chunk_rate_hz']:.2f} Hz), "
         f"commands: {summary['commands']}, measurements: {summary['measurements']}, "
@@ -279,12 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path = Path(args.recording)
     out = Path(args.out) if args.out else path.with_name(path.stem + "_report")
-    rec = load_recording(path)
-    summary = summarize(rec)
-    plots = plot_report(rec, out)
-    text = format_summary(summary)
-    (out / "summary.txt").write_text(text + "\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    try:
+        rec = load_recording(path)
+        summary = summarize(rec)
+        plots = plot_report(rec, out)
+        text = format_summary(summary)
+        (out / "summary.txt").write_text(text + "\n")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    except (RecordingError, OSError) as exc:  # a bad file or output path: one line, no trace
+        print(f"molmoact2 report: {exc}", file=sys.stderr)
+        return 2
     print(text)
     print(f"plots: {', '.join(str(p) for p in plots)}")
     print(f"summary: {out / 'summary.txt'}")
