@@ -7,10 +7,11 @@ text: the message's .msg file followed by every nested type's, as rosbag2 writes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -69,41 +70,79 @@ def message_definition(type_name: str) -> str:
 
 
 class McapRecorder:
-    """Thread-safe MCAP writer of CDR messages; ``close()`` writes the summary (flush)."""
+    """Thread-safe MCAP writer of CDR messages; ``close()`` writes the summary (flush).
+
+    An existing file is never overwritten: when ``path`` exists (a relaunch with the same
+    ``file_name``, two recorders started in the same second) the recording goes to
+    ``<stem>_1<suffix>``, ``_2``, ... and ``path`` says which. A write that fails (disk full,
+    file size limit, I/O error) is logged once with the file and the error; the recording
+    stops there (the file keeps what reached it, readable up to that point) and later
+    messages are counted in ``dropped``: the caller keeps running.
+    """
 
     def __init__(self, path: str | Path, chunk_size: int = 1 << 20) -> None:
         from mcap.writer import CompressionType, Writer
 
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: BinaryIO = open(self.path, "wb")
+        self.path, self._file = _create_new(Path(path))
+        if self.path != Path(path):
+            LOG.warning("%s exists: recording to %s instead", path, self.path)
         # Small chunks reach the disk often, so a crash loses at most about a chunk.
         self._writer = Writer(
             self._file, chunk_size=chunk_size, compression=CompressionType.LZ4
         )
-        self._writer.start(profile="ros2", library="molmoact2-recorder")
         self._schemas: dict[str, int] = {}
         self._channels: dict[str, int] = {}
         self._sequence: dict[str, int] = {}
         self._lock = threading.Lock()
         self.counts: dict[str, int] = {}
+        self.dropped = 0
+        self.failed = ""  # why writing stopped; "" while it works
         self.closed = False
+        with self._lock:
+            self._guarded(lambda: self._writer.start(profile="ros2", library="molmoact2-recorder"))
+        if self.failed:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            raise OSError(self.failed)
+
+    def _guarded(self, operation: Callable[[], Any]) -> bool:
+        """Run a write to the file; on failure remember why and say so once (lock held)."""
+        try:
+            operation()
+        except OSError as err:
+            self.failed = f"writing {self.path} failed: {err.strerror or err}"
+            total = sum(self.counts.values())
+            LOG.error("%s; recording stopped after %d messages", self.failed, total)
+            return False
+        return True
 
     def add_topic(self, topic: str, type_name: str, definition: str | None = None) -> None:
         """Register ``topic``; ``definition`` is ``message_definition(type_name)`` if the
         caller already has it (read from disk otherwise)."""
         with self._lock:
-            if topic in self._channels or self.closed:
+            if topic in self._channels or self.closed or self.failed:
                 return
             if type_name not in self._schemas:
-                self._schemas[type_name] = self._writer.register_schema(
-                    name=type_name.replace("/msg/", "/").replace("/", "/msg/", 1),
-                    encoding="ros2msg",
-                    data=(definition or message_definition(type_name)).encode(),
+                data = (definition or message_definition(type_name)).encode()
+                name = type_name.replace("/msg/", "/").replace("/", "/msg/", 1)
+                ids: list[int] = []
+                if not self._guarded(
+                    lambda: ids.append(
+                        self._writer.register_schema(name=name, encoding="ros2msg", data=data)
+                    )
+                ):
+                    return
+                self._schemas[type_name] = ids[0]
+            ids = []
+            if not self._guarded(
+                lambda: ids.append(
+                    self._writer.register_channel(
+                        topic=topic, message_encoding="cdr", schema_id=self._schemas[type_name]
+                    )
                 )
-            self._channels[topic] = self._writer.register_channel(
-                topic=topic, message_encoding="cdr", schema_id=self._schemas[type_name]
-            )
+            ):
+                return
+            self._channels[topic] = ids[0]
             self._sequence[topic] = 0
             self.counts[topic] = 0
 
@@ -111,24 +150,53 @@ class McapRecorder:
         with self._lock:
             if self.closed or topic not in self._channels:
                 return
-            self._writer.add_message(
-                channel_id=self._channels[topic],
-                log_time=log_time_ns,
-                publish_time=publish_time_ns,
-                data=data,
-                sequence=self._sequence[topic],
-            )
+            if self.failed:
+                self.dropped += 1
+                return
+            if not self._guarded(
+                lambda: self._writer.add_message(
+                    channel_id=self._channels[topic],
+                    log_time=log_time_ns,
+                    publish_time=publish_time_ns,
+                    data=data,
+                    sequence=self._sequence[topic],
+                )
+            ):
+                self.dropped += 1
+                return
             self._sequence[topic] += 1
             self.counts[topic] += 1
+
+    def flush(self) -> None:
+        """Write the chunk in progress to the file now (call it periodically: a recorder
+        killed without a chance to close loses only what came after the last flush)."""
+        with self._lock:
+            if not self.closed and not self.failed:
+                self._guarded(self._writer.flush)
 
     def close(self) -> None:
         with self._lock:
             if self.closed:
                 return
             self.closed = True
-            self._writer.finish()
-            self._file.flush()
-            self._file.close()
+            if not self.failed:
+                self._guarded(self._writer.finish)
+            if not self.failed:
+                self._guarded(self._file.close)
+            with contextlib.suppress(OSError):  # already said why; the descriptor must go
+                self._file.close()
+
+
+def _create_new(path: Path) -> tuple[Path, BinaryIO]:
+    """Open a new file at ``path``, or beside it with a numbered suffix when it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate = path
+    for number in range(1, 10_000):
+        try:
+            return candidate, open(candidate, "xb")
+        except FileExistsError:
+            candidate = path.with_name(f"{path.stem}_{number}{path.suffix}")
+    raise FileExistsError(f"{path} and 9999 numbered variants of it exist")
 
 
 class RecordingError(ValueError):

@@ -17,6 +17,10 @@ from molmoact2.mcap_io import McapRecorder
 from molmoact2.topic_tap import TopicTap
 from molmoact2_common.ros_params import field_problems
 
+# How often the chunk in progress goes to disk: a recorder killed without the chance to close
+# its file (SIGKILL, the OOM killer, a power cut) loses at most this much of slow topics.
+FLUSH_PERIOD = 1.0
+
 
 @dataclass(frozen=True)
 class RecorderParams:
@@ -68,6 +72,7 @@ def main(args: list[str] | None = None) -> int:
                 raise ValueError(f"cannot write the recording: {err}") from err
             self.tap = TopicTap(self, self.params.topics, self._on_topic, self._on_message)
             self.create_timer(self.params.discovery_period, self.tap.discover)
+            self.create_timer(FLUSH_PERIOD, self.recorder.flush)
             self.get_logger().info(
                 f"recording {len(self.params.topics)} topics to {self.recorder.path}"
             )
@@ -80,10 +85,17 @@ def main(args: list[str] | None = None) -> int:
             self.recorder.write(topic, data, receive_ns, receive_ns)
 
     def flush(node: RecorderNode) -> None:
-        node.recorder.close()
-        counts = ", ".join(f"{t}: {n}" for t, n in sorted(node.recorder.counts.items()))
+        recorder = node.recorder
+        recorder.close()
+        counts = ", ".join(f"{t}: {n}" for t, n in sorted(recorder.counts.items()))
         # rclpy's logger may already be shut down here; this is the last word of the node.
-        sys.stderr.write(f"[recorder] wrote {node.recorder.path} ({counts})\n")
+        if recorder.failed:
+            sys.stderr.write(
+                f"[recorder] {recorder.failed}; {recorder.path} holds what came before "
+                f"({counts}); {recorder.dropped} messages were not recorded\n"
+            )
+        else:
+            sys.stderr.write(f"[recorder] wrote {recorder.path} ({counts})\n")
 
     return run_node(RecorderNode, args, on_exit=flush)
 
