@@ -103,3 +103,11 @@ def test_a_full_disk_stops_the_recording_with_one_error_and_keeps_what_was_writt
     # Whole chunks before the failed write are there, in order, and nothing else.
     assert texts == [f"note {i:05d} " + "x" * 40 for i in range(len(texts))]
     assert 0 < len(texts) <= written
+
+
+def test_output_dir_with_a_tilde_means_the_home_directory(monkeypatch, tmp_path):
+    from molmoact2.recorder_node import RecorderParams
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    params = RecorderParams(output_dir="~/recordings", file_name="run.mcap", topics=("a",))
+    assert params.output_path() == tmp_path / "recordings" / "run.mcap"

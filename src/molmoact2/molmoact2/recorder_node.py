@@ -49,7 +49,9 @@ class RecorderParams:
 
     def output_path(self) -> Path:
         name = self.file_name or time.strftime("molmoact2_%Y%m%d_%H%M%S.mcap")
-        return Path(self.output_dir) / name
+        # "~/recordings" in a params file reaches us unexpanded (no shell in between): it
+        # means the home directory, not a directory named "~" under the working directory.
+        return Path(self.output_dir).expanduser() / name
 
 
 def main(args: list[str] | None = None) -> int:
