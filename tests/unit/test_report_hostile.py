@@ -148,3 +148,19 @@ def test_summary_of_any_mix_of_messages_is_plain_json(tmp_path_factory, chunks, 
     summary = report.summarize(report.load_recording(path))
     json.loads(json.dumps(summary, allow_nan=False))
     report.format_summary(summary)
+
+
+def test_a_users_topic_named_like_ours_with_another_type_is_counted_not_read(tmp_path, capsys):
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import String
+
+    path = tmp_path / "rec.mcap"
+    recorder = McapRecorder(path)
+    for topic in ("/gripper/status", "/other/joint_states", "/x/action_chunk"):
+        recorder.add_topic(topic, "std_msgs/msg/String")
+        recorder.write(topic, serialize_message(String(data="hello")), 10**9, 10**9)
+    recorder.close()
+    assert report.main([str(path), "--out", str(tmp_path / "out")]) == 0
+    summary = _strict_json(tmp_path / "out" / "summary.json")
+    assert summary["topics"]["/gripper/status"]["count"] == 1
+    assert summary["chunks"] == 0 and summary["measurements"] == 0

@@ -92,22 +92,25 @@ def load_recording(path: str | Path) -> Recording:
         first.setdefault(topic, log_ns * 1e-9)
         last[topic] = log_ns * 1e-9
         problem = ""
-        if topic.endswith("/commanded_joint_states"):
+        # Topics are told apart by name and type: a user's own topic that ends the same way
+        # (a gripper's "/status" of another type) is counted, not read as ours.
+        kind = type(msg).__name__
+        if kind == "JointState" and topic.endswith("/commanded_joint_states"):
             if not commanded.add(msg):
                 problem = _joint_problem(msg, commanded)
-        elif topic.endswith("joint_states"):
+        elif kind == "JointState" and topic.endswith("joint_states"):
             if not measured.add(msg):
                 problem = _joint_problem(msg, measured)
-        elif topic.endswith("/action_chunk"):
+        elif kind == "ActionChunk" and topic.endswith("/action_chunk"):
             chunk = _chunk(msg, log_ns)
             if isinstance(chunk, str):
                 problem = chunk
             else:
                 chunks.append(chunk)
-        elif topic.endswith("/status"):
+        elif kind == "PolicyStatus" and topic.endswith("/status"):
             status.append({"state": msg.state, "error": msg.last_error,
                            "latency": float(msg.last_latency)})
-        elif topic.endswith("/depth_tokens"):
+        elif kind == "DepthTokens" and topic.endswith("/depth_tokens"):
             grid = _depth(msg)
             if isinstance(grid, str):
                 problem = grid
