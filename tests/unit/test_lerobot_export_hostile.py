@@ -96,3 +96,63 @@ def test_an_output_path_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "none.mcap"), "--out", str(tmp_path / "new")]) == 2
     err = capsys.readouterr().err
     assert "cannot open" in err and "Traceback" not in err
+
+
+def _rewrite_joint_states(source: Path, target: Path, change) -> None:
+    """Copy ``source`` with each /joint_states message (k-th) passed through ``change(k, msg)``."""
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import JointState
+
+    recorder = McapRecorder(target)
+    with open(source, "rb") as stream:
+        reader = make_reader(stream, decoder_factories=[DecoderFactory()])
+        summary = reader.get_summary()
+        for channel in summary.channels.values():
+            recorder.add_topic(channel.topic, summary.schemas[channel.schema_id].name)
+        k = 0
+        for _schema, channel, message, decoded in reader.iter_decoded_messages():
+            data = message.data
+            if channel.topic == "/joint_states":
+                msg = JointState(name=list(decoded.name), position=list(decoded.position))
+                msg.header.stamp.sec = decoded.header.stamp.sec
+                msg.header.stamp.nanosec = decoded.header.stamp.nanosec
+                data = serialize_message(change(k, msg))
+                k += 1
+            recorder.write(channel.topic, data, message.log_time, message.publish_time)
+    recorder.close()
+
+
+def test_joint_states_with_missing_positions_are_left_out(tmp_path):
+    clean = tmp_path / "clean.mcap"
+    write_recording(clean, [(0.0, 2.0, "stack")])
+    damaged = tmp_path / "damaged.mcap"
+
+    def drop_positions(k, msg):
+        if k % 2:
+            msg.position = msg.position[:1]  # names every joint, one position
+        return msg
+
+    _rewrite_joint_states(clean, damaged, drop_positions)
+    info = export_lerobot([damaged], tmp_path / "ds", robot="yam")
+    assert (
+        info["total_frames"]
+        == export_lerobot([clean], tmp_path / "ref", robot="yam")["total_frames"]
+    )
+
+
+def test_joint_states_of_another_robot_are_named_in_the_error(tmp_path, capsys):
+    clean = tmp_path / "clean.mcap"
+    write_recording(clean, [(0.0, 2.0, "stack")])
+    other = tmp_path / "other.mcap"
+
+    def other_robot(_k, msg):
+        msg.name = [f"other_{i}" for i in range(len(msg.name))]
+        return msg
+
+    _rewrite_joint_states(clean, other, other_robot)
+    assert main([str(other), "--out", str(tmp_path / "ds"), "--robot", "yam"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "nothing recorded on /joint_states" in err and "'other_0'" in err

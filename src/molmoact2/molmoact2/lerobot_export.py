@@ -101,6 +101,10 @@ def _stamp(header: Any) -> int:
 
 
 def _ordered(names: Sequence[str], positions: Sequence[float], joints: Sequence[str]) -> Any:
+    """The positions of ``joints`` in that order; None if a message lacks one, has fewer
+    positions than names (a malformed JointState), or a NaN/inf among them."""
+    if len(positions) != len(names):
+        return None
     index = {name: i for i, name in enumerate(names)}
     if any(j not in index for j in joints):
         return None
@@ -128,6 +132,7 @@ def read_recording(path: Path, config: graph.RobotConfig) -> RecordingSeries:
     ordinals = dict.fromkeys(cameras, 0)
     compressed: set[str] = set()
     bad_images: dict[str, list] = {}
+    unusable: dict[str, tuple[list[str], int]] = {}  # the first message each topic could not use
     for topic, _log_ns, msg in read_messages(path, topics):
         if topic in camera_topics:
             camera = camera_topics[topic]
@@ -148,14 +153,12 @@ def read_recording(path: Path, config: graph.RobotConfig) -> RecordingSeries:
             # back in time (a reordered delivery) is left out rather than buffered.
             if not series.stamps or stamp > series.stamps[-1]:
                 series.add(stamp, ordinal)
-        elif topic == state_topic:
-            values = _ordered(msg.name, msg.position, joints)
-            if values is not None:  # another joint group's message, or a bad sample
-                state.add(_stamp(msg.header), values)
-        elif topic == command_topic:
+        elif topic in (state_topic, command_topic):
             values = _ordered(msg.name, msg.position, joints)
             if values is not None:
-                command.add(_stamp(msg.header), values)
+                (state if topic == state_topic else command).add(_stamp(msg.header), values)
+            else:  # another joint group's message, or a bad sample
+                unusable.setdefault(topic, (list(msg.name), len(msg.position)))
         elif topic == chunk_topic:
             instructions.add(_stamp(msg.header), str(msg.instruction))
     for camera, (count, problem) in bad_images.items():
@@ -167,7 +170,15 @@ def read_recording(path: Path, config: graph.RobotConfig) -> RecordingSeries:
     missing = [c for c, s in cameras.items() if not s.stamps]
     missing += [t for t, s in ((state_topic, state), (command_topic, command)) if not s.stamps]
     if missing:
-        raise ExportError(f"{path}: nothing recorded on {', '.join(missing)}")
+        why = [
+            f"{topic} had messages, none with a finite position for each of {joints} (the "
+            f"first named {names} with {count} positions)"
+            for topic, (names, count) in unusable.items()
+            if topic in missing
+        ]
+        raise ExportError(
+            f"{path}: nothing recorded on {', '.join(missing)}" + "".join(f"; {w}" for w in why)
+        )
     return RecordingSeries(
         path, cameras, shapes, state.sorted(), command.sorted(), instructions.sorted()
     )
