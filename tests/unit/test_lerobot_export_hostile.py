@@ -156,3 +156,12 @@ def test_joint_states_of_another_robot_are_named_in_the_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "nothing recorded on /joint_states" in err and "'other_0'" in err
+
+
+@pytest.mark.parametrize("fps", ["0", "-30", "nan", "29.5"])
+def test_an_fps_that_is_no_positive_whole_number_is_refused(tmp_path, capsys, fps):
+    recording = tmp_path / "run.mcap"
+    McapRecorder(recording).close()
+    assert main([str(recording), "--out", str(tmp_path / "ds"), "--fps", fps]) == 2
+    assert "fps must be a positive whole number" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()

@@ -422,7 +422,7 @@ def _write_dataset(
     config = graph.load_robot_config(robot)
     shared = config.shared
     embodiment = get_embodiment(shared["embodiment"])
-    fps = float(fps or embodiment.rate_hz)
+    fps = float(embodiment.rate_hz if fps is None else fps)  # --fps 0 is an error, not "default"
     if not np.isfinite(fps) or fps <= 0 or fps != int(fps):
         raise ExportError(f"fps must be a positive whole number (LeRobot stores an int), got {fps}")
     fps_int = int(fps)
