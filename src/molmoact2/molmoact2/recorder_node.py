@@ -27,10 +27,15 @@ class RecorderParams:
     """Parameters of the recorder node (config: the `recorder` section)."""
 
     output_dir: str = field(
-        default="out/recordings", metadata={"description": "directory for the MCAP file"}
+        default="out/recordings",
+        metadata={"description": "directory for the MCAP file (~ is the home directory)"},
     )
     file_name: str = field(
-        default="", metadata={"description": "MCAP file name; empty: molmoact2_<time>.mcap"}
+        default="",
+        metadata={
+            "description": "MCAP file name; empty: molmoact2_<time>.mcap; an existing file is "
+            "kept (the recording gets _1, _2, ... before .mcap)"
+        },
     )
     topics: tuple[str, ...] = field(
         default=(), metadata={"description": "topics to record, relative to the namespace"}
