@@ -225,8 +225,9 @@ def read_messages(
 
     A file that is not an MCAP recording (missing, empty, another format) raises
     ``RecordingError``. One without its summary is read as far as it is intact (whole chunks:
-    their CRC is checked) and ``info`` says it is incomplete; a warning is logged too. A message
-    whose bytes do not decode with its channel's schema is skipped and counted.
+    their CRC is checked), a chunk that fails its check is left out, and ``info`` says the
+    read is incomplete; a warning is logged too. A message whose bytes do not decode with its
+    channel's schema is skipped and counted.
     """
     from mcap.reader import SeekingReader
 
@@ -253,7 +254,7 @@ def read_messages(
         if summary is None or not summary.chunk_indexes:
             records = _sequential_messages(stream, topics, info, path)
         else:
-            records = _indexed_messages(reader, topics, path)
+            records = _indexed_messages(stream, summary, topics, info, path)
         decoders: dict[int, Any] = {}
         for schema, channel, message in records:
             try:
@@ -286,11 +287,48 @@ def _decode(decoders: dict[int, Any], schema: Any, channel: Any, message: Any) -
     return decoder(message.data)
 
 
-def _indexed_messages(reader: Any, topics: list[str] | None, path: Path) -> Iterator[Any]:
-    try:
-        yield from reader.iter_messages(topics=topics)
-    except Exception as err:
-        raise RecordingError(f"{path}: damaged recording: {_describe(err)}") from err
+def _indexed_messages(
+    stream: BinaryIO, summary: Any, topics: list[str] | None, info: ReadInfo, path: Path
+) -> Iterator[Any]:
+    """Messages chunk by chunk through the summary's index, in log-time order for chunks that
+    do not overlap in time (a recorder's do not). A chunk that fails its CRC or does not
+    decompress (a damaged disk block) is left out and counted; the rest are read."""
+    from mcap.data_stream import ReadDataStream
+    from mcap.records import Chunk, Message
+    from mcap.stream_reader import breakup_chunk
+
+    wanted = None
+    if topics is not None:
+        wanted = {cid for cid, c in summary.channels.items() if c.topic in set(topics)}
+    damaged: list[str] = []
+    order = sorted(
+        summary.chunk_indexes, key=lambda c: (c.message_start_time, c.chunk_start_offset)
+    )
+    for index in order:
+        if wanted is not None and index.message_index_offsets:
+            if not wanted & set(index.message_index_offsets):
+                continue  # no message of the wanted topics in this chunk
+        try:
+            stream.seek(index.chunk_start_offset + 1 + 8)  # past the opcode and the length
+            chunk = Chunk.read(ReadDataStream(stream))
+            records = breakup_chunk(chunk, validate_crc=True)
+        except Exception as err:  # a damaged chunk fails in many ways
+            damaged.append(f"at byte {index.chunk_start_offset}: {_describe(err)}")
+            continue
+        messages = [r for r in records if isinstance(r, Message)]
+        messages.sort(key=lambda m: m.log_time)  # stable: equal times keep the file's order
+        for message in messages:
+            channel = summary.channels.get(message.channel_id)
+            if channel is None or (wanted is not None and message.channel_id not in wanted):
+                continue
+            yield summary.schemas.get(channel.schema_id), channel, message
+    if damaged:
+        info.complete = False
+        info.problem = (
+            f"{len(damaged)} of {len(order)} chunks are damaged and were left out "
+            f"(the first {damaged[0]})"
+        )
+        LOG.warning("%s: damaged recording: %s", path, info.problem)
 
 
 def _sequential_messages(
@@ -298,7 +336,7 @@ def _sequential_messages(
 ) -> Iterator[Any]:
     """Messages in file order up to the first damaged or missing record (a killed recorder's
     file ends inside a chunk: the chunks before it are whole and CRC-checked)."""
-    from mcap.records import Channel, Footer, Message, Schema
+    from mcap.records import Channel, DataEnd, Footer, Message, Schema
     from mcap.stream_reader import StreamReader
 
     size = stream.seek(0, 2)
@@ -321,8 +359,8 @@ def _sequential_messages(
             schemas[record.id] = record
         elif isinstance(record, Channel):
             channels[record.id] = record
-        elif isinstance(record, Footer):
-            ended = True
+        elif isinstance(record, (DataEnd, Footer)):
+            ended = True  # every message is before DataEnd: only the summary is damaged
         elif isinstance(record, Message):
             channel = channels.get(record.channel_id)
             if channel is None or (wanted is not None and channel.topic not in wanted):
