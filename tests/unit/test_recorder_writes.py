@@ -111,3 +111,29 @@ def test_output_dir_with_a_tilde_means_the_home_directory(monkeypatch, tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     params = RecorderParams(output_dir="~/recordings", file_name="run.mcap", topics=("a",))
     assert params.output_path() == tmp_path / "recordings" / "run.mcap"
+
+
+def test_a_recording_deleted_while_open_is_an_error_and_the_last_line_says_so(tmp_path, caplog):
+    import logging
+
+    from molmoact2.recorder_node import exit_report
+
+    recorder = _record(tmp_path / "gone.mcap", ["a"], close=False)
+    recorder.path.unlink()  # `rm -r out/` while the graph runs
+    with caplog.at_level(logging.ERROR, logger="molmoact2.recording"):
+        recorder.flush()
+        recorder.flush()
+        recorder.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "deleted while recording" in errors[0]
+    assert "was deleted while recording" in exit_report(recorder, {"/notes"})
+
+
+def test_the_last_line_names_the_topics_nothing_was_recorded_on(tmp_path):
+    from molmoact2.recorder_node import exit_report
+
+    recorder = _record(tmp_path / "run.mcap", ["a", "b"])
+    line = exit_report(recorder, {"/notes", "/camera/image", "/joint_states"})
+    assert line.startswith(f"wrote {recorder.path} (/notes: 2)")
+    assert "nothing recorded on /camera/image, /joint_states" in line
+    assert "nothing recorded" not in exit_report(recorder, {"/notes"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -97,6 +98,7 @@ class McapRecorder:
         self.counts: dict[str, int] = {}
         self.dropped = 0
         self.failed = ""  # why writing stopped; "" while it works
+        self.deleted = False  # the file was removed from its directory while open
         self.closed = False
         with self._lock:
             self._guarded(lambda: self._writer.start(profile="ros2", library="molmoact2-recorder"))
@@ -173,6 +175,17 @@ class McapRecorder:
         with self._lock:
             if not self.closed and not self.failed:
                 self._guarded(self._writer.flush)
+                self._check_deleted()
+
+    def _check_deleted(self) -> None:
+        # A file removed while open (`rm -r out/`) takes every later write with it when
+        # the recorder closes: nothing would say so.
+        if self.deleted:
+            return
+        with contextlib.suppress(OSError):
+            self.deleted = os.fstat(self._file.fileno()).st_nlink == 0
+        if self.deleted:
+            LOG.error("%s was deleted while recording: what is recorded now is lost", self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -181,6 +194,7 @@ class McapRecorder:
             self.closed = True
             if not self.failed:
                 self._guarded(self._writer.finish)
+                self._check_deleted()
             if not self.failed:
                 self._guarded(self._file.close)
             with contextlib.suppress(OSError):  # already said why; the descriptor must go

@@ -59,6 +59,24 @@ class RecorderParams:
         return Path(self.output_dir).expanduser() / name
 
 
+def exit_report(recorder: McapRecorder, wanted: set[str]) -> str:
+    """The recorder's last line: what the file holds, and what it does not."""
+    counts = ", ".join(f"{t}: {n}" for t, n in sorted(recorder.counts.items()))
+    if recorder.deleted:
+        text = f"{recorder.path} was deleted while recording ({counts} messages lost)"
+    elif recorder.failed:
+        text = (
+            f"{recorder.failed}; {recorder.path} holds what came before ({counts}); "
+            f"{recorder.dropped} messages were not recorded"
+        )
+    else:
+        text = f"wrote {recorder.path} ({counts})"
+    never = sorted(wanted - set(recorder.counts))
+    if never:
+        text += f"; nothing recorded on {', '.join(never)} (no publisher, or its type not loaded)"
+    return text
+
+
 def main(args: list[str] | None = None) -> int:
     from rclpy.node import Node
 
@@ -92,17 +110,9 @@ def main(args: list[str] | None = None) -> int:
             self.recorder.write(topic, data, receive_ns, receive_ns)
 
     def flush(node: RecorderNode) -> None:
-        recorder = node.recorder
-        recorder.close()
-        counts = ", ".join(f"{t}: {n}" for t, n in sorted(recorder.counts.items()))
+        node.recorder.close()
         # rclpy's logger may already be shut down here; this is the last word of the node.
-        if recorder.failed:
-            sys.stderr.write(
-                f"[recorder] {recorder.failed}; {recorder.path} holds what came before "
-                f"({counts}); {recorder.dropped} messages were not recorded\n"
-            )
-        else:
-            sys.stderr.write(f"[recorder] wrote {recorder.path} ({counts})\n")
+        sys.stderr.write(f"[recorder] {exit_report(node.recorder, node.tap.wanted)}\n")
 
     return run_node(RecorderNode, args, on_exit=flush)
 

@@ -45,7 +45,7 @@ class TopicTap:
         on_message: Callable[[str, bytes, int], None],
     ) -> None:
         self._node = node
-        self._wanted = {node.resolve_topic_name(t) for t in topics}
+        self.wanted = {node.resolve_topic_name(t) for t in topics}
         self._on_topic = on_topic
         self._on_message = on_message
         self.subscribed: dict[str, Any] = {}
@@ -54,7 +54,7 @@ class TopicTap:
 
     def discover(self) -> None:
         for topic, types in self._node.get_topic_names_and_types():
-            if topic not in self._wanted or not types:
+            if topic not in self.wanted or not types:
                 continue
             if topic in self.subscribed:
                 if self.subscribed[topic] is not None:
