@@ -137,3 +137,12 @@ def test_the_last_line_names_the_topics_nothing_was_recorded_on(tmp_path):
     assert line.startswith(f"wrote {recorder.path} (/notes: 2)")
     assert "nothing recorded on /camera/image, /joint_states" in line
     assert "nothing recorded" not in exit_report(recorder, {"/notes"})
+
+
+def test_a_recorder_killed_at_once_leaves_a_readable_file(tmp_path):
+    recorder = McapRecorder(tmp_path / "early.mcap")  # never closed: SIGKILL in its first second
+    killed = tmp_path / "killed.mcap"
+    killed.write_bytes(recorder.path.read_bytes())
+    info = ReadInfo()
+    assert _texts(killed, info) == [] and not info.complete
+    recorder.close()

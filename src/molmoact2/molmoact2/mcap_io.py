@@ -102,6 +102,9 @@ class McapRecorder:
         self.closed = False
         with self._lock:
             self._guarded(lambda: self._writer.start(profile="ros2", library="molmoact2-recorder"))
+            # On disk at once: a recorder killed in its first second leaves an MCAP file (no
+            # messages, incomplete), not an empty one that reads as "not a recording".
+            self._guarded(self._file.flush)
         if self.failed:
             with contextlib.suppress(OSError):
                 self._file.close()
