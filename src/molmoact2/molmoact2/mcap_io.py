@@ -386,8 +386,8 @@ def _sequential_messages(
     if not ended:
         info.complete = False
         info.problem = (
-            f"no summary (the recorder was killed or the disk filled up?): of its {size} "
-            "bytes, the whole chunks before the torn end were read"
+            "no summary (still being recorded, or the recorder was killed or its disk filled "
+            f"up): of its {size} bytes, the whole chunks before the torn end were read"
         )
         if stopped and stopped != "EndOfFile":
             info.problem += f" (the end: {stopped})"
