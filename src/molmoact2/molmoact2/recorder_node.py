@@ -78,6 +78,7 @@ def exit_report(recorder: McapRecorder, wanted: set[str]) -> str:
 
 
 def main(args: list[str] | None = None) -> int:
+    from rclpy.clock import Clock, ClockType
     from rclpy.node import Node
 
     from molmoact2_common.ros_params import declare_dataclass_params, refuse_param_changes
@@ -96,8 +97,12 @@ def main(args: list[str] | None = None) -> int:
             except OSError as err:  # a clear line, as for any other bad parameter
                 raise ValueError(f"cannot write the recording: {err}") from err
             self.tap = TopicTap(self, self.params.topics, self._on_topic, self._on_message)
-            self.create_timer(self.params.discovery_period, self.tap.discover)
-            self.create_timer(FLUSH_PERIOD, self.recorder.flush)
+            # Wall-time timers: the graph changes and the disk fills in wall time. On the
+            # node's clock, with use_sim_time and no /clock yet (or a paused simulator),
+            # no topic was ever subscribed and nothing was recorded.
+            steady = Clock(clock_type=ClockType.STEADY_TIME)
+            self.create_timer(self.params.discovery_period, self.tap.discover, clock=steady)
+            self.create_timer(FLUSH_PERIOD, self.recorder.flush, clock=steady)
             self.get_logger().info(
                 f"recording {len(self.params.topics)} topics to {self.recorder.path}"
             )
