@@ -132,6 +132,7 @@ def read_recording(path: Path, config: graph.RobotConfig) -> RecordingSeries:
     ordinals = dict.fromkeys(cameras, 0)
     compressed: set[str] = set()
     bad_images: dict[str, list] = {}
+    convertible: set[tuple] = set()
     unusable: dict[str, tuple[list[str], int]] = {}  # the first message each topic could not use
     for topic, _log_ns, msg in read_messages(path, topics):
         if topic in camera_topics:
@@ -140,7 +141,7 @@ def read_recording(path: Path, config: graph.RobotConfig) -> RecordingSeries:
             if not hasattr(msg, "height"):
                 compressed.add(camera)
                 continue
-            problem = _image_problem(msg, shapes.get(camera))
+            problem = _image_problem(msg, shapes.get(camera), convertible)
             if problem:
                 # A frame the video cannot take (another size, a bad buffer or encoding):
                 # the frames around it stand in for it, as for a dropped frame.
@@ -344,17 +345,26 @@ class _VideoWriter:
         return _image_stats(self._sum, self._sum_sq, self._min, self._max, self.frames)
 
 
-def _image_problem(msg: Any, shape: tuple[int, int, int] | None) -> str:
-    """Why an image cannot be a frame of its camera's video ("" if it can)."""
+def _image_problem(msg: Any, shape: tuple[int, int, int] | None, convertible: set[tuple]) -> str:
+    """Why an image cannot be a frame of its camera's video ("" if it can).
+
+    Whether an image converts depends on its layout only (encoding, size, step, buffer length,
+    byte order), never on its pixels: one conversion per layout seen (``convertible``) checks
+    every image of that layout.
+    """
     from molmoact2_policy.image_conversion import ImageConversionError, image_msg_to_rgb
 
     size = (int(msg.height), int(msg.width), 3)
     if shape is not None and size != shape:
         return f"{size[1]}x{size[0]}, the camera's first image {shape[1]}x{shape[0]}"
+    layout = (msg.encoding, size, int(msg.step), len(msg.data), bool(msg.is_bigendian))
+    if layout in convertible:
+        return ""
     try:
         image_msg_to_rgb(msg)
     except ImageConversionError as exc:
         return str(exc)
+    convertible.add(layout)
     return ""
 
 
