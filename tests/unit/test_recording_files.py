@@ -158,3 +158,20 @@ def test_a_damaged_chunk_is_left_out_and_the_others_are_read(tmp_path, whole, ca
     assert got[0] == stamps[0] and got[-1] == stamps[-1]  # the chunks around it are read
     assert report.main([str(path), "--out", str(tmp_path / "out")]) == 0
     assert capsys.readouterr().out.startswith("INCOMPLETE RECORDING: 1 of")
+
+
+def test_a_message_that_does_not_decode_is_skipped_and_counted(tmp_path, capsys):
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import JointState
+
+    path = tmp_path / "garbled.mcap"
+    recorder = McapRecorder(path)
+    recorder.add_topic("/joint_states", "sensor_msgs/msg/JointState")
+    good = serialize_message(JointState(name=["a"], position=[1.0]))
+    for i, data in enumerate([good, b"\x00\x01\x00\x00\xff\xff\xff\x7f", good, b"", good]):
+        recorder.write("/joint_states", data, 10 + i, 10 + i)
+    recorder.close()
+    info = ReadInfo()
+    assert len(list(read_messages(path, info=info))) == 3
+    assert info.undecodable == 2 and info.complete
+    assert report.main([str(path), "--out", str(tmp_path / "out")]) == 0
