@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from molmoact2 import graph
+from molmoact2.mcap_io import RecordingError
 from molmoact2.report import format_summary, load_recording, plot_report, summarize
 from molmoact2.supervisor import Supervisor
 
@@ -67,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     if not recording.is_file():
         print("[demo] no recording was written", file=sys.stderr)
         return 1
-    rec = load_recording(recording)
+    try:
+        rec = load_recording(recording)
+    except RecordingError as exc:
+        print(f"[demo] {exc}", file=sys.stderr)
+        return 1
     summary = summarize(rec)
     plots = plot_report(rec, out / "report")
     text = format_summary(summary)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +101,10 @@ def _stamp(header: Any) -> int:
 
 
 def _ordered(names: Sequence[str], positions: Sequence[float], joints: Sequence[str]) -> Any:
+    """The positions of ``joints`` in that order; None if a message lacks one, has fewer
+    positions than names (a malformed JointState), or a NaN/inf among them."""
+    if len(positions) != len(names):
+        return None
     index = {name: i for i, name in enumerate(names)}
     if any(j not in index for j in joints):
         return None
@@ -124,35 +130,56 @@ def read_recording(path: Path, config: graph.RobotConfig) -> RecordingSeries:
     state, command, instructions = _Series(), _Series(), _Series()
     topics = [*camera_topics, state_topic, command_topic, chunk_topic]
     ordinals = dict.fromkeys(cameras, 0)
+    compressed: set[str] = set()
+    bad_images: dict[str, list] = {}
+    convertible: set[tuple] = set()
+    unusable: dict[str, tuple[list[str], int]] = {}  # the first message each topic could not use
     for topic, _log_ns, msg in read_messages(path, topics):
         if topic in camera_topics:
             camera = camera_topics[topic]
             ordinal, ordinals[camera] = ordinals[camera], ordinals[camera] + 1
+            if not hasattr(msg, "height"):
+                compressed.add(camera)
+                continue
+            problem = _image_problem(msg, shapes.get(camera), convertible)
+            if problem:
+                # A frame the video cannot take (another size, a bad buffer or encoding):
+                # the frames around it stand in for it, as for a dropped frame.
+                bad_images.setdefault(camera, [0, problem])[0] += 1
+                continue
+            shapes.setdefault(camera, (int(msg.height), int(msg.width), 3))
             stamp = _stamp(msg.header)
             series = cameras[camera]
             # Images are encoded in one streaming pass in file order: one whose stamp goes
             # back in time (a reordered delivery) is left out rather than buffered.
             if not series.stamps or stamp > series.stamps[-1]:
                 series.add(stamp, ordinal)
-            if camera not in shapes and hasattr(msg, "height"):
-                shapes[camera] = (int(msg.height), int(msg.width), 3)
-        elif topic == state_topic:
-            values = _ordered(msg.name, msg.position, joints)
-            if values is not None:  # another joint group's message, or a bad sample
-                state.add(_stamp(msg.header), values)
-        elif topic == command_topic:
+        elif topic in (state_topic, command_topic):
             values = _ordered(msg.name, msg.position, joints)
             if values is not None:
-                command.add(_stamp(msg.header), values)
+                (state if topic == state_topic else command).add(_stamp(msg.header), values)
+            else:  # another joint group's message, or a bad sample
+                unusable.setdefault(topic, (list(msg.name), len(msg.position)))
         elif topic == chunk_topic:
             instructions.add(_stamp(msg.header), str(msg.instruction))
+    for camera, (count, problem) in bad_images.items():
+        LOG.warning("%s: left out %d images of camera %r (the first: %s)", path, count, camera,
+                    problem)
+    for camera in cameras:
+        if camera in compressed and camera not in shapes:
+            raise ExportError(f"{path}: camera {camera!r} images are compressed; record raw")
     missing = [c for c, s in cameras.items() if not s.stamps]
     missing += [t for t, s in ((state_topic, state), (command_topic, command)) if not s.stamps]
     if missing:
-        raise ExportError(f"{path}: nothing recorded on {', '.join(missing)}")
-    for camera in cameras:
-        if camera not in shapes:
-            raise ExportError(f"{path}: camera {camera!r} images are compressed; record raw")
+        why = [
+            f"{topic} had messages, none with a finite position for each of {joints} (the "
+            f"first named {names} with {count} positions)"
+            for topic, (names, count) in unusable.items()
+            if topic in missing
+        ]
+        raise ExportError(
+            f"{path}: nothing recorded on {', '.join(missing)}" + "".join(f"; {w}" for w in why)
+        )
     return RecordingSeries(
         path, cameras, shapes, state.sorted(), command.sorted(), instructions.sorted()
     )
@@ -318,13 +345,35 @@ class _VideoWriter:
         return _image_stats(self._sum, self._sum_sq, self._min, self._max, self.frames)
 
 
-def _images(path: Path, topic: str) -> Iterator[tuple[int, np.ndarray]]:
-    """(place in the topic, RGB image) of each of the camera's images, in file order."""
+def _image_problem(msg: Any, shape: tuple[int, int, int] | None, convertible: set[tuple]) -> str:
+    """Why an image cannot be a frame of its camera's video ("" if it can).
+
+    Whether an image converts depends on its layout only (encoding, size, step, buffer length,
+    byte order), never on its pixels: one conversion per layout seen (``convertible``) checks
+    every image of that layout.
+    """
+    from molmoact2_policy.image_conversion import ImageConversionError, image_msg_to_rgb
+
+    size = (int(msg.height), int(msg.width), 3)
+    if shape is not None and size != shape:
+        return f"{size[1]}x{size[0]}, the camera's first image {shape[1]}x{shape[0]}"
+    layout = (msg.encoding, size, int(msg.step), len(msg.data), bool(msg.is_bigendian))
+    if layout in convertible:
+        return ""
+    try:
+        image_msg_to_rgb(msg)
+    except ImageConversionError as exc:
+        return str(exc)
+    convertible.add(layout)
+    return ""
+
+
+def _images(path: Path, topic: str) -> Iterator[tuple[int, Any]]:
+    """(place in the topic, Image message) of each of the camera's images, in file order."""
     from molmoact2.mcap_io import read_messages
-    from molmoact2_policy.image_conversion import image_msg_to_rgb
 
     for ordinal, (_topic, _log_ns, msg) in enumerate(read_messages(path, [topic])):
-        yield ordinal, image_msg_to_rgb(msg)
+        yield ordinal, msg
 
 
 def export_lerobot(
@@ -337,22 +386,56 @@ def export_lerobot(
     split_on_instruction: bool = False,
 ) -> dict[str, Any]:
     """Write the dataset; returns its ``info.json``."""
+    final = Path(out_dir)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise ExportError(f"{final} exists and is not an empty directory")
+    # Written beside the destination and moved there when whole: an export that fails half
+    # way (a bad recording, a full disk) leaves no half dataset that a rerun would refuse.
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # (mkdir, not mkdtemp: the dataset gets the permissions of any directory made here)
+    staging = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    try:
+        info = _write_dataset(
+            recordings, staging, robot=robot, fps=fps, task=task,
+            split_on_instruction=split_on_instruction,
+        )  # fmt: skip
+        if final.exists():
+            final.rmdir()  # empty (checked above)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    LOG.info(
+        "wrote %s: %d episodes, %d frames, %d tasks",
+        final, info["total_episodes"], info["total_frames"], info["total_tasks"],
+    )  # fmt: skip
+    return info
+
+
+def _write_dataset(
+    recordings: Sequence[str | Path],
+    out: Path,
+    *,
+    robot: str,
+    fps: float | None,
+    task: str,
+    split_on_instruction: bool,
+) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from molmoact2_common.embodiments import get_embodiment
+    from molmoact2_policy.image_conversion import image_msg_to_rgb
     from molmoact2_policy.model.normalize import NormStats
 
     config = graph.load_robot_config(robot)
     shared = config.shared
     embodiment = get_embodiment(shared["embodiment"])
-    fps = float(fps or embodiment.rate_hz)
+    fps = float(embodiment.rate_hz if fps is None else fps)  # --fps 0 is an error, not "default"
     if not np.isfinite(fps) or fps <= 0 or fps != int(fps):
         raise ExportError(f"fps must be a positive whole number (LeRobot stores an int), got {fps}")
     fps_int = int(fps)
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise ExportError(f"{out} exists and is not empty")
     joints = list(shared["joint_names"])
     cameras = list(shared["camera_names"])
     camera_topics = dict(zip(cameras, shared["camera_topics"], strict=True))
@@ -426,8 +509,10 @@ def export_lerobot(
             images = _images(plan.recording, topic)
             current, current_ordinal = None, -1
             for wanted in plan.camera_ordinals[camera]:
-                while current_ordinal < wanted:
-                    current_ordinal, current = next(images)
+                if wanted != current_ordinal:  # only the frames used are converted
+                    while current_ordinal < wanted:
+                        current_ordinal, msg = next(images)
+                    current = image_msg_to_rgb(msg)
                 writers[camera].add(current)
     image_stats = {video_key(c): writers[c].close() for c in cameras}
 
@@ -523,7 +608,6 @@ def export_lerobot(
         }
     )
     norm.save(out / "meta" / "norm_stats.json")
-    LOG.info("wrote %s: %d episodes, %d frames, %d tasks", out, len(plans), offset, len(tasks))
     return info
 
 
@@ -546,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="one episode per instruction the policy ran (e.g. per task goal)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from molmoact2.mcap_io import RecordingError
+
     try:
         export_lerobot(
             args.recordings,
@@ -555,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
             task=args.task,
             split_on_instruction=args.split_on_instruction,
         )
-    except (ExportError, graph.ConfigError, OSError) as exc:
+    except (ExportError, RecordingError, graph.ConfigError, OSError) as exc:
         print(f"molmoact2 export: {exc}", file=sys.stderr)
         return 2
     return 0

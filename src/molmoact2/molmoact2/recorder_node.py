@@ -17,16 +17,25 @@ from molmoact2.mcap_io import McapRecorder
 from molmoact2.topic_tap import TopicTap
 from molmoact2_common.ros_params import field_problems
 
+# How often the chunk in progress goes to disk: a recorder killed without the chance to close
+# its file (SIGKILL, the OOM killer, a power cut) loses at most this much of slow topics.
+FLUSH_PERIOD = 1.0
+
 
 @dataclass(frozen=True)
 class RecorderParams:
     """Parameters of the recorder node (config: the `recorder` section)."""
 
     output_dir: str = field(
-        default="out/recordings", metadata={"description": "directory for the MCAP file"}
+        default="out/recordings",
+        metadata={"description": "directory for the MCAP file (~ is the home directory)"},
     )
     file_name: str = field(
-        default="", metadata={"description": "MCAP file name; empty: molmoact2_<time>.mcap"}
+        default="",
+        metadata={
+            "description": "MCAP file name; empty: molmoact2_<time>.mcap; an existing file is "
+            "kept (the recording gets _1, _2, ... before .mcap)"
+        },
     )
     topics: tuple[str, ...] = field(
         default=(), metadata={"description": "topics to record, relative to the namespace"}
@@ -45,10 +54,31 @@ class RecorderParams:
 
     def output_path(self) -> Path:
         name = self.file_name or time.strftime("molmoact2_%Y%m%d_%H%M%S.mcap")
-        return Path(self.output_dir) / name
+        # "~/recordings" in a params file reaches us unexpanded (no shell in between): it
+        # means the home directory, not a directory named "~" under the working directory.
+        return Path(self.output_dir).expanduser() / name
+
+
+def exit_report(recorder: McapRecorder, wanted: set[str]) -> str:
+    """The recorder's last line: what the file holds, and what it does not."""
+    counts = ", ".join(f"{t}: {n}" for t, n in sorted(recorder.counts.items()))
+    if recorder.deleted:
+        text = f"{recorder.path} was deleted while recording ({counts} messages lost)"
+    elif recorder.failed:
+        text = (
+            f"{recorder.failed}; {recorder.path} holds what came before ({counts}); "
+            f"{recorder.dropped} messages were not recorded"
+        )
+    else:
+        text = f"wrote {recorder.path} ({counts})"
+    never = sorted(wanted - set(recorder.counts))
+    if never:
+        text += f"; nothing recorded on {', '.join(never)} (no publisher, or its type not loaded)"
+    return text
 
 
 def main(args: list[str] | None = None) -> int:
+    from rclpy.clock import Clock, ClockType
     from rclpy.node import Node
 
     from molmoact2_common.ros_params import declare_dataclass_params, refuse_param_changes
@@ -67,7 +97,12 @@ def main(args: list[str] | None = None) -> int:
             except OSError as err:  # a clear line, as for any other bad parameter
                 raise ValueError(f"cannot write the recording: {err}") from err
             self.tap = TopicTap(self, self.params.topics, self._on_topic, self._on_message)
-            self.create_timer(self.params.discovery_period, self.tap.discover)
+            # Wall-time timers: the graph changes and the disk fills in wall time. On the
+            # node's clock, with use_sim_time and no /clock yet (or a paused simulator),
+            # no topic was ever subscribed and nothing was recorded.
+            steady = Clock(clock_type=ClockType.STEADY_TIME)
+            self.create_timer(self.params.discovery_period, self.tap.discover, clock=steady)
+            self.create_timer(FLUSH_PERIOD, self.recorder.flush, clock=steady)
             self.get_logger().info(
                 f"recording {len(self.params.topics)} topics to {self.recorder.path}"
             )
@@ -81,9 +116,8 @@ def main(args: list[str] | None = None) -> int:
 
     def flush(node: RecorderNode) -> None:
         node.recorder.close()
-        counts = ", ".join(f"{t}: {n}" for t, n in sorted(node.recorder.counts.items()))
         # rclpy's logger may already be shut down here; this is the last word of the node.
-        sys.stderr.write(f"[recorder] wrote {node.recorder.path} ({counts})\n")
+        sys.stderr.write(f"[recorder] {exit_report(node.recorder, node.tap.wanted)}\n")
 
     return run_node(RecorderNode, args, on_exit=flush)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from molmoact2.mcap_io import read_messages
+from molmoact2.mcap_io import ReadInfo, RecordingError, read_messages
 
 
 def _stamp(msg) -> float:
@@ -30,16 +30,29 @@ class JointSeries:
     positions: list[list[float]] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
 
-    def add(self, msg) -> None:
+    def add(self, msg) -> bool:
+        """Take a sample of the series' joints; False for one that is not (no joints, other
+        joints, a position per joint missing)."""
+        if not msg.name:
+            return False
         if not self.names:
             self.names = list(msg.name)
         if list(msg.name) != self.names or len(msg.position) != len(self.names):
-            return
+            return False
         self.times.append(_stamp(msg))
         self.positions.append(list(msg.position))
+        return True
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(self.times), np.asarray(self.positions).reshape(len(self.times), -1)
+        """Times and positions in time order (np.interp needs increasing times; stamps of a
+        topic need not arrive in order)."""
+        times = np.asarray(self.times, dtype=np.float64)
+        positions = np.asarray(self.positions, dtype=np.float64).reshape(len(times), -1)
+        order = np.argsort(times, kind="stable")
+        return times[order], positions[order]
+
+    def column(self, name: str) -> int | None:
+        return self.names.index(name) if name in self.names else None
 
 
 @dataclass
@@ -54,6 +67,10 @@ class Recording:
     chunks: list[dict]
     status: list[dict]
     depth: list[dict]
+    # Why the file was read only in part (no summary: the recorder was killed); "" if whole.
+    incomplete: str = ""
+    # Messages left out of the plots and numbers, per topic, with the first reason.
+    skipped: dict[str, list] = field(default_factory=dict)
 
     @property
     def duration(self) -> float:
@@ -68,41 +85,83 @@ def load_recording(path: str | Path) -> Recording:
     last: dict[str, float] = {}
     measured, commanded = JointSeries(), JointSeries()
     chunks, status, depth = [], [], []
-    for topic, log_ns, msg in read_messages(path):
+    skipped: dict[str, list] = {}
+    info = ReadInfo()
+    for topic, log_ns, msg in read_messages(path, info=info):
         counts[topic] += 1
         first.setdefault(topic, log_ns * 1e-9)
         last[topic] = log_ns * 1e-9
-        if topic.endswith("/commanded_joint_states"):
-            commanded.add(msg)
-        elif topic.endswith("joint_states"):
-            measured.add(msg)
-        elif topic.endswith("/action_chunk"):
-            horizon, names = int(msg.horizon), list(msg.joint_names)
-            chunks.append(
-                {
-                    "stamp": _stamp(msg),
-                    "start": _stamp(msg) + msg.start_offset.sec + msg.start_offset.nanosec * 1e-9,
-                    "step_dt": float(msg.step_dt),
-                    "names": names,
-                    "positions": np.asarray(msg.positions).reshape(horizon, len(names)),
-                    "latency": float(msg.inference_latency),
-                    "arrival": log_ns * 1e-9,
-                    "mode": msg.mode,
-                }
-            )
-        elif topic.endswith("/status"):
+        problem = ""
+        # Topics are told apart by name and type: a user's own topic that ends the same way
+        # (a gripper's "/status" of another type) is counted, not read as ours.
+        kind = type(msg).__name__
+        if kind == "JointState" and topic.endswith("/commanded_joint_states"):
+            if not commanded.add(msg):
+                problem = _joint_problem(msg, commanded)
+        elif kind == "JointState" and topic.endswith("joint_states"):
+            if not measured.add(msg):
+                problem = _joint_problem(msg, measured)
+        elif kind == "ActionChunk" and topic.endswith("/action_chunk"):
+            chunk = _chunk(msg, log_ns)
+            if isinstance(chunk, str):
+                problem = chunk
+            else:
+                chunks.append(chunk)
+        elif kind == "PolicyStatus" and topic.endswith("/status"):
             status.append({"state": msg.state, "error": msg.last_error,
                            "latency": float(msg.last_latency)})
-        elif topic.endswith("/depth_tokens"):
-            depth.append(
-                {
-                    "codes": np.asarray(msg.codes).reshape(msg.rows, msg.cols),
-                    "changed": np.asarray(msg.changed, dtype=bool).reshape(msg.rows, msg.cols),
-                    "fraction": float(msg.changed_fraction),
-                    "num_codes": int(msg.num_codes),
-                }
-            )
-    return Recording(dict(counts), first, last, measured, commanded, chunks, status, depth)
+        elif kind == "DepthTokens" and topic.endswith("/depth_tokens"):
+            grid = _depth(msg)
+            if isinstance(grid, str):
+                problem = grid
+            else:
+                depth.append(grid)
+        if problem:
+            entry = skipped.setdefault(topic, [0, problem])
+            entry[0] += 1
+    return Recording(
+        dict(counts), first, last, measured, commanded, chunks, status, depth, info.problem,
+        skipped,
+    )
+
+
+def _joint_problem(msg, series: JointSeries) -> str:
+    if not msg.name:
+        return "no joint names"
+    if list(msg.name) != series.names:
+        return f"joints {list(msg.name)}, not the first message's {series.names}"
+    return f"{len(msg.position)} positions for {len(msg.name)} joints"
+
+
+def _chunk(msg, log_ns: int) -> dict | str:
+    """A chunk's numbers, or why it cannot be read (a publisher's malformed message)."""
+    horizon, names = int(msg.horizon), list(msg.joint_names)
+    if horizon * len(names) != len(msg.positions):
+        return f"{len(msg.positions)} positions for horizon {horizon} x {len(names)} joints"
+    return {
+        "stamp": _stamp(msg),
+        "start": _stamp(msg) + msg.start_offset.sec + msg.start_offset.nanosec * 1e-9,
+        "step_dt": float(msg.step_dt),
+        "names": names,
+        "positions": np.asarray(msg.positions, dtype=np.float64).reshape(horizon, len(names)),
+        "latency": float(msg.inference_latency),
+        "arrival": log_ns * 1e-9,
+        "mode": msg.mode,
+    }
+
+
+def _depth(msg) -> dict | str:
+    cells = int(msg.rows) * int(msg.cols)
+    if len(msg.codes) != cells or len(msg.changed) not in (0, cells) or cells == 0:
+        return (f"{len(msg.codes)} codes and {len(msg.changed)} changed flags for a "
+                f"{msg.rows} x {msg.cols} grid")
+    changed = np.asarray(msg.changed, dtype=bool) if len(msg.changed) else np.zeros(cells, bool)
+    return {
+        "codes": np.asarray(msg.codes).reshape(msg.rows, msg.cols),
+        "changed": changed.reshape(msg.rows, msg.cols),
+        "fraction": float(msg.changed_fraction),
+        "num_codes": int(msg.num_codes),
+    }
 
 
 def summarize(rec: Recording) -> dict:
@@ -112,7 +171,7 @@ def summarize(rec: Recording) -> dict:
         topic: {"count": n, "rate_hz": n / duration if duration > 0 else 0.0}
         for topic, n in sorted(rec.counts.items())
     }
-    latencies = np.array([c["latency"] for c in rec.chunks]) if rec.chunks else np.zeros(0)
+    latencies = _finite([c["latency"] for c in rec.chunks])
     summary: dict = {
         "duration_s": duration,
         "topics": topics,
@@ -137,18 +196,48 @@ def summarize(rec: Recording) -> dict:
                 [np.interp(t_meas, t_cmd, q_cmd[:, j]) for j in range(q_cmd.shape[1])], axis=1
             )
             inside = (t_meas >= t_cmd[0]) & (t_meas <= t_cmd[-1])
-            if inside.any():
-                err = interp[inside] - q_meas[inside]
+            err = interp[inside] - q_meas[inside]
+            err = err[np.isfinite(err)]  # a NaN sample (a bad read) is no tracking error
+            if err.size:
                 summary["tracking_rms_rad"] = float(np.sqrt(np.mean(err**2)))
-        span = q_cmd.max(axis=0) - q_cmd.min(axis=0) if len(q_cmd) else np.zeros(0)
+        span = _span(q_cmd)
         summary["commanded_range_rad"] = {
             name: float(v) for name, v in zip(rec.commanded.names, span, strict=False)
         }
-    if rec.depth:
-        summary["depth_changed_fraction_mean"] = float(np.mean([d["fraction"] for d in rec.depth]))
+    fractions = _finite([d["fraction"] for d in rec.depth])
+    if fractions.size:
+        summary["depth_changed_fraction_mean"] = float(fractions.mean())
     errors = sorted({s["error"] for s in rec.status if s["error"]})
     summary["status_errors"] = errors[:10]
-    return summary
+    if rec.incomplete:
+        summary["incomplete"] = rec.incomplete
+    if rec.skipped:
+        summary["skipped"] = {t: {"count": n, "reason": why} for t, (n, why) in rec.skipped.items()}
+    return _json_ready(summary)
+
+
+def _span(positions: np.ndarray) -> np.ndarray:
+    """Max - min of each column over its finite samples (NaN for a column with none)."""
+    finite = np.isfinite(positions)
+    high = np.where(finite, positions, -np.inf).max(axis=0, initial=-np.inf)
+    low = np.where(finite, positions, np.inf).min(axis=0, initial=np.inf)
+    return np.where(finite.any(axis=0), high - low, np.nan)
+
+
+def _finite(values: list[float]) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    return array[np.isfinite(array)]
+
+
+def _json_ready(value):
+    """NaN and inf become None: json.dumps would write NaN, which is not JSON."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def plot_report(rec: Recording, out_dir: str | Path) -> list[Path]:
@@ -172,12 +261,13 @@ def plot_report(rec: Recording, out_dir: str | Path) -> list[Path]:
                                  squeeze=False)
         for j, name in enumerate(names):
             ax = axes[j % rows][j // rows]
-            if rec.measured.times:
-                t, q = rec.measured.arrays()
-                ax.plot(t - t0, q[:, j], lw=1.0, label="measured")
-            if rec.commanded.times:
-                t, q = rec.commanded.arrays()
-                ax.plot(t - t0, q[:, j], lw=1.0, ls="--", label="commanded")
+            # By name: the measured and commanded messages may name other joint sets.
+            for series, style, label in ((rec.measured, "-", "measured"),
+                                         (rec.commanded, "--", "commanded")):
+                k = series.column(name)
+                if series.times and k is not None:
+                    t, q = series.arrays()
+                    ax.plot(t - t0, q[:, k], lw=1.0, ls=style, label=label)
             for chunk in rec.chunks:
                 ax.axvline(chunk["arrival"] - t0, color="0.85", lw=0.5, zorder=0)
             ax.set_ylabel(name, fontsize=7)
@@ -191,7 +281,7 @@ def plot_report(rec: Recording, out_dir: str | Path) -> list[Path]:
 
     if rec.chunks and rec.commanded.times:
         t, q = rec.commanded.arrays()
-        j = int(np.argmax(q.max(axis=0) - q.min(axis=0)))
+        j = int(np.argmax(np.nan_to_num(_span(q), nan=-1.0)))
         name = rec.commanded.names[j]
         fig, ax = plt.subplots(figsize=(9, 3.5))
         for chunk in rec.chunks:
@@ -201,9 +291,10 @@ def plot_report(rec: Recording, out_dir: str | Path) -> list[Path]:
             times = chunk["start"] + chunk["step_dt"] * np.arange(len(chunk["positions"]))
             ax.plot(times - t0, chunk["positions"][:, k], color="tab:orange", lw=0.6, alpha=0.5)
         ax.plot(t - t0, q[:, j], color="k", lw=1.2, label="executed command")
-        if rec.measured.times:
+        k = rec.measured.column(name)
+        if rec.measured.times and k is not None:
             tm, qm = rec.measured.arrays()
-            ax.plot(tm - t0, qm[:, j], color="tab:blue", lw=0.8, label="measured")
+            ax.plot(tm - t0, qm[:, k], color="tab:blue", lw=0.8, label="measured")
         ax.plot([], [], color="tab:orange", label="predicted chunks")
         ax.set_xlabel("time [s]")
         ax.set_ylabel(f"{name} [{_unit(name)}]")
@@ -212,9 +303,10 @@ def plot_report(rec: Recording, out_dir: str | Path) -> list[Path]:
         fig.tight_layout()
         written.append(_save(fig, out / "splices.png"))
 
-    if rec.chunks:
+    latencies = _finite([c["latency"] for c in rec.chunks])
+    if latencies.size:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.hist([1e3 * c["latency"] for c in rec.chunks], bins=30, color="tab:green")
+        ax.hist(1e3 * latencies, bins=30, color="tab:green")
         ax.set_xlabel("chunk latency: capture -> publish [ms]")
         ax.set_ylabel("chunks")
         ax.set_title(f"Inference latency ({len(rec.chunks)} chunks)")
@@ -250,7 +342,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"duration: {summary['duration_s']:.1f} s"]
+    lines = [f"INCOMPLETE RECORDING: {summary['incomplete']}"] if "incomplete" in summary else []
+    lines.append(f"duration: {summary['duration_s']:.1f} s")
     lines.append(
         f"chunks: {summary['chunks']} ({summary['chunk_rate_hz']:.2f} Hz), "
         f"commands: {summary['commands']}, measurements: {summary['measurements']}, "
@@ -269,6 +362,8 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  {topic}: {info['count']} messages, {info['rate_hz']:.1f} Hz")
     if summary["status_errors"]:
         lines.append("status errors seen: " + "; ".join(summary["status_errors"]))
+    for topic, info in summary.get("skipped", {}).items():
+        lines.append(f"skipped {info['count']} malformed messages on {topic}: {info['reason']}")
     return "\n".join(lines)
 
 
@@ -279,12 +374,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path = Path(args.recording)
     out = Path(args.out) if args.out else path.with_name(path.stem + "_report")
-    rec = load_recording(path)
-    summary = summarize(rec)
-    plots = plot_report(rec, out)
-    text = format_summary(summary)
-    (out / "summary.txt").write_text(text + "\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    try:
+        rec = load_recording(path)
+        summary = summarize(rec)
+        plots = plot_report(rec, out)
+        text = format_summary(summary)
+        (out / "summary.txt").write_text(text + "\n")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    except (RecordingError, OSError) as exc:  # a bad file or output path: one line, no trace
+        print(f"molmoact2 report: {exc}", file=sys.stderr)
+        return 2
     print(text)
     print(f"plots: {', '.join(str(p) for p in plots)}")
     print(f"summary: {out / 'summary.txt'}")
