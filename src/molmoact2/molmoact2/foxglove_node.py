@@ -52,6 +52,7 @@ class FoxgloveParams:
 
 
 def main(args: list[str] | None = None) -> int:
+    from rclpy.clock import Clock, ClockType
     from rclpy.node import Node
 
     from molmoact2_common.ros_params import declare_dataclass_params, refuse_param_changes
@@ -78,7 +79,10 @@ def main(args: list[str] | None = None) -> int:
                 ) from err
             self.channels: dict[str, Any] = {}
             self.tap = TopicTap(self, self.params.topics, self._on_topic, self._on_message)
-            self.create_timer(self.params.discovery_period, self.tap.discover)
+            # Discovery on wall time: on the node's clock, with use_sim_time and no /clock yet
+            # (or a paused simulator), no topic was ever served.
+            steady = Clock(clock_type=ClockType.STEADY_TIME)
+            self.create_timer(self.params.discovery_period, self.tap.discover, clock=steady)
             self.get_logger().info(
                 f"Foxglove WebSocket on ws://{self.params.host}:{self.server.port} "
                 f"({len(self.params.topics)} topics); open it in Foxglove with "
