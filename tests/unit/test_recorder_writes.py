@@ -14,6 +14,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from molmoact2.mcap_io import McapRecorder, ReadInfo, read_messages
 
 DEFINITION = "string data\n"
@@ -111,6 +113,15 @@ def test_output_dir_with_a_tilde_means_the_home_directory(monkeypatch, tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     params = RecorderParams(output_dir="~/recordings", file_name="run.mcap", topics=("a",))
     assert params.output_path() == tmp_path / "recordings" / "run.mcap"
+
+
+@pytest.mark.parametrize("name", ["../run.mcap", "/tmp/run.mcap", "sub/run.mcap", "..", "."])
+def test_a_file_name_that_leaves_output_dir_is_refused(name):
+    from molmoact2.recorder_node import RecorderParams
+
+    problems = RecorderParams(file_name=name, topics=("a",)).validate()
+    assert any("file_name" in p and "plain file name" in p for p in problems), problems
+    assert RecorderParams(file_name="run 1 é.mcap", topics=("a",)).validate() == []
 
 
 def test_a_recording_deleted_while_open_is_an_error_and_the_last_line_says_so(tmp_path, caplog):

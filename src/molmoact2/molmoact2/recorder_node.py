@@ -50,6 +50,13 @@ class RecorderParams:
             problems.append("topics is empty: nothing to record")
         if self.discovery_period <= 0:
             problems.append("discovery_period must be positive")
+        if self.file_name in (".", "..") or "/" in self.file_name or "\0" in self.file_name:
+            # "../x.mcap" or "/tmp/x.mcap" wrote outside output_dir (where recordings are
+            # looked for and cleaned up); a directory belongs in output_dir.
+            problems.append(
+                f"file_name {self.file_name!r} must be a plain file name (the directory is "
+                "output_dir)"
+            )
         return problems
 
     def output_path(self) -> Path:
