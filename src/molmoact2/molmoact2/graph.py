@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from molmoact2.params_file import ParamsFileError, read_params_file
 from molmoact2_common.ros_params import (
     ParamTypeError,
     apply_deprecated,
@@ -36,6 +36,8 @@ SIM_CAMERAS_NODE = "sim_cameras"
 RECORDER_NODE = "recorder"
 FOXGLOVE_NODE = "foxglove"
 TF_NODE = "molmoact2_tf"
+# A ROS node name (rcl_validate_node_name): letters, digits, underscores, no leading digit.
+_NODE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Hardware backends that read the driver's calibration_file and serial_port (launch arguments
 # of those names).
 CALIBRATED_BACKENDS = ("feetech",)
@@ -165,20 +167,25 @@ def load_robot_config(robot_or_path: str | Path) -> RobotConfig:
     if path.suffix not in (".yaml", ".yml"):
         path = config_path(str(robot_or_path))
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: malformed YAML: {exc}") from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of node names to ros__parameters")
+        raw = read_params_file(path)
+    except ParamsFileError as exc:
+        raise ConfigError(str(exc)) from None
     sections: dict[str, dict[str, Any]] = {}
     for key, body in raw.items():
-        if not isinstance(body, dict) or not isinstance(body.get("ros__parameters"), dict):
-            raise ConfigError(f"{path}: section {key!r} has no 'ros__parameters' mapping")
         # `/**/node` matches the node in any namespace; plain `node` only at the root.
-        node = str(key).removeprefix(ANY_NAMESPACE)
-        sections[node] = dict(body["ros__parameters"])
+        node = key.removeprefix(ANY_NAMESPACE)
+        if node != ALL_NODES and not _NODE_NAME.fullmatch(node):
+            # rcl applies `/ns/node` or `/**/*_driver` sections too, but nothing here would
+            # check what they set: a namespaced section slipped past the whole config check.
+            raise ConfigError(
+                f"{path}: section {key!r}: write '/**' or '/**/<node name>' (the namespace "
+                "comes from the namespace launch argument)"
+            )
+        if node in sections:
+            # rcl merges both into the node's parameters; one dict here would hide one.
+            raise ConfigError(f"{path}: node {node!r} has two sections (one with and one "
+                              f"without {ANY_NAMESPACE!r}); merge them into one")
+        sections[node] = dict(body)
     config = RobotConfig(robot=path.stem, path=path, sections=sections)
     _check_structure(config)
     return config
