@@ -9,6 +9,7 @@ never drift.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import logging
 import re
@@ -231,9 +232,22 @@ def _check_structure(config: RobotConfig) -> None:
         raise ConfigError(
             f"{where}: section {BRINGUP_SECTION!r} needs driver_node and hardware_backend"
         )
+    _check_bringup(config)
     for node in (POLICY_NODE, config.driver_name):
         if node not in config.sections:
             raise ConfigError(f"{where}: no section for node {node!r}")
+    # A section no node reads is a typo (`/**/sim_camera`): its values would silently not apply.
+    known = {ALL_NODES, BRINGUP_SECTION, config.driver_name, DEPTH_CACHE_NODE} | {
+        name for name in _NODE_KINDS if name not in ("driver", "trajectory_bridge")
+    }
+    for node in config.sections:
+        if node not in known:
+            close = difflib.get_close_matches(node, sorted(known - {ALL_NODES}), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{where}: section {node!r} is for no node of this graph{hint}; "
+                f"sections: {', '.join(sorted(known))}"
+            )
     driver = config.params_for(config.driver_name)
     for key in (
         "position_lower",
@@ -259,6 +273,35 @@ def _check_structure(config: RobotConfig) -> None:
         raise ConfigError(
             f"{where}: embodiment {spec.name} has {spec.action_dim} action dims but "
             f"joint_names lists {len(joints)} joints"
+        )
+
+
+def _check_bringup(config: RobotConfig) -> None:
+    """The launch layer's own section: exactly its two keys, each a name."""
+    where = str(config.path)
+    bringup = config.bringup
+    for key in sorted(set(bringup) - {"driver_node", "hardware_backend"}):
+        # No node reads this section, so nothing else would ever name a typo in it.
+        close = difflib.get_close_matches(key, ["driver_node", "hardware_backend"], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: {BRINGUP_SECTION}: unknown key {key!r}{hint}; it has "
+                          "driver_node and hardware_backend only")
+    driver = bringup["driver_node"]
+    if not isinstance(driver, str) or not _NODE_NAME.fullmatch(driver) or driver in (
+        POLICY_NODE, DEPTH_CACHE_NODE, BRINGUP_SECTION, *_NODE_KINDS
+    ):
+        raise ConfigError(f"{where}: {BRINGUP_SECTION}.driver_node must be the driver's node "
+                          f"name (its section in this file), got {driver!r}")
+    backend = bringup["hardware_backend"]
+    try:
+        from hw_drivers.driver_params import BACKENDS
+    except ImportError:  # the driver package is checked with the graph's parameters
+        BACKENDS = (backend,)  # noqa: N806 - the imported name's spelling
+    if not isinstance(backend, str) or backend not in BACKENDS or backend == "sim":
+        # Refused in sim too: the typo would otherwise wait for the first sim:=false.
+        raise ConfigError(
+            f"{where}: {BRINGUP_SECTION}.hardware_backend must be one of "
+            f"{', '.join(b for b in BACKENDS if b != 'sim')}, got {backend!r}"
         )
 
 
@@ -468,6 +511,27 @@ def check_graph(config: RobotConfig, nodes: list[NodeSpec]) -> None:
         raise ConfigError("\n".join(problems))
 
 
+def _shared_key_problems(config: RobotConfig, specs: list[NodeSpec]) -> list[str]:
+    """Keys of ``/**`` that no node declares: every node ignores them, so a typo there
+    (``urdff``) silently lost its value."""
+    accepted = set(SHARED_KEYS) | {"urdf", "use_sim_time"}
+    targets = {spec.params_class for spec in specs} | {_NODE_KINDS["driver"][4],
+                                                       _NODE_KINDS["trajectory_bridge"][4]}
+    for target in targets:
+        try:
+            cls = load_params_class(target)
+        except (ImportError, AttributeError):
+            continue  # named by the per-node check
+        accepted |= {f.name for f in dataclasses.fields(cls)} | set(deprecated_params(cls))
+    problems = []
+    for key in sorted(set(config.shared) - accepted):
+        close = difflib.get_close_matches(key, sorted(accepted), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"{config.path}: '/**': unknown parameter {key!r}{hint}: no node "
+                        "declares it")
+    return problems
+
+
 def validate_graph_params(config: RobotConfig, nodes: list[NodeSpec]) -> list[str]:
     """Problems with the parameters each node would get (unknown keys, bad values)."""
     problems: list[str] = []
@@ -485,6 +549,16 @@ def validate_graph_params(config: RobotConfig, nodes: list[NodeSpec]) -> list[st
                 params_class="molmoact2_policy.depth_cache_params:DepthCacheParams",
             )
         )
+    # Sections of nodes this launch does not start (recorder without record:=true...): a bad
+    # value there would wait for the first launch that starts them.
+    started = {spec.name for spec in checked}
+    for name in (SIM_CAMERAS_NODE, TF_NODE, RECORDER_NODE, FOXGLOVE_NODE):
+        if name in config.sections and name not in started:
+            overrides: dict[str, Any] = {}
+            if name in (RECORDER_NODE, FOXGLOVE_NODE):
+                overrides["topics"] = viewed_topics(config, LaunchOptions())
+            checked.append(_spec(name, name, (str(config.path),), overrides))
+    problems += _shared_key_problems(config, checked)
     for spec in checked:
         try:
             params_cls = load_params_class(spec.params_class)
