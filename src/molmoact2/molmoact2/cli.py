@@ -192,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     except graph.ConfigError as exc:
         print(f"molmoact2: config error:\n{exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C before the supervisor took over SIGINT (config check, imports, making the
+        # demo checkpoint): no node runs yet, so there is nothing to stop; a traceback here
+        # read as a crash.
+        print("molmoact2: interrupted before the graph started", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
