@@ -378,6 +378,11 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
     """The nodes to start for ``robot`` with the given launch arguments."""
     config = robot if isinstance(robot, RobotConfig) else load_robot_config(robot)
     options = options or LaunchOptions()
+    problem = namespace_problem(options.namespace)
+    if problem:
+        # Every node got it as `-r __ns:=/...`, and rcl refused it in each: all of them
+        # started, then died with an RCLError traceback.
+        raise ConfigError(problem)
     files = (str(config.path),)
     common: dict[str, Any] = {"use_sim_time": options.use_sim_time}
 
@@ -433,6 +438,18 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
         foxglove_overrides["topics"] = viewed_topics(config, options)
         nodes.append(_spec(FOXGLOVE_NODE, FOXGLOVE_NODE, files, foxglove_overrides))
     return nodes
+
+
+def namespace_problem(namespace: str) -> str:
+    """Why the ``namespace`` launch argument is no ROS namespace (empty: it is one); leading
+    and trailing '/' are allowed, as both launch paths strip them."""
+    inner = namespace.strip("/")
+    if not inner or all(_NODE_NAME.fullmatch(part) for part in inner.split("/")):
+        return ""
+    return (
+        f"launch argument namespace:={namespace!r} (--namespace) is not a ROS namespace: "
+        "'/'-separated names of letters, digits and '_', none starting with a digit"
+    )
 
 
 def urdf_path(config: RobotConfig) -> Path | None:

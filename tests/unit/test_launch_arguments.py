@@ -1,0 +1,34 @@
+"""Launch arguments no node can run with are refused before anything starts.
+
+``namespace:=1bad`` (or one with a space, ``a//b``, ``~x``) reached every node as
+``-r __ns:=/1bad``: rcl refused it in each, so all of them started and died with an RCLError
+traceback. ``--duration nan`` never stopped the graph (every comparison with NaN is false).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from molmoact2 import cli, graph
+
+
+@pytest.mark.parametrize("namespace", ["1bad", "bad ns", "a//b", "~x", "arm-2", "ä"])
+def test_a_namespace_rcl_refuses_is_refused_by_both_launch_paths(namespace, capsys):
+    with pytest.raises(graph.ConfigError, match=r"launch argument namespace:=.* is not a ROS"):
+        graph.build_graph("yam", graph.LaunchOptions(namespace=namespace))
+    assert cli.main(["graph", "yam", "--namespace", namespace]) == 2
+    err = capsys.readouterr().err
+    assert "not a ROS namespace" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("namespace", ["", "/", "arm2", "/lab/arm_2/", "_a/b1"])
+def test_ros_namespaces_are_accepted(namespace):
+    graph.build_graph("yam", graph.LaunchOptions(namespace=namespace))
+
+
+@pytest.mark.parametrize("duration", ["nan", "-5", "0", "inf", "soon"])
+def test_a_duration_that_never_or_instantly_ends_is_refused(duration, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["graph", "yam", "--duration", duration])  # parsed alike, starts nothing
+    assert info.value.code == 2
+    assert "argument --duration" in capsys.readouterr().err
