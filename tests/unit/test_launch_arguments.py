@@ -32,3 +32,17 @@ def test_a_duration_that_never_or_instantly_ends_is_refused(duration, capsys):
         cli.main(["graph", "yam", "--duration", duration])  # parsed alike, starts nothing
     assert info.value.code == 2
     assert "argument --duration" in capsys.readouterr().err
+
+
+def test_a_misspelled_ros2_launch_argument_is_refused():
+    # ros2 launch takes any name:=value silently: serial_prot:= ran the arm on the config's
+    # port. generate_robot_launch_description raises these before any action is returned.
+    from molmoact2.launch_support import LAUNCH_ARGUMENTS, misspelled_arguments
+
+    given = [*LAUNCH_ARGUMENTS, "simm", "serial_prot", "calibraton_file", "my_parent_arg"]
+    assert misspelled_arguments(given) == [
+        "unknown launch argument calibraton_file:= (did you mean calibration_file:=?)",
+        "unknown launch argument serial_prot:= (did you mean serial_port:=?)",
+        "unknown launch argument simm:= (did you mean sim:=?)",
+    ]
+    assert misspelled_arguments(LAUNCH_ARGUMENTS) == []
