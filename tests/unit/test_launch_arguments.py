@@ -46,3 +46,14 @@ def test_a_misspelled_ros2_launch_argument_is_refused():
         "unknown launch argument simm:= (did you mean sim:=?)",
     ]
     assert misspelled_arguments(LAUNCH_ARGUMENTS) == []
+
+
+def test_a_root_only_section_is_refused_in_a_namespace(tmp_path):
+    # rcl gives a `yam_driver:` section (no '/**/') to /yam_driver only: under namespace:=arm1
+    # the driver ran on its defaults while the config check had read the section.
+    text = graph.config_path("yam").read_text().replace("/**/yam_driver:", "yam_driver:")
+    path = tmp_path / "yam.yaml"
+    path.write_text(text)
+    graph.build_graph(path)  # the root namespace: the section applies
+    with pytest.raises(graph.ConfigError, match=r"section\(s\) yam_driver apply at the root"):
+        graph.build_graph(path, graph.LaunchOptions(namespace="arm1"))

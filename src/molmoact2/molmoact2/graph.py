@@ -106,6 +106,9 @@ class RobotConfig:
     robot: str
     path: Path
     sections: Mapping[str, Mapping[str, Any]]  # node name -> ros__parameters
+    # Sections written `node:` rather than `/**/node:`: rcl applies them at the root
+    # namespace only.
+    root_only: frozenset[str] = frozenset()
 
     @property
     def shared(self) -> Mapping[str, Any]:
@@ -187,7 +190,10 @@ def load_robot_config(robot_or_path: str | Path) -> RobotConfig:
             raise ConfigError(f"{path}: node {node!r} has two sections (one with and one "
                               f"without {ANY_NAMESPACE!r}); merge them into one")
         sections[node] = dict(body)
-    config = RobotConfig(robot=path.stem, path=path, sections=sections)
+    root_only = frozenset(
+        key for key in raw if key != ALL_NODES and not key.startswith(ANY_NAMESPACE)
+    )
+    config = RobotConfig(robot=path.stem, path=path, sections=sections, root_only=root_only)
     _check_structure(config)
     return config
 
@@ -383,6 +389,14 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
         # Every node got it as `-r __ns:=/...`, and rcl refused it in each: all of them
         # started, then died with an RCLError traceback.
         raise ConfigError(problem)
+    if options.namespace.strip("/") and config.root_only:
+        # rcl gives a `node:` section to that node at the root only: in a namespace the node
+        # ran on its defaults while this check had read the section's values.
+        names = ", ".join(sorted(config.root_only))
+        raise ConfigError(
+            f"{config.path}: section(s) {names} apply at the root namespace only, not in "
+            f"namespace:={options.namespace}; write them as '{ANY_NAMESPACE}<node>'"
+        )
     files = (str(config.path),)
     common: dict[str, Any] = {"use_sim_time": options.use_sim_time}
 
