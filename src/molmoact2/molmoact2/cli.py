@@ -44,8 +44,20 @@ def _add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serial-port", default="",
                         help="serial device of the arm's servo bus (feetech backend, --no-sim); "
                         "default: the config's")
-    parser.add_argument("--duration", type=float, default=None,
+    parser.add_argument("--duration", type=_duration, default=None,
                         help="stop after this many seconds (default: run until Ctrl-C)")
+
+
+def _duration(text: str) -> float:
+    """``--duration``: seconds > 0. float() takes 'nan', with which the graph never stopped
+    (every comparison with NaN is false), and '-5', with which it stopped at once."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds > 0")
+    return value
 
 
 def options_from_args(args: argparse.Namespace) -> graph.LaunchOptions:
@@ -192,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     except graph.ConfigError as exc:
         print(f"molmoact2: config error:\n{exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C before the supervisor took over SIGINT (config check, imports, making the
+        # demo checkpoint): no node runs yet, so there is nothing to stop; a traceback here
+        # read as a crash.
+        print("molmoact2: interrupted before the graph started", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -396,12 +396,35 @@ def ensure_in_child_process(robot: str, log: Callable[[str], None] = print) -> P
     result = subprocess.run(
         [sys.executable, "-m", "molmoact2.demo_checkpoint", robot],
         stdout=subprocess.PIPE, text=True, check=False,
+        env={**os.environ, ENV_PARENT: str(os.getpid())},
     )  # its progress lines go to stderr, i.e. the user's terminal
     if result.returncode != 0 or not is_current_demo_checkpoint(path):
         raise RuntimeError(
             f"the demo checkpoint for {robot} was not made (exit status {result.returncode})"
         )
     return path
+
+
+# Set by ensure_in_child_process: the launch process the child must not outlive.
+ENV_PARENT = "MOLMOACT2_CHECKPOINT_PARENT"
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Exit (the staging directory removed on the way out) once ``parent`` is gone. A
+    ``ros2 launch`` ended by SIGTERM (or killed) while the child made the demo checkpoint left
+    that minute of training running on as an orphan: only Ctrl-C reached it (same group)."""
+    import signal
+
+    from molmoact2_common.ros_runtime import PARENT_DEATH_SIGNAL, _set_parent_death_signal
+
+    def parent_gone(*_args: object) -> None:
+        # The kernel also sends it when the parent's starting *thread* ends: check.
+        if os.getppid() != parent:
+            raise SystemExit(143)
+
+    signal.signal(PARENT_DEATH_SIGNAL, parent_gone)
+    _set_parent_death_signal(PARENT_DEATH_SIGNAL)
+    parent_gone()  # gone before the kernel was asked
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m molmoact2.demo_checkpoint")
     parser.add_argument("robot", help=f"robot config ({', '.join(graph.known_robots())})")
     args = parser.parse_args(argv)
+    parent = os.environ.get(ENV_PARENT, "")
+    if parent.isdigit():
+        _exit_with_parent(int(parent))
     try:
         path = ensure_demo_checkpoint(args.robot, log=lambda t: print(t, file=sys.stderr))
     except KeyboardInterrupt:

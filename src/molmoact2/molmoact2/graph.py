@@ -9,15 +9,16 @@ never drift.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from molmoact2.params_file import ParamsFileError, read_params_file
 from molmoact2_common.ros_params import (
     ParamTypeError,
     apply_deprecated,
@@ -36,6 +37,8 @@ SIM_CAMERAS_NODE = "sim_cameras"
 RECORDER_NODE = "recorder"
 FOXGLOVE_NODE = "foxglove"
 TF_NODE = "molmoact2_tf"
+# A ROS node name (rcl_validate_node_name): letters, digits, underscores, no leading digit.
+_NODE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Hardware backends that read the driver's calibration_file and serial_port (launch arguments
 # of those names).
 CALIBRATED_BACKENDS = ("feetech",)
@@ -103,6 +106,9 @@ class RobotConfig:
     robot: str
     path: Path
     sections: Mapping[str, Mapping[str, Any]]  # node name -> ros__parameters
+    # Sections written `node:` rather than `/**/node:`: rcl applies them at the root
+    # namespace only.
+    root_only: frozenset[str] = frozenset()
 
     @property
     def shared(self) -> Mapping[str, Any]:
@@ -165,21 +171,29 @@ def load_robot_config(robot_or_path: str | Path) -> RobotConfig:
     if path.suffix not in (".yaml", ".yml"):
         path = config_path(str(robot_or_path))
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: malformed YAML: {exc}") from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of node names to ros__parameters")
+        raw = read_params_file(path)
+    except ParamsFileError as exc:
+        raise ConfigError(str(exc)) from None
     sections: dict[str, dict[str, Any]] = {}
     for key, body in raw.items():
-        if not isinstance(body, dict) or not isinstance(body.get("ros__parameters"), dict):
-            raise ConfigError(f"{path}: section {key!r} has no 'ros__parameters' mapping")
         # `/**/node` matches the node in any namespace; plain `node` only at the root.
-        node = str(key).removeprefix(ANY_NAMESPACE)
-        sections[node] = dict(body["ros__parameters"])
-    config = RobotConfig(robot=path.stem, path=path, sections=sections)
+        node = key.removeprefix(ANY_NAMESPACE)
+        if node != ALL_NODES and not _NODE_NAME.fullmatch(node):
+            # rcl applies `/ns/node` or `/**/*_driver` sections too, but nothing here would
+            # check what they set: a namespaced section slipped past the whole config check.
+            raise ConfigError(
+                f"{path}: section {key!r}: write '/**' or '/**/<node name>' (the namespace "
+                "comes from the namespace launch argument)"
+            )
+        if node in sections:
+            # rcl merges both into the node's parameters; one dict here would hide one.
+            raise ConfigError(f"{path}: node {node!r} has two sections (one with and one "
+                              f"without {ANY_NAMESPACE!r}); merge them into one")
+        sections[node] = dict(body)
+    root_only = frozenset(
+        key for key in raw if key != ALL_NODES and not key.startswith(ANY_NAMESPACE)
+    )
+    config = RobotConfig(robot=path.stem, path=path, sections=sections, root_only=root_only)
     _check_structure(config)
     return config
 
@@ -224,9 +238,22 @@ def _check_structure(config: RobotConfig) -> None:
         raise ConfigError(
             f"{where}: section {BRINGUP_SECTION!r} needs driver_node and hardware_backend"
         )
+    _check_bringup(config)
     for node in (POLICY_NODE, config.driver_name):
         if node not in config.sections:
             raise ConfigError(f"{where}: no section for node {node!r}")
+    # A section no node reads is a typo (`/**/sim_camera`): its values would silently not apply.
+    known = {ALL_NODES, BRINGUP_SECTION, config.driver_name, DEPTH_CACHE_NODE} | {
+        name for name in _NODE_KINDS if name not in ("driver", "trajectory_bridge")
+    }
+    for node in config.sections:
+        if node not in known:
+            close = difflib.get_close_matches(node, sorted(known - {ALL_NODES}), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{where}: section {node!r} is for no node of this graph{hint}; "
+                f"sections: {', '.join(sorted(known))}"
+            )
     driver = config.params_for(config.driver_name)
     for key in (
         "position_lower",
@@ -252,6 +279,35 @@ def _check_structure(config: RobotConfig) -> None:
         raise ConfigError(
             f"{where}: embodiment {spec.name} has {spec.action_dim} action dims but "
             f"joint_names lists {len(joints)} joints"
+        )
+
+
+def _check_bringup(config: RobotConfig) -> None:
+    """The launch layer's own section: exactly its two keys, each a name."""
+    where = str(config.path)
+    bringup = config.bringup
+    for key in sorted(set(bringup) - {"driver_node", "hardware_backend"}):
+        # No node reads this section, so nothing else would ever name a typo in it.
+        close = difflib.get_close_matches(key, ["driver_node", "hardware_backend"], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: {BRINGUP_SECTION}: unknown key {key!r}{hint}; it has "
+                          "driver_node and hardware_backend only")
+    driver = bringup["driver_node"]
+    if not isinstance(driver, str) or not _NODE_NAME.fullmatch(driver) or driver in (
+        POLICY_NODE, DEPTH_CACHE_NODE, BRINGUP_SECTION, *_NODE_KINDS
+    ):
+        raise ConfigError(f"{where}: {BRINGUP_SECTION}.driver_node must be the driver's node "
+                          f"name (its section in this file), got {driver!r}")
+    backend = bringup["hardware_backend"]
+    try:
+        from hw_drivers.driver_params import BACKENDS
+    except ImportError:  # the driver package is checked with the graph's parameters
+        BACKENDS = (backend,)  # noqa: N806 - the imported name's spelling
+    if not isinstance(backend, str) or backend not in BACKENDS or backend == "sim":
+        # Refused in sim too: the typo would otherwise wait for the first sim:=false.
+        raise ConfigError(
+            f"{where}: {BRINGUP_SECTION}.hardware_backend must be one of "
+            f"{', '.join(b for b in BACKENDS if b != 'sim')}, got {backend!r}"
         )
 
 
@@ -328,6 +384,19 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
     """The nodes to start for ``robot`` with the given launch arguments."""
     config = robot if isinstance(robot, RobotConfig) else load_robot_config(robot)
     options = options or LaunchOptions()
+    problem = namespace_problem(options.namespace)
+    if problem:
+        # Every node got it as `-r __ns:=/...`, and rcl refused it in each: all of them
+        # started, then died with an RCLError traceback.
+        raise ConfigError(problem)
+    if options.namespace.strip("/") and config.root_only:
+        # rcl gives a `node:` section to that node at the root only: in a namespace the node
+        # ran on its defaults while this check had read the section's values.
+        names = ", ".join(sorted(config.root_only))
+        raise ConfigError(
+            f"{config.path}: section(s) {names} apply at the root namespace only, not in "
+            f"namespace:={options.namespace}; write them as '{ANY_NAMESPACE}<node>'"
+        )
     files = (str(config.path),)
     common: dict[str, Any] = {"use_sim_time": options.use_sim_time}
 
@@ -383,6 +452,18 @@ def build_graph(robot: str | RobotConfig, options: LaunchOptions | None = None) 
         foxglove_overrides["topics"] = viewed_topics(config, options)
         nodes.append(_spec(FOXGLOVE_NODE, FOXGLOVE_NODE, files, foxglove_overrides))
     return nodes
+
+
+def namespace_problem(namespace: str) -> str:
+    """Why the ``namespace`` launch argument is no ROS namespace (empty: it is one); leading
+    and trailing '/' are allowed, as both launch paths strip them."""
+    inner = namespace.strip("/")
+    if not inner or all(_NODE_NAME.fullmatch(part) for part in inner.split("/")):
+        return ""
+    return (
+        f"launch argument namespace:={namespace!r} (--namespace) is not a ROS namespace: "
+        "'/'-separated names of letters, digits and '_', none starting with a digit"
+    )
 
 
 def urdf_path(config: RobotConfig) -> Path | None:
@@ -461,6 +542,27 @@ def check_graph(config: RobotConfig, nodes: list[NodeSpec]) -> None:
         raise ConfigError("\n".join(problems))
 
 
+def _shared_key_problems(config: RobotConfig, specs: list[NodeSpec]) -> list[str]:
+    """Keys of ``/**`` that no node declares: every node ignores them, so a typo there
+    (``urdff``) silently lost its value."""
+    accepted = set(SHARED_KEYS) | {"urdf", "use_sim_time"}
+    targets = {spec.params_class for spec in specs} | {_NODE_KINDS["driver"][4],
+                                                       _NODE_KINDS["trajectory_bridge"][4]}
+    for target in targets:
+        try:
+            cls = load_params_class(target)
+        except (ImportError, AttributeError):
+            continue  # named by the per-node check
+        accepted |= {f.name for f in dataclasses.fields(cls)} | set(deprecated_params(cls))
+    problems = []
+    for key in sorted(set(config.shared) - accepted):
+        close = difflib.get_close_matches(key, sorted(accepted), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"{config.path}: '/**': unknown parameter {key!r}{hint}: no node "
+                        "declares it")
+    return problems
+
+
 def validate_graph_params(config: RobotConfig, nodes: list[NodeSpec]) -> list[str]:
     """Problems with the parameters each node would get (unknown keys, bad values)."""
     problems: list[str] = []
@@ -478,6 +580,16 @@ def validate_graph_params(config: RobotConfig, nodes: list[NodeSpec]) -> list[st
                 params_class="molmoact2_policy.depth_cache_params:DepthCacheParams",
             )
         )
+    # Sections of nodes this launch does not start (recorder without record:=true...): a bad
+    # value there would wait for the first launch that starts them.
+    started = {spec.name for spec in checked}
+    for name in (SIM_CAMERAS_NODE, TF_NODE, RECORDER_NODE, FOXGLOVE_NODE):
+        if name in config.sections and name not in started:
+            overrides: dict[str, Any] = {}
+            if name in (RECORDER_NODE, FOXGLOVE_NODE):
+                overrides["topics"] = viewed_topics(config, LaunchOptions())
+            checked.append(_spec(name, name, (str(config.path),), overrides))
+    problems += _shared_key_problems(config, checked)
     for spec in checked:
         try:
             params_cls = load_params_class(spec.params_class)

@@ -6,7 +6,8 @@ decides comes from the pure graph layer, which the tests exercise without ``laun
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from molmoact2 import graph
@@ -63,6 +64,18 @@ def flag(name: str, value: str) -> bool:
     raise ValueError(f"launch argument {name}:={value!r}: expected true or false")
 
 
+def misspelled_arguments(names: Iterable[str]) -> list[str]:
+    """One sentence per launch argument in ``names`` that is not declared but close to one
+    that is. ros2 launch takes any ``name:=value`` silently, so ``serial_prot:=/dev/ttyACM1``
+    ran the arm on the config's port; an unrelated name may be a parent launch file's own."""
+    problems = []
+    for name in sorted(set(names) - set(LAUNCH_ARGUMENTS)):
+        close = difflib.get_close_matches(name, list(LAUNCH_ARGUMENTS), n=1, cutoff=0.75)
+        if close:
+            problems.append(f"unknown launch argument {name}:= (did you mean {close[0]}:=?)")
+    return problems
+
+
 def options_from_values(value: Callable[[str], str]) -> graph.LaunchOptions:
     """The launch options from ``value(name) -> str`` of each launch argument."""
     return graph.LaunchOptions(
@@ -102,6 +115,9 @@ def generate_robot_launch_description(robot: str):
     ]
 
     def setup(context, *args, **kwargs):
+        problems = misspelled_arguments(context.launch_configurations)
+        if problems:
+            raise ValueError("; ".join(problems))
         return launch_actions(robot, options_from_context(context))
 
     from molmoact2_common.ros_runtime import ENV_LAUNCHER_PID

@@ -143,6 +143,10 @@ class Supervisor:
         if stale:
             log.info("removed %d stale Fast DDS shared-memory files", len(stale))
         for spec in self.nodes:
+            if self._stop.is_set():
+                # Ctrl-C or SIGTERM while the graph was starting: start no more of it.
+                log.info("stop requested while starting: %s not started", spec.name)
+                break
             cmd = node_command(spec, self.namespace, write_overrides(spec, self._run_dir))
             process = subprocess.Popen(
                 cmd,
@@ -173,7 +177,13 @@ class Supervisor:
             if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # not under nohup
                 signal.signal(signal.SIGHUP, self.request_stop)
         started = time.monotonic()
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # A node that cannot be started (its overrides file, the exec): those already
+            # running are stopped here, not left running without the rest of the graph.
+            self.stop()
+            raise
         failed: str | None = None
         while not self._stop.is_set():
             if duration is not None:
