@@ -23,8 +23,8 @@ setup(
     zip_safe=True,
     entry_points={
         "console_scripts": [
-            "driver_node = hw_drivers.driver_node:main",
-            "trajectory_bridge_node = hw_drivers.trajectory_bridge_node:main",
+            "driver_node = hw_drivers.node_main:driver_node",
+            "trajectory_bridge_node = hw_drivers.node_main:trajectory_bridge_node",
         ],
     },
 )

@@ -29,10 +29,10 @@ setup(
     entry_points={
         "console_scripts": [
             "molmoact2 = molmoact2.cli:main",
-            "sim_camera_node = molmoact2.sim_camera_node:main",
-            "recorder_node = molmoact2.recorder_node:main",
-            "foxglove_node = molmoact2.foxglove_node:main",
-            "tf_node = molmoact2.tf_node:main",
+            "sim_camera_node = molmoact2.node_main:sim_camera_node",
+            "recorder_node = molmoact2.node_main:recorder_node",
+            "foxglove_node = molmoact2.node_main:foxglove_node",
+            "tf_node = molmoact2.node_main:tf_node",
         ],
     },
 )

@@ -21,7 +21,7 @@ setup(
     zip_safe=True,
     entry_points={
         "console_scripts": [
-            "molmoact2_policy_node = molmoact2_policy.policy_node:main",
+            "molmoact2_policy_node = molmoact2_policy.node_main:molmoact2_policy_node",
             "molmoact2-checkpoint = molmoact2_policy.model.checkpoint:main",
         ],
     },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.metadata
 import importlib.util
 from pathlib import Path
@@ -124,9 +125,12 @@ def test_launch_graph_references_real_executables_files_and_topics(path, think, 
     assert graph.POLICY_NODE in names
     assert len(names) == len(set(names))
     for spec in nodes:
-        # ros2 launch runs the console script; molmoact2 launch runs the module.
+        # ros2 launch runs the console script; molmoact2 launch runs the module; both through
+        # molmoact2_common.node_entry.
         assert spec.executable in scripts, f"{spec.executable} is not a console script"
-        assert scripts[spec.executable].split(":")[0] == spec.module
+        script_module, _, script_name = scripts[spec.executable].partition(":")
+        script = getattr(importlib.import_module(script_module), script_name)
+        assert script.module == spec.module
         assert importlib.util.find_spec(spec.module) is not None, spec.module
         for file in spec.param_files:
             assert Path(file).is_file()

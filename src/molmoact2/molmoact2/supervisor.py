@@ -38,7 +38,10 @@ log = logging.getLogger("molmoact2.launch")
 
 def node_command(spec: NodeSpec, namespace: str, overrides_file: Path) -> list[str]:
     """The command line that runs ``spec`` as a process, as ros2 launch would start it."""
-    cmd = [sys.executable, "-u", "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}"]
+    # Through node_entry, as the console scripts ros2 launch runs: a Ctrl-C while the node
+    # still imports ends it with one line, not a KeyboardInterrupt traceback.
+    cmd = [sys.executable, "-u", "-m", "molmoact2_common.node_entry", spec.module]
+    cmd += ["--ros-args", "-r", f"__node:={spec.name}"]
     if namespace.strip("/"):
         cmd += ["-r", f"__ns:=/{namespace.strip('/')}"]
     for path in spec.param_files:
