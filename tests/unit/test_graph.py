@@ -325,3 +325,16 @@ def test_a_config_urdf_reaches_the_tf_node_and_policy_as_an_absolute_path(tmp_pa
     mine.write_text(text.replace("robots/arm.urdf", "robots/missing.urdf"))
     with pytest.raises(graph.ConfigError, match=r"missing\.urdf"):
         graph.build_graph(graph.load_robot_config(mine))
+
+
+def test_an_unknown_robot_is_answered_whatever_else_lies_in_config(tmp_path, monkeypatch):
+    """A directory named *.yaml, a binary file: not robots, and the answer is still one line."""
+    import shutil
+
+    for robot in ("yam", "so101"):
+        shutil.copy(graph.config_dir() / f"{robot}.yaml", tmp_path / f"{robot}.yaml")
+    (tmp_path / "backup.yaml").mkdir()
+    (tmp_path / "blob.yaml").write_bytes(b"\xff\xfe\x00molmoact2_bringup\x80")
+    monkeypatch.setattr(graph, "config_dir", lambda: tmp_path)
+    with pytest.raises(graph.ConfigError, match=r"unknown robot 'yamm'; known: blob, so101, yam"):
+        graph.load_robot_config("yamm")

@@ -153,9 +153,18 @@ def fastdds_profile() -> Path:
 
 
 def known_robots() -> list[str]:
-    return sorted(
-        p.stem for p in config_dir().glob("*.yaml") if BRINGUP_SECTION in p.read_text()
-    )
+    """Robots with a config: the ``config/*.yaml`` files with a bringup section. Anything else
+    there (a directory, an unreadable or binary file) is not a robot, and must not turn the
+    "unknown robot" answer into a traceback."""
+    robots = []
+    for path in config_dir().glob("*.yaml"):
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:  # a directory named *.yaml, no permission
+            continue
+        if BRINGUP_SECTION in text:
+            robots.append(path.stem)
+    return sorted(robots)
 
 
 def config_path(robot: str) -> Path:
