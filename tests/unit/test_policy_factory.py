@@ -37,3 +37,19 @@ def test_executor_param_is_checked():
     assert not [p for p in base.validate() if "executor" in p]  # default 'events'
     problems = PolicyNodeParams(embodiment="so100_101", joint_names=SO101, executor="multi")
     assert "executor 'multi' is not one of events, single" in problems.validate()
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:", "cuda:x", "CPU", "", " cpu"])
+def test_a_device_torch_would_refuse_is_a_parameter_problem(device):
+    """Refused with the other parameters (the launch's config check), not at configure once
+    the graph runs; a remote policy has no local device to check."""
+    local = PolicyNodeParams(embodiment="so100_101", joint_names=SO101, device=device)
+    assert f"device {device!r} is not cpu, cuda or cuda:<index>" in local.validate()
+    remote = PolicyNodeParams(
+        embodiment="so100_101", joint_names=SO101, device=device, inference="remote",
+        server_url="http://127.0.0.1:9",
+    )  # fmt: skip
+    assert not [p for p in remote.validate() if "device" in p]
+    for fine in ("cpu", "cuda", "cuda:1"):
+        fine_params = PolicyNodeParams(embodiment="so100_101", joint_names=SO101, device=fine)
+        assert not [p for p in fine_params.validate() if "device" in p]

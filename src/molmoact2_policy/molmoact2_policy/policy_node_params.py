@@ -6,6 +6,7 @@ into ROS parameters, and the bringup validates ``config/<robot>.yaml`` against i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from molmoact2_common.embodiments import EMBODIMENTS
@@ -19,6 +20,8 @@ INFERENCE_BACKENDS = ("local", "remote")
 IMAGE_ENCODINGS = ("jpeg", "raw")
 SERVER_TRANSPORTS = ("http", "ws")
 DTYPES = ("float32", "float16", "bfloat16")
+# Devices local inference runs on (torch.device spellings; the model code has CPU and CUDA paths).
+TORCH_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 EXECUTORS = ("events", "single")
 
 
@@ -296,6 +299,9 @@ class PolicyNodeParams:
             problems.append(f"jpeg_quality {self.jpeg_quality} is not in 1..100")
         if self.inference == "local" and not self.checkpoint:
             problems.append("checkpoint is empty")
+        if self.inference == "local" and not TORCH_DEVICE.fullmatch(self.device):
+            # Refused by the launch's config check, not at configure after the graph started.
+            problems.append(f"device {self.device!r} is not cpu, cuda or cuda:<index>")
         if not self.joint_state_topics:
             problems.append("joint_state_topics is empty")
         for key in (
