@@ -472,7 +472,14 @@ def test_many_failures_leak_no_sockets_or_threads(transport):
 # ------------------------------------------------------------------------------ any answer
 
 _FLOAT_DTYPES = st.sampled_from(["<f2", "<f4", "<f8", np.longdouble().dtype.str, "<i4", "|b1"])
+_valid_actions = hnp.arrays(
+    st.sampled_from(["<f2", "<f4", "<f8"]),
+    st.tuples(st.integers(1, SPEC.horizon), st.just(SPEC.action_dim)),
+    elements={"allow_nan": False, "allow_infinity": False},
+)
+# Mostly a chunk of the right shape, so the other keys' checks are reached.
 _actions = st.one_of(
+    *[_valid_actions] * 6,
     hnp.arrays(
         _FLOAT_DTYPES,
         st.tuples(st.integers(0, SPEC.horizon + 2), st.integers(12, 15)),
@@ -500,21 +507,18 @@ _value = st.recursive(
     ),
     max_leaves=6,
 )
+# Keys checked before others mostly hold valid values, so the later checks are reached.
 _payload = st.fixed_dictionaries(
     {"actions": _actions},
     optional={
-        key: _value
-        for key in (
-            "step_dt",
-            "dt_ms",
-            "joint_names",
-            "mode",
-            "timings",
-            "server_timing",
-            "depth_codes",
-            "depth_changed",
-            "error",
-        )
+        "step_dt": st.just(SPEC.step_dt),
+        "dt_ms": st.floats(0.0, 1e3),
+        "joint_names": st.one_of(st.integers(), st.just(np.zeros(3)), _value),
+        "mode": _value,
+        "timings": st.one_of(st.just(np.zeros(2)), _value),
+        "server_timing": st.one_of(st.just(np.zeros(1)), _value),
+        "depth_codes": _value,
+        "depth_changed": _value,
     },
 )
 
