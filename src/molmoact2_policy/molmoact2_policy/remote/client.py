@@ -15,14 +15,18 @@ the reason; the next call reconnects.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpcore
 import httpx
 import numpy as np
 
@@ -39,8 +43,10 @@ from molmoact2_policy.policy_api import (
 from molmoact2_policy.remote.protocol import (
     HEALTH_CONTROL_TOKENS,
     IMAGE_ENCODINGS,
+    MAX_MESSAGE_CHARS,
     MAX_NUM_STEPS,
     ProtocolError,
+    bounded_message,
     build_act_request,
     decode_json,
     decode_msgpack,
@@ -55,6 +61,124 @@ _MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 # check_instruction asks an unreachable server for its control tokens again after this long
 # [s] (each try can take the request timeout, and the node checks under its lock).
 _HEALTH_RETRY_S = 5.0
+# Bytes of a body read per socket read (httpcore's own size).
+_READ_BYTES = 64 * 1024
+
+
+class _Deadline(threading.local):
+    """The monotonic time [s] by which the current thread's request must be done (None: none).
+
+    httpx's timeouts bound each socket operation, not the request: a server answering a byte
+    every 0.9 s held a 1 s act() for minutes (probe: 235 s for a 2 kB answer).
+    """
+
+    at: float | None = None
+
+    def left(self, timeout: float | None, phase: str) -> float | None:
+        if self.at is None:
+            return timeout
+        left = self.at - time.monotonic()
+        if left <= 0.0:
+            raise (httpcore.WriteTimeout if phase == "write" else httpcore.ReadTimeout)(
+                "request deadline passed"
+            )
+        return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket whose every wait ends by the thread's request deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, self._deadline.left(timeout, "read"))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # One wait per piece: the inner write loops send() with one timeout for all of it.
+        view = memoryview(buffer)
+        for start in range(0, len(view), _READ_BYTES):
+            self._inner.write(
+                bytes(view[start : start + _READ_BYTES]), self._deadline.left(timeout, "write")
+            )
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        inner = self._inner.start_tls(
+            ssl_context, server_hostname, self._deadline.left(timeout, "read")
+        )
+        return _DeadlineStream(inner, self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, deadline: _Deadline) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._deadline = deadline
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None, socket_options: Any = None
+                    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(
+            host, port, self._deadline.left(timeout, "read"), local_address, socket_options
+        )
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> httpcore.NetworkStream:
+        stream = self._inner.connect_unix_socket(
+            path, self._deadline.left(timeout, "read"), socket_options
+        )
+        return _DeadlineStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _http_client(timeout: float, headers: Mapping[str, str], deadline: _Deadline) -> httpx.Client:
+    transport = httpx.HTTPTransport()
+    # httpx has no parameter for httpcore's network backend; its pool (public httpcore API)
+    # takes one, so the transport gets a pool built like its own, with the deadline backend.
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(), network_backend=_DeadlineBackend(deadline)
+    )
+    # identity: a compressed answer is decoded within the size cap (_decoded_body), but an
+    # honest server then sends none.
+    return httpx.Client(
+        timeout=timeout,
+        headers={**headers, "Accept-Encoding": "identity"},
+        transport=transport,
+        follow_redirects=False,
+    )
+
+
+def _decoded_body(encoding: str, raw: bytes, limit: int) -> bytes:
+    """``raw`` decoded per its Content-Encoding, at most ``limit`` bytes (``ProtocolError``
+    past it: a 1 MB gzip of spaces is 1 GB, probe)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding not in ("gzip", "deflate"):
+        raise ProtocolError(f"answer has Content-Encoding {encoding!r} (gzip/deflate/identity)")
+    wbits = zlib.MAX_WBITS | 32 if encoding == "gzip" else zlib.MAX_WBITS
+    try:
+        inflater = zlib.decompressobj(wbits)
+        body = inflater.decompress(raw, limit + 1)
+    except zlib.error:
+        try:  # deflate as many servers send it: raw, without the zlib header
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            body = inflater.decompress(raw, limit + 1)
+        except zlib.error as exc:
+            raise ProtocolError(f"answer with bad {encoding} data: {exc}") from exc
+    if len(body) > limit:
+        raise ProtocolError(f"answer inflates to more than {limit} bytes ({encoding})")
+    return body
 
 
 class RemotePolicy:
@@ -131,6 +255,8 @@ class RemotePolicy:
         self._control_tokens: tuple[list[str], ControlTokenList] | None = None
         self._next_health_try = 0.0  # monotonic [s]
         self._reset_pending = False
+        # Each request's deadline (per thread: metadata() may read /healthz while act() runs).
+        self._deadline = _Deadline()
         # The node may call act() from a worker thread and metadata() from a timer.
         self._lock = threading.Lock()
 
@@ -181,7 +307,8 @@ class RemotePolicy:
             if self.transport == "http":
                 body = encode_json(request)
                 encoded = time.perf_counter()
-                raw = self._post_http(body)
+                with self._deadline_in(self.timeout):
+                    raw = self._post_http(body)
                 received = time.perf_counter()
                 payload = self._decode(decode_json, raw)
             else:
@@ -189,7 +316,12 @@ class RemotePolicy:
                 encoded = time.perf_counter()
                 raw = self._exchange_ws(body)
                 received = time.perf_counter()
-                payload = self._decode(decode_msgpack, raw)
+                try:
+                    payload = self._decode(decode_msgpack, raw)
+                except PolicyUnavailableError:
+                    # A frame that is not ours (text, garbage): the server is not one to keep.
+                    self._drop_connections()
+                    raise
                 self._raise_for_ws_error(payload)
             try:
                 response = parse_act_response(payload, self.embodiment, len(self.joint_names))
@@ -279,37 +411,42 @@ class RemotePolicy:
         ``PolicyUnavailableError`` if neither can be read (a refused token says so).
         """
         try:
-            response = httpx.get(
-                f"{self.server_url}/healthz", headers=self._headers, timeout=self.timeout
-            )
-            if response.status_code == 200:
-                payload = self._decode(decode_json, response.content)
-                if isinstance(payload, dict) and "model" in payload:
-                    self._server_info = payload
-                    return payload
-            # Our server without the right token (liveness only), or a released server (no or
-            # a bare /healthz): the released health call answers, or says 401.
-            response = httpx.get(
-                f"{self.server_url}/act", headers=self._headers, timeout=self.timeout
-            )
+            with self._deadline_in(self.timeout), _http_client(
+                self.timeout, self._headers, self._deadline
+            ) as client:
+                status, content = self._http_exchange(client, "GET", f"{self.server_url}/healthz")
+                if status == 200:
+                    payload = self._decode(decode_json, content)
+                    if isinstance(payload, dict) and "model" in payload:
+                        self._server_info = payload
+                        return payload
+                # Our server without the right token (liveness only), or a released server (no
+                # or a bare /healthz): the released health call answers, or says 401.
+                status, content = self._http_exchange(client, "GET", f"{self.server_url}/act")
+        except _AnswerTooLargeError as exc:
+            raise PolicyUnavailableError(f"{self._where()}: health check: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise PolicyUnavailableError(
+                f"{self._where()}: health check: no answer within {self.timeout:.3f} s"
+            ) from exc
         except httpx.HTTPError as exc:
             raise PolicyUnavailableError(f"{self._where()}: health check failed: {exc!r}") from exc
-        if response.status_code != 200:
+        if status != 200:
             try:
-                message = _error_message(decode_json(response.content))
+                message = _error_message(decode_json(content, max_bytes=_MAX_RESPONSE_BYTES))
             except ProtocolError:
-                message = response.content[:200].decode("utf-8", "replace")
-            hint = " (check the token)" if response.status_code == 401 else ""
+                message = _text_excerpt(content)
+            hint = " (check the token)" if status == 401 else ""
             raise PolicyUnavailableError(
-                f"{self._where()}: health check HTTP {response.status_code}: {message}{hint}"
+                f"{self._where()}: health check HTTP {status}: {message}{hint}"
             )
-        payload = self._decode(decode_json, response.content)
+        payload = self._decode(decode_json, content)
         self._server_info = payload
         return payload
 
     def close(self) -> None:
         with self._lock:
-            self._drop_connections()
+            self._drop_connections(graceful=True)
             if self._codec_pool is not None:
                 self._codec_pool.shutdown(wait=False)
                 self._codec_pool = None
@@ -334,28 +471,77 @@ class RemotePolicy:
         url = self.server_url if self.transport == "http" else self.ws_url
         return f"policy server {url}"
 
-    def _drop_connections(self) -> None:
+    @contextlib.contextmanager
+    def _deadline_in(self, seconds: float) -> Iterator[None]:
+        self._deadline.at = time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            self._deadline.at = None
+
+    def _drop_connections(self, *, graceful: bool = False) -> None:
         if self._http is not None:
             self._http.close()
             self._http = None
         if self._ws is not None:
+            if not graceful:
+                # After a failure the close handshake could wait close_timeout for a server
+                # that does not answer, or block on a send buffer it never drains (probe: a
+                # 1 s timeout became 11 s): cut the socket first.
+                _abort_socket(self._ws)
             try:
                 self._ws.close()
             except Exception:  # already broken; we only want it gone
                 pass
             self._ws = None
 
+    def _http_exchange(
+        self, client: httpx.Client, method: str, url: str, **kwargs: Any
+    ) -> tuple[int, bytes]:
+        """(status, body) within the request deadline; the body is cut at the size limit.
+
+        ``response.content`` had read any body in full: an endless chunked answer or a 10 GB
+        Content-Length grew the robot computer's memory at the link's speed until the server
+        stopped (probe: 8 GB in 20 s).
+        """
+        with client.stream(method, url, **kwargs) as response:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > _MAX_RESPONSE_BYTES:
+                raise _AnswerTooLargeError(
+                    f"answer of {int(declared)} bytes (Content-Length) is over the limit of "
+                    f"{_MAX_RESPONSE_BYTES}"
+                )
+            raw = bytearray()
+            for chunk in response.iter_raw(_READ_BYTES):
+                raw += chunk
+                if len(raw) > _MAX_RESPONSE_BYTES:
+                    raise _AnswerTooLargeError(
+                        f"answer cut at the limit of {_MAX_RESPONSE_BYTES} bytes"
+                    )
+            try:
+                body = _decoded_body(
+                    response.headers.get("content-encoding", ""), bytes(raw), _MAX_RESPONSE_BYTES
+                )
+            except ProtocolError as exc:
+                raise _AnswerTooLargeError(str(exc)) from exc
+            return response.status_code, body
+
     def _post_http(self, body: bytes) -> bytes:
         if self._http is None:
             # One persistent client: keep-alive saves a TCP handshake per chunk; httpx opens a
             # fresh connection by itself when the server restarted.
-            self._http = httpx.Client(timeout=self.timeout, headers=self._headers)
+            self._http = _http_client(self.timeout, self._headers, self._deadline)
         try:
-            response = self._http.post(
+            status, content = self._http_exchange(
+                self._http,
+                "POST",
                 f"{self.server_url}/act",
                 content=body,
                 headers={"Content-Type": "application/json"},
             )
+        except _AnswerTooLargeError as exc:
+            self._drop_connections()
+            raise PolicyUnavailableError(f"{self._where()}: unreadable response: {exc}") from exc
         except httpx.TimeoutException as exc:
             self._drop_connections()
             raise PolicyUnavailableError(
@@ -364,14 +550,23 @@ class RemotePolicy:
         except httpx.HTTPError as exc:
             self._drop_connections()
             raise PolicyUnavailableError(f"{self._where()}: {exc!r}") from exc
-        if response.status_code == 200:
-            return response.content
-        self._raise_for_status(response.status_code, response.content)
+        if status == 200:
+            return content
+        self._raise_for_status(status, content)
         raise AssertionError("unreachable")
 
     def _exchange_ws(self, body: bytes) -> bytes:
         from websockets.exceptions import WebSocketException
         from websockets.sync.client import connect
+
+        # One deadline for connect, hello, send and answer (each had its own timeout).
+        deadline = time.monotonic() + self.timeout
+
+        def left() -> float:
+            seconds = deadline - time.monotonic()
+            if seconds <= 0.0:
+                raise TimeoutError("request deadline passed")
+            return seconds
 
         try:
             if self._ws is None:
@@ -379,16 +574,29 @@ class RemotePolicy:
                     self.ws_url,
                     additional_headers=self._headers,
                     open_timeout=self.timeout,
+                    close_timeout=self.timeout,
                     max_size=_MAX_RESPONSE_BYTES,
                     # Images are JPEG or raw sensor pixels: deflate would cost CPU, save little.
                     compression=None,
                     legacy=True,  # we hold the connection across calls, not in a with-block
                 )
-                hello = self._decode(decode_msgpack, self._ws.recv(timeout=self.timeout))
+                hello = self._decode(decode_msgpack, self._ws.recv(timeout=left()))
                 self._raise_for_ws_error(hello)
                 self._server_info = hello.get("metadata") if isinstance(hello, dict) else None
-            self._ws.send(body)
-            return self._ws.recv(timeout=self.timeout)
+            # websockets' send has no timeout: against a server that stops reading it blocked
+            # until the server went away (probe: 30 s with a 1 s timeout). The watchdog cuts
+            # the socket at the deadline, which ends the send.
+            watchdog = threading.Timer(left(), _abort_socket, (self._ws,))
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                self._ws.send(body)
+            finally:
+                watchdog.cancel()
+            return self._ws.recv(timeout=left())
+        except PolicyUnavailableError:
+            self._drop_connections()
+            raise
         except TimeoutError as exc:
             # A late answer would arrive as the reply to the next request: start over.
             self._drop_connections()
@@ -397,6 +605,10 @@ class RemotePolicy:
             ) from exc
         except (OSError, WebSocketException) as exc:
             self._drop_connections()
+            if time.monotonic() >= deadline:  # the watchdog cut it
+                raise PolicyUnavailableError(
+                    f"{self._where()}: no answer within {self.timeout:.3f} s (send not done)"
+                ) from exc
             raise PolicyUnavailableError(f"{self._where()}: {exc!r}") from exc
 
     def _decode(self, decoder: Any, raw: bytes | str) -> Any:
@@ -409,7 +621,10 @@ class RemotePolicy:
 
     def _raise_for_ws_error(self, payload: Any) -> None:
         if isinstance(payload, dict) and "error" in payload:
-            status = int(payload.get("status", 500))
+            status = payload.get("status", 500)
+            # A hostile status ("x", 1e400, a list) raised ValueError/TypeError from int().
+            if isinstance(status, bool) or not isinstance(status, int):
+                status = 500
             if status == 401:
                 self._drop_connections()
             self._raise_for_status(status, payload)
@@ -421,7 +636,7 @@ class RemotePolicy:
             try:
                 message = _error_message(decode_json(content, max_bytes=_MAX_RESPONSE_BYTES))
             except ProtocolError:
-                message = content[:200].decode("utf-8", "replace")
+                message = _text_excerpt(content)
         if status == 400:
             # The server refused this observation (our own checks passed): same class of error
             # the local model raises for a bad observation.
@@ -434,11 +649,29 @@ class RemotePolicy:
         raise PolicyUnavailableError(f"{self._where()}: HTTP {status}: {message}{hint}")
 
 
+class _AnswerTooLargeError(Exception):
+    """A body over the client's limit (raw, declared or inflated)."""
+
+
+def _abort_socket(ws: Any) -> None:
+    """Shut the websocket's socket down: a send or recv blocked on it returns at once."""
+    try:
+        ws.socket.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
+
+
+def _text_excerpt(content: bytes) -> str:
+    return bounded_message(content[:MAX_MESSAGE_CHARS].decode("utf-8", "replace"))
+
+
 def _error_message(payload: Any) -> str:
+    """The server's error text, cut to ``MAX_MESSAGE_CHARS``: it ends up in the node's status
+    and log (probe: a 7 MB message went into the exception and every status message)."""
     if isinstance(payload, dict):
         error = payload.get("error")
         if isinstance(error, dict) and "message" in error:
-            return str(error["message"])
+            return bounded_message(str(error["message"]))
         if "detail" in payload:
-            return str(payload["detail"])
-    return str(payload)[:200]
+            return bounded_message(str(payload["detail"]))
+    return bounded_message(str(payload)[:200])

@@ -796,7 +796,7 @@ def parse_act_response(payload: Any, spec: EmbodimentSpec, joint_count: int) -> 
     if "error" in payload:
         error = payload["error"]
         message = error.get("message") if isinstance(error, dict) else error
-        raise ProtocolError(f"server error: {message}")
+        raise ProtocolError(f"server error: {bounded_message(str(message))}")
     positions = payload.get("actions")
     if not isinstance(positions, np.ndarray) or positions.dtype.kind != "f":
         raise ProtocolError("response 'actions' is not a float array")
@@ -811,25 +811,39 @@ def parse_act_response(payload: Any, spec: EmbodimentSpec, joint_count: int) -> 
             f"response 'actions' has {positions.shape[1]} columns, the robot has {joint_count} "
             f"joints for {spec.name}"
         )
+    # Checked after the cast: a finite long double (1e4000) is inf as float64.
+    with np.errstate(over="ignore"):
+        positions = positions.astype(np.float64)
     if not np.all(np.isfinite(positions)):
-        raise ProtocolError("response 'actions' contains NaN or inf")
+        raise ProtocolError("response 'actions' contains NaN or inf (as float64)")
     step_dt = payload.get("step_dt", spec.step_dt)
     if not isinstance(step_dt, (int, float)) or not step_dt > 0:
         raise ProtocolError(f"response 'step_dt' must be a positive number, got {step_dt!r}")
     dt_ms = payload.get("dt_ms")
     if dt_ms is not None and not (isinstance(dt_ms, (int, float)) and math.isfinite(dt_ms)):
         raise ProtocolError(f"response 'dt_ms' must be a number, got {dt_ms!r}")
-    timings = payload.get("timings") or {}
-    server_timing = payload.get("server_timing") or {}
+    # ``x or {}`` on an array raised ValueError (truth value ambiguous) from inside the parser.
+    timings = payload.get("timings")
+    server_timing = payload.get("server_timing")
+    timings = {} if timings is None else timings
+    server_timing = {} if server_timing is None else server_timing
     if not isinstance(timings, dict) or not isinstance(server_timing, dict):
         raise ProtocolError("response 'timings'/'server_timing' must be objects")
+    joint_names = payload.get("joint_names")
+    if joint_names is None:
+        joint_names = ()
+    # A number raised TypeError, an array ValueError; a string became one name per letter.
+    if not isinstance(joint_names, (list, tuple)):
+        raise ProtocolError(
+            f"response 'joint_names' must be a list, got {type(joint_names).__name__}"
+        )
     if not server_timing and dt_ms is not None:
         server_timing = {"infer": dt_ms / 1000.0, "total": dt_ms / 1000.0}
     return ActResponse(
-        positions=positions.astype(np.float64),
+        positions=positions,
         step_dt=float(step_dt),
-        joint_names=tuple(str(name) for name in payload.get("joint_names") or ()),
-        mode=str(payload.get("mode") or "flow"),
+        joint_names=tuple(bounded_message(str(name)) for name in joint_names),
+        mode=bounded_message(str(payload.get("mode") or "flow")),
         model_timings=_timing_map(timings, "timings"),
         server_timing=_timing_map(server_timing, "server_timing"),
         depth_codes=_optional_array(payload.get("depth_codes"), np.int64, "depth_codes"),
