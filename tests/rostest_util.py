@@ -63,3 +63,13 @@ def call_service(node, executor, srv_type, name: str, request, timeout: float = 
     assert spin_until(node, future.done, timeout, executor), name
     node.destroy_client(client)
     return future.result()
+
+
+class RecordingPublisher:
+    """Stands in for a node's publisher: keeps what the node publishes, in order."""
+
+    def __init__(self) -> None:
+        self.messages: list = []
+
+    def publish(self, msg) -> None:
+        self.messages.append(msg)

@@ -11,15 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.rostest_util import RecordingPublisher
+
 pytestmark = pytest.mark.ros
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list = []
-
-    def publish(self, msg) -> None:
-        self.messages.append(msg)
 
 
 @pytest.fixture
@@ -33,7 +27,7 @@ def node():
     resets = []
     made = DepthCacheNode(lambda: resets.append(1), context=context, use_global_arguments=False)
     for name in ("_tokens_pub", "_image_pub", "_markers_pub"):
-        setattr(made, name, Recorder())
+        setattr(made, name, RecordingPublisher())
     try:
         yield made
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.rostest_util import REPO_ROOT
+from tests.rostest_util import REPO_ROOT, RecordingPublisher
 
 pytestmark = pytest.mark.ros
 
@@ -26,14 +26,6 @@ TWO_SLIDES = """<?xml version="1.0"?>
     <axis xyz="1 0 0"/><limit lower="-1" upper="1" effort="1" velocity="1"/></joint>
 </robot>
 """
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list = []
-
-    def publish(self, msg) -> None:
-        self.messages.append(msg)
 
 
 @pytest.fixture
@@ -65,7 +57,7 @@ def make(tmp_path):
             ],
         )
         nodes.append(node)
-        node.tf_pub = Recorder()
+        node.tf_pub = RecordingPublisher()
         return node
 
     try:

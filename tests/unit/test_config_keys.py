@@ -10,29 +10,15 @@ until the first launch that started them.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from molmoact2 import graph
-
-YAM = graph.config_path("yam").read_text()
-
-
-def _launch(path: Path, sim: bool = True) -> list[graph.NodeSpec]:
-    config = graph.load_robot_config(path)
-    nodes = graph.build_graph(config, graph.LaunchOptions(sim=sim, checkpoint="tiny"))
-    graph.check_graph(config, nodes)
-    return nodes
-
-
-def _yam(tmp_path: Path, old: str, new: str) -> Path:
-    assert old in YAM, old
-    path = tmp_path / "yam.yaml"
-    path.write_text(YAM.replace(old, new, 1))
-    return path
+from tests.config_edits import YAM
+from tests.config_edits import edited_yam as _yam
+from tests.config_edits import launch as _launch
 
 
 @pytest.mark.parametrize(
