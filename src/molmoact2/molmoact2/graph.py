@@ -13,7 +13,7 @@ import difflib
 import importlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,8 +257,7 @@ def _check_structure(config: RobotConfig) -> None:
     }
     for node in config.sections:
         if node not in known:
-            close = difflib.get_close_matches(node, sorted(known - {ALL_NODES}), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = _did_you_mean(node, known - {ALL_NODES})
             raise ConfigError(
                 f"{where}: section {node!r} is for no node of this graph{hint}; "
                 f"sections: {', '.join(sorted(known))}"
@@ -291,14 +290,19 @@ def _check_structure(config: RobotConfig) -> None:
         )
 
 
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` with the closest of ``choices`` to a mistyped ``name``, or ''."""
+    close = difflib.get_close_matches(name, sorted(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _check_bringup(config: RobotConfig) -> None:
     """The launch layer's own section: exactly its two keys, each a name."""
     where = str(config.path)
     bringup = config.bringup
     for key in sorted(set(bringup) - {"driver_node", "hardware_backend"}):
         # No node reads this section, so nothing else would ever name a typo in it.
-        close = difflib.get_close_matches(key, ["driver_node", "hardware_backend"], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = _did_you_mean(key, ("driver_node", "hardware_backend"))
         raise ConfigError(f"{where}: {BRINGUP_SECTION}: unknown key {key!r}{hint}; it has "
                           "driver_node and hardware_backend only")
     driver = bringup["driver_node"]
@@ -565,8 +569,7 @@ def _shared_key_problems(config: RobotConfig, specs: list[NodeSpec]) -> list[str
         accepted |= {f.name for f in dataclasses.fields(cls)} | set(deprecated_params(cls))
     problems = []
     for key in sorted(set(config.shared) - accepted):
-        close = difflib.get_close_matches(key, sorted(accepted), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = _did_you_mean(key, accepted)
         problems.append(f"{config.path}: '/**': unknown parameter {key!r}{hint}: no node "
                         "declares it")
     return problems
