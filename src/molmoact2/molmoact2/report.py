@@ -30,18 +30,20 @@ class JointSeries:
     positions: list[list[float]] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
 
-    def add(self, msg) -> bool:
-        """Take a sample of the series' joints; False for one that is not (no joints, other
-        joints, a position per joint missing)."""
+    def add(self, msg) -> str:
+        """Take a sample of the series' joints; why not ('' when taken) for one that is not
+        (no joints, other joints, a position per joint missing)."""
         if not msg.name:
-            return False
+            return "no joint names"
         if not self.names:
             self.names = list(msg.name)
-        if list(msg.name) != self.names or len(msg.position) != len(self.names):
-            return False
+        if list(msg.name) != self.names:
+            return f"joints {list(msg.name)}, not the first message's {self.names}"
+        if len(msg.position) != len(self.names):
+            return f"{len(msg.position)} positions for {len(msg.name)} joints"
         self.times.append(_stamp(msg))
         self.positions.append(list(msg.position))
-        return True
+        return ""
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """Times and positions in time order (np.interp needs increasing times; stamps of a
@@ -96,11 +98,9 @@ def load_recording(path: str | Path) -> Recording:
         # (a gripper's "/status" of another type) is counted, not read as ours.
         kind = type(msg).__name__
         if kind == "JointState" and topic.endswith("/commanded_joint_states"):
-            if not commanded.add(msg):
-                problem = _joint_problem(msg, commanded)
+            problem = commanded.add(msg)
         elif kind == "JointState" and topic.endswith("joint_states"):
-            if not measured.add(msg):
-                problem = _joint_problem(msg, measured)
+            problem = measured.add(msg)
         elif kind == "ActionChunk" and topic.endswith("/action_chunk"):
             chunk = _chunk(msg, log_ns)
             if isinstance(chunk, str):
@@ -123,14 +123,6 @@ def load_recording(path: str | Path) -> Recording:
         dict(counts), first, last, measured, commanded, chunks, status, depth, info.problem,
         skipped,
     )
-
-
-def _joint_problem(msg, series: JointSeries) -> str:
-    if not msg.name:
-        return "no joint names"
-    if list(msg.name) != series.names:
-        return f"joints {list(msg.name)}, not the first message's {series.names}"
-    return f"{len(msg.position)} positions for {len(msg.name)} joints"
 
 
 def _chunk(msg, log_ns: int) -> dict | str:
@@ -259,14 +251,17 @@ def plot_report(rec: Recording, out_dir: str | Path) -> list[Path]:
         rows = int(np.ceil(len(names) / cols))
         fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 1.6 * rows + 1), sharex=True,
                                  squeeze=False)
+        # Each series sorted once, not once per joint plotted.
+        plotted = [(series, series.arrays(), style, label)
+                   for series, style, label in ((rec.measured, "-", "measured"),
+                                                (rec.commanded, "--", "commanded"))
+                   if series.times]
         for j, name in enumerate(names):
             ax = axes[j % rows][j // rows]
             # By name: the measured and commanded messages may name other joint sets.
-            for series, style, label in ((rec.measured, "-", "measured"),
-                                         (rec.commanded, "--", "commanded")):
+            for series, (t, q), style, label in plotted:
                 k = series.column(name)
-                if series.times and k is not None:
-                    t, q = series.arrays()
+                if k is not None:
                     ax.plot(t - t0, q[:, k], lw=1.0, ls=style, label=label)
             for chunk in rec.chunks:
                 ax.axvline(chunk["arrival"] - t0, color="0.85", lw=0.5, zorder=0)
