@@ -115,3 +115,18 @@ def test_without_a_signal_it_is_python_dash_m_of_the_node_module(tmp_path):
         failed = run(module)
         assert failed.returncode != 0
         assert module in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
+
+    # A console script (what pip and colcon write into bin/) keeps its own name as argv[0]:
+    # the node's log lines are prefixed with it, so they say [driver_node], not the module file.
+    script = tmp_path / "probe_node"
+    script.write_text(
+        "import sys\n"
+        "from molmoact2_common.node_entry import entry\n"
+        "sys.exit(entry('probe_node_mod')())\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, str(script), "--ros-args"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE_S,
+    )  # fmt: skip
+    assert ran.returncode == 7, ran.stderr
+    assert ran.stdout.strip() == f"argv {[str(script), '--ros-args']}"

@@ -47,8 +47,12 @@ def install_early_stop() -> None:
         signal.signal(signum, _stop_before_start)
 
 
-def run_module(module: str) -> int:
-    """Run node module ``module``'s ``main()`` as ``python -m module`` would; its status."""
+def run_module(module: str, *, argv0_is_module_file: bool = False) -> int:
+    """Run node module ``module``'s ``main()``; its status.
+
+    ``argv0_is_module_file``: set ``sys.argv[0]`` to the module's file, as ``python -m module``
+    would (the ``-m`` path, where argv[0] would otherwise name this module). A console script
+    keeps its own argv[0], the executable's name, which log lines and launch show."""
     install_early_stop()
     try:
         spec = importlib.util.find_spec(module)
@@ -56,7 +60,8 @@ def run_module(module: str) -> int:
         spec = None
     if spec is None or spec.origin is None:
         raise SystemExit(f"no node module {module!r}")
-    sys.argv[0] = spec.origin  # what ``-m`` sets: node names and log lines read it
+    if argv0_is_module_file:
+        sys.argv[0] = spec.origin
     main = getattr(importlib.import_module(module), "main", None)
     if main is None:
         raise SystemExit(f"node module {module!r} has no main()")
@@ -79,4 +84,4 @@ if __name__ == "__main__":
     if len(sys.argv) < 2:
         raise SystemExit("usage: python -m molmoact2_common.node_entry <node module> [args]")
     target = sys.argv.pop(1)
-    sys.exit(run_module(target))
+    sys.exit(run_module(target, argv0_is_module_file=True))
