@@ -334,6 +334,25 @@ def test_wrong_answers_are_unavailable_and_the_next_call_recovers(answer):
         assert policy.act(IMAGES, STATE, "go").positions.shape[0] == SPEC.horizon
 
 
+def test_an_answer_longer_than_it_declares_is_not_read_as_the_next_answer():
+    """A server (or proxy) whose Content-Length is shorter than what it sends, and which keeps
+    the connection open: the rest stays in the client's read buffer. The connection was kept
+    for the next call, which then read that rest as its own status line and failed too (on
+    the hang-up variant above, this happened whenever the server's close came late, as on a
+    loaded machine). After an unreadable answer the connection is dropped."""
+    answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n" + GOOD_JSON]
+
+    def handler(conn: socket.socket, stop: threading.Event) -> None:
+        while read_request(conn):
+            conn.sendall(answers.pop(0) if answers else http_answer(GOOD_JSON))
+
+    with raw_server(handler) as server, client(server.url) as policy:
+        exc = act_bounded(policy, server)
+        assert isinstance(exc, PolicyUnavailableError) and "unreadable" in str(exc), repr(exc)
+        for _ in range(2):
+            assert policy.act(IMAGES, STATE, "go").positions.shape[0] == SPEC.horizon
+
+
 def test_health_reads_are_bounded_too():
     with (
         raw_server(_dripping(http_answer(b'{"model": {}}'))) as server,

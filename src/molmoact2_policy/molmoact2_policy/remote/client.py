@@ -310,7 +310,14 @@ class RemotePolicy:
                 with self._deadline_in(self.timeout):
                     raw = self._post_http(body)
                 received = time.perf_counter()
-                payload = self._decode(decode_json, raw)
+                try:
+                    payload = self._decode(decode_json, raw)
+                except PolicyUnavailableError:
+                    # Not JSON: maybe the body was framed wrong (a Content-Length shorter than
+                    # what came), and the rest waits in the kept connection's buffer, where the
+                    # next call would read it as its own answer. Not a connection to keep.
+                    self._drop_connections()
+                    raise
             else:
                 body = encode_msgpack(request)
                 encoded = time.perf_counter()
