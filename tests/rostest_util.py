@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,18 +29,44 @@ def spin_until(node, condition: Callable[[], bool], timeout: float, executor=Non
 
 
 def start_python(code_or_args: list[str], **kwargs) -> subprocess.Popen:
-    """Start ``python <args>`` with this interpreter and the test session's ROS environment."""
+    """Start ``python <args>`` with this interpreter and the test session's ROS environment.
+
+    Unless the caller passes ``stdout``, the process writes its output (stderr too) to a file,
+    not a pipe: a pipe read only at the end blocks a node once it has logged a pipe buffer's
+    worth (64 KiB), and a test would see a hung node. ``process_output`` reads it at any time.
+    """
     env = dict(os.environ)
     env.update(kwargs.pop("env", {}))
-    return subprocess.Popen(
-        [sys.executable, *code_or_args],
-        env=env,
-        cwd=kwargs.pop("cwd", REPO_ROOT),
-        stdout=kwargs.pop("stdout", subprocess.PIPE),
-        stderr=kwargs.pop("stderr", subprocess.STDOUT),
-        text=True,
-        **kwargs,
-    )
+    output_path = None
+    if "stdout" not in kwargs:
+        fd, output_path = tempfile.mkstemp(prefix="molmoact2-test-", suffix=".log")
+        os.close(fd)
+        # Append mode: the child's writes land at the end whatever the reader's offset.
+        kwargs["stdout"] = open(output_path, "ab")  # closed right after Popen
+    stdout = kwargs.pop("stdout")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, *code_or_args],
+            env=env,
+            cwd=kwargs.pop("cwd", REPO_ROOT),
+            stdout=stdout,
+            stderr=kwargs.pop("stderr", subprocess.STDOUT),
+            text=True,
+            **kwargs,
+        )
+    finally:
+        if output_path is not None:
+            stdout.close()  # the child holds its own descriptor
+    proc.output_path = output_path  # type: ignore[attr-defined]
+    return proc
+
+
+def process_output(proc: subprocess.Popen) -> str:
+    """What a process from ``start_python`` has printed so far."""
+    path = getattr(proc, "output_path", None)
+    if path is not None:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    return (proc.stdout.read() or "") if proc.stdout else ""
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> str:
@@ -51,8 +78,12 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> str:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    out = proc.stdout.read() if proc.stdout else ""
-    return out or ""
+    out = process_output(proc)
+    path = getattr(proc, "output_path", None)
+    if path is not None:
+        Path(path).unlink(missing_ok=True)
+        proc.output_path = None  # type: ignore[attr-defined]
+    return out
 
 
 def call_service(node, executor, srv_type, name: str, request, timeout: float = 5.0):

@@ -223,7 +223,7 @@ def test_plain_nodes_with_unusable_parameters_exit_with_one_clear_line(tmp_path)
     not resolve: each ended in a Python traceback (RCLError, FileNotFoundError, FoxgloveError)."""
     import yaml
 
-    from tests.rostest_util import start_python
+    from tests.rostest_util import start_python, stop_process
 
     cases = [
         ("molmoact2.recorder_node", "recorder", {"topics": ["a//b"]}, "topics: 'a//b'"),
@@ -242,6 +242,7 @@ def test_plain_nodes_with_unusable_parameters_exit_with_one_clear_line(tmp_path)
         path.write_text(yaml.safe_dump({f"/**/{node}": {"ros__parameters": params}}))
         procs.append(start_python(["-m", module, "--ros-args", "--params-file", str(path)]))
     for proc, (_, _, _, words) in zip(procs, cases, strict=True):
-        output, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        output = stop_process(proc)
         assert proc.returncode == 1, output
         assert words in output and "Traceback" not in output, output
