@@ -381,3 +381,49 @@ def test_replies_older_than_the_feedback_age_are_not_reused_as_the_measurement()
         rig.wait_for_tick(10)  # the caller stalled for 8 periods
         rig.backend.read_state()
         assert rig.buses["can0"].frames_on_wire == frames + 14  # a refresh round
+
+
+# -- the scale the real motors hold -------------------------------------------------------
+#: PMAX/VMAX/TMAX (registers 21/22/23) of a YAM's motors, from i2rt's register tool
+#: (i2rt-robotics/i2rt, i2rt/motor_config_tool/dm_motor_registers.md, table "Values this library
+#: expects": DM4340 12.5 / 10 / 28, DM4310 12.5 / 30 / 10; the same numbers as
+#: ``MotorType.get_motor_constants`` in i2rt/motor_drivers/utils.py). The motor decodes every
+#: MIT command and encodes every reply with these, whatever the host assumes.
+I2RT_YAM_REGISTERS = [
+    (motor_id, dm.MotorType(f"i2rt {name}", *ranges))
+    for motor_id, name, ranges in (
+        (1, "DM4340", (12.5, 10.0, 28.0)),
+        (2, "DM4340", (12.5, 10.0, 28.0)),
+        (3, "DM4340", (12.5, 10.0, 28.0)),
+        (4, "DM4310", (12.5, 30.0, 10.0)),
+        (5, "DM4310", (12.5, 30.0, 10.0)),
+        (6, "DM4310", (12.5, 30.0, 10.0)),
+        (7, "DM4310", (12.5, 30.0, 10.0)),
+    )
+]
+
+
+def test_yam_velocities_reach_the_motors_at_the_scale_their_registers_hold():
+    # With DaMiao's 24 V factory VMAX (8 rad/s) assumed for a YAM's DM4340s, which hold 10, a
+    # velocity feed-forward arrived 1.25x too large and measured velocities read 0.8x.
+    bus = TimedDamiaoBus("can0", motors=I2RT_YAM_REGISTERS, initial_positions=START)
+    backend = DamiaoBackend(
+        [yam_arm("can0", LEFT, gripper_type="crank_4310")],
+        control_rate=shipped_rate(),
+        link_factory={"can0": bus}.__getitem__,
+        io_timeout=VIRTUAL_TIME_IO_TIMEOUT,
+    )
+    backend.connect()
+    backend.enable()
+    try:
+        velocities = np.array([2.0, -3.0, 5.0, 1.5, -6.0, 12.0, 0.0])
+        positions = backend.read_state().positions
+        backend.write_command(positions, velocities)
+        reading = backend.read_state()
+    finally:
+        backend.disconnect()
+    for i, (motor_id, registers) in enumerate(I2RT_YAM_REGISTERS[:6]):
+        step = dm.quantum(-registers.v_max, registers.v_max, 12)
+        received = bus.snapshot(motor_id).received[-1]
+        assert received.velocity == pytest.approx(velocities[i], abs=step), motor_id
+        assert reading.velocities[i] == pytest.approx(velocities[i], abs=2 * step), motor_id

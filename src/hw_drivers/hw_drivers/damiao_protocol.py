@@ -54,7 +54,10 @@ class FrameError(ValueError):
 
 @dataclass(frozen=True)
 class MotorType:
-    """MIT-mode mapping ranges of one DaMiao model (factory defaults of P/V/T_MAX)."""
+    """MIT-mode mapping ranges of one DaMiao model: the PMAX/VMAX/TMAX registers (21/22/23)
+    the motor decodes commands and encodes feedback with. They are writable, so what counts is
+    what the motor holds: a host assuming other ranges is wrong by a constant factor in both
+    directions, and nothing on the bus reports it."""
 
     name: str
     p_max: float  # rad
@@ -62,13 +65,19 @@ class MotorType:
     t_max: float  # N*m
 
 
+#: The type names are i2rt's (``i2rt/motor_drivers/utils.py``, ``MotorType``), with the ranges
+#: i2rt's YAM motors hold (its ``motor_config_tool/dm_motor_registers.md`` table): a YAM's DM4340
+#: runs VMAX 10 rad/s, not the 8 of DaMiao's 24 V factory default (DaMiao's ``DM_CAN.py``
+#: ``Limit_Param``), which ``DM4340_24V`` keeps for a motor nobody reconfigured. The other entries
+#: are DaMiao's factory defaults, which i2rt's agree with where it has the type.
 MOTOR_TYPES: dict[str, MotorType] = {
     m.name: m
     for m in (
         MotorType("DM3507", 12.5, 50.0, 5.0),
         MotorType("DM4310", 12.5, 30.0, 10.0),
         MotorType("DM4310_48V", 12.5, 50.0, 10.0),
-        MotorType("DM4340", 12.5, 8.0, 28.0),
+        MotorType("DM4340", 12.5, 10.0, 28.0),
+        MotorType("DM4340_24V", 12.5, 8.0, 28.0),
         MotorType("DM4340_48V", 12.5, 10.0, 28.0),
         MotorType("DM6006", 12.5, 45.0, 20.0),
         MotorType("DM8006", 12.5, 45.0, 40.0),

@@ -1,10 +1,13 @@
 """DaMiao motors answering like the real ones, on two transports.
 
-``MotorBank`` is the motors: each keeps an enable state, a position, temperatures and an error
-code. Control frames (enable/disable/zero/clear error) and refresh requests are answered with a
-feedback frame; an MIT command to an enabled motor moves it to the commanded position (ideal
-tracking: the emulator checks the link, not the dynamics) and is answered with feedback. Every
-command a motor accepted is recorded decoded, so tests compare what arrived with what was sent.
+``MotorBank`` is the motors: each keeps an enable state, a position, temperatures, an error
+code and its own PMAX/VMAX/TMAX registers (``mtype``: a type name, or a ``MotorType`` holding
+register values a test sets apart from what the host assumes), with which it decodes commands
+and encodes feedback, as the firmware does. Control frames (enable/disable/zero/clear error)
+and refresh requests are answered with a feedback frame; an MIT command to an enabled motor
+moves it to the commanded position (ideal tracking: the emulator checks the link, not the
+dynamics) and is answered with feedback. Every command a motor accepted is recorded decoded, so
+tests compare what arrived with what was sent.
 A motor in a fault state (over-temperature, ...) answers with that error code and ignores MIT
 commands until a clear-error frame (0xFB) and a new enable, as the real firmware does.
 
@@ -92,7 +95,7 @@ class MotorBank:
 
     def __init__(
         self,
-        motors: list[tuple[int, str]] | None = None,
+        motors: list[tuple[int, str | dm.MotorType]] | None = None,
         master_id_offset: int = 0x10,
         initial_positions: list[float] | None = None,
         power_up_turns: list[int] | None = None,
@@ -100,8 +103,9 @@ class MotorBank:
         if motors is None:
             motors = list(zip(YAM_MOTOR_IDS, YAM_MOTOR_TYPES, strict=True))
         self.motors: dict[int, EmulatedMotor] = {}
-        for index, (motor_id, type_name) in enumerate(motors):
-            motor = EmulatedMotor(motor_id, dm.motor_type(type_name), motor_id + master_id_offset)
+        for index, (motor_id, registers) in enumerate(motors):
+            mtype = dm.motor_type(registers) if isinstance(registers, str) else registers
+            motor = EmulatedMotor(motor_id, mtype, motor_id + master_id_offset)
             if initial_positions is not None:
                 motor.position = float(initial_positions[index])
             if power_up_turns is not None:
@@ -302,7 +306,7 @@ class DamiaoEmulator(MotorBank):
     def __init__(
         self,
         channel: str,
-        motors: list[tuple[int, str]] | None = None,
+        motors: list[tuple[int, str | dm.MotorType]] | None = None,
         master_id_offset: int = 0x10,
         initial_positions: list[float] | None = None,
         power_up_turns: list[int] | None = None,
@@ -362,7 +366,7 @@ class TimedDamiaoBus(MotorBank):
         self,
         channel: str,
         bitrate: int = 1_000_000,
-        motors: list[tuple[int, str]] | None = None,
+        motors: list[tuple[int, str | dm.MotorType]] | None = None,
         master_id_offset: int = 0x10,
         initial_positions: list[float] | None = None,
         reply_latency: tuple[float, float] = (40e-6, 150e-6),
