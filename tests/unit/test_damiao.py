@@ -28,6 +28,27 @@ def test_control_frames_are_the_documented_bytes():
     assert dm.control_command(dm.CanFrame(1, bytes(8))) is None
 
 
+def test_register_read_frames_have_damiaos_layout():
+    # DaMiao's own Python driver (cmjang/DM_Control_Python, DM_CAN.py): ``__read_RID_param`` sends
+    # [id_lo, id_hi, 0x33, RID, 0, 0, 0, 0] to 0x7FF; ``__process_set_param_packet`` takes the
+    # reply's data[3] as RID and data[4:8] as a little-endian float32 (RIDs outside 7-10, 13-16,
+    # 35-36); DM_variable numbers PMAX 21, VMAX 22, TMAX 23.
+    assert dm.encode_read_register(0x102, 22) == dm.CanFrame(
+        0x7FF, bytes([0x02, 0x01, 0x33, 22, 0, 0, 0, 0])
+    )
+    assert (dm.REG_PMAX, dm.REG_VMAX, dm.REG_TMAX) == (21, 22, 23)
+    # 10.0 as float32 is 0x41200000, little-endian on the wire.
+    reply = bytes([0x02, 0x00, 0x33, 22, 0x00, 0x00, 0x20, 0x41])
+    assert dm.decode_register_reply(reply, 2, 22) == 10.0
+    assert dm.encode_register_reply(0x12, 2, 22, 10.0) == dm.CanFrame(0x12, reply)
+    # Not this read's echo (other motor, other register, a feedback frame): not its answer.
+    assert dm.decode_register_reply(reply, 3, 22) is None
+    assert dm.decode_register_reply(reply, 2, 21) is None
+    feedback = dm.encode_feedback(0x12, 2, dm.STATE_ENABLED, 0.0, 0.0, 0.0, DM4310)
+    assert dm.decode_register_reply(feedback.data, 2, 22) is None
+    assert dm.decode_register_reply(reply[:7], 2, 22) is None
+
+
 def test_mit_golden_bytes():
     # Zero everything: position/velocity/torque sit at mid-scale, gains at 0.
     frame = dm.encode_mit(1, dm.MitCommand(0.0, 0.0, 0.0, 0.0, 0.0), DM4310)

@@ -127,8 +127,9 @@ def test_bimanual_yam_holds_its_ticks_at_the_shipped_rate_with_bus_time_modelled
         frames = [bus.frames_on_wire for bus in rig.buses.values()]
     assert held / ticks >= 0.99, (held, ticks)
     # One MIT exchange per motor per tick: 7 commands + 7 replies per bus, nothing else
-    # (connect and enable add one round each, and the first read after enable one refresh).
-    assert frames == [14 * (ticks + 3)] * 2
+    # (connect and enable add one round each, and the first read after enable one refresh;
+    # connect also reads 3 range registers per motor, a request and a reply each).
+    assert frames == [14 * (ticks + 3) + 7 * 3 * 2] * 2
     assert bus_time < 1.0 / rate
 
 
@@ -427,3 +428,33 @@ def test_yam_velocities_reach_the_motors_at_the_scale_their_registers_hold():
         received = bus.snapshot(motor_id).received[-1]
         assert received.velocity == pytest.approx(velocities[i], abs=step), motor_id
         assert reading.velocities[i] == pytest.approx(velocities[i], abs=2 * step), motor_id
+
+
+def test_a_motor_holding_another_mit_scale_is_refused_and_named():
+    # A YAM joint motor left at DaMiao's 24 V factory ranges (DM_CAN.py ``Limit_Param`` for the
+    # DM4340: 12.5 / 8 / 28) while the arm is driven as i2rt's DM4340 (VMAX 10): nothing on the
+    # bus reports it (i2rt's dm_motor_registers.md, "MIT scaling"), the registers do.
+    registers = list(I2RT_YAM_REGISTERS)
+    registers[1] = (2, dm.MotorType("DaMiao factory DM4340", 12.5, 8.0, 28.0))
+    bus = TimedDamiaoBus("can0", motors=registers, initial_positions=START)
+    backend = DamiaoBackend(
+        [yam_arm("can0", LEFT, gripper_type="crank_4310")],
+        control_rate=shipped_rate(),
+        link_factory={"can0": bus}.__getitem__,
+        io_timeout=VIRTUAL_TIME_IO_TIMEOUT,
+    )
+    backend.connect()
+    try:
+        entry = next(e for e in backend.health() if "left_joint2" in e.name)
+        assert entry.level == hl.ERROR and "VMAX 8 (expected 10)" in entry.message
+        assert entry.values["mit_scale"] == "PMAX 12.5, VMAX 8, TMAX 28"
+        others = [e for e in backend.health() if "motor left_joint1" in e.name]
+        assert others[0].values["mit_scale"] == "PMAX 12.5, VMAX 10, TMAX 28"
+        with pytest.raises(BackendError, match=r"left_joint2 \(id 0x02\) on can0: .*VMAX 8"):
+            backend.enable()
+        assert not any(bus.snapshot(m).enabled for m in range(1, 8))
+        with pytest.raises(BackendError, match="MIT scale mismatch, no command sent"):
+            backend.write_command(backend.read_state().positions)
+        assert not bus.snapshot(2).received
+    finally:
+        backend.disconnect()

@@ -242,6 +242,13 @@ class MotorBank:
                 # An impossible error nibble (0x3) and a wrong id nibble: never valid feedback.
                 data = bytes([0x30 | ((motor.motor_id + 1) & 0xF), 0xDE, 0xAD, 0xBE, 0xEF, 0, 0, 0])
                 return dm.CanFrame(motor.master_id, data)
+            request = dm.param_request(frame)
+            if request is not None and request[1] == dm.PARAM_READ:
+                rid = frame.data[3]
+                value = self._register(motor, rid)
+                if value is None:
+                    return None
+                return dm.encode_register_reply(motor.master_id, motor.motor_id, rid, value)
             if motor.error_code is not None:
                 state = motor.error_code
             else:
@@ -258,13 +265,25 @@ class MotorBank:
                 motor.temperature_rotor,
             )
 
+    @staticmethod
+    def _register(motor: EmulatedMotor, rid: int) -> float | None:
+        """The value of a float register the emulator keeps (None: not modelled)."""
+        return {
+            dm.REG_PMAX: motor.mtype.p_max,
+            dm.REG_VMAX: motor.mtype.v_max,
+            dm.REG_TMAX: motor.mtype.t_max,
+        }.get(rid)
+
     def _handle(self, frame: dm.CanFrame) -> EmulatedMotor | None:
         request = dm.param_request(frame)
         if request is not None:
             motor = self.motors.get(request[0])
             if motor is not None:
                 self._advance(motor)
-            return motor if motor is not None and request[1] == dm.PARAM_REFRESH else None
+            answered = request[1] == dm.PARAM_REFRESH or (
+                request[1] == dm.PARAM_READ and len(frame.data) >= 4
+            )
+            return motor if motor is not None and answered else None
         motor = self.motors.get(frame.arbitration_id)
         if motor is None:
             return None
