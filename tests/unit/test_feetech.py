@@ -49,6 +49,22 @@ def test_split_packets_resyncs_on_noise_and_bad_checksum():
         ft.parse_packet(bad)
 
 
+def test_a_stray_ff_before_a_packet_is_skipped_one_byte_at_a_time_as_the_sdk_does():
+    # Feetech's SDK (scservo_sdk/protocol_packet_handler.py, rxPacket; read in
+    # StarCycle/FTServo_Python and avramidis/Feetech-Servo-SDK): at a header whose id byte is
+    # above 0xFD it removes the *first byte only* and looks again, so ``FF FF FF 01 ...`` is the
+    # status packet of servo 1 behind one stray 0xFF. Dropping the whole false header lost it.
+    status = bytes.fromhex("FFFF0104000008" + "F2")  # servo 1, no error, params 00 08
+    assert ft.parse_packet(status) == ft.Packet(1, 0, b"\x00\x08")
+    buffer = bytearray(b"\xff" + status)
+    assert ft.split_packets(buffer) == [status]
+    assert buffer == bytearray()
+    # Several stray bytes, and one in front of each of two packets back to back.
+    other = ft.build_packet(2, 0x20, b"\x01")
+    buffer = bytearray(b"\xff\xff\xff" + status + b"\xff" + other)
+    assert ft.split_packets(buffer) == [status, other]
+
+
 # -- backend against the emulator ----------------------------------------------------------
 # The emulator answers from a thread of this process: on a loaded CI machine it can be off the
 # CPU for tens of milliseconds, so a 20 ms reply timeout (the driver's default) failed a read
