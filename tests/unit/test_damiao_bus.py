@@ -458,3 +458,16 @@ def test_a_motor_holding_another_mit_scale_is_refused_and_named():
         assert not bus.snapshot(2).received
     finally:
         backend.disconnect()
+
+
+def test_the_emulated_bus_has_the_transmit_queue_of_a_linux_can_device():
+    # Linux's can_setup() (drivers/net/can/dev.c) gives a CAN device tx_queue_len = 10, and
+    # SocketCAN answers a send beyond it with ENOBUFS instead of blocking. A host that bursts more
+    # frames than that loses the rest; the emulator refuses them the same way.
+    bus = TimedDamiaoBus("can0")
+    for _ in range(11):  # the first goes onto the idle wire at once, ten wait in the queue
+        bus.send(dm.encode_refresh(1))
+    with pytest.raises(OSError, match="No buffer space"):
+        bus.send(dm.encode_refresh(1))
+    bus.sleep_until(bus.now() + 135e-6)  # one frame's time at 1 Mbit/s: the next one went out
+    bus.send(dm.encode_refresh(1))

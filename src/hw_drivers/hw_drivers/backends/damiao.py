@@ -520,41 +520,41 @@ class DamiaoBackend(Backend):
             _LOG.error("DaMiao motor %s; torque stays off", problem)
 
     def _scale_exchange(self, arm_index: int) -> list[dm.MotorType | None]:
-        """Read the three range registers of every motor of one arm (in its bus's I/O thread);
-        a register still unanswered after ``retries`` resends leaves that motor None."""
+        """Read the three range registers of every motor of one arm (in its bus's I/O thread),
+        one motor at a time: a burst of every read at once would overflow the CAN device's
+        transmit queue (10 frames by Linux's default), and the rest would fail with ENOBUFS.
+        A register still unanswered after ``retries`` resends leaves that motor None."""
         arm, link = self.arms[arm_index], self._io[arm_index].link
         rids = (dm.REG_PMAX, dm.REG_VMAX, dm.REG_TMAX)
-        wanted = [(i, rid) for i in range(len(arm.motors)) for rid in rids]
-        values: dict[tuple[int, int], float] = {}
-        for _attempt in range(self.retries + 1):
-            pending = [key for key in wanted if key not in values]
-            if not pending:
-                break
-            try:
-                for i, rid in pending:
-                    link.send(dm.encode_read_register(arm.motors[i].motor_id, rid))
-            except OSError as exc:
-                self.bus_health[arm_index].send_errors += 1
-                _LOG.warning("register reads on %s not sent: %s", arm.channel, exc)
-                break
-            wire = len(pending) * 2 * self.budget.frame_bits / float(self.bitrate)
-            deadline = link.now() + wire + self.reply_timeout
-            while len(values) < len(wanted):
-                got = link.recv(deadline - link.now())
-                if got is None:
-                    break
-                data = got[0].data
-                # Matched by the echo alone: sources disagree on the id a register reply comes
-                # on (the master id in DaMiao's DM_CAN.py, 0x7FF in i2rt's register tool).
-                for i, rid in pending:
-                    value = dm.decode_register_reply(data, arm.motors[i].motor_id, rid)
-                    if value is not None:
-                        values[(i, rid)] = value
-                        break
         row: list[dm.MotorType | None] = []
-        for i, motor in enumerate(arm.motors):
-            if all((i, rid) in values for rid in rids):
-                held = (values[(i, rid)] for rid in rids)
+        for motor in arm.motors:
+            values: dict[int, float] = {}
+            for _attempt in range(self.retries + 1):
+                pending = [rid for rid in rids if rid not in values]
+                if not pending:
+                    break
+                try:
+                    for rid in pending:
+                        link.send(dm.encode_read_register(motor.motor_id, rid))
+                except OSError as exc:
+                    self.bus_health[arm_index].send_errors += 1
+                    _LOG.warning("register reads on %s not sent: %s", arm.channel, exc)
+                    break
+                wire = len(pending) * 2 * self.budget.frame_bits / float(self.bitrate)
+                deadline = link.now() + wire + self.reply_timeout
+                while len(values) < len(rids):
+                    got = link.recv(deadline - link.now())
+                    if got is None:
+                        break
+                    # Matched by the echo alone: sources disagree on the id a register reply
+                    # comes on (the master id in DaMiao's DM_CAN.py, 0x7FF in i2rt's tool).
+                    for rid in pending:
+                        value = dm.decode_register_reply(got[0].data, motor.motor_id, rid)
+                        if value is not None:
+                            values[rid] = value
+                            break
+            if len(values) == len(rids):
+                held = (values[rid] for rid in rids)
                 row.append(dm.MotorType(f"{motor.mtype.name} as held", *held))
             else:
                 row.append(None)

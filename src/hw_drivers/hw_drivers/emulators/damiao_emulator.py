@@ -43,6 +43,7 @@ with frames that cannot be valid feedback, ``silent = True`` stops the whole ban
 from __future__ import annotations
 
 import dataclasses
+import errno
 import heapq
 import math
 import threading
@@ -379,6 +380,11 @@ class TimedDamiaoBus(MotorBank):
     time is free, bus time is exact. ``reply_latency`` is each motor's turnaround from the end
     of a command frame to its feedback being ready to send, drawn uniformly from
     ``[low, high]`` with ``seed``.
+
+    The host's transmit queue holds ``tx_queue_len`` frames that have not reached the wire yet
+    (Linux's ``can_setup`` gives every CAN device ``tx_queue_len = 10`` unless ``ip link set
+    ... txqueuelen`` changes it); one more and ``send`` fails with ``ENOBUFS`` (SocketCAN does
+    not block on a full queue), as python-can's send does on a real interface.
     """
 
     def __init__(
@@ -391,10 +397,12 @@ class TimedDamiaoBus(MotorBank):
         reply_latency: tuple[float, float] = (40e-6, 150e-6),
         seed: int = 0,
         power_up_turns: list[int] | None = None,
+        tx_queue_len: int = 10,
     ) -> None:
         super().__init__(motors, master_id_offset, initial_positions, power_up_turns)
         self.channel = channel
         self.bitrate = int(bitrate)
+        self.tx_queue_len = int(tx_queue_len)
         self.reply_latency = reply_latency
         self._rng = np.random.default_rng(seed)
         self._now = 0.0
@@ -415,6 +423,10 @@ class TimedDamiaoBus(MotorBank):
     def send(self, frame: dm.CanFrame) -> None:
         if self.closed:
             raise OSError(f"{self.channel} is closed")
+        # Frames that started before now have left the queue.
+        self._simulate(until=self._now, stop_at_delivery=False)
+        if len(self._host_queue) >= self.tx_queue_len:
+            raise OSError(errno.ENOBUFS, f"{self.channel}: No buffer space available")
         self._seq += 1
         self._host_queue.append((self._now, self._seq, frame))
 
