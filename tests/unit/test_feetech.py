@@ -7,6 +7,8 @@ import types
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hw_drivers import feetech_protocol as ft
 from hw_drivers.backends.base import BackendError
@@ -220,3 +222,21 @@ def test_a_second_driver_cannot_open_the_same_bus(rig):
     with pytest.raises(BackendError, match="another driver"):
         second.connect()
     assert backend.read_state() is not None  # the first one keeps its bus
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(
+    noise=st.binary(max_size=12).map(lambda b: b.replace(b"\xff", b"")),
+    stray=st.integers(0, 3),
+    servo_id=st.integers(0, 0xFD),
+    error=st.integers(0, 0x7F),
+    params=st.binary(max_size=8),
+)
+def test_a_status_packet_behind_any_line_noise_is_found(noise, stray, servo_id, error, params):
+    # Noise without a header, then up to three stray 0xFF right before the packet: Feetech's
+    # SDK receiver (scservo_sdk/protocol_packet_handler.py, rxPacket) finds the packet in all of
+    # these, skipping non-header bytes, then one byte at a time at an id above 0xFD.
+    packet = ft.build_packet(servo_id, error, params)
+    buffer = bytearray(noise + b"\xff" * stray + packet)
+    assert ft.split_packets(buffer)[-1:] == [packet]
+    assert buffer == bytearray()
