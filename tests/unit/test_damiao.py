@@ -49,6 +49,24 @@ def test_register_read_frames_have_damiaos_layout():
     assert dm.decode_register_reply(reply[:7], 2, 22) is None
 
 
+@pytest.mark.parametrize(
+    ("gains", "text"),
+    [
+        ({"kp": (600.0, 80, 80, 40, 10, 10, 20)}, r"kp \[600.0\] outside the MIT range \[0, 500\]"),
+        ({"kp": (80, -1.0, 80, 40, 10, 10, 20)}, r"kp \[-1.0\]"),
+        ({"kd": (5, 5, 5, 1.5, 1.5, 1.5, float("nan"))}, r"kd \[nan\] outside .*\[0, 5\]"),
+        ({"kd": (5, 5, 5, 1.5, 1.5, 6.0, 0.5)}, r"kd \[6.0\]"),
+    ],
+)
+def test_gains_outside_the_mit_range_are_refused_not_saturated(gains, text):
+    # DaMiao's DM_CAN.py (cmjang/DM_Control_Python) packs kp over [0, 500] and kd over [0, 5]
+    # (controlMIT); i2rt's MotorConstants has the same KP_MAX/KD_MAX. Beyond them the frame
+    # saturates: a configured kp of 600 ran as 500, a negative one as 0, with no error.
+    with pytest.raises(ValueError, match=text):
+        yam_arm("can0", ARM_NAMES, **gains)
+    assert yam_arm("can0", ARM_NAMES, kp=(500.0, 0.0, 80, 40, 10, 10, 20)).motors[0].kp == 500.0
+
+
 def test_mit_golden_bytes():
     # Zero everything: position/velocity/torque sit at mid-scale, gains at 0.
     frame = dm.encode_mit(1, dm.MitCommand(0.0, 0.0, 0.0, 0.0, 0.0), DM4310)

@@ -148,6 +148,16 @@ def yam_arm(
                 f"arm on {channel}: {label} has {len(values)} entries for {n} joints "
                 f"{list(joint_names)}"
             )
+    for label, values, top in (("kp", kp, dm.KP_MAX), ("kd", kd, dm.KD_MAX)):
+        # The MIT frame carries a gain in [0, top] (12 bits; DaMiao's DM_CAN.py controlMIT,
+        # i2rt's KP_MAX/KD_MAX): beyond it the encoding saturates and the motor would run a
+        # gain nobody configured, a negative one as 0 (a limp joint), without any error.
+        bad = [float(g) for g in values if not (math.isfinite(float(g)) and 0.0 <= g <= top)]
+        if bad:
+            raise ValueError(
+                f"arm on {channel}: {label} {bad} outside the MIT range [0, {top:g}] a DaMiao "
+                "motor accepts"
+            )
     if gripper_limits is None:
         gripper_limits = spec.limits
     if gripper_limits is not None:
