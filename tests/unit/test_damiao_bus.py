@@ -471,3 +471,30 @@ def test_the_emulated_bus_has_the_transmit_queue_of_a_linux_can_device():
         bus.send(dm.encode_refresh(1))
     bus.sleep_until(bus.now() + 135e-6)  # one frame's time at 1 Mbit/s: the next one went out
     bus.send(dm.encode_refresh(1))
+
+
+def test_a_late_register_reply_is_never_taken_as_feedback():
+    # A register reply ([id_lo, id_hi, 0x33, rid, float32]: DaMiao's DM_CAN.py) comes on the
+    # master id like feedback, and its first byte reads as "disabled, id nibble right". Behind a
+    # USB adapter's latency (here 0.5 ms each way; i2rt's own loop allows 7 ms for 7 sequential
+    # round trips, EXPECTED_CONTROL_PERIOD in dm_driver.py) the last register reply of connect
+    # came after the next exchange had started and was taken as the gripper's answer to enable:
+    # "did not enable: still disabled", with a position near -12.5 rad.
+    assert dm.is_register_reply(dm.encode_register_reply(0x17, 7, dm.REG_TMAX, 10.0).data, 7)
+    at_zero = dm.encode_feedback(0x17, 7, dm.STATE_DISABLED, 0.0, 0.0, 0.0, dm.motor_type("DM4310"))
+    assert not dm.is_register_reply(at_zero.data, 7)
+    bus = TimedDamiaoBus("can0", initial_positions=START, adapter_latency=1.0e-3)
+    backend = DamiaoBackend(
+        [yam_arm("can0", LEFT, gripper_type="crank_4310")],
+        control_rate=shipped_rate(),
+        link_factory={"can0": bus}.__getitem__,
+        io_timeout=VIRTUAL_TIME_IO_TIMEOUT,
+    )
+    backend.connect()
+    try:
+        backend.enable()
+        assert all(bus.snapshot(m).enabled for m in range(1, 8))
+        reading = backend.read_state()
+        np.testing.assert_allclose(reading.positions[:6], START[:6], atol=1e-3)
+    finally:
+        backend.disconnect()

@@ -33,6 +33,7 @@ PARAM_ARBITRATION_ID = 0x7FF
 PARAM_REFRESH = 0xCC
 PARAM_SAVE = 0xAA
 PARAM_READ = 0x33
+PARAM_WRITE = 0x55
 #: Registers holding the MIT mapping ranges (DaMiao's ``DM_variable``: PMAX 21, VMAX 22, TMAX 23;
 #: float32 values).
 REG_PMAX = 21
@@ -233,6 +234,22 @@ def decode_register_reply(data: bytes, motor_id: int, rid: int) -> float | None:
     ):
         return None
     return struct.unpack("<f", bytes(data[4:8]))[0]
+
+
+def is_register_reply(data: bytes, motor_id: int) -> bool:
+    """Whether ``data`` echoes a register read or write of ``motor_id``.
+
+    Such a reply comes on the motor's master id like its feedback, and its first byte (the id's
+    low byte) reads as the state nibble "disabled" plus the right id nibble, so a late one
+    decodes as a valid feedback frame with a position near -P_MAX. A real feedback frame with
+    these bytes would put the motor within 0.1 rad of -P_MAX, which no joint reaches.
+    """
+    return (
+        len(data) == 8
+        and data[0] == motor_id & 0xFF
+        and data[1] == (motor_id >> 8) & 0xFF
+        and data[2] in (PARAM_READ, PARAM_WRITE)
+    )
 
 
 def scale_mismatch(held: MotorType, assumed: MotorType) -> str | None:

@@ -1283,10 +1283,14 @@ class DamiaoBackend(Backend):
                 if i is None:
                     bus.unknown_frames += 1
                     continue
-                if i not in pending or stamp < sent_at[i]:
+                motor = arm.motors[i]
+                # A register reply that came late (the adapter's latency, a resend) is stale,
+                # never feedback, though it decodes as one.
+                if i not in pending or stamp < sent_at[i] or dm.is_register_reply(
+                    frame.data, motor.motor_id
+                ):
                     health[i].stale += 1
                     continue
-                motor = arm.motors[i]
                 try:
                     feedback = dm.decode_feedback(frame.data, motor.mtype, motor.motor_id)
                 except dm.FrameError as exc:

@@ -398,11 +398,13 @@ class TimedDamiaoBus(MotorBank):
         seed: int = 0,
         power_up_turns: list[int] | None = None,
         tx_queue_len: int = 10,
+        adapter_latency: float = 0.0,
     ) -> None:
         super().__init__(motors, master_id_offset, initial_positions, power_up_turns)
         self.channel = channel
         self.bitrate = int(bitrate)
         self.tx_queue_len = int(tx_queue_len)
+        self.adapter_latency = float(adapter_latency)
         self.reply_latency = reply_latency
         self._rng = np.random.default_rng(seed)
         self._now = 0.0
@@ -428,7 +430,7 @@ class TimedDamiaoBus(MotorBank):
         if len(self._host_queue) >= self.tx_queue_len:
             raise OSError(errno.ENOBUFS, f"{self.channel}: No buffer space available")
         self._seq += 1
-        self._host_queue.append((self._now, self._seq, frame))
+        self._host_queue.append((self._now + self.adapter_latency / 2, self._seq, frame))
 
     def recv(self, timeout: float) -> tuple[dm.CanFrame, float] | None:
         """The next frame for the host within ``timeout`` of virtual time, with its arrival
@@ -502,4 +504,4 @@ class TimedDamiaoBus(MotorBank):
                     self._seq += 1
                     heapq.heappush(self._motor_queue, (ready_at, self._seq, reply))
             else:
-                self._delivered.append((end, frame))
+                self._delivered.append((end + self.adapter_latency / 2, frame))
