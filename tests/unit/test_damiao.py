@@ -28,6 +28,45 @@ def test_control_frames_are_the_documented_bytes():
     assert dm.control_command(dm.CanFrame(1, bytes(8))) is None
 
 
+def test_register_read_frames_have_damiaos_layout():
+    # DaMiao's own Python driver (cmjang/DM_Control_Python, DM_CAN.py): ``__read_RID_param`` sends
+    # [id_lo, id_hi, 0x33, RID, 0, 0, 0, 0] to 0x7FF; ``__process_set_param_packet`` takes the
+    # reply's data[3] as RID and data[4:8] as a little-endian float32 (RIDs outside 7-10, 13-16,
+    # 35-36); DM_variable numbers PMAX 21, VMAX 22, TMAX 23.
+    assert dm.encode_read_register(0x102, 22) == dm.CanFrame(
+        0x7FF, bytes([0x02, 0x01, 0x33, 22, 0, 0, 0, 0])
+    )
+    assert (dm.REG_PMAX, dm.REG_VMAX, dm.REG_TMAX) == (21, 22, 23)
+    # 10.0 as float32 is 0x41200000, little-endian on the wire.
+    reply = bytes([0x02, 0x00, 0x33, 22, 0x00, 0x00, 0x20, 0x41])
+    assert dm.decode_register_reply(reply, 2, 22) == 10.0
+    assert dm.encode_register_reply(0x12, 2, 22, 10.0) == dm.CanFrame(0x12, reply)
+    # Not this read's echo (other motor, other register, a feedback frame): not its answer.
+    assert dm.decode_register_reply(reply, 3, 22) is None
+    assert dm.decode_register_reply(reply, 2, 21) is None
+    feedback = dm.encode_feedback(0x12, 2, dm.STATE_ENABLED, 0.0, 0.0, 0.0, DM4310)
+    assert dm.decode_register_reply(feedback.data, 2, 22) is None
+    assert dm.decode_register_reply(reply[:7], 2, 22) is None
+
+
+@pytest.mark.parametrize(
+    ("gains", "text"),
+    [
+        ({"kp": (600.0, 80, 80, 40, 10, 10, 20)}, r"kp \[600.0\] outside the MIT range \[0, 500\]"),
+        ({"kp": (80, -1.0, 80, 40, 10, 10, 20)}, r"kp \[-1.0\]"),
+        ({"kd": (5, 5, 5, 1.5, 1.5, 1.5, float("nan"))}, r"kd \[nan\] outside .*\[0, 5\]"),
+        ({"kd": (5, 5, 5, 1.5, 1.5, 6.0, 0.5)}, r"kd \[6.0\]"),
+    ],
+)
+def test_gains_outside_the_mit_range_are_refused_not_saturated(gains, text):
+    # DaMiao's DM_CAN.py (cmjang/DM_Control_Python) packs kp over [0, 500] and kd over [0, 5]
+    # (controlMIT); i2rt's MotorConstants has the same KP_MAX/KD_MAX. Beyond them the frame
+    # saturates: a configured kp of 600 ran as 500, a negative one as 0, with no error.
+    with pytest.raises(ValueError, match=text):
+        yam_arm("can0", ARM_NAMES, **gains)
+    assert yam_arm("can0", ARM_NAMES, kp=(500.0, 0.0, 80, 40, 10, 10, 20)).motors[0].kp == 500.0
+
+
 def test_mit_golden_bytes():
     # Zero everything: position/velocity/torque sit at mid-scale, gains at 0.
     frame = dm.encode_mit(1, dm.MitCommand(0.0, 0.0, 0.0, 0.0, 0.0), DM4310)

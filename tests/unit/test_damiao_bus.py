@@ -127,8 +127,9 @@ def test_bimanual_yam_holds_its_ticks_at_the_shipped_rate_with_bus_time_modelled
         frames = [bus.frames_on_wire for bus in rig.buses.values()]
     assert held / ticks >= 0.99, (held, ticks)
     # One MIT exchange per motor per tick: 7 commands + 7 replies per bus, nothing else
-    # (connect and enable add one round each, and the first read after enable one refresh).
-    assert frames == [14 * (ticks + 3)] * 2
+    # (connect and enable add one round each, and the first read after enable one refresh;
+    # connect also reads 3 range registers per motor, a request and a reply each).
+    assert frames == [14 * (ticks + 3) + 7 * 3 * 2] * 2
     assert bus_time < 1.0 / rate
 
 
@@ -381,3 +382,119 @@ def test_replies_older_than_the_feedback_age_are_not_reused_as_the_measurement()
         rig.wait_for_tick(10)  # the caller stalled for 8 periods
         rig.backend.read_state()
         assert rig.buses["can0"].frames_on_wire == frames + 14  # a refresh round
+
+
+# -- the scale the real motors hold -------------------------------------------------------
+#: PMAX/VMAX/TMAX (registers 21/22/23) of a YAM's motors, from i2rt's register tool
+#: (i2rt-robotics/i2rt, i2rt/motor_config_tool/dm_motor_registers.md, table "Values this library
+#: expects": DM4340 12.5 / 10 / 28, DM4310 12.5 / 30 / 10; the same numbers as
+#: ``MotorType.get_motor_constants`` in i2rt/motor_drivers/utils.py). The motor decodes every
+#: MIT command and encodes every reply with these, whatever the host assumes.
+I2RT_YAM_REGISTERS = [
+    (motor_id, dm.MotorType(f"i2rt {name}", *ranges))
+    for motor_id, name, ranges in (
+        (1, "DM4340", (12.5, 10.0, 28.0)),
+        (2, "DM4340", (12.5, 10.0, 28.0)),
+        (3, "DM4340", (12.5, 10.0, 28.0)),
+        (4, "DM4310", (12.5, 30.0, 10.0)),
+        (5, "DM4310", (12.5, 30.0, 10.0)),
+        (6, "DM4310", (12.5, 30.0, 10.0)),
+        (7, "DM4310", (12.5, 30.0, 10.0)),
+    )
+]
+
+
+def test_yam_velocities_reach_the_motors_at_the_scale_their_registers_hold():
+    # With DaMiao's 24 V factory VMAX (8 rad/s) assumed for a YAM's DM4340s, which hold 10, a
+    # velocity feed-forward arrived 1.25x too large and measured velocities read 0.8x.
+    bus = TimedDamiaoBus("can0", motors=I2RT_YAM_REGISTERS, initial_positions=START)
+    backend = DamiaoBackend(
+        [yam_arm("can0", LEFT, gripper_type="crank_4310")],
+        control_rate=shipped_rate(),
+        link_factory={"can0": bus}.__getitem__,
+        io_timeout=VIRTUAL_TIME_IO_TIMEOUT,
+    )
+    backend.connect()
+    backend.enable()
+    try:
+        velocities = np.array([2.0, -3.0, 5.0, 1.5, -6.0, 12.0, 0.0])
+        positions = backend.read_state().positions
+        backend.write_command(positions, velocities)
+        reading = backend.read_state()
+    finally:
+        backend.disconnect()
+    for i, (motor_id, registers) in enumerate(I2RT_YAM_REGISTERS[:6]):
+        step = dm.quantum(-registers.v_max, registers.v_max, 12)
+        received = bus.snapshot(motor_id).received[-1]
+        assert received.velocity == pytest.approx(velocities[i], abs=step), motor_id
+        assert reading.velocities[i] == pytest.approx(velocities[i], abs=2 * step), motor_id
+
+
+def test_a_motor_holding_another_mit_scale_is_refused_and_named():
+    # A YAM joint motor left at DaMiao's 24 V factory ranges (DM_CAN.py ``Limit_Param`` for the
+    # DM4340: 12.5 / 8 / 28) while the arm is driven as i2rt's DM4340 (VMAX 10): nothing on the
+    # bus reports it (i2rt's dm_motor_registers.md, "MIT scaling"), the registers do.
+    registers = list(I2RT_YAM_REGISTERS)
+    registers[1] = (2, dm.MotorType("DaMiao factory DM4340", 12.5, 8.0, 28.0))
+    bus = TimedDamiaoBus("can0", motors=registers, initial_positions=START)
+    backend = DamiaoBackend(
+        [yam_arm("can0", LEFT, gripper_type="crank_4310")],
+        control_rate=shipped_rate(),
+        link_factory={"can0": bus}.__getitem__,
+        io_timeout=VIRTUAL_TIME_IO_TIMEOUT,
+    )
+    backend.connect()
+    try:
+        entry = next(e for e in backend.health() if "left_joint2" in e.name)
+        assert entry.level == hl.ERROR and "VMAX 8 (expected 10)" in entry.message
+        assert entry.values["mit_scale"] == "PMAX 12.5, VMAX 8, TMAX 28"
+        others = [e for e in backend.health() if "motor left_joint1" in e.name]
+        assert others[0].values["mit_scale"] == "PMAX 12.5, VMAX 10, TMAX 28"
+        with pytest.raises(BackendError, match=r"left_joint2 \(id 0x02\) on can0: .*VMAX 8"):
+            backend.enable()
+        assert not any(bus.snapshot(m).enabled for m in range(1, 8))
+        with pytest.raises(BackendError, match="MIT scale mismatch, no command sent"):
+            backend.write_command(backend.read_state().positions)
+        assert not bus.snapshot(2).received
+    finally:
+        backend.disconnect()
+
+
+def test_the_emulated_bus_has_the_transmit_queue_of_a_linux_can_device():
+    # Linux's can_setup() (drivers/net/can/dev.c) gives a CAN device tx_queue_len = 10, and
+    # SocketCAN answers a send beyond it with ENOBUFS instead of blocking. A host that bursts more
+    # frames than that loses the rest; the emulator refuses them the same way.
+    bus = TimedDamiaoBus("can0")
+    for _ in range(11):  # the first goes onto the idle wire at once, ten wait in the queue
+        bus.send(dm.encode_refresh(1))
+    with pytest.raises(OSError, match="No buffer space"):
+        bus.send(dm.encode_refresh(1))
+    bus.sleep_until(bus.now() + 135e-6)  # one frame's time at 1 Mbit/s: the next one went out
+    bus.send(dm.encode_refresh(1))
+
+
+def test_a_late_register_reply_is_never_taken_as_feedback():
+    # A register reply ([id_lo, id_hi, 0x33, rid, float32]: DaMiao's DM_CAN.py) comes on the
+    # master id like feedback, and its first byte reads as "disabled, id nibble right". Behind a
+    # USB adapter's latency (here 0.5 ms each way; i2rt's own loop allows 7 ms for 7 sequential
+    # round trips, EXPECTED_CONTROL_PERIOD in dm_driver.py) the last register reply of connect
+    # came after the next exchange had started and was taken as the gripper's answer to enable:
+    # "did not enable: still disabled", with a position near -12.5 rad.
+    assert dm.is_register_reply(dm.encode_register_reply(0x17, 7, dm.REG_TMAX, 10.0).data, 7)
+    at_zero = dm.encode_feedback(0x17, 7, dm.STATE_DISABLED, 0.0, 0.0, 0.0, dm.motor_type("DM4310"))
+    assert not dm.is_register_reply(at_zero.data, 7)
+    bus = TimedDamiaoBus("can0", initial_positions=START, adapter_latency=1.0e-3)
+    backend = DamiaoBackend(
+        [yam_arm("can0", LEFT, gripper_type="crank_4310")],
+        control_rate=shipped_rate(),
+        link_factory={"can0": bus}.__getitem__,
+        io_timeout=VIRTUAL_TIME_IO_TIMEOUT,
+    )
+    backend.connect()
+    try:
+        backend.enable()
+        assert all(bus.snapshot(m).enabled for m in range(1, 8))
+        reading = backend.read_state()
+        np.testing.assert_allclose(reading.positions[:6], START[:6], atol=1e-3)
+    finally:
+        backend.disconnect()

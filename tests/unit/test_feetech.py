@@ -7,6 +7,8 @@ import types
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hw_drivers import feetech_protocol as ft
 from hw_drivers.backends.base import BackendError
@@ -47,6 +49,22 @@ def test_split_packets_resyncs_on_noise_and_bad_checksum():
     assert bytes(buffer) == good[:4]  # the partial packet waits for the rest
     with pytest.raises(ft.PacketError, match="checksum"):
         ft.parse_packet(bad)
+
+
+def test_a_stray_ff_before_a_packet_is_skipped_one_byte_at_a_time_as_the_sdk_does():
+    # Feetech's SDK (scservo_sdk/protocol_packet_handler.py, rxPacket; read in
+    # StarCycle/FTServo_Python and avramidis/Feetech-Servo-SDK): at a header whose id byte is
+    # above 0xFD it removes the *first byte only* and looks again, so ``FF FF FF 01 ...`` is the
+    # status packet of servo 1 behind one stray 0xFF. Dropping the whole false header lost it.
+    status = bytes.fromhex("FFFF0104000008" + "F2")  # servo 1, no error, params 00 08
+    assert ft.parse_packet(status) == ft.Packet(1, 0, b"\x00\x08")
+    buffer = bytearray(b"\xff" + status)
+    assert ft.split_packets(buffer) == [status]
+    assert buffer == bytearray()
+    # Several stray bytes, and one in front of each of two packets back to back.
+    other = ft.build_packet(2, 0x20, b"\x01")
+    buffer = bytearray(b"\xff\xff\xff" + status + b"\xff" + other)
+    assert ft.split_packets(buffer) == [status, other]
 
 
 # -- backend against the emulator ----------------------------------------------------------
@@ -204,3 +222,21 @@ def test_a_second_driver_cannot_open_the_same_bus(rig):
     with pytest.raises(BackendError, match="another driver"):
         second.connect()
     assert backend.read_state() is not None  # the first one keeps its bus
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(
+    noise=st.binary(max_size=12).map(lambda b: b.replace(b"\xff", b"")),
+    stray=st.integers(0, 3),
+    servo_id=st.integers(0, 0xFD),
+    error=st.integers(0, 0x7F),
+    params=st.binary(max_size=8),
+)
+def test_a_status_packet_behind_any_line_noise_is_found(noise, stray, servo_id, error, params):
+    # Noise without a header, then up to three stray 0xFF right before the packet: Feetech's
+    # SDK receiver (scservo_sdk/protocol_packet_handler.py, rxPacket) finds the packet in all of
+    # these, skipping non-header bytes, then one byte at a time at an id above 0xFD.
+    packet = ft.build_packet(servo_id, error, params)
+    buffer = bytearray(noise + b"\xff" * stray + packet)
+    assert ft.split_packets(buffer)[-1:] == [packet]
+    assert buffer == bytearray()

@@ -218,6 +218,24 @@ def test_a_rate_the_bus_cannot_carry_overruns_on_the_emulated_bus():
     assert rig.backend.health()[0].level == hl.WARN  # overruns are reported
 
 
+def test_a_stray_ff_before_the_replies_costs_no_retry():
+    # A half-duplex line can carry one spurious 0xFF where the transceiver turns around; the
+    # SDK's receiver skips it (scservo_sdk/protocol_packet_handler.py, rxPacket). The whole
+    # position read used to be lost to it and sent again, twice the bus time of that tick.
+    rig = Rig()
+    rig.start()
+    rig.submit_motion()
+    rig.step(5)
+    replies = {sid: h.replies for sid, h in rig.backend.servo_health.items()}
+    before = rig.bus.bytes_on_wire
+    rig.bus.glitch_replies(len(SO101_JOINTS) + 1)  # the health read's reply and every position
+    result = rig.step()
+    assert result.wrote and not result.error
+    assert all(h.missed == 0 and h.garbled == 0 for h in rig.backend.servo_health.values())
+    assert all(rig.backend.servo_health[sid].replies > n for sid, n in replies.items())
+    assert rig.bus.bytes_on_wire - before == rig.backend.budget.tick_bytes  # nothing resent
+
+
 def running_rig() -> Rig:
     rig = Rig()
     rig.start()

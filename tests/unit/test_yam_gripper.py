@@ -321,6 +321,9 @@ def test_a_failed_calibration_is_not_retried_until_an_operator_clears_it():
         backend.enable()
     # The driver's reconnect loop enables again: refused at once, the gripper does not move.
     backend.disconnect()
+    # Its reconnect_period passes first (the disable frames of the failed enable leave the
+    # transmit queue meanwhile; a reconnect within the same instant would overflow it).
+    bus.sleep_until(bus.now() + 0.3)
     backend.connect()
     frames_before = len(bus.snapshot(0x07).received)
     with pytest.raises(BackendError, match=r"not retried on its own.*~/clear_motor_faults"):

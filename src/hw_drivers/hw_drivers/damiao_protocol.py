@@ -6,7 +6,9 @@ Frames (classic CAN, 8 data bytes):
   ``FF FF FF FF FF FF FF FC`` enable, ``... FD`` disable, ``... FE`` set zero, ``... FB`` clear
   error;
 * parameter frames go to ``0x7FF``: ``[id_lo, id_hi, 0xCC]`` refresh (ask for one feedback
-  frame), ``[id_lo, id_hi, 0xAA]`` save parameters to flash;
+  frame), ``[id_lo, id_hi, 0xAA]`` save parameters to flash, ``[id_lo, id_hi, 0x33, rid]`` read
+  register ``rid``, answered by ``[id_lo, id_hi, 0x33, rid, value]`` with the value a
+  little-endian float32 (or uint32 for the id/mode/version registers);
 * an MIT command packs position (16 bit), velocity (12), kp (12), kd (12) and feed-forward
   torque (12) big-endian into 8 bytes, each value mapped linearly from ``[min, max]`` onto the
   unsigned integer range; position/velocity/torque ranges are ``+-P_MAX/V_MAX/T_MAX`` of the
@@ -18,6 +20,8 @@ Frames (classic CAN, 8 data bytes):
 
 from __future__ import annotations
 
+import math
+import struct
 from dataclasses import dataclass
 
 CONTROL_PREFIX = b"\xff" * 7
@@ -28,6 +32,13 @@ CMD_CLEAR_ERROR = 0xFB
 PARAM_ARBITRATION_ID = 0x7FF
 PARAM_REFRESH = 0xCC
 PARAM_SAVE = 0xAA
+PARAM_READ = 0x33
+PARAM_WRITE = 0x55
+#: Registers holding the MIT mapping ranges (DaMiao's ``DM_variable``: PMAX 21, VMAX 22, TMAX 23;
+#: float32 values).
+REG_PMAX = 21
+REG_VMAX = 22
+REG_TMAX = 23
 
 KP_MAX = 500.0
 KD_MAX = 5.0
@@ -54,7 +65,10 @@ class FrameError(ValueError):
 
 @dataclass(frozen=True)
 class MotorType:
-    """MIT-mode mapping ranges of one DaMiao model (factory defaults of P/V/T_MAX)."""
+    """MIT-mode mapping ranges of one DaMiao model: the PMAX/VMAX/TMAX registers (21/22/23)
+    the motor decodes commands and encodes feedback with. They are writable, so what counts is
+    what the motor holds: a host assuming other ranges is wrong by a constant factor in both
+    directions, and nothing on the bus reports it."""
 
     name: str
     p_max: float  # rad
@@ -62,13 +76,19 @@ class MotorType:
     t_max: float  # N*m
 
 
+#: The type names are i2rt's (``i2rt/motor_drivers/utils.py``, ``MotorType``), with the ranges
+#: i2rt's YAM motors hold (its ``motor_config_tool/dm_motor_registers.md`` table): a YAM's DM4340
+#: runs VMAX 10 rad/s, not the 8 of DaMiao's 24 V factory default (DaMiao's ``DM_CAN.py``
+#: ``Limit_Param``), which ``DM4340_24V`` keeps for a motor nobody reconfigured. The other entries
+#: are DaMiao's factory defaults, which i2rt's agree with where it has the type.
 MOTOR_TYPES: dict[str, MotorType] = {
     m.name: m
     for m in (
         MotorType("DM3507", 12.5, 50.0, 5.0),
         MotorType("DM4310", 12.5, 30.0, 10.0),
         MotorType("DM4310_48V", 12.5, 50.0, 10.0),
-        MotorType("DM4340", 12.5, 8.0, 28.0),
+        MotorType("DM4340", 12.5, 10.0, 28.0),
+        MotorType("DM4340_24V", 12.5, 8.0, 28.0),
         MotorType("DM4340_48V", 12.5, 10.0, 28.0),
         MotorType("DM6006", 12.5, 45.0, 20.0),
         MotorType("DM8006", 12.5, 45.0, 40.0),
@@ -183,6 +203,75 @@ def encode_refresh(motor_id: int) -> CanFrame:
 def encode_save(motor_id: int) -> CanFrame:
     """Store the motor's parameters to flash (motor must be disabled)."""
     return _param(motor_id, PARAM_SAVE)
+
+
+def encode_read_register(motor_id: int, rid: int) -> CanFrame:
+    """Ask the motor for the value of register ``rid``."""
+    return CanFrame(
+        PARAM_ARBITRATION_ID,
+        bytes([motor_id & 0xFF, (motor_id >> 8) & 0xFF, PARAM_READ, rid & 0xFF, 0, 0, 0, 0]),
+    )
+
+
+def encode_register_reply(master_id: int, motor_id: int, rid: int, value: float) -> CanFrame:
+    """A motor's answer to a float register read (used by the emulator)."""
+    head = bytes([motor_id & 0xFF, (motor_id >> 8) & 0xFF, PARAM_READ, rid & 0xFF])
+    return CanFrame(master_id, head + struct.pack("<f", float(value)))
+
+
+def decode_register_reply(data: bytes, motor_id: int, rid: int) -> float | None:
+    """The float value if ``data`` answers a read of ``rid`` from ``motor_id``, else None.
+
+    Only the echo of motor id, read command and register tells a register reply from a feedback
+    frame (both can come on the master id), so anything else is not this reply.
+    """
+    if (
+        len(data) != 8
+        or data[0] != motor_id & 0xFF
+        or data[1] != (motor_id >> 8) & 0xFF
+        or data[2] != PARAM_READ
+        or data[3] != rid & 0xFF
+    ):
+        return None
+    return struct.unpack("<f", bytes(data[4:8]))[0]
+
+
+def is_register_reply(data: bytes, motor_id: int) -> bool:
+    """Whether ``data`` echoes a register read or write of ``motor_id``.
+
+    Such a reply comes on the motor's master id like its feedback, and its first byte (the id's
+    low byte) reads as the state nibble "disabled" plus the right id nibble, so a late one
+    decodes as a valid feedback frame with a position near -P_MAX. A real feedback frame with
+    these bytes would put the motor within 0.1 rad of -P_MAX, which no joint reaches.
+    """
+    return (
+        len(data) == 8
+        and data[0] == motor_id & 0xFF
+        and data[1] == (motor_id >> 8) & 0xFF
+        and data[2] in (PARAM_READ, PARAM_WRITE)
+    )
+
+
+def scale_mismatch(held: MotorType, assumed: MotorType) -> str | None:
+    """Why a motor holding ``held`` ranges cannot be driven as ``assumed`` (None: it can).
+
+    The registers are float32, so equal means within float32 rounding; a NaN (an unwritten flash
+    cell reads 0xFFFFFFFF) is a mismatch too, since nothing is known about the scale then.
+    """
+    parts = []
+    for name, have, want in (
+        ("PMAX", held.p_max, assumed.p_max),
+        ("VMAX", held.v_max, assumed.v_max),
+        ("TMAX", held.t_max, assumed.t_max),
+    ):
+        if not (math.isfinite(have) and math.isclose(have, want, rel_tol=1e-5)):
+            parts.append(f"{name} {have:g} (expected {want:g})")
+    if not parts:
+        return None
+    return (
+        f"registers hold {', '.join(parts)} for type {assumed.name}: every command and reading "
+        "would be rescaled"
+    )
 
 
 def control_command(frame: CanFrame) -> int | None:

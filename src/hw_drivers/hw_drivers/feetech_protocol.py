@@ -202,6 +202,11 @@ def split_packets(buffer: bytearray) -> list[bytes | PacketError]:
 
     Returns raw packets, or a ``PacketError`` for each stretch that failed its checksum;
     leading noise before a header is skipped. An incomplete packet stays in the buffer.
+
+    A header followed by id 0xFF is not a packet's start but noise before one (a stray 0xFF, as
+    a half-duplex line's direction switch can leave, then the real ``FF FF``): it is skipped one
+    byte at a time, as Feetech's SDK does (``protocol_packet_handler.rxPacket`` drops one byte
+    on an id above 0xFD), so the packet behind it is still found.
     """
     out: list[bytes | PacketError] = []
     while True:
@@ -213,6 +218,9 @@ def split_packets(buffer: bytearray) -> list[bytes | PacketError]:
         del buffer[:start]
         if len(buffer) < 4:
             return out
+        if buffer[2] == 0xFF:
+            del buffer[:1]
+            continue
         length = buffer[3]
         if length < 2:
             del buffer[:2]

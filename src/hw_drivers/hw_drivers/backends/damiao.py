@@ -148,6 +148,16 @@ def yam_arm(
                 f"arm on {channel}: {label} has {len(values)} entries for {n} joints "
                 f"{list(joint_names)}"
             )
+    for label, values, top in (("kp", kp, dm.KP_MAX), ("kd", kd, dm.KD_MAX)):
+        # The MIT frame carries a gain in [0, top] (12 bits; DaMiao's DM_CAN.py controlMIT,
+        # i2rt's KP_MAX/KD_MAX): beyond it the encoding saturates and the motor would run a
+        # gain nobody configured, a negative one as 0 (a limp joint), without any error.
+        bad = [float(g) for g in values if not (math.isfinite(float(g)) and 0.0 <= g <= top)]
+        if bad:
+            raise ValueError(
+                f"arm on {channel}: {label} {bad} outside the MIT range [0, {top:g}] a DaMiao "
+                "motor accepts"
+            )
     if gripper_limits is None:
         gripper_limits = spec.limits
     if gripper_limits is not None:
@@ -358,6 +368,10 @@ class DamiaoBackend(Backend):
         #: Per arm, per motor: the turn offset chosen at connect (None while disconnected).
         self.turns: list[list[turns.TurnChoice]] | None = None
         self._turns_trusted = True
+        #: Per arm, per motor: the MIT ranges its PMAX/VMAX/TMAX registers hold, read at connect
+        #: (None: not answered, or not connected).
+        self.held_scales: list[list[dm.MotorType | None]] | None = None
+        self._scales_wrong = False
         #: Per arm: the gripper's (closed, open) motor angles in use; None until calibrated.
         self.gripper_limits: list[tuple[float, float] | None] = [a.gripper_limits for a in arms]
         self.gripper_max_force = float(gripper_max_force)
@@ -475,6 +489,104 @@ class DamiaoBackend(Backend):
             raise
         # Where i2rt decides too: from the first reading, before any command goes out.
         self._choose_turns()
+        try:
+            self._read_held_scales()
+        except BackendError:
+            self.disconnect()
+            raise
+
+    def _read_held_scales(self) -> None:
+        """Read every motor's PMAX/VMAX/TMAX registers, which the motor decodes each command and
+        encodes each reply with: a motor holding other ranges than its type's would run every
+        position, velocity and torque rescaled, with no error anywhere (i2rt's register tool
+        warns of exactly this), so ``enable`` refuses it. A motor that does not answer the reads
+        is only reported: its scale stays unverified, as it is for i2rt's own driver."""
+        futures = [io.pool.submit(self._scale_exchange, a) for a, io in enumerate(self._io)]
+        held = []
+        for io, future in zip(self._io, futures, strict=True):
+            try:
+                held.append(future.result(timeout=self.io_timeout))
+            except concurrent.futures.TimeoutError:
+                io.frozen = True
+                raise BackendError(
+                    f"CAN I/O thread of {io.arm.channel} did not finish reading the motors' "
+                    f"registers in {self.io_timeout} s (frozen)"
+                ) from None
+        self.held_scales = held
+        for arm, row in zip(self.arms, held, strict=True):
+            for motor, scale in zip(arm.motors, row, strict=True):
+                if scale is None:
+                    _LOG.warning(
+                        "DaMiao motor %s (id 0x%02X) on %s did not answer the PMAX/VMAX/TMAX "
+                        "register reads; its MIT scale is assumed to be %s's, unverified",
+                        motor.joint_name,
+                        motor.motor_id,
+                        arm.channel,
+                        motor.mtype.name,
+                    )
+        problems = self._scale_problems()
+        self._scales_wrong = bool(problems)
+        for problem in problems:
+            _LOG.error("DaMiao motor %s; torque stays off", problem)
+
+    def _scale_exchange(self, arm_index: int) -> list[dm.MotorType | None]:
+        """Read the three range registers of every motor of one arm (in its bus's I/O thread),
+        one motor at a time: a burst of every read at once would overflow the CAN device's
+        transmit queue (10 frames by Linux's default), and the rest would fail with ENOBUFS.
+        A register still unanswered after ``retries`` resends leaves that motor None."""
+        arm, link = self.arms[arm_index], self._io[arm_index].link
+        rids = (dm.REG_PMAX, dm.REG_VMAX, dm.REG_TMAX)
+        row: list[dm.MotorType | None] = []
+        for motor in arm.motors:
+            values: dict[int, float] = {}
+            for _attempt in range(self.retries + 1):
+                pending = [rid for rid in rids if rid not in values]
+                if not pending:
+                    break
+                try:
+                    for rid in pending:
+                        link.send(dm.encode_read_register(motor.motor_id, rid))
+                except OSError as exc:
+                    self.bus_health[arm_index].send_errors += 1
+                    _LOG.warning("register reads on %s not sent: %s", arm.channel, exc)
+                    break
+                wire = len(pending) * 2 * self.budget.frame_bits / float(self.bitrate)
+                deadline = link.now() + wire + self.reply_timeout
+                while len(values) < len(rids):
+                    got = link.recv(deadline - link.now())
+                    if got is None:
+                        break
+                    # Matched by the echo alone: sources disagree on the id a register reply
+                    # comes on (the master id in DaMiao's DM_CAN.py, 0x7FF in i2rt's tool).
+                    for rid in pending:
+                        value = dm.decode_register_reply(got[0].data, motor.motor_id, rid)
+                        if value is not None:
+                            values[rid] = value
+                            break
+            if len(values) == len(rids):
+                held = (values[rid] for rid in rids)
+                row.append(dm.MotorType(f"{motor.mtype.name} as held", *held))
+            else:
+                row.append(None)
+        return row
+
+    def _scale_problems(self) -> list[str]:
+        return [
+            f"{m.joint_name} (id 0x{m.motor_id:02X}) on {arm.channel}: {problem}"
+            for arm, row in zip(self.arms, self.held_scales or [], strict=False)
+            for m, held in zip(arm.motors, row, strict=True)
+            if held is not None and (problem := dm.scale_mismatch(held, m.mtype))
+        ]
+
+    def _refuse_wrong_scales(self, what: str) -> None:
+        problems = self._scale_problems()
+        if problems:
+            raise BackendError(
+                f"MIT scale mismatch, {what}: "
+                + "; ".join(problems)
+                + ". Set damiao_motor_types to the motors' types, or write the motors' PMAX/VMAX/"
+                "TMAX registers (i2rt's dm_motor_registers.py) to their type's values."
+            )
 
     def _motor_limits(
         self, arm: DamiaoArm, joint: int, motor: DamiaoMotor
@@ -561,6 +673,8 @@ class DamiaoBackend(Backend):
         self._fresh = False
         self.turns = None
         self._turns_trusted = True
+        self.held_scales = None
+        self._scales_wrong = False
         # A calibration holds in the turn the motor counted in while this session had it.
         self.gripper_limits = [a.gripper_limits for a in self.arms]
         for limiter in self.grip_limiters:
@@ -580,6 +694,7 @@ class DamiaoBackend(Backend):
     def enable(self) -> None:
         self._require_connected()
         self._refuse_untrusted_turns("torque not enabled")
+        self._refuse_wrong_scales("torque not enabled")
         if self.calibration_failure:
             raise BackendError(
                 f"torque not enabled: the gripper calibration failed ({self.calibration_failure})"
@@ -818,6 +933,8 @@ class DamiaoBackend(Backend):
         if not self._turns_trusted:
             # Also here: a motor left enabled by a previous session would follow the command.
             self._refuse_untrusted_turns("no command sent")
+        if self._scales_wrong:
+            self._refuse_wrong_scales("no command sent")
         uncalibrated = self.uncalibrated_joints()
         if uncalibrated:
             raise BackendError(
@@ -1005,9 +1122,15 @@ class DamiaoBackend(Backend):
                         else dm.ERROR_CODES.get(h.error_code, hex(h.error_code)),
                         "turn_offset_rad": "" if choice is None else f"{choice.offset:.6f}",
                         "turn": "not connected" if choice is None else choice.describe(),
+                        "mit_scale": self._scale_text(a, i),
                         **(self._gripper_values(a) if motor.is_gripper else {}),
                     },
                 )
+                scale_problem = self._scale_problem(a, i)
+                if scale_problem and entry.level != hl.ERROR:
+                    entry = dataclasses.replace(
+                        entry, level=hl.ERROR, message=f"MIT scale mismatch: {scale_problem}"
+                    )
                 if choice is not None and choice.problem and entry.level != hl.ERROR:
                     entry = dataclasses.replace(
                         entry,
@@ -1016,6 +1139,18 @@ class DamiaoBackend(Backend):
                     )
                 entries.append(entry)
         return entries
+
+    def _scale_problem(self, a: int, i: int) -> str | None:
+        held = self.held_scales[a][i] if self.held_scales is not None else None
+        return None if held is None else dm.scale_mismatch(held, self.arms[a].motors[i].mtype)
+
+    def _scale_text(self, a: int, i: int) -> str:
+        if self.held_scales is None:
+            return "not connected"
+        held = self.held_scales[a][i]
+        if held is None:
+            return f"unverified (registers not read), assumed {self.arms[a].motors[i].mtype.name}"
+        return f"PMAX {held.p_max:g}, VMAX {held.v_max:g}, TMAX {held.t_max:g}"
 
     def _gripper_values(self, a: int) -> dict[str, str]:
         arm, limits, limiter = self.arms[a], self.gripper_limits[a], self.grip_limiters[a]
@@ -1148,10 +1283,14 @@ class DamiaoBackend(Backend):
                 if i is None:
                     bus.unknown_frames += 1
                     continue
-                if i not in pending or stamp < sent_at[i]:
+                motor = arm.motors[i]
+                # A register reply that came late (the adapter's latency, a resend) is stale,
+                # never feedback, though it decodes as one.
+                if i not in pending or stamp < sent_at[i] or dm.is_register_reply(
+                    frame.data, motor.motor_id
+                ):
                     health[i].stale += 1
                     continue
-                motor = arm.motors[i]
                 try:
                     feedback = dm.decode_feedback(frame.data, motor.mtype, motor.motor_id)
                 except dm.FrameError as exc:

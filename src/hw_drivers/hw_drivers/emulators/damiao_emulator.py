@@ -1,10 +1,13 @@
 """DaMiao motors answering like the real ones, on two transports.
 
-``MotorBank`` is the motors: each keeps an enable state, a position, temperatures and an error
-code. Control frames (enable/disable/zero/clear error) and refresh requests are answered with a
-feedback frame; an MIT command to an enabled motor moves it to the commanded position (ideal
-tracking: the emulator checks the link, not the dynamics) and is answered with feedback. Every
-command a motor accepted is recorded decoded, so tests compare what arrived with what was sent.
+``MotorBank`` is the motors: each keeps an enable state, a position, temperatures, an error
+code and its own PMAX/VMAX/TMAX registers (``mtype``: a type name, or a ``MotorType`` holding
+register values a test sets apart from what the host assumes), with which it decodes commands
+and encodes feedback, as the firmware does. Control frames (enable/disable/zero/clear error)
+and refresh requests are answered with a feedback frame; an MIT command to an enabled motor
+moves it to the commanded position (ideal tracking: the emulator checks the link, not the
+dynamics) and is answered with feedback. Every command a motor accepted is recorded decoded, so
+tests compare what arrived with what was sent.
 A motor in a fault state (over-temperature, ...) answers with that error code and ignores MIT
 commands until a clear-error frame (0xFB) and a new enable, as the real firmware does.
 
@@ -40,6 +43,7 @@ with frames that cannot be valid feedback, ``silent = True`` stops the whole ban
 from __future__ import annotations
 
 import dataclasses
+import errno
 import heapq
 import math
 import threading
@@ -92,7 +96,7 @@ class MotorBank:
 
     def __init__(
         self,
-        motors: list[tuple[int, str]] | None = None,
+        motors: list[tuple[int, str | dm.MotorType]] | None = None,
         master_id_offset: int = 0x10,
         initial_positions: list[float] | None = None,
         power_up_turns: list[int] | None = None,
@@ -100,8 +104,9 @@ class MotorBank:
         if motors is None:
             motors = list(zip(YAM_MOTOR_IDS, YAM_MOTOR_TYPES, strict=True))
         self.motors: dict[int, EmulatedMotor] = {}
-        for index, (motor_id, type_name) in enumerate(motors):
-            motor = EmulatedMotor(motor_id, dm.motor_type(type_name), motor_id + master_id_offset)
+        for index, (motor_id, registers) in enumerate(motors):
+            mtype = dm.motor_type(registers) if isinstance(registers, str) else registers
+            motor = EmulatedMotor(motor_id, mtype, motor_id + master_id_offset)
             if initial_positions is not None:
                 motor.position = float(initial_positions[index])
             if power_up_turns is not None:
@@ -238,6 +243,13 @@ class MotorBank:
                 # An impossible error nibble (0x3) and a wrong id nibble: never valid feedback.
                 data = bytes([0x30 | ((motor.motor_id + 1) & 0xF), 0xDE, 0xAD, 0xBE, 0xEF, 0, 0, 0])
                 return dm.CanFrame(motor.master_id, data)
+            request = dm.param_request(frame)
+            if request is not None and request[1] == dm.PARAM_READ:
+                rid = frame.data[3]
+                value = self._register(motor, rid)
+                if value is None:
+                    return None
+                return dm.encode_register_reply(motor.master_id, motor.motor_id, rid, value)
             if motor.error_code is not None:
                 state = motor.error_code
             else:
@@ -254,13 +266,25 @@ class MotorBank:
                 motor.temperature_rotor,
             )
 
+    @staticmethod
+    def _register(motor: EmulatedMotor, rid: int) -> float | None:
+        """The value of a float register the emulator keeps (None: not modelled)."""
+        return {
+            dm.REG_PMAX: motor.mtype.p_max,
+            dm.REG_VMAX: motor.mtype.v_max,
+            dm.REG_TMAX: motor.mtype.t_max,
+        }.get(rid)
+
     def _handle(self, frame: dm.CanFrame) -> EmulatedMotor | None:
         request = dm.param_request(frame)
         if request is not None:
             motor = self.motors.get(request[0])
             if motor is not None:
                 self._advance(motor)
-            return motor if motor is not None and request[1] == dm.PARAM_REFRESH else None
+            answered = request[1] == dm.PARAM_REFRESH or (
+                request[1] == dm.PARAM_READ and len(frame.data) >= 4
+            )
+            return motor if motor is not None and answered else None
         motor = self.motors.get(frame.arbitration_id)
         if motor is None:
             return None
@@ -302,7 +326,7 @@ class DamiaoEmulator(MotorBank):
     def __init__(
         self,
         channel: str,
-        motors: list[tuple[int, str]] | None = None,
+        motors: list[tuple[int, str | dm.MotorType]] | None = None,
         master_id_offset: int = 0x10,
         initial_positions: list[float] | None = None,
         power_up_turns: list[int] | None = None,
@@ -356,22 +380,31 @@ class TimedDamiaoBus(MotorBank):
     time is free, bus time is exact. ``reply_latency`` is each motor's turnaround from the end
     of a command frame to its feedback being ready to send, drawn uniformly from
     ``[low, high]`` with ``seed``.
+
+    The host's transmit queue holds ``tx_queue_len`` frames that have not reached the wire yet
+    (Linux's ``can_setup`` gives every CAN device ``tx_queue_len = 10`` unless ``ip link set
+    ... txqueuelen`` changes it); one more and ``send`` fails with ``ENOBUFS`` (SocketCAN does
+    not block on a full queue), as python-can's send does on a real interface.
     """
 
     def __init__(
         self,
         channel: str,
         bitrate: int = 1_000_000,
-        motors: list[tuple[int, str]] | None = None,
+        motors: list[tuple[int, str | dm.MotorType]] | None = None,
         master_id_offset: int = 0x10,
         initial_positions: list[float] | None = None,
         reply_latency: tuple[float, float] = (40e-6, 150e-6),
         seed: int = 0,
         power_up_turns: list[int] | None = None,
+        tx_queue_len: int = 10,
+        adapter_latency: float = 0.0,
     ) -> None:
         super().__init__(motors, master_id_offset, initial_positions, power_up_turns)
         self.channel = channel
         self.bitrate = int(bitrate)
+        self.tx_queue_len = int(tx_queue_len)
+        self.adapter_latency = float(adapter_latency)
         self.reply_latency = reply_latency
         self._rng = np.random.default_rng(seed)
         self._now = 0.0
@@ -392,8 +425,12 @@ class TimedDamiaoBus(MotorBank):
     def send(self, frame: dm.CanFrame) -> None:
         if self.closed:
             raise OSError(f"{self.channel} is closed")
+        # Frames that started before now have left the queue.
+        self._simulate(until=self._now, stop_at_delivery=False)
+        if len(self._host_queue) >= self.tx_queue_len:
+            raise OSError(errno.ENOBUFS, f"{self.channel}: No buffer space available")
         self._seq += 1
-        self._host_queue.append((self._now, self._seq, frame))
+        self._host_queue.append((self._now + self.adapter_latency / 2, self._seq, frame))
 
     def recv(self, timeout: float) -> tuple[dm.CanFrame, float] | None:
         """The next frame for the host within ``timeout`` of virtual time, with its arrival
@@ -467,4 +504,4 @@ class TimedDamiaoBus(MotorBank):
                     self._seq += 1
                     heapq.heappush(self._motor_queue, (ready_at, self._seq, reply))
             else:
-                self._delivered.append((end, frame))
+                self._delivered.append((end + self.adapter_latency / 2, frame))

@@ -26,9 +26,9 @@ Transports:
   servos answer after a seeded turnaround, one after the other; the USB adapter adds its latency
   to each direction. Tests measure the bus time a real bus would take, deterministically.
 
-Faults: ``drop_replies(n)``, ``corrupt_replies(n)`` (bad checksum), ``silence(id)`` (the servo
-stops answering), ``set_temperature``, ``set_voltage``, ``set_status_bits``; for the pty also
-``disconnect()``.
+Faults: ``drop_replies(n)``, ``corrupt_replies(n)`` (bad checksum), ``glitch_replies(n)`` (a
+stray 0xFF before the reply), ``silence(id)`` (the servo stops answering),
+``set_temperature``, ``set_voltage``, ``set_status_bits``; for the pty also ``disconnect()``.
 """
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ class ServoBank:
         self._lock = threading.RLock()
         self._drop = 0
         self._corrupt = 0
+        self._glitch = 0
         self.rejected_packets = 0
         #: Every accepted register write: (servo id, address, data), in order.
         self.writes: list[tuple[int, int, bytes]] = []
@@ -161,6 +162,12 @@ class ServoBank:
     def corrupt_replies(self, count: int) -> None:
         with self._lock:
             self._corrupt += count
+
+    def glitch_replies(self, count: int) -> None:
+        """The next ``count`` replies reach the line behind one stray 0xFF byte, what the
+        transceiver's direction switch leaves on a half-duplex bus (and Feetech's SDK skips)."""
+        with self._lock:
+            self._glitch += count
 
     def silence(self, servo_id: int, silent: bool = True) -> None:
         """The servo stops answering (and hearing) anything: a cut cable, a dead servo."""
@@ -237,6 +244,9 @@ class ServoBank:
             if self._corrupt > 0:
                 self._corrupt -= 1
                 return packet[:-1] + bytes([packet[-1] ^ 0x5A])
+            if self._glitch > 0:
+                self._glitch -= 1
+                return b"\xff" + packet
         return packet
 
     def _turnaround_delay(self, servo_id: int) -> float:
