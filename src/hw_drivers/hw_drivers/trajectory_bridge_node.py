@@ -145,7 +145,8 @@ class TrajectoryBridgeNode(LifecycleNode):
         self._tracking_error: np.ndarray | float = 0.0
         # The operator's e-stop and hold: on the node, so they outlive deactivate/activate and
         # cleanup/configure as the driver node's do (only ~/reset, or ~/hold false, ends them).
-        self._control = BridgeControl()
+        # Stopped until activated: chunks are refused as "inactive", and hold/reset answer so.
+        self._control = BridgeControl(stopped=True)
         self._bridge_services: list = []
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -217,10 +218,23 @@ class TrajectoryBridgeNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = True
+        self._control.start()
+        if self._control.refusal():
+            self.get_logger().warning(
+                f"activated, but {self._control.refusal()}: call ~/reset (or ~/hold false) "
+                "to forward chunks"
+            )
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = False
+        self._control.stop()
+        now = self.get_clock().now().nanoseconds * 1e-9
+        if now < self._busy_until:
+            # As the driver's deactivate holds: the controller would otherwise play the rest
+            # of the last chunk (up to max_chunk_duration) after the node stopped following.
+            self.get_logger().info(f"deactivated: {self._stop_motion()}")
+        self._report_execution(now)
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -229,6 +243,7 @@ class TrajectoryBridgeNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = False
+        self._control.stop()
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
@@ -287,8 +302,8 @@ class TrajectoryBridgeNode(LifecycleNode):
 
     # -- chunks ----------------------------------------------------------------------------
     def _on_chunk(self, msg: ActionChunk) -> None:
-        if not self._active:
-            return
+        # Every chunk passes here: inactive, e-stop and hold refuse it with a verdict (an
+        # inactive bridge used to drop it silently: no verdict on ~/chunk_execution).
         refusal = self._control.refusal()
         if refusal:
             self._reject(refusal, msg)
