@@ -146,3 +146,20 @@ def test_the_stop_without_a_measured_pose_is_one_the_controller_takes(sent, when
 
 def test_nothing_to_stop_when_nothing_was_sent():
     assert stop_from_reference(None, 3.0, AMAX, LOWER, UPPER, 0.0) == (None, None, None)
+
+
+def test_each_column_goes_to_the_joint_of_its_name_a_repeated_name_leaves_one_stale():
+    """ros-controls/ros2_controllers, ``joint_trajectory_controller/src/
+    joint_trajectory_controller.cpp`` (``validate_trajectory_msg``: the count and that each name
+    is known, nothing about repeats; ``sort_to_local_joint_order``: ``output[mapping[i]] =
+    values[i]`` into one static vector) and ``include/joint_trajectory_controller/
+    trajectory.hpp`` (``mapping``: the first controller joint of each name; more names than
+    joints: an empty mapping, and the values stay as sent)."""
+    from hw_drivers.jtc_model import local_order
+
+    assert local_order(["b", "a"], ["a", "b"]) == [1, 0]
+    assert local_order(["a", "b"], ["a", "b"]) == [0, 1]
+    # a repeated: its later column wins, c is written by no column (a stale value).
+    assert local_order(["a", "a", "b"], ["a", "b", "c"]) == [1, 2, None]
+    assert check_trajectory(traj(([0, 0], None, 0.1), names=("j1", "j1")), J) is None
+    assert local_order(["a", "a", "b"], ["a", "b"]) == [0, 1]

@@ -20,6 +20,18 @@ controller's reference is. Both are facts about the controller's source
   have them (quintic with accelerations, which we never send); after the last point it holds
   the last point (velocity zero when the point has none).
 
+* ``sort_to_local_joint_order`` (``joint_trajectory_controller.cpp``) with ``mapping``
+  (``include/joint_trajectory_controller/trajectory.hpp``) puts each column of a message at the
+  controller joint of its name, in any order (``local_order``). It does not check that the
+  names are unique: with a name repeated the later column wins and the joint no column names
+  keeps what a static buffer in the controller held (0.0 at first, then whatever the last
+  message wrote there), and ``validate_trajectory_msg`` lets it through (it checks the count
+  and that each name is known). The bridge refuses a repeated name at configure.
+* ``update`` writes the sample one controller period ahead (``command_next_`` at ``time +
+  update_period_``, in releases since 2024) and keeps the sample at ``time`` as the reference
+  it publishes; ``sample`` here is that reference. The lead is within the stop's
+  ``stop_start_delay`` (one controller period plus transport).
+
 Sources read: ros-controls/ros2_controllers @ 01936294 ``trajectory.cpp``; the validation as in
 the controller forks that track the current one (christophfroehlich/ros2_controllers @
 00f55866, and the "Empty trajectory received." check of current releases) and the threads of
@@ -74,6 +86,22 @@ def check_trajectory(
         if point.velocities is not None and len(point.velocities) not in (0, len(names)):
             return f"mismatch between joint_names size and velocities at point #{i}"
     return None
+
+
+def local_order(names: Sequence[str], controller_joints: Sequence[str]) -> list[int | None]:
+    """For each controller joint, the column of a message with joint ``names`` that the
+    controller puts there (``sort_to_local_joint_order``); None where no column lands, which
+    keeps a stale value. ``names`` as the controller has them by then: a partial goal already
+    filled (``fill_partial_goal`` appends the joints it lacks). More names than joints: the
+    controller's ``mapping`` gives up and the values stay in the message's order."""
+    joints = list(controller_joints)
+    if len(names) > len(joints):
+        return list(range(len(joints)))
+    order: list[int | None] = [None] * len(joints)
+    for column, name in enumerate(names):
+        if name in joints:
+            order[joints.index(name)] = column  # a repeated name: the later column wins
+    return order
 
 
 def _velocities(point: TrajectoryPoint) -> np.ndarray | None:
