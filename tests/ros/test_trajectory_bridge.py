@@ -476,11 +476,17 @@ def test_estop_without_a_measured_pose_stops_from_the_controllers_reference(grap
     assert stop.joint_names == tuple(FR3)
     [point] = stop.points
     assert list(point.velocities) == [0.0] * 7
-    # On the path the controller runs: between the arm's pose then (HOME) and the chunk's end
-    # (HOME + 0.29 per joint), the deceleration included.
-    end = running.points[-1].positions
+    # From the path the controller runs, the deceleration included: within the path's bounds
+    # (the first segment from the arm at rest to a first point already moving dips back
+    # first: jtc_model, a start without velocities is at rest) plus the distance v T / 2 a
+    # stop at the path's fastest speed covers.
+    from hw_drivers.jtc_model import bounds
+
+    lowest, highest, fastest = bounds(running, np.asarray(HOME[:7]), np.zeros(7))
+    reach = fastest.max(axis=0) * point.time_from_start / 2.0
     for j in range(7):
-        assert HOME[j] - 1e-9 <= point.positions[j] <= end[j] + 1e-9, (j, point.positions)
+        low, high = lowest[:, j].min() - reach[j], highest[:, j].max() + reach[j]
+        assert low - 1e-9 <= point.positions[j] <= high + 1e-9, (j, point.positions)
 
 
 def test_estop_stops_from_where_the_arm_is_now_not_where_its_last_joint_state_was(graph):
