@@ -57,7 +57,13 @@ from hw_drivers.bridge_control import (
     stop_from_reference,
     stop_trajectory,
 )
-from hw_drivers.bridge_guard import GuardConfig, RampInProgress, guard
+from hw_drivers.bridge_guard import (
+    GuardConfig,
+    OutgoingLimits,
+    RampInProgress,
+    guard,
+    outgoing_problem,
+)
 from hw_drivers.chunk import Chunk
 from hw_drivers.execution_report import ExecutionReporter
 from hw_drivers.executor import EventWindow
@@ -174,6 +180,16 @@ class TrajectoryBridgeNode(LifecycleNode):
         self._arm_upper = np.asarray(p.position_upper, dtype=float)[arm]
         # Joint states carry the controller's names.
         self._state_names = p.resolved_controller_joint_names() or self._arm_names
+        grip = [p.joint_names.index(g) for g in self._gripper_joints]
+        self._outgoing = OutgoingLimits(
+            tuple(self._state_names),
+            self._arm_lower,
+            self._arm_upper,
+            self._arm_vmax,
+            tuple(self._gripper_joints),
+            np.asarray(p.position_lower, dtype=float)[grip],
+            np.asarray(p.position_upper, dtype=float)[grip],
+        )
         self._guard = GuardConfig(
             max_start_deviation=p.max_start_deviation,
             ramp_threshold=p.ramp_in_threshold,
@@ -363,6 +379,10 @@ class TrajectoryBridgeNode(LifecycleNode):
             self._reject(checked.reason, msg)
             return
         out = checked.output
+        problem = self._send(out, self._measured_pose(now))
+        if problem:
+            self._reject(f"outgoing: {problem}", msg)
+            return
         if checked.ramp > 0 and ongoing is None:
             self._ramp = (self._measured_pose(now), now, checked.ramp)
             self.ramped += 1
@@ -378,7 +398,6 @@ class TrajectoryBridgeNode(LifecycleNode):
                 out.trajectory, now, self._measured_pose(now), self._velocity
             )
         self.accepted += 1
-        self._publish(out)
         self._sent = chunk
         self._verdict(msg, now)
 
@@ -414,6 +433,17 @@ class TrajectoryBridgeNode(LifecycleNode):
             f"chunk {sequence} rejected, nothing sent: {reason}",
             throttle_duration_sec=LOG_THROTTLE_S,
         )
+
+    def _send(self, out: BridgeOutput, measured: np.ndarray | None) -> str:
+        """Every message to the controller and the gripper passes here, chunk or stop: sent
+        only if ``bridge_guard.outgoing_problem`` finds nothing. Returns the problem ("" when
+        sent)."""
+        problem = outgoing_problem(out, self._outgoing, measured)
+        if problem:
+            self.get_logger().error(f"nothing sent to the controller: {problem}")
+            return problem
+        self._publish(out)
+        return ""
 
     def _publish(self, out: BridgeOutput) -> None:
         if out.trajectory is not None:
@@ -469,7 +499,9 @@ class TrajectoryBridgeNode(LifecycleNode):
                     "no recent joint state of the arm, and no trajectory of ours is running: "
                     "nothing sent (the controller holds the last point it was sent)"
                 )
-            self._send_stop(stop, now, start, velocity)
+            problem = self._send_stop(stop, now, start, velocity)
+            if problem:
+                return f"no stop sent: {problem}"
             budget = reference_budget(self.params.stop_start_delay, self._tracking_error)
             return (
                 "no recent joint state of the arm: stop sent from the controller's reference on "
@@ -507,7 +539,9 @@ class TrajectoryBridgeNode(LifecycleNode):
             budget,
             self.params.max_stop_extension,
         )
-        self._send_stop(stop, now, start, velocity)
+        problem = self._send_stop(stop, now, start, velocity)
+        if problem:
+            return f"no stop sent: {problem}"
         return f"stop sent to the controller ({self._stop_figures(stop, velocity, budget)})"
 
     def _stop_figures(
@@ -532,9 +566,12 @@ class TrajectoryBridgeNode(LifecycleNode):
         now: float,
         start: np.ndarray,
         velocity: np.ndarray | None,
-    ) -> None:
-        self._publish(BridgeOutput(stop, None, 0))
-        self._controller_trajectory = SentTrajectory(stop, now, start, velocity)
+    ) -> str:
+        """Send ``stop``; why it was not sent ("" when it was)."""
+        problem = self._send(BridgeOutput(stop, None, 0), start)
+        if not problem:
+            self._controller_trajectory = SentTrajectory(stop, now, start, velocity)
+        return problem
 
     def _on_estop(self, request: Trigger.Request, response: Trigger.Response):
         message = self._control.estop()
