@@ -393,3 +393,28 @@ def test_every_event_kind_was_exercised():
     }
     missing = expected - set(COUNTS)
     assert not missing, missing
+
+
+@pytest.mark.parametrize("how", ["shutdown transition", "process exit"])
+def test_shutdown_and_process_exit_stop_our_running_trajectory(how):
+    """As deactivate does (and the driver's exit: hold). Before: the controller played the
+    last chunk on after the bridge had stopped (process exit: ``run_lifecycle_node``'s
+    ``on_exit``; shutdown: lifecycle_msgs' shutdown transition from active)."""
+    rig = Rig()
+    try:
+        rig.joint_state()
+        rig.run(("chunk", "valid"))
+        [(_, is_stop)] = rig.outputs
+        assert not is_stop
+        if how == "shutdown transition":
+            assert rig.bridge.trigger_shutdown().name == "SUCCESS"
+        else:
+            rig.bridge.finish_on_exit()
+            rig.sequence += 1
+            rig.bridge._on_chunk(_chunk(rig.now(), "valid", rig.sequence))
+            assert rig.verdicts[-1] == (rig.sequence, REJECT_STOPPED)
+        assert len(rig.outputs) == 2 and rig.outputs[1][1], "no stop replaced our trajectory"
+        stop = rig.outputs[1][0].trajectory
+        assert np.allclose(stop.points[0].positions, HOME, atol=0.02)
+    finally:
+        rig.close()

@@ -243,22 +243,32 @@ class TrajectoryBridgeNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_following("deactivated")
+        return super().on_deactivate(state)
+
+    def _stop_following(self, why: str) -> None:
+        """Refuse chunks from now on and stop a trajectory of ours the controller still runs,
+        as the driver holds when it stops following: the controller would otherwise play the
+        rest of the last chunk (up to max_chunk_duration) after the node stopped following."""
         self._active = False
         self._control.stop()
         now = self.get_clock().now().nanoseconds * 1e-9
         if now < self._busy_until:
-            # As the driver's deactivate holds: the controller would otherwise play the rest
-            # of the last chunk (up to max_chunk_duration) after the node stopped following.
-            self.get_logger().info(f"deactivated: {self._stop_motion()}")
+            self.get_logger().info(f"{why}: {self._stop_motion()}")
         self._report_execution(now)
-        return super().on_deactivate(state)
+
+    def finish_on_exit(self) -> None:
+        """Process exit (any signal, the launcher gone) or shutdown: stop following, and stop
+        what of ours still runs (best effort at exit: the process ends right after)."""
+        if self._trajectory_pub is not None:
+            self._stop_following("stopping")
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._active = False
+        self.finish_on_exit()
         self._control.stop()
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
@@ -650,7 +660,7 @@ class TrajectoryBridgeNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> None:
     """Console script ``trajectory_bridge_node``."""
-    run_lifecycle_node(TrajectoryBridgeNode, args)
+    run_lifecycle_node(TrajectoryBridgeNode, args, on_exit=lambda node: node.finish_on_exit())
 
 
 if __name__ == "__main__":
