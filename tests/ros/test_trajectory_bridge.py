@@ -476,11 +476,17 @@ def test_estop_without_a_measured_pose_stops_from_the_controllers_reference(grap
     assert stop.joint_names == tuple(FR3)
     [point] = stop.points
     assert list(point.velocities) == [0.0] * 7
-    # On the path the controller runs: between the arm's pose then (HOME) and the chunk's end
-    # (HOME + 0.29 per joint), the deceleration included.
-    end = running.points[-1].positions
+    # From the path the controller runs, the deceleration included: within the path's bounds
+    # (the first segment from the arm at rest to a first point already moving dips back
+    # first: jtc_model, a start without velocities is at rest) plus the distance v T / 2 a
+    # stop at the path's fastest speed covers.
+    from hw_drivers.jtc_model import bounds
+
+    lowest, highest, fastest = bounds(running, np.asarray(HOME[:7]), np.zeros(7))
+    reach = fastest.max(axis=0) * point.time_from_start / 2.0
     for j in range(7):
-        assert HOME[j] - 1e-9 <= point.positions[j] <= end[j] + 1e-9, (j, point.positions)
+        low, high = lowest[:, j].min() - reach[j], highest[:, j].max() + reach[j]
+        assert low - 1e-9 <= point.positions[j] <= high + 1e-9, (j, point.positions)
 
 
 def test_estop_stops_from_where_the_arm_is_now_not_where_its_last_joint_state_was(graph):
@@ -575,3 +581,78 @@ def test_hold_stops_forwarding_until_released_and_diagnostics_name_it_as_a_drive
 
     assert spin_until(probe, lambda: bool(cleared()), 5.0, executor)
     assert {kv.key: kv.value for kv in cleared()[0].values}["estop_reason"] == ""
+
+
+def test_lifecycle_set_deactivate_stops_our_trajectory_and_an_inactive_bridge_says_so(graph):
+    """Through lifecycle_msgs ChangeState, as ``ros2 lifecycle set`` sends it. Before: the
+    controller played the last chunk on after deactivate, a chunk sent meanwhile got no
+    verdict, and ~/hold false and ~/reset answered that chunks were followed."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_srvs.srv import SetBool, Trigger
+
+    from hw_drivers.control_loop import REJECT_STOPPED
+    from hw_drivers.executor import HOLDING, REJECT_HOLD
+    from molmoact2_common.chunk_execution import ChunkExecution
+    from molmoact2_msgs.msg import ChunkExecution as ChunkExecutionMsg
+
+    bridge, probe, publisher, received, executor, measured = graph
+    reports: list = []
+    probe.create_subscription(
+        ChunkExecutionMsg,
+        "trajectory_bridge/chunk_execution",
+        lambda m: reports.append(ChunkExecution.from_msg(m)),
+        QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE,
+                   durability=DurabilityPolicy.TRANSIENT_LOCAL),
+    )
+
+    def transition(id_: int) -> None:
+        request = ChangeState.Request()
+        request.transition.id = id_
+        name = "trajectory_bridge/change_state"
+        assert _call(probe, executor, ChangeState, name, request).success
+
+    def verdict(sequence: int) -> ChunkExecution:
+        assert spin_until(
+            probe, lambda: reports and reports[-1].last is not None
+            and reports[-1].last.sequence == sequence, 5.0, executor,
+        ), f"no verdict on chunk {sequence}"
+        return reports[-1]
+
+    publisher.publish(make_chunk(bridge.get_clock().now().nanoseconds, horizon=60))  # 4 s
+    assert spin_until(probe, lambda: len(received["trajectory"]) == 1, 5.0, executor)
+    transition(Transition.TRANSITION_DEACTIVATE)
+    # Our trajectory is replaced by a stop (at rest here: at the measured pose).
+    assert spin_until(probe, lambda: len(received["trajectory"]) == 2, 5.0, executor)
+    [stop] = received["trajectory"][1].points
+    assert list(stop.velocities) == [0.0] * 7
+    assert list(stop.positions) == pytest.approx(HOME[:7])
+
+    chunk = make_chunk(bridge.get_clock().now().nanoseconds)
+    chunk.sequence = 8
+    publisher.publish(chunk)
+    assert verdict(8).last_reject_reason == REJECT_STOPPED
+    answer = _call(probe, executor, SetBool, "trajectory_bridge/hold", SetBool.Request(data=True))
+    assert answer.success and answer.message == HOLDING
+    answer = _call(probe, executor, SetBool, "trajectory_bridge/hold", SetBool.Request(data=False))
+    assert answer.success and "following" not in answer.message and "inactive" in answer.message
+    answer = _call(probe, executor, SetBool, "trajectory_bridge/hold", SetBool.Request(data=True))
+    measured()
+    answer = _call(probe, executor, Trigger, "trajectory_bridge/reset", Trigger.Request())
+    assert answer.success and "ramps in" not in answer.message, answer.message
+    answer = _call(probe, executor, SetBool, "trajectory_bridge/hold", SetBool.Request(data=True))
+
+    # The hold set while inactive is in force after activation.
+    transition(Transition.TRANSITION_ACTIVATE)
+    measured()
+    chunk = make_chunk(bridge.get_clock().now().nanoseconds)
+    chunk.sequence = 9
+    publisher.publish(chunk)
+    assert verdict(9).last_reject_reason == REJECT_HOLD
+    _call(probe, executor, SetBool, "trajectory_bridge/hold", SetBool.Request(data=False))
+    measured()
+    chunk = make_chunk(bridge.get_clock().now().nanoseconds)
+    chunk.sequence = 10
+    publisher.publish(chunk)
+    assert verdict(10).last_accepted

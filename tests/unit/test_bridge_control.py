@@ -17,7 +17,12 @@ from hw_drivers.bridge_control import (
     budget_acceleration,
     stop_trajectory,
 )
-from hw_drivers.executor import ChunkExecutor, ExecutorConfig
+from hw_drivers.executor import (
+    HOLD_RELEASED_IN_ESTOP,
+    REJECT_HOLD,
+    ChunkExecutor,
+    ExecutorConfig,
+)
 from hw_drivers.jtc_model import bounds, check_trajectory, sample
 from hw_drivers.safety import JointLimits, SafetyConfig
 
@@ -219,3 +224,29 @@ def test_no_stop_is_longer_than_the_limit_allows_plus_max_extension(case, extens
     unbounded = stop_trajectory(names, np.zeros(n), v, amax, *limits, min_time, budget)
     assert duration == pytest.approx(min(unbounded.points[0].time_from_start,
                                          at_the_limit + extension))
+
+
+def test_while_inactive_chunks_are_refused_as_such_and_the_latches_wait_for_activation():
+    """As the driver's ``ControlLoop.stopped``: an inactive bridge answered hold(false) and reset
+    with "following chunks" / "the next chunk ramps in" and refused nothing itself (the node
+    dropped chunks without a verdict); activation keeps what hold and reset set meanwhile."""
+    from hw_drivers.control_loop import REJECT_STOPPED
+
+    bridge = BridgeControl(stopped=True)
+    assert bridge.refusal() == REJECT_STOPPED
+    ok, message = bridge.hold(False)
+    assert ok and "following" not in message and "inactive" in message
+    ok, message = bridge.reset(measured=True)
+    assert ok and "ramps in" not in message and "inactive" in message
+    bridge.estop()
+    assert bridge.refusal() == REJECT_STOPPED  # inactive first, as the driver orders them
+    assert bridge.hold(False) == (False, HOLD_RELEASED_IN_ESTOP)
+    bridge.hold(True)
+    assert bridge.reset(measured=True)[0]
+    bridge.hold(True)
+    bridge.start()
+    assert bridge.refusal() == REJECT_HOLD  # the hold set while inactive is still in force
+    bridge.stop()
+    assert bridge.hold(False)[0] and bridge.refusal() == REJECT_STOPPED
+    bridge.start()
+    assert bridge.refusal() == ""

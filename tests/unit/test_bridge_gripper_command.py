@@ -108,3 +108,20 @@ def test_forward_command_without_a_gripper_joint_is_a_problem(overrides):
     assert any("forward_command needs a gripper joint" in s for s in p.validate())
     # The JointState default keeps working without grippers, as before.
     assert dataclasses.replace(p, gripper_command_type=JOINT_STATE).validate() == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"controller_joint_names": ("c1", "c1")}, "controller_joint_names"),
+        ({"gripper_joints": ("left_gripper", "left_gripper")}, "gripper_joints"),
+        ({"joint_names": ("left_joint1", "left_joint1", "right_joint1", "x")}, "joint_names"),
+    ],
+)
+def test_a_repeated_joint_name_is_a_problem(overrides, named):
+    """joint_trajectory_controller takes a message with a name repeated and commands the joint
+    left out a stale value (tests/unit/test_jtc_model.py, ros-controls/ros2_controllers
+    ``joint_trajectory_controller.cpp``, ``sort_to_local_joint_order``): refused at configure."""
+    problems = params(**overrides).validate()
+    assert any(p.startswith(f"{named} repeats") for p in problems), problems
+    assert not [p for p in params().validate() if "repeats" in p]

@@ -138,3 +138,23 @@ def test_an_ideal_arm_is_one_control_period_behind_the_command():
 def test_initial_pose_must_match_the_joints():
     with pytest.raises(ValueError, match="1 initial positions for 2 joints"):
         emulator(home=(0.0,))
+
+
+def test_a_repeated_joint_name_is_taken_and_commands_the_left_out_joint_a_stale_value():
+    """As joint_trajectory_controller (ros-controls/ros2_controllers,
+    ``joint_trajectory_controller/src/joint_trajectory_controller.cpp``,
+    ``sort_to_local_joint_order``): the message [a, a] passes validation (two names for two
+    joints, both known); a gets the later column, b what the static buffer holds: 0.0 before
+    any message, else the value the last remap wrote there. The emulator used to fill b from
+    its command (as a partial goal), safer than the real controller."""
+    jtc = emulator(home=(0.3, -0.2), lag=0.0)
+    assert jtc.receive(0.0, traj(([0.5, 0.7], None, 1.0), names=("a", "a"))) is None
+    jtc.update(0.0)
+    s = jtc.update(1.0)
+    assert list(s.positions) == pytest.approx([0.7, 0.0])
+    # After a well-formed message wrote b = 0.4, a repeated name leaves b at 0.4.
+    assert jtc.receive(1.0, traj(([0.1, 0.4], None, 0.5))) is None
+    jtc.update(1.0)
+    assert jtc.receive(2.0, traj(([0.2, 0.9], None, 0.5), names=("a", "a"))) is None
+    jtc.update(2.0)
+    assert list(jtc.update(2.5).positions) == pytest.approx([0.9, 0.4])

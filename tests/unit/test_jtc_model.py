@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hw_drivers.bridge_control import MIN_STOP_TIME, SentTrajectory, stop_from_reference
-from hw_drivers.jtc_model import check_trajectory, sample
+from hw_drivers.jtc_model import bounds, check_trajectory, sample
 from hw_drivers.trajectory import JointTrajectoryData, TrajectoryPoint
 
 J = ("j1", "j2")
@@ -81,12 +81,32 @@ def test_cubic_between_points_with_velocities():
 
 def test_before_the_first_point_from_the_state_it_started_at():
     t = traj(([1, 1], [0, 0], 0.5))
-    # joint states without velocities: linear from the start pose
-    p, v = sample(t, np.array([0.0, 2.0]), None, 0.25)
-    assert p == pytest.approx([0.5, 1.5]) and v == pytest.approx([2.0, -2.0])
     # with velocities: the cubic from (start, 0) to (first, 0)
     p, v = sample(t, np.array([0.0, 2.0]), np.zeros(2), 0.25)
     assert p == pytest.approx([0.5, 1.5]) and v == pytest.approx([3.0, -3.0])
+    # jazzy, a start state without velocities (no velocity state interface): linear
+    p, v = sample(t, np.array([0.0, 2.0]), None, 0.25, zero_start_velocity=False)
+    assert p == pytest.approx([0.5, 1.5]) and v == pytest.approx([2.0, -2.0])
+
+
+def test_a_start_state_without_velocities_is_filled_with_zeros_as_current_releases_do():
+    """ros-controls/ros2_controllers ``joint_trajectory_controller/src/trajectory.cpp``,
+    ``Trajectory::set_point_before_trajectory_msg``: "If the current state doesn't contain
+    velocities / accelerations, but the first trajectory point does, initialize them to zero"
+    (#2043, in rolling and the kilted release notes). The model ran that segment linearly, as
+    jazzy's controller does. s = 0.25 of T = 0.5: h01 = 3s^2 - 2s^3 = 0.15625, velocity
+    6 s (1 - s) d / T = 2.25 d (linear: 0.25 d and 2 d)."""
+    t = traj(([1, 1], [0, 0], 0.5))
+    p, v = sample(t, np.array([0.0, 2.0]), None, 0.125)
+    assert p == pytest.approx([0.15625, 1.84375]) and v == pytest.approx([2.25, -2.25])
+    # A first point without velocities: linear either way (nothing to fill for).
+    p, v = sample(traj(([1, 1], None, 0.5)), np.array([0.0, 2.0]), None, 0.125)
+    assert p == pytest.approx([0.25, 1.75]) and v == pytest.approx([2.0, -2.0])
+    # The bounds of that segment: the cubic from rest peaks at 1.5 d / T = 3.
+    _, _, fastest = bounds(t, np.array([0.0, 2.0]), None)
+    assert fastest[0] == pytest.approx([3.0, 3.0])
+    _, _, linear = bounds(t, np.array([0.0, 2.0]), None, zero_start_velocity=False)
+    assert linear[0] == pytest.approx([2.0, 2.0])
 
 
 def test_after_the_last_point_it_holds_the_last_point():
@@ -146,3 +166,20 @@ def test_the_stop_without_a_measured_pose_is_one_the_controller_takes(sent, when
 
 def test_nothing_to_stop_when_nothing_was_sent():
     assert stop_from_reference(None, 3.0, AMAX, LOWER, UPPER, 0.0) == (None, None, None)
+
+
+def test_each_column_goes_to_the_joint_of_its_name_a_repeated_name_leaves_one_stale():
+    """ros-controls/ros2_controllers, ``joint_trajectory_controller/src/
+    joint_trajectory_controller.cpp`` (``validate_trajectory_msg``: the count and that each name
+    is known, nothing about repeats; ``sort_to_local_joint_order``: ``output[mapping[i]] =
+    values[i]`` into one static vector) and ``include/joint_trajectory_controller/
+    trajectory.hpp`` (``mapping``: the first controller joint of each name; more names than
+    joints: an empty mapping, and the values stay as sent)."""
+    from hw_drivers.jtc_model import local_order
+
+    assert local_order(["b", "a"], ["a", "b"]) == [1, 0]
+    assert local_order(["a", "b"], ["a", "b"]) == [0, 1]
+    # a repeated: its later column wins, c is written by no column (a stale value).
+    assert local_order(["a", "a", "b"], ["a", "b", "c"]) == [1, 2, None]
+    assert check_trajectory(traj(([0, 0], None, 0.1), names=("j1", "j1")), J) is None
+    assert local_order(["a", "a", "b"], ["a", "b"]) == [0, 1]

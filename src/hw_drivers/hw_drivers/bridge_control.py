@@ -12,7 +12,11 @@ same meaning:
   hold(false) during an e-stop answers failure with the executor's sentence;
 * reset: clears e-stop and hold only with a recent measured joint state of the arm (the
   driver's reset refuses when it cannot read the robot); the next chunk ramps in from the
-  measured pose (``bridge_guard``, from idle).
+  measured pose (``bridge_guard``, from idle);
+* inactive (lifecycle: between deactivate and the next activate, and before the first): every
+  chunk is refused with the driver's ``inactive: ...`` reason, before the e-stop and the hold.
+  hold and reset still set and clear the latches, which activation keeps, but never answer
+  that chunks are followed (the driver's ``ControlLoop.stopped``).
 
 Without a recent joint state there is no measured pose to stop from. The stop then starts
 from the controller's own reference: the trajectory the bridge last sent, sampled now as the
@@ -34,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hw_drivers.control_loop import REJECT_STOPPED, STOPPED
 from hw_drivers.executor import (
     ESTOP_LATCHED,
     HOLD_RELEASED,
@@ -57,10 +62,22 @@ MIN_STOP_TIME = 0.1
 class BridgeControl:
     """The operator's latches over the bridge's forwarding."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, stopped: bool = False) -> None:
         self.estopped = False
         self.hold_requested = False
         self.estop_reason = ""  # why the e-stop latched; "" when it is not
+        # The node is not active (lifecycle): nothing is forwarded, whatever the latches say.
+        # A flag of its own, not a hold: the operator's hold(false) or reset while inactive
+        # must not be answered "following chunks", and activation must keep their latches.
+        self.stopped = stopped
+
+    def start(self) -> None:
+        """The node was activated: chunks pass again unless a latch holds them."""
+        self.stopped = False
+
+    def stop(self) -> None:
+        """The node was deactivated (or is not yet active): every chunk is refused as such."""
+        self.stopped = True
 
     def estop(self, reason: str = OPERATOR_ESTOP) -> str:
         """Latch the e-stop; while latched the first reason stays (what stopped the arm), as
@@ -77,6 +94,8 @@ class BridgeControl:
             return True, HOLDING
         if self.estopped:
             return False, HOLD_RELEASED_IN_ESTOP
+        if self.stopped:
+            return True, f"hold released; {STOPPED}"
         return True, HOLD_RELEASED
 
     def reset(self, measured: bool) -> tuple[bool, str]:
@@ -90,10 +109,15 @@ class BridgeControl:
         self.hold_requested = False
         self.estop_reason = ""
         done = f"cleared {', '.join(cleared)}; " if cleared else ""
+        if self.stopped:
+            return True, f"reset: {done}{STOPPED}"
         return True, f"reset: {done}the next chunk ramps in from the measured pose"
 
     def refusal(self) -> str:
-        """Why a chunk may not be forwarded now ("" when it may)."""
+        """Why a chunk may not be forwarded now ("" when it may): inactive, then e-stop, then
+        hold, as the driver orders them."""
+        if self.stopped:
+            return REJECT_STOPPED
         if self.estopped:
             return REJECT_ESTOP
         if self.hold_requested:
@@ -101,7 +125,8 @@ class BridgeControl:
         return ""
 
     def state(self, otherwise: str) -> str:
-        """The ``~/chunk_execution`` state: ``estop``, ``holding``, else ``otherwise``."""
+        """The state: ``estop``, ``holding`` (a hold requested), else ``otherwise`` (the caller
+        says ``inactive`` or ``holding`` while the node is)."""
         if self.estopped:
             return "estop"
         if self.hold_requested:

@@ -36,12 +36,13 @@ in acceleration; the smoothstep blend of a standing offset d has the same peaks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from hw_drivers.jtc_model import bounds
+from hw_drivers.jtc_model import bounds, check_trajectory
 from hw_drivers.trajectory import (
     BridgeOutput,
     JointTrajectoryData,
@@ -274,4 +275,85 @@ def _limit_violation(
                     f"acceleration_limit: joint {names[j]} around point {k + 1} needs "
                     f"{abs(accel[k, j]):.3f}/s^2 > max {amax[j]:.3f}/s^2"
                 )
+    return ""
+
+
+@dataclass(frozen=True)
+class OutgoingLimits:
+    """What every message the bridge sends must keep: the controller's joints (in the order
+    the arm's limits are given), the arm's limits, and the grippers' position limits."""
+
+    controller_joints: tuple[str, ...]
+    lower: np.ndarray
+    upper: np.ndarray
+    max_velocity: np.ndarray
+    gripper_joints: tuple[str, ...] = ()
+    gripper_lower: np.ndarray | None = None
+    gripper_upper: np.ndarray | None = None
+
+
+def outgoing_problem(
+    out: BridgeOutput, limits: OutgoingLimits, measured: np.ndarray | None = None
+) -> str:
+    """Why ``out`` must not leave the bridge ("" when it may). The last check before a message
+    reaches the controller or the gripper, whatever produced it (a chunk through ``guard``, a
+    stop): the controller would take it (``jtc_model.check_trajectory``), every value is
+    finite, every point within the position limits (or, where the arm is outside them,
+    ``measured``, between it and the range: a ramp-in leads back) and its velocity within
+    ``max_velocity``; every gripper target finite and within its limits. ``guard`` and
+    ``stop_trajectory`` keep these; this holds them if either ever does not."""
+    trajectory = out.trajectory
+    if trajectory is not None:
+        if tuple(trajectory.joint_names) != tuple(limits.controller_joints):
+            return (
+                f"joints {list(trajectory.joint_names)} are not the controller's "
+                f"{list(limits.controller_joints)} in order"
+            )
+        refused = check_trajectory(trajectory, limits.controller_joints)
+        if refused:
+            return f"the controller would refuse it: {refused}"
+        lower = np.asarray(limits.lower, dtype=float)
+        upper = np.asarray(limits.upper, dtype=float)
+        if measured is not None:
+            here = np.asarray(measured, dtype=float)
+            lower, upper = np.minimum(lower, here), np.maximum(upper, here)
+        vmax = np.asarray(limits.max_velocity, dtype=float)
+        for k, point in enumerate(trajectory.points):
+            positions = np.asarray(point.positions, dtype=float)
+            if not (math.isfinite(point.time_from_start) and point.time_from_start > 0.0):
+                return f"point {k} time_from_start {point.time_from_start!r} is not > 0"
+            if not np.all(np.isfinite(positions)):
+                return f"point {k} has a non-finite position"
+            outside = (positions < lower - _SLACK) | (positions > upper + _SLACK)
+            if outside.any():
+                j = int(np.argmax(outside))
+                return (
+                    f"point {k} {trajectory.joint_names[j]} {positions[j]:.4f} outside "
+                    f"[{lower[j]:.4f}, {upper[j]:.4f}]"
+                )
+            if point.velocities is not None:
+                velocities = np.asarray(point.velocities, dtype=float)
+                if not np.all(np.isfinite(velocities)):
+                    return f"point {k} has a non-finite velocity"
+                fast = np.abs(velocities) > vmax * (1 + _SLACK)
+                if fast.any():
+                    j = int(np.argmax(fast))
+                    return (
+                        f"point {k} {trajectory.joint_names[j]} velocity {velocities[j]:.4f} "
+                        f"beyond {vmax[j]:.4f}"
+                    )
+    gripper = out.gripper
+    if gripper is not None:
+        targets = np.asarray(gripper.positions, dtype=float)
+        if tuple(gripper.joint_names) != tuple(limits.gripper_joints):
+            wanted = list(limits.gripper_joints)
+            return f"gripper joints {list(gripper.joint_names)} are not {wanted}"
+        if not np.all(np.isfinite(targets)) or not math.isfinite(gripper.time_from_start):
+            return "a gripper target is not finite"
+        lo = np.asarray(limits.gripper_lower, dtype=float)
+        hi = np.asarray(limits.gripper_upper, dtype=float)
+        outside = (targets < lo - _SLACK) | (targets > hi + _SLACK)
+        if outside.any():
+            j = int(np.argmax(outside))
+            return f"gripper {gripper.joint_names[j]} target {targets[j]:.4f} outside its limits"
     return ""

@@ -316,11 +316,17 @@ class DriverNode(LifecycleNode):
         if getattr(self, "_chunk_sub", None) is not None:
             self.destroy_subscription(self._chunk_sub)
             self._chunk_sub = None
-        for name in ("_joint_pub", "_command_pub", "_diag_pub", "_execution_pub"):
-            pub = getattr(self, name, None)
+        # Taken out under the lock first, destroyed after: the chunk callback reports on
+        # ~/chunk_execution under the lock, and one running between a destroy and the attribute
+        # set to None published on a destroyed publisher.
+        names = ("_joint_pub", "_command_pub", "_diag_pub", "_execution_pub")
+        with self._lock:
+            publishers = [getattr(self, name, None) for name in names]
+            for name in names:
+                setattr(self, name, None)
+        for pub in publishers:
             if pub is not None:
                 self.destroy_publisher(pub)
-                setattr(self, name, None)
 
     # -- callbacks ----------------------------------------------------------------------------
 

@@ -19,6 +19,24 @@ controller's reference is. Both are facts about the controller's source
   velocities, with the cubic Hermite through both points' positions and velocities when both
   have them (quintic with accelerations, which we never send); after the last point it holds
   the last point (velocity zero when the point has none).
+* the state it starts from has no velocities when the controller has no velocity state
+  interface. ``set_point_before_trajectory_msg`` then fills zeros when the first point has
+  velocities (ros2_controllers #2043, "Fill point_before_trajectory with same information as
+  trajectory": rolling and kilted), so the first segment is the cubic from rest; releases before
+  it (jazzy) run that segment linearly (``zero_start_velocity=False``). Either lies within the
+  cubic from rest's bounds (a line's extremes are its ends, and its speed is the cubic's mean).
+
+* ``sort_to_local_joint_order`` (``joint_trajectory_controller.cpp``) with ``mapping``
+  (``include/joint_trajectory_controller/trajectory.hpp``) puts each column of a message at the
+  controller joint of its name, in any order (``local_order``). It does not check that the
+  names are unique: with a name repeated the later column wins and the joint no column names
+  keeps what a static buffer in the controller held (0.0 at first, then whatever the last
+  message wrote there), and ``validate_trajectory_msg`` lets it through (it checks the count
+  and that each name is known). The bridge refuses a repeated name at configure.
+* ``update`` writes the sample one controller period ahead (``command_next_`` at ``time +
+  update_period_``, in releases since 2024) and keeps the sample at ``time`` as the reference
+  it publishes; ``sample`` here is that reference. The lead is within the stop's
+  ``stop_start_delay`` (one controller period plus transport).
 
 Sources read: ros-controls/ros2_controllers @ 01936294 ``trajectory.cpp``; the validation as in
 the controller forks that track the current one (christophfroehlich/ros2_controllers @
@@ -76,6 +94,22 @@ def check_trajectory(
     return None
 
 
+def local_order(names: Sequence[str], controller_joints: Sequence[str]) -> list[int | None]:
+    """For each controller joint, the column of a message with joint ``names`` that the
+    controller puts there (``sort_to_local_joint_order``); None where no column lands, which
+    keeps a stale value. ``names`` as the controller has them by then: a partial goal already
+    filled (``fill_partial_goal`` appends the joints it lacks). More names than joints: the
+    controller's ``mapping`` gives up and the values stay in the message's order."""
+    joints = list(controller_joints)
+    if len(names) > len(joints):
+        return list(range(len(joints)))
+    order: list[int | None] = [None] * len(joints)
+    for column, name in enumerate(names):
+        if name in joints:
+            order[joints.index(name)] = column  # a repeated name: the later column wins
+    return order
+
+
 def _velocities(point: TrajectoryPoint) -> np.ndarray | None:
     """A point's velocities, None when it has none (the controller then interpolates linearly)."""
     v = point.velocities
@@ -115,15 +149,32 @@ def _segment(
     )
 
 
+def _start_velocities(
+    start_velocities: np.ndarray | None,
+    first: TrajectoryPoint,
+    zero_start_velocity: bool,
+) -> np.ndarray | None:
+    """The velocities of the state the controller interpolates from to the first point."""
+    if start_velocities is not None:
+        return np.asarray(start_velocities, dtype=float)
+    first_velocities = _velocities(first)
+    if zero_start_velocity and first_velocities is not None:
+        return np.zeros_like(first_velocities)
+    return None
+
+
 def sample(
     trajectory: JointTrajectoryData,
     start_positions: np.ndarray,
     start_velocities: np.ndarray | None,
     elapsed: float,
+    *,
+    zero_start_velocity: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The controller's reference (positions, velocities) ``elapsed`` seconds after it took
     ``trajectory`` (stamped zero) while the arm was at ``start_positions`` moving at
-    ``start_velocities`` (None: the joint states had no velocities)."""
+    ``start_velocities`` (None: the start state has no velocities; filled with zeros, as
+    current releases do, unless ``zero_start_velocity`` is False: jazzy, see the module)."""
     points = trajectory.points
     if not points:
         raise ValueError("an empty trajectory has no reference")
@@ -132,7 +183,7 @@ def sample(
     if elapsed < first.time_from_start:
         return _segment(
             np.asarray(start_positions, dtype=float),
-            None if start_velocities is None else np.asarray(start_velocities, dtype=float),
+            _start_velocities(start_velocities, first, zero_start_velocity),
             np.asarray(first.positions, dtype=float),
             _velocities(first),
             first.time_from_start,
@@ -205,15 +256,20 @@ def bounds(
     trajectory: JointTrajectoryData,
     start_positions: np.ndarray,
     start_velocities: np.ndarray | None,
+    *,
+    zero_start_velocity: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per segment (row 0: from the start state to the first point; row k: point k-1 to k) and
     joint, the lowest and highest position and the fastest speed the controller commands while
     it runs ``trajectory`` from the start state (see ``sample``)."""
 
+    start_v = None
+    if trajectory.points:
+        start_v = _start_velocities(start_velocities, trajectory.points[0], zero_start_velocity)
     states = [
         (
             np.asarray(start_positions, dtype=float),
-            None if start_velocities is None else np.asarray(start_velocities, dtype=float),
+            start_v,
             0.0,
         )
     ] + [

@@ -57,7 +57,13 @@ from hw_drivers.bridge_control import (
     stop_from_reference,
     stop_trajectory,
 )
-from hw_drivers.bridge_guard import GuardConfig, RampInProgress, guard
+from hw_drivers.bridge_guard import (
+    GuardConfig,
+    OutgoingLimits,
+    RampInProgress,
+    guard,
+    outgoing_problem,
+)
 from hw_drivers.chunk import Chunk
 from hw_drivers.execution_report import ExecutionReporter
 from hw_drivers.executor import EventWindow
@@ -145,7 +151,8 @@ class TrajectoryBridgeNode(LifecycleNode):
         self._tracking_error: np.ndarray | float = 0.0
         # The operator's e-stop and hold: on the node, so they outlive deactivate/activate and
         # cleanup/configure as the driver node's do (only ~/reset, or ~/hold false, ends them).
-        self._control = BridgeControl()
+        # Stopped until activated: chunks are refused as "inactive", and hold/reset answer so.
+        self._control = BridgeControl(stopped=True)
         self._bridge_services: list = []
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -173,6 +180,16 @@ class TrajectoryBridgeNode(LifecycleNode):
         self._arm_upper = np.asarray(p.position_upper, dtype=float)[arm]
         # Joint states carry the controller's names.
         self._state_names = p.resolved_controller_joint_names() or self._arm_names
+        grip = [p.joint_names.index(g) for g in self._gripper_joints]
+        self._outgoing = OutgoingLimits(
+            tuple(self._state_names),
+            self._arm_lower,
+            self._arm_upper,
+            self._arm_vmax,
+            tuple(self._gripper_joints),
+            np.asarray(p.position_lower, dtype=float)[grip],
+            np.asarray(p.position_upper, dtype=float)[grip],
+        )
         self._guard = GuardConfig(
             max_start_deviation=p.max_start_deviation,
             ramp_threshold=p.ramp_in_threshold,
@@ -217,18 +234,42 @@ class TrajectoryBridgeNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = True
+        self._control.start()
+        if self._control.refusal():
+            self.get_logger().warning(
+                f"activated, but {self._control.refusal()}: call ~/reset (or ~/hold false) "
+                "to forward chunks"
+            )
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._active = False
+        self._stop_following("deactivated")
         return super().on_deactivate(state)
+
+    def _stop_following(self, why: str) -> None:
+        """Refuse chunks from now on and stop a trajectory of ours the controller still runs,
+        as the driver holds when it stops following: the controller would otherwise play the
+        rest of the last chunk (up to max_chunk_duration) after the node stopped following."""
+        self._active = False
+        self._control.stop()
+        now = self.get_clock().now().nanoseconds * 1e-9
+        if now < self._busy_until:
+            self.get_logger().info(f"{why}: {self._stop_motion()}")
+        self._report_execution(now)
+
+    def finish_on_exit(self) -> None:
+        """Process exit (any signal, the launcher gone) or shutdown: stop following, and stop
+        what of ours still runs (best effort at exit: the process ends right after)."""
+        if self._trajectory_pub is not None:
+            self._stop_following("stopping")
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._active = False
+        self.finish_on_exit()
+        self._control.stop()
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
@@ -287,8 +328,8 @@ class TrajectoryBridgeNode(LifecycleNode):
 
     # -- chunks ----------------------------------------------------------------------------
     def _on_chunk(self, msg: ActionChunk) -> None:
-        if not self._active:
-            return
+        # Every chunk passes here: inactive, e-stop and hold refuse it with a verdict (an
+        # inactive bridge used to drop it silently: no verdict on ~/chunk_execution).
         refusal = self._control.refusal()
         if refusal:
             self._reject(refusal, msg)
@@ -348,6 +389,10 @@ class TrajectoryBridgeNode(LifecycleNode):
             self._reject(checked.reason, msg)
             return
         out = checked.output
+        problem = self._send(out, self._measured_pose(now))
+        if problem:
+            self._reject(f"outgoing: {problem}", msg)
+            return
         if checked.ramp > 0 and ongoing is None:
             self._ramp = (self._measured_pose(now), now, checked.ramp)
             self.ramped += 1
@@ -363,7 +408,6 @@ class TrajectoryBridgeNode(LifecycleNode):
                 out.trajectory, now, self._measured_pose(now), self._velocity
             )
         self.accepted += 1
-        self._publish(out)
         self._sent = chunk
         self._verdict(msg, now)
 
@@ -399,6 +443,17 @@ class TrajectoryBridgeNode(LifecycleNode):
             f"chunk {sequence} rejected, nothing sent: {reason}",
             throttle_duration_sec=LOG_THROTTLE_S,
         )
+
+    def _send(self, out: BridgeOutput, measured: np.ndarray | None) -> str:
+        """Every message to the controller and the gripper passes here, chunk or stop: sent
+        only if ``bridge_guard.outgoing_problem`` finds nothing. Returns the problem ("" when
+        sent)."""
+        problem = outgoing_problem(out, self._outgoing, measured)
+        if problem:
+            self.get_logger().error(f"nothing sent to the controller: {problem}")
+            return problem
+        self._publish(out)
+        return ""
 
     def _publish(self, out: BridgeOutput) -> None:
         if out.trajectory is not None:
@@ -454,7 +509,9 @@ class TrajectoryBridgeNode(LifecycleNode):
                     "no recent joint state of the arm, and no trajectory of ours is running: "
                     "nothing sent (the controller holds the last point it was sent)"
                 )
-            self._send_stop(stop, now, start, velocity)
+            problem = self._send_stop(stop, now, start, velocity)
+            if problem:
+                return f"no stop sent: {problem}"
             budget = reference_budget(self.params.stop_start_delay, self._tracking_error)
             return (
                 "no recent joint state of the arm: stop sent from the controller's reference on "
@@ -492,7 +549,9 @@ class TrajectoryBridgeNode(LifecycleNode):
             budget,
             self.params.max_stop_extension,
         )
-        self._send_stop(stop, now, start, velocity)
+        problem = self._send_stop(stop, now, start, velocity)
+        if problem:
+            return f"no stop sent: {problem}"
         return f"stop sent to the controller ({self._stop_figures(stop, velocity, budget)})"
 
     def _stop_figures(
@@ -517,9 +576,12 @@ class TrajectoryBridgeNode(LifecycleNode):
         now: float,
         start: np.ndarray,
         velocity: np.ndarray | None,
-    ) -> None:
-        self._publish(BridgeOutput(stop, None, 0))
-        self._controller_trajectory = SentTrajectory(stop, now, start, velocity)
+    ) -> str:
+        """Send ``stop``; why it was not sent ("" when it was)."""
+        problem = self._send(BridgeOutput(stop, None, 0), start)
+        if not problem:
+            self._controller_trajectory = SentTrajectory(stop, now, start, velocity)
+        return problem
 
     def _on_estop(self, request: Trigger.Request, response: Trigger.Response):
         message = self._control.estop()
@@ -598,7 +660,7 @@ class TrajectoryBridgeNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> None:
     """Console script ``trajectory_bridge_node``."""
-    run_lifecycle_node(TrajectoryBridgeNode, args)
+    run_lifecycle_node(TrajectoryBridgeNode, args, on_exit=lambda node: node.finish_on_exit())
 
 
 if __name__ == "__main__":

@@ -134,6 +134,17 @@ class TrajectoryBridgeParams:
         if self.position_margin:
             problems += margin_problems(self.position_margin, n)
         grippers = self.resolved_gripper_joints()
+        # joint_trajectory_controller takes a message with a name repeated (it checks only the
+        # count and that each name is known): the later column wins and the joint left out is
+        # commanded a stale value from its buffer (0.0 at first). See jtc_model.local_order.
+        for name, names in (
+            ("joint_names", self.joint_names),
+            ("gripper_joints", grippers),
+            ("controller_joint_names", self.resolved_controller_joint_names()),
+        ):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                problems.append(f"{name} repeats {repeated}: each joint must appear once")
         unknown = [g for g in grippers if g not in self.joint_names]
         if unknown:
             problems.append(f"gripper_joints {unknown} are not in joint_names")

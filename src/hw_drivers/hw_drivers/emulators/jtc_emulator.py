@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hw_drivers.jtc_model import check_trajectory, sample
+from hw_drivers.jtc_model import check_trajectory, local_order, sample
 from hw_drivers.trajectory import JointTrajectoryData, TrajectoryPoint
 
 #: The reason given for a trajectory stamped other than zero (not modelled).
@@ -113,6 +113,8 @@ class JtcEmulator:
         self._pending: JointTrajectoryData | None = None
         self._running: _Running | None = None
         self._last_update: float | None = None
+        # sort_to_local_joint_order's static output vector, shared by every remap.
+        self._remap_buffer = np.zeros(n)
 
     # -- the subscriber ----------------------------------------------------------------------
     def receive(self, time: float, trajectory: JointTrajectoryData) -> str | None:
@@ -135,24 +137,36 @@ class JtcEmulator:
         return None
 
     def _to_controller_order(self, trajectory: JointTrajectoryData) -> JointTrajectoryData:
-        """As ``sort_to_local_joint_order`` (joints the message omits keep their command: the
-        partial goal filled from the current command, as ``fill_partial_goal``)."""
+        """As ``fill_partial_goal`` then ``sort_to_local_joint_order``: a partial goal gets the
+        joints it omits appended at their current command (velocity 0); then each column goes
+        to the joint of its name (``jtc_model.local_order``). A joint no column lands on (a
+        name repeated) gets what the controller's one static buffer holds at that index: the
+        value the last remapped field wrote there (positions, then velocities, point by point,
+        message after message; 0.0 at first)."""
+        joints = list(self.config.joint_names)
         names = list(trajectory.joint_names)
-        order = [names.index(j) if j in names else -1 for j in self.config.joint_names]
+        missing = [] if len(names) == len(joints) else [j for j in joints if j not in names]
+        order = local_order(names + missing, joints)
+        buffer = self._remap_buffer
 
-        def arrange(values, fill: np.ndarray) -> np.ndarray:
-            v = np.asarray(values, dtype=float)
-            return np.array([v[k] if k >= 0 else fill[i] for i, k in enumerate(order)])
+        def arrange(values, fill) -> np.ndarray:
+            v = np.concatenate([np.asarray(values, dtype=float), fill])
+            if len(names) + len(missing) > len(joints):
+                return v  # the controller's mapping gave up: the message's order, as it was
+            for i, k in enumerate(order):
+                if k is not None:
+                    buffer[i] = v[k]
+            return buffer.copy()
 
         points = []
         for p in trajectory.points:
+            fill = [self.command[joints.index(j)] for j in missing]
+            positions = arrange(p.positions, fill)
             velocities = None
             if p.velocities is not None and len(p.velocities) > 0:
-                velocities = arrange(p.velocities, np.zeros_like(self.command))
-            points.append(
-                TrajectoryPoint(arrange(p.positions, self.command), velocities, p.time_from_start)
-            )
-        return JointTrajectoryData(tuple(self.config.joint_names), tuple(points), 0.0)
+                velocities = arrange(p.velocities, [0.0] * len(missing))
+            points.append(TrajectoryPoint(positions, velocities, p.time_from_start))
+        return JointTrajectoryData(tuple(joints), tuple(points), 0.0)
 
     # -- the control loop --------------------------------------------------------------------
     def update(self, time: float) -> JtcSample:
