@@ -220,8 +220,16 @@ class PolicyNode(LifecycleNode):
 
     def _on_commanded(self, msg: Any) -> None:
         feed = self._rtc
-        if feed is not None:
-            feed.record_commanded(_stamp_ns(msg.header), msg.name, msg.position)
+        if feed is None:
+            return
+        problem = feed.record_commanded(_stamp_ns(msg.header), msg.name, msg.position)
+        if problem:
+            message = (
+                f"{self.params.rtc_commanded_topic}: {problem}; not compared with the chunks "
+                "(RTC cannot tell whether the driver follows them)"
+            )
+            if self._log_throttle.allow(message):
+                self.get_logger().warning(message)
 
     def _on_execution(self, msg: Any) -> None:
         feed = self._rtc
