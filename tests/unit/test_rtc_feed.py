@@ -177,6 +177,65 @@ def test_stale_or_partial_commands():
     assert feed.request_for(_ns(1.4)) is None
 
 
+def test_commands_that_cannot_be_compared_are_named_not_silently_ignored():
+    # A user's stack stamping its commanded joint states zero, or naming other joints, or
+    # sending NaN: the command says nothing, RTC goes on as without the topic, but the feed
+    # says why (it was silent: a hold far off the plan went on being continued, status ok).
+    feed = _following_feed()
+    assert feed.diagnostics()["rtc_commanded_check"] == "no command received"
+    assert feed.record_commanded(0, list(JOINTS), list(_chunk()[0] + 5.0)) == ""
+    assert feed.request_for(_ns(1.4)) is not None  # behaviour as before: not compared
+    check = feed.diagnostics()["rtc_commanded_check"]
+    assert "stamped -1.400 s from the observation" in check and "not compared" in check
+    # Stamped right again: compared, and the hold far off the plan turns RTC off.
+    for k in range(40):
+        _command(feed, 1.0 + 0.01 * k, _chunk()[0] + 5.0)
+    assert feed.request_for(_ns(1.4)) is None
+    assert feed.diagnostics()["rtc_commanded_check"] == "ok"
+
+    cases = [
+        (["x", "y"], [1.0, 2.0], "names none of the policy's joints (got ['x', 'y'])"),
+        (list(JOINTS), [0.1] * 5, "5 positions for 6 joint names"),
+        (["a", "b"], [0.1, float("nan")], "non-finite position for joint(s) 'b'"),
+        (["a", "zz"], [float("inf"), 0.0], "non-finite position for joint(s) 'a'"),
+    ]
+    for names, positions, expected in cases:
+        assert feed.record_commanded(_ns(1.5), names, positions) == expected
+        assert feed.diagnostics()["rtc_commanded_check"] == expected
+    assert feed.diagnostics()["rtc_commanded_ignored"] == str(len(cases))
+    assert feed.record_commanded(_ns(1.5), ["gripper"], [0.5]) == ""  # a part is fine
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    entries=st.lists(
+        st.tuples(
+            st.sampled_from([*JOINTS, "other", ""]),
+            st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just(0.5)),
+        ),
+        max_size=9,
+    ),
+    extra_values=st.integers(-2, 2),
+)
+def test_a_command_is_named_unusable_exactly_when_it_cannot_be_compared(entries, extra_values):
+    names = [n for n, _ in entries]
+    values = [v for _, v in entries]
+    if extra_values < 0:
+        values = values[: len(values) + extra_values]
+    else:
+        values += [0.0] * extra_values
+    feed = _following_feed()
+    problem = feed.record_commanded(_ns(1.2), names, values)
+    comparable = (
+        len(values) == len(names)
+        and any(n in JOINTS for n in names)
+        and all(math.isfinite(v) for n, v in zip(names, values, strict=True) if n in JOINTS)
+    )
+    assert (problem == "") == comparable, problem
+    assert feed.diagnostics()["rtc_commanded_check"] == (problem or "ok")
+    feed.request_for(_ns(1.25))  # never raises on any of them
+
+
 # ---------------------------------------------------------------------------- worker hook
 
 

@@ -220,8 +220,16 @@ class PolicyNode(LifecycleNode):
 
     def _on_commanded(self, msg: Any) -> None:
         feed = self._rtc
-        if feed is not None:
-            feed.record_commanded(_stamp_ns(msg.header), msg.name, msg.position)
+        if feed is None:
+            return
+        problem = feed.record_commanded(_stamp_ns(msg.header), msg.name, msg.position)
+        if problem:
+            message = (
+                f"{self.params.rtc_commanded_topic}: {problem}; not compared with the chunks "
+                "(RTC cannot tell whether the driver follows them)"
+            )
+            if self._log_throttle.allow(message):
+                self.get_logger().warning(message)
 
     def _on_execution(self, msg: Any) -> None:
         feed = self._rtc
@@ -540,22 +548,28 @@ class PolicyNode(LifecycleNode):
         publish_started = time.perf_counter()
         now_ns = self.get_clock().now().nanoseconds
         latency = (now_ns - stamp_ns) / NS_PER_S
-        with self._lock:
-            sequence = self._sequence
-            self._sequence += 1
-        self._chunk_pub.publish(
-            chunk_msgs.action_chunk_msg(
-                result,
-                stamp_ns=stamp_ns,
-                start_offset=offset,
-                joint_names=joint_names,
-                sequence=sequence,
-                inference_latency=latency,
-                instruction=outcome.request.instruction,
-            )
+        msg = chunk_msgs.action_chunk_msg(
+            result,
+            stamp_ns=stamp_ns,
+            start_offset=offset,
+            joint_names=joint_names,
+            sequence=0,
+            inference_latency=latency,
+            instruction=outcome.request.instruction,
         )
-        if self._rtc is not None:
-            self._rtc.record_chunk(stamp_ns, offset, result.positions, latency, sequence)
+        with self._lock:
+            # Checked again together with the publish: a new instruction or ~/reset bumps the
+            # epoch and clears the RTC feed under this lock, so the chunk is either dropped or
+            # published and recorded before that. Checked only above, a chunk of the old
+            # instruction went out after the change was accepted and, recorded in the cleared
+            # feed, was continued by the new instruction's first chunk.
+            if outcome.request.epoch != self._epoch:
+                return
+            msg.sequence = sequence = self._sequence
+            self._sequence += 1
+            self._chunk_pub.publish(msg)
+            if self._rtc is not None:
+                self._rtc.record_chunk(stamp_ns, offset, result.positions, latency, sequence)
         chunk_out = time.perf_counter()  # what follows (visualisation) is off the chunk's path
         with self._lock:
             self._chunk_count += 1

@@ -46,6 +46,13 @@ new chunk continuing that plan is exactly what the executor converges to. (Judge
 every ramp-in turned RTC off for its second: 3 of 24 requests in ``bench/rtc.py`` at 200 ms, and
 the free chunks they produced were its largest boundary jumps.) A driver clamping its speed is
 still running the chunk, so it is not a reason to skip either.
+
+A command that cannot be compared says nothing, and RTC then goes on as without the topic; but
+the feed says so (``rtc_commanded_check`` in the diagnostics, ``commanded_problem`` for the
+node's log): a message that names none of the policy's joints, has another count of positions
+than names or non-finite positions, or is stamped further than ``max_command_age`` from the
+observation (a user's stack that stamps zero, another clock). Before, any of them turned the
+check off without a word for as long as it lasted, while the status looked healthy.
 """
 
 from __future__ import annotations
@@ -73,6 +80,27 @@ GRID_TOLERANCE_NS = 1
 HISTORY = 64
 #: Executor states a driver reports (molmoact2_common.chunk_execution); others count as "other".
 DRIVER_STATES = ("idle", "ramp_in", "tracking", "holding", "estop", "fault")
+
+
+def commanded_problem(
+    joint_names: Sequence[str], names: Sequence[str], positions: Sequence[float]
+) -> str:
+    """Why a commanded JointState cannot be compared with the policy's chunks ('' when it can).
+
+    Naming only some of the joints is fine (an arm and its gripper may publish apart).
+    """
+    names, values = list(names), list(positions)
+    if len(values) != len(names):
+        return f"{len(values)} positions for {len(names)} joint names"
+    wanted = set(joint_names)
+    known = [(name, value) for name, value in zip(names, values, strict=True) if name in wanted]
+    if not known:
+        shown = ", ".join(repr(n) for n in names[:6]) + (", ..." if len(names) > 6 else "")
+        return f"names none of the policy's joints (got [{shown}])"
+    bad = [name for name, value in known if not math.isfinite(value)]
+    if bad:
+        return f"non-finite position for joint(s) {', '.join(repr(n) for n in bad)}"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -149,6 +177,12 @@ class RtcFeed:
         # The driver's latest command and since when it has not moved.
         self._command: tuple[int, np.ndarray] | None = None
         self._still_since_ns: int | None = None
+        # Why the driver's commands could not be compared ('' : they could, or none came):
+        # from the last message, and from the last request (stamp too far from the observation).
+        self._command_problem = ""
+        self._command_stale = ""
+        self.commanded_ignored = 0  # commanded messages that could not be compared
+        self._any_command = False
         self._lock = threading.Lock()
         self._reported = threading.Condition(self._lock)  # a driver report arrived
         self.requests = 0
@@ -210,8 +244,11 @@ class RtcFeed:
 
     def record_commanded(
         self, stamp_ns: int, names: Sequence[str], positions: Sequence[float]
-    ) -> None:
-        """The driver's latest command; joints it does not name keep NaN (never compared)."""
+    ) -> str:
+        """The driver's latest command; joints it does not name keep NaN (never compared).
+
+        Returns why it cannot be compared (``commanded_problem``; '' when it can)."""
+        problem = commanded_problem(self.joint_names, names, positions)
         command = np.full(len(self.joint_names), np.nan)
         for name, value in zip(names, positions, strict=False):
             index = self._index.get(name)
@@ -229,6 +266,11 @@ class RtcFeed:
             if not still or self._still_since_ns is None:
                 self._still_since_ns = stamp_ns
             self._command = (stamp_ns, command)
+            self._command_problem = problem
+            self._any_command = True
+            if problem:
+                self.commanded_ignored += 1
+        return problem
 
     def delay_steps(self, start_offset: float = 0.0) -> int:
         with self._lock:
@@ -245,6 +287,11 @@ class RtcFeed:
                 "rtc_previous_sequence": str(self.last_previous_sequence),
                 "rtc_last_skip": self.last_skip,
                 "rtc_driver_state": report.state if report is not None else "not reported",
+                "rtc_commanded_check": "; ".join(
+                    p for p in (self._command_problem, self._command_stale) if p
+                )
+                or ("ok" if self._any_command else "no command received"),
+                "rtc_commanded_ignored": str(self.commanded_ignored),
             }
             values.update({f"rtc_skipped/{k}": str(v) for k, v in sorted(self.skipped.items())})
         return values
@@ -314,8 +361,17 @@ class RtcFeed:
         if command is None or still_since_ns is None or first_published_ns is None:
             return False
         command_ns, positions = command
-        if abs(command_ns - obs_stamp_ns) > self.max_command_age * NS_PER_S:
-            return False  # stale: says nothing about now
+        off_s = (command_ns - obs_stamp_ns) / NS_PER_S
+        stale = abs(command_ns - obs_stamp_ns) > self.max_command_age * NS_PER_S
+        with self._lock:
+            self._command_stale = (
+                f"the last command is stamped {off_s:+.3f} s from the observation (more than "
+                f"{self.max_command_age:g} s): not compared"
+                if stale
+                else ""
+            )
+        if stale:
+            return False  # says nothing about now
         still_ns = round(self.still_time * NS_PER_S)
         # Still for still_time, and over a span in which the driver had a chunk to run: a
         # driver ramping in starts moving within a tick of receiving its first chunk.
