@@ -1,13 +1,14 @@
-"""Load: YAM's three 640x480 cameras at 30 Hz and its 250 Hz driver, for a minute or ten.
+"""Load: YAM's three 640x480 cameras at 30 Hz and its 250 Hz driver, for half a minute or ten.
 
 The whole sim graph runs as processes (sim cameras, driver, policy node with the smooth test
 policy). Measured: resident memory of the policy and driver after warm-up vs at the end, the
 driver's tick rate over its target (its diagnostics), the policy's chunk rate and capture-to-
 publish latency per window (a growing queue shows up as growing latency).
 
-The CI version (60 s) asserts only what is robust on a shared 2-core machine and prints the
-figures; the soak version (``-m soak``, 10 min, ``RELIABILITY_SOAK_SECONDS`` to change) asserts
-the targets: memory growth < 2 %, tick ratio >= 0.99, stable chunk rate and latency.
+The CI version (30 s: three windows) asserts only what is robust on a shared 2-core machine
+and prints the figures; the soak version (``-m soak``, 10 min, ``RELIABILITY_SOAK_SECONDS`` to
+change) asserts the targets: memory growth < 2 %, tick ratio >= 0.99, stable chunk rate and
+latency.
 """
 
 from __future__ import annotations
@@ -119,14 +120,14 @@ def report(figures: LoadFigures, reliability, label: str) -> None:
             f"{figures.latencies[0] * 1e3:.0f} / {figures.latencies[-1] * 1e3:.0f} ms")
 
 
-def test_load_one_minute(reliability):
-    figures = run_load(duration=60.0, warmup=10.0)
-    report(figures, reliability, "load 60 s")
+def test_load_half_a_minute(reliability):
+    figures = run_load(duration=30.0, warmup=10.0)
+    report(figures, reliability, "load 30 s")
     # Robust on a shared 2-core machine: nothing died (checked per window), chunks kept
     # flowing in every window, memory bounded, the driver kept ticking.
     assert all(rate > 0 for rate in figures.chunk_rates()), figures.chunk_counts
     for name, value in figures.memory_growth().items():
-        assert value < 0.25, f"{name} memory grew {100 * value:.1f} % in 60 s"
+        assert value < 0.25, f"{name} memory grew {100 * value:.1f} % in 30 s"
     assert figures.tick_ratios and min(figures.tick_ratios) > 0.2, figures.tick_ratios
 
 
