@@ -502,16 +502,7 @@ class DamiaoBackend(Backend):
         warns of exactly this), so ``enable`` refuses it. A motor that does not answer the reads
         is only reported: its scale stays unverified, as it is for i2rt's own driver."""
         futures = [io.pool.submit(self._scale_exchange, a) for a, io in enumerate(self._io)]
-        held = []
-        for io, future in zip(self._io, futures, strict=True):
-            try:
-                held.append(future.result(timeout=self.io_timeout))
-            except concurrent.futures.TimeoutError:
-                io.frozen = True
-                raise BackendError(
-                    f"CAN I/O thread of {io.arm.channel} did not finish reading the motors' "
-                    f"registers in {self.io_timeout} s (frozen)"
-                ) from None
+        held = self._results_per_arm(futures, "reading the motors' registers")
         self.held_scales = held
         for arm, row in zip(self.arms, held, strict=True):
             for motor, scale in zip(arm.motors, row, strict=True):
@@ -1232,6 +1223,12 @@ class DamiaoBackend(Backend):
                     f"in {self.io_timeout} s); reconnect needed"
                 )
             futures.append(io.pool.submit(self._exchange, a, frames))
+        return self._results_per_arm(futures, "its exchange")
+
+    def _results_per_arm(self, futures: list[concurrent.futures.Future], what: str) -> list:
+        """Each arm's I/O thread's result, in arm order. A thread that does not finish within
+        ``io_timeout`` is marked frozen (no exchange goes to it until a reconnect) and the
+        whole call fails."""
         results = []
         for io, future in zip(self._io, futures, strict=True):
             try:
@@ -1239,7 +1236,7 @@ class DamiaoBackend(Backend):
             except concurrent.futures.TimeoutError:
                 io.frozen = True
                 raise BackendError(
-                    f"CAN I/O thread of {io.arm.channel} did not finish its exchange in "
+                    f"CAN I/O thread of {io.arm.channel} did not finish {what} in "
                     f"{self.io_timeout} s (frozen)"
                 ) from None
         return results
