@@ -353,13 +353,14 @@ def test_console_script_autostarts_with_the_robot_config(tmp_path):
         stop_process(proc)
 
 
-def test_chunk_execution_names_the_sent_chunk_and_the_verdict_on_a_dropped_one(graph):
+def _execution_reports(probe) -> list:
+    """The bridge's ~/chunk_execution reports, decoded, as they arrive (latched QoS, as the
+    policy's RTC feed subscribes)."""
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
     from molmoact2_common.chunk_execution import ChunkExecution
     from molmoact2_msgs.msg import ChunkExecution as ChunkExecutionMsg
 
-    bridge, probe, publisher, _received, executor, measured = graph
     reports: list = []
     probe.create_subscription(
         ChunkExecutionMsg,
@@ -368,6 +369,14 @@ def test_chunk_execution_names_the_sent_chunk_and_the_verdict_on_a_dropped_one(g
         QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE,
                    durability=DurabilityPolicy.TRANSIENT_LOCAL),
     )
+    return reports
+
+
+def test_chunk_execution_names_the_sent_chunk_and_the_verdict_on_a_dropped_one(graph):
+
+
+    bridge, probe, publisher, _received, executor, measured = graph
+    reports = _execution_reports(probe)
     sent_ns = bridge.get_clock().now().nanoseconds
     sent = make_chunk(sent_ns, horizon=30)  # 2 s of trajectory: still running below
     publisher.publish(sent)
@@ -589,23 +598,14 @@ def test_lifecycle_set_deactivate_stops_our_trajectory_and_an_inactive_bridge_sa
     verdict, and ~/hold false and ~/reset answered that chunks were followed."""
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from std_srvs.srv import SetBool, Trigger
 
     from hw_drivers.control_loop import REJECT_STOPPED
     from hw_drivers.executor import HOLDING, REJECT_HOLD
     from molmoact2_common.chunk_execution import ChunkExecution
-    from molmoact2_msgs.msg import ChunkExecution as ChunkExecutionMsg
 
     bridge, probe, publisher, received, executor, measured = graph
-    reports: list = []
-    probe.create_subscription(
-        ChunkExecutionMsg,
-        "trajectory_bridge/chunk_execution",
-        lambda m: reports.append(ChunkExecution.from_msg(m)),
-        QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE,
-                   durability=DurabilityPolicy.TRANSIENT_LOCAL),
-    )
+    reports = _execution_reports(probe)
 
     def transition(id_: int) -> None:
         request = ChangeState.Request()
