@@ -31,6 +31,23 @@ if [[ $# -gt 0 ]]; then
 fi
 
 status=0
+# The sim launches of the ROS and system tests use each robot's demo checkpoint, made on first
+# use: about a minute of CPU-bound training per robot, which the serial part would spend on
+# one core. Made here beside the unit tests instead (one thread each, as the tests' launches
+# would), in the same cache the launches read (XDG_CACHE_HOME; CI points it into the clone).
+demo_log="$(mktemp)"
+(
+  for robot in yam droid so101; do  # the robots test_tf_in_sim and test_bringup launch
+    OMP_NUM_THREADS=1 .venv/bin/python -m molmoact2.demo_checkpoint "$robot" > /dev/null || exit 1
+  done
+) 2> "$demo_log" &
+demo_pid=$!
 run_pytest -n "${MOLMOACT2_TEST_WORKERS:-auto}" tests/unit || status=1
+if ! wait "$demo_pid"; then
+  cat "$demo_log" >&2
+  echo "making the demo checkpoints failed" >&2
+  status=1
+fi
+rm -f "$demo_log"
 run_pytest tests/ros tests/system || status=1
 exit $status
