@@ -27,6 +27,7 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 
+from molmoact2_common.allocator import keep_freed_memory
 from molmoact2_common.chunk_execution import ChunkExecution, chunk_execution_qos
 from molmoact2_common.lifecycle_errors import log_transition_errors
 from molmoact2_common.ros_params import declare_dataclass_params
@@ -900,6 +901,7 @@ class PolicyNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> None:
     """Console script ``molmoact2_policy_node``."""
+    keep_freed_memory()  # before the model allocates anything (molmoact2_common.allocator)
     # An inference in flight may not hold up the stop past the runtime's exit deadline.
     run_lifecycle_node(PolicyNode, args, on_exit=lambda node: node.stop_inputs(timeout=2.0))
 

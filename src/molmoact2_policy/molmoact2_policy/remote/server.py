@@ -41,6 +41,7 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from molmoact2_common.allocator import keep_freed_memory
 from molmoact2_common.embodiments import get_embodiment
 from molmoact2_policy.policy_api import (
     MODES,
@@ -983,6 +984,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not all(text.strip() for text in warmup_instructions):
         raise SystemExit("molmoact2 serve: --warmup-instruction must not be empty")
     max_body_bytes = int(args.max_body_mb * 2**20)
+    keep_freed_memory()  # before the model allocates anything (molmoact2_common.allocator)
     policy = _load_policy(args)
     try:
         app = create_app(
