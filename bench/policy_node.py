@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/policy_node.py --policy zero             # the node's own latency
     .venv/bin/python bench/policy_node.py --preset tiny --frames 8   # node vs bare Policy.act
+    .venv/bin/python bench/policy_node.py --preset tiny --frames 8 --device cuda  # on a GPU
 
 ``--policy model`` (default) writes a random checkpoint of the preset (``mid_cpu`` by default;
 ``tiny`` is built in memory), starts the policy node (console entry point) on it in a
@@ -17,7 +18,10 @@ inference thread cost each other). Both sides use the same number of torch threa
 chunk returned at once) and prints p50/p95 of camera publish -> chunk received for raw rgb8 and
 JPEG ``CompressedImage`` cameras, one observation at a time and as a 30 Hz stream (targets: p50
 <= 5 ms, p95 <= 10 ms). Messages are built before the clock starts (the camera driver's cost).
-Timings are machine-dependent; compare ratios, not seconds, and repeat on a shared machine.
+``--device cuda`` runs the model on the GPU in both places (``--cuda-graph``: the flow loop as a
+CUDA graph, as the released server runs it; ``--dtype``), where the node's own milliseconds
+weigh most against the model's. Timings are machine-dependent; compare ratios, not seconds,
+and repeat on a shared machine.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -386,13 +391,23 @@ def run_model(args, params: dict, env: dict, policy_factory) -> None:
     policy = policy_factory()
     sequence = obs[: args.warmup] + obs
     bare: list[float] = []
+    # The same act on a worker thread of this process, as the node's inference thread runs it:
+    # what a thread costs (its own malloc arena, torch's thread-local state) apart from ROS.
+    bare_threaded: list[float] = []
+    worker = ThreadPoolExecutor(max_workers=1)  # one long-lived thread, as in the node
 
-    def bare_act_of(index: int) -> None:
+    def timed_act(index: int) -> float:
         images, state = sequence[index]
         start = time.perf_counter()
         policy.act(images, state, params["instruction"], seed=params["seed"])
+        return time.perf_counter() - start
+
+    def bare_act_of(index: int) -> None:
+        main_time = timed_act(index)
+        thread_time = worker.submit(timed_act, index).result()
         if index >= args.warmup:
-            bare.append(time.perf_counter() - start)
+            bare.append(main_time)
+            bare_threaded.append(thread_time)
 
     session = NodeSession(params, env, "raw")
     lost = [0]
@@ -415,18 +430,30 @@ def run_model(args, params: dict, env: dict, policy_factory) -> None:
             latencies, sent, answered = session.stream(message_sets, args.rate, args.stream_seconds)
             streamed = (latencies, sent, answered, stage_medians(session.statuses[first + 1 :]))
     finally:
+        worker.shutdown()
         session.close()
     bare_median, e2e_median = statistics.median(bare), statistics.median(e2e)
+    graph = ", flow loop as a CUDA graph" if args.cuda_graph else ""
     print(
-        f"preset {args.preset}, {args.frames} observations, 3 cameras {WIDTH}x{HEIGHT} rgb8, "
-        f"{args.threads} torch thread(s)"
+        f"preset {args.preset} on {args.device} ({args.dtype}{graph}), {args.frames} "
+        f"observations, 3 cameras {WIDTH}x{HEIGHT} rgb8, {args.threads} torch thread(s), "
+        f"malloc {args.allocator}"
     )
     print(
         f"bare Policy.act           median {bare_median * 1e3:8.1f} ms "
         "(in this process, interleaved with the node's observations)"
     )
+    threaded_median = statistics.median(bare_threaded)
+    print(
+        f"bare, on a worker thread  median {threaded_median * 1e3:8.1f} ms "
+        f"(x{threaded_median / bare_median:.3f} of the main thread's)"
+    )
     print(f"camera publish -> chunk   median {e2e_median * 1e3:8.1f} ms")
     print(f"overhead ratio (target <= 1.10): {e2e_median / bare_median:.3f}")
+    # Each node observation over the bare run just before it: drift between the two (a GPU's
+    # clocks, a neighbour on the host) cancels within a pair.
+    paired = statistics.median(n / b for n, b in zip(e2e, bare, strict=True))
+    print(f"paired ratio (median over observations of node / bare just before): {paired:.3f}")
     print(f"node overhead per observation: {(e2e_median - bare_median) * 1e3:.1f} ms")
     print(f"observations re-sent after a lost camera message: {lost[0]}")
     if status is not None:
@@ -463,6 +490,18 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="model: torch device (cpu, cuda)")
+    parser.add_argument("--dtype", default="float32", help="model: float32, float16, bfloat16")
+    parser.add_argument(
+        "--cuda-graph", action="store_true", help="model: the flow loop as a CUDA graph"
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=("keep", "default"),
+        default="keep",
+        help="malloc in the node and here: freed memory kept (as the node runs) or glibc's "
+        "defaults (MOLMOACT2_MALLOC_KEEP=0)",
+    )
     parser.add_argument(
         "--transports",
         nargs="+",
@@ -496,6 +535,12 @@ def main() -> None:
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    # The node keeps freed memory in its process (molmoact2_common.allocator); the bare runs here
+    # get the same allocator, and --allocator default gives both glibc's defaults.
+    from molmoact2_common.allocator import OPT_OUT_ENV, keep_freed_memory
+
+    os.environ[OPT_OUT_ENV] = "1" if args.allocator == "keep" else "0"
+    keep_freed_memory()
     os.environ.setdefault("ROS_DOMAIN_ID", str(70 + os.getpid() % 30))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     from tests.ros.policy_node_harness import yam_params
@@ -521,12 +566,18 @@ def main() -> None:
                 max_inference_rate=0.0,
                 max_observation_age=5.0,
                 executor=args.executor,
+                device=args.device,
+                dtype=args.dtype,
+                cuda_graph=args.cuda_graph,
             )
 
             def make_policy():
                 return load_policy(
                     checkpoint,
                     params["embodiment"],
+                    device=args.device,
+                    dtype=args.dtype,
+                    cuda_graph=args.cuda_graph,
                     seed=seed,
                     joint_names=tuple(params["joint_names"]),
                 )

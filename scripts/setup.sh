@@ -25,7 +25,12 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 
 req_stamp=$(stamp_of "$ROOT/requirements.txt")
-if ! stage_done requirements "$req_stamp"; then
+# MOLMOACT2_SKIP_REQUIREMENTS=1: the venv's packages come from elsewhere, e.g. a GPU machine's
+# image with its own CUDA torch and wheels carried to it (bench/gpu/run_benches.sh); the
+# pinned CPU torch must not replace them, and such a machine reaches no package index.
+if [[ "${MOLMOACT2_SKIP_REQUIREMENTS:-0}" == 1 ]]; then
+  log "MOLMOACT2_SKIP_REQUIREMENTS=1: not installing requirements.txt"
+elif ! stage_done requirements "$req_stamp"; then
   log "installing pinned dependencies (first run: about a minute)"
   quiet_pip install -q --upgrade pip setuptools wheel
   quiet_pip install -q -r "$ROOT/requirements.txt"

@@ -48,7 +48,14 @@ SCRIPTS = {
     ),
     "policy_node_tiny": (
         ["--preset", "tiny", "--frames", "2", "--warmup", "1", "--no-conversion-cost"],
-        ["bare Policy.act", "camera publish -> chunk", "overhead ratio", "chunks the node"],
+        [
+            "bare Policy.act",
+            "bare, on a worker thread",
+            "camera publish -> chunk",
+            "overhead ratio",
+            "paired ratio",
+            "chunks the node",
+        ],
     ),
 }
 
