@@ -37,6 +37,11 @@ LOG = logging.getLogger("pack_wheels")
 # Beyond the ros-* pins of requirements.txt: what the policy, driver and bench processes import
 # that a CUDA torch image is not expected to have, and colcon for the interface package build.
 EXTRA_ROOTS = ("transformers", "simplejpeg", "transforms3d", "colcon-common-extensions")
+# Packed even where the image has them. transformers: the model code is tested with the pinned
+# version, and the Molmo2 classes it builds on change between releases. setuptools: colcon-core
+# needs < 80 (80 dropped `setup.py develop`'s options: the editable installs failed on the H200
+# image's newer one with "command 'develop' has no such option 'script_dir'").
+ALWAYS_PACKED = frozenset({"transformers", "setuptools"})
 # Linters and test fixtures the ament wheels pull in; a BUILD_TESTING=OFF build never runs them.
 NOT_NEEDED = re.compile(r"^ros-(ament-cmake-(cppcheck|cpplint|flake8|pep257|uncrustify)|rmw-test-)")
 MANYLINUX = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 31, 34, 35)] + [
@@ -86,6 +91,18 @@ def closure(
             if requirement.marker is None or requirement.marker.evaluate(environment):
                 stack.append(canonical(requirement.name))
     return seen
+
+
+def to_pack(
+    roots: list[str],
+    installed: dict[str, importlib.metadata.Distribution],
+    have: set[str],
+    python_version: str,
+) -> set[str]:
+    """What the target needs from us: the closure past what it ``has`` (``ALWAYS_PACKED``
+    packed anyway), without the linters and fixtures a BUILD_TESTING=OFF build never runs."""
+    names = closure(roots, installed, have - ALWAYS_PACKED, python_version)
+    return {name for name in names if not NOT_NEEDED.match(name)}
 
 
 def pinned(names: set[str], installed: dict[str, importlib.metadata.Distribution]) -> list[str]:
@@ -175,13 +192,8 @@ def main() -> int:
             line.split("#", 1)[0] for line in args.skip_file.read_text().splitlines()
         )
         have = {canonical(n) for n in re.split(r"[\s,]+", listed) if n}
-    # transformers is packed even where the image has one: the model code is tested with the
-    # pinned version, and the Molmo2 classes it builds on change between releases.
-    have.discard("transformers")
     roots = roots_from_requirements(REPO / "requirements.txt")
-    names = closure(roots, installed, have, args.python_version)
-    wanted = {n for n in names if not NOT_NEEDED.match(n)}
-    requirements = pinned(wanted, installed)
+    requirements = pinned(to_pack(roots, installed, have, args.python_version), installed)
     LOG.info("%d packages for Python %s", len(requirements), args.python_version)
     with tempfile.TemporaryDirectory() as tmp:
         download(requirements, args.python_version, Path(tmp))

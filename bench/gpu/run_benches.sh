@@ -64,8 +64,9 @@ rm -rf /tmp/molmoact2-wheels
   /tmp/molmoact2-wheels/*.whl || exit 1
 
 step "setup (interface packages)"
-# The benches import our packages from src/; setup.sh's editable installs are not needed for
-# them (an image whose setuptools refuses setup.cfg's ament [develop] section fails that step).
+# The benches import our packages from src/, so they run even where setup.sh's editable installs
+# fail (a setuptools of 80 or later refuses setup.cfg's ament [develop] section; the archive
+# carries the one colcon-core accepts).
 export PYTHONPATH="$ROOT/src/molmoact2_common:$ROOT/src/molmoact2_policy:$ROOT/src/hw_drivers:$ROOT/src/molmoact2"
 MOLMOACT2_SKIP_REQUIREMENTS=1 bash scripts/setup.sh || {
   echo "setup.sh failed (above, and the end of the colcon log below); going on if all imports"

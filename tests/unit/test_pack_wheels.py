@@ -69,3 +69,23 @@ def test_closure_follows_requirements_but_not_into_what_the_target_has():
     }
     assert pack_wheels.closure(["needs-old"], installed, set(), "3.12") == {"needs-old"}
     assert pack_wheels.closure(["needs-old"], installed, set(), "3.11") == {"needs-old", "old-only"}
+
+
+def test_transformers_and_setuptools_are_packed_even_where_the_image_has_them():
+    installed = {
+        "ros-rclpy": FakeDist(["numpy"]),
+        "colcon-core": FakeDist(["setuptools<80,>=30.3.0", "packaging"]),
+        "transformers": FakeDist(["numpy"]),
+        "setuptools": FakeDist(None),
+        "numpy": FakeDist(None),
+        "packaging": FakeDist(None),
+        "ros-ament-cmake-cppcheck": FakeDist(None),
+    }
+    roots = ["ros-rclpy", "colcon-core", "transformers", "ros-ament-cmake-cppcheck"]
+    have = {"numpy", "packaging", "setuptools", "transformers"}
+    assert pack_wheels.to_pack(roots, installed, have, "3.12") == {
+        "ros-rclpy",
+        "colcon-core",
+        "transformers",
+        "setuptools",
+    }
