@@ -44,6 +44,12 @@ if ! { [[ -d /dev/shm && -w /dev/shm ]] && df -h /dev/shm; }; then
   DDS_ARGS=(--default-dds)
 fi
 
+# Only a .venv this script made is installed into: the wheels are for the GPU image's Python,
+# and the development venv (pinned CPU torch, Python 3.11) must not get them.
+if [[ -x .venv/bin/python ]] && ! compgen -G ".venv/lib/python3*/site-packages/00-image-site.pth" >/dev/null; then
+  echo ".venv was not made by this script: run it in a fresh checkout on the GPU machine" >&2
+  exit 1
+fi
 if [[ ! -x .venv/bin/python ]]; then
   step "venv on the image's interpreter"
   base=$("$IMAGE_PY" -c 'import sys; print(sys._base_executable)')
