@@ -11,6 +11,7 @@ and these tests are about the graph's behaviour under faults, not about the mode
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import signal
@@ -324,6 +325,7 @@ class RosHarness:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.received = Received()
         self.driver: Any = None
+        self.stream_starts: list[int] = []  # command log lengths at each (re)start
         self.probe: Any = None
         self._thread: threading.Thread | None = None
         self._timers: list[Any] = []
@@ -394,9 +396,34 @@ class RosHarness:
         result = node.trigger_configure()
         if result != TransitionCallbackReturn.SUCCESS:
             raise RuntimeError(f"driver configure failed: {result}")
+        self._mark_command_streams(node._loop)
         node.trigger_activate()
         self.driver = node
         return node
+
+    def _mark_command_streams(self, loop: Any) -> None:
+        """Note where each command stream starts in the backend's command log.
+
+        Every (re)start energises at the measured pose and starts a new stream: a reconnect
+        the test did not plan (a freeze on a loaded machine) is one too, and its first command
+        may differ from the last before the fault (a DaMiao re-enable moves the grippers).
+        """
+        original_start = loop.start
+
+        def start(*args: Any, **kwargs: Any) -> Any:
+            self.stream_starts.append(len(loop.backend.command_log))
+            return original_start(*args, **kwargs)
+
+        loop.start = start
+
+    def command_streams(self) -> list[list[np.ndarray]]:
+        """The command log cut where each (re)start began a new stream, oldest first."""
+        with self.driver._lock:
+            log = [command for _, command in self.driver._loop.backend.command_log]
+            cuts = sorted({0, *self.stream_starts, len(log)})
+        if len(log) == self.driver._loop.backend.COMMAND_LOG_LENGTH:
+            raise RuntimeError("the command log is full: its indices no longer match the starts")
+        return [log[a:b] for a, b in itertools.pairwise(cuts) if b > a]
 
     # -- spinning --
     def start(self) -> RosHarness:
