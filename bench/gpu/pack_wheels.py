@@ -30,6 +30,7 @@ import zipfile
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name as canonical
 
 REPO = Path(__file__).resolve().parents[2]
 LOG = logging.getLogger("pack_wheels")
@@ -48,10 +49,6 @@ MANYLINUX = [f"manylinux_2_{n}_x86_64" for n in (17, 24, 27, 28, 31, 34, 35)] + 
     "manylinux2014_x86_64",
     "manylinux1_x86_64",
 ]
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def requirement_name(requirement: str) -> str:
