@@ -3,6 +3,7 @@
     .venv/bin/python bench/policy_node.py --policy zero             # the node's own latency
     .venv/bin/python bench/policy_node.py --preset tiny --frames 8   # node vs bare Policy.act
     .venv/bin/python bench/policy_node.py --preset tiny --frames 8 --device cuda  # on a GPU
+    .venv/bin/python bench/policy_node.py --policy launch-bound --frames 40  # GPU-like, on the CPU
 
 ``--policy model`` (default) writes a random checkpoint of the preset (``mid_cpu`` by default;
 ``tiny`` is built in memory), starts the policy node (console entry point) on it in a
@@ -18,6 +19,11 @@ inference thread cost each other). Both sides use the same number of torch threa
 chunk returned at once) and prints p50/p95 of camera publish -> chunk received for raw rgb8 and
 JPEG ``CompressedImage`` cameras, one observation at a time and as a 30 Hz stream (targets: p50
 <= 5 ms, p95 <= 10 ms). Messages are built before the clock starts (the camera driver's cost).
+``--policy launch-bound`` puts in place of the model a policy that only dispatches many tiny
+torch ops (``bench/launch_bound_policy.py``), as a GPU model's time is spent issuing kernels,
+and compares it in the node and bare as ``--policy model`` does: torch gives up the GIL around
+every op, so what the node's other threads take from a GPU model's inference thread shows here
+on a machine without a GPU.
 ``--device cuda`` runs the model on the GPU in both places (``--cuda-graph``: the flow loop as a
 CUDA graph, as the released server runs it; ``--dtype``), where the node's own milliseconds
 weigh most against the model's. Timings are machine-dependent; compare ratios, not seconds,
@@ -267,10 +273,15 @@ class NodeSession:
         """
         samples = []
         for index, message_set in enumerate(message_sets[:warmup] + message_sets):
+            # Let the node settle (the last chunk's publish, its status timer) before the bare
+            # run as well: on a small machine a node still busy would slow the bare run and
+            # flatter the ratio.
+            self.spin(0.05)
             if before_each is not None:
                 before_each(index)
-            for _attempt in range(5):
-                self.spin(0.05)  # let the node settle (previous publish, status timer)
+            for attempt in range(5):
+                if attempt:
+                    self.spin(0.05)
                 stamp, start = self.publish(message_set)
                 received = self.wait_for(stamp, 15.0)
                 if received is not None:
@@ -434,10 +445,13 @@ def run_model(args, params: dict, env: dict, policy_factory) -> None:
         session.close()
     bare_median, e2e_median = statistics.median(bare), statistics.median(e2e)
     graph = ", flow loop as a CUDA graph" if args.cuda_graph else ""
+    if args.policy == "launch-bound":
+        what = f"launch-bound policy ({args.launches} torch ops per act) on cpu"
+    else:
+        what = f"preset {args.preset} on {args.device} ({args.dtype}{graph})"
     print(
-        f"preset {args.preset} on {args.device} ({args.dtype}{graph}), {args.frames} "
-        f"observations, 3 cameras {WIDTH}x{HEIGHT} rgb8, {args.threads} torch thread(s), "
-        f"malloc {args.allocator}"
+        f"{what}, {args.frames} observations, 3 cameras {WIDTH}x{HEIGHT} rgb8, "
+        f"{args.threads} torch thread(s), malloc {args.allocator}"
     )
     print(
         f"bare Policy.act           median {bare_median * 1e3:8.1f} ms "
@@ -481,10 +495,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--policy",
-        choices=("model", "zero"),
+        choices=("model", "zero", "launch-bound"),
         default="model",
         help="model: the preset's model vs bare Policy.act; zero: a zero-cost policy (the "
-        "node's own latency, raw and JPEG, one at a time and streamed)",
+        "node's own latency, raw and JPEG, one at a time and streamed); launch-bound: a "
+        "policy of many tiny torch ops (a GPU model's launch-bound time, on the CPU) vs the "
+        "same act bare",
+    )
+    parser.add_argument(
+        "--launches",
+        type=int,
+        default=12000,
+        help="launch-bound policy: torch ops per act",
     )
     parser.add_argument("--preset", choices=("mid", "tiny"), default="mid")
     parser.add_argument("--frames", type=int, default=12)
@@ -553,6 +575,29 @@ def main() -> None:
                 seed=seed, max_inference_rate=0.0, max_observation_age=5.0, executor=args.executor
             )
             run_zero_cost(args, params, env)
+        elif args.policy == "launch-bound":
+            import torch
+
+            from bench.launch_bound_policy import LAUNCHES_ENV, LaunchBoundPolicy
+            from molmoact2_policy.policy_factory import TEST_POLICY_ENV
+
+            torch.set_num_threads(args.threads)
+
+            params = yam_params(
+                seed=seed, max_inference_rate=0.0, max_observation_age=5.0, executor=args.executor
+            )
+            env = {
+                **env,
+                TEST_POLICY_ENV: "bench.launch_bound_policy:make_launch_bound_policy",
+                LAUNCHES_ENV: str(args.launches),
+            }
+
+            def make_policy():
+                return LaunchBoundPolicy(
+                    params["embodiment"], tuple(params["joint_names"]), args.launches
+                )
+
+            run_model(args, params, env, make_policy)
         else:
             import torch
 

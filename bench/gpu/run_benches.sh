@@ -17,7 +17,7 @@ OUT="${OUT:-$ROOT/out/gpu}"
 mkdir -p "$OUT"
 IMAGE_PY="${IMAGE_PYTHON:-python3}"
 ARCHIVE="${WHEELS_ARCHIVE:-$ROOT/.devwheels/wheels.tar.xz}"
-BENCHES="${BENCHES:-zero tiny_cpu tiny_cpu_default tiny_cuda tiny_cuda_eager executor}"
+BENCHES="${BENCHES:-zero tiny_cpu tiny_cpu_default tiny_cuda tiny_cuda_eager launch_bound executor}"
 FRAMES="${FRAMES:-16}"  # observations per tiny-model bench
 STREAM_SECONDS="${STREAM_SECONDS:-5}"  # the tiny-model benches' 30 Hz camera stream after them
 
@@ -110,6 +110,10 @@ for bench in $BENCHES; do
       --no-conversion-cost "${DDS_ARGS[@]}" ;;
     tiny_cuda_eager) run_bench tiny_cuda_eager 120 .venv/bin/python bench/policy_node.py \
       --preset tiny --frames "$FRAMES" --stream-seconds "$STREAM_SECONDS" --device cuda \
+      --no-conversion-cost "${DDS_ARGS[@]}" ;;
+    # the node's other threads against a launch-bound model's inference thread, on the CPU
+    launch_bound) run_bench launch_bound 120 .venv/bin/python bench/policy_node.py \
+      --policy launch-bound --frames "$((FRAMES * 2))" --stream-seconds "$STREAM_SECONDS" \
       --no-conversion-cost "${DDS_ARGS[@]}" ;;
     executor) run_bench executor 90 .venv/bin/python bench/executor.py ;;
     *) echo "unknown bench $bench" ;;

@@ -57,11 +57,34 @@ SCRIPTS = {
             "chunks the node",
         ],
     ),
+    # A GPU model's launch-bound time on the CPU: many tiny torch ops, in the node and bare.
+    "policy_node_launch_bound": (
+        [
+            "--policy",
+            "launch-bound",
+            "--launches",
+            "300",
+            "--frames",
+            "2",
+            "--warmup",
+            "1",
+            "--stream-seconds",
+            "0",
+            "--no-conversion-cost",
+        ],
+        [
+            "launch-bound policy (300 torch ops per act)",
+            "bare, on a worker thread",
+            "overhead ratio",
+            "chunks the node",
+        ],
+    ),
 }
-
+# Entries that run another entry's script with other settings.
+SCRIPT_OF = {"policy_node_tiny": "policy_node", "policy_node_launch_bound": "policy_node"}
 
 # These start ROS nodes (the driver node, the policy node) in subprocesses.
-ROS_SCRIPTS = {"executor", "policy_node", "policy_node_tiny"}
+ROS_SCRIPTS = {"executor", "policy_node", "policy_node_tiny", "policy_node_launch_bound"}
 
 
 @pytest.mark.parametrize(
@@ -70,7 +93,7 @@ ROS_SCRIPTS = {"executor", "policy_node", "policy_node_tiny"}
 )
 def test_bench_script_runs_and_reports(name):
     args, expected = SCRIPTS[name]
-    script = name.removesuffix("_tiny")
+    script = SCRIPT_OF.get(name, name)
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / f"{script}.py"), *args],
         capture_output=True,
