@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tests.rostest_util import REPO_ROOT
+from tests.rostest_util import REPO_ROOT, SpinThread
 
 
 def wait_for(predicate, timeout: float) -> bool:
@@ -79,18 +78,19 @@ def running_driver(
     executor = MultiThreadedExecutor(num_threads=3, context=context)
     executor.add_node(node)
     executor.add_node(probe)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = SpinThread(executor).start()
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         node.trigger_activate()
         yield DriverRig(node, probe, diagnostics, executor)
     finally:
-        executor.shutdown()
-        # The spin thread must be out of its wait before the context goes: a wait on a shut
-        # down context raises in that thread ("context is not valid").
-        spinner.join(timeout=5.0)
-        node._teardown()
+        # The spin thread ends (out of its last callback and its wait) before the executor
+        # shuts down and before the context goes: a wait on a shut down context raises in that
+        # thread ("context is not valid"). The driver's control thread stops either way.
+        try:
+            spinner.stop()
+        finally:
+            node._teardown()
         node.destroy_node()
         probe.destroy_node()
         rclpy.shutdown(context=context)
