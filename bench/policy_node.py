@@ -3,7 +3,7 @@
     .venv/bin/python bench/policy_node.py --policy zero             # the node's own latency
     .venv/bin/python bench/policy_node.py --preset tiny --frames 8   # node vs bare Policy.act
     .venv/bin/python bench/policy_node.py --preset tiny --frames 8 --device cuda  # on a GPU
-    .venv/bin/python bench/policy_node.py --policy launch-bound --frames 40  # GPU-like, on the CPU
+    .venv/bin/python bench/policy_node.py --policy launch-bound --frames 60  # GPU-like, on the CPU
 
 ``--policy model`` (default) writes a random checkpoint of the preset (``mid_cpu`` by default;
 ``tiny`` is built in memory), starts the policy node (console entry point) on it in a
@@ -505,8 +505,9 @@ def main() -> None:
     parser.add_argument(
         "--launches",
         type=int,
-        default=12000,
-        help="launch-bound policy: torch ops per act",
+        default=None,
+        help="launch-bound policy: torch ops per act (default: the policy module's "
+        "DEFAULT_LAUNCHES, about 20 ms of dispatch on the development machine)",
     )
     parser.add_argument("--preset", choices=("mid", "tiny"), default="mid")
     parser.add_argument("--frames", type=int, default=12)
@@ -578,11 +579,16 @@ def main() -> None:
         elif args.policy == "launch-bound":
             import torch
 
-            from bench.launch_bound_policy import LAUNCHES_ENV, LaunchBoundPolicy
+            from bench.launch_bound_policy import (
+                DEFAULT_LAUNCHES,
+                LAUNCHES_ENV,
+                LaunchBoundPolicy,
+            )
             from molmoact2_policy.policy_factory import TEST_POLICY_ENV
 
             torch.set_num_threads(args.threads)
-
+            if args.launches is None:
+                args.launches = DEFAULT_LAUNCHES
             params = yam_params(
                 seed=seed, max_inference_rate=0.0, max_observation_age=5.0, executor=args.executor
             )
