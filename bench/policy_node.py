@@ -47,6 +47,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 HEIGHT, WIDTH = 480, 640
+# Above this difference between the bench's two bare medians (main thread, worker thread) the
+# run says its ratio is within the machine's noise (half the 10% target band).
+NOISE_WARNING = 0.05
 
 # Fast DDS's default shared-memory segment (512 KB) is smaller than one 640x480 rgb8 frame
 # (900 KB), so raw frames fall back to fragmented UDP, where best-effort delivery of three
@@ -464,6 +467,15 @@ def run_model(args, params: dict, env: dict, policy_factory) -> None:
     )
     print(f"camera publish -> chunk   median {e2e_median * 1e3:8.1f} ms")
     print(f"overhead ratio (target <= 1.10): {e2e_median / bare_median:.3f}")
+    # The two bare medians time the same act in the same process: what separates them is the
+    # machine (a shared VM's vCPU, clocks), and a ratio cannot be read closer than that.
+    machine_spread = abs(threaded_median / bare_median - 1.0)
+    if machine_spread > NOISE_WARNING:
+        print(
+            f"noise: the two bare runs of the same act differ by {machine_spread:.1%}, more "
+            f"than {NOISE_WARNING:.0%}; this run cannot resolve the 10% target: repeat it, or "
+            "give more --frames"
+        )
     # Each node observation over the bare run just before it: drift between the two (a GPU's
     # clocks, a neighbour on the host) cancels within a pair.
     paired = statistics.median(n / b for n, b in zip(e2e, bare, strict=True))
