@@ -582,11 +582,13 @@ def main() -> None:
 
     seed = 0
     env = {"OMP_NUM_THREADS": str(args.threads)}
+    # Every mode: the node infers on each new camera set at once, and no observation is too old.
+    node_settings = dict(
+        seed=seed, max_inference_rate=0.0, max_observation_age=5.0, executor=args.executor
+    )
     with tempfile.TemporaryDirectory() as ckpt_dir:
         if args.policy == "zero":
-            params = yam_params(
-                seed=seed, max_inference_rate=0.0, max_observation_age=5.0, executor=args.executor
-            )
+            params = yam_params(**node_settings)
             run_zero_cost(args, params, env)
         elif args.policy == "launch-bound":
             import torch
@@ -601,9 +603,7 @@ def main() -> None:
             torch.set_num_threads(args.threads)
             if args.launches is None:
                 args.launches = DEFAULT_LAUNCHES
-            params = yam_params(
-                seed=seed, max_inference_rate=0.0, max_observation_age=5.0, executor=args.executor
-            )
+            params = yam_params(**node_settings)
             env = {
                 **env,
                 TEST_POLICY_ENV: "bench.launch_bound_policy:make_launch_bound_policy",
@@ -625,10 +625,7 @@ def main() -> None:
             checkpoint = write_checkpoint(args.preset, Path(ckpt_dir), seed)
             params = yam_params(
                 checkpoint=checkpoint,
-                seed=seed,
-                max_inference_rate=0.0,
-                max_observation_age=5.0,
-                executor=args.executor,
+                **node_settings,
                 device=args.device,
                 dtype=args.dtype,
                 cuda_graph=args.cuda_graph,
