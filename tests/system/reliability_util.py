@@ -430,11 +430,6 @@ class RosHarness:
         self._spinner = SpinThread(self.executor).start()
         return self
 
-    @property
-    def spinning(self) -> bool:
-        """The spin thread is running (an exception in a callback would have ended it)."""
-        return self._spinner is not None and self._spinner.alive
-
     def close(self) -> None:
         import rclpy
 
