@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,54 +26,6 @@ def spin_until(node, condition: Callable[[], bool], timeout: float, executor=Non
         if condition():
             return True
     return condition()
-
-
-class SpinThread:
-    """An executor spun on a background thread, stopped without tearing anything down under it.
-
-    rclpy's ``Executor.shutdown`` (kilted) sets its shutdown flag and then skips its own wait
-    for callbacks in progress (it checks the flag it has just set), and destroys the executor's
-    guard condition at once. A thread inside ``spin()`` may still be running a callback, or be
-    building its next wait set from that guard condition (``InvalidHandle`` in that thread).
-    Here the thread spins in short steps and checks a stop flag between them; ``stop`` ends the
-    thread first and only then shuts the executor down, so a test tears its nodes down after
-    the last callback has returned.
-    """
-
-    def __init__(self, executor, step: float = 0.05) -> None:
-        self.executor = executor
-        self._step = step
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="test-spin", daemon=True)
-
-    def start(self) -> SpinThread:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            while not self._stop.is_set() and self.executor.context.ok():
-                self.executor.spin_once(timeout_sec=self._step)
-        except ExternalShutdownException:
-            pass  # the context went first: nothing left to spin
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """End the spin thread (after the callback it is in), then shut the executor down."""
-        self._stop.set()
-        if self._thread.ident is not None:
-            self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise RuntimeError(
-                f"the spin thread is still in a callback after {timeout} s; not shutting the "
-                "executor down under it"
-            )
-        self.executor.shutdown()
 
 
 def start_python(code_or_args: list[str], **kwargs) -> subprocess.Popen:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tests.rostest_util import REPO_ROOT, SpinThread
+from tests.rostest_util import REPO_ROOT
 
 
 def wait_for(predicate, timeout: float) -> bool:
@@ -78,19 +79,18 @@ def running_driver(
     executor = MultiThreadedExecutor(num_threads=3, context=context)
     executor.add_node(node)
     executor.add_node(probe)
-    spinner = SpinThread(executor).start()
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         node.trigger_activate()
         yield DriverRig(node, probe, diagnostics, executor)
     finally:
-        # The spin thread ends (out of its last callback and its wait) before the executor
-        # shuts down and before the context goes: a wait on a shut down context raises in that
-        # thread ("context is not valid"). The driver's control thread stops either way.
-        try:
-            spinner.stop()
-        finally:
-            node._teardown()
+        executor.shutdown()
+        # The spin thread must be out of its wait before the context goes: a wait on a shut
+        # down context raises in that thread ("context is not valid").
+        spinner.join(timeout=5.0)
+        node._teardown()
         node.destroy_node()
         probe.destroy_node()
         rclpy.shutdown(context=context)

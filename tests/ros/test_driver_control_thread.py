@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.ros.driver_harness import latest, wait_for
-from tests.rostest_util import REPO_ROOT, SpinThread
+from tests.rostest_util import REPO_ROOT
 
 pytestmark = pytest.mark.ros
 
@@ -58,7 +58,8 @@ def driver_on_one_executor_thread(*args: str, ticking: bool = True) -> Iterator[
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     executor.add_node(probe)
-    spinner = SpinThread(executor).start()
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
@@ -66,13 +67,11 @@ def driver_on_one_executor_thread(*args: str, ticking: bool = True) -> Iterator[
             assert wait_for(lambda: node._loop.stats.writes > 10, 30.0), "the driver never ticked"
         yield node, probe
     finally:
-        # The spin thread ends (out of its last callback and its wait) before the executor
-        # shuts down and before the context goes: a wait on a shut down context raises in that
-        # thread ("context is not valid"). The driver's control thread stops either way.
-        try:
-            spinner.stop()
-        finally:
-            node._teardown()
+        executor.shutdown()
+        # The spin thread must be out of its wait before the context goes: a wait on a shut
+        # down context raises in that thread ("context is not valid").
+        spinner.join(timeout=5.0)
+        node._teardown()
         node.destroy_node()
         probe.destroy_node()
         rclpy.shutdown(context=context)

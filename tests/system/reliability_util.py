@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from tests.rostest_util import REPO_ROOT, SpinThread
+from tests.rostest_util import REPO_ROOT
 
 SMOOTH_POLICY_FACTORY = "tests.system.reliability_util:make_smooth_policy"
 SMOOTH_AMPLITUDE = 0.12  # [rad] of the test policy's swing around the start pose
@@ -327,7 +327,7 @@ class RosHarness:
         self.driver: Any = None
         self.stream_starts: list[int] = []  # command log lengths at each (re)start
         self.probe: Any = None
-        self._spinner: SpinThread | None = None
+        self._thread: threading.Thread | None = None
         self._timers: list[Any] = []
         self._make_probe()
 
@@ -427,26 +427,30 @@ class RosHarness:
 
     # -- spinning --
     def start(self) -> RosHarness:
-        self._spinner = SpinThread(self.executor).start()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
         return self
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:
+            pass
 
     def close(self) -> None:
         import rclpy
 
-        # Stop spinning (the thread out of its last callback) before the driver destroys its
-        # entities, then shut the context down. A spin thread that does not stop fails the
-        # test; the driver's control thread is still stopped, so later tests do not see it.
+        # Stop spinning before the driver destroys its entities, then shut the context down.
+        self.executor.shutdown(timeout_sec=5.0)
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
         try:
-            if self._spinner is not None:
-                self._spinner.stop()
-            else:
-                self.executor.shutdown()
+            if self.driver is not None:
+                self.driver._teardown()
         finally:
-            try:
-                if self.driver is not None:
-                    self.driver._teardown()
-            finally:
-                rclpy.try_shutdown(context=self.context)
+            rclpy.try_shutdown(context=self.context)
 
     # -- driver access --
     @property
